@@ -1,0 +1,399 @@
+//! The symbolized, aggregated profile: the one type every encoder reads.
+//!
+//! Tables are interned (each function, mapping and location appears once)
+//! and referenced by typed ids, so encoders (pprof, folded stacks, OTLP) only
+//! translate; they never deduplicate or symbolize. Build one with
+//! [`ProfileBuilder`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(u32);
+
+        impl $name {
+            /// Position of the entry in its table.
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Index into [`Profile::processes`].
+    ProcessId
+);
+id_type!(
+    /// Index into [`Profile::mappings`].
+    MappingId
+);
+id_type!(
+    /// Index into [`Profile::functions`].
+    FunctionId
+);
+id_type!(
+    /// Index into [`Profile::locations`].
+    LocationId
+);
+
+/// A process that was sampled.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Process {
+    /// Process id (tgid); 0 is the kernel's idle task.
+    pub pid: u32,
+    /// Short executable name (`comm` of the main thread, or the file name of `exe`).
+    pub executable_name: String,
+    /// Full path of the executable, when it could be read.
+    pub executable_path: Option<PathBuf>,
+}
+
+/// Whether a mapping or frame belongs to the kernel or to user space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    /// Kernel code (vmlinux or a module).
+    Kernel,
+    /// Native user-space code.
+    Native,
+}
+
+/// A file (or the kernel) mapped into memory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Mapping {
+    /// First address covered.
+    pub start: u64,
+    /// One past the last address covered.
+    pub limit: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// Path of the mapped file as the process saw it, or `[kernel.kallsyms]`.
+    pub path: String,
+    /// GNU build id as lowercase hex, when the file has one.
+    pub build_id: Option<String>,
+    /// Kernel or user space.
+    pub kind: FrameKind,
+}
+
+/// A function (or a placeholder for code that could not be symbolized).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Function {
+    /// Human-readable (demangled) name.
+    pub name: String,
+    /// Name as stored in the binary (mangled), when it differs from `name`.
+    pub system_name: Option<String>,
+    /// Source file, when debug info has it.
+    pub filename: Option<String>,
+}
+
+/// One source line of a location; a location has several when calls were inlined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Line {
+    /// The function the line belongs to.
+    pub function: FunctionId,
+    /// Line number, when debug info has it.
+    pub line: Option<u32>,
+}
+
+/// One instruction address of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The mapping the address falls in, when known.
+    pub mapping: Option<MappingId>,
+    /// The address as seen by the process (for callers: return address - 1).
+    pub address: u64,
+    /// Lines at the address, innermost (most deeply inlined) first; never empty.
+    pub lines: Vec<Line>,
+    /// Kernel or user space.
+    pub kind: FrameKind,
+}
+
+/// Samples that share a thread and a stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// The sampled process.
+    pub process: ProcessId,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name (`comm`).
+    pub thread_name: String,
+    /// Frames, leaf first: kernel frames (if any) then user frames.
+    pub stack: Vec<LocationId>,
+    /// Number of samples.
+    pub count: u64,
+}
+
+/// Why samples or frames were lost, and how many; all numbers are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Samples counted by the kernel program.
+    pub recorded: u64,
+    /// Samples skipped on purpose (pid filter, idle excluded).
+    pub filtered: u64,
+    /// Samples lost in the kernel (a full map or unreadable config).
+    pub dropped: u64,
+    /// Samples whose user stack could not be read.
+    pub user_stack_errors: u64,
+    /// Samples whose kernel stack could not be read.
+    pub kernel_stack_errors: u64,
+    /// Stacks lost because the stack map was full.
+    pub stacks_lost: u64,
+    /// New-process notifications lost (their processes may symbolize less well).
+    pub process_events_lost: u64,
+}
+
+impl CaptureStats {
+    /// Adds every counter of `other` to `self`.
+    pub fn add(&mut self, other: &CaptureStats) {
+        self.recorded += other.recorded;
+        self.filtered += other.filtered;
+        self.dropped += other.dropped;
+        self.user_stack_errors += other.user_stack_errors;
+        self.kernel_stack_errors += other.kernel_stack_errors;
+        self.stacks_lost += other.stacks_lost;
+        self.process_events_lost += other.process_events_lost;
+    }
+}
+
+/// A finished, symbolized CPU profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// When sampling started.
+    pub start_time: SystemTime,
+    /// How long sampling ran.
+    pub duration: Duration,
+    /// Sampling frequency in Hz; each sample stands for `1e9 / frequency` ns of CPU.
+    pub frequency_hz: u32,
+    /// Sampled processes.
+    pub processes: Vec<Process>,
+    /// Mapped files.
+    pub mappings: Vec<Mapping>,
+    /// Functions.
+    pub functions: Vec<Function>,
+    /// Locations.
+    pub locations: Vec<Location>,
+    /// Samples, each distinct (process, tid, thread name, stack) once.
+    pub samples: Vec<Sample>,
+    /// Losses during capture.
+    pub stats: CaptureStats,
+}
+
+impl Profile {
+    /// CPU time one sample stands for, in nanoseconds.
+    pub fn period_ns(&self) -> u64 {
+        1_000_000_000 / u64::from(self.frequency_hz.max(1))
+    }
+
+    /// Total number of samples.
+    pub fn total_samples(&self) -> u64 {
+        self.samples.iter().map(|s| s.count).sum()
+    }
+
+    /// The process of `id`.
+    pub fn process(&self, id: ProcessId) -> &Process {
+        &self.processes[id.index()]
+    }
+
+    /// The location of `id`.
+    pub fn location(&self, id: LocationId) -> &Location {
+        &self.locations[id.index()]
+    }
+
+    /// The function of `id`.
+    pub fn function(&self, id: FunctionId) -> &Function {
+        &self.functions[id.index()]
+    }
+
+    /// The mapping of `id`.
+    pub fn mapping(&self, id: MappingId) -> &Mapping {
+        &self.mappings[id.index()]
+    }
+}
+
+/// An append-only table that hands out one id per distinct value.
+#[derive(Debug)]
+struct Interner<T> {
+    items: Vec<T>,
+    ids: HashMap<T, u32>,
+}
+
+impl<T> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            ids: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone + Eq + std::hash::Hash> Interner<T> {
+    fn intern(&mut self, value: T) -> u32 {
+        if let Some(&id) = self.ids.get(&value) {
+            return id;
+        }
+        let id = u32::try_from(self.items.len()).expect("more than 2^32 interned values");
+        self.items.push(value.clone());
+        self.ids.insert(value, id);
+        id
+    }
+}
+
+/// Key under which samples merge.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SampleKey {
+    process: ProcessId,
+    tid: u32,
+    thread_name: String,
+    stack: Vec<LocationId>,
+}
+
+/// Builds a [`Profile`], interning tables and merging equal samples.
+#[derive(Debug, Default)]
+pub struct ProfileBuilder {
+    processes: Interner<Process>,
+    mappings: Interner<Mapping>,
+    functions: Interner<Function>,
+    locations: Interner<Location>,
+    samples: HashMap<SampleKey, u64>,
+    stats: CaptureStats,
+}
+
+impl ProfileBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Id of `process`, adding it when new.
+    pub fn process(&mut self, process: Process) -> ProcessId {
+        ProcessId(self.processes.intern(process))
+    }
+
+    /// Id of `mapping`, adding it when new.
+    pub fn mapping(&mut self, mapping: Mapping) -> MappingId {
+        MappingId(self.mappings.intern(mapping))
+    }
+
+    /// Id of `function`, adding it when new.
+    pub fn function(&mut self, function: Function) -> FunctionId {
+        FunctionId(self.functions.intern(function))
+    }
+
+    /// Id of `location`, adding it when new.
+    pub fn location(&mut self, location: Location) -> LocationId {
+        debug_assert!(!location.lines.is_empty(), "a location needs a line");
+        LocationId(self.locations.intern(location))
+    }
+
+    /// Adds `count` samples of `stack` (leaf first) on thread `tid`.
+    pub fn add_sample(
+        &mut self,
+        process: ProcessId,
+        tid: u32,
+        thread_name: &str,
+        stack: Vec<LocationId>,
+        count: u64,
+    ) {
+        let key = SampleKey {
+            process,
+            tid,
+            thread_name: thread_name.to_owned(),
+            stack,
+        };
+        *self.samples.entry(key).or_default() += count;
+    }
+
+    /// Adds loss counters.
+    pub fn add_stats(&mut self, stats: &CaptureStats) {
+        self.stats.add(stats);
+    }
+
+    /// The finished profile.
+    pub fn build(self, start_time: SystemTime, duration: Duration, frequency_hz: u32) -> Profile {
+        let mut samples: Vec<Sample> = self
+            .samples
+            .into_iter()
+            .map(|(key, count)| Sample {
+                process: key.process,
+                tid: key.tid,
+                thread_name: key.thread_name,
+                stack: key.stack,
+                count,
+            })
+            .collect();
+        // Deterministic output: heaviest first, then by identity.
+        samples.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.process.cmp(&b.process))
+                .then(a.tid.cmp(&b.tid))
+                .then(a.stack.cmp(&b.stack))
+        });
+        Profile {
+            start_time,
+            duration,
+            frequency_hz,
+            processes: self.processes.items,
+            mappings: self.mappings.items,
+            functions: self.functions.items,
+            locations: self.locations.items,
+            samples,
+            stats: self.stats,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(name: &str) -> Function {
+        Function {
+            name: name.into(),
+            system_name: None,
+            filename: None,
+        }
+    }
+
+    #[test]
+    fn interning_and_merging() {
+        let mut b = ProfileBuilder::new();
+        let p = b.process(Process {
+            pid: 7,
+            executable_name: "app".into(),
+            executable_path: None,
+        });
+        let f1 = b.function(function("main"));
+        let f2 = b.function(function("main"));
+        assert_eq!(f1, f2);
+        let loc = |b: &mut ProfileBuilder, address| {
+            b.location(Location {
+                mapping: None,
+                address,
+                lines: vec![Line {
+                    function: f1,
+                    line: None,
+                }],
+                kind: FrameKind::Native,
+            })
+        };
+        let l1 = loc(&mut b, 0x10);
+        let l2 = loc(&mut b, 0x10);
+        let l3 = loc(&mut b, 0x20);
+        assert_eq!(l1, l2);
+        assert_ne!(l1, l3);
+        b.add_sample(p, 7, "app", vec![l1, l3], 2);
+        b.add_sample(p, 7, "app", vec![l1, l3], 3);
+        b.add_sample(p, 8, "worker", vec![l3], 1);
+        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 100);
+        assert_eq!(profile.functions.len(), 1);
+        assert_eq!(profile.locations.len(), 2);
+        assert_eq!(profile.samples.len(), 2);
+        assert_eq!(profile.samples[0].count, 5);
+        assert_eq!(profile.total_samples(), 6);
+        assert_eq!(profile.period_ns(), 10_000_000);
+    }
+}

@@ -1,0 +1,1 @@
+//! symbolize (in progress)
