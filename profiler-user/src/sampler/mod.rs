@@ -1,1 +1,373 @@
-//! sampler (in progress)
+//! The kernel side, seen from userspace: loads the eBPF program, attaches
+//! it to a CPU-clock perf event on every online CPU, and drains its maps.
+//!
+//! Pure bookkeeping lives in [`drain`] and [`policy`]; this module is the
+//! only one that makes BPF and perf syscalls.
+
+pub mod drain;
+pub mod policy;
+
+use std::collections::HashMap as StdHashMap;
+use std::io;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::{PerfEvent, ProgramError};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use profiler_common::{names, Config, NewProcess, SampleKey, Stack, StackHash, Stat};
+use tokio::io::unix::AsyncFd;
+
+pub use drain::{Drained, MapSet, RawSample};
+pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+
+use drain::StatCounters;
+
+/// The compiled eBPF object, built by this crate's build script.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+/// Errors from loading, attaching or draining the kernel program.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// The object could not be loaded (verifier, permissions, missing BTF).
+    #[error(
+        "could not load the eBPF program: {0}; hostprof needs root or CAP_BPF+CAP_PERFMON \
+         and a kernel with BTF (run `hostprof system-info` to see what is missing)"
+    )]
+    Load(#[source] EbpfError),
+    /// The program was not in the object (a build problem).
+    #[error("the eBPF object has no program or map named {0:?}; rebuild hostprof")]
+    Missing(&'static str),
+    /// The program could not be loaded or attached.
+    #[error("could not {action}: {source}")]
+    Program {
+        /// What was being done.
+        action: String,
+        /// Why it failed.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation failed.
+    #[error("BPF map {map}: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// Why it failed.
+        #[source]
+        source: MapError,
+    },
+    /// The set of online CPUs could not be read.
+    #[error("could not read the online CPUs from {path}: {source}")]
+    OnlineCpus {
+        /// The file read.
+        path: &'static str,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The new-process ring buffer could not be registered with the runtime.
+    #[error("could not poll the new-process ring buffer: {0}")]
+    Poll(#[source] io::Error),
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
+    move |source| SamplerError::Map { map, source }
+}
+
+/// Capacity of each `COUNTS_n` and `STACKS_n` map: room for every sample of
+/// four seconds on every CPU (each distinct at worst), at least 16 Ki.
+fn map_capacity(cpus: usize, frequency: Frequency) -> u32 {
+    let per_drain = cpus as u64 * u64::from(frequency.hz()) * 4;
+    per_drain.clamp(16_384, 1 << 20) as u32
+}
+
+/// A loaded, attached sampler.
+pub struct Sampler {
+    ebpf: Ebpf,
+    config_map: Array<MapData, Config>,
+    config: Config,
+    stats: PerCpuArray<MapData, u64>,
+    counts: [PerCpuHashMap<MapData, SampleKey, u64>; 2],
+    stacks: [HashMap<MapData, StackHash, Stack>; 2],
+    known: HashMap<MapData, u32, u8>,
+    active: MapSet,
+    last_stats: StatCounters,
+    attached: bool,
+}
+
+impl Sampler {
+    /// Loads the program, applies `policy` and starts sampling every online CPU.
+    ///
+    /// Also returns the stream of processes sampled for the first time.
+    pub fn start(policy: &SamplingPolicy) -> Result<(Sampler, ProcessEvents), SamplerError> {
+        let cpus = aya::util::online_cpus().map_err(|(path, source)| SamplerError::OnlineCpus {
+            path,
+            source,
+        })?;
+        let capacity = map_capacity(cpus.len(), policy.frequency);
+        let mut loader = EbpfLoader::new();
+        for name in names::COUNTS.iter().chain(names::STACKS.iter()) {
+            loader.map_max_entries(name, capacity);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
+        let mut config_map: Array<_, Config> =
+            take(names::CONFIG)?.try_into().map_err(map_err(names::CONFIG))?;
+        let stats = take(names::STATS)?.try_into().map_err(map_err(names::STATS))?;
+        let mut pid_filter: HashMap<_, u32, u8> = take(names::PID_FILTER)?
+            .try_into()
+            .map_err(map_err(names::PID_FILTER))?;
+        let known = take(names::KNOWN_PROCESSES)?
+            .try_into()
+            .map_err(map_err(names::KNOWN_PROCESSES))?;
+        let ring: RingBuf<MapData> = take(names::NEW_PROCESSES)?
+            .try_into()
+            .map_err(map_err(names::NEW_PROCESSES))?;
+        let counts = [
+            take(names::COUNTS[0])?.try_into().map_err(map_err(names::COUNTS[0]))?,
+            take(names::COUNTS[1])?.try_into().map_err(map_err(names::COUNTS[1]))?,
+        ];
+        let stacks = [
+            take(names::STACKS[0])?.try_into().map_err(map_err(names::STACKS[0]))?,
+            take(names::STACKS[1])?.try_into().map_err(map_err(names::STACKS[1]))?,
+        ];
+
+        let mut config = Config {
+            active_set: MapSet::Zero.index() as u32,
+            flags: 0,
+        };
+        if !policy.include_idle {
+            config.flags |= Config::SKIP_IDLE;
+        }
+        if let Target::Pids(pids) = &policy.target {
+            config.flags |= Config::FILTER_PIDS;
+            for pid in pids {
+                pid_filter
+                    .insert(pid, 1, 0)
+                    .map_err(map_err(names::PID_FILTER))?;
+            }
+        }
+        config_map
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))?;
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(names::PROGRAM)
+            .ok_or(SamplerError::Missing(names::PROGRAM))?
+            .try_into()
+            .map_err(|source| SamplerError::Program {
+                action: "find the perf_event program".into(),
+                source,
+            })?;
+        program.load().map_err(|source| SamplerError::Program {
+            action: "load the perf_event program (verifier)".into(),
+            source,
+        })?;
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(u64::from(policy.frequency.hz())),
+                    true,
+                )
+                .map_err(|source| SamplerError::Program {
+                    action: format!("attach to the CPU-clock perf event of CPU {cpu}"),
+                    source,
+                })?;
+        }
+
+        let mut sampler = Sampler {
+            ebpf,
+            config_map,
+            config,
+            stats,
+            counts,
+            stacks,
+            known,
+            active: MapSet::Zero,
+            last_stats: StatCounters::default(),
+            attached: true,
+        };
+        sampler.last_stats = sampler.read_stats()?;
+        // SAFETY: the ring buffer owns its file descriptor and lives inside
+        // the AsyncFd, so the descriptor stays open while it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|err| SamplerError::Poll(io::Error::from(err)))?;
+        let events = ProcessEvents { ring };
+        Ok((sampler, events))
+    }
+
+    /// Takes every sample recorded since the previous drain.
+    ///
+    /// Flips the program to the other map set, waits for in-flight program
+    /// runs to finish, then reads and empties the set it just left.
+    pub fn drain(&mut self) -> Result<Drained, SamplerError> {
+        let drained_set = self.active;
+        self.switch_to(drained_set.other())?;
+        quiesce();
+        let samples = self.take_set(drained_set)?;
+        let stats = self.read_stats()?;
+        let delta = stats.since(&self.last_stats);
+        self.last_stats = stats;
+        Ok(Drained {
+            samples,
+            stats: delta,
+        })
+    }
+
+    /// Stops sampling and returns everything not yet drained.
+    pub fn stop(&mut self) -> Result<Drained, SamplerError> {
+        if self.attached {
+            let program: &mut PerfEvent = self
+                .ebpf
+                .program_mut(names::PROGRAM)
+                .ok_or(SamplerError::Missing(names::PROGRAM))?
+                .try_into()
+                .map_err(|source| SamplerError::Program {
+                    action: "find the perf_event program".into(),
+                    source,
+                })?;
+            program.unload().map_err(|source| SamplerError::Program {
+                action: "detach the perf_event program".into(),
+                source,
+            })?;
+            self.attached = false;
+        }
+        quiesce();
+        // Both sets may hold samples now: the active one, and none other
+        // (the inactive set is always empty between drains), but draining
+        // both keeps this correct if a previous drain failed half-way.
+        let mut samples = self.take_set(self.active)?;
+        samples.extend(self.take_set(self.active.other())?);
+        let stats = self.read_stats()?;
+        let delta = stats.since(&self.last_stats);
+        self.last_stats = stats;
+        Ok(Drained {
+            samples,
+            stats: delta,
+        })
+    }
+
+    /// Lets the kernel announce `tgids` again the next time they are sampled
+    /// (call when they have exited, so a reused pid is snapshotted afresh).
+    pub fn forget_processes(&mut self, tgids: &[u32]) {
+        for tgid in tgids {
+            // Already evicted by the LRU is fine.
+            let _ = self.known.remove(tgid);
+        }
+    }
+
+    fn switch_to(&mut self, set: MapSet) -> Result<(), SamplerError> {
+        self.config.active_set = set.index() as u32;
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(map_err(names::CONFIG))?;
+        self.active = set;
+        Ok(())
+    }
+
+    fn take_set(&mut self, set: MapSet) -> Result<Vec<RawSample>, SamplerError> {
+        let index = set.index();
+        let counts_name = names::COUNTS[index];
+        let stacks_name = names::STACKS[index];
+        let counts = &mut self.counts[index];
+        let mut entries = Vec::new();
+        for item in counts.iter() {
+            let (key, per_cpu) = item.map_err(map_err(counts_name))?;
+            entries.push((key, per_cpu.iter().sum::<u64>()));
+        }
+        for (key, _) in &entries {
+            counts.remove(key).map_err(map_err(counts_name))?;
+        }
+
+        let stacks_map = &mut self.stacks[index];
+        let mut stacks = StdHashMap::new();
+        for item in stacks_map.iter() {
+            let (hash, stack) = item.map_err(map_err(stacks_name))?;
+            stacks.insert(hash, stack.frames().to_vec());
+        }
+        for hash in stacks.keys() {
+            stacks_map.remove(hash).map_err(map_err(stacks_name))?;
+        }
+        Ok(drain::assemble(entries, &stacks))
+    }
+
+    fn read_stats(&self) -> Result<StatCounters, SamplerError> {
+        let mut values = [0; Stat::COUNT as usize];
+        for stat in Stat::ALL {
+            let per_cpu = self
+                .stats
+                .get(&(stat as u32), 0)
+                .map_err(map_err(names::STATS))?;
+            values[stat as usize] = per_cpu.iter().sum();
+        }
+        Ok(StatCounters::new(values))
+    }
+}
+
+/// Waits until every program run that may have read the old
+/// `Config::active_set` has finished.
+///
+/// BPF perf-event programs run inside an RCU read-side critical section, and
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)` is implemented as `synchronize_rcu()`,
+/// so its return guarantees that. Kernels booted with `nohz_full` refuse the
+/// command; there a pause far longer than any program run stands in.
+fn quiesce() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes sampled for the first time, announced by the kernel program.
+pub struct ProcessEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl ProcessEvents {
+    /// Waits for announcements and returns the tgids announced so far.
+    pub async fn next_batch(&mut self) -> Result<Vec<u32>, SamplerError> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(SamplerError::Poll)?;
+            let tgids = read_events(guard.get_inner_mut());
+            guard.clear_ready();
+            if !tgids.is_empty() {
+                return Ok(tgids);
+            }
+        }
+    }
+
+    /// Returns the tgids announced so far without waiting.
+    pub fn try_batch(&mut self) -> Vec<u32> {
+        read_events(self.ring.get_mut())
+    }
+}
+
+fn read_events(ring: &mut RingBuf<MapData>) -> Vec<u32> {
+    let mut tgids = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() >= std::mem::size_of::<NewProcess>() {
+            // SAFETY: the kernel wrote a `NewProcess` (plain integers) here;
+            // read_unaligned copes with any alignment.
+            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewProcess>()) };
+            tgids.push(event.tgid);
+        }
+    }
+    tgids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_scales_with_cpus_and_frequency() {
+        assert_eq!(map_capacity(2, Frequency::DEFAULT), 16_384);
+        assert_eq!(map_capacity(128, Frequency::new(1000).unwrap()), 512_000);
+        assert_eq!(map_capacity(4096, Frequency::new(1000).unwrap()), 1 << 20);
+    }
+}

@@ -1,0 +1,124 @@
+//! What to sample and how often.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Sampling frequency in Hz, 1 to 1000 inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Frequency(u32);
+
+impl Frequency {
+    /// Lowest accepted frequency.
+    pub const MIN: u32 = 1;
+    /// Highest accepted frequency: beyond it the profiler's own overhead and
+    /// the kernel's `perf_event_max_sample_rate` throttling dominate.
+    pub const MAX: u32 = 1000;
+    /// 99 Hz: off the 100 Hz timer tick, so samples do not alias with it.
+    pub const DEFAULT: Frequency = Frequency(99);
+
+    /// A frequency, or an error when outside [`Self::MIN`]..=[`Self::MAX`].
+    pub fn new(hz: u32) -> Result<Self, InvalidFrequency> {
+        if (Self::MIN..=Self::MAX).contains(&hz) {
+            Ok(Self(hz))
+        } else {
+            Err(InvalidFrequency(hz.to_string()))
+        }
+    }
+
+    /// The frequency in Hz.
+    pub fn hz(self) -> u32 {
+        self.0
+    }
+
+    /// CPU time one sample stands for, in nanoseconds.
+    pub fn period_ns(self) -> u64 {
+        1_000_000_000 / u64::from(self.0)
+    }
+}
+
+impl Default for Frequency {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl fmt::Display for Frequency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} Hz", self.0)
+    }
+}
+
+impl FromStr for Frequency {
+    type Err = InvalidFrequency;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.trim().trim_end_matches("Hz").trim_end_matches("hz").trim();
+        let hz = digits
+            .parse::<u32>()
+            .map_err(|_| InvalidFrequency(s.to_owned()))?;
+        Self::new(hz).map_err(|_| InvalidFrequency(s.to_owned()))
+    }
+}
+
+/// A frequency outside 1–1000 Hz, or not a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid sampling frequency {0:?}: expected a whole number of Hz from {min} to {max} (default 99)",
+    min = Frequency::MIN,
+    max = Frequency::MAX
+)]
+pub struct InvalidFrequency(String);
+
+/// Which processes to sample.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    /// Every process on the host.
+    #[default]
+    AllProcesses,
+    /// Only these process ids (tgids); filtered in the kernel.
+    Pids(Vec<u32>),
+}
+
+/// How the sampler samples: frequency, target processes, idle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplingPolicy {
+    /// Samples per second per CPU.
+    pub frequency: Frequency,
+    /// Which processes to record.
+    pub target: Target,
+    /// Record the idle task (pid 0) so shares of CPU time add up to 100 %.
+    pub include_idle: bool,
+}
+
+impl Default for SamplingPolicy {
+    fn default() -> Self {
+        Self {
+            frequency: Frequency::DEFAULT,
+            target: Target::AllProcesses,
+            include_idle: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frequency_bounds() {
+        assert_eq!(Frequency::new(1).unwrap().hz(), 1);
+        assert_eq!(Frequency::new(1000).unwrap().hz(), 1000);
+        assert!(Frequency::new(0).is_err());
+        assert!(Frequency::new(1001).is_err());
+        assert_eq!(Frequency::default().period_ns(), 10_101_010);
+    }
+
+    #[test]
+    fn frequency_parsing() {
+        assert_eq!("99".parse::<Frequency>().unwrap().hz(), 99);
+        assert_eq!("250Hz".parse::<Frequency>().unwrap().hz(), 250);
+        let err = "5000".parse::<Frequency>().unwrap_err().to_string();
+        assert!(err.contains("5000") && err.contains("1 to 1000"), "{err}");
+        assert!("fast".parse::<Frequency>().is_err());
+    }
+}
