@@ -1,1 +1,341 @@
-//! system_info (in progress)
+//! What hostprof needs from the host, checked: kernel version, BTF,
+//! capabilities, perf and BPF features, CPUs, kernel symbol visibility.
+//!
+//! [`collect`] gathers every check for `hostprof system-info`;
+//! [`preflight`] runs before sampling and turns every failed check into one
+//! error that names what is missing and how to fix it. Deciding a status is
+//! pure (and tested); only reading the inputs touches the system.
+
+use std::fmt;
+
+use aya::maps::MapType;
+use aya::programs::ProgramType;
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, with a limitation.
+    Warn,
+    /// hostprof cannot sample.
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// One thing hostprof depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What is checked.
+    pub name: &'static str,
+    /// What was found.
+    pub value: String,
+    /// Verdict.
+    pub status: Status,
+    /// How to fix it, when not OK.
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn new(name: &'static str, value: impl Into<String>, status: Status) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            status,
+            hint: None,
+        }
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        if self.status != Status::Ok {
+            self.hint = Some(hint.into());
+        }
+        self
+    }
+}
+
+/// A table of checks, for printing.
+pub struct Report<'a>(pub &'a [Check]);
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.0.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for check in self.0 {
+            writeln!(
+                f,
+                "{:<width$}  {:<4}  {}",
+                check.name, check.status, check.value
+            )?;
+            if let Some(hint) = &check.hint {
+                writeln!(f, "{:<width$}        -> {hint}", "")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything that stops hostprof from sampling on this host.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(.0))]
+pub struct PreflightError(pub Vec<Check>);
+
+fn describe(failed: &[Check]) -> String {
+    let mut text = String::from("hostprof cannot sample on this host:");
+    for check in failed {
+        text.push_str(&format!("\n  - {}: {}", check.name, check.value));
+        if let Some(hint) = &check.hint {
+            text.push_str(&format!(" ({hint})"));
+        }
+    }
+    text.push_str("\nrun `hostprof system-info` for every check");
+    text
+}
+
+/// Checks that must pass before loading the program (no BPF syscalls).
+pub fn preflight() -> Result<(), PreflightError> {
+    let failed: Vec<Check> = [kernel_check(), btf_check(), capability_check()]
+        .into_iter()
+        .filter(|c| c.status == Status::Fail)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError(failed))
+    }
+}
+
+/// Every check, for `hostprof system-info`.
+pub fn collect() -> Vec<Check> {
+    let mut checks = vec![
+        kernel_check(),
+        btf_check(),
+        capability_check(),
+        paranoid_check(),
+    ];
+    checks.push(program_check());
+    for (name, map) in [
+        ("BPF map hash", MapType::Hash),
+        ("BPF map percpu_hash", MapType::PerCpuHash),
+        ("BPF map lru_hash", MapType::LruHash),
+        ("BPF map ringbuf", MapType::RingBuf),
+    ] {
+        checks.push(map_check(name, map));
+    }
+    checks.push(cpus_check());
+    checks.push(kallsyms_check());
+    checks.push(bpf_stats_check());
+    checks
+}
+
+/// A kernel release's (major, minor), e.g. `6.1.0-18-amd64` → (6, 1).
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn kernel_status(version: (u32, u32)) -> Status {
+    if version < (5, 8) {
+        Status::Fail
+    } else if version < (6, 1) {
+        Status::Warn
+    } else {
+        Status::Ok
+    }
+}
+
+fn kernel_check() -> Check {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let status = parse_kernel_version(&release).map_or(Status::Warn, kernel_status);
+    Check::new("kernel", release, status)
+        .hint("hostprof needs Linux 5.8+ (BPF ring buffer, CAP_BPF); 6.1+ is tested")
+}
+
+fn btf_check() -> Check {
+    let present = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    Check::new(
+        "BTF",
+        if present {
+            "/sys/kernel/btf/vmlinux"
+        } else {
+            "missing"
+        },
+        if present { Status::Ok } else { Status::Fail },
+    )
+    .hint("boot a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+}
+
+/// Capability bits of interest.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The `CapEff` mask from `/proc/<pid>/status` text.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+}
+
+/// Names of the capabilities missing from `cap_eff` for sampling; empty
+/// when CAP_SYS_ADMIN or both CAP_BPF and CAP_PERFMON are held.
+pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
+    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    missing
+}
+
+fn capability_check() -> Check {
+    let cap_eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(parse_cap_eff);
+    let Some(cap_eff) = cap_eff else {
+        return Check::new("capabilities", "cannot read CapEff", Status::Warn);
+    };
+    let missing = missing_capabilities(cap_eff);
+    if missing.is_empty() {
+        Check::new("capabilities", format!("CapEff={cap_eff:016x}"), Status::Ok)
+    } else {
+        Check::new(
+            "capabilities",
+            format!("missing {}", missing.join(" and ")),
+            Status::Fail,
+        )
+        .hint("run as root, or grant them: `sudo setcap cap_bpf,cap_perfmon+ep $(which hostprof)`")
+    }
+}
+
+fn paranoid_check() -> Check {
+    let value = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    // With CAP_PERFMON (or root) the setting does not restrict hostprof.
+    Check::new("perf_event_paranoid", value, Status::Ok)
+}
+
+fn program_check() -> Check {
+    match aya::sys::is_program_supported(ProgramType::PerfEvent) {
+        Ok(true) => Check::new("BPF program perf_event", "supported", Status::Ok),
+        Ok(false) => Check::new("BPF program perf_event", "not supported", Status::Fail)
+            .hint("the kernel lacks CONFIG_BPF_EVENTS"),
+        Err(err) => Check::new(
+            "BPF program perf_event",
+            format!("probe failed: {err}"),
+            Status::Warn,
+        )
+        .hint("probing needs CAP_BPF; run as root"),
+    }
+}
+
+fn map_check(name: &'static str, map: MapType) -> Check {
+    match aya::sys::is_map_supported(map) {
+        Ok(true) => Check::new(name, "supported", Status::Ok),
+        Ok(false) => {
+            Check::new(name, "not supported", Status::Fail).hint("upgrade the kernel (5.8+)")
+        }
+        Err(err) => Check::new(name, format!("probe failed: {err}"), Status::Warn)
+            .hint("probing needs CAP_BPF; run as root"),
+    }
+}
+
+fn cpus_check() -> Check {
+    match aya::util::online_cpus() {
+        Ok(cpus) => Check::new("online CPUs", cpus.len().to_string(), Status::Ok),
+        Err((path, err)) => Check::new("online CPUs", format!("{path}: {err}"), Status::Fail)
+            .hint("mount sysfs at /sys"),
+    }
+}
+
+/// Whether kallsyms shows real addresses: an unprivileged reader with
+/// `kptr_restrict` ≥ 1 sees zeros.
+fn kallsyms_check() -> Check {
+    let first = std::fs::read_to_string("/proc/kallsyms")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned));
+    match first.as_deref().and_then(|l| l.split_whitespace().next()) {
+        Some(addr) if addr.chars().any(|c| c != '0') => {
+            Check::new("kallsyms", "addresses visible", Status::Ok)
+        }
+        Some(_) => Check::new("kallsyms", "addresses hidden (kptr_restrict)", Status::Warn)
+            .hint("kernel frames will be unnamed; run as root or set kernel.kptr_restrict=0"),
+        None => Check::new("kallsyms", "unreadable", Status::Warn)
+            .hint("kernel frames will be unnamed; mount /proc"),
+    }
+}
+
+fn bpf_stats_check() -> Check {
+    let value = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .map(|s| if s.trim() == "1" { "on" } else { "off" }.to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    Check::new("kernel.bpf_stats_enabled", value, Status::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.10.0-28-amd64"), Some((5, 10)));
+        assert_eq!(parse_kernel_version("weird"), None);
+        assert_eq!(kernel_status((4, 19)), Status::Fail);
+        assert_eq!(kernel_status((5, 15)), Status::Warn);
+        assert_eq!(kernel_status((6, 1)), Status::Ok);
+    }
+
+    #[test]
+    fn capabilities() {
+        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let cap_eff = parse_cap_eff(root).unwrap();
+        assert!(missing_capabilities(cap_eff).is_empty());
+        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
+        assert_eq!(parse_cap_eff("nothing"), None);
+    }
+
+    #[test]
+    fn preflight_error_names_everything_missing() {
+        let err = PreflightError(vec![Check::new(
+            "capabilities",
+            "missing CAP_BPF",
+            Status::Fail,
+        )
+        .hint("run as root")]);
+        let text = err.to_string();
+        assert!(
+            text.contains("missing CAP_BPF") && text.contains("run as root"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn collect_on_this_host() {
+        let checks = collect();
+        assert!(checks.iter().any(|c| c.name == "kernel"));
+        let report = Report(&checks).to_string();
+        assert!(report.contains("online CPUs"), "{report}");
+    }
+}

@@ -1,1 +1,438 @@
-//! process (in progress)
+//! Snapshots of processes' memory maps, so user addresses can be turned into
+//! (file, file offset) even after a process has exited.
+//!
+//! The kernel program announces each process the first time it samples it;
+//! [`ProcessTable::observe`] then records its executable mappings and opens
+//! every mapped file once (shared by all processes mapping it, keyed by
+//! device and inode). Symbolization later reads the files through those open
+//! descriptors ([`Module::symbol_path`]), whether or not the process, or even
+//! the file's directory entry, still exists.
+
+pub mod maps;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use maps::{MapEntry, MapPath};
+
+/// Index of a [`Module`] in a [`ProcessTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleId(u32);
+
+/// A mapped executable file (binary or shared library).
+#[derive(Debug)]
+pub struct Module {
+    /// Path as the (first) process that mapped it saw it.
+    pub path: PathBuf,
+    /// GNU build id, when the file has one.
+    pub build_id: Option<Vec<u8>>,
+    /// Open handle keeping the file readable; `None` when it could not be opened.
+    file: Option<File>,
+}
+
+impl Module {
+    /// A path through which this process can read the file, even after the
+    /// mapping process exited: `/proc/self/fd/<n>` of our open handle, or
+    /// the original path when the file could not be opened.
+    pub fn symbol_path(&self) -> PathBuf {
+        match &self.file {
+            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            None => self.path.clone(),
+        }
+    }
+
+    /// The build id as lowercase hex.
+    pub fn build_id_hex(&self) -> Option<String> {
+        self.build_id
+            .as_ref()
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// An executable file mapping of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecMapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The mapped file.
+    pub module: ModuleId,
+}
+
+/// What a process looked like when last observed.
+#[derive(Clone, Debug)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (field 22 of `/proc/<pid>/stat`):
+    /// tells a reused pid from the process that had it before.
+    pub start_time: u64,
+    /// Name of the main thread (`/proc/<pid>/comm`).
+    pub executable_name: String,
+    /// Path of the executable; `None` for kernel threads.
+    pub executable_path: Option<PathBuf>,
+    /// Executable file mappings, sorted by start address.
+    pub mappings: Vec<ExecMapping>,
+    /// Address range of the vDSO.
+    pub vdso: Option<(u64, u64)>,
+    exe_identity: Option<(u64, u64)>,
+    refreshed: Instant,
+}
+
+/// Where a user address points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Into a mapped file.
+    Module {
+        /// The file.
+        module: ModuleId,
+        /// Offset of the address in the file.
+        file_offset: u64,
+        /// Start of the mapping that holds the address.
+        mapping_start: u64,
+        /// End of that mapping.
+        mapping_end: u64,
+        /// File offset of `mapping_start`.
+        mapping_file_offset: u64,
+    },
+    /// Into the vDSO.
+    Vdso,
+    /// Into no known file mapping (JIT code, or a process never snapshotted).
+    Unknown,
+}
+
+/// Errors from reading a process's `/proc` entries.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The process exited before it could be read.
+    #[error("process {pid} exited before its memory map could be read")]
+    Gone {
+        /// Process id.
+        pid: u32,
+    },
+    /// A `/proc` file could not be read for another reason.
+    #[error("reading {path}: {source} (hostprof needs root or CAP_SYS_PTRACE to read other processes' maps)")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `/proc` file had unexpected contents.
+    #[error("{path}: {reason}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Re-reading a process's maps on an unknown address happens at most this often.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Memory-map snapshots of every observed process and the files they map.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    processes: HashMap<u32, ProcessInfo>,
+    modules: Vec<Module>,
+    module_ids: HashMap<(u32, u32, u64), ModuleId>,
+}
+
+impl ProcessTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Snapshots `pid` if it is new, or again if it exec'd or its pid was
+    /// reused; cheap (one small read) when nothing changed. A known process
+    /// that has exited keeps its last snapshot.
+    pub fn observe(&mut self, pid: u32) -> Result<(), ProcessError> {
+        if pid == 0 {
+            return Ok(()); // the idle task has no /proc entry
+        }
+        if let Some(known) = self.processes.get(&pid) {
+            match read_start_time(pid) {
+                Err(ProcessError::Gone { .. }) => return Ok(()),
+                Err(err) => return Err(err),
+                Ok(start)
+                    if start == known.start_time && exe_identity(pid) == known.exe_identity =>
+                {
+                    return Ok(())
+                }
+                Ok(_) => {}
+            }
+        }
+        let info = self.snapshot(pid)?;
+        self.processes.insert(pid, info);
+        Ok(())
+    }
+
+    /// The last snapshot of `pid`.
+    pub fn process(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.processes.get(&pid)
+    }
+
+    /// The module of `id`.
+    pub fn module(&self, id: ModuleId) -> &Module {
+        &self.modules[id.0 as usize]
+    }
+
+    /// Where `addr` points in `pid`'s address space. An address outside every
+    /// known mapping of a live process re-reads its maps (a library loaded
+    /// since the snapshot), at most every half second.
+    pub fn resolve(&mut self, pid: u32, addr: u64) -> Resolved {
+        let found = match self.processes.get(&pid) {
+            Some(info) => lookup(info, addr),
+            None => None,
+        };
+        if let Some(resolved) = found {
+            return resolved;
+        }
+        let stale = self
+            .processes
+            .get(&pid)
+            .is_none_or(|info| info.refreshed.elapsed() >= REFRESH_INTERVAL);
+        if stale {
+            if let Ok(info) = self.snapshot(pid) {
+                self.processes.insert(pid, info);
+            }
+        }
+        self.processes
+            .get(&pid)
+            .and_then(|info| lookup(info, addr))
+            .unwrap_or(Resolved::Unknown)
+    }
+
+    fn snapshot(&mut self, pid: u32) -> Result<ProcessInfo, ProcessError> {
+        let start_time = read_start_time(pid)?;
+        let maps_path = format!("/proc/{pid}/maps");
+        let text = read_proc(&maps_path, pid)?;
+        let entries = maps::parse(&text).map_err(|err| ProcessError::Malformed {
+            path: maps_path,
+            reason: err.to_string(),
+        })?;
+        let executable_name = read_proc(&format!("/proc/{pid}/comm"), pid)
+            .map(|s| s.trim_end().to_owned())
+            .unwrap_or_default();
+        let executable_path = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+
+        let mut mappings = Vec::new();
+        let mut vdso = None;
+        for entry in &entries {
+            if !entry.executable {
+                continue;
+            }
+            match &entry.path {
+                MapPath::File(path) | MapPath::Deleted(path) if entry.inode != 0 => {
+                    let module = self.module_for(pid, entry, path);
+                    mappings.push(ExecMapping {
+                        start: entry.start,
+                        end: entry.end,
+                        file_offset: entry.file_offset,
+                        module,
+                    });
+                }
+                MapPath::Pseudo(name) if name == "[vdso]" => vdso = Some((entry.start, entry.end)),
+                _ => {}
+            }
+        }
+        mappings.sort_by_key(|m| m.start);
+        Ok(ProcessInfo {
+            pid,
+            start_time,
+            executable_name,
+            executable_path,
+            mappings,
+            vdso,
+            exe_identity: exe_identity(pid),
+            refreshed: Instant::now(),
+        })
+    }
+
+    fn module_for(&mut self, pid: u32, entry: &MapEntry, path: &Path) -> ModuleId {
+        let key = (entry.dev.0, entry.dev.1, entry.inode);
+        if let Some(&id) = self.module_ids.get(&key) {
+            return id;
+        }
+        let file = open_mapped_file(pid, entry, path);
+        let build_id = file.as_ref().and_then(|f| {
+            let fd_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+            blazesym::helper::read_elf_build_id(&fd_path)
+                .ok()
+                .flatten()
+                .map(|id| id.into_owned())
+        });
+        let id = ModuleId(u32::try_from(self.modules.len()).expect("fewer than 2^32 modules"));
+        self.modules.push(Module {
+            path: path.to_owned(),
+            build_id,
+            file,
+        });
+        self.module_ids.insert(key, id);
+        id
+    }
+}
+
+fn lookup(info: &ProcessInfo, addr: u64) -> Option<Resolved> {
+    if info
+        .vdso
+        .is_some_and(|(start, end)| (start..end).contains(&addr))
+    {
+        return Some(Resolved::Vdso);
+    }
+    let i = info.mappings.partition_point(|m| m.start <= addr);
+    let mapping = info.mappings.get(i.checked_sub(1)?)?;
+    (addr < mapping.end).then_some(Resolved::Module {
+        module: mapping.module,
+        file_offset: addr - mapping.start + mapping.file_offset,
+        mapping_start: mapping.start,
+        mapping_end: mapping.end,
+        mapping_file_offset: mapping.file_offset,
+    })
+}
+
+/// Opens the file behind a mapping: through `map_files` (works across mount
+/// namespaces and for deleted files), else through the process's root.
+fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Option<File> {
+    let by_mapping = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
+    File::open(&by_mapping)
+        .or_else(|_| {
+            File::open(
+                Path::new(&format!("/proc/{pid}/root"))
+                    .join(path.strip_prefix("/").unwrap_or(path)),
+            )
+        })
+        .map_err(|err| log::debug!("pid {pid}: cannot open {}: {err}", path.display()))
+        .ok()
+}
+
+fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
+    std::fs::read_to_string(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ProcessError::Gone { pid },
+        // A process exiting mid-read reports ESRCH.
+        _ if source.raw_os_error() == Some(libc::ESRCH) => ProcessError::Gone { pid },
+        _ => ProcessError::Read {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = read_proc(&path, pid)?;
+    parse_start_time(&text).ok_or_else(|| ProcessError::Malformed {
+        path,
+        reason: "no start time field".into(),
+    })
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
+/// (field 2) may hold spaces and parentheses, so count from the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start at 3 (state); starttime is field 22.
+    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// (device, inode) of the process's executable, to notice exec.
+fn exe_identity(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker() -> u32 {
+        std::hint::black_box(7)
+    }
+
+    #[test]
+    fn start_time_from_stat() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(parse_start_time("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn resolves_own_code_to_the_test_binary() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new();
+        table.observe(pid).unwrap();
+        let info = table.process(pid).unwrap();
+        assert!(info.start_time > 0);
+        assert!(!info.mappings.is_empty());
+        let exe = std::env::current_exe().unwrap();
+        let Resolved::Module {
+            module,
+            file_offset,
+            mapping_start,
+            mapping_end,
+            ..
+        } = table.resolve(pid, marker as *const () as u64)
+        else {
+            panic!("own code must be in a file mapping");
+        };
+        assert!(mapping_start < mapping_end && file_offset > 0);
+        let module = table.module(module);
+        assert_eq!(
+            std::fs::canonicalize(&module.path).unwrap(),
+            std::fs::canonicalize(&exe).unwrap()
+        );
+        let expected = blazesym::helper::read_elf_build_id(&exe)
+            .unwrap()
+            .map(|id| id.into_owned());
+        assert_eq!(module.build_id, expected);
+        assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
+        // Observing again is a no-op for an unchanged process.
+        table.observe(pid).unwrap();
+    }
+
+    #[test]
+    fn exited_process_stays_readable() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut table = ProcessTable::new();
+        table.observe(pid).unwrap();
+        let exe_module = table.process(pid).unwrap().mappings[0].module;
+        child.wait().unwrap();
+        table.observe(pid).unwrap();
+        let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF");
+        assert!(matches!(
+            ProcessTable::new().observe(pid),
+            Err(ProcessError::Gone { .. })
+        ));
+    }
+
+    #[test]
+    fn idle_and_kernel_threads() {
+        let mut table = ProcessTable::new();
+        table.observe(0).unwrap();
+        assert!(table.process(0).is_none());
+        // kthreadd (pid 2) has no user mappings.
+        if table.observe(2).is_ok() {
+            let info = table.process(2).unwrap();
+            assert!(info.mappings.is_empty());
+            assert!(info.executable_path.is_none());
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use profiler_common::{SampleKey, Stat, StackHash, COMM_LEN};
+use profiler_common::{SampleKey, StackHash, Stat, COMM_LEN};
 
 use crate::profile::CaptureStats;
 
@@ -187,7 +187,10 @@ mod tests {
         assert_eq!(samples[0].kernel_stack, vec![0xffff_0001]);
         assert_eq!(samples[0].comm, "work");
         assert!(samples[1].user_stack.is_empty());
-        assert!(samples[2].user_stack.is_empty(), "unknown hash, empty stack");
+        assert!(
+            samples[2].user_stack.is_empty(),
+            "unknown hash, empty stack"
+        );
         assert_eq!(samples[2].count, 2);
         let total: u64 = samples.iter().map(|s| s.count).sum();
         assert_eq!(total, 6);

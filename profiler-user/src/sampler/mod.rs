@@ -100,10 +100,8 @@ impl Sampler {
     ///
     /// Also returns the stream of processes sampled for the first time.
     pub fn start(policy: &SamplingPolicy) -> Result<(Sampler, ProcessEvents), SamplerError> {
-        let cpus = aya::util::online_cpus().map_err(|(path, source)| SamplerError::OnlineCpus {
-            path,
-            source,
-        })?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let capacity = map_capacity(cpus.len(), policy.frequency);
         let mut loader = EbpfLoader::new();
         for name in names::COUNTS.iter().chain(names::STACKS.iter()) {
@@ -112,9 +110,12 @@ impl Sampler {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
-        let mut config_map: Array<_, Config> =
-            take(names::CONFIG)?.try_into().map_err(map_err(names::CONFIG))?;
-        let stats = take(names::STATS)?.try_into().map_err(map_err(names::STATS))?;
+        let mut config_map: Array<_, Config> = take(names::CONFIG)?
+            .try_into()
+            .map_err(map_err(names::CONFIG))?;
+        let stats = take(names::STATS)?
+            .try_into()
+            .map_err(map_err(names::STATS))?;
         let mut pid_filter: HashMap<_, u32, u8> = take(names::PID_FILTER)?
             .try_into()
             .map_err(map_err(names::PID_FILTER))?;
@@ -125,12 +126,20 @@ impl Sampler {
             .try_into()
             .map_err(map_err(names::NEW_PROCESSES))?;
         let counts = [
-            take(names::COUNTS[0])?.try_into().map_err(map_err(names::COUNTS[0]))?,
-            take(names::COUNTS[1])?.try_into().map_err(map_err(names::COUNTS[1]))?,
+            take(names::COUNTS[0])?
+                .try_into()
+                .map_err(map_err(names::COUNTS[0]))?,
+            take(names::COUNTS[1])?
+                .try_into()
+                .map_err(map_err(names::COUNTS[1]))?,
         ];
         let stacks = [
-            take(names::STACKS[0])?.try_into().map_err(map_err(names::STACKS[0]))?,
-            take(names::STACKS[1])?.try_into().map_err(map_err(names::STACKS[1]))?,
+            take(names::STACKS[0])?
+                .try_into()
+                .map_err(map_err(names::STACKS[0]))?,
+            take(names::STACKS[1])?
+                .try_into()
+                .map_err(map_err(names::STACKS[1]))?,
         ];
 
         let mut config = Config {

@@ -52,7 +52,11 @@ impl FromStr for Frequency {
     type Err = InvalidFrequency;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let digits = s.trim().trim_end_matches("Hz").trim_end_matches("hz").trim();
+        let digits = s
+            .trim()
+            .trim_end_matches("Hz")
+            .trim_end_matches("hz")
+            .trim();
         let hz = digits
             .parse::<u32>()
             .map_err(|_| InvalidFrequency(s.to_owned()))?;

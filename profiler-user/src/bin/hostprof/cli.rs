@@ -1,0 +1,169 @@
+//! Command-line interface definition.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use hostprof::sampler::Frequency;
+
+/// hostprof: whole-host CPU profiler built on eBPF.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Profile the whole host (or some processes) once and write pprof,
+    /// a flamegraph and optionally folded stacks.
+    Record(RecordArgs),
+    /// Print what hostprof depends on (kernel, BTF, capabilities, BPF
+    /// features, CPUs) and whether each is OK.
+    SystemInfo,
+}
+
+/// Arguments of `hostprof record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// How long to sample, e.g. `10s`, `1m`, `500ms`. Ctrl-C ends early and
+    /// still writes everything.
+    #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Samples per second on each CPU, 1 to 1000.
+    #[arg(short = 'F', long, default_value_t = Frequency::DEFAULT.hz(), value_parser = parse_frequency)]
+    pub frequency: u32,
+
+    /// Only profile this process id (repeatable). Default: every process.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Leave the idle task (pid 0) out, so shares are of busy CPU time.
+    #[arg(long)]
+    pub no_idle: bool,
+
+    /// Where to write the gzip-compressed pprof profile.
+    #[arg(short, long, default_value = "host.pb.gz")]
+    pub output: PathBuf,
+
+    /// Where to write the flamegraph SVG. Default: beside --output, as `<name>.svg`.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_flamegraph")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Do not write a flamegraph.
+    #[arg(long)]
+    pub no_flamegraph: bool,
+
+    /// Also write folded stacks (one `frame;frame;... count` line per stack).
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<PathBuf>,
+}
+
+impl RecordArgs {
+    /// The flamegraph path, if one is to be written.
+    pub fn flamegraph_path(&self) -> Option<PathBuf> {
+        if self.no_flamegraph {
+            return None;
+        }
+        Some(self.flamegraph.clone().unwrap_or_else(|| {
+            let name = self
+                .output
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = name
+                .strip_suffix(".pb.gz")
+                .or_else(|| name.strip_suffix(".gz"))
+                .or_else(|| name.strip_suffix(".pb"))
+                .unwrap_or(&name);
+            self.output.with_file_name(format!("{stem}.svg"))
+        }))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s)
+        .map_err(|err| format!("{err}; use a number with a unit, e.g. 10s, 2m, 500ms"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_frequency(s: &str) -> Result<u32, String> {
+    s.parse::<Frequency>()
+        .map(Frequency::hz)
+        .map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(args: &[&str]) -> Result<RecordArgs, clap::Error> {
+        let mut argv = vec!["hostprof", "record"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Record(args) => Ok(args),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let args = record(&[]).unwrap();
+        assert_eq!(args.duration, Duration::from_secs(10));
+        assert_eq!(args.frequency, 99);
+        assert!(args.pids.is_empty());
+        assert_eq!(args.output, PathBuf::from("host.pb.gz"));
+        assert_eq!(args.flamegraph_path(), Some(PathBuf::from("host.svg")));
+        assert_eq!(args.folded, None);
+    }
+
+    #[test]
+    fn flags() {
+        let args = record(&[
+            "--duration",
+            "2m",
+            "-F",
+            "250",
+            "--pid",
+            "1",
+            "--pid",
+            "42",
+            "--no-idle",
+            "-o",
+            "/tmp/x.pb.gz",
+            "--folded",
+            "x.folded",
+        ])
+        .unwrap();
+        assert_eq!(args.duration, Duration::from_secs(120));
+        assert_eq!(args.frequency, 250);
+        assert_eq!(args.pids, vec![1, 42]);
+        assert!(args.no_idle);
+        assert_eq!(args.flamegraph_path(), Some(PathBuf::from("/tmp/x.svg")));
+        assert_eq!(args.folded, Some(PathBuf::from("x.folded")));
+        assert_eq!(
+            record(&["--no-flamegraph"]).unwrap().flamegraph_path(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let err = record(&["--frequency", "5000"]).unwrap_err().to_string();
+        assert!(err.contains("1 to 1000"), "{err}");
+        let err = record(&["--frequency", "0"]).unwrap_err().to_string();
+        assert!(err.contains("1 to 1000"), "{err}");
+        let err = record(&["--duration", "ten"]).unwrap_err().to_string();
+        assert!(err.contains("10s"), "{err}");
+        assert!(record(&["--duration", "0s"]).is_err());
+        assert!(record(&["--pid", "abc"]).is_err());
+        assert!(record(&["--flamegraph", "a.svg", "--no-flamegraph"]).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! `hostprof record`: one capture, written to local files.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use hostprof::profile::Profile;
+use hostprof::profiler::{Profiler, ProfilerOptions, Progress};
+use hostprof::sampler::{Frequency, SamplingPolicy, Target};
+use hostprof::summary::Summary;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::RecordArgs;
+
+/// Runs a capture as `args` say and writes its outputs.
+pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    for pid in &args.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
+        }
+    }
+    let options = ProfilerOptions {
+        policy: SamplingPolicy {
+            frequency: Frequency::new(args.frequency)?,
+            target: if args.pids.is_empty() {
+                Target::AllProcesses
+            } else {
+                Target::Pids(args.pids.clone())
+            },
+            include_idle: !args.no_idle,
+        },
+        ..ProfilerOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let profile = runtime.block_on(capture(options, args.duration))?;
+    write_outputs(&profile, &args)?;
+    print!("\n{}", Summary::new(&profile, 10));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result<Profile> {
+    let mut profiler = Profiler::start(options)?;
+    let bar = progress_bar(duration);
+    let stop = async {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => {}
+            _ = tokio::signal::ctrl_c() => {
+                bar.println("interrupted: stopping early and writing what was collected");
+            }
+        }
+    };
+    profiler
+        .run_until(stop, |progress| update(&bar, progress))
+        .await?;
+    bar.finish_and_clear();
+    eprintln!("symbolizing...");
+    Ok(profiler.finish()?)
+}
+
+fn progress_bar(duration: Duration) -> ProgressBar {
+    let bar = ProgressBar::new(duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("recording {bar:30} {elapsed:>4} / {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{}s", duration.as_secs_f64()));
+    bar
+}
+
+fn update(bar: &ProgressBar, progress: &Progress) {
+    bar.set_position(progress.elapsed.as_millis() as u64);
+    bar.set_message(format!(
+        "{} samples, {} processes, {} dropped",
+        progress.samples, progress.processes, progress.stats.dropped
+    ));
+}
+
+fn write_outputs(profile: &Profile, args: &RecordArgs) -> anyhow::Result<()> {
+    hostprof::pprof::write_file(profile, &args.output)?;
+    eprintln!("wrote {}", args.output.display());
+    if let Some(path) = args.flamegraph_path() {
+        let out = create(&path)?;
+        hostprof::flamegraph::write_svg(profile, out, "hostprof CPU flamegraph")
+            .with_context(|| format!("writing the flamegraph to {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.folded {
+        let out = create(path)?;
+        hostprof::flamegraph::write_folded(profile, out)
+            .with_context(|| format!("writing folded stacks to {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
+    let file = File::create(path).with_context(|| {
+        format!(
+            "cannot create {}: check that the directory exists and is writable",
+            path.display()
+        )
+    })?;
+    Ok(BufWriter::new(file))
+}

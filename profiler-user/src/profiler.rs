@@ -1,0 +1,167 @@
+//! The public entry point: runs the pipeline sampler → drain → (process
+//! snapshots) → aggregate → symbolize and hands back a [`Profile`].
+//!
+//! This module only wires stages together; each stage's logic lives in its
+//! own module.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::aggregate::Aggregator;
+use crate::process::ProcessTable;
+use crate::profile::{CaptureStats, Profile};
+use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
+use crate::symbolize::Symbolizer;
+use crate::system_info::{self, PreflightError};
+
+/// How a [`Profiler`] runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfilerOptions {
+    /// What to sample and how often.
+    pub policy: SamplingPolicy,
+    /// How often the kernel maps are drained. Shorter keeps the maps small;
+    /// longer costs fewer syscalls.
+    pub drain_interval: Duration,
+}
+
+impl Default for ProfilerOptions {
+    fn default() -> Self {
+        Self {
+            policy: SamplingPolicy::default(),
+            drain_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Errors of a profiling run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfilerError {
+    /// The host lacks something hostprof needs.
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    /// The kernel side failed.
+    #[error(transparent)]
+    Sampler(#[from] SamplerError),
+}
+
+/// Where a run stands, reported after every drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Time since sampling started.
+    pub elapsed: Duration,
+    /// Samples collected so far.
+    pub samples: u64,
+    /// Distinct processes sampled so far.
+    pub processes: usize,
+    /// Loss counters so far.
+    pub stats: CaptureStats,
+}
+
+/// A running whole-host profiler.
+pub struct Profiler {
+    options: ProfilerOptions,
+    sampler: Sampler,
+    events: ProcessEvents,
+    processes: ProcessTable,
+    aggregator: Aggregator,
+    start_time: SystemTime,
+    started: Instant,
+}
+
+impl Profiler {
+    /// Checks the host, loads the kernel program and starts sampling.
+    pub fn start(options: ProfilerOptions) -> Result<Self, ProfilerError> {
+        system_info::preflight()?;
+        let (sampler, events) = Sampler::start(&options.policy)?;
+        Ok(Self {
+            options,
+            sampler,
+            events,
+            processes: ProcessTable::new(),
+            aggregator: Aggregator::new(),
+            start_time: SystemTime::now(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Samples until `stop` completes, draining periodically and calling
+    /// `progress` after each drain.
+    pub async fn run_until(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        mut progress: impl FnMut(&Progress),
+    ) -> Result<(), ProfilerError> {
+        let mut drain_tick = tokio::time::interval(self.options.drain_interval);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        drain_tick.tick().await; // the first tick is immediate
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                tgids = self.events.next_batch() => {
+                    for tgid in tgids? {
+                        self.observe(tgid);
+                    }
+                }
+                _ = drain_tick.tick() => {
+                    let drained = self.sampler.drain()?;
+                    self.ingest(drained);
+                    progress(&self.progress());
+                }
+            }
+        }
+    }
+
+    /// Stops sampling, drains what is left and builds the symbolized profile.
+    pub fn finish(mut self) -> Result<Profile, ProfilerError> {
+        for tgid in self.events.try_batch() {
+            self.observe(tgid);
+        }
+        let drained = self.sampler.stop()?;
+        self.ingest(drained);
+        let duration = self.started.elapsed();
+        let mut symbolizer = Symbolizer::new();
+        Ok(self.aggregator.finish(
+            &mut self.processes,
+            &mut symbolizer,
+            self.start_time,
+            duration,
+            self.options.policy.frequency.hz(),
+        ))
+    }
+
+    /// Where the run stands now.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            elapsed: self.started.elapsed(),
+            samples: self.aggregator.total_samples(),
+            processes: self.aggregator.process_count(),
+            stats: self.aggregator.stats(),
+        }
+    }
+
+    fn observe(&mut self, tgid: u32) {
+        if let Err(err) = self.processes.observe(tgid) {
+            log::debug!("process {tgid}: {err}");
+        }
+    }
+
+    fn ingest(&mut self, drained: Drained) {
+        let mut tgids: Vec<u32> = drained.samples.iter().map(|s| s.tgid).collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        let mut exited = Vec::new();
+        for &tgid in tgids.iter().filter(|&&t| t != 0) {
+            if Path::new(&format!("/proc/{tgid}")).exists() {
+                // Cheap when unchanged; re-snapshots after exec or pid reuse.
+                self.observe(tgid);
+            } else {
+                exited.push(tgid);
+            }
+        }
+        // Let a future process reusing the pid be announced again.
+        self.sampler.forget_processes(&exited);
+        self.aggregator.ingest(drained);
+    }
+}

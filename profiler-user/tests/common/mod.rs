@@ -1,0 +1,141 @@
+//! Helpers shared by the privileged end-to-end tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::time::{Duration, Instant};
+
+/// True when the user opted out of BPF tests; panics with the reason when
+/// BPF is unusable and they did not.
+pub fn skip_bpf() -> bool {
+    if std::env::var_os("HOSTPROF_SKIP_BPF_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("HOSTPROF_SKIP_BPF_TESTS=1: skipping a test that needs BPF");
+        return true;
+    }
+    if let Err(err) = hostprof::system_info::preflight() {
+        panic!(
+            "this test loads the real eBPF program and cannot here: {err}\n\
+             (set HOSTPROF_SKIP_BPF_TESTS=1 to skip BPF tests explicitly)"
+        );
+    }
+    false
+}
+
+/// Burns CPU in this thread for `duration`.
+pub fn spin_for(duration: Duration) {
+    let start = Instant::now();
+    let mut x = 0u64;
+    while start.elapsed() < duration {
+        for i in 0..10_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
+}
+
+/// Google's pprof tool: `HOSTPROF_PPROF`, else `target/tools/pprof`, else
+/// `pprof` on PATH. Panics with the fix when it is missing.
+pub fn pprof_tool() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("HOSTPROF_PPROF") {
+        return path.into();
+    }
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/pprof");
+    if built.exists() {
+        return built;
+    }
+    if let Ok(out) = std::process::Command::new("which").arg("pprof").output() {
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).trim().into();
+        }
+    }
+    panic!(
+        "Google's pprof tool is needed to check the output independently; \
+         run `cargo xtask setup` (it builds target/tools/pprof) or set HOSTPROF_PPROF"
+    );
+}
+
+/// Runs the pprof tool with `args` on `profile` and returns its stdout.
+pub fn pprof(tool: &std::path::Path, args: &[&str], profile: &std::path::Path) -> String {
+    let out = std::process::Command::new(tool)
+        .args(args)
+        .arg(profile)
+        .env("PPROF_BINARY_PATH", "/nonexistent")
+        .output()
+        .unwrap_or_else(|err| panic!("run {}: {err}", tool.display()));
+    assert!(
+        out.status.success(),
+        "pprof {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stacks of one process as `pprof -traces` prints them, leaf first, with
+/// their sample counts.
+pub struct Traces(pub Vec<(u64, Vec<String>)>);
+
+impl std::fmt::Debug for Traces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sorted: Vec<_> = self.0.iter().collect();
+        sorted.sort_by_key(|t| std::cmp::Reverse(t.0));
+        for (count, stack) in sorted.iter().take(12) {
+            writeln!(f, "{count:>6} {}", stack.join(" <- "))?;
+        }
+        Ok(())
+    }
+}
+
+impl Traces {
+    /// Traces of the samples whose `process` label is exactly `process`.
+    pub fn of(tool: &std::path::Path, profile: &std::path::Path, process: &str) -> Traces {
+        let focus = format!("-tagfocus=process=^{process}$");
+        let text = pprof(tool, &["-traces", "-sample_index=samples", &focus], profile);
+        Traces::parse(&text)
+    }
+
+    /// Parses `pprof -traces` text: blocks separated by dashed lines, label
+    /// lines `<key right-aligned in 10>:  <values>`, stack lines
+    /// `<value right-aligned in 10>   <function>`.
+    pub fn parse(text: &str) -> Traces {
+        let mut traces = Vec::new();
+        for block in text.split("-----------+") {
+            let mut count = None;
+            let mut stack = Vec::new();
+            for line in block.lines() {
+                if line.len() <= 13 || line.get(10..13) != Some("   ") {
+                    continue;
+                }
+                let value = line[..10].trim();
+                if !value.is_empty() {
+                    count = value.parse::<u64>().ok();
+                }
+                let name = line[13..].trim();
+                stack.push(name.trim_end_matches(" (inline)").to_owned());
+            }
+            if let Some(count) = count {
+                traces.push((count, stack));
+            }
+        }
+        Traces(traces)
+    }
+
+    /// All samples.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(c, _)| c).sum()
+    }
+
+    /// Samples whose stack satisfies `pred`.
+    pub fn count(&self, pred: impl Fn(&[String]) -> bool) -> u64 {
+        self.0.iter().filter(|(_, s)| pred(s)).map(|(c, _)| c).sum()
+    }
+
+    /// Every frame name of every stack.
+    pub fn frames(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().flat_map(|(_, s)| s.iter())
+    }
+}
+
+/// True when `stack` (leaf first) holds `chain` (leaf first) as consecutive frames.
+pub fn has_chain(stack: &[String], chain: &[&str]) -> bool {
+    stack
+        .windows(chain.len())
+        .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+}

@@ -1,0 +1,53 @@
+//! Privileged tests of the kernel path: load the real program, sample the
+//! host, drain. They fail (never silently pass) when BPF is unavailable,
+//! unless HOSTPROF_SKIP_BPF_TESTS=1 is set.
+
+mod common;
+
+use std::time::Duration;
+
+use hostprof::sampler::{Sampler, SamplingPolicy};
+
+#[tokio::test]
+async fn samples_every_cpu_and_drains_exactly() {
+    if common::skip_bpf() {
+        return;
+    }
+    let (mut sampler, mut events) =
+        Sampler::start(&SamplingPolicy::default()).expect("start sampler");
+    let spin = std::thread::spawn(|| common::spin_for(Duration::from_millis(700)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let first = sampler.drain().expect("drain");
+    spin.join().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let second = sampler.drain().expect("drain");
+    let last = sampler.stop().expect("stop");
+    let announced = events.try_batch();
+
+    let total = first.total() + second.total() + last.total();
+    let recorded = first.stats.recorded + second.stats.recorded + last.stats.recorded;
+    assert!(
+        total > 50,
+        "expected ~160 samples on 2 CPUs in 0.8 s, got {total}"
+    );
+    assert_eq!(
+        total, recorded,
+        "drained samples must equal samples the kernel counted"
+    );
+    assert_eq!(
+        first.stats.dropped + second.stats.dropped + last.stats.dropped,
+        0
+    );
+    let me = std::process::id();
+    assert!(
+        first
+            .samples
+            .iter()
+            .any(|s| s.tgid == me && !s.user_stack.is_empty()),
+        "the spinning test process must be sampled with a user stack"
+    );
+    assert!(
+        announced.contains(&me) || !announced.is_empty(),
+        "new-process events arrive"
+    );
+}

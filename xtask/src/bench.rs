@@ -1,0 +1,194 @@
+//! `cargo xtask bench`: hostprof's overhead against `perf`, side by side in
+//! one run on a busy host.
+//!
+//! Both tools produce a symbolized whole-host CPU profile with call stacks
+//! at the same frequency for the same duration while the same load runs:
+//! `hostprof record` (pprof + flamegraph) against `perf record -F N -a -g`
+//! followed by `perf report` (symbolized text). Each side's CPU seconds
+//! (user + system, its children included) and peak RSS come from `wait4`'s
+//! rusage, so start-up costs count. The verdict is a ratio, not a timed assert.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+/// Resource use of one process tree.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    /// User + system CPU seconds, reaped children included.
+    pub cpu_seconds: f64,
+    /// Peak resident set size of the largest process, in MiB.
+    pub peak_rss_mib: f64,
+}
+
+impl Usage {
+    /// Usage of two steps run one after the other.
+    fn then(self, next: Usage) -> Usage {
+        Usage {
+            cpu_seconds: self.cpu_seconds + next.cpu_seconds,
+            peak_rss_mib: self.peak_rss_mib.max(next.peak_rss_mib),
+        }
+    }
+}
+
+/// Options of the benchmark.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Capture length.
+    pub duration: Duration,
+    /// Sampling frequency in Hz.
+    pub frequency: u32,
+    /// The release `hostprof` binary.
+    pub hostprof: PathBuf,
+    /// Scratch directory for outputs.
+    pub work_dir: PathBuf,
+}
+
+/// Runs the comparison and prints the table.
+pub fn run(options: &BenchOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("creating {}", options.work_dir.display()))?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let secs = options.duration.as_secs().to_string();
+    let hz = options.frequency.to_string();
+
+    println!(
+        "[bench] {cpus} busy CPUs, {secs} s captures at {hz} Hz; hostprof first, then perf"
+    );
+    let hostprof = with_load(cpus, options.duration, || {
+        let out = options.work_dir.join("bench.pb.gz");
+        measure(
+            Command::new(&options.hostprof)
+                .args(["record", "--duration", &format!("{secs}s"), "-F", &hz, "-o"])
+                .arg(&out)
+                .stdout(Stdio::null()),
+        )
+    })?;
+
+    let perf_data = options.work_dir.join("perf.data");
+    let perf_record = with_load(cpus, options.duration, || {
+        measure(
+            Command::new("perf")
+                .args(["record", "-F", &hz, "-a", "-g", "-q", "-o"])
+                .arg(&perf_data)
+                .args(["--", "sleep", &secs]),
+        )
+    })?;
+    let perf_report = measure(
+        Command::new("perf")
+            .args(["report", "--stdio", "-q", "-i"])
+            .arg(&perf_data)
+            .stdout(Stdio::null()),
+    )?;
+    let perf = perf_record.then(perf_report);
+
+    println!();
+    println!("{:<44} {:>10} {:>14}", "", "CPU s", "peak RSS MiB");
+    print_row("hostprof record (pprof + flamegraph)", hostprof);
+    print_row("perf record -a -g", perf_record);
+    print_row("perf report --stdio", perf_report);
+    print_row("perf total", perf);
+    println!();
+    println!(
+        "hostprof / perf CPU: {:.2}x   (target <= 1.00)",
+        hostprof.cpu_seconds / perf.cpu_seconds.max(f64::EPSILON)
+    );
+    println!(
+        "hostprof peak RSS: {:.1} MiB   (target <= 40)",
+        hostprof.peak_rss_mib
+    );
+    Ok(())
+}
+
+fn print_row(name: &str, usage: Usage) {
+    println!(
+        "{:<44} {:>10.3} {:>14.1}",
+        name, usage.cpu_seconds, usage.peak_rss_mib
+    );
+}
+
+/// Runs `step` while `cpus` busy loops keep every CPU loaded.
+fn with_load(cpus: usize, duration: Duration, step: impl FnOnce() -> Result<Usage>) -> Result<Usage> {
+    let spin_secs = (duration + Duration::from_secs(5)).as_secs().to_string();
+    let mut load: Vec<Child> = (0..cpus)
+        .map(|_| {
+            Command::new("timeout")
+                .args([&spin_secs, "sh", "-c", "while :; do :; done"])
+                .spawn()
+                .context("starting a busy loop (sh)")
+        })
+        .collect::<Result<_>>()?;
+    let result = step();
+    for child in &mut load {
+        child.kill().ok();
+        child.wait().ok();
+    }
+    result
+}
+
+/// Runs `cmd` to completion and returns its resource use.
+fn measure(cmd: &mut Command) -> Result<Usage> {
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our child, not yet reaped; the pointers are valid.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!("wait4 for {cmd:?}: {}", std::io::Error::last_os_error());
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed (wait status {status})");
+    }
+    Ok(usage_of(&usage))
+}
+
+fn usage_of(usage: &libc::rusage) -> Usage {
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Usage {
+        cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        // ru_maxrss is in KiB on Linux.
+        peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+    }
+}
+
+/// Default scratch directory under the target dir.
+pub fn default_work_dir(workspace: &Path) -> PathBuf {
+    workspace.join("target").join("bench")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_conversion_and_sum() {
+        // SAFETY: all-zero rusage is valid.
+        let mut raw: libc::rusage = unsafe { std::mem::zeroed() };
+        raw.ru_utime.tv_sec = 1;
+        raw.ru_utime.tv_usec = 500_000;
+        raw.ru_stime.tv_usec = 250_000;
+        raw.ru_maxrss = 2048;
+        let usage = usage_of(&raw);
+        assert_eq!(usage.cpu_seconds, 1.75);
+        assert_eq!(usage.peak_rss_mib, 2.0);
+        let total = usage.then(Usage {
+            cpu_seconds: 0.25,
+            peak_rss_mib: 5.0,
+        });
+        assert_eq!(total.cpu_seconds, 2.0);
+        assert_eq!(total.peak_rss_mib, 5.0);
+    }
+
+    #[test]
+    fn measures_a_real_child() {
+        let usage = measure(Command::new("true").stdout(Stdio::null())).unwrap();
+        assert!(usage.peak_rss_mib > 0.0);
+        assert!(measure(&mut Command::new("false")).is_err());
+    }
+}
