@@ -55,11 +55,9 @@ static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 // Per-CPU values: each CPU bumps its own slot with a plain add (the BPF
 // target has no 64-bit atomic add in stable `core`), userspace sums them.
 #[map(name = "COUNTS_0")]
-static COUNTS_0: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
 #[map(name = "COUNTS_1")]
-static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+static COUNTS_1: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
 
 // Stacks are 1 KiB each: allocate on use rather than up front.
 #[map(name = "STACKS_0")]
