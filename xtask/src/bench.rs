@@ -54,9 +54,7 @@ pub fn run(options: &BenchOptions) -> Result<()> {
     let secs = options.duration.as_secs().to_string();
     let hz = options.frequency.to_string();
 
-    println!(
-        "[bench] {cpus} busy CPUs, {secs} s captures at {hz} Hz; hostprof first, then perf"
-    );
+    println!("[bench] {cpus} busy CPUs, {secs} s captures at {hz} Hz; hostprof first, then perf");
     let hostprof = with_load(cpus, options.duration, || {
         let out = options.work_dir.join("bench.pb.gz");
         measure(
@@ -110,7 +108,11 @@ fn print_row(name: &str, usage: Usage) {
 }
 
 /// Runs `step` while `cpus` busy loops keep every CPU loaded.
-fn with_load(cpus: usize, duration: Duration, step: impl FnOnce() -> Result<Usage>) -> Result<Usage> {
+fn with_load(
+    cpus: usize,
+    duration: Duration,
+    step: impl FnOnce() -> Result<Usage>,
+) -> Result<Usage> {
     let spin_secs = (duration + Duration::from_secs(5)).as_secs().to_string();
     let mut load: Vec<Child> = (0..cpus)
         .map(|_| {
@@ -130,9 +132,7 @@ fn with_load(cpus: usize, duration: Duration, step: impl FnOnce() -> Result<Usag
 
 /// Runs `cmd` to completion and returns its resource use.
 fn measure(cmd: &mut Command) -> Result<Usage> {
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it.

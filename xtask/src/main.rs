@@ -1,1 +1,119 @@
-fn main() {}
+//! `cargo xtask`: hostprof's development tasks.
+//!
+//! Every task that needs tools installs them first (idempotently), so each
+//! command works on a fresh machine.
+
+mod bench;
+mod cmd;
+mod ebpf;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "hostprof development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install everything building and testing needs (idempotent; needs root
+    /// for the Debian packages).
+    Setup,
+    /// Build only the eBPF object and print where it is.
+    BuildEbpf,
+    /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
+    Check,
+    /// Set up, then run the whole test suite (extra args go to `cargo test`).
+    Test {
+        /// Passed to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build hostprof in release mode and run `hostprof record`
+    /// (extra args go to it).
+    Record {
+        /// Passed to `hostprof record`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Compare hostprof's CPU and memory with `perf record` + `perf report`
+    /// on a busy host.
+    Bench {
+        /// Capture length in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Sampling frequency in Hz.
+        #[arg(long, default_value_t = 99)]
+        frequency: u32,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_owned()
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Setup => setup::run(&root),
+        Task::BuildEbpf => ebpf::build(&root).map(|_| ()),
+        Task::Check => {
+            cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
+            cmd::cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "profiler-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )
+        }
+        Task::Test { args } => {
+            setup::run(&root)?;
+            let mut cargo_args = vec!["test", "--workspace", "--exclude", "profiler-ebpf"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            cmd::cargo(&root, &cargo_args)
+        }
+        Task::Record { args } => {
+            let hostprof = release_build(&root)?;
+            let mut record = vec!["record".to_owned()];
+            record.extend(args);
+            cmd::run(
+                std::process::Command::new(hostprof)
+                    .args(&record)
+                    .current_dir(&root),
+            )
+        }
+        Task::Bench { seconds, frequency } => {
+            let hostprof = release_build(&root)?;
+            bench::run(&bench::BenchOptions {
+                duration: Duration::from_secs(seconds),
+                frequency,
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+            })
+        }
+    }
+}
+
+/// Sets up, builds the release binary and returns its path.
+fn release_build(root: &Path) -> Result<PathBuf> {
+    setup::run(root)?;
+    cmd::cargo(root, &["build", "--release", "-p", "hostprof"])?;
+    Ok(root.join("target/release/hostprof"))
+}
