@@ -14,7 +14,7 @@ use crate::profile::{FrameKind, Profile};
 #[derive(Debug, thiserror::Error)]
 pub enum FlamegraphError {
     /// Writing failed.
-    #[error("{0}")]
+    #[error("writing flamegraph output failed")]
     Write(#[from] std::io::Error),
 }
 

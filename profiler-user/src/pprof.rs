@@ -20,10 +20,10 @@ use crate::profile::Profile;
 #[derive(Debug, thiserror::Error)]
 pub enum PprofError {
     /// Writing or compressing failed.
-    #[error("writing the pprof profile: {0}")]
+    #[error("writing the pprof profile failed")]
     Write(#[from] std::io::Error),
     /// The output file could not be created.
-    #[error("cannot create {path}: {source} (check that the directory exists and is writable)")]
+    #[error("cannot create {path} (check that the directory exists and is writable)")]
     Create {
         /// The file.
         path: String,

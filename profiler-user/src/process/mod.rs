@@ -117,7 +117,7 @@ pub enum ProcessError {
         pid: u32,
     },
     /// A `/proc` file could not be read for another reason.
-    #[error("reading {path}: {source} (hostprof needs root or CAP_SYS_PTRACE to read other processes' maps)")]
+    #[error("reading {path} failed (hostprof needs root or CAP_SYS_PTRACE to read other processes' maps)")]
     Read {
         /// The file.
         path: String,

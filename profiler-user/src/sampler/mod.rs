@@ -31,15 +31,15 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub enum SamplerError {
     /// The object could not be loaded (verifier, permissions, missing BTF).
     #[error(
-        "could not load the eBPF program: {0}; hostprof needs root or CAP_BPF+CAP_PERFMON \
-         and a kernel with BTF (run `hostprof system-info` to see what is missing)"
+        "could not load the eBPF program (hostprof needs root or CAP_BPF+CAP_PERFMON \
+         and a kernel with BTF; run `hostprof system-info` to see what is missing)"
     )]
     Load(#[source] EbpfError),
     /// The program was not in the object (a build problem).
     #[error("the eBPF object has no program or map named {0:?}; rebuild hostprof")]
     Missing(&'static str),
     /// The program could not be loaded or attached.
-    #[error("could not {action}: {source}")]
+    #[error("could not {action}")]
     Program {
         /// What was being done.
         action: String,
@@ -48,7 +48,7 @@ pub enum SamplerError {
         source: ProgramError,
     },
     /// A map operation failed.
-    #[error("BPF map {map}: {source}")]
+    #[error("BPF map {map} failed")]
     Map {
         /// The map's name.
         map: &'static str,
@@ -57,7 +57,7 @@ pub enum SamplerError {
         source: MapError,
     },
     /// The set of online CPUs could not be read.
-    #[error("could not read the online CPUs from {path}: {source}")]
+    #[error("could not read the online CPUs from {path}")]
     OnlineCpus {
         /// The file read.
         path: &'static str,
@@ -66,7 +66,7 @@ pub enum SamplerError {
         source: io::Error,
     },
     /// The new-process ring buffer could not be registered with the runtime.
-    #[error("could not poll the new-process ring buffer: {0}")]
+    #[error("could not poll the new-process ring buffer")]
     Poll(#[source] io::Error),
 }
 
@@ -161,14 +161,7 @@ impl Sampler {
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))?;
 
-        let program: &mut PerfEvent = ebpf
-            .program_mut(names::PROGRAM)
-            .ok_or(SamplerError::Missing(names::PROGRAM))?
-            .try_into()
-            .map_err(|source| SamplerError::Program {
-                action: "find the perf_event program".into(),
-                source,
-            })?;
+        let program = perf_program(&mut ebpf)?;
         program.load().map_err(|source| SamplerError::Program {
             action: "load the perf_event program (verifier)".into(),
             source,
@@ -217,31 +210,18 @@ impl Sampler {
         self.switch_to(drained_set.other())?;
         quiesce();
         let samples = self.take_set(drained_set)?;
-        let stats = self.read_stats()?;
-        let delta = stats.since(&self.last_stats);
-        self.last_stats = stats;
-        Ok(Drained {
-            samples,
-            stats: delta,
-        })
+        self.drained(samples)
     }
 
     /// Stops sampling and returns everything not yet drained.
     pub fn stop(&mut self) -> Result<Drained, SamplerError> {
         if self.attached {
-            let program: &mut PerfEvent = self
-                .ebpf
-                .program_mut(names::PROGRAM)
-                .ok_or(SamplerError::Missing(names::PROGRAM))?
-                .try_into()
+            perf_program(&mut self.ebpf)?
+                .unload()
                 .map_err(|source| SamplerError::Program {
-                    action: "find the perf_event program".into(),
+                    action: "detach the perf_event program".into(),
                     source,
                 })?;
-            program.unload().map_err(|source| SamplerError::Program {
-                action: "detach the perf_event program".into(),
-                source,
-            })?;
             self.attached = false;
         }
         quiesce();
@@ -250,6 +230,11 @@ impl Sampler {
         // both keeps this correct if a previous drain failed half-way.
         let mut samples = self.take_set(self.active)?;
         samples.extend(self.take_set(self.active.other())?);
+        self.drained(samples)
+    }
+
+    /// Pairs drained samples with the loss counters since the last drain.
+    fn drained(&mut self, samples: Vec<RawSample>) -> Result<Drained, SamplerError> {
         let stats = self.read_stats()?;
         let delta = stats.since(&self.last_stats);
         self.last_stats = stats;
@@ -314,6 +299,16 @@ impl Sampler {
         }
         Ok(StatCounters::new(values))
     }
+}
+
+fn perf_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
+    ebpf.program_mut(names::PROGRAM)
+        .ok_or(SamplerError::Missing(names::PROGRAM))?
+        .try_into()
+        .map_err(|source| SamplerError::Program {
+            action: "find the perf_event program".into(),
+            source,
+        })
 }
 
 /// Waits until every program run that may have read the old

@@ -79,67 +79,76 @@ impl Symbolizer {
     /// Symbolizes `offsets` (file offsets) in the ELF file readable at `path`,
     /// which is module `module`. Returns one entry per offset.
     pub fn user(&mut self, module: ModuleId, path: PathBuf, offsets: &[u64]) -> Vec<Symbols> {
-        let missing: Vec<u64> = unique_missing(offsets, |o| self.user.contains_key(&(module, o)));
-        self.count(offsets.len(), missing.len());
-        if !missing.is_empty() {
+        let source = || {
             let mut elf = Elf::new(path);
             elf.debug_syms = true;
-            let results = self
-                .blazesym
-                .symbolize(&Source::Elf(elf), Input::FileOffset(&missing));
-            for (i, offset) in missing.iter().enumerate() {
-                let symbols = match &results {
-                    Ok(results) => results.get(i).and_then(frames_of),
-                    // The file is unreadable or not ELF: every offset stays
-                    // unsymbolized and is shown as module+offset.
-                    Err(err) => {
-                        log::debug!("symbolizing module {module:?}: {err}");
-                        None
-                    }
-                };
-                self.user.insert((module, *offset), symbols);
-            }
-        }
-        offsets
-            .iter()
-            .map(|o| self.user.get(&(module, *o)).cloned().flatten())
-            .collect()
+            Source::Elf(elf)
+        };
+        cached_symbolize(
+            &self.blazesym,
+            &mut self.user,
+            &mut self.stats,
+            offsets,
+            |offset| (module, offset),
+            source,
+            |offsets| Input::FileOffset(offsets),
+        )
     }
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Symbols> {
-        let missing: Vec<u64> = unique_missing(addrs, |a| self.kernel.contains_key(&a));
-        self.count(addrs.len(), missing.len());
-        if !missing.is_empty() {
-            let kernel = Kernel {
+        let source = || {
+            Source::Kernel(Kernel {
                 kallsyms: MaybeDefault::Default,
                 vmlinux: MaybeDefault::None,
                 ..Kernel::default()
-            };
-            let results = self
-                .blazesym
-                .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&missing));
-            for (i, addr) in missing.iter().enumerate() {
-                let symbols = match &results {
-                    Ok(results) => results.get(i).and_then(frames_of),
-                    Err(err) => {
-                        log::debug!("symbolizing kernel addresses: {err}");
-                        None
-                    }
-                };
-                self.kernel.insert(*addr, symbols);
-            }
-        }
-        addrs
-            .iter()
-            .map(|a| self.kernel.get(a).cloned().flatten())
-            .collect()
+            })
+        };
+        cached_symbolize(
+            &self.blazesym,
+            &mut self.kernel,
+            &mut self.stats,
+            addrs,
+            |addr| addr,
+            source,
+            |addrs| Input::AbsAddr(addrs),
+        )
     }
+}
 
-    fn count(&mut self, asked: usize, missing: usize) {
-        self.stats.misses += missing as u64;
-        self.stats.hits += (asked - missing) as u64;
+/// Answers `values` from `cache`, symbolizing the values it lacks in one
+/// blazesym call. A source that cannot be read (not ELF, gone) leaves its
+/// values unsymbolized, to be shown as module+offset.
+fn cached_symbolize<K: Copy + Eq + std::hash::Hash>(
+    blazesym: &blazesym::symbolize::Symbolizer,
+    cache: &mut HashMap<K, Symbols>,
+    stats: &mut CacheStats,
+    values: &[u64],
+    key: impl Fn(u64) -> K,
+    source: impl FnOnce() -> Source<'static>,
+    input: fn(&[u64]) -> Input<&[u64]>,
+) -> Vec<Symbols> {
+    let missing = unique_missing(values, |v| cache.contains_key(&key(v)));
+    stats.misses += missing.len() as u64;
+    stats.hits += (values.len() - missing.len()) as u64;
+    if !missing.is_empty() {
+        let results = blazesym.symbolize(&source(), input(&missing));
+        if let Err(err) = &results {
+            log::debug!("symbolization failed: {err}");
+        }
+        for (i, value) in missing.iter().enumerate() {
+            let symbols = results
+                .as_ref()
+                .ok()
+                .and_then(|r| r.get(i))
+                .and_then(frames_of);
+            cache.insert(key(*value), symbols);
+        }
     }
+    values
+        .iter()
+        .map(|v| cache.get(&key(*v)).cloned().flatten())
+        .collect()
 }
 
 /// The distinct values of `values` for which `cached` is false, in first-seen order.

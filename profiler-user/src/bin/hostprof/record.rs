@@ -17,6 +17,13 @@ use crate::cli::RecordArgs;
 
 /// Runs a capture as `args` say and writes its outputs.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    check_output_dir("--output", &args.output)?;
+    if let Some(path) = args.flamegraph_path() {
+        check_output_dir("--flamegraph", &path)?;
+    }
+    if let Some(path) = &args.folded {
+        check_output_dir("--folded", path)?;
+    }
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
@@ -96,6 +103,22 @@ fn write_outputs(profile: &Profile, args: &RecordArgs) -> anyhow::Result<()> {
         hostprof::flamegraph::write_folded(profile, out)
             .with_context(|| format!("writing folded stacks to {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Fails before sampling, rather than after, when an output cannot be written.
+fn check_output_dir(flag: &str, path: &Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "{flag} {}: the directory {} does not exist; create it or choose another path",
+            path.display(),
+            dir.display()
+        );
     }
     Ok(())
 }
