@@ -64,6 +64,7 @@ pub struct Profiler {
     sampler: Sampler,
     events: ProcessEvents,
     processes: ProcessTable,
+    symbolizer: Symbolizer,
     aggregator: Aggregator,
     start_time: SystemTime,
     started: Instant,
@@ -79,6 +80,7 @@ impl Profiler {
             sampler,
             events,
             processes: ProcessTable::new(),
+            symbolizer: Symbolizer::new(),
             aggregator: Aggregator::new(),
             start_time: SystemTime::now(),
             started: Instant::now(),
@@ -121,10 +123,9 @@ impl Profiler {
         let drained = self.sampler.stop()?;
         self.ingest(drained);
         let duration = self.started.elapsed();
-        let mut symbolizer = Symbolizer::new();
         Ok(self.aggregator.finish(
             &mut self.processes,
-            &mut symbolizer,
+            &mut self.symbolizer,
             self.start_time,
             duration,
             self.options.policy.frequency.hz(),

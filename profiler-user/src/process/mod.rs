@@ -406,13 +406,22 @@ mod tests {
     #[test]
     fn exited_process_stays_readable() {
         let mut child = std::process::Command::new("sleep")
-            .arg("0.3")
+            .arg("5")
             .spawn()
             .unwrap();
         let pid = child.id();
+        // Right after spawn the child may not have exec'd yet.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_link(format!("/proc/{pid}/exe"))
+            .map_or(true, |exe| !exe.ends_with("sleep"))
+        {
+            assert!(Instant::now() < deadline, "child never exec'd sleep");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let mut table = ProcessTable::new();
         table.observe(pid).unwrap();
         let exe_module = table.process(pid).unwrap().mappings[0].module;
+        child.kill().unwrap();
         child.wait().unwrap();
         table.observe(pid).unwrap();
         let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
