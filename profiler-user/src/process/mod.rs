@@ -410,16 +410,24 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
-        // Right after spawn the child may not have exec'd yet.
+        // Right after spawn the child may not have exec'd yet, and exec
+        // switches /proc/<pid>/exe before it maps the new binary: wait
+        // until the snapshot shows sleep's own mapping.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::read_link(format!("/proc/{pid}/exe"))
-            .map_or(true, |exe| !exe.ends_with("sleep"))
-        {
-            assert!(Instant::now() < deadline, "child never exec'd sleep");
+        let mut table = loop {
+            let mut table = ProcessTable::new();
+            table.observe(pid).unwrap();
+            let info = table.process(pid).unwrap();
+            if info
+                .mappings
+                .iter()
+                .any(|m| table.module(m.module).path.ends_with("sleep"))
+            {
+                break table;
+            }
+            assert!(Instant::now() < deadline, "child never mapped sleep");
             std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut table = ProcessTable::new();
-        table.observe(pid).unwrap();
+        };
         let exe_module = table.process(pid).unwrap().mappings[0].module;
         child.kill().unwrap();
         child.wait().unwrap();
