@@ -27,6 +27,7 @@
 
 pub mod aggregate;
 pub mod flamegraph;
+pub mod otlp;
 pub mod pprof;
 pub mod process;
 pub mod profile;

@@ -9,69 +9,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{pprof_tool, Traces};
-
-const WORKLOADS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads");
-
-struct Workloads {
-    dir: tempfile::TempDir,
-}
-
-impl Workloads {
-    fn build() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path();
-        let cflags = [
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ];
-        for (src, bin) in [
-            ("cpu_chain.c", "cpu_chain"),
-            ("cpu_chain.c", "short_lived"),
-            ("syscall_chain.c", "syscall_chain"),
-        ] {
-            run(Command::new("gcc")
-                .args(cflags)
-                .arg("-o")
-                .arg(out.join(bin))
-                .arg(Path::new(WORKLOADS).join(src)));
-        }
-        run(Command::new("rustc")
-            .args(["-C", "opt-level=3", "-C", "force-frame-pointers=yes", "-g"])
-            .arg("-o")
-            .arg(out.join("rust_chain"))
-            .arg(Path::new(WORKLOADS).join("rust_chain.rs")));
-        Self { dir }
-    }
-
-    fn spawn(&self, name: &str, run_ms: u64) -> Child {
-        Command::new(self.dir.path().join(name))
-            .arg(run_ms.to_string())
-            .spawn()
-            .unwrap_or_else(|err| panic!("spawn {name}: {err}"))
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|err| panic!("run {cmd:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{pprof_tool, Traces, Workloads};
 
 #[test]
 fn record_whole_host_with_real_workloads() {

@@ -35,6 +35,7 @@ pub fn run(root: &Path) -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     pprof_tool(root)?;
+    python_otlp()?;
     Ok(())
 }
 
@@ -142,6 +143,27 @@ fn bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
     .context("installing bpf-linker (is ~/.cargo/bin on PATH?)")
+}
+
+/// The official OTLP Python types and grpcio, for the interop tests'
+/// receiver (opentelemetry-proto 1.45 reads proto v1.10, our wire format).
+fn python_otlp() -> Result<()> {
+    let probe = "import grpc; from opentelemetry.proto.collector.profiles.v1development \
+                 import profiles_service_pb2_grpc";
+    if cmd::succeeds(Command::new("python3").args(["-c", probe])) {
+        step("python opentelemetry-proto + grpcio", "present");
+        return Ok(());
+    }
+    step("python opentelemetry-proto + grpcio", "installing with pip");
+    cmd::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--root-user-action=ignore",
+        "opentelemetry-proto==1.45.*",
+        "grpcio>=1.60",
+    ]))
 }
 
 fn pprof_tool(root: &Path) -> Result<()> {

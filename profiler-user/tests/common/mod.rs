@@ -1,6 +1,8 @@
 //! Helpers shared by the privileged end-to-end tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// True when the user opted out of BPF tests; panics with the reason when
@@ -138,4 +140,67 @@ pub fn has_chain(stack: &[String], chain: &[&str]) -> bool {
     stack
         .windows(chain.len())
         .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
+}
+
+const WORKLOADS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads");
+
+/// Test programs compiled into a temporary directory.
+pub struct Workloads {
+    dir: tempfile::TempDir,
+}
+
+impl Workloads {
+    /// Compiles every workload (C with frame pointers, Rust with forced frame pointers).
+    pub fn build() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = dir.path();
+        let cflags = [
+            "-O2",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ];
+        for (src, bin) in [
+            ("cpu_chain.c", "cpu_chain"),
+            ("cpu_chain.c", "short_lived"),
+            ("syscall_chain.c", "syscall_chain"),
+        ] {
+            run(Command::new("gcc")
+                .args(cflags)
+                .arg("-o")
+                .arg(out.join(bin))
+                .arg(Path::new(WORKLOADS).join(src)));
+        }
+        run(Command::new("rustc")
+            .args(["-C", "opt-level=3", "-C", "force-frame-pointers=yes", "-g"])
+            .arg("-o")
+            .arg(out.join("rust_chain"))
+            .arg(Path::new(WORKLOADS).join("rust_chain.rs")));
+        Self { dir }
+    }
+
+    /// Starts workload `name` for `run_ms` milliseconds.
+    pub fn spawn(&self, name: &str, run_ms: u64) -> Child {
+        Command::new(self.dir.path().join(name))
+            .arg(run_ms.to_string())
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {name}: {err}"))
+    }
+
+    /// A path in the workloads' directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Runs `cmd`, panicking with its stderr when it fails.
+pub fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|err| panic!("run {cmd:?}: {err}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

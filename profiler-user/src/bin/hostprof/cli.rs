@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hostprof::otlp::config::ConfigError;
+use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use hostprof::sampler::Frequency;
 
 /// hostprof: whole-host CPU profiler built on eBPF.
@@ -61,6 +63,65 @@ pub struct RecordArgs {
     /// Also write folded stacks (one `frame;frame;... count` line per stack).
     #[arg(long, value_name = "PATH")]
     pub folded: Option<PathBuf>,
+
+    /// Where and how to export over OTLP.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+
+    /// Write no local files (only with an OTLP endpoint).
+    #[arg(long, requires = "otlp_endpoint")]
+    pub no_local: bool,
+}
+
+/// OTLP export flags; each overrides its `OTEL_EXPORTER_OTLP_*` variable.
+#[derive(Debug, Args)]
+pub struct OtlpArgs {
+    /// Also export the profile to this OTLP endpoint, e.g.
+    /// `http://localhost:4317` (gRPC) or `http://localhost:4318` (HTTP).
+    /// Default: OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT;
+    /// with neither set, nothing is exported.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http` (HTTP/protobuf). Default: grpc.
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    pub otlp_protocol: Option<Protocol>,
+
+    /// Extra header for the export, e.g. `authorization=Bearer X` (repeatable).
+    #[arg(long = "otlp-header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub otlp_headers: Vec<(String, String)>,
+}
+
+impl OtlpArgs {
+    /// The exporter settings, or `None` when no endpoint is configured.
+    pub fn exporter_config(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<ExporterConfig>, ConfigError> {
+        let configured = self.otlp_endpoint.is_some()
+            || env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some()
+            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
+        if !configured {
+            return Ok(None);
+        }
+        let flags = ExporterFlags {
+            endpoint: self.otlp_endpoint.clone(),
+            protocol: self.otlp_protocol,
+            headers: self.otlp_headers.clone(),
+        };
+        ExporterConfig::resolve(&flags, env).map(Some)
+    }
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.parse().map_err(|err: ConfigError| err.to_string())
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 impl RecordArgs {
@@ -165,5 +226,48 @@ mod tests {
         assert!(record(&["--duration", "0s"]).is_err());
         assert!(record(&["--pid", "abc"]).is_err());
         assert!(record(&["--flamegraph", "a.svg", "--no-flamegraph"]).is_err());
+        assert!(
+            record(&["--no-local"]).is_err(),
+            "--no-local needs an endpoint"
+        );
+        let err = record(&["--otlp-protocol", "smoke"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc or http/protobuf"), "{err}");
+        assert!(record(&["--otlp-header", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn otlp_flags_and_environment() {
+        let args = record(&[
+            "--otlp-endpoint",
+            "http://collector:4318",
+            "--otlp-protocol",
+            "http",
+            "--otlp-header",
+            "authorization=Bearer x",
+            "--no-local",
+        ])
+        .unwrap();
+        assert!(args.no_local);
+        let config = args.otlp.exporter_config(|_| None).unwrap().unwrap();
+        assert_eq!(
+            config.http_url(),
+            "http://collector:4318/v1development/profiles"
+        );
+        assert_eq!(
+            config.headers,
+            vec![("authorization".into(), "Bearer x".into())]
+        );
+        let none = record(&[]).unwrap();
+        assert!(none.otlp.exporter_config(|_| None).unwrap().is_none());
+        let from_env = none
+            .otlp
+            .exporter_config(|k| {
+                (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://env:4317".into())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(from_env.endpoint, "http://env:4317");
     }
 }

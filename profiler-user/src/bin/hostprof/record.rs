@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
 use hostprof::profiler::{Profiler, ProfilerOptions, Progress};
 use hostprof::sampler::{Frequency, SamplingPolicy, Target};
@@ -17,12 +18,19 @@ use crate::cli::RecordArgs;
 
 /// Runs a capture as `args` say and writes its outputs.
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    check_output_dir("--output", &args.output)?;
-    if let Some(path) = args.flamegraph_path() {
-        check_output_dir("--flamegraph", &path)?;
-    }
-    if let Some(path) = &args.folded {
-        check_output_dir("--folded", path)?;
+    let exporter = args
+        .otlp
+        .exporter_config(|name| std::env::var(name).ok())?
+        .map(Exporter::new);
+    let host = HostIdentity::detect()?;
+    if !args.no_local {
+        check_output_dir("--output", &args.output)?;
+        if let Some(path) = args.flamegraph_path() {
+            check_output_dir("--flamegraph", &path)?;
+        }
+        if let Some(path) = &args.folded {
+            check_output_dir("--folded", path)?;
+        }
     }
     for pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -46,9 +54,32 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let profile = runtime.block_on(capture(options, args.duration))?;
-    write_outputs(&profile, &args)?;
+    if !args.no_local {
+        write_outputs(&profile, &args)?;
+    }
     print!("\n{}", Summary::new(&profile, 10));
+    if let Some(exporter) = exporter {
+        runtime.block_on(export(&exporter, &profile, &host))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn export(exporter: &Exporter, profile: &Profile, host: &HostIdentity) -> anyhow::Result<()> {
+    let request = hostprof::otlp::build_request(profile, host);
+    let profiles = request.resource_profiles.len();
+    let outcome = exporter.export(&request).await?;
+    eprintln!(
+        "exported {profiles} profiles ({} bytes) to {}",
+        outcome.bytes_sent,
+        exporter.config().endpoint
+    );
+    if outcome.rejected_profiles > 0 || !outcome.message.is_empty() {
+        eprintln!(
+            "warning: the collector rejected {} profiles: {}",
+            outcome.rejected_profiles, outcome.message
+        );
+    }
+    Ok(())
 }
 
 async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result<Profile> {

@@ -1,0 +1,426 @@
+//! Translates a [`Profile`] into an OTLP `ExportProfilesServiceRequest`
+//! (profiles v1development, proto v1.10.0): pure, no I/O.
+//!
+//! Follows the proto's rules: one dictionary for the whole request whose
+//! every table starts with its zero value (`string_table[0] == ""`, empty
+//! mapping/location/function/link/attribute/stack at index 0), no duplicate
+//! table entries, samples with equal {stack, attributes, link} merged, and
+//! stacks leaf first. One `ResourceProfiles` per process.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::UNIX_EPOCH;
+
+use hostprof_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
+use hostprof_proto::otlp::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use hostprof_proto::otlp::profiles::v1development as pb;
+use hostprof_proto::otlp::resource::v1::Resource;
+
+use crate::profile::{FrameKind, ProcessId, Profile};
+
+/// What identifies the host (and the agent) on every resource.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// `host.name`.
+    pub host_name: String,
+    /// `host.id` (the machine id), when known.
+    pub host_id: Option<String>,
+    /// Extra resource attributes (e.g. from `OTEL_RESOURCE_ATTRIBUTES`,
+    /// `service.name` from `OTEL_SERVICE_NAME`), added to every resource.
+    pub extra: Vec<(String, String)>,
+}
+
+/// The instrumentation scope every profile is reported under.
+const SCOPE_NAME: &str = "hostprof";
+
+/// An append-only table handing out one index per distinct key, with the
+/// zero value at index 0.
+struct Table<K, V> {
+    items: Vec<V>,
+    index: HashMap<K, i32>,
+}
+
+impl<K: Eq + Hash, V: Default> Table<K, V> {
+    fn new() -> Self {
+        Self {
+            items: vec![V::default()],
+            index: HashMap::new(),
+        }
+    }
+
+    fn intern(&mut self, key: K, make: impl FnOnce() -> V) -> i32 {
+        if let Some(&i) = self.index.get(&key) {
+            return i;
+        }
+        let i = i32::try_from(self.items.len()).expect("fewer than 2^31 dictionary entries");
+        self.items.push(make());
+        self.index.insert(key, i);
+        i
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum AttrValue {
+    Str(String),
+    Int(i64),
+}
+
+/// The request-wide dictionary under construction.
+struct Dictionary {
+    strings: Table<String, String>,
+    attributes: Table<(i32, AttrValue), pb::KeyValueAndUnit>,
+    stacks: Table<Vec<i32>, pb::Stack>,
+}
+
+impl Dictionary {
+    fn new() -> Self {
+        Self {
+            strings: Table::new(),
+            attributes: Table::new(),
+            stacks: Table::new(),
+        }
+    }
+
+    fn string(&mut self, s: &str) -> i32 {
+        if s.is_empty() {
+            return 0;
+        }
+        self.strings.intern(s.to_owned(), || s.to_owned())
+    }
+
+    fn attribute(&mut self, key: &str, value: AttrValue) -> i32 {
+        let key_strindex = self.string(key);
+        let any = match &value {
+            AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+            AttrValue::Int(i) => any_value::Value::IntValue(*i),
+        };
+        self.attributes
+            .intern((key_strindex, value), || pb::KeyValueAndUnit {
+                key_strindex,
+                value: Some(AnyValue { value: Some(any) }),
+                unit_strindex: 0,
+            })
+    }
+
+    fn value_type(&mut self, ty: &str, unit: &str) -> pb::ValueType {
+        pb::ValueType {
+            type_strindex: self.string(ty),
+            unit_strindex: self.string(unit),
+        }
+    }
+}
+
+fn key_value(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn str_kv(key: &str, value: &str) -> KeyValue {
+    key_value(key, any_value::Value::StringValue(value.to_owned()))
+}
+
+/// Sample counts keyed by (stack index, attribute indices); the link is
+/// always the zero link.
+type MergedSamples = HashMap<(i32, Vec<i32>), i64>;
+
+/// Builds the export request for `profile`.
+pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesServiceRequest {
+    let mut dict = Dictionary::new();
+
+    // The profile's tables are already unique by value: table i maps to
+    // dictionary index i + 1, after the zero entry.
+    let functions: Vec<pb::Function> = profile
+        .functions
+        .iter()
+        .map(|f| pb::Function {
+            name_strindex: dict.string(&f.name),
+            system_name_strindex: dict.string(f.system_name.as_deref().unwrap_or(&f.name)),
+            filename_strindex: f.filename.as_deref().map_or(0, |n| dict.string(n)),
+            start_line: 0,
+        })
+        .collect();
+    let mappings: Vec<pb::Mapping> = profile
+        .mappings
+        .iter()
+        .map(|m| pb::Mapping {
+            memory_start: m.start,
+            memory_limit: m.limit,
+            file_offset: m.file_offset,
+            filename_strindex: dict.string(&m.path),
+            attribute_indices: m
+                .build_id
+                .iter()
+                .map(|id| {
+                    dict.attribute(
+                        "process.executable.build_id.gnu",
+                        AttrValue::Str(id.clone()),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let locations: Vec<pb::Location> = profile
+        .locations
+        .iter()
+        .map(|l| {
+            let frame_type = match l.kind {
+                FrameKind::Kernel => "kernel",
+                FrameKind::Native => "native",
+            };
+            pb::Location {
+                mapping_index: l.mapping.map_or(0, |m| m.index() as i32 + 1),
+                address: l.address,
+                lines: l
+                    .lines
+                    .iter()
+                    .map(|line| pb::Line {
+                        function_index: line.function.index() as i32 + 1,
+                        line: line.line.map_or(0, i64::from),
+                        column: 0,
+                    })
+                    .collect(),
+                attribute_indices: vec![
+                    dict.attribute("profile.frame.type", AttrValue::Str(frame_type.into()))
+                ],
+            }
+        })
+        .collect();
+
+    // Samples per process, merged by {stack, attributes, link}.
+    let mut per_process: Vec<(ProcessId, MergedSamples)> = Vec::new();
+    let mut slot: HashMap<ProcessId, usize> = HashMap::new();
+    for sample in &profile.samples {
+        let location_indices: Vec<i32> =
+            sample.stack.iter().map(|l| l.index() as i32 + 1).collect();
+        let stack_index = dict
+            .stacks
+            .intern(location_indices.clone(), || pb::Stack { location_indices });
+        let attributes = vec![
+            dict.attribute("thread.name", AttrValue::Str(sample.thread_name.clone())),
+            dict.attribute("thread.id", AttrValue::Int(i64::from(sample.tid))),
+        ];
+        let i = *slot.entry(sample.process).or_insert_with(|| {
+            per_process.push((sample.process, HashMap::new()));
+            per_process.len() - 1
+        });
+        *per_process[i]
+            .1
+            .entry((stack_index, attributes))
+            .or_default() += sample.count as i64;
+    }
+
+    let time_unix_nano = profile
+        .start_time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let sample_type = dict.value_type("samples", "count");
+    let period_type = dict.value_type("cpu", "nanoseconds");
+    let scope = InstrumentationScope {
+        name: SCOPE_NAME.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
+    let resource_profiles = per_process
+        .into_iter()
+        .map(|(process_id, samples)| {
+            let mut samples: Vec<pb::Sample> = samples
+                .into_iter()
+                .map(|((stack_index, attribute_indices), count)| pb::Sample {
+                    stack_index,
+                    attribute_indices,
+                    link_index: 0,
+                    values: vec![count],
+                    timestamps_unix_nano: Vec::new(),
+                })
+                .collect();
+            samples.sort_by(|a, b| {
+                (a.stack_index, &a.attribute_indices).cmp(&(b.stack_index, &b.attribute_indices))
+            });
+            pb::ResourceProfiles {
+                resource: Some(Resource {
+                    attributes: resource_attributes(profile, process_id, host),
+                    ..Default::default()
+                }),
+                scope_profiles: vec![pb::ScopeProfiles {
+                    scope: Some(scope.clone()),
+                    profiles: vec![pb::Profile {
+                        sample_type: Some(sample_type),
+                        samples,
+                        time_unix_nano,
+                        duration_nano: profile.duration.as_nanos() as u64,
+                        period_type: Some(period_type),
+                        period: profile.period_ns() as i64,
+                        ..Default::default()
+                    }],
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }
+        })
+        .collect();
+
+    let mut mapping_table = vec![pb::Mapping::default()];
+    mapping_table.extend(mappings);
+    let mut location_table = vec![pb::Location::default()];
+    location_table.extend(locations);
+    let mut function_table = vec![pb::Function::default()];
+    function_table.extend(functions);
+    ExportProfilesServiceRequest {
+        resource_profiles,
+        dictionary: Some(pb::ProfilesDictionary {
+            mapping_table,
+            location_table,
+            function_table,
+            link_table: vec![pb::Link::default()],
+            string_table: dict.strings.items,
+            attribute_table: dict.attributes.items,
+            stack_table: dict.stacks.items,
+        }),
+    }
+}
+
+fn resource_attributes(profile: &Profile, id: ProcessId, host: &HostIdentity) -> Vec<KeyValue> {
+    let process = profile.process(id);
+    let mut attributes = vec![
+        str_kv("host.name", &host.host_name),
+        str_kv("os.type", "linux"),
+        key_value(
+            "process.pid",
+            any_value::Value::IntValue(i64::from(process.pid)),
+        ),
+        str_kv("process.executable.name", &process.executable_name),
+    ];
+    if let Some(id) = &host.host_id {
+        attributes.push(str_kv("host.id", id));
+    }
+    if let Some(path) = &process.executable_path {
+        attributes.push(str_kv("process.executable.path", &path.to_string_lossy()));
+    }
+    for (key, value) in &host.extra {
+        if !attributes.iter().any(|kv| &kv.key == key) {
+            attributes.push(str_kv(key, value));
+        }
+    }
+    attributes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::pprof::tests::sample_profile;
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            host_name: "node-1".into(),
+            host_id: Some("abc123".into()),
+            extra: vec![("service.name".into(), "hostprof".into())],
+        }
+    }
+
+    #[test]
+    fn dictionary_starts_with_zero_values_and_has_no_duplicates() {
+        let request = build_request(&sample_profile(), &host());
+        let d = request.dictionary.unwrap();
+        assert_eq!(d.string_table[0], "");
+        assert_eq!(d.mapping_table[0], pb::Mapping::default());
+        assert_eq!(d.location_table[0], pb::Location::default());
+        assert_eq!(d.function_table[0], pb::Function::default());
+        assert_eq!(d.link_table, vec![pb::Link::default()]);
+        assert_eq!(d.attribute_table[0], pb::KeyValueAndUnit::default());
+        assert_eq!(d.stack_table[0], pb::Stack::default());
+        let strings: HashSet<&String> = d.string_table.iter().collect();
+        assert_eq!(strings.len(), d.string_table.len());
+        let stacks: HashSet<&Vec<i32>> =
+            d.stack_table.iter().map(|s| &s.location_indices).collect();
+        assert_eq!(stacks.len(), d.stack_table.len());
+        let attrs: HashSet<String> = d.attribute_table.iter().map(|a| format!("{a:?}")).collect();
+        assert_eq!(attrs.len(), d.attribute_table.len());
+    }
+
+    #[test]
+    fn every_index_resolves_and_stacks_are_leaf_first() {
+        let request = build_request(&sample_profile(), &host());
+        let d = request.dictionary.as_ref().unwrap();
+        let s = |i: i32| d.string_table[i as usize].as_str();
+        assert_eq!(
+            request.resource_profiles.len(),
+            1,
+            "one process, one resource"
+        );
+        let rp = &request.resource_profiles[0];
+        let attrs: HashMap<&str, &AnyValue> = rp
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_ref().unwrap()))
+            .collect();
+        let string = |k: &str| match &attrs[k].value {
+            Some(any_value::Value::StringValue(v)) => v.clone(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(string("host.name"), "node-1");
+        assert_eq!(string("host.id"), "abc123");
+        assert_eq!(string("os.type"), "linux");
+        assert_eq!(string("process.executable.name"), "app");
+        assert_eq!(string("process.executable.path"), "/usr/bin/app");
+        assert_eq!(string("service.name"), "hostprof");
+        assert_eq!(
+            attrs["process.pid"].value,
+            Some(any_value::Value::IntValue(42))
+        );
+        let scope = &rp.scope_profiles[0];
+        assert_eq!(scope.scope.as_ref().unwrap().name, "hostprof");
+        let p = &scope.profiles[0];
+        assert_eq!(s(p.sample_type.unwrap().type_strindex), "samples");
+        assert_eq!(s(p.period_type.unwrap().unit_strindex), "nanoseconds");
+        assert_eq!(p.period, 10_000_000);
+        assert_eq!(p.time_unix_nano, 5_000_000_000);
+        assert_eq!(p.duration_nano, 2_000_000_000);
+        let total: i64 = p.samples.iter().map(|x| x.values[0]).sum();
+        assert_eq!(total, 9);
+        for sample in &p.samples {
+            let stack = &d.stack_table[sample.stack_index as usize];
+            let leaf = &d.location_table[stack.location_indices[0] as usize];
+            let names: Vec<&str> = leaf
+                .lines
+                .iter()
+                .map(|l| s(d.function_table[l.function_index as usize].name_strindex))
+                .collect();
+            assert!(
+                names == ["helper", "hot"] || names == ["do_syscall_64"],
+                "{names:?}"
+            );
+            for &a in &sample.attribute_indices {
+                let key = s(d.attribute_table[a as usize].key_strindex);
+                assert!(key == "thread.name" || key == "thread.id");
+            }
+            let mapping = &d.mapping_table[leaf.mapping_index as usize];
+            assert!(!s(mapping.filename_strindex).is_empty());
+        }
+        let kernel_loc = d
+            .location_table
+            .iter()
+            .find(|l| l.address == 0xffff_ffff_8100_0000)
+            .unwrap();
+        let frame_type = &d.attribute_table[kernel_loc.attribute_indices[0] as usize];
+        assert_eq!(s(frame_type.key_strindex), "profile.frame.type");
+        assert_eq!(
+            frame_type.value.as_ref().unwrap().value,
+            Some(any_value::Value::StringValue("kernel".into()))
+        );
+        let app_mapping = d
+            .mapping_table
+            .iter()
+            .find(|m| s(m.filename_strindex) == "/usr/bin/app")
+            .unwrap();
+        let build_id = &d.attribute_table[app_mapping.attribute_indices[0] as usize];
+        assert_eq!(s(build_id.key_strindex), "process.executable.build_id.gnu");
+    }
+}

@@ -1,0 +1,170 @@
+//! OTLP interop: `hostprof record` exports to a receiver built on the
+//! official OpenTelemetry Python types (tests/otlp_receiver.py), over gRPC
+//! and over HTTP with gzip; the receiver validates the dictionary rules and
+//! reports the decoded stacks, which must hold the workload's hot function
+//! under its whole call chain, with host and process attributes.
+//!
+//! Needs root (BPF) and python3 with `opentelemetry-proto` and `grpcio`
+//! (`cargo xtask setup` installs them).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+struct Receiver {
+    child: Child,
+    grpc_port: u16,
+    http_port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &std::path::Path) -> Self {
+        let out = dir.join("received.jsonl");
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/otlp_receiver.py"
+            ))
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed (cargo xtask setup)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Vec<u16> = line
+            .strip_prefix("PORTS ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the OTLP receiver did not start ({line:?}); \
+                     run `cargo xtask setup` to install opentelemetry-proto and grpcio"
+                )
+            })
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        Self {
+            child,
+            grpc_port: ports[0],
+            http_port: ports[1],
+            out,
+        }
+    }
+
+    fn received(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Samples of `process` whose stack holds `chain`, and all its samples.
+fn chain_share(request: &Value, process: &str, chain: &[&str]) -> (u64, u64) {
+    let mut with_chain = 0;
+    let mut total = 0;
+    for resource in request["resources"].as_array().unwrap() {
+        if resource["attributes"]["process.executable.name"] != process {
+            continue;
+        }
+        for sample in resource["samples"].as_array().unwrap() {
+            let count = sample["count"].as_u64().unwrap();
+            let stack: Vec<String> = sample["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_owned())
+                .collect();
+            total += count;
+            if common::has_chain(&stack, chain) {
+                with_chain += count;
+            }
+        }
+    }
+    (with_chain, total)
+}
+
+#[test]
+fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
+    if common::skip_bpf() {
+        return;
+    }
+    let workloads = common::Workloads::build();
+    let receiver = Receiver::start(workloads.path("").as_path());
+    let mut worker = workloads.spawn("cpu_chain", 9000);
+    for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
+        let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args([
+                "record",
+                "--duration",
+                "3s",
+                "--no-local",
+                "--otlp-protocol",
+                protocol,
+            ])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{port}"))
+            .status()
+            .expect("run hostprof");
+        assert!(status.success(), "export over {protocol} failed");
+    }
+    worker.kill().ok();
+    worker.wait().ok();
+
+    let received = receiver.received();
+    let transports: Vec<&str> = received
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(transports, vec!["grpc", "http+gzip"]);
+    for request in &received {
+        assert_eq!(
+            request["errors"],
+            Value::Array(vec![]),
+            "{}",
+            request["errors"]
+        );
+        let resource = request["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["attributes"]["process.executable.name"] == "cpu_chain")
+            .expect("a resource for the cpu_chain process");
+        let attributes = &resource["attributes"];
+        for key in [
+            "host.name",
+            "os.type",
+            "process.pid",
+            "process.executable.path",
+        ] {
+            assert!(
+                !attributes[key].is_null(),
+                "resource lacks {key}: {attributes}"
+            );
+        }
+        let (chain, total) = chain_share(
+            request,
+            "cpu_chain",
+            &["hot_loop", "level2", "level1", "main"],
+        );
+        assert!(
+            total > 100 && chain * 100 >= total * 80,
+            "{}: hot_loop<-level2<-level1<-main in {chain} of {total} samples",
+            request["transport"]
+        );
+    }
+}

@@ -1,0 +1,162 @@
+"""An OTLP profiles receiver built only on the official OpenTelemetry Python
+types (PyPI opentelemetry-proto, proto v1.10) and grpcio, so hostprof's
+exports are checked by a decoder that is not ours.
+
+It serves ProfilesService/Export over gRPC and POST /v1development/profiles
+over HTTP (gzip or plain), validates every request against the proto's
+dictionary rules, and appends one JSON line per request to --out: the
+transport, any rule violations, and per resource its attributes and its
+samples as leaf-first function-name stacks. It prints "PORTS <grpc> <http>"
+on stdout once listening, and exits after --seconds.
+"""
+
+import argparse
+import gzip
+import json
+import sys
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from opentelemetry.proto.collector.profiles.v1development import (
+    profiles_service_pb2 as service_pb2,
+    profiles_service_pb2_grpc as service_grpc,
+)
+
+LOCK = threading.Lock()
+
+
+def any_value(v):
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+def summarize(request, transport):
+    errors = []
+    d = request.dictionary
+
+    def check(cond, what):
+        if not cond:
+            errors.append(what)
+        return cond
+
+    check(len(d.string_table) > 0 and d.string_table[0] == "", "string_table[0] must be ''")
+    for name in ("mapping_table", "location_table", "function_table", "link_table",
+                 "attribute_table", "stack_table"):
+        table = getattr(d, name)
+        if check(len(table) > 0, f"{name} is empty"):
+            check(table[0].ByteSize() == 0, f"{name}[0] is not the zero value")
+    check(len(set(d.string_table)) == len(d.string_table), "duplicate strings")
+
+    def s(i):
+        return d.string_table[i] if check(0 <= i < len(d.string_table), f"string index {i}") else "?"
+
+    def attrs(indices):
+        out = {}
+        for i in indices:
+            if check(0 < i < len(d.attribute_table), f"attribute index {i}"):
+                kv = d.attribute_table[i]
+                out[s(kv.key_strindex)] = any_value(kv.value)
+        return out
+
+    resources = []
+    for rp in request.resource_profiles:
+        resource = {kv.key: any_value(kv.value) for kv in rp.resource.attributes}
+        samples = []
+        for sp in rp.scope_profiles:
+            for p in sp.profiles:
+                check(s(p.sample_type.type_strindex) == "samples", "sample_type is not samples")
+                check(s(p.period_type.type_strindex) == "cpu", "period_type is not cpu")
+                check(p.period > 0 and p.time_unix_nano > 0 and p.duration_nano > 0,
+                      "period, time_unix_nano and duration_nano must be set")
+                seen = set()
+                for sample in p.samples:
+                    key = (sample.stack_index, tuple(sample.attribute_indices), sample.link_index)
+                    check(key not in seen, "unmerged samples with equal stack/attributes/link")
+                    seen.add(key)
+                    check(0 <= sample.link_index < len(d.link_table), "link index")
+                    if not check(0 < sample.stack_index < len(d.stack_table), "stack index"):
+                        continue
+                    frames = []
+                    for li in d.stack_table[sample.stack_index].location_indices:
+                        if not check(0 < li < len(d.location_table), f"location index {li}"):
+                            continue
+                        loc = d.location_table[li]
+                        check(0 <= loc.mapping_index < len(d.mapping_table), "mapping index")
+                        for line in loc.lines:
+                            if check(0 < line.function_index < len(d.function_table),
+                                     "function index"):
+                                frames.append(s(d.function_table[line.function_index].name_strindex))
+                        attrs(loc.attribute_indices)
+                    samples.append({"count": sum(sample.values), "stack": frames,
+                                    "attributes": attrs(sample.attribute_indices)})
+        resources.append({"attributes": resource, "samples": samples})
+    for m in d.mapping_table[1:]:
+        s(m.filename_strindex)
+        attrs(m.attribute_indices)
+    return {"transport": transport, "errors": sorted(set(errors)), "resources": resources}
+
+
+def record(out, summary):
+    with LOCK, open(out, "a") as f:
+        f.write(json.dumps(summary) + "\n")
+
+
+class Service(service_grpc.ProfilesServiceServicer):
+    def __init__(self, out):
+        self.out = out
+
+    def Export(self, request, context):
+        record(self.out, summarize(request, "grpc"))
+        return service_pb2.ExportProfilesServiceResponse()
+
+
+def http_handler(out):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.path != "/v1development/profiles":
+                self.send_error(404)
+                return
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            transport = "http"
+            if self.headers.get("content-encoding") == "gzip":
+                body = gzip.decompress(body)
+                transport = "http+gzip"
+            request = service_pb2.ExportProfilesServiceRequest.FromString(body)
+            record(out, summarize(request, transport))
+            response = service_pb2.ExportProfilesServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", str(len(response)))
+            self.end_headers()
+            self.wfile.write(response)
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seconds", type=float, default=120)
+    args = parser.parse_args()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                         compression=grpc.Compression.NoCompression)
+    service_grpc.add_ProfilesServiceServicer_to_server(Service(args.out), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    http = ThreadingHTTPServer(("127.0.0.1", 0), http_handler(args.out))
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    print(f"PORTS {grpc_port} {http.server_address[1]}", flush=True)
+    time.sleep(args.seconds)
+    server.stop(0)
+    http.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
