@@ -25,6 +25,7 @@
 //!
 //! [`system_info`] checks what the host provides.
 
+pub mod agent;
 pub mod aggregate;
 pub mod flamegraph;
 pub mod otlp;

@@ -122,17 +122,33 @@ impl Profiler {
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
-        let duration = self.started.elapsed();
-        Ok(self.aggregator.finish(
+        Ok(self.take_window())
+    }
+
+    /// Drains now and returns the profile of everything since the start or
+    /// the previous call, while sampling goes on (continuous profiling).
+    pub fn take_profile(&mut self) -> Result<Profile, ProfilerError> {
+        let drained = self.sampler.drain()?;
+        self.ingest(drained);
+        Ok(self.take_window())
+    }
+
+    /// Symbolizes the current window into a profile and starts a new one.
+    fn take_window(&mut self) -> Profile {
+        let aggregator = std::mem::take(&mut self.aggregator);
+        let profile = aggregator.finish(
             &mut self.processes,
             &mut self.symbolizer,
             self.start_time,
-            duration,
+            self.started.elapsed(),
             self.options.policy.frequency.hz(),
-        ))
+        );
+        self.start_time = SystemTime::now();
+        self.started = Instant::now();
+        profile
     }
 
-    /// Where the run stands now.
+    /// Where the current window stands.
     pub fn progress(&self) -> Progress {
         Progress {
             elapsed: self.started.elapsed(),

@@ -9,69 +9,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
+use common::Receiver;
 use serde_json::Value;
-
-struct Receiver {
-    child: Child,
-    grpc_port: u16,
-    http_port: u16,
-    out: std::path::PathBuf,
-}
-
-impl Receiver {
-    fn start(dir: &std::path::Path) -> Self {
-        let out = dir.join("received.jsonl");
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/otlp_receiver.py"
-            ))
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 must be installed (cargo xtask setup)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ports: Vec<u16> = line
-            .strip_prefix("PORTS ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "the OTLP receiver did not start ({line:?}); \
-                     run `cargo xtask setup` to install opentelemetry-proto and grpcio"
-                )
-            })
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect();
-        Self {
-            child,
-            grpc_port: ports[0],
-            http_port: ports[1],
-            out,
-        }
-    }
-
-    fn received(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
 
 /// Samples of `process` whose stack holds `chain`, and all its samples.
 fn chain_share(request: &Value, process: &str, chain: &[&str]) -> (u64, u64) {
@@ -104,7 +45,7 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
         return;
     }
     let workloads = common::Workloads::build();
-    let receiver = Receiver::start(workloads.path("").as_path());
+    let receiver = Receiver::start(workloads.path("").as_path(), 0);
     let mut worker = workloads.spawn("cpu_chain", 9000);
     for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
         let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))

@@ -3,7 +3,8 @@ types (PyPI opentelemetry-proto, proto v1.10) and grpcio, so hostprof's
 exports are checked by a decoder that is not ours.
 
 It serves ProfilesService/Export over gRPC and POST /v1development/profiles
-over HTTP (gzip or plain), validates every request against the proto's
+over HTTP (gzip or plain; the first --fail-first HTTP requests get a 503
+with Retry-After: 1, to test retries), validates every request against the proto's
 dictionary rules, and appends one JSON line per request to --out: the
 transport, any rule violations, and per resource its attributes and its
 samples as leaf-first function-name stacks. It prints "PORTS <grpc> <http>"
@@ -65,12 +66,14 @@ def summarize(request, transport):
     for rp in request.resource_profiles:
         resource = {kv.key: any_value(kv.value) for kv in rp.resource.attributes}
         samples = []
+        times = []
         for sp in rp.scope_profiles:
             for p in sp.profiles:
                 check(s(p.sample_type.type_strindex) == "samples", "sample_type is not samples")
                 check(s(p.period_type.type_strindex) == "cpu", "period_type is not cpu")
                 check(p.period > 0 and p.time_unix_nano > 0 and p.duration_nano > 0,
                       "period, time_unix_nano and duration_nano must be set")
+                times.append(p.time_unix_nano)
                 seen = set()
                 for sample in p.samples:
                     key = (sample.stack_index, tuple(sample.attribute_indices), sample.link_index)
@@ -92,7 +95,7 @@ def summarize(request, transport):
                         attrs(loc.attribute_indices)
                     samples.append({"count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices)})
-        resources.append({"attributes": resource, "samples": samples})
+        resources.append({"attributes": resource, "samples": samples, "times": times})
     for m in d.mapping_table[1:]:
         s(m.filename_strindex)
         attrs(m.attribute_indices)
@@ -113,13 +116,24 @@ class Service(service_grpc.ProfilesServiceServicer):
         return service_pb2.ExportProfilesServiceResponse()
 
 
-def http_handler(out):
+def http_handler(out, fail_first):
+    failures = {"left": fail_first}
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             if self.path != "/v1development/profiles":
                 self.send_error(404)
                 return
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with LOCK:
+                fail = failures["left"] > 0
+                failures["left"] -= fail
+            if fail:
+                self.send_response(503)
+                self.send_header("retry-after", "1")
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             transport = "http"
             if self.headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
@@ -143,6 +157,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--fail-first", type=int, default=0)
     args = parser.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
@@ -150,7 +165,7 @@ def main():
     service_grpc.add_ProfilesServiceServicer_to_server(Service(args.out), server)
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), http_handler(args.out))
+    http = ThreadingHTTPServer(("127.0.0.1", 0), http_handler(args.out, args.fail_first))
     threading.Thread(target=http.serve_forever, daemon=True).start()
     print(f"PORTS {grpc_port} {http.server_address[1]}", flush=True)
     time.sleep(args.seconds)

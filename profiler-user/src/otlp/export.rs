@@ -64,6 +64,8 @@ pub enum ExportError {
         status: reqwest::StatusCode,
         /// The start of the response body.
         body: String,
+        /// The server's `Retry-After`, when it sent one in seconds.
+        retry_after: Option<std::time::Duration>,
     },
     /// A response that is not an `ExportProfilesServiceResponse`.
     #[error("the OTLP endpoint {url} answered with something that is not an export response")]
@@ -188,12 +190,18 @@ impl Exporter {
         };
         let response = builder.body(body).send().await.map_err(http_err)?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::agent::retry::parse_retry_after);
         let bytes = response.bytes().await.map_err(http_err)?;
         if !status.is_success() {
             return Err(ExportError::HttpStatus {
                 url,
                 status,
                 body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+                retry_after,
             });
         }
         let response = ExportProfilesServiceResponse::decode(bytes)

@@ -1,8 +1,9 @@
 //! Helpers shared by the privileged end-to-end tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// True when the user opted out of BPF tests; panics with the reason when
@@ -203,4 +204,70 @@ pub fn run(cmd: &mut Command) {
         "{cmd:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The OTLP receiver of tests/otlp_receiver.py (official Python types).
+pub struct Receiver {
+    child: Child,
+    /// Its gRPC port.
+    pub grpc_port: u16,
+    /// Its HTTP port.
+    pub http_port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Receiver {
+    /// Starts it, writing to `dir`; the first `fail_first` HTTP requests get a 503.
+    pub fn start(dir: &std::path::Path, fail_first: u32) -> Self {
+        let out = dir.join("received.jsonl");
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/otlp_receiver.py"
+            ))
+            .arg("--out")
+            .arg(&out)
+            .arg("--fail-first")
+            .arg(fail_first.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 must be installed (cargo xtask setup)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ports: Vec<u16> = line
+            .strip_prefix("PORTS ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "the OTLP receiver did not start ({line:?}); \
+                     run `cargo xtask setup` to install opentelemetry-proto and grpcio"
+                )
+            })
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect();
+        Self {
+            child,
+            grpc_port: ports[0],
+            http_port: ports[1],
+            out,
+        }
+    }
+
+    /// Summaries of every request received so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
 }

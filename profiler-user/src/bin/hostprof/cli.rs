@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use hostprof::agent::queue::QueueLimits;
 use hostprof::otlp::config::ConfigError;
 use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
-use hostprof::sampler::Frequency;
+use hostprof::sampler::{Frequency, SamplingPolicy, Target};
 
 /// hostprof: whole-host CPU profiler built on eBPF.
 #[derive(Debug, Parser)]
@@ -23,6 +24,9 @@ pub enum Command {
     /// Profile the whole host (or some processes) once and write pprof,
     /// a flamegraph and optionally folded stacks.
     Record(RecordArgs),
+    /// Profile continuously and export every interval over OTLP to an
+    /// OpenTelemetry Collector or any OTLP profiles backend.
+    Agent(AgentArgs),
     /// Print what hostprof depends on (kernel, BTF, capabilities, BPF
     /// features, CPUs) and whether each is OK.
     SystemInfo,
@@ -36,17 +40,9 @@ pub struct RecordArgs {
     #[arg(short, long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Samples per second on each CPU, 1 to 1000.
-    #[arg(short = 'F', long, default_value_t = Frequency::DEFAULT.hz(), value_parser = parse_frequency)]
-    pub frequency: u32,
-
-    /// Only profile this process id (repeatable). Default: every process.
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-
-    /// Leave the idle task (pid 0) out, so shares are of busy CPU time.
-    #[arg(long)]
-    pub no_idle: bool,
+    /// What to sample.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Where to write the gzip-compressed pprof profile.
     #[arg(short, long, default_value = "host.pb.gz")]
@@ -71,6 +67,71 @@ pub struct RecordArgs {
     /// Write no local files (only with an OTLP endpoint).
     #[arg(long, requires = "otlp_endpoint")]
     pub no_local: bool,
+}
+
+/// Arguments of `hostprof agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Length of each exported profile, e.g. `10s`, `1m`.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// What to sample.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// Where and how to export over OTLP.
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+
+    /// Most export requests held while the collector is slow or down; the
+    /// oldest are dropped (and counted) beyond it.
+    #[arg(long, default_value_t = QueueLimits::default().max_requests)]
+    pub queue_max_requests: usize,
+
+    /// Most bytes of export requests held while the collector is slow or down.
+    #[arg(long, default_value_t = QueueLimits::default().max_bytes)]
+    pub queue_max_bytes: usize,
+
+    /// How long SIGTERM/SIGINT may spend exporting what was collected.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+/// Sampling flags shared by `record` and `agent`.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Samples per second on each CPU, 1 to 1000.
+    #[arg(short = 'F', long, default_value_t = Frequency::DEFAULT.hz(), value_parser = parse_frequency)]
+    pub frequency: u32,
+
+    /// Only profile this process id (repeatable). Default: every process.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Leave the idle task (pid 0) out, so shares are of busy CPU time.
+    #[arg(long)]
+    pub no_idle: bool,
+}
+
+impl SamplingArgs {
+    /// The sampling policy these flags ask for; unknown pids are an error.
+    pub fn policy(&self) -> anyhow::Result<SamplingPolicy> {
+        for pid in &self.pids {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                anyhow::bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
+            }
+        }
+        Ok(SamplingPolicy {
+            frequency: Frequency::new(self.frequency)?,
+            target: if self.pids.is_empty() {
+                Target::AllProcesses
+            } else {
+                Target::Pids(self.pids.clone())
+            },
+            include_idle: !self.no_idle,
+        })
+    }
 }
 
 /// OTLP export flags; each overrides its `OTEL_EXPORTER_OTLP_*` variable.
@@ -175,11 +236,35 @@ mod tests {
     }
 
     #[test]
+    fn agent_flags() {
+        let cli = Cli::try_parse_from([
+            "hostprof",
+            "agent",
+            "--interval",
+            "30s",
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--queue-max-requests",
+            "5",
+            "--shutdown-timeout",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent");
+        };
+        assert_eq!(args.interval, Duration::from_secs(30));
+        assert_eq!(args.queue_max_requests, 5);
+        assert_eq!(args.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(args.sampling.frequency, 99);
+    }
+
+    #[test]
     fn defaults() {
         let args = record(&[]).unwrap();
         assert_eq!(args.duration, Duration::from_secs(10));
-        assert_eq!(args.frequency, 99);
-        assert!(args.pids.is_empty());
+        assert_eq!(args.sampling.frequency, 99);
+        assert!(args.sampling.pids.is_empty());
         assert_eq!(args.output, PathBuf::from("host.pb.gz"));
         assert_eq!(args.flamegraph_path(), Some(PathBuf::from("host.svg")));
         assert_eq!(args.folded, None);
@@ -204,9 +289,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.duration, Duration::from_secs(120));
-        assert_eq!(args.frequency, 250);
-        assert_eq!(args.pids, vec![1, 42]);
-        assert!(args.no_idle);
+        assert_eq!(args.sampling.frequency, 250);
+        assert_eq!(args.sampling.pids, vec![1, 42]);
+        assert!(args.sampling.no_idle);
         assert_eq!(args.flamegraph_path(), Some(PathBuf::from("/tmp/x.svg")));
         assert_eq!(args.folded, Some(PathBuf::from("x.folded")));
         assert_eq!(

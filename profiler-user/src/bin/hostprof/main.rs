@@ -1,5 +1,6 @@
 //! The `hostprof` command: a thin layer over the `hostprof` library.
 
+mod agent;
 mod cli;
 mod record;
 
@@ -8,10 +9,17 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    // The agent reports its lifecycle at info; one-shot commands stay quiet.
+    let default_level = match cli.command {
+        Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
     let result = match cli.command {
         Command::Record(args) => record::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::SystemInfo => system_info(),
     };
     match result {

@@ -10,7 +10,6 @@ use anyhow::{bail, Context as _};
 use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
 use hostprof::profiler::{Profiler, ProfilerOptions, Progress};
-use hostprof::sampler::{Frequency, SamplingPolicy, Target};
 use hostprof::summary::Summary;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -32,21 +31,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             check_output_dir("--folded", path)?;
         }
     }
-    for pid in &args.pids {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
-        }
-    }
     let options = ProfilerOptions {
-        policy: SamplingPolicy {
-            frequency: Frequency::new(args.frequency)?,
-            target: if args.pids.is_empty() {
-                Target::AllProcesses
-            } else {
-                Target::Pids(args.pids.clone())
-            },
-            include_idle: !args.no_idle,
-        },
+        policy: args.sampling.policy()?,
         ..ProfilerOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
