@@ -7,6 +7,7 @@
 //! shutdown, sampling stops, the last window is queued and the exporter
 //! flushes what it can within the shutdown timeout.
 
+pub mod config;
 pub mod queue;
 pub mod retry;
 
@@ -38,6 +39,8 @@ pub struct AgentOptions {
     pub shutdown_timeout: Duration,
     /// Retry delays.
     pub backoff: Backoff,
+    /// Where to serve Prometheus metrics and health checks; off when `None`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What the agent did, for logs and metrics.

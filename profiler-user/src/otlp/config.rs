@@ -3,10 +3,13 @@
 //! variable (`OTEL_EXPORTER_OTLP_PROFILES_*`), the generic one
 //! (`OTEL_EXPORTER_OTLP_*`), the default.
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Wire protocol of the exporter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Protocol {
     /// gRPC, `ProfilesService/Export` (default port 4317).
     Grpc,
@@ -27,6 +30,29 @@ impl std::str::FromStr for Protocol {
                 expected: "grpc or http/protobuf",
             }),
         }
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = ConfigError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+impl From<Protocol> for String {
+    fn from(protocol: Protocol) -> String {
+        protocol.to_string()
     }
 }
 
@@ -61,6 +87,10 @@ pub struct ExporterConfig {
     pub gzip: bool,
     /// Time one export may take.
     pub timeout: Duration,
+    /// PEM file of the CA that signed the collector's certificate (for
+    /// `https://` endpoints signed by a private CA); the system's roots
+    /// are trusted either way.
+    pub certificate: Option<PathBuf>,
 }
 
 /// Settings given on the command line; `None` defers to the environment.
@@ -72,6 +102,8 @@ pub struct ExporterFlags {
     pub protocol: Option<Protocol>,
     /// `--otlp-header K=V`, added to the environment's headers.
     pub headers: Vec<(String, String)>,
+    /// `--otlp-certificate PATH`.
+    pub certificate: Option<PathBuf>,
 }
 
 /// Path of the profiles signal for HTTP.
@@ -136,6 +168,10 @@ impl ExporterConfig {
                 })?)
             }
         };
+        let certificate = flags
+            .certificate
+            .clone()
+            .or_else(|| var("CERTIFICATE").map(|(v, _)| PathBuf::from(v.trim())));
         Ok(Self {
             endpoint,
             path_included,
@@ -143,6 +179,7 @@ impl ExporterConfig {
             headers,
             gzip,
             timeout,
+            certificate,
         })
     }
 
@@ -238,6 +275,7 @@ mod tests {
             ),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
             ("OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/env/ca.pem"),
         ];
         let c = resolve(&ExporterFlags::default(), &vars).unwrap();
         assert_eq!(
@@ -254,17 +292,20 @@ mod tests {
         );
         assert!(!c.gzip);
         assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.certificate, Some(PathBuf::from("/env/ca.pem")));
         let generic = resolve(&ExporterFlags::default(), &vars[..1]).unwrap();
         assert_eq!(generic.endpoint, "http://generic:4318");
         let flags = ExporterFlags {
             endpoint: Some("http://flag:4317".into()),
             protocol: Some(Protocol::Grpc),
             headers: vec![("x".into(), "y".into())],
+            certificate: Some("/flag/ca.pem".into()),
         };
         let c = resolve(&flags, &vars).unwrap();
         assert_eq!(c.endpoint, "http://flag:4317");
         assert_eq!(c.protocol, Protocol::Grpc);
         assert_eq!(c.headers.last(), Some(&("x".into(), "y".into())));
+        assert_eq!(c.certificate, Some(PathBuf::from("/flag/ca.pem")));
     }
 
     #[test]

@@ -4,7 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Sampling frequency in Hz, 1 to 1000 inclusive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct Frequency(u32);
 
 impl Frequency {
@@ -33,6 +36,20 @@ impl Frequency {
     /// CPU time one sample stands for, in nanoseconds.
     pub fn period_ns(self) -> u64 {
         1_000_000_000 / u64::from(self.0)
+    }
+}
+
+impl TryFrom<u32> for Frequency {
+    type Error = InvalidFrequency;
+
+    fn try_from(hz: u32) -> Result<Self, Self::Error> {
+        Self::new(hz)
+    }
+}
+
+impl From<Frequency> for u32 {
+    fn from(frequency: Frequency) -> u32 {
+        frequency.0
     }
 }
 

@@ -3,37 +3,29 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use hostprof::agent::queue::QueueLimits;
-use hostprof::agent::{retry::Backoff, AgentOptions};
-use hostprof::otlp::{ExporterConfig, ExporterFlags, HostIdentity};
-use hostprof::profiler::ProfilerOptions;
+use hostprof::agent::config::AgentSettings;
+use hostprof::otlp::HostIdentity;
+use hostprof::sampler::Target;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::AgentArgs;
+use crate::cli::{check_pids_exist, AgentArgs};
 
-/// Runs the agent until SIGTERM or SIGINT.
+/// Runs the agent until SIGTERM or SIGINT (or prints its configuration).
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let exporter = match args.otlp.exporter_config(|name| std::env::var(name).ok())? {
-        Some(config) => config,
-        // The agent always exports: default to a local collector.
-        None => {
-            ExporterConfig::resolve(&ExporterFlags::default(), |name| std::env::var(name).ok())?
-        }
+    let file = match &args.config {
+        Some(path) => AgentSettings::load(path)?,
+        None => AgentSettings::default(),
     };
-    let options = AgentOptions {
-        profiler: ProfilerOptions {
-            policy: args.sampling.policy()?,
-            ..ProfilerOptions::default()
-        },
-        interval: args.interval,
-        exporter,
-        queue: QueueLimits {
-            max_requests: args.queue_max_requests.max(1),
-            max_bytes: args.queue_max_bytes,
-        },
-        shutdown_timeout: args.shutdown_timeout,
-        backoff: Backoff::default(),
-    };
+    let options = file
+        .overlay(args.settings())
+        .resolve(|name| std::env::var(name).ok())?;
+    if args.print_config {
+        print!("{}", AgentSettings::effective(&options).to_yaml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Target::Pids(pids) = &options.profiler.policy.target {
+        check_pids_exist(pids)?;
+    }
     let host = HostIdentity::detect()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -1,13 +1,14 @@
 //! Command-line interface definition.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use hostprof::agent::queue::QueueLimits;
+use hostprof::agent::config::{parse_duration, AgentSettings};
 use hostprof::otlp::config::ConfigError;
 use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
-use hostprof::sampler::{Frequency, SamplingPolicy, Target};
+use hostprof::sampler::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 
 /// hostprof: whole-host CPU profiler built on eBPF.
 #[derive(Debug, Parser)]
@@ -69,12 +70,24 @@ pub struct RecordArgs {
     pub no_local: bool,
 }
 
-/// Arguments of `hostprof agent`.
+/// Arguments of `hostprof agent`. Every setting can also come from the
+/// `--config` file (same names, `_` for `-`); flags win over the file,
+/// which wins over `OTEL_*` variables, which win over the defaults.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Length of each exported profile, e.g. `10s`, `1m`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub interval: Duration,
+    /// YAML config file with the same keys as these flags, e.g.
+    /// `interval: 30s` or `otlp_endpoint: http://collector:4317`.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (flags over file over environment
+    /// over defaults; header values hidden) as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// Length of each exported profile, e.g. `10s`, `1m` [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub interval: Option<Duration>,
 
     /// What to sample.
     #[command(flatten)]
@@ -84,26 +97,54 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub otlp: OtlpArgs,
 
+    /// Serve Prometheus metrics (`/metrics`) and health checks (`/healthz`,
+    /// `/readyz`) on this address, e.g. `127.0.0.1:9464`. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Most export requests held while the collector is slow or down; the
-    /// oldest are dropped (and counted) beyond it.
-    #[arg(long, default_value_t = QueueLimits::default().max_requests)]
-    pub queue_max_requests: usize,
+    /// oldest are dropped (and counted) beyond it [default: 60].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub queue_max_requests: Option<usize>,
 
-    /// Most bytes of export requests held while the collector is slow or down.
-    #[arg(long, default_value_t = QueueLimits::default().max_bytes)]
-    pub queue_max_bytes: usize,
+    /// Most bytes of export requests held while the collector is slow or
+    /// down [default: 33554432].
+    #[arg(long, value_name = "BYTES")]
+    pub queue_max_bytes: Option<usize>,
 
-    /// How long SIGTERM/SIGINT may spend exporting what was collected.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub shutdown_timeout: Duration,
+    /// How long SIGTERM/SIGINT may spend exporting what was collected
+    /// [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+impl AgentArgs {
+    /// The settings given as flags; unset flags are `None`.
+    pub fn settings(&self) -> AgentSettings {
+        AgentSettings {
+            interval: self.interval,
+            frequency: self.sampling.frequency,
+            pids: (!self.sampling.pids.is_empty()).then(|| self.sampling.pids.clone()),
+            no_idle: self.sampling.no_idle.then_some(true),
+            otlp_endpoint: self.otlp.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp.otlp_protocol,
+            otlp_headers: (!self.otlp.otlp_headers.is_empty())
+                .then(|| self.otlp.otlp_headers.iter().cloned().collect()),
+            otlp_certificate: self.otlp.otlp_certificate.clone(),
+            metrics_addr: self.metrics_addr,
+            queue_max_requests: self.queue_max_requests,
+            queue_max_bytes: self.queue_max_bytes,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
 }
 
 /// Sampling flags shared by `record` and `agent`.
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
-    /// Samples per second on each CPU, 1 to 1000.
-    #[arg(short = 'F', long, default_value_t = Frequency::DEFAULT.hz(), value_parser = parse_frequency)]
-    pub frequency: u32,
+    /// Samples per second on each CPU, 1 to 1000 [default: 99].
+    #[arg(short = 'F', long, value_parser = parse_frequency)]
+    pub frequency: Option<Frequency>,
 
     /// Only profile this process id (repeatable). Default: every process.
     #[arg(short, long = "pid", value_name = "PID")]
@@ -117,13 +158,9 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// The sampling policy these flags ask for; unknown pids are an error.
     pub fn policy(&self) -> anyhow::Result<SamplingPolicy> {
-        for pid in &self.pids {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                anyhow::bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
-            }
-        }
+        check_pids_exist(&self.pids)?;
         Ok(SamplingPolicy {
-            frequency: Frequency::new(self.frequency)?,
+            frequency: self.frequency.unwrap_or_default(),
             target: if self.pids.is_empty() {
                 Target::AllProcesses
             } else {
@@ -132,6 +169,16 @@ impl SamplingArgs {
             include_idle: !self.no_idle,
         })
     }
+}
+
+/// Fails unless every pid names a running process.
+pub fn check_pids_exist(pids: &[u32]) -> anyhow::Result<()> {
+    for pid in pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            anyhow::bail!("--pid {pid}: no such process (check the id with `ps -p {pid}`)");
+        }
+    }
+    Ok(())
 }
 
 /// OTLP export flags; each overrides its `OTEL_EXPORTER_OTLP_*` variable.
@@ -151,6 +198,12 @@ pub struct OtlpArgs {
     /// Extra header for the export, e.g. `authorization=Bearer X` (repeatable).
     #[arg(long = "otlp-header", value_name = "KEY=VALUE", value_parser = parse_header)]
     pub otlp_headers: Vec<(String, String)>,
+
+    /// PEM file of the CA that signed the collector's TLS certificate, for
+    /// `https://` endpoints with a private CA. Default:
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE; the system's roots are always trusted.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_certificate: Option<PathBuf>,
 }
 
 impl OtlpArgs {
@@ -169,6 +222,7 @@ impl OtlpArgs {
             endpoint: self.otlp_endpoint.clone(),
             protocol: self.otlp_protocol,
             headers: self.otlp_headers.clone(),
+            certificate: self.otlp_certificate.clone(),
         };
         ExporterConfig::resolve(&flags, env).map(Some)
     }
@@ -207,19 +261,8 @@ impl RecordArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(s)
-        .map_err(|err| format!("{err}; use a number with a unit, e.g. 10s, 2m, 500ms"))?;
-    if duration.is_zero() {
-        return Err("the duration must be longer than zero".into());
-    }
-    Ok(duration)
-}
-
-fn parse_frequency(s: &str) -> Result<u32, String> {
-    s.parse::<Frequency>()
-        .map(Frequency::hz)
-        .map_err(|err| err.to_string())
+fn parse_frequency(s: &str) -> Result<Frequency, String> {
+    s.parse().map_err(|err: InvalidFrequency| err.to_string())
 }
 
 #[cfg(test)]
@@ -253,17 +296,19 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("not agent");
         };
-        assert_eq!(args.interval, Duration::from_secs(30));
-        assert_eq!(args.queue_max_requests, 5);
-        assert_eq!(args.shutdown_timeout, Duration::from_secs(2));
-        assert_eq!(args.sampling.frequency, 99);
+        let settings = args.settings();
+        assert_eq!(settings.interval, Some(Duration::from_secs(30)));
+        assert_eq!(settings.queue_max_requests, Some(5));
+        assert_eq!(settings.shutdown_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(settings.frequency, None, "unset flags defer to the file");
+        assert_eq!(settings.metrics_addr, None);
     }
 
     #[test]
     fn defaults() {
         let args = record(&[]).unwrap();
         assert_eq!(args.duration, Duration::from_secs(10));
-        assert_eq!(args.sampling.frequency, 99);
+        assert_eq!(args.sampling.policy().unwrap().frequency.hz(), 99);
         assert!(args.sampling.pids.is_empty());
         assert_eq!(args.output, PathBuf::from("host.pb.gz"));
         assert_eq!(args.flamegraph_path(), Some(PathBuf::from("host.svg")));
@@ -289,7 +334,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.duration, Duration::from_secs(120));
-        assert_eq!(args.sampling.frequency, 250);
+        assert_eq!(args.sampling.frequency.map(Frequency::hz), Some(250));
         assert_eq!(args.sampling.pids, vec![1, 42]);
         assert!(args.sampling.no_idle);
         assert_eq!(args.flamegraph_path(), Some(PathBuf::from("/tmp/x.svg")));

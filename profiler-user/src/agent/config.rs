@@ -1,0 +1,404 @@
+//! Settings of `hostprof agent`: a YAML file whose keys are the long flag
+//! names (`interval`, `otlp_endpoint`, ...), overlaid by the flags given on
+//! the command line, resolved over the `OTEL_*` environment and defaults.
+//!
+//! Precedence, highest first: flag, config file, environment variable,
+//! default. Unknown keys and bad values are errors that name the key and,
+//! for the file, its line and column.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::queue::QueueLimits;
+use super::retry::Backoff;
+use super::AgentOptions;
+use crate::otlp::config::ConfigError;
+use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
+use crate::profiler::ProfilerOptions;
+use crate::sampler::{Frequency, SamplingPolicy, Target};
+
+/// Default length of one exported profile.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time shutdown may spend exporting what is left.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Agent settings from one source (file or flags); `None` defers to the
+/// next source down.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Length of each exported profile.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Samples per second on each CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<Frequency>,
+    /// Only profile these process ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<Vec<u32>>,
+    /// Leave the idle task out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_idle: Option<bool>,
+    /// OTLP endpoint URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_protocol: Option<Protocol>,
+    /// Extra export headers (added to `OTEL_EXPORTER_OTLP_HEADERS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_headers: Option<BTreeMap<String, String>>,
+    /// PEM file of the CA that signed the collector's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_certificate: Option<PathBuf>,
+    /// Address of the Prometheus metrics and health endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Most export requests queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max_requests: Option<usize>,
+    /// Most bytes of export requests queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_max_bytes: Option<usize>,
+    /// How long shutdown may spend exporting what is left.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read the config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML or holds an unknown key or a bad value.
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem (0 when unknown).
+        line: usize,
+        /// 1-based column of the problem (0 when unknown).
+        column: usize,
+        /// What is wrong, naming the key or value.
+        message: String,
+    },
+    /// A value that is well-formed but not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An exporter setting (flag, file or environment) that is wrong.
+    #[error(transparent)]
+    Exporter(#[from] ConfigError),
+}
+
+/// Shown instead of header values, which often carry credentials.
+pub const REDACTED: &str = "<redacted>";
+
+impl AgentSettings {
+    /// Reads settings from the YAML file at `path`.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses settings from YAML text; `path` only names it in errors.
+    pub fn from_yaml(text: &str, path: &Path) -> Result<Self, SettingsError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|err| {
+            let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
+            let mut message = err.to_string();
+            // The location is reported in front, not repeated at the end.
+            if let Some(at) = message.find(" at line ") {
+                message.truncate(at);
+            }
+            SettingsError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        })
+    }
+
+    /// `self` with every setting that `over` has replaced by it; header
+    /// maps are merged, `over` winning on equal keys.
+    pub fn overlay(self, over: AgentSettings) -> AgentSettings {
+        let otlp_headers = match (self.otlp_headers, over.otlp_headers) {
+            (Some(mut base), Some(over)) => {
+                base.extend(over);
+                Some(base)
+            }
+            (base, over) => over.or(base),
+        };
+        AgentSettings {
+            interval: over.interval.or(self.interval),
+            frequency: over.frequency.or(self.frequency),
+            pids: over.pids.or(self.pids),
+            no_idle: over.no_idle.or(self.no_idle),
+            otlp_endpoint: over.otlp_endpoint.or(self.otlp_endpoint),
+            otlp_protocol: over.otlp_protocol.or(self.otlp_protocol),
+            otlp_headers,
+            otlp_certificate: over.otlp_certificate.or(self.otlp_certificate),
+            metrics_addr: over.metrics_addr.or(self.metrics_addr),
+            queue_max_requests: over.queue_max_requests.or(self.queue_max_requests),
+            queue_max_bytes: over.queue_max_bytes.or(self.queue_max_bytes),
+            shutdown_timeout: over.shutdown_timeout.or(self.shutdown_timeout),
+        }
+    }
+
+    /// The agent's options: these settings over the environment (read by
+    /// `env`) over the defaults.
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AgentOptions, SettingsError> {
+        let defaults = QueueLimits::default();
+        let queue = QueueLimits {
+            max_requests: self.queue_max_requests.unwrap_or(defaults.max_requests),
+            max_bytes: self.queue_max_bytes.unwrap_or(defaults.max_bytes),
+        };
+        if queue.max_requests == 0 {
+            return Err(SettingsError::Invalid {
+                key: "queue_max_requests",
+                message: "must be at least 1".into(),
+            });
+        }
+        let exporter = ExporterConfig::resolve(
+            &ExporterFlags {
+                endpoint: self.otlp_endpoint.clone(),
+                protocol: self.otlp_protocol,
+                headers: self
+                    .otlp_headers
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                certificate: self.otlp_certificate.clone(),
+            },
+            env,
+        )?;
+        let pids = self.pids.clone().unwrap_or_default();
+        Ok(AgentOptions {
+            profiler: ProfilerOptions {
+                policy: SamplingPolicy {
+                    frequency: self.frequency.unwrap_or_default(),
+                    target: if pids.is_empty() {
+                        Target::AllProcesses
+                    } else {
+                        Target::Pids(pids)
+                    },
+                    include_idle: !self.no_idle.unwrap_or(false),
+                },
+                ..ProfilerOptions::default()
+            },
+            interval: self.interval.unwrap_or(DEFAULT_INTERVAL),
+            exporter,
+            queue,
+            shutdown_timeout: self.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            backoff: Backoff::default(),
+            metrics_addr: self.metrics_addr,
+        })
+    }
+
+    /// Every setting as `options` has it, for `--print-config`; header
+    /// values are [`REDACTED`].
+    pub fn effective(options: &AgentOptions) -> AgentSettings {
+        let policy = &options.profiler.policy;
+        let exporter = &options.exporter;
+        AgentSettings {
+            interval: Some(options.interval),
+            frequency: Some(policy.frequency),
+            pids: Some(match &policy.target {
+                Target::AllProcesses => Vec::new(),
+                Target::Pids(pids) => pids.clone(),
+            }),
+            no_idle: Some(!policy.include_idle),
+            otlp_endpoint: Some(if exporter.protocol == Protocol::HttpProtobuf {
+                exporter.http_url()
+            } else {
+                exporter.endpoint.clone()
+            }),
+            otlp_protocol: Some(exporter.protocol),
+            otlp_headers: Some(
+                exporter
+                    .headers
+                    .iter()
+                    .map(|(k, _)| (k.clone(), REDACTED.to_owned()))
+                    .collect(),
+            ),
+            otlp_certificate: exporter.certificate.clone(),
+            metrics_addr: options.metrics_addr,
+            queue_max_requests: Some(options.queue.max_requests),
+            queue_max_bytes: Some(options.queue.max_bytes),
+            shutdown_timeout: Some(options.shutdown_timeout),
+        }
+    }
+
+    /// These settings as YAML, in the config file's format.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("settings always serialize")
+    }
+}
+
+/// Durations as humane strings (`10s`, `1m 30s`, `500ms`), never zero.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::agent::config::parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a humane duration (`10s`, `2m`, `500ms`) longer than zero; the
+/// error says what is accepted.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(s.trim())
+        .map_err(|err| format!("{s:?}: {err}; use a number with a unit, e.g. 10s, 2m, 500ms"))?;
+    if duration.is_zero() {
+        return Err(format!("{s:?}: the duration must be longer than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentSettings, SettingsError> {
+        AgentSettings::from_yaml(text, Path::new("agent.yaml"))
+    }
+
+    const FULL: &str = "\
+interval: 30s
+frequency: 49
+pids: [1, 2]
+no_idle: true
+otlp_endpoint: https://collector:4318
+otlp_protocol: http/protobuf
+otlp_headers:
+  authorization: Bearer secret
+otlp_certificate: /etc/ca.pem
+metrics_addr: 127.0.0.1:9464
+queue_max_requests: 7
+queue_max_bytes: 1000000
+shutdown_timeout: 2s
+";
+
+    #[test]
+    fn every_key_parses() {
+        let s = parse(FULL).unwrap();
+        assert_eq!(s.interval, Some(Duration::from_secs(30)));
+        assert_eq!(s.frequency, Some(Frequency::new(49).unwrap()));
+        assert_eq!(s.pids, Some(vec![1, 2]));
+        assert_eq!(s.no_idle, Some(true));
+        assert_eq!(s.otlp_protocol, Some(Protocol::HttpProtobuf));
+        assert_eq!(s.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(s.shutdown_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(parse("").unwrap(), AgentSettings::default());
+        assert_eq!(
+            parse("# only a comment\n").unwrap(),
+            AgentSettings::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_line() {
+        let err = parse("interval: 10s\nfrequncy: 99\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("agent.yaml:2:1: unknown field `frequncy`"),
+            "{err}"
+        );
+        let err = parse("frequency: 5000\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.yaml:1:"), "{err}");
+        assert!(err.contains("1 to 1000"), "{err}");
+        let err = parse("\ninterval: soon\n").unwrap_err().to_string();
+        assert!(err.starts_with("agent.yaml:2:"), "{err}");
+        assert!(err.contains("e.g. 10s"), "{err}");
+        let err = parse("otlp_protocol: pigeon\n").unwrap_err().to_string();
+        assert!(err.contains("grpc or http/protobuf"), "{err}");
+        let err = parse("metrics_addr: localhost\n").unwrap_err().to_string();
+        assert!(err.contains("agent.yaml:1:"), "{err}");
+        assert!(parse("shutdown_timeout: 0s\n").is_err());
+        assert!(parse("interval: [\n").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_which_overrides_environment() {
+        let file = parse(FULL).unwrap();
+        let flags = AgentSettings {
+            frequency: Some(Frequency::new(199).unwrap()),
+            otlp_headers: Some([("tenant".to_owned(), "a".to_owned())].into()),
+            ..AgentSettings::default()
+        };
+        let merged = file.overlay(flags);
+        assert_eq!(merged.frequency, Some(Frequency::new(199).unwrap()));
+        assert_eq!(merged.interval, Some(Duration::from_secs(30)));
+        assert_eq!(merged.otlp_headers.as_ref().unwrap().len(), 2);
+        let env = |k: &str| {
+            (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://from-env:4317".to_owned())
+        };
+        let options = merged.resolve(env).unwrap();
+        assert_eq!(options.exporter.endpoint, "https://collector:4318");
+        assert_eq!(options.profiler.policy.target, Target::Pids(vec![1, 2]));
+        assert!(!options.profiler.policy.include_idle);
+        let options = AgentSettings::default().resolve(env).unwrap();
+        assert_eq!(options.exporter.endpoint, "http://from-env:4317");
+        assert_eq!(options.interval, DEFAULT_INTERVAL);
+        assert_eq!(options.metrics_addr, None);
+        let zero = AgentSettings {
+            queue_max_requests: Some(0),
+            ..AgentSettings::default()
+        };
+        assert!(zero.resolve(|_| None).is_err());
+    }
+
+    #[test]
+    fn effective_settings_round_trip_and_hide_secrets() {
+        let options = parse(FULL).unwrap().resolve(|_| None).unwrap();
+        let yaml = AgentSettings::effective(&options).to_yaml();
+        assert!(!yaml.contains("secret"), "{yaml}");
+        assert!(yaml.contains("authorization: <redacted>"), "{yaml}");
+        let again = parse(&yaml).unwrap();
+        assert_eq!(again.interval, Some(Duration::from_secs(30)));
+        assert_eq!(again.frequency, Some(Frequency::new(49).unwrap()));
+        assert_eq!(
+            again.otlp_endpoint.as_deref(),
+            Some("https://collector:4318/v1development/profiles")
+        );
+        assert_eq!(again.resolve(|_| None).unwrap().queue, options.queue);
+    }
+}
