@@ -73,6 +73,11 @@ impl Aggregator {
         self.samples.values().sum()
     }
 
+    /// Distinct (thread, stack) entries so far.
+    pub fn stack_count(&self) -> usize {
+        self.samples.len()
+    }
+
     /// Distinct processes so far.
     pub fn process_count(&self) -> usize {
         self.samples

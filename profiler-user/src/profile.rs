@@ -139,7 +139,8 @@ pub struct CaptureStats {
     pub user_stack_errors: u64,
     /// Samples whose kernel stack could not be read.
     pub kernel_stack_errors: u64,
-    /// Stacks lost because the stack map was full.
+    /// Stacks the kernel could not store (map full, or no memory for the
+    /// entry in interrupt context); the sample is kept without that stack.
     pub stacks_lost: u64,
     /// New-process notifications lost (their processes may symbolize less well).
     pub process_events_lost: u64,

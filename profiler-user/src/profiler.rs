@@ -12,7 +12,7 @@ use crate::aggregate::Aggregator;
 use crate::process::ProcessTable;
 use crate::profile::{CaptureStats, Profile};
 use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{CacheStats, Symbolizer};
 use crate::system_info::{self, PreflightError};
 
 /// How a [`Profiler`] runs.
@@ -56,6 +56,24 @@ pub struct Progress {
     pub processes: usize,
     /// Loss counters so far.
     pub stats: CaptureStats,
+    /// Totals since the profiler started, for self-metrics.
+    pub totals: PipelineStats,
+}
+
+/// Totals since a [`Profiler`] started (counters) and its current size
+/// (gauges), for self-metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Samples collected.
+    pub samples: u64,
+    /// Loss and filter counters.
+    pub capture: CaptureStats,
+    /// Distinct (thread, stack) entries in the current window.
+    pub stacks: usize,
+    /// Processes whose memory-map snapshots are held.
+    pub processes: usize,
+    /// Symbolization cache counters.
+    pub symbol_cache: CacheStats,
 }
 
 /// A running whole-host profiler.
@@ -68,6 +86,8 @@ pub struct Profiler {
     aggregator: Aggregator,
     start_time: SystemTime,
     started: Instant,
+    /// Samples and counters of the windows already taken.
+    completed: (u64, CaptureStats),
 }
 
 impl Profiler {
@@ -84,6 +104,7 @@ impl Profiler {
             aggregator: Aggregator::new(),
             start_time: SystemTime::now(),
             started: Instant::now(),
+            completed: (0, CaptureStats::default()),
         })
     }
 
@@ -136,6 +157,8 @@ impl Profiler {
     /// Symbolizes the current window into a profile and starts a new one.
     fn take_window(&mut self) -> Profile {
         let aggregator = std::mem::take(&mut self.aggregator);
+        self.completed.0 += aggregator.total_samples();
+        self.completed.1.add(&aggregator.stats());
         let profile = aggregator.finish(
             &mut self.processes,
             &mut self.symbolizer,
@@ -155,6 +178,20 @@ impl Profiler {
             samples: self.aggregator.total_samples(),
             processes: self.aggregator.process_count(),
             stats: self.aggregator.stats(),
+            totals: self.totals(),
+        }
+    }
+
+    /// Totals since the start and current sizes.
+    pub fn totals(&self) -> PipelineStats {
+        let mut capture = self.completed.1;
+        capture.add(&self.aggregator.stats());
+        PipelineStats {
+            samples: self.completed.0 + self.aggregator.total_samples(),
+            capture,
+            stacks: self.aggregator.stack_count(),
+            processes: self.processes.len(),
+            symbol_cache: self.symbolizer.stats(),
         }
     }
 

@@ -1,5 +1,7 @@
-//! `hostprof agent` under faults: collector absent for the whole run, and a
-//! collector that answers 503 before it recovers. The collector is the
+//! `hostprof agent` end to end and under faults: metrics and health
+//! endpoints; collector absent for the whole run; a collector that answers
+//! 503 before it recovers; a slow collector; SIGTERM during an export; a
+//! collector that rejects part of each request. The collector is the
 //! official-types receiver of tests/otlp_receiver.py.
 //!
 //! Needs root (BPF) and python3 with `opentelemetry-proto` and `grpcio`.
@@ -7,8 +9,10 @@
 mod common;
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::Receiver;
 
@@ -48,6 +52,236 @@ fn summary_number(log: &str, key: &str) -> u64 {
         .unwrap()
 }
 
+/// Every queued profile is accounted for exactly once in the summary.
+fn assert_accounted(log: &str) {
+    let queued = summary_number(log, "queued");
+    let settled = summary_number(log, "exported")
+        + summary_number(log, "dropped")
+        + summary_number(log, "rejected")
+        + summary_number(log, "failed");
+    assert!(queued > 0, "{log}");
+    assert_eq!(queued, settled, "profiles unaccounted for:\n{log}");
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GETs `path` from 127.0.0.1:`port`; (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// Polls until the agent's endpoint answers (it binds before sampling).
+fn wait_for_endpoint(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "metrics endpoint never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_and_health_endpoints_report_the_pipeline() {
+    if common::skip_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path(), &[]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = agent(
+        &format!("http://127.0.0.1:{}", receiver.grpc_port),
+        "grpc",
+        &["--metrics-addr", &addr],
+    );
+    wait_for_endpoint(port);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+    assert_eq!(get(port, "/nope").0, 404);
+    let (status, text) = get(port, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metric(&text, "hostprof_samples_total") > 0.0, "{text}");
+    assert!(
+        metric(&text, "hostprof_profiles_exported_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "hostprof_export_sent_bytes_total") > 0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "hostprof_encodes_total") >= 1.0, "{text}");
+    assert!(metric(&text, "hostprof_processes") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "hostprof_resident_memory_bytes") > 0.0,
+        "{text}"
+    );
+    assert!(metric(&text, "hostprof_cpu_seconds_total") > 0.0, "{text}");
+    assert!(
+        text.contains("hostprof_samples_dropped_total{reason=\"map_full\"}"),
+        "{text}"
+    );
+    let (code, log) = terminate(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert_accounted(&log);
+    assert_eq!(summary_number(&log, "dropped"), 0, "{log}");
+}
+
+#[test]
+fn slow_collector_keeps_the_queue_bounded_and_shutdown_timely() {
+    if common::skip_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Each request takes 3 s to answer; the agent makes one every 500 ms.
+    let receiver = Receiver::start(dir.path(), &["--delay", "3"]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = agent(
+        &format!("http://127.0.0.1:{}", receiver.http_port),
+        "http",
+        &[
+            "--metrics-addr",
+            &addr,
+            "--queue-max-requests",
+            "3",
+            "--queue-max-bytes",
+            "200000",
+            "--shutdown-timeout",
+            "1s",
+        ],
+    );
+    wait_for_endpoint(port);
+    // What a slow collector can make the agent hold is the queue: it never
+    // exceeds its bounds, in requests or in bytes.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let text = get(port, "/metrics").1;
+        let requests = metric(&text, "hostprof_queue_requests");
+        let bytes = metric(&text, "hostprof_queue_bytes");
+        assert!(requests <= 3.0, "queue over its bound: {requests} requests");
+        assert!(bytes <= 200_000.0, "queue over its bound: {bytes} bytes");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let final_text = get(port, "/metrics").1;
+    assert!(
+        metric(&final_text, "hostprof_profiles_dropped_total") > 0.0,
+        "a collector 6x too slow must cost dropped profiles:\n{final_text}"
+    );
+    let sent = Instant::now();
+    let (code, log) = terminate(child);
+    assert_eq!(code, Some(0), "{log}");
+    // The shutdown timeout (1 s) bounds the flush, however slow the collector.
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}:\n{log}",
+        sent.elapsed()
+    );
+    assert_accounted(&log);
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("export queue full"))
+            .count()
+            <= 1,
+        "drops are reported once a minute, not per drop:\n{log}"
+    );
+}
+
+#[test]
+fn sigterm_during_an_export_flushes_within_the_timeout() {
+    if common::skip_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Every answer takes 2 s.
+    let receiver = Receiver::start(dir.path(), &["--delay", "2"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+        .args(["agent", "--interval", "1s", "--otlp-protocol", "http"])
+        .arg("--otlp-endpoint")
+        .arg(format!("http://127.0.0.1:{}", receiver.http_port))
+        .args(["--shutdown-timeout", "8s"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hostprof agent");
+    // The first window is exported at ~1 s and answered at ~3 s: stop in
+    // between, while that export is in flight.
+    std::thread::sleep(Duration::from_millis(1800));
+    let (code, log) = terminate(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert_accounted(&log);
+    assert_eq!(summary_number(&log, "dropped"), 0, "{log}");
+    let received = receiver.received();
+    let profiles: u64 = received
+        .iter()
+        .map(|r| r["resources"].as_array().unwrap().len() as u64)
+        .sum();
+    assert!(
+        received.len() >= 2,
+        "the in-flight export and the final window: {received:?}"
+    );
+    assert_eq!(summary_number(&log, "exported"), profiles, "{log}");
+}
+
+#[test]
+fn partial_success_is_logged_counted_and_not_retried() {
+    if common::skip_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path(), &["--reject", "1"]);
+    let child = agent(
+        &format!("http://127.0.0.1:{}", receiver.grpc_port),
+        "grpc",
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(2600));
+    let (code, log) = terminate(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert_accounted(&log);
+    let requests = receiver.received().len() as u64;
+    assert!(requests >= 3, "{log}");
+    assert_eq!(
+        summary_number(&log, "rejected"),
+        requests,
+        "one profile rejected per request, each request sent once:\n{log}"
+    );
+    assert!(
+        log.contains("the collector rejected 1 profiles: rejected 1 profiles: test collector"),
+        "{log}"
+    );
+    assert!(!log.contains("retrying"), "{log}");
+}
+
 #[test]
 fn collector_absent_keeps_sampling_with_a_bounded_queue() {
     if common::skip_bpf() {
@@ -82,7 +316,7 @@ fn collector_that_fails_then_recovers_gets_everything_once() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::start(dir.path(), 2);
+    let receiver = Receiver::start(dir.path(), &["--fail-first", "2"]);
     let child = agent(
         &format!("http://127.0.0.1:{}", receiver.http_port),
         "http",

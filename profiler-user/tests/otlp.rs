@@ -45,7 +45,7 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
         return;
     }
     let workloads = common::Workloads::build();
-    let receiver = Receiver::start(workloads.path("").as_path(), 0);
+    let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     let mut worker = workloads.spawn("cpu_chain", 9000);
     for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
         let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
@@ -108,4 +108,79 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
             request["transport"]
         );
     }
+}
+
+/// A private CA and a certificate it signed for 127.0.0.1, written to `dir`
+/// as ca.pem, server.pem and server.key.
+fn private_ca(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hostprof test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn export_over_tls_trusts_a_custom_ca() {
+    if common::skip_bpf() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    private_ca(dir.path());
+    let pem = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let receiver = Receiver::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &pem("server.pem"),
+            "--tls-key",
+            &pem("server.key"),
+        ],
+    );
+    let record = |protocol: &str, port: u16, ca: Option<String>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostprof"));
+        cmd.args(["record", "--duration", "1s", "--no-local"])
+            .args(["--otlp-protocol", protocol])
+            .arg("--otlp-endpoint")
+            .arg(format!("https://127.0.0.1:{port}"));
+        if let Some(ca) = ca {
+            cmd.env("OTEL_EXPORTER_OTLP_CERTIFICATE", ca);
+        }
+        cmd.output().expect("run hostprof")
+    };
+    for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
+        let untrusted = record(protocol, port, None);
+        assert!(
+            !untrusted.status.success(),
+            "{protocol}: a certificate from an unknown CA must be refused"
+        );
+        let trusted = record(protocol, port, Some(pem("ca.pem")));
+        assert!(
+            trusted.status.success(),
+            "{protocol} over TLS with the custom CA failed:\n{}",
+            String::from_utf8_lossy(&trusted.stderr)
+        );
+    }
+    let transports: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(transports, vec!["grpc", "http+gzip"]);
+
+    let missing = record("http", receiver.http_port, Some(pem("nope.pem")));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("nope.pem") && stderr.contains("PEM"),
+        "a missing CA file is named before sampling starts:\n{stderr}"
+    );
 }

@@ -3,17 +3,22 @@ types (PyPI opentelemetry-proto, proto v1.10) and grpcio, so hostprof's
 exports are checked by a decoder that is not ours.
 
 It serves ProfilesService/Export over gRPC and POST /v1development/profiles
-over HTTP (gzip or plain; the first --fail-first HTTP requests get a 503
-with Retry-After: 1, to test retries), validates every request against the proto's
+over HTTP (gzip or plain), validates every request against the proto's
 dictionary rules, and appends one JSON line per request to --out: the
 transport, any rule violations, and per resource its attributes and its
 samples as leaf-first function-name stacks. It prints "PORTS <grpc> <http>"
 on stdout once listening, and exits after --seconds.
+
+Fault and feature knobs: --fail-first N answers the first N HTTP requests
+with 503 and Retry-After: 1; --delay S waits S seconds before answering each
+request (a slow collector); --reject N answers with a partial_success that
+rejects N profiles; --tls-cert/--tls-key serve both ports over TLS.
 """
 
 import argparse
 import gzip
 import json
+import ssl
 import sys
 import threading
 import time
@@ -107,16 +112,27 @@ def record(out, summary):
         f.write(json.dumps(summary) + "\n")
 
 
+def response(reject):
+    r = service_pb2.ExportProfilesServiceResponse()
+    if reject:
+        r.partial_success.rejected_profiles = reject
+        r.partial_success.error_message = f"rejected {reject} profiles: test collector"
+    return r
+
+
 class Service(service_grpc.ProfilesServiceServicer):
-    def __init__(self, out):
-        self.out = out
+    def __init__(self, args):
+        self.args = args
 
     def Export(self, request, context):
-        record(self.out, summarize(request, "grpc"))
-        return service_pb2.ExportProfilesServiceResponse()
+        time.sleep(self.args.delay)
+        record(self.args.out, summarize(request, "grpc"))
+        return response(self.args.reject)
 
 
-def http_handler(out, fail_first):
+def http_handler(args):
+    out = args.out
+    fail_first = args.fail_first
     failures = {"left": fail_first}
 
     class Handler(BaseHTTPRequestHandler):
@@ -139,13 +155,14 @@ def http_handler(out, fail_first):
                 body = gzip.decompress(body)
                 transport = "http+gzip"
             request = service_pb2.ExportProfilesServiceRequest.FromString(body)
+            time.sleep(args.delay)
             record(out, summarize(request, transport))
-            response = service_pb2.ExportProfilesServiceResponse().SerializeToString()
+            answer = response(args.reject).SerializeToString()
             self.send_response(200)
             self.send_header("content-type", "application/x-protobuf")
-            self.send_header("content-length", str(len(response)))
+            self.send_header("content-length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(response)
+            self.wfile.write(answer)
 
         def log_message(self, *args):
             pass
@@ -158,14 +175,27 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0)
+    parser.add_argument("--reject", type=int, default=0)
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
                          compression=grpc.Compression.NoCompression)
-    service_grpc.add_ProfilesServiceServicer_to_server(Service(args.out), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    service_grpc.add_ProfilesServiceServicer_to_server(Service(args), server)
+    http = ThreadingHTTPServer(("127.0.0.1", 0), http_handler(args))
+    if args.tls_cert:
+        with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
+            cert, key = c.read(), k.read()
+        grpc_port = server.add_secure_port(
+            "127.0.0.1:0", grpc.ssl_server_credentials([(key, cert)]))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        http.socket = context.wrap_socket(http.socket, server_side=True)
+    else:
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    http = ThreadingHTTPServer(("127.0.0.1", 0), http_handler(args.out, args.fail_first))
     threading.Thread(target=http.serve_forever, daemon=True).start()
     print(f"PORTS {grpc_port} {http.server_address[1]}", flush=True)
     time.sleep(args.seconds)

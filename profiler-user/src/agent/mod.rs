@@ -8,10 +8,13 @@
 //! flushes what it can within the shutdown timeout.
 
 pub mod config;
+pub mod metrics;
 pub mod queue;
 pub mod retry;
+pub mod server;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +22,10 @@ use hostprof_proto::otlp::collector::profiles::v1development::ExportProfilesServ
 use prost::Message;
 use tokio::sync::{watch, Notify};
 
-use crate::otlp::{build_request, Exporter, ExporterConfig, HostIdentity};
-use crate::profiler::{Profiler, ProfilerError, ProfilerOptions};
+use crate::otlp::{build_request, ExportError, Exporter, ExporterConfig, HostIdentity};
+use crate::profile::Profile;
+use crate::profiler::{PipelineStats, Profiler, ProfilerError, ProfilerOptions};
+use metrics::{Metrics, OwnUsage, Snapshot};
 use queue::{BoundedQueue, Dropped, QueueLimits};
 use retry::{Backoff, Verdict};
 
@@ -61,6 +66,24 @@ pub struct AgentStats {
     pub dropped: Dropped,
     /// Request bytes sent.
     pub bytes_sent: u64,
+    /// Export requests built.
+    pub encodes: u64,
+    /// Time spent building them, in nanoseconds.
+    pub encode_nanos: u64,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Sampling could not start or failed.
+    #[error(transparent)]
+    Profiler(#[from] ProfilerError),
+    /// The exporter settings cannot be used.
+    #[error(transparent)]
+    Exporter(#[from] ExportError),
+    /// The metrics endpoint could not be opened.
+    #[error(transparent)]
+    Metrics(std::io::Error),
 }
 
 struct Shared {
@@ -71,6 +94,14 @@ struct Shared {
     in_flight: Mutex<u64>,
     /// When a full queue was last reported, to keep logs quiet in an outage.
     last_drop_warning: Mutex<Option<Instant>>,
+    /// Pipeline totals as of the last drain.
+    pipeline: Mutex<PipelineStats>,
+    /// When the profiling loop last drained.
+    last_drain: Mutex<Instant>,
+    /// Set once sampling runs.
+    sampling: AtomicBool,
+    /// The loop counts as stalled after this long without a drain.
+    stall_after: Duration,
 }
 
 /// A full queue is reported at most this often.
@@ -84,6 +115,30 @@ impl Shared {
         stats.dropped.profiles += dropped.profiles;
         stats
     }
+
+    fn snapshot(&self) -> Snapshot {
+        let (queue_requests, queue_bytes) = {
+            let queue = self.queue.lock().expect("queue lock");
+            (queue.len(), queue.bytes())
+        };
+        Snapshot {
+            pipeline: *self.pipeline.lock().expect("pipeline lock"),
+            agent: self.stats(),
+            queue_requests,
+            queue_bytes,
+            own: OwnUsage::read(),
+        }
+    }
+}
+
+impl server::Health for Shared {
+    fn live(&self) -> bool {
+        self.last_drain.lock().expect("drain lock").elapsed() < self.stall_after
+    }
+
+    fn ready(&self) -> bool {
+        self.sampling.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs until `shutdown` completes, then flushes and returns the totals.
@@ -91,19 +146,36 @@ pub async fn run(
     options: AgentOptions,
     host: HostIdentity,
     shutdown: impl Future<Output = ()>,
-) -> Result<AgentStats, ProfilerError> {
-    let mut profiler = Profiler::start(options.profiler.clone())?;
+) -> Result<AgentStats, AgentError> {
+    // Settings errors first, before anything starts.
+    let exporter = Exporter::new(options.exporter.clone())?;
+    let listener = match options.metrics_addr {
+        Some(addr) => Some((server::bind(addr).await.map_err(AgentError::Metrics)?, addr)),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         queue: Mutex::new(BoundedQueue::new(options.queue)),
         ready: Notify::new(),
         stats: Mutex::new(AgentStats::default()),
         in_flight: Mutex::new(0),
         last_drop_warning: Mutex::new(None),
+        pipeline: Mutex::new(PipelineStats::default()),
+        last_drain: Mutex::new(Instant::now()),
+        sampling: AtomicBool::new(false),
+        stall_after: (options.profiler.drain_interval * 10).max(Duration::from_secs(30)),
     });
+    let metrics_server = listener.map(|(listener, addr)| {
+        log::info!("serving /metrics, /healthz and /readyz on http://{addr}");
+        let source = Arc::clone(&shared);
+        let metrics = Arc::new(Metrics::new(Arc::new(move || source.snapshot())));
+        tokio::spawn(server::serve(listener, metrics, shared.clone()))
+    });
+    let mut profiler = Profiler::start(options.profiler.clone())?;
+    shared.sampling.store(true, Ordering::Relaxed);
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let mut exporter = tokio::spawn(export_loop(
         Arc::clone(&shared),
-        Exporter::new(options.exporter.clone()),
+        exporter,
         options.backoff,
         stopping_rx,
     ));
@@ -123,20 +195,27 @@ pub async fn run(
                 () = tokio::time::sleep(options.interval) => {}
             }
         };
-        profiler.run_until(window, |_| {}).await?;
+        profiler
+            .run_until(window, |progress| {
+                *shared.pipeline.lock().expect("pipeline lock") = progress.totals;
+                *shared.last_drain.lock().expect("drain lock") = Instant::now();
+            })
+            .await?;
         if shutting_down {
             break;
         }
         let profile = profiler.take_profile()?;
-        enqueue(&shared, build_request(&profile, &host));
+        *shared.pipeline.lock().expect("pipeline lock") = profiler.totals();
+        enqueue(&shared, &profile, &host);
     }
 
     log::info!(
         "shutting down: exporting what was collected (at most {:?})",
         options.shutdown_timeout
     );
+    shared.sampling.store(false, Ordering::Relaxed);
     let profile = profiler.finish()?;
-    enqueue(&shared, build_request(&profile, &host));
+    enqueue(&shared, &profile, &host);
     // The receiver lives in the exporter task; it only stops when told.
     let _ = stopping_tx.send(true);
     if tokio::time::timeout(options.shutdown_timeout, &mut exporter)
@@ -160,10 +239,14 @@ pub async fn run(
         }
         log::warn!("shutdown timeout reached; unsent profiles were dropped");
     }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     let stats = shared.stats();
     log::info!(
-        "exported {} profiles ({} bytes); dropped {} (queue full or shutdown), \
+        "queued {} profiles: exported {} ({} bytes); dropped {} (queue full or shutdown), \
          rejected {}, failed {}",
+        stats.queued_profiles,
         stats.exported_profiles,
         stats.bytes_sent,
         stats.dropped.profiles,
@@ -173,13 +256,21 @@ pub async fn run(
     Ok(stats)
 }
 
-fn enqueue(shared: &Shared, request: ExportProfilesServiceRequest) {
+/// Builds the export request of `profile` and queues it.
+fn enqueue(shared: &Shared, profile: &Profile, host: &HostIdentity) {
+    let started = Instant::now();
+    let request = build_request(profile, host);
+    let bytes = request.encoded_len();
     let profiles = request.resource_profiles.len() as u64;
+    {
+        let mut stats = shared.stats.lock().expect("stats lock");
+        stats.encodes += 1;
+        stats.encode_nanos += started.elapsed().as_nanos() as u64;
+        stats.queued_profiles += profiles;
+    }
     if profiles == 0 {
         return;
     }
-    let bytes = request.encoded_len();
-    shared.stats.lock().expect("stats lock").queued_profiles += profiles;
     let mut queue = shared.queue.lock().expect("queue lock");
     let before = queue.dropped();
     queue.push(request, bytes, profiles);

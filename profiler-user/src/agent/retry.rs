@@ -46,7 +46,9 @@ pub fn classify(error: &ExportError) -> Verdict {
             429 | 502 | 503 | 504 => Verdict::Retry(*retry_after),
             _ => Verdict::GiveUp,
         },
-        ExportError::Endpoint { .. } | ExportError::Decode { .. } => Verdict::GiveUp,
+        ExportError::Endpoint { .. }
+        | ExportError::Certificate { .. }
+        | ExportError::Decode { .. } => Verdict::GiveUp,
     }
 }
 

@@ -12,6 +12,7 @@ use hostprof_proto::otlp::collector::profiles::v1development::{
 };
 use prost::Message;
 use std::io::Write;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::config::{ExporterConfig, Protocol};
 
@@ -67,6 +68,14 @@ pub enum ExportError {
         /// The server's `Retry-After`, when it sent one in seconds.
         retry_after: Option<std::time::Duration>,
     },
+    /// The TLS settings cannot be used.
+    #[error("cannot use the CA certificate {path}: {reason} (give a PEM file with --otlp-certificate or OTEL_EXPORTER_OTLP_CERTIFICATE)")]
+    Certificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A response that is not an `ExportProfilesServiceResponse`.
     #[error("the OTLP endpoint {url} answered with something that is not an export response")]
     Decode {
@@ -94,15 +103,48 @@ pub struct ExportOutcome {
 pub struct Exporter {
     config: ExporterConfig,
     http: reqwest::Client,
+    /// The custom CA (PEM), for gRPC's TLS settings.
+    ca_pem: Option<Vec<u8>>,
+    /// The gRPC channel, opened by the first export that connects and then
+    /// reused (tonic reconnects it on its own).
+    channel: tokio::sync::OnceCell<Channel>,
 }
 
 impl Exporter {
-    /// An exporter for `config`; connects lazily on the first export.
-    pub fn new(config: ExporterConfig) -> Self {
-        Self {
-            config,
-            http: reqwest::Client::new(),
+    /// An exporter for `config`; reads the custom CA now (so a bad file is
+    /// reported at start) and connects on the first export.
+    pub fn new(config: ExporterConfig) -> Result<Self, ExportError> {
+        // reqwest's rustls takes the process-wide crypto provider; keep one
+        // the embedding program installed, else install ring (as tonic uses).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut http = reqwest::Client::builder();
+        let mut ca_pem = None;
+        if let Some(path) = &config.certificate {
+            let bad = |reason: String| ExportError::Certificate {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|err| bad(err.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|err| bad(format!("not PEM certificates: {err}")))?;
+            if certs.is_empty() {
+                return Err(bad("it holds no PEM certificate".into()));
+            }
+            for cert in certs {
+                http = http.add_root_certificate(cert);
+            }
+            ca_pem = Some(pem);
         }
+        let http = http.build().map_err(|source| ExportError::Http {
+            url: config.http_url(),
+            source,
+        })?;
+        Ok(Self {
+            config,
+            http,
+            ca_pem,
+            channel: tokio::sync::OnceCell::new(),
+        })
     }
 
     /// The configuration in use.
@@ -126,19 +168,11 @@ impl Exporter {
         request: &ExportProfilesServiceRequest,
     ) -> Result<ExportOutcome, ExportError> {
         let endpoint = self.config.endpoint.clone();
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .map_err(|err| ExportError::Endpoint {
-                endpoint: endpoint.clone(),
-                reason: err.to_string(),
-            })?
-            .timeout(self.config.timeout)
-            .connect_timeout(self.config.timeout)
-            .connect()
-            .await
-            .map_err(|source| ExportError::Connect {
-                endpoint: endpoint.clone(),
-                source,
-            })?;
+        let channel = self
+            .channel
+            .get_or_try_init(|| self.connect_grpc())
+            .await?
+            .clone();
         let mut client = ProfilesServiceClient::new(channel);
         if self.config.gzip {
             client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -163,6 +197,34 @@ impl Exporter {
             .map_err(|source| ExportError::Grpc { endpoint, source })?
             .into_inner();
         Ok(outcome(response, bytes_sent))
+    }
+
+    async fn connect_grpc(&self) -> Result<Channel, ExportError> {
+        let endpoint = &self.config.endpoint;
+        let invalid = |reason: String| ExportError::Endpoint {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let mut channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|err| invalid(err.to_string()))?
+            .timeout(self.config.timeout)
+            .connect_timeout(self.config.timeout);
+        if channel.uri().scheme_str() == Some("https") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &self.ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            channel = channel
+                .tls_config(tls)
+                .map_err(|err| invalid(format!("TLS settings: {err}")))?;
+        }
+        channel
+            .connect()
+            .await
+            .map_err(|source| ExportError::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })
     }
 
     async fn export_http(

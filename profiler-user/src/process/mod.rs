@@ -176,6 +176,16 @@ impl ProcessTable {
         Ok(())
     }
 
+    /// Processes whose snapshots are held.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// True when no process is held.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
     /// The last snapshot of `pid`.
     pub fn process(&self, pid: u32) -> Option<&ProcessInfo> {
         self.processes.get(&pid)

@@ -217,8 +217,10 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts it, writing to `dir`; the first `fail_first` HTTP requests get a 503.
-    pub fn start(dir: &std::path::Path, fail_first: u32) -> Self {
+    /// Starts it, writing to `dir`; `args` are extra options of
+    /// otlp_receiver.py (`--fail-first N`, `--delay S`, `--reject N`,
+    /// `--tls-cert PEM --tls-key PEM`).
+    pub fn start(dir: &std::path::Path, args: &[&str]) -> Self {
         let out = dir.join("received.jsonl");
         let mut child = Command::new("python3")
             .arg(concat!(
@@ -227,8 +229,7 @@ impl Receiver {
             ))
             .arg("--out")
             .arg(&out)
-            .arg("--fail-first")
-            .arg(fail_first.to_string())
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 must be installed (cargo xtask setup)");

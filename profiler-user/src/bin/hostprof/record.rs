@@ -20,7 +20,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let exporter = args
         .otlp
         .exporter_config(|name| std::env::var(name).ok())?
-        .map(Exporter::new);
+        .map(Exporter::new)
+        .transpose()?;
     let host = HostIdentity::detect()?;
     if !args.no_local {
         check_output_dir("--output", &args.output)?;
