@@ -168,6 +168,15 @@ impl Profiler {
         );
         self.start_time = SystemTime::now();
         self.started = Instant::now();
+        // Forget processes gone since the previous window, and the files
+        // only they mapped: memory follows the live processes.
+        let unused = self.processes.prune();
+        let paths: Vec<_> = unused
+            .iter()
+            .map(|(id, module)| (*id, module.symbol_path()))
+            .collect();
+        self.symbolizer.forget(&paths);
+        drop(unused); // closes the files, now that no cache refers to them
         profile
     }
 

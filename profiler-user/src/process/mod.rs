@@ -10,7 +10,7 @@
 
 pub mod maps;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -142,8 +142,12 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     processes: HashMap<u32, ProcessInfo>,
-    modules: Vec<Module>,
+    modules: HashMap<ModuleId, Module>,
     module_ids: HashMap<(u32, u32, u64), ModuleId>,
+    next_module: u32,
+    /// Processes found gone at the last [`Self::prune`]; dropped at the next
+    /// one, so samples drained just after an exit still find their snapshot.
+    gone: HashSet<u32>,
 }
 
 impl ProcessTable {
@@ -192,8 +196,52 @@ impl ProcessTable {
     }
 
     /// The module of `id`.
+    ///
+    /// # Panics
+    ///
+    /// When `id` was pruned: ids are only valid until the [`Self::prune`]
+    /// after the last process mapping the module went away.
     pub fn module(&self, id: ModuleId) -> &Module {
-        &self.modules[id.0 as usize]
+        &self.modules[&id]
+    }
+
+    /// Forgets processes that have exited (or whose pid was reused) since
+    /// the previous call, and the modules no remaining process maps.
+    /// Returns those modules with their ids, so caches keyed by them can be
+    /// cleared before the modules are dropped (which closes their files).
+    /// Keeps a long-running profiler's memory and open files proportional
+    /// to the live processes, not to every process ever seen.
+    pub fn prune(&mut self) -> Vec<(ModuleId, Module)> {
+        let gone: HashSet<u32> = self
+            .processes
+            .values()
+            .filter(|info| read_start_time(info.pid).ok() != Some(info.start_time))
+            .map(|info| info.pid)
+            .collect();
+        let expired: Vec<u32> = gone.intersection(&self.gone).copied().collect();
+        for pid in &expired {
+            self.processes.remove(pid);
+        }
+        self.gone = gone;
+        if expired.is_empty() {
+            return Vec::new();
+        }
+        let mapped: HashSet<ModuleId> = self
+            .processes
+            .values()
+            .flat_map(|info| info.mappings.iter().map(|m| m.module))
+            .collect();
+        let unused: Vec<ModuleId> = self
+            .modules
+            .keys()
+            .filter(|id| !mapped.contains(id))
+            .copied()
+            .collect();
+        self.module_ids.retain(|_, id| mapped.contains(id));
+        unused
+            .into_iter()
+            .filter_map(|id| self.modules.remove(&id).map(|module| (id, module)))
+            .collect()
     }
 
     /// Where `addr` points in `pid`'s address space. An address outside every
@@ -281,12 +329,19 @@ impl ProcessTable {
                 .flatten()
                 .map(|id| id.into_owned())
         });
-        let id = ModuleId(u32::try_from(self.modules.len()).expect("fewer than 2^32 modules"));
-        self.modules.push(Module {
-            path: path.to_owned(),
-            build_id,
-            file,
-        });
+        let id = ModuleId(self.next_module);
+        self.next_module = self
+            .next_module
+            .checked_add(1)
+            .expect("fewer than 2^32 modules over the profiler's life");
+        self.modules.insert(
+            id,
+            Module {
+                path: path.to_owned(),
+                build_id,
+                file,
+            },
+        );
         self.module_ids.insert(key, id);
         id
     }
@@ -448,6 +503,22 @@ mod tests {
             ProcessTable::new().observe(pid),
             Err(ProcessError::Gone { .. })
         ));
+
+        // Pruning keeps the exited process for one more round, then drops
+        // it and the modules only it mapped; live processes stay.
+        let me = std::process::id();
+        table.observe(me).unwrap();
+        assert!(table.prune().is_empty());
+        assert!(table.process(pid).is_some());
+        let dropped: Vec<ModuleId> = table.prune().into_iter().map(|(id, _)| id).collect();
+        assert!(table.process(pid).is_none());
+        assert!(table.process(me).is_some());
+        assert!(dropped.contains(&exe_module), "{dropped:?}");
+        for mapping in &table.process(me).unwrap().mappings {
+            assert!(!dropped.contains(&mapping.module));
+            table.module(mapping.module);
+        }
+        assert!(table.prune().is_empty());
     }
 
     #[test]

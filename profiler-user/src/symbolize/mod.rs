@@ -2,14 +2,16 @@
 //! blazesym: user code from the mapped ELF files (by file offset, so it
 //! works after the process exited), kernel code from kallsyms.
 //!
-//! Results are cached per (module, file offset) and per kernel address for
-//! the symbolizer's lifetime, so an address is symbolized once however many
-//! drains and processes it appears in.
+//! Results are cached per (module, file offset) and per kernel address, so
+//! an address is symbolized once however many drains and processes it
+//! appears in; a module's entries go when no process maps it any more
+//! ([`Symbolizer::forget`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blazesym::symbolize::evict::{self, Evict};
 use blazesym::symbolize::source::{Elf, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized};
 use blazesym::MaybeDefault;
@@ -93,6 +95,21 @@ impl Symbolizer {
             source,
             |offsets| Input::FileOffset(offsets),
         )
+    }
+
+    /// Drops everything cached for `modules` (ids and the paths they were
+    /// read through), before their files are closed and the paths reused.
+    pub fn forget(&mut self, modules: &[(ModuleId, PathBuf)]) {
+        if modules.is_empty() {
+            return;
+        }
+        let ids: std::collections::HashSet<ModuleId> = modules.iter().map(|(id, _)| *id).collect();
+        self.user.retain(|(module, _), _| !ids.contains(module));
+        for (_, path) in modules {
+            if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(path))) {
+                log::debug!("evicting {}: {err}", path.display());
+            }
+        }
     }
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
