@@ -272,11 +272,27 @@ fn user_location(
         Resolved::Vdso => (None, lines_for(builder, &None, || "[vdso]".into())),
         Resolved::Unknown => (None, lines_for(builder, &None, || "[unknown]".into())),
     };
+    // The outermost function decides: inlined callees are part of it.
+    let rust = match resolved {
+        Resolved::Module {
+            module,
+            file_offset,
+            ..
+        } => symbols.user[&(module, file_offset)]
+            .as_ref()
+            .and_then(|frames| frames.last())
+            .is_some_and(|frame| frame.rust),
+        _ => false,
+    };
     builder.location(Location {
         mapping,
         address: addr,
         lines,
-        kind: FrameKind::Native,
+        kind: if rust {
+            FrameKind::Rust
+        } else {
+            FrameKind::Native
+        },
     })
 }
 

@@ -31,7 +31,7 @@ pub fn folded_lines(profile: &Profile) -> Vec<String> {
                 let name = &profile.function(line.function).name;
                 frames.push(match location.kind {
                     FrameKind::Kernel => format!("{name}_[k]"),
-                    FrameKind::Native => name.clone(),
+                    FrameKind::Native | FrameKind::Rust => name.clone(),
                 });
             }
         }

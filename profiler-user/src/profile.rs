@@ -59,6 +59,8 @@ pub enum FrameKind {
     Kernel,
     /// Native user-space code.
     Native,
+    /// User-space code written in Rust.
+    Rust,
 }
 
 /// A file (or the kernel) mapped into memory.

@@ -95,6 +95,8 @@ impl Profiler {
     pub fn start(options: ProfilerOptions) -> Result<Self, ProfilerError> {
         system_info::preflight()?;
         let (sampler, events) = Sampler::start(&options.policy)?;
+        // Loading parsed the kernel's BTF (tens of MiB, now freed).
+        release_free_memory();
         Ok(Self {
             options,
             sampler,
@@ -177,6 +179,8 @@ impl Profiler {
             .collect();
         self.symbolizer.forget(&paths);
         drop(unused); // closes the files, now that no cache refers to them
+                      // Symbolizing built and freed large temporaries.
+        release_free_memory();
         profile
     }
 
@@ -226,5 +230,16 @@ impl Profiler {
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
         self.aggregator.ingest(drained);
+    }
+}
+
+/// Hands memory the allocator holds but no longer uses back to the kernel,
+/// so the resident size after a burst (BTF parsing, symbolization) falls
+/// back to what is in use; glibc keeps it otherwise.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -47,6 +47,7 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
     let workloads = common::Workloads::build();
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     let mut worker = workloads.spawn("cpu_chain", 9000);
+    let mut rust_worker = workloads.spawn("rust_chain", 9000);
     for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
         let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
             .args([
@@ -63,8 +64,10 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
             .expect("run hostprof");
         assert!(status.success(), "export over {protocol} failed");
     }
-    worker.kill().ok();
-    worker.wait().ok();
+    for child in [&mut worker, &mut rust_worker] {
+        child.kill().ok();
+        child.wait().ok();
+    }
 
     let received = receiver.received();
     let transports: Vec<&str> = received
@@ -97,6 +100,28 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
                 "resource lacks {key}: {attributes}"
             );
         }
+        assert!(
+            resource["frame_types"]
+                .as_array()
+                .unwrap()
+                .contains(&"native".into()),
+            "C frames are native: {}",
+            resource["frame_types"]
+        );
+        let rust = request["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["attributes"]["process.executable.name"] == "rust_chain")
+            .expect("a resource for the rust_chain process");
+        assert!(
+            rust["frame_types"]
+                .as_array()
+                .unwrap()
+                .contains(&"rust".into()),
+            "Rust frames are marked rust: {}",
+            rust["frame_types"]
+        );
         let (chain, total) = chain_share(
             request,
             "cpu_chain",

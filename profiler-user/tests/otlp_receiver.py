@@ -72,6 +72,7 @@ def summarize(request, transport):
         resource = {kv.key: any_value(kv.value) for kv in rp.resource.attributes}
         samples = []
         times = []
+        frame_types = set()
         for sp in rp.scope_profiles:
             for p in sp.profiles:
                 check(s(p.sample_type.type_strindex) == "samples", "sample_type is not samples")
@@ -97,10 +98,13 @@ def summarize(request, transport):
                             if check(0 < line.function_index < len(d.function_table),
                                      "function index"):
                                 frames.append(s(d.function_table[line.function_index].name_strindex))
-                        attrs(loc.attribute_indices)
+                        frame_type = attrs(loc.attribute_indices).get("profile.frame.type")
+                        check(frame_type is not None, "location without profile.frame.type")
+                        frame_types.add(frame_type)
                     samples.append({"count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices)})
-        resources.append({"attributes": resource, "samples": samples, "times": times})
+        resources.append({"attributes": resource, "samples": samples, "times": times,
+                          "frame_types": sorted(t for t in frame_types if t)})
     for m in d.mapping_table[1:]:
         s(m.filename_strindex)
         attrs(m.attribute_indices)

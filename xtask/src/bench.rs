@@ -108,7 +108,7 @@ fn print_row(name: &str, usage: Usage) {
 }
 
 /// Runs `step` while `cpus` busy loops keep every CPU loaded.
-fn with_load(cpus: usize, step: impl FnOnce() -> Result<Usage>) -> Result<Usage> {
+pub(crate) fn with_load<T>(cpus: usize, step: impl FnOnce() -> Result<T>) -> Result<T> {
     let mut load: Vec<Child> = (0..cpus)
         .map(|_| {
             Command::new("sh")
@@ -144,7 +144,7 @@ fn measure(cmd: &mut Command) -> Result<Usage> {
     Ok(usage_of(&usage))
 }
 
-fn usage_of(usage: &libc::rusage) -> Usage {
+pub(crate) fn usage_of(usage: &libc::rusage) -> Usage {
     let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     Usage {
         cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),

@@ -4,6 +4,7 @@
 //! command works on a fresh machine.
 
 mod bench;
+mod bench_agent;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -52,6 +53,20 @@ enum Task {
         /// Sampling frequency in Hz.
         #[arg(long, default_value_t = 99)]
         frequency: u32,
+    },
+    /// Run `hostprof agent` on a busy host for minutes, exporting to a local
+    /// receiver, and report its CPU share, memory, bytes on the wire per
+    /// minute and encode time per export.
+    BenchAgent {
+        /// How long the agent runs, in seconds.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Sampling frequency in Hz.
+        #[arg(long, default_value_t = 99)]
+        frequency: u32,
+        /// Export interval in seconds.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
     },
 }
 
@@ -106,6 +121,21 @@ fn main() -> Result<()> {
                 frequency,
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
+            })
+        }
+        Task::BenchAgent {
+            seconds,
+            frequency,
+            interval,
+        } => {
+            let hostprof = release_build(&root)?;
+            bench_agent::run(&bench_agent::AgentBenchOptions {
+                duration: Duration::from_secs(seconds),
+                frequency,
+                interval: Duration::from_secs(interval),
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+                root,
             })
         }
     }

@@ -169,6 +169,7 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
             let frame_type = match l.kind {
                 FrameKind::Kernel => "kernel",
                 FrameKind::Native => "native",
+                FrameKind::Rust => "rust",
             };
             pb::Location {
                 mapping_index: l.mapping.map_or(0, |m| m.index() as i32 + 1),

@@ -28,6 +28,8 @@ pub struct SymbolFrame {
     pub file: Option<String>,
     /// Source line, when debug info has it.
     pub line: Option<u32>,
+    /// True when the function is Rust code (from debug info or mangling).
+    pub rust: bool,
 }
 
 /// Frames at one address, innermost (most deeply inlined) first; `None`
@@ -63,7 +65,7 @@ impl Symbolizer {
         let blazesym = blazesym::symbolize::Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
-            .enable_demangling(true)
+            .enable_demangling(false)
             .build();
         Self {
             blazesym,
@@ -202,12 +204,27 @@ fn frames_from_sym(sym: &Sym<'_>) -> Vec<SymbolFrame> {
     frames
 }
 
-fn frame(name: &str, code_info: Option<&CodeInfo<'_>>) -> SymbolFrame {
+fn frame(raw: &str, code_info: Option<&CodeInfo<'_>>) -> SymbolFrame {
+    let (name, rust) = demangle(raw);
     SymbolFrame {
-        name: name.to_owned(),
+        rust,
+        name,
         file: code_info.map(|ci| ci.to_path().to_string_lossy().into_owned()),
         line: code_info.and_then(|ci| ci.line),
     }
+}
+
+/// Demangles a symbol name, Rust first (legacy and v0, hash suffix left
+/// out), then C++; says whether it was a Rust name. Done here rather than
+/// by blazesym, whose output does not say which language a name was in.
+fn demangle(raw: &str) -> (String, bool) {
+    if let Ok(rust) = rustc_demangle::try_demangle(raw) {
+        return (format!("{rust:#}"), true);
+    }
+    let cpp = cpp_demangle::Symbol::new(raw)
+        .ok()
+        .and_then(|symbol| symbol.demangle().ok());
+    (cpp.unwrap_or_else(|| raw.to_owned()), false)
 }
 
 #[cfg(test)]
@@ -217,6 +234,23 @@ mod tests {
     #[inline(never)]
     fn marker_function_for_symbolizer_test() -> u64 {
         std::hint::black_box(42)
+    }
+
+    #[test]
+    fn demangles_rust_and_cpp_and_tells_them_apart() {
+        assert_eq!(
+            demangle("_ZN10rust_chain6engine6Hasher14crunch_numbers17h0123456789abcdefE"),
+            (
+                "rust_chain::engine::Hasher::crunch_numbers".to_owned(),
+                true
+            )
+        );
+        assert_eq!(
+            demangle("_RNvCs1234_7mycrate4main"),
+            ("mycrate::main".to_owned(), true)
+        );
+        assert_eq!(demangle("_ZN3foo3barEv"), ("foo::bar()".to_owned(), false));
+        assert_eq!(demangle("hot_loop"), ("hot_loop".to_owned(), false));
     }
 
     #[test]

@@ -1,0 +1,248 @@
+//! `cargo xtask bench-agent`: `hostprof agent` on a busy host for a few
+//! minutes, exporting over HTTP/protobuf with gzip to the official-types
+//! receiver (profiler-user/tests/otlp_receiver.py). Reports the agent's CPU
+//! share and resident memory over the run (sampled from `/proc`), its start
+//! to end totals (from `wait4`), bytes on the wire per minute and the time
+//! to build one export request (from the agent's own `/metrics`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::bench::{usage_of, with_load};
+
+/// Options of the agent benchmark.
+#[derive(Clone, Debug)]
+pub struct AgentBenchOptions {
+    /// How long the agent runs.
+    pub duration: Duration,
+    /// Sampling frequency in Hz.
+    pub frequency: u32,
+    /// Export interval.
+    pub interval: Duration,
+    /// The release `hostprof` binary.
+    pub hostprof: PathBuf,
+    /// The workspace root (for the receiver script).
+    pub root: PathBuf,
+    /// Scratch directory.
+    pub work_dir: PathBuf,
+}
+
+/// One reading of the agent's `/proc` entries.
+#[derive(Clone, Copy, Debug)]
+struct Reading {
+    at: Duration,
+    cpu_seconds: f64,
+    rss_mib: f64,
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(options: &AgentBenchOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("creating {}", options.work_dir.display()))?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let received = options.work_dir.join("agent-received.jsonl");
+    std::fs::remove_file(&received).ok();
+    let (mut receiver, http_port) = start_receiver(options, &received)?;
+    let metrics_port = free_port()?;
+    println!(
+        "[bench-agent] {cpus} busy CPUs, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
+        options.frequency, options.duration, options.interval
+    );
+    let result = with_load(cpus, || {
+        let agent = Command::new(&options.hostprof)
+            .args(["agent", "-F", &options.frequency.to_string()])
+            .arg("--interval")
+            .arg(format!("{}ms", options.interval.as_millis()))
+            .args(["--otlp-protocol", "http", "--otlp-endpoint"])
+            .arg(format!("http://127.0.0.1:{http_port}"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting hostprof agent")?;
+        observe(agent, options, metrics_port)
+    });
+    receiver.kill().ok();
+    receiver.wait().ok();
+    let (readings, metrics, total) = result?;
+    report(options, &readings, &metrics, total, &received)
+}
+
+fn start_receiver(options: &AgentBenchOptions, out: &Path) -> Result<(Child, u16)> {
+    let script = options.root.join("profiler-user/tests/otlp_receiver.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .arg("--out")
+        .arg(out)
+        .arg("--seconds")
+        .arg((options.duration.as_secs() + 120).to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the OTLP receiver (python3)")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .context("reading the receiver's ports")?;
+    let Some(http) = line
+        .strip_prefix("PORTS ")
+        .and_then(|ports| ports.split_whitespace().nth(1))
+        .and_then(|p| p.trim().parse().ok())
+    else {
+        bail!("the OTLP receiver did not start ({line:?}); run `cargo xtask setup`");
+    };
+    Ok((child, http))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Samples the agent every few seconds, scrapes its metrics, stops it with
+/// SIGTERM and returns the readings, the metrics text and wait4's totals.
+fn observe(
+    agent: Child,
+    options: &AgentBenchOptions,
+    metrics_port: u16,
+) -> Result<(Vec<Reading>, String, crate::bench::Usage)> {
+    let pid = agent.id();
+    let started = Instant::now();
+    let mut readings = Vec::new();
+    let mut next_report = Duration::from_secs(60);
+    while started.elapsed() < options.duration {
+        std::thread::sleep(Duration::from_secs(5));
+        let reading = read_proc(pid, started.elapsed())
+            .with_context(|| format!("the agent (pid {pid}) exited early"))?;
+        if reading.at >= next_report {
+            println!(
+                "[bench-agent] {:>4} s: CPU {:.2} s, RSS {:.1} MiB",
+                reading.at.as_secs(),
+                reading.cpu_seconds,
+                reading.rss_mib
+            );
+            next_report += Duration::from_secs(60);
+        }
+        readings.push(reading);
+    }
+    let metrics = scrape(metrics_port).context("scraping the agent's /metrics")?;
+    // SAFETY: kill takes a pid and a signal number.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our unreaped child; the pointers are valid.
+    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if rc != pid as libc::pid_t || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("hostprof agent did not exit cleanly on SIGTERM (wait status {status})");
+    }
+    Ok((readings, metrics, usage_of(&usage)))
+}
+
+fn read_proc(pid: u32, at: Duration) -> Option<Reading> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised comm: state is field 3; utime and
+    // stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Reading {
+        at,
+        cpu_seconds: ticks / hz,
+        rss_mib: rss_kib / 1024.0,
+    })
+}
+
+fn scrape(port: u16) -> Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn report(
+    options: &AgentBenchOptions,
+    readings: &[Reading],
+    metrics: &str,
+    total: crate::bench::Usage,
+    received: &Path,
+) -> Result<()> {
+    let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
+        bail!("no readings: the run was shorter than 5 s");
+    };
+    let minutes = last.at.as_secs_f64() / 60.0;
+    // Steady state: after the first minute (or the first reading).
+    let settle = readings
+        .iter()
+        .position(|r| r.at >= Duration::from_secs(60))
+        .unwrap_or(0);
+    let steady = &readings[settle..];
+    let steady_from = steady.first().unwrap_or(first);
+    let steady_cpu = (last.cpu_seconds - steady_from.cpu_seconds)
+        / (last.at - steady_from.at).as_secs_f64().max(1.0);
+    let rss_max = readings.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
+    let rss_steady_min = steady.iter().map(|r| r.rss_mib).fold(f64::MAX, f64::min);
+    let rss_steady_max = steady.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
+    let sent = metric(metrics, "hostprof_export_sent_bytes_total");
+    let encodes = metric(metrics, "hostprof_encodes_total").max(1.0);
+    let encode_ms = metric(metrics, "hostprof_encode_seconds_total") / encodes * 1e3;
+    let profiles = metric(metrics, "hostprof_profiles_exported_total");
+    let samples = metric(metrics, "hostprof_samples_total");
+    let requests = std::fs::read_to_string(received)
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+
+    println!();
+    println!(
+        "hostprof agent, {:.1} min at {} Hz, interval {:?}:",
+        minutes, options.frequency, options.interval
+    );
+    println!(
+        "  CPU: {:.2} % of one CPU over the run, {:.2} % in steady state; {:.2} CPU s start to exit",
+        last.cpu_seconds / last.at.as_secs_f64() * 100.0,
+        steady_cpu * 100.0,
+        total.cpu_seconds
+    );
+    println!(
+        "  RSS: steady {:.1}..{:.1} MiB, max sampled {:.1} MiB, peak (wait4) {:.1} MiB",
+        rss_steady_min, rss_steady_max, rss_max, total.peak_rss_mib
+    );
+    println!(
+        "  wire: {:.0} bytes/min of gzip HTTP bodies ({} requests received, {:.0} resource profiles, {:.0} samples)",
+        sent / minutes,
+        requests,
+        profiles,
+        samples
+    );
+    println!(
+        "  encode: {:.2} ms per export request ({:.1} resource profiles each)",
+        encode_ms,
+        profiles / encodes
+    );
+    Ok(())
+}
