@@ -38,6 +38,11 @@ struct Reading {
     at: Duration,
     cpu_seconds: f64,
     rss_mib: f64,
+    /// Anonymous part of the RSS (heap, stacks): the agent's own data.
+    anon_mib: f64,
+    /// File-backed part (binaries and the ELF/DWARF files blazesym maps),
+    /// which the kernel can reclaim.
+    file_mib: f64,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -119,10 +124,12 @@ fn observe(
             .with_context(|| format!("the agent (pid {pid}) exited early"))?;
         if reading.at >= next_report {
             println!(
-                "[bench-agent] {:>4} s: CPU {:.2} s, RSS {:.1} MiB",
+                "[bench-agent] {:>4} s: CPU {:.2} s, RSS {:.1} MiB ({:.1} anon + {:.1} file)",
                 reading.at.as_secs(),
                 reading.cpu_seconds,
-                reading.rss_mib
+                reading.rss_mib,
+                reading.anon_mib,
+                reading.file_mib
             );
             next_report += Duration::from_secs(60);
         }
@@ -152,18 +159,23 @@ fn read_proc(pid: u32, at: Duration) -> Option<Reading> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let mib = |key: &str| -> Option<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    };
     Some(Reading {
         at,
         cpu_seconds: ticks / hz,
-        rss_mib: rss_kib / 1024.0,
+        rss_mib: mib("VmRSS:")?,
+        anon_mib: mib("RssAnon:")?,
+        file_mib: mib("RssFile:")?,
     })
 }
 
@@ -231,6 +243,10 @@ fn report(
     println!(
         "  RSS: steady {:.1}..{:.1} MiB, max sampled {:.1} MiB, peak (wait4) {:.1} MiB",
         rss_steady_min, rss_steady_max, rss_max, total.peak_rss_mib
+    );
+    println!(
+        "       at the end {:.1} MiB anonymous + {:.1} MiB file-backed (binaries and mapped debug info)",
+        last.anon_mib, last.file_mib
     );
     println!(
         "  wire: {:.0} bytes/min of gzip HTTP bodies ({} requests received, {:.0} resource profiles, {:.0} samples)",
