@@ -206,6 +206,7 @@ fn process_of(processes: &ProcessTable, tgid: u32, comm: &str) -> Process {
             pid: 0,
             executable_name: IDLE_PROCESS.into(),
             executable_path: None,
+            container: None,
         };
     }
     match processes.process(tgid) {
@@ -213,12 +214,14 @@ fn process_of(processes: &ProcessTable, tgid: u32, comm: &str) -> Process {
             pid: tgid,
             executable_name: info.executable_name.clone(),
             executable_path: info.executable_path.clone(),
+            container: info.container.clone(),
         },
         // Exited before it could be snapshotted: the thread name is the best we have.
         None => Process {
             pid: tgid,
             executable_name: comm.to_owned(),
             executable_path: None,
+            container: None,
         },
     }
 }

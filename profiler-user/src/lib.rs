@@ -27,6 +27,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod container;
 pub mod flamegraph;
 pub mod otlp;
 pub mod pprof;

@@ -140,38 +140,60 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
         })
         .collect();
 
-    let [pid_key, tid_key, thread_key, process_key] =
-        ["pid", "tid", "thread_name", "process"].map(|k| strings.id(k));
+    let [pid_key, tid_key, thread_key, process_key, container_key, pod_uid_key] = [
+        "pid",
+        "tid",
+        "thread_name",
+        "process",
+        "container.id",
+        "k8s.pod.uid",
+    ]
+    .map(|k| strings.id(k));
     let sample = profile
         .samples
         .iter()
         .map(|s| {
             let process = profile.process(s.process);
+            let mut label = vec![
+                pprof::Label {
+                    key: pid_key,
+                    num: i64::from(process.pid),
+                    ..Default::default()
+                },
+                pprof::Label {
+                    key: tid_key,
+                    num: i64::from(s.tid),
+                    ..Default::default()
+                },
+                pprof::Label {
+                    key: thread_key,
+                    str: strings.id(&s.thread_name),
+                    ..Default::default()
+                },
+                pprof::Label {
+                    key: process_key,
+                    str: strings.id(&process.executable_name),
+                    ..Default::default()
+                },
+            ];
+            if let Some(container) = &process.container {
+                label.push(pprof::Label {
+                    key: container_key,
+                    str: strings.id(container.id.as_str()),
+                    ..Default::default()
+                });
+                if let Some(uid) = &container.pod_uid {
+                    label.push(pprof::Label {
+                        key: pod_uid_key,
+                        str: strings.id(uid.as_str()),
+                        ..Default::default()
+                    });
+                }
+            }
             pprof::Sample {
                 location_id: s.stack.iter().map(|l| l.index() as u64 + 1).collect(),
                 value: vec![s.count as i64, (s.count * profile.period_ns()) as i64],
-                label: vec![
-                    pprof::Label {
-                        key: pid_key,
-                        num: i64::from(process.pid),
-                        ..Default::default()
-                    },
-                    pprof::Label {
-                        key: tid_key,
-                        num: i64::from(s.tid),
-                        ..Default::default()
-                    },
-                    pprof::Label {
-                        key: thread_key,
-                        str: strings.id(&s.thread_name),
-                        ..Default::default()
-                    },
-                    pprof::Label {
-                        key: process_key,
-                        str: strings.id(&process.executable_name),
-                        ..Default::default()
-                    },
-                ],
+                label,
             }
         })
         .collect();
@@ -257,6 +279,7 @@ pub(crate) mod tests {
             pid: 42,
             executable_name: "app".into(),
             executable_path: Some("/usr/bin/app".into()),
+            container: None,
         });
         let m = b.mapping(Mapping {
             start: 0x1000,
@@ -408,5 +431,25 @@ pub(crate) mod tests {
         assert_eq!(labels["tid"].num, 43);
         assert_eq!(s(labels["thread_name"].str), "worker");
         assert_eq!(s(labels["process"].str), "app");
+        assert!(!labels.contains_key("container.id"));
+
+        let mut in_pod = sample_profile();
+        let id = "cd".repeat(32);
+        in_pod.processes[0].container = crate::container::cgroup::parse_cgroup_path(&format!(
+            "/kubepods.slice/kubepods-pod3f1c2a4b_5d6e_4f70_8192_a3b4c5d6e7f8.slice/cri-containerd-{id}.scope"
+        ));
+        let p = encode(&in_pod);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let labels: HashMap<&str, &str> = p.sample[0]
+            .label
+            .iter()
+            .filter(|l| l.str != 0)
+            .map(|l| (s(l.key), s(l.str)))
+            .collect();
+        assert_eq!(labels["container.id"], id);
+        assert_eq!(
+            labels["k8s.pod.uid"],
+            "3f1c2a4b-5d6e-4f70-8192-a3b4c5d6e7f8"
+        );
     }
 }

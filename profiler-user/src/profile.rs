@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::container::ContainerRef;
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -50,6 +52,8 @@ pub struct Process {
     pub executable_name: String,
     /// Full path of the executable, when it could be read.
     pub executable_path: Option<PathBuf>,
+    /// The container it runs in, if any.
+    pub container: Option<ContainerRef>,
 }
 
 /// Whether a mapping or frame belongs to the kernel or to user space.
@@ -368,6 +372,7 @@ mod tests {
             pid: 7,
             executable_name: "app".into(),
             executable_path: None,
+            container: None,
         });
         let f1 = b.function(function("main"));
         let f2 = b.function(function("main"));

@@ -107,6 +107,7 @@ mod tests {
             pid: 1,
             executable_name: "app".into(),
             executable_path: None,
+            container: None,
         });
         let loc = |b: &mut ProfileBuilder, name: &str, address| {
             let function = b.function(Function {

@@ -5,7 +5,8 @@
 //! every table starts with its zero value (`string_table[0] == ""`, empty
 //! mapping/location/function/link/attribute/stack at index 0), no duplicate
 //! table entries, samples with equal {stack, attributes, link} merged, and
-//! stacks leaf first. One `ResourceProfiles` per process.
+//! stacks leaf first. One `ResourceProfiles` per container, and one per
+//! process outside containers.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -16,6 +17,7 @@ use hostprof_proto::otlp::common::v1::{any_value, AnyValue, InstrumentationScope
 use hostprof_proto::otlp::profiles::v1development as pb;
 use hostprof_proto::otlp::resource::v1::Resource;
 
+use crate::container::ContainerRef;
 use crate::profile::{FrameKind, ProcessId, Profile};
 
 /// What identifies the host (and the agent) on every resource.
@@ -190,27 +192,45 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
         })
         .collect();
 
-    // Samples per process, merged by {stack, attributes, link}.
-    let mut per_process: Vec<(ProcessId, MergedSamples)> = Vec::new();
-    let mut slot: HashMap<ProcessId, usize> = HashMap::new();
+    // Samples per resource, merged by {stack, attributes, link}: one
+    // resource per container, one per process outside containers. In a
+    // container's resource the process is a sample attribute.
+    let mut per_group: Vec<(Group<'_>, MergedSamples)> = Vec::new();
+    let mut slot: HashMap<Group<'_>, usize> = HashMap::new();
     for sample in &profile.samples {
         let location_indices: Vec<i32> =
             sample.stack.iter().map(|l| l.index() as i32 + 1).collect();
         let stack_index = dict
             .stacks
             .intern(location_indices.clone(), || pb::Stack { location_indices });
-        let attributes = vec![
+        let process = profile.process(sample.process);
+        let mut attributes = vec![
             dict.attribute("thread.name", AttrValue::Str(sample.thread_name.clone())),
             dict.attribute("thread.id", AttrValue::Int(i64::from(sample.tid))),
         ];
-        let i = *slot.entry(sample.process).or_insert_with(|| {
-            per_process.push((sample.process, HashMap::new()));
-            per_process.len() - 1
+        let group = match &process.container {
+            Some(container) => {
+                attributes
+                    .push(dict.attribute("process.pid", AttrValue::Int(i64::from(process.pid))));
+                attributes.push(dict.attribute(
+                    "process.executable.name",
+                    AttrValue::Str(process.executable_name.clone()),
+                ));
+                if let Some(path) = &process.executable_path {
+                    attributes.push(dict.attribute(
+                        "process.executable.path",
+                        AttrValue::Str(path.to_string_lossy().into_owned()),
+                    ));
+                }
+                Group::Container(container)
+            }
+            None => Group::Process(sample.process),
+        };
+        let i = *slot.entry(group.clone()).or_insert_with(|| {
+            per_group.push((group, HashMap::new()));
+            per_group.len() - 1
         });
-        *per_process[i]
-            .1
-            .entry((stack_index, attributes))
-            .or_default() += sample.count as i64;
+        *per_group[i].1.entry((stack_index, attributes)).or_default() += sample.count as i64;
     }
 
     let time_unix_nano = profile
@@ -224,9 +244,9 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
         version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let resource_profiles = per_process
+    let resource_profiles = per_group
         .into_iter()
-        .map(|(process_id, samples)| {
+        .map(|(group, samples)| {
             let mut samples: Vec<pb::Sample> = samples
                 .into_iter()
                 .map(|((stack_index, attribute_indices), count)| pb::Sample {
@@ -242,7 +262,7 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
             });
             pb::ResourceProfiles {
                 resource: Some(Resource {
-                    attributes: resource_attributes(profile, process_id, host),
+                    attributes: resource_attributes(profile, &group, host),
                     ..Default::default()
                 }),
                 scope_profiles: vec![pb::ScopeProfiles {
@@ -283,22 +303,44 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
     }
 }
 
-fn resource_attributes(profile: &Profile, id: ProcessId, host: &HostIdentity) -> Vec<KeyValue> {
-    let process = profile.process(id);
+/// What one `ResourceProfiles` stands for.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Group<'a> {
+    /// Every process of a container.
+    Container(&'a ContainerRef),
+    /// One process outside containers.
+    Process(ProcessId),
+}
+
+fn resource_attributes(profile: &Profile, group: &Group<'_>, host: &HostIdentity) -> Vec<KeyValue> {
     let mut attributes = vec![
         str_kv("host.name", &host.host_name),
         str_kv("os.type", "linux"),
-        key_value(
-            "process.pid",
-            any_value::Value::IntValue(i64::from(process.pid)),
-        ),
-        str_kv("process.executable.name", &process.executable_name),
     ];
     if let Some(id) = &host.host_id {
         attributes.push(str_kv("host.id", id));
     }
-    if let Some(path) = &process.executable_path {
-        attributes.push(str_kv("process.executable.path", &path.to_string_lossy()));
+    match group {
+        Group::Container(container) => {
+            attributes.push(str_kv("container.id", container.id.as_str()));
+            if let Some(runtime) = container.runtime.name() {
+                attributes.push(str_kv("container.runtime", runtime));
+            }
+            if let Some(uid) = &container.pod_uid {
+                attributes.push(str_kv("k8s.pod.uid", uid.as_str()));
+            }
+        }
+        Group::Process(id) => {
+            let process = profile.process(*id);
+            attributes.push(key_value(
+                "process.pid",
+                any_value::Value::IntValue(i64::from(process.pid)),
+            ));
+            attributes.push(str_kv("process.executable.name", &process.executable_name));
+            if let Some(path) = &process.executable_path {
+                attributes.push(str_kv("process.executable.path", &path.to_string_lossy()));
+            }
+        }
     }
     for (key, value) in &host.extra {
         if !attributes.iter().any(|kv| &kv.key == key) {
@@ -423,5 +465,40 @@ mod tests {
             .unwrap();
         let build_id = &d.attribute_table[app_mapping.attribute_indices[0] as usize];
         assert_eq!(s(build_id.key_strindex), "process.executable.build_id.gnu");
+    }
+
+    #[test]
+    fn a_container_is_one_resource_with_the_process_on_its_samples() {
+        let mut profile = sample_profile();
+        let id = "ab".repeat(32);
+        let path = format!("/kubepods/besteffort/pod3f1c2a4b-5d6e-4f70-8192-a3b4c5d6e7f8/{id}");
+        profile.processes[0].container = crate::container::cgroup::parse_cgroup_path(&path);
+        let request = build_request(&profile, &host());
+        let d = request.dictionary.as_ref().unwrap();
+        let s = |i: i32| d.string_table[i as usize].as_str();
+        assert_eq!(request.resource_profiles.len(), 1);
+        let rp = &request.resource_profiles[0];
+        let keys: HashMap<&str, String> = rp
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), format!("{:?}", kv.value)))
+            .collect();
+        assert!(keys["container.id"].contains(&id));
+        assert!(keys["k8s.pod.uid"].contains("3f1c2a4b-5d6e-4f70-8192-a3b4c5d6e7f8"));
+        assert!(!keys.contains_key("process.pid"), "{keys:?}");
+        assert!(!keys.contains_key("container.runtime"), "runtime unknown");
+        for sample in &rp.scope_profiles[0].profiles[0].samples {
+            let sample_keys: HashSet<&str> = sample
+                .attribute_indices
+                .iter()
+                .map(|&a| s(d.attribute_table[a as usize].key_strindex))
+                .collect();
+            for key in ["process.pid", "process.executable.name", "thread.id"] {
+                assert!(sample_keys.contains(key), "{sample_keys:?}");
+            }
+        }
     }
 }

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use maps::{MapEntry, MapPath};
 
+use crate::container::{parse_proc_cgroup, ContainerRef};
+
 /// Index of a [`Module`] in a [`ProcessTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModuleId(u32);
@@ -81,6 +83,9 @@ pub struct ProcessInfo {
     pub mappings: Vec<ExecMapping>,
     /// Address range of the vDSO.
     pub vdso: Option<(u64, u64)>,
+    /// The container the process runs in; `None` on the host or when its
+    /// cgroup could not be read (it is profiled either way).
+    pub container: Option<ContainerRef>,
     exe_identity: Option<(u64, u64)>,
     refreshed: Instant,
 }
@@ -311,6 +316,9 @@ impl ProcessTable {
             executable_path,
             mappings,
             vdso,
+            container: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|text| parse_proc_cgroup(&text)),
             exe_identity: exe_identity(pid),
             refreshed: Instant::now(),
         })

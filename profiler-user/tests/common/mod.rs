@@ -89,7 +89,17 @@ impl std::fmt::Debug for Traces {
 impl Traces {
     /// Traces of the samples whose `process` label is exactly `process`.
     pub fn of(tool: &std::path::Path, profile: &std::path::Path, process: &str) -> Traces {
-        let focus = format!("-tagfocus=process=^{process}$");
+        Traces::with_label(tool, profile, "process", process)
+    }
+
+    /// Traces of the samples whose label `key` is exactly `value`.
+    pub fn with_label(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+    ) -> Traces {
+        let focus = format!("-tagfocus={key}=^{value}$");
         let text = pprof(tool, &["-traces", "-sample_index=samples", &focus], profile);
         Traces::parse(&text)
     }

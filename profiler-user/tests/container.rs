@@ -1,0 +1,155 @@
+//! Container attribution end to end: a workload moved into a cgroup laid
+//! out the way kubelet and containerd (systemd driver) lay them out must
+//! come back with its container id and pod uid, on its own OTLP
+//! `ResourceProfiles` (checked with the official Python types) and as pprof
+//! labels (checked with Google's pprof tool), while host processes keep
+//! per-process resources.
+//!
+//! Needs root (BPF, creating cgroups) and cgroup v2 at
+//! /sys/fs/cgroup/unified or /sys/fs/cgroup.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Receiver, Traces};
+
+const POD_UID: &str = "5e2b7c1a-90d4-4f3e-b6a8-0c1d2e3f4a5b";
+
+/// A cgroup directory removed (with the process moved out) on drop.
+struct FakeContainer {
+    dirs: Vec<PathBuf>,
+    root: PathBuf,
+}
+
+impl FakeContainer {
+    fn create(container_id: &str) -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+            .expect("cgroup v2 is mounted at /sys/fs/cgroup/unified or /sys/fs/cgroup");
+        let uid = POD_UID.replace('-', "_");
+        let mut dir = root.clone();
+        let mut dirs = Vec::new();
+        for component in [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ] {
+            dir.push(component);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+                dirs.push(dir.clone());
+            }
+        }
+        Self { dirs, root }
+    }
+
+    fn leaf(&self) -> &Path {
+        self.dirs.last().expect("created")
+    }
+
+    fn adopt(&self, pid: u32) {
+        std::fs::write(self.leaf().join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|err| panic!("moving {pid} into {}: {err}", self.leaf().display()));
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        // Move anything left back to the root, then remove leaf first.
+        if let Ok(pids) = std::fs::read_to_string(self.leaf().join("cgroup.procs")) {
+            for pid in pids.lines() {
+                std::fs::write(self.root.join("cgroup.procs"), pid).ok();
+            }
+        }
+        for dir in self.dirs.iter().rev() {
+            std::fs::remove_dir(dir).ok();
+        }
+    }
+}
+
+#[test]
+fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
+    if common::skip_bpf() {
+        return;
+    }
+    let container_id = format!("c0ffee{:010x}", std::process::id()).repeat(4);
+    let fake = FakeContainer::create(&container_id);
+    let workloads = common::Workloads::build();
+    let receiver = Receiver::start(workloads.path("").as_path(), &[]);
+    let mut worker = workloads.spawn("cpu_chain", 7000);
+    fake.adopt(worker.id());
+    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", worker.id())).unwrap();
+    assert!(cgroup.contains(&container_id), "{cgroup}");
+
+    let output = workloads.path("host.pb.gz");
+    let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+        .args(["record", "--duration", "3s", "--no-flamegraph", "-o"])
+        .arg(&output)
+        .arg("--otlp-endpoint")
+        .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
+        .status()
+        .expect("run hostprof");
+    worker.kill().ok();
+    worker.wait().ok();
+    assert!(status.success());
+
+    // OTLP: one resource for the container, carrying the pod uid; the
+    // process is on its samples.
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    let resources = received[0]["resources"].as_array().unwrap();
+    let container = resources
+        .iter()
+        .find(|r| r["attributes"]["container.id"] == container_id.as_str())
+        .unwrap_or_else(|| panic!("no resource for container {container_id}"));
+    assert_eq!(container["attributes"]["k8s.pod.uid"], POD_UID);
+    assert_eq!(container["attributes"]["container.runtime"], "containerd");
+    assert!(container["attributes"]["process.pid"].is_null());
+    let samples = container["samples"].as_array().unwrap();
+    let hot: u64 = samples
+        .iter()
+        .filter(|s| s["attributes"]["process.executable.name"] == "cpu_chain")
+        .filter(|s| {
+            let stack: Vec<String> = s["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_owned())
+                .collect();
+            common::has_chain(&stack, &["hot_loop", "level2", "level1", "main"])
+        })
+        .map(|s| s["count"].as_u64().unwrap())
+        .sum();
+    assert!(
+        hot > 100,
+        "the workload's hot chain under its container: {hot}"
+    );
+    assert!(
+        resources
+            .iter()
+            .any(|r| r["attributes"]["container.id"].is_null()
+                && !r["attributes"]["process.pid"].is_null()),
+        "host processes keep one resource each"
+    );
+
+    // pprof: the same samples carry container.id and k8s.pod.uid labels.
+    let tool = common::pprof_tool();
+    let in_container = Traces::with_label(&tool, &output, "container.id", &container_id);
+    let in_pod = Traces::with_label(&tool, &output, "k8s.pod.uid", POD_UID);
+    let chain = |t: &Traces| {
+        t.count(|stack| common::has_chain(stack, &["hot_loop", "level2", "level1", "main"]))
+    };
+    assert!(chain(&in_container) > 100, "{in_container:?}");
+    assert_eq!(in_container.total(), in_pod.total());
+    assert_eq!(
+        in_container.total(),
+        Traces::of(&tool, &output, "cpu_chain").total(),
+        "every cpu_chain sample and nothing else is in the container"
+    );
+}
