@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use crate::k8s::PodMetadata;
 use crate::process::{ModuleId, ProcessTable, Resolved};
 use crate::profile::{
     CaptureStats, FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, Process,
@@ -97,6 +98,7 @@ impl Aggregator {
         self,
         processes: &mut ProcessTable,
         symbolizer: &mut Symbolizer,
+        pods: &PodMetadata,
         start_time: SystemTime,
         duration: Duration,
         frequency_hz: u32,
@@ -113,7 +115,7 @@ impl Aggregator {
             kind: FrameKind::Kernel,
         });
         for (key, count) in self.samples {
-            let process = builder.process(process_of(processes, key.tgid, &key.comm));
+            let process = builder.process(process_of(processes, pods, key.tgid, &key.comm));
             let mut stack = Vec::with_capacity(key.kernel.len() + key.user.len());
             for addr in caller_adjusted(&key.kernel) {
                 stack.push(kernel_location(
@@ -200,13 +202,14 @@ fn caller_adjusted(stack: &[u64]) -> impl Iterator<Item = u64> + '_ {
         .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
 }
 
-fn process_of(processes: &ProcessTable, tgid: u32, comm: &str) -> Process {
+fn process_of(processes: &ProcessTable, pods: &PodMetadata, tgid: u32, comm: &str) -> Process {
     if tgid == 0 {
         return Process {
             pid: 0,
             executable_name: IDLE_PROCESS.into(),
             executable_path: None,
             container: None,
+            pod: None,
         };
     }
     match processes.process(tgid) {
@@ -215,6 +218,7 @@ fn process_of(processes: &ProcessTable, tgid: u32, comm: &str) -> Process {
             executable_name: info.executable_name.clone(),
             executable_path: info.executable_path.clone(),
             container: info.container.clone(),
+            pod: info.container.as_ref().and_then(|c| pods.container(&c.id)),
         },
         // Exited before it could be snapshotted: the thread name is the best we have.
         None => Process {
@@ -222,6 +226,7 @@ fn process_of(processes: &ProcessTable, tgid: u32, comm: &str) -> Process {
             executable_name: comm.to_owned(),
             executable_path: None,
             container: None,
+            pod: None,
         },
     }
 }
@@ -399,6 +404,7 @@ mod tests {
         let profile = aggregator.finish(
             &mut processes,
             &mut symbolizer,
+            &PodMetadata::empty(),
             SystemTime::UNIX_EPOCH,
             Duration::from_secs(1),
             99,

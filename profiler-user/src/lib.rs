@@ -28,7 +28,9 @@
 pub mod agent;
 pub mod aggregate;
 pub mod container;
+pub mod filter;
 pub mod flamegraph;
+pub mod k8s;
 pub mod otlp;
 pub mod pprof;
 pub mod process;

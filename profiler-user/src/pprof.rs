@@ -140,15 +140,19 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
         })
         .collect();
 
-    let [pid_key, tid_key, thread_key, process_key, container_key, pod_uid_key] = [
-        "pid",
-        "tid",
-        "thread_name",
-        "process",
-        "container.id",
-        "k8s.pod.uid",
-    ]
-    .map(|k| strings.id(k));
+    let [pid_key, tid_key, thread_key, process_key, container_key, pod_uid_key, pod_name_key, namespace_key, container_name_key] =
+        [
+            "pid",
+            "tid",
+            "thread_name",
+            "process",
+            "container.id",
+            "k8s.pod.uid",
+            "k8s.pod.name",
+            "k8s.namespace.name",
+            "k8s.container.name",
+        ]
+        .map(|k| strings.id(k));
     let sample = profile
         .samples
         .iter()
@@ -186,6 +190,19 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
                     label.push(pprof::Label {
                         key: pod_uid_key,
                         str: strings.id(uid.as_str()),
+                        ..Default::default()
+                    });
+                }
+            }
+            if let Some(pod) = &process.pod {
+                for (key, value) in [
+                    (pod_name_key, &pod.pod_name),
+                    (namespace_key, &pod.namespace),
+                    (container_name_key, &pod.container_name),
+                ] {
+                    label.push(pprof::Label {
+                        key,
+                        str: strings.id(value),
                         ..Default::default()
                     });
                 }
@@ -280,6 +297,7 @@ pub(crate) mod tests {
             executable_name: "app".into(),
             executable_path: Some("/usr/bin/app".into()),
             container: None,
+            pod: None,
         });
         let m = b.mapping(Mapping {
             start: 0x1000,

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use crate::container::ContainerRef;
+use crate::k8s::PodContainer;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -54,6 +57,8 @@ pub struct Process {
     pub executable_path: Option<PathBuf>,
     /// The container it runs in, if any.
     pub container: Option<ContainerRef>,
+    /// Kubernetes names of that container, when the API server told.
+    pub pod: Option<Arc<PodContainer>>,
 }
 
 /// Whether a mapping or frame belongs to the kernel or to user space.
@@ -373,6 +378,7 @@ mod tests {
             executable_name: "app".into(),
             executable_path: None,
             container: None,
+            pod: None,
         });
         let f1 = b.function(function("main"));
         let f2 = b.function(function("main"));

@@ -8,7 +8,11 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::collections::HashSet;
+
 use crate::aggregate::Aggregator;
+use crate::filter::ProcessFilter;
+use crate::k8s::PodMetadata;
 use crate::process::ProcessTable;
 use crate::profile::{CaptureStats, Profile};
 use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
@@ -23,6 +27,11 @@ pub struct ProfilerOptions {
     /// How often the kernel maps are drained. Shorter keeps the maps small;
     /// longer costs fewer syscalls.
     pub drain_interval: Duration,
+    /// Processes to leave out beyond the kernel's pid filter.
+    pub filter: ProcessFilter,
+    /// This Kubernetes node's name: when set, the pods of the node are
+    /// watched for container metadata (needs a tokio runtime).
+    pub node_name: Option<String>,
 }
 
 impl Default for ProfilerOptions {
@@ -30,6 +39,8 @@ impl Default for ProfilerOptions {
         Self {
             policy: SamplingPolicy::default(),
             drain_interval: Duration::from_secs(1),
+            filter: ProcessFilter::default(),
+            node_name: None,
         }
     }
 }
@@ -88,6 +99,8 @@ pub struct Profiler {
     started: Instant,
     /// Samples and counters of the windows already taken.
     completed: (u64, CaptureStats),
+    /// Kubernetes metadata of containers (empty off Kubernetes).
+    pods: PodMetadata,
 }
 
 impl Profiler {
@@ -97,6 +110,10 @@ impl Profiler {
         let (sampler, events) = Sampler::start(&options.policy)?;
         // Loading parsed the kernel's BTF (tens of MiB, now freed).
         release_free_memory();
+        let pods = match &options.node_name {
+            Some(node) => PodMetadata::watch(node.clone()),
+            None => PodMetadata::empty(),
+        };
         Ok(Self {
             options,
             sampler,
@@ -107,6 +124,7 @@ impl Profiler {
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
+            pods,
         })
     }
 
@@ -164,6 +182,7 @@ impl Profiler {
         let profile = aggregator.finish(
             &mut self.processes,
             &mut self.symbolizer,
+            &self.pods,
             self.start_time,
             self.started.elapsed(),
             self.options.policy.frequency.hz(),
@@ -229,7 +248,40 @@ impl Profiler {
         }
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
+        let drained = self.apply_filter(drained, &tgids);
         self.aggregator.ingest(drained);
+    }
+
+    /// Leaves out the samples of processes the filter rejects, counting
+    /// them as filtered; before symbolization, so they cost nothing more.
+    fn apply_filter(&self, mut drained: Drained, tgids: &[u32]) -> Drained {
+        let filter = &self.options.filter;
+        if filter.is_empty() {
+            return drained;
+        }
+        let rejected: HashSet<u32> = tgids
+            .iter()
+            .copied()
+            .filter(|&tgid| {
+                let info = self.processes.process(tgid);
+                let cgroups = info.map_or(&[][..], |i| &i.cgroups[..]);
+                let pod = info
+                    .and_then(|i| i.container.as_ref())
+                    .and_then(|c| self.pods.container(&c.id));
+                !filter.admits(cgroups, pod.as_deref())
+            })
+            .collect();
+        if rejected.is_empty() {
+            return drained;
+        }
+        drained.samples.retain(|sample| {
+            let keep = !rejected.contains(&sample.tgid);
+            if !keep {
+                drained.stats.filtered += sample.count;
+            }
+            keep
+        });
+        drained
     }
 }
 

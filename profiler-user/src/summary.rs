@@ -108,6 +108,7 @@ mod tests {
             executable_name: "app".into(),
             executable_path: None,
             container: None,
+            pod: None,
         });
         let loc = |b: &mut ProfileBuilder, name: &str, address| {
             let function = b.function(Function {

@@ -10,68 +10,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Receiver, Traces};
+use common::{FakeContainer, Receiver, Traces};
 
 const POD_UID: &str = "5e2b7c1a-90d4-4f3e-b6a8-0c1d2e3f4a5b";
-
-/// A cgroup directory removed (with the process moved out) on drop.
-struct FakeContainer {
-    dirs: Vec<PathBuf>,
-    root: PathBuf,
-}
-
-impl FakeContainer {
-    fn create(container_id: &str) -> Self {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
-            .expect("cgroup v2 is mounted at /sys/fs/cgroup/unified or /sys/fs/cgroup");
-        let uid = POD_UID.replace('-', "_");
-        let mut dir = root.clone();
-        let mut dirs = Vec::new();
-        for component in [
-            "kubepods.slice".to_owned(),
-            "kubepods-besteffort.slice".to_owned(),
-            format!("kubepods-besteffort-pod{uid}.slice"),
-            format!("cri-containerd-{container_id}.scope"),
-        ] {
-            dir.push(component);
-            if !dir.exists() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
-                dirs.push(dir.clone());
-            }
-        }
-        Self { dirs, root }
-    }
-
-    fn leaf(&self) -> &Path {
-        self.dirs.last().expect("created")
-    }
-
-    fn adopt(&self, pid: u32) {
-        std::fs::write(self.leaf().join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|err| panic!("moving {pid} into {}: {err}", self.leaf().display()));
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        // Move anything left back to the root, then remove leaf first.
-        if let Ok(pids) = std::fs::read_to_string(self.leaf().join("cgroup.procs")) {
-            for pid in pids.lines() {
-                std::fs::write(self.root.join("cgroup.procs"), pid).ok();
-            }
-        }
-        for dir in self.dirs.iter().rev() {
-            std::fs::remove_dir(dir).ok();
-        }
-    }
-}
 
 #[test]
 fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
@@ -79,7 +22,7 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
         return;
     }
     let container_id = format!("c0ffee{:010x}", std::process::id()).repeat(4);
-    let fake = FakeContainer::create(&container_id);
+    let fake = FakeContainer::create(&container_id, POD_UID);
     let workloads = common::Workloads::build();
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     let mut worker = workloads.spawn("cpu_chain", 7000);

@@ -135,32 +135,13 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
     }
 }
 
-/// A private CA and a certificate it signed for 127.0.0.1, written to `dir`
-/// as ca.pem, server.pem and server.key.
-fn private_ca(dir: &std::path::Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "hostprof test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-}
-
 #[test]
 fn export_over_tls_trusts_a_custom_ca() {
     if common::skip_bpf() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    private_ca(dir.path());
+    common::private_ca(dir.path());
     let pem = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
     let receiver = Receiver::start(
         dir.path(),

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::queue::QueueLimits;
 use super::retry::Backoff;
 use super::AgentOptions;
+use crate::filter::{parse_selector, ProcessFilter};
 use crate::otlp::config::ConfigError;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
@@ -67,6 +68,22 @@ pub struct AgentSettings {
     /// How long shutdown may spend exporting what is left.
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub shutdown_timeout: Option<Duration>,
+    /// Only profile pods in these namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// Leave out pods in these namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_namespaces: Option<Vec<String>>,
+    /// Only profile pods with these labels (`app=checkout,tier=web`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<String>,
+    /// Only profile processes in these cgroups or below them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<Vec<String>>,
+    /// This Kubernetes node's name (default `$NODE_NAME`); turns on pod
+    /// metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
 }
 
 /// A config file that could not be used.
@@ -163,6 +180,11 @@ impl AgentSettings {
             queue_max_requests: over.queue_max_requests.or(self.queue_max_requests),
             queue_max_bytes: over.queue_max_bytes.or(self.queue_max_bytes),
             shutdown_timeout: over.shutdown_timeout.or(self.shutdown_timeout),
+            namespaces: over.namespaces.or(self.namespaces),
+            exclude_namespaces: over.exclude_namespaces.or(self.exclude_namespaces),
+            pod_selector: over.pod_selector.or(self.pod_selector),
+            cgroups: over.cgroups.or(self.cgroups),
+            node_name: over.node_name.or(self.node_name),
         }
     }
 
@@ -183,6 +205,18 @@ impl AgentSettings {
                 message: "must be at least 1".into(),
             });
         }
+        let pod_selector = match &self.pod_selector {
+            Some(s) => parse_selector(s).map_err(|err| SettingsError::Invalid {
+                key: "pod_selector",
+                message: err.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let node_name = self
+            .node_name
+            .clone()
+            .or_else(|| env("NODE_NAME"))
+            .filter(|s| !s.is_empty());
         let exporter = ExporterConfig::resolve(
             &ExporterFlags {
                 endpoint: self.otlp_endpoint.clone(),
@@ -209,6 +243,13 @@ impl AgentSettings {
                     },
                     include_idle: !self.no_idle.unwrap_or(false),
                 },
+                filter: ProcessFilter {
+                    namespaces: self.namespaces.clone().unwrap_or_default(),
+                    exclude_namespaces: self.exclude_namespaces.clone().unwrap_or_default(),
+                    pod_selector,
+                    cgroups: self.cgroups.clone().unwrap_or_default(),
+                },
+                node_name,
                 ..ProfilerOptions::default()
             },
             interval: self.interval.unwrap_or(DEFAULT_INTERVAL),
@@ -224,6 +265,7 @@ impl AgentSettings {
     /// values are [`REDACTED`].
     pub fn effective(options: &AgentOptions) -> AgentSettings {
         let policy = &options.profiler.policy;
+        let filter = &options.profiler.filter;
         let exporter = &options.exporter;
         AgentSettings {
             interval: Some(options.interval),
@@ -251,6 +293,18 @@ impl AgentSettings {
             queue_max_requests: Some(options.queue.max_requests),
             queue_max_bytes: Some(options.queue.max_bytes),
             shutdown_timeout: Some(options.shutdown_timeout),
+            namespaces: Some(filter.namespaces.clone()),
+            exclude_namespaces: Some(filter.exclude_namespaces.clone()),
+            pod_selector: (!filter.pod_selector.is_empty()).then(|| {
+                filter
+                    .pod_selector
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            cgroups: Some(filter.cgroups.clone()),
+            node_name: options.profiler.node_name.clone(),
         }
     }
 
@@ -314,6 +368,11 @@ metrics_addr: 127.0.0.1:9464
 queue_max_requests: 7
 queue_max_bytes: 1000000
 shutdown_timeout: 2s
+namespaces: [shop]
+exclude_namespaces: [kube-system]
+pod_selector: app=checkout
+cgroups: [/kubepods.slice]
+node_name: node-a
 ";
 
     #[test]
@@ -326,6 +385,22 @@ shutdown_timeout: 2s
         assert_eq!(s.otlp_protocol, Some(Protocol::HttpProtobuf));
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(s.shutdown_timeout, Some(Duration::from_secs(2)));
+        let options = s.resolve(|_| None).unwrap();
+        let filter = &options.profiler.filter;
+        assert_eq!(filter.namespaces, vec!["shop".to_owned()]);
+        assert_eq!(
+            filter.pod_selector,
+            vec![("app".to_owned(), "checkout".to_owned())]
+        );
+        assert_eq!(options.profiler.node_name.as_deref(), Some("node-a"));
+        let from_env = AgentSettings::default()
+            .resolve(|k| (k == "NODE_NAME").then(|| "node-b".to_owned()))
+            .unwrap();
+        assert_eq!(from_env.profiler.node_name.as_deref(), Some("node-b"));
+        assert!(parse("pod_selector: app\n")
+            .unwrap()
+            .resolve(|_| None)
+            .is_err());
         assert_eq!(parse("").unwrap(), AgentSettings::default());
         assert_eq!(
             parse("# only a comment\n").unwrap(),

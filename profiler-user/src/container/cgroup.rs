@@ -126,21 +126,34 @@ const SCOPE_PREFIXES: [(&str, Option<Runtime>); 6] = [
     ("libpod-", Some(Runtime::Podman)),
 ];
 
+/// Every cgroup path in the text of `/proc/<pid>/cgroup` (one per
+/// hierarchy, duplicates removed), unified hierarchy first.
+pub fn cgroup_paths(contents: &str) -> Vec<String> {
+    let mut paths: Vec<(bool, &str)> = contents
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let hierarchy = fields.next()?;
+            let _controllers = fields.next()?;
+            Some((hierarchy != "0", fields.next()?))
+        })
+        .collect();
+    paths.sort_by_key(|(legacy, _)| *legacy);
+    let mut out: Vec<String> = Vec::new();
+    for (_, path) in paths {
+        if !out.iter().any(|p| p == path) {
+            out.push(path.to_owned());
+        }
+    }
+    out
+}
+
 /// The container of a process from the text of `/proc/<pid>/cgroup`: the
 /// unified (v2, `0::`) line first, then every v1 hierarchy's line.
 pub fn parse_proc_cgroup(contents: &str) -> Option<ContainerRef> {
-    let paths = contents.lines().filter_map(|line| {
-        let mut fields = line.splitn(3, ':');
-        let hierarchy = fields.next()?;
-        let _controllers = fields.next()?;
-        let path = fields.next()?;
-        Some((hierarchy == "0", path))
-    });
-    let (unified, legacy): (Vec<_>, Vec<_>) = paths.partition(|(v2, _)| *v2);
-    unified
-        .into_iter()
-        .chain(legacy)
-        .find_map(|(_, path)| parse_cgroup_path(path))
+    cgroup_paths(contents)
+        .iter()
+        .find_map(|path| parse_cgroup_path(path))
 }
 
 /// The container named by one cgroup path, if any.
@@ -286,6 +299,10 @@ mod tests {
             "an empty unified line falls back to v1"
         );
         assert_eq!(parse_proc_cgroup("0::/user.slice\n"), None);
+        assert_eq!(
+            cgroup_paths("2:cpu:/a\n0::/b\n1:name=systemd:/a\n"),
+            vec!["/b".to_owned(), "/a".to_owned()]
+        );
         assert_eq!(parse_proc_cgroup(""), None);
         assert_eq!(parse_proc_cgroup("garbage without colons"), None);
     }

@@ -5,4 +5,4 @@
 
 pub mod cgroup;
 
-pub use cgroup::{parse_proc_cgroup, ContainerId, ContainerRef, PodUid, Runtime};
+pub use cgroup::{cgroup_paths, parse_proc_cgroup, ContainerId, ContainerRef, PodUid, Runtime};

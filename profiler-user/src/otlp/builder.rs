@@ -18,6 +18,7 @@ use hostprof_proto::otlp::profiles::v1development as pb;
 use hostprof_proto::otlp::resource::v1::Resource;
 
 use crate::container::ContainerRef;
+use crate::k8s::PodContainer;
 use crate::profile::{FrameKind, ProcessId, Profile};
 
 /// What identifies the host (and the agent) on every resource.
@@ -222,7 +223,7 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
                         AttrValue::Str(path.to_string_lossy().into_owned()),
                     ));
                 }
-                Group::Container(container)
+                Group::Container(container, process.pod.as_deref())
             }
             None => Group::Process(sample.process),
         };
@@ -306,8 +307,8 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
 /// What one `ResourceProfiles` stands for.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Group<'a> {
-    /// Every process of a container.
-    Container(&'a ContainerRef),
+    /// Every process of a container, with its Kubernetes names if known.
+    Container(&'a ContainerRef, Option<&'a PodContainer>),
     /// One process outside containers.
     Process(ProcessId),
 }
@@ -321,13 +322,21 @@ fn resource_attributes(profile: &Profile, group: &Group<'_>, host: &HostIdentity
         attributes.push(str_kv("host.id", id));
     }
     match group {
-        Group::Container(container) => {
+        Group::Container(container, pod) => {
             attributes.push(str_kv("container.id", container.id.as_str()));
             if let Some(runtime) = container.runtime.name() {
                 attributes.push(str_kv("container.runtime", runtime));
             }
             if let Some(uid) = &container.pod_uid {
                 attributes.push(str_kv("k8s.pod.uid", uid.as_str()));
+            }
+            if let Some(pod) = pod {
+                attributes.push(str_kv("k8s.pod.name", &pod.pod_name));
+                attributes.push(str_kv("k8s.namespace.name", &pod.namespace));
+                attributes.push(str_kv("k8s.container.name", &pod.container_name));
+                if let Some(node) = &pod.node_name {
+                    attributes.push(str_kv("k8s.node.name", node));
+                }
             }
         }
         Group::Process(id) => {

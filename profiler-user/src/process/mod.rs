@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use maps::{MapEntry, MapPath};
 
-use crate::container::{parse_proc_cgroup, ContainerRef};
+use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
 
 /// Index of a [`Module`] in a [`ProcessTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -86,6 +86,8 @@ pub struct ProcessInfo {
     /// The container the process runs in; `None` on the host or when its
     /// cgroup could not be read (it is profiled either way).
     pub container: Option<ContainerRef>,
+    /// Its cgroup paths, unified hierarchy first (for `--cgroup`).
+    pub cgroups: Vec<String>,
     exe_identity: Option<(u64, u64)>,
     refreshed: Instant,
 }
@@ -309,6 +311,8 @@ impl ProcessTable {
             }
         }
         mappings.sort_by_key(|m| m.start);
+        let cgroup_text =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         Ok(ProcessInfo {
             pid,
             start_time,
@@ -316,9 +320,8 @@ impl ProcessTable {
             executable_path,
             mappings,
             vdso,
-            container: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .ok()
-                .and_then(|text| parse_proc_cgroup(&text)),
+            container: parse_proc_cgroup(&cgroup_text),
+            cgroups: cgroup_paths(&cgroup_text),
             exe_identity: exe_identity(pid),
             refreshed: Instant::now(),
         })

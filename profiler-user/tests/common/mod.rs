@@ -282,3 +282,82 @@ impl Drop for Receiver {
         self.child.wait().ok();
     }
 }
+
+/// A cgroup directory removed (with the process moved out) on drop.
+pub struct FakeContainer {
+    dirs: Vec<PathBuf>,
+    root: PathBuf,
+}
+
+impl FakeContainer {
+    /// Creates the cgroups of container `container_id` in pod `pod_uid`
+    /// (kubelet + containerd, systemd driver).
+    pub fn create(container_id: &str, pod_uid: &str) -> Self {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.controllers").exists())
+            .expect("cgroup v2 is mounted at /sys/fs/cgroup/unified or /sys/fs/cgroup");
+        let uid = pod_uid.replace('-', "_");
+        let mut dir = root.clone();
+        let mut dirs = Vec::new();
+        for component in [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ] {
+            dir.push(component);
+            if !dir.exists() {
+                std::fs::create_dir(&dir)
+                    .unwrap_or_else(|err| panic!("mkdir {}: {err}", dir.display()));
+                dirs.push(dir.clone());
+            }
+        }
+        Self { dirs, root }
+    }
+
+    /// The container's cgroup directory.
+    pub fn leaf(&self) -> &Path {
+        self.dirs.last().expect("created")
+    }
+
+    /// Moves process `pid` into the container's cgroup.
+    pub fn adopt(&self, pid: u32) {
+        std::fs::write(self.leaf().join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|err| panic!("moving {pid} into {}: {err}", self.leaf().display()));
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        // Move anything left back to the root, then remove leaf first.
+        if let Ok(pids) = std::fs::read_to_string(self.leaf().join("cgroup.procs")) {
+            for pid in pids.lines() {
+                std::fs::write(self.root.join("cgroup.procs"), pid).ok();
+            }
+        }
+        for dir in self.dirs.iter().rev() {
+            std::fs::remove_dir(dir).ok();
+        }
+    }
+}
+
+/// A private CA and a certificate it signed for 127.0.0.1, written to `dir`
+/// as ca.pem, server.pem and server.key.
+pub fn private_ca(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "hostprof test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}

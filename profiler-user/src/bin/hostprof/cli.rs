@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use hostprof::agent::config::{parse_duration, AgentSettings};
+use hostprof::filter::{parse_selector, ProcessFilter};
 use hostprof::otlp::config::ConfigError;
 use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
+use hostprof::profiler::ProfilerOptions;
 use hostprof::sampler::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 
 /// hostprof: whole-host CPU profiler built on eBPF.
@@ -135,6 +137,13 @@ impl AgentArgs {
             queue_max_requests: self.queue_max_requests,
             queue_max_bytes: self.queue_max_bytes,
             shutdown_timeout: self.shutdown_timeout,
+            namespaces: (!self.sampling.namespaces.is_empty())
+                .then(|| self.sampling.namespaces.clone()),
+            exclude_namespaces: (!self.sampling.exclude_namespaces.is_empty())
+                .then(|| self.sampling.exclude_namespaces.clone()),
+            pod_selector: self.sampling.pod_selector.clone(),
+            cgroups: (!self.sampling.cgroups.is_empty()).then(|| self.sampling.cgroups.clone()),
+            node_name: self.sampling.node_name.clone(),
         }
     }
 }
@@ -153,6 +162,28 @@ pub struct SamplingArgs {
     /// Leave the idle task (pid 0) out, so shares are of busy CPU time.
     #[arg(long)]
     pub no_idle: bool,
+
+    /// Only profile pods in this Kubernetes namespace (repeatable).
+    #[arg(long = "namespace", value_name = "NS")]
+    pub namespaces: Vec<String>,
+
+    /// Leave out pods in this Kubernetes namespace (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NS")]
+    pub exclude_namespaces: Vec<String>,
+
+    /// Only profile pods carrying these labels, e.g. `app=checkout,tier=web`.
+    #[arg(long, value_name = "SELECTOR", value_parser = check_selector)]
+    pub pod_selector: Option<String>,
+
+    /// Only profile processes in this cgroup or below it, e.g.
+    /// `/kubepods.slice` (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+
+    /// This Kubernetes node's name; turns on pod metadata (pod, namespace
+    /// and container names) from the API server. Default: $NODE_NAME.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 impl SamplingArgs {
@@ -169,6 +200,36 @@ impl SamplingArgs {
             include_idle: !self.no_idle,
         })
     }
+}
+
+impl SamplingArgs {
+    /// Profiler options for `record`: policy, filters and the node name
+    /// (flag, else `$NODE_NAME`).
+    pub fn profiler_options(&self) -> anyhow::Result<ProfilerOptions> {
+        Ok(ProfilerOptions {
+            policy: self.policy()?,
+            filter: ProcessFilter {
+                namespaces: self.namespaces.clone(),
+                exclude_namespaces: self.exclude_namespaces.clone(),
+                pod_selector: match &self.pod_selector {
+                    Some(s) => parse_selector(s)?,
+                    None => Vec::new(),
+                },
+                cgroups: self.cgroups.clone(),
+            },
+            node_name: self
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty())),
+            ..ProfilerOptions::default()
+        })
+    }
+}
+
+fn check_selector(s: &str) -> Result<String, String> {
+    parse_selector(s)
+        .map(|_| s.to_owned())
+        .map_err(|err| err.to_string())
 }
 
 /// Fails unless every pid names a running process.

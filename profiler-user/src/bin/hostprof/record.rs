@@ -32,10 +32,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
             check_output_dir("--folded", path)?;
         }
     }
-    let options = ProfilerOptions {
-        policy: args.sampling.policy()?,
-        ..ProfilerOptions::default()
-    };
+    let options = args.sampling.profiler_options()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
