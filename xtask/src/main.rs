@@ -6,6 +6,7 @@
 mod bench;
 mod bench_agent;
 mod cmd;
+mod deploy;
 mod ebpf;
 mod setup;
 
@@ -26,12 +27,23 @@ struct Cli {
 enum Task {
     /// Install everything building and testing needs (idempotent; needs root
     /// for the Debian packages).
-    Setup,
+    Setup {
+        /// Only what building hostprof needs (the container image's build stage).
+        #[arg(long)]
+        build_only: bool,
+    },
+    /// Check the Helm chart and the plain manifests (render, sync, schemas).
+    DeployCheck {
+        /// Rewrite deploy/kubernetes/hostprof.yaml from the chart first.
+        #[arg(long)]
+        update: bool,
+    },
     /// Build only the eBPF object and print where it is.
     BuildEbpf,
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
     Check,
-    /// Set up, then run the whole test suite (extra args go to `cargo test`).
+    /// Set up, then run the whole test suite (extra args go to `cargo test`)
+    /// and the deploy checks.
     Test {
         /// Passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -80,7 +92,18 @@ fn workspace_root() -> PathBuf {
 fn main() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
-        Task::Setup => setup::run(&root),
+        Task::Setup { build_only } => setup::run(
+            &root,
+            if build_only {
+                setup::Scope::Build
+            } else {
+                setup::Scope::All
+            },
+        ),
+        Task::DeployCheck { update } => {
+            setup::run(&root, setup::Scope::All)?;
+            deploy::check(&root, update)
+        }
         Task::BuildEbpf => ebpf::build(&root).map(|_| ()),
         Task::Check => {
             cmd::cargo(&root, &["fmt", "--all", "--", "--check"])?;
@@ -99,10 +122,11 @@ fn main() -> Result<()> {
             )
         }
         Task::Test { args } => {
-            setup::run(&root)?;
+            setup::run(&root, setup::Scope::All)?;
             let mut cargo_args = vec!["test", "--workspace", "--exclude", "profiler-ebpf"];
             cargo_args.extend(args.iter().map(String::as_str));
-            cmd::cargo(&root, &cargo_args)
+            cmd::cargo(&root, &cargo_args)?;
+            deploy::check(&root, false)
         }
         Task::Record { args } => {
             let hostprof = release_build(&root)?;
@@ -143,7 +167,7 @@ fn main() -> Result<()> {
 
 /// Sets up, builds the release binary and returns its path.
 fn release_build(root: &Path) -> Result<PathBuf> {
-    setup::run(root)?;
+    setup::run(root, setup::Scope::All)?;
     cmd::cargo(root, &["build", "--release", "-p", "hostprof"])?;
     Ok(root.join("target/release/hostprof"))
 }

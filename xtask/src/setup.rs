@@ -9,33 +9,52 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
-/// Debian packages: LLVM 22 for bpf-linker, Go and pprof's sources for
-/// Google's pprof tool, perf for the benchmark baseline, gcc for the test
-/// workloads.
-const PACKAGES: &[&str] = &[
+/// Debian packages the build needs: LLVM 22 for bpf-linker.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
     "libxml2-dev",
+];
+
+/// Debian packages the tests and benchmarks add: Go with pprof's sources
+/// (Google's pprof tool) and sprig/yaml (the chart renderer), perf for the
+/// benchmark baseline, gcc for the test workloads.
+const TEST_PACKAGES: &[&str] = &[
     "golang-go",
     "golang-github-google-pprof-dev",
+    "golang-github-masterminds-sprig-dev",
+    "golang-gopkg-yaml.v2-dev",
+    "golang-gopkg-yaml.v3-dev",
     "linux-perf",
     "gcc",
 ];
+
+/// How much to install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// What building hostprof needs (the container image's build stage).
+    Build,
+    /// Everything: build, tests, deploy checks, benchmarks.
+    All,
+}
 
 /// The nightly that matches LLVM 22 (later nightlies use LLVM 23, which a
 /// bpf-linker built on Debian's llvm-22 cannot link).
 const PINNED_NIGHTLY: &str = "nightly-2026-05-19";
 
-/// Runs every setup step.
-pub fn run(root: &Path) -> Result<()> {
-    apt_packages()?;
+/// Runs the setup steps of `scope`.
+pub fn run(root: &Path, scope: Scope) -> Result<()> {
+    apt_packages(BUILD_PACKAGES)?;
     nightly()?;
     rust_src()?;
     bpf_linker()?;
-    pprof_tool(root)?;
-    python_otlp()?;
+    if scope == Scope::All {
+        apt_packages(TEST_PACKAGES)?;
+        pprof_tool(root)?;
+        python_packages()?;
+    }
     Ok(())
 }
 
@@ -48,8 +67,8 @@ fn installed(package: &str) -> bool {
         .is_some_and(|status| status.ends_with("install ok installed"))
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         step("Debian packages", "already installed");
         return Ok(());
@@ -145,16 +164,21 @@ fn bpf_linker() -> Result<()> {
     .context("installing bpf-linker (is ~/.cargo/bin on PATH?)")
 }
 
-/// The official OTLP Python types and grpcio, for the interop tests'
-/// receiver (opentelemetry-proto 1.45 reads proto v1.10, our wire format).
-fn python_otlp() -> Result<()> {
-    let probe = "import grpc; from opentelemetry.proto.collector.profiles.v1development \
+/// Python packages: the official OTLP types and grpcio for the interop
+/// tests' receiver (opentelemetry-proto 1.45 reads proto v1.10, our wire
+/// format); jsonschema, kubernetes-validate and PyYAML for the deploy checks.
+fn python_packages() -> Result<()> {
+    let probe = "import grpc, jsonschema, kubernetes_validate, yaml; \
+                 from opentelemetry.proto.collector.profiles.v1development \
                  import profiles_service_pb2_grpc";
     if cmd::succeeds(Command::new("python3").args(["-c", probe])) {
-        step("python opentelemetry-proto + grpcio", "present");
+        step("python packages", "present");
         return Ok(());
     }
-    step("python opentelemetry-proto + grpcio", "installing with pip");
+    step(
+        "python packages",
+        "installing opentelemetry-proto, grpcio, jsonschema, kubernetes-validate with pip",
+    );
     cmd::run(Command::new("python3").args([
         "-m",
         "pip",
@@ -163,6 +187,9 @@ fn python_otlp() -> Result<()> {
         "--root-user-action=ignore",
         "opentelemetry-proto==1.45.*",
         "grpcio>=1.60",
+        "jsonschema>=4",
+        "kubernetes-validate>=1.33",
+        "PyYAML>=6",
     ]))
 }
 
@@ -176,12 +203,21 @@ fn pprof_tool(root: &Path) -> Result<()> {
         "pprof tool",
         "building target/tools/pprof from Debian's Go sources",
     );
-    std::fs::create_dir_all(root.join("target/tools")).context("creating target/tools")?;
+    go_build(&tool, "github.com/google/pprof", root)
+}
+
+/// Builds Go package `package` (an import path, or `./dir` under `root`)
+/// into `output` against Debian's Go sources (GOPATH mode, offline).
+pub fn go_build(output: &Path, package: &str, root: &Path) -> Result<()> {
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     cmd::run(
         Command::new("go")
             .args(["build", "-o"])
-            .arg(&tool)
-            .arg("github.com/google/pprof")
+            .arg(output)
+            .arg(package)
+            .current_dir(root)
             .env("GOPATH", "/usr/share/gocode")
             .env("GO111MODULE", "off")
             .env(
