@@ -140,19 +140,7 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
         })
         .collect();
 
-    let [pid_key, tid_key, thread_key, process_key, container_key, pod_uid_key, pod_name_key, namespace_key, container_name_key] =
-        [
-            "pid",
-            "tid",
-            "thread_name",
-            "process",
-            "container.id",
-            "k8s.pod.uid",
-            "k8s.pod.name",
-            "k8s.namespace.name",
-            "k8s.container.name",
-        ]
-        .map(|k| strings.id(k));
+    let [pid_key, tid_key] = ["pid", "tid"].map(|k| strings.id(k));
     let sample = profile
         .samples
         .iter()
@@ -169,44 +157,30 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
                     num: i64::from(s.tid),
                     ..Default::default()
                 },
-                pprof::Label {
-                    key: thread_key,
-                    str: strings.id(&s.thread_name),
-                    ..Default::default()
-                },
-                pprof::Label {
-                    key: process_key,
-                    str: strings.id(&process.executable_name),
-                    ..Default::default()
-                },
+            ];
+            let mut text = vec![
+                ("thread_name", s.thread_name.as_str()),
+                ("process", process.executable_name.as_str()),
             ];
             if let Some(container) = &process.container {
-                label.push(pprof::Label {
-                    key: container_key,
-                    str: strings.id(container.id.as_str()),
-                    ..Default::default()
-                });
+                text.push(("container.id", container.id.as_str()));
                 if let Some(uid) = &container.pod_uid {
-                    label.push(pprof::Label {
-                        key: pod_uid_key,
-                        str: strings.id(uid.as_str()),
-                        ..Default::default()
-                    });
+                    text.push(("k8s.pod.uid", uid.as_str()));
                 }
             }
             if let Some(pod) = &process.pod {
-                for (key, value) in [
-                    (pod_name_key, &pod.pod_name),
-                    (namespace_key, &pod.namespace),
-                    (container_name_key, &pod.container_name),
-                ] {
-                    label.push(pprof::Label {
-                        key,
-                        str: strings.id(value),
-                        ..Default::default()
-                    });
+                text.push(("k8s.pod.name", &pod.pod_name));
+                text.push(("k8s.namespace.name", &pod.namespace));
+                text.push(("k8s.container.name", &pod.container_name));
+                if let Some(node) = &pod.node_name {
+                    text.push(("k8s.node.name", node));
                 }
             }
+            label.extend(text.into_iter().map(|(key, value)| pprof::Label {
+                key: strings.id(key),
+                str: strings.id(value),
+                ..Default::default()
+            }));
             pprof::Sample {
                 location_id: s.stack.iter().map(|l| l.index() as u64 + 1).collect(),
                 value: vec![s.count as i64, (s.count * profile.period_ns()) as i64],

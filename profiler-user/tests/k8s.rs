@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -47,33 +46,24 @@ impl ApiServer {
             "spec": {"nodeName": "node-b", "containers": [{"name": "app"}]},
         }]);
         std::fs::write(dir.join("pods.json"), pods.to_string()).unwrap();
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/k8s_api_stub.py"
-            ))
-            .args(["--token", TOKEN])
-            .arg("--pods")
-            .arg(dir.join("pods.json"))
-            .arg("--cert")
-            .arg(dir.join("server.pem"))
-            .arg("--key")
-            .arg(dir.join("server.key"))
-            .arg("--log")
-            .arg(dir.join("api.log"))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line
-            .strip_prefix("PORT ")
-            .unwrap_or_else(|| panic!("the API stub did not start: {line:?}"))
-            .trim()
-            .parse()
-            .unwrap();
+        let (child, port) = common::start_announcing(
+            Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/k8s_api_stub.py"
+                ))
+                .args(["--token", TOKEN])
+                .arg("--pods")
+                .arg(dir.join("pods.json"))
+                .arg("--cert")
+                .arg(dir.join("server.pem"))
+                .arg("--key")
+                .arg(dir.join("server.key"))
+                .arg("--log")
+                .arg(dir.join("api.log")),
+            "PORT ",
+        );
+        let port: u16 = port.parse().expect("a port number");
         let ca = std::fs::read(dir.join("ca.pem")).unwrap();
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(

@@ -6,9 +6,7 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
-};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -98,26 +96,16 @@ impl std::fmt::Debug for SnapshotCollector {
     }
 }
 
-fn counter<N: EncodeCounterValue>(
+/// Encodes one metric with its descriptor.
+fn emit(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    value: N,
+    metric: impl EncodeMetric,
 ) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, unit, MetricType::Counter)?)
-}
-
-fn gauge<N: EncodeGaugeValue>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    value: N,
-) -> std::fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?)
+    let metric_type = metric.metric_type();
+    metric.encode(encoder.encode_descriptor(name, help, unit, metric_type)?)
 }
 
 impl Collector for SnapshotCollector {
@@ -125,13 +113,19 @@ impl Collector for SnapshotCollector {
         let s = (self.0)();
         let p = &s.pipeline;
         let a = &s.agent;
-        counter(&mut e, "samples", "CPU samples collected", None, p.samples)?;
-        counter(
+        emit(
+            &mut e,
+            "samples",
+            "CPU samples collected",
+            None,
+            ConstCounter::new(p.samples),
+        )?;
+        emit(
             &mut e,
             "samples_filtered",
             "Samples skipped on purpose (pid filter, idle excluded)",
             None,
-            p.capture.filtered,
+            ConstCounter::new(p.capture.filtered),
         )?;
         let dropped = [
             ("map_full", p.capture.dropped),
@@ -148,125 +142,131 @@ impl Collector for SnapshotCollector {
         for (reason, value) in dropped {
             ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
         }
-        counter(
+        emit(
             &mut e,
             "process_events_lost",
             "New-process notifications lost",
             None,
-            p.capture.process_events_lost,
+            ConstCounter::new(p.capture.process_events_lost),
         )?;
-        gauge(
+        emit(
             &mut e,
             "stacks",
             "Distinct (thread, stack) entries in the current profile",
             None,
-            p.stacks,
+            ConstGauge::new(p.stacks),
         )?;
-        gauge(
+        emit(
             &mut e,
             "processes",
             "Processes whose memory maps are held",
             None,
-            p.processes,
+            ConstGauge::new(p.processes),
         )?;
-        counter(
+        emit(
             &mut e,
             "symbol_cache_hits",
             "Symbolization lookups answered from the cache",
             None,
-            p.symbol_cache.hits,
+            ConstCounter::new(p.symbol_cache.hits),
         )?;
-        counter(
+        emit(
             &mut e,
             "symbol_cache_misses",
             "Symbolization lookups that read the binary",
             None,
-            p.symbol_cache.misses,
+            ConstCounter::new(p.symbol_cache.misses),
         )?;
-        counter(
+        emit(
             &mut e,
             "profiles_queued",
             "Profiles built and queued for export",
             None,
-            a.queued_profiles,
+            ConstCounter::new(a.queued_profiles),
         )?;
-        counter(
+        emit(
             &mut e,
             "profiles_exported",
             "Profiles the collector accepted",
             None,
-            a.exported_profiles,
+            ConstCounter::new(a.exported_profiles),
         )?;
-        counter(
+        emit(
             &mut e,
             "profiles_rejected",
             "Profiles the collector rejected (partial_success)",
             None,
-            a.rejected_profiles,
+            ConstCounter::new(a.rejected_profiles),
         )?;
-        counter(
+        emit(
             &mut e,
             "profiles_dropped",
             "Profiles dropped because the export queue was full or shutdown timed out",
             None,
-            a.dropped.profiles,
+            ConstCounter::new(a.dropped.profiles),
         )?;
-        counter(
+        emit(
             &mut e,
             "profiles_failed",
             "Profiles given up after a non-retryable export error",
             None,
-            a.failed_profiles,
+            ConstCounter::new(a.failed_profiles),
         )?;
-        counter(
+        emit(
             &mut e,
             "export_failures",
             "Export attempts that failed",
             None,
-            a.failed_attempts,
+            ConstCounter::new(a.failed_attempts),
         )?;
-        counter(
+        emit(
             &mut e,
             "export_sent",
             "Bytes of export requests the collector accepted",
             Some(&Unit::Bytes),
-            a.bytes_sent,
+            ConstCounter::new(a.bytes_sent),
         )?;
-        counter(
+        emit(
             &mut e,
             "encode",
             "Time spent building export requests",
             Some(&Unit::Seconds),
-            a.encode_nanos as f64 / 1e9,
+            ConstCounter::new(a.encode_nanos as f64 / 1e9),
         )?;
-        counter(&mut e, "encodes", "Export requests built", None, a.encodes)?;
-        gauge(
+        emit(
+            &mut e,
+            "encodes",
+            "Export requests built",
+            None,
+            ConstCounter::new(a.encodes),
+        )?;
+        emit(
             &mut e,
             "queue_requests",
             "Export requests waiting",
             None,
-            s.queue_requests,
+            ConstGauge::new(s.queue_requests),
         )?;
-        gauge(
+        emit(
             &mut e,
             "queue",
             "Bytes of export requests waiting",
             Some(&Unit::Bytes),
-            s.queue_bytes,
+            ConstGauge::new(s.queue_bytes),
         )?;
-        counter(
+        emit(
             &mut e,
             "cpu",
             "CPU time of the agent process (user + system)",
             Some(&Unit::Seconds),
-            s.own.cpu_seconds,
+            ConstCounter::new(s.own.cpu_seconds),
         )?;
-        gauge(
+        emit(
             &mut e,
             "resident_memory",
             "Resident memory of the agent process",
             Some(&Unit::Bytes),
-            s.own.rss_bytes,
+            ConstGauge::new(s.own.rss_bytes),
         )?;
         Ok(())
     }

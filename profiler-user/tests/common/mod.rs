@@ -216,6 +216,26 @@ pub fn run(cmd: &mut Command) {
     );
 }
 
+/// Starts a helper script whose first line of output is `<prefix><rest>`
+/// once it listens; returns it and `<rest>`.
+pub fn start_announcing(cmd: &mut Command, prefix: &str) -> (Child, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed (cargo xtask setup)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("read the helper's first line");
+    let Some(rest) = line.strip_prefix(prefix) else {
+        panic!(
+            "{cmd:?} did not start ({line:?}); \
+             run `cargo xtask setup` to install its Python packages"
+        );
+    };
+    (child, rest.trim().to_owned())
+}
+
 /// The OTLP receiver of tests/otlp_receiver.py (official Python types).
 pub struct Receiver {
     child: Child,
@@ -232,29 +252,18 @@ impl Receiver {
     /// `--tls-cert PEM --tls-key PEM`).
     pub fn start(dir: &std::path::Path, args: &[&str]) -> Self {
         let out = dir.join("received.jsonl");
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/otlp_receiver.py"
-            ))
-            .arg("--out")
-            .arg(&out)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 must be installed (cargo xtask setup)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ports: Vec<u16> = line
-            .strip_prefix("PORTS ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "the OTLP receiver did not start ({line:?}); \
-                     run `cargo xtask setup` to install opentelemetry-proto and grpcio"
-                )
-            })
+        let (child, ports) = start_announcing(
+            Command::new("python3")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/otlp_receiver.py"
+                ))
+                .arg("--out")
+                .arg(&out)
+                .args(args),
+            "PORTS ",
+        );
+        let ports: Vec<u16> = ports
             .split_whitespace()
             .map(|p| p.parse().unwrap())
             .collect();
