@@ -40,3 +40,4 @@ pub mod sampler;
 pub mod summary;
 pub mod symbolize;
 pub mod system_info;
+pub mod unwind;

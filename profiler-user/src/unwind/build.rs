@@ -1,0 +1,392 @@
+//! Builds an [`UnwindTable`] from an ELF file's call frame information:
+//! `.eh_frame` (and `.debug_frame` when present), evaluated with gimli into
+//! one row per change of the CFA or rbp rule. The file is read through
+//! mmap; nothing but the table is kept.
+
+use std::path::Path;
+
+use gimli::{
+    BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
+    UnwindContext, UnwindSection, X86_64,
+};
+use object::{Object, ObjectSection};
+
+use super::table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
+
+/// Why a file has no unwind table.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The file could not be opened or mapped.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not an ELF file hostprof can read (corrupt, truncated, not ELF).
+    #[error("{path} is not a readable ELF file: {reason}")]
+    NotElf {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        reason: String,
+    },
+    /// The call frame information is malformed.
+    #[error("{path}: malformed {section}: {source}")]
+    Cfi {
+        /// The file.
+        path: String,
+        /// `.eh_frame` or `.debug_frame`.
+        section: &'static str,
+        /// What gimli said.
+        #[source]
+        source: gimli::Error,
+    },
+}
+
+/// Builds the unwind table of the ELF file at `path`. A file without
+/// `.eh_frame` or `.debug_frame` gives an empty table (it is unwound with
+/// frame pointers).
+pub fn from_elf_file(path: &Path) -> Result<UnwindTable, BuildError> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| BuildError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    // SAFETY: the mapping is read-only and private; a file truncated under
+    // us would fault, which is why only ELF files mapped by live processes
+    // (that the kernel keeps busy) are read this way.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| BuildError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    from_elf_bytes(&map, &shown)
+}
+
+/// Builds the unwind table of an ELF image in memory; `name` names it in
+/// errors.
+pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<UnwindTable, BuildError> {
+    let elf = object::File::parse(data).map_err(|err| BuildError::NotElf {
+        path: name.to_owned(),
+        reason: err.to_string(),
+    })?;
+    let mut bases = BaseAddresses::default();
+    if let Some(text) = elf.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    if let Some(got) = elf.section_by_name(".got") {
+        bases = bases.set_got(got.address());
+    }
+    let mut fdes = Vec::new();
+    if let Some(section) = elf.section_by_name(".eh_frame") {
+        let bytes = section_bytes(&section, name)?;
+        let bases = bases.clone().set_eh_frame(section.address());
+        let mut eh_frame = EhFrame::new(bytes, LittleEndian);
+        eh_frame.set_address_size(8);
+        collect(&eh_frame, &bases, &mut fdes).map_err(|source| BuildError::Cfi {
+            path: name.to_owned(),
+            section: ".eh_frame",
+            source,
+        })?;
+    }
+    if let Some(section) = elf.section_by_name(".debug_frame") {
+        let bytes = section_bytes(&section, name)?;
+        let mut debug_frame = DebugFrame::new(bytes, LittleEndian);
+        debug_frame.set_address_size(8);
+        collect(&debug_frame, &bases, &mut fdes).map_err(|source| BuildError::Cfi {
+            path: name.to_owned(),
+            section: ".debug_frame",
+            source,
+        })?;
+    }
+    Ok(assemble(fdes))
+}
+
+fn section_bytes<'a>(
+    section: &object::Section<'a, '_>,
+    name: &str,
+) -> Result<&'a [u8], BuildError> {
+    section.data().map_err(|err| BuildError::NotElf {
+        path: name.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+/// The rows of one FDE and the end of its range.
+struct FdeRows {
+    rows: Vec<UnwindRow>,
+    end: u64,
+}
+
+/// Evaluates every FDE of `section` into rows.
+fn collect<'a, S: UnwindSection<gimli::EndianSlice<'a, LittleEndian>>>(
+    section: &S,
+    bases: &BaseAddresses,
+    out: &mut Vec<FdeRows>,
+) -> gimli::Result<()>
+where
+    S::Offset: gimli::UnwindOffset,
+{
+    let mut ctx = Box::new(UnwindContext::new());
+    let mut entries = section.entries(bases);
+    while let Some(entry) = entries.next()? {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let fde = partial.parse(S::cie_from_offset)?;
+        if fde.len() == 0 {
+            continue;
+        }
+        let mut table = fde.rows(section, bases, &mut ctx)?;
+        let mut rows = Vec::new();
+        while let Some(row) = table.next_row()? {
+            let cfa = match row.cfa() {
+                GimliCfa::RegisterAndOffset { register, offset } => {
+                    register_cfa(*register, *offset)
+                }
+                GimliCfa::Expression(expression) => {
+                    let bytes = expression.get(section)?.0;
+                    plt_rule(bytes.slice())
+                }
+            };
+            rows.push(UnwindRow {
+                pc: row.start_address(),
+                cfa,
+                rbp: rbp_rule(row.register(X86_64::RBP)),
+            });
+        }
+        out.push(FdeRows {
+            rows,
+            end: fde.end_address(),
+        });
+    }
+    Ok(())
+}
+
+/// All FDEs' rows in one table, with a gap row wherever an FDE ends and no
+/// other begins.
+fn assemble(fdes: Vec<FdeRows>) -> UnwindTable {
+    // Gap markers first: at an equal pc, a real row given later wins.
+    let mut rows: Vec<UnwindRow> = fdes
+        .iter()
+        .map(|fde| UnwindRow {
+            pc: fde.end,
+            cfa: CfaRule::Missing,
+            rbp: RbpRule::Unchanged,
+        })
+        .collect();
+    rows.extend(fdes.into_iter().flat_map(|fde| fde.rows));
+    UnwindTable::new(rows)
+}
+
+fn register_cfa(register: gimli::Register, offset: i64) -> CfaRule {
+    let Ok(offset) = i32::try_from(offset) else {
+        return CfaRule::Unsupported;
+    };
+    match register {
+        X86_64::RSP => CfaRule::Rsp(offset),
+        X86_64::RBP => CfaRule::Rbp(offset),
+        _ => CfaRule::Unsupported,
+    }
+}
+
+/// Recognizes the PLT stubs' CFA expression, as GNU ld emits it for `.plt`
+/// (threshold 11) and for second-PLT stubs (threshold 10):
+/// `DW_OP_breg7 (rsp) 8; DW_OP_breg16 (rip) 0; DW_OP_lit15; DW_OP_and;
+/// DW_OP_lit<threshold>; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus`.
+/// Any other expression is unsupported.
+fn plt_rule(expression: &[u8]) -> CfaRule {
+    const BREG7: u8 = 0x77;
+    const BREG16: u8 = 0x80;
+    const LIT0: u8 = 0x30;
+    const AND: u8 = 0x1a;
+    const GE: u8 = 0x2a;
+    const SHL: u8 = 0x24;
+    const PLUS: u8 = 0x22;
+    match expression {
+        [BREG7, 8, BREG16, 0, lit15, AND, lit_threshold, GE, lit3, SHL, PLUS]
+            if *lit15 == LIT0 + 15
+                && *lit3 == LIT0 + 3
+                && (LIT0 + 10..=LIT0 + 11).contains(lit_threshold) =>
+        {
+            CfaRule::Plt {
+                threshold: lit_threshold - LIT0,
+            }
+        }
+        _ => CfaRule::Unsupported,
+    }
+}
+
+fn rbp_rule<T: gimli::ReaderOffset>(rule: Option<RegisterRule<T>>) -> RbpRule {
+    let Some(rule) = rule else {
+        return RbpRule::Unchanged;
+    };
+    match rule {
+        RegisterRule::Undefined | RegisterRule::SameValue => RbpRule::Unchanged,
+        RegisterRule::Offset(offset) => match i32::try_from(offset) {
+            Ok(offset) => RbpRule::CfaOffset(offset),
+            Err(_) => RbpRule::Unsupported,
+        },
+        _ => RbpRule::Unsupported,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use super::*;
+
+    /// `(loc, cfa, rbp)` for every row `readelf --debug-dump=frames-interp`
+    /// prints, as readelf spells the rules (`rsp+8`, `exp`, `c-16`, `u`).
+    fn readelf_rows(path: &Path) -> Vec<(u64, String, String)> {
+        let out = Command::new("readelf")
+            .args(["--debug-dump=frames-interp", "-W"])
+            .arg(path)
+            .output()
+            .expect("readelf (binutils) must be installed");
+        // readelf exits 1 for files whose separate debug info it cannot
+        // find, after printing everything; the row count is checked below.
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut rows = Vec::new();
+        let mut columns: Vec<String> = Vec::new();
+        let mut in_fde = false;
+        for line in text.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if line.contains(" FDE ") {
+                in_fde = true;
+                columns.clear();
+            } else if line.contains(" CIE ") || line.starts_with("Contents of") {
+                in_fde = false;
+            } else if words.first() == Some(&"LOC") {
+                columns = words.iter().map(|w| w.to_string()).collect();
+            } else if in_fde && words.len() == columns.len() && !columns.is_empty() {
+                let Ok(loc) = u64::from_str_radix(words[0], 16) else {
+                    continue;
+                };
+                let rbp = columns
+                    .iter()
+                    .position(|c| c == "rbp")
+                    .map_or("u".to_owned(), |i| words[i].to_owned());
+                rows.push((loc, words[1].to_owned(), rbp));
+            }
+        }
+        rows
+    }
+
+    /// Our row as readelf would print it; an unsupported rule agrees with
+    /// whatever readelf shows that we do not evaluate (an expression, or a
+    /// register other than rsp and rbp, like the r11 of stack probes or the
+    /// rdx of signal trampolines).
+    fn spelled(row: &UnwindRow, readelf_cfa: &str, readelf_rbp: &str) -> (String, String) {
+        let cfa = match row.cfa {
+            CfaRule::Rsp(n) => format!("rsp+{n}"),
+            CfaRule::Rbp(n) => format!("rbp+{n}"),
+            CfaRule::Plt { .. } => "exp".to_owned(),
+            CfaRule::Unsupported
+                if !readelf_cfa.starts_with("rsp") && !readelf_cfa.starts_with("rbp") =>
+            {
+                readelf_cfa.to_owned()
+            }
+            CfaRule::Unsupported => "unsupported".to_owned(),
+            CfaRule::Missing => "missing".to_owned(),
+        };
+        let rbp = match row.rbp {
+            RbpRule::Unchanged => "u".to_owned(),
+            RbpRule::CfaOffset(n) => format!("c{n:+}"),
+            RbpRule::Unsupported if !readelf_rbp.starts_with('c') && readelf_rbp != "u" => {
+                readelf_rbp.to_owned()
+            }
+            RbpRule::Unsupported => "unsupported".to_owned(),
+        };
+        (cfa, rbp)
+    }
+
+    /// Every row readelf prints for `path` agrees with our table.
+    fn agrees_with_readelf(path: &Path) -> UnwindTable {
+        let table = from_elf_file(path).unwrap();
+        let expected = readelf_rows(path);
+        assert!(
+            expected.len() > 100,
+            "{}: readelf printed {} rows",
+            path.display(),
+            expected.len()
+        );
+        let mut mismatches = Vec::new();
+        for (loc, cfa, rbp) in &expected {
+            let got = table.lookup(*loc).map(|row| spelled(row, cfa, rbp));
+            if got.as_ref() != Some(&(cfa.clone(), rbp.clone())) {
+                mismatches.push(format!("{loc:#x}: readelf {cfa} {rbp}, ours {got:?}"));
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "{}: {} of {} rows differ:\n{}",
+            path.display(),
+            mismatches.len(),
+            expected.len(),
+            mismatches[..mismatches.len().min(20)].join("\n")
+        );
+        table
+    }
+
+    fn system_library(name: &str) -> PathBuf {
+        [
+            "/lib/x86_64-linux-gnu",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib64",
+            "/lib64",
+        ]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} not found"))
+    }
+
+    #[test]
+    fn libc_agrees_with_readelf() {
+        let table = agrees_with_readelf(&system_library("libc.so.6"));
+        let stats = table.stats();
+        assert!(stats.rsp > 1000 && stats.plt >= 1, "{stats}");
+    }
+
+    #[test]
+    fn libstdcxx_agrees_with_readelf() {
+        agrees_with_readelf(&system_library("libstdc++.so.6"));
+    }
+
+    #[test]
+    fn own_test_binary_agrees_with_readelf() {
+        agrees_with_readelf(&std::env::current_exe().unwrap());
+    }
+
+    #[test]
+    fn plt_expressions_are_recognized() {
+        let plt = [0x77, 8, 0x80, 0, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
+        assert_eq!(plt_rule(&plt), CfaRule::Plt { threshold: 11 });
+        let mut plt_sec = plt;
+        plt_sec[6] = 0x3a;
+        assert_eq!(plt_rule(&plt_sec), CfaRule::Plt { threshold: 10 });
+        assert_eq!(plt_rule(&plt[..10]), CfaRule::Unsupported);
+        assert_eq!(plt_rule(&[]), CfaRule::Unsupported);
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let err = from_elf_bytes(b"not an elf file at all", "junk").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("junk is not a readable ELF file"),
+            "{err}"
+        );
+        let libc = std::fs::read(system_library("libc.so.6")).unwrap();
+        // Cut inside the section headers: still an error, never a panic.
+        let cut = &libc[..libc.len() - 100];
+        assert!(from_elf_bytes(cut, "cut").is_err());
+        let err = from_elf_file(Path::new("/nonexistent/lib.so")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/lib.so"), "{err}");
+    }
+}
