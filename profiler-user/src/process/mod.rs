@@ -174,12 +174,14 @@ impl ProcessTable {
             match read_start_time(pid) {
                 Err(ProcessError::Gone { .. }) => return Ok(()),
                 Err(err) => return Err(err),
-                Ok(start)
-                    if start == known.start_time && exe_identity(pid) == known.exe_identity =>
-                {
-                    return Ok(())
-                }
-                Ok(_) => {}
+                Ok(start) if start == known.start_time => match exe_identity(pid) {
+                    // Exiting (a zombie has no exe and empty maps): keep the
+                    // last snapshot, which still describes its samples.
+                    None => return Ok(()),
+                    Some(identity) if Some(identity) == known.exe_identity => return Ok(()),
+                    Some(_) => {} // exec'd
+                },
+                Ok(_) => {} // pid reused
             }
         }
         let info = self.snapshot(pid)?;
@@ -506,6 +508,23 @@ mod tests {
         };
         let exe_module = table.process(pid).unwrap().mappings[0].module;
         child.kill().unwrap();
+        // Not reaped yet: a zombie, whose maps read empty. Observing it
+        // must keep the snapshot taken while it ran.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while exe_identity(pid).is_some() {
+            assert!(Instant::now() < deadline, "child never became a zombie");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        table.observe(pid).unwrap();
+        assert!(
+            table
+                .process(pid)
+                .unwrap()
+                .mappings
+                .iter()
+                .any(|m| m.module == exe_module),
+            "the zombie's snapshot was replaced by an empty one"
+        );
         child.wait().unwrap();
         table.observe(pid).unwrap();
         let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
