@@ -270,7 +270,11 @@ impl ProcessTable {
             .is_none_or(|info| info.refreshed.elapsed() >= REFRESH_INTERVAL);
         if stale {
             if let Ok(info) = self.snapshot(pid) {
-                self.processes.insert(pid, info);
+                // A zombie's maps read empty: keep what it looked like alive.
+                let exiting = info.exe_identity.is_none() && self.processes.contains_key(&pid);
+                if !exiting {
+                    self.processes.insert(pid, info);
+                }
             }
         }
         self.processes
@@ -525,6 +529,15 @@ mod tests {
                 .any(|m| m.module == exe_module),
             "the zombie's snapshot was replaced by an empty one"
         );
+        // Nor may resolving an unknown address (which re-reads the maps of
+        // a live process, at most every half second) empty it.
+        let inside = table.process(pid).unwrap().mappings[0].start;
+        std::thread::sleep(REFRESH_INTERVAL);
+        assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
+        assert!(matches!(
+            table.resolve(pid, inside),
+            Resolved::Module { module, .. } if module == exe_module
+        ));
         child.wait().unwrap();
         table.observe(pid).unwrap();
         let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
