@@ -18,6 +18,12 @@ pub const MAP_SETS: u32 = 2;
 pub mod names {
     /// The perf-event program.
     pub const PROGRAM: &str = "sample_cpu";
+    /// The program that stores an unwound stack, by tail call.
+    pub const STORE_PROGRAM: &str = "unwind_store";
+    /// Program array of the tail-called programs.
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Slot of [`STORE_PROGRAM`] in [`TAIL_CALLS`].
+    pub const TAIL_UNWIND_STORE: u32 = 0;
     /// [`super::Config`] array, one entry.
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU [`super::Stat`] counters.
@@ -33,6 +39,127 @@ pub mod names {
     pub const COUNTS: [&str; 2] = ["COUNTS_0", "COUNTS_1"];
     /// Per-set stacks, keyed by [`super::StackHash`], valued [`super::Stack`].
     pub const STACKS: [&str; 2] = ["STACKS_0", "STACKS_1"];
+    /// Per-set stacks deeper than a [`super::Stack`], valued [`super::DeepStack`].
+    pub const DEEP_STACKS: [&str; 2] = ["DEEP_STACKS_0", "DEEP_STACKS_1"];
+    /// Every loaded file's [`super::UnwindRow`]s, one slice per file.
+    pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
+    pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+}
+
+/// Most executable mappings with unwind tables per process; mappings past
+/// this many are unwound with frame pointers.
+pub const UNWIND_MAPPINGS_MAX: usize = 64;
+
+/// Deepest user stack the table unwinder records, the truncation mark
+/// included.
+pub const DEEP_STACK_DEPTH: usize = 520;
+
+/// Last frame of a stack that was cut at the depth limit: no code lives at
+/// this address, in user space or in the kernel.
+pub const TRUNCATED_MARK: u64 = u64::MAX;
+
+/// One row of an unwind table in the kernel's encoding, 8 bytes: from `pc`
+/// (an ELF virtual address of the file) to the next row, how to find the
+/// caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    /// First pc covered (file virtual address; tables of files linked
+    /// above 4 GiB are not loaded).
+    pub pc: u32,
+    /// CFA offset from the register [`Self::cfa_kind`] names; for
+    /// [`UnwindRow::CFA_PLT`] the `pc & 15` threshold.
+    pub cfa_offset: i16,
+    /// `UnwindRow::CFA_*` in the low nibble, [`UnwindRow::RBP_SAVED`] flag.
+    pub kind: u8,
+    /// Offset from the CFA of the caller's saved rbp, in 8-byte slots
+    /// (with [`UnwindRow::RBP_SAVED`]).
+    pub rbp_slot: i8,
+}
+
+impl UnwindRow {
+    /// No rule the unwinder can apply: fall back to frame pointers.
+    pub const CFA_NONE: u8 = 0;
+    /// CFA = rsp + offset.
+    pub const CFA_RSP: u8 = 1;
+    /// CFA = rbp + offset.
+    pub const CFA_RBP: u8 = 2;
+    /// CFA = rsp + 8, + 8 more when `pc & 15 >= offset` (PLT stubs).
+    pub const CFA_PLT: u8 = 3;
+    /// The outermost frame: the stack ends here.
+    pub const CFA_END: u8 = 4;
+    /// A signal trampoline (`__restore_rt`): rsp points at the
+    /// `ucontext_t` whose saved registers are the interrupted frame's.
+    pub const CFA_SIGNAL: u8 = 5;
+    /// Mask of the CFA kind in [`Self::kind`].
+    pub const CFA_MASK: u8 = 0x0f;
+    /// Flag in [`Self::kind`]: the caller's rbp is saved at CFA +
+    /// 8 × [`Self::rbp_slot`] (else rbp still holds it).
+    pub const RBP_SAVED: u8 = 0x10;
+
+    /// The `CFA_*` kind.
+    pub fn cfa_kind(&self) -> u8 {
+        self.kind & Self::CFA_MASK
+    }
+}
+
+/// Byte offsets in a signal frame's `ucontext_t` (x86-64), from the stack
+/// pointer of the signal trampoline.
+pub mod signal_frame {
+    /// Saved rbp (`uc_mcontext.gregs[REG_RBP]`).
+    pub const RBP: u64 = 120;
+    /// Saved rsp.
+    pub const RSP: u64 = 160;
+    /// Saved rip: the interrupted instruction.
+    pub const RIP: u64 = 168;
+}
+
+/// An executable mapping of a process whose file has an unwind table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Added (wrapping) to a pc in the mapping to get the file's virtual address.
+    pub adjust: u64,
+    /// Index of the file's first row in `UNWIND_ROWS`.
+    pub row_start: u32,
+    /// Number of rows of the file.
+    pub row_count: u32,
+}
+
+/// The table-backed mappings of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindProcess {
+    /// Mappings in use, at the front of [`Self::mappings`].
+    pub count: u32,
+    /// Zero.
+    pub pad: u32,
+    /// The mappings, sorted by start.
+    pub mappings: [UnwindMapping; UNWIND_MAPPINGS_MAX],
+}
+
+impl Default for UnwindProcess {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            pad: 0,
+            mappings: [UnwindMapping::default(); UNWIND_MAPPINGS_MAX],
+        }
+    }
+}
+
+/// A user stack unwound from tables, too deep for a [`Stack`]; innermost
+/// first, zero-filled after the last frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeepStack {
+    /// Instruction pointers; the first zero ends the stack.
+    pub frames: [u64; DEEP_STACK_DEPTH],
 }
 
 /// Runtime configuration written by userspace into the `CONFIG` array.
@@ -83,13 +210,23 @@ pub struct Stack {
 impl Stack {
     /// The recorded frames, without the zero padding.
     pub fn frames(&self) -> &[u64] {
-        let len = self
-            .frames
-            .iter()
-            .position(|&ip| ip == 0)
-            .unwrap_or(MAX_STACK_DEPTH);
-        &self.frames[..len]
+        until_zero(&self.frames)
     }
+}
+
+impl DeepStack {
+    /// The recorded frames, without the zero padding.
+    pub fn frames(&self) -> &[u64] {
+        until_zero(&self.frames)
+    }
+}
+
+fn until_zero(frames: &[u64]) -> &[u64] {
+    let len = frames
+        .iter()
+        .position(|&ip| ip == 0)
+        .unwrap_or(frames.len());
+    &frames[..len]
 }
 
 /// Event sent on `NEW_PROCESSES` the first time a tgid is sampled, so
@@ -123,11 +260,32 @@ pub enum Stat {
     StackMapFull,
     /// New-process events lost because the ring buffer was full.
     NewProcessLost,
+    /// Samples whose user stack was unwound with tables.
+    Unwound,
+    /// Samples of processes without tables loaded (yet): their user stacks
+    /// come from frame pointers (`bpf_get_stack`).
+    UnwindNoTables,
+    /// Frames stepped with frame pointers inside a table unwind (pc outside
+    /// every table, or a rule the unwinder cannot apply).
+    UnwindFramePointerSteps,
+    /// Unwinds that reached the outermost frame (or a null return address).
+    UnwindStopEnd,
+    /// Unwinds stopped because user memory could not be read.
+    UnwindStopReadError,
+    /// Unwinds stopped because neither a row nor a frame pointer applied.
+    UnwindStopNoRule,
+    /// Unwinds stopped because a step did not move up the stack.
+    UnwindStopNoProgress,
+    /// Unwinds cut at the depth limit (the stack ends in [`TRUNCATED_MARK`]).
+    UnwindTruncated,
+    /// Samples lost because the tail call to the store program failed (a
+    /// loading bug).
+    UnwindTailCallFailed,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 18;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -140,6 +298,15 @@ impl Stat {
         Stat::KernelStackError,
         Stat::StackMapFull,
         Stat::NewProcessLost,
+        Stat::Unwound,
+        Stat::UnwindNoTables,
+        Stat::UnwindFramePointerSteps,
+        Stat::UnwindStopEnd,
+        Stat::UnwindStopReadError,
+        Stat::UnwindStopNoRule,
+        Stat::UnwindStopNoProgress,
+        Stat::UnwindTruncated,
+        Stat::UnwindTailCallFailed,
     ];
 }
 
@@ -151,6 +318,9 @@ mod pod {
     unsafe impl aya::Pod for super::SampleKey {}
     unsafe impl aya::Pod for super::Stack {}
     unsafe impl aya::Pod for super::NewProcess {}
+    unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindProcess {}
+    unsafe impl aya::Pod for super::DeepStack {}
 }
 
 #[cfg(test)]
@@ -164,6 +334,10 @@ mod tests {
         assert_eq!(size_of::<SampleKey>(), 4 + 4 + 8 + 8 + COMM_LEN);
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
         assert_eq!(size_of::<NewProcess>(), 4);
+        assert_eq!(size_of::<UnwindRow>(), 8);
+        assert_eq!(size_of::<DeepStack>(), 8 * DEEP_STACK_DEPTH);
+        assert_eq!(size_of::<UnwindMapping>(), 32);
+        assert_eq!(size_of::<UnwindProcess>(), 8 + 32 * UNWIND_MAPPINGS_MAX);
     }
 
     #[test]

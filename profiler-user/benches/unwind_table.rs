@@ -35,7 +35,7 @@ fn build_tables(c: &mut Criterion) {
             continue;
         };
         let cfi = cfi_bytes(&path);
-        let table = from_elf_file(&path).expect("build table");
+        let table = from_elf_file(&path).expect("build table").table;
         println!(
             "{name}: {:.2} MiB of CFI -> {} rows, {:.2} MiB in the kernel's encoding \
              ({:.2} MiB per MiB of CFI); {}",

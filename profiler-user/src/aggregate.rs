@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use profiler_common::TRUNCATED_MARK;
+
 use crate::k8s::PodMetadata;
 use crate::process::{ModuleId, ProcessTable, Resolved};
 use crate::profile::{
@@ -21,6 +23,8 @@ use crate::symbolize::{Symbolizer, Symbols};
 
 /// Name the idle task is reported under (as `perf` does).
 const IDLE_PROCESS: &str = "swapper";
+/// Outermost frame of a stack cut at the unwinder's depth limit.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
 /// Path of the kernel's pseudo-mapping.
 const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 
@@ -125,7 +129,8 @@ impl Aggregator {
                     &symbols.kernel[&addr],
                 ));
             }
-            for addr in caller_adjusted(&key.user) {
+            let (user, truncated) = split_truncated(&key.user);
+            for addr in caller_adjusted(user) {
                 stack.push(user_location(
                     &mut builder,
                     processes,
@@ -133,6 +138,16 @@ impl Aggregator {
                     symbols.resolved[&(key.tgid, addr)],
                     addr,
                 ));
+            }
+            if truncated {
+                // Outermost: the frames above the depth limit are unknown.
+                let lines = lines_for(&mut builder, &None, || TRUNCATED_FRAME.into());
+                stack.push(builder.location(Location {
+                    mapping: None,
+                    address: 0,
+                    lines,
+                    kind: FrameKind::Native,
+                }));
             }
             builder.add_sample(process, key.tid, &key.comm, stack, count);
         }
@@ -158,7 +173,7 @@ impl SymbolTable {
         let mut kernel_addrs = BTreeSet::new();
         for key in samples.keys() {
             kernel_addrs.extend(caller_adjusted(&key.kernel));
-            for addr in caller_adjusted(&key.user) {
+            for addr in caller_adjusted(split_truncated(&key.user).0) {
                 let r = *resolved
                     .entry((key.tgid, addr))
                     .or_insert_with(|| processes.resolve(key.tgid, addr));
@@ -188,6 +203,15 @@ impl SymbolTable {
             user,
             kernel,
         }
+    }
+}
+
+/// A user stack without its truncation mark, and whether it had one (the
+/// kernel cut it at its depth limit).
+fn split_truncated(stack: &[u64]) -> (&[u64], bool) {
+    match stack.split_last() {
+        Some((&TRUNCATED_MARK, rest)) => (rest, true),
+        _ => (stack, false),
     }
 }
 
@@ -424,5 +448,42 @@ mod tests {
             })
             .collect();
         assert_eq!(names, vec!["[unknown]", "[unknown]"]);
+    }
+
+    #[test]
+    fn truncated_stacks_end_in_a_marked_frame() {
+        assert_eq!(
+            split_truncated(&[1, 2, TRUNCATED_MARK]),
+            (&[1, 2][..], true)
+        );
+        assert_eq!(split_truncated(&[1, 2]), (&[1, 2][..], false));
+        assert_eq!(split_truncated(&[]), (&[][..], false));
+        let mut aggregator = Aggregator::new();
+        aggregator.ingest(Drained {
+            samples: vec![RawSample {
+                tgid: u32::MAX - 1,
+                tid: u32::MAX - 1,
+                comm: "deep".into(),
+                user_stack: vec![0x1000, 0x2000, TRUNCATED_MARK],
+                kernel_stack: vec![],
+                count: 1,
+            }],
+            stats: CaptureStats::default(),
+        });
+        let profile = aggregator.finish(
+            &mut ProcessTable::new(),
+            &mut Symbolizer::new(),
+            &PodMetadata::empty(),
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(1),
+            99,
+        );
+        let stack = &profile.samples[0].stack;
+        assert_eq!(stack.len(), 3);
+        let root = profile.location(*stack.last().unwrap());
+        assert_eq!(
+            profile.function(root.lines[0].function).name,
+            TRUNCATED_FRAME
+        );
     }
 }

@@ -18,6 +18,10 @@ use crate::profile::{CaptureStats, Profile};
 use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
 use crate::symbolize::{CacheStats, Symbolizer};
 use crate::system_info::{self, PreflightError};
+use crate::unwind::kernel::{check_running_kernel, KernelCheckError};
+use crate::unwind::loader::{FileSource, LoaderStats, ProcessTables, TableLoader};
+use crate::unwind::registry::{FileKey, MappedFile};
+use crate::unwind::Unwinder;
 
 /// How a [`Profiler`] runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +58,12 @@ pub enum ProfilerError {
     /// The kernel side failed.
     #[error(transparent)]
     Sampler(#[from] SamplerError),
+    /// The table unwinder cannot run safely on this kernel.
+    #[error(transparent)]
+    Kernel(#[from] KernelCheckError),
+    /// The table loader's thread could not be started.
+    #[error("could not start the unwind-table loader thread")]
+    Loader(#[source] std::io::Error),
 }
 
 /// Where a run stands, reported after every drain.
@@ -85,6 +95,8 @@ pub struct PipelineStats {
     pub processes: usize,
     /// Symbolization cache counters.
     pub symbol_cache: CacheStats,
+    /// Unwind tables (all zero with the frame-pointer unwinder).
+    pub unwind_tables: LoaderStats,
 }
 
 /// A running whole-host profiler.
@@ -101,13 +113,27 @@ pub struct Profiler {
     completed: (u64, CaptureStats),
     /// Kubernetes metadata of containers (empty off Kubernetes).
     pods: PodMetadata,
+    /// Builds and loads unwind tables (`None` with frame pointers only).
+    tables: Option<TableLoader>,
+    /// Processes the table loader was told about.
+    with_tables: HashSet<u32>,
 }
 
 impl Profiler {
     /// Checks the host, loads the kernel program and starts sampling.
     pub fn start(options: ProfilerOptions) -> Result<Self, ProfilerError> {
         system_info::preflight()?;
-        let (sampler, events) = Sampler::start(&options.policy)?;
+        if let Unwinder::Tables(_) = options.policy.unwinder {
+            check_running_kernel()?;
+        }
+        let started = Sampler::start(&options.policy)?;
+        let tables = match started.unwind_maps {
+            Some((maps, rows)) => {
+                Some(TableLoader::spawn(maps, rows).map_err(ProfilerError::Loader)?)
+            }
+            None => None,
+        };
+        let (sampler, events) = (started.sampler, started.events);
         // Loading parsed the kernel's BTF (tens of MiB, now freed).
         release_free_memory();
         let pods = match &options.node_name {
@@ -125,6 +151,8 @@ impl Profiler {
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
             pods,
+            tables,
+            with_tables: HashSet::new(),
         })
     }
 
@@ -198,7 +226,15 @@ impl Profiler {
             .collect();
         self.symbolizer.forget(&paths);
         drop(unused); // closes the files, now that no cache refers to them
-                      // Symbolizing built and freed large temporaries.
+        let processes = &self.processes;
+        let gone: Vec<u32> = self
+            .with_tables
+            .iter()
+            .copied()
+            .filter(|&tgid| processes.process(tgid).is_none())
+            .collect();
+        self.forget_tables(&gone);
+        // Symbolizing built and freed large temporaries.
         release_free_memory();
         profile
     }
@@ -224,12 +260,71 @@ impl Profiler {
             stacks: self.aggregator.stack_count(),
             processes: self.processes.len(),
             symbol_cache: self.symbolizer.stats(),
+            unwind_tables: self.tables.as_ref().map(|t| t.stats()).unwrap_or_default(),
         }
     }
 
+    /// Snapshots `tgid` if new or changed, and asks for the unwind tables
+    /// of a new snapshot.
     fn observe(&mut self, tgid: u32) {
-        if let Err(err) = self.processes.observe(tgid) {
-            log::debug!("process {tgid}: {err}");
+        match self.processes.observe(tgid) {
+            Ok(true) => self.request_tables(tgid),
+            Ok(false) => {}
+            Err(err) => log::debug!("process {tgid}: {err}"),
+        }
+    }
+
+    /// Queues `tgid`'s mappings for the table loader. hostprof's own
+    /// stacks stay on frame pointers: its tables would cost the most and
+    /// help the user least.
+    fn request_tables(&mut self, tgid: u32) {
+        let (Some(tables), Some(info)) = (&self.tables, self.processes.process(tgid)) else {
+            return;
+        };
+        if tgid == std::process::id() || info.mappings.is_empty() {
+            return;
+        }
+        let mut sources = std::collections::HashMap::new();
+        let mappings = info
+            .mappings
+            .iter()
+            .map(|mapping| {
+                let module = self.processes.module(mapping.module);
+                let key = match &module.build_id {
+                    Some(id) => FileKey::BuildId(id.clone()),
+                    None => FileKey::Module(mapping.module),
+                };
+                if let Some(file) = module.open_file() {
+                    sources.entry(key.clone()).or_insert_with(|| FileSource {
+                        file,
+                        name: module.path.display().to_string(),
+                    });
+                }
+                MappedFile {
+                    start: mapping.start,
+                    end: mapping.end,
+                    file_offset: mapping.file_offset,
+                    key,
+                }
+            })
+            .collect();
+        tables.load(ProcessTables {
+            tgid,
+            mappings,
+            sources,
+        });
+        self.with_tables.insert(tgid);
+    }
+
+    /// Tells the table loader that `tgids` exited.
+    fn forget_tables(&mut self, tgids: &[u32]) {
+        let gone: Vec<u32> = tgids
+            .iter()
+            .copied()
+            .filter(|tgid| self.with_tables.remove(tgid))
+            .collect();
+        if let Some(tables) = &self.tables {
+            tables.exited(gone);
         }
     }
 
@@ -248,6 +343,10 @@ impl Profiler {
         }
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
+        self.forget_tables(&exited);
+        if let Some(tables) = &self.tables {
+            tables.sampled(tgids.clone());
+        }
         let drained = self.apply_filter(drained, &tgids);
         self.aggregator.ingest(drained);
     }

@@ -46,8 +46,10 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
     }
     let workloads = common::Workloads::build();
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
-    let mut worker = workloads.spawn("cpu_chain", 9000);
-    let mut rust_worker = workloads.spawn("rust_chain", 9000);
+    // Long enough to outlive both captures (killed after them), each of
+    // which also symbolizes hostprof's own debug binary.
+    let mut worker = workloads.spawn("cpu_chain", 20_000);
+    let mut rust_worker = workloads.spawn("rust_chain", 20_000);
     for (protocol, port) in [("grpc", receiver.grpc_port), ("http", receiver.http_port)] {
         let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
             .args([

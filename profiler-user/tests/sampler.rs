@@ -6,15 +6,19 @@ mod common;
 
 use std::time::Duration;
 
-use hostprof::sampler::{Sampler, SamplingPolicy};
+use hostprof::sampler::{Sampler, SamplingPolicy, Started};
+use hostprof::unwind::{TableBudget, Unwinder};
 
 #[tokio::test]
 async fn samples_every_cpu_and_drains_exactly() {
     if common::skip_bpf() {
         return;
     }
-    let (mut sampler, mut events) =
-        Sampler::start(&SamplingPolicy::default()).expect("start sampler");
+    let Started {
+        mut sampler,
+        mut events,
+        ..
+    } = Sampler::start(&SamplingPolicy::default()).expect("start sampler");
     let spin = std::thread::spawn(|| common::spin_for(Duration::from_millis(700)));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let first = sampler.drain().expect("drain");
@@ -50,4 +54,28 @@ async fn samples_every_cpu_and_drains_exactly() {
         announced.contains(&me) || !announced.is_empty(),
         "new-process events arrive"
     );
+}
+
+/// The verifier accepts both programs (the sampler and the tail-called
+/// unwinder) on this kernel, with either unwinder and the largest budget.
+#[tokio::test]
+async fn verifier_accepts_the_unwinder() {
+    if common::skip_bpf() {
+        return;
+    }
+    for unwinder in [
+        Unwinder::FramePointers,
+        Unwinder::Tables(TableBudget::new(TableBudget::MAX).unwrap()),
+    ] {
+        let policy = SamplingPolicy {
+            unwinder,
+            ..SamplingPolicy::default()
+        };
+        let started = Sampler::start(&policy)
+            .unwrap_or_else(|err| panic!("{unwinder:?}: {:#}", anyhow::Error::from(err)));
+        assert_eq!(
+            started.unwind_maps.is_some(),
+            matches!(unwinder, Unwinder::Tables(_))
+        );
+    }
 }

@@ -242,6 +242,7 @@ impl AgentSettings {
                         Target::Pids(pids)
                     },
                     include_idle: !self.no_idle.unwrap_or(false),
+                    unwinder: Default::default(),
                 },
                 filter: ProcessFilter {
                     namespaces: self.namespaces.clone().unwrap_or_default(),

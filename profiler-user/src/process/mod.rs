@@ -46,6 +46,12 @@ impl Module {
         }
     }
 
+    /// Another descriptor of the open file, for reading it elsewhere (a
+    /// worker thread) independently of this table's lifetime.
+    pub fn open_file(&self) -> Option<File> {
+        self.file.as_ref()?.try_clone().ok()
+    }
+
     /// The build id as lowercase hex.
     pub fn build_id_hex(&self) -> Option<String> {
         self.build_id
@@ -165,20 +171,21 @@ impl ProcessTable {
 
     /// Snapshots `pid` if it is new, or again if it exec'd or its pid was
     /// reused; cheap (one small read) when nothing changed. A known process
-    /// that has exited keeps its last snapshot.
-    pub fn observe(&mut self, pid: u32) -> Result<(), ProcessError> {
+    /// that has exited keeps its last snapshot. True when a new snapshot
+    /// was taken.
+    pub fn observe(&mut self, pid: u32) -> Result<bool, ProcessError> {
         if pid == 0 {
-            return Ok(()); // the idle task has no /proc entry
+            return Ok(false); // the idle task has no /proc entry
         }
         if let Some(known) = self.processes.get(&pid) {
             match read_start_time(pid) {
-                Err(ProcessError::Gone { .. }) => return Ok(()),
+                Err(ProcessError::Gone { .. }) => return Ok(false),
                 Err(err) => return Err(err),
                 Ok(start) if start == known.start_time => match exe_identity(pid) {
                     // Exiting (a zombie has no exe and empty maps): keep the
                     // last snapshot, which still describes its samples.
-                    None => return Ok(()),
-                    Some(identity) if Some(identity) == known.exe_identity => return Ok(()),
+                    None => return Ok(false),
+                    Some(identity) if Some(identity) == known.exe_identity => return Ok(false),
                     Some(_) => {} // exec'd
                 },
                 Ok(_) => {} // pid reused
@@ -186,7 +193,7 @@ impl ProcessTable {
         }
         let info = self.snapshot(pid)?;
         self.processes.insert(pid, info);
-        Ok(())
+        Ok(true)
     }
 
     /// Processes whose snapshots are held.

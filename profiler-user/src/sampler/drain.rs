@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use profiler_common::{SampleKey, StackHash, Stat, COMM_LEN};
 
-use crate::profile::CaptureStats;
+use crate::profile::{CaptureStats, UnwindCounters};
 
 /// One of the two map sets the kernel program alternates between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,11 +131,23 @@ impl StatCounters {
         CaptureStats {
             recorded: delta(Stat::Recorded),
             filtered: delta(Stat::Filtered),
-            dropped: delta(Stat::DroppedCountsFull) + delta(Stat::DroppedNoConfig),
+            dropped: delta(Stat::DroppedCountsFull)
+                + delta(Stat::DroppedNoConfig)
+                + delta(Stat::UnwindTailCallFailed),
             user_stack_errors: delta(Stat::UserStackError),
             kernel_stack_errors: delta(Stat::KernelStackError),
             stacks_lost: delta(Stat::StackMapFull),
             process_events_lost: delta(Stat::NewProcessLost),
+            unwind: UnwindCounters {
+                unwound: delta(Stat::Unwound),
+                no_tables: delta(Stat::UnwindNoTables),
+                frame_pointer_steps: delta(Stat::UnwindFramePointerSteps),
+                ended: delta(Stat::UnwindStopEnd),
+                read_errors: delta(Stat::UnwindStopReadError),
+                no_rule: delta(Stat::UnwindStopNoRule),
+                no_progress: delta(Stat::UnwindStopNoProgress),
+                truncated: delta(Stat::UnwindTruncated),
+            },
         }
     }
 }

@@ -6,20 +6,26 @@
 
 pub mod drain;
 pub mod policy;
+mod unwind_maps;
 
 use std::collections::HashMap as StdHashMap;
 use std::io;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{
+    Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+};
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, ProgramError};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use profiler_common::{names, Config, NewProcess, SampleKey, Stack, StackHash, Stat};
+use profiler_common::{names, Config, DeepStack, NewProcess, SampleKey, Stack, StackHash, Stat};
 use tokio::io::unix::AsyncFd;
 
 pub use drain::{Drained, MapSet, RawSample};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+pub use unwind_maps::KernelUnwindMaps;
+
+use crate::unwind::Unwinder;
 
 use drain::StatCounters;
 
@@ -81,6 +87,17 @@ fn map_capacity(cpus: usize, frequency: Frequency) -> u32 {
     per_drain.clamp(16_384, 1 << 20) as u32
 }
 
+/// What [`Sampler::start`] hands back.
+pub struct Started {
+    /// The sampler.
+    pub sampler: Sampler,
+    /// Processes sampled for the first time.
+    pub events: ProcessEvents,
+    /// With the table unwinder: the kernel maps tables go to, and the
+    /// number of rows they hold (for a [`crate::unwind::loader::TableLoader`]).
+    pub unwind_maps: Option<(KernelUnwindMaps, u32)>,
+}
+
 /// A loaded, attached sampler.
 pub struct Sampler {
     ebpf: Ebpf,
@@ -89,7 +106,11 @@ pub struct Sampler {
     stats: PerCpuArray<MapData, u64>,
     counts: [PerCpuHashMap<MapData, SampleKey, u64>; 2],
     stacks: [HashMap<MapData, StackHash, Stack>; 2],
+    deep_stacks: [HashMap<MapData, StackHash, DeepStack>; 2],
     known: HashMap<MapData, u32, u8>,
+    /// Kept open: the kernel empties a program array when its last
+    /// userspace handle closes.
+    _tail_calls: ProgramArray<MapData>,
     active: MapSet,
     last_stats: StatCounters,
     attached: bool,
@@ -98,8 +119,9 @@ pub struct Sampler {
 impl Sampler {
     /// Loads the program, applies `policy` and starts sampling every online CPU.
     ///
-    /// Also returns the stream of processes sampled for the first time.
-    pub fn start(policy: &SamplingPolicy) -> Result<(Sampler, ProcessEvents), SamplerError> {
+    /// Also returns the stream of processes sampled for the first time,
+    /// and, with the table unwinder, the maps its tables go to.
+    pub fn start(policy: &SamplingPolicy) -> Result<Started, SamplerError> {
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let capacity = map_capacity(cpus.len(), policy.frequency);
@@ -107,6 +129,12 @@ impl Sampler {
         for name in names::COUNTS.iter().chain(names::STACKS.iter()) {
             loader.map_max_entries(name, capacity);
         }
+        // Array maps are allocated whole: no table memory without tables.
+        let table_rows = match policy.unwinder {
+            Unwinder::Tables(budget) => budget.rows(),
+            Unwinder::FramePointers => 1,
+        };
+        loader.map_max_entries(names::UNWIND_ROWS, table_rows);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
@@ -122,6 +150,15 @@ impl Sampler {
         let known = take(names::KNOWN_PROCESSES)?
             .try_into()
             .map_err(map_err(names::KNOWN_PROCESSES))?;
+        let unwind_maps = KernelUnwindMaps::new(
+            take(names::UNWIND_ROWS)?,
+            take(names::UNWIND_PROCESSES)?
+                .try_into()
+                .map_err(map_err(names::UNWIND_PROCESSES))?,
+        );
+        let mut tail_calls: ProgramArray<MapData> = take(names::TAIL_CALLS)?
+            .try_into()
+            .map_err(map_err(names::TAIL_CALLS))?;
         let ring: RingBuf<MapData> = take(names::NEW_PROCESSES)?
             .try_into()
             .map_err(map_err(names::NEW_PROCESSES))?;
@@ -140,6 +177,14 @@ impl Sampler {
             take(names::STACKS[1])?
                 .try_into()
                 .map_err(map_err(names::STACKS[1]))?,
+        ];
+        let deep_stacks = [
+            take(names::DEEP_STACKS[0])?
+                .try_into()
+                .map_err(map_err(names::DEEP_STACKS[0]))?,
+            take(names::DEEP_STACKS[1])?
+                .try_into()
+                .map_err(map_err(names::DEEP_STACKS[1]))?,
         ];
 
         let mut config = Config {
@@ -161,6 +206,14 @@ impl Sampler {
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))?;
 
+        let store = tail_called_program(&mut ebpf, names::STORE_PROGRAM)?;
+        let store_fd = store.fd().map_err(|source| SamplerError::Program {
+            action: format!("get the descriptor of {}", names::STORE_PROGRAM),
+            source,
+        })?;
+        tail_calls
+            .set(names::TAIL_UNWIND_STORE, store_fd, 0)
+            .map_err(map_err(names::TAIL_CALLS))?;
         let program = perf_program(&mut ebpf)?;
         program.load().map_err(|source| SamplerError::Program {
             action: "load the perf_event program (verifier)".into(),
@@ -187,7 +240,9 @@ impl Sampler {
             stats,
             counts,
             stacks,
+            deep_stacks,
             known,
+            _tail_calls: tail_calls,
             active: MapSet::Zero,
             last_stats: StatCounters::default(),
             attached: true,
@@ -198,7 +253,15 @@ impl Sampler {
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|err| SamplerError::Poll(io::Error::from(err)))?;
         let events = ProcessEvents { ring };
-        Ok((sampler, events))
+        let unwind_maps = match policy.unwinder {
+            Unwinder::Tables(_) => Some((unwind_maps, table_rows)),
+            Unwinder::FramePointers => None,
+        };
+        Ok(Started {
+            sampler,
+            events,
+            unwind_maps,
+        })
     }
 
     /// Takes every sample recorded since the previous drain.
@@ -285,6 +348,17 @@ impl Sampler {
         for hash in stacks.keys() {
             stacks_map.remove(hash).map_err(map_err(stacks_name))?;
         }
+        let deep_name = names::DEEP_STACKS[index];
+        let deep_map = &mut self.deep_stacks[index];
+        let mut deep = Vec::new();
+        for item in deep_map.iter() {
+            let (hash, stack) = item.map_err(map_err(deep_name))?;
+            deep.push(hash);
+            stacks.insert(hash, stack.frames().to_vec());
+        }
+        for hash in &deep {
+            deep_map.remove(hash).map_err(map_err(deep_name))?;
+        }
         Ok(drain::assemble(entries, &stacks))
     }
 
@@ -299,6 +373,26 @@ impl Sampler {
         }
         Ok(StatCounters::new(values))
     }
+}
+
+/// Loads the tail-called program `name` (the verifier checks it here).
+fn tail_called_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut PerfEvent, SamplerError> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(|source| SamplerError::Program {
+            action: format!("find the program {name}"),
+            source,
+        })?;
+    program.load().map_err(|source| SamplerError::Program {
+        action: format!("load the program {name} (verifier)"),
+        source,
+    })?;
+    Ok(program)
 }
 
 fn perf_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::unwind::Unwinder;
+
 /// Sampling frequency in Hz, 1 to 1000 inclusive.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -109,6 +111,8 @@ pub struct SamplingPolicy {
     pub target: Target,
     /// Record the idle task (pid 0) so shares of CPU time add up to 100 %.
     pub include_idle: bool,
+    /// How user stacks are unwound.
+    pub unwinder: Unwinder,
 }
 
 impl Default for SamplingPolicy {
@@ -117,6 +121,7 @@ impl Default for SamplingPolicy {
             frequency: Frequency::DEFAULT,
             target: Target::AllProcesses,
             include_idle: true,
+            unwinder: Unwinder::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use gimli::{
     BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection};
+use object::{Object, ObjectSection, ObjectSegment};
 
 use super::table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
 
@@ -46,32 +46,94 @@ pub enum BuildError {
     },
 }
 
+/// A loadable segment: file offset, virtual address and size in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadSegment {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Virtual address it is linked at.
+    pub vaddr: u64,
+    /// Bytes of the file it covers.
+    pub size: u64,
+    /// Mapped executable (`PF_X`).
+    pub executable: bool,
+}
+
+/// What unwinding needs of one file: its table, and its segments to turn
+/// a runtime address (through its file offset) into a table pc.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileUnwind {
+    /// The rows.
+    pub table: UnwindTable,
+    /// The file's `PT_LOAD` segments.
+    pub segments: Vec<LoadSegment>,
+}
+
 /// Builds the unwind table of the ELF file at `path`. A file without
 /// `.eh_frame` or `.debug_frame` gives an empty table (it is unwound with
 /// frame pointers).
-pub fn from_elf_file(path: &Path) -> Result<UnwindTable, BuildError> {
+pub fn from_elf_file(path: &Path) -> Result<FileUnwind, BuildError> {
     let shown = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| BuildError::Read {
         path: shown.clone(),
         source,
     })?;
+    from_open_file(&file, &shown)
+}
+
+/// Bytes of call frame information (`.eh_frame` and `.debug_frame`) in an
+/// open ELF file: what building its table costs. 0 when it is not ELF.
+pub fn cfi_size(file: &std::fs::File) -> u64 {
+    // SAFETY: as in `from_open_file`.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
+        return 0;
+    };
+    let Ok(elf) = object::File::parse(&*map) else {
+        return 0;
+    };
+    [".eh_frame", ".debug_frame"]
+        .iter()
+        .filter_map(|name| elf.section_by_name(name))
+        .map(|section| section.size())
+        .sum()
+}
+
+/// Builds the unwind table of an open ELF file, read through mmap; `name`
+/// names it in errors.
+pub fn from_open_file(file: &std::fs::File, name: &str) -> Result<FileUnwind, BuildError> {
     // SAFETY: the mapping is read-only and private; a file truncated under
     // us would fault, which is why only ELF files mapped by live processes
     // (that the kernel keeps busy) are read this way.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| BuildError::Read {
-        path: shown.clone(),
+    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|source| BuildError::Read {
+        path: name.to_owned(),
         source,
     })?;
-    from_elf_bytes(&map, &shown)
+    from_elf_bytes(&map, name)
 }
 
 /// Builds the unwind table of an ELF image in memory; `name` names it in
 /// errors.
-pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<UnwindTable, BuildError> {
+pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<FileUnwind, BuildError> {
     let elf = object::File::parse(data).map_err(|err| BuildError::NotElf {
         path: name.to_owned(),
         reason: err.to_string(),
     })?;
+    let segments = elf
+        .segments()
+        .map(|segment| {
+            let (offset, size) = segment.file_range();
+            let executable = match segment.flags() {
+                object::SegmentFlags::Elf { p_flags } => p_flags & object::elf::PF_X != 0,
+                _ => false,
+            };
+            LoadSegment {
+                offset,
+                vaddr: segment.address(),
+                size,
+                executable,
+            }
+        })
+        .collect();
     let mut bases = BaseAddresses::default();
     if let Some(text) = elf.section_by_name(".text") {
         bases = bases.set_text(text.address());
@@ -101,7 +163,10 @@ pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<UnwindTable, BuildError
             source,
         })?;
     }
-    Ok(assemble(fdes))
+    Ok(FileUnwind {
+        table: assemble(fdes),
+        segments,
+    })
 }
 
 fn section_bytes<'a>(
@@ -148,12 +213,14 @@ where
                 }
                 GimliCfa::Expression(expression) => {
                     let bytes = expression.get(section)?.0;
-                    plt_rule(bytes.slice())
+                    expression_rule(bytes.slice())
                 }
             };
+            // An undefined return address marks the outermost frame.
+            let outermost = matches!(row.register(X86_64::RA), Some(RegisterRule::Undefined));
             rows.push(UnwindRow {
                 pc: row.start_address(),
-                cfa,
+                cfa: if outermost { CfaRule::End } else { cfa },
                 rbp: rbp_rule(row.register(X86_64::RBP)),
             });
         }
@@ -192,13 +259,16 @@ fn register_cfa(register: gimli::Register, offset: i64) -> CfaRule {
     }
 }
 
-/// Recognizes the PLT stubs' CFA expression, as GNU ld emits it for `.plt`
-/// (threshold 11) and for second-PLT stubs (threshold 10):
-/// `DW_OP_breg7 (rsp) 8; DW_OP_breg16 (rip) 0; DW_OP_lit15; DW_OP_and;
-/// DW_OP_lit<threshold>; DW_OP_ge; DW_OP_lit3; DW_OP_shl; DW_OP_plus`.
-/// Any other expression is unsupported.
-fn plt_rule(expression: &[u8]) -> CfaRule {
+/// Recognizes the two CFA expressions x86-64 code carries in practice:
+/// the PLT stubs', as GNU ld emits it for `.plt` (threshold 11) and for
+/// second-PLT stubs (threshold 10): `DW_OP_breg7 (rsp) 8; DW_OP_breg16
+/// (rip) 0; DW_OP_lit15; DW_OP_and; DW_OP_lit<threshold>; DW_OP_ge;
+/// DW_OP_lit3; DW_OP_shl; DW_OP_plus`; and the signal trampoline's
+/// (glibc's `__restore_rt`): `DW_OP_breg7 (rsp) 160; DW_OP_deref`, the
+/// saved rsp in the `ucontext_t`. Any other expression is unsupported.
+fn expression_rule(expression: &[u8]) -> CfaRule {
     const BREG7: u8 = 0x77;
+    const DEREF: u8 = 0x06;
     const BREG16: u8 = 0x80;
     const LIT0: u8 = 0x30;
     const AND: u8 = 0x1a;
@@ -215,6 +285,8 @@ fn plt_rule(expression: &[u8]) -> CfaRule {
                 threshold: lit_threshold - LIT0,
             }
         }
+        // 160 as a signed LEB128: 0xa0 0x01.
+        [BREG7, 0xa0, 0x01, DEREF] => CfaRule::Signal,
         _ => CfaRule::Unsupported,
     }
 }
@@ -240,9 +312,9 @@ mod tests {
 
     use super::*;
 
-    /// `(loc, cfa, rbp)` for every row `readelf --debug-dump=frames-interp`
+    /// `(loc, cfa, rbp, ra)` for every row `readelf --debug-dump=frames-interp`
     /// prints, as readelf spells the rules (`rsp+8`, `exp`, `c-16`, `u`).
-    fn readelf_rows(path: &Path) -> Vec<(u64, String, String)> {
+    fn readelf_rows(path: &Path) -> Vec<(u64, String, String, String)> {
         let out = Command::new("readelf")
             .args(["--debug-dump=frames-interp", "-W"])
             .arg(path)
@@ -271,7 +343,11 @@ mod tests {
                     .iter()
                     .position(|c| c == "rbp")
                     .map_or("u".to_owned(), |i| words[i].to_owned());
-                rows.push((loc, words[1].to_owned(), rbp));
+                let ra = columns
+                    .iter()
+                    .position(|c| c == "ra")
+                    .map_or("c-8".to_owned(), |i| words[i].to_owned());
+                rows.push((loc, words[1].to_owned(), rbp, ra));
             }
         }
         rows
@@ -285,7 +361,7 @@ mod tests {
         let cfa = match row.cfa {
             CfaRule::Rsp(n) => format!("rsp+{n}"),
             CfaRule::Rbp(n) => format!("rbp+{n}"),
-            CfaRule::Plt { .. } => "exp".to_owned(),
+            CfaRule::Plt { .. } | CfaRule::Signal => "exp".to_owned(),
             CfaRule::Unsupported
                 if !readelf_cfa.starts_with("rsp") && !readelf_cfa.starts_with("rbp") =>
             {
@@ -293,6 +369,8 @@ mod tests {
             }
             CfaRule::Unsupported => "unsupported".to_owned(),
             CfaRule::Missing => "missing".to_owned(),
+            // Checked against readelf's ra column below.
+            CfaRule::End => readelf_cfa.to_owned(),
         };
         let rbp = match row.rbp {
             RbpRule::Unchanged => "u".to_owned(),
@@ -307,7 +385,7 @@ mod tests {
 
     /// Every row readelf prints for `path` agrees with our table.
     fn agrees_with_readelf(path: &Path) -> UnwindTable {
-        let table = from_elf_file(path).unwrap();
+        let table = from_elf_file(path).unwrap().table;
         let expected = readelf_rows(path);
         assert!(
             expected.len() > 100,
@@ -316,8 +394,14 @@ mod tests {
             expected.len()
         );
         let mut mismatches = Vec::new();
-        for (loc, cfa, rbp) in &expected {
-            let got = table.lookup(*loc).map(|row| spelled(row, cfa, rbp));
+        for (loc, cfa, rbp, ra) in &expected {
+            let row = table.lookup(*loc);
+            let outermost = row.is_some_and(|r| r.cfa == CfaRule::End);
+            if outermost != (ra == "u") {
+                mismatches.push(format!("{loc:#x}: readelf ra {ra}, ours {row:?}"));
+                continue;
+            }
+            let got = row.map(|row| spelled(row, cfa, rbp));
             if got.as_ref() != Some(&(cfa.clone(), rbp.clone())) {
                 mismatches.push(format!("{loc:#x}: readelf {cfa} {rbp}, ours {got:?}"));
             }
@@ -360,18 +444,32 @@ mod tests {
 
     #[test]
     fn own_test_binary_agrees_with_readelf() {
-        agrees_with_readelf(&std::env::current_exe().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        agrees_with_readelf(&exe);
+        // Our own code's file offset maps to its linked address.
+        let file = from_elf_file(&exe).unwrap();
+        let text = file
+            .segments
+            .iter()
+            .find(|s| s.size > 0 && s.offset > 0)
+            .expect("a loadable segment past the headers");
+        assert_eq!(
+            crate::unwind::registry::vaddr_delta(&file.segments, text.offset),
+            Some(text.vaddr.wrapping_sub(text.offset))
+        );
     }
 
     #[test]
     fn plt_expressions_are_recognized() {
         let plt = [0x77, 8, 0x80, 0, 0x3f, 0x1a, 0x3b, 0x2a, 0x33, 0x24, 0x22];
-        assert_eq!(plt_rule(&plt), CfaRule::Plt { threshold: 11 });
+        assert_eq!(expression_rule(&plt), CfaRule::Plt { threshold: 11 });
         let mut plt_sec = plt;
         plt_sec[6] = 0x3a;
-        assert_eq!(plt_rule(&plt_sec), CfaRule::Plt { threshold: 10 });
-        assert_eq!(plt_rule(&plt[..10]), CfaRule::Unsupported);
-        assert_eq!(plt_rule(&[]), CfaRule::Unsupported);
+        assert_eq!(expression_rule(&plt_sec), CfaRule::Plt { threshold: 10 });
+        assert_eq!(expression_rule(&plt[..10]), CfaRule::Unsupported);
+        assert_eq!(expression_rule(&[]), CfaRule::Unsupported);
+        assert_eq!(expression_rule(&[0x77, 0xa0, 0x01, 0x06]), CfaRule::Signal);
+        assert_eq!(expression_rule(&[0x77, 0xa0, 0x01]), CfaRule::Unsupported);
     }
 
     #[test]

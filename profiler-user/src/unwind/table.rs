@@ -18,8 +18,14 @@ pub enum CfaRule {
         /// The `pc & 15` value from which the extra 8 applies (11 or 10).
         threshold: u8,
     },
+    /// A signal trampoline (`__restore_rt`, CFA = `*(rsp + 160)`): the
+    /// interrupted frame's registers are in the `ucontext_t` at rsp.
+    Signal,
     /// No unwind information covers the pc (a gap between functions).
     Missing,
+    /// The outermost frame (`_start`, thread entry): the return address
+    /// is marked undefined, the stack ends here.
+    End,
     /// A rule the unwinder does not evaluate (another DWARF expression or
     /// register); unwinding stops here and says why.
     Unsupported,
@@ -54,9 +60,8 @@ pub struct UnwindTable {
     rows: Vec<UnwindRow>,
 }
 
-/// Size of one row in the kernel's encoding: u64 pc, i16 CFA offset, i16
-/// rbp offset, one byte of rule kinds, padded to 16.
-pub const KERNEL_ROW_BYTES: usize = 16;
+/// Size of one row in the kernel's encoding ([`profiler_common::UnwindRow`]).
+pub const KERNEL_ROW_BYTES: usize = std::mem::size_of::<profiler_common::UnwindRow>();
 
 impl UnwindTable {
     /// A table from rows in any order; where two rows start at the same pc
@@ -99,7 +104,9 @@ impl UnwindTable {
                 CfaRule::Rsp(_) => stats.rsp += 1,
                 CfaRule::Rbp(_) => stats.rbp += 1,
                 CfaRule::Plt { .. } => stats.plt += 1,
+                CfaRule::Signal => stats.signal += 1,
                 CfaRule::Missing => stats.missing += 1,
+                CfaRule::End => stats.end += 1,
                 CfaRule::Unsupported => stats.unsupported += 1,
             }
         }
@@ -116,8 +123,12 @@ pub struct TableStats {
     pub rbp: usize,
     /// PLT expression rows.
     pub plt: usize,
+    /// Signal-trampoline rows.
+    pub signal: usize,
     /// Gaps without unwind information.
     pub missing: usize,
+    /// Outermost-frame rows.
+    pub end: usize,
     /// Rows the unwinder cannot evaluate.
     pub unsupported: usize,
 }
@@ -126,8 +137,8 @@ impl fmt::Display for TableStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rsp, {} rbp, {} plt, {} gaps, {} unsupported",
-            self.rsp, self.rbp, self.plt, self.missing, self.unsupported
+            "{} rsp, {} rbp, {} plt, {} signal, {} gaps, {} outermost, {} unsupported",
+            self.rsp, self.rbp, self.plt, self.signal, self.missing, self.end, self.unsupported
         )
     }
 }
@@ -165,7 +176,7 @@ mod tests {
         assert_eq!(table.lookup(0x1f).unwrap().cfa, CfaRule::Rsp(8));
         assert_eq!(table.lookup(0x20).unwrap().cfa, CfaRule::Rsp(16));
         assert_eq!(table.lookup(u64::MAX).unwrap().pc, 0x30);
-        assert_eq!(table.kernel_bytes(), 48);
+        assert_eq!(table.kernel_bytes(), 24);
         assert_eq!(table.stats().rsp, 3);
     }
 }

@@ -198,6 +198,7 @@ impl SamplingArgs {
                 Target::Pids(self.pids.clone())
             },
             include_idle: !self.no_idle,
+            unwinder: Default::default(),
         })
     }
 }

@@ -1,0 +1,447 @@
+//! The user-stack unwinder: walks a stack from the sampled registers with
+//! the `.eh_frame` rows userspace loaded into `UNWIND_ROWS`.
+//!
+//! At each frame: find the process's mapping holding the pc (binary search
+//! in its `UNWIND_PROCESSES` entry), the row covering the pc's file address
+//! (binary search in the file's slice of `UNWIND_ROWS`), compute the CFA,
+//! read the return address at CFA-8 and the saved rbp with
+//! `bpf_probe_read_user`. Where no row applies (no table for the file, a
+//! gap, an expression the table could not encode) it steps with the frame
+//! pointer instead, so mixed stacks come out whole.
+//!
+//! One frame is one iteration of `bpf_loop` (kernel 5.17+): the verifier
+//! checks the step once instead of following every path of every frame,
+//! which is what lets one program run reach `DEEP_STACK_DEPTH` frames. The
+//! state lives in a per-CPU map; the stack is then stored by the
+//! tail-called `unwind_store`, verified on its own. Every unwind ends with
+//! one of the `Stat::Unwind*` reasons counted.
+
+use aya_ebpf::cty::c_void;
+use aya_ebpf::{
+    bindings::{bpf_perf_event_data, pt_regs, BPF_F_NO_PREALLOC},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+    },
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    programs::PerfEventContext,
+    EbpfContext,
+};
+use profiler_common::{
+    names, signal_frame, Stat, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
+    UNWIND_MAPPINGS_MAX,
+};
+
+use crate::{bump, SCRATCH};
+
+/// Default capacity of `UNWIND_ROWS` (64 MiB of 8-byte rows); userspace
+/// sets it from the table budget at load.
+const UNWIND_ROWS_ENTRIES: u32 = 8 << 20;
+
+/// Binary-search steps over a file's rows: enough for 2^28 rows, more
+/// than any budget allows.
+const ROW_SEARCH_STEPS: u32 = 28;
+
+/// Binary-search steps over a process's mappings (`UNWIND_MAPPINGS_MAX`
+/// is 2^6).
+const MAPPING_SEARCH_STEPS: u32 = 7;
+
+#[map(name = "UNWIND_ROWS")]
+static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_ROWS_ENTRIES, 0);
+
+#[map(name = "UNWIND_PROCESSES")]
+static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
+    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Per-CPU state of an unwind in progress across tail calls.
+#[map(name = "UNWIND_STATE")]
+static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+
+/// `unwind_store`, set by userspace.
+#[map(name = "TAIL_CALLS")]
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Why an unwind ended (`Running` while it has not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Stop {
+    Running,
+    End,
+    ReadError,
+    NoRule,
+    NoProgress,
+    Truncated,
+}
+
+impl Stop {
+    fn stat(self) -> Option<Stat> {
+        match self {
+            Stop::Running => None,
+            Stop::End => Some(Stat::UnwindStopEnd),
+            Stop::ReadError => Some(Stat::UnwindStopReadError),
+            Stop::NoRule => Some(Stat::UnwindStopNoRule),
+            Stop::NoProgress => Some(Stat::UnwindStopNoProgress),
+            Stop::Truncated => Some(Stat::UnwindTruncated),
+        }
+    }
+}
+
+/// Where an unwind stands between program runs.
+#[derive(Clone, Copy)]
+pub struct UnwindState {
+    pc: u64,
+    sp: u64,
+    bp: u64,
+    depth: u32,
+    tgid: u32,
+    tid: u32,
+    /// The pc is an interrupted instruction, not a return address (the
+    /// leaf, or the frame a signal interrupted): look it up as it is.
+    pc_is_exact: bool,
+    stop: Stop,
+}
+
+/// An unwind in progress on this CPU.
+pub struct Unwind {
+    state: &'static mut UnwindState,
+}
+
+impl Unwind {
+    /// Starts unwinding the interrupted user stack of `tgid` when its
+    /// tables are loaded; `None` when they are not, or when the task has
+    /// no user context (a kernel thread).
+    #[inline(always)]
+    pub fn start(ctx: &PerfEventContext, tgid: u32, tid: u32) -> Option<Unwind> {
+        // SAFETY: plain lookup; the value is read by the steps.
+        unsafe { UNWIND_PROCESSES.get(&tgid) }?;
+        let regs = user_regs(ctx)?;
+        let state = UNWIND_STATE.get_ptr_mut(0)?;
+        // SAFETY: this CPU's state; nothing else touches it meanwhile.
+        let state = unsafe { &mut *state };
+        *state = UnwindState {
+            pc: regs.rip,
+            sp: regs.rsp,
+            bp: regs.rbp,
+            depth: 0,
+            tgid,
+            tid,
+            pc_is_exact: true,
+            stop: Stop::Running,
+        };
+        bump(Stat::Unwound);
+        Some(Unwind { state })
+    }
+
+    /// Picks up the unwind the previous program run left on this CPU.
+    #[inline(always)]
+    pub fn resume() -> Option<Unwind> {
+        let state = UNWIND_STATE.get_ptr_mut(0)?;
+        // SAFETY: this CPU's state, written by the run that tail-called us.
+        Some(Unwind {
+            state: unsafe { &mut *state },
+        })
+    }
+
+    /// The sampled thread: (tgid, tid).
+    #[inline(always)]
+    pub fn thread(&self) -> (u32, u32) {
+        (self.state.tgid, self.state.tid)
+    }
+
+    /// Steps the whole stack, one frame per `bpf_loop` iteration (the
+    /// verifier checks the step once, not once per frame), up to
+    /// `DEEP_STACK_DEPTH` frames.
+    #[inline(always)]
+    pub fn run(&mut self) {
+        // SAFETY: `step_one` has the callback signature bpf_loop expects
+        // and takes no context.
+        let looped = unsafe {
+            bpf_loop(
+                DEEP_STACK_DEPTH as u32,
+                step_one as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+        if looped < 0 {
+            self.state.stop = Stop::NoRule;
+        } else if self.state.stop == Stop::Running {
+            self.truncate();
+        }
+    }
+
+    /// Hands the sample over to `unwind_store`; returns only when the tail
+    /// call failed (an empty slot), having counted the lost sample.
+    #[inline(always)]
+    pub fn store_in_tail_call(&mut self, ctx: &PerfEventContext) {
+        // SAFETY: the slot holds `unwind_store`, a perf-event program like
+        // the caller, or nothing.
+        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_STORE) };
+        bump(Stat::UnwindTailCallFailed);
+    }
+
+    /// Ends an unwind that ran out of program runs.
+    #[inline(always)]
+    fn truncate(&mut self) {
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
+        let stack = unsafe { &mut *scratch };
+        // Replace the last frame: the stack ends in the mark.
+        let last = (self.state.depth as usize).wrapping_sub(1);
+        if let Some(frame) = stack.frames.get_mut(last) {
+            *frame = TRUNCATED_MARK;
+        }
+        self.state.stop = Stop::Truncated;
+    }
+
+    /// Counts why the unwind ended, ends the scratch stack's frames with a
+    /// zero (hashing and userspace stop there) and returns their number.
+    #[inline(always)]
+    pub fn finish(self) -> usize {
+        if let Some(stat) = self.state.stop.stat() {
+            bump(stat);
+        }
+        let depth = self.state.depth as usize;
+        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+            // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
+            let stack = unsafe { &mut *scratch };
+            if let Some(frame) = stack.frames.get_mut(depth) {
+                *frame = 0;
+            }
+        }
+        depth
+    }
+}
+
+/// One unwinding step, a `bpf_loop` callback: pushes the current pc and
+/// finds the caller's registers. Returns 1 (stop looping) once the unwind
+/// has ended.
+#[inline(never)]
+extern "C" fn step_one(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(state), Some(scratch)) = (UNWIND_STATE.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: this CPU's values; nothing else touches them meanwhile.
+    let (state, stack) = unsafe { (&mut *state, &mut *scratch) };
+    if state.stop != Stop::Running {
+        return 1;
+    }
+    // SAFETY: plain lookup of a value userspace writes whole.
+    let Some(process) = (unsafe { UNWIND_PROCESSES.get(&state.tgid) }) else {
+        // The process's entry went away: keep what was unwound.
+        state.stop = Stop::NoRule;
+        return 1;
+    };
+    let depth = state.depth as usize;
+    if depth >= DEEP_STACK_DEPTH - 1 {
+        // The last slot: the stack goes on, but not here.
+        if let Some(frame) = stack.frames.get_mut(DEEP_STACK_DEPTH - 1) {
+            *frame = TRUNCATED_MARK;
+        }
+        state.depth = DEEP_STACK_DEPTH as u32;
+        state.stop = Stop::Truncated;
+        return 1;
+    }
+    stack.frames[depth] = state.pc;
+    state.depth += 1;
+    // A return address points after the call: look up the call.
+    let lookup_pc = if state.pc_is_exact {
+        state.pc
+    } else {
+        state.pc.wrapping_sub(1)
+    };
+    let step = match find_row(process, lookup_pc) {
+        Some(row) if row.cfa_kind() == UnwindRow::CFA_END => {
+            state.stop = Stop::End;
+            return 1;
+        }
+        Some(row) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
+        Some(row) => step_with_row(&row, state.pc, state.sp, state.bp),
+        None => {
+            bump(Stat::UnwindFramePointerSteps);
+            step_with_frame_pointer(state.bp)
+        }
+    };
+    match step {
+        Step::Frame { pc, sp, bp, exact } => {
+            // A frame that does not move up the stack would loop; a
+            // signal frame may move anywhere (sigaltstack).
+            if sp <= state.sp && !exact {
+                state.stop = Stop::NoProgress;
+            } else if pc == 0 {
+                state.stop = Stop::End;
+            }
+            state.pc = pc;
+            state.sp = sp;
+            state.bp = bp;
+            state.pc_is_exact = exact;
+        }
+        Step::ReadError => state.stop = Stop::ReadError,
+        Step::NoRule => state.stop = Stop::NoRule,
+    }
+    i64::from(state.stop != Stop::Running)
+}
+
+/// The user registers of the sampled task: from the perf event when it
+/// interrupted user mode, else (a syscall, a fault) from the top of the
+/// task's kernel stack. `None` for kernel threads.
+#[inline(always)]
+fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
+    // SAFETY: a perf-event program's context is a `bpf_perf_event_data`.
+    let regs = unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs };
+    if regs.cs & 3 == 3 {
+        return Some(regs);
+    }
+    // SAFETY: the helper returns the current task (a BTF pointer) and its
+    // saved user registers, or 0.
+    let user = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };
+    if user == 0 {
+        return None;
+    }
+    // SAFETY: `user` points at the task's `pt_regs`, readable with
+    // bpf_probe_read_kernel.
+    let regs = unsafe { bpf_probe_read_kernel(user as *const pt_regs) }.ok()?;
+    (regs.cs & 3 == 3).then_some(regs)
+}
+
+/// The outcome of one step.
+enum Step {
+    /// The caller's registers; `exact` when its pc is not a return address.
+    Frame {
+        pc: u64,
+        sp: u64,
+        bp: u64,
+        exact: bool,
+    },
+    /// User memory could not be read.
+    ReadError,
+    /// Nothing applies (no row and no frame pointer).
+    NoRule,
+}
+
+/// The row covering `pc` in the table of the mapping holding it; `None`
+/// when no table covers it or its rule is not one the unwinder applies.
+#[inline(always)]
+fn find_row(process: &UnwindProcess, pc: u64) -> Option<UnwindRow> {
+    // The last mapping with start <= pc (mappings are sorted by start).
+    let count = process.count.min(UNWIND_MAPPINGS_MAX as u32);
+    let (mut lo, mut hi) = (0u32, count);
+    let mut steps = 0;
+    while lo < hi && steps < MAPPING_SEARCH_STEPS {
+        let mid = lo + (hi - lo) / 2;
+        if process.mappings.get(mid as usize)?.start <= pc {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        steps += 1;
+    }
+    if lo == 0 {
+        return None;
+    }
+    // The mask keeps the index provably in bounds for the verifier
+    // (UNWIND_MAPPINGS_MAX is a power of two; lo - 1 < count <= it).
+    let mapping = &process.mappings[(lo as usize - 1) & (UNWIND_MAPPINGS_MAX - 1)];
+    if pc >= mapping.end {
+        return None;
+    }
+    let vaddr = pc.wrapping_add(mapping.adjust);
+    if vaddr > u64::from(u32::MAX) {
+        return None;
+    }
+    let vaddr = vaddr as u32;
+    // The last row with row.pc <= vaddr.
+    let first = mapping.row_start;
+    let (mut lo, mut hi) = (first, first.wrapping_add(mapping.row_count));
+    let mut steps = 0;
+    while lo < hi && steps < ROW_SEARCH_STEPS {
+        let mid = lo + (hi - lo) / 2;
+        if UNWIND_ROWS.get(mid)?.pc <= vaddr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        steps += 1;
+    }
+    if lo == first {
+        return None;
+    }
+    let row = *UNWIND_ROWS.get(lo - 1)?;
+    (row.cfa_kind() != UnwindRow::CFA_NONE).then_some(row)
+}
+
+/// One step with a table row.
+#[inline(always)]
+fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64) -> Step {
+    let offset = row.cfa_offset as i64 as u64;
+    let cfa = match row.cfa_kind() {
+        UnwindRow::CFA_RSP => sp.wrapping_add(offset),
+        UnwindRow::CFA_RBP => bp.wrapping_add(offset),
+        UnwindRow::CFA_PLT => sp + 8 + if (pc & 15) >= offset { 8 } else { 0 },
+        _ => return Step::NoRule,
+    };
+    let Some(ra) = read_user(cfa.wrapping_sub(8)) else {
+        return Step::ReadError;
+    };
+    let caller_bp = if row.kind & UnwindRow::RBP_SAVED != 0 {
+        let at = cfa.wrapping_add((row.rbp_slot as i64 as u64).wrapping_mul(8));
+        match read_user(at) {
+            Some(bp) => bp,
+            None => return Step::ReadError,
+        }
+    } else {
+        bp
+    };
+    Step::Frame {
+        pc: ra,
+        sp: cfa,
+        bp: caller_bp,
+        exact: false,
+    }
+}
+
+/// One step out of a signal trampoline: the interrupted frame's registers
+/// are in the `ucontext_t` at the stack pointer.
+#[inline(always)]
+fn step_signal(sp: u64) -> Step {
+    let (Some(pc), Some(caller_sp), Some(bp)) = (
+        read_user(sp + signal_frame::RIP),
+        read_user(sp + signal_frame::RSP),
+        read_user(sp + signal_frame::RBP),
+    ) else {
+        return Step::ReadError;
+    };
+    Step::Frame {
+        pc,
+        sp: caller_sp,
+        bp,
+        exact: true,
+    }
+}
+
+/// One step with the frame pointer: the return address above the saved rbp.
+#[inline(always)]
+fn step_with_frame_pointer(bp: u64) -> Step {
+    if bp == 0 {
+        return Step::NoRule;
+    }
+    match (read_user(bp + 8), read_user(bp)) {
+        (Some(ra), Some(caller_bp)) => Step::Frame {
+            pc: ra,
+            sp: bp + 16,
+            bp: caller_bp,
+            exact: false,
+        },
+        _ => Step::ReadError,
+    }
+}
+
+#[inline(always)]
+fn read_user(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copies from user memory and fails
+    // cleanly on an unmapped address.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}

@@ -1,0 +1,113 @@
+//! The kernel's encoding of an [`UnwindTable`]: 8-byte
+//! [`profiler_common::UnwindRow`]s (u32 pc, i16 CFA offset, rule kinds,
+//! rbp slot). Rules that do not fit become "no rule", where the kernel
+//! falls back to frame pointers.
+
+use profiler_common::UnwindRow as KernelRow;
+
+use super::table::{CfaRule, RbpRule, UnwindTable};
+
+/// Why a table cannot be encoded at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The file is linked above 4 GiB, beyond the rows' 32-bit pcs.
+    #[error("code linked at {pc:#x}, above the 4 GiB the kernel's table rows address")]
+    PcTooLarge {
+        /// The first pc that does not fit.
+        pc: u64,
+    },
+}
+
+/// The rows of `table` in the kernel's encoding.
+pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
+    table
+        .rows()
+        .iter()
+        .map(|row| {
+            let pc = u32::try_from(row.pc).map_err(|_| EncodeError::PcTooLarge { pc: row.pc })?;
+            let (cfa_kind, cfa_offset) = match row.cfa {
+                CfaRule::Rsp(off) => (KernelRow::CFA_RSP, i16::try_from(off).ok()),
+                CfaRule::Rbp(off) => (KernelRow::CFA_RBP, i16::try_from(off).ok()),
+                CfaRule::Plt { threshold } => (KernelRow::CFA_PLT, Some(i16::from(threshold))),
+                CfaRule::Signal => (KernelRow::CFA_SIGNAL, Some(0)),
+                CfaRule::End => (KernelRow::CFA_END, Some(0)),
+                CfaRule::Missing | CfaRule::Unsupported => (KernelRow::CFA_NONE, Some(0)),
+            };
+            let (cfa_kind, cfa_offset) = match cfa_offset {
+                Some(off) => (cfa_kind, off),
+                None => (KernelRow::CFA_NONE, 0),
+            };
+            // A saved rbp the encoding cannot place is as good as lost;
+            // only frames that use rbp as CFA notice.
+            let rbp_slot = match row.rbp {
+                RbpRule::CfaOffset(off) if off % 8 == 0 => i8::try_from(off / 8).ok(),
+                _ => None,
+            };
+            let kind = match rbp_slot {
+                Some(_) => cfa_kind | KernelRow::RBP_SAVED,
+                None => cfa_kind,
+            };
+            Ok(KernelRow {
+                pc,
+                cfa_offset,
+                kind,
+                rbp_slot: rbp_slot.unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unwind::UnwindRow;
+
+    fn row(pc: u64, cfa: CfaRule, rbp: RbpRule) -> UnwindRow {
+        UnwindRow { pc, cfa, rbp }
+    }
+
+    #[test]
+    fn encodes_rules_and_refuses_what_does_not_fit() {
+        let table = UnwindTable::new(vec![
+            row(0x10, CfaRule::Rsp(8), RbpRule::Unchanged),
+            row(0x11, CfaRule::Rbp(16), RbpRule::CfaOffset(-16)),
+            row(0x20, CfaRule::Rsp(1 << 20), RbpRule::Unchanged),
+            row(0x30, CfaRule::Plt { threshold: 11 }, RbpRule::Unchanged),
+            row(0x40, CfaRule::Signal, RbpRule::Unsupported),
+            row(0x50, CfaRule::End, RbpRule::Unchanged),
+            row(0x60, CfaRule::Rsp(64), RbpRule::CfaOffset(-4096)),
+        ]);
+        let rows = encode(&table).unwrap();
+        assert_eq!(
+            (rows[0].cfa_kind(), rows[0].cfa_offset, rows[0].kind),
+            (KernelRow::CFA_RSP, 8, KernelRow::CFA_RSP)
+        );
+        assert_eq!(
+            (
+                rows[1].cfa_kind(),
+                rows[1].kind & KernelRow::RBP_SAVED,
+                rows[1].rbp_slot
+            ),
+            (KernelRow::CFA_RBP, KernelRow::RBP_SAVED, -2)
+        );
+        assert_eq!(rows[2].cfa_kind(), KernelRow::CFA_NONE, "offset beyond i16");
+        assert_eq!(
+            (rows[3].cfa_kind(), rows[3].cfa_offset),
+            (KernelRow::CFA_PLT, 11)
+        );
+        assert_eq!(rows[4].cfa_kind(), KernelRow::CFA_SIGNAL);
+        assert_eq!(rows[5].cfa_kind(), KernelRow::CFA_END);
+        assert_eq!(
+            rows[6].kind,
+            KernelRow::CFA_RSP,
+            "rbp slot beyond i8: not saved"
+        );
+        assert_eq!(rows[6].pc, 0x60);
+    }
+
+    #[test]
+    fn refuses_code_above_4_gib() {
+        let table = UnwindTable::new(vec![row(1 << 32, CfaRule::Rsp(8), RbpRule::Unchanged)]);
+        assert_eq!(encode(&table), Err(EncodeError::PcTooLarge { pc: 1 << 32 }));
+    }
+}

@@ -1,0 +1,40 @@
+/* main -> descend x 26 -> hot_loop: a hot function 27 calls deep.
+ * Runs for argv[1] milliseconds (default 5000). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+static volatile uint64_t sink;
+
+__attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
+    uint64_t acc = seed;
+    for (int i = 0; i < 200000; i++) {
+        acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
+        acc = (acc << 7) | (acc >> 57);
+    }
+    return acc;
+}
+
+__attribute__((noinline)) uint64_t descend(int depth, uint64_t seed) {
+    if (depth == 0) {
+        return hot_loop(seed);
+    }
+    return descend(depth - 1, seed) + (uint64_t)depth;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+int main(int argc, char **argv) {
+    double run_ms = argc > 1 ? atof(argv[1]) : 5000;
+    double start = now_ms();
+    uint64_t seed = 1;
+    while (now_ms() - start < run_ms) {
+        seed = descend(25, seed);
+        sink = seed;
+    }
+    return 0;
+}

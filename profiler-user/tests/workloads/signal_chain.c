@@ -1,0 +1,55 @@
+/* Hot code inside a signal handler: a CPU-time timer interrupts
+ * main -> spin_outer, and the handler runs on_signal -> in_handler ->
+ * hot_loop. Unwinding must cross the signal frame (glibc's __restore_rt)
+ * back into spin_outer and main. Runs for argv[1] milliseconds (default
+ * 5000). */
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+static volatile uint64_t sink;
+
+__attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
+    uint64_t acc = seed;
+    for (int i = 0; i < 600000; i++) {
+        acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
+        acc = (acc << 7) | (acc >> 57);
+    }
+    return acc;
+}
+
+__attribute__((noinline)) uint64_t in_handler(uint64_t seed) { return hot_loop(seed) + 1; }
+
+__attribute__((noinline)) void on_signal(int sig) { sink = in_handler(sink + (uint64_t)sig); }
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+__attribute__((noinline)) void spin_outer(double run_ms) {
+    double start = now_ms();
+    uint64_t x = 1;
+    while (now_ms() - start < run_ms) {
+        for (int i = 0; i < 1000; i++) {
+            x = x * 6364136223846793005ULL + 1;
+        }
+        sink ^= x;
+    }
+}
+
+int main(int argc, char **argv) {
+    double run_ms = argc > 1 ? atof(argv[1]) : 5000;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_signal;
+    sigaction(SIGPROF, &action, NULL);
+    struct itimerval timer = {{0, 1000}, {0, 1000}};
+    setitimer(ITIMER_PROF, &timer, NULL);
+    spin_outer(run_ms);
+    return 0;
+}
