@@ -18,12 +18,16 @@ pub const MAP_SETS: u32 = 2;
 pub mod names {
     /// The perf-event program.
     pub const PROGRAM: &str = "sample_cpu";
+    /// The program that unwinds a user stack from tables, by tail call.
+    pub const UNWIND_PROGRAM: &str = "unwind_user";
     /// The program that stores an unwound stack, by tail call.
     pub const STORE_PROGRAM: &str = "unwind_store";
     /// Program array of the tail-called programs.
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// Slot of [`UNWIND_PROGRAM`] in [`TAIL_CALLS`].
+    pub const TAIL_UNWIND_USER: u32 = 0;
     /// Slot of [`STORE_PROGRAM`] in [`TAIL_CALLS`].
-    pub const TAIL_UNWIND_STORE: u32 = 0;
+    pub const TAIL_UNWIND_STORE: u32 = 1;
     /// [`super::Config`] array, one entry.
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU [`super::Stat`] counters.

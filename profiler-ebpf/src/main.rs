@@ -114,9 +114,28 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
     0
 }
 
+/// Unwinds the user stack of a process with tables, tail-called by
+/// `sample_cpu`. A program of its own, loaded only with the table unwinder,
+/// so `sample_cpu` needs neither `bpf_loop` (5.17+) nor
+/// `bpf_task_pt_regs` (5.15+) and loads on older kernels.
+#[perf_event]
+pub fn unwind_user(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    match Unwind::start(&ctx, tgid, tid) {
+        Some(mut unwind) => {
+            unwind.run();
+            unwind.store_in_tail_call(&ctx);
+        }
+        // No user context (a kernel thread), or the tables just went away.
+        None => record_with_frame_pointers(&ctx, tgid, tid),
+    }
+    0
+}
+
 /// Records a sample whose user stack the unwinder finished: stores the
 /// stack, reads the kernel stack, counts the sample. A program of its own
-/// so the unwinding programs stay small enough for the verifier.
+/// so the unwinding program stays small enough for the verifier.
 #[perf_event]
 pub fn unwind_store(ctx: PerfEventContext) -> u32 {
     let Some(unwind) = Unwind::resume() else {
@@ -155,12 +174,18 @@ fn record(ctx: &PerfEventContext) {
         announce(tgid);
     }
 
-    // With unwind tables, unwind here, then store in `unwind_store`.
-    if let Some(mut unwind) = Unwind::start(ctx, tgid, tid) {
-        unwind.run();
-        unwind.store_in_tail_call(ctx);
-        return;
+    // With unwind tables, unwind in `unwind_user`; the tail call returns
+    // only when that program is not loaded (frame pointers only).
+    if tgid != 0 && unwind::has_tables(tgid) {
+        unwind::unwind_in_tail_call(ctx);
     }
+    record_with_frame_pointers(ctx, tgid, tid);
+}
+
+/// Records a sample with the user stack `bpf_get_stack` reads (frame
+/// pointers).
+#[inline(always)]
+fn record_with_frame_pointers(ctx: &PerfEventContext, tgid: u32, tid: u32) {
     let Some(set) = active_set() else {
         return;
     };

@@ -58,9 +58,10 @@ static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
 #[map(name = "UNWIND_STATE")]
 static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
 
-/// `unwind_store`, set by userspace.
+/// `unwind_user` and `unwind_store`, set by userspace with the table
+/// unwinder; empty with frame pointers only.
 #[map(name = "TAIL_CALLS")]
-static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Why an unwind ended (`Running` while it has not).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,6 +215,22 @@ impl Unwind {
         }
         depth
     }
+}
+
+/// Whether userspace loaded tables for `tgid`.
+#[inline(always)]
+pub fn has_tables(tgid: u32) -> bool {
+    // SAFETY: plain lookup; the value is not read here.
+    unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some()
+}
+
+/// Tail-calls `unwind_user`; returns only when it is not loaded (the
+/// frame-pointer unwinder), and the caller records the sample itself.
+#[inline(always)]
+pub fn unwind_in_tail_call(ctx: &PerfEventContext) {
+    // SAFETY: the slot holds `unwind_user`, a perf-event program like the
+    // caller, or nothing.
+    let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
 }
 
 /// One unwinding step, a `bpf_loop` callback: pushes the current pc and

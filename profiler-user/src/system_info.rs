@@ -11,6 +11,8 @@ use std::fmt;
 use aya::maps::MapType;
 use aya::programs::ProgramType;
 
+use crate::unwind::kernel::KernelVersion;
+
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -136,18 +138,10 @@ pub fn collect() -> Vec<Check> {
     checks
 }
 
-/// A kernel release's (major, minor), e.g. `6.1.0-18-amd64` → (6, 1).
-pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit());
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
-fn kernel_status(version: (u32, u32)) -> Status {
-    if version < (5, 8) {
+fn kernel_status(version: KernelVersion) -> Status {
+    if version < KernelVersion::new(5, 8, 0) {
         Status::Fail
-    } else if version < (6, 1) {
+    } else if version < KernelVersion::new(6, 1, 0) {
         Status::Warn
     } else {
         Status::Ok
@@ -158,9 +152,11 @@ fn kernel_check() -> Check {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into());
-    let status = parse_kernel_version(&release).map_or(Status::Warn, kernel_status);
-    Check::new("kernel", release, status)
-        .hint("hostprof needs Linux 5.8+ (BPF ring buffer, CAP_BPF); 6.1+ is tested")
+    let status = KernelVersion::parse(&release).map_or(Status::Warn, kernel_status);
+    Check::new("kernel", release, status).hint(
+        "hostprof needs Linux 5.8+ (BPF ring buffer, CAP_BPF), 5.17+ for the table \
+         unwinder (bpf_loop); 6.1+ is tested",
+    )
 }
 
 fn btf_check() -> Check {
@@ -297,12 +293,10 @@ mod tests {
 
     #[test]
     fn kernel_versions() {
-        assert_eq!(parse_kernel_version("6.18.44-fc-v595"), Some((6, 18)));
-        assert_eq!(parse_kernel_version("5.10.0-28-amd64"), Some((5, 10)));
-        assert_eq!(parse_kernel_version("weird"), None);
-        assert_eq!(kernel_status((4, 19)), Status::Fail);
-        assert_eq!(kernel_status((5, 15)), Status::Warn);
-        assert_eq!(kernel_status((6, 1)), Status::Ok);
+        let status = |release| kernel_status(KernelVersion::parse(release).unwrap());
+        assert_eq!(status("4.19.0"), Status::Fail);
+        assert_eq!(status("5.15.0-91-generic"), Status::Warn);
+        assert_eq!(status("6.1.0-18-amd64"), Status::Ok);
     }
 
     #[test]

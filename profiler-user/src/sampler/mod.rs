@@ -206,14 +206,24 @@ impl Sampler {
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))?;
 
-        let store = tail_called_program(&mut ebpf, names::STORE_PROGRAM)?;
-        let store_fd = store.fd().map_err(|source| SamplerError::Program {
-            action: format!("get the descriptor of {}", names::STORE_PROGRAM),
-            source,
-        })?;
-        tail_calls
-            .set(names::TAIL_UNWIND_STORE, store_fd, 0)
-            .map_err(map_err(names::TAIL_CALLS))?;
+        // The unwinding programs need kernel 5.17+ (bpf_loop); with frame
+        // pointers only they are not loaded and their slots stay empty.
+        if let Unwinder::Tables(_) = policy.unwinder {
+            for (name, slot) in [
+                (names::UNWIND_PROGRAM, names::TAIL_UNWIND_USER),
+                (names::STORE_PROGRAM, names::TAIL_UNWIND_STORE),
+            ] {
+                let fd = tail_called_program(&mut ebpf, name)?
+                    .fd()
+                    .map_err(|source| SamplerError::Program {
+                        action: format!("get the descriptor of {name}"),
+                        source,
+                    })?;
+                tail_calls
+                    .set(slot, fd, 0)
+                    .map_err(map_err(names::TAIL_CALLS))?;
+            }
+        }
         let program = perf_program(&mut ebpf)?;
         program.load().map_err(|source| SamplerError::Program {
             action: "load the perf_event program (verifier)".into(),
@@ -389,7 +399,10 @@ fn tail_called_program<'a>(
             source,
         })?;
     program.load().map_err(|source| SamplerError::Program {
-        action: format!("load the program {name} (verifier)"),
+        action: format!(
+            "load the program {name} (verifier; the table unwinder needs Linux 5.17+, \
+             run with --unwinder frame-pointers on older kernels)"
+        ),
         source,
     })?;
     Ok(program)

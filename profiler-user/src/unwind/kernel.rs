@@ -321,11 +321,22 @@ pub enum KernelCheckError {
     /// The running kernel's release could not be read or parsed.
     #[error("cannot determine the running kernel's version from /proc/sys/kernel/osrelease: {0}")]
     Release(#[source] io::Error),
+    /// The running kernel lacks what the table unwinder's BPF program uses.
+    #[error(
+        "Linux {0} is too old for the table unwinder, which needs 5.17+ (bpf_loop); \
+         upgrade the kernel or run with --unwinder frame-pointers"
+    )]
+    TooOld(KernelVersion),
 }
 
-/// Checks the running kernel for the `bpf_probe_read_user()` freeze bug.
+/// The oldest kernel the table unwinder runs on: `bpf_loop` came in 5.17.
+pub const TABLE_UNWINDER_MIN: KernelVersion = KernelVersion::new(5, 17, 0);
+
+/// Checks that the table unwinder can run on this kernel: recent enough
+/// ([`TABLE_UNWINDER_MIN`]) and free of the `bpf_probe_read_user()`
+/// freeze bug.
 ///
-/// The steps:
+/// The steps for the bug:
 /// 1. Read `/proc/sys/kernel/osrelease`.
 /// 2. Refine the version from `/proc/version` and `/proc/version_signature`
 ///    when present.
@@ -345,6 +356,9 @@ pub fn check_running_kernel() -> Result<(), KernelCheckError> {
     })?;
     let proc_version = std::fs::read_to_string(PROC_VERSION_PATH).ok();
     let signature = std::fs::read_to_string(VERSION_SIGNATURE_PATH).ok();
+    if parsed < TABLE_UNWINDER_MIN {
+        return Err(KernelCheckError::TooOld(parsed));
+    }
     let version = stable_version(parsed, proc_version.as_deref(), signature.as_deref());
     if version != parsed {
         log::debug!("kernel release {release} is stable version {version}");
