@@ -316,6 +316,26 @@ impl Profiler {
         self.with_tables.insert(tgid);
     }
 
+    /// Snapshots again the processes whose stacks hold code outside their
+    /// snapshot (a library loaded with `dlopen` since), and asks for the
+    /// new files' unwind tables. Rate-limited per process by the table.
+    fn refresh_unmapped(&mut self, drained: &Drained) {
+        let mut checked = HashSet::new();
+        for sample in &drained.samples {
+            let user = match sample.user_stack.split_last() {
+                Some((&profiler_common::TRUNCATED_MARK, rest)) => rest,
+                _ => &sample.user_stack[..],
+            };
+            if sample.tgid == 0 || user.is_empty() || checked.contains(&sample.tgid) {
+                continue;
+            }
+            if self.processes.refresh_if_unmapped(sample.tgid, user) {
+                checked.insert(sample.tgid);
+                self.request_tables(sample.tgid);
+            }
+        }
+    }
+
     /// Tells the table loader that `tgids` exited.
     fn forget_tables(&mut self, tgids: &[u32]) {
         let gone: Vec<u32> = tgids
@@ -341,6 +361,7 @@ impl Profiler {
                 exited.push(tgid);
             }
         }
+        self.refresh_unmapped(&drained);
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
         self.forget_tables(&exited);

@@ -271,23 +271,50 @@ impl ProcessTable {
         if let Some(resolved) = found {
             return resolved;
         }
-        let stale = self
-            .processes
-            .get(&pid)
-            .is_none_or(|info| info.refreshed.elapsed() >= REFRESH_INTERVAL);
-        if stale {
-            if let Ok(info) = self.snapshot(pid) {
-                // A zombie's maps read empty: keep what it looked like alive.
-                let exiting = info.exe_identity.is_none() && self.processes.contains_key(&pid);
-                if !exiting {
-                    self.processes.insert(pid, info);
-                }
-            }
-        }
+        self.refresh(pid);
         self.processes
             .get(&pid)
             .and_then(|info| lookup(info, addr))
             .unwrap_or(Resolved::Unknown)
+    }
+
+    /// Re-reads `pid`'s maps when one of `addrs` lies outside every mapping
+    /// of its snapshot (a library loaded since), at most every half second.
+    /// True when its executable mappings changed.
+    pub fn refresh_if_unmapped(&mut self, pid: u32, addrs: &[u64]) -> bool {
+        let Some(info) = self.processes.get(&pid) else {
+            return false;
+        };
+        if addrs.iter().all(|&addr| lookup(info, addr).is_some()) {
+            return false;
+        }
+        self.refresh(pid)
+    }
+
+    /// Snapshots `pid` again unless that was done less than
+    /// [`REFRESH_INTERVAL`] ago; true when its executable mappings changed.
+    fn refresh(&mut self, pid: u32) -> bool {
+        let stale = self
+            .processes
+            .get(&pid)
+            .is_none_or(|info| info.refreshed.elapsed() >= REFRESH_INTERVAL);
+        if !stale {
+            return false;
+        }
+        let Ok(info) = self.snapshot(pid) else {
+            return false;
+        };
+        // A zombie's maps read empty: keep what it looked like alive.
+        let exiting = info.exe_identity.is_none() && self.processes.contains_key(&pid);
+        if exiting {
+            return false;
+        }
+        let changed = self
+            .processes
+            .get(&pid)
+            .is_none_or(|known| known.mappings != info.mappings);
+        self.processes.insert(pid, info);
+        changed
     }
 
     fn snapshot(&mut self, pid: u32) -> Result<ProcessInfo, ProcessError> {
@@ -490,6 +517,31 @@ mod tests {
         assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
         // Observing again is a no-op for an unchanged process.
         table.observe(pid).unwrap();
+    }
+
+    #[test]
+    fn code_mapped_after_the_snapshot_refreshes_it() {
+        let me = std::process::id();
+        let mut table = ProcessTable::new();
+        table.observe(me).unwrap();
+        let own = resolves_own_code_to_the_test_binary as *const () as u64;
+        assert!(!table.refresh_if_unmapped(me, &[own]), "known code");
+        // Map a file executable, as dlopen would, after the snapshot.
+        let copy = tempfile::NamedTempFile::new().unwrap();
+        std::fs::copy(std::env::current_exe().unwrap(), copy.path()).unwrap();
+        let file = File::open(copy.path()).unwrap();
+        // SAFETY: a private read-only mapping of a file nobody writes.
+        let code = unsafe { memmap2::MmapOptions::new().len(4096).map_exec(&file) }.unwrap();
+        std::thread::sleep(REFRESH_INTERVAL);
+        assert!(table.refresh_if_unmapped(me, &[code.as_ptr() as u64]));
+        assert!(matches!(
+            table.resolve(me, code.as_ptr() as u64),
+            Resolved::Module { .. }
+        ));
+        assert!(
+            !table.refresh_if_unmapped(me, &[code.as_ptr() as u64]),
+            "mapped now"
+        );
     }
 
     #[test]
