@@ -7,8 +7,8 @@ a cluster (run by `cargo xtask deploy-check`):
    (PyPI kubernetes-validate, strict: unknown fields are errors), and a
    known-broken manifest is rejected, so the validator is really on;
 3. the default DaemonSet has what the agent needs and no more;
-4. the agent config the ConfigMap carries is accepted by the hostprof
-   binary itself (`hostprof agent --config ... --print-config`).
+4. the agent config the ConfigMap of every render carries is accepted by
+   the hostprof binary itself (`hostprof agent --config ... --print-config`).
 
 Usage: validate.py --chart DIR --rendered FILE [--rendered FILE ...]
                    [--default FILE] [--hostprof BIN] [--k8s-version X.Y]
@@ -62,6 +62,10 @@ def check_values(chart):
         {"unknownKey": 1},
         {"image": {"pullPolicy": "Sometimes"}},
         {"filters": {"podSelector": "app"}},
+        {"profiling": {"unwinder": "dwarf"}},
+        {"profiling": {"unwindTableBudget": "64 parsecs"}},
+        {"profiling": {"unwindTableBudget": "64M"}},
+        {"profiling": {"unwindTableBudget": 1024}},
     ]:
         values = merge(copy.deepcopy(defaults), bad)
         check(not validator.is_valid(values), f"the schema accepts the bad override {bad}")
@@ -124,14 +128,23 @@ def check_daemonset(path, hostprof):
     check(rules == {("pods", ("get", "list", "watch")), ("nodes", ("get",))}, f"RBAC {rules}")
 
     if hostprof:
-        config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["config.yaml"]
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-            f.write(config)
-            f.flush()
-            run = subprocess.run([hostprof, "agent", "--config", f.name, "--print-config"],
-                                 capture_output=True, text=True)
-        check(run.returncode == 0, f"hostprof rejects the chart's config: {run.stderr}")
-        check("metrics_addr: 0.0.0.0:9464" in run.stdout, f"effective config: {run.stdout}")
+        effective = agent_config(path, hostprof)
+        check("metrics_addr: 0.0.0.0:9464" in effective, f"effective config: {effective}")
+        check("unwinder: tables\nunwind_table_budget: 64MiB\n" in effective,
+              f"effective config: {effective}")
+
+
+def agent_config(path, hostprof):
+    """The effective settings `hostprof agent --print-config` makes of the
+    config.yaml in the render at `path`; a failure when it rejects them."""
+    config = next(d for d in documents(path) if d["kind"] == "ConfigMap")["data"]["config.yaml"]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(config)
+        f.flush()
+        run = subprocess.run([hostprof, "agent", "--config", f.name, "--print-config"],
+                             capture_output=True, text=True)
+    check(run.returncode == 0, f"hostprof rejects the config.yaml of {path}: {run.stderr}")
+    return run.stdout
 
 
 def main():
@@ -146,6 +159,10 @@ def main():
     check_manifests(args.rendered, args.k8s_version)
     if args.default:
         check_daemonset(args.default, args.hostprof)
+    if args.hostprof:
+        for path in args.rendered:
+            if path != args.default and any(d["kind"] == "ConfigMap" for d in documents(path)):
+                agent_config(path, args.hostprof)
     for failure in FAILURES:
         print(f"deploy-check: {failure}", file=sys.stderr)
     if FAILURES:

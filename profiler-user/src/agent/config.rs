@@ -21,6 +21,7 @@ use crate::otlp::config::ConfigError;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
 use crate::sampler::{Frequency, SamplingPolicy, Target};
+use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
 /// Default length of one exported profile.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -44,6 +45,13 @@ pub struct AgentSettings {
     /// Leave the idle task out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_idle: Option<bool>,
+    /// How user stacks are unwound: `tables` (default) or `frame-pointers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwinder: Option<UnwinderKind>,
+    /// Kernel memory for unwind tables (`64MiB`, 1 MiB to 1 GiB); only with
+    /// the `tables` unwinder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind_table_budget: Option<TableBudget>,
     /// OTLP endpoint URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
@@ -141,7 +149,7 @@ impl AgentSettings {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|err| {
+        let settings: Self = serde_yaml_ng::from_str(text).map_err(|err| {
             let (line, column) = err.location().map_or((0, 0), |at| (at.line(), at.column()));
             let mut message = err.to_string();
             // The location is reported in front, not repeated at the end.
@@ -154,7 +162,22 @@ impl AgentSettings {
                 column,
                 message,
             }
-        })
+        })?;
+        if let (Some(UnwinderKind::FramePointers), Some(budget)) =
+            (settings.unwinder, settings.unwind_table_budget)
+        {
+            let (line, column) = key_location(text, "unwind_table_budget");
+            return Err(SettingsError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: format!(
+                    "unwind_table_budget: {budget} only applies with `unwinder: tables`; \
+                     frame-pointers loads no unwind tables, so remove one of the two"
+                ),
+            });
+        }
+        Ok(settings)
     }
 
     /// `self` with every setting that `over` has replaced by it; header
@@ -167,11 +190,18 @@ impl AgentSettings {
             }
             (base, over) => over.or(base),
         };
+        // Frame pointers chosen by `over` leave no tables to budget for.
+        let unwind_table_budget = match over.unwinder {
+            Some(UnwinderKind::FramePointers) => over.unwind_table_budget,
+            _ => over.unwind_table_budget.or(self.unwind_table_budget),
+        };
         AgentSettings {
             interval: over.interval.or(self.interval),
             frequency: over.frequency.or(self.frequency),
             pids: over.pids.or(self.pids),
             no_idle: over.no_idle.or(self.no_idle),
+            unwinder: over.unwinder.or(self.unwinder),
+            unwind_table_budget,
             otlp_endpoint: over.otlp_endpoint.or(self.otlp_endpoint),
             otlp_protocol: over.otlp_protocol.or(self.otlp_protocol),
             otlp_headers,
@@ -232,6 +262,18 @@ impl AgentSettings {
             env,
         )?;
         let pids = self.pids.clone().unwrap_or_default();
+        let unwinder = Unwinder::from_kind(
+            self.unwinder.unwrap_or(UnwinderKind::Tables),
+            self.unwind_table_budget,
+        )
+        .map_err(|err| SettingsError::Invalid {
+            key: "unwind_table_budget",
+            message: format!(
+                "{} is set but the unwinder is frame-pointers, which loads no unwind \
+                 tables; set the unwinder to tables or drop the budget",
+                err.0
+            ),
+        })?;
         Ok(AgentOptions {
             profiler: ProfilerOptions {
                 policy: SamplingPolicy {
@@ -242,7 +284,7 @@ impl AgentSettings {
                         Target::Pids(pids)
                     },
                     include_idle: !self.no_idle.unwrap_or(false),
-                    unwinder: Default::default(),
+                    unwinder,
                 },
                 filter: ProcessFilter {
                     namespaces: self.namespaces.clone().unwrap_or_default(),
@@ -276,6 +318,8 @@ impl AgentSettings {
                 Target::Pids(pids) => pids.clone(),
             }),
             no_idle: Some(!policy.include_idle),
+            unwinder: Some(policy.unwinder.kind()),
+            unwind_table_budget: policy.unwinder.table_budget(),
             otlp_endpoint: Some(if exporter.protocol == Protocol::HttpProtobuf {
                 exporter.http_url()
             } else {
@@ -313,6 +357,21 @@ impl AgentSettings {
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("settings always serialize")
     }
+}
+
+/// 1-based line and column of the first line of `text` whose key is `key`,
+/// or `(0, 0)` when there is none (a flow mapping, say).
+fn key_location(text: &str, key: &str) -> (usize, usize) {
+    text.lines()
+        .enumerate()
+        .find_map(|(i, line)| {
+            let body = line.trim_start();
+            let rest = body.strip_prefix(key)?;
+            rest.trim_start()
+                .starts_with(':')
+                .then(|| (i + 1, line.len() - body.len() + 1))
+        })
+        .unwrap_or((0, 0))
 }
 
 /// Durations as humane strings (`10s`, `1m 30s`, `500ms`), never zero.
@@ -360,6 +419,8 @@ interval: 30s
 frequency: 49
 pids: [1, 2]
 no_idle: true
+unwinder: tables
+unwind_table_budget: 128MiB
 otlp_endpoint: https://collector:4318
 otlp_protocol: http/protobuf
 otlp_headers:
@@ -386,7 +447,16 @@ node_name: node-a
         assert_eq!(s.otlp_protocol, Some(Protocol::HttpProtobuf));
         assert_eq!(s.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(s.shutdown_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(s.unwinder, Some(UnwinderKind::Tables));
+        assert_eq!(
+            s.unwind_table_budget,
+            Some(TableBudget::new(128 << 20).unwrap())
+        );
         let options = s.resolve(|_| None).unwrap();
+        assert_eq!(
+            options.profiler.policy.unwinder,
+            Unwinder::Tables(TableBudget::new(128 << 20).unwrap())
+        );
         let filter = &options.profiler.filter;
         assert_eq!(filter.namespaces, vec!["shop".to_owned()]);
         assert_eq!(
@@ -463,6 +533,117 @@ node_name: node-a
     }
 
     #[test]
+    fn unwinder_keys() {
+        let unwinder = |text: &str| {
+            parse(text)
+                .unwrap()
+                .resolve(|_| None)
+                .unwrap()
+                .profiler
+                .policy
+                .unwinder
+        };
+        assert_eq!(unwinder(""), Unwinder::default());
+        assert_eq!(
+            unwinder("unwinder: frame-pointers\n"),
+            Unwinder::FramePointers
+        );
+        assert_eq!(
+            unwinder("unwind_table_budget: 1gib\n"),
+            Unwinder::Tables(TableBudget::new(1 << 30).unwrap())
+        );
+        assert_eq!(
+            unwinder("unwinder: tables\nunwind_table_budget: 1048576\n"),
+            Unwinder::Tables(TableBudget::new(1 << 20).unwrap())
+        );
+
+        let err = parse("frequency: 99\nunwinder: dwarf\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("agent.yaml:2:11: unwinder: "), "{err}");
+        assert!(err.contains("\"dwarf\""), "{err}");
+        assert!(err.contains("tables or frame-pointers"), "{err}");
+        let err = parse("unwind_table_budget: 64 parsecs\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("agent.yaml:1:22: unwind_table_budget: "),
+            "{err}"
+        );
+        assert!(err.contains("\"64 parsecs\": unknown unit"), "{err}");
+        assert!(err.contains("B, KiB, MiB or GiB"), "{err}");
+        let err = parse("unwind_table_budget: 2GiB\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 1MiB to 1GiB"), "{err}");
+        let err = parse("unwind_table_budget: 1024\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"1024\": 1024 bytes is out of range"),
+            "{err}"
+        );
+
+        // Both in one file: an error at the budget's key.
+        let err = parse("interval: 10s\nunwind_table_budget: 64MiB\nunwinder: frame-pointers\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "agent.yaml:2:1: unwind_table_budget: 64MiB only applies with `unwinder: tables`"
+            ),
+            "{err}"
+        );
+        assert!(parse("{unwinder: frame-pointers, unwind_table_budget: 64MiB}\n").is_err());
+    }
+
+    #[test]
+    fn unwinder_flags_over_file() {
+        let file = parse("unwind_table_budget: 256MiB\n").unwrap();
+        let budget = TableBudget::new(256 << 20).unwrap();
+        let resolve = |file: &AgentSettings, flags: AgentSettings| {
+            file.clone()
+                .overlay(flags)
+                .resolve(|_| None)
+                .map(|options| options.profiler.policy.unwinder)
+        };
+        // The file's budget is kept by `--unwinder tables`, dropped with
+        // `--unwinder frame-pointers`.
+        let tables = AgentSettings {
+            unwinder: Some(UnwinderKind::Tables),
+            ..AgentSettings::default()
+        };
+        assert_eq!(resolve(&file, tables).unwrap(), Unwinder::Tables(budget));
+        let frame_pointers = AgentSettings {
+            unwinder: Some(UnwinderKind::FramePointers),
+            ..AgentSettings::default()
+        };
+        assert_eq!(
+            resolve(&file, frame_pointers.clone()).unwrap(),
+            Unwinder::FramePointers
+        );
+        // A budget flag over a file that chose frame pointers is an error.
+        let file = parse("unwinder: frame-pointers\n").unwrap();
+        let flags = AgentSettings {
+            unwind_table_budget: Some(budget),
+            ..AgentSettings::default()
+        };
+        let err = resolve(&file, flags).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "unwind_table_budget: 256MiB is set but the unwinder is frame-pointers"
+            ),
+            "{err}"
+        );
+        let flags = AgentSettings {
+            unwinder: Some(UnwinderKind::Tables),
+            unwind_table_budget: Some(budget),
+            ..AgentSettings::default()
+        };
+        assert_eq!(resolve(&file, flags).unwrap(), Unwinder::Tables(budget));
+    }
+
+    #[test]
     fn effective_settings_round_trip_and_hide_secrets() {
         let options = parse(FULL).unwrap().resolve(|_| None).unwrap();
         let yaml = AgentSettings::effective(&options).to_yaml();
@@ -476,5 +657,30 @@ node_name: node-a
             Some("https://collector:4318/v1development/profiles")
         );
         assert_eq!(again.resolve(|_| None).unwrap().queue, options.queue);
+        assert!(
+            yaml.contains("unwinder: tables\nunwind_table_budget: 128MiB\n"),
+            "{yaml}"
+        );
+        assert_eq!(
+            again.resolve(|_| None).unwrap().profiler.policy.unwinder,
+            options.profiler.policy.unwinder
+        );
+        let options = parse("unwinder: frame-pointers\n")
+            .unwrap()
+            .resolve(|_| None)
+            .unwrap();
+        let yaml = AgentSettings::effective(&options).to_yaml();
+        assert!(yaml.contains("unwinder: frame-pointers\n"), "{yaml}");
+        assert!(!yaml.contains("unwind_table_budget"), "{yaml}");
+        assert_eq!(
+            parse(&yaml)
+                .unwrap()
+                .resolve(|_| None)
+                .unwrap()
+                .profiler
+                .policy
+                .unwinder,
+            Unwinder::FramePointers
+        );
     }
 }

@@ -4,13 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use hostprof::agent::config::{parse_duration, AgentSettings};
 use hostprof::filter::{parse_selector, ProcessFilter};
 use hostprof::otlp::config::ConfigError;
 use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use hostprof::profiler::ProfilerOptions;
 use hostprof::sampler::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+use hostprof::unwind::{ParseTableBudgetError, TableBudget, Unwinder, UnwinderKind};
 
 /// hostprof: whole-host CPU profiler built on eBPF.
 #[derive(Debug, Parser)]
@@ -19,6 +22,39 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line like [`Parser::parse`], then checks what
+    /// clap cannot; exits with clap's usage error either way.
+    pub fn parse_checked() -> Self {
+        let cli = Self::parse();
+        if let Err(err) = cli.check() {
+            err.exit();
+        }
+        cli
+    }
+
+    /// Checks flags that only make sense together, e.g. a table budget
+    /// with `--unwinder frame-pointers`.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        let (name, sampling) = match &self.command {
+            Command::Record(args) => ("record", &args.sampling),
+            Command::Agent(args) => ("agent", &args.sampling),
+            Command::SystemInfo => return Ok(()),
+        };
+        match sampling.unwinder() {
+            Ok(_) => Ok(()),
+            Err(message) => {
+                let mut cli = Self::command();
+                cli.build();
+                let sub = cli
+                    .find_subcommand_mut(name)
+                    .expect("the subcommand exists");
+                Err(sub.error(ErrorKind::ArgumentConflict, message))
+            }
+        }
+    }
 }
 
 /// Subcommands.
@@ -128,6 +164,8 @@ impl AgentArgs {
             frequency: self.sampling.frequency,
             pids: (!self.sampling.pids.is_empty()).then(|| self.sampling.pids.clone()),
             no_idle: self.sampling.no_idle.then_some(true),
+            unwinder: self.sampling.unwinder,
+            unwind_table_budget: self.sampling.unwind_table_budget,
             otlp_endpoint: self.otlp.otlp_endpoint.clone(),
             otlp_protocol: self.otlp.otlp_protocol,
             otlp_headers: (!self.otlp.otlp_headers.is_empty())
@@ -162,6 +200,19 @@ pub struct SamplingArgs {
     /// Leave the idle task (pid 0) out, so shares are of busy CPU time.
     #[arg(long)]
     pub no_idle: bool,
+
+    /// How to unwind user stacks [default: tables].
+    #[arg(long, value_name = "UNWINDER", ignore_case = true, value_parser = unwinder_parser())]
+    pub unwinder: Option<UnwinderKind>,
+
+    /// Kernel memory for unwind tables (`--unwinder tables`), 1MiB to 1GiB,
+    /// e.g. `64MiB` [default: 64MiB].
+    ///
+    /// A whole number of bytes, optionally followed by a unit B, KiB, MiB or
+    /// GiB in any case; KB, MB and GB mean the same binary units (1 KB = 1024
+    /// bytes). For example `64MiB`, `512mb`, `1GiB` or `1048576`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_table_budget)]
+    pub unwind_table_budget: Option<TableBudget>,
 
     /// Only profile pods in this Kubernetes namespace (repeatable).
     #[arg(long = "namespace", value_name = "NS")]
@@ -198,9 +249,42 @@ impl SamplingArgs {
                 Target::Pids(self.pids.clone())
             },
             include_idle: !self.no_idle,
-            unwinder: Default::default(),
+            unwinder: self.unwinder().map_err(anyhow::Error::msg)?,
         })
     }
+
+    /// The unwinder these flags ask for; a budget with frame pointers is
+    /// an error.
+    pub fn unwinder(&self) -> Result<Unwinder, String> {
+        let kind = self.unwinder.unwrap_or(UnwinderKind::Tables);
+        Unwinder::from_kind(kind, self.unwind_table_budget).map_err(|err| {
+            format!(
+                "--unwind-table-budget {} cannot be used with --unwinder frame-pointers, \
+                 which loads no unwind tables; drop one of the two",
+                err.0
+            )
+        })
+    }
+}
+
+/// `tables` or `frame-pointers`, with what each means for `--help`.
+fn unwinder_parser() -> impl clap::builder::TypedValueParser<Value = UnwinderKind> {
+    PossibleValuesParser::new([
+        PossibleValue::new(UnwinderKind::Tables.name()).help(
+            "unwind user stacks from .eh_frame tables loaded into the kernel, \
+             falling back to frame pointers where a file has none",
+        ),
+        PossibleValue::new(UnwinderKind::FramePointers.name()).help(
+            "frame pointers only: the cheapest, up to 127 frames; needed on kernels \
+             5.19 to 6.3 without the bpf_probe_read_user fix",
+        ),
+    ])
+    .map(|name| name.parse().expect("a possible value"))
+}
+
+fn parse_table_budget(s: &str) -> Result<TableBudget, String> {
+    s.parse()
+        .map_err(|err: ParseTableBudgetError| err.to_string())
 }
 
 impl SamplingArgs {
@@ -427,6 +511,86 @@ mod tests {
             .to_string();
         assert!(err.contains("grpc or http/protobuf"), "{err}");
         assert!(record(&["--otlp-header", "novalue"]).is_err());
+    }
+
+    fn checked(argv: &[&str]) -> Result<Cli, clap::Error> {
+        let cli = Cli::try_parse_from(argv)?;
+        cli.check()?;
+        Ok(cli)
+    }
+
+    #[test]
+    fn unwinder_flags() {
+        let policy = |args: &[&str]| record(args).unwrap().sampling.policy().unwrap();
+        assert_eq!(policy(&[]).unwinder, Unwinder::default());
+        assert_eq!(
+            policy(&["--unwinder", "frame-pointers"]).unwinder,
+            Unwinder::FramePointers
+        );
+        assert_eq!(
+            policy(&["--unwinder", "tables", "--unwind-table-budget", "256mib"]).unwinder,
+            Unwinder::Tables(TableBudget::new(256 << 20).unwrap())
+        );
+        assert_eq!(
+            policy(&["--unwind-table-budget", "1048576"]).unwinder,
+            Unwinder::Tables(TableBudget::new(1 << 20).unwrap())
+        );
+        for command in ["record", "agent"] {
+            let err = checked(&[
+                "hostprof",
+                command,
+                "--unwinder",
+                "frame-pointers",
+                "--unwind-table-budget",
+                "128MiB",
+            ])
+            .unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+            let err = err.to_string();
+            assert!(
+                err.contains(
+                    "--unwind-table-budget 128MiB cannot be used with --unwinder frame-pointers"
+                ),
+                "{err}"
+            );
+            assert!(checked(&["hostprof", command, "--unwinder", "frame-pointers"]).is_ok());
+        }
+        let err = record(&["--unwinder", "dwarf"]).unwrap_err().to_string();
+        assert!(err.contains("tables, frame-pointers"), "{err}");
+        let err = record(&["--unwind-table-budget", "64 parsecs"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"64 parsecs\": unknown unit"), "{err}");
+        let err = record(&["--unwind-table-budget", "2GiB"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("from 1MiB to 1GiB"), "{err}");
+
+        let Command::Agent(args) = checked(&[
+            "hostprof",
+            "agent",
+            "--unwinder",
+            "tables",
+            "--unwind-table-budget",
+            "1GB",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not agent");
+        };
+        let settings = args.settings();
+        assert_eq!(settings.unwinder, Some(UnwinderKind::Tables));
+        assert_eq!(
+            settings.unwind_table_budget,
+            Some(TableBudget::new(1 << 30).unwrap())
+        );
+        let Command::Agent(args) = checked(&["hostprof", "agent"]).unwrap().command else {
+            panic!("not agent");
+        };
+        let settings = args.settings();
+        assert_eq!(settings.unwinder, None, "unset flags defer to the file");
+        assert_eq!(settings.unwind_table_budget, None);
     }
 
     #[test]

@@ -4,12 +4,10 @@ mod agent;
 mod cli;
 mod record;
 
-use clap::Parser;
-
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     // The agent reports its lifecycle at info; one-shot commands stay quiet.
     let default_level = match cli.command {
         Command::Agent(_) => "info",
