@@ -1,10 +1,13 @@
-//! The short text report printed after a capture: totals, losses and the
-//! functions that spent the most CPU themselves (self time).
+//! The short text report printed after a capture: totals, losses, how
+//! user stacks were unwound and the functions that spent the most CPU
+//! themselves (self time).
 
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::profile::Profile;
+use crate::profile::{Profile, UnwindCounters};
+use crate::unwind::loader::LoaderStats;
+use crate::unwind::table::KERNEL_ROW_BYTES;
 
 /// A function and the samples whose leaf frame it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +29,11 @@ pub struct Summary {
     pub dropped: u64,
     /// Stacks that could not be read or stored.
     pub stack_errors: u64,
+    /// How user stacks were unwound.
+    pub unwind: UnwindCounters,
+    /// The unwind tables at the end of the capture; `None` unless the
+    /// table unwinder was in use (see [`Summary::with_unwind_tables`]).
+    pub unwind_tables: Option<LoaderStats>,
     /// Functions by self samples, most first.
     pub top: Vec<FunctionShare>,
 }
@@ -61,9 +69,67 @@ impl Summary {
             processes: profile.processes.len(),
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
+            unwind: stats.unwind,
+            unwind_tables: None,
             top,
         }
     }
+
+    /// Adds the unwind lines, from the table loader's stats at the end of
+    /// the capture; they are left out when the table unwinder was not in
+    /// use (no table budget).
+    pub fn with_unwind_tables(mut self, tables: LoaderStats) -> Self {
+        self.unwind_tables = (tables.registry.rows_capacity > 0).then_some(tables);
+        self
+    }
+}
+
+/// `bytes` in B, KiB, MiB or GiB, one decimal where it is not whole.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{value:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text} {}", UNITS[unit])
+}
+
+/// The `unwound stacks` and `unwind tables` lines.
+fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats) -> fmt::Result {
+    let user_stacks = u.unwound + u.no_tables;
+    // Rounded down: 100 % only when every stack was.
+    let percent = (u.unwound * 100).checked_div(user_stacks).unwrap_or(0);
+    write!(
+        f,
+        "unwound stacks   {} of {} user stacks from tables ({} %), {} truncated",
+        u.unwound, user_stacks, percent, u.truncated
+    )?;
+    let stopped_early = u.read_errors + u.no_rule + u.no_progress;
+    if stopped_early > 0 {
+        write!(f, ", {stopped_early} stopped early")?;
+    }
+    writeln!(f)?;
+    let row_bytes = KERNEL_ROW_BYTES as u64;
+    write!(
+        f,
+        "unwind tables    {} files, {} of {}, built in {:.2} s",
+        t.registry.files_loaded,
+        human_bytes(u64::from(t.registry.rows_used) * row_bytes),
+        human_bytes(u64::from(t.registry.rows_capacity) * row_bytes),
+        t.busy.as_secs_f64()
+    )?;
+    if t.build_errors > 0 {
+        write!(f, ", {} without tables", t.build_errors)?;
+    }
+    let left_out = t.registry.evictions + t.registry.out_of_room;
+    if left_out > 0 {
+        write!(f, ", {left_out} evicted or refused for room")?;
+    }
+    writeln!(f)
 }
 
 impl fmt::Display for Summary {
@@ -72,6 +138,9 @@ impl fmt::Display for Summary {
         writeln!(f, "processes        {}", self.processes)?;
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
+        if let Some(tables) = &self.unwind_tables {
+            write_unwind(f, &self.unwind, tables)?;
+        }
         if self.top.is_empty() {
             return Ok(());
         }
@@ -143,5 +212,94 @@ mod tests {
         );
         let text = summary.to_string();
         assert!(text.contains("90.0%  hot"), "{text}");
+        assert!(!text.contains("unwind"), "{text}");
+    }
+
+    fn summary_with(unwind: UnwindCounters, tables: LoaderStats) -> Summary {
+        Summary {
+            samples: 1300,
+            processes: 4,
+            dropped: 0,
+            stack_errors: 0,
+            unwind,
+            unwind_tables: None,
+            top: Vec::new(),
+        }
+        .with_unwind_tables(tables)
+    }
+
+    fn tables(rows_used: u32, rows_capacity: u32) -> LoaderStats {
+        let mut tables = LoaderStats::default();
+        tables.registry.files_loaded = 12;
+        tables.registry.rows_used = rows_used;
+        tables.registry.rows_capacity = rows_capacity;
+        tables.busy = Duration::from_millis(410);
+        tables
+    }
+
+    #[test]
+    fn unwind_lines_with_tables() {
+        let unwind = UnwindCounters {
+            unwound: 1234,
+            no_tables: 66,
+            truncated: 3,
+            ..Default::default()
+        };
+        // 3.4 MiB of rows in a 64 MiB budget.
+        let summary = summary_with(unwind, tables(445_645, 8 << 20));
+        assert_eq!(
+            summary.to_string(),
+            "samples          1300\n\
+             processes        4\n\
+             dropped samples  0\n\
+             stack errors     0\n\
+             unwound stacks   1234 of 1300 user stacks from tables (94 %), 3 truncated\n\
+             unwind tables    12 files, 3.4 MiB of 64 MiB, built in 0.41 s\n"
+        );
+    }
+
+    #[test]
+    fn unwind_lines_report_early_stops_and_table_trouble() {
+        let unwind = UnwindCounters {
+            unwound: 10,
+            read_errors: 1,
+            no_rule: 2,
+            ..Default::default()
+        };
+        let mut stats = tables(16, 1 << 17);
+        stats.build_errors = 2;
+        stats.registry.evictions = 1;
+        let text = summary_with(unwind, stats).to_string();
+        assert!(
+            text.contains(
+                "10 of 10 user stacks from tables (100 %), 0 truncated, 3 stopped early\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "12 files, 128 B of 1 MiB, built in 0.41 s, 2 without tables, 1 evicted or refused for room\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_unwind_lines_without_a_table_budget() {
+        let unwind = UnwindCounters {
+            no_tables: 100,
+            ..Default::default()
+        };
+        let summary = summary_with(unwind, LoaderStats::default());
+        assert_eq!(summary.unwind_tables, None);
+        assert!(!summary.to_string().contains("unwind"));
+    }
+
+    #[test]
+    fn human_bytes_picks_a_unit() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(3 << 30), "3 GiB");
     }
 }

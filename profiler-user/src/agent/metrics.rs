@@ -14,6 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::AgentStats;
 use crate::profiler::PipelineStats;
+use crate::unwind::table::KERNEL_ROW_BYTES;
 
 /// Everything the agent reports, as of one scrape.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -177,6 +178,7 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(p.symbol_cache.misses),
         )?;
+        encode_unwind(&mut e, p)?;
         emit(
             &mut e,
             "profiles_queued",
@@ -272,6 +274,115 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// The user-stack unwinder's counters and the unwind tables' state.
+fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Result {
+    let u = &p.capture.unwind;
+    let t = &p.unwind_tables;
+    let mut family = e.encode_descriptor(
+        "unwind_samples",
+        "Samples with a user stack, by how it was unwound (frame_pointers: the process had no tables loaded yet)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (method, value) in [("tables", u.unwound), ("frame_pointers", u.no_tables)] {
+        ConstCounter::new(value).encode(family.encode_family(&[("method", method)])?)?;
+    }
+    let stops = [
+        ("end", u.ended),
+        ("read_error", u.read_errors),
+        ("no_rule", u.no_rule),
+        ("no_progress", u.no_progress),
+        ("truncated", u.truncated),
+    ];
+    let mut family = e.encode_descriptor(
+        "unwind_stops",
+        "Table unwinds by why they ended (end: the outermost frame; truncated: the depth limit)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, value) in stops {
+        ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    emit(
+        e,
+        "unwind_frame_pointer_steps",
+        "Frames stepped with frame pointers inside table unwinds (code without tables, or rules tables cannot encode)",
+        None,
+        ConstCounter::new(u.frame_pointer_steps),
+    )?;
+    let row_bytes = KERNEL_ROW_BYTES as u64;
+    emit(
+        e,
+        "unwind_table",
+        "Kernel memory used by unwind table rows",
+        Some(&Unit::Bytes),
+        ConstGauge::new(u64::from(t.registry.rows_used) * row_bytes),
+    )?;
+    emit(
+        e,
+        "unwind_table_budget",
+        "Kernel memory reserved for unwind table rows (0 with the frame-pointer unwinder)",
+        Some(&Unit::Bytes),
+        ConstGauge::new(u64::from(t.registry.rows_capacity) * row_bytes),
+    )?;
+    emit(
+        e,
+        "unwind_table_files",
+        "Files whose unwind tables are loaded in the kernel",
+        None,
+        ConstGauge::new(t.registry.files_loaded),
+    )?;
+    emit(
+        e,
+        "unwind_table_processes",
+        "Processes unwound with tables",
+        None,
+        ConstGauge::new(t.registry.processes),
+    )?;
+    emit(
+        e,
+        "unwind_tables_queued",
+        "Unwind tables waiting to be built",
+        None,
+        ConstGauge::new(t.queued),
+    )?;
+    emit(
+        e,
+        "unwind_tables_built",
+        "Unwind tables built and loaded",
+        None,
+        ConstCounter::new(t.tables_built),
+    )?;
+    emit(
+        e,
+        "unwind_table_build_errors",
+        "Files whose unwind tables could not be built or loaded (no CFI, unreadable, not ELF)",
+        None,
+        ConstCounter::new(t.build_errors),
+    )?;
+    emit(
+        e,
+        "unwind_table_evictions",
+        "Unwind tables evicted to make room within the budget",
+        None,
+        ConstCounter::new(t.registry.evictions),
+    )?;
+    emit(
+        e,
+        "unwind_table_out_of_room",
+        "Unwind tables refused for lack of room within the budget",
+        None,
+        ConstCounter::new(t.registry.out_of_room),
+    )?;
+    emit(
+        e,
+        "unwind_table_build",
+        "Time spent building and loading unwind tables (loader thread)",
+        Some(&Unit::Seconds),
+        ConstCounter::new(t.busy.as_secs_f64()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +397,26 @@ mod tests {
         snapshot.agent.bytes_sent = 4096;
         snapshot.agent.dropped.profiles = 2;
         snapshot.queue_bytes = 100;
+        let unwind = &mut snapshot.pipeline.capture.unwind;
+        unwind.unwound = 900;
+        unwind.no_tables = 100;
+        unwind.frame_pointer_steps = 12;
+        unwind.ended = 880;
+        unwind.read_errors = 5;
+        unwind.no_rule = 4;
+        unwind.no_progress = 2;
+        unwind.truncated = 9;
+        let tables = &mut snapshot.pipeline.unwind_tables;
+        tables.registry.processes = 17;
+        tables.registry.files_loaded = 31;
+        tables.registry.rows_used = 1000;
+        tables.registry.rows_capacity = 8 << 20;
+        tables.registry.evictions = 6;
+        tables.registry.out_of_room = 1;
+        tables.queued = 3;
+        tables.tables_built = 40;
+        tables.build_errors = 2;
+        tables.busy = std::time::Duration::from_millis(1250);
         snapshot.own = OwnUsage {
             cpu_seconds: 1.5,
             rss_bytes: 10 << 20,
@@ -303,6 +434,27 @@ mod tests {
             "hostprof_cpu_seconds_total 1.5",
             "hostprof_resident_memory_bytes 10485760",
             "# TYPE hostprof_symbol_cache_hits counter",
+            "hostprof_unwind_samples_total{method=\"tables\"} 900",
+            "hostprof_unwind_samples_total{method=\"frame_pointers\"} 100",
+            "hostprof_unwind_stops_total{reason=\"end\"} 880",
+            "hostprof_unwind_stops_total{reason=\"read_error\"} 5",
+            "hostprof_unwind_stops_total{reason=\"no_rule\"} 4",
+            "hostprof_unwind_stops_total{reason=\"no_progress\"} 2",
+            "hostprof_unwind_stops_total{reason=\"truncated\"} 9",
+            "hostprof_unwind_frame_pointer_steps_total 12",
+            "hostprof_unwind_table_bytes 8000",
+            "hostprof_unwind_table_budget_bytes 67108864",
+            "# UNIT hostprof_unwind_table_budget_bytes bytes",
+            "hostprof_unwind_table_files 31",
+            "hostprof_unwind_table_processes 17",
+            "hostprof_unwind_tables_queued 3",
+            "# TYPE hostprof_unwind_tables_queued gauge",
+            "hostprof_unwind_tables_built_total 40",
+            "hostprof_unwind_table_build_errors_total 2",
+            "hostprof_unwind_table_evictions_total 6",
+            "hostprof_unwind_table_out_of_room_total 1",
+            "hostprof_unwind_table_build_seconds_total 1.25",
+            "# TYPE hostprof_unwind_table_build_seconds counter",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
-use hostprof::profiler::{Profiler, ProfilerOptions, Progress};
+use hostprof::profiler::{PipelineStats, Profiler, ProfilerOptions, Progress};
 use hostprof::summary::Summary;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -37,11 +37,12 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let profile = runtime.block_on(capture(options, args.duration))?;
+    let (profile, totals) = runtime.block_on(capture(options, args.duration))?;
     if !args.no_local {
         write_outputs(&profile, &args)?;
     }
-    print!("\n{}", Summary::new(&profile, 10));
+    let summary = Summary::new(&profile, 10).with_unwind_tables(totals.unwind_tables);
+    print!("\n{summary}");
     if let Some(exporter) = exporter {
         runtime.block_on(export(&exporter, &profile, &host))?;
     }
@@ -66,7 +67,12 @@ async fn export(exporter: &Exporter, profile: &Profile, host: &HostIdentity) -> 
     Ok(())
 }
 
-async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result<Profile> {
+/// The profile of the capture, and the pipeline totals just before it was
+/// finished (for the unwind tables, which `finish` lets go of).
+async fn capture(
+    options: ProfilerOptions,
+    duration: Duration,
+) -> anyhow::Result<(Profile, PipelineStats)> {
     let mut profiler = Profiler::start(options)?;
     let bar = progress_bar(duration);
     let stop = async {
@@ -82,7 +88,8 @@ async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result
         .await?;
     bar.finish_and_clear();
     eprintln!("symbolizing...");
-    Ok(profiler.finish()?)
+    let totals = profiler.totals();
+    Ok((profiler.finish()?, totals))
 }
 
 fn progress_bar(duration: Duration) -> ProgressBar {
