@@ -1,5 +1,5 @@
-/* main -> descend x 26 -> hot_loop: a hot function 27 calls deep.
- * Runs for argv[1] milliseconds (default 5000). */
+/* main -> descend x (N + 1) -> hot_loop: a hot function N + 2 calls deep
+ * (N = argv[2], default 25). Runs for argv[1] milliseconds (default 5000). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -30,10 +30,11 @@ static double now_ms(void) {
 
 int main(int argc, char **argv) {
     double run_ms = argc > 1 ? atof(argv[1]) : 5000;
+    int depth = argc > 2 ? atoi(argv[2]) : 25;
     double start = now_ms();
     uint64_t seed = 1;
     while (now_ms() - start < run_ms) {
-        seed = descend(25, seed);
+        seed = descend(depth, seed);
         sink = seed;
     }
     return 0;

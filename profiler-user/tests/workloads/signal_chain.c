@@ -14,7 +14,7 @@ static volatile uint64_t sink;
 
 __attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
     uint64_t acc = seed;
-    for (int i = 0; i < 600000; i++) {
+    for (int i = 0; i < 2000000; i++) {
         acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
         acc = (acc << 7) | (acc >> 57);
     }
