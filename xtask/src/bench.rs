@@ -109,17 +109,34 @@ fn print_row(name: &str, usage: Usage) {
 
 /// Runs `step` while `cpus` busy loops keep every CPU loaded.
 pub(crate) fn with_load<T>(cpus: usize, step: impl FnOnce() -> Result<T>) -> Result<T> {
-    let mut load: Vec<Child> = (0..cpus)
-        .map(|_| {
-            Command::new("sh")
-                .args(["-c", "while :; do :; done"])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting a busy loop (sh)")
-        })
-        .collect::<Result<_>>()?;
-    let result = step();
-    for child in &mut load {
+    let busy_loop = || {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "while :; do :; done"]);
+        sh
+    };
+    while_running((0..cpus).map(|_| busy_loop()), step)
+}
+
+/// Runs `step` while the processes `commands` start keep running (their
+/// stdout discarded), then kills them, also when starting one or `step`
+/// fails.
+pub(crate) fn while_running<T>(
+    commands: impl IntoIterator<Item = Command>,
+    step: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let mut children: Vec<Child> = Vec::new();
+    let mut started = Ok(());
+    for mut command in commands {
+        match command.stdout(Stdio::null()).spawn() {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                started = Err(err).with_context(|| format!("starting {command:?}"));
+                break;
+            }
+        }
+    }
+    let result = started.and_then(|()| step());
+    for child in &mut children {
         child.kill().ok();
         child.wait().ok();
     }

@@ -21,6 +21,20 @@ pub fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     run(Command::new(env_cargo()).args(args).current_dir(root))
 }
 
+/// Runs `cargo <args>` in the workspace root and returns its stdout; its
+/// stderr (build progress) goes to ours. Fails unless it exits 0.
+pub fn cargo_stdout(root: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = Command::new(env_cargo());
+    cmd.args(args).current_dir(root).stderr(Stdio::inherit());
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({})", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// True when `cmd` runs and exits 0 (its output discarded).
 pub fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(Stdio::null())

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_unwind;
 mod cmd;
 mod deploy;
 mod ebpf;
@@ -79,6 +80,14 @@ enum Task {
         /// Export interval in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
+    },
+    /// Measure the in-kernel .eh_frame unwinder against frame pointers in
+    /// one run: BPF run time per sample (kernel.bpf_stats_enabled), BPF map
+    /// memory of each mode, and unwind-table build speed. Needs root.
+    BenchUnwind {
+        /// Length of each of the two captures, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
 }
 
@@ -157,6 +166,17 @@ fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 frequency,
                 interval: Duration::from_secs(interval),
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+                root,
+            })
+        }
+        Task::BenchUnwind { seconds } => {
+            // Before the release build: it cannot run without root.
+            bench_unwind::preflight()?;
+            let hostprof = release_build(&root)?;
+            bench_unwind::run(&bench_unwind::UnwindBenchOptions {
+                duration: Duration::from_secs(seconds),
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
                 root,

@@ -1,0 +1,1245 @@
+//! `cargo xtask bench-unwind`: what the in-kernel `.eh_frame` unwinder
+//! costs against frame pointers, both measured in one run on the same load.
+//!
+//! 1. Cost per sample. With `kernel.bpf_stats_enabled` on (the old value
+//!    comes back at the end, also on errors), the kernel counts every BPF
+//!    program's runs and the nanoseconds they took. While C and Rust
+//!    workloads built without frame pointers
+//!    (`profiler-user/tests/workloads`) keep every CPU busy, the release
+//!    `hostprof record` runs twice, `--unwinder tables` then `--unwinder
+//!    frame-pointers`. Until its capture ends, its programs' counters and its
+//!    maps are read from `/proc/<pid>/fdinfo` of the descriptors whose link is
+//!    `anon_inode:bpf-prog` or `anon_inode:bpf-map`, named through their ids
+//!    with `bpf(2)`. A tail call runs inside its caller's run, so every
+//!    program's run time summed over `sample_cpu`'s runs is the cost of one
+//!    sample.
+//! 2. Kernel memory. The `memlock` of every map hostprof holds, per mode
+//!    (the table mode's `UNWIND_ROWS` array is allocated whole), the table
+//!    rows the loader wrote (its `hostprof::unwind` debug log) and how many
+//!    processes had tables (`UNWIND_PROCESSES` entries).
+//! 3. Build speed. The criterion bench `profiler-user/benches/unwind_table.rs`:
+//!    time to build a library's table and its kernel size per MiB of CFI.
+//!
+//! The verdicts are ratios against the baseline of the same run, never
+//! timed asserts.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::bench::while_running;
+use crate::cmd;
+
+/// Options of the unwinder benchmark.
+#[derive(Clone, Debug)]
+pub struct UnwindBenchOptions {
+    /// Length of each capture.
+    pub duration: Duration,
+    /// The release `hostprof` binary.
+    pub hostprof: PathBuf,
+    /// The workspace root (workload sources, the criterion bench).
+    pub root: PathBuf,
+    /// Scratch directory for the workloads and profiles.
+    pub work_dir: PathBuf,
+}
+
+/// The switch of the kernel's per-program run-time statistics.
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// hostprof's log filter: quiet, except each unwind table loaded.
+const LOG_FILTER: &str = "warn,hostprof::unwind=debug";
+/// The perf-event program: one run per sample.
+const SAMPLE_PROGRAM: &str = "sample_cpu";
+/// The kernel's unwind rows, and the per-process table entries (map names
+/// are cut to 15 bytes).
+const ROWS_MAP: &str = "UNWIND_ROWS";
+const PROCESSES_MAP: &str = "UNWIND_PROCESSE";
+/// How often the running capture's BPF objects are read.
+const POLL: Duration = Duration::from_millis(500);
+/// What `hostprof record` prints when sampling has ended.
+const CAPTURE_ENDED: &str = "symbolizing...";
+
+/// gcc flags of the workloads without frame pointers, as in
+/// `profiler-user/tests/unwind.rs`.
+const NO_FP: [&str; 5] = [
+    "-O2",
+    "-g",
+    "-fomit-frame-pointer",
+    "-fno-optimize-sibling-calls",
+    "-fasynchronous-unwind-tables",
+];
+
+/// Fails early, before building, where the benchmark cannot run.
+pub fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "bench-unwind needs root (it loads BPF programs, sets kernel.bpf_stats_enabled \
+             and reads another process's /proc/<pid>/fdinfo): run it as root"
+        );
+    }
+    if !Path::new(BPF_STATS).exists() {
+        bail!("{BPF_STATS} is missing: BPF run-time statistics need Linux 5.1 or later");
+    }
+    Ok(())
+}
+
+/// Runs the benchmark and prints its tables.
+pub fn run(options: &UnwindBenchOptions) -> Result<()> {
+    preflight()?;
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("creating {}", options.work_dir.display()))?;
+    let workloads = compile_workloads(&options.root, &options.work_dir.join("unwind-workloads"))?;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Every CPU busy and every workload running at least once.
+    let instances = cpus.max(workloads.len());
+    let unwinder_flag = has_unwinder_flag(&options.hostprof);
+    let modes: &[Mode] = if unwinder_flag {
+        &[Mode::Tables, Mode::FramePointers]
+    } else {
+        println!(
+            "[bench-unwind] warning: this hostprof has no `record --unwinder` flag: \
+             measuring its default (tables) only"
+        );
+        &[Mode::Tables]
+    };
+    let setup = Setup {
+        seconds: options.duration.as_secs_f64(),
+        cpus,
+        instances,
+        workloads: workloads
+            .iter()
+            .filter_map(|w| Some(w.file_name()?.to_string_lossy().into_owned()))
+            .collect(),
+        unwinder_flag,
+    };
+    println!(
+        "[bench-unwind] {instances} workloads on {cpus} CPUs, {:.0} s captures: {}",
+        setup.seconds,
+        modes
+            .iter()
+            .map(|m| m.label())
+            .collect::<Vec<_>>()
+            .join(", then ")
+    );
+
+    let captures = {
+        let stats = BpfStats::enable()?;
+        println!(
+            "[bench-unwind] kernel.bpf_stats_enabled on (if interrupted, restore it with \
+             `sysctl kernel.bpf_stats_enabled={}`)",
+            stats.old
+        );
+        let run_ms = (options.duration + Duration::from_secs(300)).as_millis();
+        modes
+            .iter()
+            .map(|&mode| {
+                let load = (0..instances).map(|i| {
+                    let mut workload = Command::new(&workloads[i % workloads.len()]);
+                    workload.arg(run_ms.to_string());
+                    workload
+                });
+                while_running(load, || capture(options, mode, unwinder_flag))
+            })
+            .collect::<Result<Vec<_>>>()?
+        // `stats` drops here: the old value is back before the table bench.
+    };
+
+    println!("[bench-unwind] table build speed: cargo bench -p hostprof --bench unwind_table");
+    let builds = table_builds(&options.root);
+    println!();
+    print!("{}", report(&setup, &captures, builds.as_deref().ok()));
+    builds.map(|_| ())
+}
+
+/// An unwinder `hostprof record` can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `.eh_frame` tables in the kernel (the default).
+    Tables,
+    /// Frame pointers only: the baseline.
+    FramePointers,
+}
+
+impl Mode {
+    /// The value of `--unwinder`.
+    fn flag(self) -> &'static str {
+        match self {
+            Mode::Tables => "tables",
+            Mode::FramePointers => "frame-pointers",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Tables => "tables",
+            Mode::FramePointers => "frame pointers",
+        }
+    }
+}
+
+/// Whether `hostprof record` takes `--unwinder`.
+fn has_unwinder_flag(hostprof: &Path) -> bool {
+    cmd::output(Command::new(hostprof).args(["record", "--help"]))
+        .is_some_and(|help| help.contains("--unwinder"))
+}
+
+/// What the run was, for the report.
+#[derive(Clone, Debug)]
+struct Setup {
+    seconds: f64,
+    cpus: usize,
+    instances: usize,
+    workloads: Vec<String>,
+    unwinder_flag: bool,
+}
+
+/// Builds the workloads into `dir` and returns the programs to run: C
+/// without frame pointers (27 calls deep, and 4), a frame-pointer program
+/// calling through a library without them, and Rust without them.
+fn compile_workloads(root: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
+    let src = root.join("profiler-user/tests/workloads");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let gcc_hint = "compiling the workloads needs gcc (run `cargo xtask setup`)";
+    for (source, binary) in [
+        ("deep_chain.c", "deep_chain"),
+        ("cpu_chain.c", "nofp_chain"),
+    ] {
+        cmd::run(
+            Command::new("gcc")
+                .args(NO_FP)
+                .arg("-o")
+                .arg(dir.join(binary))
+                .arg(src.join(source)),
+        )
+        .with_context(|| format!("{source}: {gcc_hint}"))?;
+    }
+    cmd::run(
+        Command::new("gcc")
+            .args(NO_FP)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join("libhop.so"))
+            .arg(src.join("libhop.c")),
+    )
+    .with_context(|| format!("libhop.c: {gcc_hint}"))?;
+    cmd::run(
+        Command::new("gcc")
+            .args([
+                "-O2",
+                "-g",
+                "-fno-omit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+                "-o",
+            ])
+            .arg(dir.join("lib_chain"))
+            .arg(src.join("lib_chain.c"))
+            .arg(format!("-L{}", dir.display()))
+            .arg("-lhop")
+            .arg(format!("-Wl,-rpath,{}", dir.display())),
+    )
+    .with_context(|| format!("lib_chain.c: {gcc_hint}"))?;
+    cmd::run(
+        Command::new("rustc")
+            .args(["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"])
+            .arg("-o")
+            .arg(dir.join("rust_nofp"))
+            .arg(src.join("rust_chain.rs")),
+    )
+    .context("rust_chain.rs: compiling the Rust workload with rustc")?;
+    Ok(["deep_chain", "nofp_chain", "lib_chain", "rust_nofp"]
+        .iter()
+        .map(|name| dir.join(name))
+        .collect())
+}
+
+/// `kernel.bpf_stats_enabled` switched on; dropping it writes the old value
+/// back.
+struct BpfStats {
+    old: String,
+}
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = std::fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        std::fs::write(BPF_STATS, "1").with_context(|| format!("writing 1 to {BPF_STATS}"))?;
+        Ok(Self { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::write(BPF_STATS, &self.old) {
+            eprintln!(
+                "warning: could not restore {BPF_STATS} to {}: {err}",
+                self.old
+            );
+        }
+    }
+}
+
+/// One `hostprof record` run.
+#[derive(Clone, Debug)]
+struct Capture {
+    mode: Mode,
+    /// Its BPF objects, read last before sampling ended.
+    objects: BpfObjects,
+    /// The tables its loader wrote.
+    tables: TableLoads,
+}
+
+/// Runs `hostprof record` in `mode`, reading its BPF objects until its
+/// capture ends.
+fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Result<Capture> {
+    println!("[bench-unwind] hostprof record, {}", mode.label());
+    let mut record = Command::new(&options.hostprof);
+    record
+        .args(["record", "--no-flamegraph", "--duration"])
+        .arg(format!("{}ms", options.duration.as_millis()))
+        .arg("--output")
+        .arg(
+            options
+                .work_dir
+                .join(format!("unwind-{}.pb.gz", mode.flag())),
+        )
+        .env("RUST_LOG", LOG_FILTER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if unwinder_flag {
+        record.args(["--unwinder", mode.flag()]);
+    }
+    let mut child = record
+        .spawn()
+        .with_context(|| format!("starting {record:?}"))?;
+    let pid = child.id();
+    let ended = Arc::new(AtomicBool::new(false));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = {
+        let ended = Arc::clone(&ended);
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.trim() == CAPTURE_ENDED {
+                    ended.store(true, Ordering::Release);
+                }
+                lines.push(line);
+            }
+            lines
+        })
+    };
+    let mut last = None;
+    while !ended.load(Ordering::Acquire) && child.try_wait()?.is_none() {
+        // Descriptors come and go while it starts and exits: keep the last
+        // reading that found the sampling program.
+        if let Ok(objects) = BpfObjects::of(pid) {
+            if objects.program(SAMPLE_PROGRAM).is_some() {
+                last = Some(objects);
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+    let status = child.wait().context("waiting for hostprof record")?;
+    let log = log
+        .join()
+        .map_err(|_| anyhow!("reading hostprof's stderr panicked"))?;
+    if !status.success() {
+        let tail = log[log.len().saturating_sub(20)..].join("\n");
+        bail!("{record:?} failed ({status}):\n{tail}");
+    }
+    let objects = last.with_context(|| {
+        format!("found no {SAMPLE_PROGRAM} program among hostprof's descriptors (/proc/{pid}/fd)")
+    })?;
+    Ok(Capture {
+        mode,
+        objects,
+        tables: TableLoads::from_log(&log),
+    })
+}
+
+/// The BPF programs and maps a process holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct BpfObjects {
+    programs: Vec<Program>,
+    maps: Vec<Map>,
+}
+
+/// A BPF program and its run-time statistics.
+#[derive(Clone, Debug, PartialEq)]
+struct Program {
+    id: u32,
+    name: String,
+    prog_type: u32,
+    tag: String,
+    /// Nanoseconds in its runs (while `bpf_stats_enabled` was on).
+    run_time_ns: u64,
+    /// Its runs; tail calls into it are not counted.
+    run_cnt: u64,
+}
+
+/// A BPF map and its kernel memory.
+#[derive(Clone, Debug, PartialEq)]
+struct Map {
+    id: u32,
+    name: String,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    /// Bytes of kernel memory charged to it.
+    memlock: u64,
+    /// Entries, counted only for `UNWIND_PROCESSES`.
+    entries: Option<u64>,
+}
+
+impl BpfObjects {
+    /// The BPF objects `pid` holds descriptors of.
+    fn of(pid: u32) -> std::io::Result<Self> {
+        let mut objects = BpfObjects::default();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let path = entry?.path();
+            // A descriptor closed since the listing is skipped.
+            let Ok(link) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let Some(fd) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+                continue;
+            };
+            match link.to_str() {
+                Some("anon_inode:bpf-prog") => {
+                    if let Some(program) = Program::from_fdinfo(&info) {
+                        if !objects.programs.iter().any(|p| p.id == program.id) {
+                            objects.programs.push(program);
+                        }
+                    }
+                }
+                Some("anon_inode:bpf-map") => {
+                    if let Some(map) = Map::from_fdinfo(&info) {
+                        if !objects.maps.iter().any(|m| m.id == map.id) {
+                            objects.maps.push(map);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for program in &mut objects.programs {
+            program.name = bpf::program_name(program.id)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| format!("prog {}", program.id));
+        }
+        for map in &mut objects.maps {
+            map.name = bpf::map_name(map.id)
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| format!("map {}", map.id));
+            if map.name == PROCESSES_MAP {
+                map.entries = bpf::count_keys(map.id, map.key_size as usize, map.max_entries).ok();
+            }
+        }
+        Ok(objects)
+    }
+
+    fn program(&self, name: &str) -> Option<&Program> {
+        self.programs.iter().find(|p| p.name == name)
+    }
+
+    fn map(&self, name: &str) -> Option<&Map> {
+        self.maps.iter().find(|m| m.name == name)
+    }
+
+    /// Nanoseconds of every program per run of `sample_cpu`.
+    fn ns_per_sample(&self) -> Option<f64> {
+        let samples = self.program(SAMPLE_PROGRAM)?.run_cnt;
+        let total: u64 = self.programs.iter().map(|p| p.run_time_ns).sum();
+        (samples > 0).then(|| total as f64 / samples as f64)
+    }
+
+    fn memlock(&self) -> u64 {
+        self.maps.iter().map(|m| m.memlock).sum()
+    }
+}
+
+/// The `key:\tvalue` fields of a `/proc/<pid>/fdinfo/<fd>` file.
+fn fdinfo_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+fn fdinfo_number<T: std::str::FromStr>(info: &str, key: &str) -> Option<T> {
+    fdinfo_field(info, key)?.parse().ok()
+}
+
+impl Program {
+    /// A program from its fdinfo (named later, from its id). The run-time
+    /// fields are there only while `bpf_stats_enabled` is on.
+    fn from_fdinfo(info: &str) -> Option<Self> {
+        Some(Program {
+            id: fdinfo_number(info, "prog_id")?,
+            name: String::new(),
+            prog_type: fdinfo_number(info, "prog_type")?,
+            tag: fdinfo_field(info, "prog_tag")?.to_owned(),
+            run_time_ns: fdinfo_number(info, "run_time_ns").unwrap_or(0),
+            run_cnt: fdinfo_number(info, "run_cnt").unwrap_or(0),
+        })
+    }
+}
+
+impl Map {
+    /// A map from its fdinfo (named later, from its id).
+    fn from_fdinfo(info: &str) -> Option<Self> {
+        Some(Map {
+            id: fdinfo_number(info, "map_id")?,
+            name: String::new(),
+            map_type: fdinfo_number(info, "map_type")?,
+            key_size: fdinfo_number(info, "key_size")?,
+            value_size: fdinfo_number(info, "value_size")?,
+            max_entries: fdinfo_number(info, "max_entries")?,
+            memlock: fdinfo_number(info, "memlock")?,
+            entries: None,
+        })
+    }
+}
+
+/// `enum bpf_prog_type` names of the numbers in fdinfo.
+fn program_type(prog_type: u32) -> String {
+    match prog_type {
+        1 => "socket_filter".into(),
+        2 => "kprobe".into(),
+        5 => "tracepoint".into(),
+        7 => "perf_event".into(),
+        17 => "raw_tracepoint".into(),
+        26 => "tracing".into(),
+        other => format!("type {other}"),
+    }
+}
+
+/// `enum bpf_map_type` names of the numbers in fdinfo.
+fn map_type(map_type: u32) -> String {
+    match map_type {
+        1 => "hash".into(),
+        2 => "array".into(),
+        3 => "prog_array".into(),
+        4 => "perf_event_array".into(),
+        5 => "percpu_hash".into(),
+        6 => "percpu_array".into(),
+        7 => "stack_trace".into(),
+        9 => "lru_hash".into(),
+        10 => "lru_percpu_hash".into(),
+        27 => "ringbuf".into(),
+        other => format!("type {other}"),
+    }
+}
+
+/// The tables hostprof's loader wrote, from its debug log lines
+/// `<file>: unwind table of <N> rows loaded in <time>`.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct TableLoads {
+    /// Tables written (a file evicted and loaded again counts twice).
+    loads: u64,
+    /// Files whose tables were written.
+    files: BTreeSet<String>,
+    /// Rows written, over all loads.
+    rows: u64,
+}
+
+impl TableLoads {
+    fn from_log(lines: &[String]) -> Self {
+        let mut loads = TableLoads::default();
+        for (file, rows) in lines.iter().filter_map(|l| parse_table_load(l)) {
+            loads.loads += 1;
+            loads.files.insert(file.to_owned());
+            loads.rows += rows;
+        }
+        loads
+    }
+}
+
+/// The file and row count of one table-load log line.
+fn parse_table_load(line: &str) -> Option<(&str, u64)> {
+    // env_logger's prefix: `[<time> DEBUG <module>] `.
+    let message = match line.strip_prefix('[') {
+        Some(rest) => rest.split_once("] ")?.1,
+        None => line,
+    };
+    let (file, rest) = message.split_once(": unwind table of ")?;
+    let (rows, _) = rest.split_once(" rows loaded in ")?;
+    Some((file, rows.parse().ok()?))
+}
+
+/// One library of the criterion bench: its own summary line and
+/// criterion's estimates.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct LibraryBuild {
+    name: String,
+    /// The bench's line about the library, verbatim.
+    summary: String,
+    cfi_mib: f64,
+    rows: u64,
+    kernel_mib: f64,
+    /// Bytes of kernel table per byte of CFI (from unrounded sizes).
+    kernel_per_cfi: f64,
+    /// Build time, criterion's middle estimate, in milliseconds.
+    time_ms: Option<f64>,
+    /// MiB of CFI built per second, criterion's middle estimate.
+    mib_per_s: Option<f64>,
+}
+
+/// Runs the criterion bench of table builds and parses what it printed.
+fn table_builds(root: &Path) -> Result<Vec<LibraryBuild>> {
+    let out = cmd::cargo_stdout(
+        root,
+        &[
+            "bench",
+            "-p",
+            "hostprof",
+            "--bench",
+            "unwind_table",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "5",
+        ],
+    )
+    .context("the table build bench (profiler-user/benches/unwind_table.rs)")?;
+    let builds = parse_criterion(&out);
+    if builds.is_empty() {
+        bail!("the table build bench printed no library (none of libc, libstdc++, libm found?):\n{out}");
+    }
+    Ok(builds)
+}
+
+/// Parses `unwind_table`'s output: its line per library
+/// (`libc.so.6: 0.15 MiB of CFI -> 28275 rows, 0.22 MiB in the kernel's
+/// encoding (...); ...`), then criterion's `unwind_table/<lib>` with
+/// `time: [lo mid hi]` and `thrpt: [lo mid hi]`.
+fn parse_criterion(out: &str) -> Vec<LibraryBuild> {
+    let mut builds: Vec<LibraryBuild> = Vec::new();
+    for line in out.lines() {
+        if let Some(build) = parse_library_line(line) {
+            builds.push(build);
+            continue;
+        }
+        let Some(current) = builds.last_mut() else {
+            continue;
+        };
+        if let Some(time) = middle_estimate(line, "time:") {
+            current.time_ms = parse_time_ms(&time);
+        } else if let Some(thrpt) = middle_estimate(line, "thrpt:") {
+            current.mib_per_s = parse_mib_per_s(&thrpt);
+        }
+    }
+    builds
+}
+
+fn parse_library_line(line: &str) -> Option<LibraryBuild> {
+    let (name, rest) = line.split_once(": ")?;
+    let (cfi, rest) = rest.split_once(" MiB of CFI -> ")?;
+    let (rows, rest) = rest.split_once(" rows, ")?;
+    let (kernel, rest) = rest.split_once(" MiB in the kernel's encoding (")?;
+    let (ratio, _) = rest.split_once(" MiB per MiB of CFI)")?;
+    Some(LibraryBuild {
+        name: name.to_owned(),
+        summary: line.to_owned(),
+        cfi_mib: cfi.parse().ok()?,
+        rows: rows.parse().ok()?,
+        kernel_mib: kernel.parse().ok()?,
+        kernel_per_cfi: ratio.parse().ok()?,
+        time_ms: None,
+        mib_per_s: None,
+    })
+}
+
+/// The middle of criterion's `<label> [lo unit mid unit hi unit]`.
+fn middle_estimate(line: &str, label: &str) -> Option<String> {
+    let (_, rest) = line.split_once(label)?;
+    let inside = rest.trim().strip_prefix('[')?.strip_suffix(']')?;
+    let words: Vec<&str> = inside.split_whitespace().collect();
+    match words.as_slice() {
+        [_, _, value, unit, _, _] => Some(format!("{value} {unit}")),
+        _ => None,
+    }
+}
+
+fn parse_time_ms(estimate: &str) -> Option<f64> {
+    let (value, unit) = estimate.split_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let scale = match unit {
+        "ps" => 1e-9,
+        "ns" => 1e-6,
+        "µs" | "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+fn parse_mib_per_s(estimate: &str) -> Option<f64> {
+    let (value, unit) = estimate.split_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let scale = match unit {
+        "B/s" => 1.0 / 1048576.0,
+        "KiB/s" => 1.0 / 1024.0,
+        "MiB/s" => 1.0,
+        "GiB/s" => 1024.0,
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// A byte count for people: B, KiB or MiB.
+fn size(bytes: u64) -> String {
+    let bytes_f = bytes as f64;
+    if bytes < 1024 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes_f / 1024.0)
+    } else {
+        format!("{:.2} MiB", bytes_f / 1048576.0)
+    }
+}
+
+/// The whole report, in markdown.
+fn report(setup: &Setup, captures: &[Capture], builds: Option<&[LibraryBuild]>) -> String {
+    let mut out = String::new();
+    cost_section(&mut out, setup, captures);
+    memory_section(&mut out, captures);
+    build_section(&mut out, builds);
+    out
+}
+
+/// BPF run time per sample, per program and mode, and the ratio.
+fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
+    let _ = writeln!(w, "## Unwinder cost per sample\n");
+    let _ = writeln!(
+        w,
+        "kernel.bpf_stats_enabled, {:.0} s `hostprof record` at its default frequency, \
+         {} workload processes built without frame pointers ({}; lib_chain calls through \
+         libhop.so) on {} CPUs. A tail-called program's run counts in its caller's, so \
+         ns per sample = every program's run time / sample_cpu's runs.\n",
+        setup.seconds,
+        setup.instances,
+        setup.workloads.join(", "),
+        setup.cpus
+    );
+    let _ = writeln!(
+        w,
+        "| mode | program | type | tag | runs | run time (ms) | ns per run | ns per sample |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---:|---:|---:|---:|");
+    for capture in captures {
+        let objects = &capture.objects;
+        let samples = objects.program(SAMPLE_PROGRAM).map_or(0, |p| p.run_cnt);
+        let per = |ns: u64, runs: u64| {
+            if runs == 0 {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", ns as f64 / runs as f64)
+            }
+        };
+        for program in &objects.programs {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {:.3} | {} | {} |",
+                capture.mode.label(),
+                program.name,
+                program_type(program.prog_type),
+                program.tag,
+                program.run_cnt,
+                program.run_time_ns as f64 / 1e6,
+                per(program.run_time_ns, program.run_cnt),
+                per(program.run_time_ns, samples),
+            );
+        }
+        let total: u64 = objects.programs.iter().map(|p| p.run_time_ns).sum();
+        let _ = writeln!(
+            w,
+            "| **{}** | **total** | | | {samples} samples | {:.3} | | **{}** |",
+            capture.mode.label(),
+            total as f64 / 1e6,
+            per(total, samples),
+        );
+    }
+    let cost = |mode| {
+        captures
+            .iter()
+            .find(|c| c.mode == mode)
+            .and_then(|c| c.objects.ns_per_sample())
+    };
+    let _ = writeln!(w);
+    match (cost(Mode::Tables), cost(Mode::FramePointers)) {
+        (Some(tables), Some(fp)) => {
+            let _ = writeln!(
+                w,
+                "**tables / frame pointers: {:.2}x per sample** ({tables:.0} ns against {fp:.0} ns, \
+                 {:+.0} ns per sample)",
+                tables / fp.max(f64::EPSILON),
+                tables - fp
+            );
+        }
+        _ if !setup.unwinder_flag => {
+            let _ = writeln!(
+                w,
+                "Frame pointers not measured: this hostprof has no `record --unwinder` flag."
+            );
+        }
+        _ => {
+            let _ = writeln!(w, "No ratio: a mode recorded no samples.");
+        }
+    }
+}
+
+/// Every map's memlock per mode, the table rows used and the processes
+/// with tables.
+fn memory_section(w: &mut String, captures: &[Capture]) {
+    let _ = writeln!(w, "\n## BPF map memory (memlock)\n");
+    let mut names: Vec<&str> = Vec::new();
+    for capture in captures {
+        for map in &capture.objects.maps {
+            if !names.contains(&map.name.as_str()) {
+                names.push(&map.name);
+            }
+        }
+    }
+    // Largest first, by the largest of the modes.
+    let largest = |name: &str| {
+        captures
+            .iter()
+            .filter_map(|c| c.objects.map(name))
+            .map(|m| m.memlock)
+            .max()
+            .unwrap_or(0)
+    };
+    names.sort_by_key(|name| std::cmp::Reverse(largest(name)));
+    let _ = write!(w, "| map | type |");
+    for capture in captures {
+        let label = capture.mode.label();
+        let _ = write!(w, " {label}: max entries | {label}: memlock |");
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "|---|---|{}", "---:|---:|".repeat(captures.len()));
+    for name in &names {
+        let kind = captures
+            .iter()
+            .find_map(|c| c.objects.map(name))
+            .map_or_else(String::new, |m| map_type(m.map_type));
+        let _ = write!(w, "| {name} | {kind} |");
+        for capture in captures {
+            match capture.objects.map(name) {
+                Some(map) => {
+                    let _ = write!(w, " {} | {} |", map.max_entries, size(map.memlock));
+                }
+                None => {
+                    let _ = write!(w, " - | - |");
+                }
+            }
+        }
+        let _ = writeln!(w);
+    }
+    let _ = write!(w, "| **total** | {} maps |", names.len());
+    for capture in captures {
+        let _ = write!(w, " | **{}** |", size(capture.objects.memlock()));
+    }
+    let _ = writeln!(w, "\n");
+    for capture in captures.iter().filter(|c| c.mode == Mode::Tables) {
+        let row_bytes = capture
+            .objects
+            .map(ROWS_MAP)
+            .map_or(8, |m| u64::from(m.value_size));
+        let budget = capture
+            .objects
+            .map(ROWS_MAP)
+            .map_or(0, |m| u64::from(m.max_entries) * row_bytes);
+        let processes = capture
+            .objects
+            .map(PROCESSES_MAP)
+            .and_then(|m| m.entries)
+            .map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let tables = &capture.tables;
+        let _ = writeln!(
+            w,
+            "Tables used: {} rows x {row_bytes} B = **{}** of the {} {ROWS_MAP} budget \
+             ({:.2} %), in {} loads of {} files; {processes} processes had tables at the end \
+             ({PROCESSES_MAP}S entries).",
+            tables.rows,
+            size(tables.rows * row_bytes),
+            size(budget),
+            (tables.rows * row_bytes) as f64 / budget.max(1) as f64 * 100.0,
+            tables.loads,
+            tables.files.len(),
+        );
+    }
+    if let [first, second] = captures {
+        let (more, less) = (first.objects.memlock(), second.objects.memlock());
+        let _ = writeln!(
+            w,
+            "\n**{} / {}: {:.1}x the map memory** ({} more).",
+            first.mode.label(),
+            second.mode.label(),
+            more as f64 / less.max(1) as f64,
+            size(more.saturating_sub(less)),
+        );
+    }
+}
+
+/// The criterion bench's figures per library.
+fn build_section(w: &mut String, builds: Option<&[LibraryBuild]>) {
+    let _ = writeln!(
+        w,
+        "\n## Table build speed (criterion, profiler-user/benches/unwind_table.rs)\n"
+    );
+    let Some(builds) = builds else {
+        let _ = writeln!(w, "Not measured: the bench failed (see the error below).");
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "| library | CFI | rows | kernel table | kernel bytes per CFI byte | build time (ms) | CFI MiB/s | ms per MiB of CFI |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or_else(|| "?".into(), |v| format!("{v:.digits$}"));
+    for build in builds {
+        let _ = writeln!(
+            w,
+            "| {} | {:.2} MiB | {} | {:.2} MiB | {:.2} | {} | {} | {} |",
+            build.name,
+            build.cfi_mib,
+            build.rows,
+            build.kernel_mib,
+            build.kernel_per_cfi,
+            opt(build.time_ms, 3),
+            opt(build.mib_per_s, 1),
+            opt(build.mib_per_s.map(|r| 1e3 / r.max(f64::EPSILON)), 1),
+        );
+    }
+    let _ = writeln!(w, "\nThe bench's own lines:\n");
+    let _ = writeln!(w, "```");
+    for build in builds {
+        let _ = writeln!(w, "{}", build.summary);
+    }
+    let _ = writeln!(w, "```");
+}
+
+/// The few `bpf(2)` commands that name another process's BPF objects: a
+/// descriptor of our own from the id in its fdinfo, then the object's info.
+mod bpf {
+    use std::io;
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+    const MAP_GET_NEXT_KEY: libc::c_int = 4;
+    const PROG_GET_FD_BY_ID: libc::c_int = 13;
+    const MAP_GET_FD_BY_ID: libc::c_int = 14;
+    const OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+    /// `BPF_OBJ_NAME_LEN`.
+    const NAME_LEN: usize = 16;
+
+    /// `bpf(cmd, attr, sizeof(attr))`.
+    ///
+    /// # Safety
+    ///
+    /// `attr` must be `cmd`'s part of `union bpf_attr`, with valid pointers.
+    unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: as the caller promises.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut T,
+                std::mem::size_of::<T>() as libc::c_uint,
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    }
+
+    /// `union bpf_attr` of `BPF_*_GET_FD_BY_ID`.
+    #[repr(C)]
+    struct GetFdById {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+
+    /// `union bpf_attr` of `BPF_OBJ_GET_INFO_BY_FD`.
+    #[repr(C)]
+    struct GetInfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+
+    /// `union bpf_attr` of `BPF_MAP_GET_NEXT_KEY`.
+    #[repr(C)]
+    struct GetNextKey {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+
+    fn fd_by_id(cmd: libc::c_int, id: u32) -> io::Result<OwnedFd> {
+        let mut attr = GetFdById {
+            id,
+            next_id: 0,
+            open_flags: 0,
+        };
+        // SAFETY: `attr` is this command's attribute struct.
+        let fd = unsafe { bpf(cmd, &mut attr) }?;
+        // SAFETY: a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+
+    /// The name at byte `at` of the first `info.len()` bytes of `fd`'s info.
+    fn name(fd: &OwnedFd, info: &mut [u8], at: usize) -> io::Result<String> {
+        let mut attr = GetInfoByFd {
+            bpf_fd: fd.as_raw_fd() as u32,
+            info_len: info.len() as u32,
+            info: info.as_mut_ptr() as u64,
+        };
+        // SAFETY: `attr` is this command's attribute struct; `info` is
+        // writable for `info_len` bytes.
+        unsafe { bpf(OBJ_GET_INFO_BY_FD, &mut attr) }?;
+        let name = &info[at..at + NAME_LEN];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
+        Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+    }
+
+    /// The name of program `id` (`struct bpf_prog_info`: `name` at byte 64).
+    pub fn program_name(id: u32) -> io::Result<String> {
+        let fd = fd_by_id(PROG_GET_FD_BY_ID, id)?;
+        name(&fd, &mut [0; 64 + NAME_LEN], 64)
+    }
+
+    /// The name of map `id` (`struct bpf_map_info`: `name` at byte 24).
+    pub fn map_name(id: u32) -> io::Result<String> {
+        let fd = fd_by_id(MAP_GET_FD_BY_ID, id)?;
+        name(&fd, &mut [0; 24 + NAME_LEN], 24)
+    }
+
+    /// The keys of map `id`, at most `limit` (keys deleted while walking can
+    /// restart the walk).
+    pub fn count_keys(id: u32, key_size: usize, limit: u32) -> io::Result<u64> {
+        let fd = fd_by_id(MAP_GET_FD_BY_ID, id)?;
+        let mut key = vec![0u8; key_size];
+        let mut next = vec![0u8; key_size];
+        let mut count = 0;
+        while count < u64::from(limit) {
+            let mut attr = GetNextKey {
+                map_fd: fd.as_raw_fd() as u32,
+                _pad: 0,
+                // No key: the first one.
+                key: if count == 0 { 0 } else { key.as_ptr() as u64 },
+                next_key: next.as_mut_ptr() as u64,
+            };
+            // SAFETY: `attr` is this command's attribute struct; both
+            // buffers hold `key_size` bytes.
+            match unsafe { bpf(MAP_GET_NEXT_KEY, &mut attr) } {
+                Ok(_) => {
+                    count += 1;
+                    std::mem::swap(&mut key, &mut next);
+                }
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROG_FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2074\n\
+        prog_type:\t7\nprog_jited:\t1\nprog_tag:\t0123456789abcdef\nmemlock:\t8192\n\
+        prog_id:\t42\nrun_time_ns:\t1500000\nrun_cnt:\t300\nrecursion_misses:\t0\n\
+        verified_insns:\t1234\n";
+
+    const MAP_FDINFO: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2074\n\
+        map_type:\t2\nkey_size:\t4\nvalue_size:\t8\nmax_entries:\t8388608\n\
+        map_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t67112960\nmap_id:\t7\nfrozen:\t0\n";
+
+    #[test]
+    fn parses_fdinfo() {
+        let program = Program::from_fdinfo(PROG_FDINFO).unwrap();
+        assert_eq!(
+            program,
+            Program {
+                id: 42,
+                name: String::new(),
+                prog_type: 7,
+                tag: "0123456789abcdef".into(),
+                run_time_ns: 1_500_000,
+                run_cnt: 300,
+            }
+        );
+        let map = Map::from_fdinfo(MAP_FDINFO).unwrap();
+        assert_eq!(map.id, 7);
+        assert_eq!(map.max_entries, 8_388_608);
+        assert_eq!(map.memlock, 67_112_960);
+        assert_eq!(map.value_size, 8);
+        // Without bpf_stats the run fields are absent.
+        let quiet = PROG_FDINFO.replace("run_time_ns:\t1500000\nrun_cnt:\t300\n", "");
+        assert_eq!(Program::from_fdinfo(&quiet).unwrap().run_cnt, 0);
+        assert!(Map::from_fdinfo(PROG_FDINFO).is_none());
+    }
+
+    #[test]
+    fn cost_per_sample_sums_every_program() {
+        let program = |name: &str, ns, runs| Program {
+            id: 0,
+            name: name.into(),
+            prog_type: 7,
+            tag: String::new(),
+            run_time_ns: ns,
+            run_cnt: runs,
+        };
+        let objects = BpfObjects {
+            programs: vec![
+                program("sample_cpu", 3_000, 10),
+                program("unwind_store", 1_000, 0),
+            ],
+            maps: Vec::new(),
+        };
+        assert_eq!(objects.ns_per_sample(), Some(400.0));
+        assert_eq!(BpfObjects::default().ns_per_sample(), None);
+    }
+
+    #[test]
+    fn parses_table_loads() {
+        let log: Vec<String> = [
+            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] /usr/lib/x86_64-linux-gnu/libc.so.6: \
+             unwind table of 28275 rows loaded in 3.1ms",
+            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] deep_chain: unwind table of 40 rows \
+             loaded in 120µs",
+            "deep_chain: unwind table of 40 rows loaded in 100µs",
+            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] no unwind table: x: no CFI",
+            "symbolizing...",
+        ]
+        .map(String::from)
+        .to_vec();
+        let loads = TableLoads::from_log(&log);
+        assert_eq!(loads.loads, 3);
+        assert_eq!(loads.rows, 28_355);
+        assert_eq!(loads.files.len(), 2);
+    }
+
+    const CRITERION: &str = "\
+libc.so.6: 0.15 MiB of CFI -> 28275 rows, 0.22 MiB in the kernel's encoding (1.48 MiB per MiB of CFI); 24682 rsp, 181 rbp
+unwind_table/libc.so.6  time:   [2.8294 ms 2.8762 ms 2.9305 ms]
+                        thrpt:  [49.888 MiB/s 50.828 MiB/s 51.669 MiB/s]
+Found 8 outliers among 100 measurements (8.00%)
+  4 (4.00%) high mild
+libstdc++.so.6: 0.19 MiB of CFI -> 34371 rows, 0.26 MiB in the kernel's encoding (1.37 MiB per MiB of CFI); 29931 rsp
+unwind_table/libstdc++.so.6
+                        time:   [3.5318 ms 3.5883 ms 3.6555 ms]
+                        thrpt:  [52.488 MiB/s 53.472 MiB/s 54.327 MiB/s]
+libm.so.6: 0.03 MiB of CFI -> 6271 rows, 0.05 MiB in the kernel's encoding (1.43 MiB per MiB of CFI); 5425 rsp
+unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
+                        thrpt:  [51.243 MiB/s 53.017 MiB/s 54.590 MiB/s]
+";
+
+    #[test]
+    fn parses_criterion_output() {
+        let builds = parse_criterion(CRITERION);
+        assert_eq!(builds.len(), 3);
+        assert_eq!(builds[0].name, "libc.so.6");
+        assert_eq!(builds[0].rows, 28_275);
+        assert_eq!(builds[0].cfi_mib, 0.15);
+        assert_eq!(builds[0].kernel_mib, 0.22);
+        assert_eq!(builds[0].kernel_per_cfi, 1.48);
+        assert_eq!(builds[0].time_ms, Some(2.8762));
+        assert_eq!(builds[1].mib_per_s, Some(53.472));
+        assert!((builds[2].time_ms.unwrap() - 0.63139).abs() < 1e-9);
+        assert!(builds[2].summary.starts_with("libm.so.6: 0.03 MiB"));
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(4096), "4.0 KiB");
+        assert_eq!(size(64 << 20), "64.00 MiB");
+    }
+
+    #[test]
+    fn names_our_own_bpf_objects() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // No object has id 0: the lookups fail cleanly, closing nothing
+        // they do not own.
+        assert!(bpf::program_name(0).is_err());
+        assert!(bpf::map_name(0).is_err());
+    }
+
+    #[test]
+    fn report_has_ratio_and_totals() {
+        let capture = |mode, ns, memlock| Capture {
+            mode,
+            objects: BpfObjects {
+                programs: vec![Program {
+                    id: 1,
+                    name: SAMPLE_PROGRAM.into(),
+                    prog_type: 7,
+                    tag: "t".into(),
+                    run_time_ns: ns,
+                    run_cnt: 100,
+                }],
+                maps: vec![Map {
+                    id: 2,
+                    name: ROWS_MAP.into(),
+                    map_type: 2,
+                    key_size: 4,
+                    value_size: 8,
+                    max_entries: 8,
+                    memlock,
+                    entries: None,
+                }],
+            },
+            tables: TableLoads::default(),
+        };
+        let setup = Setup {
+            seconds: 10.0,
+            cpus: 2,
+            instances: 4,
+            workloads: vec!["deep_chain".into()],
+            unwinder_flag: true,
+        };
+        let text = report(
+            &setup,
+            &[
+                capture(Mode::Tables, 300_000, 64 << 20),
+                capture(Mode::FramePointers, 100_000, 4096),
+            ],
+            Some(&parse_criterion(CRITERION)),
+        );
+        assert!(
+            text.contains("**tables / frame pointers: 3.00x per sample**"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| **total** | 1 maps | | **64.00 MiB** | | **4.0 KiB** |"),
+            "{text}"
+        );
+        assert!(text.contains("| libc.so.6 | 0.15 MiB | 28275 |"), "{text}");
+    }
+}
