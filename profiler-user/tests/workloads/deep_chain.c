@@ -2,16 +2,14 @@
  * (N = argv[2], default 25). Runs for argv[1] milliseconds (default 5000). */
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "workload.h"
 
 static volatile uint64_t sink;
 
 __attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
     uint64_t acc = seed;
-    for (int i = 0; i < 200000; i++) {
-        acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
-        acc = (acc << 7) | (acc >> 57);
-    }
+    CHURN(acc, 200000);
     return acc;
 }
 
@@ -20,12 +18,6 @@ __attribute__((noinline)) uint64_t descend(int depth, uint64_t seed) {
         return hot_loop(seed);
     }
     return descend(depth - 1, seed) + (uint64_t)depth;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int main(int argc, char **argv) {

@@ -2,7 +2,8 @@
  * Runs for argv[1] milliseconds (default 5000). */
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
+
+#include "workload.h"
 
 uint64_t hop(uint64_t (*f)(uint64_t), uint64_t x);
 
@@ -10,21 +11,12 @@ static volatile uint64_t sink;
 
 __attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
     uint64_t acc = seed;
-    for (int i = 0; i < 200000; i++) {
-        acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
-        acc = (acc << 7) | (acc >> 57);
-    }
+    CHURN(acc, 200000);
     return acc;
 }
 
 __attribute__((noinline)) uint64_t level2(uint64_t seed) { return hot_loop(seed) + 1; }
 __attribute__((noinline)) uint64_t level1(uint64_t seed) { return hop(level2, seed) + 1; }
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 int main(int argc, char **argv) {
     double run_ms = argc > 1 ? atof(argv[1]) : 5000;

@@ -8,28 +8,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-#include <time.h>
+
+#include "workload.h"
 
 static volatile uint64_t sink;
 
 __attribute__((noinline)) uint64_t hot_loop(uint64_t seed) {
     uint64_t acc = seed;
-    for (int i = 0; i < 2000000; i++) {
-        acc += (acc * 2862933555777941757ULL + 3037000493ULL) ^ (uint64_t)i;
-        acc = (acc << 7) | (acc >> 57);
-    }
+    CHURN(acc, 2000000);
     return acc;
 }
 
 __attribute__((noinline)) uint64_t in_handler(uint64_t seed) { return hot_loop(seed) + 1; }
 
 __attribute__((noinline)) void on_signal(int sig) { sink = in_handler(sink + (uint64_t)sig); }
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 __attribute__((noinline)) void spin_outer(double run_ms) {
     double start = now_ms();

@@ -2,7 +2,8 @@
  * syscall itself (no libc wrapper, which has no frame pointer) so the whole
  * user chain stays visible under the kernel frames. */
 #include <stdlib.h>
-#include <time.h>
+
+#include "workload.h"
 
 static volatile long last;
 
@@ -22,12 +23,6 @@ __attribute__((noinline)) long syscall_loop(long n) {
     for (long i = 0; i < n; i++)
         acc += raw_getppid();
     return acc;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int main(int argc, char **argv) {
