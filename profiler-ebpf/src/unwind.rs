@@ -134,7 +134,7 @@ impl Unwind {
         Some(Unwind { state })
     }
 
-    /// Picks up the unwind the previous program run left on this CPU.
+    /// Picks up the unwind `unwind_user` left on this CPU.
     #[inline(always)]
     pub fn resume() -> Option<Unwind> {
         let state = UNWIND_STATE.get_ptr_mut(0)?;
@@ -182,7 +182,8 @@ impl Unwind {
         bump(Stat::UnwindTailCallFailed);
     }
 
-    /// Ends an unwind that ran out of program runs.
+    /// Ends an unwind that ran out of loop iterations: the last frame
+    /// becomes the truncation mark.
     #[inline(always)]
     fn truncate(&mut self) {
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
