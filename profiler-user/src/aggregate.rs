@@ -208,7 +208,7 @@ impl SymbolTable {
 
 /// A user stack without its truncation mark, and whether it had one (the
 /// kernel cut it at its depth limit).
-fn split_truncated(stack: &[u64]) -> (&[u64], bool) {
+pub(crate) fn split_truncated(stack: &[u64]) -> (&[u64], bool) {
     match stack.split_last() {
         Some((&TRUNCATED_MARK, rest)) => (rest, true),
         _ => (stack, false),

@@ -322,10 +322,7 @@ impl Profiler {
     fn refresh_unmapped(&mut self, drained: &Drained) {
         let mut checked = HashSet::new();
         for sample in &drained.samples {
-            let user = match sample.user_stack.split_last() {
-                Some((&profiler_common::TRUNCATED_MARK, rest)) => rest,
-                _ => &sample.user_stack[..],
-            };
+            let (user, _) = crate::aggregate::split_truncated(&sample.user_stack);
             if sample.tgid == 0 || user.is_empty() || checked.contains(&sample.tgid) {
                 continue;
             }

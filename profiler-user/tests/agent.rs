@@ -16,15 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::Receiver;
 
-/// Runs the tests' agents one at a time. Each is a whole-host agent: run
-/// together on a small machine, each would profile the others, build their
-/// unwind tables and symbolize their (debug) binaries, and the timings
-/// these tests check would measure that contention instead of the agent.
-fn one_agent_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hostprof"))
         .args(["agent", "--interval", "500ms", "--otlp-protocol", protocol])
@@ -124,7 +115,8 @@ fn metrics_and_health_endpoints_report_the_pipeline() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), &[]);
     let port = free_port();
@@ -172,7 +164,8 @@ fn slow_collector_keeps_the_queue_bounded_and_shutdown_timely() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // Each request takes 3 s to answer; the agent makes one every 500 ms.
     let receiver = Receiver::start(dir.path(), &["--delay", "3"]);
@@ -233,7 +226,8 @@ fn sigterm_during_an_export_flushes_within_the_timeout() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // Every answer takes 2 s.
     let receiver = Receiver::start(dir.path(), &["--delay", "2"]);
@@ -269,7 +263,8 @@ fn partial_success_is_logged_counted_and_not_retried() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), &["--reject", "1"]);
     let child = agent(
@@ -300,7 +295,8 @@ fn collector_absent_keeps_sampling_with_a_bounded_queue() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     // Nothing listens on port 1.
     let child = agent(
         "http://127.0.0.1:1",
@@ -329,7 +325,8 @@ fn collector_that_fails_then_recovers_gets_everything_once() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_agent_at_a_time();
+    // Whole-host agents run together would profile each other.
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), &["--fail-first", "2"]);
     let child = agent(

@@ -154,14 +154,6 @@ fn perf_stacks(data: &Path) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// Runs the tests one at a time: each keeps both CPUs busy with its
-/// workloads, and the other's would take the CPU they and the table
-/// loader need.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Compiles the workloads, runs `names` (with their arguments) busy, and
 /// records them with hostprof for 6 s, and with `perf record --call-graph
 /// dwarf` at the same time when `with_perf`. Returns the pprof file (in
@@ -220,7 +212,7 @@ fn mixed_and_signal_stacks_are_complete_like_perf_sees_them() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (output, perf) = capture(
         dir.path(),
@@ -284,7 +276,7 @@ fn deep_and_rust_stacks_are_complete() {
     if common::skip_bpf() {
         return;
     }
-    let _serial = one_at_a_time();
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (output, _) = capture(
         dir.path(),

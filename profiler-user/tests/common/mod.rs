@@ -22,6 +22,15 @@ pub fn skip_bpf() -> bool {
     false
 }
 
+/// Serializes the tests of one test binary that each keep the machine busy
+/// (whole-host agents, CPU-bound workloads): run together on a small
+/// machine, each would take the CPU the others' timings and table loading
+/// need. Hold the guard for the whole test.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Burns CPU in this thread for `duration`.
 pub fn spin_for(duration: Duration) {
     let start = Instant::now();
