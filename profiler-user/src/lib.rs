@@ -31,6 +31,7 @@ pub mod container;
 pub mod filter;
 pub mod flamegraph;
 pub mod k8s;
+pub mod kind;
 pub mod otlp;
 pub mod pprof;
 pub mod process;

@@ -1,0 +1,174 @@
+//! Profile kinds: what a profile measures and the values its samples carry.
+//!
+//! A kind is a kernel program, a decoder that turns what the program
+//! recorded into [`crate::sampler::RawSample`]s, and the value types below.
+//! Everything after the sampler (aggregation, symbolization, the
+//! [`crate::profile::Profile`] model and every encoder) is generic over
+//! kinds: it reads the value types from the profile, never assumes them.
+//!
+//! By convention a kind's first value type is always a count of events
+//! (samples, blocking events, allocations…), so "how many" is `values[0]`
+//! for every kind.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A value's type and unit, as pprof and OTLP spell them (`cpu`,
+/// `nanoseconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueType {
+    /// What is measured, e.g. `samples` or `cpu`.
+    pub name: &'static str,
+    /// Its unit, e.g. `count` or `nanoseconds`.
+    pub unit: &'static str,
+}
+
+impl ValueType {
+    /// A value type named `name` measured in `unit`.
+    pub const fn new(name: &'static str, unit: &'static str) -> Self {
+        Self { name, unit }
+    }
+}
+
+impl fmt::Display for ValueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.name, self.unit)
+    }
+}
+
+/// What a profile measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProfileKind {
+    /// Where the CPUs spend their time: a sample every 1/frequency seconds
+    /// of CPU time, on every CPU.
+    Cpu,
+}
+
+/// Samples of the CPU profile: the sample count, and the CPU time they
+/// stand for (count × sampling period), as Go's CPU profiles name them.
+const CPU_VALUES: &[ValueType] = &[
+    ValueType::new("samples", "count"),
+    ValueType::new("cpu", "nanoseconds"),
+];
+
+impl ProfileKind {
+    /// Every kind, in the order outputs list them.
+    pub const ALL: &'static [ProfileKind] = &[ProfileKind::Cpu];
+
+    /// The kind's name on the command line, in config files and in file
+    /// names (`cpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "cpu",
+        }
+    }
+
+    /// The values each sample carries, in order; the first is a count.
+    pub fn sample_types(self) -> &'static [ValueType] {
+        match self {
+            ProfileKind::Cpu => CPU_VALUES,
+        }
+    }
+
+    /// Index into [`Self::sample_types`] of the value viewers show first.
+    pub fn default_sample_type(self) -> usize {
+        match self {
+            ProfileKind::Cpu => 1,
+        }
+    }
+
+    /// What one unit of the sampling period measures.
+    pub fn period_type(self) -> ValueType {
+        match self {
+            ProfileKind::Cpu => ValueType::new("cpu", "nanoseconds"),
+        }
+    }
+
+    /// What the kind's flamegraph is titled.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProfileKind::Cpu => "hostprof CPU flamegraph",
+        }
+    }
+}
+
+impl fmt::Display for ProfileKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A profile kind name that hostprof does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not a profile kind; the kinds are: {}", known_kinds())]
+pub struct UnknownKind {
+    /// What was given.
+    pub given: String,
+}
+
+fn known_kinds() -> String {
+    ProfileKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl FromStr for ProfileKind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim();
+        ProfileKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.name().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| UnknownKind {
+                given: s.to_owned(),
+            })
+    }
+}
+
+impl Serialize for ProfileKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProfileKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_list_the_kinds() {
+        for &kind in ProfileKind::ALL {
+            assert_eq!(kind.name().parse::<ProfileKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.name());
+        }
+        assert_eq!(" CPU ".parse::<ProfileKind>(), Ok(ProfileKind::Cpu));
+        let err = "off-cpu".parse::<ProfileKind>().unwrap_err().to_string();
+        assert_eq!(err, "\"off-cpu\" is not a profile kind; the kinds are: cpu");
+    }
+
+    #[test]
+    fn every_kind_starts_with_a_count_and_has_a_valid_default() {
+        for &kind in ProfileKind::ALL {
+            let types = kind.sample_types();
+            assert_eq!(types[0].unit, "count", "{kind}");
+            assert!(kind.default_sample_type() < types.len(), "{kind}");
+        }
+        assert_eq!(
+            ProfileKind::Cpu.sample_types()[ProfileKind::Cpu.default_sample_type()],
+            ProfileKind::Cpu.period_type()
+        );
+    }
+}
