@@ -4,7 +4,11 @@
 //! before anything is symbolized, and counts what it leaves out as
 //! filtered samples.
 
-use crate::k8s::PodContainer;
+use std::collections::HashSet;
+
+use crate::k8s::{PodContainer, PodMetadata};
+use crate::process::ProcessTable;
+use crate::sampler::Drained;
 
 /// Process filters; an empty filter keeps everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +64,40 @@ impl ProcessFilter {
                     .iter()
                     .all(|(key, value)| p.labels.get(key) == Some(value))
             })
+    }
+}
+
+impl ProcessFilter {
+    /// Leaves out of `drained` the samples of processes the filter
+    /// rejects, counting them as filtered under their kind; runs before
+    /// symbolization, so rejected samples cost nothing more.
+    pub fn apply(&self, drained: &mut Drained, processes: &ProcessTable, pods: &PodMetadata) {
+        if self.is_empty() {
+            return;
+        }
+        let rejected: HashSet<u32> = drained
+            .tgids()
+            .into_iter()
+            .filter(|&tgid| {
+                let info = processes.process(tgid);
+                let cgroups = info.map_or(&[][..], |i| &i.cgroups[..]);
+                let pod = info
+                    .and_then(|i| i.container.as_ref())
+                    .and_then(|c| pods.container(&c.id));
+                !self.admits(cgroups, pod.as_deref())
+            })
+            .collect();
+        if rejected.is_empty() {
+            return;
+        }
+        let stats = &mut drained.stats;
+        drained.samples.retain(|sample| {
+            let keep = !rejected.contains(&sample.key.thread.tgid);
+            if !keep {
+                stats.entry(sample.key.kind).or_default().filtered += sample.count();
+            }
+            keep
+        });
     }
 }
 

@@ -18,8 +18,10 @@ pub enum FlamegraphError {
     Write(#[from] std::io::Error),
 }
 
-/// Folded stacks of `profile`, merged and sorted.
+/// Folded stacks of `profile`, merged and sorted, weighed by the kind's
+/// [`crate::kind::ProfileKind::weight`] value.
 pub fn folded_lines(profile: &Profile) -> Vec<String> {
+    let weight = profile.kind.weight();
     let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for sample in &profile.samples {
         let mut frames = vec![profile.process(sample.process).executable_name.clone()];
@@ -41,7 +43,7 @@ pub fn folded_lines(profile: &Profile) -> Vec<String> {
             .map(|f| f.replace(';', ":"))
             .collect::<Vec<_>>()
             .join(";");
-        *merged.entry(stack).or_default() += sample.count;
+        *merged.entry(stack).or_default() += sample.values[weight];
     }
     merged
         .into_iter()

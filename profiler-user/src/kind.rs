@@ -38,6 +38,10 @@ impl fmt::Display for ValueType {
     }
 }
 
+/// A sample label: a key and a string value (e.g. an off-CPU thread state),
+/// written as a pprof string label and an OTLP sample attribute.
+pub type Label = (&'static str, String);
+
 /// What a profile measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProfileKind {
@@ -76,6 +80,15 @@ impl ProfileKind {
     pub fn default_sample_type(self) -> usize {
         match self {
             ProfileKind::Cpu => 1,
+        }
+    }
+
+    /// Index into [`Self::sample_types`] of the value flamegraphs, folded
+    /// stacks and the terminal summary weigh frames by (CPU: the sample
+    /// count, as `perf`'s folded output).
+    pub fn weight(self) -> usize {
+        match self {
+            ProfileKind::Cpu => 0,
         }
     }
 
@@ -165,6 +178,7 @@ mod tests {
             let types = kind.sample_types();
             assert_eq!(types[0].unit, "count", "{kind}");
             assert!(kind.default_sample_type() < types.len(), "{kind}");
+            assert!(kind.weight() < types.len(), "{kind}");
         }
         assert_eq!(
             ProfileKind::Cpu.sample_types()[ProfileKind::Cpu.default_sample_type()],

@@ -66,12 +66,17 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
         r#type: strings.id(ty),
         unit: strings.id(unit),
     };
-    let sample_type = vec![
-        value_type(&mut strings, "samples", "count"),
-        value_type(&mut strings, "cpu", "nanoseconds"),
-    ];
-    let period_type = Some(value_type(&mut strings, "cpu", "nanoseconds"));
-    let period = profile.period_ns() as i64;
+    let sample_type = profile
+        .sample_types
+        .iter()
+        .map(|t| value_type(&mut strings, t.name, t.unit))
+        .collect();
+    let period_type = Some(value_type(
+        &mut strings,
+        profile.period_type.name,
+        profile.period_type.unit,
+    ));
+    let period = profile.period as i64;
 
     let function = profile
         .functions
@@ -176,6 +181,7 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
                     text.push(("k8s.node.name", node));
                 }
             }
+            text.extend(s.labels.iter().map(|(key, value)| (*key, value.as_str())));
             label.extend(text.into_iter().map(|(key, value)| pprof::Label {
                 key: strings.id(key),
                 str: strings.id(value),
@@ -183,7 +189,7 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
             }));
             pprof::Sample {
                 location_id: s.stack.iter().map(|l| l.index() as u64 + 1).collect(),
-                value: vec![s.count as i64, (s.count * profile.period_ns()) as i64],
+                value: s.values.iter().map(|&v| v as i64).collect(),
                 label,
             }
         })
@@ -201,7 +207,7 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
     if lost_stacks > 0 {
         comment.push(strings.id(&format!("{lost_stacks} stacks could not be read")));
     }
-    let default_sample_type = strings.id("cpu");
+    let default_sample_type = strings.id(profile.sample_types[profile.default_sample_type].name);
     let time_nanos = profile
         .start_time
         .duration_since(UNIX_EPOCH)
@@ -259,13 +265,14 @@ pub(crate) mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+    use crate::kind::ProfileKind;
     use crate::profile::{
         CaptureStats, FrameKind, Function, Line, Location, Mapping, Process, ProfileBuilder,
     };
 
     /// A small profile: one process, a kernel frame over an inlined user frame.
     pub(crate) fn sample_profile() -> Profile {
-        let mut b = ProfileBuilder::new();
+        let mut b = ProfileBuilder::new(ProfileKind::Cpu);
         let p = b.process(Process {
             pid: 42,
             executable_name: "app".into(),
@@ -335,8 +342,8 @@ pub(crate) mod tests {
             }],
             kind: FrameKind::Kernel,
         });
-        b.add_sample(p, 43, "worker", vec![l_hot, l_main], 7);
-        b.add_sample(p, 42, "app", vec![l_sys, l_main], 2);
+        b.add_cpu(p, 43, "worker", vec![l_hot, l_main], 7);
+        b.add_cpu(p, 42, "app", vec![l_sys, l_main], 2);
         b.add_stats(&CaptureStats {
             recorded: 9,
             dropped: 1,
@@ -345,7 +352,7 @@ pub(crate) mod tests {
         b.build(
             SystemTime::UNIX_EPOCH + Duration::from_secs(5),
             Duration::from_secs(2),
-            100,
+            10_000_000,
         )
     }
 

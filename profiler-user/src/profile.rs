@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
+use crate::kind::{Label, ProfileKind, ValueType};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -122,7 +123,7 @@ pub struct Location {
     pub kind: FrameKind,
 }
 
-/// Samples that share a thread and a stack.
+/// Samples that share a thread, a stack and labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
     /// The sampled process.
@@ -133,8 +134,19 @@ pub struct Sample {
     pub thread_name: String,
     /// Frames, leaf first: kernel frames (if any) then user frames.
     pub stack: Vec<LocationId>,
-    /// Number of samples.
-    pub count: u64,
+    /// Labels of the kind (e.g. a thread state); empty for CPU samples.
+    pub labels: Vec<Label>,
+    /// One value per [`Profile::sample_types`] entry; `values[0]` is the count.
+    pub values: Vec<u64>,
+    /// When each event happened (ns since boot), for kinds that record it.
+    pub timestamps: Vec<u64>,
+}
+
+impl Sample {
+    /// The number of samples or events (the first value).
+    pub fn count(&self) -> u64 {
+        self.values.first().copied().unwrap_or(0)
+    }
 }
 
 /// Why samples or frames were lost, and how many; all numbers are exact.
@@ -210,15 +222,25 @@ impl CaptureStats {
     }
 }
 
-/// A finished, symbolized CPU profile.
+/// A finished, symbolized profile of one kind.
 #[derive(Clone, Debug)]
 pub struct Profile {
+    /// What the profile measures.
+    pub kind: ProfileKind,
+    /// The values each sample carries, in order (`samples/count`,
+    /// `cpu/nanoseconds`, …); the first is a count.
+    pub sample_types: Vec<ValueType>,
+    /// Index into `sample_types` of the value viewers show first.
+    pub default_sample_type: usize,
+    /// What the sampling period measures.
+    pub period_type: ValueType,
+    /// How much of `period_type` one sample stands for (CPU: `1e9 /
+    /// frequency` ns); 0 when samples are not taken periodically.
+    pub period: u64,
     /// When sampling started.
     pub start_time: SystemTime,
     /// How long sampling ran.
     pub duration: Duration,
-    /// Sampling frequency in Hz; each sample stands for `1e9 / frequency` ns of CPU.
-    pub frequency_hz: u32,
     /// Sampled processes.
     pub processes: Vec<Process>,
     /// Mapped files.
@@ -227,21 +249,21 @@ pub struct Profile {
     pub functions: Vec<Function>,
     /// Locations.
     pub locations: Vec<Location>,
-    /// Samples, each distinct (process, tid, thread name, stack) once.
+    /// Samples, each distinct (process, tid, thread name, stack, labels) once.
     pub samples: Vec<Sample>,
     /// Losses during capture.
     pub stats: CaptureStats,
 }
 
 impl Profile {
-    /// CPU time one sample stands for, in nanoseconds.
-    pub fn period_ns(&self) -> u64 {
-        1_000_000_000 / u64::from(self.frequency_hz.max(1))
+    /// Total number of samples (or events): the sum of the first values.
+    pub fn total_samples(&self) -> u64 {
+        self.total(0)
     }
 
-    /// Total number of samples.
-    pub fn total_samples(&self) -> u64 {
-        self.samples.iter().map(|s| s.count).sum()
+    /// The sum of value `index` over all samples.
+    pub fn total(&self, index: usize) -> u64 {
+        self.samples.iter().map(|s| s.values[index]).sum()
     }
 
     /// The process of `id`.
@@ -300,23 +322,59 @@ struct SampleKey {
     tid: u32,
     thread_name: String,
     stack: Vec<LocationId>,
+    labels: Vec<Label>,
+}
+
+/// Values and timestamps of merged samples.
+#[derive(Debug, Default)]
+struct Merged {
+    values: Vec<u64>,
+    timestamps: Vec<u64>,
+}
+
+/// One sample for [`ProfileBuilder::add_sample`].
+#[derive(Clone, Debug)]
+pub struct NewSample<'a> {
+    /// The sampled process.
+    pub process: ProcessId,
+    /// Thread id.
+    pub tid: u32,
+    /// Thread name.
+    pub thread_name: &'a str,
+    /// Frames, leaf first.
+    pub stack: Vec<LocationId>,
+    /// Labels of the kind.
+    pub labels: Vec<Label>,
+    /// One value per sample type of the kind.
+    pub values: &'a [u64],
+    /// Event times, if the kind records them.
+    pub timestamps: &'a [u64],
 }
 
 /// Builds a [`Profile`], interning tables and merging equal samples.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProfileBuilder {
+    kind: ProfileKind,
     processes: Interner<Process>,
     mappings: Interner<Mapping>,
     functions: Interner<Function>,
     locations: Interner<Location>,
-    samples: HashMap<SampleKey, u64>,
+    samples: HashMap<SampleKey, Merged>,
     stats: CaptureStats,
 }
 
 impl ProfileBuilder {
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty builder of a profile of `kind`.
+    pub fn new(kind: ProfileKind) -> Self {
+        Self {
+            kind,
+            processes: Interner::default(),
+            mappings: Interner::default(),
+            functions: Interner::default(),
+            locations: Interner::default(),
+            samples: HashMap::new(),
+            stats: CaptureStats::default(),
+        }
     }
 
     /// Id of `process`, adding it when new.
@@ -340,22 +398,27 @@ impl ProfileBuilder {
         LocationId(self.locations.intern(location))
     }
 
-    /// Adds `count` samples of `stack` (leaf first) on thread `tid`.
-    pub fn add_sample(
-        &mut self,
-        process: ProcessId,
-        tid: u32,
-        thread_name: &str,
-        stack: Vec<LocationId>,
-        count: u64,
-    ) {
+    /// Adds samples of `stack` (leaf first) on thread `tid` carrying
+    /// `labels`: `values` (one per sample type of the kind) add up with
+    /// those of equal samples, `timestamps` are kept.
+    pub fn add_sample(&mut self, sample: NewSample<'_>) {
+        debug_assert_eq!(sample.values.len(), self.kind.sample_types().len());
         let key = SampleKey {
-            process,
-            tid,
-            thread_name: thread_name.to_owned(),
-            stack,
+            process: sample.process,
+            tid: sample.tid,
+            thread_name: sample.thread_name.to_owned(),
+            stack: sample.stack,
+            labels: sample.labels,
         };
-        *self.samples.entry(key).or_default() += count;
+        let merged = self.samples.entry(key).or_default();
+        if merged.values.is_empty() {
+            merged.values = sample.values.to_vec();
+        } else {
+            for (sum, value) in merged.values.iter_mut().zip(sample.values) {
+                *sum += value;
+            }
+        }
+        merged.timestamps.extend_from_slice(sample.timestamps);
     }
 
     /// Adds loss counters.
@@ -363,31 +426,42 @@ impl ProfileBuilder {
         self.stats.add(stats);
     }
 
-    /// The finished profile.
-    pub fn build(self, start_time: SystemTime, duration: Duration, frequency_hz: u32) -> Profile {
+    /// The finished profile; one sample stands for `period` of the kind's
+    /// period type.
+    pub fn build(self, start_time: SystemTime, duration: Duration, period: u64) -> Profile {
         let mut samples: Vec<Sample> = self
             .samples
             .into_iter()
-            .map(|(key, count)| Sample {
-                process: key.process,
-                tid: key.tid,
-                thread_name: key.thread_name,
-                stack: key.stack,
-                count,
+            .map(|(key, mut merged)| {
+                merged.timestamps.sort_unstable();
+                Sample {
+                    process: key.process,
+                    tid: key.tid,
+                    thread_name: key.thread_name,
+                    stack: key.stack,
+                    labels: key.labels,
+                    values: merged.values,
+                    timestamps: merged.timestamps,
+                }
             })
             .collect();
         // Deterministic output: heaviest first, then by identity.
         samples.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
+            b.count()
+                .cmp(&a.count())
                 .then(a.process.cmp(&b.process))
                 .then(a.tid.cmp(&b.tid))
                 .then(a.stack.cmp(&b.stack))
+                .then(a.labels.cmp(&b.labels))
         });
         Profile {
+            kind: self.kind,
+            sample_types: self.kind.sample_types().to_vec(),
+            default_sample_type: self.kind.default_sample_type(),
+            period_type: self.kind.period_type(),
+            period,
             start_time,
             duration,
-            frequency_hz,
             processes: self.processes.items,
             mappings: self.mappings.items,
             functions: self.functions.items,
@@ -395,6 +469,29 @@ impl ProfileBuilder {
             samples,
             stats: self.stats,
         }
+    }
+}
+
+#[cfg(test)]
+impl ProfileBuilder {
+    /// Test shorthand: `count` CPU samples of 10 ms each (100 Hz).
+    pub(crate) fn add_cpu(
+        &mut self,
+        process: ProcessId,
+        tid: u32,
+        thread_name: &str,
+        stack: Vec<LocationId>,
+        count: u64,
+    ) {
+        self.add_sample(NewSample {
+            process,
+            tid,
+            thread_name,
+            stack,
+            labels: Vec::new(),
+            values: &[count, count * 10_000_000],
+            timestamps: &[],
+        });
     }
 }
 
@@ -412,7 +509,7 @@ mod tests {
 
     #[test]
     fn interning_and_merging() {
-        let mut b = ProfileBuilder::new();
+        let mut b = ProfileBuilder::new(ProfileKind::Cpu);
         let p = b.process(Process {
             pid: 7,
             executable_name: "app".into(),
@@ -439,15 +536,34 @@ mod tests {
         let l3 = loc(&mut b, 0x20);
         assert_eq!(l1, l2);
         assert_ne!(l1, l3);
-        b.add_sample(p, 7, "app", vec![l1, l3], 2);
-        b.add_sample(p, 7, "app", vec![l1, l3], 3);
-        b.add_sample(p, 8, "worker", vec![l3], 1);
-        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 100);
+        let sample = |tid, thread_name, stack, values: &'static [u64]| NewSample {
+            process: p,
+            tid,
+            thread_name,
+            stack,
+            labels: Vec::new(),
+            values,
+            timestamps: &[],
+        };
+        b.add_sample(sample(7, "app", vec![l1, l3], &[2, 20]));
+        b.add_sample(sample(7, "app", vec![l1, l3], &[3, 30]));
+        b.add_sample(sample(8, "worker", vec![l3], &[1, 10]));
+        b.add_sample(NewSample {
+            labels: vec![("state", "sleeping".into())],
+            ..sample(8, "worker", vec![l3], &[1, 10])
+        });
+        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10);
         assert_eq!(profile.functions.len(), 1);
         assert_eq!(profile.locations.len(), 2);
-        assert_eq!(profile.samples.len(), 2);
-        assert_eq!(profile.samples[0].count, 5);
-        assert_eq!(profile.total_samples(), 6);
-        assert_eq!(profile.period_ns(), 10_000_000);
+        assert_eq!(profile.samples.len(), 3, "labels keep samples apart");
+        assert_eq!(profile.samples[0].values, vec![5, 50]);
+        assert_eq!(profile.total_samples(), 7);
+        assert_eq!(profile.total(1), 70);
+        assert_eq!(profile.period, 10);
+        assert_eq!(profile.sample_types, ProfileKind::Cpu.sample_types());
+        assert_eq!(
+            profile.sample_types[profile.default_sample_type].name,
+            "cpu"
+        );
     }
 }

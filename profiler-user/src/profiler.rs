@@ -1,26 +1,29 @@
-//! The public entry point: runs the pipeline sampler → drain → (process
-//! snapshots) → aggregate → symbolize and hands back a [`Profile`].
+//! The public entry point: runs the pipeline kernel → [`crate::sampler`]
+//! (drain) → [`crate::process`] (snapshots) → [`crate::filter`] →
+//! [`crate::aggregate`] (merge) → [`crate::resolve`] (symbolize) and hands
+//! back one [`Profile`] per kind.
 //!
 //! This module only wires stages together; each stage's logic lives in its
-//! own module.
+//! own module. [`Pipeline`] is everything after the kernel, driven by
+//! drains and free of BPF syscalls, so its orchestration is unit-tested
+//! with made-up drains; [`Profiler`] adds the sampler and the drain loop.
 
 use std::future::Future;
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
-
-use std::collections::HashSet;
 
 use crate::aggregate::Aggregator;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
+use crate::kind::ProfileKind;
 use crate::process::ProcessTable;
 use crate::profile::{CaptureStats, Profile};
+use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
 use crate::symbolize::{CacheStats, Symbolizer};
 use crate::system_info::{self, PreflightError};
 use crate::unwind::kernel::{check_running_kernel, KernelCheckError};
-use crate::unwind::loader::{FileSource, LoaderStats, ProcessTables, TableLoader};
-use crate::unwind::registry::{FileKey, MappedFile};
+use crate::unwind::loader::{LoaderStats, TableLoader};
+use crate::unwind::requests::TableRequests;
 use crate::unwind::Unwinder;
 
 /// How a [`Profiler`] runs.
@@ -36,6 +39,9 @@ pub struct ProfilerOptions {
     /// This Kubernetes node's name: when set, the pods of the node are
     /// watched for container metadata (needs a tokio runtime).
     pub node_name: Option<String>,
+    /// The kinds of profile to collect; each window yields one profile per
+    /// kind, in this order.
+    pub profiles: Vec<ProfileKind>,
 }
 
 impl Default for ProfilerOptions {
@@ -45,6 +51,7 @@ impl Default for ProfilerOptions {
             drain_interval: Duration::from_secs(1),
             filter: ProcessFilter::default(),
             node_name: None,
+            profiles: vec![ProfileKind::Cpu],
         }
     }
 }
@@ -101,22 +108,10 @@ pub struct PipelineStats {
 
 /// A running whole-host profiler.
 pub struct Profiler {
-    options: ProfilerOptions,
+    drain_interval: Duration,
     sampler: Sampler,
     events: ProcessEvents,
-    processes: ProcessTable,
-    symbolizer: Symbolizer,
-    aggregator: Aggregator,
-    start_time: SystemTime,
-    started: Instant,
-    /// Samples and counters of the windows already taken.
-    completed: (u64, CaptureStats),
-    /// Kubernetes metadata of containers (empty off Kubernetes).
-    pods: PodMetadata,
-    /// Builds and loads unwind tables (`None` with frame pointers only).
-    tables: Option<TableLoader>,
-    /// Processes the table loader was told about.
-    with_tables: HashSet<u32>,
+    pipeline: Pipeline,
 }
 
 impl Profiler {
@@ -128,31 +123,22 @@ impl Profiler {
         }
         let started = Sampler::start(&options.policy)?;
         let tables = match started.unwind_maps {
-            Some((maps, rows)) => {
-                Some(TableLoader::spawn(maps, rows).map_err(ProfilerError::Loader)?)
-            }
+            Some((maps, rows)) => Some(TableRequests::new(
+                TableLoader::spawn(maps, rows).map_err(ProfilerError::Loader)?,
+            )),
             None => None,
         };
-        let (sampler, events) = (started.sampler, started.events);
         // Loading parsed the kernel's BTF (tens of MiB, now freed).
-        release_free_memory();
+        crate::memory::release_free();
         let pods = match &options.node_name {
             Some(node) => PodMetadata::watch(node.clone()),
             None => PodMetadata::empty(),
         };
         Ok(Self {
-            options,
-            sampler,
-            events,
-            processes: ProcessTable::new(),
-            symbolizer: Symbolizer::new(),
-            aggregator: Aggregator::new(),
-            start_time: SystemTime::now(),
-            started: Instant::now(),
-            completed: (0, CaptureStats::default()),
-            pods,
-            tables,
-            with_tables: HashSet::new(),
+            drain_interval: options.drain_interval,
+            sampler: started.sampler,
+            events: started.events,
+            pipeline: Pipeline::new(&options, pods, tables),
         })
     }
 
@@ -163,7 +149,7 @@ impl Profiler {
         stop: impl Future<Output = ()>,
         mut progress: impl FnMut(&Progress),
     ) -> Result<(), ProfilerError> {
-        let mut drain_tick = tokio::time::interval(self.options.drain_interval);
+        let mut drain_tick = tokio::time::interval(self.drain_interval);
         drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         drain_tick.tick().await; // the first tick is immediate
         tokio::pin!(stop);
@@ -172,7 +158,7 @@ impl Profiler {
                 () = &mut stop => return Ok(()),
                 tgids = self.events.next_batch() => {
                     for tgid in tgids? {
-                        self.observe(tgid);
+                        self.pipeline.observe(tgid);
                     }
                 }
                 _ = drain_tick.tick() => {
@@ -184,36 +170,136 @@ impl Profiler {
         }
     }
 
-    /// Stops sampling, drains what is left and builds the symbolized profile.
-    pub fn finish(mut self) -> Result<Profile, ProfilerError> {
+    /// Stops sampling, drains what is left and builds the symbolized
+    /// profiles, one per kind of [`ProfilerOptions::profiles`].
+    pub fn finish(mut self) -> Result<Vec<Profile>, ProfilerError> {
         for tgid in self.events.try_batch() {
-            self.observe(tgid);
+            self.pipeline.observe(tgid);
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
-        Ok(self.take_window())
+        Ok(self.pipeline.take_window())
     }
 
-    /// Drains now and returns the profile of everything since the start or
-    /// the previous call, while sampling goes on (continuous profiling).
-    pub fn take_profile(&mut self) -> Result<Profile, ProfilerError> {
+    /// Drains now and returns the profiles of everything since the start
+    /// or the previous call, while sampling goes on (continuous profiling).
+    pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
         let drained = self.sampler.drain()?;
         self.ingest(drained);
-        Ok(self.take_window())
+        Ok(self.pipeline.take_window())
     }
 
-    /// Symbolizes the current window into a profile and starts a new one.
-    fn take_window(&mut self) -> Profile {
-        let aggregator = std::mem::take(&mut self.aggregator);
-        self.completed.0 += aggregator.total_samples();
-        self.completed.1.add(&aggregator.stats());
-        let profile = aggregator.finish(
-            &mut self.processes,
-            &mut self.symbolizer,
-            &self.pods,
-            self.start_time,
-            self.started.elapsed(),
-            self.options.policy.frequency.hz(),
+    /// Where the current window stands.
+    pub fn progress(&self) -> Progress {
+        self.pipeline.progress()
+    }
+
+    /// Totals since the start and current sizes.
+    pub fn totals(&self) -> PipelineStats {
+        self.pipeline.totals()
+    }
+
+    fn ingest(&mut self, drained: Drained) {
+        let exited = self.pipeline.ingest(drained);
+        // Let a future process reusing the pid be announced again.
+        self.sampler.forget_processes(&exited);
+    }
+}
+
+/// Every stage after the kernel: process snapshots, unwind-table requests,
+/// the filter, aggregation and symbolization, window by window.
+struct Pipeline {
+    /// Each kind asked for, with the period one of its samples stands for.
+    kinds: Vec<(ProfileKind, u64)>,
+    filter: ProcessFilter,
+    processes: ProcessTable,
+    symbolizer: Symbolizer,
+    aggregator: Aggregator,
+    /// Kubernetes metadata of containers (empty off Kubernetes).
+    pods: PodMetadata,
+    /// Unwind-table requests (`None` with frame pointers only).
+    tables: Option<TableRequests>,
+    start_time: SystemTime,
+    started: Instant,
+    /// Samples and counters of the windows already taken.
+    completed: (u64, CaptureStats),
+}
+
+impl Pipeline {
+    fn new(options: &ProfilerOptions, pods: PodMetadata, tables: Option<TableRequests>) -> Self {
+        let kinds = options
+            .profiles
+            .iter()
+            .map(|&kind| match kind {
+                ProfileKind::Cpu => (kind, options.policy.frequency.period_ns()),
+            })
+            .collect();
+        Self {
+            kinds,
+            filter: options.filter.clone(),
+            processes: ProcessTable::new(),
+            symbolizer: Symbolizer::new(),
+            aggregator: Aggregator::new(),
+            pods,
+            tables,
+            start_time: SystemTime::now(),
+            started: Instant::now(),
+            completed: (0, CaptureStats::default()),
+        }
+    }
+
+    /// Snapshots a process the kernel announced, and asks for its tables.
+    fn observe(&mut self, tgid: u32) {
+        match self.processes.observe(tgid) {
+            Ok(state) if state.snapshot() => {
+                if let Some(tables) = &mut self.tables {
+                    tables.request(tgid, &self.processes);
+                }
+            }
+            Ok(_) => {}
+            Err(err) => log::debug!("process {tgid}: {err}"),
+        }
+    }
+
+    /// Takes in one drain; returns the processes found to have exited.
+    fn ingest(&mut self, mut drained: Drained) -> Vec<u32> {
+        let tracked = self.processes.track(&drained);
+        if let Some(tables) = &mut self.tables {
+            for &tgid in &tracked.snapshotted {
+                tables.request(tgid, &self.processes);
+            }
+            tables.exited(&tracked.exited);
+            tables.sampled(drained.tgids());
+        }
+        self.filter.apply(&mut drained, &self.processes, &self.pods);
+        self.aggregator.ingest(drained);
+        tracked.exited
+    }
+
+    /// Symbolizes the current window into profiles and starts a new one.
+    fn take_window(&mut self) -> Vec<Profile> {
+        let aggregated = self.aggregator.take();
+        let window_samples: u64 = aggregated
+            .samples
+            .values()
+            .map(|m| m.values.first().copied().unwrap_or(0))
+            .sum();
+        self.completed.0 += window_samples;
+        for stats in aggregated.stats.values() {
+            self.completed.1.add(stats);
+        }
+        let profiles = resolve::profiles(
+            aggregated,
+            &self.kinds,
+            Sources {
+                processes: &self.processes,
+                symbolizer: &mut self.symbolizer,
+                pods: &self.pods,
+            },
+            Window {
+                start_time: self.start_time,
+                duration: self.started.elapsed(),
+            },
         );
         self.start_time = SystemTime::now();
         self.started = Instant::now();
@@ -226,21 +312,15 @@ impl Profiler {
             .collect();
         self.symbolizer.forget(&paths);
         drop(unused); // closes the files, now that no cache refers to them
-        let processes = &self.processes;
-        let gone: Vec<u32> = self
-            .with_tables
-            .iter()
-            .copied()
-            .filter(|&tgid| processes.process(tgid).is_none())
-            .collect();
-        self.forget_tables(&gone);
+        if let Some(tables) = &mut self.tables {
+            tables.forget_pruned(&self.processes);
+        }
         // Symbolizing built and freed large temporaries.
-        release_free_memory();
-        profile
+        crate::memory::release_free();
+        profiles
     }
 
-    /// Where the current window stands.
-    pub fn progress(&self) -> Progress {
+    fn progress(&self) -> Progress {
         Progress {
             elapsed: self.started.elapsed(),
             samples: self.aggregator.total_samples(),
@@ -250,8 +330,7 @@ impl Profiler {
         }
     }
 
-    /// Totals since the start and current sizes.
-    pub fn totals(&self) -> PipelineStats {
+    fn totals(&self) -> PipelineStats {
         let mut capture = self.completed.1;
         capture.add(&self.aggregator.stats());
         PipelineStats {
@@ -263,152 +342,121 @@ impl Profiler {
             unwind_tables: self.tables.as_ref().map(|t| t.stats()).unwrap_or_default(),
         }
     }
-
-    /// Snapshots `tgid` if new or changed, and asks for the unwind tables
-    /// of a new snapshot.
-    fn observe(&mut self, tgid: u32) {
-        match self.processes.observe(tgid) {
-            Ok(true) => self.request_tables(tgid),
-            Ok(false) => {}
-            Err(err) => log::debug!("process {tgid}: {err}"),
-        }
-    }
-
-    /// Queues `tgid`'s mappings for the table loader. hostprof's own
-    /// stacks stay on frame pointers: its tables would cost the most and
-    /// help the user least.
-    fn request_tables(&mut self, tgid: u32) {
-        let (Some(tables), Some(info)) = (&self.tables, self.processes.process(tgid)) else {
-            return;
-        };
-        if tgid == std::process::id() || info.mappings.is_empty() {
-            return;
-        }
-        let mut sources = std::collections::HashMap::new();
-        let mappings = info
-            .mappings
-            .iter()
-            .map(|mapping| {
-                let module = self.processes.module(mapping.module);
-                let key = match &module.build_id {
-                    Some(id) => FileKey::BuildId(id.clone()),
-                    None => FileKey::Module(mapping.module),
-                };
-                if let Some(file) = module.open_file() {
-                    sources.entry(key.clone()).or_insert_with(|| FileSource {
-                        file,
-                        name: module.path.display().to_string(),
-                    });
-                }
-                MappedFile {
-                    start: mapping.start,
-                    end: mapping.end,
-                    file_offset: mapping.file_offset,
-                    key,
-                }
-            })
-            .collect();
-        tables.load(ProcessTables {
-            tgid,
-            mappings,
-            sources,
-        });
-        self.with_tables.insert(tgid);
-    }
-
-    /// Snapshots again the processes whose stacks hold code outside their
-    /// snapshot (a library loaded with `dlopen` since), and asks for the
-    /// new files' unwind tables. Rate-limited per process by the table.
-    fn refresh_unmapped(&mut self, drained: &Drained) {
-        let mut checked = HashSet::new();
-        for sample in &drained.samples {
-            let (user, _) = crate::aggregate::split_truncated(&sample.user_stack);
-            if sample.tgid == 0 || user.is_empty() || checked.contains(&sample.tgid) {
-                continue;
-            }
-            if self.processes.refresh_if_unmapped(sample.tgid, user) {
-                checked.insert(sample.tgid);
-                self.request_tables(sample.tgid);
-            }
-        }
-    }
-
-    /// Tells the table loader that `tgids` exited.
-    fn forget_tables(&mut self, tgids: &[u32]) {
-        let gone: Vec<u32> = tgids
-            .iter()
-            .copied()
-            .filter(|tgid| self.with_tables.remove(tgid))
-            .collect();
-        if let Some(tables) = &self.tables {
-            tables.exited(gone);
-        }
-    }
-
-    fn ingest(&mut self, drained: Drained) {
-        let mut tgids: Vec<u32> = drained.samples.iter().map(|s| s.tgid).collect();
-        tgids.sort_unstable();
-        tgids.dedup();
-        let mut exited = Vec::new();
-        for &tgid in tgids.iter().filter(|&&t| t != 0) {
-            if Path::new(&format!("/proc/{tgid}")).exists() {
-                // Cheap when unchanged; re-snapshots after exec or pid reuse.
-                self.observe(tgid);
-            } else {
-                exited.push(tgid);
-            }
-        }
-        self.refresh_unmapped(&drained);
-        // Let a future process reusing the pid be announced again.
-        self.sampler.forget_processes(&exited);
-        self.forget_tables(&exited);
-        if let Some(tables) = &self.tables {
-            tables.sampled(tgids.clone());
-        }
-        let drained = self.apply_filter(drained, &tgids);
-        self.aggregator.ingest(drained);
-    }
-
-    /// Leaves out the samples of processes the filter rejects, counting
-    /// them as filtered; before symbolization, so they cost nothing more.
-    fn apply_filter(&self, mut drained: Drained, tgids: &[u32]) -> Drained {
-        let filter = &self.options.filter;
-        if filter.is_empty() {
-            return drained;
-        }
-        let rejected: HashSet<u32> = tgids
-            .iter()
-            .copied()
-            .filter(|&tgid| {
-                let info = self.processes.process(tgid);
-                let cgroups = info.map_or(&[][..], |i| &i.cgroups[..]);
-                let pod = info
-                    .and_then(|i| i.container.as_ref())
-                    .and_then(|c| self.pods.container(&c.id));
-                !filter.admits(cgroups, pod.as_deref())
-            })
-            .collect();
-        if rejected.is_empty() {
-            return drained;
-        }
-        drained.samples.retain(|sample| {
-            let keep = !rejected.contains(&sample.tgid);
-            if !keep {
-                drained.stats.filtered += sample.count;
-            }
-            keep
-        });
-        drained
-    }
 }
 
-/// Hands memory the allocator holds but no longer uses back to the kernel,
-/// so the resident size after a burst (BTF parsing, symbolization) falls
-/// back to what is in use; glibc keeps it otherwise.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::{KindStats, RawSample, SampleKey, Thread};
+
+    #[inline(never)]
+    fn marker() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    fn sample(tgid: u32, user_stack: Vec<u64>, count: u64) -> RawSample {
+        RawSample {
+            key: SampleKey {
+                kind: ProfileKind::Cpu,
+                thread: Thread {
+                    tgid,
+                    tid: tgid,
+                    comm: "worker".into(),
+                },
+                user_stack,
+                user_truncated: false,
+                kernel_stack: vec![],
+                labels: vec![],
+            },
+            values: vec![count, count * 10_101_010],
+            timestamps: vec![],
+        }
+    }
+
+    fn drained(samples: Vec<RawSample>) -> Drained {
+        let recorded = samples.iter().map(RawSample::count).sum();
+        Drained {
+            samples,
+            stats: KindStats::from([(
+                ProfileKind::Cpu,
+                CaptureStats {
+                    recorded,
+                    ..Default::default()
+                },
+            )]),
+        }
+    }
+
+    fn pipeline(filter: ProcessFilter) -> Pipeline {
+        let options = ProfilerOptions {
+            filter,
+            ..ProfilerOptions::default()
+        };
+        Pipeline::new(&options, PodMetadata::empty(), None)
+    }
+
+    fn leaf_names(profile: &Profile, pid: u32) -> Vec<String> {
+        profile
+            .samples
+            .iter()
+            .filter(|s| profile.process(s.process).pid == pid)
+            .map(|s| {
+                let leaf = profile.location(s.stack[0]);
+                profile.function(leaf.lines[0].function).name.clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_symbolizes_what_was_drained_and_names_who_exited() {
+        let me = std::process::id();
+        let ghost = u32::MAX - 1;
+        let mut pipeline = pipeline(ProcessFilter::default());
+        let exited = pipeline.ingest(drained(vec![
+            sample(me, vec![marker as *const () as u64], 3),
+            sample(ghost, vec![0x1000], 2),
+        ]));
+        assert_eq!(exited, vec![ghost], "the sampler forgets exited pids");
+        let progress = pipeline.progress();
+        assert_eq!((progress.samples, progress.processes), (5, 2));
+        assert_eq!(
+            pipeline.totals().processes,
+            1,
+            "only the live one snapshotted"
+        );
+
+        let profiles = pipeline.take_window();
+        assert_eq!(profiles.len(), 1, "one profile per kind asked for");
+        let profile = &profiles[0];
+        assert_eq!(profile.kind, ProfileKind::Cpu);
+        assert_eq!(profile.period, 10_101_010, "99 Hz");
+        assert_eq!(profile.total_samples(), 5);
+        assert_eq!(profile.stats.recorded, 5);
+        let names = leaf_names(profile, me);
+        assert!(names[0].contains("marker"), "{names:?}");
+        assert_eq!(leaf_names(profile, ghost), vec!["[unknown]"]);
+
+        // The next window starts empty; totals carry over.
+        let next = pipeline.take_window();
+        assert!(next[0].samples.is_empty());
+        assert_eq!(next[0].stats, CaptureStats::default());
+        assert_eq!(pipeline.totals().samples, 5);
+        assert_eq!(pipeline.totals().capture.recorded, 5);
+    }
+
+    #[test]
+    fn the_filter_runs_before_aggregation_and_counts_what_it_leaves_out() {
+        let me = std::process::id();
+        let mut pipeline = pipeline(ProcessFilter {
+            cgroups: vec!["/hostprof-test/no-such-cgroup".into()],
+            ..ProcessFilter::default()
+        });
+        pipeline.ingest(drained(vec![sample(me, vec![0x1000], 4)]));
+        assert_eq!(pipeline.progress().samples, 0);
+        assert_eq!(pipeline.progress().stats.filtered, 4);
+        let profiles = pipeline.take_window();
+        assert!(profiles[0].samples.is_empty());
+        assert_eq!(profiles[0].stats.filtered, 4);
+        assert_eq!(profiles[0].stats.recorded, 4);
     }
 }

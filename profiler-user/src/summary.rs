@@ -41,6 +41,7 @@ pub struct Summary {
 impl Summary {
     /// Summarizes `profile`, keeping the `top_n` heaviest functions.
     pub fn new(profile: &Profile, top_n: usize) -> Self {
+        let weight = profile.kind.weight();
         let mut self_samples: HashMap<&str, u64> = HashMap::new();
         for sample in &profile.samples {
             // Innermost line of the leaf location: with inlining, the inlined callee.
@@ -48,7 +49,7 @@ impl Summary {
                 let line = &profile.location(*leaf).lines[0];
                 profile.function(line.function).name.as_str()
             });
-            *self_samples.entry(name).or_default() += sample.count;
+            *self_samples.entry(name).or_default() += sample.values[weight];
         }
         let mut top: Vec<FunctionShare> = self_samples
             .into_iter()
@@ -65,7 +66,7 @@ impl Summary {
         top.truncate(top_n);
         let stats = &profile.stats;
         Self {
-            samples: profile.total_samples(),
+            samples: profile.total(weight),
             processes: profile.processes.len(),
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
@@ -171,7 +172,7 @@ mod tests {
 
     #[test]
     fn top_functions_by_self_samples() {
-        let mut b = ProfileBuilder::new();
+        let mut b = ProfileBuilder::new(crate::kind::ProfileKind::Cpu);
         let p = b.process(Process {
             pid: 1,
             executable_name: "app".into(),
@@ -198,9 +199,9 @@ mod tests {
         let main = loc(&mut b, "main", 1);
         let hot = loc(&mut b, "hot", 2);
         let cold = loc(&mut b, "cold", 3);
-        b.add_sample(p, 1, "app", vec![hot, main], 9);
-        b.add_sample(p, 1, "app", vec![cold, main], 1);
-        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 99);
+        b.add_cpu(p, 1, "app", vec![hot, main], 9);
+        b.add_cpu(p, 1, "app", vec![cold, main], 1);
+        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10_000_000);
         let summary = Summary::new(&profile, 1);
         assert_eq!(summary.samples, 10);
         assert_eq!(

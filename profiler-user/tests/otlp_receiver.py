@@ -73,10 +73,22 @@ def summarize(request, transport):
         samples = []
         times = []
         frame_types = set()
+        # One Profile per sample type: samples/count, and cpu/nanoseconds
+        # whose every value must be its sample's count times the period.
+        by_type = {}
         for sp in rp.scope_profiles:
             for p in sp.profiles:
-                check(s(p.sample_type.type_strindex) == "samples", "sample_type is not samples")
+                sample_type = (s(p.sample_type.type_strindex), s(p.sample_type.unit_strindex))
+                check(sample_type in (("samples", "count"), ("cpu", "nanoseconds")),
+                      f"unexpected sample_type {sample_type}")
+                check(sample_type not in by_type, f"two profiles of sample_type {sample_type}")
+                by_type[sample_type] = {
+                    (x.stack_index, tuple(x.attribute_indices), x.link_index): list(x.values)
+                    for x in p.samples
+                }
                 check(s(p.period_type.type_strindex) == "cpu", "period_type is not cpu")
+                if sample_type != ("samples", "count"):
+                    continue
                 check(p.period > 0 and p.time_unix_nano > 0 and p.duration_nano > 0,
                       "period, time_unix_nano and duration_nano must be set")
                 times.append(p.time_unix_nano)
@@ -103,6 +115,12 @@ def summarize(request, transport):
                         frame_types.add(frame_type)
                     samples.append({"count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices)})
+        counts, cpu = by_type.get(("samples", "count")), by_type.get(("cpu", "nanoseconds"))
+        if check(counts is not None and cpu is not None, "a sample type is missing"):
+            period = next(p.period for sp in rp.scope_profiles for p in sp.profiles)
+            check(cpu.keys() == counts.keys(), "sample types disagree on samples")
+            check(all(cpu[k] == [v[0] * period] for k, v in counts.items() if k in cpu),
+                  "cpu/nanoseconds is not count x period")
         resources.append({"attributes": resource, "samples": samples, "times": times,
                           "frame_types": sorted(t for t in frame_types if t)})
     for m in d.mapping_table[1:]:

@@ -29,7 +29,8 @@ async fn samples_every_cpu_and_drains_exactly() {
     let announced = events.try_batch();
 
     let total = first.total() + second.total() + last.total();
-    let recorded = first.stats.recorded + second.stats.recorded + last.stats.recorded;
+    let cpu = |d: &hostprof::sampler::Drained| d.stats[&hostprof::kind::ProfileKind::Cpu];
+    let recorded = cpu(&first).recorded + cpu(&second).recorded + cpu(&last).recorded;
     assert!(
         total > 50,
         "expected ~160 samples on 2 CPUs in 0.8 s, got {total}"
@@ -39,7 +40,7 @@ async fn samples_every_cpu_and_drains_exactly() {
         "drained samples must equal samples the kernel counted"
     );
     assert_eq!(
-        first.stats.dropped + second.stats.dropped + last.stats.dropped,
+        cpu(&first).dropped + cpu(&second).dropped + cpu(&last).dropped,
         0
     );
     let me = std::process::id();
@@ -47,7 +48,7 @@ async fn samples_every_cpu_and_drains_exactly() {
         first
             .samples
             .iter()
-            .any(|s| s.tgid == me && !s.user_stack.is_empty()),
+            .any(|s| s.key.thread.tgid == me && !s.key.user_stack.is_empty()),
         "the spinning test process must be sampled with a user stack"
     );
     assert!(

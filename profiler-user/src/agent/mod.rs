@@ -204,9 +204,9 @@ pub async fn run(
         if shutting_down {
             break;
         }
-        let profile = profiler.take_profile()?;
+        let profiles = profiler.take_profiles()?;
         *shared.pipeline.lock().expect("pipeline lock") = profiler.totals();
-        enqueue(&shared, &profile, &host);
+        enqueue(&shared, &profiles, &host);
     }
 
     log::info!(
@@ -214,8 +214,8 @@ pub async fn run(
         options.shutdown_timeout
     );
     shared.sampling.store(false, Ordering::Relaxed);
-    let profile = profiler.finish()?;
-    enqueue(&shared, &profile, &host);
+    let profiles = profiler.finish()?;
+    enqueue(&shared, &profiles, &host);
     // The receiver lives in the exporter task; it only stops when told.
     let _ = stopping_tx.send(true);
     if tokio::time::timeout(options.shutdown_timeout, &mut exporter)
@@ -256,10 +256,10 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Builds the export request of `profile` and queues it.
-fn enqueue(shared: &Shared, profile: &Profile, host: &HostIdentity) {
+/// Builds the export request of one window's `profiles` and queues it.
+fn enqueue(shared: &Shared, profiles: &[Profile], host: &HostIdentity) {
     let started = Instant::now();
-    let request = build_request(profile, host);
+    let request = build_request(profiles, host);
     let bytes = request.encoded_len();
     let profiles = request.resource_profiles.len() as u64;
     {

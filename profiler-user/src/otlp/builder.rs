@@ -6,7 +6,8 @@
 //! mapping/location/function/link/attribute/stack at index 0), no duplicate
 //! table entries, samples with equal {stack, attributes, link} merged, and
 //! stacks leaf first. One `ResourceProfiles` per container, and one per
-//! process outside containers.
+//! process outside containers; in each, one `Profile` per sample type of
+//! each profile kind.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -19,7 +20,7 @@ use hostprof_proto::otlp::resource::v1::Resource;
 
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
-use crate::profile::{FrameKind, ProcessId, Profile};
+use crate::profile::{FrameKind, Process, Profile};
 
 /// What identifies the host (and the agent) on every resource.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,11 +69,20 @@ enum AttrValue {
     Int(i64),
 }
 
-/// The request-wide dictionary under construction.
+/// A location as the dictionary dedupes it: mapping index, address,
+/// (function index, line) pairs and attribute indices.
+type LocationKey = (i32, u64, Vec<(i32, i64)>, Vec<i32>);
+
+/// The request-wide dictionary under construction. Every table is keyed
+/// by its entries' contents, so profiles of several kinds that share
+/// functions, mappings and locations share their entries.
 struct Dictionary {
     strings: Table<String, String>,
     attributes: Table<(i32, AttrValue), pb::KeyValueAndUnit>,
     stacks: Table<Vec<i32>, pb::Stack>,
+    functions: Table<(i32, i32, i32), pb::Function>,
+    mappings: Table<(u64, u64, u64, i32, Vec<i32>), pb::Mapping>,
+    locations: Table<LocationKey, pb::Location>,
 }
 
 impl Dictionary {
@@ -81,7 +91,100 @@ impl Dictionary {
             strings: Table::new(),
             attributes: Table::new(),
             stacks: Table::new(),
+            functions: Table::new(),
+            mappings: Table::new(),
+            locations: Table::new(),
         }
+    }
+
+    /// Adds `profile`'s functions, mappings and locations; returns the
+    /// dictionary index of each of its locations.
+    fn profile_locations(&mut self, profile: &Profile) -> Vec<i32> {
+        let functions: Vec<i32> = profile
+            .functions
+            .iter()
+            .map(|f| {
+                let name = self.string(&f.name);
+                let system_name = self.string(f.system_name.as_deref().unwrap_or(&f.name));
+                let filename = f.filename.as_deref().map_or(0, |n| self.string(n));
+                self.functions
+                    .intern((name, system_name, filename), || pb::Function {
+                        name_strindex: name,
+                        system_name_strindex: system_name,
+                        filename_strindex: filename,
+                        start_line: 0,
+                    })
+            })
+            .collect();
+        let mappings: Vec<i32> = profile
+            .mappings
+            .iter()
+            .map(|m| {
+                let filename = self.string(&m.path);
+                let attributes: Vec<i32> = m
+                    .build_id
+                    .iter()
+                    .map(|id| {
+                        self.attribute(
+                            "process.executable.build_id.gnu",
+                            AttrValue::Str(id.clone()),
+                        )
+                    })
+                    .collect();
+                let key = (
+                    m.start,
+                    m.limit,
+                    m.file_offset,
+                    filename,
+                    attributes.clone(),
+                );
+                self.mappings.intern(key, || pb::Mapping {
+                    memory_start: m.start,
+                    memory_limit: m.limit,
+                    file_offset: m.file_offset,
+                    filename_strindex: filename,
+                    attribute_indices: attributes,
+                })
+            })
+            .collect();
+        profile
+            .locations
+            .iter()
+            .map(|l| {
+                let frame_type = match l.kind {
+                    FrameKind::Kernel => "kernel",
+                    FrameKind::Native => "native",
+                    FrameKind::Rust => "rust",
+                };
+                let attributes =
+                    vec![self.attribute("profile.frame.type", AttrValue::Str(frame_type.into()))];
+                let mapping = l.mapping.map_or(0, |m| mappings[m.index()]);
+                let lines: Vec<(i32, i64)> = l
+                    .lines
+                    .iter()
+                    .map(|line| {
+                        (
+                            functions[line.function.index()],
+                            line.line.map_or(0, i64::from),
+                        )
+                    })
+                    .collect();
+                let key = (mapping, l.address, lines.clone(), attributes.clone());
+                self.locations.intern(key, || pb::Location {
+                    mapping_index: mapping,
+                    address: l.address,
+                    lines: lines
+                        .into_iter()
+                        .map(|(function_index, line)| pb::Line {
+                            function_index,
+                            line,
+                            column: 0,
+                        })
+                        .collect(),
+                    attribute_indices: attributes,
+                })
+            })
+            .collect()
     }
 
     fn string(&mut self, s: &str) -> i32 {
@@ -125,121 +228,70 @@ fn str_kv(key: &str, value: &str) -> KeyValue {
     key_value(key, any_value::Value::StringValue(value.to_owned()))
 }
 
-/// Sample counts keyed by (stack index, attribute indices); the link is
-/// always the zero link.
-type MergedSamples = HashMap<(i32, Vec<i32>), i64>;
+/// Values and event times of samples merged by (stack index, attribute
+/// indices); the link is always the zero link.
+type MergedSamples = HashMap<(i32, Vec<i32>), (Vec<i64>, Vec<u64>)>;
 
-/// Builds the export request for `profile`.
-pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesServiceRequest {
+/// Builds the export request for `profiles` (one per kind, from the same
+/// window): one dictionary shared by all, and in every resource one OTLP
+/// `Profile` per sample type of each kind that has samples there (the
+/// proto allows one sample type per `Profile`).
+pub fn build_request(profiles: &[Profile], host: &HostIdentity) -> ExportProfilesServiceRequest {
     let mut dict = Dictionary::new();
-
-    // The profile's tables are already unique by value: table i maps to
-    // dictionary index i + 1, after the zero entry.
-    let functions: Vec<pb::Function> = profile
-        .functions
-        .iter()
-        .map(|f| pb::Function {
-            name_strindex: dict.string(&f.name),
-            system_name_strindex: dict.string(f.system_name.as_deref().unwrap_or(&f.name)),
-            filename_strindex: f.filename.as_deref().map_or(0, |n| dict.string(n)),
-            start_line: 0,
-        })
-        .collect();
-    let mappings: Vec<pb::Mapping> = profile
-        .mappings
-        .iter()
-        .map(|m| pb::Mapping {
-            memory_start: m.start,
-            memory_limit: m.limit,
-            file_offset: m.file_offset,
-            filename_strindex: dict.string(&m.path),
-            attribute_indices: m
-                .build_id
-                .iter()
-                .map(|id| {
-                    dict.attribute(
-                        "process.executable.build_id.gnu",
-                        AttrValue::Str(id.clone()),
-                    )
-                })
-                .collect(),
-        })
-        .collect();
-    let locations: Vec<pb::Location> = profile
-        .locations
-        .iter()
-        .map(|l| {
-            let frame_type = match l.kind {
-                FrameKind::Kernel => "kernel",
-                FrameKind::Native => "native",
-                FrameKind::Rust => "rust",
-            };
-            pb::Location {
-                mapping_index: l.mapping.map_or(0, |m| m.index() as i32 + 1),
-                address: l.address,
-                lines: l
-                    .lines
-                    .iter()
-                    .map(|line| pb::Line {
-                        function_index: line.function.index() as i32 + 1,
-                        line: line.line.map_or(0, i64::from),
-                        column: 0,
-                    })
-                    .collect(),
-                attribute_indices: vec![
-                    dict.attribute("profile.frame.type", AttrValue::Str(frame_type.into()))
-                ],
-            }
-        })
-        .collect();
-
-    // Samples per resource, merged by {stack, attributes, link}: one
-    // resource per container, one per process outside containers. In a
-    // container's resource the process is a sample attribute.
-    let mut per_group: Vec<(Group<'_>, MergedSamples)> = Vec::new();
+    // Samples per resource, then per profile kind: one resource per
+    // container, one per process outside containers. In a container's
+    // resource the process is a sample attribute.
+    let mut per_group: Vec<(Group<'_>, Vec<MergedSamples>)> = Vec::new();
     let mut slot: HashMap<Group<'_>, usize> = HashMap::new();
-    for sample in &profile.samples {
-        let location_indices: Vec<i32> =
-            sample.stack.iter().map(|l| l.index() as i32 + 1).collect();
-        let stack_index = dict
-            .stacks
-            .intern(location_indices.clone(), || pb::Stack { location_indices });
-        let process = profile.process(sample.process);
-        let mut attributes = vec![
-            dict.attribute("thread.name", AttrValue::Str(sample.thread_name.clone())),
-            dict.attribute("thread.id", AttrValue::Int(i64::from(sample.tid))),
-        ];
-        let group = match &process.container {
-            Some(container) => {
-                attributes
-                    .push(dict.attribute("process.pid", AttrValue::Int(i64::from(process.pid))));
-                attributes.push(dict.attribute(
-                    "process.executable.name",
-                    AttrValue::Str(process.executable_name.clone()),
-                ));
-                if let Some(path) = &process.executable_path {
+    for (k, profile) in profiles.iter().enumerate() {
+        let locations = dict.profile_locations(profile);
+        for sample in &profile.samples {
+            let location_indices: Vec<i32> =
+                sample.stack.iter().map(|l| locations[l.index()]).collect();
+            let stack_index = dict
+                .stacks
+                .intern(location_indices.clone(), || pb::Stack { location_indices });
+            let process = profile.process(sample.process);
+            let mut attributes = vec![
+                dict.attribute("thread.name", AttrValue::Str(sample.thread_name.clone())),
+                dict.attribute("thread.id", AttrValue::Int(i64::from(sample.tid))),
+            ];
+            let group = match &process.container {
+                Some(container) => {
+                    attributes.push(
+                        dict.attribute("process.pid", AttrValue::Int(i64::from(process.pid))),
+                    );
                     attributes.push(dict.attribute(
-                        "process.executable.path",
-                        AttrValue::Str(path.to_string_lossy().into_owned()),
+                        "process.executable.name",
+                        AttrValue::Str(process.executable_name.clone()),
                     ));
+                    if let Some(path) = &process.executable_path {
+                        attributes.push(dict.attribute(
+                            "process.executable.path",
+                            AttrValue::Str(path.to_string_lossy().into_owned()),
+                        ));
+                    }
+                    Group::Container(container, process.pod.as_deref())
                 }
-                Group::Container(container, process.pod.as_deref())
+                None => Group::Process(process),
+            };
+            for (key, value) in &sample.labels {
+                attributes.push(dict.attribute(key, AttrValue::Str(value.clone())));
             }
-            None => Group::Process(sample.process),
-        };
-        let i = *slot.entry(group.clone()).or_insert_with(|| {
-            per_group.push((group, HashMap::new()));
-            per_group.len() - 1
-        });
-        *per_group[i].1.entry((stack_index, attributes)).or_default() += sample.count as i64;
+            let i = *slot.entry(group.clone()).or_insert_with(|| {
+                per_group.push((group, vec![MergedSamples::new(); profiles.len()]));
+                per_group.len() - 1
+            });
+            let (values, timestamps) = per_group[i].1[k]
+                .entry((stack_index, attributes))
+                .or_insert_with(|| (vec![0; sample.values.len()], Vec::new()));
+            for (sum, &value) in values.iter_mut().zip(&sample.values) {
+                *sum += value as i64;
+            }
+            timestamps.extend_from_slice(&sample.timestamps);
+        }
     }
 
-    let time_unix_nano = profile
-        .start_time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let sample_type = dict.value_type("samples", "count");
-    let period_type = dict.value_type("cpu", "nanoseconds");
     let scope = InstrumentationScope {
         name: SCOPE_NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -247,36 +299,21 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
     };
     let resource_profiles = per_group
         .into_iter()
-        .map(|(group, samples)| {
-            let mut samples: Vec<pb::Sample> = samples
-                .into_iter()
-                .map(|((stack_index, attribute_indices), count)| pb::Sample {
-                    stack_index,
-                    attribute_indices,
-                    link_index: 0,
-                    values: vec![count],
-                    timestamps_unix_nano: Vec::new(),
-                })
+        .map(|(group, per_kind)| {
+            let otlp_profiles = profiles
+                .iter()
+                .zip(per_kind)
+                .filter(|(_, samples)| !samples.is_empty())
+                .flat_map(|(profile, samples)| otlp_profiles(&mut dict, profile, samples))
                 .collect();
-            samples.sort_by(|a, b| {
-                (a.stack_index, &a.attribute_indices).cmp(&(b.stack_index, &b.attribute_indices))
-            });
             pb::ResourceProfiles {
                 resource: Some(Resource {
-                    attributes: resource_attributes(profile, &group, host),
+                    attributes: resource_attributes(&group, host),
                     ..Default::default()
                 }),
                 scope_profiles: vec![pb::ScopeProfiles {
                     scope: Some(scope.clone()),
-                    profiles: vec![pb::Profile {
-                        sample_type: Some(sample_type),
-                        samples,
-                        time_unix_nano,
-                        duration_nano: profile.duration.as_nanos() as u64,
-                        period_type: Some(period_type),
-                        period: profile.period_ns() as i64,
-                        ..Default::default()
-                    }],
+                    profiles: otlp_profiles,
                     schema_url: String::new(),
                 }],
                 schema_url: String::new(),
@@ -284,18 +321,12 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
         })
         .collect();
 
-    let mut mapping_table = vec![pb::Mapping::default()];
-    mapping_table.extend(mappings);
-    let mut location_table = vec![pb::Location::default()];
-    location_table.extend(locations);
-    let mut function_table = vec![pb::Function::default()];
-    function_table.extend(functions);
     ExportProfilesServiceRequest {
         resource_profiles,
         dictionary: Some(pb::ProfilesDictionary {
-            mapping_table,
-            location_table,
-            function_table,
+            mapping_table: dict.mappings.items,
+            location_table: dict.locations.items,
+            function_table: dict.functions.items,
             link_table: vec![pb::Link::default()],
             string_table: dict.strings.items,
             attribute_table: dict.attributes.items,
@@ -304,16 +335,57 @@ pub fn build_request(profile: &Profile, host: &HostIdentity) -> ExportProfilesSe
     }
 }
 
+/// One OTLP `Profile` per sample type of `profile`, over one resource's
+/// merged `samples`, in the profile's sample-type order.
+fn otlp_profiles(
+    dict: &mut Dictionary,
+    profile: &Profile,
+    samples: MergedSamples,
+) -> Vec<pb::Profile> {
+    let mut samples: Vec<_> = samples.into_iter().collect();
+    samples.sort_by(|a, b| a.0.cmp(&b.0));
+    let time_unix_nano = profile
+        .start_time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let period_type = dict.value_type(profile.period_type.name, profile.period_type.unit);
+    profile
+        .sample_types
+        .iter()
+        .enumerate()
+        .map(|(v, sample_type)| pb::Profile {
+            sample_type: Some(dict.value_type(sample_type.name, sample_type.unit)),
+            samples: samples
+                .iter()
+                .map(
+                    |((stack_index, attribute_indices), (values, timestamps))| pb::Sample {
+                        stack_index: *stack_index,
+                        attribute_indices: attribute_indices.clone(),
+                        link_index: 0,
+                        values: vec![values[v]],
+                        timestamps_unix_nano: timestamps.clone(),
+                    },
+                )
+                .collect(),
+            time_unix_nano,
+            duration_nano: profile.duration.as_nanos() as u64,
+            period_type: Some(period_type),
+            period: profile.period as i64,
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// What one `ResourceProfiles` stands for.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Group<'a> {
     /// Every process of a container, with its Kubernetes names if known.
     Container(&'a ContainerRef, Option<&'a PodContainer>),
     /// One process outside containers.
-    Process(ProcessId),
+    Process(&'a Process),
 }
 
-fn resource_attributes(profile: &Profile, group: &Group<'_>, host: &HostIdentity) -> Vec<KeyValue> {
+fn resource_attributes(group: &Group<'_>, host: &HostIdentity) -> Vec<KeyValue> {
     let mut attributes = vec![
         str_kv("host.name", &host.host_name),
         str_kv("os.type", "linux"),
@@ -339,8 +411,7 @@ fn resource_attributes(profile: &Profile, group: &Group<'_>, host: &HostIdentity
                 }
             }
         }
-        Group::Process(id) => {
-            let process = profile.process(*id);
+        Group::Process(process) => {
             attributes.push(key_value(
                 "process.pid",
                 any_value::Value::IntValue(i64::from(process.pid)),
@@ -376,7 +447,7 @@ mod tests {
 
     #[test]
     fn dictionary_starts_with_zero_values_and_has_no_duplicates() {
-        let request = build_request(&sample_profile(), &host());
+        let request = build_request(&[sample_profile()], &host());
         let d = request.dictionary.unwrap();
         assert_eq!(d.string_table[0], "");
         assert_eq!(d.mapping_table[0], pb::Mapping::default());
@@ -395,8 +466,19 @@ mod tests {
     }
 
     #[test]
+    fn profiles_of_one_window_share_the_dictionary() {
+        let one = build_request(&[sample_profile()], &host());
+        let two = build_request(&[sample_profile(), sample_profile()], &host());
+        let (d1, d2) = (one.dictionary.unwrap(), two.dictionary.unwrap());
+        assert_eq!(d1, d2, "equal entries are shared, not repeated");
+        let profiles = &two.resource_profiles[0].scope_profiles[0].profiles;
+        assert_eq!(profiles.len(), 4, "two sample types of each profile");
+        assert_eq!(profiles[0], profiles[2]);
+    }
+
+    #[test]
     fn every_index_resolves_and_stacks_are_leaf_first() {
-        let request = build_request(&sample_profile(), &host());
+        let request = build_request(&[sample_profile()], &host());
         let d = request.dictionary.as_ref().unwrap();
         let s = |i: i32| d.string_table[i as usize].as_str();
         assert_eq!(
@@ -437,6 +519,14 @@ mod tests {
         assert_eq!(p.duration_nano, 2_000_000_000);
         let total: i64 = p.samples.iter().map(|x| x.values[0]).sum();
         assert_eq!(total, 9);
+        assert_eq!(scope.profiles.len(), 2, "one profile per sample type");
+        let cpu = &scope.profiles[1];
+        assert_eq!(s(cpu.sample_type.unwrap().type_strindex), "cpu");
+        assert_eq!(s(cpu.sample_type.unwrap().unit_strindex), "nanoseconds");
+        for (count, time) in p.samples.iter().zip(&cpu.samples) {
+            assert_eq!(count.stack_index, time.stack_index);
+            assert_eq!(time.values[0], count.values[0] * 10_000_000);
+        }
         for sample in &p.samples {
             let stack = &d.stack_table[sample.stack_index as usize];
             let leaf = &d.location_table[stack.location_indices[0] as usize];
@@ -482,7 +572,7 @@ mod tests {
         let id = "ab".repeat(32);
         let path = format!("/kubepods/besteffort/pod3f1c2a4b-5d6e-4f70-8192-a3b4c5d6e7f8/{id}");
         profile.processes[0].container = crate::container::cgroup::parse_cgroup_path(&path);
-        let request = build_request(&profile, &host());
+        let request = build_request(&[profile], &host());
         let d = request.dictionary.as_ref().unwrap();
         let s = |i: i32| d.string_table[i as usize].as_str();
         assert_eq!(request.resource_profiles.len(), 1);

@@ -8,7 +8,9 @@
 //! descriptors ([`Module::symbol_path`]), whether or not the process, or even
 //! the file's directory entry, still exists.
 
+mod lifecycle;
 pub mod maps;
+mod procfs;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -16,9 +18,22 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use lifecycle::{lifecycle, Identity, Lifecycle};
 use maps::{MapEntry, MapPath};
+use procfs::{open_mapped_file, read_proc};
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
+use crate::sampler::Drained;
+
+/// What [`ProcessTable::track`] found in a drain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// Processes snapshotted (new, exec'd, reused pid) or whose executable
+    /// mappings changed (`dlopen`): their unwind tables need loading.
+    pub snapshotted: Vec<u32>,
+    /// Processes with samples that have left `/proc`.
+    pub exited: Vec<u32>,
+}
 
 /// Index of a [`Module`] in a [`ProcessTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +113,15 @@ pub struct ProcessInfo {
     refreshed: Instant,
 }
 
+impl ProcessInfo {
+    fn identity(&self) -> Identity {
+        Identity {
+            start_time: self.start_time,
+            exe: self.exe_identity,
+        }
+    }
+}
+
 /// Where a user address points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolved {
@@ -171,29 +195,57 @@ impl ProcessTable {
 
     /// Snapshots `pid` if it is new, or again if it exec'd or its pid was
     /// reused; cheap (one small read) when nothing changed. A known process
-    /// that has exited keeps its last snapshot. True when a new snapshot
-    /// was taken.
-    pub fn observe(&mut self, pid: u32) -> Result<bool, ProcessError> {
+    /// that is exiting or gone keeps its last snapshot. Returns how the pid
+    /// stands ([`Lifecycle::snapshot`] tells whether a snapshot was taken).
+    pub(crate) fn observe(&mut self, pid: u32) -> Result<Lifecycle, ProcessError> {
         if pid == 0 {
-            return Ok(false); // the idle task has no /proc entry
+            return Ok(Lifecycle::Unchanged); // the idle task has no /proc entry
         }
-        if let Some(known) = self.processes.get(&pid) {
-            match read_start_time(pid) {
-                Err(ProcessError::Gone { .. }) => return Ok(false),
+        let known = self.processes.get(&pid).map(ProcessInfo::identity);
+        let state = lifecycle(known, procfs::identity(pid)?);
+        if state.snapshot() {
+            match self.snapshot(pid) {
+                Ok(info) => {
+                    self.processes.insert(pid, info);
+                }
+                // Exited between the two reads.
+                Err(ProcessError::Gone { .. }) => return Ok(Lifecycle::Gone),
                 Err(err) => return Err(err),
-                Ok(start) if start == known.start_time => match exe_identity(pid) {
-                    // Exiting (a zombie has no exe and empty maps): keep the
-                    // last snapshot, which still describes its samples.
-                    None => return Ok(false),
-                    Some(identity) if Some(identity) == known.exe_identity => return Ok(false),
-                    Some(_) => {} // exec'd
-                },
-                Ok(_) => {} // pid reused
             }
         }
-        let info = self.snapshot(pid)?;
-        self.processes.insert(pid, info);
-        Ok(true)
+        Ok(state)
+    }
+
+    /// Brings the snapshots of a drain's processes up to date: snapshots
+    /// new, exec'd and reused pids, and re-reads the maps of processes
+    /// whose stacks hold code outside their snapshot (a library loaded
+    /// with `dlopen` since; at most every half second per process). This
+    /// is the one path that refreshes snapshots; resolving never does.
+    pub fn track(&mut self, drained: &Drained) -> Tracked {
+        let mut tracked = Tracked::default();
+        for tgid in drained.tgids() {
+            match self.observe(tgid) {
+                Ok(state) if state.snapshot() => tracked.snapshotted.push(tgid),
+                Ok(Lifecycle::Gone) => tracked.exited.push(tgid),
+                Ok(_) => {}
+                Err(err) => log::debug!("process {tgid}: {err}"),
+            }
+        }
+        let mut checked = HashSet::new();
+        for sample in &drained.samples {
+            let tgid = sample.key.thread.tgid;
+            let user = &sample.key.user_stack;
+            if tgid == 0 || user.is_empty() || checked.contains(&tgid) {
+                continue;
+            }
+            if self.refresh_if_unmapped(tgid, user) {
+                checked.insert(tgid);
+                if !tracked.snapshotted.contains(&tgid) {
+                    tracked.snapshotted.push(tgid);
+                }
+            }
+        }
+        tracked
     }
 
     /// Processes whose snapshots are held.
@@ -231,10 +283,10 @@ impl ProcessTable {
         let gone: HashSet<u32> = self
             .processes
             .values()
-            .filter(|info| read_start_time(info.pid).ok() != Some(info.start_time))
+            .filter(|info| procfs::read_start_time(info.pid).ok() != Some(info.start_time))
             .map(|info| info.pid)
             .collect();
-        let expired: Vec<u32> = gone.intersection(&self.gone).copied().collect();
+        let expired = lifecycle::expired(&gone, &self.gone);
         for pid in &expired {
             self.processes.remove(pid);
         }
@@ -260,18 +312,9 @@ impl ProcessTable {
             .collect()
     }
 
-    /// Where `addr` points in `pid`'s address space. An address outside every
-    /// known mapping of a live process re-reads its maps (a library loaded
-    /// since the snapshot), at most every half second.
-    pub fn resolve(&mut self, pid: u32, addr: u64) -> Resolved {
-        let found = match self.processes.get(&pid) {
-            Some(info) => lookup(info, addr),
-            None => None,
-        };
-        if let Some(resolved) = found {
-            return resolved;
-        }
-        self.refresh(pid);
+    /// Where `addr` points in `pid`'s address space, as of its snapshot.
+    /// Read-only: [`Self::track`] keeps the snapshots current.
+    pub fn resolve(&self, pid: u32, addr: u64) -> Resolved {
         self.processes
             .get(&pid)
             .and_then(|info| lookup(info, addr))
@@ -281,7 +324,7 @@ impl ProcessTable {
     /// Re-reads `pid`'s maps when one of `addrs` lies outside every mapping
     /// of its snapshot (a library loaded since), at most every half second.
     /// True when its executable mappings changed.
-    pub fn refresh_if_unmapped(&mut self, pid: u32, addrs: &[u64]) -> bool {
+    fn refresh_if_unmapped(&mut self, pid: u32, addrs: &[u64]) -> bool {
         let Some(info) = self.processes.get(&pid) else {
             return false;
         };
@@ -304,21 +347,19 @@ impl ProcessTable {
         let Ok(info) = self.snapshot(pid) else {
             return false;
         };
-        // A zombie's maps read empty: keep what it looked like alive.
-        let exiting = info.exe_identity.is_none() && self.processes.contains_key(&pid);
-        if exiting {
-            return false;
-        }
-        let changed = self
-            .processes
-            .get(&pid)
-            .is_none_or(|known| known.mappings != info.mappings);
+        let known = self.processes.get(&pid);
+        let changed = match lifecycle(known.map(ProcessInfo::identity), Some(info.identity())) {
+            // A zombie's maps read empty: keep what it looked like alive.
+            Lifecycle::Exiting | Lifecycle::Gone => return false,
+            Lifecycle::Unchanged => known.is_some_and(|k| k.mappings != info.mappings),
+            Lifecycle::New | Lifecycle::Exec | Lifecycle::PidReused => true,
+        };
         self.processes.insert(pid, info);
         changed
     }
 
     fn snapshot(&mut self, pid: u32) -> Result<ProcessInfo, ProcessError> {
-        let start_time = read_start_time(pid)?;
+        let start_time = procfs::read_start_time(pid)?;
         let maps_path = format!("/proc/{pid}/maps");
         let text = read_proc(&maps_path, pid)?;
         let entries = maps::parse(&text).map_err(|err| ProcessError::Malformed {
@@ -362,7 +403,7 @@ impl ProcessTable {
             vdso,
             container: parse_proc_cgroup(&cgroup_text),
             cgroups: cgroup_paths(&cgroup_text),
-            exe_identity: exe_identity(pid),
+            exe_identity: procfs::exe_identity(pid),
             refreshed: Instant::now(),
         })
     }
@@ -416,58 +457,6 @@ fn lookup(info: &ProcessInfo, addr: u64) -> Option<Resolved> {
     })
 }
 
-/// Opens the file behind a mapping: through `map_files` (works across mount
-/// namespaces and for deleted files), else through the process's root.
-fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Option<File> {
-    let by_mapping = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
-    File::open(&by_mapping)
-        .or_else(|_| {
-            File::open(
-                Path::new(&format!("/proc/{pid}/root"))
-                    .join(path.strip_prefix("/").unwrap_or(path)),
-            )
-        })
-        .map_err(|err| log::debug!("pid {pid}: cannot open {}: {err}", path.display()))
-        .ok()
-}
-
-fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ProcessError::Gone { pid },
-        // A process exiting mid-read reports ESRCH.
-        _ if source.raw_os_error() == Some(libc::ESRCH) => ProcessError::Gone { pid },
-        _ => ProcessError::Read {
-            path: path.to_owned(),
-            source,
-        },
-    })
-}
-
-fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
-    let path = format!("/proc/{pid}/stat");
-    let text = read_proc(&path, pid)?;
-    parse_start_time(&text).ok_or_else(|| ProcessError::Malformed {
-        path,
-        reason: "no start time field".into(),
-    })
-}
-
-/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
-/// (field 2) may hold spaces and parentheses, so count from the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
-}
-
-/// (device, inode) of the process's executable, to notice exec.
-fn exe_identity(pid: u32) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,14 +464,6 @@ mod tests {
     #[inline(never)]
     fn marker() -> u32 {
         std::hint::black_box(7)
-    }
-
-    #[test]
-    fn start_time_from_stat() {
-        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
-        assert_eq!(parse_start_time(stat), Some(987654));
-        assert_eq!(parse_start_time("garbage"), None);
-        assert_eq!(parse_start_time("1 (x) S 1"), None);
     }
 
     #[test]
@@ -574,7 +555,7 @@ mod tests {
         // Not reaped yet: a zombie, whose maps read empty. Observing it
         // must keep the snapshot taken while it ran.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while exe_identity(pid).is_some() {
+        while procfs::exe_identity(pid).is_some() {
             assert!(Instant::now() < deadline, "child never became a zombie");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -588,10 +569,11 @@ mod tests {
                 .any(|m| m.module == exe_module),
             "the zombie's snapshot was replaced by an empty one"
         );
-        // Nor may resolving an unknown address (which re-reads the maps of
-        // a live process, at most every half second) empty it.
+        // Nor may the refresh for an unknown address (which re-reads the
+        // maps of a live process, at most every half second) empty it.
         let inside = table.process(pid).unwrap().mappings[0].start;
         std::thread::sleep(REFRESH_INTERVAL);
+        assert!(!table.refresh_if_unmapped(pid, &[8]));
         assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
         assert!(matches!(
             table.resolve(pid, inside),
@@ -601,10 +583,7 @@ mod tests {
         table.observe(pid).unwrap();
         let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
         assert_eq!(&bytes[..4], b"\x7fELF");
-        assert!(matches!(
-            ProcessTable::new().observe(pid),
-            Err(ProcessError::Gone { .. })
-        ));
+        assert_eq!(ProcessTable::new().observe(pid).unwrap(), Lifecycle::Gone);
 
         // Pruning keeps the exited process for one more round, then drops
         // it and the modules only it mapped; live processes stay.

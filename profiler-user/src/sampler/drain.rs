@@ -1,5 +1,6 @@
-//! Drain bookkeeping that needs no kernel: which map set is live, turning
-//! drained map entries into [`RawSample`]s, and loss counters.
+//! Drain bookkeeping that needs no kernel: which map set is live, decoding
+//! drained map entries into [`RawSample`]s (truncation decoded here, once),
+//! and loss counters.
 //!
 //! The kernel program writes into one of two map sets (`COUNTS_n` +
 //! `STACKS_n`). To drain, userspace points the program at the other set,
@@ -7,10 +8,11 @@
 //! period, see `sampler::quiesce`), then reads and empties the old set. No
 //! sample is read twice or lost between sets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use profiler_common::{SampleKey, StackHash, Stat, COMM_LEN};
+use profiler_common::{SampleKey as KernelKey, StackHash, Stat, COMM_LEN, TRUNCATED_MARK};
 
+use crate::kind::{Label, ProfileKind};
 use crate::profile::{CaptureStats, UnwindCounters};
 
 /// One of the two map sets the kernel program alternates between.
@@ -41,36 +43,79 @@ impl MapSet {
     }
 }
 
-/// Samples that share a thread and a stack, as the kernel recorded them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawSample {
+/// A thread as the kernel saw it when it took a sample.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Thread {
     /// Process id (tgid); 0 for the idle task.
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
     /// Thread name (`comm`).
     pub comm: String,
+}
+
+/// What decoded samples merge by: their kind, thread, stacks and labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// The profile kind whose program recorded the sample.
+    pub kind: ProfileKind,
+    /// The sampled thread.
+    pub thread: Thread,
     /// User-space instruction pointers, leaf first; empty for kernel threads.
     pub user_stack: Vec<u64>,
+    /// The kernel cut the user stack at its depth limit: the frames above
+    /// the last one are unknown.
+    pub user_truncated: bool,
     /// Kernel instruction pointers, leaf first; empty when the sample hit user mode.
     pub kernel_stack: Vec<u64>,
-    /// Number of samples.
-    pub count: u64,
+    /// Labels the kind's decoder attached; empty for CPU samples.
+    pub labels: Vec<Label>,
 }
+
+/// Samples that share a [`SampleKey`], decoded from what the kernel recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawSample {
+    /// What the samples share.
+    pub key: SampleKey,
+    /// One value per sample type of the kind
+    /// ([`ProfileKind::sample_types`]); `values[0]` is the count.
+    pub values: Vec<u64>,
+    /// When each event happened (ns since boot), for kinds that record it;
+    /// empty otherwise.
+    pub timestamps: Vec<u64>,
+}
+
+impl RawSample {
+    /// The number of samples or events (the first value).
+    pub fn count(&self) -> u64 {
+        self.values.first().copied().unwrap_or(0)
+    }
+}
+
+/// Loss and filter counters of each kind.
+pub type KindStats = BTreeMap<ProfileKind, CaptureStats>;
 
 /// What one drain produced.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Drained {
-    /// Samples, one entry per distinct thread and stack pair.
+    /// Samples, one entry per distinct [`SampleKey`].
     pub samples: Vec<RawSample>,
-    /// Loss counters accumulated since the previous drain.
-    pub stats: CaptureStats,
+    /// Loss counters of each kind accumulated since the previous drain.
+    pub stats: KindStats,
 }
 
 impl Drained {
-    /// Total number of samples in this drain.
+    /// Total number of samples (or events) in this drain, all kinds.
     pub fn total(&self) -> u64 {
-        self.samples.iter().map(|s| s.count).sum()
+        self.samples.iter().map(RawSample::count).sum()
+    }
+
+    /// The distinct processes with samples in this drain, ascending.
+    pub fn tgids(&self) -> Vec<u32> {
+        let mut tgids: Vec<u32> = self.samples.iter().map(|s| s.key.thread.tgid).collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids
     }
 }
 
@@ -80,14 +125,27 @@ pub fn comm_to_string(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
-/// Joins drained counts with drained stacks.
+/// A user stack without the kernel's truncation mark, and whether it had
+/// one (the unwinder cut it at its depth limit).
+pub fn split_truncated(mut stack: Vec<u64>) -> (Vec<u64>, bool) {
+    if stack.last() == Some(&TRUNCATED_MARK) {
+        stack.pop();
+        (stack, true)
+    } else {
+        (stack, false)
+    }
+}
+
+/// Joins drained CPU sample counts with drained stacks, decoding the
+/// truncation mark; each sample's CPU time is its count × `period_ns`.
 ///
 /// A stack hash with no stack can only come from a kernel bug or a map
 /// corrupted from outside; such samples keep their count with an empty
 /// stack rather than being dropped.
-pub fn assemble(
-    counts: impl IntoIterator<Item = (SampleKey, u64)>,
+pub fn assemble_cpu(
+    counts: impl IntoIterator<Item = (KernelKey, u64)>,
     stacks: &HashMap<StackHash, Vec<u64>>,
+    period_ns: u64,
 ) -> Vec<RawSample> {
     let stack = |hash: StackHash| -> Vec<u64> {
         if hash == 0 {
@@ -99,13 +157,24 @@ pub fn assemble(
     counts
         .into_iter()
         .filter(|(_, count)| *count > 0)
-        .map(|(key, count)| RawSample {
-            tgid: key.tgid,
-            tid: key.tid,
-            comm: comm_to_string(&key.comm),
-            user_stack: stack(key.user_stack),
-            kernel_stack: stack(key.kernel_stack),
-            count,
+        .map(|(key, count)| {
+            let (user_stack, user_truncated) = split_truncated(stack(key.user_stack));
+            RawSample {
+                key: SampleKey {
+                    kind: ProfileKind::Cpu,
+                    thread: Thread {
+                        tgid: key.tgid,
+                        tid: key.tid,
+                        comm: comm_to_string(&key.comm),
+                    },
+                    user_stack,
+                    user_truncated,
+                    kernel_stack: stack(key.kernel_stack),
+                    labels: Vec::new(),
+                },
+                values: vec![count, count.saturating_mul(period_ns)],
+                timestamps: Vec::new(),
+            }
         })
         .collect()
 }
@@ -156,10 +225,10 @@ impl StatCounters {
 mod tests {
     use super::*;
 
-    fn key(tgid: u32, user: StackHash, kernel: StackHash) -> SampleKey {
+    fn key(tgid: u32, user: StackHash, kernel: StackHash) -> KernelKey {
         let mut comm = [0; COMM_LEN];
         comm[..4].copy_from_slice(b"work");
-        SampleKey {
+        KernelKey {
             tgid,
             tid: tgid + 1,
             user_stack: user,
@@ -184,28 +253,53 @@ mod tests {
 
     #[test]
     fn assemble_joins_stacks_and_keeps_unknown_hashes() {
-        let stacks = HashMap::from([(11, vec![0x1, 0x2]), (22, vec![0xffff_0001])]);
-        let samples = assemble(
+        let stacks = HashMap::from([
+            (11, vec![0x1, 0x2]),
+            (22, vec![0xffff_0001]),
+            (33, vec![0x1, 0x2, TRUNCATED_MARK]),
+        ]);
+        let samples = assemble_cpu(
             [
                 (key(5, 11, 22), 3),
                 (key(6, 0, 22), 1),
                 (key(7, 99, 0), 2),
                 (key(8, 11, 0), 0),
+                (key(9, 33, 0), 1),
             ],
             &stacks,
+            10,
         );
-        assert_eq!(samples.len(), 3, "zero counts are skipped");
-        assert_eq!(samples[0].user_stack, vec![0x1, 0x2]);
-        assert_eq!(samples[0].kernel_stack, vec![0xffff_0001]);
-        assert_eq!(samples[0].comm, "work");
-        assert!(samples[1].user_stack.is_empty());
+        assert_eq!(samples.len(), 4, "zero counts are skipped");
+        assert_eq!(samples[0].key.user_stack, vec![0x1, 0x2]);
+        assert!(!samples[0].key.user_truncated);
+        assert_eq!(samples[0].key.kernel_stack, vec![0xffff_0001]);
+        assert_eq!(samples[0].key.thread.comm, "work");
+        assert_eq!(samples[0].key.kind, ProfileKind::Cpu);
+        assert_eq!(samples[0].values, vec![3, 30], "count and CPU time");
+        assert!(samples[1].key.user_stack.is_empty());
         assert!(
-            samples[2].user_stack.is_empty(),
+            samples[2].key.user_stack.is_empty(),
             "unknown hash, empty stack"
         );
-        assert_eq!(samples[2].count, 2);
-        let total: u64 = samples.iter().map(|s| s.count).sum();
-        assert_eq!(total, 6);
+        assert_eq!(samples[2].count(), 2);
+        assert_eq!(samples[3].key.user_stack, vec![0x1, 0x2], "mark removed");
+        assert!(samples[3].key.user_truncated);
+        let drained = Drained {
+            samples,
+            stats: KindStats::new(),
+        };
+        assert_eq!(drained.total(), 7);
+        assert_eq!(drained.tgids(), vec![5, 6, 7, 9]);
+    }
+
+    #[test]
+    fn truncation_mark_is_decoded_once() {
+        assert_eq!(
+            split_truncated(vec![1, 2, TRUNCATED_MARK]),
+            (vec![1, 2], true)
+        );
+        assert_eq!(split_truncated(vec![1, 2]), (vec![1, 2], false));
+        assert_eq!(split_truncated(vec![]), (vec![], false));
     }
 
     #[test]

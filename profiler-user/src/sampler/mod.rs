@@ -18,13 +18,16 @@ use aya::maps::{
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::programs::{PerfEvent, ProgramError};
 use aya::{Ebpf, EbpfError, EbpfLoader};
-use profiler_common::{names, Config, DeepStack, NewProcess, SampleKey, Stack, StackHash, Stat};
+use profiler_common::{
+    names, Config, DeepStack, NewProcess, SampleKey as KernelKey, Stack, StackHash, Stat,
+};
 use tokio::io::unix::AsyncFd;
 
-pub use drain::{Drained, MapSet, RawSample};
+pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey, Thread};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 pub use unwind_maps::KernelUnwindMaps;
 
+use crate::kind::ProfileKind;
 use crate::unwind::Unwinder;
 
 use drain::StatCounters;
@@ -104,7 +107,7 @@ pub struct Sampler {
     config_map: Array<MapData, Config>,
     config: Config,
     stats: PerCpuArray<MapData, u64>,
-    counts: [PerCpuHashMap<MapData, SampleKey, u64>; 2],
+    counts: [PerCpuHashMap<MapData, KernelKey, u64>; 2],
     stacks: [HashMap<MapData, StackHash, Stack>; 2],
     deep_stacks: [HashMap<MapData, StackHash, DeepStack>; 2],
     known: HashMap<MapData, u32, u8>,
@@ -114,6 +117,8 @@ pub struct Sampler {
     active: MapSet,
     last_stats: StatCounters,
     attached: bool,
+    /// CPU time one sample stands for.
+    period_ns: u64,
 }
 
 impl Sampler {
@@ -256,6 +261,7 @@ impl Sampler {
             active: MapSet::Zero,
             last_stats: StatCounters::default(),
             attached: true,
+            period_ns: policy.frequency.period_ns(),
         };
         sampler.last_stats = sampler.read_stats()?;
         // SAFETY: the ring buffer owns its file descriptor and lives inside
@@ -313,7 +319,7 @@ impl Sampler {
         self.last_stats = stats;
         Ok(Drained {
             samples,
-            stats: delta,
+            stats: KindStats::from([(ProfileKind::Cpu, delta)]),
         })
     }
 
@@ -369,7 +375,7 @@ impl Sampler {
         for hash in &deep {
             deep_map.remove(hash).map_err(map_err(deep_name))?;
         }
-        Ok(drain::assemble(entries, &stacks))
+        Ok(drain::assemble_cpu(entries, &stacks, self.period_ns))
     }
 
     fn read_stats(&self) -> Result<StatCounters, SamplerError> {

@@ -22,6 +22,7 @@ pub mod encode;
 pub mod kernel;
 pub mod loader;
 pub mod registry;
+pub mod requests;
 pub mod space;
 pub mod table;
 

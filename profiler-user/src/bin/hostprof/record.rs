@@ -37,20 +37,28 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (profile, totals) = runtime.block_on(capture(options, args.duration))?;
+    let (profiles, totals) = runtime.block_on(capture(options, args.duration))?;
     if !args.no_local {
-        write_outputs(&profile, &args)?;
+        for profile in &profiles {
+            write_outputs(profile, &args)?;
+        }
     }
-    let summary = Summary::new(&profile, 10).with_unwind_tables(totals.unwind_tables);
-    print!("\n{summary}");
+    for profile in &profiles {
+        let summary = Summary::new(profile, 10).with_unwind_tables(totals.unwind_tables);
+        print!("\n{summary}");
+    }
     if let Some(exporter) = exporter {
-        runtime.block_on(export(&exporter, &profile, &host))?;
+        runtime.block_on(export(&exporter, &profiles, &host))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn export(exporter: &Exporter, profile: &Profile, host: &HostIdentity) -> anyhow::Result<()> {
-    let request = hostprof::otlp::build_request(profile, host);
+async fn export(
+    exporter: &Exporter,
+    profiles: &[Profile],
+    host: &HostIdentity,
+) -> anyhow::Result<()> {
+    let request = hostprof::otlp::build_request(profiles, host);
     let profiles = request.resource_profiles.len();
     let outcome = exporter.export(&request).await?;
     eprintln!(
@@ -67,12 +75,13 @@ async fn export(exporter: &Exporter, profile: &Profile, host: &HostIdentity) -> 
     Ok(())
 }
 
-/// The profile of the capture, and the pipeline totals just before it was
-/// finished (for the unwind tables, which `finish` lets go of).
+/// The profiles of the capture (one per kind), and the pipeline totals
+/// just before it was finished (for the unwind tables, which `finish` lets
+/// go of).
 async fn capture(
     options: ProfilerOptions,
     duration: Duration,
-) -> anyhow::Result<(Profile, PipelineStats)> {
+) -> anyhow::Result<(Vec<Profile>, PipelineStats)> {
     let mut profiler = Profiler::start(options)?;
     let bar = progress_bar(duration);
     let stop = async {
@@ -116,7 +125,7 @@ fn write_outputs(profile: &Profile, args: &RecordArgs) -> anyhow::Result<()> {
     eprintln!("wrote {}", args.output.display());
     if let Some(path) = args.flamegraph_path() {
         let out = create(&path)?;
-        hostprof::flamegraph::write_svg(profile, out, "hostprof CPU flamegraph")
+        hostprof::flamegraph::write_svg(profile, out, profile.kind.title())
             .with_context(|| format!("writing the flamegraph to {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

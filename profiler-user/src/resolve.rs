@@ -1,0 +1,452 @@
+//! Turns aggregated samples into symbolized [`Profile`]s, one per kind.
+//!
+//! User addresses are resolved to (file, offset) through the process
+//! snapshots — read-only: snapshots are taken and refreshed by
+//! [`crate::process`] as samples are drained — and every distinct address
+//! is symbolized once per window, in batches per file (and once per file
+//! thanks to the symbolizer's cache). Kernel addresses go to the kernel
+//! symbolizer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::aggregate::Aggregated;
+use crate::k8s::PodMetadata;
+use crate::kind::ProfileKind;
+use crate::process::{ModuleId, ProcessTable, Resolved};
+use crate::profile::{
+    FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, NewSample, Process,
+    Profile, ProfileBuilder,
+};
+use crate::sampler::SampleKey;
+use crate::symbolize::{Symbolizer, Symbols};
+
+/// Name the idle task is reported under (as `perf` does).
+const IDLE_PROCESS: &str = "swapper";
+/// Outermost frame of a stack cut at the unwinder's depth limit.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+/// Path of the kernel's pseudo-mapping.
+const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+
+/// What every profile of a window shares.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// When the window started.
+    pub start_time: SystemTime,
+    /// How long it lasted.
+    pub duration: Duration,
+}
+
+/// What [`profiles`] reads besides the samples: process snapshots, the
+/// symbolizer and Kubernetes metadata.
+pub struct Sources<'a> {
+    /// Memory-map snapshots of the sampled processes.
+    pub processes: &'a ProcessTable,
+    /// Symbolizes files and the kernel (caches across windows).
+    pub symbolizer: &'a mut Symbolizer,
+    /// Pod names of containers.
+    pub pods: &'a PodMetadata,
+}
+
+/// One symbolized profile per `(kind, period)` of `kinds`, in that order,
+/// from everything aggregated in `window`. A kind without samples still
+/// gets its (empty) profile.
+pub fn profiles(
+    aggregated: Aggregated,
+    kinds: &[(ProfileKind, u64)],
+    sources: Sources<'_>,
+    window: Window,
+) -> Vec<Profile> {
+    let Sources {
+        processes,
+        symbolizer,
+        pods,
+    } = sources;
+    let symbols = SymbolTable::collect(aggregated.samples.keys(), processes, symbolizer);
+    let mut builders: Vec<(ProfileBuilder, MappingId)> = kinds
+        .iter()
+        .map(|&(kind, _)| {
+            let mut builder = ProfileBuilder::new(kind);
+            if let Some(stats) = aggregated.stats.get(&kind) {
+                builder.add_stats(stats);
+            }
+            let kernel_mapping = builder.mapping(kernel_mapping());
+            (builder, kernel_mapping)
+        })
+        .collect();
+    for (key, merged) in aggregated.samples {
+        let Some(i) = kinds.iter().position(|&(kind, _)| kind == key.kind) else {
+            continue; // a kind nobody asked for
+        };
+        let (builder, kernel_mapping) = &mut builders[i];
+        let kernel_mapping = *kernel_mapping;
+        let tgid = key.thread.tgid;
+        let process = builder.process(process_of(processes, pods, tgid, &key.thread.comm));
+        let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
+        for addr in caller_adjusted(&key.kernel_stack) {
+            stack.push(kernel_location(
+                builder,
+                kernel_mapping,
+                addr,
+                &symbols.kernel[&addr],
+            ));
+        }
+        for addr in caller_adjusted(&key.user_stack) {
+            stack.push(user_location(
+                builder,
+                processes,
+                &symbols,
+                symbols.resolved[&(tgid, addr)],
+                addr,
+            ));
+        }
+        if key.user_truncated {
+            // Outermost: the frames above the depth limit are unknown.
+            let lines = lines_for(builder, &None, || TRUNCATED_FRAME.into());
+            stack.push(builder.location(Location {
+                mapping: None,
+                address: 0,
+                lines,
+                kind: FrameKind::Native,
+            }));
+        }
+        builder.add_sample(NewSample {
+            process,
+            tid: key.thread.tid,
+            thread_name: &key.thread.comm,
+            stack,
+            labels: key.labels,
+            values: &merged.values,
+            timestamps: &merged.timestamps,
+        });
+    }
+    builders
+        .into_iter()
+        .zip(kinds)
+        .map(|((builder, _), &(_, period))| {
+            builder.build(window.start_time, window.duration, period)
+        })
+        .collect()
+}
+
+/// The kernel's pseudo-mapping, first in every profile's mapping table.
+fn kernel_mapping() -> Mapping {
+    Mapping {
+        start: 0,
+        limit: u64::MAX,
+        file_offset: 0,
+        path: KERNEL_MAPPING.into(),
+        build_id: None,
+        kind: FrameKind::Kernel,
+    }
+}
+
+/// Every address of every sample, resolved and symbolized in batches.
+struct SymbolTable {
+    resolved: HashMap<(u32, u64), Resolved>,
+    user: HashMap<(ModuleId, u64), Symbols>,
+    kernel: HashMap<u64, Symbols>,
+}
+
+impl SymbolTable {
+    fn collect<'a>(
+        keys: impl Iterator<Item = &'a SampleKey>,
+        processes: &ProcessTable,
+        symbolizer: &mut Symbolizer,
+    ) -> Self {
+        let mut resolved = HashMap::new();
+        let mut offsets: HashMap<ModuleId, BTreeSet<u64>> = HashMap::new();
+        let mut kernel_addrs = BTreeSet::new();
+        for key in keys {
+            let tgid = key.thread.tgid;
+            kernel_addrs.extend(caller_adjusted(&key.kernel_stack));
+            for addr in caller_adjusted(&key.user_stack) {
+                let r = *resolved
+                    .entry((tgid, addr))
+                    .or_insert_with(|| processes.resolve(tgid, addr));
+                if let Resolved::Module {
+                    module,
+                    file_offset,
+                    ..
+                } = r
+                {
+                    offsets.entry(module).or_default().insert(file_offset);
+                }
+            }
+        }
+
+        let mut user = HashMap::new();
+        for (module, offsets) in offsets {
+            let offsets: Vec<u64> = offsets.into_iter().collect();
+            let path = processes.module(module).symbol_path();
+            let found = symbolizer.user(module, path, &offsets);
+            user.extend(offsets.into_iter().map(|o| (module, o)).zip(found));
+        }
+        let kernel_addrs: Vec<u64> = kernel_addrs.into_iter().collect();
+        let found = symbolizer.kernel(&kernel_addrs);
+        let kernel = kernel_addrs.into_iter().zip(found).collect();
+        Self {
+            resolved,
+            user,
+            kernel,
+        }
+    }
+}
+
+/// Stack addresses as symbolization wants them: the leaf is the sampled
+/// instruction, every caller frame is a return address, so step back one
+/// byte into the call instruction (else a call at a function's end would
+/// be attributed to the next function, and lines would be off).
+fn caller_adjusted(stack: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    stack
+        .iter()
+        .enumerate()
+        .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
+}
+
+fn process_of(processes: &ProcessTable, pods: &PodMetadata, tgid: u32, comm: &str) -> Process {
+    if tgid == 0 {
+        return Process {
+            pid: 0,
+            executable_name: IDLE_PROCESS.into(),
+            executable_path: None,
+            container: None,
+            pod: None,
+        };
+    }
+    match processes.process(tgid) {
+        Some(info) => Process {
+            pid: tgid,
+            executable_name: info.executable_name.clone(),
+            executable_path: info.executable_path.clone(),
+            container: info.container.clone(),
+            pod: info.container.as_ref().and_then(|c| pods.container(&c.id)),
+        },
+        // Exited before it could be snapshotted: the thread name is the best we have.
+        None => Process {
+            pid: tgid,
+            executable_name: comm.to_owned(),
+            executable_path: None,
+            container: None,
+            pod: None,
+        },
+    }
+}
+
+fn kernel_location(
+    builder: &mut ProfileBuilder,
+    mapping: MappingId,
+    addr: u64,
+    symbols: &Symbols,
+) -> LocationId {
+    let lines = lines_for(builder, symbols, || format!("{KERNEL_MAPPING}+{addr:#x}"));
+    builder.location(Location {
+        mapping: Some(mapping),
+        address: addr,
+        lines,
+        kind: FrameKind::Kernel,
+    })
+}
+
+fn user_location(
+    builder: &mut ProfileBuilder,
+    processes: &ProcessTable,
+    symbols: &SymbolTable,
+    resolved: Resolved,
+    addr: u64,
+) -> LocationId {
+    let (mapping, lines) = match resolved {
+        Resolved::Module {
+            module,
+            file_offset,
+            mapping_start,
+            mapping_end,
+            mapping_file_offset,
+        } => {
+            let info = processes.module(module);
+            let path = info.path.to_string_lossy().into_owned();
+            let mapping = builder.mapping(Mapping {
+                start: mapping_start,
+                limit: mapping_end,
+                file_offset: mapping_file_offset,
+                path,
+                build_id: info.build_id_hex(),
+                kind: FrameKind::Native,
+            });
+            let found = &symbols.user[&(module, file_offset)];
+            let lines = lines_for(builder, found, || {
+                format!("{}+{file_offset:#x}", file_name(&info.path))
+            });
+            (Some(mapping), lines)
+        }
+        Resolved::Vdso => (None, lines_for(builder, &None, || "[vdso]".into())),
+        Resolved::Unknown => (None, lines_for(builder, &None, || "[unknown]".into())),
+    };
+    // The outermost function decides: inlined callees are part of it.
+    let rust = match resolved {
+        Resolved::Module {
+            module,
+            file_offset,
+            ..
+        } => symbols.user[&(module, file_offset)]
+            .as_ref()
+            .and_then(|frames| frames.last())
+            .is_some_and(|frame| frame.rust),
+        _ => false,
+    };
+    builder.location(Location {
+        mapping,
+        address: addr,
+        lines,
+        kind: if rust {
+            FrameKind::Rust
+        } else {
+            FrameKind::Native
+        },
+    })
+}
+
+/// Lines for a location: the symbolized frames, or one placeholder frame
+/// named by `placeholder` so the frame is never dropped.
+fn lines_for(
+    builder: &mut ProfileBuilder,
+    symbols: &Symbols,
+    placeholder: impl FnOnce() -> String,
+) -> Vec<Line> {
+    match symbols {
+        Some(frames) => frames
+            .iter()
+            .map(|frame| Line {
+                function: builder.function(Function {
+                    name: frame.name.clone(),
+                    system_name: None,
+                    filename: frame.file.clone(),
+                }),
+                line: frame.line,
+            })
+            .collect(),
+        None => vec![Line {
+            function: builder.function(Function {
+                name: placeholder(),
+                system_name: None,
+                filename: None,
+            }),
+            line: None,
+        }],
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Merged;
+    use crate::profile::CaptureStats;
+    use crate::sampler::{KindStats, Thread};
+
+    #[test]
+    fn callers_step_into_the_call_instruction() {
+        let adjusted: Vec<u64> = caller_adjusted(&[0x100, 0x200, 0x300]).collect();
+        assert_eq!(adjusted, vec![0x100, 0x1ff, 0x2ff]);
+    }
+
+    /// One CPU sample of a pid that cannot exist, so nothing resolves.
+    fn ghost(comm: &str, user_stack: Vec<u64>, user_truncated: bool, count: u64) -> Aggregated {
+        let key = SampleKey {
+            kind: ProfileKind::Cpu,
+            thread: Thread {
+                tgid: u32::MAX - 1,
+                tid: u32::MAX - 1,
+                comm: comm.into(),
+            },
+            user_stack,
+            user_truncated,
+            kernel_stack: vec![],
+            labels: vec![],
+        };
+        Aggregated {
+            samples: HashMap::from([(
+                key,
+                Merged {
+                    values: vec![count, count * 10],
+                    timestamps: vec![],
+                },
+            )]),
+            stats: KindStats::from([(
+                ProfileKind::Cpu,
+                CaptureStats {
+                    recorded: count,
+                    ..Default::default()
+                },
+            )]),
+        }
+    }
+
+    fn build(aggregated: Aggregated) -> Profile {
+        let mut profiles = profiles(
+            aggregated,
+            &[(ProfileKind::Cpu, 10)],
+            Sources {
+                processes: &ProcessTable::new(),
+                symbolizer: &mut Symbolizer::new(),
+                pods: &PodMetadata::empty(),
+            },
+            Window {
+                start_time: SystemTime::UNIX_EPOCH,
+                duration: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(profiles.len(), 1);
+        profiles.remove(0)
+    }
+
+    #[test]
+    fn unknown_frames_keep_a_placeholder() {
+        let profile = build(ghost("ghost", vec![0x1000, 0x2000], false, 4));
+        assert_eq!(profile.samples.len(), 1);
+        let sample = &profile.samples[0];
+        assert_eq!(sample.stack.len(), 2, "no frame is dropped");
+        assert_eq!(sample.values, vec![4, 40]);
+        assert_eq!(profile.period, 10);
+        assert_eq!(profile.stats.recorded, 4);
+        assert_eq!(profile.process(sample.process).executable_name, "ghost");
+        let names: Vec<&str> = sample
+            .stack
+            .iter()
+            .map(|l| {
+                profile
+                    .function(profile.location(*l).lines[0].function)
+                    .name
+                    .as_str()
+            })
+            .collect();
+        assert_eq!(names, vec!["[unknown]", "[unknown]"]);
+    }
+
+    #[test]
+    fn truncated_stacks_end_in_a_marked_frame() {
+        let profile = build(ghost("deep", vec![0x1000, 0x2000], true, 1));
+        let stack = &profile.samples[0].stack;
+        assert_eq!(stack.len(), 3);
+        let root = profile.location(*stack.last().unwrap());
+        assert_eq!(
+            profile.function(root.lines[0].function).name,
+            TRUNCATED_FRAME
+        );
+    }
+
+    #[test]
+    fn every_kind_asked_for_gets_a_profile() {
+        let profile = build(Aggregated::default());
+        assert!(profile.samples.is_empty());
+        assert_eq!(profile.kind, ProfileKind::Cpu);
+        assert_eq!(profile.mappings[0].path, KERNEL_MAPPING);
+    }
+}

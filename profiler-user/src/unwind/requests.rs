@@ -1,0 +1,103 @@
+//! What the sampling pipeline asks of the table loader: tables for each
+//! process as it is snapshotted, which processes are being sampled, and
+//! which have gone. Keeps the set of processes it asked for, so the loader
+//! hears of each exit once.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::process::ProcessTable;
+
+use super::loader::{FileSource, LoaderStats, ProcessTables, TableLoader};
+use super::registry::{FileKey, MappedFile};
+
+/// Requests for unwind tables, sent to a [`TableLoader`].
+pub struct TableRequests {
+    loader: TableLoader,
+    /// Processes the loader was told about and not yet told are gone.
+    requested: HashSet<u32>,
+}
+
+impl TableRequests {
+    /// Requests go to `loader`.
+    pub fn new(loader: TableLoader) -> Self {
+        Self {
+            loader,
+            requested: HashSet::new(),
+        }
+    }
+
+    /// Queues the mappings of `tgid`'s current snapshot. hostprof's own
+    /// stacks stay on frame pointers: its tables would cost the most and
+    /// help the user least.
+    pub fn request(&mut self, tgid: u32, processes: &ProcessTable) {
+        let Some(info) = processes.process(tgid) else {
+            return;
+        };
+        if tgid == std::process::id() || info.mappings.is_empty() {
+            return;
+        }
+        let mut sources = HashMap::new();
+        let mappings = info
+            .mappings
+            .iter()
+            .map(|mapping| {
+                let module = processes.module(mapping.module);
+                let key = match &module.build_id {
+                    Some(id) => FileKey::BuildId(id.clone()),
+                    None => FileKey::Module(mapping.module),
+                };
+                if let Some(file) = module.open_file() {
+                    sources.entry(key.clone()).or_insert_with(|| FileSource {
+                        file,
+                        name: module.path.display().to_string(),
+                    });
+                }
+                MappedFile {
+                    start: mapping.start,
+                    end: mapping.end,
+                    file_offset: mapping.file_offset,
+                    key,
+                }
+            })
+            .collect();
+        self.loader.load(ProcessTables {
+            tgid,
+            mappings,
+            sources,
+        });
+        self.requested.insert(tgid);
+    }
+
+    /// Tells the loader which processes were just sampled (their tables
+    /// go first, and are kept longest under the budget).
+    pub fn sampled(&self, tgids: Vec<u32>) {
+        self.loader.sampled(tgids);
+    }
+
+    /// Tells the loader that `tgids` exited.
+    pub fn exited(&mut self, tgids: &[u32]) {
+        let gone: Vec<u32> = tgids
+            .iter()
+            .copied()
+            .filter(|tgid| self.requested.remove(tgid))
+            .collect();
+        self.loader.exited(gone);
+    }
+
+    /// Tells the loader about every requested process the table no longer
+    /// holds (pruned after exiting).
+    pub fn forget_pruned(&mut self, processes: &ProcessTable) {
+        let gone: Vec<u32> = self
+            .requested
+            .iter()
+            .copied()
+            .filter(|&tgid| processes.process(tgid).is_none())
+            .collect();
+        self.exited(&gone);
+    }
+
+    /// The loader's counters.
+    pub fn stats(&self) -> LoaderStats {
+        self.loader.stats()
+    }
+}
