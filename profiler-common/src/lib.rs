@@ -49,6 +49,26 @@ pub mod names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+
+    /// Every program name above: userspace checks that the object has them.
+    pub const PROGRAMS: &[&str] = &[PROGRAM, UNWIND_PROGRAM, STORE_PROGRAM];
+    /// Every map name above.
+    pub const MAPS: &[&str] = &[
+        TAIL_CALLS,
+        CONFIG,
+        STATS,
+        PID_FILTER,
+        KNOWN_PROCESSES,
+        NEW_PROCESSES,
+        COUNTS[0],
+        COUNTS[1],
+        STACKS[0],
+        STACKS[1],
+        DEEP_STACKS[0],
+        DEEP_STACKS[1],
+        UNWIND_ROWS,
+        UNWIND_PROCESSES,
+    ];
 }
 
 /// Most executable mappings with unwind tables per process; mappings past

@@ -173,7 +173,7 @@ pub struct CaptureStats {
 
 /// What the kernel's table unwinder did: how many samples it unwound and
 /// why each unwind ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct UnwindCounters {
     /// Samples whose user stack was unwound with tables.
     pub unwound: u64,

@@ -4,13 +4,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write;
 
+use serde::Serialize;
+
+use crate::kind::ProfileKind;
 use crate::profile::{Profile, UnwindCounters};
 use crate::unwind::loader::LoaderStats;
 use crate::unwind::table::KERNEL_ROW_BYTES;
 
 /// A function and the samples whose leaf frame it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FunctionShare {
     /// Function name.
     pub name: String,
@@ -19,8 +23,10 @@ pub struct FunctionShare {
 }
 
 /// Totals and top functions of a profile.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// The profile's kind.
+    pub kind: ProfileKind,
     /// All samples.
     pub samples: u64,
     /// Distinct processes.
@@ -66,6 +72,7 @@ impl Summary {
         top.truncate(top_n);
         let stats = &profile.stats;
         Self {
+            kind: profile.kind,
             samples: profile.total(weight),
             processes: profile.processes.len(),
             dropped: stats.dropped,
@@ -82,6 +89,28 @@ impl Summary {
     pub fn with_unwind_tables(mut self, tables: LoaderStats) -> Self {
         self.unwind_tables = (tables.registry.rows_capacity > 0).then_some(tables);
         self
+    }
+}
+
+/// What `hostprof record --stats-json` writes: the summary of every
+/// profile of a capture, for scripts and benchmarks.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CaptureReport {
+    /// Seconds spent sampling.
+    pub sampling_seconds: f64,
+    /// Seconds spent after sampling: the last drain, symbolization and
+    /// building the profiles.
+    pub finishing_seconds: f64,
+    /// One summary per profile kind, in the order of `--profiles`.
+    pub profiles: Vec<Summary>,
+}
+
+impl CaptureReport {
+    /// Writes the report as pretty-printed JSON.
+    pub fn write_json(&self, mut out: impl Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut out, self)?;
+        writeln!(out)?;
+        out.flush()
     }
 }
 
@@ -218,6 +247,7 @@ mod tests {
 
     fn summary_with(unwind: UnwindCounters, tables: LoaderStats) -> Summary {
         Summary {
+            kind: ProfileKind::Cpu,
             samples: 1300,
             processes: 4,
             dropped: 0,
@@ -294,6 +324,27 @@ mod tests {
         let summary = summary_with(unwind, LoaderStats::default());
         assert_eq!(summary.unwind_tables, None);
         assert!(!summary.to_string().contains("unwind"));
+    }
+
+    #[test]
+    fn the_capture_report_is_json_with_every_figure() {
+        let report = CaptureReport {
+            sampling_seconds: 10.0,
+            finishing_seconds: 0.5,
+            profiles: vec![summary_with(UnwindCounters::default(), tables(100, 1000))],
+        };
+        let mut out = Vec::new();
+        report.write_json(&mut out).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(json["sampling_seconds"], 10.0);
+        let profile = &json["profiles"][0];
+        assert_eq!(profile["kind"], "cpu");
+        assert_eq!(profile["samples"], 1300);
+        assert_eq!(profile["unwind"]["ended"], 0);
+        let tables = &profile["unwind_tables"];
+        assert_eq!(tables["registry"]["rows_used"], 100);
+        assert_eq!(tables["registry"]["files_loaded"], 12);
+        assert_eq!(tables["busy"], 0.41);
     }
 
     #[test]

@@ -481,6 +481,39 @@ fn read_events(ring: &mut RingBuf<MapData>) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    /// Every map and program name userspace looks up is defined in the
+    /// eBPF object this crate embeds (as a symbol of a map or program
+    /// section), so a rename on one side fails here, not at load time.
+    #[test]
+    fn every_name_exists_in_the_ebpf_object() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+        let file = object::File::parse(EBPF_OBJECT).expect("the embedded eBPF object is ELF");
+        let defined: std::collections::HashMap<String, String> = file
+            .symbols()
+            .filter_map(|symbol| {
+                let section = file.section_by_index(symbol.section_index()?).ok()?;
+                Some((
+                    symbol.name().ok()?.to_owned(),
+                    section.name().ok()?.to_owned(),
+                ))
+            })
+            .collect();
+        for name in names::MAPS {
+            let section = defined.get(*name).map(String::as_str);
+            assert!(
+                section.is_some_and(|s| s == "maps" || s == ".maps"),
+                "map {name}: {section:?}"
+            );
+        }
+        for name in names::PROGRAMS {
+            let section = defined.get(*name).map(String::as_str);
+            assert!(
+                section.is_some_and(|s| s.starts_with("perf_event")),
+                "program {name}: {section:?}"
+            );
+        }
+    }
+
     #[test]
     fn capacity_scales_with_cpus_and_frequency() {
         assert_eq!(map_capacity(2, Frequency::DEFAULT), 16_384);

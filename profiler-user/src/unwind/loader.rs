@@ -58,7 +58,7 @@ pub struct ProcessTables {
 }
 
 /// What the loader has done, for self-metrics and the closing summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LoaderStats {
     /// Tables, rows and evictions.
     pub registry: RegistryStats,
@@ -71,8 +71,13 @@ pub struct LoaderStats {
     pub build_errors: u64,
     /// Kernel rows written since the start.
     pub rows_built: u64,
-    /// Time spent building and loading tables.
+    /// Time spent building and loading tables (seconds in JSON).
+    #[serde(serialize_with = "as_seconds")]
     pub busy: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 enum Request {

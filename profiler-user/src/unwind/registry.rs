@@ -83,7 +83,7 @@ pub enum Placement {
 }
 
 /// Counts for self-metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RegistryStats {
     /// Processes with mappings registered.
     pub processes: usize,
