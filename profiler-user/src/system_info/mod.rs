@@ -6,12 +6,14 @@
 //! error that names what is missing and how to fix it. Deciding a status is
 //! pure (and tested); only reading the inputs touches the system.
 
+pub mod kernel;
+
 use std::fmt;
 
 use aya::maps::MapType;
 use aya::programs::ProgramType;
 
-use crate::unwind::kernel::KernelVersion;
+use kernel::KernelVersion;
 
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
