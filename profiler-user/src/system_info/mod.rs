@@ -7,6 +7,7 @@
 //! pure (and tested); only reading the inputs touches the system.
 
 pub mod kernel;
+pub mod kernel_code;
 
 use std::fmt;
 
