@@ -1,7 +1,19 @@
-//! Refuses eh_frame unwinding on kernels with the `bpf_probe_read_user()`
-//! freeze bug.
+//! The running kernel: its version, the minimum version of each thing
+//! hostprof does, and the `bpf_probe_read_user()` freeze bug that rules out
+//! the table (eh_frame) unwinder.
 //!
-//! The eh_frame unwinder reads user stacks with `bpf_probe_read_user()` from
+//! # Versions
+//!
+//! [`RunningKernel`] reads `/proc/sys/kernel/osrelease` once per process
+//! and refines its version from the distribution's own version strings
+//! ([`stable_version`]). [`KERNEL_MINIMUMS`] is the one table of minimum
+//! versions; the `kernel` and `table unwinder` rows of `hostprof
+//! system-info`, [`super::preflight`] and [`check_running_kernel`] all read
+//! it.
+//!
+//! # The `bpf_probe_read_user()` freeze bug
+//!
+//! The table unwinder reads user stacks with `bpf_probe_read_user()` from
 //! the perf-event program, which runs in NMI context. On Linux 5.19 up to
 //! 6.3.x that helper's `copy_from_user_nofault()` lacked the
 //! `nmi_uaccess_okay()` check and used `access_ok()`, which is meant for task
@@ -12,7 +24,7 @@
 //! and 6.3.10. The 5.19, 6.0 and 6.2 series had reached end of life and never
 //! received it.
 //!
-//! # Detection
+//! ## Detection
 //!
 //! This follows opentelemetry-ebpf-profiler, which refuses such kernels
 //! (`hasProbeReadBug` in `tracer/helper.go`, `checkForMaccessPatch` in
@@ -46,21 +58,25 @@
 //!
 //! - [`KernelVersion`]: `major.minor.patch`, with [`KernelVersion::parse`]
 //!   for `uname -r` strings and [`KernelVersion::running`].
+//! - [`Feature`], [`KernelMinimum`] and [`KERNEL_MINIMUMS`]: the minimum
+//!   kernel of each feature, and why.
+//! - [`RunningKernel`]: the release string and versions of this host's
+//!   kernel, read once.
 //! - [`stable_version`], [`debian_upstream_version`] and
 //!   [`ubuntu_upstream_version`] find the stable version a distribution
 //!   reports outside the release string.
 //! - [`version_has_probe_read_bug`] is the raw version table.
 //! - [`FixEvidence`] records what inspecting the kernel's code showed.
 //! - [`probe_read_user_hazard`] is the pure decision. It returns
-//!   `Some(`[`ProbeReadHazard`]`)` when eh_frame unwinding must be refused.
-//! - [`check_running_kernel`] does all of the above for the running kernel.
-//!   It returns [`KernelCheckError`], which wraps the hazard or an I/O
-//!   failure.
+//!   `Some(`[`ProbeReadHazard`]`)` when the table unwinder must be refused.
+//! - [`check_table_unwinder`] applies the minimum version and the hazard
+//!   decision to a [`RunningKernel`]; [`check_running_kernel`] does so for
+//!   this host. Both return [`KernelCheckError`].
 
 use std::fmt;
-use std::io;
+use std::sync::OnceLock;
 
-use super::kernel_code::inspect_running_kernel;
+use super::kernel_code::{self, CodeCheckError};
 
 /// Where the running kernel's release string (`uname -r`) is read from.
 pub const OSRELEASE_PATH: &str = "/proc/sys/kernel/osrelease";
@@ -114,23 +130,27 @@ impl KernelVersion {
         Some(Self::new(major, minor, patch))
     }
 
-    /// Reads the running kernel's version from
-    /// `/proc/sys/kernel/osrelease`. The error kind is `InvalidData` when
-    /// the release string cannot be parsed.
-    pub fn running() -> io::Result<Self> {
-        let release = std::fs::read_to_string(OSRELEASE_PATH)?;
-        Self::parse(&release).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unrecognised kernel release {:?}", release.trim()),
-            )
-        })
+    /// The running kernel's version, parsed from its release string (see
+    /// [`RunningKernel::get`], which reads it once per process).
+    pub fn running() -> Result<Self, KernelCheckError> {
+        RunningKernel::get().map(|kernel| kernel.version)
     }
 
     /// Whether both versions are in the same stable series (same
     /// `major.minor`).
     pub const fn same_series(self, other: Self) -> bool {
         self.major == other.major && self.minor == other.minor
+    }
+
+    /// Whether `self` is at least `other`; usable in `const` contexts.
+    const fn at_least(self, other: Self) -> bool {
+        if self.major != other.major {
+            return self.major > other.major;
+        }
+        if self.minor != other.minor {
+            return self.minor > other.minor;
+        }
+        self.patch >= other.patch
     }
 }
 
@@ -148,6 +168,158 @@ fn leading_number(s: &str) -> Option<(u32, &str)> {
         return None;
     }
     Some((s[..end].parse().ok()?, &s[end..]))
+}
+
+/// Something hostprof does that needs a minimum kernel version; the index
+/// of its row in [`KERNEL_MINIMUMS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// Sampling at all, with either unwinder.
+    Sampling,
+    /// The table (eh_frame) unwinder, `--unwinder tables`.
+    TableUnwinder,
+    /// Everything, on a kernel hostprof is tested on.
+    Recommended,
+}
+
+impl Feature {
+    /// This feature's row of [`KERNEL_MINIMUMS`].
+    pub const fn minimum(self) -> &'static KernelMinimum {
+        &KERNEL_MINIMUMS[self as usize]
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::Sampling => "sampling",
+            Feature::TableUnwinder => "the table unwinder",
+            Feature::Recommended => "full support",
+        })
+    }
+}
+
+/// The oldest kernel a [`Feature`] runs on, and what it needs from that
+/// kernel. Displays as e.g. "Linux 5.17+ for the table unwinder
+/// (bpf_loop)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMinimum {
+    /// What needs the version.
+    pub feature: Feature,
+    /// The oldest version it runs on.
+    pub version: KernelVersion,
+    /// What that version brought.
+    pub why: &'static str,
+}
+
+impl fmt::Display for KernelMinimum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let KernelVersion {
+            major,
+            minor,
+            patch,
+        } = self.version;
+        write!(f, "Linux {major}.{minor}")?;
+        if patch != 0 {
+            write!(f, ".{patch}")?;
+        }
+        write!(f, "+ for {} ({})", self.feature, self.why)
+    }
+}
+
+/// Every minimum kernel version hostprof has, one row per [`Feature`] in
+/// its declaration order (use [`Feature::minimum`]).
+///
+/// - Sampling needs the BPF ring buffer (new processes are announced on
+///   one) and the CAP_BPF and CAP_PERFMON capabilities: 5.8.
+/// - The table unwinder steps one frame per `bpf_loop` iteration: 5.17.
+///   Its other helpers are older (`bpf_task_pt_regs` 5.15,
+///   `bpf_get_current_task_btf` 5.11).
+/// - 6.1 is the oldest kernel hostprof is tested on.
+pub const KERNEL_MINIMUMS: [KernelMinimum; 3] = [
+    KernelMinimum {
+        feature: Feature::Sampling,
+        version: KernelVersion::new(5, 8, 0),
+        why: "BPF ring buffer, CAP_BPF and CAP_PERFMON",
+    },
+    KernelMinimum {
+        feature: Feature::TableUnwinder,
+        version: KernelVersion::new(5, 17, 0),
+        why: "bpf_loop",
+    },
+    KernelMinimum {
+        feature: Feature::Recommended,
+        version: KernelVersion::new(6, 1, 0),
+        why: "the oldest kernel hostprof is tested on",
+    },
+];
+
+// Each row sits at its feature's index, and the minimums only go up.
+const _: () = {
+    let mut i = 0;
+    while i < KERNEL_MINIMUMS.len() {
+        assert!(KERNEL_MINIMUMS[i].feature as usize == i);
+        assert!(
+            i == 0
+                || KERNEL_MINIMUMS[i]
+                    .version
+                    .at_least(KERNEL_MINIMUMS[i - 1].version)
+        );
+        i += 1;
+    }
+};
+
+/// This host's kernel: its release string and versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningKernel {
+    /// The release string as the kernel reports it, e.g. "6.1.0-18-amd64".
+    pub release: String,
+    /// The version parsed from [`Self::release`], e.g. 6.1.0.
+    pub version: KernelVersion,
+    /// The stable version, refined from distribution sources (see
+    /// [`stable_version`]), e.g. 6.1.76.
+    pub stable: KernelVersion,
+}
+
+impl RunningKernel {
+    /// Builds the description from the contents of `osrelease` and, when
+    /// present, `/proc/version` and `/proc/version_signature`. Pure.
+    pub fn from_sources(
+        release: &str,
+        proc_version: Option<&str>,
+        version_signature: Option<&str>,
+    ) -> Result<Self, KernelCheckError> {
+        let release = release.trim();
+        let version = KernelVersion::parse(release)
+            .ok_or_else(|| KernelCheckError::UnrecognisedRelease(release.to_owned()))?;
+        Ok(Self {
+            release: release.to_owned(),
+            version,
+            stable: stable_version(version, proc_version, version_signature),
+        })
+    }
+
+    /// This host's kernel. The files are read on the first successful call
+    /// only; later calls return the same value.
+    pub fn get() -> Result<&'static Self, KernelCheckError> {
+        static RUNNING: OnceLock<RunningKernel> = OnceLock::new();
+        if let Some(kernel) = RUNNING.get() {
+            return Ok(kernel);
+        }
+        let release =
+            std::fs::read_to_string(OSRELEASE_PATH).map_err(KernelCheckError::ReadRelease)?;
+        let proc_version = std::fs::read_to_string(PROC_VERSION_PATH).ok();
+        let signature = std::fs::read_to_string(VERSION_SIGNATURE_PATH).ok();
+        let kernel = Self::from_sources(&release, proc_version.as_deref(), signature.as_deref())?;
+        if kernel.stable != kernel.version {
+            log::debug!(
+                "kernel release {} is stable version {}",
+                kernel.release,
+                kernel.stable
+            );
+        }
+        Ok(RUNNING.get_or_init(|| kernel))
+    }
 }
 
 /// Whether `version`, a full stable version, has the
@@ -223,9 +395,9 @@ pub enum FixEvidence {
     Unpatched,
 }
 
-/// Why eh_frame unwinding is refused on this kernel.
+/// Why the table unwinder is refused on this kernel.
 ///
-/// The eh_frame unwinder reads user memory with `bpf_probe_read_user()` in
+/// The table unwinder reads user memory with `bpf_probe_read_user()` in
 /// the perf-event program, and on this kernel that can freeze the machine.
 /// The `Display` text names the kernel version, the bug and both ways out:
 /// a fixed kernel, or `--unwinder frame-pointers`.
@@ -279,7 +451,7 @@ impl fmt::Display for ProbeReadHazard {
     }
 }
 
-/// Decides whether eh_frame unwinding must be refused.
+/// Decides whether the table unwinder must be refused.
 ///
 /// `version` is the kernel's stable version (see [`stable_version`]) and
 /// `evidence` is what inspecting its code showed. Returns `None` if:
@@ -302,62 +474,74 @@ pub fn probe_read_user_hazard(
     })
 }
 
-/// Why [`check_running_kernel`] failed.
+/// Why the running kernel cannot be judged, or cannot run the table
+/// unwinder. Each message names the way out.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelCheckError {
-    /// The running kernel has the bug, and eh_frame unwinding must not run.
+    /// The running kernel has the bug, and the table unwinder must not run.
     #[error(transparent)]
     Hazard(#[from] ProbeReadHazard),
-    /// The running kernel's release could not be read or parsed.
-    #[error("cannot determine the running kernel's version from /proc/sys/kernel/osrelease: {0}")]
-    Release(#[source] io::Error),
-    /// The running kernel lacks what the table unwinder's BPF program uses.
+    /// `/proc/sys/kernel/osrelease` could not be read.
     #[error(
-        "Linux {0} is too old for the table unwinder, which needs 5.17+ (bpf_loop); \
-         upgrade the kernel or run with --unwinder frame-pointers"
+        "cannot read the running kernel's release from {OSRELEASE_PATH}: mount procfs at /proc, \
+         or run with --unwinder frame-pointers, which does not check the kernel's version"
     )]
-    TooOld(KernelVersion),
+    ReadRelease(#[source] std::io::Error),
+    /// The release string does not start with `major.minor`.
+    #[error(
+        "cannot determine the running kernel's version from {OSRELEASE_PATH}: unrecognised \
+         release {0:?}; run with --unwinder frame-pointers, which does not check the kernel's \
+         version"
+    )]
+    UnrecognisedRelease(String),
+    /// The running kernel is older than a feature's minimum.
+    #[error(
+        "Linux {version} is too old: hostprof needs {needs}; upgrade the kernel or run with \
+         --unwinder frame-pointers"
+    )]
+    TooOld {
+        /// The running kernel's version.
+        version: KernelVersion,
+        /// The minimum it is below.
+        needs: &'static KernelMinimum,
+    },
 }
 
-/// The oldest kernel the table unwinder runs on: `bpf_loop` came in 5.17.
-pub const TABLE_UNWINDER_MIN: KernelVersion = KernelVersion::new(5, 17, 0);
-
-/// Checks that the table unwinder can run on this kernel: recent enough
-/// ([`TABLE_UNWINDER_MIN`]) and free of the `bpf_probe_read_user()`
-/// freeze bug.
+/// Checks that the table unwinder can run on this host: the kernel is
+/// recent enough ([`Feature::TableUnwinder`]) and free of the
+/// `bpf_probe_read_user()` freeze bug, inspecting its code with
+/// [`kernel_code::inspect_running_kernel`] when the version alone cannot
+/// tell.
 ///
-/// The steps for the bug:
-/// 1. Read `/proc/sys/kernel/osrelease`.
-/// 2. Refine the version from `/proc/version` and `/proc/version_signature`
-///    when present.
-/// 3. If the version is in the affected range, inspect the kernel's code
-///    through `/proc/kallsyms` and `/proc/kcore`. Failures are logged and
-///    count as [`FixEvidence::NotInspected`].
-///
-/// Returns `Ok(())` when eh_frame unwinding is safe.
+/// Returns `Ok(())` when the table unwinder is safe.
 pub fn check_running_kernel() -> Result<(), KernelCheckError> {
-    let release = std::fs::read_to_string(OSRELEASE_PATH).map_err(KernelCheckError::Release)?;
-    let release = release.trim();
-    let parsed = KernelVersion::parse(release).ok_or_else(|| {
-        KernelCheckError::Release(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unrecognised kernel release {release:?}"),
-        ))
-    })?;
-    let proc_version = std::fs::read_to_string(PROC_VERSION_PATH).ok();
-    let signature = std::fs::read_to_string(VERSION_SIGNATURE_PATH).ok();
-    if parsed < TABLE_UNWINDER_MIN {
-        return Err(KernelCheckError::TooOld(parsed));
+    check_table_unwinder(RunningKernel::get()?, kernel_code::inspect_running_kernel)
+}
+
+/// Decides whether the table unwinder can run on `kernel`:
+/// 1. Its release must be at least [`Feature::TableUnwinder`]'s minimum.
+/// 2. Its stable version ([`RunningKernel::stable`]) is looked up in the
+///    bug's version table; outside the affected range it is safe.
+/// 3. In the range, `inspect` looks at the kernel's code. A failure is
+///    logged and counts as [`FixEvidence::NotInspected`].
+///
+/// Returns the hazard unless the code proves the fix is present.
+pub fn check_table_unwinder(
+    kernel: &RunningKernel,
+    inspect: impl FnOnce() -> Result<FixEvidence, CodeCheckError>,
+) -> Result<(), KernelCheckError> {
+    let needs = Feature::TableUnwinder.minimum();
+    if kernel.version < needs.version {
+        return Err(KernelCheckError::TooOld {
+            version: kernel.version,
+            needs,
+        });
     }
-    let version = stable_version(parsed, proc_version.as_deref(), signature.as_deref());
-    if version != parsed {
-        log::debug!("kernel release {release} is stable version {version}");
-    }
+    let version = kernel.stable;
     if !version_has_probe_read_bug(version) {
         return Ok(());
     }
-
-    let evidence = match inspect_running_kernel() {
+    let evidence = match inspect() {
         Ok(evidence) => evidence,
         Err(err) => {
             log::warn!(
@@ -370,13 +554,14 @@ pub fn check_running_kernel() -> Result<(), KernelCheckError> {
     match probe_read_user_hazard(version, evidence) {
         None => {
             log::info!(
-                "Linux {version} (release {release}) carries the backported \
-                 copy_from_user_nofault() fix; eh_frame unwinding is safe"
+                "Linux {version} (release {}) carries the backported \
+                 copy_from_user_nofault() fix; the table unwinder is safe",
+                kernel.release
             );
             Ok(())
         }
         Some(mut hazard) => {
-            hazard.release = Some(release.to_owned());
+            hazard.release = Some(kernel.release.clone());
             Err(hazard.into())
         }
     }
@@ -618,6 +803,101 @@ mod tests {
         assert_eq!(
             stable_version(v(6, 1, 40), Some("#1 SMP Debian 6.1.3-1"), None),
             v(6, 1, 40)
+        );
+    }
+
+    #[test]
+    fn minimums_table() {
+        assert_eq!(Feature::Sampling.minimum().version, v(5, 8, 0));
+        assert_eq!(Feature::TableUnwinder.minimum().version, v(5, 17, 0));
+        assert_eq!(Feature::Recommended.minimum().version, v(6, 1, 0));
+        for (index, row) in KERNEL_MINIMUMS.iter().enumerate() {
+            assert_eq!(row.feature as usize, index, "{row}");
+        }
+        assert_eq!(
+            Feature::TableUnwinder.minimum().to_string(),
+            "Linux 5.17+ for the table unwinder (bpf_loop)"
+        );
+        let with_patch = KernelMinimum {
+            feature: Feature::Sampling,
+            version: v(6, 1, 36),
+            why: "a fix",
+        };
+        assert_eq!(with_patch.to_string(), "Linux 6.1.36+ for sampling (a fix)");
+    }
+
+    #[test]
+    fn running_kernel_from_sources() {
+        let kernel =
+            RunningKernel::from_sources("6.1.0-18-amd64\n", Some(DEBIAN_PROC_VERSION), None)
+                .unwrap();
+        assert_eq!(kernel.release, "6.1.0-18-amd64");
+        assert_eq!(kernel.version, v(6, 1, 0));
+        assert_eq!(kernel.stable, v(6, 1, 76));
+
+        let err = RunningKernel::from_sources("weird\n", None, None).unwrap_err();
+        assert!(
+            matches!(&err, KernelCheckError::UnrecognisedRelease(release) if release == "weird"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("--unwinder frame-pointers"), "{text}");
+    }
+
+    #[test]
+    fn table_unwinder_decision() {
+        let kernel = |release: &str, proc_version: Option<&str>| {
+            RunningKernel::from_sources(release, proc_version, None).unwrap()
+        };
+        let never = || -> Result<FixEvidence, CodeCheckError> { panic!("code inspected") };
+
+        // Too old for bpf_loop: refused before anything else.
+        let err = check_table_unwinder(&kernel("5.15.0-91-generic", None), never).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelCheckError::TooOld { version, needs }
+                    if version == v(5, 15, 0) && needs.feature == Feature::TableUnwinder
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for needle in [
+            "Linux 5.15.0",
+            "5.17+",
+            "bpf_loop",
+            "--unwinder frame-pointers",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from: {text}");
+        }
+
+        // Outside the bug's range, by release or by distribution version:
+        // the code is not inspected.
+        check_table_unwinder(&kernel("6.18.44-fc-v657", None), never).unwrap();
+        check_table_unwinder(&kernel("6.1.0-18-amd64", Some(DEBIAN_PROC_VERSION)), never).unwrap();
+
+        // In the range: the code decides, and a failed inspection fails
+        // closed.
+        let affected = kernel("6.1.0-7-amd64", None);
+        check_table_unwinder(&affected, || Ok(FixEvidence::Patched)).unwrap();
+        let err = check_table_unwinder(&affected, || Ok(FixEvidence::Unpatched)).unwrap_err();
+        let KernelCheckError::Hazard(hazard) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(hazard.version, v(6, 1, 0));
+        assert_eq!(hazard.release.as_deref(), Some("6.1.0-7-amd64"));
+        assert_eq!(hazard.evidence, FixEvidence::Unpatched);
+        let err =
+            check_table_unwinder(&affected, || Err(CodeCheckError::SymbolsMissing)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelCheckError::Hazard(ProbeReadHazard {
+                    evidence: FixEvidence::NotInspected,
+                    ..
+                })
+            ),
+            "{err:?}"
         );
     }
 
