@@ -33,7 +33,8 @@ pub use table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unwinder {
     /// From `.eh_frame` tables in the kernel, falling back to frame
-    /// pointers where a file has none; up to 544 frames.
+    /// pointers where a file has none; up to 519 frames (a deeper stack
+    /// ends in a truncation mark: `DEEP_STACK_DEPTH` = 520 slots).
     Tables(TableBudget),
     /// Frame pointers only (`bpf_get_stack`, 127 frames): the cheapest,
     /// and what kernels with the `bpf_probe_read_user` bug must use.
