@@ -75,8 +75,9 @@ pub mod names {
 /// this many are unwound with frame pointers.
 pub const UNWIND_MAPPINGS_MAX: usize = 64;
 
-/// Deepest user stack the table unwinder records, the truncation mark
-/// included.
+/// Slots of a user stack the table unwinder records: up to
+/// `DEEP_STACK_DEPTH - 1` = 519 frames, and a stack that goes on past them
+/// gets [`TRUNCATED_MARK`] in the last slot.
 pub const DEEP_STACK_DEPTH: usize = 520;
 
 /// Last frame of a stack that was cut at the depth limit: no code lives at

@@ -7,9 +7,10 @@
 //! set. Userspace drains the inactive set.
 //!
 //! User stacks of processes whose unwind tables userspace has loaded are
-//! unwound from `.eh_frame` rows (see [`unwind`]), up to
-//! `DEEP_STACK_DEPTH` frames; the others, and every kernel
-//! stack, come from `bpf_get_stack` (frame pointers, 127 frames).
+//! unwound from `.eh_frame` rows (see [`unwind`]), up to 519 frames
+//! (`DEEP_STACK_DEPTH` slots, the last kept for the truncation mark); the
+//! others, and every kernel stack, come from `bpf_get_stack` (frame
+//! pointers, 127 frames).
 //!
 //! Why `bpf_get_stack` + our own hash map rather than a `STACK_TRACE` map and
 //! `bpf_get_stackid`: a stack-trace map buckets stacks by a 32-bit hash

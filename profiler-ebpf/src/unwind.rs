@@ -11,10 +11,11 @@
 //!
 //! One frame is one iteration of `bpf_loop` (kernel 5.17+): the verifier
 //! checks the step once instead of following every path of every frame,
-//! which is what lets one program run reach `DEEP_STACK_DEPTH` frames. The
-//! state lives in a per-CPU map; the stack is then stored by the
-//! tail-called `unwind_store`, verified on its own. Every unwind ends with
-//! one of the `Stat::Unwind*` reasons counted.
+//! which is what lets one program run reach 519 frames: `DEEP_STACK_DEPTH`
+//! slots, the last kept for the truncation mark. The state lives in a
+//! per-CPU map; the stack is then stored by the tail-called
+//! `unwind_store`, verified on its own. Every unwind ends with one of the
+//! `Stat::Unwind*` reasons counted.
 
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
@@ -151,8 +152,9 @@ impl Unwind {
     }
 
     /// Steps the whole stack, one frame per `bpf_loop` iteration (the
-    /// verifier checks the step once, not once per frame), up to
-    /// `DEEP_STACK_DEPTH` frames.
+    /// verifier checks the step once, not once per frame), up to 519
+    /// frames (`DEEP_STACK_DEPTH` slots, the last kept for the truncation
+    /// mark).
     #[inline(always)]
     pub fn run(&mut self) {
         // SAFETY: `step_one` has the callback signature bpf_loop expects

@@ -11,15 +11,16 @@
 //!   budget.
 //! - [`loader`] is the worker thread that does all that off the sampling
 //!   loop.
-//! - [`kernel`] refuses kernels whose `bpf_probe_read_user` can hang the
-//!   machine from a perf-event program.
 //!
-//! Everything here but the loader's thread and the kernel check is pure:
-//! it reads files and touches nothing in the kernel.
+//! Whether the running kernel can run the table unwinder at all (its
+//! version, the `bpf_probe_read_user` freeze bug) is decided in
+//! [`crate::system_info::kernel`].
+//!
+//! Everything here but the loader's thread is pure: it reads files and
+//! touches nothing in the kernel.
 
 pub mod build;
 pub mod encode;
-pub mod kernel;
 pub mod loader;
 pub mod registry;
 pub mod requests;
@@ -33,7 +34,8 @@ pub use table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unwinder {
     /// From `.eh_frame` tables in the kernel, falling back to frame
-    /// pointers where a file has none; up to 544 frames.
+    /// pointers where a file has none; up to 519 frames (a deeper stack
+    /// ends in a truncation mark: `DEEP_STACK_DEPTH` = 520 slots).
     Tables(TableBudget),
     /// Frame pointers only (`bpf_get_stack`, 127 frames): the cheapest,
     /// and what kernels with the `bpf_probe_read_user` bug must use.

@@ -1,7 +1,19 @@
-//! Refuses eh_frame unwinding on kernels with the `bpf_probe_read_user()`
-//! freeze bug.
+//! The running kernel: its version, the minimum version of each thing
+//! hostprof does, and the `bpf_probe_read_user()` freeze bug that rules out
+//! the table (eh_frame) unwinder.
 //!
-//! The eh_frame unwinder reads user stacks with `bpf_probe_read_user()` from
+//! # Versions
+//!
+//! [`RunningKernel`] reads `/proc/sys/kernel/osrelease` once per process
+//! and refines its version from the distribution's own version strings
+//! ([`stable_version`]). [`KERNEL_MINIMUMS`] is the one table of minimum
+//! versions; the `kernel` and `table unwinder` rows of `hostprof
+//! system-info`, [`super::preflight`] and [`check_running_kernel`] all read
+//! it.
+//!
+//! # The `bpf_probe_read_user()` freeze bug
+//!
+//! The table unwinder reads user stacks with `bpf_probe_read_user()` from
 //! the perf-event program, which runs in NMI context. On Linux 5.19 up to
 //! 6.3.x that helper's `copy_from_user_nofault()` lacked the
 //! `nmi_uaccess_okay()` check and used `access_ok()`, which is meant for task
@@ -12,7 +24,7 @@
 //! and 6.3.10. The 5.19, 6.0 and 6.2 series had reached end of life and never
 //! received it.
 //!
-//! # Detection
+//! ## Detection
 //!
 //! This follows opentelemetry-ebpf-profiler, which refuses such kernels
 //! (`hasProbeReadBug` in `tracer/helper.go`, `checkForMaccessPatch` in
@@ -28,15 +40,13 @@
 //!    `/proc/version`, or from Ubuntu's `/proc/version_signature` (its last
 //!    field, e.g. "6.2.16"). Step 1 is then applied again to that version.
 //!    The otel profiler has no such step: on such kernels it relies on step 3.
-//! 3. **Machine-code check, x86-64 only** ([`inspect_running_kernel`]).
-//!    Distribution kernels carry backports that their version does not show,
-//!    so when the version is still in the range we look at the code itself.
-//!    `/proc/kallsyms` gives the addresses of `copy_from_user_nofault` and
-//!    `nmi_uaccess_okay`. We read the function's bytes from `/proc/kcore`
-//!    and look for a `call rel32` to `nmi_uaccess_okay`
-//!    ([`x86_64_calls_function`]). The fix adds that call, and the
-//!    unpatched function makes no such call. The otel profiler reads the
-//!    bytes with a BPF program instead of `/proc/kcore`.
+//! 3. **Machine-code check, x86-64 only**
+//!    ([`super::kernel_code::inspect_running_kernel`]). Distribution kernels
+//!    carry backports that their version does not show, so when the version
+//!    is still in the range we look at the code itself: the fix adds a call
+//!    from `copy_from_user_nofault()` to `nmi_uaccess_okay()`, found through
+//!    `/proc/kallsyms` and `/proc/kcore`. The otel profiler reads the bytes
+//!    with a BPF program instead of `/proc/kcore`.
 //!
 //! This check fails closed. If the version is in the range and the code
 //! check cannot prove the fix is present, the kernel counts as affected.
@@ -48,24 +58,25 @@
 //!
 //! - [`KernelVersion`]: `major.minor.patch`, with [`KernelVersion::parse`]
 //!   for `uname -r` strings and [`KernelVersion::running`].
+//! - [`Feature`], [`KernelMinimum`] and [`KERNEL_MINIMUMS`]: the minimum
+//!   kernel of each feature, and why.
+//! - [`RunningKernel`]: the release string and versions of this host's
+//!   kernel, read once.
 //! - [`stable_version`], [`debian_upstream_version`] and
 //!   [`ubuntu_upstream_version`] find the stable version a distribution
 //!   reports outside the release string.
 //! - [`version_has_probe_read_bug`] is the raw version table.
 //! - [`FixEvidence`] records what inspecting the kernel's code showed.
 //! - [`probe_read_user_hazard`] is the pure decision. It returns
-//!   `Some(`[`ProbeReadHazard`]`)` when eh_frame unwinding must be refused.
-//! - [`check_running_kernel`] does all of the above for the running kernel.
-//!   It returns [`KernelCheckError`], which wraps the hazard or an I/O
-//!   failure.
-//! - [`inspect_running_kernel`], [`parse_kallsyms_line`] and
-//!   [`x86_64_calls_function`] are the pieces of the code check.
+//!   `Some(`[`ProbeReadHazard`]`)` when the table unwinder must be refused.
+//! - [`check_table_unwinder`] applies the minimum version and the hazard
+//!   decision to a [`RunningKernel`]; [`check_running_kernel`] does so for
+//!   this host. Both return [`KernelCheckError`].
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::sync::OnceLock;
+
+use super::kernel_code::{self, CodeCheckError};
 
 /// Where the running kernel's release string (`uname -r`) is read from.
 pub const OSRELEASE_PATH: &str = "/proc/sys/kernel/osrelease";
@@ -76,11 +87,6 @@ pub const PROC_VERSION_PATH: &str = "/proc/version";
 /// "Ubuntu 6.2.0-39.40~22.04.1-generic 6.2.16". Its last field is the
 /// upstream stable version.
 pub const VERSION_SIGNATURE_PATH: &str = "/proc/version_signature";
-/// The kernel symbol table: the address, type and name of each symbol.
-pub const KALLSYMS_PATH: &str = "/proc/kallsyms";
-/// The kernel's memory as an ELF core file. It is readable by root unless
-/// the kernel is locked down.
-pub const KCORE_PATH: &str = "/proc/kcore";
 /// The upstream commit that fixed the bug: "mm: Fix copy_from_user_nofault()."
 pub const FIX_COMMIT: &str = "d319f344561de23e810515d109c7278919bff7b0";
 
@@ -124,23 +130,27 @@ impl KernelVersion {
         Some(Self::new(major, minor, patch))
     }
 
-    /// Reads the running kernel's version from
-    /// `/proc/sys/kernel/osrelease`. The error kind is `InvalidData` when
-    /// the release string cannot be parsed.
-    pub fn running() -> io::Result<Self> {
-        let release = std::fs::read_to_string(OSRELEASE_PATH)?;
-        Self::parse(&release).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unrecognised kernel release {:?}", release.trim()),
-            )
-        })
+    /// The running kernel's version, parsed from its release string (see
+    /// [`RunningKernel::get`], which reads it once per process).
+    pub fn running() -> Result<Self, KernelCheckError> {
+        RunningKernel::get().map(|kernel| kernel.version)
     }
 
     /// Whether both versions are in the same stable series (same
     /// `major.minor`).
     pub const fn same_series(self, other: Self) -> bool {
         self.major == other.major && self.minor == other.minor
+    }
+
+    /// Whether `self` is at least `other`; usable in `const` contexts.
+    const fn at_least(self, other: Self) -> bool {
+        if self.major != other.major {
+            return self.major > other.major;
+        }
+        if self.minor != other.minor {
+            return self.minor > other.minor;
+        }
+        self.patch >= other.patch
     }
 }
 
@@ -158,6 +168,158 @@ fn leading_number(s: &str) -> Option<(u32, &str)> {
         return None;
     }
     Some((s[..end].parse().ok()?, &s[end..]))
+}
+
+/// Something hostprof does that needs a minimum kernel version; the index
+/// of its row in [`KERNEL_MINIMUMS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Feature {
+    /// Sampling at all, with either unwinder.
+    Sampling,
+    /// The table (eh_frame) unwinder, `--unwinder tables`.
+    TableUnwinder,
+    /// Everything, on a kernel hostprof is tested on.
+    Recommended,
+}
+
+impl Feature {
+    /// This feature's row of [`KERNEL_MINIMUMS`].
+    pub const fn minimum(self) -> &'static KernelMinimum {
+        &KERNEL_MINIMUMS[self as usize]
+    }
+}
+
+impl fmt::Display for Feature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Feature::Sampling => "sampling",
+            Feature::TableUnwinder => "the table unwinder",
+            Feature::Recommended => "full support",
+        })
+    }
+}
+
+/// The oldest kernel a [`Feature`] runs on, and what it needs from that
+/// kernel. Displays as e.g. "Linux 5.17+ for the table unwinder
+/// (bpf_loop)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelMinimum {
+    /// What needs the version.
+    pub feature: Feature,
+    /// The oldest version it runs on.
+    pub version: KernelVersion,
+    /// What that version brought.
+    pub why: &'static str,
+}
+
+impl fmt::Display for KernelMinimum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let KernelVersion {
+            major,
+            minor,
+            patch,
+        } = self.version;
+        write!(f, "Linux {major}.{minor}")?;
+        if patch != 0 {
+            write!(f, ".{patch}")?;
+        }
+        write!(f, "+ for {} ({})", self.feature, self.why)
+    }
+}
+
+/// Every minimum kernel version hostprof has, one row per [`Feature`] in
+/// its declaration order (use [`Feature::minimum`]).
+///
+/// - Sampling needs the BPF ring buffer (new processes are announced on
+///   one) and the CAP_BPF and CAP_PERFMON capabilities: 5.8.
+/// - The table unwinder steps one frame per `bpf_loop` iteration: 5.17.
+///   Its other helpers are older (`bpf_task_pt_regs` 5.15,
+///   `bpf_get_current_task_btf` 5.11).
+/// - 6.1 is the oldest kernel hostprof is tested on.
+pub const KERNEL_MINIMUMS: [KernelMinimum; 3] = [
+    KernelMinimum {
+        feature: Feature::Sampling,
+        version: KernelVersion::new(5, 8, 0),
+        why: "BPF ring buffer, CAP_BPF and CAP_PERFMON",
+    },
+    KernelMinimum {
+        feature: Feature::TableUnwinder,
+        version: KernelVersion::new(5, 17, 0),
+        why: "bpf_loop",
+    },
+    KernelMinimum {
+        feature: Feature::Recommended,
+        version: KernelVersion::new(6, 1, 0),
+        why: "the oldest kernel hostprof is tested on",
+    },
+];
+
+// Each row sits at its feature's index, and the minimums only go up.
+const _: () = {
+    let mut i = 0;
+    while i < KERNEL_MINIMUMS.len() {
+        assert!(KERNEL_MINIMUMS[i].feature as usize == i);
+        assert!(
+            i == 0
+                || KERNEL_MINIMUMS[i]
+                    .version
+                    .at_least(KERNEL_MINIMUMS[i - 1].version)
+        );
+        i += 1;
+    }
+};
+
+/// This host's kernel: its release string and versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningKernel {
+    /// The release string as the kernel reports it, e.g. "6.1.0-18-amd64".
+    pub release: String,
+    /// The version parsed from [`Self::release`], e.g. 6.1.0.
+    pub version: KernelVersion,
+    /// The stable version, refined from distribution sources (see
+    /// [`stable_version`]), e.g. 6.1.76.
+    pub stable: KernelVersion,
+}
+
+impl RunningKernel {
+    /// Builds the description from the contents of `osrelease` and, when
+    /// present, `/proc/version` and `/proc/version_signature`. Pure.
+    pub fn from_sources(
+        release: &str,
+        proc_version: Option<&str>,
+        version_signature: Option<&str>,
+    ) -> Result<Self, KernelCheckError> {
+        let release = release.trim();
+        let version = KernelVersion::parse(release)
+            .ok_or_else(|| KernelCheckError::UnrecognisedRelease(release.to_owned()))?;
+        Ok(Self {
+            release: release.to_owned(),
+            version,
+            stable: stable_version(version, proc_version, version_signature),
+        })
+    }
+
+    /// This host's kernel. The files are read on the first successful call
+    /// only; later calls return the same value.
+    pub fn get() -> Result<&'static Self, KernelCheckError> {
+        static RUNNING: OnceLock<RunningKernel> = OnceLock::new();
+        if let Some(kernel) = RUNNING.get() {
+            return Ok(kernel);
+        }
+        let release =
+            std::fs::read_to_string(OSRELEASE_PATH).map_err(KernelCheckError::ReadRelease)?;
+        let proc_version = std::fs::read_to_string(PROC_VERSION_PATH).ok();
+        let signature = std::fs::read_to_string(VERSION_SIGNATURE_PATH).ok();
+        let kernel = Self::from_sources(&release, proc_version.as_deref(), signature.as_deref())?;
+        if kernel.stable != kernel.version {
+            log::debug!(
+                "kernel release {} is stable version {}",
+                kernel.release,
+                kernel.stable
+            );
+        }
+        Ok(RUNNING.get_or_init(|| kernel))
+    }
 }
 
 /// Whether `version`, a full stable version, has the
@@ -233,9 +395,9 @@ pub enum FixEvidence {
     Unpatched,
 }
 
-/// Why eh_frame unwinding is refused on this kernel.
+/// Why the table unwinder is refused on this kernel.
 ///
-/// The eh_frame unwinder reads user memory with `bpf_probe_read_user()` in
+/// The table unwinder reads user memory with `bpf_probe_read_user()` in
 /// the perf-event program, and on this kernel that can freeze the machine.
 /// The `Display` text names the kernel version, the bug and both ways out:
 /// a fixed kernel, or `--unwinder frame-pointers`.
@@ -289,7 +451,7 @@ impl fmt::Display for ProbeReadHazard {
     }
 }
 
-/// Decides whether eh_frame unwinding must be refused.
+/// Decides whether the table unwinder must be refused.
 ///
 /// `version` is the kernel's stable version (see [`stable_version`]) and
 /// `evidence` is what inspecting its code showed. Returns `None` if:
@@ -312,62 +474,74 @@ pub fn probe_read_user_hazard(
     })
 }
 
-/// Why [`check_running_kernel`] failed.
+/// Why the running kernel cannot be judged, or cannot run the table
+/// unwinder. Each message names the way out.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelCheckError {
-    /// The running kernel has the bug, and eh_frame unwinding must not run.
+    /// The running kernel has the bug, and the table unwinder must not run.
     #[error(transparent)]
     Hazard(#[from] ProbeReadHazard),
-    /// The running kernel's release could not be read or parsed.
-    #[error("cannot determine the running kernel's version from /proc/sys/kernel/osrelease: {0}")]
-    Release(#[source] io::Error),
-    /// The running kernel lacks what the table unwinder's BPF program uses.
+    /// `/proc/sys/kernel/osrelease` could not be read.
     #[error(
-        "Linux {0} is too old for the table unwinder, which needs 5.17+ (bpf_loop); \
-         upgrade the kernel or run with --unwinder frame-pointers"
+        "cannot read the running kernel's release from {OSRELEASE_PATH}: mount procfs at /proc, \
+         or run with --unwinder frame-pointers, which does not check the kernel's version"
     )]
-    TooOld(KernelVersion),
+    ReadRelease(#[source] std::io::Error),
+    /// The release string does not start with `major.minor`.
+    #[error(
+        "cannot determine the running kernel's version from {OSRELEASE_PATH}: unrecognised \
+         release {0:?}; run with --unwinder frame-pointers, which does not check the kernel's \
+         version"
+    )]
+    UnrecognisedRelease(String),
+    /// The running kernel is older than a feature's minimum.
+    #[error(
+        "Linux {version} is too old: hostprof needs {needs}; upgrade the kernel or run with \
+         --unwinder frame-pointers"
+    )]
+    TooOld {
+        /// The running kernel's version.
+        version: KernelVersion,
+        /// The minimum it is below.
+        needs: &'static KernelMinimum,
+    },
 }
 
-/// The oldest kernel the table unwinder runs on: `bpf_loop` came in 5.17.
-pub const TABLE_UNWINDER_MIN: KernelVersion = KernelVersion::new(5, 17, 0);
-
-/// Checks that the table unwinder can run on this kernel: recent enough
-/// ([`TABLE_UNWINDER_MIN`]) and free of the `bpf_probe_read_user()`
-/// freeze bug.
+/// Checks that the table unwinder can run on this host: the kernel is
+/// recent enough ([`Feature::TableUnwinder`]) and free of the
+/// `bpf_probe_read_user()` freeze bug, inspecting its code with
+/// [`kernel_code::inspect_running_kernel`] when the version alone cannot
+/// tell.
 ///
-/// The steps for the bug:
-/// 1. Read `/proc/sys/kernel/osrelease`.
-/// 2. Refine the version from `/proc/version` and `/proc/version_signature`
-///    when present.
-/// 3. If the version is in the affected range, inspect the kernel's code
-///    through `/proc/kallsyms` and `/proc/kcore`. Failures are logged and
-///    count as [`FixEvidence::NotInspected`].
-///
-/// Returns `Ok(())` when eh_frame unwinding is safe.
+/// Returns `Ok(())` when the table unwinder is safe.
 pub fn check_running_kernel() -> Result<(), KernelCheckError> {
-    let release = std::fs::read_to_string(OSRELEASE_PATH).map_err(KernelCheckError::Release)?;
-    let release = release.trim();
-    let parsed = KernelVersion::parse(release).ok_or_else(|| {
-        KernelCheckError::Release(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unrecognised kernel release {release:?}"),
-        ))
-    })?;
-    let proc_version = std::fs::read_to_string(PROC_VERSION_PATH).ok();
-    let signature = std::fs::read_to_string(VERSION_SIGNATURE_PATH).ok();
-    if parsed < TABLE_UNWINDER_MIN {
-        return Err(KernelCheckError::TooOld(parsed));
+    check_table_unwinder(RunningKernel::get()?, kernel_code::inspect_running_kernel)
+}
+
+/// Decides whether the table unwinder can run on `kernel`:
+/// 1. Its release must be at least [`Feature::TableUnwinder`]'s minimum.
+/// 2. Its stable version ([`RunningKernel::stable`]) is looked up in the
+///    bug's version table; outside the affected range it is safe.
+/// 3. In the range, `inspect` looks at the kernel's code. A failure is
+///    logged and counts as [`FixEvidence::NotInspected`].
+///
+/// Returns the hazard unless the code proves the fix is present.
+pub fn check_table_unwinder(
+    kernel: &RunningKernel,
+    inspect: impl FnOnce() -> Result<FixEvidence, CodeCheckError>,
+) -> Result<(), KernelCheckError> {
+    let needs = Feature::TableUnwinder.minimum();
+    if kernel.version < needs.version {
+        return Err(KernelCheckError::TooOld {
+            version: kernel.version,
+            needs,
+        });
     }
-    let version = stable_version(parsed, proc_version.as_deref(), signature.as_deref());
-    if version != parsed {
-        log::debug!("kernel release {release} is stable version {version}");
-    }
+    let version = kernel.stable;
     if !version_has_probe_read_bug(version) {
         return Ok(());
     }
-
-    let evidence = match inspect_running_kernel() {
+    let evidence = match inspect() {
         Ok(evidence) => evidence,
         Err(err) => {
             log::warn!(
@@ -380,243 +554,17 @@ pub fn check_running_kernel() -> Result<(), KernelCheckError> {
     match probe_read_user_hazard(version, evidence) {
         None => {
             log::info!(
-                "Linux {version} (release {release}) carries the backported \
-                 copy_from_user_nofault() fix; eh_frame unwinding is safe"
+                "Linux {version} (release {}) carries the backported \
+                 copy_from_user_nofault() fix; the table unwinder is safe",
+                kernel.release
             );
             Ok(())
         }
         Some(mut hazard) => {
-            hazard.release = Some(release.to_owned());
+            hazard.release = Some(kernel.release.clone());
             Err(hazard.into())
         }
     }
-}
-
-/// How many bytes of `copy_from_user_nofault()` are read when its size is
-/// unknown. In patched builds the call to `nmi_uaccess_okay()` comes within
-/// the first ~0x40 bytes.
-const DEFAULT_CODE_LEN: u64 = 256;
-/// The most bytes read whatever size kallsyms suggests.
-const MAX_CODE_LEN: u64 = 1024;
-
-/// Inspects the running kernel's `copy_from_user_nofault()` for the fix.
-///
-/// Addresses come from `/proc/kallsyms` and code from `/proc/kcore`. Both
-/// need root; kcore also needs CONFIG_PROC_KCORE and no lockdown.
-/// - Returns [`FixEvidence::Patched`] or [`FixEvidence::Unpatched`] on
-///   x86-64.
-/// - Returns [`FixEvidence::NotInspected`] on other architectures.
-/// - Returns an error when a file cannot be read or kernel addresses are
-///   hidden.
-pub fn inspect_running_kernel() -> io::Result<FixEvidence> {
-    if std::env::consts::ARCH != "x86_64" {
-        return Ok(FixEvidence::NotInspected);
-    }
-    let symbols = KernelSymbols::read(Path::new(KALLSYMS_PATH))?;
-    let (Some(function), Some(callee)) = (symbols.copy_from_user_nofault, symbols.nmi_uaccess_okay)
-    else {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "copy_from_user_nofault or nmi_uaccess_okay is missing from /proc/kallsyms, \
-             or kernel addresses are hidden (kptr_restrict)",
-        ));
-    };
-    let len = symbols
-        .function_end
-        .map(|end| end.saturating_sub(function).clamp(1, MAX_CODE_LEN))
-        .unwrap_or(DEFAULT_CODE_LEN);
-    let code = read_kcore(Path::new(KCORE_PATH), function, len)?;
-    let patched = x86_64_calls_function(&code, function, callee);
-    log::debug!(
-        "copy_from_user_nofault at {function:#x} ({} bytes read) {} nmi_uaccess_okay at {callee:#x}",
-        code.len(),
-        if patched { "calls" } else { "does not call" }
-    );
-    Ok(if patched {
-        FixEvidence::Patched
-    } else {
-        FixEvidence::Unpatched
-    })
-}
-
-/// One `/proc/kallsyms` line split into address, type letter and name,
-/// e.g. `(0xffffffff815987b0, 'T', "copy_from_user_nofault")`. The module
-/// suffix (`\t[ext4]`) is dropped. An unprivileged reader sees 0 for every
-/// address.
-pub fn parse_kallsyms_line(line: &str) -> Option<(u64, char, &str)> {
-    let mut fields = line.split_whitespace();
-    let address = u64::from_str_radix(fields.next()?, 16).ok()?;
-    let mut kind = fields.next()?.chars();
-    let kind_char = kind.next()?;
-    if kind.next().is_some() {
-        return None;
-    }
-    let name = fields.next()?;
-    Some((address, kind_char, name))
-}
-
-/// The kallsyms entries the code check needs.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct KernelSymbols {
-    copy_from_user_nofault: Option<u64>,
-    /// The next higher symbol address after `copy_from_user_nofault`, which
-    /// bounds its code.
-    function_end: Option<u64>,
-    nmi_uaccess_okay: Option<u64>,
-}
-
-impl KernelSymbols {
-    fn read(path: &Path) -> io::Result<Self> {
-        let reader = BufReader::new(open_with_context(path)?);
-        let mut symbols = Self::default();
-        for line in reader.lines() {
-            symbols.add(&line?);
-            if symbols.complete() {
-                break;
-            }
-        }
-        Ok(symbols)
-    }
-
-    /// Takes in one kallsyms line. Zero addresses (hidden pointers) are
-    /// ignored.
-    fn add(&mut self, line: &str) {
-        let Some((address, kind, name)) = parse_kallsyms_line(line) else {
-            return;
-        };
-        if address == 0 {
-            return;
-        }
-        if let Some(start) = self.copy_from_user_nofault {
-            if address > start && self.function_end.is_none_or(|end| address < end) {
-                self.function_end = Some(address);
-            }
-        }
-        if !matches!(kind, 't' | 'T') {
-            return;
-        }
-        match name {
-            "copy_from_user_nofault" => self.copy_from_user_nofault = Some(address),
-            "nmi_uaccess_okay" => self.nmi_uaccess_okay = Some(address),
-            _ => {}
-        }
-    }
-
-    fn complete(&self) -> bool {
-        self.copy_from_user_nofault.is_some()
-            && self.function_end.is_some()
-            && self.nmi_uaccess_okay.is_some()
-    }
-}
-
-/// Whether x86-64 machine code loaded at `code_addr` contains a direct
-/// `call rel32` (opcode E8) to `callee`.
-///
-/// Every E8 byte is tried as an instruction start. A false match would need
-/// the four bytes after a stray E8 to encode this exact target, which is
-/// negligible.
-///
-/// Besides `callee` itself, targets up to 16 bytes before it and 4 bytes
-/// after it also count:
-/// - before: call-depth tracking (`retbleed=stuff`) redirects direct calls
-///   to a thunk in the callee's padding;
-/// - after: with IBT, a call may skip the 4-byte ENDBR64.
-pub fn x86_64_calls_function(code: &[u8], code_addr: u64, callee: u64) -> bool {
-    code.windows(5).enumerate().any(|(at, insn)| {
-        if insn[0] != 0xe8 {
-            return false;
-        }
-        let rel = i32::from_le_bytes([insn[1], insn[2], insn[3], insn[4]]);
-        let next = code_addr.wrapping_add(at as u64 + 5);
-        let target = next.wrapping_add(rel as i64 as u64);
-        target >= callee.wrapping_sub(16) && target <= callee.wrapping_add(4)
-    })
-}
-
-/// Opens `path`; an error names the file.
-fn open_with_context(path: &Path) -> io::Result<File> {
-    File::open(path).map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))
-}
-
-/// ELF `PT_LOAD`.
-const PT_LOAD: u32 = 1;
-/// `e_phnum` when the real count is in section header 0's `sh_info`.
-const PN_XNUM: u16 = 0xffff;
-
-/// Reads up to `len` bytes of kernel memory at virtual address `addr` from
-/// an ELF64 little-endian core file such as `/proc/kcore`. The read stops
-/// at the end of the segment holding `addr`.
-fn read_kcore(path: &Path, addr: u64, len: u64) -> io::Result<Vec<u8>> {
-    let file = open_with_context(path)?;
-    let invalid = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {what}", path.display()),
-        )
-    };
-
-    let mut ehdr = [0u8; 64];
-    file.read_exact_at(&mut ehdr, 0)?;
-    // ELF magic, ELFCLASS64, ELFDATA2LSB.
-    if ehdr[..4] != *b"\x7fELF" || ehdr[4] != 2 || ehdr[5] != 1 {
-        return Err(invalid("not a little-endian ELF64 file"));
-    }
-    let phoff = u64_at(&ehdr, 0x20);
-    let shoff = u64_at(&ehdr, 0x28);
-    let phentsize = u64::from(u16_at(&ehdr, 0x36));
-    let mut phnum = u64::from(u16_at(&ehdr, 0x38));
-    if phnum == u64::from(PN_XNUM) {
-        let mut shdr = [0u8; 64];
-        file.read_exact_at(&mut shdr, shoff)?;
-        phnum = u64::from(u32_at(&shdr, 0x2c));
-    }
-    if phentsize < 56 {
-        return Err(invalid("program header entries too small"));
-    }
-
-    let mut phdr = [0u8; 56];
-    for index in 0..phnum {
-        file.read_exact_at(&mut phdr, phoff + index * phentsize)?;
-        let Some(range) = segment_file_range(&phdr, addr, len) else {
-            continue;
-        };
-        let mut code = vec![0u8; range.1 as usize];
-        file.read_exact_at(&mut code, range.0)?;
-        return Ok(code);
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{}: no segment maps address {addr:#x}", path.display()),
-    ))
-}
-
-/// For an ELF64 program header: if it is a `PT_LOAD` segment whose file
-/// image holds `addr`, returns the file offset of `addr` and how many of
-/// the `len` bytes the segment holds.
-fn segment_file_range(phdr: &[u8; 56], addr: u64, len: u64) -> Option<(u64, u64)> {
-    if u32_at(phdr, 0) != PT_LOAD {
-        return None;
-    }
-    let offset = u64_at(phdr, 0x08);
-    let vaddr = u64_at(phdr, 0x10);
-    let filesz = u64_at(phdr, 0x20);
-    let skip = addr.checked_sub(vaddr)?;
-    if skip >= filesz {
-        return None;
-    }
-    Some((offset.checked_add(skip)?, len.min(filesz - skip)))
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
@@ -859,185 +807,98 @@ mod tests {
     }
 
     #[test]
-    fn kallsyms_lines() {
-        assert_eq!(
-            parse_kallsyms_line("ffffffff815987b0 T copy_from_user_nofault"),
-            Some((0xffff_ffff_8159_87b0, 'T', "copy_from_user_nofault"))
-        );
-        assert_eq!(
-            parse_kallsyms_line("ffffffffc0a01000 t ext4_fill_super\t[ext4]"),
-            Some((0xffff_ffff_c0a0_1000, 't', "ext4_fill_super"))
-        );
-        assert_eq!(
-            parse_kallsyms_line("0000000000000000 T nmi_uaccess_okay"),
-            Some((0, 'T', "nmi_uaccess_okay"))
-        );
-        assert_eq!(parse_kallsyms_line("garbage"), None);
-        assert_eq!(parse_kallsyms_line("ffffffff81000000 TT x"), None);
-    }
-
-    #[test]
-    fn kallsyms_collects_needed_symbols() {
-        let mut symbols = KernelSymbols::default();
-        for line in [
-            "ffffffff81343910 T nmi_uaccess_okay",
-            "ffffffff815987a0 t __cfi_copy_from_user_nofault",
-            "ffffffff815987b0 T copy_from_user_nofault",
-            "ffffffff815988a0 t __cfi_copy_to_user_nofault",
-            "ffffffff815988b0 T copy_to_user_nofault",
-        ] {
-            symbols.add(line);
+    fn minimums_table() {
+        assert_eq!(Feature::Sampling.minimum().version, v(5, 8, 0));
+        assert_eq!(Feature::TableUnwinder.minimum().version, v(5, 17, 0));
+        assert_eq!(Feature::Recommended.minimum().version, v(6, 1, 0));
+        for (index, row) in KERNEL_MINIMUMS.iter().enumerate() {
+            assert_eq!(row.feature as usize, index, "{row}");
         }
         assert_eq!(
-            symbols,
-            KernelSymbols {
-                copy_from_user_nofault: Some(0xffff_ffff_8159_87b0),
-                function_end: Some(0xffff_ffff_8159_88a0),
-                nmi_uaccess_okay: Some(0xffff_ffff_8134_3910),
-            }
+            Feature::TableUnwinder.minimum().to_string(),
+            "Linux 5.17+ for the table unwinder (bpf_loop)"
         );
-        assert!(symbols.complete());
-
-        // Hidden addresses (kptr_restrict) yield nothing.
-        let mut hidden = KernelSymbols::default();
-        hidden.add("0000000000000000 T copy_from_user_nofault");
-        hidden.add("0000000000000000 T nmi_uaccess_okay");
-        assert_eq!(hidden, KernelSymbols::default());
-    }
-
-    /// Encodes `call target` as if placed at `at`.
-    fn call(at: u64, target: u64) -> [u8; 5] {
-        let rel = target.wrapping_sub(at + 5) as i64 as i32;
-        let mut insn = [0xe8, 0, 0, 0, 0];
-        insn[1..].copy_from_slice(&rel.to_le_bytes());
-        insn
-    }
-
-    #[test]
-    fn finds_call_to_nmi_uaccess_okay() {
-        let base = 0xffff_ffff_8159_87b0u64;
-        let callee = 0xffff_ffff_8134_3910u64; // below: negative rel32
-        let fentry = 0xffff_ffff_8107_1200u64;
-
-        // Shaped like a patched build: call __fentry__, a bounds check,
-        // then the call to nmi_uaccess_okay and `test al, al`.
-        let mut code = Vec::new();
-        code.extend_from_slice(&call(base, fentry));
-        code.extend_from_slice(&[0x48, 0xb8, 0x00, 0xf0, 0xff, 0xff, 0xff, 0x7f, 0, 0]); // movabs
-        code.extend_from_slice(&[0x48, 0x39, 0xd0, 0x73, 0x0c]); // cmp; jae
-        code.extend_from_slice(&[0x49, 0x89, 0xfd]); // mov r13, rdi
-        let at = base + code.len() as u64;
-        code.extend_from_slice(&call(at, callee));
-        code.extend_from_slice(&[0x84, 0xc0, 0x74, 0x46]); // test al, al; je
-        assert!(x86_64_calls_function(&code, base, callee));
-
-        // The same code without that call: unpatched.
-        let unpatched: Vec<u8> = code[..code.len() - 9]
-            .iter()
-            .copied()
-            .chain([0x84, 0xc0, 0x74, 0x46])
-            .collect();
-        assert!(!x86_64_calls_function(&unpatched, base, callee));
-        // Same bytes, but judged at another load address: no match.
-        assert!(!x86_64_calls_function(&code, base + 0x1000, callee));
-
-        // Call-depth thunk in the callee's padding, and an ENDBR skip.
-        assert!(x86_64_calls_function(
-            &call(base, callee - 16),
-            base,
-            callee
-        ));
-        assert!(x86_64_calls_function(&call(base, callee + 4), base, callee));
-        assert!(!x86_64_calls_function(
-            &call(base, callee - 17),
-            base,
-            callee
-        ));
-        assert!(!x86_64_calls_function(
-            &call(base, callee + 5),
-            base,
-            callee
-        ));
-
-        // A forward call (positive rel32) and truncated input.
-        let high = base + 0x4000;
-        assert!(x86_64_calls_function(&call(base, high), base, high));
-        assert!(!x86_64_calls_function(&call(base, high)[..4], base, high));
-        assert!(!x86_64_calls_function(&[], base, high));
-    }
-
-    /// Builds a minimal ELF64 core file with the given `(vaddr, bytes)`
-    /// PT_LOAD segments, plus a PT_NOTE first as in /proc/kcore.
-    fn fake_kcore(segments: &[(u64, &[u8])]) -> Vec<u8> {
-        let phnum = segments.len() + 1;
-        let mut data_offset = 64 + 56 * phnum as u64;
-        let mut file = vec![0u8; 64];
-        file[..4].copy_from_slice(b"\x7fELF");
-        file[4] = 2; // ELFCLASS64
-        file[5] = 1; // ELFDATA2LSB
-        file[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-        file[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        file[0x38..0x3a].copy_from_slice(&(phnum as u16).to_le_bytes()); // e_phnum
-        let mut note = [0u8; 56];
-        note[..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
-        file.extend_from_slice(&note);
-        for (vaddr, bytes) in segments {
-            let mut phdr = [0u8; 56];
-            phdr[..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-            phdr[0x08..0x10].copy_from_slice(&data_offset.to_le_bytes());
-            phdr[0x10..0x18].copy_from_slice(&vaddr.to_le_bytes());
-            phdr[0x20..0x28].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-            phdr[0x28..0x30].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
-            file.extend_from_slice(&phdr);
-            data_offset += bytes.len() as u64;
-        }
-        for (_, bytes) in segments {
-            file.extend_from_slice(bytes);
-        }
-        file
-    }
-
-    #[test]
-    fn reads_kernel_bytes_from_core_file() {
-        let low: Vec<u8> = (0..64).collect();
-        let text: Vec<u8> = (0..=255).rev().collect();
-        let image = fake_kcore(&[
-            (0xffff_8880_0000_0000, &low),
-            (0xffff_ffff_8100_0000, &text),
-        ]);
-        let path = std::env::temp_dir().join(format!(
-            "hostprof-kernel-test-kcore-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&path, image).unwrap();
-
-        let got = read_kcore(&path, 0xffff_ffff_8100_0010, 4).unwrap();
-        assert_eq!(got, [239, 238, 237, 236]);
-        // Clamped at the end of the segment.
-        let tail = read_kcore(&path, 0xffff_ffff_8100_00fe, 16).unwrap();
-        assert_eq!(tail, [1, 0]);
-        let first = read_kcore(&path, 0xffff_8880_0000_0000, 3).unwrap();
-        assert_eq!(first, [0, 1, 2]);
-        // Unmapped address.
-        let err = read_kcore(&path, 0xffff_ffff_a000_0000, 4).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
-
-        std::fs::write(&path, [b'x'; 64]).unwrap();
-        let err = read_kcore(&path, 0xffff_ffff_8100_0010, 4).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn running_kernel_symbols_when_visible() {
-        // Environment-dependent: only checked when kallsyms shows addresses.
-        let Ok(symbols) = KernelSymbols::read(Path::new(KALLSYMS_PATH)) else {
-            return;
+        let with_patch = KernelMinimum {
+            feature: Feature::Sampling,
+            version: v(6, 1, 36),
+            why: "a fix",
         };
-        if let (Some(start), Some(end)) = (symbols.copy_from_user_nofault, symbols.function_end) {
-            assert!(end > start && end - start < 4096, "{start:#x}..{end:#x}");
+        assert_eq!(with_patch.to_string(), "Linux 6.1.36+ for sampling (a fix)");
+    }
+
+    #[test]
+    fn running_kernel_from_sources() {
+        let kernel =
+            RunningKernel::from_sources("6.1.0-18-amd64\n", Some(DEBIAN_PROC_VERSION), None)
+                .unwrap();
+        assert_eq!(kernel.release, "6.1.0-18-amd64");
+        assert_eq!(kernel.version, v(6, 1, 0));
+        assert_eq!(kernel.stable, v(6, 1, 76));
+
+        let err = RunningKernel::from_sources("weird\n", None, None).unwrap_err();
+        assert!(
+            matches!(&err, KernelCheckError::UnrecognisedRelease(release) if release == "weird"),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("--unwinder frame-pointers"), "{text}");
+    }
+
+    #[test]
+    fn table_unwinder_decision() {
+        let kernel = |release: &str, proc_version: Option<&str>| {
+            RunningKernel::from_sources(release, proc_version, None).unwrap()
+        };
+        let never = || -> Result<FixEvidence, CodeCheckError> { panic!("code inspected") };
+
+        // Too old for bpf_loop: refused before anything else.
+        let err = check_table_unwinder(&kernel("5.15.0-91-generic", None), never).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelCheckError::TooOld { version, needs }
+                    if version == v(5, 15, 0) && needs.feature == Feature::TableUnwinder
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        for needle in [
+            "Linux 5.15.0",
+            "5.17+",
+            "bpf_loop",
+            "--unwinder frame-pointers",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from: {text}");
         }
+
+        // Outside the bug's range, by release or by distribution version:
+        // the code is not inspected.
+        check_table_unwinder(&kernel("6.18.44-fc-v657", None), never).unwrap();
+        check_table_unwinder(&kernel("6.1.0-18-amd64", Some(DEBIAN_PROC_VERSION)), never).unwrap();
+
+        // In the range: the code decides, and a failed inspection fails
+        // closed.
+        let affected = kernel("6.1.0-7-amd64", None);
+        check_table_unwinder(&affected, || Ok(FixEvidence::Patched)).unwrap();
+        let err = check_table_unwinder(&affected, || Ok(FixEvidence::Unpatched)).unwrap_err();
+        let KernelCheckError::Hazard(hazard) = err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(hazard.version, v(6, 1, 0));
+        assert_eq!(hazard.release.as_deref(), Some("6.1.0-7-amd64"));
+        assert_eq!(hazard.evidence, FixEvidence::Unpatched);
+        let err =
+            check_table_unwinder(&affected, || Err(CodeCheckError::SymbolsMissing)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                KernelCheckError::Hazard(ProbeReadHazard {
+                    evidence: FixEvidence::NotInspected,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

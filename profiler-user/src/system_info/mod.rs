@@ -1,17 +1,28 @@
 //! What hostprof needs from the host, checked: kernel version, BTF,
-//! capabilities, perf and BPF features, CPUs, kernel symbol visibility.
+//! capabilities, perf and BPF features, CPUs, kernel symbol visibility, and
+//! whether the table unwinder can run.
 //!
 //! [`collect`] gathers every check for `hostprof system-info`;
 //! [`preflight`] runs before sampling and turns every failed check into one
 //! error that names what is missing and how to fix it. Deciding a status is
 //! pure (and tested); only reading the inputs touches the system.
+//!
+//! - [`kernel`] owns everything about the kernel's version: parsing it,
+//!   the table of minimum versions ([`kernel::KERNEL_MINIMUMS`]) and the
+//!   `bpf_probe_read_user()` freeze bug that rules out the table unwinder
+//!   ([`kernel::check_running_kernel`]).
+//! - [`kernel_code`] reads the kernel's machine code (kallsyms, kcore) when
+//!   the version alone cannot tell whether that bug was fixed.
+
+pub mod kernel;
+pub mod kernel_code;
 
 use std::fmt;
 
 use aya::maps::MapType;
 use aya::programs::ProgramType;
 
-use crate::unwind::kernel::KernelVersion;
+use kernel::{Feature, KernelCheckError, KernelVersion, RunningKernel, KERNEL_MINIMUMS};
 
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +130,7 @@ pub fn preflight() -> Result<(), PreflightError> {
 pub fn collect() -> Vec<Check> {
     let mut checks = vec![
         kernel_check(),
+        table_unwinder_check(),
         btf_check(),
         capability_check(),
         paranoid_check(),
@@ -138,25 +150,70 @@ pub fn collect() -> Vec<Check> {
     checks
 }
 
+/// Below the sampling minimum hostprof cannot run; below the recommended
+/// one it runs untested, maybe without the table unwinder.
 fn kernel_status(version: KernelVersion) -> Status {
-    if version < KernelVersion::new(5, 8, 0) {
+    if version < Feature::Sampling.minimum().version {
         Status::Fail
-    } else if version < KernelVersion::new(6, 1, 0) {
+    } else if version < Feature::Recommended.minimum().version {
         Status::Warn
     } else {
         Status::Ok
     }
 }
 
+/// The kernel's release (and its stable version when a distribution
+/// reports one), judged against [`KERNEL_MINIMUMS`].
 fn kernel_check() -> Check {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    let status = KernelVersion::parse(&release).map_or(Status::Warn, kernel_status);
-    Check::new("kernel", release, status).hint(
-        "hostprof needs Linux 5.8+ (BPF ring buffer, CAP_BPF), 5.17+ for the table \
-         unwinder (bpf_loop); 6.1+ is tested",
-    )
+    let minimums: Vec<String> = KERNEL_MINIMUMS.iter().map(|m| m.to_string()).collect();
+    let hint = format!("hostprof needs {}", minimums.join(", "));
+    match RunningKernel::get() {
+        Ok(kernel) => {
+            let mut value = kernel.release.clone();
+            if kernel.stable != kernel.version {
+                value.push_str(&format!(" (stable {})", kernel.stable));
+            }
+            Check::new("kernel", value, kernel_status(kernel.version)).hint(hint)
+        }
+        Err(err) => Check::new("kernel", err.to_string(), Status::Warn).hint(hint),
+    }
+}
+
+/// Whether the default unwinder, the table unwinder, can run: see
+/// [`kernel::check_running_kernel`].
+fn table_unwinder_check() -> Check {
+    match kernel::check_running_kernel() {
+        Ok(()) => Check::new("table unwinder", "supported", Status::Ok),
+        Err(err) => table_unwinder_refused(&err),
+    }
+}
+
+/// The check row for a kernel that cannot run the table unwinder. It is a
+/// warning: `--unwinder frame-pointers` still samples.
+fn table_unwinder_refused(err: &KernelCheckError) -> Check {
+    const WAY_OUT: &str = "run with --unwinder frame-pointers";
+    match err {
+        KernelCheckError::Hazard(hazard) => Check::new(
+            "table unwinder",
+            format!(
+                "refused: Linux {} has the bpf_probe_read_user() freeze bug",
+                hazard.version
+            ),
+            Status::Warn,
+        )
+        .hint(format!(
+            "{WAY_OUT}, or upgrade to a fixed kernel: Linux 6.1.36+, 6.3.10+ or 6.4+"
+        )),
+        KernelCheckError::TooOld { version, needs } => Check::new(
+            "table unwinder",
+            format!("refused: Linux {version} is too old"),
+            Status::Warn,
+        )
+        .hint(format!("{WAY_OUT}, or upgrade: hostprof needs {needs}")),
+        KernelCheckError::ReadRelease(_) | KernelCheckError::UnrecognisedRelease(_) => {
+            Check::new("table unwinder", err.to_string(), Status::Warn).hint(WAY_OUT)
+        }
+    }
 }
 
 fn btf_check() -> Check {
@@ -247,9 +304,10 @@ fn program_check() -> Check {
 fn map_check(name: &'static str, map: MapType) -> Check {
     match aya::sys::is_map_supported(map) {
         Ok(true) => Check::new(name, "supported", Status::Ok),
-        Ok(false) => {
-            Check::new(name, "not supported", Status::Fail).hint("upgrade the kernel (5.8+)")
-        }
+        Ok(false) => Check::new(name, "not supported", Status::Fail).hint(format!(
+            "upgrade the kernel: hostprof needs {}",
+            Feature::Sampling.minimum()
+        )),
         Err(err) => Check::new(name, format!("probe failed: {err}"), Status::Warn)
             .hint("probing needs CAP_BPF; run as root"),
     }
@@ -300,6 +358,36 @@ mod tests {
     }
 
     #[test]
+    fn table_unwinder_rows() {
+        let hazard = kernel::probe_read_user_hazard(
+            KernelVersion::new(6, 2, 16),
+            kernel::FixEvidence::NotInspected,
+        )
+        .unwrap();
+        let row = table_unwinder_refused(&hazard.into());
+        assert_eq!(row.status, Status::Warn);
+        assert!(row.value.contains("Linux 6.2.16"), "{row:?}");
+        let hint = row.hint.unwrap();
+        assert!(
+            hint.contains("--unwinder frame-pointers") && hint.contains("6.1.36+"),
+            "{hint}"
+        );
+
+        let too_old = KernelCheckError::TooOld {
+            version: KernelVersion::new(5, 15, 0),
+            needs: Feature::TableUnwinder.minimum(),
+        };
+        let row = table_unwinder_refused(&too_old);
+        assert_eq!(row.status, Status::Warn);
+        assert!(row.value.contains("5.15.0"), "{row:?}");
+        let hint = row.hint.unwrap();
+        assert!(
+            hint.contains("Linux 5.17+") && hint.contains("bpf_loop"),
+            "{hint}"
+        );
+    }
+
+    #[test]
     fn capabilities() {
         let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         let cap_eff = parse_cap_eff(root).unwrap();
@@ -329,6 +417,7 @@ mod tests {
     fn collect_on_this_host() {
         let checks = collect();
         assert!(checks.iter().any(|c| c.name == "kernel"));
+        assert!(checks.iter().any(|c| c.name == "table unwinder"));
         let report = Report(&checks).to_string();
         assert!(report.contains("online CPUs"), "{report}");
     }
