@@ -108,6 +108,7 @@ struct MapSetRef {
     deep_stacks: &'static HashMap<StackHash, DeepStack>,
 }
 
+/// Takes one CPU sample: attached to the CPU-clock perf event of every CPU.
 #[perf_event]
 pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
     bump(Stat::Invocations);

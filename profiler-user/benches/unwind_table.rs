@@ -5,6 +5,8 @@
 //! `cargo bench -p hostprof --bench unwind_table` (or `cargo xtask
 //! bench-unwind`).
 
+#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
+
 use std::path::{Path, PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
