@@ -1,6 +1,7 @@
 //! Continuous profiling: sample without pause, turn every interval into one
-//! OTLP export request, and ship requests through a bounded [`queue`] to an
-//! exporter task that retries with backoff ([`retry`]).
+//! OTLP export request, and ship requests through a bounded
+//! [`queue`](crate::otlp::queue) to an exporter task that retries with
+//! backoff ([`retry`](crate::otlp::retry)).
 //!
 //! When the collector is slow or down, sampling goes on, the queue drops
 //! its oldest requests (counted), and export resumes on its own. On
@@ -9,8 +10,6 @@
 
 pub mod config;
 pub mod metrics;
-pub mod queue;
-pub mod retry;
 pub mod server;
 
 use std::future::Future;
@@ -22,12 +21,12 @@ use hostprof_proto::otlp::collector::profiles::v1development::ExportProfilesServ
 use prost::Message;
 use tokio::sync::{watch, Notify};
 
+use crate::otlp::queue::{BoundedQueue, Dropped, QueueLimits};
+use crate::otlp::retry::{self, Backoff, Verdict};
 use crate::otlp::{build_request, ExportError, Exporter, ExporterConfig, HostIdentity};
 use crate::profile::Profile;
 use crate::profiler::{PipelineStats, Profiler, ProfilerError, ProfilerOptions};
 use metrics::{Metrics, OwnUsage, Snapshot};
-use queue::{BoundedQueue, Dropped, QueueLimits};
-use retry::{Backoff, Verdict};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]

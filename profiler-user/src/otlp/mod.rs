@@ -1,10 +1,17 @@
 //! OTLP profiles export: [`builder`] turns a [`crate::profile::Profile`]
 //! into an `ExportProfilesServiceRequest`, [`config`] resolves where and
-//! how to send it, [`export`] sends it over gRPC or HTTP.
+//! how to send it, [`export`] sends it over gRPC or HTTP, [`queue`] holds
+//! requests waiting to be sent within bounds, and [`retry`] decides
+//! whether and when a failed export is sent again.
+//!
+//! Nothing here uses [`crate::agent`]: the agent hands requests to this
+//! module, never the other way round.
 
 pub mod builder;
 pub mod config;
 pub mod export;
+pub mod queue;
+pub mod retry;
 
 pub use builder::{build_request, HostIdentity};
 pub use config::{ExporterConfig, ExporterFlags, Protocol};
