@@ -1,9 +1,9 @@
 //! OTLP profiles export: [`builder`] turns a [`crate::profile::Profile`]
 //! into an `ExportProfilesServiceRequest` for the [`host`] it comes from,
 //! [`config`] resolves where and how to send it, [`export`] sends it over
-//! gRPC or HTTP, [`queue`] holds requests waiting to be sent within
-//! bounds, and [`retry`] decides whether and when a failed export is sent
-//! again.
+//! gRPC or HTTP. [`outbox`] keeps sending requests as they come: they
+//! wait in a [`queue`] bounded in count and bytes, and [`retry`] decides
+//! whether and when a failed export is sent again.
 //!
 //! Nothing here uses [`crate::agent`]: the agent hands requests to this
 //! module, never the other way round.
@@ -12,6 +12,7 @@ pub mod builder;
 pub mod config;
 pub mod export;
 pub mod host;
+pub mod outbox;
 pub mod queue;
 pub mod retry;
 
