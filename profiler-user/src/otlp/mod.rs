@@ -5,8 +5,8 @@
 //! wait in a [`queue`] bounded in count and bytes, and [`retry`] decides
 //! whether and when a failed export is sent again.
 //!
-//! Nothing here uses [`crate::agent`]: the agent hands requests to this
-//! module, never the other way round.
+//! Nothing here depends on the `agent` module: the agent hands requests
+//! to this one, never the other way round.
 
 pub mod builder;
 pub mod config;
