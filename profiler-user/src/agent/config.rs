@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::queue::QueueLimits;
-use super::retry::Backoff;
 use super::AgentOptions;
 use crate::filter::{parse_selector, ProcessFilter};
 use crate::otlp::config::ConfigError;
+use crate::otlp::queue::QueueLimits;
+use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
 use crate::sampler::{Frequency, SamplingPolicy, Target};

@@ -1,16 +1,14 @@
 //! Continuous profiling: sample without pause, turn every interval into one
-//! OTLP export request, and ship requests through a bounded [`queue`] to an
-//! exporter task that retries with backoff ([`retry`]).
+//! OTLP export request, and hand requests to an [`Outbox`], whose task
+//! sends them with retries; serve [`metrics`] meanwhile.
 //!
-//! When the collector is slow or down, sampling goes on, the queue drops
+//! When the collector is slow or down, sampling goes on, the outbox drops
 //! its oldest requests (counted), and export resumes on its own. On
-//! shutdown, sampling stops, the last window is queued and the exporter
+//! shutdown, sampling stops, the last window is queued and the outbox
 //! flushes what it can within the shutdown timeout.
 
 pub mod config;
 pub mod metrics;
-pub mod queue;
-pub mod retry;
 pub mod server;
 
 use std::future::Future;
@@ -18,16 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostprof_proto::otlp::collector::profiles::v1development::ExportProfilesServiceRequest;
-use prost::Message;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use crate::otlp::outbox::{Outbox, SendStats};
+use crate::otlp::queue::{Dropped, QueueLimits};
+use crate::otlp::retry::Backoff;
 use crate::otlp::{build_request, ExportError, Exporter, ExporterConfig, HostIdentity};
 use crate::profile::Profile;
 use crate::profiler::{PipelineStats, Profiler, ProfilerError, ProfilerOptions};
 use metrics::{Metrics, OwnUsage, Snapshot};
-use queue::{BoundedQueue, Dropped, QueueLimits};
-use retry::{Backoff, Verdict};
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -87,13 +84,10 @@ pub enum AgentError {
 }
 
 struct Shared {
-    queue: Mutex<BoundedQueue<ExportProfilesServiceRequest>>,
-    ready: Notify,
-    stats: Mutex<AgentStats>,
-    /// Profiles of the request the exporter is working on.
-    in_flight: Mutex<u64>,
-    /// When a full queue was last reported, to keep logs quiet in an outage.
-    last_drop_warning: Mutex<Option<Instant>>,
+    /// Requests waiting to be exported, and the export counters.
+    outbox: Arc<Outbox>,
+    /// What building requests cost.
+    encoding: Mutex<Encoding>,
     /// Pipeline totals as of the last drain.
     pipeline: Mutex<PipelineStats>,
     /// When the profiling loop last drained.
@@ -104,23 +98,43 @@ struct Shared {
     stall_after: Duration,
 }
 
-/// A full queue is reported at most this often.
-const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+/// Counters of building export requests.
+#[derive(Clone, Copy, Debug, Default)]
+struct Encoding {
+    /// Profiles built and queued for export.
+    queued_profiles: u64,
+    /// Export requests built.
+    encodes: u64,
+    /// Time spent building them, in nanoseconds.
+    nanos: u64,
+}
 
 impl Shared {
     fn stats(&self) -> AgentStats {
-        let mut stats = *self.stats.lock().expect("stats lock");
-        let dropped = self.queue.lock().expect("queue lock").dropped();
-        stats.dropped.requests += dropped.requests;
-        stats.dropped.profiles += dropped.profiles;
-        stats
+        let encoding = *self.encoding.lock().expect("encoding lock");
+        let SendStats {
+            exported_profiles,
+            rejected_profiles,
+            failed_attempts,
+            failed_profiles,
+            dropped,
+            bytes_sent,
+        } = self.outbox.stats();
+        AgentStats {
+            queued_profiles: encoding.queued_profiles,
+            exported_profiles,
+            rejected_profiles,
+            failed_attempts,
+            failed_profiles,
+            dropped,
+            bytes_sent,
+            encodes: encoding.encodes,
+            encode_nanos: encoding.nanos,
+        }
     }
 
     fn snapshot(&self) -> Snapshot {
-        let (queue_requests, queue_bytes) = {
-            let queue = self.queue.lock().expect("queue lock");
-            (queue.len(), queue.bytes())
-        };
+        let (queue_requests, queue_bytes) = self.outbox.queued();
         Snapshot {
             pipeline: *self.pipeline.lock().expect("pipeline lock"),
             agent: self.stats(),
@@ -154,11 +168,8 @@ pub async fn run(
         None => None,
     };
     let shared = Arc::new(Shared {
-        queue: Mutex::new(BoundedQueue::new(options.queue)),
-        ready: Notify::new(),
-        stats: Mutex::new(AgentStats::default()),
-        in_flight: Mutex::new(0),
-        last_drop_warning: Mutex::new(None),
+        outbox: Arc::new(Outbox::new(options.queue)),
+        encoding: Mutex::new(Encoding::default()),
         pipeline: Mutex::new(PipelineStats::default()),
         last_drain: Mutex::new(Instant::now()),
         sampling: AtomicBool::new(false),
@@ -173,12 +184,10 @@ pub async fn run(
     let mut profiler = Profiler::start(options.profiler.clone())?;
     shared.sampling.store(true, Ordering::Relaxed);
     let (stopping_tx, stopping_rx) = watch::channel(false);
-    let mut exporter = tokio::spawn(export_loop(
-        Arc::clone(&shared),
-        exporter,
-        options.backoff,
-        stopping_rx,
-    ));
+    let outbox = Arc::clone(&shared.outbox);
+    let backoff = options.backoff;
+    let mut exporter =
+        tokio::spawn(async move { outbox.send(exporter, backoff, stopping_rx).await });
     log::info!(
         "profiling every CPU at {}, exporting every {:?} to {}",
         options.profiler.policy.frequency,
@@ -226,17 +235,7 @@ pub async fn run(
         // steps), then count what it held and what still waited.
         exporter.abort();
         let _ = exporter.await;
-        let mut queue = shared.queue.lock().expect("queue lock");
-        let mut stats = shared.stats.lock().expect("stats lock");
-        let in_flight = std::mem::take(&mut *shared.in_flight.lock().expect("in-flight lock"));
-        if in_flight > 0 {
-            stats.dropped.requests += 1;
-            stats.dropped.profiles += in_flight;
-        }
-        while let Some((_, profiles)) = queue.pop() {
-            stats.dropped.requests += 1;
-            stats.dropped.profiles += profiles;
-        }
+        shared.outbox.abandon();
         log::warn!("shutdown timeout reached; unsent profiles were dropped");
     }
     if let Some(server) = metrics_server {
@@ -260,104 +259,11 @@ pub async fn run(
 fn enqueue(shared: &Shared, profiles: &[Profile], host: &HostIdentity) {
     let started = Instant::now();
     let request = build_request(profiles, host);
-    let bytes = request.encoded_len();
-    let profiles = request.resource_profiles.len() as u64;
     {
-        let mut stats = shared.stats.lock().expect("stats lock");
-        stats.encodes += 1;
-        stats.encode_nanos += started.elapsed().as_nanos() as u64;
-        stats.queued_profiles += profiles;
+        let mut encoding = shared.encoding.lock().expect("encoding lock");
+        encoding.encodes += 1;
+        encoding.nanos += started.elapsed().as_nanos() as u64;
+        encoding.queued_profiles += request.resource_profiles.len() as u64;
     }
-    if profiles == 0 {
-        return;
-    }
-    let mut queue = shared.queue.lock().expect("queue lock");
-    let before = queue.dropped();
-    queue.push(request, bytes, profiles);
-    let after = queue.dropped();
-    if after != before {
-        let mut last = shared.last_drop_warning.lock().expect("warning lock");
-        if last.is_none_or(|at| at.elapsed() >= DROP_WARNING_INTERVAL) {
-            *last = Some(Instant::now());
-            log::warn!(
-                "export queue full ({} requests, {} bytes): dropping the oldest; \
-                 {} profiles dropped so far",
-                queue.len(),
-                queue.bytes(),
-                after.profiles
-            );
-        }
-    }
-    drop(queue);
-    shared.ready.notify_one();
-}
-
-async fn export_loop(
-    shared: Arc<Shared>,
-    exporter: Exporter,
-    backoff: Backoff,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut failing = false;
-    loop {
-        let next = shared.queue.lock().expect("queue lock").pop();
-        *shared.in_flight.lock().expect("in-flight lock") = next.as_ref().map_or(0, |(_, p)| *p);
-        let Some((request, profiles)) = next else {
-            if *stopping.borrow() {
-                return;
-            }
-            tokio::select! {
-                () = shared.ready.notified() => {}
-                _ = stopping.changed() => {}
-            }
-            continue;
-        };
-        let mut attempt = 0;
-        loop {
-            match exporter.export(&request).await {
-                Ok(outcome) => {
-                    if failing {
-                        log::info!("export to {} works again", exporter.config().endpoint);
-                        failing = false;
-                    }
-                    let rejected = outcome.rejected_profiles.max(0) as u64;
-                    if rejected > 0 || !outcome.message.is_empty() {
-                        log::warn!(
-                            "the collector rejected {rejected} profiles: {}",
-                            outcome.message
-                        );
-                    }
-                    let mut stats = shared.stats.lock().expect("stats lock");
-                    stats.exported_profiles += profiles.saturating_sub(rejected);
-                    stats.rejected_profiles += rejected;
-                    stats.bytes_sent += outcome.bytes_sent as u64;
-                    *shared.in_flight.lock().expect("in-flight lock") = 0;
-                    break;
-                }
-                Err(err) => {
-                    shared.stats.lock().expect("stats lock").failed_attempts += 1;
-                    match retry::classify(&err) {
-                        Verdict::GiveUp => {
-                            log::error!("export failed and will not be retried: {err}");
-                            shared.stats.lock().expect("stats lock").failed_profiles += profiles;
-                            *shared.in_flight.lock().expect("in-flight lock") = 0;
-                            break;
-                        }
-                        Verdict::Retry(hint) => {
-                            // One line per outage, not one per attempt.
-                            if !failing {
-                                log::warn!("{err}; retrying with backoff");
-                                failing = true;
-                            }
-                            // Newer requests wait in the bounded queue
-                            // meanwhile, which drops its oldest when full.
-                            let delay = backoff.delay(attempt, rand::random::<f64>(), hint);
-                            attempt += 1;
-                            tokio::time::sleep(delay).await;
-                        }
-                    }
-                }
-            }
-        }
-    }
+    shared.outbox.push(request);
 }

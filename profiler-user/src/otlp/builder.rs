@@ -18,21 +18,10 @@ use hostprof_proto::otlp::common::v1::{any_value, AnyValue, InstrumentationScope
 use hostprof_proto::otlp::profiles::v1development as pb;
 use hostprof_proto::otlp::resource::v1::Resource;
 
+use super::host::HostIdentity;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
 use crate::profile::{FrameKind, Process, Profile};
-
-/// What identifies the host (and the agent) on every resource.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HostIdentity {
-    /// `host.name`.
-    pub host_name: String,
-    /// `host.id` (the machine id), when known.
-    pub host_id: Option<String>,
-    /// Extra resource attributes (e.g. from `OTEL_RESOURCE_ATTRIBUTES`,
-    /// `service.name` from `OTEL_SERVICE_NAME`), added to every resource.
-    pub extra: Vec<(String, String)>,
-}
 
 /// The instrumentation scope every profile is reported under.
 const SCOPE_NAME: &str = "hostprof";

@@ -15,6 +15,7 @@ use std::io::Write;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::config::{ExporterConfig, Protocol};
+use super::retry::parse_retry_after;
 
 /// Errors of one export attempt.
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +257,7 @@ impl Exporter {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::agent::retry::parse_retry_after);
+            .and_then(parse_retry_after);
         let bytes = response.bytes().await.map_err(http_err)?;
         if !status.is_success() {
             return Err(ExportError::HttpStatus {

@@ -1,46 +1,22 @@
 //! OTLP profiles export: [`builder`] turns a [`crate::profile::Profile`]
-//! into an `ExportProfilesServiceRequest`, [`config`] resolves where and
-//! how to send it, [`export`] sends it over gRPC or HTTP.
+//! into an `ExportProfilesServiceRequest` for the [`host`] it comes from,
+//! [`config`] resolves where and how to send it, [`export`] sends it over
+//! gRPC or HTTP. [`outbox`] keeps sending requests as they come: they
+//! wait in a [`queue`] bounded in count and bytes, and [`retry`] decides
+//! whether and when a failed export is sent again.
+//!
+//! Nothing here depends on the `agent` module: the agent hands requests
+//! to this one, never the other way round.
 
 pub mod builder;
 pub mod config;
 pub mod export;
+pub mod host;
+pub mod outbox;
+pub mod queue;
+pub mod retry;
 
-pub use builder::{build_request, HostIdentity};
+pub use builder::build_request;
 pub use config::{ExporterConfig, ExporterFlags, Protocol};
 pub use export::{ExportError, ExportOutcome, Exporter};
-
-impl HostIdentity {
-    /// This host's identity: `host.name` from the kernel, `host.id` from
-    /// `/etc/machine-id`, `service.name` from `OTEL_SERVICE_NAME`,
-    /// `k8s.node.name` from `NODE_NAME` (the downward API) and other
-    /// attributes from `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn detect() -> Result<Self, config::ConfigError> {
-        let read = |path: &str| {
-            std::fs::read_to_string(path)
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        };
-        let mut extra = match std::env::var("OTEL_RESOURCE_ATTRIBUTES") {
-            Ok(v) => config::parse_headers(&v)?,
-            Err(_) => Vec::new(),
-        };
-        if let Some(node) = std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()) {
-            extra.retain(|(k, _)| k != "k8s.node.name");
-            extra.push(("k8s.node.name".into(), node));
-        }
-        if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
-            .ok()
-            .filter(|s| !s.is_empty())
-        {
-            extra.retain(|(k, _)| k != "service.name");
-            extra.push(("service.name".into(), name));
-        }
-        Ok(Self {
-            host_name: read("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into()),
-            host_id: read("/etc/machine-id"),
-            extra,
-        })
-    }
-}
+pub use host::HostIdentity;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::otlp::ExportError;
+use super::export::ExportError;
 
 /// Whether a failed export may succeed if sent again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
