@@ -2,11 +2,9 @@
 //! endpoints; collector absent for the whole run; a collector that answers
 //! 503 before it recovers; a slow collector; SIGTERM during an export; a
 //! collector that rejects part of each request. The collector is the
-//! official-types receiver of tests/otlp_receiver.py.
+//! official-types receiver of tests/e2e/otlp_receiver.py.
 //!
 //! Needs root (BPF) and python3 with `opentelemetry-proto` and `grpcio`.
-
-mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -14,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Receiver;
+use crate::common::{self, Receiver};
 
 fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hostprof"))
