@@ -198,6 +198,37 @@ pub fn build_workloads(dir: &Path, names: &[&str]) {
     }
 }
 
+/// A child process killed, if still running, when this is dropped: a test
+/// that fails before it stops its whole-host agent must not leave the agent
+/// profiling the host under the tests that run after it in this binary.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Takes charge of `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Waits for it to exit and collects its piped output.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().expect("running").wait_with_output()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
 /// Starts a helper script whose first line of output is `<prefix><rest>`
 /// once it listens; returns it and `<rest>`.
 pub fn start_announcing(cmd: &mut Command, prefix: &str) -> (Child, String) {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{self, FakeContainer, Receiver, Traces};
+use crate::common::{self, FakeContainer, KillOnDrop, Receiver, Traces};
 
 const POD_UID: &str = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d";
 const TOKEN: &str = "test-token";
@@ -212,14 +212,16 @@ fn pods_are_named_filtered_and_survive_an_api_outage() {
     // The agent keeps profiling, with the names it learnt, while the API
     // server is down.
     let receiver = receiver_in(&workloads.path("agent"));
-    let agent = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["agent", "--interval", "1s", "--node-name", "node-a"])
-        .arg("--otlp-endpoint")
-        .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
-        .env("KUBECONFIG", &api.kubeconfig)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["agent", "--interval", "1s", "--node-name", "node-a"])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
+            .env("KUBECONFIG", &api.kubeconfig)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_secs(3));
     api.stop();
     let before = receiver.received().len();
