@@ -1,6 +1,6 @@
 //! `cargo xtask bench-agent`: `hostprof agent` on a busy host for a few
 //! minutes, exporting over HTTP/protobuf with gzip to the official-types
-//! receiver (profiler-user/tests/otlp_receiver.py). Reports the agent's CPU
+//! receiver (profiler-user/tests/e2e/otlp_receiver.py). Reports the agent's CPU
 //! share and resident memory over the run (sampled from `/proc`), its start
 //! to end totals (from `wait4`), bytes on the wire per minute and the time
 //! to build one export request (from the agent's own `/metrics`).
@@ -79,7 +79,9 @@ pub fn run(options: &AgentBenchOptions) -> Result<()> {
 }
 
 fn start_receiver(options: &AgentBenchOptions, out: &Path) -> Result<(Child, u16)> {
-    let script = options.root.join("profiler-user/tests/otlp_receiver.py");
+    let script = options
+        .root
+        .join("profiler-user/tests/e2e/otlp_receiver.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg("--out")

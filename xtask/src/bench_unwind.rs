@@ -4,8 +4,8 @@
 //! 1. Cost per sample. With `kernel.bpf_stats_enabled` on (the old value
 //!    comes back at the end, also on errors), the kernel counts every BPF
 //!    program's runs and the nanoseconds they took. While C and Rust
-//!    workloads built without frame pointers
-//!    (`profiler-user/tests/workloads`) keep every CPU busy, the release
+//!    workloads built without frame pointers (`profiler-user/tests/workloads`,
+//!    by the recipes of its `recipes.rs`) keep every CPU busy, the release
 //!    `hostprof record` runs twice, `--unwinder tables` then `--unwinder
 //!    frame-pointers`. Until its capture ends, its programs' counters and its
 //!    maps are read from `/proc/<pid>/fdinfo` of the descriptors whose link is
@@ -44,7 +44,7 @@ pub struct UnwindBenchOptions {
     pub duration: Duration,
     /// The release `hostprof` binary.
     pub hostprof: PathBuf,
-    /// The workspace root (workload sources, the criterion bench).
+    /// The workspace root (the criterion bench).
     pub root: PathBuf,
     /// Scratch directory for the workloads and profiles.
     pub work_dir: PathBuf,
@@ -64,16 +64,6 @@ const PROCESSES_MAP: &str = "UNWIND_PROCESSE";
 const POLL: Duration = Duration::from_millis(500);
 /// What `hostprof record` prints when sampling has ended.
 const CAPTURE_ENDED: &str = "symbolizing...";
-
-/// gcc flags of the workloads without frame pointers, as in
-/// `profiler-user/tests/unwind.rs`.
-const NO_FP: [&str; 5] = [
-    "-O2",
-    "-g",
-    "-fomit-frame-pointer",
-    "-fno-optimize-sibling-calls",
-    "-fasynchronous-unwind-tables",
-];
 
 /// Fails early, before building, where the benchmark cannot run.
 pub fn preflight() -> Result<()> {
@@ -95,7 +85,7 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
     preflight()?;
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
-    let workloads = compile_workloads(&options.root, &options.work_dir.join("unwind-workloads"))?;
+    let workloads = compile_workloads(&options.work_dir.join("unwind-workloads"))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Every CPU busy and every workload running at least once.
     let instances = cpus.max(workloads.len());
@@ -203,59 +193,9 @@ struct Setup {
 /// Builds the workloads into `dir` and returns the programs to run: C
 /// without frame pointers (27 calls deep, and 4), a frame-pointer program
 /// calling through a library without them, and Rust without them.
-fn compile_workloads(root: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    let src = root.join("profiler-user/tests/workloads");
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let gcc_hint = "compiling the workloads needs gcc (run `cargo xtask setup`)";
-    for (source, binary) in [
-        ("deep_chain.c", "deep_chain"),
-        ("cpu_chain.c", "nofp_chain"),
-    ] {
-        cmd::run(
-            Command::new("gcc")
-                .args(NO_FP)
-                .arg("-o")
-                .arg(dir.join(binary))
-                .arg(src.join(source)),
-        )
-        .with_context(|| format!("{source}: {gcc_hint}"))?;
-    }
-    cmd::run(
-        Command::new("gcc")
-            .args(NO_FP)
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(dir.join("libhop.so"))
-            .arg(src.join("libhop.c")),
-    )
-    .with_context(|| format!("libhop.c: {gcc_hint}"))?;
-    cmd::run(
-        Command::new("gcc")
-            .args([
-                "-O2",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-                "-o",
-            ])
-            .arg(dir.join("lib_chain"))
-            .arg(src.join("lib_chain.c"))
-            .arg(format!("-L{}", dir.display()))
-            .arg("-lhop")
-            .arg(format!("-Wl,-rpath,{}", dir.display())),
-    )
-    .with_context(|| format!("lib_chain.c: {gcc_hint}"))?;
-    cmd::run(
-        Command::new("rustc")
-            .args(["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"])
-            .arg("-o")
-            .arg(dir.join("rust_nofp"))
-            .arg(src.join("rust_chain.rs")),
-    )
-    .context("rust_chain.rs: compiling the Rust workload with rustc")?;
-    Ok(["deep_chain", "nofp_chain", "lib_chain", "rust_nofp"]
-        .iter()
-        .map(|name| dir.join(name))
-        .collect())
+fn compile_workloads(dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::workloads::build(dir, &["deep_chain", "nofp_chain", "lib_chain", "rust_nofp"])
+        .map_err(|err| anyhow!("compiling the workloads: {err}"))
 }
 
 /// `kernel.bpf_stats_enabled` switched on; dropping it writes the old value

@@ -10,6 +10,9 @@ mod cmd;
 mod deploy;
 mod ebpf;
 mod setup;
+// The test workloads' recipes, shared with the end-to-end tests.
+#[path = "../../profiler-user/tests/workloads/recipes.rs"]
+mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

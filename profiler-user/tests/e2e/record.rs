@@ -6,21 +6,20 @@
 //! Fails with the reason when either is missing, unless
 //! HOSTPROF_SKIP_BPF_TESTS=1 is set.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{pprof_tool, Traces, Workloads};
+use crate::common::{self, pprof_tool, Traces, Workloads};
 
 #[test]
 fn record_whole_host_with_real_workloads() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     let pprof = pprof_tool();
-    let workloads = Workloads::build();
+    let workloads = Workloads::build(&["cpu_chain", "syscall_chain", "rust_chain", "short_lived"]);
     let mut children = vec![
         workloads.spawn("cpu_chain", 6000),
         workloads.spawn("syscall_chain", 6000),

@@ -2,18 +2,24 @@
 //! host, drain. They fail (never silently pass) when BPF is unavailable,
 //! unless HOSTPROF_SKIP_BPF_TESTS=1 is set.
 
-mod common;
-
 use std::time::Duration;
 
 use hostprof::sampler::{Sampler, SamplingPolicy, Started};
 use hostprof::unwind::{TableBudget, Unwinder};
 
+use crate::common;
+
 #[tokio::test]
+#[expect(
+    clippy::await_holding_lock,
+    reason = "the guard serializes whole tests; each test has its own runtime, \
+              so no task of this one waits for it"
+)]
 async fn samples_every_cpu_and_drains_exactly() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     let Started {
         mut sampler,
         mut events,
@@ -64,6 +70,7 @@ async fn verifier_accepts_the_unwinder() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     for unwinder in [
         Unwinder::FramePointers,
         Unwinder::Tables(TableBudget::new(TableBudget::MAX).unwrap()),

@@ -1,5 +1,5 @@
 //! Kubernetes metadata end to end: a stand-in API server
-//! (tests/k8s_api_stub.py, HTTPS with a private CA, bearer token) serves a
+//! (tests/e2e/k8s_api_stub.py, HTTPS with a private CA, bearer token) serves a
 //! real-shaped pod list for this node; a workload runs in a kubelet-style
 //! cgroup of one of its containers. hostprof, given a kubeconfig, must name
 //! the pod, namespace, container and node on that container's OTLP resource
@@ -8,14 +8,13 @@
 //!
 //! Needs root (BPF, cgroups), python3 with opentelemetry-proto and grpcio.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{FakeContainer, Receiver, Traces};
 use serde_json::{json, Value};
+
+use crate::common::{self, FakeContainer, KillOnDrop, Receiver, Traces};
 
 const POD_UID: &str = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d";
 const TOKEN: &str = "test-token";
@@ -50,7 +49,7 @@ impl ApiServer {
             Command::new("python3")
                 .arg(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/tests/k8s_api_stub.py"
+                    "/tests/e2e/k8s_api_stub.py"
                 ))
                 .args(["--token", TOKEN])
                 .arg("--pods")
@@ -147,9 +146,10 @@ fn pods_are_named_filtered_and_survive_an_api_outage() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     let container_id = format!("beef{:012x}", std::process::id()).repeat(4);
     let fake = FakeContainer::create(&container_id, POD_UID);
-    let workloads = common::Workloads::build();
+    let workloads = common::Workloads::build(&["cpu_chain"]);
     let dir = workloads.path("");
     let mut api = ApiServer::start(&dir, &container_id);
     let mut worker = workloads.spawn("cpu_chain", 30_000);
@@ -212,14 +212,16 @@ fn pods_are_named_filtered_and_survive_an_api_outage() {
     // The agent keeps profiling, with the names it learnt, while the API
     // server is down.
     let receiver = receiver_in(&workloads.path("agent"));
-    let agent = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["agent", "--interval", "1s", "--node-name", "node-a"])
-        .arg("--otlp-endpoint")
-        .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
-        .env("KUBECONFIG", &api.kubeconfig)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["agent", "--interval", "1s", "--node-name", "node-a"])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
+            .env("KUBECONFIG", &api.kubeconfig)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     std::thread::sleep(Duration::from_secs(3));
     api.stop();
     let before = receiver.received().len();

@@ -2,32 +2,32 @@
 //! endpoints; collector absent for the whole run; a collector that answers
 //! 503 before it recovers; a slow collector; SIGTERM during an export; a
 //! collector that rejects part of each request. The collector is the
-//! official-types receiver of tests/otlp_receiver.py.
+//! official-types receiver of tests/e2e/otlp_receiver.py.
 //!
 //! Needs root (BPF) and python3 with `opentelemetry-proto` and `grpcio`.
-
-mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Receiver;
+use crate::common::{self, KillOnDrop, Receiver};
 
-fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["agent", "--interval", "500ms", "--otlp-protocol", protocol])
-        .args(["--otlp-endpoint", endpoint])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hostprof agent")
+fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> KillOnDrop {
+    KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["agent", "--interval", "500ms", "--otlp-protocol", protocol])
+            .args(["--otlp-endpoint", endpoint])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hostprof agent"),
+    )
 }
 
 /// Sends SIGTERM and returns (exit code, stderr).
-fn terminate(child: Child) -> (Option<i32>, String) {
+fn terminate(child: KillOnDrop) -> (Option<i32>, String) {
     // SAFETY: kill takes a pid and a signal number.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("wait for agent");
@@ -231,14 +231,16 @@ fn sigterm_during_an_export_flushes_within_the_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // Every answer takes 2 s.
     let receiver = Receiver::start(dir.path(), &["--delay", "2"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["agent", "--interval", "1s", "--otlp-protocol", "http"])
-        .arg("--otlp-endpoint")
-        .arg(format!("http://127.0.0.1:{}", receiver.http_port))
-        .args(["--shutdown-timeout", "8s"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hostprof agent");
+    let child = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["agent", "--interval", "1s", "--otlp-protocol", "http"])
+            .arg("--otlp-endpoint")
+            .arg(format!("http://127.0.0.1:{}", receiver.http_port))
+            .args(["--shutdown-timeout", "8s"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hostprof agent"),
+    );
     // The first window is exported at ~1 s and answered at ~3 s: stop in
     // between, while that export is in flight.
     std::thread::sleep(Duration::from_millis(1800));

@@ -1,5 +1,4 @@
-//! Helpers shared by the privileged end-to-end tests.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! Helpers the end-to-end suites share.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,10 +21,12 @@ pub fn skip_bpf() -> bool {
     false
 }
 
-/// Serializes the tests of one test binary that each keep the machine busy
-/// (whole-host agents, CPU-bound workloads): run together on a small
-/// machine, each would take the CPU the others' timings and table loading
-/// need. Hold the guard for the whole test.
+/// Serializes the end-to-end tests, which all run in this one binary. Each
+/// profiles the whole host or keeps it busy (whole-host agents, CPU-bound
+/// workloads): run together on a small machine, each would take the CPU the
+/// others' timings and table loading need, and would see the others'
+/// processes (several suites run a `cpu_chain`). Hold the guard for the
+/// whole test.
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -162,40 +163,16 @@ pub fn has_chain(stack: &[String], chain: &[&str]) -> bool {
         .any(|w| w.iter().zip(chain).all(|(a, b)| a == b))
 }
 
-const WORKLOADS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads");
-
 /// Test programs compiled into a temporary directory.
 pub struct Workloads {
     dir: tempfile::TempDir,
 }
 
 impl Workloads {
-    /// Compiles every workload (C with frame pointers, Rust with forced frame pointers).
-    pub fn build() -> Self {
+    /// Compiles the workloads `names` (see `tests/workloads/recipes.rs`).
+    pub fn build(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path();
-        let cflags = [
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ];
-        for (src, bin) in [
-            ("cpu_chain.c", "cpu_chain"),
-            ("cpu_chain.c", "short_lived"),
-            ("syscall_chain.c", "syscall_chain"),
-        ] {
-            run(Command::new("gcc")
-                .args(cflags)
-                .arg("-o")
-                .arg(out.join(bin))
-                .arg(Path::new(WORKLOADS).join(src)));
-        }
-        run(Command::new("rustc")
-            .args(["-C", "opt-level=3", "-C", "force-frame-pointers=yes", "-g"])
-            .arg("-o")
-            .arg(out.join("rust_chain"))
-            .arg(Path::new(WORKLOADS).join("rust_chain.rs")));
+        build_workloads(dir.path(), names);
         Self { dir }
     }
 
@@ -213,16 +190,43 @@ impl Workloads {
     }
 }
 
-/// Runs `cmd`, panicking with its stderr when it fails.
-pub fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|err| panic!("run {cmd:?}: {err}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Compiles the workloads `names` into `dir`, panicking with the compiler's
+/// errors when that fails.
+pub fn build_workloads(dir: &Path, names: &[&str]) {
+    if let Err(err) = crate::workloads::build(dir, names) {
+        panic!("{err}");
+    }
+}
+
+/// A child process killed, if still running, when this is dropped: a test
+/// that fails before it stops its whole-host agent must not leave the agent
+/// profiling the host under the tests that run after it in this binary.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    /// Takes charge of `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Waits for it to exit and collects its piped output.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().expect("running").wait_with_output()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
 }
 
 /// Starts a helper script whose first line of output is `<prefix><rest>`
@@ -245,7 +249,7 @@ pub fn start_announcing(cmd: &mut Command, prefix: &str) -> (Child, String) {
     (child, rest.trim().to_owned())
 }
 
-/// The OTLP receiver of tests/otlp_receiver.py (official Python types).
+/// The OTLP receiver of tests/e2e/otlp_receiver.py (official Python types).
 pub struct Receiver {
     child: Child,
     /// Its gRPC port.
@@ -265,7 +269,7 @@ impl Receiver {
             Command::new("python3")
                 .arg(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/tests/otlp_receiver.py"
+                    "/tests/e2e/otlp_receiver.py"
                 ))
                 .arg("--out")
                 .arg(&out)

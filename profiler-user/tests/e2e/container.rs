@@ -8,11 +8,9 @@
 //! Needs root (BPF, creating cgroups) and cgroup v2 at
 //! /sys/fs/cgroup/unified or /sys/fs/cgroup.
 
-mod common;
-
 use std::process::Command;
 
-use common::{FakeContainer, Receiver, Traces};
+use crate::common::{self, FakeContainer, Receiver, Traces};
 
 const POD_UID: &str = "5e2b7c1a-90d4-4f3e-b6a8-0c1d2e3f4a5b";
 
@@ -21,9 +19,10 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     let container_id = format!("c0ffee{:010x}", std::process::id()).repeat(4);
     let fake = FakeContainer::create(&container_id, POD_UID);
-    let workloads = common::Workloads::build();
+    let workloads = common::Workloads::build(&["cpu_chain"]);
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     let mut worker = workloads.spawn("cpu_chain", 7000);
     fake.adopt(worker.id());

@@ -1,5 +1,5 @@
 //! OTLP interop: `hostprof record` exports to a receiver built on the
-//! official OpenTelemetry Python types (tests/otlp_receiver.py), over gRPC
+//! official OpenTelemetry Python types (tests/e2e/otlp_receiver.py), over gRPC
 //! and over HTTP with gzip; the receiver validates the dictionary rules and
 //! reports the decoded stacks, which must hold the workload's hot function
 //! under its whole call chain, with host and process attributes.
@@ -7,12 +7,11 @@
 //! Needs root (BPF) and python3 with `opentelemetry-proto` and `grpcio`
 //! (`cargo xtask setup` installs them).
 
-mod common;
-
 use std::process::Command;
 
-use common::Receiver;
 use serde_json::Value;
+
+use crate::common::{self, Receiver};
 
 /// Samples of `process` whose stack holds `chain`, and all its samples.
 fn chain_share(request: &Value, process: &str, chain: &[&str]) -> (u64, u64) {
@@ -44,7 +43,8 @@ fn export_is_read_by_the_official_otlp_types_over_grpc_and_http() {
     if common::skip_bpf() {
         return;
     }
-    let workloads = common::Workloads::build();
+    let _serial = common::one_at_a_time();
+    let workloads = common::Workloads::build(&["cpu_chain", "rust_chain"]);
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     // Long enough to outlive both captures (killed after them), each of
     // which also symbolizes hostprof's own debug binary.
@@ -142,6 +142,7 @@ fn export_over_tls_trusts_a_custom_ca() {
     if common::skip_bpf() {
         return;
     }
+    let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     common::private_ca(dir.path());
     let pem = |name: &str| dir.path().join(name).to_string_lossy().into_owned();

@@ -10,61 +10,10 @@
 //!
 //! Needs root (BPF).
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command};
 
-use common::{run, Traces};
-
-const NO_FP: [&str; 5] = [
-    "-O2",
-    "-g",
-    "-fomit-frame-pointer",
-    "-fno-optimize-sibling-calls",
-    "-fasynchronous-unwind-tables",
-];
-
-fn workloads(out: &Path) {
-    let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads"));
-    for (source, binary) in [
-        ("cpu_chain.c", "nofp_chain"),
-        ("deep_chain.c", "deep_chain"),
-        ("deep_chain.c", "deep_500"),
-        ("deep_chain.c", "deep_600"),
-        ("signal_chain.c", "signal_chain"),
-    ] {
-        run(Command::new("gcc")
-            .args(NO_FP)
-            .arg("-o")
-            .arg(out.join(binary))
-            .arg(src.join(source)));
-    }
-    run(Command::new("gcc")
-        .args(NO_FP)
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(out.join("libhop.so"))
-        .arg(src.join("libhop.c")));
-    // The program itself keeps frame pointers: a mixed stack.
-    run(Command::new("gcc")
-        .args([
-            "-O2",
-            "-g",
-            "-fno-omit-frame-pointer",
-            "-fno-optimize-sibling-calls",
-        ])
-        .arg("-o")
-        .arg(out.join("lib_chain"))
-        .arg(src.join("lib_chain.c"))
-        .arg(format!("-L{}", out.display()))
-        .arg("-lhop")
-        .arg(format!("-Wl,-rpath,{}", out.display())));
-    run(Command::new("rustc")
-        .args(["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"])
-        .arg("-o")
-        .arg(out.join("rust_nofp"))
-        .arg(src.join("rust_chain.rs")));
-}
+use crate::common::{self, Traces};
 
 /// Starts workload `name` for 10 s with `args` after the duration.
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Child {
@@ -154,8 +103,8 @@ fn perf_stacks(data: &Path) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// Compiles the workloads, runs `names` (with their arguments) busy, and
-/// records them with hostprof for 6 s, and with `perf record --call-graph
+/// Compiles the workloads `names`, runs them (with their arguments) busy,
+/// and records them with hostprof for 6 s, and with `perf record --call-graph
 /// dwarf` at the same time when `with_perf`. Returns the pprof file (in
 /// `dir`) and perf's stacks.
 fn capture(
@@ -163,7 +112,8 @@ fn capture(
     names: &[(&str, &[&str])],
     with_perf: bool,
 ) -> (std::path::PathBuf, Vec<(String, Vec<String>)>) {
-    workloads(dir);
+    let programs: Vec<&str> = names.iter().map(|(name, _)| *name).collect();
+    common::build_workloads(dir, &programs);
     let mut children: Vec<Child> = names
         .iter()
         .map(|(name, args)| spawn(dir, name, args))

@@ -1,0 +1,21 @@
+//! The privileged end-to-end tests, one test binary: each suite is a module
+//! and `common` holds what they share. They load the real eBPF program
+//! (root), compile the workloads of `tests/workloads` (gcc, rustc) and check
+//! the output with independent decoders: Google's `pprof` tool, and the
+//! official OpenTelemetry Python types (`otlp_receiver.py`). Without BPF
+//! they fail with the reason, unless HOSTPROF_SKIP_BPF_TESTS=1 is set.
+//!
+//! Every test holds [`common::one_at_a_time`]: each profiles the whole host,
+//! so it would see the others' workloads and agents.
+
+mod common;
+#[path = "../workloads/recipes.rs"]
+mod workloads;
+
+mod agent;
+mod container;
+mod k8s;
+mod otlp;
+mod record;
+mod sampler;
+mod unwind;

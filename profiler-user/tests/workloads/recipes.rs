@@ -1,0 +1,163 @@
+//! The test workloads and how each one is built: the only recipe table.
+//!
+//! The end-to-end tests (`profiler-user/tests/e2e`) and `cargo xtask
+//! bench-unwind` both compile this file in with `#[path]`, so it uses the
+//! standard library only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workloads' sources. Both crates that include this file sit directly
+/// under the workspace root, so the path holds for either.
+const SOURCES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../profiler-user/tests/workloads"
+);
+
+/// A compiler and its flags.
+struct Compiler {
+    program: &'static str,
+    flags: &'static [&'static str],
+}
+
+/// C with frame pointers (and no sibling calls, which would drop frames).
+const C_FRAME_POINTERS: Compiler = Compiler {
+    program: "gcc",
+    flags: &[
+        "-O2",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+    ],
+};
+
+/// C without frame pointers: only `.eh_frame` unwinds it.
+const C_NO_FRAME_POINTERS: Compiler = Compiler {
+    program: "gcc",
+    flags: &[
+        "-O2",
+        "-g",
+        "-fomit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+        "-fasynchronous-unwind-tables",
+    ],
+};
+
+/// Rust release code with forced frame pointers.
+const RUST_FRAME_POINTERS: Compiler = Compiler {
+    program: "rustc",
+    flags: &["-C", "opt-level=3", "-C", "force-frame-pointers=yes", "-g"],
+};
+
+/// Rust release code without frame pointers.
+const RUST_NO_FRAME_POINTERS: Compiler = Compiler {
+    program: "rustc",
+    flags: &["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"],
+};
+
+/// How one output file is built.
+struct Recipe {
+    /// The file written; a program's name is also its process name.
+    output: &'static str,
+    /// Its source in [`SOURCES`].
+    source: &'static str,
+    compiler: Compiler,
+    /// A shared library (`lib<name>.so`) rather than a program.
+    shared_library: bool,
+    /// The shared library of this table the program links against, built
+    /// first into the same directory and found there at run time.
+    links: Option<&'static str>,
+}
+
+const fn program(output: &'static str, source: &'static str, compiler: Compiler) -> Recipe {
+    Recipe {
+        output,
+        source,
+        compiler,
+        shared_library: false,
+        links: None,
+    }
+}
+
+/// Every workload. The same source under several names runs as processes
+/// a test can tell apart.
+const RECIPES: &[Recipe] = &[
+    // With frame pointers.
+    program("cpu_chain", "cpu_chain.c", C_FRAME_POINTERS),
+    program("short_lived", "cpu_chain.c", C_FRAME_POINTERS),
+    program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
+    program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
+    // Without frame pointers.
+    program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
+    program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),
+    program("deep_500", "deep_chain.c", C_NO_FRAME_POINTERS),
+    program("deep_600", "deep_chain.c", C_NO_FRAME_POINTERS),
+    program("signal_chain", "signal_chain.c", C_NO_FRAME_POINTERS),
+    program("rust_nofp", "rust_chain.rs", RUST_NO_FRAME_POINTERS),
+    Recipe {
+        shared_library: true,
+        ..program("libhop.so", "libhop.c", C_NO_FRAME_POINTERS)
+    },
+    // A mixed stack: the program keeps frame pointers, the library it
+    // calls through has none.
+    Recipe {
+        links: Some("libhop.so"),
+        ..program("lib_chain", "lib_chain.c", C_FRAME_POINTERS)
+    },
+];
+
+/// Builds the workloads `names`, and the libraries they link against, into
+/// `dir` (created if missing); returns the paths of `names`, in order.
+pub fn build(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|err| format!("creating {}: {err}", dir.display()))?;
+    let mut built = Vec::new();
+    for name in names {
+        build_one(dir, name, &mut built)?;
+    }
+    Ok(names.iter().map(|name| dir.join(name)).collect())
+}
+
+/// Builds `name` into `dir` unless it is in `built`, its library first.
+fn build_one(dir: &Path, name: &str, built: &mut Vec<&'static str>) -> Result<(), String> {
+    let recipe = RECIPES
+        .iter()
+        .find(|r| r.output == name)
+        .ok_or_else(|| format!("no workload named {name} in tests/workloads/recipes.rs"))?;
+    if built.contains(&recipe.output) {
+        return Ok(());
+    }
+    let mut cmd = Command::new(recipe.compiler.program);
+    cmd.args(recipe.compiler.flags);
+    if recipe.shared_library {
+        cmd.args(["-shared", "-fPIC"]);
+    }
+    cmd.arg("-o")
+        .arg(dir.join(recipe.output))
+        .arg(Path::new(SOURCES).join(recipe.source));
+    if let Some(library) = recipe.links {
+        build_one(dir, library, built)?;
+        let short = library
+            .strip_prefix("lib")
+            .and_then(|l| l.strip_suffix(".so"))
+            .ok_or_else(|| format!("{library}: a shared library is named lib<name>.so"))?;
+        cmd.arg(format!("-L{}", dir.display()))
+            .arg(format!("-l{short}"))
+            .arg(format!("-Wl,-rpath,{}", dir.display()));
+    }
+    let out = cmd.output().map_err(|err| {
+        format!(
+            "could not run {} ({err}): `cargo xtask setup` installs gcc and rustc comes \
+             with the Rust toolchain",
+            recipe.compiler.program
+        )
+    })?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    built.push(recipe.output);
+    Ok(())
+}
