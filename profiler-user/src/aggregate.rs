@@ -104,7 +104,7 @@ impl Aggregator {
 mod tests {
     use super::*;
     use crate::kind::ProfileKind;
-    use crate::sampler::Thread;
+    use crate::sampler::drain::Thread;
 
     fn sample(count: u64, labels: Vec<(&'static str, String)>) -> RawSample {
         RawSample {

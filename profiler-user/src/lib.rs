@@ -1,24 +1,40 @@
-//! hostprof: a whole-host CPU profiler built on eBPF.
+//! hostprof: a whole-host continuous profiler built on eBPF.
 //!
-//! Data flows one way, one module per stage:
-//! [`sampler`] (kernel program, exact map drain) → [`aggregate`] (merge
-//! raw samples; at the end resolve addresses with [`process`] memory-map
-//! snapshots and [`symbolize`] them) → [`profile`] (the symbolized model) →
-//! [`pprof`] / [`flamegraph`] / [`summary`] (outputs).
+//! Data flows one way, one stage per module, each handing the next a
+//! narrow type: the kernel programs → `sampler` (exact map drain, decoded
+//! samples of a [`kind::ProfileKind`]) → `process` (memory-map snapshots)
+//! → [`filter`] → `aggregate` (merge) → `resolve` (symbolize) →
+//! [`profile`] (the model, one [`Profile`] per kind) → encoders
+//! ([`pprof`], [`flamegraph`], [`summary`], [`otlp`]) → the OTLP
+//! [`otlp::Exporter`]. [`Profiler`] wires the stages together and is the
+//! entry point; [`agent`] runs it continuously.
 //!
-//! [`profiler::Profiler`] wires the stages together and is the entry point:
+//! Capture the whole host for ten seconds, write pprof and export over
+//! OTLP:
 //!
 //! ```no_run
 //! # async fn capture() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
-//! use hostprof::profiler::{Profiler, ProfilerOptions};
+//!
+//! use hostprof::otlp::{build_request, Exporter, ExporterConfig, ExporterFlags, HostIdentity};
+//! use hostprof::{Profiler, ProfilerOptions};
 //!
 //! let mut profiler = Profiler::start(ProfilerOptions::default())?;
 //! profiler
 //!     .run_until(tokio::time::sleep(Duration::from_secs(10)), |_progress| {})
 //!     .await?;
-//! let profile = profiler.finish()?;
-//! hostprof::pprof::write_file(&profile, "host.pb.gz".as_ref())?;
+//! // One profile per kind asked for: the CPU profile by default.
+//! let profiles = profiler.finish()?;
+//! hostprof::pprof::write_file(&profiles[0], "host.pb.gz".as_ref())?;
+//!
+//! let flags = ExporterFlags {
+//!     endpoint: Some("http://localhost:4317".into()),
+//!     ..ExporterFlags::default()
+//! };
+//! // Flags over the `OTEL_EXPORTER_OTLP_*` environment.
+//! let config = ExporterConfig::resolve(&flags, |name| std::env::var(name).ok())?;
+//! let request = build_request(&profiles, &HostIdentity::detect()?);
+//! Exporter::new(config)?.export(&request).await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -26,7 +42,7 @@
 //! [`system_info`] checks what the host provides.
 
 pub mod agent;
-pub mod aggregate;
+mod aggregate;
 pub mod container;
 pub mod filter;
 pub mod flamegraph;
@@ -35,12 +51,16 @@ pub mod kind;
 mod memory;
 pub mod otlp;
 pub mod pprof;
-pub mod process;
+mod process;
 pub mod profile;
 pub mod profiler;
-pub mod resolve;
-pub mod sampler;
+mod resolve;
+mod sampler;
 pub mod summary;
-pub mod symbolize;
+mod symbolize;
 pub mod system_info;
 pub mod unwind;
+
+pub use kind::ProfileKind;
+pub use profile::Profile;
+pub use profiler::{Profiler, ProfilerError, ProfilerOptions};

@@ -18,13 +18,18 @@ use crate::kind::ProfileKind;
 use crate::process::ProcessTable;
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
-use crate::sampler::{Drained, ProcessEvents, Sampler, SamplerError, SamplingPolicy};
-use crate::symbolize::{CacheStats, Symbolizer};
+use crate::sampler::{Drained, ProcessEvents, Sampler};
+use crate::symbolize::Symbolizer;
 use crate::system_info::kernel::{check_running_kernel, KernelCheckError};
 use crate::system_info::{self, PreflightError};
 use crate::unwind::loader::{LoaderStats, TableLoader};
 use crate::unwind::requests::TableRequests;
 use crate::unwind::Unwinder;
+
+pub use crate::sampler::{
+    Frequency, InvalidFrequency, SamplerError, SamplingPolicy, Target,
+};
+pub use crate::symbolize::CacheStats;
 
 /// How a [`Profiler`] runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,7 +352,8 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sampler::{KindStats, RawSample, SampleKey, Thread};
+    use crate::sampler::drain::Thread;
+    use crate::sampler::{KindStats, RawSample, SampleKey};
 
     #[inline(never)]
     fn marker() -> u64 {

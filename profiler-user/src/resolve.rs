@@ -349,7 +349,8 @@ mod tests {
     use super::*;
     use crate::aggregate::Merged;
     use crate::profile::CaptureStats;
-    use crate::sampler::{KindStats, Thread};
+    use crate::sampler::drain::Thread;
+    use crate::sampler::KindStats;
 
     #[test]
     fn callers_step_into_the_call_instruction() {

@@ -23,7 +23,7 @@ use profiler_common::{
 };
 use tokio::io::unix::AsyncFd;
 
-pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey, Thread};
+pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 pub use unwind_maps::KernelUnwindMaps;
 
@@ -510,6 +510,110 @@ mod tests {
             assert!(
                 section.is_some_and(|s| s.starts_with("perf_event")),
                 "program {name}: {section:?}"
+            );
+        }
+    }
+
+    /// True when the user opted out of BPF tests; panics with the reason
+    /// when BPF is unusable and they did not (these tests never pass
+    /// silently).
+    fn skip_bpf() -> bool {
+        if std::env::var_os("HOSTPROF_SKIP_BPF_TESTS").is_some_and(|v| v == "1") {
+            eprintln!("HOSTPROF_SKIP_BPF_TESTS=1: skipping a test that needs BPF");
+            return true;
+        }
+        if let Err(err) = crate::system_info::preflight() {
+            panic!(
+                "this test loads the real eBPF program and cannot here: {err}\n\
+                 (set HOSTPROF_SKIP_BPF_TESTS=1 to skip BPF tests explicitly)"
+            );
+        }
+        false
+    }
+
+    /// Burns CPU in this thread for `duration`.
+    fn spin_for(duration: Duration) {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < duration {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+        }
+        std::hint::black_box(x);
+    }
+
+    /// Privileged: loads the real program, samples the host, drains.
+    #[tokio::test]
+    async fn samples_every_cpu_and_drains_exactly() {
+        if skip_bpf() {
+            return;
+        }
+        let Started {
+            mut sampler,
+            mut events,
+            ..
+        } = Sampler::start(&SamplingPolicy::default()).expect("start sampler");
+        let spin = std::thread::spawn(|| spin_for(Duration::from_millis(700)));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let first = sampler.drain().expect("drain");
+        spin.join().unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let second = sampler.drain().expect("drain");
+        let last = sampler.stop().expect("stop");
+        let announced = events.try_batch();
+
+        let total = first.total() + second.total() + last.total();
+        let cpu = |d: &Drained| d.stats[&ProfileKind::Cpu];
+        let recorded = cpu(&first).recorded + cpu(&second).recorded + cpu(&last).recorded;
+        assert!(
+            total > 50,
+            "expected ~160 samples on 2 CPUs in 0.8 s, got {total}"
+        );
+        assert_eq!(
+            total, recorded,
+            "drained samples must equal samples the kernel counted"
+        );
+        assert_eq!(
+            cpu(&first).dropped + cpu(&second).dropped + cpu(&last).dropped,
+            0
+        );
+        let me = std::process::id();
+        assert!(
+            first
+                .samples
+                .iter()
+                .any(|s| s.key.thread.tgid == me && !s.key.user_stack.is_empty()),
+            "the spinning test process must be sampled with a user stack"
+        );
+        assert!(
+            announced.contains(&me) || !announced.is_empty(),
+            "new-process events arrive"
+        );
+    }
+
+    /// Privileged: the verifier accepts both programs (the sampler and the
+    /// tail-called unwinder) on this kernel, with either unwinder and the
+    /// largest budget.
+    #[tokio::test]
+    async fn verifier_accepts_the_unwinder() {
+        use crate::unwind::TableBudget;
+        if skip_bpf() {
+            return;
+        }
+        for unwinder in [
+            Unwinder::FramePointers,
+            Unwinder::Tables(TableBudget::new(TableBudget::MAX).unwrap()),
+        ] {
+            let policy = SamplingPolicy {
+                unwinder,
+                ..SamplingPolicy::default()
+            };
+            let started = Sampler::start(&policy)
+                .unwrap_or_else(|err| panic!("{unwinder:?}: {:#}", anyhow::Error::from(err)));
+            assert_eq!(
+                started.unwind_maps.is_some(),
+                matches!(unwinder, Unwinder::Tables(_))
             );
         }
     }

@@ -19,15 +19,17 @@
 //! Everything here but the loader's thread is pure: it reads files and
 //! touches nothing in the kernel.
 
-pub mod build;
-pub mod encode;
-pub mod loader;
-pub mod registry;
-pub mod requests;
-pub mod space;
-pub mod table;
+pub(crate) mod build;
+pub(crate) mod encode;
+pub(crate) mod loader;
+pub(crate) mod registry;
+pub(crate) mod requests;
+pub(crate) mod space;
+pub(crate) mod table;
 
 pub use build::{from_elf_file, BuildError, FileUnwind, LoadSegment};
+pub use loader::LoaderStats;
+pub use registry::RegistryStats;
 pub use table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
 
 /// How user stacks are unwound.

@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// True when the user opted out of BPF tests; panics with the reason when
 /// BPF is unusable and they did not.
@@ -30,18 +29,6 @@ pub fn skip_bpf() -> bool {
 pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Burns CPU in this thread for `duration`.
-pub fn spin_for(duration: Duration) {
-    let start = Instant::now();
-    let mut x = 0u64;
-    while start.elapsed() < duration {
-        for i in 0..10_000u64 {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-        }
-    }
-    std::hint::black_box(x);
 }
 
 /// Google's pprof tool: `HOSTPROF_PPROF`, else `target/tools/pprof`, else

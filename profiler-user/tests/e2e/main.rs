@@ -17,5 +17,4 @@ mod container;
 mod k8s;
 mod otlp;
 mod record;
-mod sampler;
 mod unwind;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use hostprof::agent::config::AgentSettings;
 use hostprof::otlp::HostIdentity;
-use hostprof::sampler::Target;
+use hostprof::profiler::Target;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{check_pids_exist, AgentArgs};

@@ -12,7 +12,7 @@ use hostprof::filter::{parse_selector, ProcessFilter};
 use hostprof::otlp::config::ConfigError;
 use hostprof::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use hostprof::profiler::ProfilerOptions;
-use hostprof::sampler::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+use hostprof::profiler::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 use hostprof::unwind::{ParseTableBudgetError, TableBudget, Unwinder, UnwinderKind};
 
 /// hostprof: whole-host CPU profiler built on eBPF.
