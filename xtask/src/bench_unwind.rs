@@ -52,8 +52,6 @@ pub struct UnwindBenchOptions {
 
 /// The switch of the kernel's per-program run-time statistics.
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-/// hostprof's log filter: quiet, except each unwind table loaded.
-const LOG_FILTER: &str = "warn,hostprof::unwind=debug";
 /// The perf-event program: one run per sample.
 const SAMPLE_PROGRAM: &str = "sample_cpu";
 /// The kernel's unwind rows, and the per-process table entries (map names
@@ -62,8 +60,6 @@ const ROWS_MAP: &str = "UNWIND_ROWS";
 const PROCESSES_MAP: &str = "UNWIND_PROCESSE";
 /// How often the running capture's BPF objects are read.
 const POLL: Duration = Duration::from_millis(500);
-/// What `hostprof record` prints when sampling has ended.
-const CAPTURE_ENDED: &str = "symbolizing...";
 
 /// Fails early, before building, where the benchmark cannot run.
 pub fn preflight() -> Result<()> {
@@ -240,6 +236,9 @@ struct Capture {
 /// capture ends.
 fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Result<Capture> {
     println!("[bench-unwind] hostprof record, {}", mode.label());
+    let stats_json = options
+        .work_dir
+        .join(format!("unwind-{}.json", mode.flag()));
     let mut record = Command::new(&options.hostprof);
     record
         .args(["record", "--no-flamegraph", "--duration"])
@@ -250,7 +249,8 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
                 .work_dir
                 .join(format!("unwind-{}.pb.gz", mode.flag())),
         )
-        .env("RUST_LOG", LOG_FILTER)
+        .arg("--stats-json")
+        .arg(&stats_json)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if unwinder_flag {
@@ -260,23 +260,15 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
         .spawn()
         .with_context(|| format!("starting {record:?}"))?;
     let pid = child.id();
-    let ended = Arc::new(AtomicBool::new(false));
     let stderr = child.stderr.take().expect("stderr is piped");
-    let log = {
-        let ended = Arc::clone(&ended);
-        std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.trim() == CAPTURE_ENDED {
-                    ended.store(true, Ordering::Release);
-                }
-                lines.push(line);
-            }
-            lines
-        })
-    };
+    let log = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
     let mut last = None;
-    while !ended.load(Ordering::Acquire) && child.try_wait()?.is_none() {
+    while child.try_wait()?.is_none() {
         // Descriptors come and go while it starts and exits: keep the last
         // reading that found the sampling program.
         if let Ok(objects) = BpfObjects::of(pid) {
@@ -300,7 +292,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
     Ok(Capture {
         mode,
         objects,
-        tables: TableLoads::from_log(&log),
+        tables: TableLoads::from_stats_json(&stats_json)?,
     })
 }
 
@@ -483,40 +475,36 @@ fn map_type(map_type: u32) -> String {
     }
 }
 
-/// The tables hostprof's loader wrote, from its debug log lines
-/// `<file>: unwind table of <N> rows loaded in <time>`.
+/// The tables hostprof's loader wrote, from `record --stats-json`.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct TableLoads {
     /// Tables written (a file evicted and loaded again counts twice).
     loads: u64,
-    /// Files whose tables were written.
-    files: BTreeSet<String>,
+    /// Files whose tables were in the kernel when sampling ended.
+    files: u64,
     /// Rows written, over all loads.
     rows: u64,
 }
 
 impl TableLoads {
-    fn from_log(lines: &[String]) -> Self {
-        let mut loads = TableLoads::default();
-        for (file, rows) in lines.iter().filter_map(|l| parse_table_load(l)) {
-            loads.loads += 1;
-            loads.files.insert(file.to_owned());
-            loads.rows += rows;
-        }
-        loads
+    /// The table figures of `hostprof record --stats-json`'s report: the
+    /// loader's totals when sampling ended (zero with frame pointers).
+    fn from_stats_json(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading hostprof's --stats-json {}", path.display()))?;
+        Self::from_report(&text).with_context(|| format!("{}", path.display()))
     }
-}
 
-/// The file and row count of one table-load log line.
-fn parse_table_load(line: &str) -> Option<(&str, u64)> {
-    // env_logger's prefix: `[<time> DEBUG <module>] `.
-    let message = match line.strip_prefix('[') {
-        Some(rest) => rest.split_once("] ")?.1,
-        None => line,
-    };
-    let (file, rest) = message.split_once(": unwind table of ")?;
-    let (rows, _) = rest.split_once(" rows loaded in ")?;
-    Some((file, rows.parse().ok()?))
+    fn from_report(text: &str) -> Result<Self> {
+        let report: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+        let tables = &report["profiles"][0]["unwind_tables"];
+        let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
+        Ok(TableLoads {
+            loads: number(&tables["tables_built"]),
+            files: number(&tables["registry"]["files_loaded"]),
+            rows: number(&tables["rows_built"]),
+        })
+    }
 }
 
 /// One library of the criterion bench: its own summary line and
@@ -820,7 +808,7 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
             size(budget),
             (tables.rows * row_bytes) as f64 / budget.max(1) as f64 * 100.0,
             tables.loads,
-            tables.files.len(),
+            tables.files,
         );
     }
     if let [first, second] = captures {
@@ -1064,22 +1052,22 @@ mod tests {
     }
 
     #[test]
-    fn parses_table_loads() {
-        let log: Vec<String> = [
-            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] /usr/lib/x86_64-linux-gnu/libc.so.6: \
-             unwind table of 28275 rows loaded in 3.1ms",
-            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] deep_chain: unwind table of 40 rows \
-             loaded in 120µs",
-            "deep_chain: unwind table of 40 rows loaded in 100µs",
-            "[2026-05-20T10:00:00Z DEBUG hostprof::unwind::loader] no unwind table: x: no CFI",
-            "symbolizing...",
-        ]
-        .map(String::from)
-        .to_vec();
-        let loads = TableLoads::from_log(&log);
+    fn reads_table_loads_from_the_stats_report() {
+        let report = r#"{"sampling_seconds": 10.0, "finishing_seconds": 0.4, "profiles": [
+            {"kind": "cpu", "samples": 990, "unwind_tables": {"registry": {"processes": 3,
+             "files_loaded": 2, "rows_used": 28315, "rows_capacity": 8388608, "evictions": 0,
+             "out_of_room": 0}, "queued": 0, "tables_built": 3, "build_errors": 1,
+             "rows_built": 28355, "busy": 0.004}}]}"#;
+        let loads = TableLoads::from_report(report).unwrap();
         assert_eq!(loads.loads, 3);
         assert_eq!(loads.rows, 28_355);
-        assert_eq!(loads.files.len(), 2);
+        assert_eq!(loads.files, 2);
+        let frame_pointers = r#"{"profiles": [{"kind": "cpu", "unwind_tables": null}]}"#;
+        assert_eq!(
+            TableLoads::from_report(frame_pointers).unwrap(),
+            TableLoads::default()
+        );
+        assert!(TableLoads::from_report("symbolizing...").is_err());
     }
 
     const CRITERION: &str = "\
