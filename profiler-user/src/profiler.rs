@@ -28,6 +28,9 @@ use crate::unwind::Unwinder;
 pub struct ProfilerOptions {
     /// What to sample and how often.
     pub policy: SamplingPolicy,
+    /// The kinds of profile to take, each once (default `[cpu]`). Not read
+    /// yet: the profiler takes the CPU profile whatever this says.
+    pub profiles: Vec<crate::kind::ProfileKind>,
     /// How often the kernel maps are drained. Shorter keeps the maps small;
     /// longer costs fewer syscalls.
     pub drain_interval: Duration,
@@ -42,6 +45,7 @@ impl Default for ProfilerOptions {
     fn default() -> Self {
         Self {
             policy: SamplingPolicy::default(),
+            profiles: vec![crate::kind::ProfileKind::Cpu],
             drain_interval: Duration::from_secs(1),
             filter: ProcessFilter::default(),
             node_name: None,
