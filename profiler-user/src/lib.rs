@@ -23,6 +23,9 @@
 //! # }
 //! ```
 //!
+//! [`settings`] is the one model of every setting of `hostprof record` and
+//! `hostprof agent` (flags, config file, environment, defaults).
+//!
 //! [`system_info`] checks what the host provides.
 
 pub mod agent;
@@ -38,6 +41,7 @@ pub mod process;
 pub mod profile;
 pub mod profiler;
 pub mod sampler;
+pub mod settings;
 pub mod summary;
 pub mod symbolize;
 pub mod system_info;

@@ -13,9 +13,9 @@ pub use export::{ExportError, ExportOutcome, Exporter};
 impl HostIdentity {
     /// This host's identity: `host.name` from the kernel, `host.id` from
     /// `/etc/machine-id`, `service.name` from `OTEL_SERVICE_NAME`,
-    /// `k8s.node.name` from `NODE_NAME` (the downward API) and other
-    /// attributes from `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn detect() -> Result<Self, config::ConfigError> {
+    /// `k8s.node.name` from `node_name` (the resolved node name setting)
+    /// and other attributes from `OTEL_RESOURCE_ATTRIBUTES`.
+    pub fn detect(node_name: Option<&str>) -> Result<Self, config::ConfigError> {
         let read = |path: &str| {
             std::fs::read_to_string(path)
                 .ok()
@@ -26,9 +26,9 @@ impl HostIdentity {
             Ok(v) => config::parse_headers(&v)?,
             Err(_) => Vec::new(),
         };
-        if let Some(node) = std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()) {
+        if let Some(node) = node_name.filter(|s| !s.is_empty()) {
             extra.retain(|(k, _)| k != "k8s.node.name");
-            extra.push(("k8s.node.name".into(), node));
+            extra.push(("k8s.node.name".into(), node.to_owned()));
         }
         if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
             .ok()

@@ -10,36 +10,39 @@ use anyhow::{bail, Context as _};
 use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
 use hostprof::profiler::{PipelineStats, Profiler, ProfilerOptions, Progress};
+use hostprof::settings::{CommandLine, LocalOutputs, RecordOnly, RecordSettings};
 use hostprof::summary::Summary;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::RecordArgs;
+use crate::cli::check_pids_exist;
 
-/// Runs a capture as `args` say and writes its outputs.
-pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let exporter = args
-        .otlp
-        .exporter_config(|name| std::env::var(name).ok())?
-        .map(Exporter::new)
-        .transpose()?;
-    let host = HostIdentity::detect()?;
-    if !args.no_local {
-        check_output_dir("--output", &args.output)?;
-        if let Some(path) = args.flamegraph_path() {
-            check_output_dir("--flamegraph", &path)?;
+/// Runs a capture as `line` says and writes its outputs (or prints its
+/// configuration).
+pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
+    let options = line.settings()?.resolve(|name| std::env::var(name).ok())?;
+    if line.print_config {
+        print!("{}", RecordSettings::effective(&options).to_yaml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    check_pids_exist(&options.profiler.policy.target)?;
+    let exporter = options.exporter.map(Exporter::new).transpose()?;
+    let host = HostIdentity::detect(options.profiler.node_name.as_deref())?;
+    if let Some(local) = &options.local {
+        check_output_dir("--output", &local.pprof)?;
+        if let Some(path) = &local.flamegraph {
+            check_output_dir("--flamegraph", path)?;
         }
-        if let Some(path) = &args.folded {
+        if let Some(path) = &local.folded {
             check_output_dir("--folded", path)?;
         }
     }
-    let options = args.sampling.profiler_options()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (profile, totals) = runtime.block_on(capture(options, args.duration))?;
-    if !args.no_local {
-        write_outputs(&profile, &args)?;
+    let (profile, totals) = runtime.block_on(capture(options.profiler, options.duration))?;
+    if let Some(local) = &options.local {
+        write_outputs(&profile, local)?;
     }
     let summary = Summary::new(&profile, 10).with_unwind_tables(totals.unwind_tables);
     print!("\n{summary}");
@@ -111,16 +114,16 @@ fn update(bar: &ProgressBar, progress: &Progress) {
     ));
 }
 
-fn write_outputs(profile: &Profile, args: &RecordArgs) -> anyhow::Result<()> {
-    hostprof::pprof::write_file(profile, &args.output)?;
-    eprintln!("wrote {}", args.output.display());
-    if let Some(path) = args.flamegraph_path() {
-        let out = create(&path)?;
+fn write_outputs(profile: &Profile, local: &LocalOutputs) -> anyhow::Result<()> {
+    hostprof::pprof::write_file(profile, &local.pprof)?;
+    eprintln!("wrote {}", local.pprof.display());
+    if let Some(path) = &local.flamegraph {
+        let out = create(path)?;
         hostprof::flamegraph::write_svg(profile, out, "hostprof CPU flamegraph")
             .with_context(|| format!("writing the flamegraph to {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    if let Some(path) = &args.folded {
+    if let Some(path) = &local.folded {
         let out = create(path)?;
         hostprof::flamegraph::write_folded(profile, out)
             .with_context(|| format!("writing folded stacks to {}", path.display()))?;
