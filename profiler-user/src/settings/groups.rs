@@ -13,6 +13,7 @@ use crate::agent::queue::QueueLimits;
 use crate::agent::retry::Backoff;
 use crate::agent::AgentOptions;
 use crate::filter::{parse_selector, ProcessFilter};
+use crate::kind::ProfileKind;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
 use crate::sampler::{Frequency, SamplingPolicy, Target};
@@ -28,10 +29,15 @@ pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 pub const DEFAULT_OUTPUT: &str = "host.pb.gz";
 
 settings_group! {
-    /// What is profiled and how: frequency, processes, unwinding.
+    /// What is profiled and how: kinds, frequency, processes, unwinding.
     /// Unset settings take [`ProfilerOptions::default`]'s values.
     #[command(next_help_heading = "Profiling")]
     pub struct Profiling {
+        /// Profile kinds to take, comma-separated; each is taken once. Only
+        /// `cpu` for now [default: cpu].
+        #[arg(long, value_name = "KIND[,KIND...]", value_delimiter = ',')]
+        pub profiles: Option<Vec<ProfileKind>>,
+
         /// Samples per second on each CPU, 1 to 1000 [default: 99].
         #[arg(short = 'F', long)]
         pub frequency: Option<Frequency>,
@@ -217,6 +223,31 @@ impl CommandGroup for RecordOnly {
 }
 
 impl Profiling {
+    /// The profile kinds, each once, in the order given; an empty list is
+    /// an error.
+    pub fn profile_kinds(&self) -> Result<Vec<ProfileKind>, SettingsError> {
+        let Some(given) = &self.profiles else {
+            return Ok(ProfilerOptions::default().profiles);
+        };
+        if given.is_empty() {
+            let known: Vec<_> = ProfileKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(SettingsError::Invalid {
+                key: "profiles",
+                message: format!(
+                    "give at least one profile kind; the kinds are: {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        let mut kinds = Vec::with_capacity(given.len());
+        for &kind in given {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        Ok(kinds)
+    }
+
     /// The unwinder these settings ask for. A table budget with frame
     /// pointers is an error: the one statement of that rule, for flags,
     /// file and both together.
@@ -249,6 +280,7 @@ impl Profiling {
     pub fn effective(options: &ProfilerOptions) -> Self {
         let policy = &options.policy;
         Self {
+            profiles: Some(options.profiles.clone()),
             frequency: Some(policy.frequency),
             pids: Some(match &policy.target {
                 Target::AllProcesses => Vec::new(),
@@ -376,6 +408,7 @@ impl<C: CommandGroup> Settings<C> {
     ) -> Result<ProfilerOptions, SettingsError> {
         Ok(ProfilerOptions {
             policy: self.profiling.policy()?,
+            profiles: self.profiling.profile_kinds()?,
             filter: self.filters.filter()?,
             node_name: self.filters.node_name(env),
             ..ProfilerOptions::default()

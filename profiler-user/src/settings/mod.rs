@@ -182,10 +182,12 @@ impl<C: CommandGroup> Settings<C> {
     }
 
     /// Checks the rules between settings: a table budget needs the tables
-    /// unwinder, and the command's own rules. Applied alike to the flags, to the file (pointing at the
+    /// unwinder, `profiles` must not be empty, and the command's own
+    /// rules. Applied alike to the flags, to the file (pointing at the
     /// key) and to the settings resolved from both.
     pub fn check(&self) -> Result<(), SettingsError> {
         self.profiling.unwinder()?;
+        self.profiling.profile_kinds()?;
         self.command.check()
     }
 }

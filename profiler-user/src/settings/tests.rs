@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use crate::kind::ProfileKind;
 use crate::otlp::Protocol;
 use crate::sampler::{Frequency, Target};
 use crate::unwind::{TableBudget, Unwinder};
@@ -16,6 +17,7 @@ fn parse_record(text: &str) -> Result<RecordSettings, SettingsError> {
 
 const FULL: &str = "\
 interval: 30s
+profiles: [cpu]
 frequency: 49
 pids: [1, 2]
 no_idle: true
@@ -41,6 +43,7 @@ node_name: node-a
 fn every_key_parses() {
     let s = parse(FULL).unwrap();
     assert_eq!(s.command.interval, Some(Duration::from_secs(30)));
+    assert_eq!(s.profiling.profiles, Some(vec![ProfileKind::Cpu]));
     assert_eq!(s.profiling.frequency, Some(Frequency::new(49).unwrap()));
     assert_eq!(s.profiling.pids, Some(vec![1, 2]));
     assert_eq!(s.profiling.no_idle, Some(true));
@@ -60,6 +63,7 @@ fn every_key_parses() {
         options.profiler.policy.unwinder,
         Unwinder::Tables(TableBudget::new(128 << 20).unwrap())
     );
+    assert_eq!(options.profiler.profiles, vec![ProfileKind::Cpu]);
     let filter = &options.profiler.filter;
     assert_eq!(filter.namespaces, vec!["shop".to_owned()]);
     assert_eq!(
@@ -297,6 +301,7 @@ fn effective_settings_round_trip_and_hide_secrets() {
     let yaml = AgentSettings::effective(&options).to_yaml();
     assert!(!yaml.contains("secret"), "{yaml}");
     assert!(yaml.contains("authorization: <redacted>"), "{yaml}");
+    assert!(yaml.contains("profiles:\n- cpu\n"), "{yaml}");
     let again = parse(&yaml).unwrap();
     assert_eq!(again.command.interval, Some(Duration::from_secs(30)));
     assert_eq!(again.profiling.frequency, Some(Frequency::new(49).unwrap()));
@@ -329,6 +334,43 @@ fn effective_settings_round_trip_and_hide_secrets() {
             .policy
             .unwinder,
         Unwinder::FramePointers
+    );
+}
+
+#[test]
+fn profiles() {
+    let kinds = |text: &str| {
+        parse(text)
+            .unwrap()
+            .resolve(|_| None)
+            .unwrap()
+            .profiler
+            .profiles
+    };
+    assert_eq!(kinds(""), vec![ProfileKind::Cpu]);
+    assert_eq!(kinds("profiles: [cpu, CPU, cpu]\n"), vec![ProfileKind::Cpu]);
+    let err = parse("frequency: 99\nprofiles: [cpu, off-cpu]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "agent.yaml:2:11: profiles: \"off-cpu\" is not a profile kind; the kinds are: cpu"
+        ),
+        "{err}"
+    );
+    let err = parse("frequency: 99\nprofiles: []\n")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu"
+    );
+    let mut flags = AgentSettings::default();
+    flags.profiling.profiles = Some(Vec::new());
+    let err = flags.resolve(|_| None).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "profiles: give at least one profile kind; the kinds are: cpu"
     );
 }
 

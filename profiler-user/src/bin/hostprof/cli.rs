@@ -209,6 +209,13 @@ mod tests {
                 .flamegraph,
             None
         );
+        assert_eq!(
+            resolved(&["--profiles", "cpu,cpu", "--profiles", "CPU"])
+                .unwrap()
+                .profiler
+                .profiles,
+            vec![hostprof::kind::ProfileKind::Cpu]
+        );
     }
 
     #[test]
@@ -238,6 +245,15 @@ mod tests {
             .to_string();
         assert!(err.contains("grpc or http/protobuf"), "{err}");
         assert!(record(&["--otlp-header", "novalue"]).is_err());
+        let err = record(&["--profiles", "cpu,off-cpu"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"off-cpu\" is not a profile kind; the kinds are: cpu"),
+            "{err}"
+        );
+        assert!(record(&["--profiles", ""]).is_err());
+        assert!(record(&["--profiles"]).is_err());
     }
 
     #[test]
@@ -383,6 +399,8 @@ mod tests {
                 .render_long_help()
                 .to_string();
             assert!(help.contains("[default: 99]"), "{help}");
+            assert!(help.contains("[default: cpu]"), "{help}");
+            assert!(help.contains("--profiles <KIND[,KIND...]>"), "{help}");
             assert!(help.contains("-c, --config <FILE>"), "{help}");
         }
     }
