@@ -53,7 +53,7 @@ pub type RecordSettings = Settings<RecordOnly>;
 /// Shown instead of header values, which often carry credentials.
 pub const REDACTED: &str = "<redacted>";
 
-/// A group of settings, as [`settings_group!`] declares it.
+/// A group of settings, as the crate's `settings_group!` macro declares it.
 pub trait Group: Clone + Default {
     /// The config-file keys of the group's settings (its field names), in
     /// the order they are declared.
@@ -155,7 +155,8 @@ impl<C: CommandGroup> Settings<C> {
     /// `self` with every setting that `over` has replaced by it, except:
     /// export headers add up (`over` winning on equal names), and
     /// `unwinder: frame-pointers` in `over` drops the table budget of
-    /// `self` (while a budget in `over` stays, for [`Self::check`]).
+    /// `self` (while a budget in `over` stays, for [`Self::check`]), and
+    /// the command's own [`CommandGroup::overlay_rules`].
     pub fn overlay(self, over: Self) -> Self {
         let headers = match (self.export.otlp_headers.clone(), &over.export.otlp_headers) {
             (Some(mut base), Some(over)) => {
