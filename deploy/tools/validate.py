@@ -57,6 +57,9 @@ def check_values(chart):
     for bad in [
         {"profiling": {"frequency": "fast"}},
         {"profiling": {"frequency": 5000}},
+        {"profiling": {"profiles": []}},
+        {"profiling": {"profiles": ["off-cpu"]}},
+        {"profiling": {"profiles": "cpu"}},
         {"otlp": {"protocol": "smtp"}},
         {"otlp": {"endpoint": "collector:4317"}},
         {"unknownKey": 1},
@@ -130,6 +133,7 @@ def check_daemonset(path, hostprof):
     if hostprof:
         effective = agent_config(path, hostprof)
         check("metrics_addr: 0.0.0.0:9464" in effective, f"effective config: {effective}")
+        check("profiles:\n- cpu\n" in effective, f"effective config: {effective}")
         check("unwinder: tables\nunwind_table_budget: 64MiB\n" in effective,
               f"effective config: {effective}")
 

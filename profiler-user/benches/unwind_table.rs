@@ -5,7 +5,10 @@
 //! `cargo bench -p hostprof --bench unwind_table` (or `cargo xtask
 //! bench-unwind`).
 
-#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
+#![allow(
+    missing_docs,
+    reason = "criterion's macros generate undocumented functions"
+)]
 
 use std::path::{Path, PathBuf};
 

@@ -39,6 +39,9 @@
 //! # }
 //! ```
 //!
+//! [`settings`] is the one model of every setting of `hostprof record` and
+//! `hostprof agent` (flags, config file, environment, defaults).
+//!
 //! [`system_info`] checks what the host provides.
 
 pub mod agent;
@@ -56,6 +59,7 @@ pub mod profile;
 pub mod profiler;
 mod resolve;
 mod sampler;
+pub mod settings;
 pub mod summary;
 mod symbolize;
 pub mod system_info;

@@ -26,9 +26,7 @@ use crate::unwind::loader::{LoaderStats, TableLoader};
 use crate::unwind::requests::TableRequests;
 use crate::unwind::Unwinder;
 
-pub use crate::sampler::{
-    Frequency, InvalidFrequency, SamplerError, SamplingPolicy, Target,
-};
+pub use crate::sampler::{Frequency, InvalidFrequency, SamplerError, SamplingPolicy, Target};
 pub use crate::symbolize::CacheStats;
 
 /// How a [`Profiler`] runs.
@@ -44,8 +42,8 @@ pub struct ProfilerOptions {
     /// This Kubernetes node's name: when set, the pods of the node are
     /// watched for container metadata (needs a tokio runtime).
     pub node_name: Option<String>,
-    /// The kinds of profile to collect; each window yields one profile per
-    /// kind, in this order.
+    /// The kinds of profile to collect, each once (default `[cpu]`); each
+    /// window yields one profile per kind, in this order.
     pub profiles: Vec<ProfileKind>,
 }
 

@@ -7,7 +7,6 @@
 //! shutdown, sampling stops, the last window is queued and the outbox
 //! flushes what it can within the shutdown timeout.
 
-pub mod config;
 pub mod metrics;
 pub mod server;
 

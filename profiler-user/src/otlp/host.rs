@@ -18,13 +18,14 @@ pub struct HostIdentity {
 impl HostIdentity {
     /// This host's identity: `host.name` from the kernel, `host.id` from
     /// `/etc/machine-id`, `service.name` from `OTEL_SERVICE_NAME`,
-    /// `k8s.node.name` from `NODE_NAME` (the downward API) and other
-    /// attributes from `OTEL_RESOURCE_ATTRIBUTES`.
-    pub fn detect() -> Result<Self, ConfigError> {
+    /// `k8s.node.name` from `node_name` (the resolved node-name setting)
+    /// and other attributes from `OTEL_RESOURCE_ATTRIBUTES`.
+    pub fn detect(node_name: Option<&str>) -> Result<Self, ConfigError> {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         Self::from_sources(
             read("/proc/sys/kernel/hostname"),
             read("/etc/machine-id"),
+            node_name,
             |name| std::env::var(name).ok(),
         )
     }
@@ -35,6 +36,7 @@ impl HostIdentity {
     fn from_sources(
         hostname: Option<String>,
         machine_id: Option<String>,
+        node_name: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         let clean = |s: Option<String>| {
@@ -45,12 +47,12 @@ impl HostIdentity {
             Some(v) => parse_headers(&v)?,
             None => Vec::new(),
         };
-        // The specific variables win over the generic list.
-        for (var, key) in [
-            ("NODE_NAME", "k8s.node.name"),
-            ("OTEL_SERVICE_NAME", "service.name"),
+        // The specific settings win over the generic list.
+        for (value, key) in [
+            (node_name.map(str::to_owned), "k8s.node.name"),
+            (env("OTEL_SERVICE_NAME"), "service.name"),
         ] {
-            if let Some(value) = env(var).filter(|s| !s.is_empty()) {
+            if let Some(value) = value.filter(|s| !s.is_empty()) {
                 extra.retain(|(k, _)| k != key);
                 extra.push((key.into(), value));
             }
@@ -75,9 +77,11 @@ mod tests {
         vars: &[(&str, &str)],
     ) -> Result<HostIdentity, ConfigError> {
         let vars: HashMap<&str, &str> = vars.iter().copied().collect();
+        // The node-name setting, as `NODE_NAME` would give it.
         HostIdentity::from_sources(
             hostname.map(Into::into),
             machine_id.map(Into::into),
+            vars.get("NODE_NAME").copied(),
             |name| vars.get(name).map(|v| (*v).to_owned()),
         )
     }

@@ -3,30 +3,21 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use hostprof::agent::config::AgentSettings;
 use hostprof::otlp::HostIdentity;
-use hostprof::profiler::Target;
+use hostprof::settings::{AgentOnly, AgentSettings, CommandLine};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{check_pids_exist, AgentArgs};
+use crate::cli::check_pids_exist;
 
 /// Runs the agent until SIGTERM or SIGINT (or prints its configuration).
-pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    let file = match &args.config {
-        Some(path) => AgentSettings::load(path)?,
-        None => AgentSettings::default(),
-    };
-    let options = file
-        .overlay(args.settings())
-        .resolve(|name| std::env::var(name).ok())?;
-    if args.print_config {
+pub fn run(line: CommandLine<AgentOnly>) -> anyhow::Result<ExitCode> {
+    let options = line.settings()?.resolve(|name| std::env::var(name).ok())?;
+    if line.print_config {
         print!("{}", AgentSettings::effective(&options).to_yaml());
         return Ok(ExitCode::SUCCESS);
     }
-    if let Target::Pids(pids) = &options.profiler.policy.target {
-        check_pids_exist(pids)?;
-    }
-    let host = HostIdentity::detect()?;
+    check_pids_exist(&options.profiler.policy.target)?;
+    let host = HostIdentity::detect(options.profiler.node_name.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -4,51 +4,72 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
 use hostprof::profiler::{PipelineStats, Profiler, ProfilerOptions, Progress};
-use hostprof::summary::Summary;
+use hostprof::settings::{CommandLine, LocalOutputs, RecordOnly, RecordSettings};
+use hostprof::summary::{CaptureReport, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::RecordArgs;
+use crate::cli::check_pids_exist;
 
-/// Runs a capture as `args` say and writes its outputs.
-pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let exporter = args
-        .otlp
-        .exporter_config(|name| std::env::var(name).ok())?
-        .map(Exporter::new)
-        .transpose()?;
-    let host = HostIdentity::detect()?;
-    if !args.no_local {
-        check_output_dir("--output", &args.output)?;
-        if let Some(path) = args.flamegraph_path() {
-            check_output_dir("--flamegraph", &path)?;
+/// Runs a capture as `line` says and writes its outputs (or prints its
+/// configuration).
+pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
+    let options = line.settings()?.resolve(|name| std::env::var(name).ok())?;
+    if line.print_config {
+        print!("{}", RecordSettings::effective(&options).to_yaml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    check_pids_exist(&options.profiler.policy.target)?;
+    let exporter = options.exporter.map(Exporter::new).transpose()?;
+    let host = HostIdentity::detect(options.profiler.node_name.as_deref())?;
+    if let Some(local) = &options.local {
+        check_output_dir("--output", &local.pprof)?;
+        if let Some(path) = &local.flamegraph {
+            check_output_dir("--flamegraph", path)?;
         }
-        if let Some(path) = &args.folded {
+        if let Some(path) = &local.folded {
             check_output_dir("--folded", path)?;
         }
     }
-    let options = args.sampling.profiler_options()?;
+    if let Some(path) = &options.stats_json {
+        check_output_dir("--stats-json", path)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (profiles, totals) = runtime.block_on(capture(options, args.duration))?;
-    if !args.no_local {
-        for profile in &profiles {
-            write_outputs(profile, &args)?;
+    let captured = runtime.block_on(capture(options.profiler, options.duration))?;
+    let profiles = &captured.profiles;
+    if let Some(local) = &options.local {
+        for profile in profiles {
+            write_outputs(profile, local)?;
         }
     }
-    for profile in &profiles {
-        let summary = Summary::new(profile, 10).with_unwind_tables(totals.unwind_tables);
+    let summaries: Vec<Summary> = profiles
+        .iter()
+        .map(|profile| Summary::new(profile, 10).with_unwind_tables(captured.totals.unwind_tables))
+        .collect();
+    for summary in &summaries {
         print!("\n{summary}");
     }
+    if let Some(path) = &options.stats_json {
+        let report = CaptureReport {
+            sampling_seconds: captured.sampling.as_secs_f64(),
+            finishing_seconds: captured.finishing.as_secs_f64(),
+            profiles: summaries,
+        };
+        report
+            .write_json(create(path)?)
+            .with_context(|| format!("writing --stats-json {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(exporter) = exporter {
-        runtime.block_on(export(&exporter, &profiles, &host))?;
+        runtime.block_on(export(&exporter, profiles, &host))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -75,13 +96,20 @@ async fn export(
     Ok(())
 }
 
-/// The profiles of the capture (one per kind), and the pipeline totals
-/// just before it was finished (for the unwind tables, which `finish` lets
-/// go of).
-async fn capture(
-    options: ProfilerOptions,
-    duration: Duration,
-) -> anyhow::Result<(Vec<Profile>, PipelineStats)> {
+/// What a capture produced.
+struct Captured {
+    /// One profile per kind.
+    profiles: Vec<Profile>,
+    /// The pipeline totals just before the capture was finished (for the
+    /// unwind tables, which `finish` lets go of).
+    totals: PipelineStats,
+    /// Time spent sampling.
+    sampling: Duration,
+    /// Time spent finishing: the last drain and symbolization.
+    finishing: Duration,
+}
+
+async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result<Captured> {
     let mut profiler = Profiler::start(options)?;
     let bar = progress_bar(duration);
     let stop = async {
@@ -92,13 +120,21 @@ async fn capture(
             }
         }
     };
+    let started = Instant::now();
     profiler
         .run_until(stop, |progress| update(&bar, progress))
         .await?;
+    let sampling = started.elapsed();
     bar.finish_and_clear();
     eprintln!("symbolizing...");
     let totals = profiler.totals();
-    Ok((profiler.finish()?, totals))
+    let profiles = profiler.finish()?;
+    Ok(Captured {
+        profiles,
+        totals,
+        sampling,
+        finishing: started.elapsed() - sampling,
+    })
 }
 
 fn progress_bar(duration: Duration) -> ProgressBar {
@@ -120,16 +156,16 @@ fn update(bar: &ProgressBar, progress: &Progress) {
     ));
 }
 
-fn write_outputs(profile: &Profile, args: &RecordArgs) -> anyhow::Result<()> {
-    hostprof::pprof::write_file(profile, &args.output)?;
-    eprintln!("wrote {}", args.output.display());
-    if let Some(path) = args.flamegraph_path() {
-        let out = create(&path)?;
+fn write_outputs(profile: &Profile, local: &LocalOutputs) -> anyhow::Result<()> {
+    hostprof::pprof::write_file(profile, &local.pprof)?;
+    eprintln!("wrote {}", local.pprof.display());
+    if let Some(path) = &local.flamegraph {
+        let out = create(path)?;
         hostprof::flamegraph::write_svg(profile, out, profile.kind.title())
             .with_context(|| format!("writing the flamegraph to {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    if let Some(path) = &args.folded {
+    if let Some(path) = &local.folded {
         let out = create(path)?;
         hostprof::flamegraph::write_folded(profile, out)
             .with_context(|| format!("writing folded stacks to {}", path.display()))?;
