@@ -84,7 +84,7 @@ pub fn write_svg(profile: &Profile, out: impl Write, title: &str) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pprof::tests::sample_profile;
+    use crate::profile::fixtures::sample_profile;
 
     #[test]
     fn folded_stacks_root_first_with_inlines_and_kernel_suffix() {

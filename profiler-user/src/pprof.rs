@@ -259,102 +259,12 @@ pub fn write_file(profile: &Profile, path: &Path) -> Result<(), PprofError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::collections::HashSet;
     use std::io::Read;
-    use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::kind::ProfileKind;
-    use crate::profile::{
-        CaptureStats, FrameKind, Function, Line, Location, Mapping, Process, ProfileBuilder,
-    };
-
-    /// A small profile: one process, a kernel frame over an inlined user frame.
-    pub(crate) fn sample_profile() -> Profile {
-        let mut b = ProfileBuilder::new(ProfileKind::Cpu);
-        let p = b.process(Process {
-            pid: 42,
-            executable_name: "app".into(),
-            executable_path: Some("/usr/bin/app".into()),
-            container: None,
-            pod: None,
-        });
-        let m = b.mapping(Mapping {
-            start: 0x1000,
-            limit: 0x2000,
-            file_offset: 0,
-            path: "/usr/bin/app".into(),
-            build_id: Some("abcd".into()),
-            kind: FrameKind::Native,
-        });
-        let k = b.mapping(Mapping {
-            start: 0,
-            limit: u64::MAX,
-            file_offset: 0,
-            path: "[kernel.kallsyms]".into(),
-            build_id: None,
-            kind: FrameKind::Kernel,
-        });
-        let mut f = |name: &str, file: Option<&str>| {
-            b.function(Function {
-                name: name.into(),
-                system_name: None,
-                filename: file.map(Into::into),
-            })
-        };
-        let (main, hot, inlined, sys) = (
-            f("main", Some("app.c")),
-            f("hot", Some("app.c")),
-            f("helper", Some("app.c")),
-            f("do_syscall_64", None),
-        );
-        let l_main = b.location(Location {
-            mapping: Some(m),
-            address: 0x1100,
-            lines: vec![Line {
-                function: main,
-                line: Some(10),
-            }],
-            kind: FrameKind::Native,
-        });
-        let l_hot = b.location(Location {
-            mapping: Some(m),
-            address: 0x1200,
-            lines: vec![
-                Line {
-                    function: inlined,
-                    line: Some(3),
-                },
-                Line {
-                    function: hot,
-                    line: Some(5),
-                },
-            ],
-            kind: FrameKind::Native,
-        });
-        let l_sys = b.location(Location {
-            mapping: Some(k),
-            address: 0xffff_ffff_8100_0000,
-            lines: vec![Line {
-                function: sys,
-                line: None,
-            }],
-            kind: FrameKind::Kernel,
-        });
-        b.add_cpu(p, 43, "worker", vec![l_hot, l_main], 7);
-        b.add_cpu(p, 42, "app", vec![l_sys, l_main], 2);
-        b.add_stats(&CaptureStats {
-            recorded: 9,
-            dropped: 1,
-            ..Default::default()
-        });
-        b.build(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(5),
-            Duration::from_secs(2),
-            10_000_000,
-        )
-    }
+    use crate::profile::fixtures::sample_profile;
 
     #[test]
     fn encodes_a_self_consistent_profile() {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
 use crate::kind::{Label, ProfileKind, ValueType};
+pub use crate::sampler::stats::{CaptureStats, UnwindCounters};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -146,79 +147,6 @@ impl Sample {
     /// The number of samples or events (the first value).
     pub fn count(&self) -> u64 {
         self.values.first().copied().unwrap_or(0)
-    }
-}
-
-/// Why samples or frames were lost, and how many; all numbers are exact.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CaptureStats {
-    /// Samples counted by the kernel program.
-    pub recorded: u64,
-    /// Samples skipped on purpose (pid filter, idle excluded).
-    pub filtered: u64,
-    /// Samples lost in the kernel (a full map or unreadable config).
-    pub dropped: u64,
-    /// Samples whose user stack could not be read.
-    pub user_stack_errors: u64,
-    /// Samples whose kernel stack could not be read.
-    pub kernel_stack_errors: u64,
-    /// Stacks the kernel could not store (map full, or no memory for the
-    /// entry in interrupt context); the sample is kept without that stack.
-    pub stacks_lost: u64,
-    /// New-process notifications lost (their processes may symbolize less well).
-    pub process_events_lost: u64,
-    /// How user stacks were unwound.
-    pub unwind: UnwindCounters,
-}
-
-/// What the kernel's table unwinder did: how many samples it unwound and
-/// why each unwind ended.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct UnwindCounters {
-    /// Samples whose user stack was unwound with tables.
-    pub unwound: u64,
-    /// Samples of processes without tables (yet), unwound with frame pointers.
-    pub no_tables: u64,
-    /// Frames stepped with frame pointers inside table unwinds (code
-    /// without tables, or rules the tables could not encode).
-    pub frame_pointer_steps: u64,
-    /// Unwinds that reached the outermost frame.
-    pub ended: u64,
-    /// Unwinds stopped by unreadable user memory.
-    pub read_errors: u64,
-    /// Unwinds stopped where neither a row nor a frame pointer applied.
-    pub no_rule: u64,
-    /// Unwinds stopped by a frame that did not move up the stack.
-    pub no_progress: u64,
-    /// Unwinds cut at the depth limit (marked `[truncated]` in the profile).
-    pub truncated: u64,
-}
-
-impl UnwindCounters {
-    /// Adds every counter of `other` to `self`.
-    pub fn add(&mut self, other: &UnwindCounters) {
-        self.unwound += other.unwound;
-        self.no_tables += other.no_tables;
-        self.frame_pointer_steps += other.frame_pointer_steps;
-        self.ended += other.ended;
-        self.read_errors += other.read_errors;
-        self.no_rule += other.no_rule;
-        self.no_progress += other.no_progress;
-        self.truncated += other.truncated;
-    }
-}
-
-impl CaptureStats {
-    /// Adds every counter of `other` to `self`.
-    pub fn add(&mut self, other: &CaptureStats) {
-        self.recorded += other.recorded;
-        self.filtered += other.filtered;
-        self.dropped += other.dropped;
-        self.user_stack_errors += other.user_stack_errors;
-        self.kernel_stack_errors += other.kernel_stack_errors;
-        self.stacks_lost += other.stacks_lost;
-        self.process_events_lost += other.process_events_lost;
-        self.unwind.add(&other.unwind);
     }
 }
 
@@ -492,6 +420,100 @@ impl ProfileBuilder {
             values: &[count, count * 10_000_000],
             timestamps: &[],
         });
+    }
+}
+
+/// Profiles the encoders' tests share, built in one place.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    /// A small profile: one process, a kernel frame over an inlined user frame.
+    pub(crate) fn sample_profile() -> Profile {
+        let mut b = ProfileBuilder::new(ProfileKind::Cpu);
+        let p = b.process(Process {
+            pid: 42,
+            executable_name: "app".into(),
+            executable_path: Some("/usr/bin/app".into()),
+            container: None,
+            pod: None,
+        });
+        let m = b.mapping(Mapping {
+            start: 0x1000,
+            limit: 0x2000,
+            file_offset: 0,
+            path: "/usr/bin/app".into(),
+            build_id: Some("abcd".into()),
+            kind: FrameKind::Native,
+        });
+        let k = b.mapping(Mapping {
+            start: 0,
+            limit: u64::MAX,
+            file_offset: 0,
+            path: "[kernel.kallsyms]".into(),
+            build_id: None,
+            kind: FrameKind::Kernel,
+        });
+        let mut f = |name: &str, file: Option<&str>| {
+            b.function(Function {
+                name: name.into(),
+                system_name: None,
+                filename: file.map(Into::into),
+            })
+        };
+        let (main, hot, inlined, sys) = (
+            f("main", Some("app.c")),
+            f("hot", Some("app.c")),
+            f("helper", Some("app.c")),
+            f("do_syscall_64", None),
+        );
+        let l_main = b.location(Location {
+            mapping: Some(m),
+            address: 0x1100,
+            lines: vec![Line {
+                function: main,
+                line: Some(10),
+            }],
+            kind: FrameKind::Native,
+        });
+        let l_hot = b.location(Location {
+            mapping: Some(m),
+            address: 0x1200,
+            lines: vec![
+                Line {
+                    function: inlined,
+                    line: Some(3),
+                },
+                Line {
+                    function: hot,
+                    line: Some(5),
+                },
+            ],
+            kind: FrameKind::Native,
+        });
+        let l_sys = b.location(Location {
+            mapping: Some(k),
+            address: 0xffff_ffff_8100_0000,
+            lines: vec![Line {
+                function: sys,
+                line: None,
+            }],
+            kind: FrameKind::Kernel,
+        });
+        b.add_cpu(p, 43, "worker", vec![l_hot, l_main], 7);
+        b.add_cpu(p, 42, "app", vec![l_sys, l_main], 2);
+        b.add_stats(&CaptureStats {
+            recorded: 9,
+            dropped: 1,
+            ..Default::default()
+        });
+        b.build(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(5),
+            Duration::from_secs(2),
+            10_000_000,
+        )
     }
 }
 

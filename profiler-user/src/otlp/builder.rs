@@ -424,7 +424,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::pprof::tests::sample_profile;
+    use crate::profile::fixtures::sample_profile;
 
     fn host() -> HostIdentity {
         HostIdentity {

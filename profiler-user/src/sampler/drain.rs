@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{SampleKey as KernelKey, StackHash, Stat, COMM_LEN, TRUNCATED_MARK};
 
+use super::stats::{CaptureStats, UnwindCounters};
 use crate::kind::{Label, ProfileKind};
-use crate::profile::{CaptureStats, UnwindCounters};
 
 /// One of the two map sets the kernel program alternates between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

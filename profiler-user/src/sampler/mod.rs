@@ -6,7 +6,9 @@
 
 pub mod drain;
 pub mod policy;
+pub mod stats;
 mod unwind_maps;
+pub mod unwinder;
 
 use std::collections::HashMap as StdHashMap;
 use std::io;
@@ -25,10 +27,10 @@ use tokio::io::unix::AsyncFd;
 
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
-pub use unwind_maps::KernelUnwindMaps;
+pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 
 use crate::kind::ProfileKind;
-use crate::unwind::Unwinder;
+use unwinder::Unwinder;
 
 use drain::StatCounters;
 
@@ -597,7 +599,7 @@ mod tests {
     /// largest budget.
     #[tokio::test]
     async fn verifier_accepts_the_unwinder() {
-        use crate::unwind::TableBudget;
+        use super::unwinder::TableBudget;
         if skip_bpf() {
             return;
         }

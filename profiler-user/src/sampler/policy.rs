@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::unwind::Unwinder;
+use super::unwinder::Unwinder;
 
 /// Sampling frequency in Hz, 1 to 1000 inclusive.
 #[derive(

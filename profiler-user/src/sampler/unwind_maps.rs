@@ -8,7 +8,18 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::maps::{HashMap, Map, MapData};
 use profiler_common::{UnwindProcess, UnwindRow};
 
-use crate::unwind::loader::UnwindMaps;
+/// What the loader writes into the kernel.
+pub trait UnwindMaps: Send + 'static {
+    /// Writes `rows` at `start..start + rows.len()` of `UNWIND_ROWS`.
+    fn write_rows(&mut self, start: u32, rows: &[UnwindRow]) -> io::Result<()>;
+    /// Sets `tgid`'s entry in `UNWIND_PROCESSES`.
+    fn set_process(&mut self, tgid: u32, entry: &UnwindProcess) -> io::Result<()>;
+    /// Removes `tgid`'s entry (absent is fine).
+    fn remove_process(&mut self, tgid: u32);
+    /// Returns once no program run can still read rows that entries
+    /// pointed to before the call.
+    fn quiesce(&mut self);
+}
 
 /// Rows per `BPF_MAP_UPDATE_BATCH` call (1 MiB of keys, 512 KiB of rows).
 const BATCH_ROWS: usize = 65_536;

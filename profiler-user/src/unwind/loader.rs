@@ -18,24 +18,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use profiler_common::{UnwindProcess, UnwindRow as KernelRow};
-
 use super::build::{cfi_size, from_open_file};
 use super::encode::encode;
 use super::registry::{FileKey, MappedFile, Placement, Registry, RegistryStats};
-
-/// What the loader writes into the kernel.
-pub trait UnwindMaps: Send + 'static {
-    /// Writes `rows` at `start..start + rows.len()` of `UNWIND_ROWS`.
-    fn write_rows(&mut self, start: u32, rows: &[KernelRow]) -> io::Result<()>;
-    /// Sets `tgid`'s entry in `UNWIND_PROCESSES`.
-    fn set_process(&mut self, tgid: u32, entry: &UnwindProcess) -> io::Result<()>;
-    /// Removes `tgid`'s entry (absent is fine).
-    fn remove_process(&mut self, tgid: u32);
-    /// Returns once no program run can still read rows that entries
-    /// pointed to before the call.
-    fn quiesce(&mut self);
-}
+pub use crate::sampler::UnwindMaps;
 
 /// An open ELF file to build a table from.
 #[derive(Debug)]
@@ -336,6 +322,8 @@ impl<M: UnwindMaps> Worker<M> {
 
 #[cfg(test)]
 mod tests {
+    use profiler_common::{UnwindProcess, UnwindRow as KernelRow};
+
     use super::*;
     use crate::process::ProcessTable;
     use crate::unwind::registry::FileKey;

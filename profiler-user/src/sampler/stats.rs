@@ -1,0 +1,76 @@
+//! What the kernel programs counted besides samples: losses, filtered
+//! samples and how user stacks were unwound. Every number is exact (read
+//! from per-CPU counters, see [`super::drain::StatCounters`]).
+
+/// Why samples or frames were lost, and how many; all numbers are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Samples counted by the kernel program.
+    pub recorded: u64,
+    /// Samples skipped on purpose (pid filter, idle excluded).
+    pub filtered: u64,
+    /// Samples lost in the kernel (a full map or unreadable config).
+    pub dropped: u64,
+    /// Samples whose user stack could not be read.
+    pub user_stack_errors: u64,
+    /// Samples whose kernel stack could not be read.
+    pub kernel_stack_errors: u64,
+    /// Stacks the kernel could not store (map full, or no memory for the
+    /// entry in interrupt context); the sample is kept without that stack.
+    pub stacks_lost: u64,
+    /// New-process notifications lost (their processes may symbolize less well).
+    pub process_events_lost: u64,
+    /// How user stacks were unwound.
+    pub unwind: UnwindCounters,
+}
+
+/// What the kernel's table unwinder did: how many samples it unwound and
+/// why each unwind ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnwindCounters {
+    /// Samples whose user stack was unwound with tables.
+    pub unwound: u64,
+    /// Samples of processes without tables (yet), unwound with frame pointers.
+    pub no_tables: u64,
+    /// Frames stepped with frame pointers inside table unwinds (code
+    /// without tables, or rules the tables could not encode).
+    pub frame_pointer_steps: u64,
+    /// Unwinds that reached the outermost frame.
+    pub ended: u64,
+    /// Unwinds stopped by unreadable user memory.
+    pub read_errors: u64,
+    /// Unwinds stopped where neither a row nor a frame pointer applied.
+    pub no_rule: u64,
+    /// Unwinds stopped by a frame that did not move up the stack.
+    pub no_progress: u64,
+    /// Unwinds cut at the depth limit (marked `[truncated]` in the profile).
+    pub truncated: u64,
+}
+
+impl UnwindCounters {
+    /// Adds every counter of `other` to `self`.
+    pub fn add(&mut self, other: &UnwindCounters) {
+        self.unwound += other.unwound;
+        self.no_tables += other.no_tables;
+        self.frame_pointer_steps += other.frame_pointer_steps;
+        self.ended += other.ended;
+        self.read_errors += other.read_errors;
+        self.no_rule += other.no_rule;
+        self.no_progress += other.no_progress;
+        self.truncated += other.truncated;
+    }
+}
+
+impl CaptureStats {
+    /// Adds every counter of `other` to `self`.
+    pub fn add(&mut self, other: &CaptureStats) {
+        self.recorded += other.recorded;
+        self.filtered += other.filtered;
+        self.dropped += other.dropped;
+        self.user_stack_errors += other.user_stack_errors;
+        self.kernel_stack_errors += other.kernel_stack_errors;
+        self.stacks_lost += other.stacks_lost;
+        self.process_events_lost += other.process_events_lost;
+        self.unwind.add(&other.unwind);
+    }
+}
