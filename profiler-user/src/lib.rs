@@ -33,7 +33,7 @@
 //! };
 //! // Flags over the `OTEL_EXPORTER_OTLP_*` environment.
 //! let config = ExporterConfig::resolve(&flags, |name| std::env::var(name).ok())?;
-//! let request = build_request(&profiles, &HostIdentity::detect()?);
+//! let request = build_request(&profiles, &HostIdentity::detect(None)?);
 //! Exporter::new(config)?.export(&request).await?;
 //! # Ok(())
 //! # }
