@@ -191,42 +191,42 @@ impl Collector for SnapshotCollector {
             "profiles_exported",
             "Profiles the collector accepted",
             None,
-            ConstCounter::new(a.exported_profiles),
+            ConstCounter::new(a.sent.exported_profiles),
         )?;
         emit(
             &mut e,
             "profiles_rejected",
             "Profiles the collector rejected (partial_success)",
             None,
-            ConstCounter::new(a.rejected_profiles),
+            ConstCounter::new(a.sent.rejected_profiles),
         )?;
         emit(
             &mut e,
             "profiles_dropped",
             "Profiles dropped because the export queue was full or shutdown timed out",
             None,
-            ConstCounter::new(a.dropped.profiles),
+            ConstCounter::new(a.sent.dropped.profiles),
         )?;
         emit(
             &mut e,
             "profiles_failed",
             "Profiles given up after a non-retryable export error",
             None,
-            ConstCounter::new(a.failed_profiles),
+            ConstCounter::new(a.sent.failed_profiles),
         )?;
         emit(
             &mut e,
             "export_failures",
             "Export attempts that failed",
             None,
-            ConstCounter::new(a.failed_attempts),
+            ConstCounter::new(a.sent.failed_attempts),
         )?;
         emit(
             &mut e,
             "export_sent",
             "Bytes of export requests the collector accepted",
             Some(&Unit::Bytes),
-            ConstCounter::new(a.bytes_sent),
+            ConstCounter::new(a.sent.bytes_sent),
         )?;
         emit(
             &mut e,
@@ -393,9 +393,9 @@ mod tests {
         snapshot.pipeline.samples = 1234;
         snapshot.pipeline.capture.user_stack_errors = 7;
         snapshot.pipeline.stacks = 42;
-        snapshot.agent.exported_profiles = 3;
-        snapshot.agent.bytes_sent = 4096;
-        snapshot.agent.dropped.profiles = 2;
+        snapshot.agent.sent.exported_profiles = 3;
+        snapshot.agent.sent.bytes_sent = 4096;
+        snapshot.agent.sent.dropped.profiles = 2;
         snapshot.queue_bytes = 100;
         let unwind = &mut snapshot.pipeline.capture.unwind;
         unwind.unwound = 900;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::otlp::outbox::{Outbox, SendStats};
-use crate::otlp::queue::{Dropped, QueueLimits};
+use crate::otlp::queue::QueueLimits;
 use crate::otlp::retry::Backoff;
 use crate::otlp::{build_request, ExportError, Exporter, ExporterConfig, HostIdentity};
 use crate::profile::Profile;
@@ -49,19 +49,9 @@ pub struct AgentOptions {
 pub struct AgentStats {
     /// Profiles built and queued for export.
     pub queued_profiles: u64,
-    /// Profiles the collector accepted.
-    pub exported_profiles: u64,
-    /// Profiles the collector rejected (`partial_success`; never retried).
-    pub rejected_profiles: u64,
-    /// Export attempts that failed.
-    pub failed_attempts: u64,
-    /// Profiles given up after a non-retryable error.
-    pub failed_profiles: u64,
-    /// Requests and profiles dropped because the queue was full, or left
-    /// over when the shutdown timeout ran out.
-    pub dropped: Dropped,
-    /// Request bytes sent.
-    pub bytes_sent: u64,
+    /// What happened to the queued requests: exported, rejected, failed,
+    /// dropped, bytes sent.
+    pub sent: SendStats,
     /// Export requests built.
     pub encodes: u64,
     /// Time spent building them, in nanoseconds.
@@ -111,22 +101,9 @@ struct Encoding {
 impl Shared {
     fn stats(&self) -> AgentStats {
         let encoding = *self.encoding.lock().expect("encoding lock");
-        let SendStats {
-            exported_profiles,
-            rejected_profiles,
-            failed_attempts,
-            failed_profiles,
-            dropped,
-            bytes_sent,
-        } = self.outbox.stats();
         AgentStats {
             queued_profiles: encoding.queued_profiles,
-            exported_profiles,
-            rejected_profiles,
-            failed_attempts,
-            failed_profiles,
-            dropped,
-            bytes_sent,
+            sent: self.outbox.stats(),
             encodes: encoding.encodes,
             encode_nanos: encoding.nanos,
         }
@@ -245,11 +222,11 @@ pub async fn run(
         "queued {} profiles: exported {} ({} bytes); dropped {} (queue full or shutdown), \
          rejected {}, failed {}",
         stats.queued_profiles,
-        stats.exported_profiles,
-        stats.bytes_sent,
-        stats.dropped.profiles,
-        stats.rejected_profiles,
-        stats.failed_profiles
+        stats.sent.exported_profiles,
+        stats.sent.bytes_sent,
+        stats.sent.dropped.profiles,
+        stats.sent.rejected_profiles,
+        stats.sent.failed_profiles
     );
     Ok(stats)
 }
