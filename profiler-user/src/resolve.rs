@@ -64,6 +64,7 @@ pub fn profiles(
         pods,
     } = sources;
     let symbols = SymbolTable::collect(aggregated.samples.keys(), processes, symbolizer);
+    let unsnapshotted = names_of_unsnapshotted(aggregated.samples.keys(), processes);
     let mut builders: Vec<(ProfileBuilder, MappingId)> = kinds
         .iter()
         .map(|&(kind, _)| {
@@ -82,7 +83,8 @@ pub fn profiles(
         let (builder, kernel_mapping) = &mut builders[i];
         let kernel_mapping = *kernel_mapping;
         let tgid = key.thread.tgid;
-        let process = builder.process(process_of(processes, pods, tgid, &key.thread.comm));
+        let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
+        let process = builder.process(process_of(processes, pods, tgid, comm));
         let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
         for addr in caller_adjusted(&key.kernel_stack) {
             stack.push(kernel_location(
@@ -127,6 +129,33 @@ pub fn profiles(
         .map(|((builder, _), &(_, period))| {
             builder.build(window.start_time, window.duration, period)
         })
+        .collect()
+}
+
+/// One name for each process that has no snapshot (it exited before it
+/// could be read), so that all its threads make one process, not one per
+/// thread name: its main thread's name (tid = pid) when that thread was
+/// sampled, else the first of its threads' names in sort order.
+fn names_of_unsnapshotted<'a>(
+    keys: impl Iterator<Item = &'a SampleKey>,
+    processes: &ProcessTable,
+) -> HashMap<u32, String> {
+    let mut names: HashMap<u32, (bool, &str)> = HashMap::new();
+    for key in keys {
+        let thread = &key.thread;
+        if thread.tgid == 0 || processes.process(thread.tgid).is_some() {
+            continue;
+        }
+        let candidate = (thread.tid == thread.tgid, thread.comm.as_str());
+        let name = names.entry(thread.tgid).or_insert(candidate);
+        // The main thread wins; among the others, the smallest name.
+        if (candidate.0, std::cmp::Reverse(candidate.1)) > (name.0, std::cmp::Reverse(name.1)) {
+            *name = candidate;
+        }
+    }
+    names
+        .into_iter()
+        .map(|(tgid, (_, name))| (tgid, name.to_owned()))
         .collect()
 }
 
@@ -441,6 +470,50 @@ mod tests {
             profile.function(root.lines[0].function).name,
             TRUNCATED_FRAME
         );
+    }
+
+    #[test]
+    fn an_exited_process_is_one_process_whatever_its_threads_are_named() {
+        let mut aggregated = ghost("worker-b", vec![0x1000], false, 1);
+        let template = aggregated.samples.keys().next().unwrap().clone();
+        for (tid, comm) in [(7, "worker-a"), (u32::MAX - 1, "main"), (9, "worker-c")] {
+            let mut key = template.clone();
+            key.thread.tid = tid;
+            key.thread.comm = comm.into();
+            let merged = aggregated.samples.values().next().unwrap().clone();
+            aggregated.samples.insert(key, merged);
+        }
+        let profile = build(aggregated);
+        assert_eq!(profile.samples.len(), 4, "threads stay apart");
+        assert_eq!(
+            profile.processes.len(),
+            1,
+            "one process: {:?}",
+            profile.processes
+        );
+        assert_eq!(
+            profile.processes[0].executable_name, "main",
+            "the main thread's name"
+        );
+        assert_eq!(
+            names_of_unsnapshotted(std::iter::empty(), &ProcessTable::new()).len(),
+            0
+        );
+        // Without the main thread: the smallest name.
+        let mut no_main = ghost("worker-b", vec![0x1000], false, 1);
+        let mut key = no_main.samples.keys().next().unwrap().clone();
+        key.thread.tid = 7;
+        key.thread.comm = "worker-a".into();
+        let mut other = key.clone();
+        other.thread.tid = 8;
+        other.thread.comm = "worker-b".into();
+        no_main.samples = no_main
+            .samples
+            .into_values()
+            .flat_map(|m| [(key.clone(), m.clone()), (other.clone(), m)])
+            .collect();
+        let names = names_of_unsnapshotted(no_main.samples.keys(), &ProcessTable::new());
+        assert_eq!(names[&(u32::MAX - 1)], "worker-a");
     }
 
     #[test]
