@@ -54,6 +54,7 @@ pub mod kind;
 mod memory;
 pub mod otlp;
 pub mod pprof;
+mod pread;
 mod process;
 pub mod profile;
 pub mod profiler;

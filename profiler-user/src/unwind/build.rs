@@ -1,7 +1,10 @@
 //! Builds an [`UnwindTable`] from an ELF file's call frame information:
 //! `.eh_frame` (and `.debug_frame` when present), evaluated with gimli into
-//! one row per change of the CFA or rbp rule. The file is read through
-//! mmap; nothing but the table is kept.
+//! one row per change of the CFA or rbp rule. Files mapped by other
+//! processes are untrusted input: they are read with bounded `pread`s into
+//! buffers of our own ([`crate::pread::PreadFile`]), never mapped, so a file
+//! truncated, grown or replaced while it is read gives an error, not a
+//! SIGBUS. Nothing but the table is kept.
 
 use std::path::Path;
 
@@ -9,9 +12,10 @@ use gimli::{
     BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ReadRef};
 
 use super::table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
+use crate::pread::PreadFile;
 
 /// Why a file has no unwind table.
 #[derive(Debug, thiserror::Error)]
@@ -84,11 +88,10 @@ pub fn from_elf_file(path: &Path) -> Result<FileUnwind, BuildError> {
 /// Bytes of call frame information (`.eh_frame` and `.debug_frame`) in an
 /// open ELF file: what building its table costs. 0 when it is not ELF.
 pub fn cfi_size(file: &std::fs::File) -> u64 {
-    // SAFETY: as in `from_open_file`.
-    let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
+    let Ok(reader) = file.try_clone().and_then(PreadFile::new) else {
         return 0;
     };
-    let Ok(elf) = object::File::parse(&*map) else {
+    let Ok(elf) = object::File::parse(&reader) else {
         return 0;
     };
     [".eh_frame", ".debug_frame"]
@@ -98,22 +101,25 @@ pub fn cfi_size(file: &std::fs::File) -> u64 {
         .sum()
 }
 
-/// Builds the unwind table of an open ELF file, read through mmap; `name`
-/// names it in errors.
+/// Builds the unwind table of an open ELF file, read with bounded `pread`s
+/// (only the headers and the CFI sections); `name` names it in errors.
 pub fn from_open_file(file: &std::fs::File, name: &str) -> Result<FileUnwind, BuildError> {
-    // SAFETY: the mapping is read-only and private; a file truncated under
-    // us would fault, which is why only ELF files mapped by live processes
-    // (that the kernel keeps busy) are read this way.
-    let map = unsafe { memmap2::Mmap::map(file) }.map_err(|source| BuildError::Read {
-        path: name.to_owned(),
-        source,
-    })?;
-    from_elf_bytes(&map, name)
+    let reader = file
+        .try_clone()
+        .and_then(PreadFile::new)
+        .map_err(|source| BuildError::Read {
+            path: name.to_owned(),
+            source,
+        })?;
+    from_elf_data(&reader, name)
 }
 
-/// Builds the unwind table of an ELF image in memory; `name` names it in
-/// errors.
-pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<FileUnwind, BuildError> {
+/// Builds the unwind table of an ELF image read through `data` (bytes in
+/// memory, or a [`PreadFile`]); `name` names it in errors.
+pub fn from_elf_data<'data, R: ReadRef<'data>>(
+    data: R,
+    name: &str,
+) -> Result<FileUnwind, BuildError> {
     let elf = object::File::parse(data).map_err(|err| BuildError::NotElf {
         path: name.to_owned(),
         reason: err.to_string(),
@@ -169,10 +175,10 @@ pub fn from_elf_bytes(data: &[u8], name: &str) -> Result<FileUnwind, BuildError>
     })
 }
 
-fn section_bytes<'a>(
-    section: &object::Section<'a, '_>,
+fn section_bytes<'data, R: ReadRef<'data>>(
+    section: &object::Section<'data, '_, R>,
     name: &str,
-) -> Result<&'a [u8], BuildError> {
+) -> Result<&'data [u8], BuildError> {
     section.data().map_err(|err| BuildError::NotElf {
         path: name.to_owned(),
         reason: err.to_string(),
@@ -474,7 +480,7 @@ mod tests {
 
     #[test]
     fn bad_files_are_clear_errors() {
-        let err = from_elf_bytes(b"not an elf file at all", "junk").unwrap_err();
+        let err = from_elf_data(&b"not an elf file at all"[..], "junk").unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("junk is not a readable ELF file"),
@@ -483,8 +489,34 @@ mod tests {
         let libc = std::fs::read(system_library("libc.so.6")).unwrap();
         // Cut inside the section headers: still an error, never a panic.
         let cut = &libc[..libc.len() - 100];
-        assert!(from_elf_bytes(cut, "cut").is_err());
+        assert!(from_elf_data(cut, "cut").is_err());
         let err = from_elf_file(Path::new("/nonexistent/lib.so")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/lib.so"), "{err}");
+    }
+
+    /// A tenant truncates a file while hostprof reads it: the build fails
+    /// with an error (it would be a SIGBUS through mmap), and the file that
+    /// grows back is read whole.
+    #[test]
+    fn a_file_truncated_while_read_is_an_error_not_a_fault() {
+        let libc = std::fs::read(system_library("libc.so.6")).unwrap();
+        let copy = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(copy.path(), &libc).unwrap();
+        let file = std::fs::File::open(copy.path()).unwrap();
+        assert!(cfi_size(&file) > 0);
+        // The reader takes the size at the start, as the loader does.
+        let reader = PreadFile::new(file.try_clone().unwrap()).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.path())
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
+        let err = from_elf_data(&reader, "truncated").unwrap_err();
+        assert!(err.to_string().starts_with("truncated"), "{err}");
+        assert_eq!(cfi_size(&file), 0, "a cut file has no readable CFI");
+        std::fs::write(copy.path(), &libc).unwrap();
+        let whole = from_open_file(&file, "restored").unwrap();
+        assert!(!whole.table.rows().is_empty());
     }
 }

@@ -1,0 +1,136 @@
+//! Reading files with bounded `pread`s into buffers of our own, for
+//! `object`'s parsers ([`PreadFile`]).
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use object::ReadRef;
+
+/// The longest string [`ReadRef::read_bytes_at_until`] looks through.
+const MAX_STRING_LEN: u64 = 4096;
+
+/// A file as `object`'s [`ReadRef`], read with `pread` on demand.
+///
+/// Only the byte ranges `object` asks for are read, each into a buffer of
+/// our own, kept until the file is dropped (`ReadRef` hands out slices that
+/// live as long as the reader). Neither mapping nor reading whole fits the
+/// files this reads: `/proc/kcore` is as large as the kernel's address
+/// space and mostly unreadable, and ELF files mapped by other processes are
+/// untrusted — one truncated while it is read would kill an mmap reader
+/// with SIGBUS, while here the read just fails.
+pub(crate) struct PreadFile {
+    file: File,
+    /// The file's size as `stat` reports it.
+    len: u64,
+    /// Every range read so far, as 8-byte words so that each starts
+    /// 8-byte aligned, as `object`'s ELF64 structures require. Chunks are
+    /// only ever added: never changed or removed before `self` is dropped.
+    chunks: RefCell<Vec<Box<[u64]>>>,
+}
+
+impl PreadFile {
+    /// Opens the file at `path`.
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        Self::new(File::open(path)?)
+    }
+
+    /// Reads `file`, whose size is taken now: a file that shrinks later
+    /// gives read errors, never a fault.
+    pub(crate) fn new(file: File) -> io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            len,
+            chunks: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`, not kept.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Reads `size` bytes at `offset` into a new chunk and returns them.
+    fn read_chunk(&self, offset: u64, size: u64) -> Result<&[u8], ()> {
+        if size == 0 {
+            return Ok(&[]);
+        }
+        let size = usize::try_from(size).map_err(|_| ())?;
+        let mut bytes = vec![0u8; size];
+        self.file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|_| ())?;
+        let words: Box<[u64]> = bytes
+            .chunks(8)
+            .map(|part| {
+                let mut word = [0u8; 8];
+                word[..part.len()].copy_from_slice(part);
+                u64::from_ne_bytes(word)
+            })
+            .collect();
+        let start = words.as_ptr().cast::<u8>();
+        self.chunks.borrow_mut().push(words);
+        // SAFETY: `start` points at the heap allocation of `words`, which
+        // holds `size.div_ceil(8)` words, so at least `size` bytes, all
+        // initialized (every bit pattern of a u64 is a valid set of bytes,
+        // and from_ne_bytes keeps the file's byte order in memory). Moving
+        // the box into `chunks` does not move its allocation, and `chunks`
+        // never drops or mutates a chunk before `self` is dropped, which the
+        // returned slice's lifetime (that of `&self`) rules out. u8 needs no
+        // alignment.
+        Ok(unsafe { std::slice::from_raw_parts(start, size) })
+    }
+}
+
+impl<'a> ReadRef<'a> for &'a PreadFile {
+    fn len(self) -> Result<u64, ()> {
+        Ok(self.len)
+    }
+
+    fn read_bytes_at(self, offset: u64, size: u64) -> Result<&'a [u8], ()> {
+        self.read_chunk(offset, size)
+    }
+
+    fn read_bytes_at_until(self, range: Range<u64>, delimiter: u8) -> Result<&'a [u8], ()> {
+        let size = range
+            .end
+            .checked_sub(range.start)
+            .ok_or(())?
+            .min(self.len.saturating_sub(range.start))
+            .min(MAX_STRING_LEN);
+        let bytes = self.read_chunk(range.start, size)?;
+        let end = bytes.iter().position(|&b| b == delimiter).ok_or(())?;
+        Ok(&bytes[..end])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pread_file_hands_out_aligned_ranges() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(temp.path(), b"\x01abc\0defgh\0tail").unwrap();
+        let file = PreadFile::open(temp.path()).unwrap();
+        let reader = &file;
+        assert_eq!(reader.len(), Ok(15));
+        let odd = reader.read_bytes_at(1, 3).unwrap();
+        let whole = reader.read_bytes_at(0, 15).unwrap();
+        // Earlier slices stay valid while more are read.
+        assert_eq!(odd, b"abc");
+        assert_eq!(&whole[11..], b"tail");
+        for slice in [odd, whole] {
+            assert_eq!(slice.as_ptr() as usize % 8, 0);
+        }
+        assert_eq!(reader.read_bytes_at(5, 0), Ok(&[][..]));
+        assert_eq!(reader.read_bytes_at(12, 4), Err(()));
+        assert_eq!(reader.read_bytes_at_until(5..15, 0), Ok(&b"defgh"[..]));
+        assert_eq!(reader.read_bytes_at_until(11..15, 0), Err(()));
+        assert_eq!(reader.read_bytes_at_until(11..99, 0), Err(()));
+    }
+}
