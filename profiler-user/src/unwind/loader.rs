@@ -5,7 +5,7 @@
 //! snapshotted, [`TableLoader::exited`], [`TableLoader::sampled`]) and never
 //! waits for it: a process whose tables are not loaded yet is unwound with
 //! frame pointers meanwhile (counted as `unwind_no_tables`). The worker
-//! reads each ELF file through mmap from a descriptor the request carries,
+//! reads each ELF file with bounded preads from a descriptor the request carries,
 //! so the file stays readable whatever happens to the process, and writes
 //! through an [`UnwindMaps`], which the sampler implements with BPF map
 //! syscalls and tests with memory.
