@@ -2,6 +2,7 @@
 
 mod agent;
 mod cli;
+mod output;
 mod record;
 
 use cli::{Cli, Command};
