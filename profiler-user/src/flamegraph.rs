@@ -3,12 +3,15 @@
 //! A folded line is `process;outermost;...;leaf count`: the process's
 //! executable name is the root frame, inlined calls are frames of their
 //! own, and kernel frames carry inferno's `_[k]` suffix so they are colored
-//! apart from user code.
+//! apart from user code. Names are escaped ([`crate::text::escape`]): a
+//! line holds one stack whatever the names hold, and the SVG, drawn from
+//! these lines, shows the escapes too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::profile::{FrameKind, Profile};
+use crate::text::escape;
 
 /// Errors writing folded stacks or an SVG.
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +40,12 @@ pub fn folded_lines(profile: &Profile) -> Vec<String> {
                 });
             }
         }
-        // `;` separates frames; keep names from splitting.
+        // One line per stack: control characters escaped (a newline in a
+        // thread name must not split it), and `;`, which separates frames,
+        // kept from splitting a name.
         let stack = frames
             .iter()
-            .map(|f| f.replace(';', ":"))
+            .map(|f| escape(f).replace(';', ":"))
             .collect::<Vec<_>>()
             .join(";");
         *merged.entry(stack).or_default() += sample.values[weight];
@@ -84,7 +89,7 @@ pub fn write_svg(profile: &Profile, out: impl Write, title: &str) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::fixtures::sample_profile;
+    use crate::profile::fixtures::{hostile_profile, sample_profile};
 
     #[test]
     fn folded_stacks_root_first_with_inlines_and_kernel_suffix() {
@@ -108,5 +113,37 @@ mod tests {
         let svg = String::from_utf8(out).unwrap();
         assert!(svg.starts_with("<?xml"), "{}", &svg[..50]);
         assert!(svg.contains("helper") && svg.contains("test graph"));
+    }
+
+    #[test]
+    fn hostile_names_stay_on_one_line_and_print_as_escapes() {
+        let mut out = Vec::new();
+        write_folded(&hostile_profile(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.bytes().any(|b| b != b'\n' && b.is_ascii_control()),
+            "{text:?}"
+        );
+        assert!(!text.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)));
+        assert_eq!(
+            text,
+            "evil\\n\\x1b[31mred;main;a:b\\u{9b}2J\\n1 2 3\n\
+             evil\\n\\x1b[31mred;main;evil\\x1b[31m_fn 5\n"
+        );
+        // Every line parses as `frames count`.
+        let total: u64 = text
+            .lines()
+            .map(|line| line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(total, 8);
+    }
+
+    #[test]
+    fn the_svg_shows_hostile_names_escaped() {
+        let mut out = Vec::new();
+        write_svg(&hostile_profile(), &mut out, "hostile").unwrap();
+        let svg = String::from_utf8(out).unwrap();
+        assert!(!svg.contains('\x1b') && !svg.contains('\u{9b}'));
+        assert!(svg.contains("evil\\x1b[31m_fn"), "{svg}");
     }
 }

@@ -43,6 +43,9 @@
 //! `hostprof agent` (flags, config file, environment, defaults).
 //!
 //! [`system_info`] checks what the host provides.
+//!
+//! [`text`] escapes the names tenants control (symbols, process, thread
+//! and file names) for every text output.
 
 pub mod agent;
 mod aggregate;
@@ -64,6 +67,7 @@ pub mod settings;
 pub mod summary;
 mod symbolize;
 pub mod system_info;
+pub mod text;
 pub mod unwind;
 
 pub use kind::ProfileKind;

@@ -515,6 +515,42 @@ pub(crate) mod fixtures {
             10_000_000,
         )
     }
+
+    /// A profile of names a tenant picks: a process (main thread) named
+    /// with a newline and a color escape, a symbol holding an escape, a
+    /// kernel-looking `;` and a C1 CSI, and a thread name with a newline.
+    pub(crate) fn hostile_profile() -> Profile {
+        let mut b = ProfileBuilder::new(ProfileKind::Cpu);
+        let p = b.process(Process {
+            pid: 7,
+            executable_name: "evil\n\x1b[31mred".into(),
+            executable_path: Some("/tmp/x\x1b[2Jbin".into()),
+            container: None,
+            pod: None,
+        });
+        let mut location = |name: &str, address| {
+            let function = b.function(Function {
+                name: name.into(),
+                system_name: None,
+                filename: None,
+            });
+            b.location(Location {
+                mapping: None,
+                address,
+                lines: vec![Line {
+                    function,
+                    line: None,
+                }],
+                kind: FrameKind::Native,
+            })
+        };
+        let main = location("main", 0x10);
+        let evil = location("evil\x1b[31m_fn", 0x20);
+        let split = location("a;b\u{9b}2J\n1 2", 0x30);
+        b.add_cpu(p, 7, "evil\n\x1b[31mred", vec![evil, main], 5);
+        b.add_cpu(p, 8, "w\r\nx 9", vec![split, main], 3);
+        b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10_000_000)
+    }
 }
 
 #[cfg(test)]

@@ -10,13 +10,15 @@ use serde::Serialize;
 
 use crate::kind::ProfileKind;
 use crate::profile::{Profile, UnwindCounters};
+use crate::text::escape;
 use crate::unwind::loader::LoaderStats;
 use crate::unwind::table::KERNEL_ROW_BYTES;
 
 /// A function and the samples whose leaf frame it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FunctionShare {
-    /// Function name.
+    /// Function name as printed: control characters escaped
+    /// ([`crate::text::escape`]), here and in the JSON report alike.
     pub name: String,
     /// Samples with this function as the innermost frame.
     pub self_samples: u64,
@@ -60,7 +62,7 @@ impl Summary {
         let mut top: Vec<FunctionShare> = self_samples
             .into_iter()
             .map(|(name, self_samples)| FunctionShare {
-                name: name.to_owned(),
+                name: escape(name).into_owned(),
                 self_samples,
             })
             .collect();
@@ -243,6 +245,28 @@ mod tests {
         let text = summary.to_string();
         assert!(text.contains("90.0%  hot"), "{text}");
         assert!(!text.contains("unwind"), "{text}");
+    }
+
+    #[test]
+    fn hostile_function_names_print_escaped() {
+        let profile = crate::profile::fixtures::hostile_profile();
+        let summary = Summary::new(&profile, 10);
+        let text = summary.to_string();
+        assert!(text.contains("62.5%  evil\\x1b[31m_fn\n"), "{text}");
+        assert!(text.contains("37.5%  a;b\\u{9b}2J\\n1 2\n"), "{text}");
+        assert_eq!(text.lines().count(), 8, "{text}");
+        assert!(!text.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)));
+        let mut json = Vec::new();
+        CaptureReport {
+            sampling_seconds: 1.0,
+            finishing_seconds: 0.0,
+            profiles: vec![summary],
+        }
+        .write_json(&mut json)
+        .unwrap();
+        let json = String::from_utf8(json).unwrap();
+        assert!(!json.chars().any(|c| c != '\n' && crate::text::is_unsafe(c)));
+        assert!(json.contains(r#""name": "evil\\x1b[31m_fn""#), "{json}");
     }
 
     fn summary_with(unwind: UnwindCounters, tables: LoaderStats) -> Summary {

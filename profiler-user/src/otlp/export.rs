@@ -77,6 +77,20 @@ pub enum ExportError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A header (`--otlp-header`, `OTEL_EXPORTER_OTLP_HEADERS`) the
+    /// transport cannot send.
+    #[error(
+        "the OTLP header {name:?} cannot be sent over {protocol}: {reason} \
+         (fix it in --otlp-header or OTEL_EXPORTER_OTLP_HEADERS, where values are percent-encoded)"
+    )]
+    Header {
+        /// The header's name (its value may be a secret and is not shown).
+        name: String,
+        /// The transport.
+        protocol: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A response that is not an `ExportProfilesServiceResponse`.
     #[error("the OTLP endpoint {url} answered with something that is not an export response")]
     Decode {
@@ -112,9 +126,11 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An exporter for `config`; reads the custom CA now (so a bad file is
-    /// reported at start) and connects on the first export.
+    /// An exporter for `config`; checks the headers and reads the custom
+    /// CA now (so a bad header or file is reported at start) and connects
+    /// on the first export.
     pub fn new(config: ExporterConfig) -> Result<Self, ExportError> {
+        check_headers(&config)?;
         // reqwest's rustls takes the process-wide crypto provider; keep one
         // the embedding program installed, else install ring (as tonic uses).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -273,6 +289,47 @@ impl Exporter {
     }
 }
 
+/// Why a header value cannot be sent.
+const BAD_VALUE: &str =
+    "its value holds control characters (such as a newline) a header cannot carry";
+
+/// Fails on the first header the configured transport cannot send: an
+/// invalid name, or a value with control characters (a newline would
+/// split the request).
+fn check_headers(config: &ExporterConfig) -> Result<(), ExportError> {
+    use reqwest::header::{HeaderName, HeaderValue};
+    use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+    for (name, value) in &config.headers {
+        let (protocol, bad_name, bad_value, name_rule) = match config.protocol {
+            Protocol::Grpc => (
+                "gRPC",
+                AsciiMetadataKey::from_bytes(name.as_bytes()).is_err(),
+                value.parse::<AsciiMetadataValue>().is_err(),
+                "not a metadata key (letters, digits, `-`, `_`, `.`, and no `-bin` suffix)",
+            ),
+            Protocol::HttpProtobuf => (
+                "HTTP",
+                HeaderName::from_bytes(name.as_bytes()).is_err(),
+                HeaderValue::from_str(value).is_err(),
+                "not a header name (letters, digits and `!#$%&'*+-.^_`|~`)",
+            ),
+        };
+        let reason = if bad_name {
+            name_rule
+        } else if bad_value {
+            BAD_VALUE
+        } else {
+            continue;
+        };
+        return Err(ExportError::Header {
+            name: name.clone(),
+            protocol,
+            reason,
+        });
+    }
+    Ok(())
+}
+
 fn outcome(response: ExportProfilesServiceResponse, bytes_sent: usize) -> ExportOutcome {
     let partial = response.partial_success.unwrap_or_default();
     ExportOutcome {
@@ -292,3 +349,53 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 /// Default time one export may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(protocol: Protocol, headers: &[(&str, &str)]) -> ExporterConfig {
+        let flags = crate::otlp::ExporterFlags {
+            endpoint: Some("http://127.0.0.1:4317".into()),
+            protocol: Some(protocol),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            certificate: None,
+        };
+        ExporterConfig::resolve(&flags, |_| None).unwrap()
+    }
+
+    #[test]
+    fn headers_are_checked_before_any_export_and_values_are_not_shown() {
+        for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+            let good = config(
+                protocol,
+                &[("Authorization", "Bearer abc"), ("x-tenant", "a b")],
+            );
+            assert!(Exporter::new(good).is_ok(), "{protocol:?}");
+            let newline = config(protocol, &[("authorization", "Bearer s3cret\nX-Evil: 1")]);
+            let err = Exporter::new(newline).err().expect("a newline is refused");
+            let text = err.to_string();
+            assert!(
+                text.contains("\"authorization\"") && text.contains("newline"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("s3cret"),
+                "the value may be a secret: {text}"
+            );
+            assert!(matches!(
+                crate::otlp::retry::classify(&err),
+                crate::otlp::retry::Verdict::GiveUp
+            ));
+            let name = config(protocol, &[("bad name", "v")]);
+            assert!(Exporter::new(name).is_err(), "{protocol:?}");
+        }
+        let binary = config(Protocol::Grpc, &[("trace-bin", "v")]);
+        assert!(Exporter::new(binary).is_err());
+        let delete = config(Protocol::HttpProtobuf, &[("x-name", "a\x7f")]);
+        assert!(Exporter::new(delete).is_err());
+    }
+}

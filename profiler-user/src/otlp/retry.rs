@@ -48,6 +48,7 @@ pub fn classify(error: &ExportError) -> Verdict {
         },
         ExportError::Endpoint { .. }
         | ExportError::Certificate { .. }
+        | ExportError::Header { .. }
         | ExportError::Decode { .. } => Verdict::GiveUp,
     }
 }

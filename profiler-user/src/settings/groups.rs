@@ -162,8 +162,8 @@ settings_group! {
     /// What only `hostprof record` has: how long, and the local files.
     #[command(next_help_heading = "Record")]
     pub struct RecordOnly {
-        /// How long to sample, e.g. `10s`, `1m`, `500ms`; Ctrl-C ends early
-        /// and still writes everything [default: 10s].
+        /// How long to sample, e.g. `10s`, `1m`, `500ms`; Ctrl-C or SIGTERM
+        /// ends early and still writes everything [default: 10s].
         #[arg(short, long, value_parser = parse_duration)]
         #[serde(with = "duration")]
         pub duration: Option<Duration>,

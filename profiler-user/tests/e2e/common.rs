@@ -175,6 +175,65 @@ impl Workloads {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Opens the workloads' directory to other users, so an unprivileged
+    /// user can run them (see [`as_nobody`]).
+    pub fn share(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the workloads' directory");
+    }
+}
+
+/// A command that runs `program` as the unprivileged user nobody (uid and
+/// gid 65534, no supplementary groups), as a tenant's code runs.
+pub fn as_nobody(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(program);
+    cmd
+}
+
+/// True when `text` holds a control character (C0, DEL or C1) other than
+/// the newlines ending its lines.
+pub fn has_raw_controls(text: &[u8]) -> bool {
+    String::from_utf8_lossy(text)
+        .chars()
+        .any(|c| c != '\n' && c.is_control())
+}
+
+/// A read-only file system mounted on a new directory (root ignores
+/// permission bits, so only a read-only mount makes a directory it cannot
+/// write to); unmounted on drop.
+pub struct ReadOnlyDir {
+    path: PathBuf,
+}
+
+impl ReadOnlyDir {
+    /// Mounts an empty read-only tmpfs on `path` (created).
+    pub fn mount(path: &Path) -> Self {
+        std::fs::create_dir_all(path).expect("mkdir the mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mounting a read-only tmpfs on {} failed (needs root): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        Command::new("umount").arg(&self.path).status().ok();
+    }
 }
 
 /// Compiles the workloads `names` into `dir`, panicking with the compiler's

@@ -7,6 +7,7 @@
 //! HOSTPROF_SKIP_BPF_TESTS=1 is set.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -131,4 +132,278 @@ fn record_whole_host_with_real_workloads() {
             "{name} missing from folded roots {roots:?}"
         );
     }
+}
+
+/// Finding 5 of issue 14: names an unprivileged tenant picks (its thread
+/// name, a symbol, its executable's file name) reach the operator's
+/// terminal and the line-oriented files escaped, never raw.
+#[test]
+fn hostile_names_are_escaped_in_every_text_output() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = pprof_tool();
+    let workloads = Workloads::build(&["hostile_names"]);
+    workloads.share();
+    // The tenant's program under a file name holding an escape too (it
+    // reaches the log through the unwind-table loader).
+    let program = workloads.path("hostile\x1b[31mbin");
+    std::fs::copy(workloads.path("hostile_names"), &program).unwrap();
+    let tenant = common::KillOnDrop::new(
+        common::as_nobody(&program)
+            .arg("8000")
+            .spawn()
+            .expect("start the workload as nobody"),
+    );
+    // Let it rename itself before the capture starts.
+    std::thread::sleep(Duration::from_millis(300));
+    let (output, folded, stats) = (
+        workloads.path("host.pb.gz"),
+        workloads.path("host.folded"),
+        workloads.path("stats.json"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+        .args(["record", "--duration", "3s", "--pid"])
+        .arg(tenant.id().to_string())
+        .arg("--output")
+        .arg(&output)
+        .arg("--folded")
+        .arg(&folded)
+        .arg("--stats-json")
+        .arg(&stats)
+        .env("RUST_LOG", "hostprof=debug")
+        .output()
+        .expect("run hostprof record");
+    drop(tenant);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "hostprof record failed:\n{stderr}");
+
+    // The summary: escaped, and the tenant's hot function on top.
+    assert!(
+        !common::has_raw_controls(&out.stdout),
+        "raw control characters in the summary:\n{stdout:?}"
+    );
+    let top = stdout
+        .lines()
+        .skip_while(|l| !l.contains("function (self)"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no top functions in the summary:\n{stdout}"));
+    assert!(top.ends_with(r"  evil\x1b[31m_fn"), "{top:?}\n{stdout}");
+    let samples: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("samples"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample count in the summary:\n{stdout}"));
+    assert!(samples > 100, "too few samples: {samples}\n{stdout}");
+
+    // The log: debug lines name the program's file, escaped.
+    assert!(
+        !common::has_raw_controls(&out.stderr),
+        "raw control characters on stderr:\n{stderr:?}"
+    );
+    assert!(
+        stderr.contains(r"hostile\x1b[31mbin"),
+        "the loader's debug line about the program is missing:\n{stderr}"
+    );
+
+    // Folded stacks: one `frames count` line per distinct stack, all of the
+    // tenant's process, adding up to the summary's samples.
+    let text = std::fs::read(&folded).unwrap();
+    assert!(!common::has_raw_controls(&text), "{text:?}");
+    let text = String::from_utf8(text).unwrap();
+    let root = r"evil\n\x1b[31mred;";
+    let mut stacks = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut in_evil = 0;
+    for line in text.lines() {
+        let (stack, count) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a folded line: {line:?}"));
+        let count: u64 = count
+            .parse()
+            .unwrap_or_else(|_| panic!("not a folded line: {line:?}"));
+        assert!(stack.starts_with(root), "{line:?}");
+        assert!(stacks.insert(stack), "a stack twice: {line:?}");
+        total += count;
+        if stack.split(';').any(|f| f == r"evil\x1b[31m_fn") {
+            in_evil += count;
+        }
+    }
+    assert_eq!(text.lines().count(), stacks.len());
+    assert_eq!(total, samples, "folded:\n{text}");
+    assert!(in_evil * 100 >= total * 80, "{in_evil}/{total}:\n{text}");
+
+    // The report names the same function, escaped; the SVG holds no raw
+    // escape either.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(report["profiles"][0]["top"][0]["name"], r"evil\x1b[31m_fn");
+    let svg = std::fs::read(workloads.path("host.svg")).unwrap();
+    assert!(!common::has_raw_controls(&svg));
+
+    // pprof keeps the names as they are (it is data, not text).
+    let raw = common::pprof(&pprof, &["-raw"], &output);
+    assert!(raw.contains("evil\x1b[31m_fn"), "{raw}");
+}
+
+/// Finding 7 of issue 14: SIGTERM (`timeout`, `docker stop`, a stopped
+/// Job) ends a capture like Ctrl-C does: every file is written.
+#[test]
+fn sigterm_stops_early_and_writes_every_file() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = pprof_tool();
+    let workloads = Workloads::build(&["cpu_chain"]);
+    let _busy = common::KillOnDrop::new(workloads.spawn("cpu_chain", 15000));
+    let (output, folded, stats) = (
+        workloads.path("host.pb.gz"),
+        workloads.path("host.folded"),
+        workloads.path("stats.json"),
+    );
+    let started = std::time::Instant::now();
+    // --preserve-status: timeout's own status would be 124 whatever
+    // hostprof's was.
+    let out = Command::new("timeout")
+        .args(["--preserve-status", "-s", "TERM", "3"])
+        .arg(env!("CARGO_BIN_EXE_hostprof"))
+        .args(["record", "--duration", "60s", "--output"])
+        .arg(&output)
+        .arg("--folded")
+        .arg(&folded)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .expect("run timeout");
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "hostprof record must exit 0 after SIGTERM: {}\n{stderr}",
+        out.status
+    );
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "stopped after {elapsed:?}, not at the signal"
+    );
+    assert!(stderr.contains("terminated (SIGTERM)"), "{stderr}");
+
+    let top = common::pprof(&pprof, &["-top", "-sample_index=samples"], &output);
+    assert!(top.contains("hot_loop"), "pprof -top:\n{top}");
+    let svg = std::fs::read_to_string(workloads.path("host.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("hot_loop"));
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.starts_with("cpu_chain;") && l.contains(";hot_loop")),
+        "{folded}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let sampled = report["sampling_seconds"].as_f64().unwrap();
+    assert!((1.0..10.0).contains(&sampled), "sampled {sampled} s");
+    assert!(report["profiles"][0]["samples"].as_u64().unwrap() > 100);
+    // No temporary file is left beside them.
+    let leftovers: Vec<_> = std::fs::read_dir(workloads.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Finding 7 of issue 14: an output that cannot be written, or an OTLP
+/// header that cannot be sent, stops `record` before it samples, within
+/// a second, with one error naming the path (or header) and the fix; and
+/// no other output is left behind.
+#[test]
+fn unwritable_outputs_and_bad_headers_fail_before_sampling() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let read_only = dir.path().join("ro");
+    let _mounted = common::ReadOnlyDir::mount(&read_only);
+    let record = |args: &[&dyn AsRef<OsStr>], env: Option<(&str, &str)>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostprof"));
+        cmd.args(["record", "--duration", "30s"]);
+        for arg in args {
+            cmd.arg(arg);
+        }
+        if let Some((name, value)) = env {
+            cmd.env(name, value);
+        }
+        let started = std::time::Instant::now();
+        let out = cmd.output().expect("run hostprof record");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "must fail: {cmd:?}\n{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "failed only after {:?}: {cmd:?}\n{stderr}",
+            started.elapsed()
+        );
+        assert_eq!(stderr.lines().count(), 1, "one error line:\n{stderr}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        stderr
+    };
+    let in_ro = read_only.join("host.pb.gz");
+    let stderr = record(&[&"--output", &in_ro], None);
+    assert!(
+        stderr.contains(&format!("--output {}", in_ro.display()))
+            && stderr.contains("Read-only file system")
+            && stderr.contains("writable directory"),
+        "{stderr}"
+    );
+
+    // A writable --output and an unwritable --folded: nothing is written,
+    // not even the temporary file of the first.
+    let writable = dir.path().join("host.pb.gz");
+    let folded = read_only.join("host.folded");
+    let stderr = record(&[&"--output", &writable, &"--folded", &folded], None);
+    assert!(
+        stderr.contains(&format!("--folded {}", folded.display())),
+        "{stderr}"
+    );
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["ro"], "nothing but the mount point is left");
+
+    // Header values that would split the request: named, not shown.
+    let output = dir.path().join("h.pb.gz");
+    let endpoint = "http://127.0.0.1:9";
+    let stderr = record(
+        &[
+            &"--otlp-endpoint",
+            &endpoint,
+            &"--otlp-header",
+            &"authorization=Bearer s3cret\nX-Injected: 1",
+            &"--output",
+            &output,
+        ],
+        None,
+    );
+    assert!(
+        stderr.contains("\"authorization\"") && !stderr.contains("s3cret"),
+        "{stderr}"
+    );
+    let stderr = record(
+        &[
+            &"--otlp-endpoint",
+            &endpoint,
+            &"--otlp-protocol",
+            &"http",
+            &"--output",
+            &output,
+        ],
+        Some(("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=a%0D%0Ab")),
+    );
+    assert!(stderr.contains("\"x-tenant\""), "{stderr}");
+    assert!(!output.exists());
 }

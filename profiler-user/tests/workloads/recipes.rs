@@ -43,6 +43,17 @@ const C_NO_FRAME_POINTERS: Compiler = Compiler {
     ],
 };
 
+/// C with frame pointers and no debug info: symbols are named by the
+/// symbol table alone.
+const C_NO_DEBUG_INFO: Compiler = Compiler {
+    program: "gcc",
+    flags: &[
+        "-O2",
+        "-fno-omit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+    ],
+};
+
 /// Rust release code with forced frame pointers.
 const RUST_FRAME_POINTERS: Compiler = Compiler {
     program: "rustc",
@@ -87,6 +98,7 @@ const RECIPES: &[Recipe] = &[
     program("short_lived", "cpu_chain.c", C_FRAME_POINTERS),
     program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
     program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
+    program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
     // Without frame pointers.
     program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
     program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),

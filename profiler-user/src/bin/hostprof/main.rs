@@ -2,9 +2,11 @@
 
 mod agent;
 mod cli;
+mod output;
 mod record;
 
 use cli::{Cli, Command};
+use hostprof::text::escape;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_checked();
@@ -13,7 +15,26 @@ fn main() -> std::process::ExitCode {
         Command::Agent(_) => "info",
         _ => "warn",
     };
+    // Log lines carry names tenants pick (file names, pod names, errors
+    // quoting them): escaped like every text output, in env_logger's
+    // own layout.
+    let layout = env_logger::fmt::ConfigurableFormat::default();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format(move |out, record| {
+            let message = record.args().to_string();
+            let message = escape(&message);
+            layout.format(
+                out,
+                &log::Record::builder()
+                    .args(format_args!("{message}"))
+                    .level(record.level())
+                    .target(record.target())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            )
+        })
         .init();
     let result = match cli.command {
         Command::Record(args) => record::run(args),
@@ -23,7 +44,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", escape(&format!("{err:#}")));
             std::process::ExitCode::FAILURE
         }
     }

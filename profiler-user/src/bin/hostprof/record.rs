@@ -6,49 +6,68 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use hostprof::otlp::{Exporter, HostIdentity};
 use hostprof::profile::Profile;
 use hostprof::profiler::{PipelineStats, Profiler, ProfilerOptions, Progress};
 use hostprof::settings::{CommandLine, LocalOutputs, RecordOnly, RecordSettings};
 use hostprof::summary::{CaptureReport, Summary};
+use hostprof::text::escape;
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::check_pids_exist;
+use crate::output::{check_distinct, PendingFile};
 
 /// Runs a capture as `line` says and writes its outputs (or prints its
 /// configuration).
+///
+/// Everything that can be checked is checked before sampling: the output
+/// files are reserved (see [`PendingFile`]), the pids, the exporter's
+/// settings. SIGTERM or SIGINT ends sampling early; what was collected is
+/// written all the same and the exit status is success.
 pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
     let options = line.settings()?.resolve(|name| std::env::var(name).ok())?;
     if line.print_config {
         print!("{}", RecordSettings::effective(&options).to_yaml());
         return Ok(ExitCode::SUCCESS);
     }
+    let outputs = Outputs::reserve(options.local.as_ref(), options.stats_json.as_deref())?;
     check_pids_exist(&options.profiler.policy.target)?;
     let exporter = options.exporter.map(Exporter::new).transpose()?;
     let host = HostIdentity::detect(options.profiler.node_name.as_deref())?;
-    if let Some(local) = &options.local {
-        check_output_dir("--output", &local.pprof)?;
-        if let Some(path) = &local.flamegraph {
-            check_output_dir("--flamegraph", path)?;
-        }
-        if let Some(path) = &local.folded {
-            check_output_dir("--folded", path)?;
-        }
-    }
-    if let Some(path) = &options.stats_json {
-        check_output_dir("--stats-json", path)?;
-    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let captured = runtime.block_on(capture(options.profiler, options.duration))?;
     let profiles = &captured.profiles;
-    if let Some(local) = &options.local {
-        for profile in profiles {
-            write_outputs(profile, local)?;
+    // Each output is written whole or not at all; one that fails does not
+    // keep the others from being written.
+    let mut failed = Vec::new();
+    let mut done = |result: anyhow::Result<()>| {
+        if let Err(err) = result {
+            failed.push(err);
         }
+    };
+    if let Some(pending) = outputs.pprof {
+        done(write_each(pending, profiles, |profile, out| {
+            Ok(hostprof::pprof::write_gzip(profile, out)?)
+        }));
+    }
+    if let Some(pending) = outputs.flamegraph {
+        done(write_each(pending, profiles, |profile, out| {
+            Ok(hostprof::flamegraph::write_svg(
+                profile,
+                out,
+                profile.kind.title(),
+            )?)
+        }));
+    }
+    if let Some(pending) = outputs.folded {
+        done(write_each(pending, profiles, |profile, out| {
+            Ok(hostprof::flamegraph::write_folded(profile, out)?)
+        }));
     }
     let summaries: Vec<Summary> = profiles
         .iter()
@@ -57,21 +76,96 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
     for summary in &summaries {
         print!("\n{summary}");
     }
-    if let Some(path) = &options.stats_json {
+    if let Some(pending) = outputs.stats_json {
         let report = CaptureReport {
             sampling_seconds: captured.sampling.as_secs_f64(),
             finishing_seconds: captured.finishing.as_secs_f64(),
             profiles: summaries,
         };
-        report
-            .write_json(create(path)?)
-            .with_context(|| format!("writing --stats-json {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+        done(write_and_report(pending, |out| Ok(report.write_json(out)?)));
     }
     if let Some(exporter) = exporter {
-        runtime.block_on(export(&exporter, profiles, &host))?;
+        done(runtime.block_on(export(&exporter, profiles, &host)));
     }
-    Ok(ExitCode::SUCCESS)
+    match failed.len() {
+        0 => Ok(ExitCode::SUCCESS),
+        1 => Err(failed.remove(0)),
+        n => {
+            for err in &failed[..n - 1] {
+                eprintln!("error: {}", escape(&format!("{err:#}")));
+            }
+            Err(failed.remove(n - 1))
+        }
+    }
+}
+
+/// The files a capture writes, reserved before it starts.
+struct Outputs {
+    pprof: Option<PendingFile>,
+    flamegraph: Option<PendingFile>,
+    folded: Option<PendingFile>,
+    stats_json: Option<PendingFile>,
+}
+
+impl Outputs {
+    /// Reserves every output: fails, naming the flag, the path and the
+    /// fix, when one cannot be written or two share a path.
+    fn reserve(local: Option<&LocalOutputs>, stats_json: Option<&Path>) -> anyhow::Result<Self> {
+        let mut named: Vec<(&'static str, &Path)> = Vec::new();
+        if let Some(local) = local {
+            named.push(("--output", &local.pprof));
+            if let Some(path) = &local.flamegraph {
+                named.push(("--flamegraph", path));
+            }
+            if let Some(path) = &local.folded {
+                named.push(("--folded", path));
+            }
+        }
+        if let Some(path) = stats_json {
+            named.push(("--stats-json", path));
+        }
+        check_distinct(&named)?;
+        let reserve = |flag, path: Option<&Path>| {
+            path.map(|path| PendingFile::reserve(flag, path))
+                .transpose()
+        };
+        Ok(Self {
+            pprof: reserve("--output", local.map(|l| l.pprof.as_path()))?,
+            flamegraph: reserve("--flamegraph", local.and_then(|l| l.flamegraph.as_deref()))?,
+            folded: reserve("--folded", local.and_then(|l| l.folded.as_deref()))?,
+            stats_json: reserve("--stats-json", stats_json)?,
+        })
+    }
+}
+
+/// Writes each profile in turn (the file keeps the last) and puts the
+/// file in place.
+fn write_each(
+    mut pending: PendingFile,
+    profiles: &[Profile],
+    write: impl Fn(&Profile, &mut BufWriter<&File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let path = pending.path().to_owned();
+    for profile in &profiles[..profiles.len().saturating_sub(1)] {
+        pending
+            .write(|out| write(profile, out))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    match profiles.last() {
+        Some(last) => write_and_report(pending, |out| write(last, out)),
+        None => Ok(()),
+    }
+}
+
+/// Writes the file with `write`, puts it in place and says so.
+fn write_and_report(
+    pending: PendingFile,
+    write: impl FnOnce(&mut BufWriter<&File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let path = pending.path().to_owned();
+    pending.write_and_commit(write)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 async fn export(
@@ -90,7 +184,8 @@ async fn export(
     if outcome.rejected_profiles > 0 || !outcome.message.is_empty() {
         eprintln!(
             "warning: the collector rejected {} profiles: {}",
-            outcome.rejected_profiles, outcome.message
+            outcome.rejected_profiles,
+            escape(&outcome.message)
         );
     }
     Ok(())
@@ -110,15 +205,21 @@ struct Captured {
 }
 
 async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result<Captured> {
+    // Installed before the profiler starts, so a signal while it loads
+    // ends the capture (with what there is) rather than the process.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut profiler = Profiler::start(options)?;
     let bar = progress_bar(duration);
     let stop = async {
-        tokio::select! {
-            () = tokio::time::sleep(duration) => {}
-            _ = tokio::signal::ctrl_c() => {
-                bar.println("interrupted: stopping early and writing what was collected");
-            }
-        }
+        let signal = tokio::select! {
+            () = tokio::time::sleep(duration) => return,
+            _ = term.recv() => "terminated (SIGTERM)",
+            _ = int.recv() => "interrupted",
+        };
+        // Said even without a terminal (where the bar, and its println, are
+        // hidden): logs of a stopped Job show why the capture is short.
+        bar.suspend(|| eprintln!("{signal}: stopping early and writing what was collected"));
     };
     let started = Instant::now();
     profiler
@@ -154,48 +255,4 @@ fn update(bar: &ProgressBar, progress: &Progress) {
         "{} samples, {} processes, {} dropped",
         progress.samples, progress.processes, progress.stats.dropped
     ));
-}
-
-fn write_outputs(profile: &Profile, local: &LocalOutputs) -> anyhow::Result<()> {
-    hostprof::pprof::write_file(profile, &local.pprof)?;
-    eprintln!("wrote {}", local.pprof.display());
-    if let Some(path) = &local.flamegraph {
-        let out = create(path)?;
-        hostprof::flamegraph::write_svg(profile, out, profile.kind.title())
-            .with_context(|| format!("writing the flamegraph to {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    if let Some(path) = &local.folded {
-        let out = create(path)?;
-        hostprof::flamegraph::write_folded(profile, out)
-            .with_context(|| format!("writing folded stacks to {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
-}
-
-/// Fails before sampling, rather than after, when an output cannot be written.
-fn check_output_dir(flag: &str, path: &Path) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        bail!(
-            "{flag} {}: the directory {} does not exist; create it or choose another path",
-            path.display(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
-    let file = File::create(path).with_context(|| {
-        format!(
-            "cannot create {}: check that the directory exists and is writable",
-            path.display()
-        )
-    })?;
-    Ok(BufWriter::new(file))
 }
