@@ -125,7 +125,8 @@ impl Exporter {
                 path: path.clone(),
                 reason,
             };
-            let pem = std::fs::read(path).map_err(|err| bad(err.to_string()))?;
+            let pem = crate::input::read_file(path, crate::input::MAX_CERTIFICATE_BYTES)
+                .map_err(|err| bad(err.to_string()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|err| bad(format!("not PEM certificates: {err}")))?;
             if certs.is_empty() {

@@ -230,14 +230,15 @@ impl<C: CommandGroup> CommandLine<C> {
 /// Settings that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// The config file could not be read.
+    /// The config file could not be read, or is not a regular UTF-8 file
+    /// of at most [`MAX_CONFIG_BYTES`](crate::input::MAX_CONFIG_BYTES).
     #[error("cannot read the config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: crate::input::ReadError,
     },
     /// The config file is not valid YAML, or holds an unknown key, a bad
     /// value or settings that do not go together.

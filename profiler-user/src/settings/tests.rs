@@ -519,3 +519,36 @@ fn keys_are_the_long_flags() {
         Profiling::KEYS
     );
 }
+
+#[test]
+fn config_files_are_regular_files_of_at_most_1_mib() {
+    // /dev/zero never ends: refused before a byte is read.
+    let err = AgentSettings::load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(err)),
+        "cannot read the config file /dev/zero: it is a character device, not a regular file"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    let mut text = "interval: 10s\n".to_owned();
+    while text.len() <= crate::input::MAX_CONFIG_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    let err = AgentSettings::load(&big).unwrap_err();
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(err)),
+        format!(
+            "cannot read the config file {}: it is larger than 1 MiB (1048576 bytes), \
+             the most hostprof reads from it",
+            big.display()
+        )
+    );
+    // Up to the limit is fine.
+    text.truncate(crate::input::MAX_CONFIG_BYTES);
+    let end = text.rfind('\n').unwrap() + 1;
+    text.truncate(end);
+    std::fs::write(&big, &text).unwrap();
+    let settings = AgentSettings::load(&big).unwrap();
+    assert_eq!(settings.command.interval, Some(Duration::from_secs(10)));
+}
