@@ -552,3 +552,55 @@ fn config_files_are_regular_files_of_at_most_1_mib() {
     let settings = AgentSettings::load(&big).unwrap();
     assert_eq!(settings.command.interval, Some(Duration::from_secs(10)));
 }
+
+#[test]
+fn queue_bounds_must_hold_a_request() {
+    let err = parse("queue_max_bytes: 0\n").unwrap_err().to_string();
+    assert!(
+        err.starts_with("agent.yaml:1:1: queue_max_bytes: 0 is too small: give at least 65536"),
+        "{err}"
+    );
+    assert!(err.contains("the default, 33554432"), "{err}");
+    let err = parse("\nqueue_max_requests: 0\n").unwrap_err().to_string();
+    assert!(
+        err.starts_with("agent.yaml:2:1: queue_max_requests: must be at least 1"),
+        "{err}"
+    );
+    assert!(parse("queue_max_bytes: 65536\n").is_ok());
+    let mut flags = AgentSettings::default();
+    flags.command.queue_max_bytes = Some(0);
+    let err = flags.resolve(|_| None).unwrap_err().to_string();
+    assert!(err.starts_with("queue_max_bytes: 0 is too small"), "{err}");
+}
+
+#[test]
+fn endpoints_are_checked_where_written() {
+    let err = parse("frequency: 49\notlp_endpoint: http://collector:99999\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "agent.yaml:2:1: otlp_endpoint: \"http://collector:99999\" is not an OTLP \
+             endpoint: expected a port from 1 to 65535"
+        ),
+        "{err}"
+    );
+    assert!(parse("otlp_endpoint: collector:4317\n").is_err());
+    // An empty endpoint variable is unset: the agent takes the default,
+    // record does not export.
+    let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(String::new);
+    let options = AgentSettings::default().resolve(env).unwrap();
+    assert_eq!(options.exporter.endpoint, "http://localhost:4317");
+    assert_eq!(
+        RecordSettings::default().resolve(env).unwrap().exporter,
+        None
+    );
+    let err = AgentSettings::default()
+        .resolve(|k| (k == "OTEL_EXPORTER_OTLP_TIMEOUT").then(|| "0".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid OTEL_EXPORTER_OTLP_TIMEOUT \"0\""),
+        "{err}"
+    );
+}
