@@ -42,7 +42,8 @@
 //! [`settings`] is the one model of every setting of `hostprof record` and
 //! `hostprof agent` (flags, config file, environment, defaults).
 //!
-//! [`system_info`] checks what the host provides.
+//! [`system_info`] checks what the host provides; [`input`] reads the
+//! files it is pointed at within a size limit.
 //!
 //! [`text`] escapes the names tenants control (symbols, process, thread
 //! and file names) for every text output.
@@ -52,6 +53,7 @@ mod aggregate;
 pub mod container;
 pub mod filter;
 pub mod flamegraph;
+pub mod input;
 pub mod k8s;
 pub mod kind;
 mod memory;

@@ -1,7 +1,8 @@
 //! Exporter settings from the OpenTelemetry SDK environment variables and
 //! command-line flags. Precedence, highest first: flag, the profiles-specific
 //! variable (`OTEL_EXPORTER_OTLP_PROFILES_*`), the generic one
-//! (`OTEL_EXPORTER_OTLP_*`), the default.
+//! (`OTEL_EXPORTER_OTLP_*`), the default. A variable set to an empty value
+//! counts as unset, as the OpenTelemetry specification says.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,9 +26,9 @@ impl std::str::FromStr for Protocol {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" | "http" => Ok(Protocol::HttpProtobuf),
             other => Err(ConfigError::Invalid {
-                what: "OTLP protocol",
+                what: "OTLP protocol".into(),
                 value: other.to_owned(),
-                expected: "grpc or http/protobuf",
+                expected: "grpc or http/protobuf".into(),
             }),
         }
     }
@@ -62,13 +63,61 @@ pub enum ConfigError {
     /// A value of the wrong form.
     #[error("invalid {what} {value:?}: expected {expected}")]
     Invalid {
-        /// Which setting.
-        what: &'static str,
+        /// Which setting: the variable or flag, when known.
+        what: String,
         /// The value given.
         value: String,
         /// What would be accepted.
-        expected: &'static str,
+        expected: String,
     },
+}
+
+impl ConfigError {
+    /// The error, said of `setting` (an environment variable, say).
+    fn of(self, setting: &str) -> Self {
+        match self {
+            ConfigError::Invalid {
+                value, expected, ..
+            } => ConfigError::Invalid {
+                what: setting.to_owned(),
+                value,
+                expected,
+            },
+        }
+    }
+}
+
+/// The value of the variable `name` as `env` reads it, `None` when it is
+/// unset or empty (the OpenTelemetry specification: an empty value means
+/// unset).
+pub fn env_value(env: impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.trim().is_empty())
+}
+
+/// Checks that `endpoint` is an OTLP endpoint URL: `http://` or
+/// `https://`, a host, and a port (when given) from 1 to 65535. The error
+/// says what is expected.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)";
+    let url = match url::Url::parse(endpoint.trim()) {
+        Ok(url) => url,
+        Err(url::ParseError::InvalidPort) => {
+            return Err(format!("a port from 1 to 65535, {EXAMPLE}"))
+        }
+        Err(err) => return Err(format!("a URL ({err}), {EXAMPLE}")),
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "a URL starting with http:// or https://, {EXAMPLE}"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("a URL with a host, {EXAMPLE}"));
+    }
+    if url.port() == Some(0) {
+        return Err(format!("a port from 1 to 65535, {EXAMPLE}"));
+    }
+    Ok(())
 }
 
 /// Where and how to export.
@@ -110,68 +159,82 @@ pub struct ExporterFlags {
 pub const HTTP_PATH: &str = "/v1development/profiles";
 
 impl ExporterConfig {
-    /// Settings from `flags` over the environment as read by `env`.
+    /// Settings from `flags` over the environment as read by `env`. An
+    /// error names the variable (or the setting) at fault.
     pub fn resolve(
         flags: &ExporterFlags,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        // (value, variable, whether it is the profiles-specific one); an
+        // empty specific variable defers to the generic one.
         let var = |name: &str| {
-            env(&format!("OTEL_EXPORTER_OTLP_PROFILES_{name}"))
-                .map(|v| (v, true))
-                .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{name}")).map(|v| (v, false)))
-                .filter(|(v, _)| !v.trim().is_empty())
+            let specific = format!("OTEL_EXPORTER_OTLP_PROFILES_{name}");
+            let generic = format!("OTEL_EXPORTER_OTLP_{name}");
+            env_value(&env, &specific)
+                .map(|v| (v, specific, true))
+                .or_else(|| env_value(&env, &generic).map(|v| (v, generic, false)))
         };
         let protocol = match (flags.protocol, var("PROTOCOL")) {
             (Some(p), _) => p,
-            (None, Some((v, _))) => v.parse()?,
+            (None, Some((v, name, _))) => v.parse().map_err(|err: ConfigError| err.of(&name))?,
             (None, None) => Protocol::Grpc,
         };
-        let (endpoint, path_included) = match (&flags.endpoint, var("ENDPOINT")) {
-            (Some(e), _) => (e.clone(), false),
-            (None, Some((e, specific))) => (e, specific && protocol == Protocol::HttpProtobuf),
+        let (endpoint, from, path_included) = match (&flags.endpoint, var("ENDPOINT")) {
+            (Some(e), _) => (e.clone(), ENDPOINT_SETTING.to_owned(), false),
+            (None, Some((e, name, specific))) => {
+                (e, name, specific && protocol == Protocol::HttpProtobuf)
+            }
             (None, None) => match protocol {
-                Protocol::Grpc => ("http://localhost:4317".to_owned(), false),
-                Protocol::HttpProtobuf => ("http://localhost:4318".to_owned(), false),
+                Protocol::Grpc => ("http://localhost:4317".to_owned(), String::new(), false),
+                Protocol::HttpProtobuf => {
+                    ("http://localhost:4318".to_owned(), String::new(), false)
+                }
             },
         };
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        if let Err(expected) = check_endpoint(&endpoint) {
             return Err(ConfigError::Invalid {
-                what: "OTLP endpoint",
+                what: from,
                 value: endpoint,
-                expected: "a URL starting with http:// or https://, e.g. http://localhost:4317",
+                expected,
             });
         }
         let mut headers = match var("HEADERS") {
-            Some((v, _)) => parse_headers(&v)?,
+            Some((v, name, _)) => parse_key_values(&v, &name)?,
             None => Vec::new(),
         };
         headers.extend(flags.headers.iter().cloned());
-        let gzip = match var("COMPRESSION").map(|(v, _)| v) {
+        let gzip = match var("COMPRESSION") {
             None => true,
-            Some(v) if v.trim() == "gzip" => true,
-            Some(v) if v.trim() == "none" => false,
-            Some(v) => {
+            Some((v, _, _)) if v.trim() == "gzip" => true,
+            Some((v, _, _)) if v.trim() == "none" => false,
+            Some((v, name, _)) => {
                 return Err(ConfigError::Invalid {
-                    what: "OTLP compression",
+                    what: name,
                     value: v,
-                    expected: "gzip or none",
+                    expected: "gzip or none".into(),
                 })
             }
         };
         let timeout = match var("TIMEOUT") {
             None => super::export::DEFAULT_TIMEOUT,
-            Some((v, _)) => {
-                Duration::from_millis(v.trim().parse().map_err(|_| ConfigError::Invalid {
-                    what: "OTLP timeout",
-                    value: v.clone(),
-                    expected: "a whole number of milliseconds",
-                })?)
-            }
+            Some((v, name, _)) => match v.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        what: name,
+                        value: v,
+                        expected: format!(
+                            "a whole number of milliseconds above 0, e.g. {} (the default)",
+                            super::export::DEFAULT_TIMEOUT.as_millis()
+                        ),
+                    })
+                }
+            },
         };
         let certificate = flags
             .certificate
             .clone()
-            .or_else(|| var("CERTIFICATE").map(|(v, _)| PathBuf::from(v.trim())));
+            .or_else(|| var("CERTIFICATE").map(|(v, _, _)| PathBuf::from(v.trim())));
         Ok(Self {
             endpoint,
             path_included,
@@ -181,6 +244,17 @@ impl ExporterConfig {
             timeout,
             certificate,
         })
+    }
+
+    /// True when an endpoint is set in `flags` or in the environment (an
+    /// empty variable is unset).
+    pub fn endpoint_configured(
+        flags: &ExporterFlags,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> bool {
+        flags.endpoint.is_some()
+            || env_value(&env, "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some()
+            || env_value(&env, "OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
     }
 
     /// The URL HTTP exports are posted to.
@@ -193,17 +267,26 @@ impl ExporterConfig {
     }
 }
 
+/// How errors name the endpoint setting of [`ExporterFlags`].
+const ENDPOINT_SETTING: &str = "OTLP endpoint (--otlp-endpoint, otlp_endpoint)";
+
 /// Parses `k1=v1,k2=v2` (W3C baggage style, values percent-decoded), the
-/// format of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`.
-pub fn parse_headers(s: &str) -> Result<Vec<(String, String)>, ConfigError> {
+/// format of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`;
+/// an error names `setting`, where the list comes from.
+pub fn parse_key_values(s: &str, setting: &str) -> Result<Vec<(String, String)>, ConfigError> {
     s.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| ConfigError::Invalid {
-                what: "key=value list entry",
-                value: pair.to_owned(),
-                expected: "key=value",
-            })?;
+            let (k, v) = pair
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| ConfigError::Invalid {
+                    what: format!("{setting} entry"),
+                    value: pair.to_owned(),
+                    expected: "key=value, in a comma-separated list such as \
+                               team=shop,env=prod (values may be percent-encoded)"
+                        .into(),
+                })?;
             Ok((percent_decode(k.trim()), percent_decode(v.trim())))
         })
         .collect()
@@ -332,7 +415,91 @@ mod tests {
             &[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]
         )
         .is_err());
-        assert!(parse_headers("novalue").is_err());
+        assert!(parse_key_values("novalue", "X").is_err());
         assert_eq!(percent_decode("a%2Cb%"), "a,b%");
+    }
+
+    /// The message of resolving with `vars` and no flags.
+    fn error(vars: &[(&str, &str)]) -> String {
+        resolve(&ExporterFlags::default(), vars)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_variable_and_the_fix() {
+        assert_eq!(
+            error(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]),
+            "invalid OTEL_EXPORTER_OTLP_TIMEOUT \"0\": expected a whole number of \
+             milliseconds above 0, e.g. 10000 (the default)"
+        );
+        assert!(error(&[("OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT", "soon")])
+            .starts_with("invalid OTEL_EXPORTER_OTLP_PROFILES_TIMEOUT \"soon\""));
+        assert_eq!(
+            error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:99999")]),
+            "invalid OTEL_EXPORTER_OTLP_ENDPOINT \"http://localhost:99999\": expected a port \
+             from 1 to 65535, e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)"
+        );
+        assert!(
+            error(&[("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "http://h:0")])
+                .contains("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT \"http://h:0\": expected a port")
+        );
+        assert!(error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://")]).contains("host"));
+        assert!(error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://h:21")]).contains("http://"));
+        assert!(error(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "udp")])
+            .starts_with("invalid OTEL_EXPORTER_OTLP_PROTOCOL \"udp\""));
+        assert!(error(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")])
+            .starts_with("invalid OTEL_EXPORTER_OTLP_COMPRESSION \"zstd\""));
+        assert!(error(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=1,b")])
+            .starts_with("invalid OTEL_EXPORTER_OTLP_HEADERS entry \"b\": expected key=value"));
+        let flags = ExporterFlags {
+            endpoint: Some("http://collector:99999".into()),
+            ..ExporterFlags::default()
+        };
+        let err = resolve(&flags, &[]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid OTLP endpoint (--otlp-endpoint, otlp_endpoint)"),
+            "{err}"
+        );
+        assert!(check_endpoint("https://collector.example:4317/").is_ok());
+        assert!(check_endpoint("http://[::1]:4318").is_ok());
+        assert!(check_endpoint("http://localhost").is_ok());
+    }
+
+    #[test]
+    fn empty_variables_are_unset() {
+        let unset = ExporterConfig::resolve(&ExporterFlags::default(), |_| None).unwrap();
+        for name in [
+            "ENDPOINT",
+            "PROTOCOL",
+            "HEADERS",
+            "COMPRESSION",
+            "TIMEOUT",
+            "CERTIFICATE",
+        ] {
+            for prefix in ["OTEL_EXPORTER_OTLP_", "OTEL_EXPORTER_OTLP_PROFILES_"] {
+                let var = format!("{prefix}{name}");
+                for empty in ["", "  "] {
+                    let c = resolve(&ExporterFlags::default(), &[(var.as_str(), empty)]);
+                    assert_eq!(c.as_ref(), Ok(&unset), "{var}={empty:?}");
+                }
+            }
+        }
+        // An empty specific variable defers to the generic one.
+        let c = resolve(
+            &ExporterFlags::default(),
+            &[
+                ("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", ""),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4317"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.endpoint, "http://generic:4317");
+        let vars: HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_ENDPOINT", "")].into();
+        let env = |k: &str| vars.get(k).map(|v| v.to_string());
+        assert!(!ExporterConfig::endpoint_configured(
+            &ExporterFlags::default(),
+            env
+        ));
     }
 }

@@ -91,6 +91,19 @@ pub enum ExportError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A response larger than [`MAX_RESPONSE_BYTES`]: an export response
+    /// is a few bytes, so whatever sent it is not a working collector.
+    #[error(
+        "the OTLP endpoint {endpoint} answered with more than {}, the most hostprof reads \
+         of a response (an export response is a few bytes): is it an OTLP collector?",
+        crate::input::size(*limit)
+    )]
+    ResponseTooLarge {
+        /// Where.
+        endpoint: String,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// A response that is not an `ExportProfilesServiceResponse`.
     #[error("the OTLP endpoint {url} answered with something that is not an export response")]
     Decode {
@@ -101,6 +114,17 @@ pub enum ExportError {
         source: prost::DecodeError,
     },
 }
+
+/// Most bytes of a collector's response that are read: an
+/// `ExportProfilesServiceResponse` is a few bytes (a `partial_success`
+/// message at most), so a larger one is refused rather than held.
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+/// Most bytes of an error response's body that are read, for the message.
+const ERROR_BODY_BYTES: usize = 1 << 10;
+
+/// Bytes of an error response's body shown in the message.
+const ERROR_BODY_SHOWN: usize = 200;
 
 /// What the collector said about an accepted request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,7 +165,8 @@ impl Exporter {
                 path: path.clone(),
                 reason,
             };
-            let pem = std::fs::read(path).map_err(|err| bad(err.to_string()))?;
+            let pem = crate::input::read_file(path, crate::input::MAX_CERTIFICATE_BYTES)
+                .map_err(|err| bad(err.to_string()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)
                 .map_err(|err| bad(format!("not PEM certificates: {err}")))?;
             if certs.is_empty() {
@@ -190,7 +215,8 @@ impl Exporter {
             .get_or_try_init(|| self.connect_grpc())
             .await?
             .clone();
-        let mut client = ProfilesServiceClient::new(channel);
+        let mut client =
+            ProfilesServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
         if self.config.gzip {
             client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
         }
@@ -211,7 +237,7 @@ impl Exporter {
         let response = client
             .export(call)
             .await
-            .map_err(|source| ExportError::Grpc { endpoint, source })?
+            .map_err(|source| grpc_error(endpoint, source))?
             .into_inner();
         Ok(outcome(response, bytes_sent))
     }
@@ -267,23 +293,41 @@ impl Exporter {
             url: url.clone(),
             source,
         };
-        let response = builder.body(body).send().await.map_err(http_err)?;
+        let mut response = builder.body(body).send().await.map_err(http_err)?;
         let status = response.status();
         let retry_after = response
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = response.bytes().await.map_err(http_err)?;
         if !status.is_success() {
+            // The start of the body is enough for the message; the rest is
+            // left unread (and the connection closed).
+            let bytes = match read_body(&mut response, ERROR_BODY_BYTES).await {
+                Ok(Body::Whole(bytes) | Body::Cut(bytes)) => bytes,
+                Err(_) => Vec::new(),
+            };
             return Err(ExportError::HttpStatus {
                 url,
                 status,
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(ERROR_BODY_SHOWN)])
+                    .into_owned(),
                 retry_after,
             });
         }
-        let response = ExportProfilesServiceResponse::decode(bytes)
+        let bytes = match read_body(&mut response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(http_err)?
+        {
+            Body::Whole(bytes) => bytes,
+            Body::Cut(_) => {
+                return Err(ExportError::ResponseTooLarge {
+                    endpoint: url,
+                    limit: MAX_RESPONSE_BYTES,
+                })
+            }
+        };
+        let response = ExportProfilesServiceResponse::decode(bytes.as_slice())
             .map_err(|source| ExportError::Decode { url, source })?;
         Ok(outcome(response, bytes_sent))
     }
@@ -330,6 +374,59 @@ fn check_headers(config: &ExporterConfig) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// A response body as read by [`read_body`].
+#[derive(Debug, PartialEq, Eq)]
+enum Body {
+    /// All of it.
+    Whole(Vec<u8>),
+    /// It is longer than the limit: its first `limit` bytes at most (none
+    /// when its declared length already says so).
+    Cut(Vec<u8>),
+}
+
+/// Reads `response`'s body chunk by chunk, holding at most `limit` bytes:
+/// a body declared or found to be longer is cut there and not read on.
+async fn read_body(response: &mut reqwest::Response, limit: usize) -> reqwest::Result<Body> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Ok(Body::Cut(Vec::new()));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if chunk.len() > limit - bytes.len() {
+            let room = limit - bytes.len();
+            bytes.extend_from_slice(&chunk[..room]);
+            return Ok(Body::Cut(bytes));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Body::Whole(bytes))
+}
+
+/// A failed gRPC call: [`ExportError::ResponseTooLarge`] when tonic refused
+/// a response over [`MAX_RESPONSE_BYTES`] (as sent, or once decompressed),
+/// else [`ExportError::Grpc`].
+fn grpc_error(endpoint: String, source: tonic::Status) -> ExportError {
+    let message = source.message();
+    let too_large = match source.code() {
+        tonic::Code::OutOfRange => message.contains("decoded message length too large"),
+        tonic::Code::ResourceExhausted => {
+            message.contains("size limit") && message.contains("decompressing")
+        }
+        _ => false,
+    };
+    if too_large {
+        ExportError::ResponseTooLarge {
+            endpoint,
+            limit: MAX_RESPONSE_BYTES,
+        }
+    } else {
+        ExportError::Grpc { endpoint, source }
+    }
+}
+
 fn outcome(response: ExportProfilesServiceResponse, bytes_sent: usize) -> ExportOutcome {
     let partial = response.partial_success.unwrap_or_default();
     ExportOutcome {
@@ -352,7 +449,202 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use hostprof_proto::otlp::collector::profiles::v1development::profiles_service_server::{
+        ProfilesService, ProfilesServiceServer,
+    };
+    use hostprof_proto::otlp::collector::profiles::v1development::ExportProfilesPartialSuccess;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
     use super::*;
+
+    /// How the stand-in collector answers every request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `200` with a valid export response.
+        Ok,
+        /// `200` declaring a 512 MiB body, then sending it.
+        Huge,
+        /// `200` with a chunked body that never ends.
+        Endless,
+        /// `200` with a chunked body one byte over the limit.
+        JustOver,
+        /// `400` with a chunked body that never ends.
+        RefusedEndless,
+    }
+
+    /// Serves HTTP/1.1 on a local port, answering every request `answer`.
+    async fn http_collector(answer: Answer) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer_requests(stream, answer));
+            }
+        });
+        addr
+    }
+
+    /// Reads each request on `stream` and answers it; returns when the
+    /// client goes away.
+    async fn answer_requests(mut stream: TcpStream, answer: Answer) -> std::io::Result<()> {
+        loop {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0];
+                if stream.read(&mut byte).await? == 0 {
+                    return Ok(());
+                }
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            let mut body = vec![0; length];
+            stream.read_exact(&mut body).await?;
+            let chunk = vec![b'x'; 64 << 10];
+            match answer {
+                Answer::Ok => {
+                    let body = ExportProfilesServiceResponse::default().encode_to_vec();
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(&body).await?;
+                }
+                Answer::Huge => {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 536870912\r\n\r\n")
+                        .await?;
+                    for _ in 0..(512 << 20) / chunk.len() {
+                        stream.write_all(&chunk).await?;
+                    }
+                }
+                Answer::Endless | Answer::RefusedEndless | Answer::JustOver => {
+                    let status = match answer {
+                        Answer::RefusedEndless => "400 Bad Request",
+                        _ => "200 OK",
+                    };
+                    let head = format!("HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n");
+                    stream.write_all(head.as_bytes()).await?;
+                    let mut sent = 0;
+                    loop {
+                        if matches!(answer, Answer::JustOver) && sent == MAX_RESPONSE_BYTES {
+                            stream.write_all(b"1\r\nx\r\n0\r\n\r\n").await?;
+                            break;
+                        }
+                        stream
+                            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .await?;
+                        stream.write_all(&chunk).await?;
+                        stream.write_all(b"\r\n").await?;
+                        sent += chunk.len();
+                    }
+                }
+            }
+        }
+    }
+
+    fn exporter(protocol: Protocol, addr: SocketAddr) -> Exporter {
+        Exporter::new(ExporterConfig {
+            endpoint: format!("http://{addr}"),
+            path_included: false,
+            protocol,
+            headers: Vec::new(),
+            gzip: false,
+            // Long, so that only the size limit can end an endless body.
+            timeout: Duration::from_secs(120),
+            certificate: None,
+        })
+        .unwrap()
+    }
+
+    /// Exports once, failing the test if that takes longer than a minute.
+    async fn export_once(exporter: &Exporter) -> Result<ExportOutcome, ExportError> {
+        let request = ExportProfilesServiceRequest::default();
+        tokio::time::timeout(Duration::from_secs(60), exporter.export(&request))
+            .await
+            .expect("the export ends well before its timeout")
+    }
+
+    #[tokio::test]
+    async fn http_responses_are_read_up_to_the_limit() {
+        let ok = exporter(Protocol::HttpProtobuf, http_collector(Answer::Ok).await);
+        assert!(export_once(&ok).await.is_ok());
+        for answer in [Answer::Huge, Answer::Endless, Answer::JustOver] {
+            let exporter = exporter(Protocol::HttpProtobuf, http_collector(answer).await);
+            let err = export_once(&exporter).await.unwrap_err();
+            assert!(
+                matches!(err, ExportError::ResponseTooLarge { limit, .. } if limit == MAX_RESPONSE_BYTES),
+                "{err:?}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("more than 4 MiB (4194304 bytes), the most hostprof reads"),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn error_responses_are_cut_to_their_start() {
+        let exporter = exporter(
+            Protocol::HttpProtobuf,
+            http_collector(Answer::RefusedEndless).await,
+        );
+        match export_once(&exporter).await.unwrap_err() {
+            ExportError::HttpStatus { status, body, .. } => {
+                assert_eq!(status.as_u16(), 400);
+                assert_eq!(body.len(), ERROR_BODY_SHOWN);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A gRPC collector whose every answer carries a `partial_success`
+    /// message of this many bytes.
+    struct Verbose(usize);
+
+    #[tonic::async_trait]
+    impl ProfilesService for Verbose {
+        async fn export(
+            &self,
+            _: tonic::Request<ExportProfilesServiceRequest>,
+        ) -> Result<tonic::Response<ExportProfilesServiceResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ExportProfilesServiceResponse {
+                partial_success: Some(ExportProfilesPartialSuccess {
+                    rejected_profiles: 0,
+                    error_message: "x".repeat(self.0),
+                }),
+            }))
+        }
+    }
+
+    async fn grpc_collector(message_bytes: usize) -> SocketAddr {
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        // One service, so no router: it answers every path.
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .serve_with_incoming(ProfilesServiceServer::new(Verbose(message_bytes)), incoming),
+        );
+        addr
+    }
+
+    #[tokio::test]
+    async fn grpc_responses_are_decoded_up_to_the_limit() {
+        let small = exporter(Protocol::Grpc, grpc_collector(1000).await);
+        assert_eq!(export_once(&small).await.unwrap().message.len(), 1000);
+        let huge = exporter(Protocol::Grpc, grpc_collector(64 << 20).await);
+        let err = export_once(&huge).await.unwrap_err();
+        assert!(
+            matches!(err, ExportError::ResponseTooLarge { limit, .. } if limit == MAX_RESPONSE_BYTES),
+            "{err:?}"
+        );
+    }
 
     fn config(protocol: Protocol, headers: &[(&str, &str)]) -> ExporterConfig {
         let flags = crate::otlp::ExporterFlags {

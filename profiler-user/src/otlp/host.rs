@@ -1,7 +1,7 @@
 //! Who is reporting: the host's identity, detected once at start and put
 //! on every exported resource by [`super::builder`].
 
-use super::config::{parse_headers, ConfigError};
+use super::config::{env_value, parse_key_values, ConfigError};
 
 /// What identifies the host (and the agent) on every resource.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,8 +43,8 @@ impl HostIdentity {
             s.map(|s| s.trim().to_owned())
                 .filter(|s: &String| !s.is_empty())
         };
-        let mut extra = match env("OTEL_RESOURCE_ATTRIBUTES") {
-            Some(v) => parse_headers(&v)?,
+        let mut extra = match env_value(&env, "OTEL_RESOURCE_ATTRIBUTES") {
+            Some(v) => parse_key_values(&v, "OTEL_RESOURCE_ATTRIBUTES")?,
             None => Vec::new(),
         };
         // The specific settings win over the generic list.
@@ -144,5 +144,18 @@ mod tests {
             matches!(err, Err(ConfigError::Invalid { ref value, .. }) if value == "novalue"),
             "{err:?}"
         );
+        // The message names the variable, and what it should hold.
+        let message = err.unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "invalid OTEL_RESOURCE_ATTRIBUTES entry \"novalue\": expected key=value"
+            ),
+            "{message}"
+        );
+        let err = identity(Some("h"), None, &[("OTEL_RESOURCE_ATTRIBUTES", "a=1,=2")]);
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("OTEL_RESOURCE_ATTRIBUTES"));
     }
 }

@@ -4,6 +4,10 @@
 //!
 //! While the collector is slow or down, callers keep pushing; the queue
 //! drops its oldest requests (counted) and sending resumes on its own.
+//!
+//! Failures are counted every time but logged once per outage: when the
+//! first export fails (a warning when it will be retried, an error when it
+//! is given up) and when one succeeds again ([`Outage`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +36,52 @@ pub struct SendStats {
     pub dropped: Dropped,
     /// Request bytes sent.
     pub bytes_sent: u64,
+}
+
+/// The exports that failed since the last one that worked, for the one
+/// line that ends an outage.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    failed_attempts: u64,
+    failed_profiles: u64,
+}
+
+impl Outage {
+    /// Starts an outage with `err`, logged once: a warning when it will be
+    /// retried, an error when it is given up.
+    fn start(err: &super::ExportError, verdict: Verdict) -> Self {
+        let later = "further failures are counted (hostprof_export_failures_total), \
+                     not logged, until an export works again";
+        match verdict {
+            Verdict::Retry(_) => log::warn!("{err}; retrying with backoff; {later}"),
+            Verdict::GiveUp => {
+                log::error!("export failed and will not be retried: {err}; {later}")
+            }
+        }
+        Self {
+            since: Instant::now(),
+            failed_attempts: 0,
+            failed_profiles: 0,
+        }
+    }
+
+    /// Counts one failed attempt, and the profiles given up with it.
+    fn count(&mut self, given_up: u64) {
+        self.failed_attempts += 1;
+        self.failed_profiles += given_up;
+    }
+
+    /// Logs the end of the outage.
+    fn end(self, endpoint: &str) {
+        log::info!(
+            "export to {endpoint} works again after {}s: {} failed attempts, \
+             {} profiles given up",
+            self.since.elapsed().as_secs(),
+            self.failed_attempts,
+            self.failed_profiles
+        );
+    }
 }
 
 /// A full queue is reported at most this often.
@@ -123,7 +173,7 @@ impl Outbox {
         backoff: Backoff,
         mut stopping: watch::Receiver<bool>,
     ) {
-        let mut failing = false;
+        let mut outage: Option<Outage> = None;
         loop {
             let next = self.queue.lock().expect("queue lock").pop();
             *self.in_flight.lock().expect("in-flight lock") = next.as_ref().map_or(0, |(_, p)| *p);
@@ -141,9 +191,8 @@ impl Outbox {
             loop {
                 match exporter.export(&request).await {
                     Ok(outcome) => {
-                        if failing {
-                            log::info!("export to {} works again", exporter.config().endpoint);
-                            failing = false;
+                        if let Some(outage) = outage.take() {
+                            outage.end(&exporter.config().endpoint);
                         }
                         let rejected = outcome.rejected_profiles.max(0) as u64;
                         if rejected > 0 || !outcome.message.is_empty() {
@@ -161,19 +210,19 @@ impl Outbox {
                     }
                     Err(err) => {
                         self.stats.lock().expect("stats lock").failed_attempts += 1;
-                        match retry::classify(&err) {
+                        let verdict = retry::classify(&err);
+                        // One line per outage, not one per attempt: the
+                        // counters tell the rest.
+                        let outage = outage.get_or_insert_with(|| Outage::start(&err, verdict));
+                        match verdict {
                             Verdict::GiveUp => {
-                                log::error!("export failed and will not be retried: {err}");
+                                outage.count(profiles);
                                 self.stats.lock().expect("stats lock").failed_profiles += profiles;
                                 *self.in_flight.lock().expect("in-flight lock") = 0;
                                 break;
                             }
                             Verdict::Retry(hint) => {
-                                // One line per outage, not one per attempt.
-                                if !failing {
-                                    log::warn!("{err}; retrying with backoff");
-                                    failing = true;
-                                }
+                                outage.count(0);
                                 // Newer requests wait in the bounded queue
                                 // meanwhile, which drops its oldest when full.
                                 let delay = backoff.delay(attempt, rand::random::<f64>(), hint);

@@ -46,9 +46,13 @@ pub fn classify(error: &ExportError) -> Verdict {
             429 | 502 | 503 | 504 => Verdict::Retry(*retry_after),
             _ => Verdict::GiveUp,
         },
+        // A response too large or not an export response: whatever
+        // answers is no working collector, and the request may have been
+        // taken already.
         ExportError::Endpoint { .. }
         | ExportError::Certificate { .. }
         | ExportError::Header { .. }
+        | ExportError::ResponseTooLarge { .. }
         | ExportError::Decode { .. } => Verdict::GiveUp,
     }
 }
@@ -104,6 +108,15 @@ mod tests {
         assert_eq!(classify(&grpc(Code::InvalidArgument)), Verdict::GiveUp);
         assert_eq!(classify(&grpc(Code::ResourceExhausted)), Verdict::GiveUp);
         assert_eq!(classify(&grpc(Code::Unauthenticated)), Verdict::GiveUp);
+    }
+
+    #[test]
+    fn responses_over_the_limit_are_not_retried() {
+        let too_large = ExportError::ResponseTooLarge {
+            endpoint: "e".into(),
+            limit: 4 << 20,
+        };
+        assert_eq!(classify(&too_large), Verdict::GiveUp);
     }
 
     #[test]

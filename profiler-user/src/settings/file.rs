@@ -16,15 +16,19 @@ use std::time::Duration;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::input::{read_text_file, MAX_CONFIG_BYTES};
+
 use super::{AgentOnly, CommandGroup, Group, RecordOnly, Settings, SettingsError};
 
 impl<C: CommandGroup> Settings<C> {
-    /// Reads settings from the YAML file at `path`.
+    /// Reads settings from the YAML file at `path`: a regular file of at
+    /// most [`MAX_CONFIG_BYTES`].
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            read_text_file(path, MAX_CONFIG_BYTES).map_err(|source| SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         Self::from_yaml(&text, path)
     }
 

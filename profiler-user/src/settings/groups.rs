@@ -12,6 +12,7 @@ use super::{settings_group, CommandGroup, Settings, SettingsError, REDACTED};
 use crate::agent::AgentOptions;
 use crate::filter::{parse_selector, ProcessFilter};
 use crate::kind::ProfileKind;
+use crate::otlp::config::check_endpoint;
 use crate::otlp::queue::QueueLimits;
 use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
@@ -140,13 +141,14 @@ settings_group! {
         #[arg(long, value_name = "ADDR")]
         pub metrics_addr: Option<SocketAddr>,
 
-        /// Most export requests held while the collector is slow or down; the
-        /// oldest are dropped (and counted) beyond it [default: 60].
+        /// Most export requests held while the collector is slow or down, at
+        /// least 1; the oldest are dropped (and counted) beyond it [default: 60].
         #[arg(long, value_name = "N")]
         pub queue_max_requests: Option<usize>,
 
         /// Most bytes of export requests held while the collector is slow or
-        /// down [default: 33554432].
+        /// down, at least 65536 (a request larger than this is dropped)
+        /// [default: 33554432].
         #[arg(long, value_name = "BYTES")]
         pub queue_max_bytes: Option<usize>,
 
@@ -197,8 +199,37 @@ settings_group! {
     }
 }
 
+/// The smallest `queue_max_bytes`: one export request of a quiet host
+/// is a few KiB, of a busy one hundreds; a queue smaller than the request
+/// drops it unsent.
+pub const MIN_QUEUE_BYTES: usize = 64 << 10;
+
 impl CommandGroup for AgentOnly {
     const COMMAND: &'static str = "agent";
+
+    fn check(&self) -> Result<(), SettingsError> {
+        if self.queue_max_requests == Some(0) {
+            return Err(SettingsError::Invalid {
+                key: "queue_max_requests",
+                message: format!(
+                    "must be at least 1 to hold any request; leave it out for the default, {}",
+                    QueueLimits::default().max_requests
+                ),
+            });
+        }
+        if let Some(bytes) = self.queue_max_bytes.filter(|&b| b < MIN_QUEUE_BYTES) {
+            return Err(SettingsError::Invalid {
+                key: "queue_max_bytes",
+                message: format!(
+                    "{bytes} is too small: give at least {MIN_QUEUE_BYTES} (64 KiB), as a \
+                     smaller queue drops nearly every request unsent; leave it out for the \
+                     default, {}",
+                    QueueLimits::default().max_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl CommandGroup for RecordOnly {
@@ -347,6 +378,18 @@ impl Filters {
 }
 
 impl Export {
+    /// Checks the endpoint URL (scheme, host, port from 1 to 65535): for
+    /// flags and the file alike, through [`Settings::check`].
+    pub fn check(&self) -> Result<(), SettingsError> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(());
+        };
+        check_endpoint(endpoint).map_err(|expected| SettingsError::Invalid {
+            key: "otlp_endpoint",
+            message: format!("{endpoint:?} is not an OTLP endpoint: expected {expected}"),
+        })
+    }
+
     /// The exporter: these settings over the `OTEL_EXPORTER_OTLP_*`
     /// variables as `env` reads them, over the defaults.
     pub fn exporter(
@@ -369,15 +412,18 @@ impl Export {
     }
 
     /// The exporter, or `None` when no endpoint is set here or in the
-    /// environment.
+    /// environment (where an empty variable is unset).
     pub fn exporter_if_configured(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<ExporterConfig>, SettingsError> {
-        let configured = self.otlp_endpoint.is_some()
-            || env("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT").is_some()
-            || env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some();
-        configured.then(|| self.exporter(env)).transpose()
+        let flags = ExporterFlags {
+            endpoint: self.otlp_endpoint.clone(),
+            ..ExporterFlags::default()
+        };
+        ExporterConfig::endpoint_configured(&flags, &env)
+            .then(|| self.exporter(env))
+            .transpose()
     }
 
     /// Every setting as `exporter` has it (none without one); header values
@@ -436,12 +482,6 @@ impl Settings<AgentOnly> {
             max_requests: agent.queue_max_requests.unwrap_or(defaults.max_requests),
             max_bytes: agent.queue_max_bytes.unwrap_or(defaults.max_bytes),
         };
-        if queue.max_requests == 0 {
-            return Err(SettingsError::Invalid {
-                key: "queue_max_requests",
-                message: "must be at least 1".into(),
-            });
-        }
         Ok(AgentOptions {
             profiler: self.profiler_options(&env)?,
             interval: agent.interval.unwrap_or(DEFAULT_INTERVAL),

@@ -42,7 +42,7 @@ use crate::unwind::UnwinderKind;
 pub use file::parse_duration;
 pub use groups::{
     AgentOnly, Export, Filters, LocalOutputs, Profiling, RecordOnly, RecordOptions,
-    DEFAULT_DURATION, DEFAULT_INTERVAL, DEFAULT_OUTPUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_DURATION, DEFAULT_INTERVAL, DEFAULT_OUTPUT, DEFAULT_SHUTDOWN_TIMEOUT, MIN_QUEUE_BYTES,
 };
 
 /// Settings of `hostprof agent`.
@@ -183,12 +183,14 @@ impl<C: CommandGroup> Settings<C> {
     }
 
     /// Checks the rules between settings: a table budget needs the tables
-    /// unwinder, `profiles` must not be empty, and the command's own
-    /// rules. Applied alike to the flags, to the file (pointing at the
-    /// key) and to the settings resolved from both.
+    /// unwinder, `profiles` must not be empty, the endpoint must be a URL
+    /// with a valid port, and the command's own rules. Applied alike to the
+    /// flags, to the file (pointing at the key) and to the settings
+    /// resolved from both.
     pub fn check(&self) -> Result<(), SettingsError> {
         self.profiling.unwinder()?;
         self.profiling.profile_kinds()?;
+        self.export.check()?;
         self.command.check()
     }
 }
@@ -230,14 +232,15 @@ impl<C: CommandGroup> CommandLine<C> {
 /// Settings that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// The config file could not be read.
+    /// The config file could not be read, or is not a regular UTF-8 file
+    /// of at most [`MAX_CONFIG_BYTES`](crate::input::MAX_CONFIG_BYTES).
     #[error("cannot read the config file {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: crate::input::ReadError,
     },
     /// The config file is not valid YAML, or holds an unknown key, a bad
     /// value or settings that do not go together.

@@ -519,3 +519,88 @@ fn keys_are_the_long_flags() {
         Profiling::KEYS
     );
 }
+
+#[test]
+fn config_files_are_regular_files_of_at_most_1_mib() {
+    // /dev/zero never ends: refused before a byte is read.
+    let err = AgentSettings::load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(err)),
+        "cannot read the config file /dev/zero: it is a character device, not a regular file"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    let mut text = "interval: 10s\n".to_owned();
+    while text.len() <= crate::input::MAX_CONFIG_BYTES {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    let err = AgentSettings::load(&big).unwrap_err();
+    assert_eq!(
+        format!("{:#}", anyhow::Error::from(err)),
+        format!(
+            "cannot read the config file {}: it is larger than 1 MiB (1048576 bytes), \
+             the most hostprof reads from it",
+            big.display()
+        )
+    );
+    // Up to the limit is fine.
+    text.truncate(crate::input::MAX_CONFIG_BYTES);
+    let end = text.rfind('\n').unwrap() + 1;
+    text.truncate(end);
+    std::fs::write(&big, &text).unwrap();
+    let settings = AgentSettings::load(&big).unwrap();
+    assert_eq!(settings.command.interval, Some(Duration::from_secs(10)));
+}
+
+#[test]
+fn queue_bounds_must_hold_a_request() {
+    let err = parse("queue_max_bytes: 0\n").unwrap_err().to_string();
+    assert!(
+        err.starts_with("agent.yaml:1:1: queue_max_bytes: 0 is too small: give at least 65536"),
+        "{err}"
+    );
+    assert!(err.contains("the default, 33554432"), "{err}");
+    let err = parse("\nqueue_max_requests: 0\n").unwrap_err().to_string();
+    assert!(
+        err.starts_with("agent.yaml:2:1: queue_max_requests: must be at least 1"),
+        "{err}"
+    );
+    assert!(parse("queue_max_bytes: 65536\n").is_ok());
+    let mut flags = AgentSettings::default();
+    flags.command.queue_max_bytes = Some(0);
+    let err = flags.resolve(|_| None).unwrap_err().to_string();
+    assert!(err.starts_with("queue_max_bytes: 0 is too small"), "{err}");
+}
+
+#[test]
+fn endpoints_are_checked_where_written() {
+    let err = parse("frequency: 49\notlp_endpoint: http://collector:99999\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "agent.yaml:2:1: otlp_endpoint: \"http://collector:99999\" is not an OTLP \
+             endpoint: expected a port from 1 to 65535"
+        ),
+        "{err}"
+    );
+    assert!(parse("otlp_endpoint: collector:4317\n").is_err());
+    // An empty endpoint variable is unset: the agent takes the default,
+    // record does not export.
+    let env = |k: &str| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(String::new);
+    let options = AgentSettings::default().resolve(env).unwrap();
+    assert_eq!(options.exporter.endpoint, "http://localhost:4317");
+    assert_eq!(
+        RecordSettings::default().resolve(env).unwrap().exporter,
+        None
+    );
+    let err = AgentSettings::default()
+        .resolve(|k| (k == "OTEL_EXPORTER_OTLP_TIMEOUT").then(|| "0".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("invalid OTEL_EXPORTER_OTLP_TIMEOUT \"0\""),
+        "{err}"
+    );
+}

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{self, KillOnDrop, Receiver};
 
-fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> KillOnDrop {
+pub(crate) fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> KillOnDrop {
     KillOnDrop::new(
         Command::new(env!("CARGO_BIN_EXE_hostprof"))
             .args(["agent", "--interval", "500ms", "--otlp-protocol", protocol])
@@ -27,7 +27,7 @@ fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> KillOnDrop {
 }
 
 /// Sends SIGTERM and returns (exit code, stderr).
-fn terminate(child: KillOnDrop) -> (Option<i32>, String) {
+pub(crate) fn terminate(child: KillOnDrop) -> (Option<i32>, String) {
     // SAFETY: kill takes a pid and a signal number.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("wait for agent");
@@ -38,7 +38,7 @@ fn terminate(child: KillOnDrop) -> (Option<i32>, String) {
 }
 
 /// The number after `key` in the agent's final summary line.
-fn summary_number(log: &str, key: &str) -> u64 {
+pub(crate) fn summary_number(log: &str, key: &str) -> u64 {
     let line = log
         .lines()
         .rev()
@@ -53,7 +53,7 @@ fn summary_number(log: &str, key: &str) -> u64 {
 }
 
 /// Every queued profile is accounted for exactly once in the summary.
-fn assert_accounted(log: &str) {
+pub(crate) fn assert_accounted(log: &str) {
     let queued = summary_number(log, "queued");
     let settled = summary_number(log, "exported")
         + summary_number(log, "dropped")
@@ -64,7 +64,7 @@ fn assert_accounted(log: &str) {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -73,7 +73,7 @@ fn free_port() -> u16 {
 }
 
 /// GETs `path` from 127.0.0.1:`port`; (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn get(port: u16, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     write!(
         stream,
@@ -95,14 +95,14 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 /// Polls until the agent's endpoint answers (it binds before sampling).
-fn wait_for_endpoint(port: u16) {
+pub(crate) fn wait_for_endpoint(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "metrics endpoint never came up");

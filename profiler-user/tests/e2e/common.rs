@@ -307,8 +307,8 @@ pub struct Receiver {
 
 impl Receiver {
     /// Starts it, writing to `dir`; `args` are extra options of
-    /// otlp_receiver.py (`--fail-first N`, `--delay S`, `--reject N`,
-    /// `--tls-cert PEM --tls-key PEM`).
+    /// otlp_receiver.py (`--fail-first N`, `--fail-as HOW`, `--delay S`,
+    /// `--reject N`, `--tls-cert PEM --tls-key PEM`).
     pub fn start(dir: &std::path::Path, args: &[&str]) -> Self {
         let out = dir.join("received.jsonl");
         let (child, ports) = start_announcing(
@@ -332,6 +332,16 @@ impl Receiver {
             http_port: ports[1],
             out,
         }
+    }
+
+    /// Requests answered with a failure so far (`--fail-first`), as
+    /// their transports (`http`, `grpc`).
+    pub fn failures(&self) -> Vec<String> {
+        std::fs::read_to_string(self.out.with_extension("jsonl.failed"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Summaries of every request received so far.

@@ -14,6 +14,7 @@ mod workloads;
 
 mod agent;
 mod container;
+mod hostile;
 mod k8s;
 mod otlp;
 mod record;

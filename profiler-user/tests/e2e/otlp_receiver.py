@@ -9,10 +9,18 @@ transport, any rule violations, and per resource its attributes and its
 samples as leaf-first function-name stacks. It prints "PORTS <grpc> <http>"
 on stdout once listening, and exits after --seconds.
 
-Fault and feature knobs: --fail-first N answers the first N HTTP requests
-with 503 and Retry-After: 1; --delay S waits S seconds before answering each
-request (a slow collector); --reject N answers with a partial_success that
-rejects N profiles; --tls-cert/--tls-key serve both ports over TLS.
+Fault and feature knobs: --fail-first N answers the first N requests (over
+HTTP and gRPC together) as --fail-as says, without recording them:
+  503 (default)  HTTP 503 with Retry-After: 1; gRPC UNAVAILABLE
+  400, 500       that HTTP status; gRPC INVALID_ARGUMENT, INTERNAL
+  garbage        HTTP 200 whose body is not an export response (gRPC: 500's)
+  huge           HTTP 200 with a 512 MiB body; gRPC an export response whose
+                 partial_success message is 64 MiB
+  endless        HTTP 200 with a chunked body that never ends (gRPC: huge's)
+--delay S waits S seconds before answering each request (a slow collector);
+--reject N answers with a partial_success that rejects N profiles;
+--tls-cert/--tls-key serve both ports over TLS. Each request answered
+with a failure appends a line to <--out>.failed.
 """
 
 import argparse
@@ -32,6 +40,25 @@ from opentelemetry.proto.collector.profiles.v1development import (
 )
 
 LOCK = threading.Lock()
+FAILURES = {"left": 0, "log": None}
+
+GRPC_CODES = {
+    "503": grpc.StatusCode.UNAVAILABLE,
+    "400": grpc.StatusCode.INVALID_ARGUMENT,
+    "500": grpc.StatusCode.INTERNAL,
+    "garbage": grpc.StatusCode.INTERNAL,
+}
+
+
+def take_failure(transport):
+    """True when this request is one of the first --fail-first (logged)."""
+    with LOCK:
+        fail = FAILURES["left"] > 0
+        FAILURES["left"] -= fail
+        if fail:
+            with open(FAILURES["log"], "a") as f:
+                f.write(transport + "\n")
+        return fail
 
 
 def any_value(v):
@@ -147,6 +174,12 @@ class Service(service_grpc.ProfilesServiceServicer):
         self.args = args
 
     def Export(self, request, context):
+        if take_failure("grpc"):
+            if self.args.fail_as in ("huge", "endless"):
+                r = service_pb2.ExportProfilesServiceResponse()
+                r.partial_success.error_message = "x" * (64 << 20)
+                return r
+            context.abort(GRPC_CODES[self.args.fail_as], f"test collector: {self.args.fail_as}")
         time.sleep(self.args.delay)
         record(self.args.out, summarize(request, "grpc"))
         return response(self.args.reject)
@@ -154,23 +187,54 @@ class Service(service_grpc.ProfilesServiceServicer):
 
 def http_handler(args):
     out = args.out
-    fail_first = args.fail_first
-    failures = {"left": fail_first}
 
     class Handler(BaseHTTPRequestHandler):
+        def fail(self):
+            """Answers as --fail-as says; a client that hangs up is fine."""
+            mode = args.fail_as
+            try:
+                if mode in ("503", "400", "500"):
+                    body = f"test collector: {mode}".encode()
+                    self.send_response(int(mode))
+                    if mode == "503":
+                        self.send_header("retry-after", "1")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                if mode == "endless":
+                    # Chunked needs HTTP/1.1 (this answer only).
+                    self.protocol_version = "HTTP/1.1"
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                chunk = b"x" * (1 << 20)
+                if mode == "garbage":
+                    body = b"<html><body>not an OTLP collector</body></html>"
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif mode == "huge":
+                    self.send_header("content-length", str(512 << 20))
+                    self.end_headers()
+                    for _ in range(512):
+                        self.wfile.write(chunk)
+                elif mode == "endless":
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+                    while True:
+                        self.wfile.write(framed)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+
         def do_POST(self):
             if self.path != "/v1development/profiles":
                 self.send_error(404)
                 return
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
-            with LOCK:
-                fail = failures["left"] > 0
-                failures["left"] -= fail
-            if fail:
-                self.send_response(503)
-                self.send_header("retry-after", "1")
-                self.send_header("content-length", "0")
-                self.end_headers()
+            if take_failure("http"):
+                self.fail()
                 return
             transport = "http"
             if self.headers.get("content-encoding") == "gzip":
@@ -197,11 +261,15 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--fail-first", type=int, default=0)
+    parser.add_argument("--fail-as", default="503",
+                        choices=["503", "400", "500", "garbage", "huge", "endless"])
     parser.add_argument("--delay", type=float, default=0)
     parser.add_argument("--reject", type=int, default=0)
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     args = parser.parse_args()
+    FAILURES["left"] = args.fail_first
+    FAILURES["log"] = args.out + ".failed"
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
                          compression=grpc.Compression.NoCompression)

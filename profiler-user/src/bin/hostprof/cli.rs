@@ -257,6 +257,35 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_export_settings_are_usage_errors() {
+        let err = agent(&["--queue-max-bytes", "0"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ArgumentConflict);
+        assert!(
+            err.to_string()
+                .contains("--queue-max-bytes: 0 is too small: give at least 65536"),
+            "{err}"
+        );
+        let err = agent(&["--queue-max-requests", "0"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--queue-max-requests: must be at least 1"),
+            "{err}"
+        );
+        let err = agent(&["--otlp-endpoint", "http://127.0.0.1:99999"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "--otlp-endpoint: \"http://127.0.0.1:99999\" is not an OTLP endpoint: \
+                 expected a port from 1 to 65535"
+            ),
+            "{err}"
+        );
+        assert!(record(&["--otlp-endpoint", "collector:4317"]).is_err());
+        assert!(agent(&["--otlp-endpoint", "https://collector:4317"]).is_ok());
+    }
+
+    #[test]
     fn unwinder_flags() {
         let unwinder = |args: &[&str]| resolved(args).unwrap().profiler.policy.unwinder;
         assert_eq!(unwinder(&[]), Unwinder::default());
