@@ -402,6 +402,25 @@ impl ProfileBuilder {
 
 #[cfg(test)]
 impl ProfileBuilder {
+    /// Test shorthand: a native location at `address` with one line, of
+    /// the function `name` (no file, no line number).
+    pub(crate) fn named_location(&mut self, name: &str, address: u64) -> LocationId {
+        let function = self.function(Function {
+            name: name.into(),
+            system_name: None,
+            filename: None,
+        });
+        self.location(Location {
+            mapping: None,
+            address,
+            lines: vec![Line {
+                function,
+                line: None,
+            }],
+            kind: FrameKind::Native,
+        })
+    }
+
     /// Test shorthand: `count` CPU samples of 10 ms each (100 Hz).
     pub(crate) fn add_cpu(
         &mut self,
@@ -528,25 +547,9 @@ pub(crate) mod fixtures {
             container: None,
             pod: None,
         });
-        let mut location = |name: &str, address| {
-            let function = b.function(Function {
-                name: name.into(),
-                system_name: None,
-                filename: None,
-            });
-            b.location(Location {
-                mapping: None,
-                address,
-                lines: vec![Line {
-                    function,
-                    line: None,
-                }],
-                kind: FrameKind::Native,
-            })
-        };
-        let main = location("main", 0x10);
-        let evil = location("evil\x1b[31m_fn", 0x20);
-        let split = location("a;b\u{9b}2J\n1 2", 0x30);
+        let main = b.named_location("main", 0x10);
+        let evil = b.named_location("evil\x1b[31m_fn", 0x20);
+        let split = b.named_location("a;b\u{9b}2J\n1 2", 0x30);
         b.add_cpu(p, 7, "evil\n\x1b[31mred", vec![evil, main], 5);
         b.add_cpu(p, 8, "w\r\nx 9", vec![split, main], 3);
         b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10_000_000)

@@ -199,7 +199,7 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::profile::{FrameKind, Function, Line, Location, Process, ProfileBuilder};
+    use crate::profile::{Process, ProfileBuilder};
 
     #[test]
     fn top_functions_by_self_samples() {
@@ -211,25 +211,9 @@ mod tests {
             container: None,
             pod: None,
         });
-        let loc = |b: &mut ProfileBuilder, name: &str, address| {
-            let function = b.function(Function {
-                name: name.into(),
-                system_name: None,
-                filename: None,
-            });
-            b.location(Location {
-                mapping: None,
-                address,
-                lines: vec![Line {
-                    function,
-                    line: None,
-                }],
-                kind: FrameKind::Native,
-            })
-        };
-        let main = loc(&mut b, "main", 1);
-        let hot = loc(&mut b, "hot", 2);
-        let cold = loc(&mut b, "cold", 3);
+        let main = b.named_location("main", 1);
+        let hot = b.named_location("hot", 2);
+        let cold = b.named_location("cold", 3);
         b.add_cpu(p, 1, "app", vec![hot, main], 9);
         b.add_cpu(p, 1, "app", vec![cold, main], 1);
         let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10_000_000);
