@@ -60,28 +60,22 @@ impl PreadFile {
             return Ok(&[]);
         }
         let size = usize::try_from(size).map_err(|_| ())?;
-        let mut bytes = vec![0u8; size];
-        self.file
-            .read_exact_at(&mut bytes, offset)
-            .map_err(|_| ())?;
-        let words: Box<[u64]> = bytes
-            .chunks(8)
-            .map(|part| {
-                let mut word = [0u8; 8];
-                word[..part.len()].copy_from_slice(part);
-                u64::from_ne_bytes(word)
-            })
-            .collect();
+        // Read straight into 8-byte words: one copy, from the kernel.
+        let mut words: Box<[u64]> = vec![0u64; size.div_ceil(8)].into_boxed_slice();
+        // SAFETY: the words' allocation holds `size.div_ceil(8) * 8 >= size`
+        // initialized bytes; u8 needs no alignment and any byte written
+        // into a u64 leaves it a valid u64. The view ends before `words` is
+        // used again.
+        let view = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size) };
+        self.file.read_exact_at(view, offset).map_err(|_| ())?;
         let start = words.as_ptr().cast::<u8>();
         self.chunks.borrow_mut().push(words);
         // SAFETY: `start` points at the heap allocation of `words`, which
-        // holds `size.div_ceil(8)` words, so at least `size` bytes, all
-        // initialized (every bit pattern of a u64 is a valid set of bytes,
-        // and from_ne_bytes keeps the file's byte order in memory). Moving
-        // the box into `chunks` does not move its allocation, and `chunks`
-        // never drops or mutates a chunk before `self` is dropped, which the
-        // returned slice's lifetime (that of `&self`) rules out. u8 needs no
-        // alignment.
+        // holds at least `size` initialized bytes (above). Moving the box
+        // into `chunks` does not move its allocation, and `chunks` never
+        // drops or mutates a chunk before `self` is dropped, which the
+        // returned slice's lifetime (that of `&self`) rules out. u8 needs
+        // no alignment.
         Ok(unsafe { std::slice::from_raw_parts(start, size) })
     }
 }
