@@ -15,10 +15,10 @@ use std::process::{Child, Command};
 
 use crate::common::{self, Traces};
 
-/// Starts workload `name` for 10 s with `args` after the duration.
+/// Starts workload `name` for 14 s with `args` after the duration.
 fn spawn(dir: &Path, name: &str, args: &[&str]) -> Child {
     Command::new(dir.join(name))
-        .arg("10000")
+        .arg("14000")
         .args(args)
         .spawn()
         .unwrap_or_else(|err| panic!("spawn {name}: {err}"))
@@ -104,9 +104,14 @@ fn perf_stacks(data: &Path) -> Vec<(String, Vec<String>)> {
 }
 
 /// Compiles the workloads `names`, runs them (with their arguments) busy,
-/// and records them with hostprof for 6 s, and with `perf record --call-graph
+/// and records them with hostprof for 10 s, and with `perf record --call-graph
 /// dwarf` at the same time when `with_perf`. Returns the pprof file (in
 /// `dir`) and perf's stacks.
+///
+/// A process's first samples are unwound before its tables are loaded (a
+/// few hundred milliseconds for libc's in a debug build, longer on a busy
+/// machine): those stacks end early. Ten seconds keep that warm-up to a
+/// few percent of the samples.
 fn capture(
     dir: &Path,
     names: &[(&str, &[&str])],
@@ -130,7 +135,7 @@ fn capture(
     });
     let output = dir.join("nofp.pb.gz");
     let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["record", "--duration", "6s", "--no-flamegraph", "-o"])
+        .args(["record", "--duration", "10s", "--no-flamegraph", "-o"])
         .arg(&output)
         .status()
         .expect("run hostprof");
