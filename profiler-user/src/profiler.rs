@@ -175,13 +175,20 @@ impl Profiler {
 
     /// Stops sampling, drains what is left and builds the symbolized
     /// profiles, one per kind of [`ProfilerOptions::profiles`].
-    pub fn finish(mut self) -> Result<Vec<Profile>, ProfilerError> {
+    pub fn finish(self) -> Result<Vec<Profile>, ProfilerError> {
+        Ok(self.finish_with_totals()?.0)
+    }
+
+    /// [`Profiler::finish`], and the totals once the last window was
+    /// symbolized.
+    pub fn finish_with_totals(mut self) -> Result<(Vec<Profile>, PipelineStats), ProfilerError> {
         for tgid in self.events.try_batch() {
             self.pipeline.observe(tgid);
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
-        Ok(self.pipeline.take_window())
+        let profiles = self.pipeline.take_window();
+        Ok((profiles, self.pipeline.totals()))
     }
 
     /// Drains now and returns the profiles of everything since the start
@@ -309,11 +316,8 @@ impl Pipeline {
         // Forget processes gone since the previous window, and the files
         // only they mapped: memory follows the live processes.
         let unused = self.processes.prune();
-        let paths: Vec<_> = unused
-            .iter()
-            .map(|(id, module)| (*id, module.symbol_path()))
-            .collect();
-        self.symbolizer.forget(&paths);
+        let ids: Vec<_> = unused.iter().map(|(id, _)| *id).collect();
+        self.symbolizer.forget(&ids);
         drop(unused); // closes the files, now that no cache refers to them
         if let Some(tables) = &mut self.tables {
             tables.forget_pruned(&self.processes);

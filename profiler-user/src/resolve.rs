@@ -208,8 +208,8 @@ impl SymbolTable {
         let mut user = HashMap::new();
         for (module, offsets) in offsets {
             let offsets: Vec<u64> = offsets.into_iter().collect();
-            let path = processes.module(module).symbol_path();
-            let found = symbolizer.user(module, path, &offsets);
+            let file = processes.module(module).open_file();
+            let found = symbolizer.user(module, file.as_ref(), &offsets);
             user.extend(offsets.into_iter().map(|o| (module, o)).zip(found));
         }
         let kernel_addrs: Vec<u64> = kernel_addrs.into_iter().collect();

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::kind::ProfileKind;
 use crate::profile::{Profile, UnwindCounters};
+use crate::symbolize::CacheStats;
 use crate::text::escape;
 use crate::unwind::loader::LoaderStats;
 use crate::unwind::table::KERNEL_ROW_BYTES;
@@ -103,6 +104,9 @@ pub struct CaptureReport {
     /// Seconds spent after sampling: the last drain, symbolization and
     /// building the profiles.
     pub finishing_seconds: f64,
+    /// What symbolization read: cache counters, copies of mapped files,
+    /// files left unsymbolized.
+    pub symbolization: CacheStats,
     /// One summary per profile kind, in the order of `--profiles`.
     pub profiles: Vec<Summary>,
 }
@@ -244,6 +248,7 @@ mod tests {
         CaptureReport {
             sampling_seconds: 1.0,
             finishing_seconds: 0.0,
+            symbolization: CacheStats::default(),
             profiles: vec![summary],
         }
         .write_json(&mut json)
@@ -339,12 +344,17 @@ mod tests {
         let report = CaptureReport {
             sampling_seconds: 10.0,
             finishing_seconds: 0.5,
+            symbolization: CacheStats {
+                files_unreadable: 2,
+                ..CacheStats::default()
+            },
             profiles: vec![summary_with(UnwindCounters::default(), tables(100, 1000))],
         };
         let mut out = Vec::new();
         report.write_json(&mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["sampling_seconds"], 10.0);
+        assert_eq!(json["symbolization"]["files_unreadable"], 2);
         let profile = &json["profiles"][0];
         assert_eq!(profile["kind"], "cpu");
         assert_eq!(profile["samples"], 1300);

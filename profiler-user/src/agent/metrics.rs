@@ -178,6 +178,34 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(p.symbol_cache.misses),
         )?;
+        emit(
+            &mut e,
+            "symbol_files_copied",
+            "Sealed copies of mapped files made to symbolize them",
+            None,
+            ConstCounter::new(p.symbol_cache.files_copied),
+        )?;
+        emit(
+            &mut e,
+            "symbol_copied",
+            "Bytes copied into those copies",
+            Some(&Unit::Bytes),
+            ConstCounter::new(p.symbol_cache.bytes_copied),
+        )?;
+        emit(
+            &mut e,
+            "symbol_files_unreadable",
+            "Files left unsymbolized: not ELF, or changed while read",
+            None,
+            ConstCounter::new(p.symbol_cache.files_unreadable),
+        )?;
+        emit(
+            &mut e,
+            "symbol_files_without_lines",
+            "Files symbolized without source lines: debug info past the copy limit",
+            None,
+            ConstCounter::new(p.symbol_cache.debug_left_out),
+        )?;
         encode_unwind(&mut e, p)?;
         emit(
             &mut e,
@@ -434,6 +462,7 @@ mod tests {
             "hostprof_cpu_seconds_total 1.5",
             "hostprof_resident_memory_bytes 10485760",
             "# TYPE hostprof_symbol_cache_hits counter",
+            "hostprof_symbol_files_unreadable_total 0",
             "hostprof_unwind_samples_total{method=\"tables\"} 900",
             "hostprof_unwind_samples_total{method=\"frame_pointers\"} 100",
             "hostprof_unwind_stops_total{reason=\"end\"} 880",

@@ -5,7 +5,7 @@
 //! [`ProcessTable::observe`] then records its executable mappings and opens
 //! every mapped file once (shared by all processes mapping it, keyed by
 //! device and inode). Symbolization later reads the files through those open
-//! descriptors ([`Module::symbol_path`]), whether or not the process, or even
+//! descriptors ([`Module::open_file`]), whether or not the process, or even
 //! the file's directory entry, still exists.
 
 mod lifecycle;
@@ -14,7 +14,6 @@ mod procfs;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,6 +38,14 @@ pub struct Tracked {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ModuleId(u32);
 
+#[cfg(test)]
+impl ModuleId {
+    /// Module `n`, for tests of later stages.
+    pub(crate) fn for_tests(n: u32) -> Self {
+        Self(n)
+    }
+}
+
 /// A mapped executable file (binary or shared library).
 #[derive(Debug)]
 pub struct Module {
@@ -51,16 +58,6 @@ pub struct Module {
 }
 
 impl Module {
-    /// A path through which this process can read the file, even after the
-    /// mapping process exited: `/proc/self/fd/<n>` of our open handle, or
-    /// the original path when the file could not be opened.
-    pub fn symbol_path(&self) -> PathBuf {
-        match &self.file {
-            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-            None => self.path.clone(),
-        }
-    }
-
     /// Another descriptor of the open file, for reading it elsewhere (a
     /// worker thread) independently of this table's lifetime.
     pub fn open_file(&self) -> Option<File> {
@@ -414,13 +411,7 @@ impl ProcessTable {
             return id;
         }
         let file = open_mapped_file(pid, entry, path);
-        let build_id = file.as_ref().and_then(|f| {
-            let fd_path = format!("/proc/self/fd/{}", f.as_raw_fd());
-            blazesym::helper::read_elf_build_id(&fd_path)
-                .ok()
-                .flatten()
-                .map(|id| id.into_owned())
-        });
+        let build_id = file.as_ref().and_then(procfs::elf_build_id);
         let id = ModuleId(self.next_module);
         self.next_module = self
             .next_module
@@ -581,8 +572,10 @@ mod tests {
         ));
         child.wait().unwrap();
         table.observe(pid).unwrap();
-        let bytes = std::fs::read(table.module(exe_module).symbol_path()).unwrap();
-        assert_eq!(&bytes[..4], b"\x7fELF");
+        let mut magic = [0u8; 4];
+        let file = table.module(exe_module).open_file().unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).unwrap();
+        assert_eq!(&magic, b"\x7fELF");
         assert_eq!(ProcessTable::new().observe(pid).unwrap(), Lifecycle::Gone);
 
         // Pruning keeps the exited process for one more round, then drops

@@ -20,6 +20,17 @@ pub(crate) fn identity(pid: u32) -> Result<Option<Identity>, ProcessError> {
     }
 }
 
+/// The GNU build id of the ELF file `file`, read with bounded `pread`s
+/// (the file is another process's: it may be truncated while read).
+pub(crate) fn elf_build_id(file: &File) -> Option<Vec<u8>> {
+    let reader = crate::pread::PreadFile::new(file.try_clone().ok()?).ok()?;
+    let elf = object::File::parse(&reader).ok()?;
+    object::Object::build_id(&elf)
+        .ok()
+        .flatten()
+        .map(<[u8]>::to_vec)
+}
+
 /// Opens the file behind a mapping: through `map_files` (works across mount
 /// namespaces and for deleted files), else through the process's root.
 pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Option<File> {

@@ -2,13 +2,19 @@
 //! blazesym: user code from the mapped ELF files (by file offset, so it
 //! works after the process exited), kernel code from kallsyms.
 //!
+//! blazesym maps what it reads; it is never given a tenant's file, only a
+//! sealed copy of what symbolization needs of it ([`sealed`]), made when a
+//! window has addresses in that file not yet cached and dropped after.
+//!
 //! Results are cached per (module, file offset) and per kernel address, so
 //! an address is symbolized once however many drains and processes it
 //! appears in; a module's entries go when no process maps it any more
 //! ([`Symbolizer::forget`]).
 
+mod sealed;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::Arc;
 
 use blazesym::symbolize::evict::{self, Evict};
@@ -36,13 +42,21 @@ pub struct SymbolFrame {
 /// when the address has no symbol.
 pub type Symbols = Option<Arc<[SymbolFrame]>>;
 
-/// Cache counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Cache counters, and what reading the files cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// Lookups answered from the cache.
     pub hits: u64,
     /// Lookups that went to blazesym.
     pub misses: u64,
+    /// Sealed copies made of mapped files, to symbolize them.
+    pub files_copied: u64,
+    /// Bytes copied into them (headers, symbol tables, debug info).
+    pub bytes_copied: u64,
+    /// Files left unsymbolized: not ELF, or changed while they were read.
+    pub files_unreadable: u64,
+    /// Files symbolized without source lines: debug info past the limit.
+    pub debug_left_out: u64,
 }
 
 /// A caching symbolizer for user and kernel addresses.
@@ -80,15 +94,37 @@ impl Symbolizer {
         self.stats
     }
 
-    /// Symbolizes `offsets` (file offsets) in the ELF file readable at `path`,
-    /// which is module `module`. Returns one entry per offset.
-    pub fn user(&mut self, module: ModuleId, path: PathBuf, offsets: &[u64]) -> Vec<Symbols> {
+    /// Symbolizes `offsets` (file offsets) in module `module`, the ELF
+    /// file open as `file` (`None`: it could not be opened). Returns one
+    /// entry per offset.
+    pub fn user(&mut self, module: ModuleId, file: Option<&File>, offsets: &[u64]) -> Vec<Symbols> {
+        let missing = unique_missing(offsets, |o| self.user.contains_key(&(module, o)));
+        if missing.is_empty() {
+            self.stats.hits += offsets.len() as u64;
+            return lookup(&self.user, offsets, |o| (module, o));
+        }
+        let copy = file.map(sealed::SealedElf::copy);
+        let copy = match copy {
+            Some(Ok(copy)) => copy,
+            failed => {
+                if let Some(Err(err)) = failed {
+                    log::debug!("module {module:?} left unsymbolized: {err}");
+                }
+                // Not cached: the next window tries again.
+                self.stats.files_unreadable += 1;
+                return lookup(&self.user, offsets, |o| (module, o));
+            }
+        };
+        self.stats.files_copied += 1;
+        self.stats.bytes_copied += copy.copied();
+        self.stats.debug_left_out += u64::from(copy.debug_left_out());
+        let path = copy.path();
         let source = || {
-            let mut elf = Elf::new(path);
+            let mut elf = Elf::new(path.clone());
             elf.debug_syms = true;
             Source::Elf(elf)
         };
-        cached_symbolize(
+        let symbols = cached_symbolize(
             &self.blazesym,
             &mut self.user,
             &mut self.stats,
@@ -96,22 +132,22 @@ impl Symbolizer {
             |offset| (module, offset),
             source,
             |offsets| Input::FileOffset(offsets),
-        )
+        );
+        // The copy closes now and its descriptor's path will name another
+        // file: nothing of it may stay cached.
+        if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(&path))) {
+            log::debug!("evicting {}: {err}", path.display());
+        }
+        symbols
     }
 
-    /// Drops everything cached for `modules` (ids and the paths they were
-    /// read through), before their files are closed and the paths reused.
-    pub fn forget(&mut self, modules: &[(ModuleId, PathBuf)]) {
+    /// Drops everything cached for `modules`, whose files are closing.
+    pub fn forget(&mut self, modules: &[ModuleId]) {
         if modules.is_empty() {
             return;
         }
-        let ids: std::collections::HashSet<ModuleId> = modules.iter().map(|(id, _)| *id).collect();
+        let ids: std::collections::HashSet<ModuleId> = modules.iter().copied().collect();
         self.user.retain(|(module, _), _| !ids.contains(module));
-        for (_, path) in modules {
-            if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(path))) {
-                log::debug!("evicting {}: {err}", path.display());
-            }
-        }
     }
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
@@ -164,6 +200,15 @@ fn cached_symbolize<K: Copy + Eq + std::hash::Hash>(
             cache.insert(key(*value), symbols);
         }
     }
+    lookup(cache, values, key)
+}
+
+/// `values` as `cache` has them (`None` when not cached).
+fn lookup<K: Eq + std::hash::Hash>(
+    cache: &HashMap<K, Symbols>,
+    values: &[u64],
+    key: impl Fn(u64) -> K,
+) -> Vec<Symbols> {
     values
         .iter()
         .map(|v| cache.get(&key(*v)).cloned().flatten())
@@ -272,9 +317,9 @@ mod tests {
         else {
             panic!("own code must resolve to a module");
         };
-        let path = processes.module(module).symbol_path();
+        let file = processes.module(module).open_file();
         let mut symbolizer = Symbolizer::new();
-        let symbols = symbolizer.user(module, path.clone(), &[file_offset, file_offset]);
+        let symbols = symbolizer.user(module, file.as_ref(), &[file_offset, file_offset]);
         let frames = symbols[0].as_ref().expect("symbol found");
         assert!(
             frames
@@ -282,9 +327,68 @@ mod tests {
                 .any(|f| f.name.ends_with("marker_function_for_symbolizer_test")),
             "{frames:?}"
         );
-        assert_eq!(symbolizer.stats(), CacheStats { hits: 1, misses: 1 });
-        symbolizer.user(module, path, &[file_offset]);
+        let stats = symbolizer.stats();
+        assert_eq!((stats.hits, stats.misses, stats.files_copied), (1, 1, 1));
+        // Cached: no second copy.
+        symbolizer.user(module, file.as_ref(), &[file_offset]);
         assert_eq!(symbolizer.stats().hits, 2);
+        assert_eq!(symbolizer.stats().files_copied, 1);
+        // A file that cannot be read is counted and tried again later.
+        let not_elf = File::open("/proc/self/status").unwrap();
+        assert_eq!(symbolizer.user(module, Some(&not_elf), &[7]), vec![None]);
+        assert_eq!(symbolizer.stats().files_unreadable, 1);
+    }
+
+    /// Offsets every `stride` bytes through the executable segments of
+    /// the ELF file at `path`.
+    fn code_offsets(path: &str, stride: u64) -> Vec<u64> {
+        use object::{Object, ObjectSegment};
+        let data = std::fs::read(path).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        elf.segments()
+            .filter(|s| s.flags() == object::SegmentFlags::Elf { p_flags: 5 })
+            .flat_map(|s| {
+                let (start, len) = s.file_range();
+                (start..start + len).step_by(stride as usize)
+            })
+            .collect()
+    }
+
+    /// The sealed copy answers as the file itself does, names, lines and
+    /// inlined frames alike (blazesym on the original file is the oracle).
+    #[test]
+    fn a_sealed_copy_symbolizes_like_the_file_itself() {
+        let test_binary = std::fs::read_link("/proc/self/exe").unwrap();
+        for path in [
+            test_binary.to_str().unwrap(),
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            let offsets = code_offsets(path, 4099);
+            assert!(offsets.len() > 100, "{path}: {}", offsets.len());
+            let mut ours = Symbolizer::new();
+            let module = crate::process::ModuleId::for_tests(1);
+            let got = ours.user(module, Some(&File::open(path).unwrap()), &offsets);
+            let mut direct = Symbolizer::new();
+            let want = {
+                let source = || {
+                    let mut elf = Elf::new(path);
+                    elf.debug_syms = true;
+                    Source::Elf(elf)
+                };
+                cached_symbolize(
+                    &direct.blazesym,
+                    &mut direct.user,
+                    &mut direct.stats,
+                    &offsets,
+                    |offset| (module, offset),
+                    source,
+                    |offsets| Input::FileOffset(offsets),
+                )
+            };
+            let named = want.iter().filter(|s| s.is_some()).count();
+            assert!(named * 2 > offsets.len(), "{path}: {named} named");
+            assert_eq!(got, want, "{path}");
+        }
     }
 
     #[test]

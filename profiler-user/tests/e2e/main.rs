@@ -18,4 +18,5 @@ mod hostile;
 mod k8s;
 mod otlp;
 mod record;
+mod tenant;
 mod unwind;

@@ -106,6 +106,15 @@ const RECIPES: &[Recipe] = &[
     program("deep_600", "deep_chain.c", C_NO_FRAME_POINTERS),
     program("signal_chain", "signal_chain.c", C_NO_FRAME_POINTERS),
     program("rust_nofp", "rust_chain.rs", RUST_NO_FRAME_POINTERS),
+    // A tenant that truncates the library it runs (issue 14, finding 1).
+    Recipe {
+        shared_library: true,
+        ..program("libbulk.so", "libbulk.c", C_NO_FRAME_POINTERS)
+    },
+    Recipe {
+        links: Some("libbulk.so"),
+        ..program("truncator", "truncator.c", C_NO_FRAME_POINTERS)
+    },
     Recipe {
         shared_library: true,
         ..program("libhop.so", "libhop.c", C_NO_FRAME_POINTERS)

@@ -80,6 +80,7 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
         let report = CaptureReport {
             sampling_seconds: captured.sampling.as_secs_f64(),
             finishing_seconds: captured.finishing.as_secs_f64(),
+            symbolization: captured.totals.symbol_cache,
             profiles: summaries,
         };
         done(write_and_report(pending, |out| Ok(report.write_json(out)?)));
@@ -195,8 +196,7 @@ async fn export(
 struct Captured {
     /// One profile per kind.
     profiles: Vec<Profile>,
-    /// The pipeline totals just before the capture was finished (for the
-    /// unwind tables, which `finish` lets go of).
+    /// The pipeline totals once the capture was finished.
     totals: PipelineStats,
     /// Time spent sampling.
     sampling: Duration,
@@ -228,8 +228,7 @@ async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result
     let sampling = started.elapsed();
     bar.finish_and_clear();
     eprintln!("symbolizing...");
-    let totals = profiler.totals();
-    let profiles = profiler.finish()?;
+    let (profiles, totals) = profiler.finish_with_totals()?;
     Ok(Captured {
         profiles,
         totals,

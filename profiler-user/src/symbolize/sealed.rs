@@ -1,0 +1,297 @@
+//! A private, sealed copy of the parts of an ELF file that symbolization
+//! reads ([`SealedElf`]).
+//!
+//! blazesym maps the files it reads. The files are other processes' — a
+//! tenant can truncate its own executable while it is mapped here, and the
+//! next read of a page past the new end kills the profiler with SIGBUS.
+//! So blazesym never maps a tenant's file: it maps a memfd of ours, which
+//! nobody else can open, sealed against shrinking, growing and writing.
+//! The copy is sparse: only the ELF and program headers, the section
+//! headers and the sections symbolization reads (symbol and string tables,
+//! notes, debug information) are copied; code and data, the bulk of a
+//! stripped binary, stay holes that read as zeros and take no memory.
+//! Debug sections larger than a limit are left out too (names without
+//! source lines), so one huge debug build cannot exhaust the profiler's
+//! memory limit. Reads are bounded `pread`s: a file that shrinks while it
+//! is copied gives an error, never a fault.
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use object::elf;
+use object::read::elf::{FileHeader, SectionHeader};
+use object::{Endianness, FileKind};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::pread::PreadFile;
+
+/// Debug sections (`.debug_*`) of one file copied at most: past this, the
+/// file is symbolized from its symbol tables alone.
+pub(crate) const MAX_DEBUG_BYTES: u64 = 256 << 20;
+
+/// Why a file could not be copied for symbolization.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SealError {
+    /// Not an ELF file we can read (or its headers are corrupt).
+    #[error("not a readable ELF file")]
+    NotElf,
+    /// The file ended before a range its headers name (it was truncated
+    /// while we read it, or its headers lie).
+    #[error("the file changed or its headers point past its end")]
+    Changed,
+    /// A read or the memfd failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A sealed, sparse memfd copy of an ELF file's symbolization data.
+pub(crate) struct SealedElf {
+    memfd: File,
+    /// Bytes copied (the rest of the file is holes).
+    copied: u64,
+    /// True when debug sections were left out for their size.
+    debug_left_out: bool,
+}
+
+impl SealedElf {
+    /// Copies what symbolization reads of `source`.
+    pub(crate) fn copy(source: &File) -> Result<Self, SealError> {
+        let reader = PreadFile::new(source.try_clone()?)?;
+        let len = reader_len(&reader);
+        let plan = plan(&reader, MAX_DEBUG_BYTES)?;
+        let memfd: File = rustix::fs::memfd_create(
+            "hostprof-symbols",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(io::Error::from)?
+        .into();
+        memfd.set_len(len)?;
+        let mut copied = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        for range in &plan.ranges {
+            let mut at = range.start;
+            while at < range.end {
+                let n = usize::try_from((range.end - at).min(buf.len() as u64))
+                    .expect("at most the buffer's length");
+                reader
+                    .read_exact_at(&mut buf[..n], at)
+                    .map_err(|err| match err.kind() {
+                        io::ErrorKind::UnexpectedEof => SealError::Changed,
+                        _ => SealError::Io(err),
+                    })?;
+                memfd.write_all_at(&buf[..n], at)?;
+                at += n as u64;
+                copied += n as u64;
+            }
+        }
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+        )
+        .map_err(io::Error::from)?;
+        Ok(Self {
+            memfd,
+            copied,
+            debug_left_out: plan.debug_left_out,
+        })
+    }
+
+    /// A path through which the copy can be opened (by blazesym).
+    pub(crate) fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.memfd.as_raw_fd()))
+    }
+
+    /// Bytes copied.
+    pub(crate) fn copied(&self) -> u64 {
+        self.copied
+    }
+
+    /// True when the file's debug sections were too large to copy.
+    pub(crate) fn debug_left_out(&self) -> bool {
+        self.debug_left_out
+    }
+}
+
+fn reader_len(reader: &PreadFile) -> u64 {
+    object::ReadRef::len(reader).unwrap_or(0)
+}
+
+/// The byte ranges of a file to copy, sorted and merged.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    ranges: Vec<Range<u64>>,
+    debug_left_out: bool,
+}
+
+/// What to copy of the ELF file `reader`, with at most `max_debug` bytes
+/// of debug sections.
+fn plan(reader: &PreadFile, max_debug: u64) -> Result<Plan, SealError> {
+    match FileKind::parse(reader).map_err(|_| SealError::NotElf)? {
+        FileKind::Elf32 => plan_of::<elf::FileHeader32<Endianness>>(reader, max_debug),
+        FileKind::Elf64 => plan_of::<elf::FileHeader64<Endianness>>(reader, max_debug),
+        _ => Err(SealError::NotElf),
+    }
+}
+
+fn plan_of<Elf: FileHeader<Endian = Endianness>>(
+    reader: &PreadFile,
+    max_debug: u64,
+) -> Result<Plan, SealError> {
+    let len = reader_len(reader);
+    let header = Elf::parse(reader).map_err(|_| SealError::NotElf)?;
+    let endian = header.endian().map_err(|_| SealError::NotElf)?;
+    let mut ranges: Vec<Range<u64>> = Vec::new();
+    ranges.push(0..u64::from(header.e_ehsize(endian)));
+    let phoff: u64 = header.e_phoff(endian).into();
+    let phnum = u64::from(header.e_phnum(endian));
+    ranges.push(phoff..phoff + phnum * u64::from(header.e_phentsize(endian)));
+    let shoff: u64 = header.e_shoff(endian).into();
+    let sections = header
+        .sections(endian, reader)
+        .map_err(|_| SealError::NotElf)?;
+    ranges.push(shoff..shoff + sections.len() as u64 * u64::from(header.e_shentsize(endian)));
+    let mut debug = Vec::new();
+    for section in sections.iter() {
+        let kind = section.sh_type(endian);
+        let flags: u64 = section.sh_flags(endian).into();
+        let offset: u64 = section.sh_offset(endian).into();
+        let size: u64 = section.sh_size(endian).into();
+        let range = offset..offset.saturating_add(size);
+        let name = sections.section_name(endian, section).unwrap_or_default();
+        if kind == elf::SHT_NOBITS || size == 0 {
+            continue;
+        }
+        if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
+            debug.push(range);
+        } else if wanted(kind, flags) {
+            ranges.push(range);
+        }
+    }
+    let debug_bytes: u64 = debug.iter().map(|r| r.end - r.start).sum();
+    let debug_left_out = debug_bytes > max_debug;
+    if !debug_left_out {
+        ranges.extend(debug);
+    }
+    if ranges.iter().any(|r| r.end > len) {
+        return Err(SealError::Changed);
+    }
+    Ok(Plan {
+        ranges: merged(ranges),
+        debug_left_out,
+    })
+}
+
+/// Whether a (non-debug) section is read by symbolization: everything
+/// not loaded (symbol and string tables, `.gnu_debuglink`, compressed
+/// debug data) and, of what is loaded, the dynamic symbols and strings and
+/// the notes (the build id). Loaded code and data (`SHT_PROGBITS`,
+/// `.eh_frame`, relocations, arrays) are not.
+fn wanted(kind: u32, flags: u64) -> bool {
+    flags & u64::from(elf::SHF_ALLOC) == 0
+        || matches!(
+            kind,
+            elf::SHT_DYNSYM
+                | elf::SHT_STRTAB
+                | elf::SHT_NOTE
+                | elf::SHT_GNU_VERSYM
+                | elf::SHT_GNU_VERDEF
+                | elf::SHT_GNU_VERNEED
+        )
+}
+
+/// `ranges` sorted, without empty ones, overlapping or touching ones joined.
+fn merged(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.retain(|r| r.start < r.end);
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match out.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => out.push(range),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_sorted_and_skip_empty() {
+        assert_eq!(
+            merged(vec![10..20, 0..5, 5..8, 15..30, 40..40, 50..60]),
+            vec![0..8, 10..30, 50..60]
+        );
+    }
+
+    #[test]
+    fn loaded_code_and_data_are_left_out() {
+        let alloc = u64::from(elf::SHF_ALLOC);
+        let exec = u64::from(elf::SHF_EXECINSTR);
+        assert!(!wanted(elf::SHT_PROGBITS, alloc | exec));
+        assert!(!wanted(elf::SHT_PROGBITS, alloc));
+        assert!(wanted(elf::SHT_SYMTAB, 0));
+        assert!(wanted(elf::SHT_PROGBITS, 0)); // .gnu_debuglink, .comment
+        assert!(wanted(elf::SHT_DYNSYM, alloc));
+        assert!(wanted(elf::SHT_NOTE, alloc));
+    }
+
+    fn own_binary() -> File {
+        File::open("/proc/self/exe").unwrap()
+    }
+
+    #[test]
+    fn a_copy_is_sealed_sparse_and_the_size_of_the_file() {
+        let source = own_binary();
+        let copy = SealedElf::copy(&source).unwrap();
+        let len = source.metadata().unwrap().len();
+        assert_eq!(copy.memfd.metadata().unwrap().len(), len);
+        assert!(copy.copied() > 0 && copy.copied() < len);
+        // Sealed: it can be neither shrunk nor written.
+        assert!(copy.memfd.set_len(0).is_err());
+        assert!(copy.memfd.write_all_at(b"x", 0).is_err());
+        // The headers are the file's.
+        let mut ours = [0u8; 64];
+        let mut theirs = [0u8; 64];
+        File::open(copy.path())
+            .unwrap()
+            .read_exact_at(&mut ours, 0)
+            .unwrap();
+        source.read_exact_at(&mut theirs, 0).unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn debug_sections_past_the_limit_are_left_out() {
+        let reader = PreadFile::new(own_binary()).unwrap();
+        let whole = plan(&reader, u64::MAX).unwrap();
+        let lean = plan(&reader, 0).unwrap();
+        assert!(!whole.debug_left_out);
+        assert!(lean.debug_left_out, "a test binary has debug info");
+        let bytes = |p: &Plan| p.ranges.iter().map(|r| r.end - r.start).sum::<u64>();
+        assert!(bytes(&lean) < bytes(&whole));
+    }
+
+    #[test]
+    fn a_truncated_file_is_an_error_not_a_fault() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        let elf = std::fs::read("/proc/self/exe").unwrap();
+        // The headers survive; the section header table, at the end, does not.
+        std::fs::write(temp.path(), &elf[..elf.len() / 2]).unwrap();
+        let err = SealedElf::copy(temp.as_file()).err().unwrap();
+        assert!(
+            matches!(err, SealError::Changed | SealError::NotElf),
+            "{err}"
+        );
+        std::fs::write(temp.path(), b"#!/bin/sh\n").unwrap();
+        assert!(matches!(
+            SealedElf::copy(temp.as_file()),
+            Err(SealError::NotElf)
+        ));
+    }
+}
