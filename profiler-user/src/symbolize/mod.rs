@@ -5,6 +5,7 @@
 //! blazesym maps what it reads; it is never given a tenant's file, only a
 //! sealed copy of what symbolization needs of it ([`sealed`]), made when a
 //! window has addresses in that file not yet cached and dropped after.
+//! hostprof's own executable is read in place: no tenant can change it.
 //!
 //! Results are cached per (module, file offset) and per kernel address, so
 //! an address is symbolized once however many drains and processes it
@@ -15,6 +16,8 @@ mod sealed;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use blazesym::symbolize::evict::{self, Evict};
@@ -62,6 +65,10 @@ pub struct CacheStats {
 /// A caching symbolizer for user and kernel addresses.
 pub struct Symbolizer {
     blazesym: blazesym::symbolize::Symbolizer,
+    /// (device, inode) of hostprof's own executable.
+    own_executable: Option<(u64, u64)>,
+    /// Debug sections copied at most per file.
+    max_debug_bytes: u64,
     user: HashMap<(ModuleId, u64), Symbols>,
     kernel: HashMap<u64, Symbols>,
     stats: CacheStats,
@@ -83,6 +90,10 @@ impl Symbolizer {
             .build();
         Self {
             blazesym,
+            own_executable: std::fs::metadata("/proc/self/exe")
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+            max_debug_bytes: sealed::MAX_DEBUG_BYTES,
             user: HashMap::new(),
             kernel: HashMap::new(),
             stats: CacheStats::default(),
@@ -103,8 +114,13 @@ impl Symbolizer {
             self.stats.hits += offsets.len() as u64;
             return lookup(&self.user, offsets, |o| (module, o));
         }
-        let copy = file.map(sealed::SealedElf::copy);
-        let copy = match copy {
+        let own = file
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| Some((m.dev(), m.ino())) == self.own_executable);
+        if own {
+            return self.read_elf(module, Path::new("/proc/self/exe"), offsets);
+        }
+        let copy = match file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes)) {
             Some(Ok(copy)) => copy,
             failed => {
                 if let Some(Err(err)) = failed {
@@ -119,12 +135,24 @@ impl Symbolizer {
         self.stats.bytes_copied += copy.copied();
         self.stats.debug_left_out += u64::from(copy.debug_left_out());
         let path = copy.path();
+        let symbols = self.read_elf(module, &path, offsets);
+        // The copy closes now and its descriptor's path will name another
+        // file: nothing of it may stay cached.
+        if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(&path))) {
+            log::debug!("evicting {}: {err}", path.display());
+        }
+        symbols
+    }
+
+    /// Symbolizes `offsets` of `module` with blazesym reading the ELF file
+    /// at `path`, through the cache.
+    fn read_elf(&mut self, module: ModuleId, path: &Path, offsets: &[u64]) -> Vec<Symbols> {
         let source = || {
-            let mut elf = Elf::new(path.clone());
+            let mut elf = Elf::new(path);
             elf.debug_syms = true;
             Source::Elf(elf)
         };
-        let symbols = cached_symbolize(
+        cached_symbolize(
             &self.blazesym,
             &mut self.user,
             &mut self.stats,
@@ -132,13 +160,7 @@ impl Symbolizer {
             |offset| (module, offset),
             source,
             |offsets| Input::FileOffset(offsets),
-        );
-        // The copy closes now and its descriptor's path will name another
-        // file: nothing of it may stay cached.
-        if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(&path))) {
-            log::debug!("evicting {}: {err}", path.display());
-        }
-        symbols
+        )
     }
 
     /// Drops everything cached for `modules`, whose files are closing.
@@ -328,11 +350,10 @@ mod tests {
             "{frames:?}"
         );
         let stats = symbolizer.stats();
-        assert_eq!((stats.hits, stats.misses, stats.files_copied), (1, 1, 1));
-        // Cached: no second copy.
+        // hostprof's own executable (the test binary here) is read in place.
+        assert_eq!((stats.hits, stats.misses, stats.files_copied), (1, 1, 0));
         symbolizer.user(module, file.as_ref(), &[file_offset]);
         assert_eq!(symbolizer.stats().hits, 2);
-        assert_eq!(symbolizer.stats().files_copied, 1);
         // A file that cannot be read is counted and tried again later.
         let not_elf = File::open("/proc/self/status").unwrap();
         assert_eq!(symbolizer.user(module, Some(&not_elf), &[7]), vec![None]);
@@ -368,26 +389,16 @@ mod tests {
             let mut ours = Symbolizer::new();
             let module = crate::process::ModuleId::for_tests(1);
             let got = ours.user(module, Some(&File::open(path).unwrap()), &offsets);
-            let mut direct = Symbolizer::new();
-            let want = {
-                let source = || {
-                    let mut elf = Elf::new(path);
-                    elf.debug_syms = true;
-                    Source::Elf(elf)
-                };
-                cached_symbolize(
-                    &direct.blazesym,
-                    &mut direct.user,
-                    &mut direct.stats,
-                    &offsets,
-                    |offset| (module, offset),
-                    source,
-                    |offsets| Input::FileOffset(offsets),
-                )
-            };
+            let want = Symbolizer::new().read_elf(module, Path::new(path), &offsets);
             let named = want.iter().filter(|s| s.is_some()).count();
             assert!(named * 2 > offsets.len(), "{path}: {named} named");
             assert_eq!(got, want, "{path}");
+            // Without its debug sections a file still gives names.
+            let mut lean = Symbolizer::new();
+            lean.max_debug_bytes = 0;
+            let got = lean.user(module, Some(&File::open(path).unwrap()), &offsets);
+            let named_lean = got.iter().filter(|s| s.is_some()).count();
+            assert!(named_lean * 2 > offsets.len(), "{path}: {named_lean} named");
         }
     }
 

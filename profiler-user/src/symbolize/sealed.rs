@@ -30,8 +30,10 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use crate::pread::PreadFile;
 
 /// Debug sections (`.debug_*`) of one file copied at most: past this, the
-/// file is symbolized from its symbol tables alone.
-pub(crate) const MAX_DEBUG_BYTES: u64 = 256 << 20;
+/// file is symbolized from its symbol tables alone. The copy is memory
+/// the kernel cannot reclaim while it exists; 64 MiB fits the Helm
+/// chart's default limit (256 MiB) beside everything else the agent holds.
+pub(crate) const MAX_DEBUG_BYTES: u64 = 64 << 20;
 
 /// Why a file could not be copied for symbolization.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +60,12 @@ pub(crate) struct SealedElf {
 }
 
 impl SealedElf {
-    /// Copies what symbolization reads of `source`.
-    pub(crate) fn copy(source: &File) -> Result<Self, SealError> {
+    /// Copies what symbolization reads of `source`, debug sections only
+    /// when they are `max_debug` bytes or less.
+    pub(crate) fn copy(source: &File, max_debug: u64) -> Result<Self, SealError> {
         let reader = PreadFile::new(source.try_clone()?)?;
         let len = reader_len(&reader);
-        let plan = plan(&reader, MAX_DEBUG_BYTES)?;
+        let plan = plan(&reader, max_debug)?;
         let memfd: File = rustix::fs::memfd_create(
             "hostprof-symbols",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -248,7 +251,7 @@ mod tests {
     #[test]
     fn a_copy_is_sealed_sparse_and_the_size_of_the_file() {
         let source = own_binary();
-        let copy = SealedElf::copy(&source).unwrap();
+        let copy = SealedElf::copy(&source, MAX_DEBUG_BYTES).unwrap();
         let len = source.metadata().unwrap().len();
         assert_eq!(copy.memfd.metadata().unwrap().len(), len);
         assert!(copy.copied() > 0 && copy.copied() < len);
@@ -283,14 +286,16 @@ mod tests {
         let elf = std::fs::read("/proc/self/exe").unwrap();
         // The headers survive; the section header table, at the end, does not.
         std::fs::write(temp.path(), &elf[..elf.len() / 2]).unwrap();
-        let err = SealedElf::copy(temp.as_file()).err().unwrap();
+        let err = SealedElf::copy(temp.as_file(), MAX_DEBUG_BYTES)
+            .err()
+            .unwrap();
         assert!(
             matches!(err, SealError::Changed | SealError::NotElf),
             "{err}"
         );
         std::fs::write(temp.path(), b"#!/bin/sh\n").unwrap();
         assert!(matches!(
-            SealedElf::copy(temp.as_file()),
+            SealedElf::copy(temp.as_file(), MAX_DEBUG_BYTES),
             Err(SealError::NotElf)
         ));
     }
