@@ -62,6 +62,11 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// The longest a server's retry hint is followed: a collector (or
+/// anything answering in its place) asking for days would otherwise stall
+/// every export until the agent stops.
+pub const MAX_SERVER_HINT: Duration = Duration::from_secs(300);
+
 /// Exponential backoff with full jitter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backoff {
@@ -83,14 +88,15 @@ impl Default for Backoff {
 impl Backoff {
     /// Delay before retry number `attempt` (0-based): uniform in
     /// `[0, min(max, initial * 2^attempt)]` scaled by `unit` in `[0, 1)`,
-    /// but never shorter than the server's `hint`.
+    /// but never shorter than the server's `hint` (itself followed up to
+    /// [`MAX_SERVER_HINT`]).
     pub fn delay(&self, attempt: u32, unit: f64, hint: Option<Duration>) -> Duration {
         let ceiling = self
             .initial
             .saturating_mul(1u32 << attempt.min(16))
             .min(self.max);
         let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
-        hint.map_or(jittered, |h| h.max(jittered))
+        hint.map_or(jittered, |h| h.min(MAX_SERVER_HINT).max(jittered))
     }
 }
 
@@ -142,6 +148,13 @@ mod tests {
         assert_eq!(b.delay(3, 1.0, None), Duration::from_secs(4));
         assert_eq!(b.delay(30, 1.0, None), Duration::from_secs(30));
         assert_eq!(b.delay(3, 0.0, None), Duration::ZERO);
+        // A hint of a year is followed for five minutes.
+        let year = parse_retry_after("31536000");
+        assert_eq!(b.delay(0, 1.0, year), MAX_SERVER_HINT);
+        assert_eq!(
+            parse_retry_after("18446744073709551615").map(|h| b.delay(0, 0.0, Some(h))),
+            Some(MAX_SERVER_HINT)
+        );
         assert_eq!(
             b.delay(0, 0.5, Some(Duration::from_secs(9))),
             Duration::from_secs(9)
