@@ -121,6 +121,9 @@ impl Profiler {
     /// Checks the host, loads the kernel program and starts sampling.
     pub fn start(options: ProfilerOptions) -> Result<Self, ProfilerError> {
         system_info::preflight()?;
+        for line in system_info::degraded_capabilities() {
+            log::warn!("{line}");
+        }
         if let Unwinder::Tables(_) = options.policy.unwinder {
             check_running_kernel()?;
         }

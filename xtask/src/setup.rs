@@ -29,6 +29,8 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-gopkg-yaml.v3-dev",
     "linux-perf",
     "gcc",
+    // setcap: the capabilities e2e test runs hostprof without root.
+    "libcap2-bin",
 ];
 
 /// How much to install.

@@ -11,9 +11,12 @@
 //!   the table of minimum versions ([`kernel::KERNEL_MINIMUMS`]) and the
 //!   `bpf_probe_read_user()` freeze bug that rules out the table unwinder
 //!   ([`kernel::check_running_kernel`]).
+//! - [`capabilities`] says which capabilities each thing hostprof does
+//!   needs, and what is lost without them.
 //! - [`kernel_code`] reads the kernel's machine code (kallsyms, kcore) when
 //!   the version alone cannot tell whether that bug was fixed.
 
+pub mod capabilities;
 pub mod kernel;
 pub mod kernel_code;
 
@@ -115,8 +118,9 @@ fn describe(failed: &[Check]) -> String {
 
 /// Checks that must pass before loading the program (no BPF syscalls).
 pub fn preflight() -> Result<(), PreflightError> {
-    let failed: Vec<Check> = [kernel_check(), btf_check(), capability_check()]
+    let failed: Vec<Check> = [kernel_check(), btf_check()]
         .into_iter()
+        .chain(capability_checks())
         .filter(|c| c.status == Status::Fail)
         .collect();
     if failed.is_empty() {
@@ -128,13 +132,9 @@ pub fn preflight() -> Result<(), PreflightError> {
 
 /// Every check, for `hostprof system-info`.
 pub fn collect() -> Vec<Check> {
-    let mut checks = vec![
-        kernel_check(),
-        table_unwinder_check(),
-        btf_check(),
-        capability_check(),
-        paranoid_check(),
-    ];
+    let mut checks = vec![kernel_check(), table_unwinder_check(), btf_check()];
+    checks.extend(capability_checks());
+    checks.push(paranoid_check());
     checks.push(program_check());
     for (name, map) in [
         ("BPF map hash", MapType::Hash),
@@ -230,53 +230,53 @@ fn btf_check() -> Check {
     .hint("boot a kernel built with CONFIG_DEBUG_INFO_BTF=y")
 }
 
-/// Capability bits of interest.
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// The `CapEff` mask from `/proc/<pid>/status` text.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+/// What the capabilities hostprof holds leave out, one line per thing it
+/// can do without (empty as root), for a warning at start.
+pub fn degraded_capabilities() -> Vec<String> {
+    own_cap_eff().map_or_else(Vec::new, capabilities::degraded)
 }
 
-/// Names of the capabilities missing from `cap_eff` for sampling; empty
-/// when CAP_SYS_ADMIN or both CAP_BPF and CAP_PERFMON are held.
-pub fn missing_capabilities(cap_eff: u64) -> Vec<&'static str> {
-    let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
-    if has(CAP_SYS_ADMIN) {
-        return Vec::new();
-    }
-    let mut missing = Vec::new();
-    if !has(CAP_BPF) {
-        missing.push("CAP_BPF");
-    }
-    if !has(CAP_PERFMON) {
-        missing.push("CAP_PERFMON");
-    }
-    missing
-}
-
-fn capability_check() -> Check {
-    let cap_eff = std::fs::read_to_string("/proc/self/status")
+fn own_cap_eff() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .as_deref()
-        .and_then(parse_cap_eff);
-    let Some(cap_eff) = cap_eff else {
-        return Check::new("capabilities", "cannot read CapEff", Status::Warn);
-    };
-    let missing = missing_capabilities(cap_eff);
-    if missing.is_empty() {
-        Check::new("capabilities", format!("CapEff={cap_eff:016x}"), Status::Ok)
-    } else {
-        Check::new(
+        .and_then(capabilities::parse_cap_eff)
+}
+
+/// One row per [`capabilities::NEEDS`]: failed when hostprof cannot
+/// sample, a warning when it samples with less.
+fn capability_checks() -> Vec<Check> {
+    let Some(cap_eff) = own_cap_eff() else {
+        return vec![Check::new(
             "capabilities",
-            format!("missing {}", missing.join(" and ")),
-            Status::Fail,
-        )
-        .hint("run as root, or grant them: `sudo setcap cap_bpf,cap_perfmon+ep $(which hostprof)`")
+            "cannot read CapEff",
+            Status::Warn,
+        )];
+    };
+    capabilities::NEEDS
+        .iter()
+        .map(|need| capability_row(need, cap_eff))
+        .collect()
+}
+
+fn capability_row(need: &capabilities::Need, cap_eff: u64) -> Check {
+    let missing = need.missing(cap_eff);
+    if missing.is_empty() {
+        return Check::new(need.what, "held", Status::Ok);
     }
+    let (status, lost) = match need.without {
+        None => (Status::Fail, "hostprof cannot sample".to_owned()),
+        Some(lost) => (Status::Warn, lost.to_owned()),
+    };
+    Check::new(
+        need.what,
+        format!("missing {}", missing.join(" and ")),
+        status,
+    )
+    .hint(format!(
+        "{lost}; run as root, or grant them: `sudo setcap {} $(which hostprof)`",
+        capabilities::setcap_all()
+    ))
 }
 
 fn paranoid_check() -> Check {
@@ -331,8 +331,10 @@ fn kallsyms_check() -> Check {
         Some(addr) if addr.chars().any(|c| c != '0') => {
             Check::new("kallsyms", "addresses visible", Status::Ok)
         }
-        Some(_) => Check::new("kallsyms", "addresses hidden (kptr_restrict)", Status::Warn)
-            .hint("kernel frames will be unnamed; run as root or set kernel.kptr_restrict=0"),
+        Some(_) => Check::new("kallsyms", "addresses hidden (kptr_restrict)", Status::Warn).hint(
+            "kernel frames will be unnamed; run as root, grant CAP_SYSLOG or set \
+                 kernel.kptr_restrict=0",
+        ),
         None => Check::new("kallsyms", "unreadable", Status::Warn)
             .hint("kernel frames will be unnamed; mount /proc"),
     }
@@ -388,14 +390,22 @@ mod tests {
     }
 
     #[test]
-    fn capabilities() {
-        let root = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        let cap_eff = parse_cap_eff(root).unwrap();
-        assert!(missing_capabilities(cap_eff).is_empty());
-        assert_eq!(missing_capabilities(0), vec!["CAP_BPF", "CAP_PERFMON"]);
-        assert_eq!(missing_capabilities(1 << CAP_BPF), vec!["CAP_PERFMON"]);
-        assert!(missing_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
-        assert_eq!(parse_cap_eff("nothing"), None);
+    fn capability_rows_fail_or_warn_with_what_is_lost() {
+        use capabilities::NEEDS;
+        let root = 0x1ff_ffff_ffff;
+        assert_eq!(capability_row(&NEEDS[0], root).status, Status::Ok);
+        let none = capability_row(&NEEDS[0], 0);
+        assert_eq!(none.status, Status::Fail);
+        assert_eq!(none.value, "missing CAP_BPF and CAP_PERFMON");
+        let bpf_perfmon = (1 << 39) | (1 << 38);
+        let others = capability_row(&NEEDS[1], bpf_perfmon);
+        assert_eq!(others.status, Status::Warn);
+        let hint = others.hint.unwrap();
+        assert!(
+            hint.starts_with("processes of other users get no unwind tables"),
+            "{hint}"
+        );
+        assert!(hint.contains("cap_sys_ptrace"), "{hint}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod common;
 mod workloads;
 
 mod agent;
+mod capabilities;
 mod container;
 mod hostile;
 mod k8s;
