@@ -194,8 +194,15 @@ impl Collector for SnapshotCollector {
         )?;
         emit(
             &mut e,
+            "symbol_copy",
+            "Time spent making those copies",
+            Some(&Unit::Seconds),
+            ConstCounter::new(p.symbol_cache.copy_nanos as f64 / 1e9),
+        )?;
+        emit(
+            &mut e,
             "symbol_files_unreadable",
-            "Files left unsymbolized: not ELF, or changed while read",
+            "Files left unsymbolized: not opened, not ELF, or changed while read",
             None,
             ConstCounter::new(p.symbol_cache.files_unreadable),
         )?;

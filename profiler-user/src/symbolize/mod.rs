@@ -56,7 +56,10 @@ pub struct CacheStats {
     pub files_copied: u64,
     /// Bytes copied into them (headers, symbol tables, debug info).
     pub bytes_copied: u64,
-    /// Files left unsymbolized: not ELF, or changed while they were read.
+    /// Nanoseconds spent making them.
+    pub copy_nanos: u64,
+    /// Files left unsymbolized: not opened (the process was gone), not
+    /// ELF, or changed while they were read.
     pub files_unreadable: u64,
     /// Files symbolized without source lines: debug info past the limit.
     pub debug_left_out: u64,
@@ -120,7 +123,10 @@ impl Symbolizer {
         if own {
             return self.read_elf(module, Path::new("/proc/self/exe"), offsets);
         }
-        let copy = match file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes)) {
+        let started = std::time::Instant::now();
+        let copy = file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes));
+        self.stats.copy_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let copy = match copy {
             Some(Ok(copy)) => copy,
             failed => {
                 if let Some(Err(err)) = failed {
