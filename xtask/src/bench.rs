@@ -144,7 +144,7 @@ pub(crate) fn while_running<T>(
 }
 
 /// Runs `cmd` to completion and returns its resource use.
-fn measure(cmd: &mut Command) -> Result<Usage> {
+pub(crate) fn measure(cmd: &mut Command) -> Result<Usage> {
     let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;

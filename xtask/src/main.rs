@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_churn;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -83,6 +84,20 @@ enum Task {
         /// Export interval in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
+    },
+    /// Measure what process churn costs symbolization: the share of
+    /// short-lived processes' samples symbolized, and hostprof's CPU and
+    /// memory, at each rate of new processes per second.
+    BenchChurn {
+        /// Length of each capture, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// New processes per second, comma-separated; one capture each.
+        #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
+        rates: Vec<u32>,
+        /// How long each process runs, in milliseconds.
+        #[arg(long, default_value_t = 2)]
+        lifetime_ms: u32,
     },
     /// Measure the in-kernel .eh_frame unwinder against frame pointers in
     /// one run: BPF run time per sample (kernel.bpf_stats_enabled), BPF map
@@ -172,6 +187,20 @@ fn main() -> Result<()> {
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
                 root,
+            })
+        }
+        Task::BenchChurn {
+            seconds,
+            rates,
+            lifetime_ms,
+        } => {
+            let hostprof = release_build(&root)?;
+            bench_churn::run(&bench_churn::ChurnBenchOptions {
+                duration: Duration::from_secs(seconds),
+                rates,
+                lifetime_ms,
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
             })
         }
         Task::BenchUnwind { seconds } => {

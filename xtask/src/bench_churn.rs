@@ -1,0 +1,185 @@
+//! `cargo xtask bench-churn`: what process churn costs symbolization
+//! (issue 14, finding 3). For each rate, a spawner starts the `short_lived`
+//! workload that many times a second, each living a few milliseconds of
+//! CPU, while `hostprof record` captures the host; the figures are the
+//! share of the short-lived processes' samples whose leaf user frame is
+//! symbolized (named, not `file+0x…` or `[unknown]`), and hostprof's CPU
+//! seconds and peak RSS (from `wait4`). Figures, not asserts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use crate::bench::{measure, Usage};
+
+/// Options of the benchmark.
+#[derive(Clone, Debug)]
+pub struct ChurnBenchOptions {
+    /// Capture length at each rate.
+    pub duration: Duration,
+    /// New processes per second, one capture each.
+    pub rates: Vec<u32>,
+    /// How long each process runs, in milliseconds.
+    pub lifetime_ms: u32,
+    /// The release `hostprof` binary.
+    pub hostprof: PathBuf,
+    /// Scratch directory.
+    pub work_dir: PathBuf,
+}
+
+/// One capture's figures.
+struct Row {
+    rate: u32,
+    achieved: f64,
+    samples: u64,
+    symbolized: u64,
+    usage: Usage,
+}
+
+/// Runs a capture per rate and prints the table.
+pub fn run(options: &ChurnBenchOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.work_dir)
+        .with_context(|| format!("creating {}", options.work_dir.display()))?;
+    let workload = crate::workloads::build(&options.work_dir, &["short_lived"])
+        .map_err(anyhow::Error::msg)?
+        .remove(0);
+    let mut rows = Vec::new();
+    for &rate in &options.rates {
+        println!(
+            "[bench-churn] {rate} processes/s of {} ms each, {} s",
+            options.lifetime_ms,
+            options.duration.as_secs()
+        );
+        rows.push(capture(options, &workload, rate)?);
+    }
+    println!();
+    println!(
+        "{:>8} {:>9} {:>9} {:>11} {:>8} {:>13}",
+        "rate/s", "achieved", "samples", "symbolized", "CPU s", "peak RSS MiB"
+    );
+    for row in &rows {
+        println!(
+            "{:>8} {:>9.0} {:>9} {:>10.1}% {:>8.2} {:>13.1}",
+            row.rate,
+            row.achieved,
+            row.samples,
+            100.0 * row.symbolized as f64 / row.samples.max(1) as f64,
+            row.usage.cpu_seconds,
+            row.usage.peak_rss_mib
+        );
+    }
+    println!("\n(goal: >= 95 % symbolized at 1000 processes/s)");
+    Ok(())
+}
+
+fn capture(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Result<Row> {
+    let folded = options.work_dir.join(format!("churn-{rate}.folded"));
+    let output = options.work_dir.join(format!("churn-{rate}.pb.gz"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        let workload = workload.to_owned();
+        let lifetime = options.lifetime_ms.to_string();
+        std::thread::spawn(move || spawn_at(&workload, &lifetime, rate, &stop))
+    };
+    let secs = format!("{}s", options.duration.as_secs());
+    let recorded = measure(
+        Command::new(&options.hostprof)
+            .args(["record", "--duration", &secs, "--no-flamegraph", "-o"])
+            .arg(&output)
+            .arg("--folded")
+            .arg(&folded)
+            .stdout(Stdio::null()),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let spawned = spawner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the spawner panicked"))??;
+    let usage = recorded?;
+    let text = std::fs::read_to_string(&folded)
+        .with_context(|| format!("reading {}", folded.display()))?;
+    let (samples, symbolized) = symbolized_share(&text, "short_lived");
+    Ok(Row {
+        rate,
+        achieved: spawned.0 as f64 / spawned.1.as_secs_f64().max(f64::EPSILON),
+        samples,
+        symbolized,
+        usage,
+    })
+}
+
+/// Starts `workload LIFETIME` `rate` times a second until `stop`, reaping
+/// as it goes; returns how many it started and over how long.
+fn spawn_at(
+    workload: &Path,
+    lifetime: &str,
+    rate: u32,
+    stop: &AtomicBool,
+) -> Result<(u64, Duration)> {
+    let started = Instant::now();
+    let interval = Duration::from_secs(1) / rate.max(1);
+    let mut children: Vec<Child> = Vec::new();
+    let mut count = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = started + interval * u32::try_from(count).unwrap_or(u32::MAX);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        children.push(
+            Command::new(workload)
+                .arg(lifetime)
+                .spawn()
+                .with_context(|| format!("starting {}", workload.display()))?,
+        );
+        count += 1;
+        children.retain_mut(|child| !matches!(child.try_wait(), Ok(Some(_))));
+    }
+    let elapsed = started.elapsed();
+    for mut child in children {
+        child.wait().ok();
+    }
+    Ok((count, elapsed))
+}
+
+/// (samples, samples whose leaf user frame is named) of `process` in a
+/// folded file (`process;root;…;leaf COUNT`, kernel frames marked `_[k]`).
+fn symbolized_share(folded: &str, process: &str) -> (u64, u64) {
+    let (mut samples, mut named) = (0, 0);
+    for line in folded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        let mut frames = stack.split(';');
+        if frames.next() != Some(process) {
+            continue;
+        }
+        let leaf = frames.rfind(|f| !f.ends_with("_[k]"));
+        samples += count;
+        if leaf.is_some_and(|f| !f.contains("+0x") && f != "[unknown]") {
+            named += count;
+        }
+    }
+    (samples, named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_user_frames_decide() {
+        let folded = "short_lived;_start;main;level1;level2;hot_loop 7\n\
+                      short_lived;short_lived+0x1139 3\n\
+                      short_lived;[unknown];do_syscall_64_[k] 2\n\
+                      short_lived;_start;main;exit_[k] 1\n\
+                      other;main 5\n";
+        assert_eq!(symbolized_share(folded, "short_lived"), (13, 8));
+    }
+}
