@@ -36,6 +36,10 @@ pub fn folded_lines(profile: &Profile) -> Vec<String> {
                 let name = &profile.function(line.function).name;
                 frames.push(match location.kind {
                     FrameKind::Kernel => format!("{name}_[k]"),
+                    // JIT code, as perf and inferno mark it.
+                    FrameKind::V8js | FrameKind::Jvm | FrameKind::Dotnet | FrameKind::Cpython => {
+                        format!("{name}_[j]")
+                    }
                     FrameKind::Native | FrameKind::Rust => name.clone(),
                 });
             }

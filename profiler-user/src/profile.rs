@@ -72,6 +72,14 @@ pub enum FrameKind {
     Native,
     /// User-space code written in Rust.
     Rust,
+    /// JavaScript compiled by V8 (Node.js), named by its perf map.
+    V8js,
+    /// Java compiled by the JVM, named by its perf map.
+    Jvm,
+    /// .NET code compiled by the CLR, named by its perf map.
+    Dotnet,
+    /// Python code (CPython 3.12+ `-X perf` trampolines), named by its perf map.
+    Cpython,
 }
 
 /// A file (or the kernel) mapped into memory.

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use crate::aggregate::Aggregated;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
+use crate::process::perfmap::{JitFunction, Runtime};
 use crate::process::{ModuleId, ProcessTable, Resolved};
 use crate::profile::{
     FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, NewSample, Process,
@@ -95,13 +96,7 @@ pub fn profiles(
             ));
         }
         for addr in caller_adjusted(&key.user_stack) {
-            stack.push(user_location(
-                builder,
-                processes,
-                &symbols,
-                symbols.resolved[&(tgid, addr)],
-                addr,
-            ));
+            stack.push(user_location(builder, processes, &symbols, tgid, addr));
         }
         if key.user_truncated {
             // Outermost: the frames above the depth limit are unknown.
@@ -174,6 +169,8 @@ fn kernel_mapping() -> Mapping {
 /// Every address of every sample, resolved and symbolized in batches.
 struct SymbolTable {
     resolved: HashMap<(u32, u64), Resolved>,
+    /// Addresses in no file that a perf map names (JIT code).
+    jit: HashMap<(u32, u64), (JitFunction, Runtime)>,
     user: HashMap<(ModuleId, u64), Symbols>,
     kernel: HashMap<u64, Symbols>,
 }
@@ -185,15 +182,22 @@ impl SymbolTable {
         symbolizer: &mut Symbolizer,
     ) -> Self {
         let mut resolved = HashMap::new();
+        let mut jit = HashMap::new();
         let mut offsets: HashMap<ModuleId, BTreeSet<u64>> = HashMap::new();
         let mut kernel_addrs = BTreeSet::new();
         for key in keys {
             let tgid = key.thread.tgid;
             kernel_addrs.extend(caller_adjusted(&key.kernel_stack));
             for addr in caller_adjusted(&key.user_stack) {
-                let r = *resolved
-                    .entry((tgid, addr))
-                    .or_insert_with(|| processes.resolve(tgid, addr));
+                let r = *resolved.entry((tgid, addr)).or_insert_with(|| {
+                    let r = processes.resolve(tgid, addr);
+                    if r == Resolved::Unknown {
+                        if let Some(function) = processes.jit_function(tgid, addr) {
+                            jit.insert((tgid, addr), function);
+                        }
+                    }
+                    r
+                });
                 if let Resolved::Module {
                     module,
                     file_offset,
@@ -217,6 +221,7 @@ impl SymbolTable {
         let kernel = kernel_addrs.into_iter().zip(found).collect();
         Self {
             resolved,
+            jit,
             user,
             kernel,
         }
@@ -282,9 +287,10 @@ fn user_location(
     builder: &mut ProfileBuilder,
     processes: &ProcessTable,
     symbols: &SymbolTable,
-    resolved: Resolved,
+    tgid: u32,
     addr: u64,
 ) -> LocationId {
+    let resolved = symbols.resolved[&(tgid, addr)];
     let (mapping, lines) = match resolved {
         Resolved::Module {
             module,
@@ -310,7 +316,12 @@ fn user_location(
             (Some(mapping), lines)
         }
         Resolved::Vdso => (None, lines_for(builder, &None, || "[vdso]".into())),
-        Resolved::Unknown => (None, lines_for(builder, &None, || "[unknown]".into())),
+        Resolved::Unknown => {
+            if let Some((function, runtime)) = symbols.jit.get(&(tgid, addr)) {
+                return jit_location(builder, function, *runtime, addr);
+            }
+            (None, lines_for(builder, &None, || "[unknown]".into()))
+        }
     };
     // The outermost function decides: inlined callees are part of it.
     let rust = match resolved {
@@ -332,6 +343,36 @@ fn user_location(
             FrameKind::Rust
         } else {
             FrameKind::Native
+        },
+    })
+}
+
+/// A location in JIT code, named by the process's perf map, of the frame
+/// type of the runtime that wrote it.
+fn jit_location(
+    builder: &mut ProfileBuilder,
+    function: &JitFunction,
+    runtime: Runtime,
+    addr: u64,
+) -> LocationId {
+    let line = Line {
+        function: builder.function(Function {
+            name: function.name.clone(),
+            system_name: None,
+            filename: function.file.clone(),
+        }),
+        line: function.line,
+    };
+    builder.location(Location {
+        mapping: None,
+        address: addr,
+        lines: vec![line],
+        kind: match runtime {
+            Runtime::V8 => FrameKind::V8js,
+            Runtime::Jvm => FrameKind::Jvm,
+            Runtime::Dotnet => FrameKind::Dotnet,
+            Runtime::Python => FrameKind::Cpython,
+            Runtime::Other => FrameKind::Native,
         },
     })
 }

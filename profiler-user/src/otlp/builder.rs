@@ -144,6 +144,10 @@ impl Dictionary {
                     FrameKind::Kernel => "kernel",
                     FrameKind::Native => "native",
                     FrameKind::Rust => "rust",
+                    FrameKind::V8js => "v8js",
+                    FrameKind::Jvm => "jvm",
+                    FrameKind::Dotnet => "dotnet",
+                    FrameKind::Cpython => "cpython",
                 };
                 let attributes =
                     vec![self.attribute("profile.frame.type", AttrValue::Str(frame_type.into()))];

@@ -10,15 +10,17 @@
 
 mod lifecycle;
 pub mod maps;
+pub mod perfmap;
 mod procfs;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lifecycle::{lifecycle, Identity, Lifecycle};
 use maps::{MapEntry, MapPath};
+use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::{open_mapped_file, read_proc};
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
@@ -182,6 +184,16 @@ pub struct ProcessTable {
     /// Processes found gone at the last [`Self::prune`]; dropped at the next
     /// one, so samples drained just after an exit still find their snapshot.
     gone: HashSet<u32>,
+    /// Perf maps (JIT code by name) read so far, by process.
+    perf_maps: HashMap<u32, PerfMapState>,
+}
+
+/// A process's perf map and the file it was read from.
+#[derive(Debug)]
+struct PerfMapState {
+    /// (device, inode) of the file.
+    file: (u64, u64),
+    map: PerfMap,
 }
 
 impl ProcessTable {
@@ -228,21 +240,74 @@ impl ProcessTable {
                 Err(err) => log::debug!("process {tgid}: {err}"),
             }
         }
-        let mut checked = HashSet::new();
+        // Processes with code outside every file mapping: a library loaded
+        // since the snapshot, or JIT code a perf map may name.
+        let mut unmapped = BTreeSet::new();
         for sample in &drained.samples {
             let tgid = sample.key.thread.tgid;
             let user = &sample.key.user_stack;
-            if tgid == 0 || user.is_empty() || checked.contains(&tgid) {
+            if tgid == 0 || user.is_empty() || unmapped.contains(&tgid) {
                 continue;
             }
-            if self.refresh_if_unmapped(tgid, user) {
-                checked.insert(tgid);
-                if !tracked.snapshotted.contains(&tgid) {
-                    tracked.snapshotted.push(tgid);
-                }
+            if self.has_unmapped(tgid, user) {
+                unmapped.insert(tgid);
             }
         }
+        for tgid in unmapped {
+            if self.refresh(tgid) && !tracked.snapshotted.contains(&tgid) {
+                tracked.snapshotted.push(tgid);
+            }
+            self.read_perf_map(tgid);
+        }
         tracked
+    }
+
+    /// Reads what was appended to `pid`'s perf map since the last read (all
+    /// of it the first time, or when the file was replaced).
+    fn read_perf_map(&mut self, pid: u32) {
+        let known = self.perf_maps.get(&pid);
+        let from = known.map_or(0, |state| state.map.consumed());
+        match procfs::read_perf_map(pid, known.map(|state| state.file), from) {
+            Ok(None) => {}
+            Ok(Some(read)) => match self.perf_maps.get_mut(&pid) {
+                Some(state) if read.from == from && read.file == state.file => {
+                    state.map.extend(&read.text);
+                }
+                _ => {
+                    let map = PerfMap::parse(&read.text);
+                    self.perf_maps.insert(
+                        pid,
+                        PerfMapState {
+                            file: read.file,
+                            map,
+                        },
+                    );
+                }
+            },
+            Err(err) => log::debug!("process {pid}: perf map not read: {err}"),
+        }
+        if let Some(state) = self.perf_maps.get(&pid) {
+            log::debug!(
+                "process {pid}: perf map of {} entries ({} lines skipped)",
+                state.map.len(),
+                state.map.malformed()
+            );
+        }
+    }
+
+    /// The JIT function at `addr` in `pid`, named by its perf map, and the
+    /// runtime that wrote it.
+    pub fn jit_function(&self, pid: u32, addr: u64) -> Option<(JitFunction, Runtime)> {
+        let raw = self.perf_maps.get(&pid)?.map.find(addr)?;
+        let info = self.processes.get(&pid);
+        let executable = info
+            .and_then(|i| i.executable_path.as_deref())
+            .and_then(Path::file_name)
+            .map(|name| name.to_string_lossy().into_owned())
+            .or_else(|| info.map(|i| i.executable_name.clone()))
+            .unwrap_or_default();
+        let runtime = Runtime::of_executable(&executable);
+        Some((JitFunction::parse(raw, runtime), runtime))
     }
 
     /// Processes whose snapshots are held.
@@ -286,6 +351,7 @@ impl ProcessTable {
         let expired = lifecycle::expired(&gone, &self.gone);
         for pid in &expired {
             self.processes.remove(pid);
+            self.perf_maps.remove(pid);
         }
         self.gone = gone;
         if expired.is_empty() {
@@ -321,14 +387,17 @@ impl ProcessTable {
     /// Re-reads `pid`'s maps when one of `addrs` lies outside every mapping
     /// of its snapshot (a library loaded since), at most every half second.
     /// True when its executable mappings changed.
+    #[cfg(test)]
     fn refresh_if_unmapped(&mut self, pid: u32, addrs: &[u64]) -> bool {
-        let Some(info) = self.processes.get(&pid) else {
-            return false;
-        };
-        if addrs.iter().all(|&addr| lookup(info, addr).is_some()) {
-            return false;
-        }
-        self.refresh(pid)
+        self.has_unmapped(pid, addrs) && self.refresh(pid)
+    }
+
+    /// True when one of `addrs` lies outside every file mapping of `pid`'s
+    /// snapshot (false without a snapshot).
+    fn has_unmapped(&self, pid: u32, addrs: &[u64]) -> bool {
+        self.processes
+            .get(&pid)
+            .is_some_and(|info| addrs.iter().any(|&addr| lookup(info, addr).is_none()))
     }
 
     /// Snapshots `pid` again unless that was done less than

@@ -2,6 +2,7 @@
 //! procfs, so its rules ([`super::lifecycle`]) stay pure.
 
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::lifecycle::Identity;
@@ -29,6 +30,116 @@ pub(crate) fn elf_build_id(file: &File) -> Option<Vec<u8>> {
         .ok()
         .flatten()
         .map(<[u8]>::to_vec)
+}
+
+/// A perf map is read only up to this size (a long-running JVM writes
+/// tens of MiB; more than this is not a perf map worth holding).
+pub(crate) const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
+
+/// What [`read_perf_map`] read.
+pub(crate) struct PerfMapRead {
+    /// (device, inode) of the file.
+    pub file: (u64, u64),
+    /// Where the text starts in the file: the offset asked for, or 0 when
+    /// the file is another one or shrank.
+    pub from: u64,
+    /// The file from `from` to its end.
+    pub text: String,
+}
+
+/// Reads `pid`'s perf map (`/tmp/perf-PID.map` in its mount namespace,
+/// with its pid there) from byte `from` on, or whole when it is not the
+/// file `known` or shrank; `Ok(None)` when it has none.
+///
+/// The file is the process's to write, so it is read as untrusted: not
+/// through a symlink, only a regular file (a FIFO would block), only when
+/// owned by the process's user or root (else a user could have hostprof
+/// read a file only root may read into a profile they see), and at most
+/// [`MAX_PERF_MAP_BYTES`].
+pub(crate) fn read_perf_map(
+    pid: u32,
+    known: Option<(u64, u64)>,
+    from: u64,
+) -> std::io::Result<Option<PerfMapRead>> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let (Some(nspid), Some(uid)) = (
+        status_field(&status, "NSpid:"),
+        status_field(&status, "Uid:"),
+    ) else {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "no NSpid or Uid in status",
+        ));
+    };
+    let path = format!("/proc/{pid}/root/tmp/perf-{nspid}.map");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("{path} is not a regular file"),
+        ));
+    }
+    if meta.uid() != uid && meta.uid() != 0 {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{path} belongs to uid {}, not the process's {uid}",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.len() > MAX_PERF_MAP_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("{path} is larger than {} MiB", MAX_PERF_MAP_BYTES >> 20),
+        ));
+    }
+    let identity = (meta.dev(), meta.ino());
+    let from = if known == Some(identity) && from <= meta.len() {
+        from
+    } else {
+        0
+    };
+    let mut bytes = vec![0u8; usize::try_from(meta.len() - from).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match FileExt::read_at(&file, &mut bytes[filled..], from + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    bytes.truncate(filled);
+    Ok(Some(PerfMapRead {
+        file: identity,
+        from,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }))
+}
+
+/// The last number of a `/proc/PID/status` line (`NSpid:` has the pid in
+/// each nested namespace, innermost last) or, for `Uid:`, the effective one.
+fn status_field(status: &str, name: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix(name))?;
+    let mut fields = line.split_whitespace();
+    if name == "Uid:" {
+        fields.nth(1)?.parse().ok()
+    } else {
+        fields.last()?.parse().ok()
+    }
 }
 
 /// Opens the file behind a mapping: through `map_files` (works across mount
@@ -86,6 +197,59 @@ pub(crate) fn exe_identity(pid: u32) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_fields() {
+        let status = "Name:\tnode\nUid:\t1000\t1001\t1000\t1000\nNSpid:\t4242\t7\n";
+        assert_eq!(status_field(status, "NSpid:"), Some(7));
+        assert_eq!(status_field(status, "Uid:"), Some(1001));
+        assert_eq!(status_field(status, "Gid:"), None);
+    }
+
+    /// Our own perf map: read whole, then only what was appended; a
+    /// symlink, a FIFO and another user's file are refused unread.
+    #[test]
+    fn perf_maps_are_read_incrementally_and_only_when_safe() {
+        let me = std::process::id();
+        let path = format!("/tmp/perf-{me}.map");
+        let _ = std::fs::remove_file(&path);
+        assert!(read_perf_map(me, None, 0).unwrap().is_none());
+        std::fs::write(&path, "1000 10 a\n").unwrap();
+        let first = read_perf_map(me, None, 0).unwrap().unwrap();
+        assert_eq!((first.from, first.text.as_str()), (0, "1000 10 a\n"));
+        std::fs::write(&path, "1000 10 a\n2000 10 b\n").unwrap();
+        let next = read_perf_map(me, Some(first.file), 10).unwrap().unwrap();
+        assert_eq!((next.from, next.text.as_str()), (10, "2000 10 b\n"));
+        // Another file under the same name is read from its start.
+        let again = read_perf_map(me, Some((0, 0)), 10).unwrap().unwrap();
+        assert_eq!(again.from, 0);
+
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert!(read_perf_map(me, None, 0).is_err(), "followed a symlink");
+        std::fs::remove_file(&path).unwrap();
+        let fifo = std::ffi::CString::new(path.clone()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(read_perf_map(me, None, 0).is_err(), "read a FIFO");
+        std::fs::remove_file(&path).unwrap();
+        if running_as_root() {
+            std::fs::write(&path, "1000 10 a\n").unwrap();
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            assert!(
+                read_perf_map(me, None, 0).is_err(),
+                "read another user's file"
+            );
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    fn running_as_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| status_field(&s, "Uid:"))
+            == Some(0)
+    }
 
     #[test]
     fn start_time_from_stat() {

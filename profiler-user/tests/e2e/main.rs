@@ -16,6 +16,7 @@ mod agent;
 mod capabilities;
 mod container;
 mod hostile;
+mod jit;
 mod k8s;
 mod otlp;
 mod record;
