@@ -404,6 +404,20 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     )?;
     emit(
         e,
+        "unwind_table_files_unreferenced",
+        "Unwind tables kept loaded with no process using them, for the next one",
+        None,
+        ConstGauge::new(t.registry.files_unreferenced),
+    )?;
+    emit(
+        e,
+        "unwind_table_reuses",
+        "Processes whose file's unwind table was already built (a rebuild saved)",
+        None,
+        ConstCounter::new(t.registry.reuses),
+    )?;
+    emit(
+        e,
         "unwind_table_out_of_room",
         "Unwind tables refused for lack of room within the budget",
         None,

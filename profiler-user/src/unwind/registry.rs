@@ -1,8 +1,10 @@
 //! Which unwind tables the kernel holds, and for whom: each file's table
 //! is placed once in `UNWIND_ROWS` and shared by every process mapping the
-//! file (keyed by build id, so containers share too); a file's rows are
-//! freed when no process maps it any more; when the budget is full, the
-//! least recently sampled files are evicted. Per process it computes the
+//! file (keyed by build id, so containers share too). A table no process
+//! uses any more stays, unreferenced, until its room is needed: the next
+//! `cc1` of a build, or the next pod of a deployment, finds it built. When
+//! the budget is full, unreferenced tables are evicted first, then the
+//! least recently sampled. Per process it computes the
 //! [`UnwindProcess`] entry that maps its executable mappings to rows.
 //!
 //! Pure bookkeeping: the worker in [`super::loader`] builds tables and
@@ -97,6 +99,11 @@ pub struct RegistryStats {
     pub evictions: u64,
     /// Files refused for lack of room, since the start.
     pub out_of_room: u64,
+    /// Loaded tables no process maps (kept until their room is needed).
+    pub files_unreferenced: usize,
+    /// Times a process found its file's table already built with no
+    /// process using it, since the start (a rebuild saved).
+    pub reuses: u64,
 }
 
 /// Tables in the kernel and the processes using them.
@@ -108,6 +115,7 @@ pub struct Registry {
     clock: u64,
     evictions: u64,
     out_of_room: u64,
+    reuses: u64,
     /// Rows were freed since [`Self::take_freed`] last said so.
     freed: bool,
 }
@@ -122,6 +130,7 @@ impl Registry {
             clock: 0,
             evictions: 0,
             out_of_room: 0,
+            reuses: 0,
             freed: false,
         }
     }
@@ -141,6 +150,9 @@ impl Registry {
                     users: BTreeSet::new(),
                     last_used: 0,
                 });
+            if entry.users.is_empty() && matches!(entry.state, FileState::Loaded { .. }) {
+                self.reuses += 1;
+            }
             entry.users.insert(tgid);
             entry.last_used = self.clock;
             if entry.state == FileState::Pending && !wanted.contains(&mapping.key) {
@@ -177,14 +189,18 @@ impl Registry {
         freed
     }
 
-    /// Removes `tgid` from `key`'s users, and the file with its last user;
-    /// true when that freed rows.
+    /// Removes `tgid` from `key`'s users. With its last user a file is
+    /// forgotten unless its table is loaded and keyed by build id (any
+    /// later process mapping the same build can use it); true when rows
+    /// were freed.
     fn drop_user(&mut self, key: &FileKey, tgid: u32) -> bool {
         let Some(entry) = self.files.get_mut(key) else {
             return false;
         };
         entry.users.remove(&tgid);
-        if !entry.users.is_empty() {
+        let reusable =
+            matches!(key, FileKey::BuildId(_)) && matches!(entry.state, FileState::Loaded { .. });
+        if !entry.users.is_empty() || reusable {
             return false;
         }
         match self.files.remove(key) {
@@ -259,6 +275,9 @@ impl Registry {
                 self.freed = true;
             }
             affected.extend(entry.users.iter().copied());
+            if entry.users.is_empty() {
+                self.files.remove(&victim);
+            }
             self.evictions += 1;
         };
         self.set_state(
@@ -287,13 +306,14 @@ impl Registry {
         Some(std::mem::replace(&mut entry.state, state))
     }
 
-    /// The loaded file sampled longest ago that none of `loading` maps.
+    /// The loaded file to evict: one no process maps, else the one
+    /// sampled longest ago that none of `loading` maps.
     fn least_recently_used(&self, loading: &BTreeSet<u32>) -> Option<FileKey> {
         self.files
             .iter()
             .filter(|(_, e)| matches!(e.state, FileState::Loaded { .. }))
             .filter(|(_, e)| e.users.is_disjoint(loading))
-            .min_by_key(|(key, e)| (e.last_used, (*key).clone()))
+            .min_by_key(|(key, e)| (!e.users.is_empty(), e.last_used, (*key).clone()))
             .map(|(key, _)| key.clone())
     }
 
@@ -346,6 +366,12 @@ impl Registry {
             rows_capacity: self.space.capacity(),
             evictions: self.evictions,
             out_of_room: self.out_of_room,
+            files_unreferenced: self
+                .files
+                .values()
+                .filter(|e| e.users.is_empty() && matches!(e.state, FileState::Loaded { .. }))
+                .count(),
+            reuses: self.reuses,
         }
     }
 }
@@ -431,11 +457,45 @@ mod tests {
 
         assert!(!registry.is_pending(&key(1)));
         assert_eq!(registry.users(&key(1)), vec![1, 2]);
-        assert!(registry.remove_process(1), "file 2 freed");
-        assert_eq!(registry.stats().rows_used, 10);
-        assert!(registry.remove_process(2), "file 1 freed");
-        assert_eq!(registry.stats().rows_used, 0);
+        // Tables of build ids stay when their last process goes...
+        assert!(!registry.remove_process(1), "file 2 kept");
+        assert!(!registry.remove_process(2), "file 1 kept");
         assert!(!registry.remove_process(2), "already gone");
+        let stats = registry.stats();
+        assert_eq!((stats.rows_used, stats.files_unreferenced), (30, 2));
+        // ...and the next process mapping one builds nothing.
+        assert_eq!(
+            registry.set_process(3, vec![mapping(0x6000_0000, 2)]),
+            vec![]
+        );
+        assert_eq!(registry.entry(3).unwrap().mappings[0].row_start, b.start);
+        let stats = registry.stats();
+        assert_eq!((stats.reuses, stats.files_unreferenced), (1, 1));
+    }
+
+    #[test]
+    fn unreferenced_tables_make_room_first_and_files_without_build_id_go() {
+        let mut registry = Registry::new(100);
+        registry.set_process(1, vec![mapping(0x1000_0000, 1)]);
+        registry.set_process(2, vec![mapping(0x1000_0000, 2)]);
+        placed(registry.place(&key(1), 40, text_segment()));
+        placed(registry.place(&key(2), 40, text_segment()));
+        registry.touch(&[2]);
+        registry.remove_process(2); // file 2: the more recent, but unused
+        registry.set_process(3, vec![mapping(0x1000_0000, 3)]);
+        let (_, affected) = placed(registry.place(&key(3), 50, text_segment()));
+        assert!(affected.is_empty(), "{affected:?}");
+        assert!(registry.entry(1).is_some(), "process 1 keeps its table");
+        assert_eq!(registry.stats().files_unreferenced, 0);
+        assert_eq!(registry.stats().evictions, 1);
+        // A file known by device and inode only is freed with its last user.
+        let module = FileKey::Module(crate::process::ModuleId::for_tests(9));
+        let mut plain = mapping(0x2000_0000, 0);
+        plain.key = module.clone();
+        registry.set_process(4, vec![plain]);
+        placed(registry.place(&module, 5, text_segment()));
+        assert!(registry.remove_process(4), "freed");
+        assert!(!registry.is_pending(&module));
     }
 
     #[test]
@@ -486,7 +546,14 @@ mod tests {
             registry.set_process(1, vec![mapping(0x1000_0000, 2)]),
             vec![key(2)]
         );
-        assert_eq!(registry.stats().rows_used, 0, "the old file was freed");
+        let stats = registry.stats();
+        assert_eq!(registry.users(&key(1)), Vec::<u32>::new());
+        assert_eq!(
+            (stats.rows_used, stats.files_unreferenced),
+            (10, 1),
+            "the old file's table is kept for the next process to map it"
+        );
+        assert!(registry.entry(1).is_none(), "file 2 is not loaded yet");
     }
 
     #[test]
