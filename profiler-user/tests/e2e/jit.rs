@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::common::{self, KillOnDrop, Traces};
+use crate::common::{self, KillOnDrop, Receiver, Traces};
 
 /// The workloads' sources.
 fn source(name: &str) -> PathBuf {
@@ -69,14 +69,42 @@ fn node_functions_are_named_from_its_perf_map() {
         Command::new("node")
             .arg("--perf-basic-prof")
             .arg(source("jit_hot.js"))
-            .arg("8000")
+            .arg("20000")
             .spawn()
             .expect("run node (Node.js 20 is on the test machine)"),
     );
     let pid = node.id();
     wait_for_perf_map(pid, "hotFunction");
     let share = record_share(dir.path(), "node", "hotFunction");
+    // Over OTLP, read with the official types, its frames are `v8js`.
+    let receiver = Receiver::start(dir.path(), &[]);
+    let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+        .args([
+            "record",
+            "--duration",
+            "2s",
+            "--no-local",
+            "--otlp-protocol",
+            "http",
+        ])
+        .arg("--otlp-endpoint")
+        .arg(format!("http://127.0.0.1:{}", receiver.http_port))
+        .status()
+        .expect("run hostprof");
+    assert!(status.success(), "export failed");
     drop(node);
+    let received = receiver.received();
+    let frame_types = received[0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["attributes"]["process.executable.name"] == "node")
+        .map(|r| r["frame_types"].clone())
+        .unwrap_or_else(|| panic!("a resource for node in {}", received[0]));
+    assert!(
+        frame_types.as_array().unwrap().contains(&"v8js".into()),
+        "JIT frames are v8js: {frame_types}"
+    );
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     assert_share("node", "hotFunction", share);
 }
