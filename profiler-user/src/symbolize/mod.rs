@@ -4,7 +4,10 @@
 //!
 //! blazesym maps what it reads; it is never given a tenant's file, only a
 //! sealed copy of what symbolization needs of it ([`sealed`]), made when a
-//! window has addresses in that file not yet cached and dropped after.
+//! window has addresses in that file not yet cached. The most recently
+//! used copies are kept, within [`KEPT_COPY_BYTES`], so a busy library is
+//! not copied and parsed again every window; the others are dropped after
+//! their window.
 //! hostprof's own executable is read in place: no tenant can change it.
 //!
 //! Results are cached per (module, file offset) and per kernel address, so
@@ -65,9 +68,14 @@ pub struct CacheStats {
     pub debug_left_out: u64,
 }
 
+/// Bytes of sealed copies kept between windows, at most.
+const KEPT_COPY_BYTES: u64 = 32 << 20;
+
 /// A caching symbolizer for user and kernel addresses.
 pub struct Symbolizer {
     blazesym: blazesym::symbolize::Symbolizer,
+    /// Copies kept between windows, least recently used first.
+    copies: Vec<(ModuleId, sealed::SealedElf)>,
     /// (device, inode) of hostprof's own executable.
     own_executable: Option<(u64, u64)>,
     /// Debug sections copied at most per file.
@@ -93,6 +101,7 @@ impl Symbolizer {
             .build();
         Self {
             blazesym,
+            copies: Vec::new(),
             own_executable: std::fs::metadata("/proc/self/exe")
                 .ok()
                 .map(|m| (m.dev(), m.ino())),
@@ -123,31 +132,55 @@ impl Symbolizer {
         if own {
             return self.read_elf(module, Path::new("/proc/self/exe"), offsets);
         }
-        let started = std::time::Instant::now();
-        let copy = file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes));
-        self.stats.copy_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let copy = match copy {
-            Some(Ok(copy)) => copy,
-            failed => {
-                if let Some(Err(err)) = failed {
-                    log::debug!("module {module:?} left unsymbolized: {err}");
+        let copy = match self.copies.iter().position(|(m, _)| *m == module) {
+            Some(at) => self.copies.remove(at).1,
+            None => {
+                let started = std::time::Instant::now();
+                let copy = file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes));
+                self.stats.copy_nanos +=
+                    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                match copy {
+                    Some(Ok(copy)) => {
+                        self.stats.files_copied += 1;
+                        self.stats.bytes_copied += copy.copied();
+                        self.stats.debug_left_out += u64::from(copy.debug_left_out());
+                        copy
+                    }
+                    failed => {
+                        if let Some(Err(err)) = failed {
+                            log::debug!("module {module:?} left unsymbolized: {err}");
+                        }
+                        // Not cached: the next window tries again.
+                        self.stats.files_unreadable += 1;
+                        return lookup(&self.user, offsets, |o| (module, o));
+                    }
                 }
-                // Not cached: the next window tries again.
-                self.stats.files_unreadable += 1;
-                return lookup(&self.user, offsets, |o| (module, o));
             }
         };
-        self.stats.files_copied += 1;
-        self.stats.bytes_copied += copy.copied();
-        self.stats.debug_left_out += u64::from(copy.debug_left_out());
+        let symbols = self.read_elf(module, &copy.path(), offsets);
+        self.keep(module, copy);
+        symbols
+    }
+
+    /// Keeps `copy` as the most recently used, dropping the least recently
+    /// used copies past [`KEPT_COPY_BYTES`] (`copy` too when it alone is).
+    fn keep(&mut self, module: ModuleId, copy: sealed::SealedElf) {
+        self.copies.push((module, copy));
+        let mut kept: u64 = self.copies.iter().map(|(_, c)| c.copied()).sum();
+        while kept > KEPT_COPY_BYTES && !self.copies.is_empty() {
+            let (_, dropped) = self.copies.remove(0);
+            kept -= dropped.copied();
+            self.drop_copy(dropped);
+        }
+    }
+
+    /// Closes `copy`, first making blazesym let go of it: its descriptor's
+    /// path will name another file.
+    fn drop_copy(&mut self, copy: sealed::SealedElf) {
         let path = copy.path();
-        let symbols = self.read_elf(module, &path, offsets);
-        // The copy closes now and its descriptor's path will name another
-        // file: nothing of it may stay cached.
         if let Err(err) = self.blazesym.evict(&Evict::Elf(evict::Elf::new(&path))) {
             log::debug!("evicting {}: {err}", path.display());
         }
-        symbols
     }
 
     /// Symbolizes `offsets` of `module` with blazesym reading the ELF file
@@ -176,6 +209,13 @@ impl Symbolizer {
         }
         let ids: std::collections::HashSet<ModuleId> = modules.iter().copied().collect();
         self.user.retain(|(module, _), _| !ids.contains(module));
+        let (gone, kept) = std::mem::take(&mut self.copies)
+            .into_iter()
+            .partition(|(module, _)| ids.contains(module));
+        self.copies = kept;
+        for (_, copy) in gone {
+            self.drop_copy(copy);
+        }
     }
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
@@ -379,6 +419,26 @@ mod tests {
                 (start..start + len).step_by(stride as usize)
             })
             .collect()
+    }
+
+    /// A copy serves the next windows until its module is forgotten.
+    #[test]
+    fn copies_are_kept_between_windows_until_forgotten() {
+        let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+        let offsets = code_offsets(libc, 4099);
+        let (first, second) = offsets.split_at(offsets.len() / 2);
+        let module = crate::process::ModuleId::for_tests(3);
+        let file = File::open(libc).unwrap();
+        let mut symbolizer = Symbolizer::new();
+        symbolizer.user(module, Some(&file), first);
+        symbolizer.user(module, Some(&file), second);
+        assert_eq!(symbolizer.stats().files_copied, 1);
+        assert_eq!(symbolizer.copies.len(), 1);
+        symbolizer.forget(&[module]);
+        assert!(symbolizer.copies.is_empty());
+        // Forgotten: its addresses are symbolized from a new copy.
+        symbolizer.user(module, Some(&file), first);
+        assert_eq!(symbolizer.stats().files_copied, 2);
     }
 
     /// The sealed copy answers as the file itself does, names, lines and
