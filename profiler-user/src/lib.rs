@@ -53,6 +53,10 @@ mod aggregate;
 pub mod container;
 pub mod filter;
 pub mod flamegraph;
+// The fuzz targets' entry points (fuzz/), not part of the interface.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod input;
 pub mod k8s;
 pub mod kind;

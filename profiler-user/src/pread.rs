@@ -59,6 +59,12 @@ impl PreadFile {
         if size == 0 {
             return Ok(&[]);
         }
+        // A range past the end cannot be read: refuse it before allocating
+        // for it, as a header may claim any size (a panic or an abort on
+        // allocation failure otherwise).
+        if offset.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(());
+        }
         let size = usize::try_from(size).map_err(|_| ())?;
         // Read straight into 8-byte words: one copy, from the kernel.
         let mut words: Box<[u64]> = vec![0u64; size.div_ceil(8)].into_boxed_slice();
@@ -123,6 +129,11 @@ mod tests {
         }
         assert_eq!(reader.read_bytes_at(5, 0), Ok(&[][..]));
         assert_eq!(reader.read_bytes_at(12, 4), Err(()));
+        // Sizes an ELF header may claim, far past the end: refused, not
+        // allocated (found by the unwind_table fuzz target).
+        assert_eq!(reader.read_bytes_at(8, u64::MAX), Err(()));
+        assert_eq!(reader.read_bytes_at(u64::MAX, 2), Err(()));
+        assert_eq!(reader.read_bytes_at(0, 1 << 40), Err(()));
         assert_eq!(reader.read_bytes_at_until(5..15, 0), Ok(&b"defgh"[..]));
         assert_eq!(reader.read_bytes_at_until(11..15, 0), Err(()));
         assert_eq!(reader.read_bytes_at_until(11..99, 0), Err(()));

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result};
 
 use crate::cmd;
+use crate::setup::NIGHTLY;
 
 /// Flags aya-build passes: the BPF target architecture, full debug info
 /// and BTF emitted by bpf-linker (the loader needs BTF).
@@ -26,7 +27,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         Command::new("rustup")
             .args([
                 "run",
-                "nightly",
+                NIGHTLY,
                 "cargo",
                 "build",
                 "--package",

@@ -10,6 +10,7 @@ mod bench_unwind;
 mod cmd;
 mod deploy;
 mod ebpf;
+mod fuzz;
 mod setup;
 // The test workloads' recipes, shared with the end-to-end tests.
 #[path = "../../profiler-user/tests/workloads/recipes.rs"]
@@ -48,7 +49,7 @@ enum Task {
     /// `cargo fmt --check` and `cargo clippy -D warnings` over the workspace.
     Check,
     /// Set up, then run the whole test suite (extra args go to `cargo test`)
-    /// and the deploy checks.
+    /// and the deploy checks; with CI=true, every fuzz target briefly too.
     Test {
         /// Passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -99,6 +100,16 @@ enum Task {
         #[arg(long, default_value_t = 2)]
         lifetime_ms: u32,
     },
+    /// Build the fuzz targets in fuzz/ (cargo-fuzz, nightly, ASan) and run
+    /// each for a while; report the inputs run and fail on a crash.
+    Fuzz {
+        /// How long each target runs, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (`cargo fuzz list` names them).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// Measure the in-kernel .eh_frame unwinder against frame pointers in
     /// one run: BPF run time per sample (kernel.bpf_stats_enabled), BPF map
     /// memory of each mode, and unwind-table build speed. Needs root.
@@ -108,6 +119,9 @@ enum Task {
         seconds: u64,
     },
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test` under CI.
+const CI_FUZZ_SECONDS: u64 = 10;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -153,7 +167,14 @@ fn main() -> Result<()> {
             let mut cargo_args = vec!["test", "--workspace", "--exclude", "profiler-ebpf"];
             cargo_args.extend(args.iter().map(String::as_str));
             cmd::cargo(&root, &cargo_args)?;
-            deploy::check(&root, false)
+            deploy::check(&root, false)?;
+            // The fuzz targets' cold build takes minutes more than the
+            // suite (ASan, every dependency again): CI pays it, a
+            // developer runs `cargo xtask fuzz` when touching a parser.
+            if std::env::var("CI").is_ok_and(|ci| ci == "true" || ci == "1") {
+                fuzz::run(&root, CI_FUZZ_SECONDS, None)?;
+            }
+            Ok(())
         }
         Task::Record { args } => {
             let hostprof = release_build(&root)?;
@@ -202,6 +223,11 @@ fn main() -> Result<()> {
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
             })
+        }
+        Task::Fuzz { seconds, target } => {
+            setup::run(&root, setup::Scope::Build)?;
+            setup::cargo_fuzz()?;
+            fuzz::run(&root, seconds, target.as_deref())
         }
         Task::BenchUnwind { seconds } => {
             // Before the release build: it cannot run without root.

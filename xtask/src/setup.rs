@@ -46,6 +46,11 @@ pub enum Scope {
 /// bpf-linker built on Debian's llvm-22 cannot link).
 const PINNED_NIGHTLY: &str = "nightly-2026-05-19";
 
+/// The toolchain name [`PINNED_NIGHTLY`] is installed under (when no
+/// `nightly` is there yet), and that the nightly-only builds run with: the
+/// eBPF object (here and in aya-build) and the fuzz targets.
+pub const NIGHTLY: &str = "nightly";
+
 /// Runs the setup steps of `scope`.
 pub fn run(root: &Path, scope: Scope) -> Result<()> {
     apt_packages(BUILD_PACKAGES)?;
@@ -56,6 +61,7 @@ pub fn run(root: &Path, scope: Scope) -> Result<()> {
         apt_packages(TEST_PACKAGES)?;
         pprof_tool(root)?;
         python_packages()?;
+        cargo_fuzz()?;
     }
     Ok(())
 }
@@ -97,13 +103,13 @@ fn apt_packages(packages: &[&str]) -> Result<()> {
 }
 
 fn nightly() -> Result<()> {
-    if cmd::succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+    if cmd::succeeds(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--version"])) {
         step("nightly toolchain", "present");
         return Ok(());
     }
     step(
         "nightly toolchain",
-        &format!("installing {PINNED_NIGHTLY} as `nightly`"),
+        &format!("installing {PINNED_NIGHTLY} as `{NIGHTLY}`"),
     );
     cmd::run(Command::new("rustup").args([
         "toolchain",
@@ -120,7 +126,7 @@ fn nightly() -> Result<()> {
         "sysroot",
     ]))
     .context("finding the pinned nightly's sysroot")?;
-    cmd::run(Command::new("rustup").args(["toolchain", "link", "nightly", sysroot.trim()]))
+    cmd::run(Command::new("rustup").args(["toolchain", "link", NIGHTLY, sysroot.trim()]))
 }
 
 fn rust_src() -> Result<()> {
@@ -128,7 +134,7 @@ fn rust_src() -> Result<()> {
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        NIGHTLY,
         "--installed",
     ]))
     .unwrap_or_default();
@@ -137,13 +143,7 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     step("nightly rust-src", "installing");
-    cmd::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
 }
 
 fn bpf_linker() -> Result<()> {
@@ -164,6 +164,17 @@ fn bpf_linker() -> Result<()> {
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
     .context("installing bpf-linker (is ~/.cargo/bin on PATH?)")
+}
+
+/// cargo-fuzz, from crates.io, for `cargo xtask fuzz`.
+pub fn cargo_fuzz() -> Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        step("cargo-fuzz", "present");
+        return Ok(());
+    }
+    step("cargo-fuzz", "installing (cargo install, about 2 minutes)");
+    cmd::run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+        .context("installing cargo-fuzz (is ~/.cargo/bin on PATH?)")
 }
 
 /// Python packages: the official OTLP types and grpcio for the interop

@@ -2,10 +2,12 @@
 //! `ProfilesService/Export`) or HTTP/protobuf (`POST /v1development/profiles`),
 //! gzip-compressed by default.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use futures_util::FutureExt as _;
 use hostprof_proto::otlp::collector::profiles::v1development::profiles_service_client::ProfilesServiceClient;
 use hostprof_proto::otlp::collector::profiles::v1development::{
     ExportProfilesServiceRequest, ExportProfilesServiceResponse,
@@ -234,9 +236,17 @@ impl Exporter {
             call.metadata_mut().insert(key, value);
         }
         let bytes_sent = request.encoded_len();
-        let response = client
-            .export(call)
+        // tonic panics on a status whose details header is not base64
+        // (grpc/grpc-rust#2618): whatever a collector answers must not end
+        // the task that exports.
+        let response = AssertUnwindSafe(client.export(call))
+            .catch_unwind()
             .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::internal(
+                    "the collector answered with a malformed gRPC status",
+                ))
+            })
             .map_err(|source| grpc_error(endpoint, source))?
             .into_inner();
         Ok(outcome(response, bytes_sent))
@@ -295,11 +305,6 @@ impl Exporter {
         };
         let mut response = builder.body(body).send().await.map_err(http_err)?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
         if !status.is_success() {
             // The start of the body is enough for the message; the rest is
             // left unread (and the connection closed).
@@ -307,13 +312,8 @@ impl Exporter {
                 Ok(Body::Whole(bytes) | Body::Cut(bytes)) => bytes,
                 Err(_) => Vec::new(),
             };
-            return Err(ExportError::HttpStatus {
-                url,
-                status,
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(ERROR_BODY_SHOWN)])
-                    .into_owned(),
-                retry_after,
-            });
+            let retry_after = response.headers().get("retry-after");
+            return Err(http_refusal(url, status, retry_after, &bytes));
         }
         let bytes = match read_body(&mut response, MAX_RESPONSE_BYTES)
             .await
@@ -327,10 +327,37 @@ impl Exporter {
                 })
             }
         };
-        let response = ExportProfilesServiceResponse::decode(bytes.as_slice())
-            .map_err(|source| ExportError::Decode { url, source })?;
-        Ok(outcome(response, bytes_sent))
+        decode_outcome(url, &bytes, bytes_sent)
     }
+}
+
+/// The error of an HTTP export answered with the failure `status`, its
+/// `Retry-After` header (if any) and the start of its body.
+pub(crate) fn http_refusal(
+    url: String,
+    status: reqwest::StatusCode,
+    retry_after: Option<&reqwest::header::HeaderValue>,
+    body: &[u8],
+) -> ExportError {
+    ExportError::HttpStatus {
+        url,
+        status,
+        body: String::from_utf8_lossy(&body[..body.len().min(ERROR_BODY_SHOWN)]).into_owned(),
+        retry_after: retry_after
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after),
+    }
+}
+
+/// The outcome of an HTTP export accepted with the response body `body`.
+pub(crate) fn decode_outcome(
+    url: String,
+    body: &[u8],
+    bytes_sent: usize,
+) -> Result<ExportOutcome, ExportError> {
+    let response = ExportProfilesServiceResponse::decode(body)
+        .map_err(|source| ExportError::Decode { url, source })?;
+    Ok(outcome(response, bytes_sent))
 }
 
 /// Why a header value cannot be sent.
@@ -408,7 +435,7 @@ async fn read_body(response: &mut reqwest::Response, limit: usize) -> reqwest::R
 /// A failed gRPC call: [`ExportError::ResponseTooLarge`] when tonic refused
 /// a response over [`MAX_RESPONSE_BYTES`] (as sent, or once decompressed),
 /// else [`ExportError::Grpc`].
-fn grpc_error(endpoint: String, source: tonic::Status) -> ExportError {
+pub(crate) fn grpc_error(endpoint: String, source: tonic::Status) -> ExportError {
     let message = source.message();
     let too_large = match source.code() {
         tonic::Code::OutOfRange => message.contains("decoded message length too large"),
@@ -643,6 +670,47 @@ mod tests {
         assert!(
             matches!(err, ExportError::ResponseTooLarge { limit, .. } if limit == MAX_RESPONSE_BYTES),
             "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_grpc_status_is_an_error_not_a_panic() {
+        let incoming =
+            tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = incoming.local_addr().unwrap();
+        // Every answer is a failure whose details are not base64, which
+        // tonic's client panics on (found by the otlp_response fuzz target).
+        let bad_details = tower::util::MapResponseLayer::new(
+            |mut response: tonic::codegen::http::Response<tonic::body::Body>| {
+                response.headers_mut().insert(
+                    "grpc-status",
+                    tonic::codegen::http::HeaderValue::from_static("14"),
+                );
+                response.headers_mut().insert(
+                    "grpc-status-details-bin",
+                    tonic::codegen::http::HeaderValue::from_static("!"),
+                );
+                response
+            },
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(bad_details)
+                .serve_with_incoming(ProfilesServiceServer::new(Verbose(0)), incoming),
+        );
+        let err = export_once(&exporter(Protocol::Grpc, addr))
+            .await
+            .unwrap_err();
+        match &err {
+            ExportError::Grpc { source, .. } => {
+                assert_eq!(source.code(), tonic::Code::Internal, "{source:?}");
+                assert!(source.message().contains("malformed gRPC status"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            crate::otlp::retry::classify(&err),
+            crate::otlp::retry::Verdict::GiveUp
         );
     }
 

@@ -1,0 +1,169 @@
+//! Entry points for the fuzz targets in `fuzz/` (the `fuzzing` feature):
+//! each takes raw bytes, turns them into its parser's input the way the
+//! profiler reads them, runs the parser and checks what must hold of its
+//! result. Not part of the library's interface.
+
+use std::io::{Seek as _, Write as _};
+use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::path::Path;
+
+use crate::otlp::export::{decode_outcome, grpc_error, http_refusal};
+use crate::otlp::retry::{classify, Backoff, Verdict};
+use crate::settings::{AgentSettings, CommandGroup, RecordSettings, Settings};
+
+/// `/proc/<pid>/maps` text (read as UTF-8 text, as the process table
+/// reads it): parsing gives entries or an error, and every entry's range
+/// is ordered.
+pub fn proc_maps(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(entries) = crate::process::maps::parse(text) {
+        for entry in entries {
+            assert!(entry.start <= entry.end, "{entry:?}");
+        }
+    }
+}
+
+/// `/proc/<pid>/cgroup` text: its paths, and the container they name.
+pub fn proc_cgroup(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let paths = crate::container::cgroup_paths(text);
+    if let Some(found) = crate::container::parse_proc_cgroup(text) {
+        // The id is one a path names (in either case).
+        let id = found.id.as_str();
+        assert!(paths.iter().any(|p| p.to_ascii_lowercase().contains(id)));
+    }
+}
+
+/// A `--config` file's text, for both commands: it loads or gives an
+/// error; settings that load resolve or give an error, and print
+/// (`--print-config`'s form) as YAML that loads back to the same settings.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if data.len() > crate::input::MAX_CONFIG_BYTES {
+        return;
+    }
+    fn one<C: CommandGroup>(text: &str, resolve: impl Fn(&Settings<C>)) {
+        let path = Path::new("fuzz.yaml");
+        let Ok(settings) = Settings::<C>::from_yaml(text, path) else {
+            return;
+        };
+        let printed = settings.to_yaml();
+        let again = Settings::<C>::from_yaml(&printed, path)
+            .unwrap_or_else(|err| panic!("printed settings do not load: {err}\n{printed}"));
+        assert_eq!(again, settings, "printed:\n{printed}");
+        resolve(&settings);
+    }
+    one::<crate::settings::AgentOnly>(text, |s: &AgentSettings| {
+        let _ = s.resolve(|_| None);
+    });
+    one::<crate::settings::RecordOnly>(text, |s: &RecordSettings| {
+        let _ = s.resolve(|_| None);
+    });
+}
+
+/// An ELF file as the unwind-table loader reads one a process maps: its
+/// CFI size, its table and the table's kernel encoding. The bytes are
+/// written to an anonymous memory file, read through its descriptor.
+pub fn unwind_table(data: &[u8]) {
+    let file = memory_file(data);
+    let _ = crate::unwind::build::cfi_size(&file);
+    let Ok(built) = crate::unwind::build::from_open_file(&file, "fuzz.elf") else {
+        return;
+    };
+    let rows = built.table.rows();
+    assert!(rows.windows(2).all(|pair| pair[0].pc < pair[1].pc));
+    if let Ok(encoded) = crate::unwind::encode::encode(&built.table) {
+        assert_eq!(encoded.len(), rows.len());
+    }
+}
+
+/// A file with `data` in it and nothing on disk.
+fn memory_file(data: &[u8]) -> std::fs::File {
+    // SAFETY: the name is a NUL-terminated string; memfd_create has no
+    // other preconditions.
+    let fd = unsafe { libc::memfd_create(c"hostprof-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(data).expect("writing a memory file");
+    file.rewind().expect("rewinding a memory file");
+    file
+}
+
+/// A collector's answer to an export, the first byte choosing which kind:
+/// an HTTP success body (an `ExportProfilesServiceResponse`), an HTTP
+/// failure (status, `Retry-After`, body) or a gRPC status (its
+/// `grpc-status`, `grpc-message` and `grpc-status-details-bin` headers).
+/// Each becomes what the exporter returns, which the retry rules classify
+/// and the outage log prints.
+pub fn otlp_response(data: &[u8]) {
+    let Some((&kind, mut rest)) = data.split_first() else {
+        return;
+    };
+    let url = "http://collector.fuzz:4318/v1development/profiles".to_owned();
+    let error = match kind % 3 {
+        0 => match decode_outcome(url, rest, data.len()) {
+            Ok(_) => return,
+            Err(err) => err,
+        },
+        1 => {
+            let Some(code) = field(&mut rest).get(..2) else {
+                return;
+            };
+            let Ok(status) = reqwest::StatusCode::from_u16(u16::from_le_bytes([code[0], code[1]]))
+            else {
+                return;
+            };
+            if status.is_success() {
+                return;
+            }
+            let retry_after = reqwest::header::HeaderValue::from_bytes(field(&mut rest)).ok();
+            http_refusal(url, status, retry_after.as_ref(), rest)
+        }
+        _ => {
+            let mut headers = reqwest::header::HeaderMap::new();
+            for name in ["grpc-status", "grpc-message"] {
+                if let Ok(value) = reqwest::header::HeaderValue::from_bytes(field(&mut rest)) {
+                    headers.insert(name, value);
+                }
+            }
+            let Some(status) = tonic::Status::from_header_map(&headers) else {
+                return;
+            };
+            // The details as tonic decodes them from base64. Details that
+            // are not base64 make tonic panic, which the exporter catches
+            // (its tests cover that) but libFuzzer would count as a crash.
+            let status = tonic::Status::with_details(
+                status.code(),
+                status.message(),
+                bytes::Bytes::copy_from_slice(rest),
+            );
+            grpc_error(url, status)
+        }
+    };
+    let _ = error.to_string();
+    if let Verdict::Retry(hint) = classify(&error) {
+        let backoff = Backoff::default();
+        for attempt in [0, 1, 40] {
+            let delay = backoff.delay(attempt, 0.5, hint);
+            assert!(delay <= backoff.max || hint.is_some_and(|h| delay == h));
+        }
+    }
+}
+
+/// The next length-prefixed field of `data` (one length byte, then up to
+/// that many bytes), taken off its front.
+fn field<'a>(data: &mut &'a [u8]) -> &'a [u8] {
+    let Some((&len, rest)) = data.split_first() else {
+        return &[];
+    };
+    let (value, rest) = rest.split_at(usize::from(len).min(rest.len()));
+    *data = rest;
+    value
+}
