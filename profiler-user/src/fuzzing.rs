@@ -25,6 +25,32 @@ pub fn proc_maps(data: &[u8]) {
     }
 }
 
+/// A perf map (`/tmp/perf-PID.map`, written by the process profiled),
+/// read in two parts as a growing file is: every address found lies in
+/// an entry's range, and every name parses as each runtime's.
+pub fn perf_map(data: &[u8]) {
+    use crate::process::perfmap::{JitFunction, PerfMap, Runtime};
+    let text = String::from_utf8_lossy(data);
+    let split = text.len() / 2;
+    let split = (0..=split)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    let mut map = PerfMap::parse(&text[..split]);
+    let consumed = usize::try_from(map.consumed()).expect("within the text");
+    map.extend(&text[consumed..]);
+    for probe in data
+        .chunks(8)
+        .map(|c| c.iter().fold(0u64, |a, &b| a << 8 | u64::from(b)))
+    {
+        if let Some(name) = map.find(probe) {
+            for runtime in [Runtime::V8, Runtime::Jvm, Runtime::Python, Runtime::Other] {
+                let _ = JitFunction::parse(name, runtime);
+            }
+        }
+    }
+}
+
 /// `/proc/<pid>/cgroup` text: its paths, and the container they name.
 pub fn proc_cgroup(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -166,4 +192,27 @@ fn field<'a>(data: &mut &'a [u8]) -> &'a [u8] {
     let (value, rest) = rest.split_at(usize::from(len).min(rest.len()));
     *data = rest;
     value
+}
+
+#[cfg(test)]
+mod tests {
+    /// The perf-map entry point on pseudo-random bytes and on its seed: it
+    /// must not panic (a quick stand-in for the fuzzer in unit tests).
+    #[test]
+    fn perf_map_entry_holds_on_arbitrary_bytes() {
+        let seed = include_bytes!("../../fuzz/corpus/perf_map/seed-runtimes");
+        super::perf_map(seed);
+        let mut state = 1u64;
+        for len in 0..3000usize {
+            let data: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    b"0123456789abcdefx :\n*~/JSpy\xff"[(state >> 59) as usize % 26]
+                })
+                .collect();
+            super::perf_map(&data);
+        }
+    }
 }

@@ -67,6 +67,8 @@ fn node_functions_are_named_from_its_perf_map() {
     let dir = tempfile::tempdir().unwrap();
     let node = KillOnDrop::new(
         Command::new("node")
+            // Node writes isolate logs into its working directory.
+            .current_dir(dir.path())
             .arg("--perf-basic-prof")
             .arg(source("jit_hot.js"))
             .arg("20000")
