@@ -17,7 +17,14 @@ pub const WAIT_CLASS: &str = "wait.class";
 const RULES: &[(&str, &[&str])] = &[
     (
         "pipe",
-        &["pipe_read", "pipe_write", "pipe_wait", "wait_for_partner"],
+        &[
+            "pipe_read",
+            "pipe_write",
+            "anon_pipe_read",
+            "anon_pipe_write",
+            "pipe_wait",
+            "wait_for_partner",
+        ],
     ),
     ("futex", &["futex_", "__futex_"]),
     (
@@ -194,6 +201,13 @@ mod tests {
             ),
             "io"
         );
+    }
+
+    #[test]
+    fn anonymous_pipes_of_newer_kernels_are_pipes() {
+        // Linux 6.14+ names the read of an anonymous pipe anon_pipe_read.
+        let frames = ["anon_pipe_read", "vfs_read", "ksys_read"];
+        assert_eq!(class("sleeping", &frames), "pipe");
     }
 
     #[test]

@@ -954,7 +954,28 @@ mod tests {
         }
     }
 
+    /// Privileged: the kprobe switch-in (for kernels without
+    /// `sched_exit_tp`) passes the verifier here too, even where it is not
+    /// the hook in use; its attach needs CONFIG_KPROBES.
     #[test]
+    fn verifier_accepts_the_kprobe_switch_in() {
+        if skip_bpf() {
+            return;
+        }
+        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("load the object");
+        for name in names::KPROBES {
+            kprobe(&mut ebpf, name)
+                .and_then(|program| {
+                    program.load().map_err(|source| SamplerError::Program {
+                        action: format!("load {name}"),
+                        source,
+                    })
+                })
+                .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)));
+        }
+    }
+
+        #[test]
     fn capacity_scales_with_cpus_and_rate() {
         assert_eq!(map_capacity(2, 99), 16_384);
         assert_eq!(map_capacity(128, 1000), 512_000);

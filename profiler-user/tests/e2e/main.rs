@@ -16,6 +16,7 @@ mod agent;
 mod container;
 mod hostile;
 mod k8s;
+mod off_cpu;
 mod otlp;
 mod record;
 mod unwind;
