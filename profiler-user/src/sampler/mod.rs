@@ -962,7 +962,9 @@ mod tests {
         if skip_bpf() {
             return;
         }
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).expect("load the object");
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .expect("load the object");
         for name in names::KPROBES {
             kprobe(&mut ebpf, name)
                 .and_then(|program| {
@@ -975,7 +977,7 @@ mod tests {
         }
     }
 
-        #[test]
+    #[test]
     fn capacity_scales_with_cpus_and_rate() {
         assert_eq!(map_capacity(2, 99), 16_384);
         assert_eq!(map_capacity(128, 1000), 512_000);

@@ -96,9 +96,7 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
-        let focus = format!("-tagfocus={key}=^{value}$");
-        let text = pprof(tool, &["-traces", "-sample_index=samples", &focus], profile);
-        Traces::parse(&text)
+        Traces::query(tool, profile, key, value, &["-sample_index=samples"])
     }
 
     /// Off-CPU traces of the samples whose label `key` is exactly `value`,
@@ -109,9 +107,28 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
+        Traces::query(
+            tool,
+            profile,
+            key,
+            value,
+            &["-sample_index=off_cpu", "-unit=ms"],
+        )
+    }
+
+    /// `pprof -traces` with `args` of the samples whose label `key` is
+    /// exactly `value`.
+    fn query(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+        args: &[&str],
+    ) -> Traces {
         let focus = format!("-tagfocus={key}=^{value}$");
-        let args = ["-traces", "-sample_index=off_cpu", "-unit=ms", &focus];
-        Traces::parse(&pprof(tool, &args, profile))
+        let mut all = vec!["-traces", focus.as_str()];
+        all.extend_from_slice(args);
+        Traces::parse(&pprof(tool, &all, profile))
     }
 
     /// Parses `pprof -traces` text: blocks separated by dashed lines, label

@@ -31,18 +31,6 @@ const C_FRAME_POINTERS: Compiler = Compiler {
     ],
 };
 
-/// C with frame pointers and POSIX threads.
-const C_THREADS_FRAME_POINTERS: Compiler = Compiler {
-    program: "gcc",
-    flags: &[
-        "-O2",
-        "-g",
-        "-fno-omit-frame-pointer",
-        "-fno-optimize-sibling-calls",
-        "-pthread",
-    ],
-};
-
 /// C without frame pointers: only `.eh_frame` unwinds it.
 const C_NO_FRAME_POINTERS: Compiler = Compiler {
     program: "gcc",
@@ -111,7 +99,8 @@ const RECIPES: &[Recipe] = &[
     program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
     program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
     program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
-    program("off_cpu_chain", "off_cpu_chain.c", C_THREADS_FRAME_POINTERS),
+    // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
+    program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
     // Without frame pointers.
     program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
     program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),
