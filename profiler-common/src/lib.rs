@@ -15,17 +15,21 @@ pub const COMM_LEN: usize = 16;
 pub const MAP_SETS: u32 = 2;
 
 /// Names of the BPF maps and program, as they appear in the object file.
+///
+/// Program names stay under 16 bytes: the kernel keeps that many, and
+/// tools (`bpftool`, `cargo xtask bench-off-cpu`) tell programs apart by
+/// them.
 pub mod names {
     /// The perf-event program.
     pub const PROGRAM: &str = "sample_cpu";
     /// The off-CPU switch-out program (`tp_btf/sched_switch`).
-    pub const OFF_CPU_SWITCH_OUT: &str = "off_cpu_switch_out";
+    pub const OFF_CPU_SWITCH_OUT: &str = "off_cpu_out";
     /// The tracepoint the off-CPU switch-in attaches to where the kernel
     /// has it (6.16+): the end of `__schedule`, in the context of the
     /// thread that got the CPU back.
     pub const SWITCH_IN_TRACEPOINT: &str = "sched_exit_tp";
     /// The off-CPU switch-in program (`tp_btf/sched_exit_tp`).
-    pub const OFF_CPU_SWITCH_IN: &str = "off_cpu_switch_in";
+    pub const OFF_CPU_SWITCH_IN: &str = "off_cpu_in";
     /// The off-CPU program that unwinds a user stack from tables, by tail call.
     pub const OFF_CPU_UNWIND: &str = "off_cpu_unwind";
     /// The off-CPU program that stores an unwound stack, by tail call.
@@ -35,11 +39,11 @@ pub mod names {
     pub const OFF_CPU_TAIL_CALLS: &str = "OFF_CPU_TAIL_CALLS";
     /// The off-CPU switch-in as a kprobe on `finish_task_switch*`, for
     /// kernels without `sched_exit_tp`.
-    pub const OFF_CPU_SWITCH_IN_KPROBE: &str = "off_cpu_switch_in_kprobe";
+    pub const OFF_CPU_SWITCH_IN_KPROBE: &str = "off_kp_in";
     /// [`OFF_CPU_UNWIND`] for the kprobe switch-in.
-    pub const OFF_CPU_UNWIND_KPROBE: &str = "off_cpu_unwind_kprobe";
+    pub const OFF_CPU_UNWIND_KPROBE: &str = "off_kp_unwind";
     /// [`OFF_CPU_STORE`] for the kprobe switch-in.
-    pub const OFF_CPU_STORE_KPROBE: &str = "off_cpu_store_kprobe";
+    pub const OFF_CPU_STORE_KPROBE: &str = "off_kp_store";
     /// Program array of the kprobe switch-in's tail-called programs.
     pub const OFF_CPU_KPROBE_TAIL_CALLS: &str = "OFF_CPU_KPROBE_TAIL_CALLS";
     /// [`super::OffCpuStart`] by thread id: when each thread left the CPU.
@@ -607,6 +611,17 @@ mod tests {
             "{events_milli} vs {true_events}"
         );
         assert!(kept < true_events, "short intervals are sampled: {kept}");
+    }
+
+    #[test]
+    fn program_names_fit_the_kernel() {
+        for name in names::PROGRAMS
+            .iter()
+            .chain(names::KPROBES)
+            .chain(names::BTF_TRACEPOINTS)
+        {
+            assert!(name.len() < 16, "{name}");
+        }
     }
 
     #[test]

@@ -88,7 +88,7 @@ static OFF_CPU_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 
 
 /// Notes when the thread leaving the CPU left, and in which state.
 #[btf_tracepoint(function = "sched_switch")]
-pub fn off_cpu_switch_out(ctx: BtfTracePointContext) -> i32 {
+pub fn off_cpu_out(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if tid == 0 {
@@ -132,7 +132,7 @@ pub fn off_cpu_switch_out(ctx: BtfTracePointContext) -> i32 {
 
 /// The switch-in at the end of `__schedule` (Linux 6.16+).
 #[btf_tracepoint(function = "sched_exit_tp")]
-pub fn off_cpu_switch_in(ctx: BtfTracePointContext) -> i32 {
+pub fn off_cpu_in(ctx: BtfTracePointContext) -> i32 {
     switch_in(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
     0
 }
@@ -153,21 +153,21 @@ pub fn off_cpu_store(ctx: BtfTracePointContext) -> i32 {
 
 /// The switch-in as a kprobe on `finish_task_switch*` (older kernels).
 #[kprobe]
-pub fn off_cpu_switch_in_kprobe(ctx: ProbeContext) -> u32 {
+pub fn off_kp_in(ctx: ProbeContext) -> u32 {
     switch_in(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
     0
 }
 
 /// [`unwind_user`] for the kprobe switch-in, by tail call.
 #[kprobe]
-pub fn off_cpu_unwind_kprobe(ctx: ProbeContext) -> u32 {
+pub fn off_kp_unwind(ctx: ProbeContext) -> u32 {
     unwind_user(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
     0
 }
 
 /// [`store`] for the kprobe switch-in, by tail call.
 #[kprobe]
-pub fn off_cpu_store_kprobe(ctx: ProbeContext) -> u32 {
+pub fn off_kp_store(ctx: ProbeContext) -> u32 {
     store(&ctx, KPROBE_SKIP);
     0
 }
@@ -187,7 +187,7 @@ fn switch_in<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
     let Some(entry) = OFF_CPU_START.get_ptr_mut(tid) else {
         return; // left before the program was attached, or filtered
     };
-    // SAFETY: this thread's entry; see `off_cpu_switch_out`.
+    // SAFETY: this thread's entry; see `off_cpu_out`.
     let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
     if began == 0 || now <= began {
         return;
@@ -254,23 +254,26 @@ fn store<C: EbpfContext>(ctx: &C, skip: u64) {
     };
     let (tgid, tid) = unwind.thread();
     let depth = unwind.finish();
-    let Some(config) = KIND.config() else {
+    // A copy: the set must not flip between storing the stacks and the
+    // interval (userspace drains the set it left once this run is over).
+    let Some(&config) = KIND.config() else {
         return;
     };
-    let user_stack = stack::save_unwound(&stack::stack_set(config), depth, KIND);
-    finish(ctx, config, tgid, tid, user_stack, skip);
+    let user_stack = stack::save_unwound(&stack::stack_set(&config), depth, KIND);
+    finish(ctx, &config, tgid, tid, user_stack, skip);
 }
 
 /// Records a kept interval with the user stack `bpf_get_stack` reads
 /// (frame pointers, from the registers saved at kernel entry).
 #[inline(always)]
 fn record_with_frame_pointers<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, skip: u64) {
-    let Some(config) = KIND.config() else {
+    // A copy, as in `store`.
+    let Some(&config) = KIND.config() else {
         return;
     };
     let user_stack = stack::store_stack(
         ctx,
-        stack::stack_set(config).stacks,
+        stack::stack_set(&config).stacks,
         BPF_F_USER_STACK as u64,
         KIND,
         Stat::UserStackError,
@@ -278,7 +281,7 @@ fn record_with_frame_pointers<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, skip
     if user_stack != 0 {
         KIND.bump(Stat::UnwindNoTables);
     }
-    finish(ctx, config, tgid, tid, user_stack, skip);
+    finish(ctx, &config, tgid, tid, user_stack, skip);
 }
 
 /// Reads the kernel stack (where the thread blocked) and adds the pending

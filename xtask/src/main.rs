@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_agent;
+mod bench_off_cpu;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -92,6 +93,20 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// What the off-CPU profile costs: a pipe ping-pong on one CPU (every
+    /// hand-off a context switch) and an idle host, with no profiler,
+    /// `--profiles cpu` and `--profiles cpu,off-cpu`: the load's rate,
+    /// hostprof's own CPU and its BPF run time (kernel.bpf_stats_enabled).
+    /// Needs root.
+    BenchOffCpu {
+        /// Length of each measurement, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Passed to `hostprof record --off-cpu-max-rate` (default:
+        /// hostprof's).
+        #[arg(long)]
+        off_cpu_max_rate: Option<u32>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -174,9 +189,22 @@ fn main() -> Result<()> {
                 root,
             })
         }
+        Task::BenchOffCpu {
+            seconds,
+            off_cpu_max_rate,
+        } => {
+            bench_unwind::preflight("bench-off-cpu")?;
+            let hostprof = release_build(&root)?;
+            bench_off_cpu::run(&bench_off_cpu::OffCpuBenchOptions {
+                duration: Duration::from_secs(seconds),
+                off_cpu_max_rate,
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+            })
+        }
         Task::BenchUnwind { seconds } => {
             // Before the release build: it cannot run without root.
-            bench_unwind::preflight()?;
+            bench_unwind::preflight("bench-unwind")?;
             let hostprof = release_build(&root)?;
             bench_unwind::run(&bench_unwind::UnwindBenchOptions {
                 duration: Duration::from_secs(seconds),

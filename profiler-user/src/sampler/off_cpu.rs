@@ -31,12 +31,14 @@ impl OffCpuRate {
     pub const MIN: u32 = 1;
     /// Highest accepted rate.
     pub const MAX: u32 = 100_000;
-    /// The default: 1000 unwinds per second per CPU. Measured (README,
-    /// "Off-CPU overhead"), an unwind at a switch-in costs ~3 µs, so the
-    /// budget spends at most ~0.3 % of each CPU on stacks, while a host
-    /// switching less than 1000 times a second per CPU keeps every
-    /// interval (P stays at its floor).
-    pub const DEFAULT: OffCpuRate = OffCpuRate(1000);
+    /// The default: 250 unwinds per second per CPU. A kept interval
+    /// costs what a CPU sample costs, its stacks (10 to 30 µs of BPF time
+    /// measured by `cargo xtask bench-unwind` and `bench-off-cpu`), so the
+    /// budget spends at most ~0.5 % of each CPU on stacks: 2.5 times the
+    /// CPU profile's 99 samples/s. A host blocking less than 250 times a
+    /// second per CPU keeps every interval; a busier one keeps every wait
+    /// longer than the adapted period and samples the shorter ones.
+    pub const DEFAULT: OffCpuRate = OffCpuRate(250);
 
     /// A rate, or an error when outside [`Self::MIN`]..=[`Self::MAX`].
     pub fn new(per_second: u32) -> Result<Self, InvalidOffCpuRate> {
@@ -350,7 +352,7 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
     #[test]
     fn rates_parse_within_bounds() {
         assert_eq!("250".parse::<OffCpuRate>().unwrap().per_second(), 250);
-        assert_eq!(OffCpuRate::default().per_second(), 1000);
+        assert_eq!(OffCpuRate::default().per_second(), 250);
         let err = "0".parse::<OffCpuRate>().unwrap_err().to_string();
         assert!(err.contains("1 to 100000"), "{err}");
         assert!("lots".parse::<OffCpuRate>().is_err());

@@ -66,7 +66,7 @@ settings_group! {
         pub unwind_table_budget: Option<TableBudget>,
 
         /// Off-CPU intervals unwound per second per CPU, at most, 1 to
-        /// 100000 [default: 1000]. Waits shorter than the adaptive period
+        /// 100000 [default: 250]. Waits shorter than the adaptive period
         /// are sampled (totals stay exact in expectation).
         #[arg(long, value_name = "EVENTS")]
         pub off_cpu_max_rate: Option<OffCpuRate>,
