@@ -15,9 +15,41 @@ pub const COMM_LEN: usize = 16;
 pub const MAP_SETS: u32 = 2;
 
 /// Names of the BPF maps and program, as they appear in the object file.
+///
+/// Program names stay under 16 bytes: the kernel keeps that many, and
+/// tools (`bpftool`, `cargo xtask bench-off-cpu`) tell programs apart by
+/// them.
 pub mod names {
     /// The perf-event program.
     pub const PROGRAM: &str = "sample_cpu";
+    /// The off-CPU switch-out program (`tp_btf/sched_switch`).
+    pub const OFF_CPU_SWITCH_OUT: &str = "off_cpu_out";
+    /// The tracepoint the off-CPU switch-in attaches to where the kernel
+    /// has it (6.16+): the end of `__schedule`, in the context of the
+    /// thread that got the CPU back.
+    pub const SWITCH_IN_TRACEPOINT: &str = "sched_exit_tp";
+    /// The off-CPU switch-in program (`tp_btf/sched_exit_tp`).
+    pub const OFF_CPU_SWITCH_IN: &str = "off_cpu_in";
+    /// The off-CPU program that unwinds a user stack from tables, by tail call.
+    pub const OFF_CPU_UNWIND: &str = "off_cpu_unwind";
+    /// The off-CPU program that stores an unwound stack, by tail call.
+    pub const OFF_CPU_STORE: &str = "off_cpu_store";
+    /// Program array of the off-CPU tail-called programs (a program array
+    /// holds programs of one type and, for tracing programs, one hook).
+    pub const OFF_CPU_TAIL_CALLS: &str = "OFF_CPU_TAIL_CALLS";
+    /// The off-CPU switch-in as a kprobe on `finish_task_switch*`, for
+    /// kernels without `sched_exit_tp`.
+    pub const OFF_CPU_SWITCH_IN_KPROBE: &str = "off_kp_in";
+    /// [`OFF_CPU_UNWIND`] for the kprobe switch-in.
+    pub const OFF_CPU_UNWIND_KPROBE: &str = "off_kp_unwind";
+    /// [`OFF_CPU_STORE`] for the kprobe switch-in.
+    pub const OFF_CPU_STORE_KPROBE: &str = "off_kp_store";
+    /// Program array of the kprobe switch-in's tail-called programs.
+    pub const OFF_CPU_KPROBE_TAIL_CALLS: &str = "OFF_CPU_KPROBE_TAIL_CALLS";
+    /// [`super::OffCpuStart`] by thread id: when each thread left the CPU.
+    pub const OFF_CPU_START: &str = "OFF_CPU_START";
+    /// Per-set off-CPU intervals, keyed by [`super::OffCpuKey`].
+    pub const OFF_CPU_COUNTS: [&str; 2] = ["OFF_CPU_COUNTS_0", "OFF_CPU_COUNTS_1"];
     /// The program that unwinds a user stack from tables, by tail call.
     pub const UNWIND_PROGRAM: &str = "unwind_user";
     /// The program that stores an unwound stack, by tail call.
@@ -50,8 +82,22 @@ pub mod names {
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
 
-    /// Every program name above: userspace checks that the object has them.
+    /// Every perf-event program name above: userspace checks that the
+    /// object has them.
     pub const PROGRAMS: &[&str] = &[PROGRAM, UNWIND_PROGRAM, STORE_PROGRAM];
+    /// Every kprobe program name above.
+    pub const KPROBES: &[&str] = &[
+        OFF_CPU_SWITCH_IN_KPROBE,
+        OFF_CPU_UNWIND_KPROBE,
+        OFF_CPU_STORE_KPROBE,
+    ];
+    /// Every BTF tracepoint program name above.
+    pub const BTF_TRACEPOINTS: &[&str] = &[
+        OFF_CPU_SWITCH_OUT,
+        OFF_CPU_SWITCH_IN,
+        OFF_CPU_UNWIND,
+        OFF_CPU_STORE,
+    ];
     /// Every map name above.
     pub const MAPS: &[&str] = &[
         TAIL_CALLS,
@@ -68,6 +114,11 @@ pub mod names {
         DEEP_STACKS[1],
         UNWIND_ROWS,
         UNWIND_PROCESSES,
+        OFF_CPU_TAIL_CALLS,
+        OFF_CPU_KPROBE_TAIL_CALLS,
+        OFF_CPU_START,
+        OFF_CPU_COUNTS[0],
+        OFF_CPU_COUNTS[1],
     ];
 }
 
@@ -196,6 +247,10 @@ pub struct Config {
     pub active_set: u32,
     /// Bit set of `Config::*` flags.
     pub flags: u32,
+    /// The off-CPU sampling period `P` in nanoseconds: an interval of `d`
+    /// ns is kept with probability `min(1, d/P)` (see [`off_cpu_keep`]);
+    /// userspace adapts it to the unwind budget.
+    pub off_cpu_period_ns: u64,
 }
 
 impl Config {
@@ -203,6 +258,103 @@ impl Config {
     pub const FILTER_PIDS: u32 = 1 << 0;
     /// Drop samples of the idle task (pid 0).
     pub const SKIP_IDLE: u32 = 1 << 1;
+}
+
+/// The kinds of profile the kernel programs record, as indices of their
+/// blocks of [`Stat`] counters in `STATS` (`kind * Stat::COUNT + stat`).
+pub mod kernel_kind {
+    /// The CPU profile (`sample_cpu` and its tail calls).
+    pub const CPU: u32 = 0;
+    /// The off-CPU profile (`off_cpu_*`).
+    pub const OFF_CPU: u32 = 1;
+    /// Number of kinds: `STATS` holds this many blocks of counters.
+    pub const COUNT: u32 = 2;
+}
+
+/// When a thread left the CPU, by tid in `OFF_CPU_START` (written at
+/// switch-out, read and zeroed at switch-in).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuStart {
+    /// `bpf_ktime_get_ns()` at switch-out; 0 once consumed.
+    pub start_ns: u64,
+    /// The thread's state as it left (`prev_state` of `sched_switch`; 0,
+    /// `TASK_RUNNING`, when it was preempted).
+    pub state: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// Key of the `OFF_CPU_COUNTS_*` maps: who waited, where, in what state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OffCpuKey {
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Hash of the user stack in the set's `STACKS` map, 0 when none.
+    pub user_stack: StackHash,
+    /// Hash of the kernel stack in the set's `STACKS` map, 0 when none.
+    pub kernel_stack: StackHash,
+    /// The thread's `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// [`OffCpuStart::state`].
+    pub state: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// Value of the `OFF_CPU_COUNTS_*` maps (per CPU): the kept intervals and
+/// what they stand for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuValue {
+    /// Intervals kept (each one unwound).
+    pub kept: u64,
+    /// The events they stand for, in thousandths (see [`OffCpuWeight`]).
+    pub events_milli: u64,
+    /// The blocked time they stand for, in nanoseconds.
+    pub nanos: u64,
+}
+
+/// What one kept off-CPU interval stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OffCpuWeight {
+    /// Blocked time: `max(d, P)` ns.
+    pub nanos: u64,
+    /// Events, in thousandths: `max(1, P/d)` × 1000.
+    pub events_milli: u64,
+}
+
+/// Go's unbiased rule for sampling by duration: an interval of `blocked`
+/// ns is kept with probability `min(1, blocked/period)` and then stands
+/// for `max(blocked, period)` ns and `max(1, period/blocked)` events, so
+/// both totals are exact in expectation. `random` is a uniform 64-bit
+/// number; `None` means the interval is not kept.
+#[inline(always)]
+pub fn off_cpu_keep(blocked: u64, period: u64, random: u64) -> Option<OffCpuWeight> {
+    if blocked >= period {
+        return Some(OffCpuWeight {
+            nanos: blocked,
+            events_milli: 1000,
+        });
+    }
+    // 0 < period here; the modulo's bias is below period / 2^64.
+    if random % period >= blocked {
+        return None;
+    }
+    // blocked > 0: random % period < blocked. (A comparison, not
+    // `saturating_mul`: BPF has no 128-bit multiply.)
+    let period_milli = if period <= u64::MAX / 1000 {
+        period * 1000
+    } else {
+        u64::MAX
+    };
+    Some(OffCpuWeight {
+        nanos: period,
+        events_milli: period_milli / blocked,
+    })
 }
 
 /// 64-bit hash of a stack's frames; `0` means "no stack".
@@ -306,11 +458,15 @@ pub enum Stat {
     /// Samples lost because the tail call to the store program failed (a
     /// loading bug).
     UnwindTailCallFailed,
+    /// Off-CPU intervals measured (switch-out to switch-in), kept or not.
+    OffCpuIntervals,
+    /// Their total blocked time, in nanoseconds.
+    OffCpuNanos,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -332,6 +488,8 @@ impl Stat {
         Stat::UnwindStopNoProgress,
         Stat::UnwindTruncated,
         Stat::UnwindTailCallFailed,
+        Stat::OffCpuIntervals,
+        Stat::OffCpuNanos,
     ];
 }
 
@@ -346,6 +504,9 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindRow {}
     unsafe impl aya::Pod for super::UnwindProcess {}
     unsafe impl aya::Pod for super::DeepStack {}
+    unsafe impl aya::Pod for super::OffCpuStart {}
+    unsafe impl aya::Pod for super::OffCpuKey {}
+    unsafe impl aya::Pod for super::OffCpuValue {}
 }
 
 #[cfg(test)]
@@ -355,7 +516,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 8);
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<OffCpuStart>(), 16);
+        assert_eq!(size_of::<OffCpuKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4);
+        assert_eq!(size_of::<OffCpuValue>(), 24);
         assert_eq!(size_of::<SampleKey>(), 4 + 4 + 8 + 8 + COMM_LEN);
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
         assert_eq!(size_of::<NewProcess>(), 4);
@@ -376,6 +540,88 @@ mod tests {
         assert_eq!(stack.frames(), &[0x10, 0x20]);
         stack.frames = [7; MAX_STACK_DEPTH];
         assert_eq!(stack.frames().len(), MAX_STACK_DEPTH);
+    }
+
+    #[test]
+    fn long_intervals_are_always_kept_at_their_own_length() {
+        for random in [0, 1, u64::MAX] {
+            assert_eq!(
+                off_cpu_keep(5_000, 1_000, random),
+                Some(OffCpuWeight {
+                    nanos: 5_000,
+                    events_milli: 1000
+                })
+            );
+            assert_eq!(off_cpu_keep(1_000, 1_000, random).unwrap().nanos, 1_000);
+            // P = 0 keeps everything.
+            assert_eq!(off_cpu_keep(7, 0, random).unwrap().nanos, 7);
+        }
+    }
+
+    #[test]
+    fn short_intervals_are_kept_with_probability_d_over_p_and_weigh_p() {
+        // d = 250, P = 1000: kept when random % 1000 < 250.
+        assert_eq!(
+            off_cpu_keep(250, 1_000, 249),
+            Some(OffCpuWeight {
+                nanos: 1_000,
+                events_milli: 4_000
+            })
+        );
+        assert_eq!(off_cpu_keep(250, 1_000, 250), None);
+        assert_eq!(off_cpu_keep(250, 1_000, 1_999), None);
+        assert!(off_cpu_keep(250, 1_000, 2_100).is_some());
+        assert_eq!(
+            off_cpu_keep(0, 1_000, 0),
+            None,
+            "a zero interval is never kept"
+        );
+    }
+
+    /// The totals of many sampled intervals match the true totals: time
+    /// and event counts are unbiased (a deterministic xorshift stands in
+    /// for `bpf_get_prandom_u32`).
+    #[test]
+    fn sampled_totals_are_unbiased() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let period = 100_000;
+        let (mut true_ns, mut true_events) = (0u64, 0u64);
+        let (mut ns, mut events_milli, mut kept) = (0u64, 0u64, 0u64);
+        for i in 0..200_000u64 {
+            // 1 us to 300 us, most far below the period.
+            let d = 1_000 + (i * 7_919) % 299_000;
+            true_ns += d;
+            true_events += 1;
+            if let Some(w) = off_cpu_keep(d, period, random()) {
+                ns += w.nanos;
+                events_milli += w.events_milli;
+                kept += 1;
+            }
+        }
+        let close = |got: f64, want: f64| (got - want).abs() / want < 0.02;
+        assert!(close(ns as f64, true_ns as f64), "{ns} vs {true_ns}");
+        assert!(
+            close(events_milli as f64 / 1000.0, true_events as f64),
+            "{events_milli} vs {true_events}"
+        );
+        assert!(kept < true_events, "short intervals are sampled: {kept}");
+    }
+
+    #[test]
+    fn program_names_fit_the_kernel() {
+        for name in names::PROGRAMS
+            .iter()
+            .chain(names::KPROBES)
+            .chain(names::BTF_TRACEPOINTS)
+        {
+            assert!(name.len() < 16, "{name}");
+        }
     }
 
     #[test]

@@ -15,26 +15,31 @@
 //! slots, the last kept for the truncation mark. The state lives in a
 //! per-CPU map; the stack is then stored by the tail-called
 //! `unwind_store`, verified on its own. Every unwind ends with one of the
-//! `Stat::Unwind*` reasons counted.
+//! `Stat::Unwind*` reasons counted, in the counters of the kind that
+//! started it.
+//!
+//! Both kinds use it: the CPU program from the sampled registers, the
+//! off-CPU program from the registers the blocked thread saved when it
+//! entered the kernel. Each kind tail-calls through its own program array
+//! (a program array only holds programs of its owner's type).
 
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
-    bindings::{bpf_perf_event_data, pt_regs, BPF_F_NO_PREALLOC},
+    bindings::{pt_regs, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
-    programs::PerfEventContext,
     EbpfContext,
 };
 use profiler_common::{
-    names, signal_frame, Stat, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
+    signal_frame, Stat, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
     UNWIND_MAPPINGS_MAX,
 };
 
-use crate::{bump, SCRATCH};
+use crate::stack::Kind;
 
 /// Default capacity of `UNWIND_ROWS` (64 MiB of 8-byte rows); userspace
 /// sets it from the table budget at load.
@@ -55,14 +60,11 @@ static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_ROWS_ENTRI
 static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
     HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
-/// Per-CPU state of an unwind in progress across tail calls.
+/// Per-CPU state of an unwind in progress across tail calls, one slot per
+/// kind (see `crate::stack` on why kinds do not share scratch space).
 #[map(name = "UNWIND_STATE")]
-static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
-
-/// `unwind_user` and `unwind_store`, set by userspace with the table
-/// unwinder; empty with frame pointers only.
-#[map(name = "TAIL_CALLS")]
-static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static UNWIND_STATE: PerCpuArray<UnwindState> =
+    PerCpuArray::with_max_entries(profiler_common::kernel_kind::COUNT, 0);
 
 /// Why an unwind ended (`Running` while it has not).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,8 @@ pub struct UnwindState {
     depth: u32,
     tgid: u32,
     tid: u32,
+    /// The kind whose counters the unwind bumps (`Kind::index`).
+    kind: u32,
     /// The pc is an interrupted instruction, not a return address (the
     /// leaf, or the frame a signal interrupted): look it up as it is.
     pc_is_exact: bool,
@@ -110,15 +114,13 @@ pub struct Unwind {
 }
 
 impl Unwind {
-    /// Starts unwinding the interrupted user stack of `tgid` when its
-    /// tables are loaded; `None` when they are not, or when the task has
-    /// no user context (a kernel thread).
+    /// Starts unwinding the user stack of `tgid` from its user registers
+    /// `regs` when its tables are loaded; `None` when they are not.
     #[inline(always)]
-    pub fn start(ctx: &PerfEventContext, tgid: u32, tid: u32) -> Option<Unwind> {
+    pub fn start(regs: &pt_regs, kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
         // SAFETY: plain lookup; the value is read by the steps.
         unsafe { UNWIND_PROCESSES.get(&tgid) }?;
-        let regs = user_regs(ctx)?;
-        let state = UNWIND_STATE.get_ptr_mut(0)?;
+        let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
         // SAFETY: this CPU's state; nothing else touches it meanwhile.
         let state = unsafe { &mut *state };
         *state = UnwindState {
@@ -128,17 +130,18 @@ impl Unwind {
             depth: 0,
             tgid,
             tid,
+            kind: kind.index(),
             pc_is_exact: true,
             stop: Stop::Running,
         };
-        bump(Stat::Unwound);
+        kind.bump(Stat::Unwound);
         Some(Unwind { state })
     }
 
-    /// Picks up the unwind `unwind_user` left on this CPU.
+    /// Picks up the unwind of `kind` its unwinding program left on this CPU.
     #[inline(always)]
-    pub fn resume() -> Option<Unwind> {
-        let state = UNWIND_STATE.get_ptr_mut(0)?;
+    pub fn resume(kind: Kind) -> Option<Unwind> {
+        let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
         // SAFETY: this CPU's state, written by the run that tail-called us.
         Some(Unwind {
             state: unsafe { &mut *state },
@@ -157,13 +160,14 @@ impl Unwind {
     /// mark).
     #[inline(always)]
     pub fn run(&mut self) {
-        // SAFETY: `step_one` has the callback signature bpf_loop expects
-        // and takes no context.
+        let mut kind = self.state.kind;
+        // SAFETY: `step_one` has the callback signature bpf_loop expects;
+        // its context is `kind`, on this stack for the whole loop.
         let looped = unsafe {
             bpf_loop(
                 DEEP_STACK_DEPTH as u32,
                 step_one as *mut c_void,
-                core::ptr::null_mut(),
+                (&mut kind as *mut u32).cast(),
                 0,
             )
         };
@@ -174,21 +178,33 @@ impl Unwind {
         }
     }
 
-    /// Hands the sample over to `unwind_store`; returns only when the tail
-    /// call failed (an empty slot), having counted the lost sample.
+    /// The kind that started the unwind.
     #[inline(always)]
-    pub fn store_in_tail_call(&mut self, ctx: &PerfEventContext) {
-        // SAFETY: the slot holds `unwind_store`, a perf-event program like
-        // the caller, or nothing.
-        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_STORE) };
-        bump(Stat::UnwindTailCallFailed);
+    pub fn kind(&self) -> Kind {
+        Kind::from_index(self.state.kind)
+    }
+
+    /// Hands the sample over to the store program in slot `slot` of
+    /// `programs`; returns only when the tail call failed (an empty slot),
+    /// having counted the lost sample.
+    #[inline(always)]
+    pub fn store_in_tail_call<C: EbpfContext>(
+        &mut self,
+        ctx: &C,
+        programs: &ProgramArray,
+        slot: u32,
+    ) {
+        // SAFETY: `programs` is the caller's own array, whose slots hold
+        // programs of the caller's type, or nothing.
+        let _ = unsafe { programs.tail_call(ctx, slot) };
+        self.kind().bump(Stat::UnwindTailCallFailed);
     }
 
     /// Ends an unwind that ran out of loop iterations: the last frame
     /// becomes the truncation mark.
     #[inline(always)]
     fn truncate(&mut self) {
-        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        let Some(scratch) = self.kind().scratch() else {
             return;
         };
         // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
@@ -206,10 +222,10 @@ impl Unwind {
     #[inline(always)]
     pub fn finish(self) -> usize {
         if let Some(stat) = self.state.stop.stat() {
-            bump(stat);
+            self.kind().bump(stat);
         }
         let depth = self.state.depth as usize;
-        if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+        if let Some(scratch) = self.kind().scratch() {
             // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
             let stack = unsafe { &mut *scratch };
             if let Some(frame) = stack.frames.get_mut(depth) {
@@ -227,21 +243,15 @@ pub fn has_tables(tgid: u32) -> bool {
     unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some()
 }
 
-/// Tail-calls `unwind_user`; returns only when it is not loaded (the
-/// frame-pointer unwinder), and the caller records the sample itself.
-#[inline(always)]
-pub fn unwind_in_tail_call(ctx: &PerfEventContext) {
-    // SAFETY: the slot holds `unwind_user`, a perf-event program like the
-    // caller, or nothing.
-    let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
-}
-
-/// One unwinding step, a `bpf_loop` callback: pushes the current pc and
-/// finds the caller's registers. Returns 1 (stop looping) once the unwind
-/// has ended.
+/// One unwinding step, a `bpf_loop` callback whose context is the kind
+/// (a `u32`): pushes the current pc and finds the caller's registers.
+/// Returns 1 (stop looping) once the unwind has ended.
 #[inline(never)]
-extern "C" fn step_one(_index: u64, _ctx: *mut c_void) -> i64 {
-    let (Some(state), Some(scratch)) = (UNWIND_STATE.get_ptr_mut(0), SCRATCH.get_ptr_mut(0)) else {
+extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `Unwind::run` passes a pointer to the kind on its stack.
+    let kind = Kind::from_index(unsafe { *(ctx as *const u32) });
+    let (Some(state), Some(scratch)) = (UNWIND_STATE.get_ptr_mut(kind.index()), kind.scratch())
+    else {
         return 1;
     };
     // SAFETY: this CPU's values; nothing else touches them meanwhile.
@@ -281,7 +291,7 @@ extern "C" fn step_one(_index: u64, _ctx: *mut c_void) -> i64 {
         Some(row) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
         Some(row) => step_with_row(&row, state.pc, state.sp, state.bp),
         None => {
-            bump(Stat::UnwindFramePointerSteps);
+            kind.bump(Stat::UnwindFramePointerSteps);
             step_with_frame_pointer(state.bp)
         }
     };
@@ -305,16 +315,11 @@ extern "C" fn step_one(_index: u64, _ctx: *mut c_void) -> i64 {
     i64::from(state.stop != Stop::Running)
 }
 
-/// The user registers of the sampled task: from the perf event when it
-/// interrupted user mode, else (a syscall, a fault) from the top of the
-/// task's kernel stack. `None` for kernel threads.
+/// The user registers the current task saved when it entered the kernel
+/// (a syscall, an interrupt, a fault), from the top of its kernel stack.
+/// `None` for kernel threads.
 #[inline(always)]
-fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
-    // SAFETY: a perf-event program's context is a `bpf_perf_event_data`.
-    let regs = unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs };
-    if regs.cs & 3 == 3 {
-        return Some(regs);
-    }
+pub fn current_user_regs() -> Option<pt_regs> {
     // SAFETY: the helper returns the current task (a BTF pointer) and its
     // saved user registers, or 0.
     let user = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) };

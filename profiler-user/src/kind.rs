@@ -9,6 +9,12 @@
 //! By convention a kind's first value type is always a count of events
 //! (samples, blocking events, allocations…), so "how many" is `values[0]`
 //! for every kind.
+//!
+//! Adding a kind: its programs in `profiler-ebpf` (a module of their own,
+//! sharing `stack.rs` and `unwind.rs`), its maps and counters in
+//! `profiler-common`, a variant here (every `match` below), a decoder in
+//! `sampler` that turns its drained maps into samples, its period in
+//! `profiler::Pipeline::new` and what the kernel needs in `system_info`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -42,12 +48,20 @@ impl fmt::Display for ValueType {
 /// written as a pprof string label and an OTLP sample attribute.
 pub type Label = (&'static str, String);
 
+/// The label of an off-CPU sample naming the thread's state as it left
+/// the CPU: `sleeping`, `disk`, `preempted`, `stopped` or `other`.
+pub const THREAD_STATE: &str = "thread.state";
+
 /// What a profile measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProfileKind {
     /// Where the CPUs spend their time: a sample every 1/frequency seconds
     /// of CPU time, on every CPU.
     Cpu,
+    /// Where threads wait off the CPU (sleeping, blocked on I/O, locks or
+    /// the network, preempted), weighted by how long: intervals from
+    /// switch-out to switch-in, sampled by duration.
+    OffCpu,
 }
 
 /// Samples of the CPU profile: the sample count, and the CPU time they
@@ -57,15 +71,24 @@ const CPU_VALUES: &[ValueType] = &[
     ValueType::new("cpu", "nanoseconds"),
 ];
 
+/// Samples of the off-CPU profile, as Go's block profile names its pair:
+/// the blocking events and the time blocked, both weighted totals (each
+/// kept interval stands for `max(1, P/d)` events and `max(d, P)` ns).
+const OFF_CPU_VALUES: &[ValueType] = &[
+    ValueType::new("events", "count"),
+    ValueType::new("off_cpu", "nanoseconds"),
+];
+
 impl ProfileKind {
     /// Every kind, in the order outputs list them.
-    pub const ALL: &'static [ProfileKind] = &[ProfileKind::Cpu];
+    pub const ALL: &'static [ProfileKind] = &[ProfileKind::Cpu, ProfileKind::OffCpu];
 
     /// The kind's name on the command line, in config files and in file
-    /// names (`cpu`).
+    /// names (`cpu`, `off-cpu`).
     pub fn name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "cpu",
+            ProfileKind::OffCpu => "off-cpu",
         }
     }
 
@@ -73,22 +96,24 @@ impl ProfileKind {
     pub fn sample_types(self) -> &'static [ValueType] {
         match self {
             ProfileKind::Cpu => CPU_VALUES,
+            ProfileKind::OffCpu => OFF_CPU_VALUES,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value viewers show first.
     pub fn default_sample_type(self) -> usize {
         match self {
-            ProfileKind::Cpu => 1,
+            ProfileKind::Cpu | ProfileKind::OffCpu => 1,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value flamegraphs, folded
     /// stacks and the terminal summary weigh frames by (CPU: the sample
-    /// count, as `perf`'s folded output).
+    /// count, as `perf`'s folded output; off-CPU: the time blocked).
     pub fn weight(self) -> usize {
         match self {
             ProfileKind::Cpu => 0,
+            ProfileKind::OffCpu => 1,
         }
     }
 
@@ -96,6 +121,10 @@ impl ProfileKind {
     pub fn period_type(self) -> ValueType {
         match self {
             ProfileKind::Cpu => ValueType::new("cpu", "nanoseconds"),
+            // Sampled by duration with an adaptive period: each sample
+            // stands for one event of its weight (Go's block profiles say
+            // the same with `contentions/count`, period 1).
+            ProfileKind::OffCpu => ValueType::new("events", "count"),
         }
     }
 
@@ -103,6 +132,38 @@ impl ProfileKind {
     pub fn title(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "hostprof CPU flamegraph",
+            ProfileKind::OffCpu => "hostprof off-CPU flamegraph (time blocked)",
+        }
+    }
+
+    /// A label the kind derives from a sample's symbolized kernel frames
+    /// (function names, innermost first) and its own labels, once they are
+    /// symbolized: the off-CPU wait class ([`crate::wait`]).
+    pub fn kernel_frames_label<'a>(
+        self,
+        labels: &[Label],
+        kernel_frames: impl IntoIterator<Item = &'a str>,
+    ) -> Option<Label> {
+        match self {
+            ProfileKind::Cpu => None,
+            ProfileKind::OffCpu => {
+                let state = labels
+                    .iter()
+                    .find(|(key, _)| *key == THREAD_STATE)
+                    .map(|(_, value)| value.as_str());
+                Some((
+                    crate::wait::WAIT_CLASS,
+                    crate::wait::wait_class(state, kernel_frames).to_owned(),
+                ))
+            }
+        }
+    }
+
+    /// Whether [`Self::kernel_frames_label`] labels this kind's samples.
+    pub fn labels_kernel_frames(self) -> bool {
+        match self {
+            ProfileKind::Cpu => false,
+            ProfileKind::OffCpu => true,
         }
     }
 }
@@ -168,8 +229,12 @@ mod tests {
             assert_eq!(kind.to_string(), kind.name());
         }
         assert_eq!(" CPU ".parse::<ProfileKind>(), Ok(ProfileKind::Cpu));
-        let err = "off-cpu".parse::<ProfileKind>().unwrap_err().to_string();
-        assert_eq!(err, "\"off-cpu\" is not a profile kind; the kinds are: cpu");
+        assert_eq!("Off-CPU".parse::<ProfileKind>(), Ok(ProfileKind::OffCpu));
+        let err = "locks".parse::<ProfileKind>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "\"locks\" is not a profile kind; the kinds are: cpu, off-cpu"
+        );
     }
 
     #[test]
@@ -183,6 +248,27 @@ mod tests {
         assert_eq!(
             ProfileKind::Cpu.sample_types()[ProfileKind::Cpu.default_sample_type()],
             ProfileKind::Cpu.period_type()
+        );
+        let off = ProfileKind::OffCpu;
+        assert_eq!(
+            off.sample_types()[off.default_sample_type()].to_string(),
+            "off_cpu/nanoseconds"
+        );
+    }
+
+    #[test]
+    fn off_cpu_samples_get_a_wait_class_and_cpu_samples_none() {
+        let frames = ["finish_task_switch.isra.0", "__schedule", "pipe_read"];
+        assert_eq!(ProfileKind::Cpu.kernel_frames_label(&[], frames), None);
+        let sleeping = [("thread.state", "sleeping".to_owned())];
+        assert_eq!(
+            ProfileKind::OffCpu.kernel_frames_label(&sleeping, frames),
+            Some(("wait.class", "pipe".to_owned()))
+        );
+        let preempted = [("thread.state", "preempted".to_owned())];
+        assert_eq!(
+            ProfileKind::OffCpu.kernel_frames_label(&preempted, frames),
+            Some(("wait.class", "runqueue".to_owned()))
         );
     }
 }

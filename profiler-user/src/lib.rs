@@ -75,6 +75,7 @@ mod symbolize;
 pub mod system_info;
 pub mod text;
 pub mod unwind;
+pub mod wait;
 
 pub use kind::ProfileKind;
 pub use profile::Profile;

@@ -26,7 +26,10 @@ use crate::unwind::loader::{LoaderStats, TableLoader};
 use crate::unwind::requests::TableRequests;
 use crate::unwind::Unwinder;
 
-pub use crate::sampler::{Frequency, InvalidFrequency, SamplerError, SamplingPolicy, Target};
+pub use crate::sampler::{
+    Frequency, InvalidFrequency, InvalidOffCpuRate, OffCpuRate, SamplerError, SamplingPolicy,
+    Target,
+};
 pub use crate::symbolize::CacheStats;
 
 /// How a [`Profiler`] runs.
@@ -71,6 +74,9 @@ pub enum ProfilerError {
     /// The table unwinder cannot run safely on this kernel.
     #[error(transparent)]
     Kernel(#[from] KernelCheckError),
+    /// A profile kind asked for cannot run on this kernel.
+    #[error(transparent)]
+    Unsupported(#[from] system_info::KindUnsupported),
     /// The table loader's thread could not be started.
     #[error("could not start the unwind-table loader thread")]
     Loader(#[source] std::io::Error),
@@ -124,10 +130,13 @@ impl Profiler {
         for line in system_info::degraded_capabilities() {
             log::warn!("{line}");
         }
+        for &kind in &options.profiles {
+            system_info::kind_support(kind)?;
+        }
         if let Unwinder::Tables(_) = options.policy.unwinder {
             check_running_kernel()?;
         }
-        let started = Sampler::start(&options.policy)?;
+        let started = Sampler::start(&options.policy, &options.profiles)?;
         let tables = match started.unwind_maps {
             Some((maps, rows)) => Some(TableRequests::new(
                 TableLoader::spawn(maps, rows).map_err(ProfilerError::Loader)?,
@@ -245,6 +254,8 @@ impl Pipeline {
             .iter()
             .map(|&kind| match kind {
                 ProfileKind::Cpu => (kind, options.policy.frequency.period_ns()),
+                // Each sample is weighted; the period is one event.
+                ProfileKind::OffCpu => (kind, 1),
             })
             .collect();
         Self {

@@ -108,12 +108,23 @@ pub fn profiles(
                 kind: FrameKind::Native,
             }));
         }
+        let mut labels = key.labels;
+        if key.kind.labels_kernel_frames() {
+            let names = caller_adjusted(&key.kernel_stack).flat_map(|addr| {
+                symbols.kernel[&addr]
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|frame| frame.name.as_str())
+            });
+            labels.extend(key.kind.kernel_frames_label(&labels, names));
+        }
         builder.add_sample(NewSample {
             process,
             tid: key.thread.tid,
             thread_name: &key.thread.comm,
             stack,
-            labels: key.labels,
+            labels,
             values: &merged.values,
             timestamps: &merged.timestamps,
         });

@@ -9,7 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::kind::ProfileKind;
-use crate::profile::{Profile, UnwindCounters};
+use crate::profile::{FrameKind, Profile, Sample, UnwindCounters};
 use crate::symbolize::CacheStats;
 use crate::text::escape;
 use crate::unwind::loader::LoaderStats;
@@ -30,8 +30,13 @@ pub struct FunctionShare {
 pub struct Summary {
     /// The profile's kind.
     pub kind: ProfileKind,
-    /// All samples.
+    /// All samples, in the unit of the kind's weight (CPU: samples;
+    /// off-CPU: nanoseconds blocked).
     pub samples: u64,
+    /// Off-CPU intervals the kernel measured (0 for other kinds).
+    pub intervals: u64,
+    /// Of those, the intervals kept and unwound.
+    pub kept: u64,
     /// Distinct processes.
     pub processes: usize,
     /// Samples lost in the kernel.
@@ -48,22 +53,30 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Summarizes `profile`, keeping the `top_n` heaviest functions.
+    /// Summarizes `profile`, keeping the `top_n` heaviest functions: by
+    /// self time for CPU, by time blocked in the innermost user function
+    /// (and wait class) for off-CPU.
     pub fn new(profile: &Profile, top_n: usize) -> Self {
         let weight = profile.kind.weight();
-        let mut self_samples: HashMap<&str, u64> = HashMap::new();
+        let mut self_samples: HashMap<String, u64> = HashMap::new();
         for sample in &profile.samples {
-            // Innermost line of the leaf location: with inlining, the inlined callee.
-            let name = sample.stack.first().map_or("[no stack]", |leaf| {
-                let line = &profile.location(*leaf).lines[0];
-                profile.function(line.function).name.as_str()
-            });
+            let name = match profile.kind {
+                ProfileKind::Cpu => frame_name(profile, sample, false).to_owned(),
+                ProfileKind::OffCpu => {
+                    let class = sample
+                        .labels
+                        .iter()
+                        .find(|(key, _)| *key == crate::wait::WAIT_CLASS)
+                        .map_or("other", |(_, value)| value.as_str());
+                    format!("{} [{class}]", frame_name(profile, sample, true))
+                }
+            };
             *self_samples.entry(name).or_default() += sample.values[weight];
         }
         let mut top: Vec<FunctionShare> = self_samples
             .into_iter()
             .map(|(name, self_samples)| FunctionShare {
-                name: escape(name).into_owned(),
+                name: escape(&name).into_owned(),
                 self_samples,
             })
             .collect();
@@ -77,6 +90,8 @@ impl Summary {
         Self {
             kind: profile.kind,
             samples: profile.total(weight),
+            intervals: stats.intervals,
+            kept: stats.recorded,
             processes: profile.processes.len(),
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
@@ -93,6 +108,26 @@ impl Summary {
         self.unwind_tables = (tables.registry.rows_capacity > 0).then_some(tables);
         self
     }
+}
+
+/// The function of the leaf frame of `sample` (innermost line: with
+/// inlining, the inlined callee), or with `user` of its innermost
+/// user-space frame when it has one.
+fn frame_name<'a>(profile: &'a Profile, sample: &Sample, user: bool) -> &'a str {
+    let location = |id| profile.location(id);
+    let chosen = if user {
+        sample
+            .stack
+            .iter()
+            .find(|&&id| location(id).kind != FrameKind::Kernel)
+            .or(sample.stack.first())
+    } else {
+        sample.stack.first()
+    };
+    chosen.map_or("[no stack]", |&id| {
+        let line = &location(id).lines[0];
+        profile.function(line.function).name.as_str()
+    })
 }
 
 /// What `hostprof record --stats-json` writes: the summary of every
@@ -170,6 +205,9 @@ fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats)
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.kind == ProfileKind::OffCpu {
+            return self.fmt_off_cpu(f);
+        }
         writeln!(f, "samples          {}", self.samples)?;
         writeln!(f, "processes        {}", self.processes)?;
         writeln!(f, "dropped samples  {}", self.dropped)?;
@@ -183,15 +221,57 @@ impl fmt::Display for Summary {
         writeln!(f)?;
         writeln!(f, "{:>8} {:>6}  function (self)", "samples", "share")?;
         for share in &self.top {
-            let percent = if self.samples == 0 {
-                0.0
-            } else {
-                share.self_samples as f64 * 100.0 / self.samples as f64
-            };
             writeln!(
                 f,
                 "{:>8} {:>5.1}%  {}",
-                share.self_samples, percent, share.name
+                share.self_samples,
+                self.percent(share),
+                share.name
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Summary {
+    /// The share of the total `share` holds, in percent.
+    fn percent(&self, share: &FunctionShare) -> f64 {
+        if self.samples == 0 {
+            0.0
+        } else {
+            share.self_samples as f64 * 100.0 / self.samples as f64
+        }
+    }
+
+    /// The off-CPU section: time blocked, intervals, and where threads
+    /// blocked the longest.
+    fn fmt_off_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seconds = |ns: u64| ns as f64 / 1e9;
+        writeln!(f, "off-CPU time     {:.3} s", seconds(self.samples))?;
+        writeln!(
+            f,
+            "intervals        {} measured, {} kept and unwound",
+            self.intervals, self.kept
+        )?;
+        writeln!(f, "processes        {}", self.processes)?;
+        writeln!(f, "dropped samples  {}", self.dropped)?;
+        writeln!(f, "stack errors     {}", self.stack_errors)?;
+        if self.top.is_empty() {
+            return Ok(());
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:>9} {:>6}  blocked in (innermost user function) [wait class]",
+            "seconds", "share"
+        )?;
+        for share in &self.top {
+            writeln!(
+                f,
+                "{:>9.3} {:>5.1}%  {}",
+                seconds(share.self_samples),
+                self.percent(share),
+                share.name
             )?;
         }
         Ok(())
@@ -236,6 +316,62 @@ mod tests {
     }
 
     #[test]
+    fn off_cpu_summary_names_the_blocking_user_function_and_wait_class() {
+        use crate::profile::{Function, Line, Location, NewSample};
+        let mut b = ProfileBuilder::new(ProfileKind::OffCpu);
+        let p = b.process(Process {
+            pid: 1,
+            executable_name: "app".into(),
+            executable_path: None,
+            container: None,
+            pod: None,
+        });
+        let function = b.function(Function {
+            name: "__schedule".into(),
+            system_name: None,
+            filename: None,
+        });
+        let schedule = b.location(Location {
+            mapping: None,
+            address: 0xffff_ffff_8100_0000,
+            lines: vec![Line {
+                function,
+                line: None,
+            }],
+            kind: FrameKind::Kernel,
+        });
+        let sleepy = b.named_location("sleepy", 1);
+        let main = b.named_location("main", 2);
+        for (stack, class, ns) in [
+            (vec![schedule, sleepy, main], "sleep", 3_000_000_000),
+            (vec![schedule], "other", 1_000_000_000),
+        ] {
+            b.add_sample(NewSample {
+                process: p,
+                tid: 1,
+                thread_name: "app",
+                stack,
+                labels: vec![("wait.class", class.into())],
+                values: &[7, ns],
+                timestamps: &[],
+            });
+        }
+        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 1);
+        let summary = Summary::new(&profile, 5);
+        assert_eq!(summary.samples, 4_000_000_000, "weighted by time");
+        let text = summary.to_string();
+        assert!(text.starts_with("off-CPU time     4.000 s\n"), "{text}");
+        assert!(
+            text.contains("    3.000  75.0%  sleepy [sleep]\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    1.000  25.0%  __schedule [other]\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn hostile_function_names_print_escaped() {
         let profile = crate::profile::fixtures::hostile_profile();
         let summary = Summary::new(&profile, 10);
@@ -262,6 +398,8 @@ mod tests {
         Summary {
             kind: ProfileKind::Cpu,
             samples: 1300,
+            intervals: 0,
+            kept: 0,
             processes: 4,
             dropped: 0,
             stack_errors: 0,

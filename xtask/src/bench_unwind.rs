@@ -58,12 +58,13 @@ const PROCESSES_MAP: &str = "UNWIND_PROCESSE";
 /// How often the running capture's BPF objects are read.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Fails early, before building, where the benchmark cannot run.
-pub fn preflight() -> Result<()> {
+/// Fails early, before building, where the benchmark `task` (which reads
+/// BPF run-time statistics) cannot run.
+pub fn preflight(task: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "bench-unwind needs root (it loads BPF programs, sets kernel.bpf_stats_enabled \
+            "{task} needs root (it loads BPF programs, sets kernel.bpf_stats_enabled \
              and reads another process's /proc/<pid>/fdinfo): run it as root"
         );
     }
@@ -75,7 +76,7 @@ pub fn preflight() -> Result<()> {
 
 /// Runs the benchmark and prints its tables.
 pub fn run(options: &UnwindBenchOptions) -> Result<()> {
-    preflight()?;
+    preflight("bench-unwind")?;
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
     let workloads = compile_workloads(&options.work_dir.join("unwind-workloads"))?;
@@ -193,12 +194,12 @@ fn compile_workloads(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// `kernel.bpf_stats_enabled` switched on; dropping it writes the old value
 /// back.
-struct BpfStats {
+pub(crate) struct BpfStats {
     old: String,
 }
 
 impl BpfStats {
-    fn enable() -> Result<Self> {
+    pub(crate) fn enable() -> Result<Self> {
         let old = std::fs::read_to_string(BPF_STATS)
             .with_context(|| format!("reading {BPF_STATS}"))?
             .trim()
@@ -295,22 +296,22 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
 
 /// The BPF programs and maps a process holds.
 #[derive(Clone, Debug, Default, PartialEq)]
-struct BpfObjects {
-    programs: Vec<Program>,
+pub(crate) struct BpfObjects {
+    pub(crate) programs: Vec<Program>,
     maps: Vec<Map>,
 }
 
 /// A BPF program and its run-time statistics.
 #[derive(Clone, Debug, PartialEq)]
-struct Program {
-    id: u32,
-    name: String,
+pub(crate) struct Program {
+    pub(crate) id: u32,
+    pub(crate) name: String,
     prog_type: u32,
     tag: String,
     /// Nanoseconds in its runs (while `bpf_stats_enabled` was on).
-    run_time_ns: u64,
+    pub(crate) run_time_ns: u64,
     /// Its runs; tail calls into it are not counted.
-    run_cnt: u64,
+    pub(crate) run_cnt: u64,
 }
 
 /// A BPF map and its kernel memory.
@@ -330,7 +331,7 @@ struct Map {
 
 impl BpfObjects {
     /// The BPF objects `pid` holds descriptors of.
-    fn of(pid: u32) -> std::io::Result<Self> {
+    pub(crate) fn of(pid: u32) -> std::io::Result<Self> {
         let mut objects = BpfObjects::default();
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
             let path = entry?.path();
@@ -380,7 +381,7 @@ impl BpfObjects {
         Ok(objects)
     }
 
-    fn program(&self, name: &str) -> Option<&Program> {
+    pub(crate) fn program(&self, name: &str) -> Option<&Program> {
         self.programs.iter().find(|p| p.name == name)
     }
 

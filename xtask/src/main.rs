@@ -6,6 +6,7 @@
 mod bench;
 mod bench_agent;
 mod bench_churn;
+mod bench_off_cpu;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -118,6 +119,20 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// What the off-CPU profile costs: a pipe ping-pong on one CPU (every
+    /// hand-off a context switch) and an idle host, with no profiler,
+    /// `--profiles cpu` and `--profiles cpu,off-cpu`: the load's rate,
+    /// hostprof's own CPU and its BPF run time (kernel.bpf_stats_enabled).
+    /// Needs root.
+    BenchOffCpu {
+        /// Length of each measurement, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Passed to `hostprof record --off-cpu-max-rate` (default:
+        /// hostprof's).
+        #[arg(long)]
+        off_cpu_max_rate: Option<u32>,
+    },
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` under CI.
@@ -224,6 +239,19 @@ fn main() -> Result<()> {
                 work_dir: bench::default_work_dir(&root),
             })
         }
+        Task::BenchOffCpu {
+            seconds,
+            off_cpu_max_rate,
+        } => {
+            bench_unwind::preflight("bench-off-cpu")?;
+            let hostprof = release_build(&root)?;
+            bench_off_cpu::run(&bench_off_cpu::OffCpuBenchOptions {
+                duration: Duration::from_secs(seconds),
+                off_cpu_max_rate,
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+            })
+        }
         Task::Fuzz { seconds, target } => {
             setup::run(&root, setup::Scope::Build)?;
             setup::cargo_fuzz()?;
@@ -231,7 +259,7 @@ fn main() -> Result<()> {
         }
         Task::BenchUnwind { seconds } => {
             // Before the release build: it cannot run without root.
-            bench_unwind::preflight()?;
+            bench_unwind::preflight("bench-unwind")?;
             let hostprof = release_build(&root)?;
             bench_unwind::run(&bench_unwind::UnwindBenchOptions {
                 duration: Duration::from_secs(seconds),

@@ -145,6 +145,20 @@ impl Collector for SnapshotCollector {
         }
         emit(
             &mut e,
+            "off_cpu_intervals",
+            "Off-CPU intervals the kernel measured (switch-out to switch-in), kept or not",
+            None,
+            ConstCounter::new(p.capture.intervals),
+        )?;
+        emit(
+            &mut e,
+            "off_cpu_blocked_seconds",
+            "Total time of the off-CPU intervals measured",
+            None,
+            ConstCounter::new(p.capture.interval_ns as f64 / 1e9),
+        )?;
+        emit(
+            &mut e,
             "process_events_lost",
             "New-process notifications lost",
             None,
@@ -442,6 +456,8 @@ mod tests {
         snapshot.pipeline.samples = 1234;
         snapshot.pipeline.capture.user_stack_errors = 7;
         snapshot.pipeline.stacks = 42;
+        snapshot.pipeline.capture.intervals = 5000;
+        snapshot.pipeline.capture.interval_ns = 2_500_000_000;
         snapshot.agent.sent.exported_profiles = 3;
         snapshot.agent.sent.bytes_sent = 4096;
         snapshot.agent.sent.dropped.profiles = 2;
@@ -476,6 +492,8 @@ mod tests {
             "hostprof_samples_dropped_total{reason=\"user_stack_error\"} 7",
             "hostprof_samples_dropped_total{reason=\"map_full\"} 0",
             "hostprof_stacks 42",
+            "hostprof_off_cpu_intervals_total 5000",
+            "hostprof_off_cpu_blocked_seconds_total 2.5",
             "hostprof_profiles_exported_total 3",
             "hostprof_profiles_dropped_total 2",
             "hostprof_export_sent_bytes_total 4096",

@@ -23,6 +23,7 @@ use crate::otlp::retry::Backoff;
 use crate::otlp::{build_request, ExportError, Exporter, ExporterConfig, HostIdentity};
 use crate::profile::Profile;
 use crate::profiler::{PipelineStats, Profiler, ProfilerError, ProfilerOptions};
+use crate::system_info;
 use metrics::{Metrics, OwnUsage, Snapshot};
 
 /// How the agent runs.
@@ -70,6 +71,12 @@ pub enum AgentError {
     /// The metrics endpoint could not be opened.
     #[error(transparent)]
     Metrics(std::io::Error),
+    /// No profile kind asked for can run on this kernel.
+    #[error(
+        "none of the profile kinds asked for can run on this kernel (see the warnings above, \
+         or `hostprof system-info`); add cpu to profiles"
+    )]
+    NoKinds,
 }
 
 struct Shared {
@@ -157,7 +164,22 @@ pub async fn run(
         let metrics = Arc::new(Metrics::new(Arc::new(move || source.snapshot())));
         tokio::spawn(server::serve(listener, metrics, shared.clone()))
     });
-    let mut profiler = Profiler::start(options.profiler.clone())?;
+    // A kind the kernel cannot take is left out with a warning; the
+    // agent keeps the others.
+    let mut profiler_options = options.profiler.clone();
+    profiler_options
+        .profiles
+        .retain(|&kind| match system_info::kind_support(kind) {
+            Ok(()) => true,
+            Err(err) => {
+                log::warn!("{err}; profiling without it");
+                false
+            }
+        });
+    if profiler_options.profiles.is_empty() {
+        return Err(AgentError::NoKinds);
+    }
+    let mut profiler = Profiler::start(profiler_options)?;
     shared.sampling.store(true, Ordering::Relaxed);
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let outbox = Arc::clone(&shared.outbox);

@@ -136,50 +136,72 @@ pub fn split_truncated(mut stack: Vec<u64>) -> (Vec<u64>, bool) {
     }
 }
 
-/// Joins drained CPU sample counts with drained stacks, decoding the
-/// truncation mark; each sample's CPU time is its count × `period_ns`.
+/// The drained stack with hash `hash`; empty for 0 (no stack).
 ///
 /// A stack hash with no stack can only come from a kernel bug or a map
 /// corrupted from outside; such samples keep their count with an empty
 /// stack rather than being dropped.
+pub fn lookup_stack(stacks: &HashMap<StackHash, Vec<u64>>, hash: StackHash) -> Vec<u64> {
+    if hash == 0 {
+        Vec::new()
+    } else {
+        stacks.get(&hash).cloned().unwrap_or_default()
+    }
+}
+
+/// What the kernel recorded about a sample of `kind`, decoded: the thread,
+/// its stacks looked up by hash in `stacks` (the user stack's truncation
+/// mark decoded), and `labels`.
+pub fn decode_key(
+    kind: ProfileKind,
+    (tgid, tid, comm): (u32, u32, &[u8; COMM_LEN]),
+    user_stack: StackHash,
+    kernel_stack: StackHash,
+    stacks: &HashMap<StackHash, Vec<u64>>,
+    labels: Vec<Label>,
+) -> SampleKey {
+    let (user_stack, user_truncated) = split_truncated(lookup_stack(stacks, user_stack));
+    SampleKey {
+        kind,
+        thread: Thread {
+            tgid,
+            tid,
+            comm: comm_to_string(comm),
+        },
+        user_stack,
+        user_truncated,
+        kernel_stack: lookup_stack(stacks, kernel_stack),
+        labels,
+    }
+}
+
+/// Joins drained CPU sample counts with drained stacks, decoding the
+/// truncation mark; each sample's CPU time is its count × `period_ns`.
 pub fn assemble_cpu(
     counts: impl IntoIterator<Item = (KernelKey, u64)>,
     stacks: &HashMap<StackHash, Vec<u64>>,
     period_ns: u64,
 ) -> Vec<RawSample> {
-    let stack = |hash: StackHash| -> Vec<u64> {
-        if hash == 0 {
-            Vec::new()
-        } else {
-            stacks.get(&hash).cloned().unwrap_or_default()
-        }
-    };
     counts
         .into_iter()
         .filter(|(_, count)| *count > 0)
-        .map(|(key, count)| {
-            let (user_stack, user_truncated) = split_truncated(stack(key.user_stack));
-            RawSample {
-                key: SampleKey {
-                    kind: ProfileKind::Cpu,
-                    thread: Thread {
-                        tgid: key.tgid,
-                        tid: key.tid,
-                        comm: comm_to_string(&key.comm),
-                    },
-                    user_stack,
-                    user_truncated,
-                    kernel_stack: stack(key.kernel_stack),
-                    labels: Vec::new(),
-                },
-                values: vec![count, count.saturating_mul(period_ns)],
-                timestamps: Vec::new(),
-            }
+        .map(|(key, count)| RawSample {
+            key: decode_key(
+                ProfileKind::Cpu,
+                (key.tgid, key.tid, &key.comm),
+                key.user_stack,
+                key.kernel_stack,
+                stacks,
+                Vec::new(),
+            ),
+            values: vec![count, count.saturating_mul(period_ns)],
+            timestamps: Vec::new(),
         })
         .collect()
 }
 
-/// Cumulative kernel counters, summed over CPUs, indexed by [`Stat`].
+/// Cumulative kernel counters of one kind, summed over CPUs, indexed by
+/// [`Stat`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StatCounters([u64; Stat::COUNT as usize]);
 
@@ -207,6 +229,8 @@ impl StatCounters {
             kernel_stack_errors: delta(Stat::KernelStackError),
             stacks_lost: delta(Stat::StackMapFull),
             process_events_lost: delta(Stat::NewProcessLost),
+            intervals: delta(Stat::OffCpuIntervals),
+            interval_ns: delta(Stat::OffCpuNanos),
             unwind: UnwindCounters {
                 unwound: delta(Stat::Unwound),
                 no_tables: delta(Stat::UnwindNoTables),

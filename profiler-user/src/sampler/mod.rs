@@ -1,10 +1,13 @@
-//! The kernel side, seen from userspace: loads the eBPF program, attaches
-//! it to a CPU-clock perf event on every online CPU, and drains its maps.
+//! The kernel side, seen from userspace: loads the eBPF object, attaches
+//! the programs of each kind asked for (CPU: a CPU-clock perf event on
+//! every online CPU; off-CPU: `tp_btf/sched_switch` and a kprobe on each
+//! `finish_task_switch*`), and drains their maps.
 //!
-//! Pure bookkeeping lives in [`drain`] and [`policy`]; this module is the
-//! only one that makes BPF and perf syscalls.
+//! Pure bookkeeping lives in [`drain`], [`off_cpu`] and [`policy`]; this
+//! module is the only one that makes BPF and perf syscalls.
 
 pub mod drain;
+pub mod off_cpu;
 pub mod policy;
 pub mod stats;
 mod unwind_maps;
@@ -18,14 +21,16 @@ use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
 };
 use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
-use aya::programs::{PerfEvent, ProgramError};
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
+use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
-    names, Config, DeepStack, NewProcess, SampleKey as KernelKey, Stack, StackHash, Stat,
+    kernel_kind, names, Config, DeepStack, NewProcess, OffCpuKey, OffCpuValue,
+    SampleKey as KernelKey, Stack, StackHash, Stat,
 };
 use tokio::io::unix::AsyncFd;
 
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
+pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 
@@ -79,16 +84,35 @@ pub enum SamplerError {
     /// The new-process ring buffer could not be registered with the runtime.
     #[error("could not poll the new-process ring buffer")]
     Poll(#[source] io::Error),
+    /// The kernel's BTF, which the off-CPU switch-out program attaches
+    /// through, could not be read.
+    #[error(
+        "the off-CPU profile needs the kernel's BTF (/sys/kernel/btf/vmlinux, \
+         CONFIG_DEBUG_INFO_BTF=y); run `hostprof system-info`, or drop off-cpu from --profiles"
+    )]
+    Btf(#[source] BtfError),
+    /// Neither switch-in hook exists: no `sched_exit_tp` tracepoint and
+    /// no `finish_task_switch*` symbol.
+    #[error(
+        "the off-CPU profile needs the sched_exit_tp tracepoint (Linux 6.16+) or a kprobe on \
+         finish_task_switch, and this kernel has neither; run `hostprof system-info`, or drop \
+         off-cpu from --profiles"
+    )]
+    NoSwitchIn,
+    /// /proc/kallsyms could not be read.
+    #[error("could not read /proc/kallsyms to find finish_task_switch")]
+    Kallsyms(#[source] io::Error),
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
     move |source| SamplerError::Map { map, source }
 }
 
-/// Capacity of each `COUNTS_n` and `STACKS_n` map: room for every sample of
-/// four seconds on every CPU (each distinct at worst), at least 16 Ki.
-fn map_capacity(cpus: usize, frequency: Frequency) -> u32 {
-    let per_drain = cpus as u64 * u64::from(frequency.hz()) * 4;
+/// Capacity of a map that gets at most `per_cpu` entries per second on
+/// each CPU: room for four seconds on every CPU (each distinct at worst),
+/// at least 16 Ki.
+fn map_capacity(cpus: usize, per_cpu: u64) -> u32 {
+    let per_drain = cpus as u64 * per_cpu * 4;
     per_drain.clamp(16_384, 1 << 20) as u32
 }
 
@@ -115,26 +139,64 @@ pub struct Sampler {
     known: HashMap<MapData, u32, u8>,
     /// Kept open: the kernel empties a program array when its last
     /// userspace handle closes.
-    _tail_calls: ProgramArray<MapData>,
+    _tail_calls: (ProgramArray<MapData>, [ProgramArray<MapData>; 2]),
     active: MapSet,
-    last_stats: StatCounters,
+    /// The kinds attached, each with its counters at the last drain.
+    kinds: Vec<(ProfileKind, StatCounters)>,
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
+    /// With the off-CPU kind: its maps and sampling period.
+    off_cpu: Option<OffCpuState>,
+}
+
+/// The off-CPU kind's maps and the adaptive period.
+struct OffCpuState {
+    counts: [PerCpuHashMap<MapData, OffCpuKey, OffCpuValue>; 2],
+    /// Kept intervals per second the period adapts to (all CPUs).
+    budget: u64,
+    /// When the period was last adapted.
+    adapted: std::time::Instant,
+}
+
+/// The kernel's index of a kind (its block of counters in `STATS`).
+fn kernel_index(kind: ProfileKind) -> u32 {
+    match kind {
+        ProfileKind::Cpu => kernel_kind::CPU,
+        ProfileKind::OffCpu => kernel_kind::OFF_CPU,
+    }
 }
 
 impl Sampler {
-    /// Loads the program, applies `policy` and starts sampling every online CPU.
+    /// Loads the object, applies `policy` and starts the programs of
+    /// `kinds` (each at most once; empty means CPU).
     ///
     /// Also returns the stream of processes sampled for the first time,
     /// and, with the table unwinder, the maps its tables go to.
-    pub fn start(policy: &SamplingPolicy) -> Result<Started, SamplerError> {
+    pub fn start(policy: &SamplingPolicy, kinds: &[ProfileKind]) -> Result<Started, SamplerError> {
+        let cpu = kinds.is_empty() || kinds.contains(&ProfileKind::Cpu);
+        let off_cpu = kinds.contains(&ProfileKind::OffCpu);
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
-        let capacity = map_capacity(cpus.len(), policy.frequency);
+        let cpu_rate = if cpu {
+            u64::from(policy.frequency.hz())
+        } else {
+            0
+        };
+        let off_cpu_rate = if off_cpu {
+            u64::from(policy.off_cpu_max_rate.per_second())
+        } else {
+            0
+        };
         let mut loader = EbpfLoader::new();
-        for name in names::COUNTS.iter().chain(names::STACKS.iter()) {
-            loader.map_max_entries(name, capacity);
+        for name in names::COUNTS {
+            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate));
+        }
+        for name in names::OFF_CPU_COUNTS {
+            loader.map_max_entries(name, map_capacity(cpus.len(), off_cpu_rate));
+        }
+        for name in names::STACKS {
+            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate + off_cpu_rate));
         }
         // Array maps are allocated whole: no table memory without tables.
         let table_rows = match policy.unwinder {
@@ -166,6 +228,22 @@ impl Sampler {
         let mut tail_calls: ProgramArray<MapData> = take(names::TAIL_CALLS)?
             .try_into()
             .map_err(map_err(names::TAIL_CALLS))?;
+        let mut off_cpu_tail_calls: [ProgramArray<MapData>; 2] = [
+            take(names::OFF_CPU_TAIL_CALLS)?
+                .try_into()
+                .map_err(map_err(names::OFF_CPU_TAIL_CALLS))?,
+            take(names::OFF_CPU_KPROBE_TAIL_CALLS)?
+                .try_into()
+                .map_err(map_err(names::OFF_CPU_KPROBE_TAIL_CALLS))?,
+        ];
+        let off_cpu_counts = [
+            take(names::OFF_CPU_COUNTS[0])?
+                .try_into()
+                .map_err(map_err(names::OFF_CPU_COUNTS[0]))?,
+            take(names::OFF_CPU_COUNTS[1])?
+                .try_into()
+                .map_err(map_err(names::OFF_CPU_COUNTS[1]))?,
+        ];
         let ring: RingBuf<MapData> = take(names::NEW_PROCESSES)?
             .try_into()
             .map_err(map_err(names::NEW_PROCESSES))?;
@@ -197,6 +275,7 @@ impl Sampler {
         let mut config = Config {
             active_set: MapSet::Zero.index() as u32,
             flags: 0,
+            off_cpu_period_ns: off_cpu::INITIAL_PERIOD_NS,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -215,39 +294,30 @@ impl Sampler {
 
         // The unwinding programs need kernel 5.17+ (bpf_loop); with frame
         // pointers only they are not loaded and their slots stay empty.
-        if let Unwinder::Tables(_) = policy.unwinder {
-            for (name, slot) in [
-                (names::UNWIND_PROGRAM, names::TAIL_UNWIND_USER),
-                (names::STORE_PROGRAM, names::TAIL_UNWIND_STORE),
-            ] {
-                let fd = tail_called_program(&mut ebpf, name)?
-                    .fd()
-                    .map_err(|source| SamplerError::Program {
-                        action: format!("get the descriptor of {name}"),
-                        source,
-                    })?;
-                tail_calls
-                    .set(slot, fd, 0)
-                    .map_err(map_err(names::TAIL_CALLS))?;
+        let tables = matches!(policy.unwinder, Unwinder::Tables(_));
+        if cpu {
+            if tables {
+                for (name, slot) in [
+                    (names::UNWIND_PROGRAM, names::TAIL_UNWIND_USER),
+                    (names::STORE_PROGRAM, names::TAIL_UNWIND_STORE),
+                ] {
+                    let fd = tail_called_program(&mut ebpf, name)?;
+                    tail_calls
+                        .set(slot, &fd, 0)
+                        .map_err(map_err(names::TAIL_CALLS))?;
+                }
             }
+            attach_cpu(&mut ebpf, &cpus, policy.frequency)?;
         }
-        let program = perf_program(&mut ebpf)?;
-        program.load().map_err(|source| SamplerError::Program {
-            action: "load the perf_event program (verifier)".into(),
-            source,
-        })?;
-        for cpu in cpus {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(u64::from(policy.frequency.hz())),
-                    true,
-                )
-                .map_err(|source| SamplerError::Program {
-                    action: format!("attach to the CPU-clock perf event of CPU {cpu}"),
-                    source,
-                })?;
+        if off_cpu {
+            attach_off_cpu(&mut ebpf, tables, &mut off_cpu_tail_calls)?;
+        }
+        let mut attached_kinds = Vec::new();
+        if cpu {
+            attached_kinds.push((ProfileKind::Cpu, StatCounters::default()));
+        }
+        if off_cpu {
+            attached_kinds.push((ProfileKind::OffCpu, StatCounters::default()));
         }
 
         let mut sampler = Sampler {
@@ -259,13 +329,20 @@ impl Sampler {
             stacks,
             deep_stacks,
             known,
-            _tail_calls: tail_calls,
+            _tail_calls: (tail_calls, off_cpu_tail_calls),
             active: MapSet::Zero,
-            last_stats: StatCounters::default(),
+            kinds: attached_kinds,
             attached: true,
             period_ns: policy.frequency.period_ns(),
+            off_cpu: off_cpu.then(|| OffCpuState {
+                counts: off_cpu_counts,
+                budget: u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64,
+                adapted: std::time::Instant::now(),
+            }),
         };
-        sampler.last_stats = sampler.read_stats()?;
+        for i in 0..sampler.kinds.len() {
+            sampler.kinds[i].1 = sampler.read_stats(sampler.kinds[i].0)?;
+        }
         // SAFETY: the ring buffer owns its file descriptor and lives inside
         // the AsyncFd, so the descriptor stays open while it is registered.
         let ring = unsafe { AsyncFd::register(ring) }
@@ -297,12 +374,31 @@ impl Sampler {
     /// Stops sampling and returns everything not yet drained.
     pub fn stop(&mut self) -> Result<Drained, SamplerError> {
         if self.attached {
-            perf_program(&mut self.ebpf)?
-                .unload()
-                .map_err(|source| SamplerError::Program {
-                    action: "detach the perf_event program".into(),
-                    source,
-                })?;
+            let detach = |action: &str| {
+                let action = action.to_owned();
+                move |source| SamplerError::Program { action, source }
+            };
+            for &(kind, _) in &self.kinds {
+                match kind {
+                    ProfileKind::Cpu => perf_program(&mut self.ebpf)?
+                        .unload()
+                        .map_err(detach("detach the perf_event program"))?,
+                    ProfileKind::OffCpu => {
+                        // Only the hook in use is loaded.
+                        let loaded = |result| match result {
+                            Err(ProgramError::NotLoaded) => Ok(()),
+                            other => other,
+                        };
+                        loaded(btf_tracepoint(&mut self.ebpf, names::OFF_CPU_SWITCH_IN)?.unload())
+                            .map_err(detach("detach the off-CPU switch-in tracepoint"))?;
+                        loaded(kprobe(&mut self.ebpf, names::OFF_CPU_SWITCH_IN_KPROBE)?.unload())
+                            .map_err(detach("detach the off-CPU switch-in kprobe"))?;
+                        switch_out_program(&mut self.ebpf)?
+                            .unload()
+                            .map_err(detach("detach the off-CPU sched_switch program"))?;
+                    }
+                }
+            }
             self.attached = false;
         }
         quiesce();
@@ -314,15 +410,38 @@ impl Sampler {
         self.drained(samples)
     }
 
-    /// Pairs drained samples with the loss counters since the last drain.
+    /// Pairs drained samples with each kind's counters since the last
+    /// drain, and adapts the off-CPU period to what was kept.
     fn drained(&mut self, samples: Vec<RawSample>) -> Result<Drained, SamplerError> {
-        let stats = self.read_stats()?;
-        let delta = stats.since(&self.last_stats);
-        self.last_stats = stats;
-        Ok(Drained {
-            samples,
-            stats: KindStats::from([(ProfileKind::Cpu, delta)]),
-        })
+        let mut stats = KindStats::new();
+        for i in 0..self.kinds.len() {
+            let (kind, last) = self.kinds[i];
+            let now = self.read_stats(kind)?;
+            stats.insert(kind, now.since(&last));
+            self.kinds[i].1 = now;
+        }
+        if let (Some(state), Some(delta)) = (&mut self.off_cpu, stats.get(&ProfileKind::OffCpu)) {
+            let kept = delta.recorded + delta.dropped;
+            let period = off_cpu::next_period(
+                self.config.off_cpu_period_ns,
+                kept,
+                state.adapted.elapsed(),
+                state.budget,
+            );
+            state.adapted = std::time::Instant::now();
+            if period != self.config.off_cpu_period_ns {
+                log::debug!(
+                    "off-CPU: {kept} of {} intervals kept; period {} -> {period} ns",
+                    delta.intervals,
+                    self.config.off_cpu_period_ns
+                );
+                self.config.off_cpu_period_ns = period;
+                self.config_map
+                    .set(0, self.config, 0)
+                    .map_err(map_err(names::CONFIG))?;
+            }
+        }
+        Ok(Drained { samples, stats })
     }
 
     /// Lets the kernel announce `tgids` again the next time they are sampled
@@ -377,15 +496,36 @@ impl Sampler {
         for hash in &deep {
             deep_map.remove(hash).map_err(map_err(deep_name))?;
         }
-        Ok(drain::assemble_cpu(entries, &stacks, self.period_ns))
+        let mut samples = drain::assemble_cpu(entries, &stacks, self.period_ns);
+        if let Some(state) = &mut self.off_cpu {
+            let name = names::OFF_CPU_COUNTS[index];
+            let counts = &mut state.counts[index];
+            let mut entries = Vec::new();
+            for item in counts.iter() {
+                let (key, per_cpu) = item.map_err(map_err(name))?;
+                let mut total = OffCpuValue::default();
+                for value in per_cpu.iter() {
+                    total.kept += value.kept;
+                    total.events_milli += value.events_milli;
+                    total.nanos += value.nanos;
+                }
+                entries.push((key, total));
+            }
+            for (key, _) in &entries {
+                counts.remove(key).map_err(map_err(name))?;
+            }
+            samples.extend(off_cpu::assemble_off_cpu(entries, &stacks));
+        }
+        Ok(samples)
     }
 
-    fn read_stats(&self) -> Result<StatCounters, SamplerError> {
+    fn read_stats(&self, kind: ProfileKind) -> Result<StatCounters, SamplerError> {
+        let base = kernel_index(kind) * Stat::COUNT;
         let mut values = [0; Stat::COUNT as usize];
         for stat in Stat::ALL {
             let per_cpu = self
                 .stats
-                .get(&(stat as u32), 0)
+                .get(&(base + stat as u32), 0)
                 .map_err(map_err(names::STATS))?;
             values[stat as usize] = per_cpu.iter().sum();
         }
@@ -393,27 +533,215 @@ impl Sampler {
     }
 }
 
-/// Loads the tail-called program `name` (the verifier checks it here).
-fn tail_called_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut PerfEvent, SamplerError> {
-    let program: &mut PerfEvent = ebpf
-        .program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
+/// Loads the CPU program and attaches it to the CPU-clock perf event of
+/// each of `cpus`.
+fn attach_cpu(ebpf: &mut Ebpf, cpus: &[u32], frequency: Frequency) -> Result<(), SamplerError> {
+    let program = perf_program(ebpf)?;
+    program.load().map_err(|source| SamplerError::Program {
+        action: "load the perf_event program (verifier)".into(),
+        source,
+    })?;
+    for &cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(u64::from(frequency.hz())),
+                true,
+            )
+            .map_err(|source| SamplerError::Program {
+                action: format!("attach to the CPU-clock perf event of CPU {cpu}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Where the off-CPU switch-in attaches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwitchIn {
+    /// `tp_btf/sched_exit_tp` (Linux 6.16+): needs no kprobes.
+    Tracepoint,
+    /// A kprobe on each of these `finish_task_switch*` symbols.
+    Kprobe(Vec<String>),
+}
+
+/// The switch-in hook this kernel offers: the tracepoint when its BTF has
+/// it, else kprobes on the `finish_task_switch*` symbols of kallsyms.
+pub fn switch_in_hook(btf: &Btf) -> Result<SwitchIn, SamplerError> {
+    let typedef = format!("btf_trace_{}", names::SWITCH_IN_TRACEPOINT);
+    if btf
+        .id_by_type_name_kind(&typedef, aya_obj::btf::BtfKind::Typedef)
+        .is_ok()
+    {
+        return Ok(SwitchIn::Tracepoint);
+    }
+    let kallsyms = std::fs::read_to_string("/proc/kallsyms").map_err(SamplerError::Kallsyms)?;
+    let symbols = off_cpu::switch_in_symbols(&kallsyms);
+    if symbols.is_empty() || !kprobes_available() {
+        return Err(SamplerError::NoSwitchIn);
+    }
+    Ok(SwitchIn::Kprobe(symbols))
+}
+
+/// Whether the kernel can attach kprobes (`CONFIG_KPROBES`): its kprobe
+/// PMU is registered.
+fn kprobes_available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+        || std::path::Path::new("/sys/kernel/debug/tracing/kprobe_events").exists()
+}
+
+/// Loads the off-CPU programs and attaches them: the switch-in first (the
+/// tracepoint, or kprobes), then the switch-out to `sched_switch` (either
+/// order is correct: a switch-in without a noted switch-out is skipped).
+/// With `tables`, the hook's unwinding programs go into its slots of
+/// `tail_calls` (`[tracepoint, kprobe]`).
+fn attach_off_cpu(
+    ebpf: &mut Ebpf,
+    tables: bool,
+    tail_calls: &mut [ProgramArray<MapData>; 2],
+) -> Result<(), SamplerError> {
+    let btf = Btf::from_sys_fs().map_err(SamplerError::Btf)?;
+    match switch_in_hook(&btf)? {
+        SwitchIn::Tracepoint => {
+            if tables {
+                for (name, slot) in [
+                    (names::OFF_CPU_UNWIND, names::TAIL_UNWIND_USER),
+                    (names::OFF_CPU_STORE, names::TAIL_UNWIND_STORE),
+                ] {
+                    let program = btf_tracepoint(ebpf, name)?;
+                    program
+                        .load(names::SWITCH_IN_TRACEPOINT, &btf)
+                        .map_err(tail_call_load_error(name))?;
+                    let fd = program_fd(program.fd(), name)?;
+                    tail_calls[0]
+                        .set(slot, &fd, 0)
+                        .map_err(map_err(names::OFF_CPU_TAIL_CALLS))?;
+                }
+            }
+            let name = names::OFF_CPU_SWITCH_IN;
+            let program = btf_tracepoint(ebpf, name)?;
+            program
+                .load(names::SWITCH_IN_TRACEPOINT, &btf)
+                .map_err(|source| SamplerError::Program {
+                    action: format!("load {name} (verifier)"),
+                    source,
+                })?;
+            program.attach().map_err(|source| SamplerError::Program {
+                action: format!("attach {name} to tp_btf/{}", names::SWITCH_IN_TRACEPOINT),
+                source,
+            })?;
+        }
+        SwitchIn::Kprobe(symbols) => {
+            if tables {
+                for (name, slot) in [
+                    (names::OFF_CPU_UNWIND_KPROBE, names::TAIL_UNWIND_USER),
+                    (names::OFF_CPU_STORE_KPROBE, names::TAIL_UNWIND_STORE),
+                ] {
+                    let fd = tail_called_kprobe(ebpf, name)?;
+                    tail_calls[1]
+                        .set(slot, &fd, 0)
+                        .map_err(map_err(names::OFF_CPU_KPROBE_TAIL_CALLS))?;
+                }
+            }
+            let program = kprobe(ebpf, names::OFF_CPU_SWITCH_IN_KPROBE)?;
+            program.load().map_err(|source| SamplerError::Program {
+                action: "load the off-CPU switch-in kprobe (verifier)".into(),
+                source,
+            })?;
+            for symbol in &symbols {
+                program
+                    .attach(symbol, 0)
+                    .map_err(|source| SamplerError::Program {
+                        action: format!("attach the off-CPU kprobe to {symbol}"),
+                        source,
+                    })?;
+            }
+        }
+    }
+    let program = switch_out_program(ebpf)?;
+    program
+        .load("sched_switch", &btf)
         .map_err(|source| SamplerError::Program {
-            action: format!("find the program {name}"),
+            action: "load the off-CPU tp_btf/sched_switch program (verifier)".into(),
             source,
         })?;
-    program.load().map_err(|source| SamplerError::Program {
+    program.attach().map_err(|source| SamplerError::Program {
+        action: "attach the off-CPU program to tp_btf/sched_switch".into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// What a failed load of the tail-called program `name` says.
+fn tail_call_load_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
+    move |source| SamplerError::Program {
         action: format!(
             "load the program {name} (verifier; the table unwinder needs Linux 5.17+, \
              run with --unwinder frame-pointers on older kernels)"
         ),
         source,
-    })?;
-    Ok(program)
+    }
+}
+
+/// What a failed lookup of the program `name` says.
+fn find_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
+    move |source| SamplerError::Program {
+        action: format!("find the program {name}"),
+        source,
+    }
+}
+
+/// Loads the tail-called perf-event program `name` (the verifier checks
+/// it here) and returns its descriptor.
+fn tail_called_program(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, SamplerError> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(find_error(name))?;
+    program.load().map_err(tail_call_load_error(name))?;
+    program_fd(program.fd(), name)
+}
+
+/// Loads the tail-called kprobe program `name` and returns its descriptor.
+fn tail_called_kprobe(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, SamplerError> {
+    let program = kprobe(ebpf, name)?;
+    program.load().map_err(tail_call_load_error(name))?;
+    program_fd(program.fd(), name)
+}
+
+fn program_fd(
+    fd: Result<&ProgramFd, ProgramError>,
+    name: &'static str,
+) -> Result<ProgramFd, SamplerError> {
+    fd.and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(|source| SamplerError::Program {
+            action: format!("get the descriptor of {name}"),
+            source,
+        })
+}
+
+fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(find_error(name))
+}
+
+fn switch_out_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
+    btf_tracepoint(ebpf, names::OFF_CPU_SWITCH_OUT)
+}
+
+fn btf_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut BtfTracePoint, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(find_error(name))
 }
 
 fn perf_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
@@ -507,12 +835,18 @@ mod tests {
                 "map {name}: {section:?}"
             );
         }
-        for name in names::PROGRAMS {
-            let section = defined.get(*name).map(String::as_str);
-            assert!(
-                section.is_some_and(|s| s.starts_with("perf_event")),
-                "program {name}: {section:?}"
-            );
+        for (programs, prefix) in [
+            (names::PROGRAMS, "perf_event"),
+            (names::KPROBES, "kprobe"),
+            (names::BTF_TRACEPOINTS, "tp_btf/sched_"),
+        ] {
+            for name in programs {
+                let section = defined.get(*name).map(String::as_str);
+                assert!(
+                    section.is_some_and(|s| s.starts_with(prefix)),
+                    "program {name}: {section:?}"
+                );
+            }
         }
     }
 
@@ -555,7 +889,7 @@ mod tests {
             mut sampler,
             mut events,
             ..
-        } = Sampler::start(&SamplingPolicy::default()).expect("start sampler");
+        } = Sampler::start(&SamplingPolicy::default(), &[ProfileKind::Cpu]).expect("start sampler");
         let spin = std::thread::spawn(|| spin_for(Duration::from_millis(700)));
         tokio::time::sleep(Duration::from_millis(400)).await;
         let first = sampler.drain().expect("drain");
@@ -611,7 +945,7 @@ mod tests {
                 unwinder,
                 ..SamplingPolicy::default()
             };
-            let started = Sampler::start(&policy)
+            let started = Sampler::start(&policy, ProfileKind::ALL)
                 .unwrap_or_else(|err| panic!("{unwinder:?}: {:#}", anyhow::Error::from(err)));
             assert_eq!(
                 started.unwind_maps.is_some(),
@@ -620,10 +954,38 @@ mod tests {
         }
     }
 
+    /// Privileged: the kprobe switch-in (for kernels without
+    /// `sched_exit_tp`) passes the verifier here too, even where it is not
+    /// the hook in use; its attach needs CONFIG_KPROBES.
     #[test]
-    fn capacity_scales_with_cpus_and_frequency() {
-        assert_eq!(map_capacity(2, Frequency::DEFAULT), 16_384);
-        assert_eq!(map_capacity(128, Frequency::new(1000).unwrap()), 512_000);
-        assert_eq!(map_capacity(4096, Frequency::new(1000).unwrap()), 1 << 20);
+    fn verifier_accepts_the_kprobe_switch_in() {
+        if skip_bpf() {
+            return;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .expect("load the object");
+        for name in names::KPROBES {
+            kprobe(&mut ebpf, name)
+                .and_then(|program| {
+                    program.load().map_err(|source| SamplerError::Program {
+                        action: format!("load {name}"),
+                        source,
+                    })
+                })
+                .unwrap_or_else(|err| panic!("{:#}", anyhow::Error::from(err)));
+        }
+    }
+
+    #[test]
+    fn capacity_scales_with_cpus_and_rate() {
+        assert_eq!(map_capacity(2, 99), 16_384);
+        assert_eq!(map_capacity(128, 1000), 512_000);
+        assert_eq!(map_capacity(4096, 1000), 1 << 20);
+        assert_eq!(
+            map_capacity(2, 0),
+            16_384,
+            "an unused kind's maps stay small"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::off_cpu::OffCpuRate;
 use super::unwinder::Unwinder;
 
 /// Sampling frequency in Hz, 1 to 1000 inclusive.
@@ -113,6 +114,8 @@ pub struct SamplingPolicy {
     pub include_idle: bool,
     /// How user stacks are unwound.
     pub unwinder: Unwinder,
+    /// Off-CPU intervals kept (and unwound) per second per CPU, at most.
+    pub off_cpu_max_rate: OffCpuRate,
 }
 
 impl Default for SamplingPolicy {
@@ -122,6 +125,7 @@ impl Default for SamplingPolicy {
             target: Target::AllProcesses,
             include_idle: true,
             unwinder: Unwinder::default(),
+            off_cpu_max_rate: OffCpuRate::DEFAULT,
         }
     }
 }

@@ -20,6 +20,12 @@ pub struct CaptureStats {
     pub stacks_lost: u64,
     /// New-process notifications lost (their processes may symbolize less well).
     pub process_events_lost: u64,
+    /// Off-CPU intervals the kernel measured, kept or not (0 for other
+    /// kinds); `recorded` of them were kept and unwound.
+    pub intervals: u64,
+    /// Their total blocked time in nanoseconds: the off-CPU profile's
+    /// `off_cpu/nanoseconds` total estimates it.
+    pub interval_ns: u64,
     /// How user stacks were unwound.
     pub unwind: UnwindCounters,
 }
@@ -71,6 +77,8 @@ impl CaptureStats {
         self.kernel_stack_errors += other.kernel_stack_errors;
         self.stacks_lost += other.stacks_lost;
         self.process_events_lost += other.process_events_lost;
+        self.intervals += other.intervals;
+        self.interval_ns += other.interval_ns;
         self.unwind.add(&other.unwind);
     }
 }

@@ -17,7 +17,7 @@ use crate::otlp::queue::QueueLimits;
 use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
-use crate::profiler::{Frequency, SamplingPolicy, Target};
+use crate::profiler::{Frequency, OffCpuRate, SamplingPolicy, Target};
 use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
 /// Default length of one exported profile.
@@ -34,8 +34,9 @@ settings_group! {
     /// Unset settings take [`ProfilerOptions::default`]'s values.
     #[command(next_help_heading = "Profiling")]
     pub struct Profiling {
-        /// Profile kinds to take, comma-separated; each is taken once. Only
-        /// `cpu` for now [default: cpu].
+        /// Profile kinds to take, comma-separated; each is taken once:
+        /// `cpu` (where CPU time goes), `off-cpu` (where threads wait, and
+        /// how long) [default: cpu].
         #[arg(long, value_name = "KIND[,KIND...]", value_delimiter = ',')]
         pub profiles: Option<Vec<ProfileKind>>,
 
@@ -63,6 +64,12 @@ settings_group! {
         /// = 1024 bytes). For example `64MiB`, `512mb`, `1GiB` or `1048576`.
         #[arg(long, value_name = "SIZE")]
         pub unwind_table_budget: Option<TableBudget>,
+
+        /// Off-CPU intervals unwound per second per CPU, at most, 1 to
+        /// 100000 [default: 250]. Waits shorter than the adaptive period
+        /// are sampled (totals stay exact in expectation).
+        #[arg(long, value_name = "EVENTS")]
+        pub off_cpu_max_rate: Option<OffCpuRate>,
     }
 }
 
@@ -310,6 +317,7 @@ impl Profiling {
                 None => defaults.include_idle,
             },
             unwinder: self.unwinder()?,
+            off_cpu_max_rate: self.off_cpu_max_rate.unwrap_or(defaults.off_cpu_max_rate),
         })
     }
 
@@ -326,6 +334,7 @@ impl Profiling {
             no_idle: Some(!policy.include_idle),
             unwinder: Some(policy.unwinder.kind()),
             unwind_table_budget: policy.unwinder.table_budget(),
+            off_cpu_max_rate: Some(policy.off_cpu_max_rate),
         }
     }
 }
@@ -535,6 +544,41 @@ pub struct LocalOutputs {
     pub flamegraph: Option<PathBuf>,
     /// The folded stacks, if they are written.
     pub folded: Option<PathBuf>,
+}
+
+impl LocalOutputs {
+    /// The files of the profile of `kind`: these paths for the CPU
+    /// profile, and for any other kind the same paths with `.KIND` before
+    /// their extension: `host.pb.gz` → `host.off-cpu.pb.gz`, `host.svg` →
+    /// `host.off-cpu.svg`.
+    pub fn for_kind(&self, kind: ProfileKind) -> LocalOutputs {
+        if kind == ProfileKind::Cpu {
+            return self.clone();
+        }
+        let name = |path: &PathBuf| with_kind(path, kind.name());
+        LocalOutputs {
+            pprof: name(&self.pprof),
+            flamegraph: self.flamegraph.as_ref().map(name),
+            folded: self.folded.as_ref().map(name),
+        }
+    }
+}
+
+/// `path` with `.{kind}` inserted before its extension (`.pb.gz` counts
+/// as one), or appended when it has none.
+fn with_kind(path: &Path, kind: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (stem, extension) = match name.strip_suffix(".pb.gz") {
+        Some(stem) => (stem, ".pb.gz"),
+        None => match name.rfind('.') {
+            Some(dot) if dot > 0 => name.split_at(dot),
+            _ => (name.as_str(), ""),
+        },
+    };
+    path.with_file_name(format!("{stem}.{kind}{extension}"))
 }
 
 impl Settings<RecordOnly> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 use super::*;
 use crate::kind::ProfileKind;
 use crate::otlp::Protocol;
-use crate::profiler::{Frequency, Target};
+use crate::profiler::{Frequency, OffCpuRate, Target};
 use crate::unwind::{TableBudget, Unwinder};
 
 fn parse(text: &str) -> Result<AgentSettings, SettingsError> {
@@ -185,17 +185,19 @@ fn flags_override_file_which_overrides_environment() {
     );
 }
 
+/// The sampling policy the agent's config `text` resolves to.
+fn policy(text: &str) -> crate::profiler::SamplingPolicy {
+    parse(text)
+        .unwrap()
+        .resolve(|_| None)
+        .unwrap()
+        .profiler
+        .policy
+}
+
 #[test]
 fn unwinder_keys() {
-    let unwinder = |text: &str| {
-        parse(text)
-            .unwrap()
-            .resolve(|_| None)
-            .unwrap()
-            .profiler
-            .policy
-            .unwinder
-    };
+    let unwinder = |text: &str| policy(text).unwinder;
     assert_eq!(unwinder(""), Unwinder::default());
     assert_eq!(
         unwinder("unwinder: frame-pointers\n"),
@@ -349,12 +351,17 @@ fn profiles() {
     };
     assert_eq!(kinds(""), vec![ProfileKind::Cpu]);
     assert_eq!(kinds("profiles: [cpu, CPU, cpu]\n"), vec![ProfileKind::Cpu]);
-    let err = parse("frequency: 99\nprofiles: [cpu, off-cpu]\n")
+    assert_eq!(
+        kinds("profiles: [off-cpu, cpu, off-cpu]\n"),
+        vec![ProfileKind::OffCpu, ProfileKind::Cpu]
+    );
+    let err = parse("frequency: 99\nprofiles: [cpu, locks]\n")
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with(
-            "agent.yaml:2:11: profiles: \"off-cpu\" is not a profile kind; the kinds are: cpu"
+            "agent.yaml:2:11: profiles: \"locks\" is not a profile kind; \
+             the kinds are: cpu, off-cpu"
         ),
         "{err}"
     );
@@ -363,15 +370,47 @@ fn profiles() {
         .to_string();
     assert_eq!(
         err,
-        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu"
+        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu"
     );
     let mut flags = AgentSettings::default();
     flags.profiling.profiles = Some(Vec::new());
     let err = flags.resolve(|_| None).unwrap_err().to_string();
     assert_eq!(
         err,
-        "profiles: give at least one profile kind; the kinds are: cpu"
+        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu"
     );
+}
+
+#[test]
+fn each_kind_writes_beside_the_cpu_files() {
+    let local = LocalOutputs {
+        pprof: "/out/host.pb.gz".into(),
+        flamegraph: Some("/out/fg.svg".into()),
+        folded: Some("stacks".into()),
+    };
+    assert_eq!(local.for_kind(ProfileKind::Cpu), local);
+    let off = local.for_kind(ProfileKind::OffCpu);
+    assert_eq!(off.pprof, Path::new("/out/host.off-cpu.pb.gz"));
+    assert_eq!(off.flamegraph.unwrap(), Path::new("/out/fg.off-cpu.svg"));
+    assert_eq!(off.folded.unwrap(), Path::new("stacks.off-cpu"));
+    let bare = LocalOutputs {
+        pprof: ".hidden".into(),
+        flamegraph: None,
+        folded: None,
+    };
+    assert_eq!(
+        bare.for_kind(ProfileKind::OffCpu).pprof,
+        Path::new(".hidden.off-cpu")
+    );
+}
+
+#[test]
+fn off_cpu_max_rate() {
+    let rate = |text: &str| policy(text).off_cpu_max_rate;
+    assert_eq!(rate(""), OffCpuRate::DEFAULT);
+    assert_eq!(rate("off_cpu_max_rate: 250\n").per_second(), 250);
+    let err = parse("off_cpu_max_rate: 0\n").unwrap_err().to_string();
+    assert!(err.contains("invalid off-CPU rate"), "{err}");
 }
 
 #[test]

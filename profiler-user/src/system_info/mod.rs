@@ -27,6 +27,8 @@ use aya::programs::ProgramType;
 
 use kernel::{Feature, KernelCheckError, KernelVersion, RunningKernel, KERNEL_MINIMUMS};
 
+use crate::kind::ProfileKind;
+
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -116,6 +118,108 @@ fn describe(failed: &[Check]) -> String {
     text
 }
 
+/// A profile kind this host cannot take, and what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {kind} profile cannot run on Linux {kernel}: {missing}; drop {kind} from --profiles")]
+pub struct KindUnsupported {
+    /// The kind.
+    pub kind: ProfileKind,
+    /// The running kernel's release.
+    pub kernel: String,
+    /// What the kernel lacks, and how to get it.
+    pub missing: String,
+}
+
+/// The oldest kernel the off-CPU profile runs on: `sched_switch` passes
+/// the thread's state (`prev_state`) from 5.18.
+pub const OFF_CPU_MINIMUM: KernelVersion = KernelVersion::new(5, 18, 0);
+
+/// What the off-CPU profile lacks on a kernel of `version` with (or
+/// without) BTF, given the switch-in hook it offers (`None`: neither the
+/// `sched_exit_tp` tracepoint nor kprobes on `finish_task_switch`).
+/// `None` when nothing is missing.
+pub fn off_cpu_missing(
+    version: Option<KernelVersion>,
+    btf: bool,
+    switch_in: Option<&str>,
+) -> Option<String> {
+    let mut missing = Vec::new();
+    if version.is_some_and(|v| v < OFF_CPU_MINIMUM) {
+        missing.push(format!(
+            "sched_switch without the thread state (needs Linux {OFF_CPU_MINIMUM}+)"
+        ));
+    }
+    if !btf {
+        missing.push(
+            "no BTF (/sys/kernel/btf/vmlinux; boot a kernel with CONFIG_DEBUG_INFO_BTF=y)".into(),
+        );
+    }
+    if btf && switch_in.is_none() {
+        missing.push(
+            "no switch-in hook: neither the sched_exit_tp tracepoint (Linux 6.16+) nor a \
+             finish_task_switch symbol with kprobes (CONFIG_KPROBES=y)"
+                .into(),
+        );
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// Whether this host can take profiles of `kind`; the error names the
+/// kernel and what it lacks.
+pub fn kind_support(kind: ProfileKind) -> Result<(), KindUnsupported> {
+    match kind {
+        ProfileKind::Cpu => Ok(()),
+        ProfileKind::OffCpu => {
+            let (_, missing) = off_cpu_probe();
+            match missing {
+                None => Ok(()),
+                Some(missing) => Err(KindUnsupported {
+                    kind,
+                    kernel: RunningKernel::get()
+                        .map(|k| k.release.clone())
+                        .unwrap_or_else(|_| "(unknown)".into()),
+                    missing,
+                }),
+            }
+        }
+    }
+}
+
+/// The off-CPU switch-in hook this host offers (for the report) and what
+/// is missing, read from the running kernel.
+fn off_cpu_probe() -> (Option<String>, Option<String>) {
+    let version = RunningKernel::get().ok().map(|k| k.version);
+    let btf = aya::Btf::from_sys_fs().ok();
+    let hook = btf
+        .as_ref()
+        .and_then(|btf| crate::sampler::switch_in_hook(btf).ok())
+        .map(|hook| match hook {
+            crate::sampler::SwitchIn::Tracepoint => "tp_btf/sched_exit_tp".to_owned(),
+            crate::sampler::SwitchIn::Kprobe(symbols) => {
+                format!("kprobe on {}", symbols.join(", "))
+            }
+        });
+    let missing = off_cpu_missing(version, btf.is_some(), hook.as_deref());
+    (hook, missing)
+}
+
+/// Whether the off-CPU profile can run, and on which switch-in hook.
+fn off_cpu_check() -> Check {
+    match off_cpu_probe() {
+        (Some(hook), None) => Check::new(
+            "off-CPU profile",
+            format!("supported (switch-in: {hook})"),
+            Status::Ok,
+        ),
+        (_, missing) => Check::new(
+            "off-CPU profile",
+            format!("unsupported: {}", missing.unwrap_or_default()),
+            Status::Warn,
+        )
+        .hint("the CPU profile still works; leave off-cpu out of --profiles"),
+    }
+}
+
 /// Checks that must pass before loading the program (no BPF syscalls).
 pub fn preflight() -> Result<(), PreflightError> {
     let failed: Vec<Check> = [kernel_check(), btf_check()]
@@ -132,7 +236,12 @@ pub fn preflight() -> Result<(), PreflightError> {
 
 /// Every check, for `hostprof system-info`.
 pub fn collect() -> Vec<Check> {
-    let mut checks = vec![kernel_check(), table_unwinder_check(), btf_check()];
+    let mut checks = vec![
+        kernel_check(),
+        table_unwinder_check(),
+        off_cpu_check(),
+        btf_check(),
+    ];
     checks.extend(capability_checks());
     checks.push(paranoid_check());
     checks.push(program_check());
@@ -350,6 +459,38 @@ fn bpf_stats_check() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn off_cpu_support_names_what_is_missing() {
+        let v = |major, minor| Some(KernelVersion::new(major, minor, 0));
+        assert_eq!(
+            off_cpu_missing(v(6, 18), true, Some("tp_btf/sched_exit_tp")),
+            None
+        );
+        assert_eq!(
+            off_cpu_missing(None, true, Some("kprobe")),
+            None,
+            "unknown version"
+        );
+        let old = off_cpu_missing(v(5, 15), true, Some("kprobe")).unwrap();
+        assert!(old.contains("needs Linux 5.18.0+"), "{old}");
+        let no_btf = off_cpu_missing(v(6, 1), false, None).unwrap();
+        assert!(no_btf.contains("CONFIG_DEBUG_INFO_BTF=y"), "{no_btf}");
+        assert!(!no_btf.contains("switch-in"), "{no_btf}");
+        let no_hook = off_cpu_missing(v(6, 1), true, None).unwrap();
+        assert!(no_hook.contains("sched_exit_tp") && no_hook.contains("CONFIG_KPROBES"));
+        let err = KindUnsupported {
+            kind: ProfileKind::OffCpu,
+            kernel: "6.1.0".into(),
+            missing: no_hook,
+        }
+        .to_string();
+        assert!(
+            err.starts_with("the off-cpu profile cannot run on Linux 6.1.0: no switch-in hook")
+                && err.ends_with("; drop off-cpu from --profiles"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn kernel_versions() {

@@ -96,14 +96,45 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
+        Traces::query(tool, profile, key, value, &["-sample_index=samples"])
+    }
+
+    /// Off-CPU traces of the samples whose label `key` is exactly `value`,
+    /// weighed by time blocked, in nanoseconds.
+    pub fn off_cpu(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+    ) -> Traces {
+        Traces::query(
+            tool,
+            profile,
+            key,
+            value,
+            &["-sample_index=off_cpu", "-unit=ms"],
+        )
+    }
+
+    /// `pprof -traces` with `args` of the samples whose label `key` is
+    /// exactly `value`.
+    fn query(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+        args: &[&str],
+    ) -> Traces {
         let focus = format!("-tagfocus={key}=^{value}$");
-        let text = pprof(tool, &["-traces", "-sample_index=samples", &focus], profile);
-        Traces::parse(&text)
+        let mut all = vec!["-traces", focus.as_str()];
+        all.extend_from_slice(args);
+        Traces::parse(&pprof(tool, &all, profile))
     }
 
     /// Parses `pprof -traces` text: blocks separated by dashed lines, label
     /// lines `<key right-aligned in 10>:  <values>`, stack lines
-    /// `<value right-aligned in 10>   <function>`.
+    /// `<value right-aligned in 10>   <function>`. A value is a count, or
+    /// milliseconds (`-unit=ms`), read as nanoseconds.
     pub fn parse(text: &str) -> Traces {
         let mut traces = Vec::new();
         for block in text.split("-----------+") {
@@ -115,7 +146,10 @@ impl Traces {
                 }
                 let value = line[..10].trim();
                 if !value.is_empty() {
-                    count = value.parse::<u64>().ok();
+                    count = value.parse::<u64>().ok().or_else(|| {
+                        let ms = value.strip_suffix("ms")?.parse::<f64>().ok()?;
+                        Some((ms * 1e6) as u64)
+                    });
                 }
                 let name = line[13..].trim();
                 stack.push(name.trim_end_matches(" (inline)").to_owned());

@@ -18,6 +18,7 @@ mod container;
 mod hostile;
 mod jit;
 mod k8s;
+mod off_cpu;
 mod otlp;
 mod record;
 mod tenant;

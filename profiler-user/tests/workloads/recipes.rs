@@ -99,6 +99,9 @@ const RECIPES: &[Recipe] = &[
     program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
     program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
     program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
+    // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
+    program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
+    program("pingpong", "pingpong.c", C_FRAME_POINTERS),
     // Without frame pointers.
     program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
     program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),

@@ -245,13 +245,17 @@ mod tests {
             .to_string();
         assert!(err.contains("grpc or http/protobuf"), "{err}");
         assert!(record(&["--otlp-header", "novalue"]).is_err());
-        let err = record(&["--profiles", "cpu,off-cpu"])
+        let err = record(&["--profiles", "cpu,locks"])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("\"off-cpu\" is not a profile kind; the kinds are: cpu"),
+            err.contains("\"locks\" is not a profile kind; the kinds are: cpu, off-cpu"),
             "{err}"
         );
+        let err = record(&["--off-cpu-max-rate", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid off-CPU rate"), "{err}");
         assert!(record(&["--profiles", ""]).is_err());
         assert!(record(&["--profiles"]).is_err());
     }

@@ -13,6 +13,7 @@ use hostprof::profiler::{PipelineStats, Profiler, ProfilerOptions, Progress};
 use hostprof::settings::{CommandLine, LocalOutputs, RecordOnly, RecordSettings};
 use hostprof::summary::{CaptureReport, Summary};
 use hostprof::text::escape;
+use hostprof::ProfileKind;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -32,7 +33,11 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
         print!("{}", RecordSettings::effective(&options).to_yaml());
         return Ok(ExitCode::SUCCESS);
     }
-    let outputs = Outputs::reserve(options.local.as_ref(), options.stats_json.as_deref())?;
+    let outputs = Outputs::reserve(
+        options.local.as_ref(),
+        &options.profiler.profiles,
+        options.stats_json.as_deref(),
+    )?;
     check_pids_exist(&options.profiler.policy.target)?;
     let exporter = options.exporter.map(Exporter::new).transpose()?;
     let host = HostIdentity::detect(options.profiler.node_name.as_deref())?;
@@ -50,24 +55,30 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
             failed.push(err);
         }
     };
-    if let Some(pending) = outputs.pprof {
-        done(write_each(pending, profiles, |profile, out| {
-            Ok(hostprof::pprof::write_gzip(profile, out)?)
-        }));
-    }
-    if let Some(pending) = outputs.flamegraph {
-        done(write_each(pending, profiles, |profile, out| {
-            Ok(hostprof::flamegraph::write_svg(
-                profile,
-                out,
-                profile.kind.title(),
-            )?)
-        }));
-    }
-    if let Some(pending) = outputs.folded {
-        done(write_each(pending, profiles, |profile, out| {
-            Ok(hostprof::flamegraph::write_folded(profile, out)?)
-        }));
+    for files in outputs.kinds {
+        // One profile per kind asked for, each with its own files.
+        let Some(profile) = profiles.iter().find(|p| p.kind == files.kind) else {
+            continue;
+        };
+        if let Some(pending) = files.pprof {
+            done(write_and_report(pending, |out| {
+                Ok(hostprof::pprof::write_gzip(profile, out)?)
+            }));
+        }
+        if let Some(pending) = files.flamegraph {
+            done(write_and_report(pending, |out| {
+                Ok(hostprof::flamegraph::write_svg(
+                    profile,
+                    out,
+                    profile.kind.title(),
+                )?)
+            }));
+        }
+        if let Some(pending) = files.folded {
+            done(write_and_report(pending, |out| {
+                Ok(hostprof::flamegraph::write_folded(profile, out)?)
+            }));
+        }
     }
     let summaries: Vec<Summary> = profiles
         .iter()
@@ -102,18 +113,34 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
 
 /// The files a capture writes, reserved before it starts.
 struct Outputs {
-    pprof: Option<PendingFile>,
-    flamegraph: Option<PendingFile>,
-    folded: Option<PendingFile>,
+    /// Each kind's files (none with `--no-local`).
+    kinds: Vec<KindFiles>,
     stats_json: Option<PendingFile>,
 }
 
+/// The local files of one kind's profile.
+struct KindFiles {
+    kind: ProfileKind,
+    pprof: Option<PendingFile>,
+    flamegraph: Option<PendingFile>,
+    folded: Option<PendingFile>,
+}
+
 impl Outputs {
-    /// Reserves every output: fails, naming the flag, the path and the
-    /// fix, when one cannot be written or two share a path.
-    fn reserve(local: Option<&LocalOutputs>, stats_json: Option<&Path>) -> anyhow::Result<Self> {
+    /// Reserves every output of every kind of `kinds` (the CPU profile at
+    /// the paths given, the others beside them, see
+    /// [`LocalOutputs::for_kind`]): fails, naming the flag, the path and
+    /// the fix, when one cannot be written or two share a path.
+    fn reserve(
+        local: Option<&LocalOutputs>,
+        kinds: &[ProfileKind],
+        stats_json: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        let per_kind: Vec<(ProfileKind, LocalOutputs)> = local
+            .map(|local| kinds.iter().map(|&k| (k, local.for_kind(k))).collect())
+            .unwrap_or_default();
         let mut named: Vec<(&'static str, &Path)> = Vec::new();
-        if let Some(local) = local {
+        for (_, local) in &per_kind {
             named.push(("--output", &local.pprof));
             if let Some(path) = &local.flamegraph {
                 named.push(("--flamegraph", path));
@@ -130,31 +157,19 @@ impl Outputs {
             path.map(|path| PendingFile::reserve(flag, path))
                 .transpose()
         };
+        let mut files = Vec::new();
+        for (kind, local) in &per_kind {
+            files.push(KindFiles {
+                kind: *kind,
+                pprof: reserve("--output", Some(&local.pprof))?,
+                flamegraph: reserve("--flamegraph", local.flamegraph.as_deref())?,
+                folded: reserve("--folded", local.folded.as_deref())?,
+            });
+        }
         Ok(Self {
-            pprof: reserve("--output", local.map(|l| l.pprof.as_path()))?,
-            flamegraph: reserve("--flamegraph", local.and_then(|l| l.flamegraph.as_deref()))?,
-            folded: reserve("--folded", local.and_then(|l| l.folded.as_deref()))?,
+            kinds: files,
             stats_json: reserve("--stats-json", stats_json)?,
         })
-    }
-}
-
-/// Writes each profile in turn (the file keeps the last) and puts the
-/// file in place.
-fn write_each(
-    mut pending: PendingFile,
-    profiles: &[Profile],
-    write: impl Fn(&Profile, &mut BufWriter<&File>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let path = pending.path().to_owned();
-    for profile in &profiles[..profiles.len().saturating_sub(1)] {
-        pending
-            .write(|out| write(profile, out))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    match profiles.last() {
-        Some(last) => write_and_report(pending, |out| write(last, out)),
-        None => Ok(()),
     }
 }
 

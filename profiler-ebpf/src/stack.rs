@@ -1,0 +1,276 @@
+//! What every program shares: the configuration, the per-kind counters,
+//! process announcements, and the double-buffered stack store.
+//!
+//! Why `bpf_get_stack` + our own hash map rather than a `STACK_TRACE` map and
+//! `bpf_get_stackid`: a stack-trace map buckets stacks by a 32-bit hash
+//! modulo its size and, without `BPF_F_REUSE_STACKID`, fails the sample's
+//! stack on every bucket collision (with it, it silently overwrites a stack
+//! other samples still point to). With a few hundred distinct stacks per
+//! drain that loses roughly one stack in a few hundred. A hash map keyed by a
+//! 64-bit hash of the frames has no buckets to collide in; two different
+//! stacks share a key with probability ~n²/2⁶⁵, negligible here.
+//!
+//! Per-CPU scratch space (`SCRATCH`, and the unwinder's state) has one
+//! slot per kind: the CPU program runs from the CPU-clock timer interrupt,
+//! which may fire while an off-CPU program runs on the same CPU (the
+//! switch-in tracepoint runs with interrupts enabled), so the two must not
+//! share a slot. A kind's programs never nest in each other on one CPU.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::generated::bpf_get_stack,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    EbpfContext,
+};
+use profiler_common::{
+    kernel_kind, Config, DeepStack, NewProcess, Stack, StackHash, Stat, DEEP_STACK_DEPTH,
+    MAX_STACK_DEPTH,
+};
+
+/// Default capacity of each `STACKS_*` map; userspace may resize at load.
+const STACKS_ENTRIES: u32 = 16_384;
+/// Capacity of each `DEEP_STACKS_*` map (stacks deeper than 127 frames).
+const DEEP_STACKS_ENTRIES: u32 = 4_096;
+pub const EEXIST: i32 = 17;
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// `Stat::COUNT` counters per kind, per CPU: each CPU bumps its own slot
+/// with a plain add (the BPF target has no 64-bit atomic add in stable
+/// `core`), userspace sums them.
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT * kernel_kind::COUNT, 0);
+
+#[map(name = "PID_FILTER")]
+static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+#[map(name = "KNOWN_PROCESSES")]
+static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+#[map(name = "NEW_PROCESSES")]
+static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+// Stacks are 1 KiB each (deep ones 4 KiB): allocate on use rather than up front.
+#[map(name = "STACKS_0")]
+static STACKS_0: HashMap<StackHash, Stack> =
+    HashMap::with_max_entries(STACKS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "STACKS_1")]
+static STACKS_1: HashMap<StackHash, Stack> =
+    HashMap::with_max_entries(STACKS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DEEP_STACKS_0")]
+static DEEP_STACKS_0: HashMap<StackHash, DeepStack> =
+    HashMap::with_max_entries(DEEP_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
+#[map(name = "DEEP_STACKS_1")]
+static DEEP_STACKS_1: HashMap<StackHash, DeepStack> =
+    HashMap::with_max_entries(DEEP_STACKS_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Per-CPU scratch space for one stack per kind (too large for the
+/// 512-byte BPF stack). `bpf_get_stack` fills its first `Stack`-sized
+/// part; the unwinder all of it.
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<DeepStack> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// Which kind's counters a program bumps.
+#[derive(Clone, Copy)]
+pub struct Kind(u32);
+
+impl Kind {
+    pub const CPU: Kind = Kind(kernel_kind::CPU);
+    pub const OFF_CPU: Kind = Kind(kernel_kind::OFF_CPU);
+
+    /// The kind `index` (as stored in the unwinder's state).
+    #[inline(always)]
+    pub fn from_index(index: u32) -> Kind {
+        Kind(index)
+    }
+
+    /// Its index in `profiler_common::kernel_kind`.
+    #[inline(always)]
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    /// Adds one to this kind's counter `stat`.
+    #[inline(always)]
+    pub fn bump(self, stat: Stat) {
+        self.add(stat, 1);
+    }
+
+    /// Adds `n` to this kind's counter `stat`.
+    #[inline(always)]
+    pub fn add(self, stat: Stat, n: u64) {
+        if let Some(counter) = STATS.get_ptr_mut(self.0 * Stat::COUNT + stat as u32) {
+            // SAFETY: this CPU's slot; the programs do not nest on one CPU
+            // (see the module's doc).
+            unsafe { *counter += n };
+        }
+    }
+
+    /// This kind's scratch stack on this CPU.
+    #[inline(always)]
+    pub fn scratch(self) -> Option<*mut DeepStack> {
+        SCRATCH.get_ptr_mut(self.0)
+    }
+
+    /// The configuration, counting a lost sample when it cannot be read.
+    #[inline(always)]
+    pub fn config(self) -> Option<&'static Config> {
+        let config = CONFIG.get(0);
+        if config.is_none() {
+            self.bump(Stat::DroppedNoConfig);
+        }
+        config
+    }
+}
+
+/// Whether `tgid` passes the pid filter (when `config` asks for one).
+#[inline(always)]
+pub fn pid_wanted(config: &Config, tgid: u32) -> bool {
+    // SAFETY: plain lookup; the value is never dereferenced.
+    config.flags & Config::FILTER_PIDS == 0 || unsafe { PID_FILTER.get(tgid) }.is_some()
+}
+
+/// The stack maps of one set.
+pub struct StackSet {
+    pub stacks: &'static HashMap<StackHash, Stack>,
+    pub deep_stacks: &'static HashMap<StackHash, DeepStack>,
+}
+
+/// The stack maps of the set `config` names.
+#[inline(always)]
+pub fn stack_set(config: &Config) -> StackSet {
+    if config.active_set == 0 {
+        StackSet {
+            stacks: &STACKS_0,
+            deep_stacks: &DEEP_STACKS_0,
+        }
+    } else {
+        StackSet {
+            stacks: &STACKS_1,
+            deep_stacks: &DEEP_STACKS_1,
+        }
+    }
+}
+
+/// Reads one stack of the task `ctx` belongs to into scratch space
+/// (`flags` 0: kernel, `BPF_F_USER_STACK`: user, with frame pointers),
+/// stores it in `stacks` under its hash and returns the hash; 0 when the
+/// task has no such stack.
+#[inline(always)]
+pub fn store_stack<C: EbpfContext>(
+    ctx: &C,
+    stacks: &HashMap<StackHash, Stack>,
+    flags: u64,
+    kind: Kind,
+    error: Stat,
+) -> StackHash {
+    let Some(scratch) = kind.scratch() else {
+        kind.bump(error);
+        return 0;
+    };
+    // SAFETY: `scratch` points at this CPU's slot of the kind, which
+    // nothing else touches while this program runs on this CPU; its first
+    // `size_of::<Stack>()` bytes are a `Stack` (the same frames array,
+    // shorter). The helper zero-fills the buffer past the frames it writes.
+    let len = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            scratch.cast(),
+            size_of::<Stack>() as u32,
+            flags,
+        )
+    };
+    if len < 0 {
+        kind.bump(error);
+        return 0;
+    }
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: see above; the helper has returned.
+    let stack = unsafe { &*scratch.cast::<Stack>() };
+    insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
+}
+
+/// Stores the unwound stack of `depth` frames in this CPU's scratch space:
+/// in the set's `STACKS` map when it fits a [`Stack`], else in its
+/// `DEEP_STACKS` map. Returns its hash, 0 when there is none.
+#[inline(always)]
+pub fn save_unwound(set: &StackSet, depth: usize, kind: Kind) -> StackHash {
+    let Some(scratch) = kind.scratch() else {
+        return 0;
+    };
+    if depth == 0 {
+        return 0;
+    }
+    if depth <= MAX_STACK_DEPTH {
+        // SAFETY: this CPU's scratch value; a `Stack` is its prefix. The
+        // unwinder ended the frames with a zero (or filled the prefix).
+        let stack = unsafe { &*scratch.cast::<Stack>() };
+        insert_stack(set.stacks, hash_frames(&stack.frames), stack, kind)
+    } else {
+        // SAFETY: as above.
+        let stack = unsafe { &*scratch };
+        insert_stack(set.deep_stacks, hash_frames(&stack.frames), stack, kind)
+    }
+}
+
+/// Stores `stack` under `hash` unless a stack already has that hash.
+#[inline(always)]
+fn insert_stack<V>(
+    stacks: &HashMap<StackHash, V>,
+    hash: StackHash,
+    stack: &V,
+    kind: Kind,
+) -> StackHash {
+    match stacks.insert(hash, stack, BPF_NOEXIST as u64) {
+        Ok(()) => hash,
+        Err(err) if err == -EEXIST => hash,
+        Err(_) => {
+            kind.bump(Stat::StackMapFull);
+            0
+        }
+    }
+}
+
+/// FNV-1a over the frame words up to the first zero, never 0 (0 means "no
+/// stack").
+#[inline(always)]
+fn hash_frames<const N: usize>(frames: &[u64; N]) -> StackHash {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &ip in frames.iter() {
+        if ip == 0 {
+            break;
+        }
+        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    if hash == 0 {
+        1
+    } else {
+        hash
+    }
+}
+
+// The deep map is only for stacks the short one cannot hold.
+const _: () = assert!(DEEP_STACK_DEPTH > MAX_STACK_DEPTH);
+
+/// Tells userspace about a process the first time a program sees it.
+#[inline(always)]
+pub fn announce(tgid: u32, kind: Kind) {
+    // SAFETY: plain lookup; the value is never dereferenced.
+    if unsafe { KNOWN_PROCESSES.get(tgid) }.is_some() {
+        return;
+    }
+    if KNOWN_PROCESSES.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
+        return; // another CPU announced it first
+    }
+    if NEW_PROCESSES.output(NewProcess { tgid }, 0).is_err() {
+        kind.bump(Stat::NewProcessLost);
+        // Forget it so the next sample tries again.
+        let _ = KNOWN_PROCESSES.remove(tgid);
+    }
+}

@@ -1,0 +1,361 @@
+//! The off-CPU kind's userspace half, free of BPF syscalls: its budget
+//! setting, decoding drained intervals into [`RawSample`]s (thread states
+//! named here) and adapting the sampling period `P` to the budget.
+//!
+//! The kernel keeps an interval of `d` ns with probability `min(1, d/P)`
+//! and weighs it `max(d, P)` ns and `max(1, P/d)` events
+//! ([`profiler_common::off_cpu_keep`]), so the totals are exact in
+//! expectation whatever `P` is; `P` only trades the resolution of short
+//! waits against the cost of unwinding. [`next_period`] moves it so the
+//! kept intervals (the ones that are unwound) stay under the budget.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use profiler_common::{OffCpuKey, OffCpuValue, StackHash};
+
+use super::drain::{decode_key, RawSample};
+use crate::kind::{ProfileKind, THREAD_STATE};
+
+/// Kept (unwound) off-CPU intervals per second per CPU, 1 to 100000.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct OffCpuRate(u32);
+
+impl OffCpuRate {
+    /// Lowest accepted rate.
+    pub const MIN: u32 = 1;
+    /// Highest accepted rate.
+    pub const MAX: u32 = 100_000;
+    /// The default: 250 unwinds per second per CPU. A kept interval
+    /// costs what a CPU sample costs, its stacks (10 to 30 µs of BPF time
+    /// measured by `cargo xtask bench-unwind` and `bench-off-cpu`), so the
+    /// budget spends at most ~0.5 % of each CPU on stacks: 2.5 times the
+    /// CPU profile's 99 samples/s. A host blocking less than 250 times a
+    /// second per CPU keeps every interval; a busier one keeps every wait
+    /// longer than the adapted period and samples the shorter ones.
+    pub const DEFAULT: OffCpuRate = OffCpuRate(250);
+
+    /// A rate, or an error when outside [`Self::MIN`]..=[`Self::MAX`].
+    pub fn new(per_second: u32) -> Result<Self, InvalidOffCpuRate> {
+        if (Self::MIN..=Self::MAX).contains(&per_second) {
+            Ok(Self(per_second))
+        } else {
+            Err(InvalidOffCpuRate(per_second.to_string()))
+        }
+    }
+
+    /// Kept intervals per second per CPU.
+    pub fn per_second(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for OffCpuRate {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl TryFrom<u32> for OffCpuRate {
+    type Error = InvalidOffCpuRate;
+
+    fn try_from(per_second: u32) -> Result<Self, Self::Error> {
+        Self::new(per_second)
+    }
+}
+
+impl From<OffCpuRate> for u32 {
+    fn from(rate: OffCpuRate) -> u32 {
+        rate.0
+    }
+}
+
+impl fmt::Display for OffCpuRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for OffCpuRate {
+    type Err = InvalidOffCpuRate;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let n = s
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| InvalidOffCpuRate(s.to_owned()))?;
+        Self::new(n).map_err(|_| InvalidOffCpuRate(s.to_owned()))
+    }
+}
+
+/// An off-CPU rate outside 1–100000, or not a number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid off-CPU rate {0:?}: expected a whole number of events per second per CPU \
+     from {min} to {max} (default {default})",
+    min = OffCpuRate::MIN,
+    max = OffCpuRate::MAX,
+    default = OffCpuRate::DEFAULT.0
+)]
+pub struct InvalidOffCpuRate(String);
+
+/// The switch-in functions the off-CPU kprobe attaches to: every
+/// `finish_task_switch` symbol in `kallsyms` text (`/proc/kallsyms`),
+/// compiler clones such as `finish_task_switch.isra.0` included, each
+/// once. Cold parts (`.cold`) are not entry points and are left out.
+pub fn switch_in_symbols(kallsyms: &str) -> Vec<String> {
+    let mut symbols: Vec<String> = kallsyms
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_addr, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+            // Module symbols carry a fourth field: the scheduler is built in.
+            let text = kind.eq_ignore_ascii_case("t");
+            let ours = name == "finish_task_switch" || name.starts_with("finish_task_switch.");
+            (text && ours && fields.next().is_none() && !name.ends_with(".cold"))
+                .then(|| name.to_owned())
+        })
+        .collect();
+    symbols.sort();
+    symbols.dedup();
+    symbols
+}
+
+/// The name of a thread state as `sched_switch` reports it (`prev_state`,
+/// 0 when the thread was preempted).
+pub fn thread_state(state: u32) -> &'static str {
+    // include/linux/sched.h
+    const INTERRUPTIBLE: u32 = 0x1;
+    const UNINTERRUPTIBLE: u32 = 0x2;
+    const STOPPED: u32 = 0x4;
+    const TRACED: u32 = 0x8;
+    const PARKED: u32 = 0x40;
+    const NOLOAD: u32 = 0x400;
+    if state == 0 {
+        "preempted"
+    } else if state & (STOPPED | TRACED) != 0 {
+        "stopped"
+    } else if state & UNINTERRUPTIBLE != 0 && state & NOLOAD == 0 {
+        // Uninterruptible, counted in the load average: disk I/O mostly.
+        "disk"
+    } else if state & (INTERRUPTIBLE | UNINTERRUPTIBLE | PARKED) != 0 {
+        // TASK_IDLE (uninterruptible + no-load) is an idle kernel thread.
+        "sleeping"
+    } else {
+        "other"
+    }
+}
+
+/// Joins drained off-CPU intervals with drained stacks. Each sample
+/// carries the events and blocked time its kept intervals stand for
+/// (events rounded from thousandths, at least 1) and the thread state.
+pub fn assemble_off_cpu(
+    entries: impl IntoIterator<Item = (OffCpuKey, OffCpuValue)>,
+    stacks: &HashMap<StackHash, Vec<u64>>,
+) -> Vec<RawSample> {
+    entries
+        .into_iter()
+        .filter(|(_, value)| value.kept > 0)
+        .map(|(key, value)| RawSample {
+            key: decode_key(
+                ProfileKind::OffCpu,
+                (key.tgid, key.tid, &key.comm),
+                key.user_stack,
+                key.kernel_stack,
+                stacks,
+                vec![(THREAD_STATE, thread_state(key.state).to_owned())],
+            ),
+            // Rounded from thousandths; a kept interval is at least one.
+            values: vec![
+                (value.events_milli.saturating_add(500) / 1000).max(1),
+                value.nanos,
+            ],
+            timestamps: Vec::new(),
+        })
+        .collect()
+}
+
+/// Where `P` starts: 1 ms, below most waits worth looking at, and high
+/// enough that the first second of a busy host (before any adaptation)
+/// keeps at most ~1000 intervals per second of blocked time.
+pub const INITIAL_PERIOD_NS: u64 = 1_000_000;
+/// The smallest `P`: below it every interval is kept anyway.
+pub const MIN_PERIOD_NS: u64 = 1_000;
+/// The largest `P`: 10 s.
+pub const MAX_PERIOD_NS: u64 = 10_000_000_000;
+
+/// The period for the next drain, from the current one and the intervals
+/// it kept in `elapsed`, so the kept rate goes to 80 % of `budget`
+/// (intervals per second, all CPUs).
+///
+/// Short intervals are kept with probability `d/P`, so the kept count
+/// goes as `1/P`: scaling `P` by `kept / target` lands on the target in
+/// one step when intervals are short, and converges in a few when some
+/// are longer than `P` (those are always kept). `P` rises at once when
+/// over budget and falls at most by half per drain, so one quiet second
+/// does not open the floodgates.
+pub fn next_period(period_ns: u64, kept: u64, elapsed: Duration, budget: u64) -> u64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 || budget == 0 {
+        return period_ns.clamp(MIN_PERIOD_NS, MAX_PERIOD_NS);
+    }
+    let target = budget as f64 * seconds * 0.8;
+    let scaled = period_ns as f64 * kept as f64 / target;
+    let floor = period_ns as f64 / 2.0;
+    (scaled.max(floor) as u64).clamp(MIN_PERIOD_NS, MAX_PERIOD_NS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profiler_common::{COMM_LEN, TRUNCATED_MARK};
+
+    #[test]
+    fn switch_in_symbols_include_compiler_clones() {
+        let kallsyms = "\
+ffffffff813ae3b0 t __pfx_finish_task_switch.isra.0
+ffffffff813ae3c0 t finish_task_switch.isra.0
+ffffffff813ae500 t finish_task_switch.cold
+ffffffff813ae600 T finish_task_switch
+ffffffff813ae700 T finish_task_switch_hook
+ffffffffc0000000 t finish_task_switch\t[some_module]
+";
+        assert_eq!(
+            switch_in_symbols(kallsyms),
+            ["finish_task_switch", "finish_task_switch.isra.0"]
+        );
+        assert!(switch_in_symbols("ffffffff81000000 T schedule\n").is_empty());
+    }
+
+    #[test]
+    fn thread_states_are_named() {
+        assert_eq!(thread_state(0), "preempted");
+        assert_eq!(thread_state(0x1), "sleeping");
+        assert_eq!(thread_state(0x1 | 0x2000), "sleeping", "freezable");
+        assert_eq!(thread_state(0x2), "disk");
+        assert_eq!(thread_state(0x2 | 0x100), "disk", "killable");
+        assert_eq!(thread_state(0x2 | 0x400), "sleeping", "TASK_IDLE");
+        assert_eq!(thread_state(0x40), "sleeping", "parked");
+        assert_eq!(thread_state(0x4), "stopped");
+        assert_eq!(thread_state(0x8), "stopped");
+        assert_eq!(thread_state(0x80), "other");
+    }
+
+    fn key(state: u32, user: StackHash, kernel: StackHash) -> OffCpuKey {
+        let mut comm = [0; COMM_LEN];
+        comm[..5].copy_from_slice(b"sleep");
+        OffCpuKey {
+            tgid: 10,
+            tid: 11,
+            user_stack: user,
+            kernel_stack: kernel,
+            comm,
+            state,
+            pad: 0,
+        }
+    }
+
+    fn value(kept: u64, events_milli: u64, nanos: u64) -> OffCpuValue {
+        OffCpuValue {
+            kept,
+            events_milli,
+            nanos,
+        }
+    }
+
+    #[test]
+    fn intervals_decode_to_weighted_samples_with_their_state() {
+        let stacks = HashMap::from([
+            (1, vec![0x10, 0x20, TRUNCATED_MARK]),
+            (2, vec![0xffff_ffff_8100_0000]),
+        ]);
+        let samples = assemble_off_cpu(
+            [
+                (key(1, 1, 2), value(3, 7_400, 9_000_000)),
+                (key(0, 0, 2), value(1, 250, 1_000)),
+                (key(2, 0, 0), value(0, 0, 0)),
+            ],
+            &stacks,
+        );
+        assert_eq!(samples.len(), 2, "entries with nothing kept are skipped");
+        let first = &samples[0];
+        assert_eq!(first.key.kind, ProfileKind::OffCpu);
+        assert_eq!(first.values, vec![7, 9_000_000], "7.4 events round to 7");
+        assert_eq!(first.key.user_stack, vec![0x10, 0x20]);
+        assert!(first.key.user_truncated);
+        assert_eq!(first.key.kernel_stack, vec![0xffff_ffff_8100_0000]);
+        assert_eq!(first.key.thread.comm, "sleep");
+        assert_eq!(
+            first.key.labels,
+            vec![(THREAD_STATE, "sleeping".to_owned())]
+        );
+        let second = &samples[1];
+        assert_eq!(
+            second.values,
+            vec![1, 1_000],
+            "a kept interval is >= 1 event"
+        );
+        assert!(second.key.user_stack.is_empty());
+        assert_eq!(second.key.labels[0].1, "preempted");
+    }
+
+    #[test]
+    fn the_period_follows_the_budget() {
+        let second = Duration::from_secs(1);
+        // 4000 kept at 1 ms against a budget of 1000/s (target 800):
+        // P goes up 5x.
+        assert_eq!(next_period(1_000_000, 4_000, second, 1_000), 5_000_000);
+        // Under budget: down, but at most by half.
+        assert_eq!(next_period(1_000_000, 10, second, 1_000), 500_000);
+        assert_eq!(next_period(1_000_000, 600, second, 1_000), 750_000);
+        // Nothing kept: halves down to the floor.
+        assert_eq!(next_period(1_500, 0, second, 1_000), MIN_PERIOD_NS);
+        // Bounded above; a zero-length drain keeps P.
+        assert_eq!(
+            next_period(MAX_PERIOD_NS, u64::MAX, second, 1),
+            MAX_PERIOD_NS
+        );
+        assert_eq!(next_period(2_000_000, 5, Duration::ZERO, 1_000), 2_000_000);
+        // Two seconds hold twice the intervals.
+        assert_eq!(
+            next_period(1_000_000, 3_200, Duration::from_secs(2), 1_000),
+            2_000_000
+        );
+    }
+
+    /// Against a simulated host switching 200k times a second (short
+    /// waits) with a budget of 2000/s, the kept rate settles under the
+    /// budget within a few drains.
+    #[test]
+    fn the_period_converges_under_budget_on_a_busy_host() {
+        let budget = 2_000u64;
+        let mut period = INITIAL_PERIOD_NS;
+        let mut kept = 0.0;
+        for _ in 0..6 {
+            // 200k intervals of 5 us and 100 of 20 ms per second.
+            kept = 200_000.0 * (5_000.0 / period as f64).min(1.0)
+                + 100.0 * (20_000_000.0 / period as f64).min(1.0);
+            period = next_period(period, kept as u64, Duration::from_secs(1), budget);
+        }
+        assert!(kept <= budget as f64, "kept {kept}/s at P = {period} ns");
+        assert!(
+            kept >= budget as f64 * 0.5,
+            "kept {kept}/s at P = {period} ns"
+        );
+    }
+
+    #[test]
+    fn rates_parse_within_bounds() {
+        assert_eq!("250".parse::<OffCpuRate>().unwrap().per_second(), 250);
+        assert_eq!(OffCpuRate::default().per_second(), 250);
+        let err = "0".parse::<OffCpuRate>().unwrap_err().to_string();
+        assert!(err.contains("1 to 100000"), "{err}");
+        assert!("lots".parse::<OffCpuRate>().is_err());
+        assert!(OffCpuRate::new(100_001).is_err());
+    }
+}
