@@ -94,10 +94,15 @@ pub fn config_file(data: &[u8]) {
 }
 
 /// An ELF file as the unwind-table loader reads one a process maps: its
-/// CFI size, its table and the table's kernel encoding. The bytes are
+/// CFI size, its table and the table's kernel encoding; and as
+/// symbolization copies it (`symbolize::sealed`). The bytes are
 /// written to an anonymous memory file, read through its descriptor.
 pub fn unwind_table(data: &[u8]) {
     let file = memory_file(data);
+    // The same file as symbolization copies it: a copy or an error.
+    if let Ok(copy) = crate::symbolize::sealed::SealedElf::copy(&file, 1 << 20) {
+        assert!(copy.copied() <= data.len() as u64);
+    }
     let _ = crate::unwind::build::cfi_size(&file);
     let Ok(built) = crate::unwind::build::from_open_file(&file, "fuzz.elf") else {
         return;

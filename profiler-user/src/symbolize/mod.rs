@@ -15,7 +15,7 @@
 //! appears in; a module's entries go when no process maps it any more
 //! ([`Symbolizer::forget`]).
 
-mod sealed;
+pub(crate) mod sealed;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -51,6 +51,7 @@ pub(crate) enum SealError {
 }
 
 /// A sealed, sparse memfd copy of an ELF file's symbolization data.
+#[derive(Debug)]
 pub(crate) struct SealedElf {
     memfd: File,
     /// Bytes copied (the rest of the file is holes).
@@ -151,12 +152,13 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     ranges.push(0..u64::from(header.e_ehsize(endian)));
     let phoff: u64 = header.e_phoff(endian).into();
     let phnum = u64::from(header.e_phnum(endian));
-    ranges.push(phoff..phoff + phnum * u64::from(header.e_phentsize(endian)));
+    ranges.push(phoff..phoff.saturating_add(phnum * u64::from(header.e_phentsize(endian))));
     let shoff: u64 = header.e_shoff(endian).into();
     let sections = header
         .sections(endian, reader)
         .map_err(|_| SealError::NotElf)?;
-    ranges.push(shoff..shoff + sections.len() as u64 * u64::from(header.e_shentsize(endian)));
+    let table = sections.len() as u64 * u64::from(header.e_shentsize(endian));
+    ranges.push(shoff..shoff.saturating_add(table));
     let mut debug = Vec::new();
     for section in sections.iter() {
         let kind = section.sh_type(endian);
