@@ -165,6 +165,11 @@ impl Symbolizer {
     /// Keeps `copy` as the most recently used, dropping the least recently
     /// used copies past [`KEPT_COPY_BYTES`] (`copy` too when it alone is).
     fn keep(&mut self, module: ModuleId, copy: sealed::SealedElf) {
+        if copy.copied() > KEPT_COPY_BYTES {
+            // Kept, it would push out every other copy and still not fit.
+            self.drop_copy(copy);
+            return;
+        }
         self.copies.push((module, copy));
         let mut kept: u64 = self.copies.iter().map(|(_, c)| c.copied()).sum();
         while kept > KEPT_COPY_BYTES && !self.copies.is_empty() {
