@@ -12,7 +12,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, KillOnDrop, Receiver};
+use crate::common::{self, wait_until, KillOnDrop, Receiver};
 
 pub(crate) fn agent(endpoint: &str, protocol: &str, extra: &[&str]) -> KillOnDrop {
     KillOnDrop::new(
@@ -274,7 +274,10 @@ fn partial_success_is_logged_counted_and_not_retried() {
         "grpc",
         &[],
     );
-    std::thread::sleep(Duration::from_millis(2600));
+    // Two windows exported (the final one makes three).
+    wait_until(Duration::from_secs(30), "two exports", || {
+        receiver.received_count() >= 2
+    });
     let (code, log) = terminate(child);
     assert_eq!(code, Some(0), "{log}");
     assert_accounted(&log);
@@ -336,7 +339,12 @@ fn collector_that_fails_then_recovers_gets_everything_once() {
         "http",
         &["--shutdown-timeout", "5s"],
     );
-    std::thread::sleep(Duration::from_secs(4));
+    // Three windows through after the two failures (the final one makes four).
+    wait_until(
+        Duration::from_secs(30),
+        "three exports after recovery",
+        || receiver.received_count() >= 3,
+    );
     let (code, log) = terminate(child);
     assert_eq!(code, Some(0), "{log}");
 

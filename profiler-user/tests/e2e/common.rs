@@ -378,6 +378,16 @@ impl Receiver {
             .collect()
     }
 
+    /// How many requests were received so far (whole lines only: the
+    /// receiver may be writing one while this reads).
+    pub fn received_count(&self) -> usize {
+        std::fs::read(&self.out)
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+    }
+
     /// Summaries of every request received so far.
     pub fn received(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.out)
@@ -472,4 +482,18 @@ pub fn private_ca(dir: &std::path::Path) {
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// Polls until `done` holds, failing the test after `limit`: tests wait
+/// for what they need to see, not for a time that a loaded machine may
+/// not meet.
+pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::agent::{
     agent, assert_accounted, free_port, get, metric, summary_number, terminate, wait_for_endpoint,
 };
-use crate::common::{self, Receiver};
+use crate::common::{self, wait_until, Receiver};
 
 /// The agent's peak resident memory so far (`VmHWM`), in bytes.
 fn peak_rss(pid: u32) -> u64 {
@@ -36,15 +36,6 @@ fn lines_with(log: &str, needle: &str) -> usize {
 /// what the host runs (every process is symbolized): about 200 MiB here
 /// (debug build), up to 300 MiB while compilers run beside it.
 const PEAK_RSS_LIMIT: u64 = 512 << 20;
-
-/// Polls until `done` holds, failing the test after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 #[test]
 fn huge_and_endless_responses_keep_the_agent_small() {
@@ -141,7 +132,7 @@ fn refused_exports_are_logged_once_per_outage() {
         // Four refused intervals of 500 ms, then accepted ones.
         let case = format!("{protocol} {how}");
         wait_until(Duration::from_secs(30), &case, || {
-            receiver.received().len() >= 2
+            receiver.received_count() >= 2
         });
         let (code, log) = terminate(child);
         assert_eq!(code, Some(0), "{case}:\n{log}");
