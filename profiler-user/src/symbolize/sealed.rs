@@ -170,13 +170,18 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
         if kind == elf::SHT_NOBITS || size == 0 {
             continue;
         }
+        if range.end > len {
+            return Err(SealError::Changed);
+        }
         if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
             debug.push(range);
         } else if wanted(kind, flags) {
             ranges.push(range);
         }
     }
-    let debug_bytes: u64 = debug.iter().map(|r| r.end - r.start).sum();
+    let debug_bytes = debug
+        .iter()
+        .fold(0u64, |sum, r| sum.saturating_add(r.end - r.start));
     let debug_left_out = debug_bytes > max_debug;
     if !debug_left_out {
         ranges.extend(debug);
@@ -280,6 +285,19 @@ mod tests {
         assert!(lean.debug_left_out, "a test binary has debug info");
         let bytes = |p: &Plan| p.ranges.iter().map(|r| r.end - r.start).sum::<u64>();
         assert!(bytes(&lean) < bytes(&whole));
+    }
+
+    /// Section sizes that overflow when added up (found by the
+    /// `unwind_table` fuzz target): an error, not a panic.
+    #[test]
+    fn section_sizes_from_a_hostile_header_cannot_overflow() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            temp.path(),
+            include_bytes!("../../../fuzz/corpus/unwind_table/seed-debug-sizes-overflow"),
+        )
+        .unwrap();
+        assert!(SealedElf::copy(temp.as_file(), MAX_DEBUG_BYTES).is_err());
     }
 
     #[test]
