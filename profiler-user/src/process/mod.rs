@@ -269,29 +269,28 @@ impl ProcessTable {
         let from = known.map_or(0, |state| state.map.consumed());
         match procfs::read_perf_map(pid, known.map(|state| state.file), from) {
             Ok(None) => {}
-            Ok(Some(read)) => match self.perf_maps.get_mut(&pid) {
-                Some(state) if read.from == from && read.file == state.file => {
-                    state.map.extend(&read.text);
-                }
-                _ => {
-                    let map = PerfMap::parse(&read.text);
-                    self.perf_maps.insert(
-                        pid,
-                        PerfMapState {
+            Ok(Some(read)) => {
+                let state = match self.perf_maps.get_mut(&pid) {
+                    Some(state) if read.from == from && read.file == state.file => {
+                        state.map.extend(&read.text);
+                        state
+                    }
+                    _ => self
+                        .perf_maps
+                        .entry(pid)
+                        .insert_entry(PerfMapState {
                             file: read.file,
-                            map,
-                        },
-                    );
-                }
-            },
+                            map: PerfMap::parse(&read.text),
+                        })
+                        .into_mut(),
+                };
+                log::debug!(
+                    "process {pid}: perf map of {} entries ({} lines skipped)",
+                    state.map.len(),
+                    state.map.malformed()
+                );
+            }
             Err(err) => log::debug!("process {pid}: perf map not read: {err}"),
-        }
-        if let Some(state) = self.perf_maps.get(&pid) {
-            log::debug!(
-                "process {pid}: perf map of {} entries ({} lines skipped)",
-                state.map.len(),
-                state.map.malformed()
-            );
         }
     }
 

@@ -134,32 +134,38 @@ impl Symbolizer {
         }
         let copy = match self.copies.iter().position(|(m, _)| *m == module) {
             Some(at) => self.copies.remove(at).1,
-            None => {
-                let started = std::time::Instant::now();
-                let copy = file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes));
-                self.stats.copy_nanos +=
-                    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                match copy {
-                    Some(Ok(copy)) => {
-                        self.stats.files_copied += 1;
-                        self.stats.bytes_copied += copy.copied();
-                        self.stats.debug_left_out += u64::from(copy.debug_left_out());
-                        copy
-                    }
-                    failed => {
-                        if let Some(Err(err)) = failed {
-                            log::debug!("module {module:?} left unsymbolized: {err}");
-                        }
-                        // Not cached: the next window tries again.
-                        self.stats.files_unreadable += 1;
-                        return lookup(&self.user, offsets, |o| (module, o));
-                    }
-                }
-            }
+            None => match self.fresh_copy(module, file) {
+                Some(copy) => copy,
+                // Not cached: the next window tries again.
+                None => return lookup(&self.user, offsets, |o| (module, o)),
+            },
         };
         let symbols = self.read_elf(module, &copy.path(), offsets);
         self.keep(module, copy);
         symbols
+    }
+
+    /// A new sealed copy of `module`'s `file`, counted; `None` (counted as
+    /// unreadable) when there is no file or it cannot be copied.
+    fn fresh_copy(&mut self, module: ModuleId, file: Option<&File>) -> Option<sealed::SealedElf> {
+        let started = std::time::Instant::now();
+        let copy = file.map(|f| sealed::SealedElf::copy(f, self.max_debug_bytes));
+        self.stats.copy_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match copy {
+            Some(Ok(copy)) => {
+                self.stats.files_copied += 1;
+                self.stats.bytes_copied += copy.copied();
+                self.stats.debug_left_out += u64::from(copy.debug_left_out());
+                Some(copy)
+            }
+            failed => {
+                if let Some(Err(err)) = failed {
+                    log::debug!("module {module:?} left unsymbolized: {err}");
+                }
+                self.stats.files_unreadable += 1;
+                None
+            }
+        }
     }
 
     /// Keeps `copy` as the most recently used, dropping the least recently
