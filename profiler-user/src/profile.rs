@@ -457,6 +457,17 @@ pub(crate) mod fixtures {
 
     use super::*;
 
+    /// A process `pid` running `name` on the host (no container).
+    pub(crate) fn host_process(pid: u32, name: &str) -> Process {
+        Process {
+            pid,
+            executable_name: name.into(),
+            executable_path: None,
+            container: None,
+            pod: None,
+        }
+    }
+
     /// A small profile: one process, a kernel frame over an inlined user frame.
     pub(crate) fn sample_profile() -> Profile {
         let mut b = ProfileBuilder::new(ProfileKind::Cpu);
@@ -579,13 +590,7 @@ mod tests {
     #[test]
     fn interning_and_merging() {
         let mut b = ProfileBuilder::new(ProfileKind::Cpu);
-        let p = b.process(Process {
-            pid: 7,
-            executable_name: "app".into(),
-            executable_path: None,
-            container: None,
-            pod: None,
-        });
+        let p = b.process(fixtures::host_process(7, "app"));
         let f1 = b.function(function("main"));
         let f2 = b.function(function("main"));
         assert_eq!(f1, f2);

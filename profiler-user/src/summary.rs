@@ -283,18 +283,13 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::profile::{Process, ProfileBuilder};
+    use crate::profile::fixtures::host_process;
+    use crate::profile::ProfileBuilder;
 
     #[test]
     fn top_functions_by_self_samples() {
         let mut b = ProfileBuilder::new(crate::kind::ProfileKind::Cpu);
-        let p = b.process(Process {
-            pid: 1,
-            executable_name: "app".into(),
-            executable_path: None,
-            container: None,
-            pod: None,
-        });
+        let p = b.process(host_process(1, "app"));
         let main = b.named_location("main", 1);
         let hot = b.named_location("hot", 2);
         let cold = b.named_location("cold", 3);
@@ -319,13 +314,7 @@ mod tests {
     fn off_cpu_summary_names_the_blocking_user_function_and_wait_class() {
         use crate::profile::{Function, Line, Location, NewSample};
         let mut b = ProfileBuilder::new(ProfileKind::OffCpu);
-        let p = b.process(Process {
-            pid: 1,
-            executable_name: "app".into(),
-            executable_path: None,
-            container: None,
-            pod: None,
-        });
+        let p = b.process(host_process(1, "app"));
         let function = b.function(Function {
             name: "__schedule".into(),
             system_name: None,

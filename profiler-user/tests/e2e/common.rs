@@ -378,6 +378,14 @@ impl Receiver {
             .collect()
     }
 
+    /// Its port for `protocol` (`grpc`, else HTTP).
+    pub fn port(&self, protocol: &str) -> u16 {
+        match protocol {
+            "grpc" => self.grpc_port,
+            _ => self.http_port,
+        }
+    }
+
     /// How many requests were received so far (whole lines only: the
     /// receiver may be writing one while this reads).
     pub fn received_count(&self) -> usize {

@@ -48,10 +48,7 @@ fn huge_and_endless_responses_keep_the_agent_small() {
         let dir = tempfile::tempdir().unwrap();
         // Every request is answered so.
         let receiver = Receiver::start(dir.path(), &["--fail-first", "1000000", "--fail-as", how]);
-        let port = match protocol {
-            "grpc" => receiver.grpc_port,
-            _ => receiver.http_port,
-        };
+        let port = receiver.port(protocol);
         let metrics_port = free_port();
         let addr = format!("127.0.0.1:{metrics_port}");
         let child = agent(
@@ -124,10 +121,7 @@ fn refused_exports_are_logged_once_per_outage() {
     for (protocol, how) in [("http", "400"), ("http", "garbage"), ("grpc", "500")] {
         let dir = tempfile::tempdir().unwrap();
         let receiver = Receiver::start(dir.path(), &["--fail-first", "4", "--fail-as", how]);
-        let port = match protocol {
-            "grpc" => receiver.grpc_port,
-            _ => receiver.http_port,
-        };
+        let port = receiver.port(protocol);
         let child = agent(&format!("http://127.0.0.1:{port}"), protocol, &[]);
         // Four refused intervals of 500 ms, then accepted ones.
         let case = format!("{protocol} {how}");
