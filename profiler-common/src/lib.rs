@@ -56,6 +56,38 @@ pub mod names {
     pub const STORE_PROGRAM: &str = "unwind_store";
     /// Program array of the tail-called programs.
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    /// The CPU program that records which files a sample's user frames
+    /// are in, by tail call (kernels with `bpf_find_vma`, 5.17+).
+    pub const CPU_FILES: &str = "cpu_files";
+    /// [`CPU_FILES`] for the off-CPU tracepoint switch-in.
+    pub const OFF_CPU_FILES: &str = "off_cpu_files";
+    /// [`CPU_FILES`] for the off-CPU kprobe switch-in.
+    pub const OFF_CPU_FILES_KPROBE: &str = "off_kp_files";
+    /// Slot of the files program in each kind's tail-call array.
+    pub const TAIL_RECORD_FILES: u32 = 2;
+    /// Slots of each tail-call array.
+    pub const TAIL_SLOTS: u32 = 3;
+    /// Bumps a process's exec generation as an `exec` begins
+    /// (`tp_btf/sched_prepare_exec`, Linux 6.10+).
+    pub const EXEC_BEGIN: &str = "exec_begin";
+    /// Bumps a process's exec generation once an `exec` succeeded
+    /// (`tp_btf/sched_process_exec`).
+    pub const EXEC_DONE: &str = "exec_done";
+    /// Tracepoint [`EXEC_BEGIN`] attaches to.
+    pub const EXEC_BEGIN_TRACEPOINT: &str = "sched_prepare_exec";
+    /// Tracepoint [`EXEC_DONE`] attaches to.
+    pub const EXEC_DONE_TRACEPOINT: &str = "sched_process_exec";
+    /// Exec generation (`u32`) by tgid: how many `exec` steps the process
+    /// went through since hostprof started (absent: none).
+    pub const EXEC_GEN: &str = "EXEC_GEN";
+    /// What the files programs know of each process image: the mappings
+    /// sent on [`PROCESS_EVENTS`] and the frames waiting for a lookup.
+    pub const FILES_STATE: &str = "FILES_STATE";
+    /// Looks up a process's waiting frames as its threads exit
+    /// (`tp_btf/sched_process_exit`).
+    pub const FILES_EXIT: &str = "files_exit";
+    /// Tracepoint [`FILES_EXIT`] attaches to.
+    pub const FILES_EXIT_TRACEPOINT: &str = "sched_process_exit";
     /// Slot of [`UNWIND_PROGRAM`] in [`TAIL_CALLS`].
     pub const TAIL_UNWIND_USER: u32 = 0;
     /// Slot of [`STORE_PROGRAM`] in [`TAIL_CALLS`].
@@ -67,10 +99,10 @@ pub mod names {
     /// Tgids the userspace asked to profile (only read when
     /// [`super::Config::FILTER_PIDS`] is set).
     pub const PID_FILTER: &str = "PID_FILTER";
-    /// Tgids already announced on [`NEW_PROCESSES`].
+    /// Tgids already announced on [`PROCESS_EVENTS`].
     pub const KNOWN_PROCESSES: &str = "KNOWN_PROCESSES";
-    /// Ring buffer of [`super::NewProcess`] events.
-    pub const NEW_PROCESSES: &str = "NEW_PROCESSES";
+    /// Ring buffer of [`super::ProcessEvent`]s.
+    pub const PROCESS_EVENTS: &str = "PROCESS_EVENTS";
     /// Per-set sample counts, keyed by [`super::SampleKey`].
     pub const COUNTS: [&str; 2] = ["COUNTS_0", "COUNTS_1"];
     /// Per-set stacks, keyed by [`super::StackHash`], valued [`super::Stack`].
@@ -84,12 +116,13 @@ pub mod names {
 
     /// Every perf-event program name above: userspace checks that the
     /// object has them.
-    pub const PROGRAMS: &[&str] = &[PROGRAM, UNWIND_PROGRAM, STORE_PROGRAM];
+    pub const PROGRAMS: &[&str] = &[PROGRAM, UNWIND_PROGRAM, STORE_PROGRAM, CPU_FILES];
     /// Every kprobe program name above.
     pub const KPROBES: &[&str] = &[
         OFF_CPU_SWITCH_IN_KPROBE,
         OFF_CPU_UNWIND_KPROBE,
         OFF_CPU_STORE_KPROBE,
+        OFF_CPU_FILES_KPROBE,
     ];
     /// Every BTF tracepoint program name above.
     pub const BTF_TRACEPOINTS: &[&str] = &[
@@ -97,6 +130,10 @@ pub mod names {
         OFF_CPU_SWITCH_IN,
         OFF_CPU_UNWIND,
         OFF_CPU_STORE,
+        OFF_CPU_FILES,
+        EXEC_BEGIN,
+        EXEC_DONE,
+        FILES_EXIT,
     ];
     /// Every map name above.
     pub const MAPS: &[&str] = &[
@@ -105,7 +142,9 @@ pub mod names {
         STATS,
         PID_FILTER,
         KNOWN_PROCESSES,
-        NEW_PROCESSES,
+        PROCESS_EVENTS,
+        EXEC_GEN,
+        FILES_STATE,
         COUNTS[0],
         COUNTS[1],
         STACKS[0],
@@ -251,6 +290,33 @@ pub struct Config {
     /// ns is kept with probability `min(1, d/P)` (see [`off_cpu_keep`]);
     /// userspace adapts it to the unwind budget.
     pub off_cpu_period_ns: u64,
+    /// Where the files program finds what it reads (with
+    /// [`Config::RECORD_FILES`]).
+    pub files: FileOffsets,
+}
+
+/// Byte offsets of the kernel struct fields the files program reads,
+/// taken from the running kernel's BTF by userspace (the eBPF side has no
+/// CO-RE).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOffsets {
+    /// `vm_area_struct.vm_start`.
+    pub vma_start: u32,
+    /// `vm_area_struct.vm_end`.
+    pub vma_end: u32,
+    /// `vm_area_struct.vm_pgoff`.
+    pub vma_pgoff: u32,
+    /// `vm_area_struct.vm_file`.
+    pub vma_file: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `inode.i_sb`.
+    pub inode_sb: u32,
+    /// `super_block.s_dev`.
+    pub sb_dev: u32,
 }
 
 impl Config {
@@ -258,6 +324,9 @@ impl Config {
     pub const FILTER_PIDS: u32 = 1 << 0;
     /// Drop samples of the idle task (pid 0).
     pub const SKIP_IDLE: u32 = 1 << 1;
+    /// Record the file mapping of each sampled user frame
+    /// ([`Config::files`] is filled in and the files programs loaded).
+    pub const RECORD_FILES: u32 = 1 << 2;
 }
 
 /// The kinds of profile the kernel programs record, as indices of their
@@ -301,8 +370,9 @@ pub struct OffCpuKey {
     pub comm: [u8; COMM_LEN],
     /// [`OffCpuStart::state`].
     pub state: u32,
-    /// Zero.
-    pub pad: u32,
+    /// The process's exec generation when it blocked (see
+    /// [`SampleKey::exec_gen`]).
+    pub exec_gen: u32,
 }
 
 /// Value of the `OFF_CPU_COUNTS_*` maps (per CPU): the kept intervals and
@@ -374,6 +444,11 @@ pub struct SampleKey {
     pub kernel_stack: StackHash,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The process's exec generation at the sample (`EXEC_GEN`): tells
+    /// samples taken before an `exec` from those after it.
+    pub exec_gen: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// Frames of one stack, innermost first, zero-filled after the last frame.
@@ -406,13 +481,37 @@ fn until_zero(frames: &[u64]) -> &[u64] {
     &frames[..len]
 }
 
-/// Event sent on `NEW_PROCESSES` the first time a tgid is sampled, so
-/// userspace can snapshot its memory map while the process still exists.
+/// Event sent on `PROCESS_EVENTS`: a process sampled for the first time
+/// ([`ProcessEvent::NEW`], so userspace can snapshot its memory map while
+/// it still exists), or a file mapping a sampled user frame was in
+/// ([`ProcessEvent::FILE`], so the frame resolves after the process is
+/// gone, and against the mappings it was sampled under).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NewProcess {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// [`ProcessEvent::NEW`] or [`ProcessEvent::FILE`].
+    pub kind: u32,
     /// Process id (tgid).
     pub tgid: u32,
+    /// Its exec generation (for [`ProcessEvent::FILE`]).
+    pub exec_gen: u32,
+    /// The file's device, in the kernel's encoding (major << 20 | minor).
+    pub dev: u32,
+    /// First address of the mapping.
+    pub start: u64,
+    /// One past its last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The file's inode number.
+    pub inode: u64,
+}
+
+impl ProcessEvent {
+    /// A process sampled for the first time.
+    pub const NEW: u32 = 0;
+    /// A file mapping of a sampled user frame.
+    pub const FILE: u32 = 1;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -462,11 +561,20 @@ pub enum Stat {
     OffCpuIntervals,
     /// Their total blocked time, in nanoseconds.
     OffCpuNanos,
+    /// File mappings of sampled user frames sent to userspace.
+    FilesRecorded,
+    /// File mappings lost because the ring buffer was full (sent again
+    /// at a later sample), or samples whose frames were not walked because
+    /// `FILES_STATE` was full.
+    FileRecordLost,
+    /// User frames whose mapping `bpf_find_vma` could not look up (the
+    /// address space was locked, or the address is unmapped).
+    FileLookupFailed,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -490,6 +598,9 @@ impl Stat {
         Stat::UnwindTailCallFailed,
         Stat::OffCpuIntervals,
         Stat::OffCpuNanos,
+        Stat::FilesRecorded,
+        Stat::FileRecordLost,
+        Stat::FileLookupFailed,
     ];
 }
 
@@ -500,7 +611,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::SampleKey {}
     unsafe impl aya::Pod for super::Stack {}
-    unsafe impl aya::Pod for super::NewProcess {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::UnwindRow {}
     unsafe impl aya::Pod for super::UnwindProcess {}
     unsafe impl aya::Pod for super::DeepStack {}
@@ -516,13 +627,13 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<Config>(), 16 + 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
         assert_eq!(size_of::<OffCpuKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4);
         assert_eq!(size_of::<OffCpuValue>(), 24);
-        assert_eq!(size_of::<SampleKey>(), 4 + 4 + 8 + 8 + COMM_LEN);
+        assert_eq!(size_of::<SampleKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4);
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
-        assert_eq!(size_of::<NewProcess>(), 4);
+        assert_eq!(size_of::<ProcessEvent>(), 16 + 32);
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<DeepStack>(), 8 * DEEP_STACK_DEPTH);
         assert_eq!(size_of::<UnwindMapping>(), 32);

@@ -34,6 +34,7 @@ use profiler_common::{names, Config, SampleKey, StackHash, Stat, COMM_LEN};
 
 use crate::stack::{self, Kind, StackSet, EEXIST};
 use crate::unwind::{self, Unwind};
+use crate::{exec, files};
 
 /// Default capacity of each `COUNTS_*` map; userspace may resize at load.
 const COUNTS_ENTRIES: u32 = 16_384;
@@ -48,12 +49,14 @@ static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries
 static COUNTS_1: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
 
 /// `unwind_user` and `unwind_store`, set by userspace with the table
-/// unwinder; empty with frame pointers only.
+/// unwinder (empty with frame pointers only), and `cpu_files` where the
+/// kernel has `bpf_find_vma`.
 #[map(name = "TAIL_CALLS")]
-static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
 
 /// The maps of the active set.
 struct MapSetRef {
+    index: u32,
     counts: &'static PerCpuHashMap<SampleKey, u64>,
     stacks: StackSet,
 }
@@ -82,6 +85,14 @@ pub fn unwind_user(ctx: PerfEventContext) -> u32 {
         // No user context (a kernel thread), or the tables just went away.
         None => record_with_frame_pointers(&ctx, tgid, tid),
     }
+    0
+}
+
+/// Records the file mappings of a counted sample's user frames, tail-called
+/// by the programs above once the sample is counted (see [`crate::files`]).
+#[perf_event]
+pub fn cpu_files(_ctx: PerfEventContext) -> u32 {
+    files::record(KIND);
     0
 }
 
@@ -172,6 +183,7 @@ fn record_with_frame_pointers(ctx: &PerfEventContext, tgid: u32, tid: u32) {
 fn active_set() -> Option<MapSetRef> {
     let config = KIND.config()?;
     Some(MapSetRef {
+        index: config.active_set,
         counts: if config.active_set == 0 {
             &COUNTS_0
         } else {
@@ -181,17 +193,30 @@ fn active_set() -> Option<MapSetRef> {
     })
 }
 
-/// Reads the kernel stack and counts the sample with `user_stack`.
+/// Reads the kernel stack, counts the sample with `user_stack`, and hands
+/// the user stack to `cpu_files`.
 #[inline(always)]
 fn finish(ctx: &PerfEventContext, set: &MapSetRef, tgid: u32, tid: u32, user_stack: StackHash) {
+    let exec_gen = exec::generation(tgid);
     let key = SampleKey {
         tgid,
         tid,
         user_stack,
         kernel_stack: stack::store_stack(ctx, set.stacks.stacks, 0, KIND, Stat::KernelStackError),
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        exec_gen,
+        pad: 0,
     };
     count(set.counts, &key);
+    files::walk_in_tail_call(
+        ctx,
+        &TAIL_CALLS,
+        KIND,
+        tgid,
+        exec_gen,
+        user_stack,
+        set.index,
+    );
 }
 
 /// Adds one sample to `key`'s count, creating the entry when needed.

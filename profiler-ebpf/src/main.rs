@@ -7,6 +7,10 @@
 //! - [`stack`]: what both share: the configuration, the counters, the
 //!   process announcements and the double-buffered stack maps.
 //! - [`unwind`]: the table unwinder of user stacks, shared too.
+//! - [`files`]: the file mapping of each sampled user frame, for both
+//!   kinds, by tail call.
+//! - [`exec`]: exec generations, which image of a process a sample was
+//!   taken in.
 //!
 //! Both kinds write into the map set `CONFIG` names; userspace flips it
 //! and drains the other set (stacks are shared, so a stack seen by both
@@ -15,6 +19,8 @@
 #![no_main]
 
 mod cpu;
+mod exec;
+mod files;
 mod off_cpu;
 mod stack;
 mod unwind;

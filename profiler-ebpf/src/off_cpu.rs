@@ -40,6 +40,7 @@ use profiler_common::{
 
 use crate::stack::{self, Kind, EEXIST};
 use crate::unwind::{self, Unwind};
+use crate::{exec, files};
 
 /// Default capacity of each `OFF_CPU_COUNTS_*` map; userspace may resize
 /// at load.
@@ -67,13 +68,16 @@ static OFF_CPU_COUNTS_1: PerCpuHashMap<OffCpuKey, OffCpuValue> =
     PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
 
 /// `off_cpu_unwind` and `off_cpu_store` (slots `TAIL_UNWIND_USER` and
-/// `TAIL_UNWIND_STORE`), set by userspace with the table unwinder.
+/// `TAIL_UNWIND_STORE`), set by userspace with the table unwinder, and
+/// `off_cpu_files` (slot `TAIL_RECORD_FILES`) where the kernel has
+/// `bpf_find_vma`.
 #[map(name = "OFF_CPU_TAIL_CALLS")]
-static OFF_CPU_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static OFF_CPU_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
 
-/// The same for the kprobe switch-in (`*_kprobe` programs).
+/// The same for the kprobe switch-in (`off_kp_*` programs).
 #[map(name = "OFF_CPU_KPROBE_TAIL_CALLS")]
-static OFF_CPU_KPROBE_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static OFF_CPU_KPROBE_TAIL_CALLS: ProgramArray =
+    ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
 
 /// A kept interval on its way through the tail calls, per CPU.
 #[derive(Clone, Copy)]
@@ -147,7 +151,15 @@ pub fn off_cpu_unwind(ctx: BtfTracePointContext) -> i32 {
 /// [`store`] for the tracepoint switch-in, by tail call.
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_store(ctx: BtfTracePointContext) -> i32 {
-    store(&ctx, TRACEPOINT_SKIP);
+    store(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+    0
+}
+
+/// The file mappings of a kept interval's user frames for the tracepoint
+/// switch-in, by tail call (see [`crate::files`]).
+#[btf_tracepoint(function = "sched_exit_tp")]
+pub fn off_cpu_files(_ctx: BtfTracePointContext) -> i32 {
+    files::record(KIND);
     0
 }
 
@@ -168,7 +180,15 @@ pub fn off_kp_unwind(ctx: ProbeContext) -> u32 {
 /// [`store`] for the kprobe switch-in, by tail call.
 #[kprobe]
 pub fn off_kp_store(ctx: ProbeContext) -> u32 {
-    store(&ctx, KPROBE_SKIP);
+    store(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+    0
+}
+
+/// The file mappings of a kept interval's user frames for the kprobe
+/// switch-in, by tail call.
+#[kprobe]
+pub fn off_kp_files(_ctx: ProbeContext) -> u32 {
+    files::record(KIND);
     0
 }
 
@@ -228,7 +248,7 @@ fn switch_in<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
         // type and attach point as the caller), or nothing.
         let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
     }
-    record_with_frame_pointers(ctx, tgid, tid, skip);
+    record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip);
 }
 
 /// Unwinds the user stack of a kept interval's thread from tables.
@@ -242,13 +262,13 @@ fn unwind_user<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
             unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
         }
         // A kernel thread, or the tables just went away.
-        None => record_with_frame_pointers(ctx, tgid, tid, skip),
+        None => record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip),
     }
 }
 
 /// Records a kept interval whose user stack the unwinder finished.
 #[inline(always)]
-fn store<C: EbpfContext>(ctx: &C, skip: u64) {
+fn store<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
     let Some(unwind) = Unwind::resume(KIND) else {
         return;
     };
@@ -260,13 +280,19 @@ fn store<C: EbpfContext>(ctx: &C, skip: u64) {
         return;
     };
     let user_stack = stack::save_unwound(&stack::stack_set(&config), depth, KIND);
-    finish(ctx, &config, tgid, tid, user_stack, skip);
+    finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
 }
 
 /// Records a kept interval with the user stack `bpf_get_stack` reads
 /// (frame pointers, from the registers saved at kernel entry).
 #[inline(always)]
-fn record_with_frame_pointers<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, skip: u64) {
+fn record_with_frame_pointers<C: EbpfContext>(
+    ctx: &C,
+    tail_calls: &ProgramArray,
+    tgid: u32,
+    tid: u32,
+    skip: u64,
+) {
     // A copy, as in `store`.
     let Some(&config) = KIND.config() else {
         return;
@@ -281,14 +307,16 @@ fn record_with_frame_pointers<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, skip
     if user_stack != 0 {
         KIND.bump(Stat::UnwindNoTables);
     }
-    finish(ctx, &config, tgid, tid, user_stack, skip);
+    finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
 }
 
-/// Reads the kernel stack (where the thread blocked) and adds the pending
-/// interval under its key.
+/// Reads the kernel stack (where the thread blocked), adds the pending
+/// interval under its key, and hands the user stack to the hook's files
+/// program.
 #[inline(always)]
 fn finish<C: EbpfContext>(
     ctx: &C,
+    tail_calls: &ProgramArray,
     config: &Config,
     tgid: u32,
     tid: u32,
@@ -314,7 +342,7 @@ fn finish<C: EbpfContext>(
         ),
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         state: pending.state,
-        pad: 0,
+        exec_gen: exec::generation(tgid),
     };
     let counts = if config.active_set == 0 {
         &OFF_CPU_COUNTS_0
@@ -326,18 +354,33 @@ fn finish<C: EbpfContext>(
         events_milli: pending.events_milli,
         nanos: pending.nanos,
     };
-    if let Some(slot) = counts.get_ptr_mut(&key) {
-        add(slot, &value);
+    count(counts, &key, &value);
+    files::walk_in_tail_call(
+        ctx,
+        tail_calls,
+        KIND,
+        tgid,
+        key.exec_gen,
+        user_stack,
+        config.active_set,
+    );
+}
+
+/// Adds `value` under `key`, creating the entry when needed.
+#[inline(always)]
+fn count(counts: &PerCpuHashMap<OffCpuKey, OffCpuValue>, key: &OffCpuKey, value: &OffCpuValue) {
+    if let Some(slot) = counts.get_ptr_mut(key) {
+        add(slot, value);
         KIND.bump(Stat::Recorded);
         return;
     }
-    match counts.insert(&key, &value, BPF_NOEXIST as u64) {
+    match counts.insert(key, value, BPF_NOEXIST as u64) {
         Ok(()) => KIND.bump(Stat::Recorded),
         // Another CPU created the entry between our lookup and insert; our
         // own slot of it is zero.
-        Err(err) if err == -EEXIST => match counts.get_ptr_mut(&key) {
+        Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
             Some(slot) => {
-                add(slot, &value);
+                add(slot, value);
                 KIND.bump(Stat::Recorded);
             }
             None => KIND.bump(Stat::DroppedCountsFull),

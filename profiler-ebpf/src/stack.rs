@@ -26,7 +26,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    kernel_kind, Config, DeepStack, NewProcess, Stack, StackHash, Stat, DEEP_STACK_DEPTH,
+    kernel_kind, Config, DeepStack, ProcessEvent, Stack, StackHash, Stat, DEEP_STACK_DEPTH,
     MAX_STACK_DEPTH,
 };
 
@@ -51,8 +51,10 @@ static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map(name = "KNOWN_PROCESSES")]
 static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65_536, 0);
 
-#[map(name = "NEW_PROCESSES")]
-static NEW_PROCESSES: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+/// New processes and the file mappings of sampled frames (see
+/// [`crate::files`]): 48-byte events, so 256 KiB hold ~5,000.
+#[map(name = "PROCESS_EVENTS")]
+static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 // Stacks are 1 KiB each (deep ones 4 KiB): allocate on use rather than up front.
 #[map(name = "STACKS_0")]
@@ -143,7 +145,13 @@ pub struct StackSet {
 /// The stack maps of the set `config` names.
 #[inline(always)]
 pub fn stack_set(config: &Config) -> StackSet {
-    if config.active_set == 0 {
+    stack_set_at(config.active_set)
+}
+
+/// The stack maps of set `index`.
+#[inline(always)]
+pub fn stack_set_at(index: u32) -> StackSet {
+    if index == 0 {
         StackSet {
             stacks: &STACKS_0,
             deep_stacks: &DEEP_STACKS_0,
@@ -268,9 +276,20 @@ pub fn announce(tgid: u32, kind: Kind) {
     if KNOWN_PROCESSES.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
         return; // another CPU announced it first
     }
-    if NEW_PROCESSES.output(NewProcess { tgid }, 0).is_err() {
+    let event = ProcessEvent {
+        kind: ProcessEvent::NEW,
+        tgid,
+        ..ProcessEvent::default()
+    };
+    if !send_event(&event) {
         kind.bump(Stat::NewProcessLost);
         // Forget it so the next sample tries again.
         let _ = KNOWN_PROCESSES.remove(tgid);
     }
+}
+
+/// Sends `event` to userspace; false when the ring buffer is full.
+#[inline(always)]
+pub fn send_event(event: &ProcessEvent) -> bool {
+    PROCESS_EVENTS.output::<ProcessEvent>(event, 0).is_ok()
 }

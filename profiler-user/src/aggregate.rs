@@ -114,6 +114,7 @@ mod tests {
                     tgid: 1,
                     tid: 2,
                     comm: "x".into(),
+                    exec_gen: 0,
                 },
                 user_stack: vec![1, 2],
                 user_truncated: false,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
 use crate::kind::{Label, ProfileKind, ValueType};
-pub use crate::sampler::stats::{CaptureStats, UnwindCounters};
+pub use crate::sampler::stats::{CaptureStats, FileCounters, UnresolvedLeaves, UnwindCounters};
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

@@ -18,7 +18,7 @@ use crate::kind::ProfileKind;
 use crate::process::ProcessTable;
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
-use crate::sampler::{Drained, ProcessEvents, Sampler};
+use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
 use crate::symbolize::Symbolizer;
 use crate::system_info::kernel::{check_running_kernel, KernelCheckError};
 use crate::system_info::{self, PreflightError};
@@ -153,7 +153,7 @@ impl Profiler {
             drain_interval: options.drain_interval,
             sampler: started.sampler,
             events: started.events,
-            pipeline: Pipeline::new(&options, pods, tables),
+            pipeline: Pipeline::new(&options, pods, tables, Box::new(started.exec_generations)),
         })
     }
 
@@ -171,9 +171,9 @@ impl Profiler {
         loop {
             tokio::select! {
                 () = &mut stop => return Ok(()),
-                tgids = self.events.next_batch() => {
-                    for tgid in tgids? {
-                        self.pipeline.observe(tgid);
+                events = self.events.next_batch() => {
+                    for event in events? {
+                        self.pipeline.observe(event);
                     }
                 }
                 _ = drain_tick.tick() => {
@@ -194,8 +194,8 @@ impl Profiler {
     /// [`Profiler::finish`], and the totals once the last window was
     /// symbolized.
     pub fn finish_with_totals(mut self) -> Result<(Vec<Profile>, PipelineStats), ProfilerError> {
-        for tgid in self.events.try_batch() {
-            self.pipeline.observe(tgid);
+        for event in self.events.try_batch() {
+            self.pipeline.observe(event);
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
@@ -248,7 +248,12 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn new(options: &ProfilerOptions, pods: PodMetadata, tables: Option<TableRequests>) -> Self {
+    fn new(
+        options: &ProfilerOptions,
+        pods: PodMetadata,
+        tables: Option<TableRequests>,
+        generations: Box<dyn ExecGenerations + Send>,
+    ) -> Self {
         let kinds = options
             .profiles
             .iter()
@@ -261,7 +266,7 @@ impl Pipeline {
         Self {
             kinds,
             filter: options.filter.clone(),
-            processes: ProcessTable::new(),
+            processes: ProcessTable::with_generations(generations),
             symbolizer: Symbolizer::new(),
             aggregator: Aggregator::new(),
             pods,
@@ -272,8 +277,17 @@ impl Pipeline {
         }
     }
 
-    /// Snapshots a process the kernel announced, and asks for its tables.
-    fn observe(&mut self, tgid: u32) {
+    /// Takes in what the kernel told as it sampled: snapshots a process
+    /// it announced (and asks for its tables), or remembers the file of a
+    /// sampled frame.
+    fn observe(&mut self, event: ProcessEvent) {
+        let tgid = match event {
+            ProcessEvent::New(tgid) => tgid,
+            ProcessEvent::File(mapping) => {
+                self.processes.add_file(mapping);
+                return;
+            }
+        };
         match self.processes.observe(tgid) {
             Ok(state) if state.snapshot() => {
                 if let Some(tables) = &mut self.tables {
@@ -325,6 +339,10 @@ impl Pipeline {
                 duration: self.started.elapsed(),
             },
         );
+        // Resolution counted what it could not resolve; totals carry it.
+        for profile in &profiles {
+            self.completed.1.unresolved.add(&profile.stats.unresolved);
+        }
         self.start_time = SystemTime::now();
         self.started = Instant::now();
         // Forget processes gone since the previous window, and the files
@@ -384,6 +402,7 @@ mod tests {
                     tgid,
                     tid: tgid,
                     comm: "worker".into(),
+                    exec_gen: 0,
                 },
                 user_stack,
                 user_truncated: false,
@@ -414,7 +433,7 @@ mod tests {
             filter,
             ..ProfilerOptions::default()
         };
-        Pipeline::new(&options, PodMetadata::empty(), None)
+        Pipeline::new(&options, PodMetadata::empty(), None, Box::new(()))
     }
 
     fn leaf_names(profile: &Profile, pid: u32) -> Vec<String> {

@@ -15,10 +15,10 @@ use crate::aggregate::Aggregated;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
 use crate::process::perfmap::{JitFunction, Runtime};
-use crate::process::{ModuleId, ProcessTable, Resolved};
+use crate::process::{ModuleId, ProcessTable, Resolved, Unresolved};
 use crate::profile::{
-    FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, NewSample, Process,
-    Profile, ProfileBuilder,
+    CaptureStats, FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, NewSample,
+    Process, Profile, ProfileBuilder, UnresolvedLeaves,
 };
 use crate::sampler::SampleKey;
 use crate::symbolize::{Symbolizer, Symbols};
@@ -84,6 +84,7 @@ pub fn profiles(
         let (builder, kernel_mapping) = &mut builders[i];
         let kernel_mapping = *kernel_mapping;
         let tgid = key.thread.tgid;
+        let image = (tgid, key.thread.exec_gen);
         let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
         let process = builder.process(process_of(processes, pods, tgid, comm));
         let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
@@ -96,7 +97,17 @@ pub fn profiles(
             ));
         }
         for addr in caller_adjusted(&key.user_stack) {
-            stack.push(user_location(builder, processes, &symbols, tgid, addr));
+            stack.push(user_location(builder, processes, &symbols, image, addr));
+        }
+        if let Some(reason) = key
+            .user_stack
+            .first()
+            .and_then(|&leaf| symbols.unresolved(image, leaf))
+        {
+            builder.add_stats(&unresolved_stats(
+                reason,
+                merged.values.first().copied().unwrap_or(0),
+            ));
         }
         if key.user_truncated {
             // Outermost: the frames above the depth limit are unknown.
@@ -177,9 +188,27 @@ fn kernel_mapping() -> Mapping {
     }
 }
 
+/// A window's counter of `count` samples whose leaf did not resolve.
+fn unresolved_stats(reason: Unresolved, count: u64) -> CaptureStats {
+    let mut leaves = UnresolvedLeaves::default();
+    *match reason {
+        Unresolved::ProcessGone => &mut leaves.process_gone,
+        Unresolved::OtherImage => &mut leaves.other_image,
+        Unresolved::FileNotOpen => &mut leaves.file_not_open,
+        Unresolved::NoMapping => &mut leaves.no_mapping,
+    } = count;
+    CaptureStats {
+        unresolved: leaves,
+        ..CaptureStats::default()
+    }
+}
+
+/// A process image: (tgid, exec generation).
+type Image = (u32, u32);
+
 /// Every address of every sample, resolved and symbolized in batches.
 struct SymbolTable {
-    resolved: HashMap<(u32, u64), Resolved>,
+    resolved: HashMap<(Image, u64), Resolved>,
     /// Addresses in no file that a perf map names (JIT code).
     jit: HashMap<(u32, u64), (JitFunction, Runtime)>,
     user: HashMap<(ModuleId, u64), Symbols>,
@@ -197,12 +226,12 @@ impl SymbolTable {
         let mut offsets: HashMap<ModuleId, BTreeSet<u64>> = HashMap::new();
         let mut kernel_addrs = BTreeSet::new();
         for key in keys {
-            let tgid = key.thread.tgid;
+            let (tgid, exec_gen) = (key.thread.tgid, key.thread.exec_gen);
             kernel_addrs.extend(caller_adjusted(&key.kernel_stack));
             for addr in caller_adjusted(&key.user_stack) {
-                let r = *resolved.entry((tgid, addr)).or_insert_with(|| {
-                    let r = processes.resolve(tgid, addr);
-                    if r == Resolved::Unknown {
+                let r = *resolved.entry(((tgid, exec_gen), addr)).or_insert_with(|| {
+                    let r = processes.resolve(tgid, exec_gen, addr);
+                    if r == Resolved::Unknown(Unresolved::NoMapping) {
                         if let Some(function) = processes.jit_function(tgid, addr) {
                             jit.insert((tgid, addr), function);
                         }
@@ -235,6 +264,16 @@ impl SymbolTable {
             jit,
             user,
             kernel,
+        }
+    }
+
+    /// Why the user address `addr` of `image` resolved to no file and no
+    /// JIT function; `None` when it did.
+    fn unresolved(&self, image: Image, addr: u64) -> Option<Unresolved> {
+        match self.resolved.get(&(image, addr))? {
+            Resolved::Unknown(_) if self.jit.contains_key(&(image.0, addr)) => None,
+            Resolved::Unknown(reason) => Some(*reason),
+            _ => None,
         }
     }
 }
@@ -298,10 +337,10 @@ fn user_location(
     builder: &mut ProfileBuilder,
     processes: &ProcessTable,
     symbols: &SymbolTable,
-    tgid: u32,
+    image: Image,
     addr: u64,
 ) -> LocationId {
-    let resolved = symbols.resolved[&(tgid, addr)];
+    let resolved = symbols.resolved[&(image, addr)];
     let (mapping, lines) = match resolved {
         Resolved::Module {
             module,
@@ -327,8 +366,8 @@ fn user_location(
             (Some(mapping), lines)
         }
         Resolved::Vdso => (None, lines_for(builder, &None, || "[vdso]".into())),
-        Resolved::Unknown => {
-            if let Some((function, runtime)) = symbols.jit.get(&(tgid, addr)) {
+        Resolved::Unknown(_) => {
+            if let Some((function, runtime)) = symbols.jit.get(&(image.0, addr)) {
                 return jit_location(builder, function, *runtime, addr);
             }
             (None, lines_for(builder, &None, || "[unknown]".into()))
@@ -447,6 +486,7 @@ mod tests {
                 tgid: u32::MAX - 1,
                 tid: u32::MAX - 1,
                 comm: comm.into(),
+                exec_gen: 0,
             },
             user_stack,
             user_truncated,

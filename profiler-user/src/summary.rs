@@ -9,7 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::kind::ProfileKind;
-use crate::profile::{FrameKind, Profile, Sample, UnwindCounters};
+use crate::profile::{FrameKind, Profile, Sample, UnresolvedLeaves, UnwindCounters};
 use crate::symbolize::CacheStats;
 use crate::text::escape;
 use crate::unwind::loader::LoaderStats;
@@ -43,6 +43,8 @@ pub struct Summary {
     pub dropped: u64,
     /// Stacks that could not be read or stored.
     pub stack_errors: u64,
+    /// Samples whose leaf user frame resolved to no file, by why.
+    pub unresolved: UnresolvedLeaves,
     /// How user stacks were unwound.
     pub unwind: UnwindCounters,
     /// The unwind tables at the end of the capture; `None` unless the
@@ -95,6 +97,7 @@ impl Summary {
             processes: profile.processes.len(),
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
+            unresolved: stats.unresolved,
             unwind: stats.unwind,
             unwind_tables: None,
             top,
@@ -169,6 +172,28 @@ fn human_bytes(bytes: u64) -> String {
     format!("{text} {}", UNITS[unit])
 }
 
+/// The `unresolved` line, when a leaf user frame resolved to no file.
+fn write_unresolved(f: &mut fmt::Formatter<'_>, u: &UnresolvedLeaves) -> fmt::Result {
+    if u.total() == 0 {
+        return Ok(());
+    }
+    write!(f, "unresolved       {} samples' leaf:", u.total())?;
+    let reasons = [
+        (u.process_gone, "process exited before it was read"),
+        (u.other_image, "sampled in another image (exec)"),
+        (u.file_not_open, "file never opened"),
+        (u.no_mapping, "in no file (JIT without perf map)"),
+    ];
+    let mut first = true;
+    for (count, why) in reasons {
+        if count > 0 {
+            write!(f, "{} {count} {why}", if first { "" } else { "," })?;
+            first = false;
+        }
+    }
+    writeln!(f)
+}
+
 /// The `unwound stacks` and `unwind tables` lines.
 fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats) -> fmt::Result {
     let user_stacks = u.unwound + u.no_tables;
@@ -212,6 +237,7 @@ impl fmt::Display for Summary {
         writeln!(f, "processes        {}", self.processes)?;
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
+        write_unresolved(f, &self.unresolved)?;
         if let Some(tables) = &self.unwind_tables {
             write_unwind(f, &self.unwind, tables)?;
         }
@@ -256,6 +282,7 @@ impl Summary {
         writeln!(f, "processes        {}", self.processes)?;
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
+        write_unresolved(f, &self.unresolved)?;
         if self.top.is_empty() {
             return Ok(());
         }
@@ -392,11 +419,30 @@ mod tests {
             processes: 4,
             dropped: 0,
             stack_errors: 0,
+            unresolved: UnresolvedLeaves::default(),
             unwind,
             unwind_tables: None,
             top: Vec::new(),
         }
         .with_unwind_tables(tables)
+    }
+
+    #[test]
+    fn unresolved_leaves_are_reported_by_reason_when_there_are_any() {
+        let mut summary = summary_with(UnwindCounters::default(), tables(0, 0));
+        assert!(!summary.to_string().contains("unresolved"));
+        summary.unresolved = UnresolvedLeaves {
+            process_gone: 3,
+            file_not_open: 2,
+            ..UnresolvedLeaves::default()
+        };
+        assert!(
+            summary.to_string().contains(
+                "unresolved       5 samples' leaf: 3 process exited before it was read, \
+                 2 file never opened\n"
+            ),
+            "{summary}"
+        );
     }
 
     fn tables(rows_used: u32, rows_capacity: u32) -> LoaderStats {

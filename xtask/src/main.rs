@@ -100,6 +100,10 @@ enum Task {
         /// How long each process runs, in milliseconds.
         #[arg(long, default_value_t = 2)]
         lifetime_ms: u32,
+        /// Measure this `hostprof` binary (another revision's, for a
+        /// before/after comparison) instead of building this one.
+        #[arg(long)]
+        hostprof: Option<PathBuf>,
     },
     /// Build the fuzz targets in fuzz/ (cargo-fuzz, nightly, ASan) and run
     /// each for a while; report the inputs run and fail on a crash.
@@ -229,8 +233,12 @@ fn main() -> Result<()> {
             seconds,
             rates,
             lifetime_ms,
+            hostprof,
         } => {
-            let hostprof = release_build(&root)?;
+            let hostprof = match hostprof {
+                Some(path) => path,
+                None => release_build(&root)?,
+            };
             bench_churn::run(&bench_churn::ChurnBenchOptions {
                 duration: Duration::from_secs(seconds),
                 rates,

@@ -336,6 +336,35 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     for (method, value) in [("tables", u.unwound), ("frame_pointers", u.no_tables)] {
         ConstCounter::new(value).encode(family.encode_family(&[("method", method)])?)?;
     }
+    let r = &p.capture.unresolved;
+    let mut family = e.encode_descriptor(
+        "unresolved_leaves",
+        "Samples whose leaf user frame resolved to no file, by why (process_gone: exited before its maps were read; other_image: sampled before an exec; file_not_open: no live process mapped the file when read; no_mapping: JIT code without a perf map)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, value) in [
+        ("process_gone", r.process_gone),
+        ("other_image", r.other_image),
+        ("file_not_open", r.file_not_open),
+        ("no_mapping", r.no_mapping),
+    ] {
+        ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
+    }
+    let files = &p.capture.files;
+    let mut family = e.encode_descriptor(
+        "recorded_files",
+        "File mappings of sampled user frames the kernel looked up (recorded: sent; lost: ring buffer full, sent again later; lookup_failed: no mapping found)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, value) in [
+        ("recorded", files.recorded),
+        ("lost", files.lost),
+        ("lookup_failed", files.lookup_failed),
+    ] {
+        ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
+    }
     let stops = [
         ("end", u.ended),
         ("read_error", u.read_errors),

@@ -24,7 +24,7 @@ use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::{open_mapped_file, read_proc};
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
-use crate::sampler::Drained;
+use crate::sampler::{Drained, ExecGenerations, FileMapping};
 
 /// What [`ProcessTable::track`] found in a drain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,6 +108,9 @@ pub struct ProcessInfo {
     pub container: Option<ContainerRef>,
     /// Its cgroup paths, unified hierarchy first (for `--cgroup`).
     pub cgroups: Vec<String>,
+    /// The exec generation the mappings belong to; `None` when an exec
+    /// happened while they were read (they may mix two images).
+    pub exec_gen: Option<u32>,
     exe_identity: Option<(u64, u64)>,
     refreshed: Instant,
 }
@@ -139,8 +142,24 @@ pub enum Resolved {
     },
     /// Into the vDSO.
     Vdso,
-    /// Into no known file mapping (JIT code, or a process never snapshotted).
-    Unknown,
+    /// Nowhere known, and why.
+    Unknown(Unresolved),
+}
+
+/// Why a user address could not be resolved to a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Unresolved {
+    /// The process exited before its maps were read, and the kernel
+    /// recorded no file for the address.
+    ProcessGone,
+    /// Only a snapshot of another image of the process (taken after, or
+    /// before, an `exec`) is known, and the kernel recorded no file.
+    OtherImage,
+    /// The kernel recorded the file, but hostprof never opened a file with
+    /// its identity (no live process mapped it when read).
+    FileNotOpen,
+    /// In no file mapping of the process (JIT or other anonymous code).
+    NoMapping,
 }
 
 /// Errors from reading a process's `/proc` entries.
@@ -178,6 +197,12 @@ const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug, Default)]
 pub struct ProcessTable {
     processes: HashMap<u32, ProcessInfo>,
+    /// File mappings the kernel recorded for sampled frames, by process
+    /// image (tgid, exec generation).
+    files: HashMap<(u32, u32), RecordedFiles>,
+    /// Prunes so far: recorded files untouched for a whole window go.
+    round: u64,
+    generations: Generations,
     modules: HashMap<ModuleId, Module>,
     module_ids: HashMap<(u32, u32, u64), ModuleId>,
     next_module: u32,
@@ -186,6 +211,29 @@ pub struct ProcessTable {
     gone: HashSet<u32>,
     /// Perf maps (JIT code by name) read so far, by process.
     perf_maps: HashMap<u32, PerfMapState>,
+}
+
+/// Where the exec generations come from (the kernel's map; none in tests).
+struct Generations(Box<dyn ExecGenerations + Send>);
+
+impl Default for Generations {
+    fn default() -> Self {
+        Self(Box::new(()))
+    }
+}
+
+impl std::fmt::Debug for Generations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Generations")
+    }
+}
+
+/// The recorded file mappings of one process image, sorted by start.
+#[derive(Debug, Default)]
+struct RecordedFiles {
+    mappings: Vec<FileMapping>,
+    /// The prune round of the last one added.
+    round: u64,
 }
 
 /// A process's perf map and the file it was read from.
@@ -200,6 +248,31 @@ impl ProcessTable {
     /// An empty table.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty table that reads each snapshot's exec generation from
+    /// `generations`.
+    pub fn with_generations(generations: Box<dyn ExecGenerations + Send>) -> Self {
+        Self {
+            generations: Generations(generations),
+            ..Self::default()
+        }
+    }
+
+    /// Remembers a file mapping the kernel recorded for a sampled frame:
+    /// frames of that process image in it resolve through any open file of
+    /// the same identity, whether or not the process was snapshotted.
+    pub fn add_file(&mut self, mapping: FileMapping) {
+        let files = self
+            .files
+            .entry((mapping.tgid, mapping.exec_gen))
+            .or_default();
+        files.round = self.round;
+        let i = files.mappings.partition_point(|m| m.start < mapping.start);
+        match files.mappings.get_mut(i) {
+            Some(known) if known.start == mapping.start => *known = mapping,
+            _ => files.mappings.insert(i, mapping),
+        }
     }
 
     /// Snapshots `pid` if it is new, or again if it exec'd or its pid was
@@ -241,16 +314,36 @@ impl ProcessTable {
             }
         }
         // Processes with code outside every file mapping: a library loaded
-        // since the snapshot, or JIT code a perf map may name.
+        // since the snapshot, or JIT code a perf map may name. And
+        // processes whose samples are of a newer image than the snapshot
+        // (an exec of the same file, which `observe` cannot tell).
         let mut unmapped = BTreeSet::new();
+        let mut newer_image = BTreeSet::new();
         for sample in &drained.samples {
-            let tgid = sample.key.thread.tgid;
+            let thread = &sample.key.thread;
+            let (tgid, exec_gen) = (thread.tgid, thread.exec_gen);
+            let Some(info) = self.processes.get(&tgid) else {
+                continue;
+            };
+            if info.exec_gen != Some(exec_gen) {
+                if info.exec_gen.is_none_or(|known| known < exec_gen)
+                    && self.generations.0.generation(tgid) == exec_gen
+                {
+                    newer_image.insert(tgid);
+                }
+                continue;
+            }
             let user = &sample.key.user_stack;
             if tgid == 0 || user.is_empty() || unmapped.contains(&tgid) {
                 continue;
             }
-            if self.has_unmapped(tgid, user) {
+            if self.has_unmapped(tgid, exec_gen, user) {
                 unmapped.insert(tgid);
+            }
+        }
+        for tgid in newer_image {
+            if self.resnapshot(tgid) && !tracked.snapshotted.contains(&tgid) {
+                tracked.snapshotted.push(tgid);
             }
         }
         for tgid in unmapped {
@@ -353,13 +446,32 @@ impl ProcessTable {
             self.perf_maps.remove(pid);
         }
         self.gone = gone;
-        if expired.is_empty() {
+        // Recorded files of images no longer snapshotted go once a whole
+        // window added none: the samples that needed them are resolved.
+        let round = self.round;
+        let before = self.files.len();
+        let processes = &self.processes;
+        self.files.retain(|&(pid, exec_gen), files| {
+            files.round >= round
+                || processes
+                    .get(&pid)
+                    .is_some_and(|info| info.exec_gen == Some(exec_gen))
+        });
+        self.round += 1;
+        if expired.is_empty() && self.files.len() == before {
             return Vec::new();
         }
+        let module_ids = &self.module_ids;
         let mapped: HashSet<ModuleId> = self
             .processes
             .values()
             .flat_map(|info| info.mappings.iter().map(|m| m.module))
+            .chain(self.files.values().flat_map(|files| {
+                files
+                    .mappings
+                    .iter()
+                    .filter_map(|m| module_ids.get(&(m.dev.0, m.dev.1, m.inode)).copied())
+            }))
             .collect();
         let unused: Vec<ModuleId> = self
             .modules
@@ -374,13 +486,43 @@ impl ProcessTable {
             .collect()
     }
 
-    /// Where `addr` points in `pid`'s address space, as of its snapshot.
-    /// Read-only: [`Self::track`] keeps the snapshots current.
-    pub fn resolve(&self, pid: u32, addr: u64) -> Resolved {
-        self.processes
-            .get(&pid)
-            .and_then(|info| lookup(info, addr))
-            .unwrap_or(Resolved::Unknown)
+    /// Where `addr` points in the image `exec_gen` of `pid`: through its
+    /// snapshot when that is of the same image, else through the file the
+    /// kernel recorded at the sample. Read-only: [`Self::track`] keeps the
+    /// snapshots current.
+    pub fn resolve(&self, pid: u32, exec_gen: u32, addr: u64) -> Resolved {
+        let info = self.processes.get(&pid);
+        let same_image = info.filter(|info| info.exec_gen == Some(exec_gen));
+        if let Some(resolved) = same_image.and_then(|info| lookup(info, addr)) {
+            return resolved;
+        }
+        let recorded = self.files.get(&(pid, exec_gen)).and_then(|files| {
+            let i = files.mappings.partition_point(|m| m.start <= addr);
+            files
+                .mappings
+                .get(i.checked_sub(1)?)
+                .filter(|m| addr < m.end)
+        });
+        if let Some(mapping) = recorded {
+            return match self
+                .module_ids
+                .get(&(mapping.dev.0, mapping.dev.1, mapping.inode))
+            {
+                Some(&module) => Resolved::Module {
+                    module,
+                    file_offset: addr - mapping.start + mapping.file_offset,
+                    mapping_start: mapping.start,
+                    mapping_end: mapping.end,
+                    mapping_file_offset: mapping.file_offset,
+                },
+                None => Resolved::Unknown(Unresolved::FileNotOpen),
+            };
+        }
+        Resolved::Unknown(match (same_image, info) {
+            (Some(_), _) => Unresolved::NoMapping,
+            (None, Some(_)) => Unresolved::OtherImage,
+            (None, None) => Unresolved::ProcessGone,
+        })
     }
 
     /// Re-reads `pid`'s maps when one of `addrs` lies outside every mapping
@@ -388,15 +530,20 @@ impl ProcessTable {
     /// True when its executable mappings changed.
     #[cfg(test)]
     fn refresh_if_unmapped(&mut self, pid: u32, addrs: &[u64]) -> bool {
-        self.has_unmapped(pid, addrs) && self.refresh(pid)
+        let exec_gen = self.processes.get(&pid).and_then(|info| info.exec_gen);
+        exec_gen.is_some_and(|exec_gen| self.has_unmapped(pid, exec_gen, addrs))
+            && self.refresh(pid)
     }
 
-    /// True when one of `addrs` lies outside every file mapping of `pid`'s
-    /// snapshot (false without a snapshot).
-    fn has_unmapped(&self, pid: u32, addrs: &[u64]) -> bool {
-        self.processes
-            .get(&pid)
-            .is_some_and(|info| addrs.iter().any(|&addr| lookup(info, addr).is_none()))
+    /// True when one of `addrs` of the image `exec_gen` resolves to no file
+    /// (false without a snapshot of that image).
+    fn has_unmapped(&self, pid: u32, exec_gen: u32, addrs: &[u64]) -> bool {
+        addrs.iter().any(|&addr| {
+            matches!(
+                self.resolve(pid, exec_gen, addr),
+                Resolved::Unknown(Unresolved::NoMapping | Unresolved::FileNotOpen)
+            )
+        })
     }
 
     /// Snapshots `pid` again unless that was done less than
@@ -406,9 +553,13 @@ impl ProcessTable {
             .processes
             .get(&pid)
             .is_none_or(|info| info.refreshed.elapsed() >= REFRESH_INTERVAL);
-        if !stale {
-            return false;
-        }
+        stale && self.resnapshot(pid)
+    }
+
+    /// Snapshots `pid` again, unless it is exiting (a zombie's maps read
+    /// empty: its last snapshot still describes its samples); true when
+    /// its executable mappings changed.
+    fn resnapshot(&mut self, pid: u32) -> bool {
         let Ok(info) = self.snapshot(pid) else {
             return false;
         };
@@ -424,6 +575,7 @@ impl ProcessTable {
     }
 
     fn snapshot(&mut self, pid: u32) -> Result<ProcessInfo, ProcessError> {
+        let exec_gen = self.generations.0.generation(pid);
         let start_time = procfs::read_start_time(pid)?;
         let maps_path = format!("/proc/{pid}/maps");
         let text = read_proc(&maps_path, pid)?;
@@ -468,6 +620,8 @@ impl ProcessTable {
             vdso,
             container: parse_proc_cgroup(&cgroup_text),
             cgroups: cgroup_paths(&cgroup_text),
+            // The same generation before and after: one image was read.
+            exec_gen: (self.generations.0.generation(pid) == exec_gen).then_some(exec_gen),
             exe_identity: procfs::exe_identity(pid),
             refreshed: Instant::now(),
         })
@@ -540,7 +694,7 @@ mod tests {
             mapping_start,
             mapping_end,
             ..
-        } = table.resolve(pid, marker as *const () as u64)
+        } = table.resolve(pid, 0, marker as *const () as u64)
         else {
             panic!("own code must be in a file mapping");
         };
@@ -554,7 +708,10 @@ mod tests {
             .unwrap()
             .map(|id| id.into_owned());
         assert_eq!(module.build_id, expected);
-        assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
+        assert_eq!(
+            table.resolve(pid, 0, 8),
+            Resolved::Unknown(Unresolved::NoMapping)
+        );
         // Observing again is a no-op for an unchanged process.
         table.observe(pid).unwrap();
     }
@@ -575,7 +732,7 @@ mod tests {
         std::thread::sleep(REFRESH_INTERVAL);
         assert!(table.refresh_if_unmapped(me, &[code.as_ptr() as u64]));
         assert!(matches!(
-            table.resolve(me, code.as_ptr() as u64),
+            table.resolve(me, 0, code.as_ptr() as u64),
             Resolved::Module { .. }
         ));
         assert!(
@@ -633,9 +790,12 @@ mod tests {
         let inside = table.process(pid).unwrap().mappings[0].start;
         std::thread::sleep(REFRESH_INTERVAL);
         assert!(!table.refresh_if_unmapped(pid, &[8]));
-        assert_eq!(table.resolve(pid, 8), Resolved::Unknown);
+        assert_eq!(
+            table.resolve(pid, 0, 8),
+            Resolved::Unknown(Unresolved::NoMapping)
+        );
         assert!(matches!(
-            table.resolve(pid, inside),
+            table.resolve(pid, 0, inside),
             Resolved::Module { module, .. } if module == exe_module
         ));
         child.wait().unwrap();
@@ -661,6 +821,122 @@ mod tests {
             table.module(mapping.module);
         }
         assert!(table.prune().is_empty());
+    }
+
+    /// Exec generations a test sets by hand.
+    #[derive(Clone, Default)]
+    struct FakeGenerations(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+    impl ExecGenerations for FakeGenerations {
+        fn generation(&self, _tgid: u32) -> u32 {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// The kernel's record of the file mapping that holds `addr` in this
+    /// process, as `pid` image `exec_gen`.
+    fn recorded(table: &ProcessTable, pid: u32, exec_gen: u32, addr: u64) -> FileMapping {
+        let me = std::process::id();
+        let text = std::fs::read_to_string(format!("/proc/{me}/maps")).unwrap();
+        let entry = maps::parse(&text)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.start <= addr && addr < e.end)
+            .unwrap();
+        assert!(table
+            .module_ids
+            .contains_key(&(entry.dev.0, entry.dev.1, entry.inode)));
+        FileMapping {
+            tgid: pid,
+            exec_gen,
+            start: entry.start,
+            end: entry.end,
+            file_offset: entry.file_offset,
+            dev: entry.dev,
+            inode: entry.inode,
+        }
+    }
+
+    #[test]
+    fn recorded_files_resolve_processes_never_snapshotted() {
+        let me = std::process::id();
+        let mut table = ProcessTable::new();
+        table.observe(me).unwrap();
+        let addr = marker as *const () as u64;
+        let Resolved::Module {
+            module,
+            file_offset,
+            ..
+        } = table.resolve(me, 0, addr)
+        else {
+            panic!("own code resolves");
+        };
+        // A process that exited before it was read, running the same file.
+        let ghost = u32::MAX - 7;
+        assert_eq!(
+            table.resolve(ghost, 0, addr),
+            Resolved::Unknown(Unresolved::ProcessGone)
+        );
+        table.add_file(recorded(&table, ghost, 0, addr));
+        assert!(matches!(
+            table.resolve(ghost, 0, addr),
+            Resolved::Module { module: m, file_offset: o, .. } if m == module && o == file_offset
+        ));
+        // Another image of it has no record.
+        assert_eq!(
+            table.resolve(ghost, 1, addr),
+            Resolved::Unknown(Unresolved::ProcessGone)
+        );
+        // A file no snapshot opened.
+        let mut unopened = recorded(&table, ghost, 2, addr);
+        unopened.inode = u64::MAX;
+        table.add_file(unopened);
+        assert_eq!(
+            table.resolve(ghost, 2, addr),
+            Resolved::Unknown(Unresolved::FileNotOpen)
+        );
+
+        // Records stay while a window adds to them, then go, and with
+        // them the modules only they kept.
+        assert!(table.prune().is_empty());
+        table.add_file(recorded(&table, ghost, 0, addr));
+        assert!(table.prune().is_empty());
+        assert!(table.files.contains_key(&(ghost, 0)));
+        table.prune();
+        assert!(!table.files.contains_key(&(ghost, 0)));
+        assert!(table.files.is_empty());
+    }
+
+    /// Issue 14, finding 4: a sample taken before an exec never resolves
+    /// against the snapshot taken after it (that would name code of the
+    /// new binary), only through the file the kernel recorded.
+    #[test]
+    fn samples_of_another_image_never_use_the_snapshot() {
+        let me = std::process::id();
+        let generations = FakeGenerations::default();
+        generations.0.store(4, std::sync::atomic::Ordering::Relaxed);
+        let mut table = ProcessTable::with_generations(Box::new(generations.clone()));
+        table.observe(me).unwrap();
+        assert_eq!(table.process(me).unwrap().exec_gen, Some(4));
+        let addr = marker as *const () as u64;
+        assert!(matches!(
+            table.resolve(me, 4, addr),
+            Resolved::Module { .. }
+        ));
+        assert_eq!(
+            table.resolve(me, 2, addr),
+            Resolved::Unknown(Unresolved::OtherImage)
+        );
+        table.add_file(recorded(&table, me, 2, addr));
+        assert!(matches!(
+            table.resolve(me, 2, addr),
+            Resolved::Module { .. }
+        ));
+        // An address the snapshot does not map, in the snapshot's image.
+        assert_eq!(
+            table.resolve(me, 4, 8),
+            Resolved::Unknown(Unresolved::NoMapping)
+        );
     }
 
     #[test]

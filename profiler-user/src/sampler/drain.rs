@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{SampleKey as KernelKey, StackHash, Stat, COMM_LEN, TRUNCATED_MARK};
 
-use super::stats::{CaptureStats, UnwindCounters};
+use super::stats::{CaptureStats, FileCounters, UnresolvedLeaves, UnwindCounters};
 use crate::kind::{Label, ProfileKind};
 
 /// One of the two map sets the kernel program alternates between.
@@ -52,6 +52,9 @@ pub struct Thread {
     pub tid: u32,
     /// Thread name (`comm`).
     pub comm: String,
+    /// The process's exec generation at the sample: which image of the
+    /// process (before or after an `exec`) the stacks belong to.
+    pub exec_gen: u32,
 }
 
 /// What decoded samples merge by: their kind, thread, stacks and labels.
@@ -154,7 +157,7 @@ pub fn lookup_stack(stacks: &HashMap<StackHash, Vec<u64>>, hash: StackHash) -> V
 /// mark decoded), and `labels`.
 pub fn decode_key(
     kind: ProfileKind,
-    (tgid, tid, comm): (u32, u32, &[u8; COMM_LEN]),
+    (tgid, tid, exec_gen, comm): (u32, u32, u32, &[u8; COMM_LEN]),
     user_stack: StackHash,
     kernel_stack: StackHash,
     stacks: &HashMap<StackHash, Vec<u64>>,
@@ -167,6 +170,7 @@ pub fn decode_key(
             tgid,
             tid,
             comm: comm_to_string(comm),
+            exec_gen,
         },
         user_stack,
         user_truncated,
@@ -188,7 +192,7 @@ pub fn assemble_cpu(
         .map(|(key, count)| RawSample {
             key: decode_key(
                 ProfileKind::Cpu,
-                (key.tgid, key.tid, &key.comm),
+                (key.tgid, key.tid, key.exec_gen, &key.comm),
                 key.user_stack,
                 key.kernel_stack,
                 stacks,
@@ -241,6 +245,12 @@ impl StatCounters {
                 no_progress: delta(Stat::UnwindStopNoProgress),
                 truncated: delta(Stat::UnwindTruncated),
             },
+            files: FileCounters {
+                recorded: delta(Stat::FilesRecorded),
+                lost: delta(Stat::FileRecordLost),
+                lookup_failed: delta(Stat::FileLookupFailed),
+            },
+            unresolved: UnresolvedLeaves::default(),
         }
     }
 }
@@ -258,6 +268,8 @@ mod tests {
             user_stack: user,
             kernel_stack: kernel,
             comm,
+            exec_gen: 0,
+            pad: 0,
         }
     }
 

@@ -7,8 +7,10 @@
 //! module is the only one that makes BPF and perf syscalls.
 
 pub mod drain;
+pub mod kernel_btf;
 pub mod off_cpu;
 pub mod policy;
+mod process_events;
 pub mod stats;
 mod unwind_maps;
 pub mod unwinder;
@@ -24,14 +26,16 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
-    kernel_kind, names, Config, DeepStack, NewProcess, OffCpuKey, OffCpuValue,
+    kernel_kind, names, Config, DeepStack, FileOffsets, OffCpuKey, OffCpuValue,
     SampleKey as KernelKey, Stack, StackHash, Stat,
 };
-use tokio::io::unix::AsyncFd;
 
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
 pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
 pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+pub use process_events::{
+    ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
+};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 
 use crate::kind::ProfileKind;
@@ -120,8 +124,10 @@ fn map_capacity(cpus: usize, per_cpu: u64) -> u32 {
 pub struct Started {
     /// The sampler.
     pub sampler: Sampler,
-    /// Processes sampled for the first time.
+    /// Processes sampled for the first time, and files of sampled frames.
     pub events: ProcessEvents,
+    /// Each process's exec generation.
+    pub exec_generations: KernelExecGenerations,
     /// With the table unwinder: the kernel maps tables go to, and the
     /// number of rows they hold (for a [`crate::unwind::loader::TableLoader`]).
     pub unwind_maps: Option<(KernelUnwindMaps, u32)>,
@@ -143,6 +149,10 @@ pub struct Sampler {
     active: MapSet,
     /// The kinds attached, each with its counters at the last drain.
     kinds: Vec<(ProfileKind, StatCounters)>,
+    /// Without the off-CPU kind: its block of counters at the last drain,
+    /// where the exit and exec programs count the files they look up
+    /// (reported with the CPU kind).
+    lifecycle: Option<StatCounters>,
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
@@ -244,9 +254,10 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::OFF_CPU_COUNTS[1]))?,
         ];
-        let ring: RingBuf<MapData> = take(names::NEW_PROCESSES)?
+        let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
-            .map_err(map_err(names::NEW_PROCESSES))?;
+            .map_err(map_err(names::PROCESS_EVENTS))?;
+        let exec_generations = KernelExecGenerations::new(take(names::EXEC_GEN)?)?;
         let counts = [
             take(names::COUNTS[0])?
                 .try_into()
@@ -276,6 +287,7 @@ impl Sampler {
             active_set: MapSet::Zero.index() as u32,
             flags: 0,
             off_cpu_period_ns: off_cpu::INITIAL_PERIOD_NS,
+            files: FileOffsets::default(),
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -295,7 +307,22 @@ impl Sampler {
         // The unwinding programs need kernel 5.17+ (bpf_loop); with frame
         // pointers only they are not loaded and their slots stay empty.
         let tables = matches!(policy.unwinder, Unwinder::Tables(_));
+        // Without the kernel's BTF there are no exec generations and no
+        // file recording (and no off-CPU profile, which says so below).
+        let btf = Btf::from_sys_fs().ok();
+        let file_offsets = file_offsets();
+        let mut files = file_offsets.is_some() && btf.is_some();
+        if let Some(btf) = &btf {
+            process_events::attach_exec(&mut ebpf, btf);
+        }
         if cpu {
+            if let (true, Some(btf)) = (files, &btf) {
+                files &= process_events::load_files_program(
+                    &mut ebpf,
+                    btf,
+                    process_events::FilesHook::Cpu(&mut tail_calls),
+                )?;
+            }
             if tables {
                 for (name, slot) in [
                     (names::UNWIND_PROGRAM, names::TAIL_UNWIND_USER),
@@ -310,7 +337,15 @@ impl Sampler {
             attach_cpu(&mut ebpf, &cpus, policy.frequency)?;
         }
         if off_cpu {
-            attach_off_cpu(&mut ebpf, tables, &mut off_cpu_tail_calls)?;
+            files &= attach_off_cpu(&mut ebpf, tables, files, &mut off_cpu_tail_calls)?;
+        }
+        if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
+            process_events::attach_files_exit(&mut ebpf, btf);
+            config.files = offsets;
+            config.flags |= Config::RECORD_FILES;
+            config_map
+                .set(0, config, 0)
+                .map_err(map_err(names::CONFIG))?;
         }
         let mut attached_kinds = Vec::new();
         if cpu {
@@ -332,6 +367,7 @@ impl Sampler {
             _tail_calls: (tail_calls, off_cpu_tail_calls),
             active: MapSet::Zero,
             kinds: attached_kinds,
+            lifecycle: None,
             attached: true,
             period_ns: policy.frequency.period_ns(),
             off_cpu: off_cpu.then(|| OffCpuState {
@@ -340,14 +376,13 @@ impl Sampler {
                 adapted: std::time::Instant::now(),
             }),
         };
-        for i in 0..sampler.kinds.len() {
-            sampler.kinds[i].1 = sampler.read_stats(sampler.kinds[i].0)?;
+        // The counters start at zero with the freshly created maps: no
+        // baseline to read (reading one after attaching would leave out
+        // the samples taken meanwhile, which the drains do see).
+        if !off_cpu {
+            sampler.lifecycle = Some(StatCounters::default());
         }
-        // SAFETY: the ring buffer owns its file descriptor and lives inside
-        // the AsyncFd, so the descriptor stays open while it is registered.
-        let ring = unsafe { AsyncFd::register(ring) }
-            .map_err(|err| SamplerError::Poll(io::Error::from(err)))?;
-        let events = ProcessEvents { ring };
+        let events = ProcessEvents::new(ring)?;
         let unwind_maps = match policy.unwinder {
             Unwinder::Tables(_) => Some((unwind_maps, table_rows)),
             Unwinder::FramePointers => None,
@@ -355,6 +390,7 @@ impl Sampler {
         Ok(Started {
             sampler,
             events,
+            exec_generations,
             unwind_maps,
         })
     }
@@ -419,6 +455,16 @@ impl Sampler {
             let now = self.read_stats(kind)?;
             stats.insert(kind, now.since(&last));
             self.kinds[i].1 = now;
+        }
+        if let Some(last) = self.lifecycle {
+            let now = self.read_stats(ProfileKind::OffCpu)?;
+            let files = now.since(&last).files;
+            self.lifecycle = Some(now);
+            if let Some(cpu) = stats.get_mut(&ProfileKind::Cpu) {
+                cpu.files.recorded += files.recorded;
+                cpu.files.lost += files.lost;
+                cpu.files.lookup_failed += files.lookup_failed;
+            }
         }
         if let (Some(state), Some(delta)) = (&mut self.off_cpu, stats.get(&ProfileKind::OffCpu)) {
             let kept = delta.recorded + delta.dropped;
@@ -596,14 +642,29 @@ fn kprobes_available() -> bool {
 /// tracepoint, or kprobes), then the switch-out to `sched_switch` (either
 /// order is correct: a switch-in without a noted switch-out is skipped).
 /// With `tables`, the hook's unwinding programs go into its slots of
-/// `tail_calls` (`[tracepoint, kprobe]`).
+/// `tail_calls` (`[tracepoint, kprobe]`), and with `files` its files
+/// program; returns whether that one was loaded.
 fn attach_off_cpu(
     ebpf: &mut Ebpf,
     tables: bool,
+    files: bool,
     tail_calls: &mut [ProgramArray<MapData>; 2],
-) -> Result<(), SamplerError> {
+) -> Result<bool, SamplerError> {
     let btf = Btf::from_sys_fs().map_err(SamplerError::Btf)?;
-    match switch_in_hook(&btf)? {
+    let [tracepoint_calls, kprobe_calls] = tail_calls;
+    let hook = switch_in_hook(&btf)?;
+    let files = files
+        && process_events::load_files_program(
+            ebpf,
+            &btf,
+            match hook {
+                SwitchIn::Tracepoint => {
+                    process_events::FilesHook::OffCpuTracepoint(tracepoint_calls)
+                }
+                SwitchIn::Kprobe(_) => process_events::FilesHook::OffCpuKprobe(kprobe_calls),
+            },
+        )?;
+    match hook {
         SwitchIn::Tracepoint => {
             if tables {
                 for (name, slot) in [
@@ -615,7 +676,7 @@ fn attach_off_cpu(
                         .load(names::SWITCH_IN_TRACEPOINT, &btf)
                         .map_err(tail_call_load_error(name))?;
                     let fd = program_fd(program.fd(), name)?;
-                    tail_calls[0]
+                    tracepoint_calls
                         .set(slot, &fd, 0)
                         .map_err(map_err(names::OFF_CPU_TAIL_CALLS))?;
                 }
@@ -640,7 +701,7 @@ fn attach_off_cpu(
                     (names::OFF_CPU_STORE_KPROBE, names::TAIL_UNWIND_STORE),
                 ] {
                     let fd = tail_called_kprobe(ebpf, name)?;
-                    tail_calls[1]
+                    kprobe_calls
                         .set(slot, &fd, 0)
                         .map_err(map_err(names::OFF_CPU_KPROBE_TAIL_CALLS))?;
                 }
@@ -671,7 +732,19 @@ fn attach_off_cpu(
         action: "attach the off-CPU program to tp_btf/sched_switch".into(),
         source,
     })?;
-    Ok(())
+    Ok(files)
+}
+
+/// The kernel struct offsets the files programs read, from the kernel's
+/// BTF; `None` (logged) when they cannot be found.
+fn file_offsets() -> Option<FileOffsets> {
+    let data = std::fs::read(kernel_btf::VMLINUX_BTF)
+        .map_err(|err| log::info!("file recording off: {}: {err}", kernel_btf::VMLINUX_BTF))
+        .ok()?;
+    kernel_btf::Btf::parse(&data)
+        .and_then(|btf| kernel_btf::file_offsets(&btf))
+        .map_err(|err| log::info!("file recording off: {err}"))
+        .ok()
 }
 
 /// What a failed load of the tail-called program `name` says.
@@ -768,43 +841,6 @@ fn quiesce() {
     if rc != 0 {
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Processes sampled for the first time, announced by the kernel program.
-pub struct ProcessEvents {
-    ring: AsyncFd<RingBuf<MapData>>,
-}
-
-impl ProcessEvents {
-    /// Waits for announcements and returns the tgids announced so far.
-    pub async fn next_batch(&mut self) -> Result<Vec<u32>, SamplerError> {
-        loop {
-            let mut guard = self.ring.readable_mut().await.map_err(SamplerError::Poll)?;
-            let tgids = read_events(guard.get_inner_mut());
-            guard.clear_ready();
-            if !tgids.is_empty() {
-                return Ok(tgids);
-            }
-        }
-    }
-
-    /// Returns the tgids announced so far without waiting.
-    pub fn try_batch(&mut self) -> Vec<u32> {
-        read_events(self.ring.get_mut())
-    }
-}
-
-fn read_events(ring: &mut RingBuf<MapData>) -> Vec<u32> {
-    let mut tgids = Vec::new();
-    while let Some(item) = ring.next() {
-        if item.len() >= std::mem::size_of::<NewProcess>() {
-            // SAFETY: the kernel wrote a `NewProcess` (plain integers) here;
-            // read_unaligned copes with any alignment.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<NewProcess>()) };
-            tgids.push(event.tgid);
-        }
-    }
-    tgids
 }
 
 #[cfg(test)]
@@ -923,7 +959,7 @@ mod tests {
             "the spinning test process must be sampled with a user stack"
         );
         assert!(
-            announced.contains(&me) || !announced.is_empty(),
+            announced.contains(&ProcessEvent::New(me)) || !announced.is_empty(),
             "new-process events arrive"
         );
     }

@@ -28,6 +28,54 @@ pub struct CaptureStats {
     pub interval_ns: u64,
     /// How user stacks were unwound.
     pub unwind: UnwindCounters,
+    /// The file mappings of sampled user frames the kernel recorded.
+    pub files: FileCounters,
+    /// Samples whose leaf user frame resolved to no file, by reason
+    /// (counted when the window is symbolized).
+    pub unresolved: UnresolvedLeaves,
+}
+
+/// What the kernel's files program did (see the eBPF side's `files`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FileCounters {
+    /// File mappings sent to userspace (once per process image and mapping).
+    pub recorded: u64,
+    /// Lost to a full ring buffer (sent again at a later sample), or
+    /// samples not walked because the kernel's per-process state was full.
+    pub lost: u64,
+    /// Frames whose mapping could not be looked up.
+    pub lookup_failed: u64,
+}
+
+/// Samples whose leaf user frame resolved to no file, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UnresolvedLeaves {
+    /// The process exited before its maps were read and the kernel
+    /// recorded no file for the frame.
+    pub process_gone: u64,
+    /// Only another image of the process (before or after an `exec`) was
+    /// snapshotted, and the kernel recorded no file for the frame.
+    pub other_image: u64,
+    /// The kernel recorded the file but no process mapping it was read
+    /// while alive, so hostprof never opened it.
+    pub file_not_open: u64,
+    /// In no file mapping: JIT or other anonymous code without a perf map.
+    pub no_mapping: u64,
+}
+
+impl UnresolvedLeaves {
+    /// Adds every counter of `other` to `self`.
+    pub fn add(&mut self, other: &UnresolvedLeaves) {
+        self.process_gone += other.process_gone;
+        self.other_image += other.other_image;
+        self.file_not_open += other.file_not_open;
+        self.no_mapping += other.no_mapping;
+    }
+
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.process_gone + self.other_image + self.file_not_open + self.no_mapping
+    }
 }
 
 /// What the kernel's table unwinder did: how many samples it unwound and
@@ -80,5 +128,9 @@ impl CaptureStats {
         self.intervals += other.intervals;
         self.interval_ns += other.interval_ns;
         self.unwind.add(&other.unwind);
+        self.files.recorded += other.files.recorded;
+        self.files.lost += other.files.lost;
+        self.files.lookup_failed += other.files.lookup_failed;
+        self.unresolved.add(&other.unresolved);
     }
 }

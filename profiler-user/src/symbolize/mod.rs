@@ -392,7 +392,7 @@ mod tests {
             module,
             file_offset,
             ..
-        } = processes.resolve(table_pid, addr)
+        } = processes.resolve(table_pid, 0, addr)
         else {
             panic!("own code must resolve to a module");
         };

@@ -14,6 +14,7 @@ mod workloads;
 
 mod agent;
 mod capabilities;
+mod churn;
 mod container;
 mod hostile;
 mod jit;

@@ -78,6 +78,9 @@ struct Recipe {
     /// The shared library of this table the program links against, built
     /// first into the same directory and found there at run time.
     links: Option<&'static str>,
+    /// Linked at a fixed address (`-no-pie`): two such programs' code
+    /// shares addresses.
+    fixed_address: bool,
 }
 
 const fn program(output: &'static str, source: &'static str, compiler: Compiler) -> Recipe {
@@ -87,6 +90,7 @@ const fn program(output: &'static str, source: &'static str, compiler: Compiler)
         compiler,
         shared_library: false,
         links: None,
+        fixed_address: false,
     }
 }
 
@@ -96,6 +100,15 @@ const RECIPES: &[Recipe] = &[
     // With frame pointers.
     program("cpu_chain", "cpu_chain.c", C_FRAME_POINTERS),
     program("short_lived", "cpu_chain.c", C_FRAME_POINTERS),
+    // Work before an exec (issue 14, finding 4).
+    Recipe {
+        fixed_address: true,
+        ..program("launcher", "launcher.c", C_FRAME_POINTERS)
+    },
+    Recipe {
+        fixed_address: true,
+        ..program("cpu_chain_nopie", "cpu_chain.c", C_FRAME_POINTERS)
+    },
     program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
     program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
     program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
@@ -152,6 +165,9 @@ fn build_one(dir: &Path, name: &str, built: &mut Vec<&'static str>) -> Result<()
     }
     let mut cmd = Command::new(recipe.compiler.program);
     cmd.args(recipe.compiler.flags);
+    if recipe.fixed_address {
+        cmd.args(["-fno-pie", "-no-pie"]);
+    }
     if recipe.shared_library {
         cmd.args(["-shared", "-fPIC"]);
     }

@@ -1,0 +1,83 @@
+//! Exec generations: which image of a process a sample was taken in.
+//!
+//! `exec` replaces a process's mappings under the same tgid. A sample taken
+//! before it (a shell wrapper, a `gosu`-style launcher) and resolved
+//! against the mappings after it names code of the wrong binary. So every
+//! sample carries the process's exec generation, `EXEC_GEN[tgid]`, bumped
+//! by these programs; userspace reads the same map around each snapshot of
+//! `/proc/PID/maps` and only resolves a sample against a snapshot of its
+//! own generation.
+//!
+//! - `tp_btf/sched_prepare_exec` (6.10+) bumps it as an exec begins, before
+//!   the mappings change, and `tp_btf/sched_process_exec` once it is done:
+//!   a snapshot that read the same generation before and after cannot mix
+//!   two images. Without the first (older kernels) one bump remains; a
+//!   snapshot taken during the few microseconds between the switch of the
+//!   mappings and the tracepoint is then the only mix-up left.
+//! - An exec that fails after `sched_prepare_exec` leaves one extra bump:
+//!   samples after it get a new generation, and userspace snapshots again.
+//! - The map is LRU: a process evicted from it reads generation 0 again,
+//!   which userspace sees as a new image and snapshots again.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, map},
+    maps::LruHashMap,
+    programs::BtfTracePointContext,
+};
+
+use crate::files;
+
+/// Processes whose generation is kept; the least recently sampled go
+/// first (an LRU map is allocated whole: ~1 MiB).
+const PROCESSES: u32 = 16_384;
+
+#[map(name = "EXEC_GEN")]
+static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(PROCESSES, 0);
+
+/// An exec begins (`sched_prepare_exec(task, bprm)`, Linux 6.10+): the
+/// old image's waiting frames are looked up while its mappings exist, its
+/// file state goes, and the generation moves on.
+#[btf_tracepoint(function = "sched_prepare_exec")]
+pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let old = generation(tgid);
+    files::flush(old);
+    files::forget(tgid, old);
+    bump();
+    0
+}
+
+/// An exec succeeded (`sched_process_exec(task, old_pid, bprm)`): the file
+/// state of the image between the two bumps (samples inside `execve`) goes.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn exec_done(_ctx: BtfTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    files::forget(tgid, generation(tgid));
+    bump();
+    0
+}
+
+/// Adds one to the current process's generation. Both tracepoints run in
+/// the exec'ing task, whose tgid is the process's (after `de_thread`, the
+/// exec'ing thread is the leader).
+#[inline(always)]
+fn bump() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(generation) = EXEC_GEN.get_ptr_mut(tgid) {
+        // SAFETY: a live map value; only this process's own exec writes
+        // it, and a process execs in one thread at a time.
+        unsafe { *generation = (*generation).wrapping_add(1) };
+    } else {
+        // Another exec of the same tgid cannot race this one.
+        let _ = EXEC_GEN.insert(tgid, 1, BPF_NOEXIST as u64);
+    }
+}
+
+/// The exec generation of `tgid` (0 before its first exec seen).
+#[inline(always)]
+pub fn generation(tgid: u32) -> u32 {
+    // SAFETY: a plain read of a live map value.
+    unsafe { EXEC_GEN.get(tgid) }.copied().unwrap_or(0)
+}

@@ -1,0 +1,541 @@
+//! Which file each sampled user frame is in, recorded at sample time.
+//!
+//! Userspace resolves a user address through its snapshot of the
+//! process's `/proc/PID/maps`. A process that lives a few milliseconds is
+//! often gone before that snapshot is taken, and a process that `exec`s
+//! has other mappings afterwards. So, after a sample is counted, the kind
+//! tail-calls its files program, which walks the sample's user frames and
+//! looks the mapping of each one it has not seen yet up with
+//! `bpf_find_vma` (5.17+): start, end, file offset, and the file's device
+//! and inode, sent once per process image (tgid, exec generation) and
+//! mapping on `PROCESS_EVENTS`. Userspace then resolves the frame through
+//! any open file with that identity, after the process is gone, and
+//! against the image the sample was taken in.
+//!
+//! `bpf_find_vma` defers the address-space unlock to an irq_work when
+//! interrupts are off, and fails while that work is pending: from the
+//! CPU-clock interrupt, one lookup per sample succeeds. The frames it could
+//! not look up wait in the image's `FILES_STATE` entry and are looked up
+//! where interrupts are on and the mappings still exist: at the next
+//! off-CPU sample, as the process `exec`s (`sched_prepare_exec`, before the
+//! mappings change) and as its threads exit (`sched_process_exit`, which
+//! runs before the address space is released on 6.16+).
+//!
+//! Cost: per frame, a range check against the mapping of the previous
+//! frame; per mapping change, a lookup of the image's entry; nothing at
+//! all when this CPU's previous walk was the same image and stack. Kernels
+//! without `bpf_find_vma` leave the tail-call slots empty and samples
+//! resolve through `/proc` snapshots alone.
+
+use core::mem::size_of;
+
+use aya_ebpf::cty::c_void;
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{
+            bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel as read_raw,
+        },
+    },
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    programs::BtfTracePointContext,
+    EbpfContext,
+};
+use profiler_common::{
+    kernel_kind, names, Config, DeepStack, FileOffsets, ProcessEvent, Stack, StackHash, Stat,
+    DEEP_STACK_DEPTH, MAX_STACK_DEPTH, TRUNCATED_MARK,
+};
+
+use crate::exec;
+use crate::stack::{self, Kind};
+
+/// Process images with an entry at once (allocated on use, removed as
+/// the process exits).
+const IMAGES: u32 = 16_384;
+/// Mappings remembered per image; past them the oldest is forgotten (and
+/// sent again if a frame needs it again).
+const RANGES: usize = 16;
+/// Frames waiting for a lookup per image (a power of two).
+const PENDING: usize = 8;
+const _: () = assert!(PENDING.is_power_of_two());
+/// `-EBUSY`: the address space's unlock is still pending.
+const EBUSY: i64 = -16;
+
+/// A process image: (tgid, exec generation).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Image {
+    tgid: u32,
+    exec_gen: u32,
+}
+
+/// What is known of an image's mappings.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ImageFiles {
+    /// Mappings sent, `[start, end)`; slot `next % RANGES` is replaced next.
+    ranges: [[u64; 2]; RANGES],
+    next: u32,
+    /// Frames in `pending`, at the front.
+    pending_count: u32,
+    pending: [u64; PENDING],
+}
+
+#[map(name = "FILES_STATE")]
+static FILES_STATE: HashMap<Image, ImageFiles> =
+    HashMap::with_max_entries(IMAGES, BPF_F_NO_PREALLOC);
+
+/// An all-zero `ImageFiles` that new entries are copied from (too large
+/// for the 512-byte BPF stack); never written.
+#[map(name = "FILES_EMPTY")]
+static FILES_EMPTY: Array<ImageFiles> = Array::with_max_entries(1, 0);
+
+/// The sample a kind hands to its files program, and the one its files
+/// program walked last, per CPU.
+#[derive(Clone, Copy)]
+struct Pending {
+    tgid: u32,
+    exec_gen: u32,
+    stack: StackHash,
+    set: u32,
+    last_tgid: u32,
+    last_exec_gen: u32,
+    last_stack: StackHash,
+}
+
+#[map(name = "FILES_PENDING")]
+static FILES_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// Hands a counted sample's user stack to the kind's files program in
+/// slot `TAIL_RECORD_FILES` of `programs`. Returns when there is nothing
+/// to walk or the slot is empty (no `bpf_find_vma`).
+#[inline(always)]
+pub fn walk_in_tail_call<C: EbpfContext>(
+    ctx: &C,
+    programs: &ProgramArray,
+    kind: Kind,
+    tgid: u32,
+    exec_gen: u32,
+    user_stack: StackHash,
+    set: u32,
+) {
+    if tgid == 0 || user_stack == 0 {
+        return;
+    }
+    let Some(pending) = FILES_PENDING.get_ptr_mut(kind.index()) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of the kind; a kind's programs do not nest
+    // on one CPU.
+    let pending = unsafe { &mut *pending };
+    if pending.last_tgid == tgid
+        && pending.last_exec_gen == exec_gen
+        && pending.last_stack == user_stack
+    {
+        return; // walked just before
+    }
+    pending.tgid = tgid;
+    pending.exec_gen = exec_gen;
+    pending.stack = user_stack;
+    pending.set = set;
+    // SAFETY: the slot holds the files program of the caller's type (and
+    // hook), or nothing.
+    let _ = unsafe { programs.tail_call(ctx, names::TAIL_RECORD_FILES) };
+}
+
+/// The body of each kind's files program: looks up the frames the image
+/// still has waiting, then walks the pending sample's user stack.
+#[inline(always)]
+pub fn record(kind: Kind) {
+    let Some(config) = kind.config() else {
+        return;
+    };
+    if config.flags & Config::RECORD_FILES == 0 {
+        return;
+    }
+    let (Some(pending), Some(scratch)) = (FILES_PENDING.get_ptr_mut(kind.index()), kind.scratch())
+    else {
+        return;
+    };
+    // SAFETY: this CPU's slot of the kind; see `walk_in_tail_call`.
+    let pending = unsafe { &mut *pending };
+    let image = Image {
+        tgid: pending.tgid,
+        exec_gen: pending.exec_gen,
+    };
+    if !ensure_entry(&image) {
+        kind.bump(Stat::FileRecordLost); // FILES_STATE is full
+        return;
+    }
+    look_up_waiting(kind, &image, config.files);
+    if !copy_stack(pending.stack, pending.set, scratch) {
+        return; // drained meanwhile
+    }
+    pending.last_tgid = pending.tgid;
+    pending.last_exec_gen = pending.exec_gen;
+    pending.last_stack = pending.stack;
+    let mut walk = Walk {
+        kind: kind.index(),
+        busy: 0,
+        image,
+        last_start: 0,
+        last_end: 0,
+        offsets: config.files,
+    };
+    // SAFETY: `file_of_frame` has the callback signature bpf_loop
+    // expects; its context is `walk`, on this stack for the whole loop.
+    unsafe {
+        bpf_loop(
+            DEEP_STACK_DEPTH as u32,
+            file_of_frame as *mut c_void,
+            (&mut walk as *mut Walk).cast(),
+            0,
+        )
+    };
+}
+
+/// Creates `image`'s entry unless it has one; false when the map is full.
+#[inline(always)]
+fn ensure_entry(image: &Image) -> bool {
+    if FILES_STATE.get_ptr(image).is_some() {
+        return true;
+    }
+    let Some(empty) = FILES_EMPTY.get(0) else {
+        return false;
+    };
+    // Another CPU may have created it meanwhile: fine either way.
+    let _ = FILES_STATE.insert(image, empty, BPF_NOEXIST as u64);
+    FILES_STATE.get_ptr(image).is_some()
+}
+
+/// Looks up the frames `image` has waiting (from samples taken with
+/// interrupts off); those still busy wait on.
+#[inline(always)]
+fn look_up_waiting(kind: Kind, image: &Image, offsets: FileOffsets) {
+    let Some(files) = FILES_STATE.get_ptr_mut(image) else {
+        return;
+    };
+    // SAFETY: a live map value; see `file_of_frame` on concurrent writers.
+    let count = unsafe { (*files).pending_count } as usize;
+    if count == 0 {
+        return;
+    }
+    let mut walk = Walk {
+        kind: kind.index(),
+        busy: 0,
+        image: *image,
+        last_start: 0,
+        last_end: 0,
+        offsets,
+    };
+    // SAFETY: `waiting_frame` has the callback signature bpf_loop
+    // expects; its context is `walk`, on this stack for the whole loop.
+    unsafe {
+        bpf_loop(
+            count as u32,
+            waiting_frame as *mut c_void,
+            (&mut walk as *mut Walk).cast(),
+            0,
+        )
+    };
+}
+
+/// One waiting frame of `walk.image`, a `bpf_loop` callback whose context
+/// is a [`Walk`]: taken off the list (the last one first) and looked up,
+/// waiting again if the lookup is still busy.
+#[inline(never)]
+extern "C" fn waiting_frame(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `look_up_waiting` passes a pointer to its `Walk`.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    if walk.busy != 0 {
+        return 1;
+    }
+    let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {
+        return 1;
+    };
+    // SAFETY: a live map value; see `look_up` on concurrent writers.
+    let files = unsafe { &mut *files };
+    let count = files.pending_count;
+    if count == 0 || count as usize > PENDING {
+        return 1;
+    }
+    let last = count - 1;
+    let addr = files.pending[bounded(last as usize)];
+    files.pending_count = last;
+    look_up(walk, addr);
+    0
+}
+
+/// Looks up what `image` (the current process's) still has waiting, where
+/// interrupts are on: as it execs and as its threads exit. Counted in the
+/// off-CPU kind's counters: like the off-CPU programs, these tracepoints
+/// run with preemption off, so neither interrupts the other on a CPU
+/// (only the CPU kind's interrupt can, and it has its own counters).
+#[inline(always)]
+pub fn flush(image_gen: u32) {
+    let Some(config) = Kind::OFF_CPU.config() else {
+        return;
+    };
+    if config.flags & Config::RECORD_FILES == 0 {
+        return;
+    }
+    let image = Image {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exec_gen: image_gen,
+    };
+    look_up_waiting(Kind::OFF_CPU, &image, config.files);
+}
+
+/// A thread exits (`sched_process_exit(task, group_dead)`): its process's
+/// waiting frames are looked up while the mappings exist, and the entry
+/// goes with the last thread.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let exec_gen = exec::generation(tgid);
+    flush(exec_gen);
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 1 != 0 {
+        forget(tgid, exec_gen);
+    }
+    0
+}
+
+/// Drops what is known of the image (`tgid`, `exec_gen`): it exited, or
+/// exec'd into another.
+#[inline(always)]
+pub fn forget(tgid: u32, exec_gen: u32) {
+    let _ = FILES_STATE.remove(&Image { tgid, exec_gen });
+}
+
+/// Copies the stack stored under `hash` in set `set` into `scratch`,
+/// zero-terminated; false when it is in neither of the set's maps.
+#[inline(always)]
+fn copy_stack(hash: StackHash, set: u32, scratch: *mut DeepStack) -> bool {
+    let maps = stack::stack_set_at(set);
+    if let Some(stack) = maps.stacks.get_ptr(hash) {
+        // SAFETY: `stack` is a live map value of `size_of::<Stack>()`
+        // bytes, `scratch` this CPU's slot of the kind, larger.
+        let copied = unsafe { read_raw(scratch.cast(), size_of::<Stack>() as u32, stack.cast()) };
+        // SAFETY: as above; the slot after a `Stack`'s frames ends them.
+        unsafe { (*scratch).frames[MAX_STACK_DEPTH] = 0 };
+        return copied == 0;
+    }
+    if let Some(stack) = maps.deep_stacks.get_ptr(hash) {
+        // SAFETY: as above, with a `DeepStack` (the scratch's own size).
+        let copied =
+            unsafe { read_raw(scratch.cast(), size_of::<DeepStack>() as u32, stack.cast()) };
+        return copied == 0;
+    }
+    false
+}
+
+/// A walk's state, the `bpf_loop` context.
+#[repr(C)]
+struct Walk {
+    kind: u32,
+    /// A lookup failed with `-EBUSY`: the others of this run would too.
+    busy: u32,
+    image: Image,
+    /// The mapping of the previous frame.
+    last_start: u64,
+    last_end: u64,
+    offsets: FileOffsets,
+}
+
+/// What `bpf_find_vma`'s callback read of the mapping.
+#[repr(C)]
+struct Vma {
+    offsets: FileOffsets,
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    inode: u64,
+    dev: u32,
+    found: u32,
+}
+
+/// One frame of the walk, a `bpf_loop` callback whose context is a
+/// [`Walk`]; returns 1 (stop) at the end of the stack.
+#[inline(never)]
+extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `record` passes a pointer to its `Walk`.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(scratch) = Kind::from_index(walk.kind).scratch() else {
+        return 1;
+    };
+    let i = index as usize;
+    if i >= DEEP_STACK_DEPTH {
+        return 1;
+    }
+    // SAFETY: this CPU's scratch slot of the kind, filled by `record`.
+    let addr = unsafe { (*scratch).frames[i] };
+    if addr == 0 || addr == TRUNCATED_MARK {
+        return 1;
+    }
+    look_up(walk, addr);
+    0
+}
+
+/// Finds the mapping of `addr` unless the walk or the image knows it, and
+/// sends it; when the lookup is busy, leaves `addr` waiting. A function of
+/// its own: the verifier checks it once, not at each call.
+#[inline(never)]
+fn look_up(walk: &mut Walk, addr: u64) {
+    if walk.last_start <= addr && addr < walk.last_end {
+        return; // same mapping as the previous frame
+    }
+    let kind = Kind::from_index(walk.kind);
+    let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {
+        return;
+    };
+    // SAFETY: a live map value. Two CPUs sampling threads of one process
+    // at once may both write it; the worst outcome is a mapping sent
+    // twice or a waiting frame lost, never a wrong mapping.
+    let files = unsafe { &mut *files };
+    for range in files.ranges.iter() {
+        if range[0] <= addr && addr < range[1] {
+            walk.last_start = range[0];
+            walk.last_end = range[1];
+            return;
+        }
+    }
+    if walk.busy != 0 {
+        wait(files, addr);
+        return;
+    }
+    let mut vma = Vma {
+        offsets: walk.offsets,
+        start: 0,
+        end: 0,
+        file_offset: 0,
+        inode: 0,
+        dev: 0,
+        found: 0,
+    };
+    // SAFETY: the current task is a valid BTF task pointer; `read_vma`
+    // has the callback signature bpf_find_vma expects and `vma` lives on
+    // this stack for the call.
+    let result = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            read_vma as *mut c_void,
+            (&mut vma as *mut Vma).cast(),
+            0,
+        )
+    };
+    if result == EBUSY {
+        walk.busy = 1;
+        wait(files, addr);
+        return;
+    }
+    if result != 0 || vma.found == 0 || vma.end <= addr {
+        kind.bump(Stat::FileLookupFailed);
+        return;
+    }
+    walk.last_start = vma.start;
+    walk.last_end = vma.end;
+    let slot = (files.next as usize) % RANGES;
+    files.ranges[slot] = [vma.start, vma.end];
+    files.next = files.next.wrapping_add(1);
+    if vma.inode == 0 {
+        return; // anonymous memory (JIT code): nothing to send
+    }
+    let event = ProcessEvent {
+        kind: ProcessEvent::FILE,
+        tgid: walk.image.tgid,
+        exec_gen: walk.image.exec_gen,
+        dev: vma.dev,
+        start: vma.start,
+        end: vma.end,
+        file_offset: vma.file_offset,
+        inode: vma.inode,
+    };
+    if stack::send_event(&event) {
+        kind.bump(Stat::FilesRecorded);
+    } else {
+        kind.bump(Stat::FileRecordLost);
+        // Forget it so a later sample sends it again.
+        files.ranges[slot] = [0, 0];
+    }
+}
+
+/// `index` masked into `pending`'s bounds where the verifier sees it (a
+/// volatile read, so the compiler cannot drop the mask as redundant with
+/// the caller's check).
+#[inline(always)]
+fn bounded(index: usize) -> usize {
+    // SAFETY: reads a local.
+    unsafe { core::ptr::read_volatile(&index) & (PENDING - 1) }
+}
+
+/// Leaves `addr` for a later lookup, unless the image has enough waiting.
+#[inline(always)]
+fn wait(files: &mut ImageFiles, addr: u64) {
+    let count = files.pending_count as usize;
+    if count < PENDING {
+        files.pending[bounded(count)] = addr;
+        files.pending_count += 1;
+    }
+}
+
+/// `bpf_find_vma`'s callback: reads the mapping's range and file identity
+/// into the [`Vma`] context, through the offsets userspace took from BTF.
+#[inline(never)]
+extern "C" fn read_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    // SAFETY: `file_of_frame` passes a pointer to its `Vma`.
+    let out = unsafe { &mut *(ctx as *mut Vma) };
+    let offsets = out.offsets;
+    // The address as a number: the fields are read with
+    // bpf_probe_read_kernel at offsets only known at run time.
+    let base = launder(vma as u64);
+    let (Some(start), Some(end), Some(pgoff), Some(file)) = (
+        read_u64(base, offsets.vma_start),
+        read_u64(base, offsets.vma_end),
+        read_u64(base, offsets.vma_pgoff),
+        read_u64(base, offsets.vma_file),
+    ) else {
+        return 0;
+    };
+    out.start = start;
+    out.end = end;
+    out.found = 1;
+    if file == 0 {
+        return 0;
+    }
+    let Some(inode) = read_u64(file, offsets.file_inode).filter(|&p| p != 0) else {
+        return 0;
+    };
+    let (Some(ino), Some(sb)) = (
+        read_u64(inode, offsets.inode_ino),
+        read_u64(inode, offsets.inode_sb),
+    ) else {
+        return 0;
+    };
+    let Some(dev) = read_u64(sb, offsets.sb_dev) else {
+        return 0;
+    };
+    out.file_offset = pgoff << 12;
+    out.inode = ino;
+    out.dev = dev as u32; // s_dev is a 32-bit dev_t
+    0
+}
+
+/// Reads the 8 bytes at `base + offset` of kernel memory.
+#[inline(always)]
+fn read_u64(base: u64, offset: u32) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad one is an
+    // error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const u64) }.ok()
+}
+
+/// `value` as a plain number the verifier does not track as a pointer
+/// (it forbids arithmetic with unknown offsets on BTF pointers).
+#[inline(always)]
+fn launder(value: u64) -> u64 {
+    // SAFETY: reads 8 bytes of this stack frame.
+    unsafe { bpf_probe_read_kernel(&value as *const u64) }.unwrap_or(0)
+}

@@ -1,0 +1,332 @@
+//! What the kernel tells userspace while it samples, beside the samples:
+//! processes sampled for the first time and the file mappings of sampled
+//! user frames (the `PROCESS_EVENTS` ring buffer), and each process's exec
+//! generation (the `EXEC_GEN` map).
+//!
+//! Loading the programs behind them is here too: the exec tracepoints and
+//! each kind's files program (see the eBPF side's `exec` and `files`
+//! modules). Both are optional: a kernel without `sched_prepare_exec`
+//! (older than 6.10) keeps one exec bump, one without `bpf_find_vma`
+//! (older than 5.17) records no files, and samples resolve through
+//! `/proc` snapshots alone, as they did before.
+
+use aya::maps::{HashMap, MapData, MapError, ProgramArray, RingBuf};
+use aya::{Btf, Ebpf};
+use profiler_common::{names, ProcessEvent as KernelEvent};
+use tokio::io::unix::AsyncFd;
+
+use super::SamplerError;
+
+/// A file mapping that held a sampled user frame, as the kernel saw it at
+/// the sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileMapping {
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// The process's exec generation at the sample.
+    pub exec_gen: u32,
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Offset in the file of `start`.
+    pub file_offset: u64,
+    /// The file's device as (major, minor), as `/proc/PID/maps` prints it.
+    pub dev: (u32, u32),
+    /// The file's inode number.
+    pub inode: u64,
+}
+
+/// One event of the ring buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// A process sampled for the first time: snapshot it while it lives.
+    New(u32),
+    /// A file mapping of a sampled user frame.
+    File(FileMapping),
+}
+
+impl ProcessEvent {
+    /// Decodes one ring-buffer record; `None` for a record of another size
+    /// or kind (an object built from other sources).
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != std::mem::size_of::<KernelEvent>() {
+            return None;
+        }
+        // SAFETY: the length matches and `KernelEvent` is plain integers,
+        // valid for any bits; read_unaligned copes with any alignment.
+        let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelEvent>()) };
+        match event.kind {
+            KernelEvent::NEW => Some(Self::New(event.tgid)),
+            KernelEvent::FILE => Some(Self::File(FileMapping {
+                tgid: event.tgid,
+                exec_gen: event.exec_gen,
+                start: event.start,
+                end: event.end,
+                file_offset: event.file_offset,
+                // The kernel's dev_t: major in the top 12 bits of 32.
+                dev: (event.dev >> 20, event.dev & 0xf_ffff),
+                inode: event.inode,
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// The stream of [`ProcessEvent`]s.
+pub struct ProcessEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl ProcessEvents {
+    pub(super) fn new(ring: RingBuf<MapData>) -> Result<Self, SamplerError> {
+        // SAFETY: the ring buffer owns its file descriptor and lives inside
+        // the AsyncFd, so the descriptor stays open while it is registered.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|err| SamplerError::Poll(std::io::Error::from(err)))?;
+        Ok(Self { ring })
+    }
+
+    /// Waits for events and returns those that arrived so far.
+    pub async fn next_batch(&mut self) -> Result<Vec<ProcessEvent>, SamplerError> {
+        loop {
+            let mut guard = self.ring.readable_mut().await.map_err(SamplerError::Poll)?;
+            let events = read_events(guard.get_inner_mut());
+            guard.clear_ready();
+            if !events.is_empty() {
+                return Ok(events);
+            }
+        }
+    }
+
+    /// Returns the events that arrived so far without waiting.
+    pub fn try_batch(&mut self) -> Vec<ProcessEvent> {
+        read_events(self.ring.get_mut())
+    }
+}
+
+fn read_events(ring: &mut RingBuf<MapData>) -> Vec<ProcessEvent> {
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        events.extend(ProcessEvent::decode(&item));
+    }
+    events
+}
+
+/// Each process's exec generation, as the samples carry it.
+pub trait ExecGenerations {
+    /// The current generation of `tgid` (0 before its first exec seen).
+    fn generation(&self, tgid: u32) -> u32;
+}
+
+/// No exec tracking (tests, or a kernel without the tracepoints): every
+/// process stays at generation 0, as every sample does.
+impl ExecGenerations for () {
+    fn generation(&self, _tgid: u32) -> u32 {
+        0
+    }
+}
+
+/// The kernel's `EXEC_GEN` map.
+pub struct KernelExecGenerations {
+    map: HashMap<MapData, u32, u32>,
+}
+
+impl ExecGenerations for KernelExecGenerations {
+    fn generation(&self, tgid: u32) -> u32 {
+        // Absent: never exec'd since the programs were attached (or
+        // evicted, which the samples read as 0 too).
+        self.map.get(&tgid, 0).unwrap_or(0)
+    }
+}
+
+impl KernelExecGenerations {
+    pub(super) fn new(map: aya::maps::Map) -> Result<Self, SamplerError> {
+        Ok(Self {
+            map: map
+                .try_into()
+                .map_err(|source: MapError| SamplerError::Map {
+                    map: names::EXEC_GEN,
+                    source,
+                })?,
+        })
+    }
+}
+
+/// Loads and attaches the exec tracepoints; false (logged) when the kernel
+/// lacks `sched_process_exec` as a BTF tracepoint, and samples then carry
+/// generation 0.
+pub(super) fn attach_exec(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+    let mut attached = true;
+    for (name, tracepoint) in [
+        (names::EXEC_DONE, names::EXEC_DONE_TRACEPOINT),
+        (names::EXEC_BEGIN, names::EXEC_BEGIN_TRACEPOINT),
+    ] {
+        if let Err(err) = attach_tracepoint(ebpf, btf, name, tracepoint) {
+            let fallback = if name == names::EXEC_BEGIN {
+                "snapshots taken during an exec may mix two images for a few microseconds"
+            } else {
+                "samples taken before an exec resolve only through recorded files"
+            };
+            log::info!(
+                "exec tracking: {name} not attached to tp_btf/{tracepoint} ({:#}); {fallback}",
+                anyhow::Error::from(err)
+            );
+            attached &= name == names::EXEC_BEGIN;
+        }
+    }
+    attached
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), SamplerError> {
+    let program = super::btf_tracepoint(ebpf, name)?;
+    let failed = |action: String| move |source| SamplerError::Program { action, source };
+    program
+        .load(tracepoint, btf)
+        .map_err(failed(format!("load {name} (verifier)")))?;
+    program
+        .attach()
+        .map_err(failed(format!("attach {name} to tp_btf/{tracepoint}")))?;
+    Ok(())
+}
+
+/// Attaches the program that looks up a process's waiting frames as its
+/// threads exit (logged when it cannot: those frames then stay unresolved
+/// unless the process was snapshotted).
+pub(super) fn attach_files_exit(ebpf: &mut Ebpf, btf: &Btf) {
+    if let Err(err) = attach_tracepoint(ebpf, btf, names::FILES_EXIT, names::FILES_EXIT_TRACEPOINT)
+    {
+        log::info!(
+            "{} not attached ({:#}): frames sampled in interrupts of processes that exit \
+             before their maps are read stay unresolved",
+            names::FILES_EXIT,
+            anyhow::Error::from(err)
+        );
+    }
+}
+
+/// Where a kind's files program goes.
+pub(super) enum FilesHook<'a> {
+    /// The CPU kind's perf-event program array.
+    Cpu(&'a mut ProgramArray<MapData>),
+    /// The off-CPU tracepoint switch-in's array.
+    OffCpuTracepoint(&'a mut ProgramArray<MapData>),
+    /// The off-CPU kprobe switch-in's array.
+    OffCpuKprobe(&'a mut ProgramArray<MapData>),
+}
+
+/// Loads the files program of `hook` into its slot; false (logged once by
+/// the caller) when the verifier refuses it (no `bpf_find_vma`: Linux
+/// older than 5.17).
+pub(super) fn load_files_program(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: FilesHook<'_>,
+) -> Result<bool, SamplerError> {
+    let (name, array_name, loaded) = match hook {
+        FilesHook::Cpu(array) => {
+            let name = names::CPU_FILES;
+            (
+                name,
+                names::TAIL_CALLS,
+                super::tail_called_program(ebpf, name).map(|fd| (fd, array)),
+            )
+        }
+        FilesHook::OffCpuTracepoint(array) => {
+            let name = names::OFF_CPU_FILES;
+            let program = super::btf_tracepoint(ebpf, name)?;
+            let loaded = program
+                .load(names::SWITCH_IN_TRACEPOINT, btf)
+                .map_err(super::tail_call_load_error(name))
+                .and_then(|()| super::program_fd(program.fd(), name))
+                .map(|fd| (fd, array));
+            (name, names::OFF_CPU_TAIL_CALLS, loaded)
+        }
+        FilesHook::OffCpuKprobe(array) => {
+            let name = names::OFF_CPU_FILES_KPROBE;
+            (
+                name,
+                names::OFF_CPU_KPROBE_TAIL_CALLS,
+                super::tail_called_kprobe(ebpf, name).map(|fd| (fd, array)),
+            )
+        }
+    };
+    match loaded {
+        Ok((fd, array)) => {
+            array
+                .set(names::TAIL_RECORD_FILES, &fd, 0)
+                .map_err(|source| SamplerError::Map {
+                    map: array_name,
+                    source,
+                })?;
+            Ok(true)
+        }
+        Err(err) => {
+            log::info!(
+                "{name} not loaded ({:#}): frames of processes that exit before their maps \
+                 are read stay unresolved (bpf_find_vma needs Linux 5.17+)",
+                anyhow::Error::from(err)
+            );
+            Ok(false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(event: &KernelEvent) -> Vec<u8> {
+        // SAFETY: plain integers, no padding (profiler-common checks sizes).
+        unsafe {
+            std::slice::from_raw_parts(
+                (event as *const KernelEvent).cast::<u8>(),
+                std::mem::size_of::<KernelEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_both_kinds_and_refuses_others() {
+        let new = KernelEvent {
+            kind: KernelEvent::NEW,
+            tgid: 42,
+            ..KernelEvent::default()
+        };
+        assert_eq!(
+            ProcessEvent::decode(&bytes(&new)),
+            Some(ProcessEvent::New(42))
+        );
+        let file = KernelEvent {
+            kind: KernelEvent::FILE,
+            tgid: 42,
+            exec_gen: 2,
+            dev: (259 << 20) | 3,
+            start: 0x1000,
+            end: 0x5000,
+            file_offset: 0x2000,
+            inode: 77,
+        };
+        assert_eq!(
+            ProcessEvent::decode(&bytes(&file)),
+            Some(ProcessEvent::File(FileMapping {
+                tgid: 42,
+                exec_gen: 2,
+                start: 0x1000,
+                end: 0x5000,
+                file_offset: 0x2000,
+                dev: (259, 3),
+                inode: 77,
+            }))
+        );
+        let other = KernelEvent { kind: 9, ..new };
+        assert_eq!(ProcessEvent::decode(&bytes(&other)), None);
+        assert_eq!(ProcessEvent::decode(&bytes(&new)[..4]), None);
+    }
+}
