@@ -109,6 +109,21 @@ fn emit(
     metric.encode(encoder.encode_descriptor(name, help, unit, metric_type)?)
 }
 
+/// Writes one counter family, a counter per value of `label`.
+fn emit_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[(&str, u64)],
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for &(value_of_label, value) in values {
+        ConstCounter::new(value).encode(family.encode_family(&[(label, value_of_label)])?)?;
+    }
+    Ok(())
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = (self.0)();
@@ -128,21 +143,18 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(p.capture.filtered),
         )?;
-        let dropped = [
-            ("map_full", p.capture.dropped),
-            ("user_stack_error", p.capture.user_stack_errors),
-            ("kernel_stack_error", p.capture.kernel_stack_errors),
-            ("stack_not_stored", p.capture.stacks_lost),
-        ];
-        let mut family = e.encode_descriptor(
+        emit_counters(
+            &mut e,
             "samples_dropped",
             "Samples lost or degraded, by reason (stack errors keep the sample without that stack)",
-            None,
-            MetricType::Counter,
+            "reason",
+            &[
+                ("map_full", p.capture.dropped),
+                ("user_stack_error", p.capture.user_stack_errors),
+                ("kernel_stack_error", p.capture.kernel_stack_errors),
+                ("stack_not_stored", p.capture.stacks_lost),
+            ],
         )?;
-        for (reason, value) in dropped {
-            ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
-        }
         emit(
             &mut e,
             "off_cpu_intervals",
@@ -227,6 +239,7 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(p.symbol_cache.debug_left_out),
         )?;
+        encode_resolution(&mut e, p)?;
         encode_unwind(&mut e, p)?;
         emit(
             &mut e,
@@ -323,64 +336,60 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// How user frames were resolved to files: what the kernel recorded of
+/// them, and the samples whose leaf resolved to none.
+fn encode_resolution(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Result {
+    let files = &p.capture.files;
+    emit_counters(
+        e,
+        "recorded_files",
+        "File mappings of sampled user frames the kernel looked up (recorded: sent; lost: ring buffer or per-process state full; lookup_failed: no mapping found)",
+        "outcome",
+        &[
+            ("recorded", files.recorded),
+            ("lost", files.lost),
+            ("lookup_failed", files.lookup_failed),
+        ],
+    )?;
+    let r = &p.capture.unresolved;
+    emit_counters(
+        e,
+        "unresolved_leaves",
+        "Samples whose leaf user frame resolved to no file, by why (process_gone: exited before its maps were read; other_image: sampled before an exec; file_not_open: no live process mapped the file when read; no_mapping: JIT code without a perf map)",
+        "reason",
+        &[
+            ("process_gone", r.process_gone),
+            ("other_image", r.other_image),
+            ("file_not_open", r.file_not_open),
+            ("no_mapping", r.no_mapping),
+        ],
+    )
+}
+
 /// The user-stack unwinder's counters and the unwind tables' state.
 fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Result {
     let u = &p.capture.unwind;
     let t = &p.unwind_tables;
-    let mut family = e.encode_descriptor(
+    emit_counters(
+        e,
         "unwind_samples",
         "Samples with a user stack, by how it was unwound (frame_pointers: the process had no tables loaded yet)",
-        None,
-        MetricType::Counter,
+        "method",
+        &[("tables", u.unwound), ("frame_pointers", u.no_tables)],
     )?;
-    for (method, value) in [("tables", u.unwound), ("frame_pointers", u.no_tables)] {
-        ConstCounter::new(value).encode(family.encode_family(&[("method", method)])?)?;
-    }
-    let r = &p.capture.unresolved;
-    let mut family = e.encode_descriptor(
-        "unresolved_leaves",
-        "Samples whose leaf user frame resolved to no file, by why (process_gone: exited before its maps were read; other_image: sampled before an exec; file_not_open: no live process mapped the file when read; no_mapping: JIT code without a perf map)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (reason, value) in [
-        ("process_gone", r.process_gone),
-        ("other_image", r.other_image),
-        ("file_not_open", r.file_not_open),
-        ("no_mapping", r.no_mapping),
-    ] {
-        ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
-    }
-    let files = &p.capture.files;
-    let mut family = e.encode_descriptor(
-        "recorded_files",
-        "File mappings of sampled user frames the kernel looked up (recorded: sent; lost: ring buffer full, sent again later; lookup_failed: no mapping found)",
-        None,
-        MetricType::Counter,
-    )?;
-    for (outcome, value) in [
-        ("recorded", files.recorded),
-        ("lost", files.lost),
-        ("lookup_failed", files.lookup_failed),
-    ] {
-        ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
-    }
-    let stops = [
-        ("end", u.ended),
-        ("read_error", u.read_errors),
-        ("no_rule", u.no_rule),
-        ("no_progress", u.no_progress),
-        ("truncated", u.truncated),
-    ];
-    let mut family = e.encode_descriptor(
+    emit_counters(
+        e,
         "unwind_stops",
         "Table unwinds by why they ended (end: the outermost frame; truncated: the depth limit)",
-        None,
-        MetricType::Counter,
+        "reason",
+        &[
+            ("end", u.ended),
+            ("read_error", u.read_errors),
+            ("no_rule", u.no_rule),
+            ("no_progress", u.no_progress),
+            ("truncated", u.truncated),
+        ],
     )?;
-    for (reason, value) in stops {
-        ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
-    }
     emit(
         e,
         "unwind_frame_pointer_steps",
@@ -491,6 +500,8 @@ mod tests {
         snapshot.agent.sent.bytes_sent = 4096;
         snapshot.agent.sent.dropped.profiles = 2;
         snapshot.queue_bytes = 100;
+        snapshot.pipeline.capture.files.recorded = 71;
+        snapshot.pipeline.capture.unresolved.process_gone = 8;
         let unwind = &mut snapshot.pipeline.capture.unwind;
         unwind.unwound = 900;
         unwind.no_tables = 100;
@@ -531,6 +542,10 @@ mod tests {
             "hostprof_resident_memory_bytes 10485760",
             "# TYPE hostprof_symbol_cache_hits counter",
             "hostprof_symbol_files_unreadable_total 0",
+            "hostprof_recorded_files_total{outcome=\"recorded\"} 71",
+            "hostprof_recorded_files_total{outcome=\"lost\"} 0",
+            "hostprof_unresolved_leaves_total{reason=\"process_gone\"} 8",
+            "hostprof_unresolved_leaves_total{reason=\"file_not_open\"} 0",
             "hostprof_unwind_samples_total{method=\"tables\"} 900",
             "hostprof_unwind_samples_total{method=\"frame_pointers\"} 100",
             "hostprof_unwind_stops_total{reason=\"end\"} 880",
