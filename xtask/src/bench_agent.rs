@@ -34,10 +34,11 @@ pub struct AgentBenchOptions {
 
 /// One reading of the agent's `/proc` entries.
 #[derive(Clone, Copy, Debug)]
-struct Reading {
+pub struct Reading {
     at: Duration,
     cpu_seconds: f64,
-    rss_mib: f64,
+    /// Resident memory.
+    pub rss_mib: f64,
     /// Anonymous part of the RSS (heap, stacks): the agent's own data.
     anon_mib: f64,
     /// File-backed part (binaries and the ELF/DWARF files blazesym maps),
@@ -51,14 +52,25 @@ pub fn run(options: &AgentBenchOptions) -> Result<()> {
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let received = options.work_dir.join("agent-received.jsonl");
-    std::fs::remove_file(&received).ok();
-    let (mut receiver, http_port) = start_receiver(options, &received)?;
-    let metrics_port = free_port()?;
     println!(
         "[bench-agent] {cpus} busy CPUs, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
         options.frequency, options.duration, options.interval
     );
-    let result = with_load(cpus, || {
+    let (readings, metrics, total) = with_load(cpus, || run_agent(options, &received))?;
+    report(options, &readings, &metrics, total, &received)
+}
+
+/// Runs the agent for `options.duration`, exporting to a fresh receiver
+/// (what it receives goes to `received`); returns its `/proc` readings,
+/// its final `/metrics` text and wait4's totals.
+pub fn run_agent(
+    options: &AgentBenchOptions,
+    received: &Path,
+) -> Result<(Vec<Reading>, String, crate::bench::Usage)> {
+    std::fs::remove_file(received).ok();
+    let (mut receiver, http_port) = start_receiver(options, received)?;
+    let metrics_port = free_port()?;
+    let result = (|| {
         let agent = Command::new(&options.hostprof)
             .args(["agent", "-F", &options.frequency.to_string()])
             .arg("--interval")
@@ -71,11 +83,10 @@ pub fn run(options: &AgentBenchOptions) -> Result<()> {
             .spawn()
             .context("starting hostprof agent")?;
         observe(agent, options, metrics_port)
-    });
+    })();
     receiver.kill().ok();
     receiver.wait().ok();
-    let (readings, metrics, total) = result?;
-    report(options, &readings, &metrics, total, &received)
+    result
 }
 
 fn start_receiver(options: &AgentBenchOptions, out: &Path) -> Result<(Child, u16)> {
@@ -193,7 +204,7 @@ fn scrape(port: u16) -> Result<String> {
 }
 
 /// The value of an unlabelled metric.
-fn metric(text: &str, name: &str) -> f64 {
+pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

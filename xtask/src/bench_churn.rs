@@ -6,7 +6,10 @@
 //! leaf user frame is symbolized (named, not `file+0x…` or `[unknown]`;
 //! samples with no user frame, taken in `execve` or `exit`, have nothing
 //! to symbolize and are counted apart), and hostprof's CPU seconds and
-//! peak RSS (from `wait4`). Figures, not asserts.
+//! peak RSS (from `wait4`). Then, at each rate, `hostprof agent` runs
+//! (`--agent-seconds`), exporting to the official-types receiver, and its
+//! resident memory is read from `/proc` every 5 s: memory must follow the
+//! live processes, not every process ever seen. Figures, not asserts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,10 +30,25 @@ pub struct ChurnBenchOptions {
     pub rates: Vec<u32>,
     /// How long each process runs, in milliseconds.
     pub lifetime_ms: u32,
+    /// How long the agent runs at each rate (0: not at all).
+    pub agent_duration: Duration,
     /// The release `hostprof` binary.
     pub hostprof: PathBuf,
+    /// The workspace root (for the OTLP receiver script).
+    pub root: PathBuf,
     /// Scratch directory.
     pub work_dir: PathBuf,
+}
+
+/// The agent's memory over its run at one rate.
+struct AgentMemory {
+    /// RSS at the first reading (5 s in) and at the last, in MiB.
+    first_mib: f64,
+    last_mib: f64,
+    /// The highest reading.
+    peak_mib: f64,
+    /// Processes whose snapshots it held at the end (`hostprof_processes`).
+    processes: f64,
 }
 
 /// One capture's figures.
@@ -43,6 +61,7 @@ struct Row {
     with_user: u64,
     symbolized: u64,
     usage: Usage,
+    agent: Option<AgentMemory>,
 }
 
 /// Runs a capture per rate and prints the table.
@@ -79,6 +98,20 @@ pub fn run(options: &ChurnBenchOptions) -> Result<()> {
         );
     }
     println!("\n(symbolized: of the samples with a user frame; goal: >= 95 % at 1000 processes/s)");
+    if rows.iter().any(|row| row.agent.is_some()) {
+        println!(
+            "\n{:>8} {:>22} {:>13} {:>15}",
+            "rate/s", "agent RSS MiB, 5 s/end", "peak RSS MiB", "processes held"
+        );
+        for row in &rows {
+            if let Some(agent) = &row.agent {
+                println!(
+                    "{:>8} {:>11.1} / {:>8.1} {:>13.1} {:>15.0}",
+                    row.rate, agent.first_mib, agent.last_mib, agent.peak_mib, agent.processes
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -109,6 +142,11 @@ fn capture(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Result<Ro
     let text = std::fs::read_to_string(&folded)
         .with_context(|| format!("reading {}", folded.display()))?;
     let (samples, with_user, symbolized) = symbolized_share(&text, "short_lived");
+    let agent = if options.agent_duration.is_zero() {
+        None
+    } else {
+        Some(agent_memory(options, workload, rate)?)
+    };
     Ok(Row {
         rate,
         achieved: spawned.0 as f64 / spawned.1.as_secs_f64().max(f64::EPSILON),
@@ -116,6 +154,45 @@ fn capture(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Result<Ro
         with_user,
         symbolized,
         usage,
+        agent,
+    })
+}
+
+/// Runs the agent while the spawner runs at `rate`, and reads its memory.
+fn agent_memory(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Result<AgentMemory> {
+    println!(
+        "[bench-churn] agent, {rate} processes/s, {} s",
+        options.agent_duration.as_secs()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        let workload = workload.to_owned();
+        let lifetime = options.lifetime_ms.to_string();
+        std::thread::spawn(move || spawn_at(&workload, &lifetime, rate, &stop))
+    };
+    let ran = crate::bench_agent::run_agent(
+        &crate::bench_agent::AgentBenchOptions {
+            duration: options.agent_duration,
+            frequency: 99,
+            interval: Duration::from_secs(10),
+            hostprof: options.hostprof.clone(),
+            root: options.root.clone(),
+            work_dir: options.work_dir.clone(),
+        },
+        &options.work_dir.join(format!("churn-agent-{rate}.jsonl")),
+    );
+    stop.store(true, Ordering::Relaxed);
+    spawner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the spawner panicked"))??;
+    let (readings, metrics, _) = ran?;
+    let rss: Vec<f64> = readings.iter().map(|r| r.rss_mib).collect();
+    Ok(AgentMemory {
+        first_mib: rss.first().copied().unwrap_or(0.0),
+        last_mib: rss.last().copied().unwrap_or(0.0),
+        peak_mib: rss.iter().copied().fold(0.0, f64::max),
+        processes: crate::bench_agent::metric(&metrics, "hostprof_processes"),
     })
 }
 

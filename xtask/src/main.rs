@@ -104,6 +104,10 @@ enum Task {
         /// before/after comparison) instead of building this one.
         #[arg(long)]
         hostprof: Option<PathBuf>,
+        /// Then run `hostprof agent` this long at each rate and report its
+        /// memory (0: skip).
+        #[arg(long, default_value_t = 60)]
+        agent_seconds: u64,
     },
     /// Build the fuzz targets in fuzz/ (cargo-fuzz, nightly, ASan) and run
     /// each for a while; report the inputs run and fail on a crash.
@@ -234,6 +238,7 @@ fn main() -> Result<()> {
             rates,
             lifetime_ms,
             hostprof,
+            agent_seconds,
         } => {
             let hostprof = match hostprof {
                 Some(path) => path,
@@ -243,7 +248,9 @@ fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 rates,
                 lifetime_ms,
+                agent_duration: Duration::from_secs(agent_seconds),
                 hostprof,
+                root: root.clone(),
                 work_dir: bench::default_work_dir(&root),
             })
         }
