@@ -18,6 +18,9 @@
 //!   samples after it get a new generation, and userspace snapshots again.
 //! - The map is LRU: a process evicted from it reads generation 0 again,
 //!   which userspace sees as a new image and snapshots again.
+//! - A process's exit bumps it too (`files_exit`, see [`crate::files`]):
+//!   a later process reusing the pid never shares a generation with it,
+//!   so the files recorded for one never resolve the other's frames.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -59,11 +62,11 @@ pub fn exec_done(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Adds one to the current process's generation. Both tracepoints run in
-/// the exec'ing task, whose tgid is the process's (after `de_thread`, the
-/// exec'ing thread is the leader).
+/// Adds one to the current process's generation. The tracepoints run in
+/// the exec'ing (or exiting) task, whose tgid is the process's (after
+/// `de_thread`, the exec'ing thread is the leader).
 #[inline(always)]
-fn bump() {
+pub fn bump() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if let Some(generation) = EXEC_GEN.get_ptr_mut(tgid) {
         // SAFETY: a live map value; only this process's own exec writes

@@ -289,8 +289,8 @@ pub fn flush(image_gen: u32) {
 }
 
 /// A thread exits (`sched_process_exit(task, group_dead)`): its process's
-/// waiting frames are looked up while the mappings exist, and the entry
-/// goes with the last thread.
+/// waiting frames are looked up while the mappings exist; with the last
+/// thread the entry goes and the generation moves on (see [`crate::exec`]).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -299,6 +299,7 @@ pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
     let group_dead: u64 = ctx.arg(1);
     if group_dead & 1 != 0 {
         forget(tgid, exec_gen);
+        exec::bump();
     }
     0
 }
