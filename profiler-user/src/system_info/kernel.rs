@@ -178,6 +178,9 @@ pub enum Feature {
     Sampling,
     /// The table (eh_frame) unwinder, `--unwinder tables`.
     TableUnwinder,
+    /// The kernel records the file of each sampled user frame, so frames
+    /// of processes gone before they were read still resolve.
+    RecordedFiles,
     /// Everything, on a kernel hostprof is tested on.
     Recommended,
 }
@@ -194,6 +197,7 @@ impl fmt::Display for Feature {
         f.write_str(match self {
             Feature::Sampling => "sampling",
             Feature::TableUnwinder => "the table unwinder",
+            Feature::RecordedFiles => "recording the files of sampled frames",
             Feature::Recommended => "full support",
         })
     }
@@ -233,10 +237,12 @@ impl fmt::Display for KernelMinimum {
 /// - Sampling needs the BPF ring buffer (new processes are announced on
 ///   one) and the CAP_BPF and CAP_PERFMON capabilities: 5.8.
 /// - The table unwinder steps one frame per `bpf_loop` iteration: 5.17.
+/// - Recording the files of sampled frames looks them up with
+///   `bpf_find_vma`: 5.17 too.
 ///   Its other helpers are older (`bpf_task_pt_regs` 5.15,
 ///   `bpf_get_current_task_btf` 5.11).
 /// - 6.1 is the oldest kernel hostprof is tested on.
-pub const KERNEL_MINIMUMS: [KernelMinimum; 3] = [
+pub const KERNEL_MINIMUMS: [KernelMinimum; 4] = [
     KernelMinimum {
         feature: Feature::Sampling,
         version: KernelVersion::new(5, 8, 0),
@@ -246,6 +252,11 @@ pub const KERNEL_MINIMUMS: [KernelMinimum; 3] = [
         feature: Feature::TableUnwinder,
         version: KernelVersion::new(5, 17, 0),
         why: "bpf_loop",
+    },
+    KernelMinimum {
+        feature: Feature::RecordedFiles,
+        version: KernelVersion::new(5, 17, 0),
+        why: "bpf_find_vma",
     },
     KernelMinimum {
         feature: Feature::Recommended,
@@ -810,6 +821,7 @@ mod tests {
     fn minimums_table() {
         assert_eq!(Feature::Sampling.minimum().version, v(5, 8, 0));
         assert_eq!(Feature::TableUnwinder.minimum().version, v(5, 17, 0));
+        assert_eq!(Feature::RecordedFiles.minimum().version, v(5, 17, 0));
         assert_eq!(Feature::Recommended.minimum().version, v(6, 1, 0));
         for (index, row) in KERNEL_MINIMUMS.iter().enumerate() {
             assert_eq!(row.feature as usize, index, "{row}");

@@ -220,6 +220,70 @@ fn off_cpu_check() -> Check {
     }
 }
 
+/// Whether frames of short-lived and exec'ing processes resolve: the kernel
+/// records the files of sampled frames, and samples carry the exec
+/// generation. Pure: `version` of the kernel, whether the struct offsets
+/// were found in its BTF (`offsets`), and which exec tracepoints it has.
+fn process_tracking(
+    version: Option<KernelVersion>,
+    offsets: Result<(), String>,
+    prepare_exec: bool,
+    process_exec: bool,
+) -> Check {
+    const NAME: &str = "short-lived processes";
+    let needs = Feature::RecordedFiles.minimum();
+    let missing = match (version, offsets) {
+        (Some(version), _) if version < needs.version => Some(needs.to_string()),
+        (_, Err(why)) => Some(why),
+        _ => None,
+    };
+    let exec = match (prepare_exec, process_exec) {
+        (true, true) => "exec tracked (sched_prepare_exec, sched_process_exec)",
+        (false, true) => "exec tracked at sched_process_exec only (6.10+ adds sched_prepare_exec)",
+        _ => "exec not tracked (no sched_process_exec tracepoint)",
+    };
+    match missing {
+        None if process_exec => Check::new(
+            NAME,
+            format!("files of sampled frames recorded (bpf_find_vma); {exec}"),
+            Status::Ok,
+        ),
+        None => Check::new(NAME, format!("files of sampled frames recorded; {exec}"), Status::Warn)
+            .hint("samples taken before an exec stay unresolved unless their files were recorded"),
+        Some(why) => Check::new(NAME, format!("files of sampled frames not recorded: {why}; {exec}"), Status::Warn)
+            .hint("frames of processes that exit before hostprof reads /proc/PID/maps stay [unknown] (counted as unresolved)"),
+    }
+}
+
+/// [`process_tracking`] on this host.
+fn process_tracking_check() -> Check {
+    let version = RunningKernel::get().ok().map(|k| k.version);
+    let offsets = std::fs::read(crate::sampler::kernel_btf::VMLINUX_BTF)
+        .map_err(|err| format!("{}: {err}", crate::sampler::kernel_btf::VMLINUX_BTF))
+        .and_then(|data| {
+            crate::sampler::kernel_btf::Btf::parse(&data)
+                .and_then(|btf| crate::sampler::kernel_btf::file_offsets(&btf))
+                .map(|_| ())
+                .map_err(|err| err.to_string())
+        });
+    let btf = aya::Btf::from_sys_fs().ok();
+    let has = |tracepoint: &str| {
+        btf.as_ref().is_some_and(|btf| {
+            btf.id_by_type_name_kind(
+                &format!("btf_trace_{tracepoint}"),
+                aya_obj::btf::BtfKind::Typedef,
+            )
+            .is_ok()
+        })
+    };
+    process_tracking(
+        version,
+        offsets,
+        has(profiler_common::names::EXEC_BEGIN_TRACEPOINT),
+        has(profiler_common::names::EXEC_DONE_TRACEPOINT),
+    )
+}
+
 /// Checks that must pass before loading the program (no BPF syscalls).
 pub fn preflight() -> Result<(), PreflightError> {
     let failed: Vec<Check> = [kernel_check(), btf_check()]
@@ -240,6 +304,7 @@ pub fn collect() -> Vec<Check> {
         kernel_check(),
         table_unwinder_check(),
         off_cpu_check(),
+        process_tracking_check(),
         btf_check(),
     ];
     checks.extend(capability_checks());
@@ -459,6 +524,37 @@ fn bpf_stats_check() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_tracking_names_what_is_missing() {
+        let v = |major, minor| Some(KernelVersion::new(major, minor, 0));
+        let ok = process_tracking(v(6, 18), Ok(()), true, true);
+        assert_eq!(ok.status, Status::Ok);
+        assert!(ok.value.contains("bpf_find_vma") && ok.value.contains("sched_prepare_exec"));
+        let old = process_tracking(v(5, 15), Ok(()), false, true);
+        assert_eq!(old.status, Status::Warn);
+        assert!(
+            old.value.contains("Linux 5.17+") && old.value.contains("bpf_find_vma"),
+            "{}",
+            old.value
+        );
+        assert!(old.value.contains("sched_process_exec only"));
+        let no_btf = process_tracking(None, Err("no struct file".into()), false, false);
+        assert_eq!(no_btf.status, Status::Warn);
+        assert!(no_btf.value.contains("no struct file") && no_btf.value.contains("not tracked"));
+        assert!(no_btf.hint.unwrap().contains("[unknown]"));
+    }
+
+    #[test]
+    fn this_host_tracks_short_lived_processes() {
+        // The test machines run 6.18 with BTF: everything is there.
+        let check = process_tracking_check();
+        if RunningKernel::get().is_ok_and(|k| k.version >= KernelVersion::new(6, 10, 0))
+            && std::path::Path::new(crate::sampler::kernel_btf::VMLINUX_BTF).exists()
+        {
+            assert_eq!(check.status, Status::Ok, "{check:?}");
+        }
+    }
 
     #[test]
     fn off_cpu_support_names_what_is_missing() {
