@@ -41,7 +41,8 @@ static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(PROCESSES, 
 
 /// An exec begins (`sched_prepare_exec(task, bprm)`, Linux 6.10+): the
 /// old image's waiting frames are looked up while its mappings exist, its
-/// file state goes, and the generation moves on.
+/// file state goes, the generation moves on, and the `execve` call is
+/// recorded for the samples taken inside it.
 #[btf_tracepoint(function = "sched_prepare_exec")]
 pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -49,6 +50,7 @@ pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
     files::flush(old);
     files::forget(tgid, old);
     bump();
+    files::record_exec_call(generation(tgid));
     0
 }
 

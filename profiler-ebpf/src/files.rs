@@ -50,6 +50,7 @@ use profiler_common::{
 
 use crate::exec;
 use crate::stack::{self, Kind};
+use crate::unwind;
 
 /// Process images with an entry at once (allocated on use, removed as
 /// the process exits).
@@ -217,7 +218,7 @@ fn look_up_waiting(kind: Kind, image: &Image, offsets: FileOffsets) {
     let Some(files) = FILES_STATE.get_ptr_mut(image) else {
         return;
     };
-    // SAFETY: a live map value; see `file_of_frame` on concurrent writers.
+    // SAFETY: a live map value; see `look_up` on concurrent writers.
     let count = unsafe { (*files).pending_count } as usize;
     if count == 0 {
         return;
@@ -286,6 +287,41 @@ pub fn flush(image_gen: u32) {
         exec_gen: image_gen,
     };
     look_up_waiting(Kind::OFF_CPU, &image, config.files);
+}
+
+/// As an exec begins, once the generation has moved on to `exec_gen`:
+/// records, for that generation, the mapping of the current task's user
+/// pc (the old image's `execve` call). Samples taken inside `execve` after
+/// the address space switched carry that one user address, which the new
+/// mappings do not hold; with it recorded they name the call instead of
+/// `[unknown]`.
+#[inline(always)]
+pub fn record_exec_call(exec_gen: u32) {
+    let Some(config) = Kind::OFF_CPU.config() else {
+        return;
+    };
+    if config.flags & Config::RECORD_FILES == 0 {
+        return;
+    }
+    let image = Image {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        exec_gen,
+    };
+    let Some(regs) = unwind::current_user_regs() else {
+        return;
+    };
+    if !ensure_entry(&image) {
+        return;
+    }
+    let mut walk = Walk {
+        kind: Kind::OFF_CPU.index(),
+        busy: 0,
+        image,
+        last_start: 0,
+        last_end: 0,
+        offsets: config.files,
+    };
+    look_up(&mut walk, regs.rip);
 }
 
 /// A thread exits (`sched_process_exit(task, group_dead)`): its process's
