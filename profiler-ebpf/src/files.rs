@@ -177,14 +177,7 @@ pub fn record(kind: Kind) {
     pending.last_tgid = pending.tgid;
     pending.last_exec_gen = pending.exec_gen;
     pending.last_stack = pending.stack;
-    let mut walk = Walk {
-        kind: kind.index(),
-        busy: 0,
-        image,
-        last_start: 0,
-        last_end: 0,
-        offsets: config.files,
-    };
+    let mut walk = Walk::new(kind.index(), image, config.files);
     // SAFETY: `file_of_frame` has the callback signature bpf_loop
     // expects; its context is `walk`, on this stack for the whole loop.
     unsafe {
@@ -223,14 +216,7 @@ fn look_up_waiting(kind: Kind, image: &Image, offsets: FileOffsets) {
     if count == 0 {
         return;
     }
-    let mut walk = Walk {
-        kind: kind.index(),
-        busy: 0,
-        image: *image,
-        last_start: 0,
-        last_end: 0,
-        offsets,
-    };
+    let mut walk = Walk::new(kind.index(), *image, offsets);
     // SAFETY: `waiting_frame` has the callback signature bpf_loop
     // expects; its context is `walk`, on this stack for the whole loop.
     unsafe {
@@ -276,17 +262,21 @@ extern "C" fn waiting_frame(_index: u64, ctx: *mut c_void) -> i64 {
 /// (only the CPU kind's interrupt can, and it has its own counters).
 #[inline(always)]
 pub fn flush(image_gen: u32) {
-    let Some(config) = Kind::OFF_CPU.config() else {
-        return;
-    };
-    if config.flags & Config::RECORD_FILES == 0 {
-        return;
+    if let Some((image, offsets)) = current_image(image_gen) {
+        look_up_waiting(Kind::OFF_CPU, &image, offsets);
     }
-    let image = Image {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        exec_gen: image_gen,
-    };
-    look_up_waiting(Kind::OFF_CPU, &image, config.files);
+}
+
+/// The current process's image `exec_gen`, and the offsets to read its
+/// mappings with; `None` when files are not recorded.
+#[inline(always)]
+fn current_image(exec_gen: u32) -> Option<(Image, FileOffsets)> {
+    let config = Kind::OFF_CPU.config()?;
+    if config.flags & Config::RECORD_FILES == 0 {
+        return None;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    Some((Image { tgid, exec_gen }, config.files))
 }
 
 /// As an exec begins, once the generation has moved on to `exec_gen`:
@@ -297,15 +287,8 @@ pub fn flush(image_gen: u32) {
 /// `[unknown]`.
 #[inline(always)]
 pub fn record_exec_call(exec_gen: u32) {
-    let Some(config) = Kind::OFF_CPU.config() else {
+    let Some((image, offsets)) = current_image(exec_gen) else {
         return;
-    };
-    if config.flags & Config::RECORD_FILES == 0 {
-        return;
-    }
-    let image = Image {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        exec_gen,
     };
     let Some(regs) = unwind::current_user_regs() else {
         return;
@@ -313,14 +296,7 @@ pub fn record_exec_call(exec_gen: u32) {
     if !ensure_entry(&image) {
         return;
     }
-    let mut walk = Walk {
-        kind: Kind::OFF_CPU.index(),
-        busy: 0,
-        image,
-        last_start: 0,
-        last_end: 0,
-        offsets: config.files,
-    };
+    let mut walk = Walk::new(Kind::OFF_CPU.index(), image, offsets);
     look_up(&mut walk, regs.rip);
 }
 
@@ -380,6 +356,21 @@ struct Walk {
     last_start: u64,
     last_end: u64,
     offsets: FileOffsets,
+}
+
+impl Walk {
+    /// A walk of `image` for `kind`, reading mappings through `offsets`.
+    #[inline(always)]
+    fn new(kind: u32, image: Image, offsets: FileOffsets) -> Self {
+        Self {
+            kind,
+            busy: 0,
+            image,
+            last_start: 0,
+            last_end: 0,
+            offsets,
+        }
+    }
 }
 
 /// What `bpf_find_vma`'s callback read of the mapping.
