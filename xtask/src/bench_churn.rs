@@ -118,26 +118,17 @@ pub fn run(options: &ChurnBenchOptions) -> Result<()> {
 fn capture(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Result<Row> {
     let folded = options.work_dir.join(format!("churn-{rate}.folded"));
     let output = options.work_dir.join(format!("churn-{rate}.pb.gz"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let spawner = {
-        let stop = Arc::clone(&stop);
-        let workload = workload.to_owned();
-        let lifetime = options.lifetime_ms.to_string();
-        std::thread::spawn(move || spawn_at(&workload, &lifetime, rate, &stop))
-    };
     let secs = format!("{}s", options.duration.as_secs());
-    let recorded = measure(
-        Command::new(&options.hostprof)
-            .args(["record", "--duration", &secs, "--no-flamegraph", "-o"])
-            .arg(&output)
-            .arg("--folded")
-            .arg(&folded)
-            .stdout(Stdio::null()),
-    );
-    stop.store(true, Ordering::Relaxed);
-    let spawned = spawner
-        .join()
-        .map_err(|_| anyhow::anyhow!("the spawner panicked"))??;
+    let (recorded, spawned) = while_spawning(options, workload, rate, || {
+        measure(
+            Command::new(&options.hostprof)
+                .args(["record", "--duration", &secs, "--no-flamegraph", "-o"])
+                .arg(&output)
+                .arg("--folded")
+                .arg(&folded)
+                .stdout(Stdio::null()),
+        )
+    })?;
     let usage = recorded?;
     let text = std::fs::read_to_string(&folded)
         .with_context(|| format!("reading {}", folded.display()))?;
@@ -164,28 +155,19 @@ fn agent_memory(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Resu
         "[bench-churn] agent, {rate} processes/s, {} s",
         options.agent_duration.as_secs()
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let spawner = {
-        let stop = Arc::clone(&stop);
-        let workload = workload.to_owned();
-        let lifetime = options.lifetime_ms.to_string();
-        std::thread::spawn(move || spawn_at(&workload, &lifetime, rate, &stop))
-    };
-    let ran = crate::bench_agent::run_agent(
-        &crate::bench_agent::AgentBenchOptions {
-            duration: options.agent_duration,
-            frequency: 99,
-            interval: Duration::from_secs(10),
-            hostprof: options.hostprof.clone(),
-            root: options.root.clone(),
-            work_dir: options.work_dir.clone(),
-        },
-        &options.work_dir.join(format!("churn-agent-{rate}.jsonl")),
-    );
-    stop.store(true, Ordering::Relaxed);
-    spawner
-        .join()
-        .map_err(|_| anyhow::anyhow!("the spawner panicked"))??;
+    let (ran, _) = while_spawning(options, workload, rate, || {
+        crate::bench_agent::run_agent(
+            &crate::bench_agent::AgentBenchOptions {
+                duration: options.agent_duration,
+                frequency: 99,
+                interval: Duration::from_secs(10),
+                hostprof: options.hostprof.clone(),
+                root: options.root.clone(),
+                work_dir: options.work_dir.clone(),
+            },
+            &options.work_dir.join(format!("churn-agent-{rate}.jsonl")),
+        )
+    })?;
     let (readings, metrics, _) = ran?;
     let rss: Vec<f64> = readings.iter().map(|r| r.rss_mib).collect();
     Ok(AgentMemory {
@@ -194,6 +176,29 @@ fn agent_memory(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Resu
         peak_mib: rss.iter().copied().fold(0.0, f64::max),
         processes: crate::bench_agent::metric(&metrics, "hostprof_processes"),
     })
+}
+
+/// Runs `measured` while a spawner starts the workload `rate` times a
+/// second; returns what it returned and what [`spawn_at`] did.
+fn while_spawning<T>(
+    options: &ChurnBenchOptions,
+    workload: &Path,
+    rate: u32,
+    measured: impl FnOnce() -> T,
+) -> Result<(T, (u64, Duration))> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawner = {
+        let stop = Arc::clone(&stop);
+        let workload = workload.to_owned();
+        let lifetime = options.lifetime_ms.to_string();
+        std::thread::spawn(move || spawn_at(&workload, &lifetime, rate, &stop))
+    };
+    let result = measured();
+    stop.store(true, Ordering::Relaxed);
+    let spawned = spawner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the spawner panicked"))??;
+    Ok((result, spawned))
 }
 
 /// Starts `workload LIFETIME` `rate` times a second until `stop`, reaping

@@ -15,6 +15,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Why an offset could not be found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelBtfError {
+    /// The kernel's BTF could not be read.
+    #[error("{VMLINUX_BTF}: {0}")]
+    Unreadable(String),
     /// The bytes are not BTF.
     #[error("not BTF data: {0}")]
     Malformed(&'static str),
@@ -201,6 +204,13 @@ impl<'a> Btf<'a> {
         }
         None
     }
+}
+
+/// The offsets the files program reads, from the running kernel's BTF.
+pub fn running_file_offsets() -> Result<FileOffsets, KernelBtfError> {
+    let data =
+        std::fs::read(VMLINUX_BTF).map_err(|err| KernelBtfError::Unreadable(err.to_string()))?;
+    file_offsets(&Btf::parse(&data)?)
 }
 
 /// The offsets the files program reads (see `profiler_common::FileOffsets`).

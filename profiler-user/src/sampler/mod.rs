@@ -337,7 +337,13 @@ impl Sampler {
             attach_cpu(&mut ebpf, &cpus, policy.frequency)?;
         }
         if off_cpu {
-            files &= attach_off_cpu(&mut ebpf, tables, files, &mut off_cpu_tail_calls)?;
+            files &= attach_off_cpu(
+                &mut ebpf,
+                btf.as_ref(),
+                tables,
+                files,
+                &mut off_cpu_tail_calls,
+            )?;
         }
         if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
             process_events::attach_files_exit(&mut ebpf, btf);
@@ -646,17 +652,26 @@ fn kprobes_available() -> bool {
 /// program; returns whether that one was loaded.
 fn attach_off_cpu(
     ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
     tables: bool,
     files: bool,
     tail_calls: &mut [ProgramArray<MapData>; 2],
 ) -> Result<bool, SamplerError> {
-    let btf = Btf::from_sys_fs().map_err(SamplerError::Btf)?;
+    // Parsed once by `Sampler::start`; read again only for its error.
+    let read;
+    let btf = match btf {
+        Some(btf) => btf,
+        None => {
+            read = Btf::from_sys_fs().map_err(SamplerError::Btf)?;
+            &read
+        }
+    };
     let [tracepoint_calls, kprobe_calls] = tail_calls;
-    let hook = switch_in_hook(&btf)?;
+    let hook = switch_in_hook(btf)?;
     let files = files
         && process_events::load_files_program(
             ebpf,
-            &btf,
+            btf,
             match hook {
                 SwitchIn::Tracepoint => {
                     process_events::FilesHook::OffCpuTracepoint(tracepoint_calls)
@@ -673,7 +688,7 @@ fn attach_off_cpu(
                 ] {
                     let program = btf_tracepoint(ebpf, name)?;
                     program
-                        .load(names::SWITCH_IN_TRACEPOINT, &btf)
+                        .load(names::SWITCH_IN_TRACEPOINT, btf)
                         .map_err(tail_call_load_error(name))?;
                     let fd = program_fd(program.fd(), name)?;
                     tracepoint_calls
@@ -684,7 +699,7 @@ fn attach_off_cpu(
             let name = names::OFF_CPU_SWITCH_IN;
             let program = btf_tracepoint(ebpf, name)?;
             program
-                .load(names::SWITCH_IN_TRACEPOINT, &btf)
+                .load(names::SWITCH_IN_TRACEPOINT, btf)
                 .map_err(|source| SamplerError::Program {
                     action: format!("load {name} (verifier)"),
                     source,
@@ -723,7 +738,7 @@ fn attach_off_cpu(
     }
     let program = switch_out_program(ebpf)?;
     program
-        .load("sched_switch", &btf)
+        .load("sched_switch", btf)
         .map_err(|source| SamplerError::Program {
             action: "load the off-CPU tp_btf/sched_switch program (verifier)".into(),
             source,
@@ -738,11 +753,7 @@ fn attach_off_cpu(
 /// The kernel struct offsets the files programs read, from the kernel's
 /// BTF; `None` (logged) when they cannot be found.
 fn file_offsets() -> Option<FileOffsets> {
-    let data = std::fs::read(kernel_btf::VMLINUX_BTF)
-        .map_err(|err| log::info!("file recording off: {}: {err}", kernel_btf::VMLINUX_BTF))
-        .ok()?;
-    kernel_btf::Btf::parse(&data)
-        .and_then(|btf| kernel_btf::file_offsets(&btf))
+    kernel_btf::running_file_offsets()
         .map_err(|err| log::info!("file recording off: {err}"))
         .ok()
 }

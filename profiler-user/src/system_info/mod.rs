@@ -258,14 +258,9 @@ fn process_tracking(
 /// [`process_tracking`] on this host.
 fn process_tracking_check() -> Check {
     let version = RunningKernel::get().ok().map(|k| k.version);
-    let offsets = std::fs::read(crate::sampler::kernel_btf::VMLINUX_BTF)
-        .map_err(|err| format!("{}: {err}", crate::sampler::kernel_btf::VMLINUX_BTF))
-        .and_then(|data| {
-            crate::sampler::kernel_btf::Btf::parse(&data)
-                .and_then(|btf| crate::sampler::kernel_btf::file_offsets(&btf))
-                .map(|_| ())
-                .map_err(|err| err.to_string())
-        });
+    let offsets = crate::sampler::kernel_btf::running_file_offsets()
+        .map(|_| ())
+        .map_err(|err| err.to_string());
     let btf = aya::Btf::from_sys_fs().ok();
     let has = |tracepoint: &str| {
         btf.as_ref().is_some_and(|btf| {
