@@ -125,7 +125,11 @@ def check_daemonset(path, hostprof):
     check("limits" in container["resources"] and "requests" in container["resources"],
           "resource requests and limits")
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    check(mounts == {"/etc/hostprof", "/tmp"}, f"unexpected mounts {mounts}")
+    check(mounts == {"/etc/hostprof", "/tmp", "/sys/fs/bpf"}, f"unexpected mounts {mounts}")
+    # The node's bpffs, where the trace-context map is shared: the host's
+    # own directory, and nothing else of the host.
+    host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    check(host_paths == {"/sys/fs/bpf"}, f"unexpected host paths {host_paths}")
     role = next(d for d in docs if d["kind"] == "ClusterRole")
     rules = {(r["resources"][0], tuple(r["verbs"])) for r in role["rules"]}
     check(rules == {("pods", ("get", "list", "watch")), ("nodes", ("get",))}, f"RBAC {rules}")

@@ -113,6 +113,10 @@ pub mod names {
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    /// The OpenTelemetry eBPF instrumentation's trace-context map
+    /// ([`super::TraceContext`] by `pid_tgid`), shared through a pin (see
+    /// [`super::TRACE_CONTEXT_MAP_PIN`]).
+    pub const TRACES_CTX: &str = "traces_ctx_v1";
 
     /// Every perf-event program name above: userspace checks that the
     /// object has them.
@@ -158,7 +162,28 @@ pub mod names {
         OFF_CPU_START,
         OFF_CPU_COUNTS[0],
         OFF_CPU_COUNTS[1],
+        TRACES_CTX,
     ];
+}
+
+/// Where the OpenTelemetry eBPF instrumentation pins its trace-context map
+/// (the specification's proposal for trace–profile correlation): an
+/// `LRU_HASH` from a thread's `pid_tgid` to its [`TraceContext`].
+pub const TRACE_CONTEXT_MAP_PIN: &str = "/sys/fs/bpf/otel/traces_ctx_v1";
+
+/// Entries of the trace-context map when hostprof creates it.
+pub const TRACE_CONTEXT_MAP_ENTRIES: u32 = 16_384;
+
+/// The trace and span a thread is running in, as the shared trace-context
+/// map holds it: the W3C trace id and span id, bytes in wire order. All
+/// zeros: no context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    /// The 16-byte trace id.
+    pub trace_id: [u8; 16],
+    /// The 8-byte span id.
+    pub span_id: [u8; 8],
 }
 
 /// Most executable mappings with unwind tables per process; mappings past
@@ -327,6 +352,9 @@ impl Config {
     /// Record the file mapping of each sampled user frame
     /// ([`Config::files`] is filled in and the files programs loaded).
     pub const RECORD_FILES: u32 = 1 << 2;
+    /// Look each sample's thread up in the trace-context map
+    /// ([`names::TRACES_CTX`]).
+    pub const TRACE_CONTEXT_MAP: u32 = 1 << 3;
 }
 
 /// The kinds of profile the kernel programs record, as indices of their
@@ -373,6 +401,9 @@ pub struct OffCpuKey {
     /// The process's exec generation when it blocked (see
     /// [`SampleKey::exec_gen`]).
     pub exec_gen: u32,
+    /// The trace and span the thread ran in as it woke (see
+    /// [`SampleKey::trace`]).
+    pub trace: TraceContext,
 }
 
 /// Value of the `OFF_CPU_COUNTS_*` maps (per CPU): the kept intervals and
@@ -449,6 +480,8 @@ pub struct SampleKey {
     pub exec_gen: u32,
     /// Zero.
     pub pad: u32,
+    /// The trace and span the thread was running in (zero: none known).
+    pub trace: TraceContext,
 }
 
 /// Frames of one stack, innermost first, zero-filled after the last frame.
@@ -618,6 +651,7 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuStart {}
     unsafe impl aya::Pod for super::OffCpuKey {}
     unsafe impl aya::Pod for super::OffCpuValue {}
+    unsafe impl aya::Pod for super::TraceContext {}
 }
 
 #[cfg(test)]
@@ -629,9 +663,16 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Config>(), 16 + 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
-        assert_eq!(size_of::<OffCpuKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4);
+        assert_eq!(size_of::<TraceContext>(), 24);
+        assert_eq!(
+            size_of::<OffCpuKey>(),
+            4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
+        );
         assert_eq!(size_of::<OffCpuValue>(), 24);
-        assert_eq!(size_of::<SampleKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4);
+        assert_eq!(
+            size_of::<SampleKey>(),
+            4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
+        );
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
         assert_eq!(size_of::<ProcessEvent>(), 16 + 32);
         assert_eq!(size_of::<UnwindRow>(), 8);

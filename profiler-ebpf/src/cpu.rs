@@ -34,7 +34,7 @@ use profiler_common::{names, Config, SampleKey, StackHash, Stat, COMM_LEN};
 
 use crate::stack::{self, Kind, StackSet, EEXIST};
 use crate::unwind::{self, Unwind};
-use crate::{exec, files};
+use crate::{exec, files, trace};
 
 /// Default capacity of each `COUNTS_*` map; userspace may resize at load.
 const COUNTS_ENTRIES: u32 = 16_384;
@@ -56,6 +56,7 @@ static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLO
 
 /// The maps of the active set.
 struct MapSetRef {
+    config: &'static Config,
     index: u32,
     counts: &'static PerCpuHashMap<SampleKey, u64>,
     stacks: StackSet,
@@ -183,6 +184,7 @@ fn record_with_frame_pointers(ctx: &PerfEventContext, tgid: u32, tid: u32) {
 fn active_set() -> Option<MapSetRef> {
     let config = KIND.config()?;
     Some(MapSetRef {
+        config,
         index: config.active_set,
         counts: if config.active_set == 0 {
             &COUNTS_0
@@ -206,6 +208,7 @@ fn finish(ctx: &PerfEventContext, set: &MapSetRef, tgid: u32, tid: u32, user_sta
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         exec_gen,
         pad: 0,
+        trace: trace::current(set.config),
     };
     count(set.counts, &key);
     files::walk_in_tail_call(

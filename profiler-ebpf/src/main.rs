@@ -11,6 +11,7 @@
 //!   kinds, by tail call.
 //! - [`exec`]: exec generations, which image of a process a sample was
 //!   taken in.
+//! - [`trace`]: the trace and span the sampled thread runs in.
 //!
 //! Both kinds write into the map set `CONFIG` names; userspace flips it
 //! and drains the other set (stacks are shared, so a stack seen by both
@@ -23,6 +24,7 @@ mod exec;
 mod files;
 mod off_cpu;
 mod stack;
+mod trace;
 mod unwind;
 
 #[cfg(not(test))]

@@ -40,7 +40,7 @@ use profiler_common::{
 
 use crate::stack::{self, Kind, EEXIST};
 use crate::unwind::{self, Unwind};
-use crate::{exec, files};
+use crate::{exec, files, trace};
 
 /// Default capacity of each `OFF_CPU_COUNTS_*` map; userspace may resize
 /// at load.
@@ -343,6 +343,7 @@ fn finish<C: EbpfContext>(
         comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         state: pending.state,
         exec_gen: exec::generation(tgid),
+        trace: trace::current(config),
     };
     let counts = if config.active_set == 0 {
         &OFF_CPU_COUNTS_0

@@ -1,11 +1,16 @@
 //! Merges decoded samples as they are drained: samples with equal
 //! [`SampleKey`]s add up their values. Pure bookkeeping, no I/O; turning
 //! the result into profiles is [`crate::resolve`]'s job.
+//!
+//! Trace links are bounded here, per window: each process keeps its first
+//! [`LinkBudget`] distinct links; a sample over budget keeps its stack and
+//! values and loses its link, counted in [`CaptureStats::links`].
 
 use std::collections::{BTreeSet, HashMap};
 
 use crate::profile::CaptureStats;
 use crate::sampler::{Drained, KindStats, RawSample, SampleKey};
+use crate::trace_link::LinkBudget;
 
 /// Values and event times of the samples that share a key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -30,12 +35,17 @@ pub struct Aggregated {
 #[derive(Debug, Default)]
 pub struct Aggregator {
     merged: Aggregated,
+    links: LinkBudget,
 }
 
 impl Aggregator {
-    /// An empty aggregator.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty aggregator keeping at most `max_links` distinct trace
+    /// links per process and window.
+    pub fn with_link_limit(max_links: usize) -> Self {
+        Self {
+            merged: Aggregated::default(),
+            links: LinkBudget::new(max_links),
+        }
     }
 
     /// Adds one drain's samples and loss counters.
@@ -44,11 +54,21 @@ impl Aggregator {
             self.merged.stats.entry(*kind).or_default().add(stats);
         }
         for RawSample {
-            key,
+            mut key,
             values,
             timestamps,
         } in drained.samples
         {
+            if let Some(link) = key.link {
+                let count = values.first().copied().unwrap_or(0);
+                let links = &mut self.merged.stats.entry(key.kind).or_default().links;
+                if self.links.admit(key.thread.tgid, link) {
+                    links.linked += count;
+                } else {
+                    links.dropped += count;
+                    key.link = None;
+                }
+            }
             let merged = self.merged.samples.entry(key).or_default();
             if merged.values.is_empty() {
                 merged.values = values;
@@ -94,8 +114,10 @@ impl Aggregator {
         total
     }
 
-    /// Everything collected, leaving the aggregator empty.
+    /// Everything collected, leaving the aggregator empty; the next
+    /// window's link budget starts afresh.
     pub fn take(&mut self) -> Aggregated {
+        self.links.reset();
         std::mem::take(&mut self.merged)
     }
 }
@@ -120,6 +142,7 @@ mod tests {
                 user_truncated: false,
                 kernel_stack: vec![],
                 labels,
+                link: None,
             },
             values: vec![count, count * 10],
             timestamps: vec![count],
@@ -132,7 +155,7 @@ mod tests {
 
     #[test]
     fn ingest_merges_equal_samples() {
-        let mut aggregator = Aggregator::new();
+        let mut aggregator = Aggregator::default();
         aggregator.ingest(Drained {
             samples: vec![sample(2, vec![]), sample(3, vec![])],
             stats: cpu_stats(CaptureStats {
@@ -159,5 +182,38 @@ mod tests {
         assert_eq!(plain.timestamps, vec![2, 3, 1]);
         assert_eq!(taken.stats[&ProfileKind::Cpu].recorded, 6);
         assert_eq!(aggregator.total_samples(), 0, "taking empties it");
+    }
+
+    #[test]
+    fn links_keep_samples_apart_within_each_processes_budget() {
+        use crate::trace_link::TraceLink;
+        use profiler_common::TraceContext;
+        let linked = |n: u8, count| {
+            let mut s = sample(count, vec![]);
+            s.key.link = TraceLink::from_context(&TraceContext {
+                trace_id: [n; 16],
+                span_id: [n; 8],
+            });
+            s
+        };
+        let mut aggregator = Aggregator::with_link_limit(2);
+        aggregator.ingest(Drained {
+            samples: vec![linked(1, 2), linked(2, 3), linked(3, 4), sample(1, vec![])],
+            stats: KindStats::new(),
+        });
+        assert_eq!(aggregator.stack_count(), 3, "two links and the unlinked");
+        let links = aggregator.stats().links;
+        assert_eq!((links.linked, links.dropped), (5, 4));
+        let taken = aggregator.take();
+        assert_eq!(
+            taken.samples[&sample(0, vec![]).key].values[0],
+            5,
+            "the dropped link's samples join the unlinked ones"
+        );
+        aggregator.ingest(Drained {
+            samples: vec![linked(3, 1)],
+            stats: KindStats::new(),
+        });
+        assert_eq!(aggregator.stats().links.linked, 1, "a new window");
     }
 }

@@ -74,6 +74,7 @@ pub mod summary;
 mod symbolize;
 pub mod system_info;
 pub mod text;
+pub mod trace_link;
 pub mod unwind;
 pub mod wait;
 

@@ -15,6 +15,7 @@ use hostprof_proto::pprof;
 use prost::Message;
 
 use crate::profile::Profile;
+use crate::trace_link::{SPAN_ID, TRACE_ID};
 
 /// Errors writing a pprof file.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,11 @@ pub fn encode(profile: &Profile) -> pprof::Profile {
                 }
             }
             text.extend(s.labels.iter().map(|(key, value)| (*key, value.as_str())));
+            let link = s.link.map(|link| (link.trace_id_hex(), link.span_id_hex()));
+            if let Some((trace_id, span_id)) = &link {
+                text.push((TRACE_ID, trace_id));
+                text.push((SPAN_ID, span_id));
+            }
             label.extend(text.into_iter().map(|(key, value)| pprof::Label {
                 key: strings.id(key),
                 str: strings.id(value),
@@ -341,6 +347,25 @@ mod tests {
         assert_eq!(s(labels["thread_name"].str), "worker");
         assert_eq!(s(labels["process"].str), "app");
         assert!(!labels.contains_key("container.id"));
+        assert!(!labels.contains_key(TRACE_ID), "no span, no trace label");
+
+        let mut linked = sample_profile();
+        let mut span_id = [0; 8];
+        span_id[7] = 0xab;
+        linked.samples[0].link = Some(crate::trace_link::TraceLink {
+            trace_id: [0x4b; 16],
+            span_id,
+        });
+        let p = encode(&linked);
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let labels: HashMap<&str, &str> = p.sample[0]
+            .label
+            .iter()
+            .filter(|l| l.str != 0)
+            .map(|l| (s(l.key), s(l.str)))
+            .collect();
+        assert_eq!(labels[TRACE_ID], "4b".repeat(16));
+        assert_eq!(labels[SPAN_ID], "00000000000000ab");
 
         let mut in_pod = sample_profile();
         let id = "cd".repeat(32);

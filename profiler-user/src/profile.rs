@@ -14,7 +14,10 @@ use std::sync::Arc;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
 use crate::kind::{Label, ProfileKind, ValueType};
-pub use crate::sampler::stats::{CaptureStats, FileCounters, UnresolvedLeaves, UnwindCounters};
+pub use crate::sampler::stats::{
+    CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters,
+};
+use crate::trace_link::TraceLink;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -145,6 +148,8 @@ pub struct Sample {
     pub stack: Vec<LocationId>,
     /// Labels of the kind (e.g. a thread state); empty for CPU samples.
     pub labels: Vec<Label>,
+    /// The trace and span the samples ran in, when known.
+    pub link: Option<TraceLink>,
     /// One value per [`Profile::sample_types`] entry; `values[0]` is the count.
     pub values: Vec<u64>,
     /// When each event happened (ns since boot), for kinds that record it.
@@ -259,6 +264,7 @@ struct SampleKey {
     thread_name: String,
     stack: Vec<LocationId>,
     labels: Vec<Label>,
+    link: Option<TraceLink>,
 }
 
 /// Values and timestamps of merged samples.
@@ -281,6 +287,8 @@ pub struct NewSample<'a> {
     pub stack: Vec<LocationId>,
     /// Labels of the kind.
     pub labels: Vec<Label>,
+    /// The trace and span the samples ran in.
+    pub link: Option<TraceLink>,
     /// One value per sample type of the kind.
     pub values: &'a [u64],
     /// Event times, if the kind records them.
@@ -345,6 +353,7 @@ impl ProfileBuilder {
             thread_name: sample.thread_name.to_owned(),
             stack: sample.stack,
             labels: sample.labels,
+            link: sample.link,
         };
         let merged = self.samples.entry(key).or_default();
         if merged.values.is_empty() {
@@ -376,6 +385,7 @@ impl ProfileBuilder {
                     thread_name: key.thread_name,
                     stack: key.stack,
                     labels: key.labels,
+                    link: key.link,
                     values: merged.values,
                     timestamps: merged.timestamps,
                 }
@@ -389,6 +399,7 @@ impl ProfileBuilder {
                 .then(a.tid.cmp(&b.tid))
                 .then(a.stack.cmp(&b.stack))
                 .then(a.labels.cmp(&b.labels))
+                .then(a.link.cmp(&b.link))
         });
         Profile {
             kind: self.kind,
@@ -444,6 +455,7 @@ impl ProfileBuilder {
             thread_name,
             stack,
             labels: Vec::new(),
+            link: None,
             values: &[count, count * 10_000_000],
             timestamps: &[],
         });
@@ -616,6 +628,7 @@ mod tests {
             thread_name,
             stack,
             labels: Vec::new(),
+            link: None,
             values,
             timestamps: &[],
         };
@@ -624,6 +637,7 @@ mod tests {
         b.add_sample(sample(8, "worker", vec![l3], &[1, 10]));
         b.add_sample(NewSample {
             labels: vec![("state", "sleeping".into())],
+            link: None,
             ..sample(8, "worker", vec![l3], &[1, 10])
         });
         let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 10);

@@ -26,11 +26,13 @@ use crate::unwind::loader::{LoaderStats, TableLoader};
 use crate::unwind::requests::TableRequests;
 use crate::unwind::Unwinder;
 
+pub use crate::sampler::trace_context::{InvalidTraceContextMap, TraceContextMap, TraceMapState};
 pub use crate::sampler::{
     Frequency, InvalidFrequency, InvalidOffCpuRate, OffCpuRate, SamplerError, SamplingPolicy,
     Target,
 };
 pub use crate::symbolize::CacheStats;
+use crate::trace_link::DEFAULT_MAX_LINKS_PER_PROCESS;
 
 /// How a [`Profiler`] runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +50,9 @@ pub struct ProfilerOptions {
     /// The kinds of profile to collect, each once (default `[cpu]`); each
     /// window yields one profile per kind, in this order.
     pub profiles: Vec<ProfileKind>,
+    /// The most distinct trace links a process keeps in one window; later
+    /// samples in new spans keep their stacks without a link.
+    pub max_links_per_process: usize,
 }
 
 impl Default for ProfilerOptions {
@@ -58,6 +63,7 @@ impl Default for ProfilerOptions {
             filter: ProcessFilter::default(),
             node_name: None,
             profiles: vec![ProfileKind::Cpu],
+            max_links_per_process: DEFAULT_MAX_LINKS_PER_PROCESS,
         }
     }
 }
@@ -137,6 +143,10 @@ impl Profiler {
             check_running_kernel()?;
         }
         let started = Sampler::start(&options.policy, &options.profiles)?;
+        match &started.trace_map {
+            state @ TraceMapState::Unusable { .. } => log::warn!("{state}"),
+            state => log::info!("{state}"),
+        }
         let tables = match started.unwind_maps {
             Some((maps, rows)) => Some(TableRequests::new(
                 TableLoader::spawn(maps, rows).map_err(ProfilerError::Loader)?,
@@ -268,7 +278,7 @@ impl Pipeline {
             filter: options.filter.clone(),
             processes: ProcessTable::with_generations(generations),
             symbolizer: Symbolizer::new(),
-            aggregator: Aggregator::new(),
+            aggregator: Aggregator::with_link_limit(options.max_links_per_process),
             pods,
             tables,
             start_time: SystemTime::now(),
@@ -408,6 +418,7 @@ mod tests {
                 user_truncated: false,
                 kernel_stack: vec![],
                 labels: vec![],
+                link: None,
             },
             values: vec![count, count * 10_101_010],
             timestamps: vec![],

@@ -136,6 +136,7 @@ pub fn profiles(
             thread_name: &key.thread.comm,
             stack,
             labels,
+            link: key.link,
             values: &merged.values,
             timestamps: &merged.timestamps,
         });
@@ -492,6 +493,7 @@ mod tests {
             user_truncated,
             kernel_stack: vec![],
             labels: vec![],
+            link: None,
         };
         Aggregated {
             samples: HashMap::from([(

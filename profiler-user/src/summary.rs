@@ -9,7 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::kind::ProfileKind;
-use crate::profile::{FrameKind, Profile, Sample, UnresolvedLeaves, UnwindCounters};
+use crate::profile::{FrameKind, LinkCounters, Profile, Sample, UnresolvedLeaves, UnwindCounters};
 use crate::symbolize::CacheStats;
 use crate::text::escape;
 use crate::unwind::loader::LoaderStats;
@@ -45,6 +45,10 @@ pub struct Summary {
     pub stack_errors: u64,
     /// Samples whose leaf user frame resolved to no file, by why.
     pub unresolved: UnresolvedLeaves,
+    /// Samples with a trace link, and those whose link was dropped.
+    pub links: LinkCounters,
+    /// Distinct trace links (spans) in the profile.
+    pub spans: usize,
     /// How user stacks were unwound.
     pub unwind: UnwindCounters,
     /// The unwind tables at the end of the capture; `None` unless the
@@ -98,6 +102,13 @@ impl Summary {
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
             unresolved: stats.unresolved,
+            links: stats.links,
+            spans: profile
+                .samples
+                .iter()
+                .filter_map(|s| s.link)
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             unwind: stats.unwind,
             unwind_tables: None,
             top,
@@ -194,6 +205,26 @@ fn write_unresolved(f: &mut fmt::Formatter<'_>, u: &UnresolvedLeaves) -> fmt::Re
     writeln!(f)
 }
 
+/// The `trace links` line, when samples ran in known spans.
+fn write_links(f: &mut fmt::Formatter<'_>, links: &LinkCounters, spans: usize) -> fmt::Result {
+    if links.linked + links.dropped == 0 {
+        return Ok(());
+    }
+    write!(
+        f,
+        "trace links      {} samples in {spans} spans",
+        links.linked
+    )?;
+    if links.dropped > 0 {
+        write!(
+            f,
+            ", {} without their link (over --max-links-per-process)",
+            links.dropped
+        )?;
+    }
+    writeln!(f)
+}
+
 /// The `unwound stacks` and `unwind tables` lines.
 fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats) -> fmt::Result {
     let user_stacks = u.unwound + u.no_tables;
@@ -238,6 +269,7 @@ impl fmt::Display for Summary {
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
         write_unresolved(f, &self.unresolved)?;
+        write_links(f, &self.links, self.spans)?;
         if let Some(tables) = &self.unwind_tables {
             write_unwind(f, &self.unwind, tables)?;
         }
@@ -283,6 +315,7 @@ impl Summary {
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
         write_unresolved(f, &self.unresolved)?;
+        write_links(f, &self.links, self.spans)?;
         if self.top.is_empty() {
             return Ok(());
         }
@@ -368,6 +401,7 @@ mod tests {
                 thread_name: "app",
                 stack,
                 labels: vec![("wait.class", class.into())],
+                link: None,
                 values: &[7, ns],
                 timestamps: &[],
             });
@@ -420,6 +454,8 @@ mod tests {
             dropped: 0,
             stack_errors: 0,
             unresolved: UnresolvedLeaves::default(),
+            links: LinkCounters::default(),
+            spans: 0,
             unwind,
             unwind_tables: None,
             top: Vec::new(),
@@ -441,6 +477,27 @@ mod tests {
                 "unresolved       5 samples' leaf: 3 process exited before it was read, \
                  2 file never opened\n"
             ),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn trace_links_are_reported_when_samples_ran_in_spans() {
+        let mut summary = summary_with(UnwindCounters::default(), tables(0, 0));
+        assert!(!summary.to_string().contains("trace links"));
+        summary.links.linked = 40;
+        summary.spans = 2;
+        assert!(
+            summary
+                .to_string()
+                .contains("trace links      40 samples in 2 spans\n"),
+            "{summary}"
+        );
+        summary.links.dropped = 7;
+        assert!(
+            summary
+                .to_string()
+                .contains(", 7 without their link (over --max-links-per-process)"),
             "{summary}"
         );
     }

@@ -363,6 +363,14 @@ fn encode_resolution(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::
             ("file_not_open", r.file_not_open),
             ("no_mapping", r.no_mapping),
         ],
+    )?;
+    let links = &p.capture.links;
+    emit_counters(
+        e,
+        "trace_link_samples",
+        "Samples that ran in a known trace span (linked: carry their trace and span; dropped: their process already had --max-links-per-process distinct links in the window, so they carry none)",
+        "outcome",
+        &[("linked", links.linked), ("dropped", links.dropped)],
     )
 }
 
@@ -502,6 +510,7 @@ mod tests {
         snapshot.queue_bytes = 100;
         snapshot.pipeline.capture.files.recorded = 71;
         snapshot.pipeline.capture.unresolved.process_gone = 8;
+        snapshot.pipeline.capture.links.linked = 33;
         let unwind = &mut snapshot.pipeline.capture.unwind;
         unwind.unwound = 900;
         unwind.no_tables = 100;
@@ -546,6 +555,8 @@ mod tests {
             "hostprof_recorded_files_total{outcome=\"lost\"} 0",
             "hostprof_unresolved_leaves_total{reason=\"process_gone\"} 8",
             "hostprof_unresolved_leaves_total{reason=\"file_not_open\"} 0",
+            "hostprof_trace_link_samples_total{outcome=\"linked\"} 33",
+            "hostprof_trace_link_samples_total{outcome=\"dropped\"} 0",
             "hostprof_unwind_samples_total{method=\"tables\"} 900",
             "hostprof_unwind_samples_total{method=\"frame_pointers\"} 100",
             "hostprof_unwind_stops_total{reason=\"end\"} 880",

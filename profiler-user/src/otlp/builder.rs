@@ -7,7 +7,8 @@
 //! table entries, samples with equal {stack, attributes, link} merged, and
 //! stacks leaf first. One `ResourceProfiles` per container, and one per
 //! process outside containers; in each, one `Profile` per sample type of
-//! each profile kind.
+//! each profile kind. A sample's trace link is an entry of the link table
+//! (`link_index` 0, the zero link, when it ran in no known span).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -22,6 +23,7 @@ use super::host::HostIdentity;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
 use crate::profile::{FrameKind, Process, Profile};
+use crate::trace_link::TraceLink;
 
 /// The instrumentation scope every profile is reported under.
 const SCOPE_NAME: &str = "hostprof";
@@ -69,6 +71,7 @@ struct Dictionary {
     strings: Table<String, String>,
     attributes: Table<(i32, AttrValue), pb::KeyValueAndUnit>,
     stacks: Table<Vec<i32>, pb::Stack>,
+    links: Table<TraceLink, pb::Link>,
     functions: Table<(i32, i32, i32), pb::Function>,
     mappings: Table<(u64, u64, u64, i32, Vec<i32>), pb::Mapping>,
     locations: Table<LocationKey, pb::Location>,
@@ -80,6 +83,7 @@ impl Dictionary {
             strings: Table::new(),
             attributes: Table::new(),
             stacks: Table::new(),
+            links: Table::new(),
             functions: Table::new(),
             mappings: Table::new(),
             locations: Table::new(),
@@ -222,8 +226,8 @@ fn str_kv(key: &str, value: &str) -> KeyValue {
 }
 
 /// Values and event times of samples merged by (stack index, attribute
-/// indices); the link is always the zero link.
-type MergedSamples = HashMap<(i32, Vec<i32>), (Vec<i64>, Vec<u64>)>;
+/// indices, link index).
+type MergedSamples = HashMap<(i32, Vec<i32>, i32), (Vec<i64>, Vec<u64>)>;
 
 /// Builds the export request for `profiles` (one per kind, from the same
 /// window): one dictionary shared by all, and in every resource one OTLP
@@ -271,12 +275,18 @@ pub fn build_request(profiles: &[Profile], host: &HostIdentity) -> ExportProfile
             for (key, value) in &sample.labels {
                 attributes.push(dict.attribute(key, AttrValue::Str(value.clone())));
             }
+            let link_index = sample.link.map_or(0, |link| {
+                dict.links.intern(link, || pb::Link {
+                    trace_id: link.trace_id.to_vec(),
+                    span_id: link.span_id.to_vec(),
+                })
+            });
             let i = *slot.entry(group.clone()).or_insert_with(|| {
                 per_group.push((group, vec![MergedSamples::new(); profiles.len()]));
                 per_group.len() - 1
             });
             let (values, timestamps) = per_group[i].1[k]
-                .entry((stack_index, attributes))
+                .entry((stack_index, attributes, link_index))
                 .or_insert_with(|| (vec![0; sample.values.len()], Vec::new()));
             for (sum, &value) in values.iter_mut().zip(&sample.values) {
                 *sum += value as i64;
@@ -320,7 +330,7 @@ pub fn build_request(profiles: &[Profile], host: &HostIdentity) -> ExportProfile
             mapping_table: dict.mappings.items,
             location_table: dict.locations.items,
             function_table: dict.functions.items,
-            link_table: vec![pb::Link::default()],
+            link_table: dict.links.items,
             string_table: dict.strings.items,
             attribute_table: dict.attributes.items,
             stack_table: dict.stacks.items,
@@ -351,12 +361,14 @@ fn otlp_profiles(
             samples: samples
                 .iter()
                 .map(
-                    |((stack_index, attribute_indices), (values, timestamps))| pb::Sample {
-                        stack_index: *stack_index,
-                        attribute_indices: attribute_indices.clone(),
-                        link_index: 0,
-                        values: vec![values[v]],
-                        timestamps_unix_nano: timestamps.clone(),
+                    |((stack_index, attribute_indices, link_index), (values, timestamps))| {
+                        pb::Sample {
+                            stack_index: *stack_index,
+                            attribute_indices: attribute_indices.clone(),
+                            link_index: *link_index,
+                            values: vec![values[v]],
+                            timestamps_unix_nano: timestamps.clone(),
+                        }
                     },
                 )
                 .collect(),
@@ -436,6 +448,51 @@ mod tests {
             host_id: Some("abc123".into()),
             extra: vec![("service.name".into(), "hostprof".into())],
         }
+    }
+
+    /// `sample_profile` with its sample copied twice into span `a` and
+    /// once into span `b`.
+    fn linked_profile() -> (Profile, TraceLink, TraceLink) {
+        let link = |n| TraceLink {
+            trace_id: [n; 16],
+            span_id: [n + 1; 8],
+        };
+        let (a, b) = (link(1), link(7));
+        let mut profile = sample_profile();
+        let plain = profile.samples[0].clone();
+        for l in [a, a, b] {
+            let mut sample = plain.clone();
+            sample.link = Some(l);
+            profile.samples.push(sample);
+        }
+        (profile, a, b)
+    }
+
+    #[test]
+    fn links_are_deduplicated_and_keep_samples_apart() {
+        let (profile, a, b) = linked_profile();
+        let request = build_request(&[profile], &host());
+        let d = request.dictionary.unwrap();
+        assert_eq!(d.link_table.len(), 3, "the zero link, a and b");
+        assert_eq!(d.link_table[0], pb::Link::default());
+        let index = |l: TraceLink| {
+            d.link_table
+                .iter()
+                .position(|x| x.trace_id == l.trace_id && x.span_id == l.span_id)
+                .unwrap() as i32
+        };
+        let samples = &request.resource_profiles[0].scope_profiles[0].profiles[0].samples;
+        let mut by_link: Vec<(i32, i64)> = samples
+            .iter()
+            .map(|s| (s.link_index, s.values[0]))
+            .collect();
+        by_link.sort_unstable();
+        let unlinked = sample_profile().samples;
+        let plain = unlinked[0].values[0] as i64;
+        let mut want: Vec<(i32, i64)> = unlinked.iter().map(|s| (0, s.values[0] as i64)).collect();
+        want.extend([(index(a), 2 * plain), (index(b), plain)]);
+        want.sort_unstable();
+        assert_eq!(by_link, want, "equal stacks in other spans stay apart");
     }
 
     #[test]

@@ -10,10 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use profiler_common::{SampleKey as KernelKey, StackHash, Stat, COMM_LEN, TRUNCATED_MARK};
+use profiler_common::{
+    SampleKey as KernelKey, StackHash, Stat, TraceContext, COMM_LEN, TRUNCATED_MARK,
+};
 
-use super::stats::{CaptureStats, FileCounters, UnresolvedLeaves, UnwindCounters};
+use super::stats::{CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters};
 use crate::kind::{Label, ProfileKind};
+use crate::trace_link::TraceLink;
 
 /// One of the two map sets the kernel program alternates between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +76,8 @@ pub struct SampleKey {
     pub kernel_stack: Vec<u64>,
     /// Labels the kind's decoder attached; empty for CPU samples.
     pub labels: Vec<Label>,
+    /// The trace and span the thread ran in, when known.
+    pub link: Option<TraceLink>,
 }
 
 /// Samples that share a [`SampleKey`], decoded from what the kernel recorded.
@@ -152,12 +157,16 @@ pub fn lookup_stack(stacks: &HashMap<StackHash, Vec<u64>>, hash: StackHash) -> V
     }
 }
 
+/// Who the kernel saw run a sample: tgid, tid, exec generation, `comm`
+/// and trace context.
+pub type KernelThread<'a> = (u32, u32, u32, &'a [u8; COMM_LEN], &'a TraceContext);
+
 /// What the kernel recorded about a sample of `kind`, decoded: the thread,
 /// its stacks looked up by hash in `stacks` (the user stack's truncation
-/// mark decoded), and `labels`.
+/// mark decoded), its trace link, and `labels`.
 pub fn decode_key(
     kind: ProfileKind,
-    (tgid, tid, exec_gen, comm): (u32, u32, u32, &[u8; COMM_LEN]),
+    (tgid, tid, exec_gen, comm, trace): KernelThread<'_>,
     user_stack: StackHash,
     kernel_stack: StackHash,
     stacks: &HashMap<StackHash, Vec<u64>>,
@@ -176,6 +185,7 @@ pub fn decode_key(
         user_truncated,
         kernel_stack: lookup_stack(stacks, kernel_stack),
         labels,
+        link: TraceLink::from_context(trace),
     }
 }
 
@@ -192,7 +202,7 @@ pub fn assemble_cpu(
         .map(|(key, count)| RawSample {
             key: decode_key(
                 ProfileKind::Cpu,
-                (key.tgid, key.tid, key.exec_gen, &key.comm),
+                (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
                 key.user_stack,
                 key.kernel_stack,
                 stacks,
@@ -250,7 +260,9 @@ impl StatCounters {
                 lost: delta(Stat::FileRecordLost),
                 lookup_failed: delta(Stat::FileLookupFailed),
             },
+            // Counted in userspace, later in the pipeline.
             unresolved: UnresolvedLeaves::default(),
+            links: LinkCounters::default(),
         }
     }
 }
@@ -270,6 +282,7 @@ mod tests {
             comm,
             exec_gen: 0,
             pad: 0,
+            trace: TraceContext::default(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod off_cpu;
 pub mod policy;
 mod process_events;
 pub mod stats;
+pub mod trace_context;
 mod unwind_maps;
 pub mod unwinder;
 
@@ -131,6 +132,8 @@ pub struct Started {
     /// With the table unwinder: the kernel maps tables go to, and the
     /// number of rows they hold (for a [`crate::unwind::loader::TableLoader`]).
     pub unwind_maps: Option<(KernelUnwindMaps, u32)>,
+    /// Whether samples are looked up in the trace-context map, and where.
+    pub trace_map: trace_context::TraceMapState,
 }
 
 /// A loaded, attached sampler.
@@ -214,6 +217,7 @@ impl Sampler {
             Unwinder::FramePointers => 1,
         };
         loader.map_max_entries(names::UNWIND_ROWS, table_rows);
+        let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
@@ -291,6 +295,9 @@ impl Sampler {
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
+        }
+        if trace_map.is_on() {
+            config.flags |= Config::TRACE_CONTEXT_MAP;
         }
         if let Target::Pids(pids) = &policy.target {
             config.flags |= Config::FILTER_PIDS;
@@ -398,6 +405,7 @@ impl Sampler {
             events,
             exec_generations,
             unwind_maps,
+            trace_map,
         })
     }
 

@@ -164,7 +164,7 @@ pub fn assemble_off_cpu(
         .map(|(key, value)| RawSample {
             key: decode_key(
                 ProfileKind::OffCpu,
-                (key.tgid, key.tid, key.exec_gen, &key.comm),
+                (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
                 key.user_stack,
                 key.kernel_stack,
                 stacks,
@@ -257,6 +257,7 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
             comm,
             state,
             exec_gen: 0,
+            trace: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::off_cpu::OffCpuRate;
+use super::trace_context::TraceContextMap;
 use super::unwinder::Unwinder;
 
 /// Sampling frequency in Hz, 1 to 1000 inclusive.
@@ -116,6 +117,8 @@ pub struct SamplingPolicy {
     pub unwinder: Unwinder,
     /// Off-CPU intervals kept (and unwound) per second per CPU, at most.
     pub off_cpu_max_rate: OffCpuRate,
+    /// Where each sample's trace context is looked up.
+    pub trace_context_map: TraceContextMap,
 }
 
 impl Default for SamplingPolicy {
@@ -126,6 +129,7 @@ impl Default for SamplingPolicy {
             include_idle: true,
             unwinder: Unwinder::default(),
             off_cpu_max_rate: OffCpuRate::DEFAULT,
+            trace_context_map: TraceContextMap::default(),
         }
     }
 }

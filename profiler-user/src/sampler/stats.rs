@@ -33,6 +33,18 @@ pub struct CaptureStats {
     /// Samples whose leaf user frame resolved to no file, by reason
     /// (counted when the window is symbolized).
     pub unresolved: UnresolvedLeaves,
+    /// Samples with a trace link, and those whose link was dropped.
+    pub links: LinkCounters,
+}
+
+/// Samples linked to a trace and span (counted as samples are aggregated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LinkCounters {
+    /// Samples that carry a link.
+    pub linked: u64,
+    /// Samples that ran in a span but whose link was dropped: their
+    /// process already had the most distinct links a window keeps.
+    pub dropped: u64,
 }
 
 /// What the kernel's files program did (see the eBPF side's `files`).
@@ -132,5 +144,7 @@ impl CaptureStats {
         self.files.lost += other.files.lost;
         self.files.lookup_failed += other.files.lookup_failed;
         self.unresolved.add(&other.unresolved);
+        self.links.linked += other.links.linked;
+        self.links.dropped += other.links.dropped;
     }
 }

@@ -17,7 +17,7 @@ use crate::otlp::queue::QueueLimits;
 use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
-use crate::profiler::{Frequency, OffCpuRate, SamplingPolicy, Target};
+use crate::profiler::{Frequency, OffCpuRate, SamplingPolicy, Target, TraceContextMap};
 use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
 /// Default length of one exported profile.
@@ -70,6 +70,20 @@ settings_group! {
         /// are sampled (totals stay exact in expectation).
         #[arg(long, value_name = "EVENTS")]
         pub off_cpu_max_rate: Option<OffCpuRate>,
+
+        /// Where the OpenTelemetry trace-context map is pinned (thread →
+        /// trace id and span id, filled by an OpenTelemetry eBPF
+        /// instrumentation): samples carry the trace and span their thread
+        /// ran in. Created and pinned there when absent; `none` turns trace
+        /// links off [default: /sys/fs/bpf/otel/traces_ctx_v1].
+        #[arg(long, value_name = "PATH")]
+        pub trace_context_map: Option<TraceContextMap>,
+
+        /// Distinct trace links one process keeps per window (an exported
+        /// profile, or a whole `record`); samples in later spans keep their
+        /// stacks without a link, counted [default: 256].
+        #[arg(long, value_name = "N")]
+        pub max_links_per_process: Option<usize>,
     }
 }
 
@@ -318,6 +332,10 @@ impl Profiling {
             },
             unwinder: self.unwinder()?,
             off_cpu_max_rate: self.off_cpu_max_rate.unwrap_or(defaults.off_cpu_max_rate),
+            trace_context_map: self
+                .trace_context_map
+                .clone()
+                .unwrap_or(defaults.trace_context_map),
         })
     }
 
@@ -335,6 +353,8 @@ impl Profiling {
             unwinder: Some(policy.unwinder.kind()),
             unwind_table_budget: policy.unwinder.table_budget(),
             off_cpu_max_rate: Some(policy.off_cpu_max_rate),
+            trace_context_map: Some(policy.trace_context_map.clone()),
+            max_links_per_process: Some(options.max_links_per_process),
         }
     }
 }
@@ -472,6 +492,10 @@ impl<C: CommandGroup> Settings<C> {
             profiles: self.profiling.profile_kinds()?,
             filter: self.filters.filter()?,
             node_name: self.filters.node_name(env),
+            max_links_per_process: self
+                .profiling
+                .max_links_per_process
+                .unwrap_or(ProfilerOptions::default().max_links_per_process),
             ..ProfilerOptions::default()
         })
     }

@@ -23,4 +23,5 @@ mod off_cpu;
 mod otlp;
 mod record;
 mod tenant;
+mod trace;
 mod unwind;

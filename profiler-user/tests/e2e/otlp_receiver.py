@@ -82,6 +82,11 @@ def summarize(request, transport):
         if check(len(table) > 0, f"{name} is empty"):
             check(table[0].ByteSize() == 0, f"{name}[0] is not the zero value")
     check(len(set(d.string_table)) == len(d.string_table), "duplicate strings")
+    links = [(bytes(l.trace_id), bytes(l.span_id)) for l in d.link_table]
+    check(len(set(links)) == len(links), "duplicate links")
+    for trace_id, span_id in links[1:]:
+        check(len(trace_id) == 16 and len(span_id) == 8 and any(trace_id) and any(span_id),
+              "a link is not a 16-byte trace id and an 8-byte span id")
 
     def s(i):
         return d.string_table[i] if check(0 <= i < len(d.string_table), f"string index {i}") else "?"
@@ -140,8 +145,13 @@ def summarize(request, transport):
                         frame_type = attrs(loc.attribute_indices).get("profile.frame.type")
                         check(frame_type is not None, "location without profile.frame.type")
                         frame_types.add(frame_type)
+                    link = None
+                    if 0 < sample.link_index < len(d.link_table):
+                        trace_id, span_id = links[sample.link_index]
+                        link = {"trace_id": trace_id.hex(), "span_id": span_id.hex()}
                     samples.append({"count": sum(sample.values), "stack": frames,
-                                    "attributes": attrs(sample.attribute_indices)})
+                                    "attributes": attrs(sample.attribute_indices),
+                                    "link": link})
         counts, cpu = by_type.get(("samples", "count")), by_type.get(("cpu", "nanoseconds"))
         if check(counts is not None and cpu is not None, "a sample type is missing"):
             period = next(p.period for sp in rp.scope_profiles for p in sp.profiles)
