@@ -117,6 +117,9 @@ pub mod names {
     /// ([`super::TraceContext`] by `pid_tgid`), shared through a pin (see
     /// [`super::TRACE_CONTEXT_MAP_PIN`]).
     pub const TRACES_CTX: &str = "traces_ctx_v1";
+    /// [`super::ThreadContextLocation`] by tgid: processes that publish
+    /// OpenTelemetry thread context, and where their threads keep it.
+    pub const THREAD_CONTEXTS: &str = "THREAD_CONTEXTS";
 
     /// Every perf-event program name above: userspace checks that the
     /// object has them.
@@ -163,6 +166,7 @@ pub mod names {
         OFF_CPU_COUNTS[0],
         OFF_CPU_COUNTS[1],
         TRACES_CTX,
+        THREAD_CONTEXTS,
     ];
 }
 
@@ -185,6 +189,39 @@ pub struct TraceContext {
     /// The 8-byte span id.
     pub span_id: [u8; 8],
 }
+
+/// Where a process's threads keep their OpenTelemetry thread-context
+/// pointer (`otel_thread_ctx_v1`, OTEP 4947), relative to each thread's
+/// thread pointer (`fsbase` on x86-64); found by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadContextLocation {
+    /// [`ThreadContextLocation::STATIC`] or [`ThreadContextLocation::DTV`].
+    pub kind: u32,
+    /// Zero.
+    pub pad: u32,
+    /// Static TLS: the pointer is at thread pointer + this.
+    pub tp_offset: i64,
+    /// Dynamic TLS: the module's index in the thread's DTV.
+    pub module_id: u64,
+    /// Dynamic TLS: the pointer's offset in the module's TLS block.
+    pub offset: u64,
+}
+
+impl ThreadContextLocation {
+    /// In static TLS, at [`Self::tp_offset`] from the thread pointer.
+    pub const STATIC: u32 = 1;
+    /// In dynamic TLS (glibc x86-64: the DTV pointer at thread pointer +
+    /// 8, 16-byte entries), at [`Self::offset`] in module
+    /// [`Self::module_id`]'s block.
+    pub const DTV: u32 = 2;
+}
+
+/// What a thread-context record starts with (OTEP 4947): trace id, span
+/// id, then `valid` (1: the record may be read) and the W3C trace flags.
+pub const THREAD_CONTEXT_HEADER: usize = 26;
+/// Offset of `valid` in a thread-context record.
+pub const THREAD_CONTEXT_VALID: usize = 24;
 
 /// Most executable mappings with unwind tables per process; mappings past
 /// this many are unwound with frame pointers.
@@ -318,6 +355,11 @@ pub struct Config {
     /// Where the files program finds what it reads (with
     /// [`Config::RECORD_FILES`]).
     pub files: FileOffsets,
+    /// `task_struct.thread.fsbase`: a task's thread pointer (with
+    /// [`Config::THREAD_CONTEXT`]).
+    pub task_fsbase: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -355,6 +397,9 @@ impl Config {
     /// Look each sample's thread up in the trace-context map
     /// ([`names::TRACES_CTX`]).
     pub const TRACE_CONTEXT_MAP: u32 = 1 << 3;
+    /// Read the OpenTelemetry thread context of threads of processes in
+    /// [`names::THREAD_CONTEXTS`] ([`Config::task_fsbase`] is filled in).
+    pub const THREAD_CONTEXT: u32 = 1 << 4;
 }
 
 /// The kinds of profile the kernel programs record, as indices of their
@@ -652,6 +697,7 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuKey {}
     unsafe impl aya::Pod for super::OffCpuValue {}
     unsafe impl aya::Pod for super::TraceContext {}
+    unsafe impl aya::Pod for super::ThreadContextLocation {}
 }
 
 #[cfg(test)]
@@ -661,7 +707,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 16 + 32);
+        assert_eq!(size_of::<Config>(), 16 + 32 + 8);
+        assert_eq!(size_of::<ThreadContextLocation>(), 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
         assert_eq!(size_of::<TraceContext>(), 24);
         assert_eq!(

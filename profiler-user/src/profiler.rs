@@ -15,7 +15,7 @@ use crate::aggregate::Aggregator;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
-use crate::process::ProcessTable;
+use crate::process::{ContextDiscovery, ProcessTable};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -159,11 +159,16 @@ impl Profiler {
             Some(node) => PodMetadata::watch(node.clone()),
             None => PodMetadata::empty(),
         };
+        let mut pipeline =
+            Pipeline::new(&options, pods, tables, Box::new(started.exec_generations));
+        pipeline.contexts = started
+            .thread_contexts
+            .map(|map| ContextDiscovery::new(Box::new(map)));
         Ok(Self {
             drain_interval: options.drain_interval,
             sampler: started.sampler,
             events: started.events,
-            pipeline: Pipeline::new(&options, pods, tables, Box::new(started.exec_generations)),
+            pipeline,
         })
     }
 
@@ -251,6 +256,8 @@ struct Pipeline {
     pods: PodMetadata,
     /// Unwind-table requests (`None` with frame pointers only).
     tables: Option<TableRequests>,
+    /// Processes publishing OpenTelemetry thread context (`None`: not read).
+    contexts: Option<ContextDiscovery>,
     start_time: SystemTime,
     started: Instant,
     /// Samples and counters of the windows already taken.
@@ -281,6 +288,7 @@ impl Pipeline {
             aggregator: Aggregator::with_link_limit(options.max_links_per_process),
             pods,
             tables,
+            contexts: None,
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
@@ -307,6 +315,9 @@ impl Pipeline {
             Ok(_) => {}
             Err(err) => log::debug!("process {tgid}: {err}"),
         }
+        if let Some(contexts) = &mut self.contexts {
+            contexts.check(tgid, Instant::now());
+        }
     }
 
     /// Takes in one drain; returns the processes found to have exited.
@@ -318,6 +329,15 @@ impl Pipeline {
             }
             tables.exited(&tracked.exited);
             tables.sampled(drained.tgids());
+        }
+        if let Some(contexts) = &mut self.contexts {
+            // Sampled processes that published nothing are checked again
+            // now and then: an SDK starts after its process.
+            let now = Instant::now();
+            for tgid in drained.tgids() {
+                contexts.check(tgid, now);
+            }
+            contexts.exited(&tracked.exited);
         }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);

@@ -45,6 +45,9 @@ pub struct UnwindBenchOptions {
     pub root: PathBuf,
     /// Scratch directory for the workloads and profiles.
     pub work_dir: PathBuf,
+    /// More arguments for every `hostprof record` (e.g.
+    /// `--trace-context-map none`, to compare a setting's cost).
+    pub record_args: Vec<String>,
 }
 
 /// The switch of the kernel's per-program run-time statistics.
@@ -254,6 +257,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
     if unwinder_flag {
         record.args(["--unwinder", mode.flag()]);
     }
+    record.args(&options.record_args);
     let mut child = record
         .spawn()
         .with_context(|| format!("starting {record:?}"))?;

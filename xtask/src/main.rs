@@ -126,6 +126,11 @@ enum Task {
         /// Length of each of the two captures, in seconds.
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// An extra argument for every `hostprof record` (repeatable), to
+        /// compare a setting's cost, e.g. `--record-arg=--trace-context-map
+        /// --record-arg=none`.
+        #[arg(long = "record-arg", value_name = "ARG", allow_hyphen_values = true)]
+        record_args: Vec<String>,
     },
     /// What the off-CPU profile costs: a pipe ping-pong on one CPU (every
     /// hand-off a context switch) and an idle host, with no profiler,
@@ -272,7 +277,10 @@ fn main() -> Result<()> {
             setup::cargo_fuzz()?;
             fuzz::run(&root, seconds, target.as_deref())
         }
-        Task::BenchUnwind { seconds } => {
+        Task::BenchUnwind {
+            seconds,
+            record_args,
+        } => {
             // Before the release build: it cannot run without root.
             bench_unwind::preflight("bench-unwind")?;
             let hostprof = release_build(&root)?;
@@ -281,6 +289,7 @@ fn main() -> Result<()> {
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
                 root,
+                record_args,
             })
         }
     }

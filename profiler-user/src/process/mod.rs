@@ -10,8 +10,10 @@
 
 mod lifecycle;
 pub mod maps;
+mod otel_context;
 pub mod perfmap;
 mod procfs;
+mod thread_context;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
@@ -22,6 +24,8 @@ use lifecycle::{lifecycle, Identity, Lifecycle};
 use maps::{MapEntry, MapPath};
 use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::{open_mapped_file, read_proc};
+
+pub use otel_context::ContextDiscovery;
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
 use crate::sampler::{Drained, ExecGenerations, FileMapping};

@@ -206,11 +206,36 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The offsets the files program reads, from the running kernel's BTF.
-pub fn running_file_offsets() -> Result<FileOffsets, KernelBtfError> {
+/// The offsets the kernel programs read, from one parse of the running
+/// kernel's BTF; each is an error of its own when the kernel lacks it.
+#[derive(Debug)]
+pub struct KernelOffsets {
+    /// What the files program reads.
+    pub files: Result<FileOffsets, KernelBtfError>,
+    /// `task_struct.thread.fsbase`, a task's thread pointer.
+    pub task_fsbase: Result<u32, KernelBtfError>,
+}
+
+/// [`KernelOffsets`] of the running kernel.
+pub fn running_offsets() -> Result<KernelOffsets, KernelBtfError> {
     let data =
         std::fs::read(VMLINUX_BTF).map_err(|err| KernelBtfError::Unreadable(err.to_string()))?;
-    file_offsets(&Btf::parse(&data)?)
+    let btf = Btf::parse(&data)?;
+    Ok(KernelOffsets {
+        files: file_offsets(&btf),
+        task_fsbase: task_fsbase(&btf),
+    })
+}
+
+/// The offsets the files program reads, from the running kernel's BTF.
+pub fn running_file_offsets() -> Result<FileOffsets, KernelBtfError> {
+    running_offsets()?.files
+}
+
+/// Offset of `task_struct.thread.fsbase` (x86-64: the thread pointer the
+/// TLS of user threads hangs from).
+pub fn task_fsbase(btf: &Btf<'_>) -> Result<u32, KernelBtfError> {
+    Ok(btf.field_offset("task_struct", "thread")? + btf.field_offset("thread_struct", "fsbase")?)
 }
 
 /// The offsets the files program reads (see `profiler_common::FileOffsets`).
@@ -323,5 +348,9 @@ mod tests {
         assert_eq!(offsets.vma_end, 8);
         assert!(offsets.vma_pgoff > 8 && offsets.vma_file > 8);
         assert!(offsets.inode_ino > 0 && offsets.inode_sb > 0 && offsets.sb_dev > 0);
+        // x86-64 keeps `thread` last in task_struct (kilobytes in) and
+        // fsbase 8-aligned in it.
+        let fsbase = task_fsbase(&Btf::parse(&data).unwrap()).unwrap();
+        assert!(fsbase > 1024 && fsbase.is_multiple_of(8), "{fsbase}");
     }
 }

@@ -12,6 +12,7 @@ pub mod off_cpu;
 pub mod policy;
 mod process_events;
 pub mod stats;
+mod thread_contexts;
 pub mod trace_context;
 mod unwind_maps;
 pub mod unwinder;
@@ -37,6 +38,7 @@ pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
 };
+pub use thread_contexts::{KernelThreadContexts, ThreadContexts};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 
 use crate::kind::ProfileKind;
@@ -134,6 +136,9 @@ pub struct Started {
     pub unwind_maps: Option<(KernelUnwindMaps, u32)>,
     /// Whether samples are looked up in the trace-context map, and where.
     pub trace_map: trace_context::TraceMapState,
+    /// Where to say which processes publish thread context (`None`: the
+    /// kernel's thread pointer offset is unknown, or turned off).
+    pub thread_contexts: Option<KernelThreadContexts>,
 }
 
 /// A loaded, attached sampler.
@@ -258,6 +263,7 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::OFF_CPU_COUNTS[1]))?,
         ];
+        let thread_context_map = take(names::THREAD_CONTEXTS)?;
         let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
             .map_err(map_err(names::PROCESS_EVENTS))?;
@@ -292,6 +298,8 @@ impl Sampler {
             flags: 0,
             off_cpu_period_ns: off_cpu::INITIAL_PERIOD_NS,
             files: FileOffsets::default(),
+            task_fsbase: 0,
+            pad: 0,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -299,6 +307,22 @@ impl Sampler {
         if trace_map.is_on() {
             config.flags |= Config::TRACE_CONTEXT_MAP;
         }
+        let offsets = kernel_btf::running_offsets()
+            .map_err(|err| log::info!("kernel offsets unknown: {err}"))
+            .ok();
+        let thread_contexts = match offsets.as_ref().map(|o| &o.task_fsbase) {
+            _ if !policy.thread_context => None,
+            Some(Ok(task_fsbase)) => {
+                config.task_fsbase = *task_fsbase;
+                config.flags |= Config::THREAD_CONTEXT;
+                Some(KernelThreadContexts::new(thread_context_map)?)
+            }
+            Some(Err(err)) => {
+                log::warn!("thread context not read: {err}");
+                None
+            }
+            None => None,
+        };
         if let Target::Pids(pids) = &policy.target {
             config.flags |= Config::FILTER_PIDS;
             for pid in pids {
@@ -317,7 +341,11 @@ impl Sampler {
         // Without the kernel's BTF there are no exec generations and no
         // file recording (and no off-CPU profile, which says so below).
         let btf = Btf::from_sys_fs().ok();
-        let file_offsets = file_offsets();
+        let file_offsets = offsets.and_then(|o| {
+            o.files
+                .map_err(|err| log::info!("file recording off: {err}"))
+                .ok()
+        });
         let mut files = file_offsets.is_some() && btf.is_some();
         if let Some(btf) = &btf {
             process_events::attach_exec(&mut ebpf, btf);
@@ -406,6 +434,7 @@ impl Sampler {
             exec_generations,
             unwind_maps,
             trace_map,
+            thread_contexts,
         })
     }
 
@@ -760,12 +789,6 @@ fn attach_off_cpu(
 
 /// The kernel struct offsets the files programs read, from the kernel's
 /// BTF; `None` (logged) when they cannot be found.
-fn file_offsets() -> Option<FileOffsets> {
-    kernel_btf::running_file_offsets()
-        .map_err(|err| log::info!("file recording off: {err}"))
-        .ok()
-}
-
 /// What a failed load of the tail-called program `name` says.
 fn tail_call_load_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
     move |source| SamplerError::Program {

@@ -119,6 +119,9 @@ pub struct SamplingPolicy {
     pub off_cpu_max_rate: OffCpuRate,
     /// Where each sample's trace context is looked up.
     pub trace_context_map: TraceContextMap,
+    /// Read the thread context OpenTelemetry SDKs publish in processes
+    /// (OTEP 4947) where the trace-context map has none.
+    pub thread_context: bool,
 }
 
 impl Default for SamplingPolicy {
@@ -130,6 +133,7 @@ impl Default for SamplingPolicy {
             unwinder: Unwinder::default(),
             off_cpu_max_rate: OffCpuRate::DEFAULT,
             trace_context_map: TraceContextMap::default(),
+            thread_context: true,
         }
     }
 }

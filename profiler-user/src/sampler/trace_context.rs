@@ -16,8 +16,9 @@
 //!   warning naming the fix, and the source is off;
 //! - `none`: off.
 //!
-//! Only [`prepare`] makes syscalls; what it decides from is pure
-//! ([`check_shape`]).
+//! [`inspect`] looks without changing anything (`system-info` shows it);
+//! [`prepare`] also creates the pin's directory. What they decide from is
+//! pure ([`check_shape`]).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -186,10 +187,10 @@ impl fmt::Display for TraceMapState {
     }
 }
 
-/// Points `loader` at the trace-context map `setting` names, creating
-/// the pin's directory when needed; returns what it found. Never fails
-/// the load: a map that cannot be used turns the source off.
-pub fn prepare(loader: &mut EbpfLoader<'_>, setting: &TraceContextMap) -> TraceMapState {
+/// What the trace-context map `setting` names is, changing nothing: a
+/// pin to reuse, one to create ([`TraceMapState::Created`]: none yet, on a
+/// BPF filesystem), or why it cannot be used.
+pub fn inspect(setting: &TraceContextMap) -> TraceMapState {
     let path = match setting {
         TraceContextMap::Off => return TraceMapState::Off,
         TraceContextMap::Pin(path) => path.clone(),
@@ -198,8 +199,8 @@ pub fn prepare(loader: &mut EbpfLoader<'_>, setting: &TraceContextMap) -> TraceM
         path: path.clone(),
         reason,
     };
-    let state = if path.exists() {
-        match pinned_shape(&path) {
+    if path.exists() {
+        return match pinned_shape(&path) {
             Err(err) => unusable(format!("could not open the pin: {err}")),
             Ok(shape) => match check_shape(shape) {
                 Ok(()) => TraceMapState::Reused(path.clone()),
@@ -207,16 +208,32 @@ pub fn prepare(loader: &mut EbpfLoader<'_>, setting: &TraceContextMap) -> TraceM
                     "it is not the OpenTelemetry trace-context map: {differences}"
                 )),
             },
-        }
-    } else {
+        };
+    }
+    // The nearest existing directory decides the filesystem of the pin.
+    let existing = path.ancestors().skip(1).find(|dir| dir.exists());
+    match on_bpf_filesystem(existing.unwrap_or(Path::new("/"))) {
+        Ok(()) => TraceMapState::Created(path.clone()),
+        Err(reason) => unusable(reason),
+    }
+}
+
+/// Points `loader` at the trace-context map `setting` names, creating
+/// the pin's directory when needed; returns what it found. Never fails
+/// the load: a map that cannot be used turns the source off.
+pub fn prepare(loader: &mut EbpfLoader<'_>, setting: &TraceContextMap) -> TraceMapState {
+    let mut state = inspect(setting);
+    if let TraceMapState::Created(path) = &state {
         let dir = path.parent().unwrap_or(Path::new("/"));
-        match on_bpf_filesystem(dir) {
-            Ok(()) => TraceMapState::Created(path.clone()),
-            Err(reason) => unusable(reason),
+        if let Err(err) = std::fs::create_dir_all(dir) {
+            state = TraceMapState::Unusable {
+                path: path.clone(),
+                reason: format!("could not create {}: {err}", dir.display()),
+            };
         }
-    };
-    if state.is_on() {
-        loader.map_pin_path(names::TRACES_CTX, path);
+    }
+    if let TraceMapState::Reused(path) | TraceMapState::Created(path) = &state {
+        loader.map_pin_path(names::TRACES_CTX, path.clone());
     }
     state
 }
@@ -231,11 +248,8 @@ fn pinned_shape(path: &Path) -> Result<MapShape, aya::maps::MapError> {
     })
 }
 
-/// Creates `dir` when missing and checks that it is on a BPF filesystem,
-/// where the map can be pinned.
+/// Whether `dir` is on a BPF filesystem, where the map can be pinned.
 fn on_bpf_filesystem(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|err| format!("could not create {}: {err}", dir.display()))?;
     let stat = rustix::fs::statfs(dir)
         .map_err(|err| format!("could not statfs {}: {err}", dir.display()))?;
     #[allow(

@@ -84,6 +84,11 @@ settings_group! {
         /// stacks without a link, counted [default: 256].
         #[arg(long, value_name = "N")]
         pub max_links_per_process: Option<usize>,
+
+        /// Do not read the thread context OpenTelemetry SDKs publish in
+        /// processes (`otel_thread_ctx_v1`, OTEP 4947) for trace links.
+        #[arg(long, num_args = 0, default_missing_value = "true")]
+        pub no_thread_context: Option<bool>,
     }
 }
 
@@ -336,6 +341,10 @@ impl Profiling {
                 .trace_context_map
                 .clone()
                 .unwrap_or(defaults.trace_context_map),
+            thread_context: match self.no_thread_context {
+                Some(off) => !off,
+                None => defaults.thread_context,
+            },
         })
     }
 
@@ -354,6 +363,7 @@ impl Profiling {
             unwind_table_budget: policy.unwinder.table_budget(),
             off_cpu_max_rate: Some(policy.off_cpu_max_rate),
             trace_context_map: Some(policy.trace_context_map.clone()),
+            no_thread_context: Some(!policy.thread_context),
             max_links_per_process: Some(options.max_links_per_process),
         }
     }

@@ -28,6 +28,7 @@ use aya::programs::ProgramType;
 use kernel::{Feature, KernelCheckError, KernelVersion, RunningKernel, KERNEL_MINIMUMS};
 
 use crate::kind::ProfileKind;
+use crate::sampler::trace_context::{self, TraceContextMap, TraceMapState};
 
 /// Outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +256,30 @@ fn process_tracking(
     }
 }
 
+/// Where samples' trace links come from (at the default pin; `record`
+/// and `agent` take `--trace-context-map`).
+fn trace_links(state: &TraceMapState) -> Check {
+    const NAME: &str = "trace links";
+    match state {
+        TraceMapState::Reused(path) => Check::new(
+            NAME,
+            format!("trace-context map pinned at {}: read", path.display()),
+            Status::Ok,
+        ),
+        TraceMapState::Created(path) => Check::new(
+            NAME,
+            format!(
+                "no trace-context map at {} yet: hostprof pins one for an instrumentation to fill",
+                path.display()
+            ),
+            Status::Ok,
+        ),
+        TraceMapState::Off => Check::new(NAME, "off", Status::Ok),
+        TraceMapState::Unusable { .. } => Check::new(NAME, state.to_string(), Status::Warn)
+            .hint("samples carry no trace links; fix the pin or give --trace-context-map"),
+    }
+}
+
 /// [`process_tracking`] on this host.
 fn process_tracking_check() -> Check {
     let version = RunningKernel::get().ok().map(|k| k.version);
@@ -300,6 +325,7 @@ pub fn collect() -> Vec<Check> {
         table_unwinder_check(),
         off_cpu_check(),
         process_tracking_check(),
+        trace_links(&trace_context::inspect(&TraceContextMap::default())),
         btf_check(),
     ];
     checks.extend(capability_checks());
@@ -538,6 +564,25 @@ mod tests {
         assert_eq!(no_btf.status, Status::Warn);
         assert!(no_btf.value.contains("no struct file") && no_btf.value.contains("not tracked"));
         assert!(no_btf.hint.unwrap().contains("[unknown]"));
+    }
+
+    #[test]
+    fn trace_links_row_warns_only_when_the_pin_cannot_be_used() {
+        let pin = std::path::PathBuf::from("/sys/fs/bpf/otel/traces_ctx_v1");
+        let created = trace_links(&TraceMapState::Created(pin.clone()));
+        assert_eq!(created.status, Status::Ok);
+        assert!(created.value.contains("/sys/fs/bpf/otel/traces_ctx_v1"));
+        assert_eq!(
+            trace_links(&TraceMapState::Reused(pin.clone())).status,
+            Status::Ok
+        );
+        let bad = trace_links(&TraceMapState::Unusable {
+            path: pin,
+            reason: "key size 4 (expected 8)".into(),
+        });
+        assert_eq!(bad.status, Status::Warn);
+        assert!(bad.value.contains("key size 4"), "{bad:?}");
+        assert!(bad.hint.unwrap().contains("--trace-context-map"));
     }
 
     #[test]

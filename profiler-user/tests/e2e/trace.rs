@@ -113,38 +113,67 @@ fn labelled(pprof: &Path, profile: &Path, key: &str, value: &str) -> u64 {
     Traces::with_label(pprof, profile, key, value).total()
 }
 
-/// Per (trace id, span id) of the OTLP samples of `process`, and its
-/// samples without a link (key `None`).
-fn otlp_links(request: &Value, process: &str) -> Vec<(Option<(String, String)>, u64)> {
-    let mut counts: Vec<(Option<(String, String)>, u64)> = Vec::new();
-    for resource in request["resources"].as_array().unwrap() {
-        if resource["attributes"]["process.executable.name"] != process {
-            continue;
-        }
-        for sample in resource["samples"].as_array().unwrap() {
-            let link = sample["link"].as_object().map(|l| {
-                (
-                    l["trace_id"].as_str().unwrap().to_owned(),
-                    l["span_id"].as_str().unwrap().to_owned(),
-                )
-            });
-            let count = sample["count"].as_u64().unwrap();
-            match counts.iter_mut().find(|(l, _)| *l == link) {
-                Some((_, total)) => *total += count,
-                None => counts.push((link, count)),
-            }
-        }
-    }
-    counts
+/// A sample's (trace id, span id) in hex, `None` without a link.
+type Link = Option<(String, String)>;
+
+/// Of the `total` samples whose stacks `selected` picks, ≥ 90 % carry span
+/// A or B in the pprof labels, each span at least a fifth, trace and span
+/// ids agree, and no other sample of the profile carries a trace id.
+fn assert_two_spans(
+    pprof: &Path,
+    profile: &Path,
+    total: u64,
+    selected: impl Fn(&[String]) -> bool,
+) {
+    let count = |key, value| Traces::with_label(pprof, profile, key, value).count(&selected);
+    let (in_a, in_b) = (count("trace_id", SPAN_A.0), count("trace_id", SPAN_B.0));
+    assert!(
+        (in_a + in_b) * 100 >= total * 90,
+        "only {in_a} + {in_b} of {total} samples carry their span"
+    );
+    assert!(
+        in_a * 5 >= total && in_b * 5 >= total,
+        "each span holds a part of the capture: {in_a} and {in_b} of {total}"
+    );
+    assert_eq!(count("span_id", SPAN_A.1), in_a);
+    assert_eq!(count("span_id", SPAN_B.1), in_b);
+    let linked = Traces::with_label(pprof, profile, "trace_id", "[0-9a-f]{32}");
+    assert_eq!(
+        linked.total(),
+        in_a + in_b,
+        "no other sample carries a trace id: {linked:?}"
+    );
 }
 
-fn count_of(links: &[(Option<(String, String)>, u64)], span: Option<Span>) -> u64 {
-    let want = span.map(|(t, s)| (t.to_owned(), s.to_owned()));
-    links
-        .iter()
-        .filter(|(l, _)| *l == want)
-        .map(|(_, c)| c)
-        .sum()
+/// [`assert_two_spans`] in the OTLP export: of the samples of `process`
+/// whose stacks `selected` picks, ≥ 90 % link to span A or B, each span
+/// at least a fifth, and none to anything else.
+fn assert_two_spans_otlp(request: &Value, process: &str, selected: impl Fn(&[String]) -> bool) {
+    let samples = otlp_samples(request, process);
+    let span = |(t, s): Span| Some((t.to_owned(), s.to_owned()));
+    let count = |want: &dyn Fn(&Link) -> bool| -> u64 {
+        samples
+            .iter()
+            .filter(|(stack, link, _)| selected(stack) && want(link))
+            .map(|(_, _, c)| c)
+            .sum()
+    };
+    let total = count(&|_| true);
+    let in_a = count(&|link| *link == span(SPAN_A));
+    let in_b = count(&|link| *link == span(SPAN_B));
+    assert_eq!(
+        in_a + in_b + count(&|link| link.is_none()),
+        total,
+        "only the two spans: {samples:?}"
+    );
+    assert!(
+        (in_a + in_b) * 100 >= total * 90,
+        "{in_a} + {in_b} of {total}"
+    );
+    assert!(
+        in_a * 5 >= total && in_b * 5 >= total,
+        "{in_a}, {in_b} of {total}"
+    );
 }
 
 #[test]
@@ -182,24 +211,8 @@ fn samples_carry_the_span_their_thread_ran_in() {
     finished(run);
 
     let all = Traces::of(&pprof, &first, "cpu_chain").total();
-    let in_a = labelled(&pprof, &first, "trace_id", SPAN_A.0);
-    let in_b = labelled(&pprof, &first, "trace_id", SPAN_B.0);
     assert!(all > 200, "too few samples of the linked process: {all}");
-    assert!(
-        (in_a + in_b) * 100 >= all * 90,
-        "only {in_a} + {in_b} of {all} samples carry a span"
-    );
-    assert!(
-        in_a * 4 >= all && in_b * 4 >= all,
-        "each span holds a part of the capture: {in_a} and {in_b} of {all}"
-    );
-    assert_eq!(labelled(&pprof, &first, "span_id", SPAN_A.1), in_a);
-    assert_eq!(labelled(&pprof, &first, "span_id", SPAN_B.1), in_b);
-    assert_eq!(
-        labelled(&pprof, &first, "trace_id", "[0-9a-f]{32}"),
-        in_a + in_b,
-        "no other process's samples carry a trace id"
-    );
+    assert_two_spans(&pprof, &first, all, |_| true);
     assert!(Traces::of(&pprof, &first, "cpu_unlinked").total() > 200);
 
     let received = receiver.received();
@@ -210,25 +223,10 @@ fn samples_carry_the_span_their_thread_ran_in() {
         "{}",
         received[0]["errors"]
     );
-    let links = otlp_links(&received[0], "cpu_chain");
-    let otlp_all: u64 = links.iter().map(|(_, c)| c).sum();
-    let (otlp_a, otlp_b) = (
-        count_of(&links, Some(SPAN_A)),
-        count_of(&links, Some(SPAN_B)),
-    );
-    assert_eq!(
-        otlp_a + otlp_b + count_of(&links, None),
-        otlp_all,
-        "only the two spans: {links:?}"
-    );
-    assert!((otlp_a + otlp_b) * 100 >= otlp_all * 90, "{links:?}");
+    assert_two_spans_otlp(&received[0], "cpu_chain", |_| true);
+    let unlinked = otlp_samples(&received[0], "cpu_unlinked");
     assert!(
-        otlp_a * 4 >= otlp_all && otlp_b * 4 >= otlp_all,
-        "{links:?}"
-    );
-    let unlinked = otlp_links(&received[0], "cpu_unlinked");
-    assert!(
-        unlinked.iter().all(|(l, _)| l.is_none()) && !unlinked.is_empty(),
+        !unlinked.is_empty() && unlinked.iter().all(|(_, link, _)| link.is_none()),
         "the other process runs in no span: {unlinked:?}"
     );
 
@@ -259,4 +257,87 @@ fn samples_carry_the_span_their_thread_ran_in() {
     );
     assert_eq!(labelled(&pprof, &third, "trace_id", "[0-9a-f]{32}"), 0);
     assert!(Traces::of(&pprof, &third, "cpu_chain").total() > 0);
+}
+
+/// Stacks (function names, leaf first) and links of the OTLP samples of
+/// `process`, with their counts.
+fn otlp_samples(request: &Value, process: &str) -> Vec<(Vec<String>, Link, u64)> {
+    let mut samples = Vec::new();
+    for resource in request["resources"].as_array().unwrap() {
+        if resource["attributes"]["process.executable.name"] != process {
+            continue;
+        }
+        for sample in resource["samples"].as_array().unwrap() {
+            let stack = sample["stack"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_owned())
+                .collect();
+            let link = sample["link"].as_object().map(|l| {
+                (
+                    l["trace_id"].as_str().unwrap().to_owned(),
+                    l["span_id"].as_str().unwrap().to_owned(),
+                )
+            });
+            samples.push((stack, link, sample["count"].as_u64().unwrap()));
+        }
+    }
+    samples
+}
+
+/// The thread context an OpenTelemetry SDK publishes (OTEP 4947, with the
+/// process context of OTEP 4719 that announces it): the workload's
+/// worker thread points `otel_thread_ctx_v1` at a record of span A, then
+/// of span B; its main thread never sets it. Only this source is on
+/// (`--trace-context-map none`).
+#[test]
+fn samples_carry_the_span_an_sdk_publishes_in_thread_local_storage() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = common::pprof_tool();
+    let workloads = common::Workloads::build(&["otel_thread_ctx"]);
+    let receiver = Receiver::start(workloads.path("").as_path(), &[]);
+    // Span A for 3.5 s, then span B: the switch falls inside the capture,
+    // which starts once hostprof has loaded (~1 s) and lasts 4 s.
+    // (Its announcements are not read: a closed pipe would kill it.)
+    let child = Command::new(workloads.path("otel_thread_ctx"))
+        .args(["7000", SPAN_A.0, SPAN_A.1, SPAN_B.0, SPAN_B.1])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start otel_thread_ctx");
+    let _workload = common::KillOnDrop::new(child);
+    let output = workloads.path("tls.pb.gz");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    finished(record(
+        &["--duration", "4s", "--otlp-endpoint", &endpoint],
+        Path::new("none"),
+        &output,
+    ));
+
+    let process = Traces::of(&pprof, &output, "otel_thread_ctx");
+    let in_span = |stack: &[String]| stack.iter().any(|f| f == "otel_ctx_hot");
+    let outside = |stack: &[String]| stack.iter().any(|f| f == "no_ctx_hot");
+    let worker = process.count(in_span);
+    assert!(worker > 150, "too few samples of the worker: {process:?}");
+    assert!(process.count(outside) > 150, "{process:?}");
+    assert_two_spans(&pprof, &output, worker, in_span);
+
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "one export");
+    assert_eq!(
+        received[0]["errors"],
+        Value::Array(vec![]),
+        "{}",
+        received[0]["errors"]
+    );
+    assert_two_spans_otlp(&received[0], "otel_thread_ctx", in_span);
+    let main_linked: u64 = otlp_samples(&received[0], "otel_thread_ctx")
+        .iter()
+        .filter(|(stack, link, _)| outside(stack) && link.is_some())
+        .map(|(_, _, count)| count)
+        .sum();
+    assert_eq!(main_linked, 0, "the main thread runs in no span");
 }

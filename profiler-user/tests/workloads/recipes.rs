@@ -54,6 +54,21 @@ const C_NO_DEBUG_INFO: Compiler = Compiler {
     ],
 };
 
+/// C with frame pointers that exports the OpenTelemetry thread-context
+/// variable in `.dynsym` (TLS descriptors, as OTEP 4947 recommends; a
+/// variable of the executable itself is reached by local exec anyway).
+const C_OTEL_THREAD_CONTEXT: Compiler = Compiler {
+    program: "gcc",
+    flags: &[
+        "-O2",
+        "-g",
+        "-fno-omit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+        "-mtls-dialect=gnu2",
+        "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1",
+    ],
+};
+
 /// Rust release code with forced frame pointers.
 const RUST_FRAME_POINTERS: Compiler = Compiler {
     program: "rustc",
@@ -115,6 +130,12 @@ const RECIPES: &[Recipe] = &[
     // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
     program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
+    // Publishes OpenTelemetry process and thread context (issue 17).
+    program(
+        "otel_thread_ctx",
+        "otel_thread_ctx.c",
+        C_OTEL_THREAD_CONTEXT,
+    ),
     // Without frame pointers.
     program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
     program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),
