@@ -80,7 +80,8 @@ impl ContextDiscovery {
         let checked = match discover(tgid) {
             Ok(Some(location)) => {
                 log::info!(
-                    "process {tgid}: reading its OpenTelemetry thread context ({location:?})"
+                    "process {tgid}: reading its OpenTelemetry thread context {}",
+                    describe(&location)
                 );
                 self.sink.publish(tgid, location);
                 Checked::Published
@@ -179,6 +180,22 @@ fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
         ));
     }
     Ok(None)
+}
+
+/// Where `location` says the pointer is, for the log.
+fn describe(location: &ThreadContextLocation) -> String {
+    match location.kind {
+        ThreadContextLocation::STATIC => {
+            format!(
+                "in static TLS, at {} from the thread pointer",
+                location.tp_offset
+            )
+        }
+        _ => format!(
+            "in dynamic TLS, at {:#x} in the block of module {}",
+            location.offset, location.module_id
+        ),
+    }
 }
 
 /// The process-context mapping (readers skip executable ones).

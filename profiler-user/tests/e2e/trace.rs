@@ -92,6 +92,7 @@ fn record(args: &[&str], pin: &Path, output: &Path) -> Child {
         .arg(pin)
         .arg("--output")
         .arg(output)
+        .env("RUST_LOG", "hostprof=info")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run hostprof")
@@ -290,34 +291,40 @@ fn otlp_samples(request: &Value, process: &str) -> Vec<(Vec<String>, Link, u64)>
 /// process context of OTEP 4719 that announces it): the workload's
 /// worker thread points `otel_thread_ctx_v1` at a record of span A, then
 /// of span B; its main thread never sets it. Only this source is on
-/// (`--trace-context-map none`).
-#[test]
-fn samples_carry_the_span_an_sdk_publishes_in_thread_local_storage() {
+/// (`--trace-context-map none`). `workload` is a build of
+/// otel_thread_ctx.c, run with `env`; `build` what it needs built.
+fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], tls: &str) {
     if common::skip_bpf() {
         return;
     }
     let _serial = common::one_at_a_time();
     let pprof = common::pprof_tool();
-    let workloads = common::Workloads::build(&["otel_thread_ctx"]);
+    let workloads = common::Workloads::build(build);
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     // Span A for 3.5 s, then span B: the switch falls inside the capture,
     // which starts once hostprof has loaded (~1 s) and lasts 4 s.
     // (Its announcements are not read: a closed pipe would kill it.)
-    let child = Command::new(workloads.path("otel_thread_ctx"))
+    let child = Command::new(workloads.path(workload))
         .args(["7000", SPAN_A.0, SPAN_A.1, SPAN_B.0, SPAN_B.1])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start otel_thread_ctx");
     let _workload = common::KillOnDrop::new(child);
     let output = workloads.path("tls.pb.gz");
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    finished(record(
+    let out = finished(record(
         &["--duration", "4s", "--otlp-endpoint", &endpoint],
         Path::new("none"),
         &output,
     ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reading its OpenTelemetry thread context") && stderr.contains(tls),
+        "the pointer is found {tls}: {stderr}"
+    );
 
-    let process = Traces::of(&pprof, &output, "otel_thread_ctx");
+    let process = Traces::of(&pprof, &output, workload);
     let in_span = |stack: &[String]| stack.iter().any(|f| f == "otel_ctx_hot");
     let outside = |stack: &[String]| stack.iter().any(|f| f == "no_ctx_hot");
     let worker = process.count(in_span);
@@ -333,11 +340,47 @@ fn samples_carry_the_span_an_sdk_publishes_in_thread_local_storage() {
         "{}",
         received[0]["errors"]
     );
-    assert_two_spans_otlp(&received[0], "otel_thread_ctx", in_span);
-    let main_linked: u64 = otlp_samples(&received[0], "otel_thread_ctx")
+    assert_two_spans_otlp(&received[0], workload, in_span);
+    let main_linked: u64 = otlp_samples(&received[0], workload)
         .iter()
         .filter(|(stack, link, _)| outside(stack) && link.is_some())
         .map(|(_, _, count)| count)
         .sum();
     assert_eq!(main_linked, 0, "the main thread runs in no span");
+}
+
+/// The variable in the executable: local exec, at a fixed offset from the
+/// thread pointer.
+#[test]
+fn thread_context_of_the_executable_is_read() {
+    thread_context_is_read(
+        "otel_thread_ctx",
+        &["otel_thread_ctx"],
+        &[],
+        "in static TLS",
+    );
+}
+
+/// The variable in a library loaded at start-up, reached by TLS
+/// descriptors: static TLS, found through the process's descriptor.
+#[test]
+fn thread_context_of_a_linked_library_is_read() {
+    thread_context_is_read(
+        "otel_ctx_linked",
+        &["otel_ctx_linked"],
+        &[],
+        "in static TLS",
+    );
+}
+
+/// The variable in a dlopened library that glibc gives no static TLS:
+/// read through each thread's DTV.
+#[test]
+fn thread_context_in_dynamic_tls_is_read() {
+    thread_context_is_read(
+        "otel_ctx_dlopen",
+        &["libotelctx.so", "otel_ctx_dlopen"],
+        &[("GLIBC_TUNABLES", "glibc.rtld.optional_static_tls=0")],
+        "in dynamic TLS",
+    );
 }

@@ -31,8 +31,16 @@
  *   TLS GLOBAL DEFAULT <.tbss> otel_thread_ctx_v1, size 8, value 0
  * and the PT_TLS segment (.tbss only) has MemSiz 8, Align 8, so the reader
  * computes tp_offset = 0 - roundup(8, 8) = -8: the pointer is at %fs:-8.
- * -mtls-dialect=gnu2 only matters for a shared library (TLSDESC). */
+ * -mtls-dialect=gnu2 only matters for a shared library (TLSDESC).
+ *
+ * Built with -DOTEL_CTX_LINKED (linked against libotelctx.so) or
+ * -DOTEL_CTX_DLOPEN (which dlopens it from its own directory), the
+ * variable lives in that library instead, reached by TLS descriptors:
+ * static TLS for a library loaded at start-up, and, for a dlopened one
+ * run with GLIBC_TUNABLES=glibc.rtld.optional_static_tls=0, dynamic TLS
+ * through the thread's DTV. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -63,8 +71,16 @@
 #define PR_SET_VMA_ANON_NAME 0
 #endif
 
+#if defined(OTEL_CTX_LINKED) || defined(OTEL_CTX_DLOPEN)
+/* The pointer is libotelctx.so's; it sets it for the calling thread. */
+static void (*lib_attach)(void *record);
+#ifdef OTEL_CTX_LINKED
+void otel_ctx_attach(void *record);
+#endif
+#else
 /* The thread-context pointer (OTEP 4947): in .dynsym, STT_TLS, 8 bytes. */
 __attribute__((visibility("default"))) __thread void *otel_thread_ctx_v1;
+#endif
 
 /* The thread-local context record: byte-packed, host endian; the natural
  * layout has no padding before attrs_data (checked below). */
@@ -267,9 +283,13 @@ static int build_record(struct otel_thread_ctx_record *record, const char *trace
 
 /* Pointer swap: the record is complete before the pointer names it. */
 static void attach(struct otel_thread_ctx_record *record) {
+#if defined(OTEL_CTX_LINKED) || defined(OTEL_CTX_DLOPEN)
+    lib_attach(record);
+#else
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     *(void *volatile *)&otel_thread_ctx_v1 = record;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
+#endif
 }
 
 static volatile uint64_t sink;
@@ -319,6 +339,25 @@ int main(int argc, char **argv) {
                         "SPAN_HEX_B] (32 and 16 hex digits)\n");
         return 2;
     }
+#ifdef OTEL_CTX_LINKED
+    lib_attach = otel_ctx_attach;
+#endif
+#ifdef OTEL_CTX_DLOPEN
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 32);
+    if (n <= 0)
+        return 1;
+    path[n] = 0;
+    strcpy(strrchr(path, '/') + 1, "libotelctx.so");
+    void *library = dlopen(path, RTLD_NOW);
+    if (!library) {
+        fprintf(stderr, "dlopen: %s\n", dlerror());
+        return 1;
+    }
+    *(void **)&lib_attach = dlsym(library, "otel_ctx_attach");
+    if (!lib_attach)
+        return 1;
+#endif
     publish_process_context();
     start_ms = now_ms();
     pthread_t thread;

@@ -54,21 +54,6 @@ const C_NO_DEBUG_INFO: Compiler = Compiler {
     ],
 };
 
-/// C with frame pointers that exports the OpenTelemetry thread-context
-/// variable in `.dynsym` (TLS descriptors, as OTEP 4947 recommends; a
-/// variable of the executable itself is reached by local exec anyway).
-const C_OTEL_THREAD_CONTEXT: Compiler = Compiler {
-    program: "gcc",
-    flags: &[
-        "-O2",
-        "-g",
-        "-fno-omit-frame-pointer",
-        "-fno-optimize-sibling-calls",
-        "-mtls-dialect=gnu2",
-        "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1",
-    ],
-};
-
 /// Rust release code with forced frame pointers.
 const RUST_FRAME_POINTERS: Compiler = Compiler {
     program: "rustc",
@@ -96,6 +81,8 @@ struct Recipe {
     /// Linked at a fixed address (`-no-pie`): two such programs' code
     /// shares addresses.
     fixed_address: bool,
+    /// Flags after the compiler's own.
+    extra_flags: &'static [&'static str],
 }
 
 const fn program(output: &'static str, source: &'static str, compiler: Compiler) -> Recipe {
@@ -106,6 +93,7 @@ const fn program(output: &'static str, source: &'static str, compiler: Compiler)
         shared_library: false,
         links: None,
         fixed_address: false,
+        extra_flags: &[],
     }
 }
 
@@ -130,12 +118,33 @@ const RECIPES: &[Recipe] = &[
     // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
     program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
-    // Publishes OpenTelemetry process and thread context (issue 17).
-    program(
-        "otel_thread_ctx",
-        "otel_thread_ctx.c",
-        C_OTEL_THREAD_CONTEXT,
-    ),
+    // Publishes OpenTelemetry process and thread context (issue 17):
+    // the thread-local variable exported in .dynsym, reached by TLS
+    // descriptors as OTEP 4947 recommends (an executable's own variable
+    // is reached by local exec anyway).
+    Recipe {
+        extra_flags: &[
+            "-mtls-dialect=gnu2",
+            "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1",
+        ],
+        ..program("otel_thread_ctx", "otel_thread_ctx.c", C_FRAME_POINTERS)
+    },
+    // The variable in a library, linked in or dlopened (the latter needs
+    // libotelctx.so built beside it).
+    Recipe {
+        shared_library: true,
+        extra_flags: &["-mtls-dialect=gnu2"],
+        ..program("libotelctx.so", "libotelctx.c", C_FRAME_POINTERS)
+    },
+    Recipe {
+        links: Some("libotelctx.so"),
+        extra_flags: &["-DOTEL_CTX_LINKED"],
+        ..program("otel_ctx_linked", "otel_thread_ctx.c", C_FRAME_POINTERS)
+    },
+    Recipe {
+        extra_flags: &["-DOTEL_CTX_DLOPEN"],
+        ..program("otel_ctx_dlopen", "otel_thread_ctx.c", C_FRAME_POINTERS)
+    },
     // Without frame pointers.
     program("nofp_chain", "cpu_chain.c", C_NO_FRAME_POINTERS),
     program("deep_chain", "deep_chain.c", C_NO_FRAME_POINTERS),
@@ -185,7 +194,7 @@ fn build_one(dir: &Path, name: &str, built: &mut Vec<&'static str>) -> Result<()
         return Ok(());
     }
     let mut cmd = Command::new(recipe.compiler.program);
-    cmd.args(recipe.compiler.flags);
+    cmd.args(recipe.compiler.flags).args(recipe.extra_flags);
     if recipe.fixed_address {
         cmd.args(["-fno-pie", "-no-pie"]);
     }
