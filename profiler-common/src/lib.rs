@@ -198,8 +198,9 @@ pub struct TraceContext {
 pub struct ThreadContextLocation {
     /// [`ThreadContextLocation::STATIC`] or [`ThreadContextLocation::DTV`].
     pub kind: u32,
-    /// Zero.
-    pub pad: u32,
+    /// The process's exec generation it was found in: after an `exec`
+    /// the new image keeps the tgid, not the location.
+    pub exec_gen: u32,
     /// Static TLS: the pointer is at thread pointer + this.
     pub tp_offset: i64,
     /// Dynamic TLS: the module's index in the thread's DTV.

@@ -21,6 +21,7 @@
 //! in the interrupted task, the off-CPU switch-in in the task that got the
 //! CPU back).
 
+use crate::exec;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -79,6 +80,9 @@ pub fn current(config: &Config) -> TraceContext {
 fn thread_context(config: &Config, tgid: u32) -> Option<TraceContext> {
     // SAFETY: copied out at once; userspace only replaces whole entries.
     let location = unsafe { *THREAD_CONTEXTS.get(&tgid)? };
+    if location.exec_gen != exec::generation(tgid) {
+        return None; // found in the image before an exec
+    }
     // SAFETY: the current task pointer as a number; bpf_probe_read_kernel
     // checks the address it is given.
     let task = unsafe { bpf_get_current_task() };

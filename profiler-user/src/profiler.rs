@@ -316,7 +316,8 @@ impl Pipeline {
             Err(err) => log::debug!("process {tgid}: {err}"),
         }
         if let Some(contexts) = &mut self.contexts {
-            contexts.check(tgid, Instant::now());
+            let processes = &self.processes;
+            contexts.check(tgid, Instant::now(), |tgid| processes.generation(tgid));
         }
     }
 
@@ -334,8 +335,9 @@ impl Pipeline {
             // Sampled processes that published nothing are checked again
             // now and then: an SDK starts after its process.
             let now = Instant::now();
+            let processes = &self.processes;
             for tgid in drained.tgids() {
-                contexts.check(tgid, now);
+                contexts.check(tgid, now, |tgid| processes.generation(tgid));
             }
             contexts.exited(&tracked.exited);
         }

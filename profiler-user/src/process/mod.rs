@@ -263,6 +263,11 @@ impl ProcessTable {
         }
     }
 
+    /// The current exec generation of `tgid` (see [`ExecGenerations`]).
+    pub fn generation(&self, tgid: u32) -> u32 {
+        self.generations.0.generation(tgid)
+    }
+
     /// Remembers a file mapping the kernel recorded for a sampled frame:
     /// frames of that process image in it resolve through any open file of
     /// the same identity, whether or not the process was snapshotted.

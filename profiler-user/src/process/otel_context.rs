@@ -4,7 +4,9 @@
 //!
 //! A process is checked when it is first sampled, then again at most
 //! every [`RECHECK`] while it is sampled and publishes nothing (an SDK
-//! starts after its process). Following OTEP 4947, TLS discovery waits for
+//! starts after its process), and again after an `exec`: a location holds
+//! the exec generation it was found in, and the kernel reads it only while
+//! the process is still in that image. Following OTEP 4947, TLS discovery waits for
 //! the process context (OTEP 4719): a mapping named `OTEL_CTX` whose
 //! protobuf payload names a supported `threadlocal.schema_version`. Only
 //! then are the process's mapped ELF files searched for
@@ -39,8 +41,8 @@ const HEADER_TRIES: usize = 3;
 enum Checked {
     /// Publishes nothing (yet), as of then.
     Nothing(Instant),
-    /// Its location is in the kernel map.
-    Published,
+    /// Its location, found in this exec generation, is in the kernel map.
+    Published(u32),
 }
 
 /// Why a process's thread context could not be located.
@@ -69,22 +71,32 @@ impl ContextDiscovery {
         }
     }
 
-    /// Checks process `tgid` if it was never checked, or found publishing
-    /// nothing more than [`RECHECK`] ago.
-    pub fn check(&mut self, tgid: u32, now: Instant) {
+    /// Checks process `tgid` if it was never checked, found publishing
+    /// nothing more than [`RECHECK`] ago, or exec'd since it was found;
+    /// `generation` reads a process's current exec generation.
+    pub fn check(&mut self, tgid: u32, now: Instant, generation: impl Fn(u32) -> u32) {
         match self.checked.get(&tgid) {
-            Some(Checked::Published) => return,
+            Some(Checked::Published(found)) if *found == generation(tgid) => return,
             Some(Checked::Nothing(at)) if now.duration_since(*at) < RECHECK => return,
+            Some(Checked::Published(_)) => self.sink.withdraw(tgid),
             _ => {}
         }
-        let checked = match discover(tgid) {
-            Ok(Some(location)) => {
+        let before = generation(tgid);
+        let found = discover(tgid);
+        if generation(tgid) != before {
+            // An exec while the process was read: its image may be mixed.
+            self.checked.insert(tgid, Checked::Nothing(now));
+            return;
+        }
+        let checked = match found {
+            Ok(Some(mut location)) => {
+                location.exec_gen = before;
                 log::info!(
                     "process {tgid}: reading its OpenTelemetry thread context {}",
                     describe(&location)
                 );
                 self.sink.publish(tgid, location);
-                Checked::Published
+                Checked::Published(before)
             }
             Ok(None) => Checked::Nothing(now),
             Err(err) => {
@@ -100,7 +112,7 @@ impl ContextDiscovery {
     /// Forgets processes that exited (their pids may be reused).
     pub fn exited(&mut self, tgids: &[u32]) {
         for tgid in tgids {
-            if let Some(Checked::Published) = self.checked.remove(tgid) {
+            if let Some(Checked::Published(_)) = self.checked.remove(tgid) {
                 self.sink.withdraw(*tgid);
             }
         }
