@@ -63,7 +63,12 @@ pub fn current(config: &Config) -> TraceContext {
         // rewriting it meanwhile can at worst give a torn (trace, span)
         // pair for this one sample, never an invalid read.
         if let Some(context) = unsafe { TRACES_CTX.get(&pid_tgid) } {
-            return *context;
+            // An all-zero trace id is no context (W3C): the next source
+            // may have one.
+            let context = *context;
+            if context.trace_id.iter().fold(0, |any, byte| any | byte) != 0 {
+                return context;
+            }
         }
     }
     if config.flags & Config::THREAD_CONTEXT != 0 {

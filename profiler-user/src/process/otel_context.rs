@@ -100,9 +100,9 @@ impl ContextDiscovery {
             }
             Ok(None) => Checked::Nothing(now),
             Err(err) => {
-                // Once per process and recheck period: it may be fixed
-                // by the SDK later (a schema update, a library loaded).
-                log::info!("process {tgid}: publishes OpenTelemetry context, not read: {err}");
+                // Each recheck period: it may be fixed by the SDK later
+                // (a schema update, a library loaded).
+                log::debug!("process {tgid}: publishes OpenTelemetry context, not read: {err}");
                 Checked::Nothing(now)
             }
         };
@@ -142,6 +142,11 @@ fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
         schema.schema_version,
         schema.service_name
     );
+    // glibc's DTV layout is what the kernel side reads; musl's differs.
+    let musl = entries.iter().any(|e| match &e.path {
+        MapPath::File(path) => path.to_string_lossy().contains("ld-musl"),
+        _ => false,
+    });
     // The executable and every library, each file once.
     let mut seen = Vec::new();
     for entry in entries.iter().filter(|e| e.executable) {
@@ -175,21 +180,24 @@ fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
             mem.read_exact_at(&mut word, addr).ok()?;
             Some(u64::from_ne_bytes(word))
         };
-        return Ok(thread_context::locate(&access, bias, read_u64).map(
-            |location| match location {
-                TlsLocation::Static { tp_offset } => ThreadContextLocation {
-                    kind: ThreadContextLocation::STATIC,
-                    tp_offset,
-                    ..Default::default()
-                },
-                TlsLocation::Dtv { module_id, offset } => ThreadContextLocation {
-                    kind: ThreadContextLocation::DTV,
-                    module_id,
-                    offset,
-                    ..Default::default()
-                },
+        let location = thread_context::locate(&access, bias, read_u64);
+        if musl && matches!(location, Some(TlsLocation::Dtv { .. })) {
+            log::debug!("process {pid}: dynamic TLS of musl is not read");
+            return Ok(None);
+        }
+        return Ok(location.map(|location| match location {
+            TlsLocation::Static { tp_offset } => ThreadContextLocation {
+                kind: ThreadContextLocation::STATIC,
+                tp_offset,
+                ..Default::default()
             },
-        ));
+            TlsLocation::Dtv { module_id, offset } => ThreadContextLocation {
+                kind: ThreadContextLocation::DTV,
+                module_id,
+                offset,
+                ..Default::default()
+            },
+        }));
     }
     Ok(None)
 }

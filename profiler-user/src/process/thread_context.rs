@@ -486,20 +486,28 @@ pub fn locate(
 }
 
 /// The load bias (runtime address minus link-time address) of the ELF
-/// file `data` mapped at `start` from `file_offset`: that of the `PT_LOAD`
-/// segment holding the offset. `None` when no segment holds it.
+/// file `data` whose executable mapping starts at `start` with file
+/// offset `file_offset`: that of the executable `PT_LOAD` segment the
+/// mapping's page-aligned offset belongs to (lld and mold pack segments
+/// so that one page may hold the end of the previous one too), else of
+/// any segment holding the offset. `None` when none does.
 pub fn load_bias(data: &[u8], file_offset: u64, start: u64) -> Option<u64> {
+    /// x86-64's page size: mappings start at page-aligned file offsets.
+    const PAGE: u64 = 4096;
     let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
     let endian = header.endian().ok()?;
-    let segment = header
-        .program_headers(endian, data)
-        .ok()?
+    let segments = header.program_headers(endian, data).ok()?;
+    let holds = |segment: &&elf::ProgramHeader64<Endianness>| {
+        let offset = segment.p_offset(endian);
+        segment.p_type(endian) == elf::PT_LOAD
+            && (offset & !(PAGE - 1)..offset.saturating_add(segment.p_filesz(endian).max(1)))
+                .contains(&file_offset)
+    };
+    let segment = segments
         .iter()
-        .filter(|segment| segment.p_type(endian) == elf::PT_LOAD)
-        .find(|segment| {
-            let offset = segment.p_offset(endian);
-            (offset..offset.saturating_add(segment.p_filesz(endian).max(1))).contains(&file_offset)
-        })?;
+        .filter(holds)
+        .find(|segment| segment.p_flags(endian) & elf::PF_X != 0)
+        .or_else(|| segments.iter().find(holds))?;
     let vaddr = segment
         .p_vaddr(endian)
         .wrapping_add(file_offset.wrapping_sub(segment.p_offset(endian)));

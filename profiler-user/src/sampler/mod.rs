@@ -310,7 +310,7 @@ impl Sampler {
         let offsets = kernel_btf::running_offsets()
             .map_err(|err| log::info!("kernel offsets unknown: {err}"))
             .ok();
-        let thread_contexts = match offsets.as_ref().map(|o| &o.task_fsbase) {
+        let mut thread_contexts = match offsets.as_ref().map(|o| &o.task_fsbase) {
             _ if !policy.thread_context => None,
             Some(Ok(task_fsbase)) => {
                 config.task_fsbase = *task_fsbase;
@@ -347,9 +347,9 @@ impl Sampler {
                 .ok()
         });
         let mut files = file_offsets.is_some() && btf.is_some();
-        if let Some(btf) = &btf {
-            process_events::attach_exec(&mut ebpf, btf);
-        }
+        let exec_tracked = btf
+            .as_ref()
+            .is_some_and(|btf| process_events::attach_exec(&mut ebpf, btf));
         if cpu {
             if let (true, Some(btf)) = (files, &btf) {
                 files &= process_events::load_files_program(
@@ -384,6 +384,21 @@ impl Sampler {
             process_events::attach_files_exit(&mut ebpf, btf);
             config.files = offsets;
             config.flags |= Config::RECORD_FILES;
+            config_map
+                .set(0, config, 0)
+                .map_err(map_err(names::CONFIG))?;
+        }
+        // A thread-context location is only read in the process image it
+        // was found in: that needs the generation bumped at every exec and
+        // exit (the exit bump is the files program's).
+        if thread_contexts.is_some() && !(exec_tracked && config.flags & Config::RECORD_FILES != 0)
+        {
+            log::warn!(
+                "thread context not read: this kernel cannot track exec and exit here \
+                 (needs tp_btf/sched_process_exec and bpf_find_vma, Linux 5.17+)"
+            );
+            thread_contexts = None;
+            config.flags &= !Config::THREAD_CONTEXT;
             config_map
                 .set(0, config, 0)
                 .map_err(map_err(names::CONFIG))?;
@@ -787,8 +802,6 @@ fn attach_off_cpu(
     Ok(files)
 }
 
-/// The kernel struct offsets the files programs read, from the kernel's
-/// BTF; `None` (logged) when they cannot be found.
 /// What a failed load of the tail-called program `name` says.
 fn tail_call_load_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
     move |source| SamplerError::Program {

@@ -384,3 +384,72 @@ fn thread_context_in_dynamic_tls_is_read() {
         "in dynamic TLS",
     );
 }
+
+/// The id of the thread of `tgid` named `name`.
+fn thread_named(tgid: u32, name: &str) -> u32 {
+    let mut found = None;
+    common::wait_until(Duration::from_secs(10), "the thread to start", || {
+        found = std::fs::read_dir(format!("/proc/{tgid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|task| {
+                std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+            .and_then(|task| task.file_name().to_str()?.parse().ok());
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// Off-CPU samples carry the span the thread waited in: the sleeper of
+/// off_cpu_chain runs in span A, its pipe reader in none.
+#[test]
+fn off_cpu_samples_carry_the_span_too() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = common::pprof_tool();
+    let workloads = common::Workloads::build(&["off_cpu_chain"]);
+    let pins = PinDir::new();
+    let pin = pins.0.join("traces_ctx_v1");
+    let child = common::KillOnDrop::new(workloads.spawn("off_cpu_chain", 20_000));
+    let sleeper = thread_named(child.id(), "sleeper");
+    let output = workloads.path("host.pb.gz");
+    let run = record(
+        &["--profiles", "off-cpu", "--duration", "3s"],
+        &pin,
+        &output,
+    );
+    common::wait_until(Duration::from_secs(30), "the pin to appear", || {
+        pin.exists()
+    });
+    set_span(&pin, child.id(), sleeper, SPAN_A);
+    finished(run);
+
+    let profile = workloads.path("host.off-cpu.pb.gz");
+    let blocked = Traces::off_cpu(&pprof, &profile, "thread_name", "sleeper").total();
+    let linked = Traces::off_cpu(&pprof, &profile, "span_id", SPAN_A.1);
+    assert!(blocked > 2_000_000_000, "the sleeper sleeps: {blocked} ns");
+    assert!(
+        linked.total() * 100 >= blocked * 90,
+        "{} of the sleeper's {blocked} ns blocked carry its span",
+        linked.total()
+    );
+    assert!(
+        linked.count(|stack| stack.iter().any(|f| f == "sleepy_function")) > blocked / 2,
+        "the sleeper's sleeps carry the span: {linked:?}"
+    );
+    assert!(Traces::off_cpu(&pprof, &profile, "thread_name", "piper").total() > 0);
+    assert_eq!(
+        linked.count(|stack| stack.iter().any(|f| f == "pipe_reader_function")),
+        0,
+        "the pipe reader runs in no span: {linked:?}"
+    );
+    assert_eq!(
+        Traces::off_cpu(&pprof, &profile, "trace_id", "[0-9a-f]{32}").total(),
+        linked.total(),
+        "no other thread carries a trace id"
+    );
+}
