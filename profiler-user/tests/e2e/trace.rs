@@ -118,14 +118,14 @@ fn labelled(pprof: &Path, profile: &Path, key: &str, value: &str) -> u64 {
 type Link = Option<(String, String)>;
 
 /// Of the `total` samples whose stacks `selected` picks, ≥ 90 % carry span
-/// A or B in the pprof labels, each span at least a fifth, trace and span
-/// ids agree, and no other sample of the profile carries a trace id.
+/// A or B in the pprof labels, each span at least a fifth, and trace and
+/// span ids agree; returns how many carry each.
 fn assert_two_spans(
     pprof: &Path,
     profile: &Path,
     total: u64,
     selected: impl Fn(&[String]) -> bool,
-) {
+) -> (u64, u64) {
     let count = |key, value| Traces::with_label(pprof, profile, key, value).count(&selected);
     let (in_a, in_b) = (count("trace_id", SPAN_A.0), count("trace_id", SPAN_B.0));
     assert!(
@@ -138,12 +138,12 @@ fn assert_two_spans(
     );
     assert_eq!(count("span_id", SPAN_A.1), in_a);
     assert_eq!(count("span_id", SPAN_B.1), in_b);
-    let linked = Traces::with_label(pprof, profile, "trace_id", "[0-9a-f]{32}");
-    assert_eq!(
-        linked.total(),
-        in_a + in_b,
-        "no other sample carries a trace id: {linked:?}"
-    );
+    (in_a, in_b)
+}
+
+/// The samples of the profile that carry a trace id.
+fn with_trace_ids(pprof: &Path, profile: &Path) -> Traces {
+    Traces::with_label(pprof, profile, "trace_id", "[0-9a-f]{32}")
 }
 
 /// [`assert_two_spans`] in the OTLP export: of the samples of `process`
@@ -213,7 +213,13 @@ fn samples_carry_the_span_their_thread_ran_in() {
 
     let all = Traces::of(&pprof, &first, "cpu_chain").total();
     assert!(all > 200, "too few samples of the linked process: {all}");
-    assert_two_spans(&pprof, &first, all, |_| true);
+    let (in_a, in_b) = assert_two_spans(&pprof, &first, all, |_| true);
+    let any = with_trace_ids(&pprof, &first);
+    assert_eq!(
+        any.total(),
+        in_a + in_b,
+        "no other process's samples: {any:?}"
+    );
     assert!(Traces::of(&pprof, &first, "cpu_unlinked").total() > 200);
 
     let received = receiver.received();
@@ -256,7 +262,7 @@ fn samples_carry_the_span_their_thread_ran_in() {
         stderr.contains("cannot be used") && stderr.contains("key size 4"),
         "a warning names the mismatch: {stderr}"
     );
-    assert_eq!(labelled(&pprof, &third, "trace_id", "[0-9a-f]{32}"), 0);
+    assert_eq!(with_trace_ids(&pprof, &third).total(), 0);
     assert!(Traces::of(&pprof, &third, "cpu_chain").total() > 0);
 }
 
@@ -331,6 +337,10 @@ fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], 
     assert!(worker > 150, "too few samples of the worker: {process:?}");
     assert!(process.count(outside) > 150, "{process:?}");
     assert_two_spans(&pprof, &output, worker, in_span);
+    // The worker carries its span outside otel_ctx_hot too (its clock
+    // reads); the main thread never does.
+    let any = with_trace_ids(&pprof, &output);
+    assert_eq!(any.count(outside), 0, "the main thread: {any:?}");
 
     let received = receiver.received();
     assert_eq!(received.len(), 1, "one export");
