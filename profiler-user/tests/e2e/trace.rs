@@ -307,23 +307,27 @@ fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], 
     let pprof = common::pprof_tool();
     let workloads = common::Workloads::build(build);
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
-    // Span A for 3.5 s, then span B: the switch falls inside the capture,
-    // which starts once hostprof has loaded (~1 s) and lasts 4 s.
+    // The capture (6 s) starts first; the workload starts 1.5 s later,
+    // once hostprof has usually loaded, and runs span A for 2 s, then
+    // span B for 2 s: both halves fall inside the capture even when
+    // loading is slow (a cold CI machine took ~2.5 s).
+    let output = workloads.path("tls.pb.gz");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let run = record(
+        &["--duration", "6s", "--otlp-endpoint", &endpoint],
+        Path::new("none"),
+        &output,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
     // (Its announcements are not read: a closed pipe would kill it.)
     let child = Command::new(workloads.path(workload))
-        .args(["7000", SPAN_A.0, SPAN_A.1, SPAN_B.0, SPAN_B.1])
+        .args(["4000", SPAN_A.0, SPAN_A.1, SPAN_B.0, SPAN_B.1])
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("start otel_thread_ctx");
     let _workload = common::KillOnDrop::new(child);
-    let output = workloads.path("tls.pb.gz");
-    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let out = finished(record(
-        &["--duration", "4s", "--otlp-endpoint", &endpoint],
-        Path::new("none"),
-        &output,
-    ));
+    let out = finished(run);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("reading its OpenTelemetry thread context") && stderr.contains(tls),
