@@ -272,6 +272,17 @@ mod tests {
     use super::*;
     use crate::profile::fixtures::sample_profile;
 
+    /// The string labels of sample `index` of `p`, by key.
+    fn string_labels(p: &pprof::Profile, index: usize) -> HashMap<&str, &str> {
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        p.sample[index]
+            .label
+            .iter()
+            .filter(|l| l.str != 0)
+            .map(|l| (s(l.key), s(l.str)))
+            .collect()
+    }
+
     #[test]
     fn encodes_a_self_consistent_profile() {
         let profile = sample_profile();
@@ -357,13 +368,7 @@ mod tests {
             span_id,
         });
         let p = encode(&linked);
-        let s = |i: i64| p.string_table[i as usize].as_str();
-        let labels: HashMap<&str, &str> = p.sample[0]
-            .label
-            .iter()
-            .filter(|l| l.str != 0)
-            .map(|l| (s(l.key), s(l.str)))
-            .collect();
+        let labels = string_labels(&p, 0);
         assert_eq!(labels[TRACE_ID], "4b".repeat(16));
         assert_eq!(labels[SPAN_ID], "00000000000000ab");
 
@@ -373,13 +378,7 @@ mod tests {
             "/kubepods.slice/kubepods-pod3f1c2a4b_5d6e_4f70_8192_a3b4c5d6e7f8.slice/cri-containerd-{id}.scope"
         ));
         let p = encode(&in_pod);
-        let s = |i: i64| p.string_table[i as usize].as_str();
-        let labels: HashMap<&str, &str> = p.sample[0]
-            .label
-            .iter()
-            .filter(|l| l.str != 0)
-            .map(|l| (s(l.key), s(l.str)))
-            .collect();
+        let labels = string_labels(&p, 0);
         assert_eq!(labels["container.id"], id);
         assert_eq!(
             labels["k8s.pod.uid"],

@@ -316,8 +316,7 @@ impl Pipeline {
             Err(err) => log::debug!("process {tgid}: {err}"),
         }
         if let Some(contexts) = &mut self.contexts {
-            let processes = &self.processes;
-            contexts.check(tgid, Instant::now(), |tgid| processes.generation(tgid));
+            contexts.check(tgid, Instant::now(), &self.processes);
         }
     }
 
@@ -332,14 +331,7 @@ impl Pipeline {
             tables.sampled(drained.tgids());
         }
         if let Some(contexts) = &mut self.contexts {
-            // Sampled processes that published nothing are checked again
-            // now and then: an SDK starts after its process.
-            let now = Instant::now();
-            let processes = &self.processes;
-            for tgid in drained.tgids() {
-                contexts.check(tgid, now, |tgid| processes.generation(tgid));
-            }
-            contexts.exited(&tracked.exited);
+            contexts.drained(&drained.tgids(), &tracked.exited, &self.processes);
         }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);

@@ -25,6 +25,7 @@ use profiler_common::ThreadContextLocation;
 use super::maps::{self, MapEntry, MapPath};
 use super::procfs::{open_mapped_file, read_proc};
 use super::thread_context::{self, Discovery, ThreadContextError, TlsLocation, HEADER_SIZE};
+use super::ProcessTable;
 use crate::sampler::ThreadContexts;
 
 /// How long a sampled process that publishes no context goes unchecked.
@@ -71,10 +72,22 @@ impl ContextDiscovery {
         }
     }
 
+    /// Takes in one drain: checks its `sampled` processes (those that
+    /// published nothing are checked again now and then: an SDK starts
+    /// after its process) and forgets the `exited` ones.
+    pub fn drained(&mut self, sampled: &[u32], exited: &[u32], processes: &ProcessTable) {
+        let now = Instant::now();
+        for &tgid in sampled {
+            self.check(tgid, now, processes);
+        }
+        self.exited(exited);
+    }
+
     /// Checks process `tgid` if it was never checked, found publishing
-    /// nothing more than [`RECHECK`] ago, or exec'd since it was found;
-    /// `generation` reads a process's current exec generation.
-    pub fn check(&mut self, tgid: u32, now: Instant, generation: impl Fn(u32) -> u32) {
+    /// nothing more than [`RECHECK`] ago, or exec'd since it was found
+    /// (its exec generation read from `processes`).
+    pub fn check(&mut self, tgid: u32, now: Instant, processes: &ProcessTable) {
+        let generation = |tgid| processes.generation(tgid);
         match self.checked.get(&tgid) {
             Some(Checked::Published(found)) if *found == generation(tgid) => return,
             Some(Checked::Nothing(at)) if now.duration_since(*at) < RECHECK => return,
@@ -110,7 +123,7 @@ impl ContextDiscovery {
     }
 
     /// Forgets processes that exited (their pids may be reused).
-    pub fn exited(&mut self, tgids: &[u32]) {
+    fn exited(&mut self, tgids: &[u32]) {
         for tgid in tgids {
             if let Some(Checked::Published(_)) = self.checked.remove(tgid) {
                 self.sink.withdraw(*tgid);
