@@ -48,8 +48,32 @@ pub mod names {
     pub const OFF_CPU_KPROBE_TAIL_CALLS: &str = "OFF_CPU_KPROBE_TAIL_CALLS";
     /// [`super::OffCpuStart`] by thread id: when each thread left the CPU.
     pub const OFF_CPU_START: &str = "OFF_CPU_START";
-    /// Per-set off-CPU intervals, keyed by [`super::OffCpuKey`].
+    /// Per-set off-CPU intervals, keyed by [`super::WaitKey`].
     pub const OFF_CPU_COUNTS: [&str; 2] = ["OFF_CPU_COUNTS_0", "OFF_CPU_COUNTS_1"];
+    /// Per-CPU: the kept wait of each kind on its way through the tail calls.
+    pub const WAIT_PENDING: &str = "WAIT_PENDING";
+    /// The kernel-lock tracepoint where a contention begins (Linux 5.19+).
+    pub const CONTENTION_BEGIN: &str = "contention_begin";
+    /// The kernel-lock tracepoint where it ends, in the waiter's context.
+    pub const CONTENTION_END: &str = "contention_end";
+    /// Notes when a thread began to wait for a kernel lock
+    /// (`tp_btf/contention_begin`).
+    pub const LOCK_BEGIN: &str = "lock_begin";
+    /// Measures and records the wait as it ends (`tp_btf/contention_end`).
+    pub const LOCK_END: &str = "lock_end";
+    /// The locks program that unwinds a user stack from tables, by tail call.
+    pub const LOCK_UNWIND: &str = "lock_unwind";
+    /// The locks program that stores an unwound stack, by tail call.
+    pub const LOCK_STORE: &str = "lock_store";
+    /// The locks program that records a kept wait's files, by tail call.
+    pub const LOCK_FILES: &str = "lock_files";
+    /// Program array of the locks programs' tail calls.
+    pub const LOCK_TAIL_CALLS: &str = "LOCK_TAIL_CALLS";
+    /// [`super::LockStart`] by [`super::LockWaiter`]: contentions under way.
+    pub const LOCK_START: &str = "LOCK_START";
+    /// Per-set kernel-lock contentions, keyed by [`super::WaitKey`] (its
+    /// `state` holds the contention flags).
+    pub const LOCK_COUNTS: [&str; 2] = ["LOCK_COUNTS_0", "LOCK_COUNTS_1"];
     /// The program that unwinds a user stack from tables, by tail call.
     pub const UNWIND_PROGRAM: &str = "unwind_user";
     /// The program that stores an unwound stack, by tail call.
@@ -138,6 +162,11 @@ pub mod names {
         OFF_CPU_UNWIND,
         OFF_CPU_STORE,
         OFF_CPU_FILES,
+        LOCK_BEGIN,
+        LOCK_END,
+        LOCK_UNWIND,
+        LOCK_STORE,
+        LOCK_FILES,
         EXEC_BEGIN,
         EXEC_DONE,
         FILES_EXIT,
@@ -165,6 +194,11 @@ pub mod names {
         OFF_CPU_START,
         OFF_CPU_COUNTS[0],
         OFF_CPU_COUNTS[1],
+        WAIT_PENDING,
+        LOCK_TAIL_CALLS,
+        LOCK_START,
+        LOCK_COUNTS[0],
+        LOCK_COUNTS[1],
         TRACES_CTX,
         THREAD_CONTEXTS,
     ];
@@ -350,9 +384,11 @@ pub struct Config {
     /// Bit set of `Config::*` flags.
     pub flags: u32,
     /// The off-CPU sampling period `P` in nanoseconds: an interval of `d`
-    /// ns is kept with probability `min(1, d/P)` (see [`off_cpu_keep`]);
+    /// ns is kept with probability `min(1, d/P)` (see [`keep_wait`]);
     /// userspace adapts it to the unwind budget.
     pub off_cpu_period_ns: u64,
+    /// The same for kernel-lock contentions.
+    pub lock_period_ns: u64,
     /// Where the files program finds what it reads (with
     /// [`Config::RECORD_FILES`]).
     pub files: FileOffsets,
@@ -410,8 +446,10 @@ pub mod kernel_kind {
     pub const CPU: u32 = 0;
     /// The off-CPU profile (`off_cpu_*`).
     pub const OFF_CPU: u32 = 1;
+    /// The kernel-lock contention profile (`lock_*`).
+    pub const LOCKS: u32 = 2;
     /// Number of kinds: `STATS` holds this many blocks of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// When a thread left the CPU, by tid in `OFF_CPU_START` (written at
@@ -428,10 +466,37 @@ pub struct OffCpuStart {
     pub pad: u32,
 }
 
-/// Key of the `OFF_CPU_COUNTS_*` maps: who waited, where, in what state.
+/// A contention under way: a thread waiting for a kernel lock, the key of
+/// `LOCK_START`. A thread may wait for two locks at once (an interrupt
+/// contending a spinlock while its task spins on a mutex), hence the lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LockWaiter {
+    /// Thread id.
+    pub tid: u32,
+    /// Zero.
+    pub pad: u32,
+    /// The lock's address.
+    pub lock: u64,
+}
+
+/// When a contention began, and on what kind of lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LockStart {
+    /// `bpf_ktime_get_ns()` at `contention_begin`.
+    pub start_ns: u64,
+    /// Its `LCB_F_*` flags (spin, read, write, rt, percpu, mutex).
+    pub flags: u32,
+    /// Zero.
+    pub pad: u32,
+}
+
+/// Key of the `OFF_CPU_COUNTS_*` and `LOCK_COUNTS_*` maps: who waited,
+/// where, in what state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OffCpuKey {
+pub struct WaitKey {
     /// Process id (tgid).
     pub tgid: u32,
     /// Thread id.
@@ -442,7 +507,7 @@ pub struct OffCpuKey {
     pub kernel_stack: StackHash,
     /// The thread's `comm`, NUL-padded.
     pub comm: [u8; COMM_LEN],
-    /// [`OffCpuStart::state`].
+    /// Off-CPU: [`OffCpuStart::state`]; locks: [`LockStart::flags`].
     pub state: u32,
     /// The process's exec generation when it blocked (see
     /// [`SampleKey::exec_gen`]).
@@ -452,22 +517,22 @@ pub struct OffCpuKey {
     pub trace: TraceContext,
 }
 
-/// Value of the `OFF_CPU_COUNTS_*` maps (per CPU): the kept intervals and
-/// what they stand for.
+/// Value of the `OFF_CPU_COUNTS_*` and `LOCK_COUNTS_*` maps (per CPU): the
+/// kept waits and what they stand for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OffCpuValue {
+pub struct WaitValue {
     /// Intervals kept (each one unwound).
     pub kept: u64,
-    /// The events they stand for, in thousandths (see [`OffCpuWeight`]).
+    /// The events they stand for, in thousandths (see [`WaitWeight`]).
     pub events_milli: u64,
     /// The blocked time they stand for, in nanoseconds.
     pub nanos: u64,
 }
 
-/// What one kept off-CPU interval stands for.
+/// What one kept wait (off-CPU interval or lock contention) stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OffCpuWeight {
+pub struct WaitWeight {
     /// Blocked time: `max(d, P)` ns.
     pub nanos: u64,
     /// Events, in thousandths: `max(1, P/d)` × 1000.
@@ -480,9 +545,9 @@ pub struct OffCpuWeight {
 /// both totals are exact in expectation. `random` is a uniform 64-bit
 /// number; `None` means the interval is not kept.
 #[inline(always)]
-pub fn off_cpu_keep(blocked: u64, period: u64, random: u64) -> Option<OffCpuWeight> {
+pub fn keep_wait(blocked: u64, period: u64, random: u64) -> Option<WaitWeight> {
     if blocked >= period {
-        return Some(OffCpuWeight {
+        return Some(WaitWeight {
             nanos: blocked,
             events_milli: 1000,
         });
@@ -498,7 +563,7 @@ pub fn off_cpu_keep(blocked: u64, period: u64, random: u64) -> Option<OffCpuWeig
     } else {
         u64::MAX
     };
-    Some(OffCpuWeight {
+    Some(WaitWeight {
         nanos: period,
         events_milli: period_milli / blocked,
     })
@@ -636,10 +701,11 @@ pub enum Stat {
     /// Samples lost because the tail call to the store program failed (a
     /// loading bug).
     UnwindTailCallFailed,
-    /// Off-CPU intervals measured (switch-out to switch-in), kept or not.
-    OffCpuIntervals,
-    /// Their total blocked time, in nanoseconds.
-    OffCpuNanos,
+    /// Waits measured, kept or not: off-CPU intervals (switch-out to
+    /// switch-in) or lock contentions (`contention_begin` to `_end`).
+    WaitIntervals,
+    /// Their total time, in nanoseconds.
+    WaitNanos,
     /// File mappings of sampled user frames sent to userspace.
     FilesRecorded,
     /// File mappings lost because the ring buffer was full (sent again
@@ -675,8 +741,8 @@ impl Stat {
         Stat::UnwindStopNoProgress,
         Stat::UnwindTruncated,
         Stat::UnwindTailCallFailed,
-        Stat::OffCpuIntervals,
-        Stat::OffCpuNanos,
+        Stat::WaitIntervals,
+        Stat::WaitNanos,
         Stat::FilesRecorded,
         Stat::FileRecordLost,
         Stat::FileLookupFailed,
@@ -695,8 +761,8 @@ mod pod {
     unsafe impl aya::Pod for super::UnwindProcess {}
     unsafe impl aya::Pod for super::DeepStack {}
     unsafe impl aya::Pod for super::OffCpuStart {}
-    unsafe impl aya::Pod for super::OffCpuKey {}
-    unsafe impl aya::Pod for super::OffCpuValue {}
+    unsafe impl aya::Pod for super::WaitKey {}
+    unsafe impl aya::Pod for super::WaitValue {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
 }
@@ -708,15 +774,14 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 16 + 32 + 8);
+        assert_eq!(size_of::<Config>(), 24 + 32 + 8);
         assert_eq!(size_of::<ThreadContextLocation>(), 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
+        assert_eq!(size_of::<LockWaiter>(), 16);
+        assert_eq!(size_of::<LockStart>(), 16);
         assert_eq!(size_of::<TraceContext>(), 24);
-        assert_eq!(
-            size_of::<OffCpuKey>(),
-            4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
-        );
-        assert_eq!(size_of::<OffCpuValue>(), 24);
+        assert_eq!(size_of::<WaitKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24);
+        assert_eq!(size_of::<WaitValue>(), 24);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
@@ -746,15 +811,15 @@ mod tests {
     fn long_intervals_are_always_kept_at_their_own_length() {
         for random in [0, 1, u64::MAX] {
             assert_eq!(
-                off_cpu_keep(5_000, 1_000, random),
-                Some(OffCpuWeight {
+                keep_wait(5_000, 1_000, random),
+                Some(WaitWeight {
                     nanos: 5_000,
                     events_milli: 1000
                 })
             );
-            assert_eq!(off_cpu_keep(1_000, 1_000, random).unwrap().nanos, 1_000);
+            assert_eq!(keep_wait(1_000, 1_000, random).unwrap().nanos, 1_000);
             // P = 0 keeps everything.
-            assert_eq!(off_cpu_keep(7, 0, random).unwrap().nanos, 7);
+            assert_eq!(keep_wait(7, 0, random).unwrap().nanos, 7);
         }
     }
 
@@ -762,17 +827,17 @@ mod tests {
     fn short_intervals_are_kept_with_probability_d_over_p_and_weigh_p() {
         // d = 250, P = 1000: kept when random % 1000 < 250.
         assert_eq!(
-            off_cpu_keep(250, 1_000, 249),
-            Some(OffCpuWeight {
+            keep_wait(250, 1_000, 249),
+            Some(WaitWeight {
                 nanos: 1_000,
                 events_milli: 4_000
             })
         );
-        assert_eq!(off_cpu_keep(250, 1_000, 250), None);
-        assert_eq!(off_cpu_keep(250, 1_000, 1_999), None);
-        assert!(off_cpu_keep(250, 1_000, 2_100).is_some());
+        assert_eq!(keep_wait(250, 1_000, 250), None);
+        assert_eq!(keep_wait(250, 1_000, 1_999), None);
+        assert!(keep_wait(250, 1_000, 2_100).is_some());
         assert_eq!(
-            off_cpu_keep(0, 1_000, 0),
+            keep_wait(0, 1_000, 0),
             None,
             "a zero interval is never kept"
         );
@@ -798,7 +863,7 @@ mod tests {
             let d = 1_000 + (i * 7_919) % 299_000;
             true_ns += d;
             true_events += 1;
-            if let Some(w) = off_cpu_keep(d, period, random()) {
+            if let Some(w) = keep_wait(d, period, random()) {
                 ns += w.nanos;
                 events_milli += w.events_milli;
                 kept += 1;

@@ -3,18 +3,23 @@
 //!
 //! - [`cpu`]: the CPU profile, a perf-event program on every CPU.
 //! - [`off_cpu`]: the off-CPU profile, `tp_btf/sched_switch` (switch-out)
-//!   and a kprobe on `finish_task_switch` (switch-in).
-//! - [`stack`]: what both share: the configuration, the counters, the
+//!   and `tp_btf/sched_exit_tp` or a kprobe on `finish_task_switch`
+//!   (switch-in).
+//! - [`locks`]: the kernel-lock contention profile,
+//!   `tp_btf/contention_begin` and `contention_end`.
+//! - [`wait`]: what the off-CPU and locks kinds share: duration sampling
+//!   and recording a kept wait with its stacks.
+//! - [`stack`]: what every kind shares: the configuration, the counters, the
 //!   process announcements and the double-buffered stack maps.
 //! - [`unwind`]: the table unwinder of user stacks, shared too.
-//! - [`files`]: the file mapping of each sampled user frame, for both
-//!   kinds, by tail call.
+//! - [`files`]: the file mapping of each sampled user frame, for
+//!   every kind, by tail call.
 //! - [`exec`]: exec generations, which image of a process a sample was
 //!   taken in.
 //! - [`trace`]: the trace and span the sampled thread runs in.
 //!
-//! Both kinds write into the map set `CONFIG` names; userspace flips it
-//! and drains the other set (stacks are shared, so a stack seen by both
+//! Every kind writes into the map set `CONFIG` names; userspace flips it
+//! and drains the other set (stacks are shared, so a stack seen by several
 //! kinds is stored once).
 #![no_std]
 #![no_main]
@@ -22,10 +27,12 @@
 mod cpu;
 mod exec;
 mod files;
+mod locks;
 mod off_cpu;
 mod stack;
 mod trace;
 mod unwind;
+mod wait;
 
 #[cfg(not(test))]
 #[panic_handler]

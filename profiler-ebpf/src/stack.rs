@@ -83,6 +83,7 @@ pub struct Kind(u32);
 impl Kind {
     pub const CPU: Kind = Kind(kernel_kind::CPU);
     pub const OFF_CPU: Kind = Kind(kernel_kind::OFF_CPU);
+    pub const LOCKS: Kind = Kind(kernel_kind::LOCKS);
 
     /// The kind `index` (as stored in the unwinder's state).
     #[inline(always)]

@@ -62,6 +62,10 @@ pub enum ProfileKind {
     /// the network, preempted), weighted by how long: intervals from
     /// switch-out to switch-in, sampled by duration.
     OffCpu,
+    /// Where threads wait for locks, weighted by how long: kernel locks
+    /// from `contention_begin`/`contention_end`, user-space locks from the
+    /// off-CPU waits whose stacks acquire one ([`crate::locks`]).
+    Locks,
 }
 
 /// Samples of the CPU profile: the sample count, and the CPU time they
@@ -79,16 +83,26 @@ const OFF_CPU_VALUES: &[ValueType] = &[
     ValueType::new("off_cpu", "nanoseconds"),
 ];
 
+/// Samples of the locks profile, as Go's mutex profile names its pair:
+/// the contentions and the delay they caused, weighted totals like
+/// off-CPU's.
+const LOCK_VALUES: &[ValueType] = &[
+    ValueType::new("contentions", "count"),
+    ValueType::new("delay", "nanoseconds"),
+];
+
 impl ProfileKind {
     /// Every kind, in the order outputs list them.
-    pub const ALL: &'static [ProfileKind] = &[ProfileKind::Cpu, ProfileKind::OffCpu];
+    pub const ALL: &'static [ProfileKind] =
+        &[ProfileKind::Cpu, ProfileKind::OffCpu, ProfileKind::Locks];
 
     /// The kind's name on the command line, in config files and in file
-    /// names (`cpu`, `off-cpu`).
+    /// names (`cpu`, `off-cpu`, `locks`).
     pub fn name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "off-cpu",
+            ProfileKind::Locks => "locks",
         }
     }
 
@@ -97,23 +111,25 @@ impl ProfileKind {
         match self {
             ProfileKind::Cpu => CPU_VALUES,
             ProfileKind::OffCpu => OFF_CPU_VALUES,
+            ProfileKind::Locks => LOCK_VALUES,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value viewers show first.
     pub fn default_sample_type(self) -> usize {
         match self {
-            ProfileKind::Cpu | ProfileKind::OffCpu => 1,
+            ProfileKind::Cpu | ProfileKind::OffCpu | ProfileKind::Locks => 1,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value flamegraphs, folded
     /// stacks and the terminal summary weigh frames by (CPU: the sample
-    /// count, as `perf`'s folded output; off-CPU: the time blocked).
+    /// count, as `perf`'s folded output; off-CPU: the time blocked;
+    /// locks: the delay).
     pub fn weight(self) -> usize {
         match self {
             ProfileKind::Cpu => 0,
-            ProfileKind::OffCpu => 1,
+            ProfileKind::OffCpu | ProfileKind::Locks => 1,
         }
     }
 
@@ -125,6 +141,7 @@ impl ProfileKind {
             // stands for one event of its weight (Go's block profiles say
             // the same with `contentions/count`, period 1).
             ProfileKind::OffCpu => ValueType::new("events", "count"),
+            ProfileKind::Locks => ValueType::new("contentions", "count"),
         }
     }
 
@@ -133,6 +150,7 @@ impl ProfileKind {
         match self {
             ProfileKind::Cpu => "hostprof CPU flamegraph",
             ProfileKind::OffCpu => "hostprof off-CPU flamegraph (time blocked)",
+            ProfileKind::Locks => "hostprof lock contention flamegraph (delay)",
         }
     }
 
@@ -145,7 +163,7 @@ impl ProfileKind {
         kernel_frames: impl IntoIterator<Item = &'a str>,
     ) -> Option<Label> {
         match self {
-            ProfileKind::Cpu => None,
+            ProfileKind::Cpu | ProfileKind::Locks => None,
             ProfileKind::OffCpu => {
                 let state = labels
                     .iter()
@@ -162,7 +180,7 @@ impl ProfileKind {
     /// Whether [`Self::kernel_frames_label`] labels this kind's samples.
     pub fn labels_kernel_frames(self) -> bool {
         match self {
-            ProfileKind::Cpu => false,
+            ProfileKind::Cpu | ProfileKind::Locks => false,
             ProfileKind::OffCpu => true,
         }
     }
@@ -230,10 +248,10 @@ mod tests {
         }
         assert_eq!(" CPU ".parse::<ProfileKind>(), Ok(ProfileKind::Cpu));
         assert_eq!("Off-CPU".parse::<ProfileKind>(), Ok(ProfileKind::OffCpu));
-        let err = "locks".parse::<ProfileKind>().unwrap_err().to_string();
+        let err = "heap".parse::<ProfileKind>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "\"locks\" is not a profile kind; the kinds are: cpu, off-cpu"
+            "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks"
         );
     }
 

@@ -60,6 +60,7 @@ pub mod fuzzing;
 pub mod input;
 pub mod k8s;
 pub mod kind;
+pub mod locks;
 mod memory;
 pub mod otlp;
 pub mod pprof;

@@ -119,6 +119,10 @@ pub struct PipelineStats {
     pub symbol_cache: CacheStats,
     /// Unwind tables (all zero with the frame-pointer unwinder).
     pub unwind_tables: LoaderStats,
+    /// Off-CPU intervals the kernel measured, and their total time in ns.
+    pub off_cpu_waits: (u64, u64),
+    /// Kernel-lock contentions the kernel measured, and their total time.
+    pub kernel_lock_waits: (u64, u64),
 }
 
 /// A running whole-host profiler.
@@ -262,6 +266,8 @@ struct Pipeline {
     started: Instant,
     /// Samples and counters of the windows already taken.
     completed: (u64, CaptureStats),
+    /// Waits measured since the start: off-CPU, kernel locks (count, ns).
+    waits: [(u64, u64); 2],
 }
 
 impl Pipeline {
@@ -277,7 +283,7 @@ impl Pipeline {
             .map(|&kind| match kind {
                 ProfileKind::Cpu => (kind, options.policy.frequency.period_ns()),
                 // Each sample is weighted; the period is one event.
-                ProfileKind::OffCpu => (kind, 1),
+                ProfileKind::OffCpu | ProfileKind::Locks => (kind, 1),
             })
             .collect();
         Self {
@@ -292,6 +298,7 @@ impl Pipeline {
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
+            waits: [(0, 0); 2],
         }
     }
 
@@ -332,6 +339,15 @@ impl Pipeline {
         }
         if let Some(contexts) = &mut self.contexts {
             contexts.drained(&drained.tgids(), &tracked.exited, &self.processes);
+        }
+        for (kind, stats) in &drained.stats {
+            let slot = match kind {
+                ProfileKind::OffCpu => &mut self.waits[0],
+                ProfileKind::Locks => &mut self.waits[1],
+                ProfileKind::Cpu => continue,
+            };
+            slot.0 += stats.intervals;
+            slot.1 += stats.interval_ns;
         }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);
@@ -403,6 +419,8 @@ impl Pipeline {
             processes: self.processes.len(),
             symbol_cache: self.symbolizer.stats(),
             unwind_tables: self.tables.as_ref().map(|t| t.stats()).unwrap_or_default(),
+            off_cpu_waits: self.waits[0],
+            kernel_lock_waits: self.waits[1],
         }
     }
 }

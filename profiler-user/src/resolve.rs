@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::aggregate::Aggregated;
 use crate::k8s::PodMetadata;
-use crate::kind::ProfileKind;
+use crate::kind::{Label, ProfileKind};
+use crate::locks;
 use crate::process::perfmap::{JitFunction, Runtime};
 use crate::process::{ModuleId, ProcessTable, Resolved, Unresolved};
 use crate::profile::{
@@ -78,48 +79,8 @@ pub fn profiles(
         })
         .collect();
     for (key, merged) in aggregated.samples {
-        let Some(i) = kinds.iter().position(|&(kind, _)| kind == key.kind) else {
-            continue; // a kind nobody asked for
-        };
-        let (builder, kernel_mapping) = &mut builders[i];
-        let kernel_mapping = *kernel_mapping;
-        let tgid = key.thread.tgid;
-        let image = (tgid, key.thread.exec_gen);
-        let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
-        let process = builder.process(process_of(processes, pods, tgid, comm));
-        let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
-        for addr in caller_adjusted(&key.kernel_stack) {
-            stack.push(kernel_location(
-                builder,
-                kernel_mapping,
-                addr,
-                &symbols.kernel[&addr],
-            ));
-        }
-        for addr in caller_adjusted(&key.user_stack) {
-            stack.push(user_location(builder, processes, &symbols, image, addr));
-        }
-        if let Some(reason) = key
-            .user_stack
-            .first()
-            .and_then(|&leaf| symbols.unresolved(image, leaf))
-        {
-            builder.add_stats(&unresolved_stats(
-                reason,
-                merged.values.first().copied().unwrap_or(0),
-            ));
-        }
-        if key.user_truncated {
-            // Outermost: the frames above the depth limit are unknown.
-            let lines = lines_for(builder, &None, || TRUNCATED_FRAME.into());
-            stack.push(builder.location(Location {
-                mapping: None,
-                address: 0,
-                lines,
-                kind: FrameKind::Native,
-            }));
-        }
-        let mut labels = key.labels;
+        let image = (key.thread.tgid, key.thread.exec_gen);
+        let mut labels = key.labels.clone();
         if key.kind.labels_kernel_frames() {
             let names = caller_adjusted(&key.kernel_stack).flat_map(|addr| {
                 symbols.kernel[&addr]
@@ -130,16 +91,41 @@ pub fn profiles(
             });
             labels.extend(key.kind.kernel_frames_label(&labels, names));
         }
-        builder.add_sample(NewSample {
-            process,
-            tid: key.thread.tid,
-            thread_name: &key.thread.comm,
-            stack,
-            labels,
-            link: key.link,
-            values: &merged.values,
-            timestamps: &merged.timestamps,
+        // The sample's own profile, and the profile derived from it (a
+        // user-space lock wait is an off-CPU sample of the locks profile).
+        let own = kinds.iter().position(|&(kind, _)| kind == key.kind);
+        let derived = derived_sample(&key, &labels, &symbols, image).and_then(|(kind, extra)| {
+            let i = kinds.iter().position(|&(k, _)| k == kind)?;
+            Some((i, extra))
         });
+        let targets = own.map(|i| (i, labels)).into_iter().chain(derived);
+        for (i, labels) in targets {
+            let (builder, kernel_mapping) = &mut builders[i];
+            let tgid = key.thread.tgid;
+            let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
+            let process = builder.process(process_of(processes, pods, tgid, comm));
+            let stack = stack_of(builder, *kernel_mapping, &key, processes, &symbols);
+            if let Some(reason) = key
+                .user_stack
+                .first()
+                .and_then(|&leaf| symbols.unresolved(image, leaf))
+            {
+                builder.add_stats(&unresolved_stats(
+                    reason,
+                    merged.values.first().copied().unwrap_or(0),
+                ));
+            }
+            builder.add_sample(NewSample {
+                process,
+                tid: key.thread.tid,
+                thread_name: &key.thread.comm,
+                stack,
+                labels,
+                link: key.link,
+                values: &merged.values,
+                timestamps: &merged.timestamps,
+            });
+        }
     }
     builders
         .into_iter()
@@ -148,6 +134,69 @@ pub fn profiles(
             builder.build(window.start_time, window.duration, period)
         })
         .collect()
+}
+
+/// The locations of `key`'s stack in `builder`: kernel frames, then user
+/// frames, leaf first, and a truncation marker outermost.
+fn stack_of(
+    builder: &mut ProfileBuilder,
+    kernel_mapping: MappingId,
+    key: &SampleKey,
+    processes: &ProcessTable,
+    symbols: &SymbolTable,
+) -> Vec<LocationId> {
+    let image = (key.thread.tgid, key.thread.exec_gen);
+    let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
+    for addr in caller_adjusted(&key.kernel_stack) {
+        stack.push(kernel_location(
+            builder,
+            kernel_mapping,
+            addr,
+            &symbols.kernel[&addr],
+        ));
+    }
+    for addr in caller_adjusted(&key.user_stack) {
+        stack.push(user_location(builder, processes, symbols, image, addr));
+    }
+    if key.user_truncated {
+        // Outermost: the frames above the depth limit are unknown.
+        let lines = lines_for(builder, &None, || TRUNCATED_FRAME.into());
+        stack.push(builder.location(Location {
+            mapping: None,
+            address: 0,
+            lines,
+            kind: FrameKind::Native,
+        }));
+    }
+    stack
+}
+
+/// The kind a sample also belongs to, and its labels there: an off-CPU
+/// wait whose user stack acquires a lock is a sample of the locks profile
+/// ([`crate::locks::user_lock_type`]). `labels` are the sample's own,
+/// its wait class among them.
+fn derived_sample(
+    key: &SampleKey,
+    labels: &[Label],
+    symbols: &SymbolTable,
+    image: Image,
+) -> Option<(ProfileKind, Vec<Label>)> {
+    if key.kind != ProfileKind::OffCpu {
+        return None;
+    }
+    let class = labels
+        .iter()
+        .find(|(k, _)| *k == crate::wait::WAIT_CLASS)
+        .map(|(_, v)| v.as_str());
+    let names = caller_adjusted(&key.user_stack).flat_map(|addr| symbols.user_names(image, addr));
+    let lock = locks::user_lock_type(class, names)?;
+    Some((
+        ProfileKind::Locks,
+        vec![
+            (locks::LOCK_TYPE, lock.to_owned()),
+            (locks::LOCK_SPACE, "user".to_owned()),
+        ],
+    ))
 }
 
 /// One name for each process that has no snapshot (it exited before it
@@ -265,6 +314,29 @@ impl SymbolTable {
             jit,
             user,
             kernel,
+        }
+    }
+
+    /// The function names at the user address `addr` of `image`,
+    /// innermost (inlined) first; none when it did not resolve.
+    fn user_names(&self, image: Image, addr: u64) -> Vec<&str> {
+        match self.resolved.get(&(image, addr)) {
+            Some(Resolved::Module {
+                module,
+                file_offset,
+                ..
+            }) => self.user[&(*module, *file_offset)]
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .map(|frame| frame.name.as_str())
+                .collect(),
+            Some(Resolved::Unknown(_)) => self
+                .jit
+                .get(&(image.0, addr))
+                .map(|(function, _)| vec![function.name.as_str()])
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::kind::ProfileKind;
+use crate::locks;
 use crate::profile::{FrameKind, LinkCounters, Profile, Sample, UnresolvedLeaves, UnwindCounters};
 use crate::symbolize::CacheStats;
 use crate::text::escape;
@@ -76,6 +77,7 @@ impl Summary {
                         .map_or("other", |(_, value)| value.as_str());
                     format!("{} [{class}]", frame_name(profile, sample, true))
                 }
+                ProfileKind::Locks => lock_name(profile, sample),
             };
             *self_samples.entry(name).or_default() += sample.values[weight];
         }
@@ -142,6 +144,32 @@ fn frame_name<'a>(profile: &'a Profile, sample: &Sample, user: bool) -> &'a str 
         let line = &location(id).lines[0];
         profile.function(line.function).name.as_str()
     })
+}
+
+/// A lock by its type and where it was taken: `mutex in vm_mmap_pgoff`
+/// (the innermost frame outside the lock's code, among kernel frames for
+/// a kernel lock and user frames for a user-space one).
+fn lock_name(profile: &Profile, sample: &Sample) -> String {
+    let label = |key: &str| {
+        sample
+            .labels
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let lock = label(locks::LOCK_TYPE).unwrap_or("other");
+    let user = label(locks::LOCK_SPACE) == Some("user");
+    let names = sample
+        .stack
+        .iter()
+        .map(|&id| profile.location(id))
+        .filter(|location| (location.kind != FrameKind::Kernel) == user)
+        .flat_map(|location| &location.lines)
+        .map(|line| profile.function(line.function).name.as_str());
+    format!(
+        "{lock} in {}",
+        locks::acquired_in(names).unwrap_or("[lock code]")
+    )
 }
 
 /// What `hostprof record --stats-json` writes: the summary of every
@@ -261,8 +289,8 @@ fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats)
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.kind == ProfileKind::OffCpu {
-            return self.fmt_off_cpu(f);
+        if self.kind != ProfileKind::Cpu {
+            return self.fmt_waits(f);
         }
         writeln!(f, "samples          {}", self.samples)?;
         writeln!(f, "processes        {}", self.processes)?;
@@ -301,14 +329,30 @@ impl Summary {
         }
     }
 
-    /// The off-CPU section: time blocked, intervals, and where threads
-    /// blocked the longest.
-    fn fmt_off_cpu(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The section of a kind that measures waits: off-CPU, time blocked,
+    /// intervals, and where threads blocked the longest; locks, the delay,
+    /// contentions and the most contended locks.
+    fn fmt_waits(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let seconds = |ns: u64| ns as f64 / 1e9;
-        writeln!(f, "off-CPU time     {:.3} s", seconds(self.samples))?;
+        let (total, waits, measured, heading) = if self.kind == ProfileKind::Locks {
+            (
+                "lock delay",
+                "contentions",
+                "kernel-lock waits measured",
+                "lock (type in where it was taken)",
+            )
+        } else {
+            (
+                "off-CPU time",
+                "intervals",
+                "measured",
+                "blocked in (innermost user function) [wait class]",
+            )
+        };
+        writeln!(f, "{total:<16} {:.3} s", seconds(self.samples))?;
         writeln!(
             f,
-            "intervals        {} measured, {} kept and unwound",
+            "{waits:<16} {} {measured}, {} kept and unwound",
             self.intervals, self.kept
         )?;
         writeln!(f, "processes        {}", self.processes)?;
@@ -320,11 +364,7 @@ impl Summary {
             return Ok(());
         }
         writeln!(f)?;
-        writeln!(
-            f,
-            "{:>9} {:>6}  blocked in (innermost user function) [wait class]",
-            "seconds", "share"
-        )?;
+        writeln!(f, "{:>9} {:>6}  {heading}", "seconds", "share")?;
         for share in &self.top {
             writeln!(
                 f,
@@ -417,6 +457,76 @@ mod tests {
         );
         assert!(
             text.contains("    1.000  25.0%  __schedule [other]\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn locks_summary_names_each_lock_by_type_and_where_it_was_taken() {
+        use crate::profile::{Function, Line, Location, NewSample};
+        let mut b = ProfileBuilder::new(ProfileKind::Locks);
+        let p = b.process(host_process(1, "app"));
+        let mut kernel = |name: &str, address| {
+            let function = b.function(Function {
+                name: name.into(),
+                system_name: None,
+                filename: None,
+            });
+            b.location(Location {
+                mapping: None,
+                address,
+                lines: vec![Line {
+                    function,
+                    line: None,
+                }],
+                kind: FrameKind::Kernel,
+            })
+        };
+        let slowpath = kernel("rwsem_down_write_slowpath", 0xffff_ffff_8100_0000);
+        let down = kernel("down_write_killable", 0xffff_ffff_8100_1000);
+        let mmap = kernel("vm_mmap_pgoff", 0xffff_ffff_8100_2000);
+        let futex = kernel("futex_wait", 0xffff_ffff_8100_3000);
+        let lll = b.named_location("__lll_lock_wait", 1);
+        let lock = b.named_location("___pthread_mutex_lock", 2);
+        let take = b.named_location("take_mutex", 3);
+        let mapper = b.named_location("map_function", 4);
+        for (stack, space, lock, ns) in [
+            (
+                vec![slowpath, down, mmap, mapper],
+                "kernel",
+                "rwsem:write",
+                1_000_000_000,
+            ),
+            (
+                vec![futex, lll, lock, take],
+                "user",
+                "pthread_mutex",
+                3_000_000_000,
+            ),
+        ] {
+            b.add_sample(NewSample {
+                process: p,
+                tid: 1,
+                thread_name: "app",
+                stack,
+                labels: vec![
+                    (locks::LOCK_TYPE, lock.into()),
+                    (locks::LOCK_SPACE, space.into()),
+                ],
+                link: None,
+                values: &[5, ns],
+                timestamps: &[],
+            });
+        }
+        let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 1);
+        let text = Summary::new(&profile, 5).to_string();
+        assert!(text.starts_with("lock delay       4.000 s\n"), "{text}");
+        assert!(
+            text.contains("    3.000  75.0%  pthread_mutex in take_mutex\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    1.000  25.0%  rwsem:write in vm_mmap_pgoff\n"),
             "{text}"
         );
     }

@@ -160,14 +160,28 @@ impl Collector for SnapshotCollector {
             "off_cpu_intervals",
             "Off-CPU intervals the kernel measured (switch-out to switch-in), kept or not",
             None,
-            ConstCounter::new(p.capture.intervals),
+            ConstCounter::new(p.off_cpu_waits.0),
         )?;
         emit(
             &mut e,
             "off_cpu_blocked_seconds",
             "Total time of the off-CPU intervals measured",
             None,
-            ConstCounter::new(p.capture.interval_ns as f64 / 1e9),
+            ConstCounter::new(p.off_cpu_waits.1 as f64 / 1e9),
+        )?;
+        emit(
+            &mut e,
+            "kernel_lock_contentions",
+            "Kernel-lock contentions the kernel measured (contention_begin to _end), kept or not",
+            None,
+            ConstCounter::new(p.kernel_lock_waits.0),
+        )?;
+        emit(
+            &mut e,
+            "kernel_lock_wait_seconds",
+            "Total time of the kernel-lock contentions measured",
+            None,
+            ConstCounter::new(p.kernel_lock_waits.1 as f64 / 1e9),
         )?;
         emit(
             &mut e,
@@ -502,8 +516,8 @@ mod tests {
         snapshot.pipeline.samples = 1234;
         snapshot.pipeline.capture.user_stack_errors = 7;
         snapshot.pipeline.stacks = 42;
-        snapshot.pipeline.capture.intervals = 5000;
-        snapshot.pipeline.capture.interval_ns = 2_500_000_000;
+        snapshot.pipeline.off_cpu_waits = (5000, 2_500_000_000);
+        snapshot.pipeline.kernel_lock_waits = (70, 250_000_000);
         snapshot.agent.sent.exported_profiles = 3;
         snapshot.agent.sent.bytes_sent = 4096;
         snapshot.agent.sent.dropped.profiles = 2;
@@ -543,6 +557,8 @@ mod tests {
             "hostprof_stacks 42",
             "hostprof_off_cpu_intervals_total 5000",
             "hostprof_off_cpu_blocked_seconds_total 2.5",
+            "hostprof_kernel_lock_contentions_total 70",
+            "hostprof_kernel_lock_wait_seconds_total 0.25",
             "hostprof_profiles_exported_total 3",
             "hostprof_profiles_dropped_total 2",
             "hostprof_export_sent_bytes_total 4096",

@@ -243,8 +243,8 @@ impl StatCounters {
             kernel_stack_errors: delta(Stat::KernelStackError),
             stacks_lost: delta(Stat::StackMapFull),
             process_events_lost: delta(Stat::NewProcessLost),
-            intervals: delta(Stat::OffCpuIntervals),
-            interval_ns: delta(Stat::OffCpuNanos),
+            intervals: delta(Stat::WaitIntervals),
+            interval_ns: delta(Stat::WaitNanos),
             unwind: UnwindCounters {
                 unwound: delta(Stat::Unwound),
                 no_tables: delta(Stat::UnwindNoTables),

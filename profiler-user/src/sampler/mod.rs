@@ -1,10 +1,13 @@
 //! The kernel side, seen from userspace: loads the eBPF object, attaches
 //! the programs of each kind asked for (CPU: a CPU-clock perf event on
-//! every online CPU; off-CPU: `tp_btf/sched_switch` and a kprobe on each
-//! `finish_task_switch*`), and drains their maps.
+//! every online CPU; off-CPU: `tp_btf/sched_switch` and `sched_exit_tp` or
+//! a kprobe on each `finish_task_switch*`; locks: `tp_btf/contention_begin`
+//! and `contention_end`, and the off-CPU programs for user-space locks),
+//! and drains their maps.
 //!
-//! Pure bookkeeping lives in [`drain`], [`off_cpu`] and [`policy`]; this
-//! module is the only one that makes BPF and perf syscalls.
+//! Pure bookkeeping lives in [`drain`], [`off_cpu`] and [`policy`]; the
+//! syscalls are made here and in the submodules that own a kind's maps
+//! ([`waits`], `process_events`).
 
 pub mod drain;
 pub mod kernel_btf;
@@ -16,6 +19,7 @@ mod thread_contexts;
 pub mod trace_context;
 mod unwind_maps;
 pub mod unwinder;
+mod waits;
 
 use std::collections::HashMap as StdHashMap;
 use std::io;
@@ -28,8 +32,8 @@ use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, S
 use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
-    kernel_kind, names, Config, DeepStack, FileOffsets, OffCpuKey, OffCpuValue,
-    SampleKey as KernelKey, Stack, StackHash, Stat,
+    kernel_kind, names, Config, DeepStack, FileOffsets, SampleKey as KernelKey, Stack, StackHash,
+    Stat,
 };
 
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
@@ -40,6 +44,7 @@ pub use process_events::{
 };
 pub use thread_contexts::{KernelThreadContexts, ThreadContexts};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
+pub use waits::has_contention_tracepoints;
 
 use crate::kind::ProfileKind;
 use unwinder::Unwinder;
@@ -109,6 +114,13 @@ pub enum SamplerError {
     /// /proc/kallsyms could not be read.
     #[error("could not read /proc/kallsyms to find finish_task_switch")]
     Kallsyms(#[source] io::Error),
+    /// The kernel has no lock-contention tracepoints.
+    #[error(
+        "the locks profile needs the kernel's contention_begin and contention_end \
+         tracepoints (Linux 5.19+, with BTF), and this kernel has none; run `hostprof \
+         system-info`, or drop locks from --profiles"
+    )]
+    NoContentionTracepoints,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
@@ -153,7 +165,11 @@ pub struct Sampler {
     known: HashMap<MapData, u32, u8>,
     /// Kept open: the kernel empties a program array when its last
     /// userspace handle closes.
-    _tail_calls: (ProgramArray<MapData>, [ProgramArray<MapData>; 2]),
+    _tail_calls: (
+        ProgramArray<MapData>,
+        [ProgramArray<MapData>; 2],
+        ProgramArray<MapData>,
+    ),
     active: MapSet,
     /// The kinds attached, each with its counters at the last drain.
     kinds: Vec<(ProfileKind, StatCounters)>,
@@ -164,17 +180,9 @@ pub struct Sampler {
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
-    /// With the off-CPU kind: its maps and sampling period.
-    off_cpu: Option<OffCpuState>,
-}
-
-/// The off-CPU kind's maps and the adaptive period.
-struct OffCpuState {
-    counts: [PerCpuHashMap<MapData, OffCpuKey, OffCpuValue>; 2],
-    /// Kept intervals per second the period adapts to (all CPUs).
-    budget: u64,
-    /// When the period was last adapted.
-    adapted: std::time::Instant,
+    /// The kinds that measure waits (off-CPU, locks) attached: their maps
+    /// and adaptive periods.
+    waits: Vec<waits::WaitState>,
 }
 
 /// The kernel's index of a kind (its block of counters in `STATS`).
@@ -182,18 +190,22 @@ fn kernel_index(kind: ProfileKind) -> u32 {
     match kind {
         ProfileKind::Cpu => kernel_kind::CPU,
         ProfileKind::OffCpu => kernel_kind::OFF_CPU,
+        ProfileKind::Locks => kernel_kind::LOCKS,
     }
 }
 
 impl Sampler {
     /// Loads the object, applies `policy` and starts the programs of
-    /// `kinds` (each at most once; empty means CPU).
+    /// `kinds` (each at most once; empty means CPU). The locks kind
+    /// attaches the off-CPU programs too: user-space lock waits are
+    /// off-CPU waits.
     ///
     /// Also returns the stream of processes sampled for the first time,
     /// and, with the table unwinder, the maps its tables go to.
     pub fn start(policy: &SamplingPolicy, kinds: &[ProfileKind]) -> Result<Started, SamplerError> {
         let cpu = kinds.is_empty() || kinds.contains(&ProfileKind::Cpu);
-        let off_cpu = kinds.contains(&ProfileKind::OffCpu);
+        let locks = kinds.contains(&ProfileKind::Locks);
+        let off_cpu = locks || kinds.contains(&ProfileKind::OffCpu);
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let cpu_rate = if cpu {
@@ -210,11 +222,19 @@ impl Sampler {
         for name in names::COUNTS {
             loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate));
         }
+        // The locks kind's budget is the off-CPU one (`--off-cpu-max-rate`).
+        let lock_rate = if locks { off_cpu_rate } else { 0 };
         for name in names::OFF_CPU_COUNTS {
             loader.map_max_entries(name, map_capacity(cpus.len(), off_cpu_rate));
         }
+        for name in names::LOCK_COUNTS {
+            loader.map_max_entries(name, map_capacity(cpus.len(), lock_rate));
+        }
         for name in names::STACKS {
-            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate + off_cpu_rate));
+            loader.map_max_entries(
+                name,
+                map_capacity(cpus.len(), cpu_rate + off_cpu_rate + lock_rate),
+            );
         }
         // Array maps are allocated whole: no table memory without tables.
         let table_rows = match policy.unwinder {
@@ -255,14 +275,12 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::OFF_CPU_KPROBE_TAIL_CALLS))?,
         ];
-        let off_cpu_counts = [
-            take(names::OFF_CPU_COUNTS[0])?
+        let off_cpu_counts = waits::counts(&mut take, names::OFF_CPU_COUNTS)?;
+        let lock_counts = waits::counts(&mut take, names::LOCK_COUNTS)?;
+        let mut lock_tail_calls: ProgramArray<MapData> =
+            take(names::LOCK_TAIL_CALLS)?
                 .try_into()
-                .map_err(map_err(names::OFF_CPU_COUNTS[0]))?,
-            take(names::OFF_CPU_COUNTS[1])?
-                .try_into()
-                .map_err(map_err(names::OFF_CPU_COUNTS[1]))?,
-        ];
+                .map_err(map_err(names::LOCK_TAIL_CALLS))?;
         let thread_context_map = take(names::THREAD_CONTEXTS)?;
         let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
@@ -297,6 +315,7 @@ impl Sampler {
             active_set: MapSet::Zero.index() as u32,
             flags: 0,
             off_cpu_period_ns: off_cpu::INITIAL_PERIOD_NS,
+            lock_period_ns: off_cpu::INITIAL_PERIOD_NS,
             files: FileOffsets::default(),
             task_fsbase: 0,
             pad: 0,
@@ -380,6 +399,10 @@ impl Sampler {
                 &mut off_cpu_tail_calls,
             )?;
         }
+        if locks {
+            let btf = btf.as_ref().ok_or(SamplerError::NoContentionTracepoints)?;
+            files &= waits::attach_locks(&mut ebpf, btf, tables, files, &mut lock_tail_calls)?;
+        }
         if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
             process_events::attach_files_exit(&mut ebpf, btf);
             config.files = offsets;
@@ -410,6 +433,25 @@ impl Sampler {
         if off_cpu {
             attached_kinds.push((ProfileKind::OffCpu, StatCounters::default()));
         }
+        if locks {
+            attached_kinds.push((ProfileKind::Locks, StatCounters::default()));
+        }
+        let budget = u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64;
+        let mut wait_states = Vec::new();
+        if off_cpu {
+            wait_states.push(waits::WaitState::new(
+                ProfileKind::OffCpu,
+                off_cpu_counts,
+                budget,
+            ));
+        }
+        if locks {
+            wait_states.push(waits::WaitState::new(
+                ProfileKind::Locks,
+                lock_counts,
+                budget,
+            ));
+        }
 
         let mut sampler = Sampler {
             ebpf,
@@ -420,17 +462,13 @@ impl Sampler {
             stacks,
             deep_stacks,
             known,
-            _tail_calls: (tail_calls, off_cpu_tail_calls),
+            _tail_calls: (tail_calls, off_cpu_tail_calls, lock_tail_calls),
             active: MapSet::Zero,
             kinds: attached_kinds,
             lifecycle: None,
             attached: true,
             period_ns: policy.frequency.period_ns(),
-            off_cpu: off_cpu.then(|| OffCpuState {
-                counts: off_cpu_counts,
-                budget: u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64,
-                adapted: std::time::Instant::now(),
-            }),
+            waits: wait_states,
         };
         // The counters start at zero with the freshly created maps: no
         // baseline to read (reading one after attaching would leave out
@@ -491,6 +529,13 @@ impl Sampler {
                             .unload()
                             .map_err(detach("detach the off-CPU sched_switch program"))?;
                     }
+                    ProfileKind::Locks => {
+                        for name in [names::LOCK_END, names::LOCK_BEGIN] {
+                            btf_tracepoint(&mut self.ebpf, name)?
+                                .unload()
+                                .map_err(detach("detach the lock contention programs"))?;
+                        }
+                    }
                 }
             }
             self.attached = false;
@@ -524,26 +569,16 @@ impl Sampler {
                 cpu.files.lookup_failed += files.lookup_failed;
             }
         }
-        if let (Some(state), Some(delta)) = (&mut self.off_cpu, stats.get(&ProfileKind::OffCpu)) {
-            let kept = delta.recorded + delta.dropped;
-            let period = off_cpu::next_period(
-                self.config.off_cpu_period_ns,
-                kept,
-                state.adapted.elapsed(),
-                state.budget,
-            );
-            state.adapted = std::time::Instant::now();
-            if period != self.config.off_cpu_period_ns {
-                log::debug!(
-                    "off-CPU: {kept} of {} intervals kept; period {} -> {period} ns",
-                    delta.intervals,
-                    self.config.off_cpu_period_ns
-                );
-                self.config.off_cpu_period_ns = period;
-                self.config_map
-                    .set(0, self.config, 0)
-                    .map_err(map_err(names::CONFIG))?;
+        let mut adapted = false;
+        for state in &mut self.waits {
+            if let Some(delta) = stats.get(&state.kind) {
+                adapted |= state.adapt(&mut self.config, delta);
             }
+        }
+        if adapted {
+            self.config_map
+                .set(0, self.config, 0)
+                .map_err(map_err(names::CONFIG))?;
         }
         Ok(Drained { samples, stats })
     }
@@ -601,24 +636,8 @@ impl Sampler {
             deep_map.remove(hash).map_err(map_err(deep_name))?;
         }
         let mut samples = drain::assemble_cpu(entries, &stacks, self.period_ns);
-        if let Some(state) = &mut self.off_cpu {
-            let name = names::OFF_CPU_COUNTS[index];
-            let counts = &mut state.counts[index];
-            let mut entries = Vec::new();
-            for item in counts.iter() {
-                let (key, per_cpu) = item.map_err(map_err(name))?;
-                let mut total = OffCpuValue::default();
-                for value in per_cpu.iter() {
-                    total.kept += value.kept;
-                    total.events_milli += value.events_milli;
-                    total.nanos += value.nanos;
-                }
-                entries.push((key, total));
-            }
-            for (key, _) in &entries {
-                counts.remove(key).map_err(map_err(name))?;
-            }
-            samples.extend(off_cpu::assemble_off_cpu(entries, &stacks));
+        for state in &mut self.waits {
+            samples.extend(state.take(set, &stacks)?);
         }
         Ok(samples)
     }
@@ -725,28 +744,25 @@ fn attach_off_cpu(
             ebpf,
             btf,
             match hook {
-                SwitchIn::Tracepoint => {
-                    process_events::FilesHook::OffCpuTracepoint(tracepoint_calls)
-                }
+                SwitchIn::Tracepoint => process_events::FilesHook::Tracepoint {
+                    program: names::OFF_CPU_FILES,
+                    tracepoint: names::SWITCH_IN_TRACEPOINT,
+                    array_name: names::OFF_CPU_TAIL_CALLS,
+                    array: tracepoint_calls,
+                },
                 SwitchIn::Kprobe(_) => process_events::FilesHook::OffCpuKprobe(kprobe_calls),
             },
         )?;
     match hook {
         SwitchIn::Tracepoint => {
             if tables {
-                for (name, slot) in [
-                    (names::OFF_CPU_UNWIND, names::TAIL_UNWIND_USER),
-                    (names::OFF_CPU_STORE, names::TAIL_UNWIND_STORE),
-                ] {
-                    let program = btf_tracepoint(ebpf, name)?;
-                    program
-                        .load(names::SWITCH_IN_TRACEPOINT, btf)
-                        .map_err(tail_call_load_error(name))?;
-                    let fd = program_fd(program.fd(), name)?;
-                    tracepoint_calls
-                        .set(slot, &fd, 0)
-                        .map_err(map_err(names::OFF_CPU_TAIL_CALLS))?;
-                }
+                waits::load_unwinders(
+                    ebpf,
+                    btf,
+                    names::SWITCH_IN_TRACEPOINT,
+                    [names::OFF_CPU_UNWIND, names::OFF_CPU_STORE],
+                    (names::OFF_CPU_TAIL_CALLS, tracepoint_calls),
+                )?;
             }
             let name = names::OFF_CPU_SWITCH_IN;
             let program = btf_tracepoint(ebpf, name)?;
@@ -929,7 +945,7 @@ mod tests {
         for (programs, prefix) in [
             (names::PROGRAMS, "perf_event"),
             (names::KPROBES, "kprobe"),
-            (names::BTF_TRACEPOINTS, "tp_btf/sched_"),
+            (names::BTF_TRACEPOINTS, "tp_btf/"),
         ] {
             for name in programs {
                 let section = defined.get(*name).map(String::as_str);

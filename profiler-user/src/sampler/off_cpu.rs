@@ -4,7 +4,7 @@
 //!
 //! The kernel keeps an interval of `d` ns with probability `min(1, d/P)`
 //! and weighs it `max(d, P)` ns and `max(1, P/d)` events
-//! ([`profiler_common::off_cpu_keep`]), so the totals are exact in
+//! ([`profiler_common::keep_wait`]), so the totals are exact in
 //! expectation whatever `P` is; `P` only trades the resolution of short
 //! waits against the cost of unwinding. [`next_period`] moves it so the
 //! kept intervals (the ones that are unwound) stay under the budget.
@@ -14,10 +14,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use profiler_common::{OffCpuKey, OffCpuValue, StackHash};
+use profiler_common::{StackHash, WaitKey, WaitValue};
 
 use super::drain::{decode_key, RawSample};
-use crate::kind::{ProfileKind, THREAD_STATE};
+use crate::kind::{Label, ProfileKind, THREAD_STATE};
+use crate::locks::{kernel_lock_type, LOCK_SPACE, LOCK_TYPE};
 
 /// Kept (unwound) off-CPU intervals per second per CPU, 1 to 100000.
 #[derive(
@@ -151,11 +152,25 @@ pub fn thread_state(state: u32) -> &'static str {
     }
 }
 
-/// Joins drained off-CPU intervals with drained stacks. Each sample
-/// carries the events and blocked time its kept intervals stand for
-/// (events rounded from thousandths, at least 1) and the thread state.
-pub fn assemble_off_cpu(
-    entries: impl IntoIterator<Item = (OffCpuKey, OffCpuValue)>,
+/// The labels a drained wait of `kind` carries, from its key's `state`:
+/// off-CPU, the thread state; locks, the kernel lock's type.
+fn wait_labels(kind: ProfileKind, state: u32) -> Vec<Label> {
+    match kind {
+        ProfileKind::Locks => vec![
+            (LOCK_TYPE, kernel_lock_type(state).to_owned()),
+            (LOCK_SPACE, "kernel".to_owned()),
+        ],
+        _ => vec![(THREAD_STATE, thread_state(state).to_owned())],
+    }
+}
+
+/// Joins drained waits of `kind` (off-CPU intervals, lock contentions)
+/// with drained stacks. Each sample carries the events and time its kept
+/// waits stand for (events rounded from thousandths, at least 1) and its
+/// labels (the thread state, or the lock's type).
+pub fn assemble_waits(
+    kind: ProfileKind,
+    entries: impl IntoIterator<Item = (WaitKey, WaitValue)>,
     stacks: &HashMap<StackHash, Vec<u64>>,
 ) -> Vec<RawSample> {
     entries
@@ -163,12 +178,12 @@ pub fn assemble_off_cpu(
         .filter(|(_, value)| value.kept > 0)
         .map(|(key, value)| RawSample {
             key: decode_key(
-                ProfileKind::OffCpu,
+                kind,
                 (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
                 key.user_stack,
                 key.kernel_stack,
                 stacks,
-                vec![(THREAD_STATE, thread_state(key.state).to_owned())],
+                wait_labels(kind, key.state),
             ),
             // Rounded from thousandths; a kept interval is at least one.
             values: vec![
@@ -246,10 +261,10 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
         assert_eq!(thread_state(0x80), "other");
     }
 
-    fn key(state: u32, user: StackHash, kernel: StackHash) -> OffCpuKey {
+    fn key(state: u32, user: StackHash, kernel: StackHash) -> WaitKey {
         let mut comm = [0; COMM_LEN];
         comm[..5].copy_from_slice(b"sleep");
-        OffCpuKey {
+        WaitKey {
             tgid: 10,
             tid: 11,
             user_stack: user,
@@ -261,8 +276,8 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
         }
     }
 
-    fn value(kept: u64, events_milli: u64, nanos: u64) -> OffCpuValue {
-        OffCpuValue {
+    fn value(kept: u64, events_milli: u64, nanos: u64) -> WaitValue {
+        WaitValue {
             kept,
             events_milli,
             nanos,
@@ -275,7 +290,8 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
             (1, vec![0x10, 0x20, TRUNCATED_MARK]),
             (2, vec![0xffff_ffff_8100_0000]),
         ]);
-        let samples = assemble_off_cpu(
+        let samples = assemble_waits(
+            ProfileKind::OffCpu,
             [
                 (key(1, 1, 2), value(3, 7_400, 9_000_000)),
                 (key(0, 0, 2), value(1, 250, 1_000)),
@@ -303,6 +319,26 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
         );
         assert!(second.key.user_stack.is_empty());
         assert_eq!(second.key.labels[0].1, "preempted");
+    }
+
+    #[test]
+    fn lock_contentions_decode_with_the_lock_type() {
+        let stacks = HashMap::from([(2, vec![0xffff_ffff_8100_0000])]);
+        // LCB_F_WRITE: a writer waiting on an rw_semaphore.
+        let samples = assemble_waits(
+            ProfileKind::Locks,
+            [(key(0x4, 0, 2), value(2, 2_000, 5_000_000))],
+            &stacks,
+        );
+        assert_eq!(samples[0].key.kind, ProfileKind::Locks);
+        assert_eq!(samples[0].values, vec![2, 5_000_000]);
+        assert_eq!(
+            samples[0].key.labels,
+            vec![
+                (LOCK_TYPE, "rwsem:write".to_owned()),
+                (LOCK_SPACE, "kernel".to_owned())
+            ]
+        );
     }
 
     #[test]

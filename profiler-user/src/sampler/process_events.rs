@@ -214,8 +214,19 @@ pub(super) fn attach_files_exit(ebpf: &mut Ebpf, btf: &Btf) {
 pub(super) enum FilesHook<'a> {
     /// The CPU kind's perf-event program array.
     Cpu(&'a mut ProgramArray<MapData>),
-    /// The off-CPU tracepoint switch-in's array.
-    OffCpuTracepoint(&'a mut ProgramArray<MapData>),
+    /// A tracing hook's array (the off-CPU tracepoint switch-in, the
+    /// locks' `contention_end`): its files program, the tracepoint it is
+    /// loaded for and the array's name.
+    Tracepoint {
+        /// The files program.
+        program: &'static str,
+        /// The `tp_btf` hook of the program that tail-calls it.
+        tracepoint: &'static str,
+        /// The array's map name.
+        array_name: &'static str,
+        /// The array.
+        array: &'a mut ProgramArray<MapData>,
+    },
     /// The off-CPU kprobe switch-in's array.
     OffCpuKprobe(&'a mut ProgramArray<MapData>),
 }
@@ -237,15 +248,19 @@ pub(super) fn load_files_program(
                 super::tail_called_program(ebpf, name).map(|fd| (fd, array)),
             )
         }
-        FilesHook::OffCpuTracepoint(array) => {
-            let name = names::OFF_CPU_FILES;
+        FilesHook::Tracepoint {
+            program: name,
+            tracepoint,
+            array_name,
+            array,
+        } => {
             let program = super::btf_tracepoint(ebpf, name)?;
             let loaded = program
-                .load(names::SWITCH_IN_TRACEPOINT, btf)
+                .load(tracepoint, btf)
                 .map_err(super::tail_call_load_error(name))
                 .and_then(|()| super::program_fd(program.fd(), name))
                 .map(|fd| (fd, array));
-            (name, names::OFF_CPU_TAIL_CALLS, loaded)
+            (name, array_name, loaded)
         }
         FilesHook::OffCpuKprobe(array) => {
             let name = names::OFF_CPU_FILES_KPROBE;

@@ -20,11 +20,13 @@ pub struct CaptureStats {
     pub stacks_lost: u64,
     /// New-process notifications lost (their processes may symbolize less well).
     pub process_events_lost: u64,
-    /// Off-CPU intervals the kernel measured, kept or not (0 for other
-    /// kinds); `recorded` of them were kept and unwound.
+    /// Waits the kernel measured, kept or not: off-CPU intervals, or
+    /// kernel-lock contentions (0 for the CPU kind); `recorded` of them
+    /// were kept and unwound.
     pub intervals: u64,
-    /// Their total blocked time in nanoseconds: the off-CPU profile's
-    /// `off_cpu/nanoseconds` total estimates it.
+    /// Their total time in nanoseconds: the off-CPU profile's
+    /// `off_cpu/nanoseconds` total estimates it (the locks profile's
+    /// `delay/nanoseconds` adds the user-space locks' waits).
     pub interval_ns: u64,
     /// How user stacks were unwound.
     pub unwind: UnwindCounters,

@@ -36,7 +36,8 @@ settings_group! {
     pub struct Profiling {
         /// Profile kinds to take, comma-separated; each is taken once:
         /// `cpu` (where CPU time goes), `off-cpu` (where threads wait, and
-        /// how long) [default: cpu].
+        /// how long), `locks` (which kernel and user-space locks threads
+        /// wait for, and how long) [default: cpu].
         #[arg(long, value_name = "KIND[,KIND...]", value_delimiter = ',')]
         pub profiles: Option<Vec<ProfileKind>>,
 

@@ -355,13 +355,13 @@ fn profiles() {
         kinds("profiles: [off-cpu, cpu, off-cpu]\n"),
         vec![ProfileKind::OffCpu, ProfileKind::Cpu]
     );
-    let err = parse("frequency: 99\nprofiles: [cpu, locks]\n")
+    let err = parse("frequency: 99\nprofiles: [cpu, heap]\n")
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with(
-            "agent.yaml:2:11: profiles: \"locks\" is not a profile kind; \
-             the kinds are: cpu, off-cpu"
+            "agent.yaml:2:11: profiles: \"heap\" is not a profile kind; \
+             the kinds are: cpu, off-cpu, locks"
         ),
         "{err}"
     );
@@ -370,14 +370,14 @@ fn profiles() {
         .to_string();
     assert_eq!(
         err,
-        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu"
+        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks"
     );
     let mut flags = AgentSettings::default();
     flags.profiling.profiles = Some(Vec::new());
     let err = flags.resolve(|_| None).unwrap_err().to_string();
     assert_eq!(
         err,
-        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu"
+        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks"
     );
 }
 

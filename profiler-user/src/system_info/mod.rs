@@ -165,24 +165,62 @@ pub fn off_cpu_missing(
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
+/// What the locks profile lacks, given what the off-CPU profile (which
+/// it runs on for user-space locks) lacks and whether the kernel's BTF
+/// has the contention tracepoints. `None` when nothing is missing.
+pub fn locks_missing(off_cpu_missing: Option<String>, contention: bool) -> Option<String> {
+    let mut missing: Vec<String> = off_cpu_missing.into_iter().collect();
+    if !contention {
+        missing.push(
+            "no contention_begin/contention_end tracepoints (kernel locks; Linux 5.19+ with BTF)"
+                .into(),
+        );
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
 /// Whether this host can take profiles of `kind`; the error names the
 /// kernel and what it lacks.
 pub fn kind_support(kind: ProfileKind) -> Result<(), KindUnsupported> {
-    match kind {
-        ProfileKind::Cpu => Ok(()),
-        ProfileKind::OffCpu => {
-            let (_, missing) = off_cpu_probe();
-            match missing {
-                None => Ok(()),
-                Some(missing) => Err(KindUnsupported {
-                    kind,
-                    kernel: RunningKernel::get()
-                        .map(|k| k.release.clone())
-                        .unwrap_or_else(|_| "(unknown)".into()),
-                    missing,
-                }),
-            }
-        }
+    let missing = match kind {
+        ProfileKind::Cpu => None,
+        ProfileKind::OffCpu => off_cpu_probe().1,
+        ProfileKind::Locks => locks_probe(),
+    };
+    match missing {
+        None => Ok(()),
+        Some(missing) => Err(KindUnsupported {
+            kind,
+            kernel: RunningKernel::get()
+                .map(|k| k.release.clone())
+                .unwrap_or_else(|_| "(unknown)".into()),
+            missing,
+        }),
+    }
+}
+
+/// What the locks profile lacks on the running kernel.
+fn locks_probe() -> Option<String> {
+    let contention = aya::Btf::from_sys_fs()
+        .ok()
+        .is_some_and(|btf| crate::sampler::has_contention_tracepoints(&btf));
+    locks_missing(off_cpu_probe().1, contention)
+}
+
+/// Whether the locks profile can run.
+fn locks_check() -> Check {
+    match locks_probe() {
+        None => Check::new(
+            "locks profile",
+            "supported (tp_btf/contention_begin, contention_end; user locks from off-CPU waits)",
+            Status::Ok,
+        ),
+        Some(missing) => Check::new(
+            "locks profile",
+            format!("unsupported: {missing}"),
+            Status::Warn,
+        )
+        .hint("the CPU profile still works; leave locks out of --profiles"),
     }
 }
 
@@ -324,6 +362,7 @@ pub fn collect() -> Vec<Check> {
         kernel_check(),
         table_unwinder_check(),
         off_cpu_check(),
+        locks_check(),
         process_tracking_check(),
         trace_links(&trace_context::inspect(&TraceContextMap::default())),
         btf_check(),
@@ -594,6 +633,19 @@ mod tests {
         {
             assert_eq!(check.status, Status::Ok, "{check:?}");
         }
+    }
+
+    #[test]
+    fn locks_support_needs_off_cpu_and_the_contention_tracepoints() {
+        assert_eq!(locks_missing(None, true), None);
+        let no_tracepoints = locks_missing(None, false).unwrap();
+        assert!(
+            no_tracepoints.contains("contention_begin"),
+            "{no_tracepoints}"
+        );
+        assert!(no_tracepoints.contains("5.19"), "{no_tracepoints}");
+        let both = locks_missing(Some("no BTF".into()), false).unwrap();
+        assert!(both.starts_with("no BTF, no contention_begin"), "{both}");
     }
 
     #[test]

@@ -107,13 +107,30 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
-        Traces::query(
-            tool,
-            profile,
-            key,
-            value,
-            &["-sample_index=off_cpu", "-unit=ms"],
-        )
+        Traces::timed(tool, profile, key, value, "off_cpu")
+    }
+
+    /// Lock-contention traces of the samples whose label `key` is exactly
+    /// `value`, weighed by delay, in nanoseconds.
+    pub fn locks(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+    ) -> Traces {
+        Traces::timed(tool, profile, key, value, "delay")
+    }
+
+    /// Traces weighed by the time-valued sample type `index`, in ns.
+    fn timed(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+        index: &str,
+    ) -> Traces {
+        let index = format!("-sample_index={index}");
+        Traces::query(tool, profile, key, value, &[&index, "-unit=ms"])
     }
 
     /// `pprof -traces` with `args` of the samples whose label `key` is

@@ -19,6 +19,7 @@ mod container;
 mod hostile;
 mod jit;
 mod k8s;
+mod locks;
 mod off_cpu;
 mod otlp;
 mod record;

@@ -42,6 +42,14 @@ from opentelemetry.proto.collector.profiles.v1development import (
 LOCK = threading.Lock()
 FAILURES = {"left": 0, "log": None}
 
+# Each kind's sample types, as Go's profiles name them: (count, time,
+# period type).
+KINDS = [
+    (("samples", "count"), ("cpu", "nanoseconds"), "cpu"),
+    (("events", "count"), ("off_cpu", "nanoseconds"), "events"),
+    (("contentions", "count"), ("delay", "nanoseconds"), "contentions"),
+]
+
 GRPC_CODES = {
     "503": grpc.StatusCode.UNAVAILABLE,
     "400": grpc.StatusCode.INVALID_ARGUMENT,
@@ -105,21 +113,23 @@ def summarize(request, transport):
         samples = []
         times = []
         frame_types = set()
-        # One Profile per sample type: samples/count, and cpu/nanoseconds
-        # whose every value must be its sample's count times the period.
+        # One Profile per sample type of each kind: a count and a time
+        # (for CPU, every time must be its sample's count times the period).
         by_type = {}
         for sp in rp.scope_profiles:
             for p in sp.profiles:
                 sample_type = (s(p.sample_type.type_strindex), s(p.sample_type.unit_strindex))
-                check(sample_type in (("samples", "count"), ("cpu", "nanoseconds")),
-                      f"unexpected sample_type {sample_type}")
+                kind = next((k for k in KINDS if sample_type in k[:2]), None)
+                if not check(kind is not None, f"unexpected sample_type {sample_type}"):
+                    continue
                 check(sample_type not in by_type, f"two profiles of sample_type {sample_type}")
                 by_type[sample_type] = {
                     (x.stack_index, tuple(x.attribute_indices), x.link_index): list(x.values)
                     for x in p.samples
                 }
-                check(s(p.period_type.type_strindex) == "cpu", "period_type is not cpu")
-                if sample_type != ("samples", "count"):
+                check(s(p.period_type.type_strindex) == kind[2],
+                      f"period_type is not {kind[2]}")
+                if sample_type != kind[0]:
                     continue
                 check(p.period > 0 and p.time_unix_nano > 0 and p.duration_nano > 0,
                       "period, time_unix_nano and duration_nano must be set")
@@ -149,15 +159,30 @@ def summarize(request, transport):
                     if 0 < sample.link_index < len(d.link_table):
                         trace_id, span_id = links[sample.link_index]
                         link = {"trace_id": trace_id.hex(), "span_id": span_id.hex()}
-                    samples.append({"count": sum(sample.values), "stack": frames,
+                    samples.append({"kind": sample_type[0], "_key": key,
+                                    "count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices),
                                     "link": link})
-        counts, cpu = by_type.get(("samples", "count")), by_type.get(("cpu", "nanoseconds"))
-        if check(counts is not None and cpu is not None, "a sample type is missing"):
-            period = next(p.period for sp in rp.scope_profiles for p in sp.profiles)
-            check(cpu.keys() == counts.keys(), "sample types disagree on samples")
-            check(all(cpu[k] == [v[0] * period] for k, v in counts.items() if k in cpu),
-                  "cpu/nanoseconds is not count x period")
+        for count_type, time_type, _ in KINDS:
+            counts, times_of = by_type.get(count_type), by_type.get(time_type)
+            if counts is None and times_of is None:
+                continue
+            if not check(counts is not None and times_of is not None,
+                         f"a sample type of {count_type[0]} is missing"):
+                continue
+            check(times_of.keys() == counts.keys(), "sample types disagree on samples")
+            # Each summarized sample gets its time (off_cpu, delay, cpu).
+            for sample in samples:
+                if sample["kind"] == count_type[0]:
+                    sample["time"] = sum(times_of.get(sample["_key"], [0]))
+            if count_type == ("samples", "count"):
+                period = next(p.period for sp in rp.scope_profiles for p in sp.profiles
+                              if s(p.sample_type.type_strindex) == "samples")
+                check(all(times_of[k] == [v[0] * period] for k, v in counts.items()
+                          if k in times_of),
+                      "cpu/nanoseconds is not count x period")
+        for sample in samples:
+            del sample["_key"]
         resources.append({"attributes": resource, "samples": samples, "times": times,
                           "frame_types": sorted(t for t in frame_types if t)})
     for m in d.mapping_table[1:]:

@@ -117,6 +117,7 @@ const RECIPES: &[Recipe] = &[
     program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
     // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
     program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
+    program("lock_chain", "lock_chain.c", C_FRAME_POINTERS),
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
     // Publishes OpenTelemetry process and thread context (issue 17):
     // the thread-local variable exported in .dynsym, reached by TLS

@@ -245,11 +245,9 @@ mod tests {
             .to_string();
         assert!(err.contains("grpc or http/protobuf"), "{err}");
         assert!(record(&["--otlp-header", "novalue"]).is_err());
-        let err = record(&["--profiles", "cpu,locks"])
-            .unwrap_err()
-            .to_string();
+        let err = record(&["--profiles", "cpu,heap"]).unwrap_err().to_string();
         assert!(
-            err.contains("\"locks\" is not a profile kind; the kinds are: cpu, off-cpu"),
+            err.contains("\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks"),
             "{err}"
         );
         let err = record(&["--off-cpu-max-rate", "0"])

@@ -1,0 +1,305 @@
+//! What the kinds that measure waits share: the off-CPU profile (switch-out
+//! to switch-in) and the kernel-lock profile (`contention_begin` to
+//! `contention_end`). Each kind's hook measures a wait of `d` ns in the
+//! context of the thread that waited and hands it to [`Waits::measured`],
+//! which keeps it with probability `min(1, d/P)`
+//! (`profiler_common::keep_wait`, Go's unbiased rule; `P` is the kind's
+//! period in `Config`, adapted by userspace to the unwind budget). Only
+//! kept waits pay for stacks: the user stack with the table unwinder from
+//! the registers the thread saved as it entered the kernel
+//! (`bpf_task_pt_regs`), or frame pointers, then the kernel stack where it
+//! waited, with `bpf_get_stack`.
+//!
+//! The chain runs through the hook's own tail-call array (a program array
+//! holds one program type and, for tracing programs, one hook): each kind
+//! defines its programs as one-line calls into [`Waits`], so the code is
+//! written once.
+
+use aya_ebpf::{
+    bindings::{BPF_F_SKIP_FIELD_MASK, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_prandom_u32},
+    macros::map,
+    maps::{PerCpuArray, PerCpuHashMap, ProgramArray},
+    EbpfContext,
+};
+use profiler_common::{
+    keep_wait, kernel_kind, names, Config, StackHash, Stat, WaitKey, WaitValue, COMM_LEN,
+};
+
+use crate::stack::{self, Kind, EEXIST};
+use crate::unwind::{self, Unwind};
+use crate::{exec, files, trace};
+
+/// Default capacity of each counts map; userspace may resize at load.
+const COUNTS_ENTRIES: u32 = 16_384;
+
+#[map(name = "OFF_CPU_COUNTS_0")]
+static OFF_CPU_COUNTS_0: PerCpuHashMap<WaitKey, WaitValue> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+#[map(name = "OFF_CPU_COUNTS_1")]
+static OFF_CPU_COUNTS_1: PerCpuHashMap<WaitKey, WaitValue> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+#[map(name = "LOCK_COUNTS_0")]
+static LOCK_COUNTS_0: PerCpuHashMap<WaitKey, WaitValue> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+#[map(name = "LOCK_COUNTS_1")]
+static LOCK_COUNTS_1: PerCpuHashMap<WaitKey, WaitValue> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+
+/// A kept wait on its way through the tail calls.
+#[derive(Clone, Copy)]
+struct Pending {
+    nanos: u64,
+    events_milli: u64,
+    state: u32,
+}
+
+/// One slot per kind and CPU: a lock contention inside an off-CPU program
+/// (a contended map bucket) runs the locks programs nested in it.
+#[map(name = "WAIT_PENDING")]
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// A kind that measures waits.
+#[derive(Clone, Copy)]
+pub struct Waits(Kind);
+
+impl Waits {
+    pub const OFF_CPU: Waits = Waits(Kind::OFF_CPU);
+    pub const LOCKS: Waits = Waits(Kind::LOCKS);
+
+    /// The kind whose counters and scratch space the waits use.
+    #[inline(always)]
+    pub fn kind(self) -> Kind {
+        self.0
+    }
+
+    /// The kind's sampling period `P`.
+    #[inline(always)]
+    fn period(self, config: &Config) -> u64 {
+        if self.0.index() == kernel_kind::LOCKS {
+            config.lock_period_ns
+        } else {
+            config.off_cpu_period_ns
+        }
+    }
+
+    /// The kind's counts map of the set `active_set`.
+    #[inline(always)]
+    fn counts(self, active_set: u32) -> &'static PerCpuHashMap<WaitKey, WaitValue> {
+        match (self.0.index() == kernel_kind::LOCKS, active_set == 0) {
+            (false, true) => &OFF_CPU_COUNTS_0,
+            (false, false) => &OFF_CPU_COUNTS_1,
+            (true, true) => &LOCK_COUNTS_0,
+            (true, false) => &LOCK_COUNTS_1,
+        }
+    }
+
+    /// Takes a wait of `waited` ns of the current thread, in `state`
+    /// (what the kind says of it), and records it when it is kept;
+    /// `tail_calls` is the hook's own program array, `skip` its kernel
+    /// frames to leave out.
+    #[inline(always)]
+    pub fn measured<C: EbpfContext>(
+        self,
+        ctx: &C,
+        tail_calls: &ProgramArray,
+        waited: u64,
+        state: u32,
+        skip: u64,
+    ) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        let kind = self.0;
+        kind.bump(Stat::WaitIntervals);
+        kind.add(Stat::WaitNanos, waited);
+        let Some(config) = kind.config() else {
+            return;
+        };
+        // SAFETY: `bpf_get_prandom_u32` has no preconditions.
+        let random =
+            unsafe { (u64::from(bpf_get_prandom_u32()) << 32) | u64::from(bpf_get_prandom_u32()) };
+        let Some(weight) = keep_wait(waited, self.period(config), random) else {
+            return;
+        };
+        let Some(pending) = PENDING.get_ptr_mut(kind.index()) else {
+            return;
+        };
+        // SAFETY: this CPU's slot of the kind; a kind's programs do not
+        // nest in each other on a CPU.
+        unsafe {
+            *pending = Pending {
+                nanos: weight.nanos,
+                events_milli: weight.events_milli,
+                state,
+            }
+        };
+        kind.bump(Stat::Invocations);
+        if tgid != 0 {
+            stack::announce(tgid, kind);
+        }
+        // With unwind tables, unwind in the hook's unwinding program; the
+        // tail call returns only when it is not loaded (frame pointers only).
+        if unwind::has_tables(tgid) {
+            // SAFETY: the slot holds the unwinding program of this hook
+            // (same type and attach point as the caller), or nothing.
+            let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
+        }
+        self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip);
+    }
+
+    /// Unwinds the user stack of a kept wait's thread from tables (the
+    /// body of the hook's `TAIL_UNWIND_USER` program).
+    #[inline(always)]
+    pub fn unwind_user<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray, skip: u64) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        match unwind::current_user_regs().and_then(|regs| Unwind::start(&regs, self.0, tgid, tid)) {
+            Some(mut unwind) => {
+                unwind.run();
+                unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
+            }
+            // A kernel thread, or the tables just went away.
+            None => self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip),
+        }
+    }
+
+    /// Records a kept wait whose user stack the unwinder finished (the
+    /// body of the hook's `TAIL_UNWIND_STORE` program).
+    #[inline(always)]
+    pub fn store<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray, skip: u64) {
+        let Some(unwind) = Unwind::resume(self.0) else {
+            return;
+        };
+        let (tgid, tid) = unwind.thread();
+        let depth = unwind.finish();
+        // A copy: the set must not flip between storing the stacks and the
+        // wait (userspace drains the set it left once this run is over).
+        let Some(&config) = self.0.config() else {
+            return;
+        };
+        let user_stack = stack::save_unwound(&stack::stack_set(&config), depth, self.0);
+        self.finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
+    }
+
+    /// Records a kept wait with the user stack `bpf_get_stack` reads
+    /// (frame pointers, from the registers saved at kernel entry).
+    #[inline(always)]
+    fn record_with_frame_pointers<C: EbpfContext>(
+        self,
+        ctx: &C,
+        tail_calls: &ProgramArray,
+        tgid: u32,
+        tid: u32,
+        skip: u64,
+    ) {
+        // A copy, as in `store`.
+        let Some(&config) = self.0.config() else {
+            return;
+        };
+        let user_stack = if tgid == 0 {
+            0
+        } else {
+            stack::store_stack(
+                ctx,
+                stack::stack_set(&config).stacks,
+                BPF_F_USER_STACK as u64,
+                self.0,
+                Stat::UserStackError,
+            )
+        };
+        if user_stack != 0 {
+            self.0.bump(Stat::UnwindNoTables);
+        }
+        self.finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
+    }
+
+    /// Reads the kernel stack (where the thread waited), adds the pending
+    /// wait under its key, and hands the user stack to the hook's files
+    /// program.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn finish<C: EbpfContext>(
+        self,
+        ctx: &C,
+        tail_calls: &ProgramArray,
+        config: &Config,
+        tgid: u32,
+        tid: u32,
+        user_stack: StackHash,
+        skip: u64,
+    ) {
+        let kind = self.0;
+        let Some(pending) = PENDING.get_ptr(kind.index()) else {
+            return;
+        };
+        // SAFETY: this CPU's slot, written by the measurement of this chain.
+        let pending = unsafe { *pending };
+        let set = stack::stack_set(config);
+        let key = WaitKey {
+            tgid,
+            tid,
+            user_stack,
+            kernel_stack: stack::store_stack(
+                ctx,
+                set.stacks,
+                skip & BPF_F_SKIP_FIELD_MASK as u64,
+                kind,
+                Stat::KernelStackError,
+            ),
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            state: pending.state,
+            exec_gen: exec::generation(tgid),
+            trace: trace::current(config),
+        };
+        let value = WaitValue {
+            kept: 1,
+            events_milli: pending.events_milli,
+            nanos: pending.nanos,
+        };
+        self.count(self.counts(config.active_set), &key, &value);
+        files::walk_in_tail_call(
+            ctx,
+            tail_calls,
+            kind,
+            tgid,
+            key.exec_gen,
+            user_stack,
+            config.active_set,
+        );
+    }
+
+    /// Adds `value` under `key`, creating the entry when needed.
+    #[inline(always)]
+    fn count(self, counts: &PerCpuHashMap<WaitKey, WaitValue>, key: &WaitKey, value: &WaitValue) {
+        let kind = self.0;
+        if let Some(slot) = counts.get_ptr_mut(key) {
+            add(slot, value);
+            kind.bump(Stat::Recorded);
+            return;
+        }
+        match counts.insert(key, value, BPF_NOEXIST as u64) {
+            Ok(()) => kind.bump(Stat::Recorded),
+            // Another CPU created the entry between our lookup and insert;
+            // our own slot of it is zero.
+            Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
+                Some(slot) => {
+                    add(slot, value);
+                    kind.bump(Stat::Recorded);
+                }
+                None => kind.bump(Stat::DroppedCountsFull),
+            },
+            Err(_) => kind.bump(Stat::DroppedCountsFull),
+        }
+    }
+}
+
+#[inline(always)]
+fn add(slot: *mut WaitValue, value: &WaitValue) {
+    // SAFETY: this CPU's slot of a live per-CPU map value; a kind's
+    // programs do not nest on one CPU, so nothing else writes it now.
+    unsafe {
+        (*slot).kept += value.kept;
+        (*slot).events_milli += value.events_milli;
+        (*slot).nanos += value.nanos;
+    }
+}
