@@ -46,8 +46,9 @@ pub mod names {
     pub const OFF_CPU_STORE_KPROBE: &str = "off_kp_store";
     /// Program array of the kprobe switch-in's tail-called programs.
     pub const OFF_CPU_KPROBE_TAIL_CALLS: &str = "OFF_CPU_KPROBE_TAIL_CALLS";
-    /// [`super::OffCpuStart`] by thread id: when each thread left the CPU.
-    pub const OFF_CPU_START: &str = "OFF_CPU_START";
+    /// [`super::OffCpuStart`] in task-local storage: when each thread
+    /// left the CPU.
+    pub const OFF_CPU_TASKS: &str = "OFF_CPU_TASKS";
     /// Per-set off-CPU intervals, keyed by [`super::WaitKey`].
     pub const OFF_CPU_COUNTS: [&str; 2] = ["OFF_CPU_COUNTS_0", "OFF_CPU_COUNTS_1"];
     /// Per-CPU: the kept wait of each kind on its way through the tail calls.
@@ -191,7 +192,7 @@ pub mod names {
         UNWIND_PROCESSES,
         OFF_CPU_TAIL_CALLS,
         OFF_CPU_KPROBE_TAIL_CALLS,
-        OFF_CPU_START,
+        OFF_CPU_TASKS,
         OFF_CPU_COUNTS[0],
         OFF_CPU_COUNTS[1],
         WAIT_PENDING,
@@ -452,8 +453,8 @@ pub mod kernel_kind {
     pub const COUNT: u32 = 3;
 }
 
-/// When a thread left the CPU, by tid in `OFF_CPU_START` (written at
-/// switch-out, read and zeroed at switch-in).
+/// When a thread left the CPU, in its task-local storage `OFF_CPU_TASKS`
+/// (written as it leaves, read and zeroed as it comes back).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffCpuStart {

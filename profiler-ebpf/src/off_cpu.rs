@@ -1,33 +1,38 @@
 //! The off-CPU profile's programs: where threads wait, and for how long.
 //!
-//! - Switch-out, `tp_btf/sched_switch`: runs in the context of the thread
-//!   leaving the CPU (the tracepoint fires before the switch), and notes
-//!   in `OFF_CPU_START`, by tid, when it left and in which state. The map
-//!   is keyed by thread, not per CPU: the thread may come back on another
-//!   CPU.
-//! - Switch-in, in the context of the thread getting the CPU back:
-//!   `tp_btf/sched_exit_tp` (the end of `__schedule`, Linux 6.16+) where
-//!   the kernel has it, else a kprobe on `finish_task_switch*`. The same
-//!   code behind either hook computes how long the thread was away, `d`,
-//!   and keeps the interval with probability `min(1, d/P)`
-//!   (`profiler_common::keep_wait`, Go's unbiased rule; `P` is
-//!   `Config::off_cpu_period_ns`, adapted by userspace to the unwind
-//!   budget). Only kept intervals pay for stacks: the user stack with the
-//!   table unwinder from the registers the thread saved when it entered
-//!   the kernel (`bpf_task_pt_regs`), or frame pointers, and the kernel
-//!   stack where it blocked, with `bpf_get_stack`; all of it in
-//!   [`crate::wait`], shared with the locks profile. Each hook has its own
-//!   tail-call array: a program array holds one program type (and, for
-//!   tracing programs, one hook).
+//! - `tp_btf/sched_switch` does the bookkeeping of every switch, in one
+//!   run: it notes when the thread leaving the CPU (`prev`, the current
+//!   one) left and in which state, and measures how long the thread
+//!   getting the CPU (`next`) was away, `d`. Both live in task-local
+//!   storage (`OFF_CPU_TASKS`), by task, never per CPU: a thread may come
+//!   back on another CPU. The interval is kept with probability
+//!   `min(1, d/P)` (`profiler_common::keep_wait`, Go's unbiased rule; `P`
+//!   is `Config::off_cpu_period_ns`, adapted by userspace to the unwind
+//!   budget), in [`crate::wait`].
+//! - A kept interval needs the stacks of `next`, readable only in its own
+//!   context: `sched_switch` leaves it in this CPU's slot of the kind,
+//!   owned by `next`, and the switch-in hook at the end of the same
+//!   `__schedule` (on the same CPU, which `next` cannot leave before) takes
+//!   it when it owns it and records it: `tp_btf/sched_exit_tp` (Linux
+//!   6.16+) where the kernel has it, else a kprobe on `finish_task_switch*`.
+//!   Only kept intervals pay for stacks, with the code every waiting kind
+//!   shares ([`crate::wait`]). Each hook has its own tail-call array: a
+//!   program array holds one program type (and, for tracing programs, one
+//!   hook).
 //!
-//! Every path is bounded (the unwinder's `bpf_loop` at 520 frames) and the
-//! common case, an interval not kept, is a lookup, a store and two counter
-//! bumps: the kprobe runs with the run-queue lock held.
+//! The common case, an interval not kept, costs one `sched_switch` run
+//! (two task-storage lookups, a clock read, two counter bumps) and a
+//! switch-in run that reads one per-CPU slot: `sched_switch` runs with the
+//! run-queue lock held.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, kprobe, map},
-    maps::{LruHashMap, ProgramArray},
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_current_task, bpf_task_storage_get},
+    },
+    macros::{btf_map, btf_tracepoint, kprobe, map},
+    maps::ProgramArray,
     programs::{BtfTracePointContext, ProbeContext},
     EbpfContext,
 };
@@ -37,10 +42,6 @@ use crate::files;
 use crate::stack;
 use crate::wait::Waits;
 
-/// Threads whose switch-out time is kept at once; the least recently
-/// switched go first (threads that exited).
-const THREADS: u32 = 65_536;
-
 const WAITS: Waits = Waits::OFF_CPU;
 
 /// Kernel frames above `__schedule` to leave out of the stack: at the
@@ -49,8 +50,59 @@ const WAITS: Waits = Waits::OFF_CPU;
 const TRACEPOINT_SKIP: u64 = 2;
 const KPROBE_SKIP: u64 = 0;
 
-#[map(name = "OFF_CPU_START")]
-static OFF_CPU_START: LruHashMap<u32, OffCpuStart> = LruHashMap::with_max_entries(THREADS, 0);
+/// `BPF_LOCAL_STORAGE_GET_F_CREATE`.
+const STORAGE_CREATE: u64 = 1;
+
+/// A task-local storage map definition, as libbpf's BTF map definitions
+/// spell it (aya-ebpf has no task storage type): each field's pointee
+/// type encodes one attribute, read by the loader from the object's BTF.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader reads from BTF, never
+// dereferenced; the kernel owns the storage.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The value of `task` (a trusted `task_struct` pointer: a `tp_btf`
+    /// argument), created zeroed with `create`; null when it has none.
+    #[inline(always)]
+    fn get(&self, task: *mut core::ffi::c_void, create: bool) -> *mut T {
+        let flags = if create { STORAGE_CREATE } else { 0 };
+        // SAFETY: the map is this task storage; `task` is a task pointer
+        // the verifier checks; a null value pointer asks for zeroes.
+        unsafe {
+            bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                task.cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        }
+        .cast()
+    }
+}
+
+/// When each thread left the CPU, and in which state: kept with the task,
+/// freed with it.
+#[btf_map(name = "OFF_CPU_TASKS")]
+static OFF_CPU_TASKS: TaskStorage<OffCpuStart> = TaskStorage::new();
 
 /// `off_cpu_unwind` and `off_cpu_store` (slots `TAIL_UNWIND_USER` and
 /// `TAIL_UNWIND_STORE`), set by userspace with the table unwinder, and
@@ -64,47 +116,54 @@ static OFF_CPU_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::
 static OFF_CPU_KPROBE_TAIL_CALLS: ProgramArray =
     ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
 
-/// Notes when the thread leaving the CPU left, and in which state.
+/// Notes when the thread leaving the CPU left, and measures how long the
+/// one getting it was away.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn off_cpu_out(ctx: BtfTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if tid == 0 {
-        return 0; // the idle task is never blocked
-    }
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     let Some(config) = WAITS.kind().config() else {
         return 0;
     };
-    if !stack::pid_wanted(config, tgid) {
+    // sched_switch(bool preempt, prev, next, unsigned int prev_state).
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // The idle task is never blocked; filtered processes get no entry.
+    if tid != 0 && stack::pid_wanted(config, tgid) {
+        let preempt: u64 = ctx.arg(0);
+        let prev_state: u64 = ctx.arg(3);
+        // Preempted: still runnable, waiting on the run queue.
+        let state = if preempt & 1 != 0 {
+            0
+        } else {
+            prev_state as u32
+        };
+        let prev: *mut core::ffi::c_void = ctx.arg(1);
+        let entry = OFF_CPU_TASKS.get(prev, true);
+        if !entry.is_null() {
+            // SAFETY: prev's entry; only its switches touch it, and they
+            // run one at a time (it is on this CPU until this one ends).
+            unsafe {
+                (*entry).start_ns = now;
+                (*entry).state = state;
+            }
+        }
+    }
+    let next: *mut core::ffi::c_void = ctx.arg(2);
+    let entry = OFF_CPU_TASKS.get(next, false);
+    if entry.is_null() {
+        return 0; // never left while the program was attached, or filtered
+    }
+    // SAFETY: next's entry; it is not running, and only its switches
+    // touch it.
+    let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
+    if began == 0 || now <= began {
         return 0;
     }
-    // sched_switch(bool preempt, prev, next, unsigned int prev_state).
-    let preempt: u64 = ctx.arg(0);
-    let prev_state: u64 = ctx.arg(3);
-    // Preempted: still runnable, waiting on the run queue.
-    let state = if preempt & 1 != 0 {
-        0
-    } else {
-        prev_state as u32
-    };
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let start_ns = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = OFF_CPU_START.get_ptr_mut(tid) {
-        // SAFETY: only this thread's switch-out and its next switch-in
-        // touch its entry, and the switch-in cannot start before this
-        // switch has finished (the thread is still on this CPU).
-        unsafe {
-            (*entry).start_ns = start_ns;
-            (*entry).state = state;
-        }
-    } else {
-        let entry = OffCpuStart {
-            start_ns,
-            state,
-            pad: 0,
-        };
-        let _ = OFF_CPU_START.insert(tid, entry, 0);
-    }
+    // Consumed: a missed switch-out can never pair with a stale time.
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
+    WAITS.keep(now - began, state, next as u64);
     0
 }
 
@@ -166,27 +225,14 @@ pub fn off_kp_files(_ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Measures how long the thread getting the CPU back was away and hands
-/// the interval to [`Waits::measured`]; `tail_calls` is the hook's own
-/// program array, `skip` its kernel frames to leave out.
+/// Records the interval `sched_switch` kept for the thread getting the CPU
+/// back, if it kept one; `tail_calls` is the hook's own program array,
+/// `skip` its kernel frames to leave out.
 #[inline(always)]
 fn switch_in<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    if tid == 0 {
-        return;
+    // SAFETY: `bpf_get_current_task` has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    if WAITS.take_owned(task) {
+        WAITS.record(ctx, tail_calls, skip);
     }
-    let Some(entry) = OFF_CPU_START.get_ptr_mut(tid) else {
-        return; // left before the program was attached, or filtered
-    };
-    // SAFETY: this thread's entry; see `off_cpu_out`.
-    let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
-    if began == 0 || now <= began {
-        return;
-    }
-    // Consumed: a missed switch-out can never pair with a stale time.
-    // SAFETY: as above.
-    unsafe { (*entry).start_ns = 0 };
-    WAITS.measured(ctx, tail_calls, now - began, state, skip);
 }

@@ -46,12 +46,17 @@ static LOCK_COUNTS_0: PerCpuHashMap<WaitKey, WaitValue> =
 static LOCK_COUNTS_1: PerCpuHashMap<WaitKey, WaitValue> =
     PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
 
-/// A kept wait on its way through the tail calls.
+/// A kept wait on its way to its stacks.
 #[derive(Clone, Copy)]
 struct Pending {
     nanos: u64,
     events_milli: u64,
     state: u32,
+    /// The `task_struct` address of the thread that waited, while the wait
+    /// is handed from the hook that measured it to the one in the thread's
+    /// context (off-CPU: `sched_switch` to the end of the same
+    /// `__schedule`); 0 once taken.
+    owner: u64,
 }
 
 /// One slot per kind and CPU: a lock contention inside an off-CPU program
@@ -107,22 +112,36 @@ impl Waits {
         state: u32,
         skip: u64,
     ) {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if self.keep(waited, state, 0) {
+            self.record(ctx, tail_calls, skip);
+        }
+    }
+
+    /// Counts a wait of `waited` ns in `state` and decides whether it is
+    /// kept; a kept wait waits in this CPU's slot of the kind for
+    /// [`Self::record`], owned by the task at `owner` (0: the current
+    /// one, recorded at once).
+    #[inline(always)]
+    pub fn keep(self, waited: u64, state: u32, owner: u64) -> bool {
         let kind = self.0;
         kind.bump(Stat::WaitIntervals);
         kind.add(Stat::WaitNanos, waited);
         let Some(config) = kind.config() else {
-            return;
+            return false;
         };
-        // SAFETY: `bpf_get_prandom_u32` has no preconditions.
-        let random =
-            unsafe { (u64::from(bpf_get_prandom_u32()) << 32) | u64::from(bpf_get_prandom_u32()) };
-        let Some(weight) = keep_wait(waited, self.period(config), random) else {
-            return;
+        let period = self.period(config);
+        // Only a wait shorter than the period needs the coin.
+        let random = if waited >= period {
+            0
+        } else {
+            // SAFETY: `bpf_get_prandom_u32` has no preconditions.
+            unsafe { (u64::from(bpf_get_prandom_u32()) << 32) | u64::from(bpf_get_prandom_u32()) }
+        };
+        let Some(weight) = keep_wait(waited, period, random) else {
+            return false;
         };
         let Some(pending) = PENDING.get_ptr_mut(kind.index()) else {
-            return;
+            return false;
         };
         // SAFETY: this CPU's slot of the kind; a kind's programs do not
         // nest in each other on a CPU.
@@ -131,8 +150,40 @@ impl Waits {
                 nanos: weight.nanos,
                 events_milli: weight.events_milli,
                 state,
+                owner,
             }
         };
+        true
+    }
+
+    /// Whether this CPU's slot holds a kept wait owned by the current
+    /// task (`task`, its `task_struct` address); the slot is released
+    /// either way, so a stale wait is never recorded.
+    #[inline(always)]
+    pub fn take_owned(self, task: u64) -> bool {
+        let Some(pending) = PENDING.get_ptr_mut(self.0.index()) else {
+            return false;
+        };
+        // SAFETY: this CPU's slot of the kind (see `keep`).
+        unsafe {
+            let owner = (*pending).owner;
+            if owner == 0 {
+                return false;
+            }
+            (*pending).owner = 0;
+            owner == task
+        }
+    }
+
+    /// Records the kept wait in this CPU's slot with the current thread's
+    /// stacks: unwinds its user stack (in the hook's unwinding program,
+    /// by tail call) or reads it with frame pointers, then its kernel
+    /// stack, and counts it.
+    #[inline(always)]
+    pub fn record<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray, skip: u64) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        let kind = self.0;
         kind.bump(Stat::Invocations);
         if tgid != 0 {
             stack::announce(tgid, kind);

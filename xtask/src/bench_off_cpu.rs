@@ -1,9 +1,9 @@
 //! `cargo xtask bench-off-cpu`: what the off-CPU profile costs.
 //!
-//! Two loads: a pipe ping-pong (`tests/workloads/pingpong.c`: two threads
+//! Three loads: a pipe ping-pong (`tests/workloads/pingpong.c`: two threads
 //! pinned to one CPU hand a byte back and forth, so every hand-off is a
-//! context switch, hundreds of thousands a second) and an idle host. For
-//! each, three runs: no profiler, `hostprof record --profiles cpu` and
+//! context switch, hundreds of thousands a second), the same paced at the
+//! goal's 100 k switches/s, and an idle host. For each, three runs: no profiler, `hostprof record --profiles cpu` and
 //! `--profiles cpu,off-cpu`. Once a capture has attached, over the same
 //! window as the load: the load's round trips per second, the host's
 //! context switches per second (`ctxt` of `/proc/stat`), hostprof's own
@@ -36,6 +36,8 @@ pub struct OffCpuBenchOptions {
 
 /// The CPU the ping-pong's two threads are pinned to.
 const PINGPONG_CPU: &str = "1";
+/// Round trips per second of the paced ping-pong: 100 k switches/s.
+const PACED_ROUND_TRIPS: u32 = 50_000;
 /// The CPU hostprof is pinned to, so its own work does not slow the
 /// ping-pong down (its cost is measured, not felt by the load).
 const HOSTPROF_CPU: &str = "0";
@@ -72,12 +74,14 @@ pub fn run(options: &OffCpuBenchOptions) -> Result<()> {
         "[bench-off-cpu] {} s windows; ping-pong pinned to CPU {PINGPONG_CPU}",
         options.duration.as_secs()
     );
-    for pingpong in [Some(pingpong.as_path()), None] {
-        let load = if pingpong.is_some() {
-            "ping-pong"
-        } else {
-            "idle"
-        };
+    // Flat out (as many switches as one CPU makes), paced at the goal's
+    // 100 k switches/s, and idle.
+    let loads = [
+        ("ping-pong", Some((pingpong.as_path(), 0))),
+        ("100k/s", Some((pingpong.as_path(), PACED_ROUND_TRIPS))),
+        ("idle", None),
+    ];
+    for (load, pingpong) in loads {
         let mut cpu_only = None;
         for profiles in [None, Some("cpu"), Some("cpu,off-cpu")] {
             let window = measure(options, pingpong, profiles)?;
@@ -121,11 +125,12 @@ fn print_window(load: &str, profiles: &str, w: &Window) {
     }
 }
 
-/// One window of `options.duration` with the ping-pong (or idle), under
-/// `hostprof record --profiles <profiles>` (or nothing).
+/// One window of `options.duration` with the ping-pong (its program and
+/// pace, 0 for flat out) or idle, under `hostprof record --profiles
+/// <profiles>` (or nothing).
 fn measure(
     options: &OffCpuBenchOptions,
-    pingpong: Option<&Path>,
+    pingpong: Option<(&Path, u32)>,
     profiles: Option<&str>,
 ) -> Result<Window> {
     let mut record = match profiles {
@@ -135,7 +140,7 @@ fn measure(
     let result = (|| {
         let before = reading(record.as_ref())?;
         let round_trips = match pingpong {
-            Some(program) => run_pingpong(program, options.duration)?,
+            Some((program, pace)) => run_pingpong(program, pace, options.duration)?,
             None => {
                 std::thread::sleep(options.duration);
                 0.0
@@ -204,10 +209,11 @@ fn start_record(options: &OffCpuBenchOptions, profiles: &str) -> Result<Child> {
 }
 
 /// Runs the ping-pong for `duration` and returns its round trips per second.
-fn run_pingpong(program: &Path, duration: Duration) -> Result<f64> {
+fn run_pingpong(program: &Path, pace: u32, duration: Duration) -> Result<f64> {
     let out = Command::new(program)
         .arg(duration.as_millis().to_string())
         .arg(PINGPONG_CPU)
+        .arg(pace.to_string())
         .output()
         .with_context(|| format!("running {}", program.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -123,6 +123,15 @@ pub enum SamplerError {
     NoContentionTracepoints,
 }
 
+/// A loader for the object.
+fn loader() -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    // The off-CPU task storage has no userspace API in aya; it is only
+    // created, never read from here.
+    loader.allow_unsupported_maps();
+    loader
+}
+
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
     move |source| SamplerError::Map { map, source }
 }
@@ -218,7 +227,7 @@ impl Sampler {
         } else {
             0
         };
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader();
         for name in names::COUNTS {
             loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate));
         }
@@ -1069,9 +1078,7 @@ mod tests {
         if skip_bpf() {
             return;
         }
-        let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
-            .expect("load the object");
+        let mut ebpf = loader().load(EBPF_OBJECT).expect("load the object");
         for name in names::KPROBES {
             kprobe(&mut ebpf, name)
                 .and_then(|program| {

@@ -1,7 +1,9 @@
 /* Context-switch load: two threads hand one byte back and forth over two
  * pipes, both pinned to one CPU, so every hand-off is a context switch
  * (two per round trip). Runs for argv[1] ms (default 10000) on CPU argv[2]
- * (default 0) and prints `round_trips_per_second <n>` at the end. */
+ * (default 0), flat out or, with argv[3] > 0, at about that many round
+ * trips per second (spinning between batches, which switches nothing), and
+ * prints `round_trips_per_second <n>` at the end. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -35,6 +37,7 @@ static void *echo(void *arg) {
 int main(int argc, char **argv) {
     double run_ms = argc > 1 ? atof(argv[1]) : 10000;
     cpu = argc > 2 ? atoi(argv[2]) : 0;
+    double pace = argc > 3 ? atof(argv[3]) : 0;
     if (pipe(ping) || pipe(pong))
         return 1;
     pin(cpu);
@@ -49,6 +52,9 @@ int main(int argc, char **argv) {
                 return 1;
         }
         trips += 1000;
+        /* Paced: wait for the time these trips are due. */
+        while (pace > 0 && now_ms() - start < trips * 1000.0 / pace) {
+        }
     }
     double elapsed = (now_ms() - start) / 1000.0;
     byte = 'q';
