@@ -58,7 +58,7 @@ def check_values(chart):
         {"profiling": {"frequency": "fast"}},
         {"profiling": {"frequency": 5000}},
         {"profiling": {"profiles": []}},
-        {"profiling": {"profiles": ["locks"]}},
+        {"profiling": {"profiles": ["heap"]}},
         {"profiling": {"profiles": "cpu"}},
         {"otlp": {"protocol": "smtp"}},
         {"otlp": {"endpoint": "collector:4317"}},
