@@ -49,8 +49,9 @@ pub mod names {
     /// [`super::OffCpuStart`] in task-local storage: when each thread
     /// left the CPU.
     pub const OFF_CPU_TASKS: &str = "OFF_CPU_TASKS";
-    /// Per-set off-CPU intervals, keyed by [`super::WaitKey`].
-    pub const OFF_CPU_COUNTS: [&str; 2] = ["OFF_CPU_COUNTS_0", "OFF_CPU_COUNTS_1"];
+    /// Kept waits of every waiting kind (off-CPU, locks), one
+    /// [`super::WaitEvent`] each.
+    pub const WAIT_EVENTS: &str = "WAIT_EVENTS";
     /// Per-CPU: the kept wait of each kind on its way through the tail calls.
     pub const WAIT_PENDING: &str = "WAIT_PENDING";
     /// The kernel-lock tracepoint where a contention begins (Linux 5.19+).
@@ -72,9 +73,6 @@ pub mod names {
     pub const LOCK_TAIL_CALLS: &str = "LOCK_TAIL_CALLS";
     /// [`super::LockStart`] by [`super::LockWaiter`]: contentions under way.
     pub const LOCK_START: &str = "LOCK_START";
-    /// Per-set kernel-lock contentions, keyed by [`super::WaitKey`] (its
-    /// `state` holds the contention flags).
-    pub const LOCK_COUNTS: [&str; 2] = ["LOCK_COUNTS_0", "LOCK_COUNTS_1"];
     /// The program that unwinds a user stack from tables, by tail call.
     pub const UNWIND_PROGRAM: &str = "unwind_user";
     /// The program that stores an unwound stack, by tail call.
@@ -193,13 +191,10 @@ pub mod names {
         OFF_CPU_TAIL_CALLS,
         OFF_CPU_KPROBE_TAIL_CALLS,
         OFF_CPU_TASKS,
-        OFF_CPU_COUNTS[0],
-        OFF_CPU_COUNTS[1],
+        WAIT_EVENTS,
         WAIT_PENDING,
         LOCK_TAIL_CALLS,
         LOCK_START,
-        LOCK_COUNTS[0],
-        LOCK_COUNTS[1],
         TRACES_CTX,
         THREAD_CONTEXTS,
     ];
@@ -493,8 +488,7 @@ pub struct LockStart {
     pub pad: u32,
 }
 
-/// Key of the `OFF_CPU_COUNTS_*` and `LOCK_COUNTS_*` maps: who waited,
-/// where, in what state.
+/// Who waited, where, in what state: the identity of a [`WaitEvent`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WaitKey {
@@ -518,17 +512,24 @@ pub struct WaitKey {
     pub trace: TraceContext,
 }
 
-/// Value of the `OFF_CPU_COUNTS_*` and `LOCK_COUNTS_*` maps (per CPU): the
-/// kept waits and what they stand for.
+/// A kept wait (an off-CPU interval or a lock contention), as the kernel
+/// sends it on `WAIT_EVENTS`: each is one event, with its time and what it
+/// stands for ([`WaitWeight`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WaitValue {
-    /// Intervals kept (each one unwound).
-    pub kept: u64,
-    /// The events they stand for, in thousandths (see [`WaitWeight`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitEvent {
+    /// Who waited, where.
+    pub key: WaitKey,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) as the wait ended.
+    pub time_ns: u64,
+    /// The events it stands for, in thousandths.
     pub events_milli: u64,
-    /// The blocked time they stand for, in nanoseconds.
+    /// The time it stands for, in nanoseconds.
     pub nanos: u64,
+    /// Its kind ([`kernel_kind`]).
+    pub kind: u32,
+    /// The map set its stacks are in.
+    pub set: u32,
 }
 
 /// What one kept wait (off-CPU interval or lock contention) stands for.
@@ -665,11 +666,13 @@ impl ProcessEvent {
 pub enum Stat {
     /// Program invocations.
     Invocations = 0,
-    /// Samples counted into a `COUNTS_*` map.
+    /// Samples recorded: counted into a `COUNTS_*` map (CPU) or sent on
+    /// `WAIT_EVENTS` (waits).
     Recorded,
     /// Samples skipped on purpose (pid filter, `--no-idle`).
     Filtered,
-    /// Samples lost because the active `COUNTS_*` map was full.
+    /// Samples lost because the active `COUNTS_*` map (CPU) or the
+    /// `WAIT_EVENTS` ring (waits) was full.
     DroppedCountsFull,
     /// Samples lost because the `CONFIG` map could not be read.
     DroppedNoConfig,
@@ -763,7 +766,7 @@ mod pod {
     unsafe impl aya::Pod for super::DeepStack {}
     unsafe impl aya::Pod for super::OffCpuStart {}
     unsafe impl aya::Pod for super::WaitKey {}
-    unsafe impl aya::Pod for super::WaitValue {}
+    unsafe impl aya::Pod for super::WaitEvent {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
 }
@@ -782,7 +785,7 @@ mod tests {
         assert_eq!(size_of::<LockStart>(), 16);
         assert_eq!(size_of::<TraceContext>(), 24);
         assert_eq!(size_of::<WaitKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24);
-        assert_eq!(size_of::<WaitValue>(), 24);
+        assert_eq!(size_of::<WaitEvent>(), size_of::<WaitKey>() + 32);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24

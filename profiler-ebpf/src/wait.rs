@@ -16,35 +16,28 @@
 //! written once.
 
 use aya_ebpf::{
-    bindings::{BPF_F_SKIP_FIELD_MASK, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, generated::bpf_get_prandom_u32},
+    bindings::{BPF_F_SKIP_FIELD_MASK, BPF_F_USER_STACK},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_get_prandom_u32,
+    },
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{PerCpuArray, ProgramArray, RingBuf},
     EbpfContext,
 };
 use profiler_common::{
-    keep_wait, kernel_kind, names, Config, StackHash, Stat, WaitKey, WaitValue, COMM_LEN,
+    keep_wait, kernel_kind, names, Config, StackHash, Stat, WaitEvent, WaitKey, COMM_LEN,
 };
 
-use crate::stack::{self, Kind, EEXIST};
+use crate::stack::{self, Kind};
 use crate::unwind::{self, Unwind};
 use crate::{exec, files, trace};
 
-/// Default capacity of each counts map; userspace may resize at load.
-const COUNTS_ENTRIES: u32 = 16_384;
-
-#[map(name = "OFF_CPU_COUNTS_0")]
-static OFF_CPU_COUNTS_0: PerCpuHashMap<WaitKey, WaitValue> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
-#[map(name = "OFF_CPU_COUNTS_1")]
-static OFF_CPU_COUNTS_1: PerCpuHashMap<WaitKey, WaitValue> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
-#[map(name = "LOCK_COUNTS_0")]
-static LOCK_COUNTS_0: PerCpuHashMap<WaitKey, WaitValue> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
-#[map(name = "LOCK_COUNTS_1")]
-static LOCK_COUNTS_1: PerCpuHashMap<WaitKey, WaitValue> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+/// Kept waits, one event each: 120 bytes, so 256 KiB hold ~2,000 (the
+/// default budget keeps 250 a second per CPU; userspace sizes it to the
+/// budget and the CPUs at load).
+#[map(name = "WAIT_EVENTS")]
+static WAIT_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// A kept wait on its way to its stacks.
 #[derive(Clone, Copy)]
@@ -85,17 +78,6 @@ impl Waits {
             config.lock_period_ns
         } else {
             config.off_cpu_period_ns
-        }
-    }
-
-    /// The kind's counts map of the set `active_set`.
-    #[inline(always)]
-    fn counts(self, active_set: u32) -> &'static PerCpuHashMap<WaitKey, WaitValue> {
-        match (self.0.index() == kernel_kind::LOCKS, active_set == 0) {
-            (false, true) => &OFF_CPU_COUNTS_0,
-            (false, false) => &OFF_CPU_COUNTS_1,
-            (true, true) => &LOCK_COUNTS_0,
-            (true, false) => &LOCK_COUNTS_1,
         }
     }
 
@@ -302,12 +284,19 @@ impl Waits {
             exec_gen: exec::generation(tgid),
             trace: trace::current(config),
         };
-        let value = WaitValue {
-            kept: 1,
+        let event = WaitEvent {
+            key,
+            // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+            time_ns: unsafe { bpf_ktime_get_ns() },
             events_milli: pending.events_milli,
             nanos: pending.nanos,
+            kind: kind.index(),
+            set: config.active_set,
         };
-        self.count(self.counts(config.active_set), &key, &value);
+        match WAIT_EVENTS.output::<WaitEvent>(&event, 0) {
+            Ok(()) => kind.bump(Stat::Recorded),
+            Err(_) => kind.bump(Stat::DroppedCountsFull),
+        }
         files::walk_in_tail_call(
             ctx,
             tail_calls,
@@ -317,40 +306,5 @@ impl Waits {
             user_stack,
             config.active_set,
         );
-    }
-
-    /// Adds `value` under `key`, creating the entry when needed.
-    #[inline(always)]
-    fn count(self, counts: &PerCpuHashMap<WaitKey, WaitValue>, key: &WaitKey, value: &WaitValue) {
-        let kind = self.0;
-        if let Some(slot) = counts.get_ptr_mut(key) {
-            add(slot, value);
-            kind.bump(Stat::Recorded);
-            return;
-        }
-        match counts.insert(key, value, BPF_NOEXIST as u64) {
-            Ok(()) => kind.bump(Stat::Recorded),
-            // Another CPU created the entry between our lookup and insert;
-            // our own slot of it is zero.
-            Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
-                Some(slot) => {
-                    add(slot, value);
-                    kind.bump(Stat::Recorded);
-                }
-                None => kind.bump(Stat::DroppedCountsFull),
-            },
-            Err(_) => kind.bump(Stat::DroppedCountsFull),
-        }
-    }
-}
-
-#[inline(always)]
-fn add(slot: *mut WaitValue, value: &WaitValue) {
-    // SAFETY: this CPU's slot of a live per-CPU map value; a kind's
-    // programs do not nest on one CPU, so nothing else writes it now.
-    unsafe {
-        (*slot).kept += value.kept;
-        (*slot).events_milli += value.events_milli;
-        (*slot).nanos += value.nanos;
     }
 }

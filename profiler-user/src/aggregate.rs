@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::kind::Event;
 use crate::profile::CaptureStats;
 use crate::sampler::{Drained, KindStats, RawSample, SampleKey};
 use crate::trace_link::LinkBudget;
@@ -17,8 +18,8 @@ use crate::trace_link::LinkBudget;
 pub struct Merged {
     /// Element-wise sums of the samples' values; `values[0]` is the count.
     pub values: Vec<u64>,
-    /// Every event time, in drain order.
-    pub timestamps: Vec<u64>,
+    /// Every event, in drain order (kinds that record them).
+    pub events: Vec<Event>,
 }
 
 /// What an [`Aggregator`] collected: merged samples of every kind and each
@@ -56,7 +57,7 @@ impl Aggregator {
         for RawSample {
             mut key,
             values,
-            timestamps,
+            events,
         } in drained.samples
         {
             if let Some(link) = key.link {
@@ -77,7 +78,7 @@ impl Aggregator {
                     *sum += value;
                 }
             }
-            merged.timestamps.extend(timestamps);
+            merged.events.extend(events);
         }
     }
 
@@ -145,7 +146,10 @@ mod tests {
                 link: None,
             },
             values: vec![count, count * 10],
-            timestamps: vec![count],
+            events: vec![Event {
+                time_unix_nano: count,
+                values: vec![count, count * 10],
+            }],
         }
     }
 
@@ -179,7 +183,8 @@ mod tests {
         let taken = aggregator.take();
         let plain = &taken.samples[&sample(0, vec![]).key];
         assert_eq!(plain.values, vec![6, 60]);
-        assert_eq!(plain.timestamps, vec![2, 3, 1]);
+        let times: Vec<u64> = plain.events.iter().map(|e| e.time_unix_nano).collect();
+        assert_eq!(times, vec![2, 3, 1]);
         assert_eq!(taken.stats[&ProfileKind::Cpu].recorded, 6);
         assert_eq!(aggregator.total_samples(), 0, "taking empties it");
     }

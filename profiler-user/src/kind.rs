@@ -48,6 +48,16 @@ impl fmt::Display for ValueType {
 /// written as a pprof string label and an OTLP sample attribute.
 pub type Label = (&'static str, String);
 
+/// One event of a kind that records when each happened (the waits): its
+/// time and its values, one per sample type of the kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Event {
+    /// When it happened, in nanoseconds since the Unix epoch.
+    pub time_unix_nano: u64,
+    /// One value per sample type.
+    pub values: Vec<u64>,
+}
+
 /// The label of an off-CPU sample naming the thread's state as it left
 /// the CPU: `sleeping`, `disk`, `preempted`, `stopped` or `other`.
 pub const THREAD_STATE: &str = "thread.state";

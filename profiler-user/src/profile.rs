@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
-use crate::kind::{Label, ProfileKind, ValueType};
+use crate::kind::{Event, Label, ProfileKind, ValueType};
 pub use crate::sampler::stats::{
     CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters,
 };
@@ -152,8 +152,9 @@ pub struct Sample {
     pub link: Option<TraceLink>,
     /// One value per [`Profile::sample_types`] entry; `values[0]` is the count.
     pub values: Vec<u64>,
-    /// When each event happened (ns since boot), for kinds that record it.
-    pub timestamps: Vec<u64>,
+    /// Each event, by time, for kinds that record them (their values add
+    /// up to `values`); empty otherwise.
+    pub events: Vec<Event>,
 }
 
 impl Sample {
@@ -267,11 +268,11 @@ struct SampleKey {
     link: Option<TraceLink>,
 }
 
-/// Values and timestamps of merged samples.
+/// Values and events of merged samples.
 #[derive(Debug, Default)]
 struct Merged {
     values: Vec<u64>,
-    timestamps: Vec<u64>,
+    events: Vec<Event>,
 }
 
 /// One sample for [`ProfileBuilder::add_sample`].
@@ -291,8 +292,8 @@ pub struct NewSample<'a> {
     pub link: Option<TraceLink>,
     /// One value per sample type of the kind.
     pub values: &'a [u64],
-    /// Event times, if the kind records them.
-    pub timestamps: &'a [u64],
+    /// Its events, if the kind records them.
+    pub events: &'a [Event],
 }
 
 /// Builds a [`Profile`], interning tables and merging equal samples.
@@ -344,7 +345,7 @@ impl ProfileBuilder {
 
     /// Adds samples of `stack` (leaf first) on thread `tid` carrying
     /// `labels`: `values` (one per sample type of the kind) add up with
-    /// those of equal samples, `timestamps` are kept.
+    /// those of equal samples, `events` are kept.
     pub fn add_sample(&mut self, sample: NewSample<'_>) {
         debug_assert_eq!(sample.values.len(), self.kind.sample_types().len());
         let key = SampleKey {
@@ -363,7 +364,7 @@ impl ProfileBuilder {
                 *sum += value;
             }
         }
-        merged.timestamps.extend_from_slice(sample.timestamps);
+        merged.events.extend_from_slice(sample.events);
     }
 
     /// Adds loss counters.
@@ -378,7 +379,7 @@ impl ProfileBuilder {
             .samples
             .into_iter()
             .map(|(key, mut merged)| {
-                merged.timestamps.sort_unstable();
+                merged.events.sort_unstable();
                 Sample {
                     process: key.process,
                     tid: key.tid,
@@ -387,7 +388,7 @@ impl ProfileBuilder {
                     labels: key.labels,
                     link: key.link,
                     values: merged.values,
-                    timestamps: merged.timestamps,
+                    events: merged.events,
                 }
             })
             .collect();
@@ -457,7 +458,7 @@ impl ProfileBuilder {
             labels: Vec::new(),
             link: None,
             values: &[count, count * 10_000_000],
-            timestamps: &[],
+            events: &[],
         });
     }
 }
@@ -630,7 +631,7 @@ mod tests {
             labels: Vec::new(),
             link: None,
             values,
-            timestamps: &[],
+            events: &[],
         };
         b.add_sample(sample(7, "app", vec![l1, l3], &[2, 20]));
         b.add_sample(sample(7, "app", vec![l1, l3], &[3, 30]));

@@ -165,6 +165,8 @@ impl Profiler {
         };
         let mut pipeline =
             Pipeline::new(&options, pods, tables, Box::new(started.exec_generations));
+        // The first window starts as the programs were attached.
+        pipeline.start_time = started.sampler.last_flip().0;
         pipeline.contexts = started
             .thread_contexts
             .map(|map| ContextDiscovery::new(Box::new(map)));
@@ -218,7 +220,7 @@ impl Profiler {
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
-        let profiles = self.pipeline.take_window();
+        let profiles = self.pipeline.take_window(self.sampler.last_flip());
         Ok((profiles, self.pipeline.totals()))
     }
 
@@ -227,7 +229,7 @@ impl Profiler {
     pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
         let drained = self.sampler.drain()?;
         self.ingest(drained);
-        Ok(self.pipeline.take_window())
+        Ok(self.pipeline.take_window(self.sampler.last_flip()))
     }
 
     /// Where the current window stands.
@@ -354,8 +356,12 @@ impl Pipeline {
         tracked.exited
     }
 
-    /// Symbolizes the current window into profiles and starts a new one.
-    fn take_window(&mut self) -> Vec<Profile> {
+    /// Symbolizes the current window into profiles and starts a new one;
+    /// `flip` is when the drain that closes it flipped the map sets (just
+    /// before, and once the programs that wrote the old set had finished):
+    /// every event of the window falls between the previous flip and this
+    /// one.
+    fn take_window(&mut self, flip: (SystemTime, SystemTime)) -> Vec<Profile> {
         let aggregated = self.aggregator.take();
         let window_samples: u64 = aggregated
             .samples
@@ -376,14 +382,14 @@ impl Pipeline {
             },
             Window {
                 start_time: self.start_time,
-                duration: self.started.elapsed(),
+                duration: flip.1.duration_since(self.start_time).unwrap_or_default(),
             },
         );
         // Resolution counted what it could not resolve; totals carry it.
         for profile in &profiles {
             self.completed.1.unresolved.add(&profile.stats.unresolved);
         }
-        self.start_time = SystemTime::now();
+        self.start_time = flip.0;
         self.started = Instant::now();
         // Forget processes gone since the previous window, and the files
         // only they mapped: memory follows the live processes.
@@ -453,7 +459,7 @@ mod tests {
                 link: None,
             },
             values: vec![count, count * 10_101_010],
-            timestamps: vec![],
+            events: vec![],
         }
     }
 
@@ -509,7 +515,7 @@ mod tests {
             "only the live one snapshotted"
         );
 
-        let profiles = pipeline.take_window();
+        let profiles = pipeline.take_window((SystemTime::now(), SystemTime::now()));
         assert_eq!(profiles.len(), 1, "one profile per kind asked for");
         let profile = &profiles[0];
         assert_eq!(profile.kind, ProfileKind::Cpu);
@@ -521,7 +527,7 @@ mod tests {
         assert_eq!(leaf_names(profile, ghost), vec!["[unknown]"]);
 
         // The next window starts empty; totals carry over.
-        let next = pipeline.take_window();
+        let next = pipeline.take_window((SystemTime::now(), SystemTime::now()));
         assert!(next[0].samples.is_empty());
         assert_eq!(next[0].stats, CaptureStats::default());
         assert_eq!(pipeline.totals().samples, 5);
@@ -538,7 +544,7 @@ mod tests {
         pipeline.ingest(drained(vec![sample(me, vec![0x1000], 4)]));
         assert_eq!(pipeline.progress().samples, 0);
         assert_eq!(pipeline.progress().stats.filtered, 4);
-        let profiles = pipeline.take_window();
+        let profiles = pipeline.take_window((SystemTime::now(), SystemTime::now()));
         assert!(profiles[0].samples.is_empty());
         assert_eq!(profiles[0].stats.filtered, 4);
         assert_eq!(profiles[0].stats.recorded, 4);

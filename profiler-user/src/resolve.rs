@@ -123,7 +123,7 @@ pub fn profiles(
                 labels,
                 link: key.link,
                 values: &merged.values,
-                timestamps: &merged.timestamps,
+                events: &merged.events,
             });
         }
     }
@@ -572,7 +572,7 @@ mod tests {
                 key,
                 Merged {
                     values: vec![count, count * 10],
-                    timestamps: vec![],
+                    events: vec![],
                 },
             )]),
             stats: KindStats::from([(

@@ -443,7 +443,7 @@ mod tests {
                 labels: vec![("wait.class", class.into())],
                 link: None,
                 values: &[7, ns],
-                timestamps: &[],
+                events: &[],
             });
         }
         let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 1);
@@ -515,7 +515,7 @@ mod tests {
                 ],
                 link: None,
                 values: &[5, ns],
-                timestamps: &[],
+                events: &[],
             });
         }
         let profile = b.build(SystemTime::UNIX_EPOCH, Duration::from_secs(1), 1);

@@ -22,6 +22,7 @@ use hostprof_proto::otlp::resource::v1::Resource;
 use super::host::HostIdentity;
 use crate::container::ContainerRef;
 use crate::k8s::PodContainer;
+use crate::kind::Event;
 use crate::profile::{FrameKind, Process, Profile};
 use crate::trace_link::TraceLink;
 
@@ -225,9 +226,9 @@ fn str_kv(key: &str, value: &str) -> KeyValue {
     key_value(key, any_value::Value::StringValue(value.to_owned()))
 }
 
-/// Values and event times of samples merged by (stack index, attribute
+/// Values and events of samples merged by (stack index, attribute
 /// indices, link index).
-type MergedSamples = HashMap<(i32, Vec<i32>, i32), (Vec<i64>, Vec<u64>)>;
+type MergedSamples = HashMap<(i32, Vec<i32>, i32), (Vec<i64>, Vec<Event>)>;
 
 /// Builds the export request for `profiles` (one per kind, from the same
 /// window): one dictionary shared by all, and in every resource one OTLP
@@ -285,13 +286,13 @@ pub fn build_request(profiles: &[Profile], host: &HostIdentity) -> ExportProfile
                 per_group.push((group, vec![MergedSamples::new(); profiles.len()]));
                 per_group.len() - 1
             });
-            let (values, timestamps) = per_group[i].1[k]
+            let (values, events) = per_group[i].1[k]
                 .entry((stack_index, attributes, link_index))
                 .or_insert_with(|| (vec![0; sample.values.len()], Vec::new()));
             for (sum, &value) in values.iter_mut().zip(&sample.values) {
                 *sum += value as i64;
             }
-            timestamps.extend_from_slice(&sample.timestamps);
+            events.extend_from_slice(&sample.events);
         }
     }
 
@@ -361,13 +362,25 @@ fn otlp_profiles(
             samples: samples
                 .iter()
                 .map(
-                    |((stack_index, attribute_indices, link_index), (values, timestamps))| {
+                    |((stack_index, attribute_indices, link_index), (values, events))| {
+                        // With events, a value per event at its time (the
+                        // proto's per-observation shape); else the sum.
+                        let (values, timestamps_unix_nano) = if events.is_empty() {
+                            (vec![values[v]], Vec::new())
+                        } else {
+                            let mut events = events.clone();
+                            events.sort_unstable();
+                            events
+                                .iter()
+                                .map(|e| (e.values[v] as i64, e.time_unix_nano))
+                                .unzip()
+                        };
                         pb::Sample {
                             stack_index: *stack_index,
                             attribute_indices: attribute_indices.clone(),
                             link_index: *link_index,
-                            values: vec![values[v]],
-                            timestamps_unix_nano: timestamps.clone(),
+                            values,
+                            timestamps_unix_nano,
                         }
                     },
                 )
@@ -493,6 +506,44 @@ mod tests {
         want.extend([(index(a), 2 * plain), (index(b), plain)]);
         want.sort_unstable();
         assert_eq!(by_link, want, "equal stacks in other spans stay apart");
+    }
+
+    #[test]
+    fn samples_with_events_carry_a_value_per_event_at_its_time() {
+        let mut profile = sample_profile();
+        let mut timed = profile.samples[0].clone();
+        timed.link = Some(TraceLink {
+            trace_id: [3; 16],
+            span_id: [4; 8],
+        });
+        let width = timed.values.len();
+        let event = |time, n| Event {
+            time_unix_nano: time,
+            values: vec![n; width],
+        };
+        // Two equal samples: their events merge, by time.
+        let mut later = timed.clone();
+        timed.events = vec![event(30, 2)];
+        later.events = vec![event(10, 1), event(20, 5)];
+        profile.samples.extend([timed, later]);
+        let request = build_request(&[profile], &host());
+        for p in &request.resource_profiles[0].scope_profiles[0].profiles {
+            let with_events: Vec<_> = p
+                .samples
+                .iter()
+                .filter(|s| !s.timestamps_unix_nano.is_empty())
+                .collect();
+            assert_eq!(with_events.len(), 1);
+            assert_eq!(with_events[0].timestamps_unix_nano, vec![10, 20, 30]);
+            assert_eq!(with_events[0].values, vec![1, 5, 2]);
+            assert!(
+                p.samples
+                    .iter()
+                    .filter(|s| s.timestamps_unix_nano.is_empty())
+                    .all(|s| s.values.len() == 1),
+                "samples without events keep one summed value"
+            );
+        }
     }
 
     #[test]

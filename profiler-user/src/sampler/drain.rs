@@ -15,7 +15,7 @@ use profiler_common::{
 };
 
 use super::stats::{CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters};
-use crate::kind::{Label, ProfileKind};
+use crate::kind::{Event, Label, ProfileKind};
 use crate::trace_link::TraceLink;
 
 /// One of the two map sets the kernel program alternates between.
@@ -88,9 +88,9 @@ pub struct RawSample {
     /// One value per sample type of the kind
     /// ([`ProfileKind::sample_types`]); `values[0]` is the count.
     pub values: Vec<u64>,
-    /// When each event happened (ns since boot), for kinds that record it;
-    /// empty otherwise.
-    pub timestamps: Vec<u64>,
+    /// Each event the samples stand for, with its time and values, for
+    /// kinds that record them (their sums are `values`); empty otherwise.
+    pub events: Vec<Event>,
 }
 
 impl RawSample {
@@ -209,7 +209,7 @@ pub fn assemble_cpu(
                 Vec::new(),
             ),
             values: vec![count, count.saturating_mul(period_ns)],
-            timestamps: Vec::new(),
+            events: Vec::new(),
         })
         .collect()
 }

@@ -23,7 +23,7 @@ mod waits;
 
 use std::collections::HashMap as StdHashMap;
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
@@ -189,9 +189,15 @@ pub struct Sampler {
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
-    /// The kinds that measure waits (off-CPU, locks) attached: their maps
-    /// and adaptive periods.
+    /// The kinds that measure waits (off-CPU, locks) attached: their
+    /// adaptive periods.
     waits: Vec<waits::WaitState>,
+    /// Their kept waits.
+    wait_events: waits::WaitEvents,
+    /// When the last drain flipped the map sets: just before, and once
+    /// the programs that read the old set had finished (at start: as the
+    /// programs were attached).
+    flipped: (SystemTime, SystemTime),
 }
 
 /// The kernel's index of a kind (its block of counters in `STATS`).
@@ -233,12 +239,10 @@ impl Sampler {
         }
         // The locks kind's budget is the off-CPU one (`--off-cpu-max-rate`).
         let lock_rate = if locks { off_cpu_rate } else { 0 };
-        for name in names::OFF_CPU_COUNTS {
-            loader.map_max_entries(name, map_capacity(cpus.len(), off_cpu_rate));
-        }
-        for name in names::LOCK_COUNTS {
-            loader.map_max_entries(name, map_capacity(cpus.len(), lock_rate));
-        }
+        loader.map_max_entries(
+            names::WAIT_EVENTS,
+            waits::ring_bytes(cpus.len(), off_cpu_rate + lock_rate),
+        );
         for name in names::STACKS {
             loader.map_max_entries(
                 name,
@@ -253,6 +257,8 @@ impl Sampler {
         loader.map_max_entries(names::UNWIND_ROWS, table_rows);
         let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
+        // Nothing is recorded before this: the programs attach below.
+        let attaching = SystemTime::now();
 
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
         let mut config_map: Array<_, Config> = take(names::CONFIG)?
@@ -284,8 +290,11 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::OFF_CPU_KPROBE_TAIL_CALLS))?,
         ];
-        let off_cpu_counts = waits::counts(&mut take, names::OFF_CPU_COUNTS)?;
-        let lock_counts = waits::counts(&mut take, names::LOCK_COUNTS)?;
+        let wait_events = waits::WaitEvents::new(
+            take(names::WAIT_EVENTS)?
+                .try_into()
+                .map_err(map_err(names::WAIT_EVENTS))?,
+        );
         let mut lock_tail_calls: ProgramArray<MapData> =
             take(names::LOCK_TAIL_CALLS)?
                 .try_into()
@@ -448,18 +457,10 @@ impl Sampler {
         let budget = u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64;
         let mut wait_states = Vec::new();
         if off_cpu {
-            wait_states.push(waits::WaitState::new(
-                ProfileKind::OffCpu,
-                off_cpu_counts,
-                budget,
-            ));
+            wait_states.push(waits::WaitState::new(ProfileKind::OffCpu, budget));
         }
         if locks {
-            wait_states.push(waits::WaitState::new(
-                ProfileKind::Locks,
-                lock_counts,
-                budget,
-            ));
+            wait_states.push(waits::WaitState::new(ProfileKind::Locks, budget));
         }
 
         let mut sampler = Sampler {
@@ -478,6 +479,8 @@ impl Sampler {
             attached: true,
             period_ns: policy.frequency.period_ns(),
             waits: wait_states,
+            wait_events,
+            flipped: (attaching, attaching),
         };
         // The counters start at zero with the freshly created maps: no
         // baseline to read (reading one after attaching would leave out
@@ -506,8 +509,10 @@ impl Sampler {
     /// runs to finish, then reads and empties the set it just left.
     pub fn drain(&mut self) -> Result<Drained, SamplerError> {
         let drained_set = self.active;
+        let before = SystemTime::now();
         self.switch_to(drained_set.other())?;
         quiesce();
+        self.flipped = (before, SystemTime::now());
         let samples = self.take_set(drained_set)?;
         self.drained(samples)
     }
@@ -549,7 +554,9 @@ impl Sampler {
             }
             self.attached = false;
         }
+        let before = SystemTime::now();
         quiesce();
+        self.flipped = (before, SystemTime::now());
         // Both sets may hold samples now: the active one, and none other
         // (the inactive set is always empty between drains), but draining
         // both keeps this correct if a previous drain failed half-way.
@@ -590,6 +597,13 @@ impl Sampler {
                 .map_err(map_err(names::CONFIG))?;
         }
         Ok(Drained { samples, stats })
+    }
+
+    /// When the last drain (or [`Sampler::stop`]) flipped the map sets:
+    /// just before, and once every program run that wrote the old set had
+    /// finished; before the first drain, when the programs were attached.
+    pub fn last_flip(&self) -> (SystemTime, SystemTime) {
+        self.flipped
     }
 
     /// Lets the kernel announce `tgids` again the next time they are sampled
@@ -645,9 +659,7 @@ impl Sampler {
             deep_map.remove(hash).map_err(map_err(deep_name))?;
         }
         let mut samples = drain::assemble_cpu(entries, &stacks, self.period_ns);
-        for state in &mut self.waits {
-            samples.extend(state.take(set, &stacks)?);
-        }
+        samples.extend(self.wait_events.take(set, &stacks));
         Ok(samples)
     }
 

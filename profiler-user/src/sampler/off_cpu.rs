@@ -14,10 +14,10 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use profiler_common::{StackHash, WaitKey, WaitValue};
+use profiler_common::{kernel_kind, StackHash, WaitEvent};
 
 use super::drain::{decode_key, RawSample};
-use crate::kind::{Label, ProfileKind, THREAD_STATE};
+use crate::kind::{Event, Label, ProfileKind, THREAD_STATE};
 use crate::locks::{kernel_lock_type, LOCK_SPACE, LOCK_TYPE};
 
 /// Kept (unwound) off-CPU intervals per second per CPU, 1 to 100000.
@@ -164,33 +164,47 @@ fn wait_labels(kind: ProfileKind, state: u32) -> Vec<Label> {
     }
 }
 
-/// Joins drained waits of `kind` (off-CPU intervals, lock contentions)
-/// with drained stacks. Each sample carries the events and time its kept
-/// waits stand for (events rounded from thousandths, at least 1) and its
-/// labels (the thread state, or the lock's type).
+/// Joins kept waits (off-CPU intervals, lock contentions) with drained
+/// stacks: one sample per wait, with the events and time it stands for
+/// (events rounded from thousandths, at least 1), its labels (the thread
+/// state, or the lock's type) and its time; `boot_to_unix` turns the
+/// kernel's `CLOCK_MONOTONIC` times into Unix times. Waits of a kind this
+/// build does not know are left out.
 pub fn assemble_waits(
-    kind: ProfileKind,
-    entries: impl IntoIterator<Item = (WaitKey, WaitValue)>,
+    waits: impl IntoIterator<Item = WaitEvent>,
     stacks: &HashMap<StackHash, Vec<u64>>,
+    boot_to_unix: i128,
 ) -> Vec<RawSample> {
-    entries
+    waits
         .into_iter()
-        .filter(|(_, value)| value.kept > 0)
-        .map(|(key, value)| RawSample {
-            key: decode_key(
-                kind,
-                (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
-                key.user_stack,
-                key.kernel_stack,
-                stacks,
-                wait_labels(kind, key.state),
-            ),
-            // Rounded from thousandths; a kept interval is at least one.
-            values: vec![
-                (value.events_milli.saturating_add(500) / 1000).max(1),
-                value.nanos,
-            ],
-            timestamps: Vec::new(),
+        .filter_map(|wait| {
+            let kind = match wait.kind {
+                kernel_kind::OFF_CPU => ProfileKind::OffCpu,
+                kernel_kind::LOCKS => ProfileKind::Locks,
+                _ => return None,
+            };
+            let key = &wait.key;
+            // Rounded from thousandths; a kept wait is at least one event.
+            let values = vec![
+                (wait.events_milli.saturating_add(500) / 1000).max(1),
+                wait.nanos,
+            ];
+            let time = (i128::from(wait.time_ns) + boot_to_unix).max(0) as u64;
+            Some(RawSample {
+                key: decode_key(
+                    kind,
+                    (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
+                    key.user_stack,
+                    key.kernel_stack,
+                    stacks,
+                    wait_labels(kind, key.state),
+                ),
+                events: vec![Event {
+                    time_unix_nano: time,
+                    values: values.clone(),
+                }],
+                values,
+            })
         })
         .collect()
 }
@@ -228,7 +242,7 @@ pub fn next_period(period_ns: u64, kept: u64, elapsed: Duration, budget: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::{COMM_LEN, TRUNCATED_MARK};
+    use profiler_common::{WaitKey, COMM_LEN, TRUNCATED_MARK};
 
     #[test]
     fn switch_in_symbols_include_compiler_clones() {
@@ -276,33 +290,49 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
         }
     }
 
-    fn value(kept: u64, events_milli: u64, nanos: u64) -> WaitValue {
-        WaitValue {
-            kept,
+    fn wait(kind: u32, key: WaitKey, time_ns: u64, events_milli: u64, nanos: u64) -> WaitEvent {
+        WaitEvent {
+            key,
+            time_ns,
             events_milli,
             nanos,
+            kind,
+            set: 0,
         }
     }
 
     #[test]
-    fn intervals_decode_to_weighted_samples_with_their_state() {
+    fn waits_decode_to_weighted_samples_with_their_state_and_time() {
         let stacks = HashMap::from([
             (1, vec![0x10, 0x20, TRUNCATED_MARK]),
             (2, vec![0xffff_ffff_8100_0000]),
         ]);
+        let off = kernel_kind::OFF_CPU;
         let samples = assemble_waits(
-            ProfileKind::OffCpu,
             [
-                (key(1, 1, 2), value(3, 7_400, 9_000_000)),
-                (key(0, 0, 2), value(1, 250, 1_000)),
-                (key(2, 0, 0), value(0, 0, 0)),
+                wait(off, key(1, 1, 2), 5_000, 7_400, 9_000_000),
+                wait(off, key(0, 0, 2), 6_000, 1_000, 1_000),
+                wait(99, key(2, 0, 0), 7_000, 1_000, 1),
             ],
             &stacks,
+            1_000_000,
         );
-        assert_eq!(samples.len(), 2, "entries with nothing kept are skipped");
+        assert_eq!(
+            samples.len(),
+            2,
+            "a kind this build does not know is left out"
+        );
         let first = &samples[0];
         assert_eq!(first.key.kind, ProfileKind::OffCpu);
         assert_eq!(first.values, vec![7, 9_000_000], "7.4 events round to 7");
+        assert_eq!(
+            first.events,
+            vec![Event {
+                time_unix_nano: 1_005_000,
+                values: vec![7, 9_000_000]
+            }],
+            "one event, at its Unix time"
+        );
         assert_eq!(first.key.user_stack, vec![0x10, 0x20]);
         assert!(first.key.user_truncated);
         assert_eq!(first.key.kernel_stack, vec![0xffff_ffff_8100_0000]);
@@ -312,11 +342,7 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
             vec![(THREAD_STATE, "sleeping".to_owned())]
         );
         let second = &samples[1];
-        assert_eq!(
-            second.values,
-            vec![1, 1_000],
-            "a kept interval is >= 1 event"
-        );
+        assert_eq!(second.values, vec![1, 1_000]);
         assert!(second.key.user_stack.is_empty());
         assert_eq!(second.key.labels[0].1, "preempted");
     }
@@ -326,9 +352,15 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
         let stacks = HashMap::from([(2, vec![0xffff_ffff_8100_0000])]);
         // LCB_F_WRITE: a writer waiting on an rw_semaphore.
         let samples = assemble_waits(
-            ProfileKind::Locks,
-            [(key(0x4, 0, 2), value(2, 2_000, 5_000_000))],
+            [wait(
+                kernel_kind::LOCKS,
+                key(0x4, 0, 2),
+                1,
+                2_000,
+                5_000_000,
+            )],
             &stacks,
+            0,
         );
         assert_eq!(samples[0].key.kind, ProfileKind::Locks);
         assert_eq!(samples[0].values, vec![2, 5_000_000]);

@@ -1,40 +1,101 @@
 //! The kinds that measure waits (off-CPU, locks), seen from userspace:
-//! each kind's counts maps, draining them, adapting its sampling period to
-//! the unwind budget, and attaching the locks programs. The pure halves
-//! (decoding, the period rule) are in [`super::off_cpu`].
+//! reading their kept waits from the `WAIT_EVENTS` ring, adapting each
+//! kind's sampling period to the unwind budget, and attaching the locks
+//! programs. The pure halves (decoding, the period rule) are in
+//! [`super::off_cpu`].
+//!
+//! Why a ring of events rather than counts maps like the CPU kind's: kept
+//! waits are few by construction (the budget bounds them), each one's time
+//! goes to OTLP (`timestamps_unix_nano`), and a ring costs the kernel one
+//! copy where a per-CPU hash costs a lookup and an insert.
 
 use std::collections::HashMap as StdHashMap;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aya::maps::{Map, MapData, PerCpuHashMap, ProgramArray};
+use aya::maps::{MapData, ProgramArray, RingBuf};
 use aya::{Btf, Ebpf};
-use profiler_common::{names, Config, StackHash, WaitKey, WaitValue};
+use profiler_common::{names, Config, StackHash, WaitEvent};
 
 use super::drain::{MapSet, RawSample};
 use super::{btf_tracepoint, map_err, off_cpu, process_events, program_fd, SamplerError};
 use crate::kind::ProfileKind;
 use crate::profile::CaptureStats;
 
-/// A wait kind's two counts maps, one per map set.
-pub(super) type Counts = [PerCpuHashMap<MapData, WaitKey, WaitValue>; 2];
-
-/// Takes the counts maps `names` out of the object with `take`.
-pub(super) fn counts(
-    take: &mut impl FnMut(&'static str) -> Result<Map, SamplerError>,
-    names: [&'static str; 2],
-) -> Result<Counts, SamplerError> {
-    let [zero, one] = names;
-    Ok([
-        take(zero)?.try_into().map_err(map_err(zero))?,
-        take(one)?.try_into().map_err(map_err(one))?,
-    ])
+/// Bytes of the `WAIT_EVENTS` ring for `per_second` kept waits a second
+/// on each of `cpus` CPUs: four seconds of them (a drain is due every
+/// second), a power of two from 256 KiB to 64 MiB (the kernel's rule for
+/// ring sizes: a power-of-two number of pages).
+pub(super) fn ring_bytes(cpus: usize, per_second: u64) -> u32 {
+    let event = std::mem::size_of::<WaitEvent>() as u64 + 8; // + the ring's header
+    let wanted = (cpus as u64 * per_second * 4 * event).next_power_of_two();
+    wanted.clamp(256 << 10, 64 << 20) as u32
 }
 
-/// A wait kind's maps and its adaptive period.
+/// The kept waits of every waiting kind, as the kernel sends them.
+pub(super) struct WaitEvents {
+    ring: RingBuf<MapData>,
+    /// Read from the ring but of the map set still being written (their
+    /// stacks are drained with it, at the next drain).
+    held: Vec<WaitEvent>,
+}
+
+impl WaitEvents {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Self {
+            ring,
+            held: Vec::new(),
+        }
+    }
+
+    /// Every event of the map set `set` sent so far (the programs that
+    /// write it have finished: the caller flipped the set and waited),
+    /// as samples joined with the drained `stacks`.
+    pub fn take(
+        &mut self,
+        set: MapSet,
+        stacks: &StdHashMap<StackHash, Vec<u64>>,
+    ) -> Vec<RawSample> {
+        let index = set.index() as u32;
+        let (mut events, held): (Vec<_>, Vec<_>) =
+            self.held.drain(..).partition(|e| e.set == index);
+        self.held = held;
+        while let Some(item) = self.ring.next() {
+            if item.len() < std::mem::size_of::<WaitEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel writes whole `WaitEvent`s (plain
+            // integers, any bit pattern valid); the read is unaligned.
+            let event = unsafe { item.as_ptr().cast::<WaitEvent>().read_unaligned() };
+            if event.set == index {
+                events.push(event);
+            } else {
+                self.held.push(event);
+            }
+        }
+        off_cpu::assemble_waits(events, stacks, boot_to_unix_ns())
+    }
+}
+
+/// What to add to a `CLOCK_MONOTONIC` time (`bpf_ktime_get_ns`) to get
+/// nanoseconds since the Unix epoch, now.
+fn boot_to_unix_ns() -> i128 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let monotonic = i128::from(now.tv_sec) * 1_000_000_000 + i128::from(now.tv_nsec);
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    unix - monotonic
+}
+
+/// A wait kind's adaptive period.
 pub(super) struct WaitState {
     /// Which kind.
     pub kind: ProfileKind,
-    counts: Counts,
     /// Kept waits per second the period adapts to (all CPUs).
     budget: u64,
     /// When the period was last adapted.
@@ -42,10 +103,9 @@ pub(super) struct WaitState {
 }
 
 impl WaitState {
-    pub fn new(kind: ProfileKind, counts: Counts, budget: u64) -> Self {
+    pub fn new(kind: ProfileKind, budget: u64) -> Self {
         Self {
             kind,
-            counts,
             budget,
             adapted: Instant::now(),
         }
@@ -78,36 +138,6 @@ impl WaitState {
         );
         *current = period;
         true
-    }
-
-    /// Reads and empties the kind's counts map of `set`, joined with the
-    /// drained `stacks`.
-    pub fn take(
-        &mut self,
-        set: MapSet,
-        stacks: &StdHashMap<StackHash, Vec<u64>>,
-    ) -> Result<Vec<RawSample>, SamplerError> {
-        let index = set.index();
-        let name = match self.kind {
-            ProfileKind::Locks => names::LOCK_COUNTS[index],
-            _ => names::OFF_CPU_COUNTS[index],
-        };
-        let counts = &mut self.counts[index];
-        let mut entries = Vec::new();
-        for item in counts.iter() {
-            let (key, per_cpu) = item.map_err(map_err(name))?;
-            let mut total = WaitValue::default();
-            for value in per_cpu.iter() {
-                total.kept += value.kept;
-                total.events_milli += value.events_milli;
-                total.nanos += value.nanos;
-            }
-            entries.push((key, total));
-        }
-        for (key, _) in &entries {
-            counts.remove(key).map_err(map_err(name))?;
-        }
-        Ok(off_cpu::assemble_waits(self.kind, entries, stacks))
     }
 }
 

@@ -116,7 +116,8 @@ fn lock_delay_of_known_contention() {
     assert!(contentions > 0, "kernel contentions are counted: {report}");
 
     // Over OTLP: one Profile per sample type of the kind, the lock type
-    // as a sample attribute.
+    // as a sample attribute, each kept wait an event at its time (the
+    // receiver checks the times fall in the profile's range).
     common::wait_until(Duration::from_secs(10), "the OTLP export", || {
         receiver.received_count() > 0
     });
@@ -127,6 +128,7 @@ fn lock_delay_of_known_contention() {
         for resource in request["resources"].as_array().unwrap() {
             for sample in resource["samples"].as_array().unwrap() {
                 assert_eq!(sample["kind"], "contentions", "{sample}");
+                assert!(sample["events"].as_u64().unwrap() > 0, "{sample}");
                 if sample["attributes"]["lock.type"] == "pthread_mutex" {
                     delay += sample["time"].as_u64().unwrap();
                 }

@@ -123,6 +123,18 @@ def summarize(request, transport):
                 if not check(kind is not None, f"unexpected sample_type {sample_type}"):
                     continue
                 check(sample_type not in by_type, f"two profiles of sample_type {sample_type}")
+                # Per-observation samples: a value per timestamp, each in
+                # the profile's time range (a millisecond of slack for the
+                # window edge).
+                for x in p.samples:
+                    if x.timestamps_unix_nano:
+                        check(len(x.values) == len(x.timestamps_unix_nano),
+                              "values and timestamps_unix_nano differ in length")
+                        slack = 1_000_000
+                        check(all(p.time_unix_nano - slack <= t
+                                  <= p.time_unix_nano + p.duration_nano + slack
+                                  for t in x.timestamps_unix_nano),
+                              "a timestamp outside the profile's time range")
                 by_type[sample_type] = {
                     (x.stack_index, tuple(x.attribute_indices), x.link_index): list(x.values)
                     for x in p.samples
@@ -160,6 +172,7 @@ def summarize(request, transport):
                         trace_id, span_id = links[sample.link_index]
                         link = {"trace_id": trace_id.hex(), "span_id": span_id.hex()}
                     samples.append({"kind": sample_type[0], "_key": key,
+                                    "events": len(sample.timestamps_unix_nano),
                                     "count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices),
                                     "link": link})
