@@ -119,10 +119,21 @@ pub struct PipelineStats {
     pub symbol_cache: CacheStats,
     /// Unwind tables (all zero with the frame-pointer unwinder).
     pub unwind_tables: LoaderStats,
-    /// Off-CPU intervals the kernel measured, and their total time in ns.
-    pub off_cpu_waits: (u64, u64),
-    /// Kernel-lock contentions the kernel measured, and their total time.
-    pub kernel_lock_waits: (u64, u64),
+    /// Off-CPU intervals the kernel measured and kept.
+    pub off_cpu_waits: WaitTotals,
+    /// Kernel-lock contentions the kernel measured and kept.
+    pub kernel_lock_waits: WaitTotals,
+}
+
+/// Waits of one kind since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitTotals {
+    /// Waits measured, kept or not.
+    pub measured: u64,
+    /// Their total time, in nanoseconds.
+    pub nanos: u64,
+    /// Waits kept (and unwound).
+    pub kept: u64,
 }
 
 /// A running whole-host profiler.
@@ -268,8 +279,8 @@ struct Pipeline {
     started: Instant,
     /// Samples and counters of the windows already taken.
     completed: (u64, CaptureStats),
-    /// Waits measured since the start: off-CPU, kernel locks (count, ns).
-    waits: [(u64, u64); 2],
+    /// Waits since the start: off-CPU, kernel locks.
+    waits: [WaitTotals; 2],
 }
 
 impl Pipeline {
@@ -300,7 +311,7 @@ impl Pipeline {
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
-            waits: [(0, 0); 2],
+            waits: [WaitTotals::default(); 2],
         }
     }
 
@@ -348,8 +359,9 @@ impl Pipeline {
                 ProfileKind::Locks => &mut self.waits[1],
                 ProfileKind::Cpu => continue,
             };
-            slot.0 += stats.intervals;
-            slot.1 += stats.interval_ns;
+            slot.measured += stats.intervals;
+            slot.nanos += stats.interval_ns;
+            slot.kept += stats.recorded;
         }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);

@@ -160,28 +160,42 @@ impl Collector for SnapshotCollector {
             "off_cpu_intervals",
             "Off-CPU intervals the kernel measured (switch-out to switch-in), kept or not",
             None,
-            ConstCounter::new(p.off_cpu_waits.0),
+            ConstCounter::new(p.off_cpu_waits.measured),
+        )?;
+        emit(
+            &mut e,
+            "off_cpu_intervals_kept",
+            "Off-CPU intervals kept and unwound (the budget's share of those measured)",
+            None,
+            ConstCounter::new(p.off_cpu_waits.kept),
         )?;
         emit(
             &mut e,
             "off_cpu_blocked_seconds",
             "Total time of the off-CPU intervals measured",
             None,
-            ConstCounter::new(p.off_cpu_waits.1 as f64 / 1e9),
+            ConstCounter::new(p.off_cpu_waits.nanos as f64 / 1e9),
         )?;
         emit(
             &mut e,
             "kernel_lock_contentions",
             "Kernel-lock contentions the kernel measured (contention_begin to _end), kept or not",
             None,
-            ConstCounter::new(p.kernel_lock_waits.0),
+            ConstCounter::new(p.kernel_lock_waits.measured),
+        )?;
+        emit(
+            &mut e,
+            "kernel_lock_contentions_kept",
+            "Kernel-lock contentions kept and unwound",
+            None,
+            ConstCounter::new(p.kernel_lock_waits.kept),
         )?;
         emit(
             &mut e,
             "kernel_lock_wait_seconds",
             "Total time of the kernel-lock contentions measured",
             None,
-            ConstCounter::new(p.kernel_lock_waits.1 as f64 / 1e9),
+            ConstCounter::new(p.kernel_lock_waits.nanos as f64 / 1e9),
         )?;
         emit(
             &mut e,
@@ -509,6 +523,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profiler::WaitTotals;
 
     #[test]
     fn renders_every_metric_from_the_snapshot() {
@@ -516,8 +531,16 @@ mod tests {
         snapshot.pipeline.samples = 1234;
         snapshot.pipeline.capture.user_stack_errors = 7;
         snapshot.pipeline.stacks = 42;
-        snapshot.pipeline.off_cpu_waits = (5000, 2_500_000_000);
-        snapshot.pipeline.kernel_lock_waits = (70, 250_000_000);
+        snapshot.pipeline.off_cpu_waits = WaitTotals {
+            measured: 5000,
+            nanos: 2_500_000_000,
+            kept: 400,
+        };
+        snapshot.pipeline.kernel_lock_waits = WaitTotals {
+            measured: 70,
+            nanos: 250_000_000,
+            kept: 7,
+        };
         snapshot.agent.sent.exported_profiles = 3;
         snapshot.agent.sent.bytes_sent = 4096;
         snapshot.agent.sent.dropped.profiles = 2;
@@ -558,6 +581,8 @@ mod tests {
             "hostprof_off_cpu_intervals_total 5000",
             "hostprof_off_cpu_blocked_seconds_total 2.5",
             "hostprof_kernel_lock_contentions_total 70",
+            "hostprof_off_cpu_intervals_kept_total 400",
+            "hostprof_kernel_lock_contentions_kept_total 7",
             "hostprof_kernel_lock_wait_seconds_total 0.25",
             "hostprof_profiles_exported_total 3",
             "hostprof_profiles_dropped_total 2",
