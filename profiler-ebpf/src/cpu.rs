@@ -65,9 +65,11 @@ struct MapSetRef {
 /// Takes one CPU sample: attached to the CPU-clock perf event of every CPU.
 #[perf_event]
 pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
-    KIND.bump(Stat::Invocations);
-    record(&ctx);
-    0
+    stack::entry(|_| {
+        KIND.bump(Stat::Invocations);
+        record(&ctx);
+        0
+    })
 }
 
 /// Unwinds the user stack of a process with tables, tail-called by
@@ -76,25 +78,29 @@ pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
 /// `bpf_task_pt_regs` (5.15+) and loads on older kernels.
 #[perf_event]
 pub fn unwind_user(ctx: PerfEventContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    match user_regs(&ctx).and_then(|regs| Unwind::start(&regs, KIND, tgid, tid)) {
-        Some(mut unwind) => {
-            unwind.run();
-            unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
+    stack::tail(|| {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        match user_regs(&ctx).and_then(|regs| Unwind::start(&regs, KIND, tgid, tid)) {
+            Some(mut unwind) => {
+                unwind.run();
+                unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
+            }
+            // No user context (a kernel thread), or the tables just went away.
+            None => record_with_frame_pointers(&ctx, tgid, tid),
         }
-        // No user context (a kernel thread), or the tables just went away.
-        None => record_with_frame_pointers(&ctx, tgid, tid),
-    }
-    0
+        0
+    })
 }
 
 /// Records the file mappings of a counted sample's user frames, tail-called
 /// by the programs above once the sample is counted (see [`crate::files`]).
 #[perf_event]
 pub fn cpu_files(_ctx: PerfEventContext) -> u32 {
-    files::record(KIND);
-    0
+    stack::tail(|| {
+        files::record(KIND);
+        0
+    })
 }
 
 /// Records a sample whose user stack the unwinder finished: stores the
@@ -102,17 +108,19 @@ pub fn cpu_files(_ctx: PerfEventContext) -> u32 {
 /// so the unwinding program stays small enough for the verifier.
 #[perf_event]
 pub fn unwind_store(ctx: PerfEventContext) -> u32 {
-    let Some(unwind) = Unwind::resume(KIND) else {
-        return 0;
-    };
-    let (tgid, tid) = unwind.thread();
-    let depth = unwind.finish();
-    let Some(set) = active_set() else {
-        return 0;
-    };
-    let user_stack = stack::save_unwound(&set.stacks, depth, KIND);
-    finish(&ctx, &set, tgid, tid, user_stack);
-    0
+    stack::tail(|| {
+        let Some(unwind) = Unwind::resume(KIND) else {
+            return 0;
+        };
+        let (tgid, tid) = unwind.thread();
+        let depth = unwind.finish();
+        let Some(set) = active_set() else {
+            return 0;
+        };
+        let user_stack = stack::save_unwound(&set.stacks, depth, KIND);
+        finish(&ctx, &set, tgid, tid, user_stack);
+        0
+    })
 }
 
 #[inline(always)]

@@ -31,6 +31,7 @@ use aya_ebpf::{
 };
 
 use crate::files;
+use crate::stack;
 
 /// Processes whose generation is kept; the least recently sampled go
 /// first (an LRU map is allocated whole: ~1 MiB).
@@ -45,23 +46,27 @@ static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(PROCESSES, 
 /// recorded for the samples taken inside it.
 #[btf_tracepoint(function = "sched_prepare_exec")]
 pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let old = generation(tgid);
-    files::flush(old);
-    files::forget(tgid, old);
-    bump();
-    files::record_exec_call(generation(tgid));
-    0
+    stack::entry(|_| {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let old = generation(tgid);
+        files::flush(old);
+        files::forget(tgid, old);
+        bump();
+        files::record_exec_call(generation(tgid));
+        0
+    })
 }
 
 /// An exec succeeded (`sched_process_exec(task, old_pid, bprm)`): the file
 /// state of the image between the two bumps (samples inside `execve`) goes.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn exec_done(_ctx: BtfTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    files::forget(tgid, generation(tgid));
-    bump();
-    0
+    stack::entry(|_| {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        files::forget(tgid, generation(tgid));
+        bump();
+        0
+    })
 }
 
 /// Adds one to the current process's generation. The tracepoints run in

@@ -305,15 +305,17 @@ pub fn record_exec_call(exec_gen: u32) {
 /// thread the entry goes and the generation moves on (see [`crate::exec`]).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let exec_gen = exec::generation(tgid);
-    flush(exec_gen);
-    let group_dead: u64 = ctx.arg(1);
-    if group_dead & 1 != 0 {
-        forget(tgid, exec_gen);
-        exec::bump();
-    }
-    0
+    stack::entry(|_| {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let exec_gen = exec::generation(tgid);
+        flush(exec_gen);
+        let group_dead: u64 = ctx.arg(1);
+        if group_dead & 1 != 0 {
+            forget(tgid, exec_gen);
+            exec::bump();
+        }
+        0
+    })
 }
 
 /// Drops what is known of the image (`tgid`, `exec_gen`): it exited, or

@@ -2,9 +2,9 @@
 //! sharing the stack store and the unwinder.
 //!
 //! - [`cpu`]: the CPU profile, a perf-event program on every CPU.
-//! - [`off_cpu`]: the off-CPU profile, `tp_btf/sched_switch` (switch-out)
-//!   and `tp_btf/sched_exit_tp` or a kprobe on `finish_task_switch`
-//!   (switch-in).
+//! - [`off_cpu`]: the off-CPU profile, `tp_btf/sched_switch` (the
+//!   bookkeeping of both threads of a switch) and `tp_btf/sched_exit_tp`
+//!   or a kprobe on `finish_task_switch` (the stacks of a kept interval).
 //! - [`locks`]: the kernel-lock contention profile,
 //!   `tp_btf/contention_begin` and `contention_end`.
 //! - [`wait`]: what the off-CPU and locks kinds share: duration sampling

@@ -45,7 +45,7 @@ use crate::wait::Waits;
 const WAITS: Waits = Waits::OFF_CPU;
 
 /// Kernel frames above `__schedule` to leave out of the stack: at the
-/// tracepoint, the BPF program and `bpf_trace_run1`; at the kprobe, none
+/// tracepoint, the BPF program and `bpf_trace_run2`; at the kprobe, none
 /// (`finish_task_switch` stays, as in other off-CPU tools).
 const TRACEPOINT_SKIP: u64 = 2;
 const KPROBE_SKIP: u64 = 0;
@@ -120,109 +120,127 @@ static OFF_CPU_KPROBE_TAIL_CALLS: ProgramArray =
 /// one getting it was away.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn off_cpu_out(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let Some(config) = WAITS.kind().config() else {
-        return 0;
-    };
-    // sched_switch(bool preempt, prev, next, unsigned int prev_state).
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    // The idle task is never blocked; filtered processes get no entry.
-    if tid != 0 && stack::pid_wanted(config, tgid) {
-        let preempt: u64 = ctx.arg(0);
-        let prev_state: u64 = ctx.arg(3);
-        // Preempted: still runnable, waiting on the run queue.
-        let state = if preempt & 1 != 0 {
-            0
-        } else {
-            prev_state as u32
+    stack::entry(|_| {
+        // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let Some(config) = WAITS.kind().config() else {
+            return 0;
         };
-        let prev: *mut core::ffi::c_void = ctx.arg(1);
-        let entry = OFF_CPU_TASKS.get(prev, true);
-        if !entry.is_null() {
-            // SAFETY: prev's entry; only its switches touch it, and they
-            // run one at a time (it is on this CPU until this one ends).
-            unsafe {
-                (*entry).start_ns = now;
-                (*entry).state = state;
+        // sched_switch(bool preempt, prev, next, unsigned int prev_state).
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        // The idle task is never blocked; filtered processes get no entry.
+        if tid != 0 && stack::pid_wanted(config, tgid) {
+            let preempt: u64 = ctx.arg(0);
+            let prev_state: u64 = ctx.arg(3);
+            // Preempted: still runnable, waiting on the run queue.
+            let state = if preempt & 1 != 0 {
+                0
+            } else {
+                prev_state as u32
+            };
+            let prev: *mut core::ffi::c_void = ctx.arg(1);
+            let entry = OFF_CPU_TASKS.get(prev, true);
+            if !entry.is_null() {
+                // SAFETY: prev's entry; only its switches touch it, and they
+                // run one at a time (it is on this CPU until this one ends).
+                unsafe {
+                    (*entry).start_ns = now;
+                    (*entry).state = state;
+                }
             }
         }
-    }
-    let next: *mut core::ffi::c_void = ctx.arg(2);
-    let entry = OFF_CPU_TASKS.get(next, false);
-    if entry.is_null() {
-        return 0; // never left while the program was attached, or filtered
-    }
-    // SAFETY: next's entry; it is not running, and only its switches
-    // touch it.
-    let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
-    if began == 0 || now <= began {
-        return 0;
-    }
-    // Consumed: a missed switch-out can never pair with a stale time.
-    // SAFETY: as above.
-    unsafe { (*entry).start_ns = 0 };
-    WAITS.keep(now - began, state, next as u64);
-    0
+        let next: *mut core::ffi::c_void = ctx.arg(2);
+        let entry = OFF_CPU_TASKS.get(next, false);
+        if entry.is_null() {
+            return 0; // never left while the program was attached, or filtered
+        }
+        // SAFETY: next's entry; it is not running, and only its switches
+        // touch it.
+        let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
+        if began == 0 || now <= began {
+            return 0;
+        }
+        // Consumed: a missed switch-out can never pair with a stale time.
+        // SAFETY: as above.
+        unsafe { (*entry).start_ns = 0 };
+        WAITS.keep(config, now - began, state, next as u64);
+        0
+    })
 }
 
 /// The switch-in at the end of `__schedule` (Linux 6.16+).
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_in(ctx: BtfTracePointContext) -> i32 {
-    switch_in(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
-    0
+    stack::entry(|_| {
+        switch_in(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+        0
+    })
 }
 
 /// [`Waits::unwind_user`] for the tracepoint switch-in, by tail call.
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_unwind(ctx: BtfTracePointContext) -> i32 {
-    WAITS.unwind_user(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
-    0
+    stack::tail(|| {
+        WAITS.unwind_user(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+        0
+    })
 }
 
 /// [`Waits::store`] for the tracepoint switch-in, by tail call.
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_store(ctx: BtfTracePointContext) -> i32 {
-    WAITS.store(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
-    0
+    stack::tail(|| {
+        WAITS.store(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+        0
+    })
 }
 
 /// The file mappings of a kept interval's user frames for the tracepoint
 /// switch-in, by tail call (see [`crate::files`]).
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_files(_ctx: BtfTracePointContext) -> i32 {
-    files::record(WAITS.kind());
-    0
+    stack::tail(|| {
+        files::record(WAITS.kind());
+        0
+    })
 }
 
 /// The switch-in as a kprobe on `finish_task_switch*` (older kernels).
 #[kprobe]
 pub fn off_kp_in(ctx: ProbeContext) -> u32 {
-    switch_in(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
-    0
+    stack::entry(|_| {
+        switch_in(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+        0
+    })
 }
 
 /// [`Waits::unwind_user`] for the kprobe switch-in, by tail call.
 #[kprobe]
 pub fn off_kp_unwind(ctx: ProbeContext) -> u32 {
-    WAITS.unwind_user(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
-    0
+    stack::tail(|| {
+        WAITS.unwind_user(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+        0
+    })
 }
 
 /// [`Waits::store`] for the kprobe switch-in, by tail call.
 #[kprobe]
 pub fn off_kp_store(ctx: ProbeContext) -> u32 {
-    WAITS.store(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
-    0
+    stack::tail(|| {
+        WAITS.store(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+        0
+    })
 }
 
 /// The file mappings of a kept interval's user frames for the kprobe
 /// switch-in, by tail call.
 #[kprobe]
 pub fn off_kp_files(_ctx: ProbeContext) -> u32 {
-    files::record(WAITS.kind());
-    0
+    stack::tail(|| {
+        files::record(WAITS.kind());
+        0
+    })
 }
 
 /// Records the interval `sched_switch` kept for the thread getting the CPU

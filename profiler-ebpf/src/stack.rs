@@ -76,6 +76,51 @@ static DEEP_STACKS_1: HashMap<StackHash, DeepStack> =
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<DeepStack> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
 
+/// Per CPU: how many program chains of hostprof's (an entry program and
+/// the programs it tail-calls) are running on this CPU now. The locks
+/// programs run inside any code that contends for a lock, hostprof's own
+/// programs included (a map's or ring's spinlock); nested there, taking
+/// one of those locks again could deadlock the CPU, so they do nothing
+/// unless theirs is the only chain running ([`entry`], [`tail`]).
+#[map(name = "CHAIN_DEPTH")]
+static CHAIN_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs the body of an entry program (one a hook runs) as a chain on
+/// this CPU; `body` gets the number of chains running, its own included.
+/// The chain ends where a program of it returns: `body`'s return, or that
+/// of a program it tail-calls ([`tail`]).
+#[inline(always)]
+pub fn entry<R>(body: impl FnOnce(u32) -> R) -> R {
+    let depth = match CHAIN_DEPTH.get_ptr_mut(0) {
+        // SAFETY: this CPU's counter; nested chains finish before the one
+        // they interrupted goes on, so the counts nest.
+        Some(depth) => unsafe {
+            *depth += 1;
+            *depth
+        },
+        None => 1,
+    };
+    let result = body(depth);
+    leave();
+    result
+}
+
+/// Runs the body of a tail-called program: the chain ends as it returns.
+#[inline(always)]
+pub fn tail<R>(body: impl FnOnce() -> R) -> R {
+    let result = body();
+    leave();
+    result
+}
+
+#[inline(always)]
+fn leave() {
+    if let Some(depth) = CHAIN_DEPTH.get_ptr_mut(0) {
+        // SAFETY: as in `entry`.
+        unsafe { *depth = (*depth).saturating_sub(1) };
+    }
+}
+
 /// Which kind's counters a program bumps.
 #[derive(Clone, Copy)]
 pub struct Kind(u32);

@@ -33,9 +33,9 @@ use crate::stack::{self, Kind};
 use crate::unwind::{self, Unwind};
 use crate::{exec, files, trace};
 
-/// Kept waits, one event each: 120 bytes, so 256 KiB hold ~2,000 (the
-/// default budget keeps 250 a second per CPU; userspace sizes it to the
-/// budget and the CPUs at load).
+/// Kept waits, one event each: 104 bytes and the ring's 8-byte header, so
+/// 256 KiB hold ~2,300 (the default budget keeps 250 a second per CPU;
+/// userspace sizes it to the budget and the CPUs at load).
 #[map(name = "WAIT_EVENTS")]
 static WAIT_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -94,7 +94,10 @@ impl Waits {
         state: u32,
         skip: u64,
     ) {
-        if self.keep(waited, state, 0) {
+        let Some(config) = self.0.config() else {
+            return;
+        };
+        if self.keep(config, waited, state, 0) {
             self.record(ctx, tail_calls, skip);
         }
     }
@@ -104,13 +107,10 @@ impl Waits {
     /// [`Self::record`], owned by the task at `owner` (0: the current
     /// one, recorded at once).
     #[inline(always)]
-    pub fn keep(self, waited: u64, state: u32, owner: u64) -> bool {
+    pub fn keep(self, config: &Config, waited: u64, state: u32, owner: u64) -> bool {
         let kind = self.0;
         kind.bump(Stat::WaitIntervals);
         kind.add(Stat::WaitNanos, waited);
-        let Some(config) = kind.config() else {
-            return false;
-        };
         let period = self.period(config);
         // Only a wait shorter than the period needs the coin.
         let random = if waited >= period {
@@ -153,7 +153,12 @@ impl Waits {
                 return false;
             }
             (*pending).owner = 0;
-            owner == task
+            if owner != task {
+                // Its thread came back some other way: lost, and said so.
+                self.0.bump(Stat::DroppedCountsFull);
+                return false;
+            }
+            true
         }
     }
 

@@ -6,9 +6,9 @@
 //! [`LinkBudget`] distinct links; a sample over budget keeps its stack and
 //! values and loses its link, counted in [`CaptureStats::links`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::kind::Event;
+use crate::kind::{Event, ProfileKind};
 use crate::profile::CaptureStats;
 use crate::sampler::{Drained, KindStats, RawSample, SampleKey};
 use crate::trace_link::LinkBudget;
@@ -37,6 +37,20 @@ pub struct Aggregated {
 pub struct Aggregator {
     merged: Aggregated,
     links: LinkBudget,
+    /// Waits measured and kept by each waiting kind since the start (not
+    /// reset by [`Aggregator::take`]).
+    waits: BTreeMap<ProfileKind, WaitTotals>,
+}
+
+/// Waits of one kind since the start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaitTotals {
+    /// Waits measured, kept or not.
+    pub measured: u64,
+    /// Their total time, in nanoseconds.
+    pub nanos: u64,
+    /// Waits kept (and unwound).
+    pub kept: u64,
 }
 
 impl Aggregator {
@@ -46,6 +60,7 @@ impl Aggregator {
         Self {
             merged: Aggregated::default(),
             links: LinkBudget::new(max_links),
+            waits: BTreeMap::new(),
         }
     }
 
@@ -53,6 +68,12 @@ impl Aggregator {
     pub fn ingest(&mut self, drained: Drained) {
         for (kind, stats) in &drained.stats {
             self.merged.stats.entry(*kind).or_default().add(stats);
+            if *kind != ProfileKind::Cpu {
+                let totals = self.waits.entry(*kind).or_default();
+                totals.measured += stats.intervals;
+                totals.nanos += stats.interval_ns;
+                totals.kept += stats.recorded;
+            }
         }
         for RawSample {
             mut key,
@@ -106,6 +127,11 @@ impl Aggregator {
             .len()
     }
 
+    /// The waits of `kind` since the start.
+    pub fn wait_totals(&self, kind: ProfileKind) -> WaitTotals {
+        self.waits.get(&kind).copied().unwrap_or_default()
+    }
+
     /// Loss counters so far, summed over kinds.
     pub fn stats(&self) -> CaptureStats {
         let mut total = CaptureStats::default();
@@ -126,7 +152,6 @@ impl Aggregator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::ProfileKind;
     use crate::sampler::drain::Thread;
 
     fn sample(count: u64, labels: Vec<(&'static str, String)>) -> RawSample {

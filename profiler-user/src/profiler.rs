@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::aggregate::Aggregator;
+pub use crate::aggregate::WaitTotals;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
@@ -123,17 +124,6 @@ pub struct PipelineStats {
     pub off_cpu_waits: WaitTotals,
     /// Kernel-lock contentions the kernel measured and kept.
     pub kernel_lock_waits: WaitTotals,
-}
-
-/// Waits of one kind since the start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WaitTotals {
-    /// Waits measured, kept or not.
-    pub measured: u64,
-    /// Their total time, in nanoseconds.
-    pub nanos: u64,
-    /// Waits kept (and unwound).
-    pub kept: u64,
 }
 
 /// A running whole-host profiler.
@@ -279,8 +269,6 @@ struct Pipeline {
     started: Instant,
     /// Samples and counters of the windows already taken.
     completed: (u64, CaptureStats),
-    /// Waits since the start: off-CPU, kernel locks.
-    waits: [WaitTotals; 2],
 }
 
 impl Pipeline {
@@ -311,7 +299,6 @@ impl Pipeline {
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
-            waits: [WaitTotals::default(); 2],
         }
     }
 
@@ -352,16 +339,6 @@ impl Pipeline {
         }
         if let Some(contexts) = &mut self.contexts {
             contexts.drained(&drained.tgids(), &tracked.exited, &self.processes);
-        }
-        for (kind, stats) in &drained.stats {
-            let slot = match kind {
-                ProfileKind::OffCpu => &mut self.waits[0],
-                ProfileKind::Locks => &mut self.waits[1],
-                ProfileKind::Cpu => continue,
-            };
-            slot.measured += stats.intervals;
-            slot.nanos += stats.interval_ns;
-            slot.kept += stats.recorded;
         }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);
@@ -437,8 +414,8 @@ impl Pipeline {
             processes: self.processes.len(),
             symbol_cache: self.symbolizer.stats(),
             unwind_tables: self.tables.as_ref().map(|t| t.stats()).unwrap_or_default(),
-            off_cpu_waits: self.waits[0],
-            kernel_lock_waits: self.waits[1],
+            off_cpu_waits: self.aggregator.wait_totals(ProfileKind::OffCpu),
+            kernel_lock_waits: self.aggregator.wait_totals(ProfileKind::Locks),
         }
     }
 }

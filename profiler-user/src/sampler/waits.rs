@@ -22,12 +22,13 @@ use crate::kind::ProfileKind;
 use crate::profile::CaptureStats;
 
 /// Bytes of the `WAIT_EVENTS` ring for `per_second` kept waits a second
-/// on each of `cpus` CPUs: four seconds of them (a drain is due every
-/// second), a power of two from 256 KiB to 64 MiB (the kernel's rule for
-/// ring sizes: a power-of-two number of pages).
+/// on each of `cpus` CPUs: eight seconds of them (a drain is due every
+/// second, but the agent symbolizes a window between two drains), a power
+/// of two from 256 KiB to 64 MiB (the kernel's rule for ring sizes: a
+/// power-of-two number of pages). A fuller ring drops and counts.
 pub(super) fn ring_bytes(cpus: usize, per_second: u64) -> u32 {
     let event = std::mem::size_of::<WaitEvent>() as u64 + 8; // + the ring's header
-    let wanted = (cpus as u64 * per_second * 4 * event).next_power_of_two();
+    let wanted = (cpus as u64 * per_second * 8 * event).next_power_of_two();
     wanted.clamp(256 << 10, 64 << 20) as u32
 }
 
@@ -72,13 +73,13 @@ impl WaitEvents {
                 self.held.push(event);
             }
         }
-        off_cpu::assemble_waits(events, stacks, boot_to_unix_ns())
+        off_cpu::assemble_waits(events, stacks, monotonic_to_unix_ns())
     }
 }
 
 /// What to add to a `CLOCK_MONOTONIC` time (`bpf_ktime_get_ns`) to get
 /// nanoseconds since the Unix epoch, now.
-fn boot_to_unix_ns() -> i128 {
+fn monotonic_to_unix_ns() -> i128 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
