@@ -120,62 +120,58 @@ static OFF_CPU_KPROBE_TAIL_CALLS: ProgramArray =
 /// one getting it was away.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn off_cpu_out(ctx: BtfTracePointContext) -> i32 {
-    stack::entry(|_| {
-        // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        let Some(config) = WAITS.kind().config() else {
-            return 0;
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(config) = WAITS.kind().config() else {
+        return 0;
+    };
+    // sched_switch(bool preempt, prev, next, unsigned int prev_state).
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // The idle task is never blocked; filtered processes get no entry.
+    if tid != 0 && stack::pid_wanted(config, tgid) {
+        let preempt: u64 = ctx.arg(0);
+        let prev_state: u64 = ctx.arg(3);
+        // Preempted: still runnable, waiting on the run queue.
+        let state = if preempt & 1 != 0 {
+            0
+        } else {
+            prev_state as u32
         };
-        // sched_switch(bool preempt, prev, next, unsigned int prev_state).
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        // The idle task is never blocked; filtered processes get no entry.
-        if tid != 0 && stack::pid_wanted(config, tgid) {
-            let preempt: u64 = ctx.arg(0);
-            let prev_state: u64 = ctx.arg(3);
-            // Preempted: still runnable, waiting on the run queue.
-            let state = if preempt & 1 != 0 {
-                0
-            } else {
-                prev_state as u32
-            };
-            let prev: *mut core::ffi::c_void = ctx.arg(1);
-            let entry = OFF_CPU_TASKS.get(prev, true);
-            if !entry.is_null() {
-                // SAFETY: prev's entry; only its switches touch it, and they
-                // run one at a time (it is on this CPU until this one ends).
-                unsafe {
-                    (*entry).start_ns = now;
-                    (*entry).state = state;
-                }
+        let prev: *mut core::ffi::c_void = ctx.arg(1);
+        let entry = OFF_CPU_TASKS.get(prev, true);
+        if !entry.is_null() {
+            // SAFETY: prev's entry; only its switches touch it, and they
+            // run one at a time (it is on this CPU until this one ends).
+            unsafe {
+                (*entry).start_ns = now;
+                (*entry).state = state;
             }
         }
-        let next: *mut core::ffi::c_void = ctx.arg(2);
-        let entry = OFF_CPU_TASKS.get(next, false);
-        if entry.is_null() {
-            return 0; // never left while the program was attached, or filtered
-        }
-        // SAFETY: next's entry; it is not running, and only its switches
-        // touch it.
-        let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
-        if began == 0 || now <= began {
-            return 0;
-        }
-        // Consumed: a missed switch-out can never pair with a stale time.
-        // SAFETY: as above.
-        unsafe { (*entry).start_ns = 0 };
-        WAITS.keep(config, now - began, state, next as u64);
-        0
-    })
+    }
+    let next: *mut core::ffi::c_void = ctx.arg(2);
+    let entry = OFF_CPU_TASKS.get(next, false);
+    if entry.is_null() {
+        return 0; // never left while the program was attached, or filtered
+    }
+    // SAFETY: next's entry; it is not running, and only its switches
+    // touch it.
+    let (began, state) = unsafe { ((*entry).start_ns, (*entry).state) };
+    if began == 0 || now <= began {
+        return 0;
+    }
+    // Consumed: a missed switch-out can never pair with a stale time.
+    // SAFETY: as above.
+    unsafe { (*entry).start_ns = 0 };
+    WAITS.keep(config, now - began, state, next as u64);
+    0
 }
 
 /// The switch-in at the end of `__schedule` (Linux 6.16+).
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_in(ctx: BtfTracePointContext) -> i32 {
-    stack::entry(|_| {
-        switch_in(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
-        0
-    })
+    switch_in(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+    0
 }
 
 /// [`Waits::unwind_user`] for the tracepoint switch-in, by tail call.
@@ -209,10 +205,8 @@ pub fn off_cpu_files(_ctx: BtfTracePointContext) -> i32 {
 /// The switch-in as a kprobe on `finish_task_switch*` (older kernels).
 #[kprobe]
 pub fn off_kp_in(ctx: ProbeContext) -> u32 {
-    stack::entry(|_| {
-        switch_in(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
-        0
-    })
+    switch_in(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+    0
 }
 
 /// [`Waits::unwind_user`] for the kprobe switch-in, by tail call.
@@ -250,7 +244,8 @@ pub fn off_kp_files(_ctx: ProbeContext) -> u32 {
 fn switch_in<C: EbpfContext>(ctx: &C, tail_calls: &ProgramArray, skip: u64) {
     // SAFETY: `bpf_get_current_task` has no preconditions.
     let task = unsafe { bpf_get_current_task() };
+    // Most runs end here, having taken no lock: no chain to count.
     if WAITS.take_owned(task) {
-        WAITS.record(ctx, tail_calls, skip);
+        stack::entry(|_| WAITS.record(ctx, tail_calls, skip));
     }
 }

@@ -81,7 +81,10 @@ static SCRATCH: PerCpuArray<DeepStack> = PerCpuArray::with_max_entries(kernel_ki
 /// programs run inside any code that contends for a lock, hostprof's own
 /// programs included (a map's or ring's spinlock); nested there, taking
 /// one of those locks again could deadlock the CPU, so they do nothing
-/// unless theirs is the only chain running ([`entry`], [`tail`]).
+/// unless theirs is the only chain running ([`entry`], [`tail`]). The
+/// off-CPU bookkeeping of every switch takes none of the locks the locks
+/// programs take (task storage, a per-CPU slot) and counts no chain; its
+/// recording of a kept interval does.
 #[map(name = "CHAIN_DEPTH")]
 static CHAIN_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
