@@ -183,6 +183,46 @@ mod tests {
     }
 
     #[test]
+    fn wait_totals_add_up_per_kind_across_windows() {
+        let mut aggregator = Aggregator::default();
+        let waits = |intervals, interval_ns, recorded| CaptureStats {
+            intervals,
+            interval_ns,
+            recorded,
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            aggregator.ingest(Drained {
+                samples: vec![],
+                stats: KindStats::from([
+                    (ProfileKind::Cpu, waits(0, 0, 99)),
+                    (ProfileKind::OffCpu, waits(100, 5_000, 7)),
+                    (ProfileKind::Locks, waits(10, 300, 2)),
+                ]),
+            });
+            aggregator.take(); // a window ends: totals go on
+        }
+        let totals = |measured, nanos, kept| WaitTotals {
+            measured,
+            nanos,
+            kept,
+        };
+        assert_eq!(
+            aggregator.wait_totals(ProfileKind::OffCpu),
+            totals(200, 10_000, 14)
+        );
+        assert_eq!(
+            aggregator.wait_totals(ProfileKind::Locks),
+            totals(20, 600, 4)
+        );
+        assert_eq!(
+            aggregator.wait_totals(ProfileKind::Cpu),
+            WaitTotals::default(),
+            "CPU samples are no waits"
+        );
+    }
+
+    #[test]
     fn ingest_merges_equal_samples() {
         let mut aggregator = Aggregator::default();
         aggregator.ingest(Drained {

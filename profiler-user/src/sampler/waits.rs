@@ -230,3 +230,21 @@ pub(super) fn attach_locks(
     }
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_holds_eight_seconds_of_budget_in_a_power_of_two() {
+        // 2 CPUs at 250/s: 4000 events of 112 bytes, 448,000 -> 512 KiB.
+        assert_eq!(ring_bytes(2, 250), 512 << 10);
+        assert_eq!(ring_bytes(1, 1), 256 << 10, "at least 256 KiB");
+        assert_eq!(ring_bytes(512, 100_000), 64 << 20, "at most 64 MiB");
+        for (cpus, rate) in [(3, 250), (64, 500), (128, 250)] {
+            let bytes = ring_bytes(cpus, rate);
+            assert!(bytes.is_power_of_two(), "{bytes}");
+            assert!(u64::from(bytes) >= (cpus as u64 * rate * 8 * 112).min(64 << 20));
+        }
+    }
+}
