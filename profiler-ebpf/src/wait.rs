@@ -50,6 +50,8 @@ struct Pending {
     /// context (off-CPU: `sched_switch` to the end of the same
     /// `__schedule`); 0 once taken.
     owner: u64,
+    /// The CPU's xorshift64 state for the keep decisions (0: not seeded).
+    rng: u64,
 }
 
 /// One slot per kind and CPU: a lock contention inside an off-CPU program
@@ -112,29 +114,38 @@ impl Waits {
         kind.bump(Stat::WaitIntervals);
         kind.add(Stat::WaitNanos, waited);
         let period = self.period(config);
-        // Only a wait shorter than the period needs the coin.
-        let random = if waited >= period {
-            0
-        } else {
-            // SAFETY: `bpf_get_prandom_u32` has no preconditions.
-            unsafe { (u64::from(bpf_get_prandom_u32()) << 32) | u64::from(bpf_get_prandom_u32()) }
-        };
-        let Some(weight) = keep_wait(waited, period, random) else {
-            return false;
-        };
         let Some(pending) = PENDING.get_ptr_mut(kind.index()) else {
             return false;
         };
         // SAFETY: this CPU's slot of the kind; a kind's programs do not
         // nest in each other on a CPU.
-        unsafe {
-            *pending = Pending {
-                nanos: weight.nanos,
-                events_milli: weight.events_milli,
-                state,
-                owner,
+        let pending = unsafe { &mut *pending };
+        // Only a wait shorter than the period needs the coin: xorshift64,
+        // seeded once per CPU from the kernel's generator (two helper
+        // calls a switch saved; a Bernoulli draw needs no more).
+        let random = if waited >= period {
+            0
+        } else {
+            let mut x = pending.rng;
+            if x == 0 {
+                // SAFETY: `bpf_get_prandom_u32` has no preconditions.
+                x = unsafe {
+                    (u64::from(bpf_get_prandom_u32()) << 32) | u64::from(bpf_get_prandom_u32())
+                } | 1;
             }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pending.rng = x;
+            x
         };
+        let Some(weight) = keep_wait(waited, period, random) else {
+            return false;
+        };
+        pending.nanos = weight.nanos;
+        pending.events_milli = weight.events_milli;
+        pending.state = state;
+        pending.owner = owner;
         true
     }
 
