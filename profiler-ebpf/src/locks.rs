@@ -53,13 +53,23 @@ static LOCK_START: LruHashMap<LockWaiter, LockStart> = LruHashMap::with_max_entr
 #[map(name = "LOCK_TAIL_CALLS")]
 static LOCK_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
 
+/// Whether this chain, `depth` deep, is the only one of ours on the CPU;
+/// when it is not (it runs inside another program's lock contention, see
+/// `stack::entry`), the wait is counted as filtered.
+#[inline(always)]
+fn alone(depth: u32) -> bool {
+    if depth > 1 {
+        WAITS.kind().bump(Stat::Filtered);
+    }
+    depth <= 1
+}
+
 /// Notes when the current thread began to wait for `lock`.
 #[btf_tracepoint(function = "contention_begin")]
 pub fn lock_begin(ctx: BtfTracePointContext) -> i32 {
     stack::entry(|depth| {
-        if depth > 1 {
-            WAITS.kind().bump(Stat::Filtered);
-            return 0; // inside another program of ours (see `stack::entry`)
+        if !alone(depth) {
+            return 0;
         }
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
@@ -102,9 +112,8 @@ pub fn lock_begin(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "contention_end")]
 pub fn lock_end(ctx: BtfTracePointContext) -> i32 {
     stack::entry(|depth| {
-        if depth > 1 {
-            WAITS.kind().bump(Stat::Filtered);
-            return 0; // inside another program of ours (see `stack::entry`)
+        if !alone(depth) {
+            return 0;
         }
         // SAFETY: `bpf_ktime_get_ns` has no preconditions.
         let now = unsafe { bpf_ktime_get_ns() };

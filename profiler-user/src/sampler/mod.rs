@@ -785,18 +785,12 @@ fn attach_off_cpu(
                     (names::OFF_CPU_TAIL_CALLS, tracepoint_calls),
                 )?;
             }
-            let name = names::OFF_CPU_SWITCH_IN;
-            let program = btf_tracepoint(ebpf, name)?;
-            program
-                .load(names::SWITCH_IN_TRACEPOINT, btf)
-                .map_err(|source| SamplerError::Program {
-                    action: format!("load {name} (verifier)"),
-                    source,
-                })?;
-            program.attach().map_err(|source| SamplerError::Program {
-                action: format!("attach {name} to tp_btf/{}", names::SWITCH_IN_TRACEPOINT),
-                source,
-            })?;
+            attach_btf_tracepoint(
+                ebpf,
+                btf,
+                names::OFF_CPU_SWITCH_IN,
+                names::SWITCH_IN_TRACEPOINT,
+            )?;
         }
         SwitchIn::Kprobe(symbols) => {
             if tables {
@@ -897,6 +891,27 @@ fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, 
 
 fn switch_out_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
     btf_tracepoint(ebpf, names::OFF_CPU_SWITCH_OUT)
+}
+
+/// Loads the `tp_btf` program `name` for `tracepoint` and attaches it.
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<(), SamplerError> {
+    let program = btf_tracepoint(ebpf, name)?;
+    program
+        .load(tracepoint, btf)
+        .map_err(|source| SamplerError::Program {
+            action: format!("load {name} (verifier)"),
+            source,
+        })?;
+    program.attach().map_err(|source| SamplerError::Program {
+        action: format!("attach {name} to tp_btf/{tracepoint}"),
+        source,
+    })?;
+    Ok(())
 }
 
 fn btf_tracepoint<'a>(

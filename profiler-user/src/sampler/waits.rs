@@ -17,7 +17,10 @@ use aya::{Btf, Ebpf};
 use profiler_common::{names, Config, StackHash, WaitEvent};
 
 use super::drain::{MapSet, RawSample};
-use super::{btf_tracepoint, map_err, off_cpu, process_events, program_fd, SamplerError};
+use super::{
+    attach_btf_tracepoint, btf_tracepoint, map_err, off_cpu, process_events, program_fd,
+    SamplerError,
+};
 use crate::kind::ProfileKind;
 use crate::profile::CaptureStats;
 
@@ -212,22 +215,8 @@ pub(super) fn attach_locks(
             (names::LOCK_TAIL_CALLS, tail_calls),
         )?;
     }
-    for (name, tracepoint) in [
-        (names::LOCK_END, names::CONTENTION_END),
-        (names::LOCK_BEGIN, names::CONTENTION_BEGIN),
-    ] {
-        let program = btf_tracepoint(ebpf, name)?;
-        program
-            .load(tracepoint, btf)
-            .map_err(|source| SamplerError::Program {
-                action: format!("load {name} (verifier)"),
-                source,
-            })?;
-        program.attach().map_err(|source| SamplerError::Program {
-            action: format!("attach {name} to tp_btf/{tracepoint}"),
-            source,
-        })?;
-    }
+    attach_btf_tracepoint(ebpf, btf, names::LOCK_END, names::CONTENTION_END)?;
+    attach_btf_tracepoint(ebpf, btf, names::LOCK_BEGIN, names::CONTENTION_BEGIN)?;
     Ok(files)
 }
 
