@@ -191,8 +191,15 @@ impl Profiler {
         drain_tick.tick().await; // the first tick is immediate
         tokio::pin!(stop);
         loop {
+            let quick = self.pipeline.next_quick_check();
             tokio::select! {
                 () = &mut stop => return Ok(()),
+                () = async {
+                    match quick {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.pipeline.quick_checks(),
                 events = self.events.next_batch() => {
                     for event in events? {
                         self.pipeline.observe(event);
@@ -324,6 +331,19 @@ impl Pipeline {
         }
         if let Some(contexts) = &mut self.contexts {
             contexts.check(tgid, Instant::now(), &self.processes);
+        }
+    }
+
+    /// When a process that published no thread context yet is due a
+    /// quick recheck, if any.
+    fn next_quick_check(&self) -> Option<Instant> {
+        self.contexts.as_ref()?.next_quick()
+    }
+
+    /// Runs the quick thread-context rechecks that are due.
+    fn quick_checks(&mut self) {
+        if let Some(contexts) = &mut self.contexts {
+            contexts.quick(Instant::now(), &self.processes);
         }
     }
 

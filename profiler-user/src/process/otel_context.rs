@@ -2,11 +2,15 @@
 //! where their threads keep it, for the kernel side to read at each
 //! sample (see `profiler-ebpf/src/trace.rs`).
 //!
-//! A process is checked when it is first sampled, then again at most
-//! every [`RECHECK`] while it is sampled and publishes nothing (an SDK
-//! starts after its process), and again after an `exec`: a location holds
-//! the exec generation it was found in, and the kernel reads it only while
-//! the process is still in that image. Following OTEP 4947, TLS discovery waits for
+//! A process is checked when it is first sampled (often in its first
+//! milliseconds, before its SDK has published anything). While it
+//! publishes nothing it is checked again after [`FIRST_RECHECK`], then
+//! after twice as long each time up to every [`RECHECK`]: the checks due
+//! within [`QUICK`] of the last run on a timer ([`ContextDiscovery::next_quick`]),
+//! the later ones at drains that sampled the process. It is checked again
+//! after an `exec` (a fork sampled before it execs is checked in its new
+//! image at its next sample). A location holds the exec generation it was found in, and the
+//! kernel reads it only while the process is still in that image. Following OTEP 4947, TLS discovery waits for
 //! the process context (OTEP 4719): a mapping named `OTEL_CTX` whose
 //! protobuf payload names a supported `threadlocal.schema_version`. Only
 //! then are the process's mapped ELF files searched for
@@ -14,7 +18,7 @@
 //! [`super::thread_context`], the pure part). Reads go through `/proc`:
 //! the maps, the mapped files, and a few words of process memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
@@ -28,7 +32,16 @@ use super::thread_context::{self, Discovery, ThreadContextError, TlsLocation, HE
 use super::ProcessTable;
 use crate::sampler::ThreadContexts;
 
-/// How long a sampled process that publishes no context goes unchecked.
+/// How long a sampled process that published no context at its first
+/// check goes unchecked; doubled at each further miss up to [`RECHECK`].
+pub const FIRST_RECHECK: Duration = Duration::from_millis(100);
+
+/// Rechecks due sooner than this after the last are run on a timer, not
+/// left to the next drain that samples the process (four of them:
+/// 0.1, 0.2, 0.4 and 0.8 s).
+pub const QUICK: Duration = Duration::from_secs(1);
+
+/// Longest a sampled process that publishes no context goes unchecked.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
 /// Largest ELF file searched for the variable.
@@ -38,12 +51,50 @@ const MAX_ELF_BYTES: u64 = 512 << 20;
 const HEADER_TRIES: usize = 3;
 
 /// What was found of one process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Checked {
-    /// Publishes nothing (yet), as of then.
-    Nothing(Instant),
+    /// Published nothing (yet) in exec `generation` as of `at`; not
+    /// checked again in that image before `wait` has passed.
+    Nothing {
+        at: Instant,
+        wait: Duration,
+        generation: u32,
+    },
     /// Its location, found in this exec generation, is in the kernel map.
     Published(u32),
+}
+
+impl Checked {
+    /// Whether a process so checked is checked again at `now`, when it
+    /// is in exec `generation`.
+    fn due(&self, now: Instant, generation: u32) -> bool {
+        match *self {
+            Checked::Published(found) => found != generation,
+            Checked::Nothing {
+                at,
+                wait,
+                generation: seen,
+            } => seen != generation || now.duration_since(at) >= wait,
+        }
+    }
+
+    /// What is kept of a check at `now`, in exec `generation`, that found
+    /// nothing, after `before` (the previous check, if any).
+    fn nothing(before: Option<&Checked>, now: Instant, generation: u32) -> Checked {
+        let wait = match before {
+            Some(Checked::Nothing {
+                wait,
+                generation: seen,
+                ..
+            }) if *seen == generation => (*wait * 2).min(RECHECK),
+            _ => FIRST_RECHECK,
+        };
+        Checked::Nothing {
+            at: now,
+            wait,
+            generation,
+        }
+    }
 }
 
 /// Why a process's thread context could not be located.
@@ -61,6 +112,8 @@ enum DiscoveryError {
 pub struct ContextDiscovery {
     sink: Box<dyn ThreadContexts>,
     checked: HashMap<u32, Checked>,
+    /// Quick rechecks to run, by when they are due.
+    quick: BTreeSet<(Instant, u32)>,
 }
 
 impl ContextDiscovery {
@@ -69,6 +122,25 @@ impl ContextDiscovery {
         Self {
             sink,
             checked: HashMap::new(),
+            quick: BTreeSet::new(),
+        }
+    }
+
+    /// When the first quick recheck is due, if any.
+    pub fn next_quick(&self) -> Option<Instant> {
+        self.quick.first().map(|&(at, _)| at)
+    }
+
+    /// Runs the quick rechecks due by `now` (of processes not gone since).
+    pub fn quick(&mut self, now: Instant, processes: &ProcessTable) {
+        while let Some(&(at, tgid)) = self.quick.first() {
+            if at > now {
+                break;
+            }
+            self.quick.pop_first();
+            if self.checked.contains_key(&tgid) {
+                self.check(tgid, now, processes);
+            }
         }
     }
 
@@ -83,22 +155,26 @@ impl ContextDiscovery {
         self.exited(exited);
     }
 
-    /// Checks process `tgid` if it was never checked, found publishing
-    /// nothing more than [`RECHECK`] ago, or exec'd since it was found
-    /// (its exec generation read from `processes`).
+    /// Checks process `tgid` if it was never checked, is due again after
+    /// publishing nothing (see [`Checked::due`]), or exec'd since it was
+    /// last checked (its exec generation read from `processes`).
     pub fn check(&mut self, tgid: u32, now: Instant, processes: &ProcessTable) {
         let generation = |tgid| processes.generation(tgid);
-        match self.checked.get(&tgid) {
-            Some(Checked::Published(found)) if *found == generation(tgid) => return,
-            Some(Checked::Nothing(at)) if now.duration_since(*at) < RECHECK => return,
+        let before = generation(tgid);
+        let previous = self.checked.get(&tgid).copied();
+        match previous {
+            Some(checked) if !checked.due(now, before) => return,
             Some(Checked::Published(_)) => self.sink.withdraw(tgid),
             _ => {}
         }
-        let before = generation(tgid);
         let found = discover(tgid);
-        if generation(tgid) != before {
-            // An exec while the process was read: its image may be mixed.
-            self.checked.insert(tgid, Checked::Nothing(now));
+        let after = generation(tgid);
+        if after != before {
+            // An exec while the process was read: its image may be mixed;
+            // the new image is checked at its next sample.
+            self.checked
+                .insert(tgid, Checked::nothing(None, now, after));
+            self.quick.insert((now + FIRST_RECHECK, tgid));
             return;
         }
         let checked = match found {
@@ -111,14 +187,19 @@ impl ContextDiscovery {
                 self.sink.publish(tgid, location);
                 Checked::Published(before)
             }
-            Ok(None) => Checked::Nothing(now),
+            Ok(None) => Checked::nothing(previous.as_ref(), now, before),
             Err(err) => {
-                // Each recheck period: it may be fixed by the SDK later
-                // (a schema update, a library loaded).
+                // At each recheck: it may be fixed by the SDK later (a
+                // schema update, a library loaded).
                 log::debug!("process {tgid}: publishes OpenTelemetry context, not read: {err}");
-                Checked::Nothing(now)
+                Checked::nothing(previous.as_ref(), now, before)
             }
         };
+        if let Checked::Nothing { at, wait, .. } = checked {
+            if wait < QUICK {
+                self.quick.insert((at + wait, tgid));
+            }
+        }
         self.checked.insert(tgid, checked);
     }
 
@@ -282,4 +363,52 @@ fn read_elf(mut file: File) -> Option<Vec<u8>> {
     let mut data = Vec::with_capacity(len as usize);
     file.read_to_end(&mut data).ok()?;
     Some(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_publishing_nothing_is_checked_again_sooner_at_first() {
+        let start = Instant::now();
+        let mut checked = Checked::nothing(None, start, 1);
+        let mut waits = Vec::new();
+        let mut now = start;
+        for _ in 0..8 {
+            let Checked::Nothing { wait, .. } = checked else {
+                unreachable!()
+            };
+            waits.push(wait.as_millis());
+            assert!(!checked.due(now + wait - Duration::from_millis(1), 1));
+            now += wait;
+            assert!(checked.due(now, 1));
+            checked = Checked::nothing(Some(&checked), now, 1);
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
+        let quick = waits.iter().filter(|&&ms| ms < QUICK.as_millis()).count();
+        assert_eq!(quick, 4, "the rechecks on a timer");
+    }
+
+    #[test]
+    fn an_exec_makes_a_process_due_at_once() {
+        let start = Instant::now();
+        // A fork sampled before its exec: nothing in generation 1.
+        let mut checked = Checked::nothing(None, start, 1);
+        checked = Checked::nothing(Some(&checked), start, 1);
+        assert!(checked.due(start, 2), "the new image is checked at once");
+        // The new image starts over at the shortest wait.
+        let fresh = Checked::nothing(Some(&checked), start, 2);
+        assert_eq!(
+            fresh,
+            Checked::Nothing {
+                at: start,
+                wait: FIRST_RECHECK,
+                generation: 2
+            }
+        );
+        // A location is kept for its image only.
+        assert!(!Checked::Published(2).due(start + RECHECK * 10, 2));
+        assert!(Checked::Published(2).due(start, 3));
+    }
 }
