@@ -143,6 +143,14 @@ pub mod names {
     /// [`super::ThreadContextLocation`] by tgid: processes that publish
     /// OpenTelemetry thread context, and where their threads keep it.
     pub const THREAD_CONTEXTS: &str = "THREAD_CONTEXTS";
+    /// [`super::PythonProcess`] by tgid: CPython processes whose frames
+    /// the unwinder walks, and where their interpreter keeps them.
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
+    /// Per-CPU scratch for one `_PyInterpreterFrame`'s first bytes.
+    pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    /// The Python thread state last found for a thread (by thread
+    /// pointer), checked before each use.
+    pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
 
     /// Every perf-event program name above: userspace checks that the
     /// object has them.
@@ -197,6 +205,9 @@ pub mod names {
         LOCK_START,
         TRACES_CTX,
         THREAD_CONTEXTS,
+        PYTHON_PROCESSES,
+        PYTHON_SCRATCH,
+        PYTHON_THREADS,
     ];
 }
 
@@ -266,6 +277,106 @@ pub const DEEP_STACK_DEPTH: usize = 520;
 /// Last frame of a stack that was cut at the depth limit: no code lives at
 /// this address, in user space or in the kernel.
 pub const TRUNCATED_MARK: u64 = u64::MAX;
+
+/// Separates a user stack's native frames from the Python frames the
+/// unwinder appends after them ([`python_frame`]); no code lives at this
+/// address.
+pub const PYTHON_MARK: u64 = u64::MAX - 1;
+
+/// Most Python frames recorded per sample (innermost first).
+pub const PYTHON_FRAMES_MAX: usize = 96;
+
+/// One Python frame as a stack word: the code object's address (user
+/// addresses fit 47 bits on x86-64), whether the frame was the first one
+/// its `_PyEval_EvalFrameDefault` call evaluated, and the index of the
+/// code unit it is at. Never 0 (a code object is never at address 0) and
+/// never one of the marks.
+pub mod python_frame {
+    /// Bits of the code object's address.
+    pub const ADDRESS_MASK: u64 = (1 << 47) - 1;
+    /// Set on a frame its C call of the evaluation loop entered first:
+    /// the outermost Python frame of that native frame.
+    pub const ENTRY: u64 = 1 << 47;
+    /// Where the code-unit index starts.
+    pub const INSTR_SHIFT: u32 = 48;
+    /// Largest code-unit index kept (larger ones saturate): one less
+    /// than all ones, so that no word is a mark.
+    pub const INSTR_MAX: u64 = 0xfffe;
+
+    /// The word of a frame at code object `code`, code unit `instr`.
+    pub const fn encode(code: u64, entry: bool, instr: u64) -> u64 {
+        let instr = if instr > INSTR_MAX { INSTR_MAX } else { instr };
+        (code & ADDRESS_MASK) | (if entry { ENTRY } else { 0 }) | (instr << INSTR_SHIFT)
+    }
+
+    /// (code object address, entry, code-unit index) of `word`.
+    pub const fn decode(word: u64) -> (u64, bool, u32) {
+        (
+            word & ADDRESS_MASK,
+            word & ENTRY != 0,
+            (word >> INSTR_SHIFT) as u32,
+        )
+    }
+}
+
+/// Where a CPython process keeps its threads' frames, for the unwinder to
+/// walk them (set by userspace per process, see `process::python`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonProcess {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime: u64,
+    /// The exec generation it was found in (see [`ThreadContextLocation`]).
+    pub exec_gen: u32,
+    /// `PythonProcess::*` flags: how entry frames are marked.
+    pub flags: u32,
+    /// Field offsets of this interpreter version.
+    pub offsets: PythonOffsets,
+}
+
+impl PythonProcess {
+    /// 3.11: a frame's byte at [`PythonOffsets::frame_entry`] is
+    /// `is_entry`, set on the first frame of each C call.
+    pub const ENTRY_FLAG: u32 = 1;
+    /// 3.12: a frame whose byte at [`PythonOffsets::frame_entry`]
+    /// (`owner`) is [`PythonOffsets::shim_owner`] is the shim each C call
+    /// pushes first: not a Python frame; the frame before it (innermost
+    /// first) is the call's entry.
+    pub const ENTRY_SHIM: u32 = 2;
+    /// The thread's current frame is at [`PythonOffsets::tstate_frame`]
+    /// of its thread state (3.13+), not behind its `cframe`.
+    pub const FRAME_IN_TSTATE: u32 = 4;
+}
+
+/// Byte offsets of the CPython fields the frame walk reads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonOffsets {
+    /// `_PyRuntimeState.interpreters.head`.
+    pub runtime_interpreters: u16,
+    /// `PyInterpreterState.threads.head`.
+    pub interp_threads: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.thread_id` (`pthread_self()`: the thread pointer).
+    pub tstate_thread_id: u16,
+    /// `PyThreadState.cframe` (3.11, 3.12), or `current_frame` (3.13+).
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame`.
+    pub cframe_current: u16,
+    /// `_PyInterpreterFrame.f_code` (`f_executable` in 3.13+).
+    pub frame_code: u16,
+    /// `_PyInterpreterFrame.previous`.
+    pub frame_previous: u16,
+    /// `_PyInterpreterFrame.prev_instr` (`instr_ptr` in 3.13+).
+    pub frame_instr: u16,
+    /// `_PyInterpreterFrame.is_entry` (3.11) or `owner` (3.12+).
+    pub frame_entry: u16,
+    /// `PyCodeObject.co_code_adaptive`: the first code unit.
+    pub code_units: u16,
+    /// The `owner` of shim frames (3.12: `FRAME_OWNED_BY_CSTACK`).
+    pub shim_owner: u16,
+}
 
 /// One row of an unwind table in the kernel's encoding, 8 bytes: from `pc`
 /// (an ELF virtual address of the file) to the next row, how to find the
@@ -433,6 +544,9 @@ impl Config {
     /// Read the OpenTelemetry thread context of threads of processes in
     /// [`names::THREAD_CONTEXTS`] ([`Config::task_fsbase`] is filled in).
     pub const THREAD_CONTEXT: u32 = 1 << 4;
+    /// Walk the Python frames of processes in
+    /// [`names::PYTHON_PROCESSES`] ([`Config::task_fsbase`] is filled in).
+    pub const PYTHON: u32 = 1 << 5;
 }
 
 /// The kinds of profile the kernel programs record, as indices of their
@@ -719,11 +833,20 @@ pub enum Stat {
     /// User frames whose mapping `bpf_find_vma` could not look up (the
     /// address space was locked, or the address is unmapped).
     FileLookupFailed,
+    /// Samples whose user stack got Python frames appended.
+    PythonStacks,
+    /// Samples of a Python process whose thread has no Python thread
+    /// state (a thread that never ran Python, or one not found among the
+    /// first threads of the interpreter) or whose frames could not be read.
+    PythonNoFrames,
+    /// Python stacks cut at [`PYTHON_FRAMES_MAX`] frames or at the stack's
+    /// depth limit.
+    PythonTruncated,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 26;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -750,6 +873,9 @@ impl Stat {
         Stat::FilesRecorded,
         Stat::FileRecordLost,
         Stat::FileLookupFailed,
+        Stat::PythonStacks,
+        Stat::PythonNoFrames,
+        Stat::PythonTruncated,
     ];
 }
 
@@ -769,6 +895,7 @@ mod pod {
     unsafe impl aya::Pod for super::WaitEvent {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
+    unsafe impl aya::Pod for super::PythonProcess {}
 }
 
 #[cfg(test)]
@@ -796,6 +923,23 @@ mod tests {
         assert_eq!(size_of::<DeepStack>(), 8 * DEEP_STACK_DEPTH);
         assert_eq!(size_of::<UnwindMapping>(), 32);
         assert_eq!(size_of::<UnwindProcess>(), 8 + 32 * UNWIND_MAPPINGS_MAX);
+        assert_eq!(size_of::<PythonProcess>(), 16 + 24);
+    }
+
+    #[test]
+    fn python_frame_words_round_trip_and_are_never_marks() {
+        let code = 0x7f12_3456_7898;
+        for (entry, instr) in [(false, 0), (true, 17), (false, 0xfffe)] {
+            let word = python_frame::encode(code, entry, instr);
+            assert_eq!(python_frame::decode(word), (code, entry, instr as u32));
+            assert!(word != 0 && word != PYTHON_MARK && word != TRUNCATED_MARK);
+        }
+        // Saturates rather than spilling into the flag.
+        let word = python_frame::encode(code, false, 1 << 20);
+        assert_eq!(python_frame::decode(word), (code, false, 0xfffe));
+        // The largest word: the top address bits are clear.
+        let top = python_frame::encode(python_frame::ADDRESS_MASK, true, u64::MAX);
+        assert!(top < PYTHON_MARK);
     }
 
     #[test]

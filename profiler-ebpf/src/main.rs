@@ -17,6 +17,8 @@
 //! - [`exec`]: exec generations, which image of a process a sample was
 //!   taken in.
 //! - [`trace`]: the trace and span the sampled thread runs in.
+//! - [`python`]: the CPython frames of a sampled thread, appended to its
+//!   unwound user stack.
 //!
 //! Every kind writes into the map set `CONFIG` names; userspace flips it
 //! and drains the other set (stacks are shared, so a stack seen by several
@@ -29,6 +31,7 @@ mod exec;
 mod files;
 mod locks;
 mod off_cpu;
+mod python;
 mod stack;
 mod trace;
 mod unwind;

@@ -20,7 +20,9 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::bpf_get_stack,
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack,
+    },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     EbpfContext,
@@ -314,6 +316,28 @@ fn hash_frames<const N: usize>(frames: &[u64; N]) -> StackHash {
 
 // The deep map is only for stacks the short one cannot hold.
 const _: () = assert!(DEEP_STACK_DEPTH > MAX_STACK_DEPTH);
+
+/// The 8 bytes of user memory at `addr`.
+#[inline(always)]
+pub fn read_user(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user copies from user memory and fails
+    // cleanly (rather than faulting) on an address it cannot read.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// The current task's thread pointer (x86-64 fsbase, at
+/// `config.task_fsbase` of its `task_struct`); `None` when unset.
+#[inline(always)]
+pub fn thread_pointer(config: &Config) -> Option<u64> {
+    // SAFETY: the current task pointer as a number; bpf_probe_read_kernel
+    // checks the address it is given.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: as above.
+    let fsbase: u64 =
+        unsafe { bpf_probe_read_kernel((task + u64::from(config.task_fsbase)) as *const u64) }
+            .ok()?;
+    (fsbase != 0).then_some(fsbase)
+}
 
 /// Tells userspace about a process the first time a program sees it.
 #[inline(always)]

@@ -22,10 +22,9 @@
 //! CPU back).
 
 use crate::exec;
+use crate::stack::{self, read_user};
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap},
 };
@@ -88,15 +87,7 @@ fn thread_context(config: &Config, tgid: u32) -> Option<TraceContext> {
     if location.exec_gen != exec::generation(tgid) {
         return None; // found in the image before an exec
     }
-    // SAFETY: the current task pointer as a number; bpf_probe_read_kernel
-    // checks the address it is given.
-    let task = unsafe { bpf_get_current_task() };
-    let fsbase: u64 =
-        unsafe { bpf_probe_read_kernel((task + u64::from(config.task_fsbase)) as *const u64) }
-            .ok()?;
-    if fsbase == 0 {
-        return None;
-    }
+    let fsbase = stack::thread_pointer(config)?;
     let variable = match location.kind {
         ThreadContextLocation::STATIC => fsbase.wrapping_add(location.tp_offset as u64),
         ThreadContextLocation::DTV => {
@@ -124,12 +115,4 @@ fn thread_context(config: &Config, tgid: u32) -> Option<TraceContext> {
     context.trace_id.copy_from_slice(&header[..16]);
     context.span_id.copy_from_slice(&header[16..24]);
     Some(context)
-}
-
-/// The 8 bytes of user memory at `addr`.
-#[inline(always)]
-fn read_user(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user fails (rather than faulting) on an
-    // address it cannot read.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }

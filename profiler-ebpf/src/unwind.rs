@@ -27,7 +27,7 @@ use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_NO_PREALLOC},
     helpers::{
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
     },
     macros::map,
@@ -39,7 +39,8 @@ use profiler_common::{
     UNWIND_MAPPINGS_MAX,
 };
 
-use crate::stack::Kind;
+use crate::python;
+use crate::stack::{read_user, Kind};
 
 /// Default capacity of `UNWIND_ROWS` (64 MiB of 8-byte rows); userspace
 /// sets it from the table budget at load.
@@ -217,14 +218,19 @@ impl Unwind {
         self.state.stop = Stop::Truncated;
     }
 
-    /// Counts why the unwind ended, ends the scratch stack's frames with a
-    /// zero (hashing and userspace stop there) and returns their number.
+    /// Counts why the unwind ended, appends the thread's Python frames (in
+    /// a Python process, see [`crate::python`]), ends the scratch stack's
+    /// frames with a zero (hashing and userspace stop there) and returns
+    /// their number.
     #[inline(always)]
     pub fn finish(self) -> usize {
         if let Some(stat) = self.state.stop.stat() {
             self.kind().bump(stat);
         }
-        let depth = self.state.depth as usize;
+        let mut depth = self.state.depth as usize;
+        if let Some(config) = self.kind().config() {
+            depth = python::append(self.kind(), config, self.state.tgid, self.state.tid, depth);
+        }
         if let Some(scratch) = self.kind().scratch() {
             // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
             let stack = unsafe { &mut *scratch };
@@ -462,11 +468,4 @@ fn step_with_frame_pointer(bp: u64) -> Step {
         },
         _ => Step::ReadError,
     }
-}
-
-#[inline(always)]
-fn read_user(addr: u64) -> Option<u64> {
-    // SAFETY: bpf_probe_read_user copies from user memory and fails
-    // cleanly on an unmapped address.
-    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }

@@ -166,6 +166,7 @@ mod tests {
                 },
                 user_stack: vec![1, 2],
                 user_truncated: false,
+                python_frames: vec![],
                 kernel_stack: vec![],
                 labels,
                 link: None,

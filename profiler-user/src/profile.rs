@@ -81,7 +81,8 @@ pub enum FrameKind {
     Jvm,
     /// .NET code compiled by the CLR, named by its perf map.
     Dotnet,
-    /// Python code (CPython 3.12+ `-X perf` trampolines), named by its perf map.
+    /// Python code: frames of CPython's own frame chain, walked in the
+    /// kernel (3.11, 3.12), or `-X perf` trampolines named by a perf map.
     Cpython,
 }
 

@@ -16,7 +16,7 @@ pub use crate::aggregate::WaitTotals;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
-use crate::process::{ContextDiscovery, ProcessTable};
+use crate::process::{ContextDiscovery, ProcessTable, PythonProcesses};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -171,6 +171,9 @@ impl Profiler {
         pipeline.contexts = started
             .thread_contexts
             .map(|map| ContextDiscovery::new(Box::new(map)));
+        pipeline.python = started
+            .python_processes
+            .map(|map| PythonProcesses::new(Box::new(map)));
         Ok(Self {
             drain_interval: options.drain_interval,
             sampler: started.sampler,
@@ -272,6 +275,8 @@ struct Pipeline {
     tables: Option<TableRequests>,
     /// Processes publishing OpenTelemetry thread context (`None`: not read).
     contexts: Option<ContextDiscovery>,
+    /// Python processes and their code objects (`None`: frames not walked).
+    python: Option<PythonProcesses>,
     start_time: SystemTime,
     started: Instant,
     /// Samples and counters of the windows already taken.
@@ -303,6 +308,7 @@ impl Pipeline {
             pods,
             tables,
             contexts: None,
+            python: None,
             start_time: SystemTime::now(),
             started: Instant::now(),
             completed: (0, CaptureStats::default()),
@@ -324,6 +330,9 @@ impl Pipeline {
             Ok(state) if state.snapshot() => {
                 if let Some(tables) = &mut self.tables {
                     tables.request(tgid, &self.processes);
+                }
+                if let Some(python) = &mut self.python {
+                    python.check(tgid, &self.processes);
                 }
             }
             Ok(_) => {}
@@ -360,6 +369,19 @@ impl Pipeline {
         if let Some(contexts) = &mut self.contexts {
             contexts.drained(&drained.tgids(), &tracked.exited, &self.processes);
         }
+        if let Some(python) = &mut self.python {
+            for &tgid in &tracked.snapshotted {
+                python.check(tgid, &self.processes);
+            }
+            // Named now, while the processes still run.
+            for sample in &drained.samples {
+                let thread = &sample.key.thread;
+                if !sample.key.python_frames.is_empty() {
+                    python.learn(thread.tgid, thread.exec_gen, &sample.key.python_frames);
+                }
+            }
+            python.exited(&tracked.exited);
+        }
         self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);
         tracked.exited
@@ -388,6 +410,7 @@ impl Pipeline {
                 processes: &self.processes,
                 symbolizer: &mut self.symbolizer,
                 pods: &self.pods,
+                python: self.python.as_ref(),
             },
             Window {
                 start_time: self.start_time,
@@ -405,6 +428,9 @@ impl Pipeline {
         let unused = self.processes.prune();
         let ids: Vec<_> = unused.iter().map(|(id, _)| *id).collect();
         self.symbolizer.forget(&ids);
+        if let Some(python) = &mut self.python {
+            python.prune(&ids);
+        }
         drop(unused); // closes the files, now that no cache refers to them
         if let Some(tables) = &mut self.tables {
             tables.forget_pruned(&self.processes);
@@ -463,6 +489,7 @@ mod tests {
                 },
                 user_stack,
                 user_truncated: false,
+                python_frames: vec![],
                 kernel_stack: vec![],
                 labels: vec![],
                 link: None,

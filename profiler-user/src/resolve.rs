@@ -11,12 +11,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+use profiler_common::python_frame;
+
 use crate::aggregate::Aggregated;
 use crate::k8s::PodMetadata;
 use crate::kind::{Label, ProfileKind};
 use crate::locks;
 use crate::process::perfmap::{JitFunction, Runtime};
-use crate::process::{ModuleId, ProcessTable, Resolved, Unresolved};
+use crate::process::{ModuleId, ProcessTable, PythonProcesses, Resolved, Unresolved};
 use crate::profile::{
     CaptureStats, FrameKind, Function, Line, Location, LocationId, Mapping, MappingId, NewSample,
     Process, Profile, ProfileBuilder, UnresolvedLeaves,
@@ -26,6 +28,8 @@ use crate::symbolize::{Symbolizer, Symbols};
 
 /// Name the idle task is reported under (as `perf` does).
 const IDLE_PROCESS: &str = "swapper";
+/// A Python frame whose code object could not be read.
+const PYTHON_UNKNOWN: &str = "[python]";
 /// Outermost frame of a stack cut at the unwinder's depth limit.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
 /// Path of the kernel's pseudo-mapping.
@@ -49,6 +53,8 @@ pub struct Sources<'a> {
     pub symbolizer: &'a mut Symbolizer,
     /// Pod names of containers.
     pub pods: &'a PodMetadata,
+    /// Python processes' code objects (`None`: frames not walked).
+    pub python: Option<&'a PythonProcesses>,
 }
 
 /// One symbolized profile per `(kind, period)` of `kinds`, in that order,
@@ -64,6 +70,7 @@ pub fn profiles(
         processes,
         symbolizer,
         pods,
+        python,
     } = sources;
     let symbols = SymbolTable::collect(aggregated.samples.keys(), processes, symbolizer);
     let unsnapshotted = names_of_unsnapshotted(aggregated.samples.keys(), processes);
@@ -104,7 +111,7 @@ pub fn profiles(
             let tgid = key.thread.tgid;
             let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
             let process = builder.process(process_of(processes, pods, tgid, comm));
-            let stack = stack_of(builder, *kernel_mapping, &key, processes, &symbols);
+            let stack = stack_of(builder, *kernel_mapping, &key, processes, python, &symbols);
             if let Some(reason) = key
                 .user_stack
                 .first()
@@ -137,12 +144,15 @@ pub fn profiles(
 }
 
 /// The locations of `key`'s stack in `builder`: kernel frames, then user
-/// frames, leaf first, and a truncation marker outermost.
+/// frames, leaf first, and a truncation marker outermost. A sample's
+/// Python frames take the place of the `_PyEval_EvalFrameDefault` frames
+/// that ran them ([`python_groups`]).
 fn stack_of(
     builder: &mut ProfileBuilder,
     kernel_mapping: MappingId,
     key: &SampleKey,
     processes: &ProcessTable,
+    python: Option<&PythonProcesses>,
     symbols: &SymbolTable,
 ) -> Vec<LocationId> {
     let image = (key.thread.tgid, key.thread.exec_gen);
@@ -155,8 +165,29 @@ fn stack_of(
             &symbols.kernel[&addr],
         ));
     }
+    let mut groups = python_groups(&key.python_frames);
+    let python = python.filter(|_| !key.python_frames.is_empty());
+    let eval = python.and_then(|python| python.eval_range(image.0, image.1));
     for addr in caller_adjusted(&key.user_stack) {
-        stack.push(user_location(builder, processes, symbols, image, addr));
+        let in_eval = eval.is_some_and(|(start, size)| addr.wrapping_sub(start) < size);
+        match (in_eval, python) {
+            (true, Some(python)) => match groups.next() {
+                Some(group) => {
+                    for &word in group {
+                        stack.push(python_location(builder, python, image, word));
+                    }
+                }
+                None => stack.push(user_location(builder, processes, symbols, image, addr)),
+            },
+            _ => stack.push(user_location(builder, processes, symbols, image, addr)),
+        }
+    }
+    // Python frames of evaluation-loop calls the native unwind did not
+    // reach: outermost, as they are.
+    if let Some(python) = python {
+        for word in groups.flatten() {
+            stack.push(python_location(builder, python, image, *word));
+        }
     }
     if key.user_truncated {
         // Outermost: the frames above the depth limit are unknown.
@@ -169,6 +200,50 @@ fn stack_of(
         }));
     }
     stack
+}
+
+/// A sample's Python frames (innermost first) cut into the frames each
+/// call of the evaluation loop ran: each ends with the frame that call
+/// entered first ([`python_frame::ENTRY`]), the last one possibly without.
+fn python_groups(frames: &[u64]) -> impl Iterator<Item = &[u64]> {
+    frames
+        .split_inclusive(|&word| word & python_frame::ENTRY != 0)
+        .filter(|group| !group.is_empty())
+}
+
+/// The location of Python frame `word` of `image`: its function, file
+/// and line, or a placeholder when its code object could not be read.
+fn python_location(
+    builder: &mut ProfileBuilder,
+    python: &PythonProcesses,
+    image: Image,
+    word: u64,
+) -> LocationId {
+    let (code, _, _) = python_frame::decode(word);
+    let line = match python.frame(image.0, image.1, word) {
+        Some(frame) => Line {
+            function: builder.function(Function {
+                name: frame.name,
+                system_name: None,
+                filename: Some(frame.file),
+            }),
+            line: frame.line,
+        },
+        None => Line {
+            function: builder.function(Function {
+                name: PYTHON_UNKNOWN.into(),
+                system_name: None,
+                filename: None,
+            }),
+            line: None,
+        },
+    };
+    builder.location(Location {
+        mapping: None,
+        address: code,
+        lines: vec![line],
+        kind: FrameKind::Cpython,
+    })
 }
 
 /// The kind a sample also belongs to, and its labels there: an off-CPU
@@ -563,6 +638,7 @@ mod tests {
             },
             user_stack,
             user_truncated,
+            python_frames: vec![],
             kernel_stack: vec![],
             labels: vec![],
             link: None,
@@ -593,6 +669,7 @@ mod tests {
                 processes: &ProcessTable::new(),
                 symbolizer: &mut Symbolizer::new(),
                 pods: &PodMetadata::empty(),
+                python: None,
             },
             Window {
                 start_time: SystemTime::UNIX_EPOCH,

@@ -268,6 +268,13 @@ fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats)
         write!(f, ", {stopped_early} stopped early")?;
     }
     writeln!(f)?;
+    if u.python_stacks + u.python_no_frames > 0 {
+        writeln!(
+            f,
+            "python stacks    {} samples with Python frames, {} without, {} truncated",
+            u.python_stacks, u.python_no_frames, u.python_truncated
+        )?;
+    }
     let row_bytes = KERNEL_ROW_BYTES as u64;
     write!(
         f,

@@ -255,7 +255,7 @@ fn reading(record: Option<&Child>) -> Result<Reading> {
 }
 
 /// User + system CPU seconds of `pid`, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the parenthesized command name: utime is the 12th.

@@ -17,7 +17,14 @@
 //!    (the table mode's `UNWIND_ROWS` array is allocated whole), the table
 //!    rows the loader wrote (its `hostprof::unwind` debug log) and how many
 //!    processes had tables (`UNWIND_PROCESSES` entries).
-//! 3. Build speed. The criterion bench `profiler-user/benches/unwind_table.rs`:
+//! 3. Python frames. The same, with the tables unwinder, while CPython
+//!    3.11 runs `python_chain.py` (three threads of nested Python
+//!    functions) on every CPU: once walking Python frames (the default),
+//!    once with `--no-python`; against the native load's cost, and with
+//!    `hostprof record`'s own CPU time (user + system, read from
+//!    `/proc/<pid>/stat` until it exits), which holds reading and naming
+//!    the code objects.
+//! 4. Build speed. The criterion bench `profiler-user/benches/unwind_table.rs`:
 //!    time to build a library's table and its kernel size per MiB of CFI.
 //!
 //! The verdicts are ratios against the baseline of the same run, never
@@ -116,6 +123,10 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
             .join(", then ")
     );
 
+    let python = Path::new("/usr/bin/python3.11").exists() && unwinder_flag;
+    if !python {
+        println!("[bench-unwind] warning: no /usr/bin/python3.11: Python frames not measured");
+    }
     let captures = {
         let stats = BpfStats::enable()?;
         println!(
@@ -124,12 +135,27 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
             stats.old
         );
         let run_ms = (options.duration + Duration::from_secs(300)).as_millis();
+        let script = options
+            .root
+            .join("profiler-user/tests/workloads/python_chain.py");
+        let python_modes: &[Mode] = if python {
+            &[Mode::Python, Mode::PythonOff]
+        } else {
+            &[]
+        };
         modes
             .iter()
+            .chain(python_modes)
             .map(|&mode| {
                 let load = (0..instances).map(|i| {
-                    let mut workload = Command::new(&workloads[i % workloads.len()]);
-                    workload.arg(run_ms.to_string());
+                    let mut workload = if mode.python_load() {
+                        let mut python = Command::new("/usr/bin/python3.11");
+                        python.arg(&script);
+                        python
+                    } else {
+                        Command::new(&workloads[i % workloads.len()])
+                    };
+                    workload.arg(run_ms.to_string()).stdout(Stdio::null());
                     workload
                 });
                 while_running(load, || capture(options, mode, unwinder_flag))
@@ -152,13 +178,17 @@ enum Mode {
     Tables,
     /// Frame pointers only: the baseline.
     FramePointers,
+    /// Tables, on the Python load, walking Python frames.
+    Python,
+    /// Tables, on the Python load, `--no-python`.
+    PythonOff,
 }
 
 impl Mode {
     /// The value of `--unwinder`.
     fn flag(self) -> &'static str {
         match self {
-            Mode::Tables => "tables",
+            Mode::Tables | Mode::Python | Mode::PythonOff => "tables",
             Mode::FramePointers => "frame-pointers",
         }
     }
@@ -167,7 +197,24 @@ impl Mode {
         match self {
             Mode::Tables => "tables",
             Mode::FramePointers => "frame pointers",
+            Mode::Python => "python, frames walked",
+            Mode::PythonOff => "python, --no-python",
         }
+    }
+
+    /// Its files' names.
+    fn file(self) -> &'static str {
+        match self {
+            Mode::Tables => "tables",
+            Mode::FramePointers => "frame-pointers",
+            Mode::Python => "python",
+            Mode::PythonOff => "no-python",
+        }
+    }
+
+    /// Whether it runs on the Python load.
+    fn python_load(self) -> bool {
+        matches!(self, Mode::Python | Mode::PythonOff)
     }
 }
 
@@ -231,6 +278,8 @@ struct Capture {
     objects: BpfObjects,
     /// The tables its loader wrote.
     tables: TableLoads,
+    /// Its own CPU time, user + system, in seconds.
+    cpu_s: f64,
 }
 
 /// Runs `hostprof record` in `mode`, reading its BPF objects until its
@@ -239,7 +288,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
     println!("[bench-unwind] hostprof record, {}", mode.label());
     let stats_json = options
         .work_dir
-        .join(format!("unwind-{}.json", mode.flag()));
+        .join(format!("unwind-{}.json", mode.file()));
     let mut record = Command::new(&options.hostprof);
     record
         .args(["record", "--no-flamegraph", "--duration"])
@@ -248,7 +297,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
         .arg(
             options
                 .work_dir
-                .join(format!("unwind-{}.pb.gz", mode.flag())),
+                .join(format!("unwind-{}.pb.gz", mode.file())),
         )
         .arg("--stats-json")
         .arg(&stats_json)
@@ -256,6 +305,9 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
         .stderr(Stdio::piped());
     if unwinder_flag {
         record.args(["--unwinder", mode.flag()]);
+    }
+    if mode == Mode::PythonOff {
+        record.arg("--no-python");
     }
     record.args(&options.record_args);
     let mut child = record
@@ -270,7 +322,9 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
             .collect::<Vec<_>>()
     });
     let mut last = None;
+    let mut cpu_s = 0.0;
     while child.try_wait()?.is_none() {
+        cpu_s = crate::bench_off_cpu::cpu_seconds(pid).unwrap_or(cpu_s);
         // Descriptors come and go while it starts and exits: keep the last
         // reading that found the sampling program.
         if let Ok(objects) = BpfObjects::of(pid) {
@@ -295,6 +349,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
         mode,
         objects,
         tables: TableLoads::from_stats_json(&stats_json)?,
+        cpu_s,
     })
 }
 
@@ -731,6 +786,22 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
             let _ = writeln!(w, "No ratio: a mode recorded no samples.");
         }
     }
+    if let (Some(walked), Some(off)) = (cost(Mode::Python), cost(Mode::PythonOff)) {
+        let native = cost(Mode::Tables).unwrap_or(f64::NAN);
+        let _ = writeln!(
+            w,
+            "\n**Python frames: {walked:.0} ns per sample walked, {off:.0} ns with \
+             `--no-python` ({:+.0} ns, {:.2}x); native load with tables {native:.0} ns \
+             ({:.2}x)**",
+            walked - off,
+            walked / off.max(f64::EPSILON),
+            walked / native,
+        );
+    }
+    let _ = writeln!(w, "\n`hostprof record`'s own CPU time (user + system):\n");
+    for capture in captures {
+        let _ = writeln!(w, "- {}: {:.2} s", capture.mode.label(), capture.cpu_s);
+    }
 }
 
 /// Every map's memlock per mode, the table rows used and the processes
@@ -1146,6 +1217,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
                 }],
             },
             tables: TableLoads::default(),
+            cpu_s: 1.5,
         };
         let setup = Setup {
             seconds: 10.0,
@@ -1159,6 +1231,8 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             &[
                 capture(Mode::Tables, 300_000, 64 << 20),
                 capture(Mode::FramePointers, 100_000, 4096),
+                capture(Mode::Python, 500_000, 64 << 20),
+                capture(Mode::PythonOff, 400_000, 64 << 20),
             ],
             Some(&parse_criterion(CRITERION)),
         );
@@ -1171,5 +1245,13 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             "{text}"
         );
         assert!(text.contains("| libc.so.6 | 0.15 MiB | 28275 |"), "{text}");
+        assert!(
+            text.contains(
+                "**Python frames: 5000 ns per sample walked, 4000 ns with `--no-python` \
+                 (+1000 ns, 1.25x); native load with tables 3000 ns (1.67x)**"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("- python, --no-python: 1.50 s"), "{text}");
     }
 }

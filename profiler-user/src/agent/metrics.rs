@@ -426,6 +426,17 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
             ("truncated", u.truncated),
         ],
     )?;
+    emit_counters(
+        e,
+        "python_stacks",
+        "Samples of Python processes by their Python frames (walked; no_frames: a thread running no Python code, or unreadable frames; truncated: walked but cut at the frame limit)",
+        "outcome",
+        &[
+            ("walked", u.python_stacks),
+            ("no_frames", u.python_no_frames),
+            ("truncated", u.python_truncated),
+        ],
+    )?;
     emit(
         e,
         "unwind_frame_pointer_steps",

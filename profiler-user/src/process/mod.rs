@@ -8,11 +8,13 @@
 //! descriptors ([`Module::open_file`]), whether or not the process, or even
 //! the file's directory entry, still exists.
 
+pub mod cpython;
 mod lifecycle;
 pub mod maps;
 mod otel_context;
 pub mod perfmap;
 mod procfs;
+mod python;
 mod thread_context;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -26,6 +28,7 @@ use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::{open_mapped_file, read_proc};
 
 pub use otel_context::ContextDiscovery;
+pub use python::PythonProcesses;
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
 use crate::sampler::{Drained, ExecGenerations, FileMapping};

@@ -30,7 +30,7 @@ use super::maps::{self, MapEntry, MapPath};
 use super::procfs::{open_mapped_file, read_proc};
 use super::thread_context::{self, Discovery, ThreadContextError, TlsLocation, HEADER_SIZE};
 use super::ProcessTable;
-use crate::sampler::ThreadContexts;
+use crate::sampler::ProcessMap;
 
 /// How long a sampled process that published no context at its first
 /// check goes unchecked; doubled at each further miss up to [`RECHECK`].
@@ -110,7 +110,7 @@ enum DiscoveryError {
 
 /// The processes checked so far, and where their locations go.
 pub struct ContextDiscovery {
-    sink: Box<dyn ThreadContexts>,
+    sink: Box<dyn ProcessMap<ThreadContextLocation>>,
     checked: HashMap<u32, Checked>,
     /// Quick rechecks to run, by when they are due.
     quick: BTreeSet<(Instant, u32)>,
@@ -118,7 +118,7 @@ pub struct ContextDiscovery {
 
 impl ContextDiscovery {
     /// Discovery that publishes locations to `sink`.
-    pub fn new(sink: Box<dyn ThreadContexts>) -> Self {
+    pub fn new(sink: Box<dyn ProcessMap<ThreadContextLocation>>) -> Self {
         Self {
             sink,
             checked: HashMap::new(),
@@ -266,7 +266,8 @@ fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
                 continue;
             }
         };
-        let Some(bias) = thread_context::load_bias(&data, entry.file_offset, entry.start) else {
+        let Some(bias) = thread_context::load_bias(&data[..], entry.file_offset, entry.start)
+        else {
             continue;
         };
         let read_u64 = |addr: u64| {

@@ -491,7 +491,7 @@ pub fn locate(
 /// mapping's page-aligned offset belongs to (lld and mold pack segments
 /// so that one page may hold the end of the previous one too), else of
 /// any segment holding the offset. `None` when none does.
-pub fn load_bias(data: &[u8], file_offset: u64, start: u64) -> Option<u64> {
+pub fn load_bias<'a, R: object::ReadRef<'a>>(data: R, file_offset: u64, start: u64) -> Option<u64> {
     /// x86-64's page size: mappings start at page-aligned file offsets.
     const PAGE: u64 = 4096;
     let header = elf::FileHeader64::<Endianness>::parse(data).ok()?;
@@ -951,10 +951,13 @@ mod tests {
             .unwrap()
             .p_offset(endian);
         let bias = 0x5555_0000_0000;
-        assert_eq!(load_bias(&image, offset, bias + 0x4000), Some(bias));
-        assert_eq!(load_bias(&image, offset + 16, bias + 0x4010), Some(bias));
+        assert_eq!(load_bias(&image[..], offset, bias + 0x4000), Some(bias));
         assert_eq!(
-            load_bias(&image, offset + 4096, bias),
+            load_bias(&image[..], offset + 16, bias + 0x4010),
+            Some(bias)
+        );
+        assert_eq!(
+            load_bias(&image[..], offset + 4096, bias),
             None,
             "past the segment"
         );

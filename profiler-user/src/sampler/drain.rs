@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{
-    SampleKey as KernelKey, StackHash, Stat, TraceContext, COMM_LEN, TRUNCATED_MARK,
+    SampleKey as KernelKey, StackHash, Stat, TraceContext, COMM_LEN, PYTHON_MARK, TRUNCATED_MARK,
 };
 
 use super::stats::{CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters};
@@ -72,6 +72,9 @@ pub struct SampleKey {
     /// The kernel cut the user stack at its depth limit: the frames above
     /// the last one are unknown.
     pub user_truncated: bool,
+    /// The thread's Python frames, innermost first, one word each
+    /// ([`profiler_common::python_frame`]); empty outside Python.
+    pub python_frames: Vec<u64>,
     /// Kernel instruction pointers, leaf first; empty when the sample hit user mode.
     pub kernel_stack: Vec<u64>,
     /// Labels the kind's decoder attached; empty for CPU samples.
@@ -144,6 +147,20 @@ pub fn split_truncated(mut stack: Vec<u64>) -> (Vec<u64>, bool) {
     }
 }
 
+/// A user stack's native frames and, after [`PYTHON_MARK`], the Python
+/// frames the unwinder appended (innermost first, see
+/// [`profiler_common::python_frame`]; empty when it appended none).
+pub fn split_python(mut stack: Vec<u64>) -> (Vec<u64>, Vec<u64>) {
+    match stack.iter().position(|&word| word == PYTHON_MARK) {
+        Some(mark) => {
+            let python = stack.split_off(mark + 1);
+            stack.pop();
+            (stack, python)
+        }
+        None => (stack, Vec::new()),
+    }
+}
+
 /// The drained stack with hash `hash`; empty for 0 (no stack).
 ///
 /// A stack hash with no stack can only come from a kernel bug or a map
@@ -172,7 +189,8 @@ pub fn decode_key(
     stacks: &HashMap<StackHash, Vec<u64>>,
     labels: Vec<Label>,
 ) -> SampleKey {
-    let (user_stack, user_truncated) = split_truncated(lookup_stack(stacks, user_stack));
+    let (user_stack, python_frames) = split_python(lookup_stack(stacks, user_stack));
+    let (user_stack, user_truncated) = split_truncated(user_stack);
     SampleKey {
         kind,
         thread: Thread {
@@ -183,6 +201,7 @@ pub fn decode_key(
         },
         user_stack,
         user_truncated,
+        python_frames,
         kernel_stack: lookup_stack(stacks, kernel_stack),
         labels,
         link: TraceLink::from_context(trace),
@@ -254,6 +273,9 @@ impl StatCounters {
                 no_rule: delta(Stat::UnwindStopNoRule),
                 no_progress: delta(Stat::UnwindStopNoProgress),
                 truncated: delta(Stat::UnwindTruncated),
+                python_stacks: delta(Stat::PythonStacks),
+                python_no_frames: delta(Stat::PythonNoFrames),
+                python_truncated: delta(Stat::PythonTruncated),
             },
             files: FileCounters {
                 recorded: delta(Stat::FilesRecorded),
@@ -349,6 +371,16 @@ mod tests {
         );
         assert_eq!(split_truncated(vec![1, 2]), (vec![1, 2], false));
         assert_eq!(split_truncated(vec![]), (vec![], false));
+    }
+
+    #[test]
+    fn python_frames_follow_the_mark() {
+        assert_eq!(split_python(vec![1, 2]), (vec![1, 2], vec![]));
+        assert_eq!(
+            split_python(vec![1, 2, PYTHON_MARK, 7, 8]),
+            (vec![1, 2], vec![7, 8])
+        );
+        assert_eq!(split_python(vec![PYTHON_MARK, 7]), (vec![], vec![7]));
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod kernel_btf;
 pub mod off_cpu;
 pub mod policy;
 mod process_events;
+mod process_maps;
 pub mod stats;
-mod thread_contexts;
 pub mod trace_context;
 mod unwind_maps;
 pub mod unwinder;
@@ -42,7 +42,7 @@ pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
 pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
 };
-pub use thread_contexts::{KernelThreadContexts, ThreadContexts};
+pub use process_maps::{KernelPythonProcesses, KernelThreadContexts, ProcessMap};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 pub use waits::has_contention_tracepoints;
 
@@ -160,6 +160,10 @@ pub struct Started {
     /// Where to say which processes publish thread context (`None`: the
     /// kernel's thread pointer offset is unknown, or turned off).
     pub thread_contexts: Option<KernelThreadContexts>,
+    /// Where to say which processes run CPython and how to walk their
+    /// frames (`None`: turned off, frame pointers only, or the kernel
+    /// cannot tell a task's thread pointer or track exec).
+    pub python_processes: Option<KernelPythonProcesses>,
 }
 
 /// A loaded, attached sampler.
@@ -300,6 +304,7 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::LOCK_TAIL_CALLS))?;
         let thread_context_map = take(names::THREAD_CONTEXTS)?;
+        let python_map = take(names::PYTHON_PROCESSES)?;
         let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
             .map_err(map_err(names::PROCESS_EVENTS))?;
@@ -347,18 +352,33 @@ impl Sampler {
         let offsets = kernel_btf::running_offsets()
             .map_err(|err| log::info!("kernel offsets unknown: {err}"))
             .ok();
-        let mut thread_contexts = match offsets.as_ref().map(|o| &o.task_fsbase) {
-            _ if !policy.thread_context => None,
-            Some(Ok(task_fsbase)) => {
-                config.task_fsbase = *task_fsbase;
-                config.flags |= Config::THREAD_CONTEXT;
-                Some(KernelThreadContexts::new(thread_context_map)?)
-            }
+        let task_fsbase = match offsets.as_ref().map(|o| &o.task_fsbase) {
+            Some(Ok(task_fsbase)) => Some(*task_fsbase),
             Some(Err(err)) => {
-                log::warn!("thread context not read: {err}");
+                if policy.thread_context || policy.python {
+                    log::warn!("thread context and Python frames not read: {err}");
+                }
                 None
             }
             None => None,
+        };
+        if let Some(task_fsbase) = task_fsbase {
+            config.task_fsbase = task_fsbase;
+        }
+        let mut thread_contexts = match task_fsbase {
+            Some(_) if policy.thread_context => {
+                config.flags |= Config::THREAD_CONTEXT;
+                Some(KernelThreadContexts::thread_contexts(thread_context_map)?)
+            }
+            _ => None,
+        };
+        // Python frames are appended by the table unwinder.
+        let mut python_processes = match task_fsbase {
+            Some(_) if policy.python && matches!(policy.unwinder, Unwinder::Tables(_)) => {
+                config.flags |= Config::PYTHON;
+                Some(KernelPythonProcesses::python_processes(python_map)?)
+            }
+            _ => None,
         };
         if let Target::Pids(pids) = &policy.target {
             config.flags |= Config::FILTER_PIDS;
@@ -429,17 +449,20 @@ impl Sampler {
                 .set(0, config, 0)
                 .map_err(map_err(names::CONFIG))?;
         }
-        // A thread-context location is only read in the process image it
-        // was found in: that needs the generation bumped at every exec and
-        // exit (the exit bump is the files program's).
-        if thread_contexts.is_some() && !(exec_tracked && config.flags & Config::RECORD_FILES != 0)
+        // A thread-context location or a Python process is only read in
+        // the process image it was found in: that needs the generation
+        // bumped at every exec and exit (the exit bump is the files
+        // program's).
+        if (thread_contexts.is_some() || python_processes.is_some())
+            && !(exec_tracked && config.flags & Config::RECORD_FILES != 0)
         {
             log::warn!(
-                "thread context not read: this kernel cannot track exec and exit here \
-                 (needs tp_btf/sched_process_exec and bpf_find_vma, Linux 5.17+)"
+                "thread context and Python frames not read: this kernel cannot track exec \
+                 and exit here (needs tp_btf/sched_process_exec and bpf_find_vma, Linux 5.17+)"
             );
             thread_contexts = None;
-            config.flags &= !Config::THREAD_CONTEXT;
+            python_processes = None;
+            config.flags &= !(Config::THREAD_CONTEXT | Config::PYTHON);
             config_map
                 .set(0, config, 0)
                 .map_err(map_err(names::CONFIG))?;
@@ -500,6 +523,7 @@ impl Sampler {
             unwind_maps,
             trace_map,
             thread_contexts,
+            python_processes,
         })
     }
 

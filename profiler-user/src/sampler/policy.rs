@@ -122,6 +122,10 @@ pub struct SamplingPolicy {
     /// Read the thread context OpenTelemetry SDKs publish in processes
     /// (OTEP 4947) where the trace-context map has none.
     pub thread_context: bool,
+    /// Walk CPython's frames in Python processes (with the table
+    /// unwinder) so stacks show Python functions, not only the
+    /// interpreter's C functions.
+    pub python: bool,
 }
 
 impl Default for SamplingPolicy {
@@ -134,6 +138,7 @@ impl Default for SamplingPolicy {
             off_cpu_max_rate: OffCpuRate::DEFAULT,
             trace_context_map: TraceContextMap::default(),
             thread_context: true,
+            python: true,
         }
     }
 }

@@ -113,6 +113,13 @@ pub struct UnwindCounters {
     pub no_progress: u64,
     /// Unwinds cut at the depth limit (marked `[truncated]` in the profile).
     pub truncated: u64,
+    /// Samples of Python processes whose Python frames were walked.
+    pub python_stacks: u64,
+    /// Samples of Python processes without Python frames (a thread that
+    /// runs no Python code, or frames that could not be read).
+    pub python_no_frames: u64,
+    /// Python stacks cut at the frame limit.
+    pub python_truncated: u64,
 }
 
 impl UnwindCounters {
@@ -126,6 +133,9 @@ impl UnwindCounters {
         self.no_rule += other.no_rule;
         self.no_progress += other.no_progress;
         self.truncated += other.truncated;
+        self.python_stacks += other.python_stacks;
+        self.python_no_frames += other.python_no_frames;
+        self.python_truncated += other.python_truncated;
     }
 }
 

@@ -90,6 +90,11 @@ settings_group! {
         /// processes (`otel_thread_ctx_v1`, OTEP 4947) for trace links.
         #[arg(long, num_args = 0, default_missing_value = "true")]
         pub no_thread_context: Option<bool>,
+
+        /// Do not walk CPython's frames in Python processes (3.11, 3.12):
+        /// their stacks then show the interpreter's C functions only.
+        #[arg(long, num_args = 0, default_missing_value = "true")]
+        pub no_python: Option<bool>,
     }
 }
 
@@ -346,6 +351,10 @@ impl Profiling {
                 Some(off) => !off,
                 None => defaults.thread_context,
             },
+            python: match self.no_python {
+                Some(off) => !off,
+                None => defaults.python,
+            },
         })
     }
 
@@ -365,6 +374,7 @@ impl Profiling {
             off_cpu_max_rate: Some(policy.off_cpu_max_rate),
             trace_context_map: Some(policy.trace_context_map.clone()),
             no_thread_context: Some(!policy.thread_context),
+            no_python: Some(!policy.python),
             max_links_per_process: Some(options.max_links_per_process),
         }
     }

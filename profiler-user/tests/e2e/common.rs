@@ -89,6 +89,16 @@ impl Traces {
         Traces::with_label(tool, profile, "process", process)
     }
 
+    /// Traces of process `pid` (a numeric label).
+    pub fn of_pid(tool: &std::path::Path, profile: &std::path::Path, pid: u32) -> Traces {
+        let focus = format!("-tagfocus=pid={pid}");
+        Traces::parse(&pprof(
+            tool,
+            &["-traces", &focus, "-sample_index=samples"],
+            profile,
+        ))
+    }
+
     /// Traces of the samples whose label `key` is exactly `value`.
     pub fn with_label(
         tool: &std::path::Path,
@@ -97,6 +107,18 @@ impl Traces {
         value: &str,
     ) -> Traces {
         Traces::query(tool, profile, key, value, &["-sample_index=samples"])
+    }
+
+    /// Traces of `process` with each frame as `function file:line`
+    /// (`pprof -lines`).
+    pub fn with_lines(tool: &std::path::Path, profile: &std::path::Path, process: &str) -> Traces {
+        Traces::query(
+            tool,
+            profile,
+            "process",
+            process,
+            &["-sample_index=samples", "-lines"],
+        )
     }
 
     /// Off-CPU traces of the samples whose label `key` is exactly `value`,
@@ -192,6 +214,23 @@ impl Traces {
     pub fn frames(&self) -> impl Iterator<Item = &String> {
         self.0.iter().flat_map(|(_, s)| s.iter())
     }
+}
+
+/// Asserts that the resource of process `executable` in `export` (one
+/// export as `otlp_receiver.py` reports it) has frames of type
+/// `frame_type` (`profile.frame.type`).
+pub fn assert_frame_type(export: &serde_json::Value, executable: &str, frame_type: &str) {
+    let frame_types = export["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["attributes"]["process.executable.name"] == executable)
+        .map(|r| r["frame_types"].clone())
+        .unwrap_or_else(|| panic!("a resource for {executable} in {export}"));
+    assert!(
+        frame_types.as_array().unwrap().contains(&frame_type.into()),
+        "{executable}'s frames include {frame_type}: {frame_types}"
+    );
 }
 
 /// True when `stack` (leaf first) holds `chain` (leaf first) as consecutive frames.

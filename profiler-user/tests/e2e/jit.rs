@@ -96,17 +96,7 @@ fn node_functions_are_named_from_its_perf_map() {
     assert!(status.success(), "export failed");
     drop(node);
     let received = receiver.received();
-    let frame_types = received[0]["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["attributes"]["process.executable.name"] == "node")
-        .map(|r| r["frame_types"].clone())
-        .unwrap_or_else(|| panic!("a resource for node in {}", received[0]));
-    assert!(
-        frame_types.as_array().unwrap().contains(&"v8js".into()),
-        "JIT frames are v8js: {frame_types}"
-    );
+    common::assert_frame_type(&received[0], "node", "v8js");
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     assert_share("node", "hotFunction", share);
 }

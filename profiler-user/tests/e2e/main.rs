@@ -22,6 +22,7 @@ mod k8s;
 mod locks;
 mod off_cpu;
 mod otlp;
+mod python;
 mod record;
 mod tenant;
 mod trace;

@@ -1,0 +1,268 @@
+//! CPython frames: after the table unwinder has walked a sample's native
+//! user stack, the Python frames of the sampled thread are appended to it
+//! (after [`PYTHON_MARK`], innermost first), so userspace can splice them
+//! in at each `_PyEval_EvalFrameDefault` frame.
+//!
+//! Userspace tells, per process, where the interpreter is and the field
+//! offsets of its version (`PYTHON_PROCESSES`, see `process::python`).
+//! Here: the thread's `PyThreadState` is the one whose `thread_id`
+//! (`pthread_self()`, the thread pointer on x86-64) is the task's fsbase,
+//! found in the interpreter's thread list and cached per thread
+//! (`PYTHON_THREADS`, checked before each use); its current frame chain
+//! (`_PyInterpreterFrame.previous`) is walked one frame per `bpf_loop`
+//! iteration, each frame read in one helper call. A frame becomes one
+//! word ([`python_frame`]): its code object, its code-unit index and
+//! whether its C call of the evaluation loop entered it first. Names,
+//! files and lines are read by userspace from the code objects.
+//!
+//! The walk runs in the sampled thread's context (the CPU program
+//! interrupts it; the wait programs run as it gets its CPU back), so the
+//! thread is not running Python while it is read.
+
+use aya_ebpf::cty::c_void;
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::generated::{self, bpf_loop},
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use profiler_common::{
+    python_frame, Config, PythonOffsets, PythonProcess, Stat, DEEP_STACK_DEPTH, PYTHON_FRAMES_MAX,
+    PYTHON_MARK,
+};
+
+use crate::exec;
+use crate::stack::{self, read_user, Kind};
+
+/// Python processes, by tgid (set by userspace).
+#[map(name = "PYTHON_PROCESSES")]
+static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
+    HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// The thread state last found for a thread, by tid.
+#[map(name = "PYTHON_THREADS")]
+static PYTHON_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Bytes of a frame read at once: every field the walk needs lies in the
+/// first 72 bytes of `_PyInterpreterFrame` in the versions supported.
+const FRAME_BYTES: usize = 80;
+/// Word fields are read at `offset & WORD_MASK`, byte fields at
+/// `offset & BYTE_MASK`: provably inside the 128-byte buffer.
+const WORD_MASK: u16 = 63;
+const BYTE_MASK: u16 = 127;
+
+/// Per-CPU buffer for one frame's first bytes (kept off the 512-byte
+/// stack, and a map value can be indexed at a bounded variable offset).
+#[map(name = "PYTHON_SCRATCH")]
+static PYTHON_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Thread states looked at when searching the interpreter's list.
+const THREADS_MAX: u32 = 64;
+
+/// A walk in progress: the `bpf_loop` callback's context, on the stack.
+#[repr(C)]
+struct Walk {
+    /// The next frame to read (0: done).
+    frame: u64,
+    /// Slots of the scratch stack written so far.
+    depth: u32,
+    /// The kind whose scratch stack receives the frames.
+    kind: u32,
+    /// Python frames written.
+    written: u32,
+    /// `PythonProcess::*` flags.
+    flags: u32,
+    offsets: PythonOffsets,
+}
+
+/// Appends the current thread's Python frames after the `depth` native
+/// frames of `kind`'s scratch stack (when process `tgid` is a Python
+/// process known in this image); returns the new depth.
+#[inline(always)]
+pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) -> usize {
+    if config.flags & Config::PYTHON == 0 {
+        return depth;
+    }
+    // SAFETY: copied out at once; userspace only replaces whole entries.
+    let Some(process) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else {
+        return depth;
+    };
+    if process.exec_gen != exec::generation(tgid) {
+        return depth; // found in the image before an exec
+    }
+    // Room for the mark, a frame and the terminating zero.
+    if depth + 3 > DEEP_STACK_DEPTH {
+        kind.bump(Stat::PythonTruncated);
+        return depth;
+    }
+    let Some(frame) = current_frame(config, &process, tid) else {
+        kind.bump(Stat::PythonNoFrames);
+        return depth;
+    };
+    let Some(scratch) = kind.scratch() else {
+        return depth;
+    };
+    // SAFETY: this CPU's scratch stack of the kind; nothing else touches
+    // it while this program runs.
+    let stack = unsafe { &mut *scratch };
+    let Some(slot) = stack.frames.get_mut(depth) else {
+        return depth;
+    };
+    *slot = PYTHON_MARK;
+    let mut walk = Walk {
+        frame,
+        depth: depth as u32 + 1,
+        kind: kind.index(),
+        written: 0,
+        flags: process.flags,
+        offsets: process.offsets,
+    };
+    // SAFETY: `step` has the callback signature bpf_loop expects; its
+    // context is `walk`, on this stack for the whole loop.
+    let looped = unsafe {
+        bpf_loop(
+            PYTHON_FRAMES_MAX as u32,
+            step as *mut c_void,
+            (&mut walk as *mut Walk).cast(),
+            0,
+        )
+    };
+    if walk.written == 0 || looped < 0 {
+        // Nothing readable: no mark either.
+        kind.bump(Stat::PythonNoFrames);
+        return depth;
+    }
+    kind.bump(Stat::PythonStacks);
+    if walk.frame != 0 {
+        kind.bump(Stat::PythonTruncated);
+    }
+    walk.depth as usize
+}
+
+/// The innermost `_PyInterpreterFrame` of the current thread.
+#[inline(always)]
+fn current_frame(config: &Config, process: &PythonProcess, tid: u32) -> Option<u64> {
+    let fsbase = stack::thread_pointer(config)?;
+    let offsets = &process.offsets;
+    let tstate = thread_state(process, tid, fsbase)?;
+    let at = read_user(tstate + u64::from(offsets.tstate_frame))?;
+    if process.flags & PythonProcess::FRAME_IN_TSTATE != 0 {
+        return (at != 0).then_some(at);
+    }
+    if at == 0 {
+        return None;
+    }
+    let frame = read_user(at + u64::from(offsets.cframe_current))?;
+    (frame != 0).then_some(frame)
+}
+
+/// The `PyThreadState` of the thread whose thread pointer is `fsbase`.
+#[inline(always)]
+fn thread_state(process: &PythonProcess, tid: u32, fsbase: u64) -> Option<u64> {
+    let offsets = &process.offsets;
+    let thread_id = u64::from(offsets.tstate_thread_id);
+    // SAFETY: copied out at once.
+    if let Some(&cached) = unsafe { PYTHON_THREADS.get(&tid) } {
+        if read_user(cached + thread_id) == Some(fsbase) {
+            return Some(cached);
+        }
+    }
+    let interpreter = read_user(process.runtime + u64::from(offsets.runtime_interpreters))?;
+    let mut tstate = read_user(interpreter + u64::from(offsets.interp_threads))?;
+    let mut i = 0;
+    while i < THREADS_MAX && tstate != 0 {
+        if read_user(tstate + thread_id)? == fsbase {
+            let _ = PYTHON_THREADS.insert(&tid, &tstate, 0);
+            return Some(tstate);
+        }
+        tstate = read_user(tstate + u64::from(offsets.tstate_next))?;
+        i += 1;
+    }
+    None
+}
+
+/// One frame, a `bpf_loop` callback whose context is the [`Walk`]:
+/// writes its word and moves to its caller. Returns 1 (stop) when the
+/// chain or the room ends.
+#[inline(never)]
+extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `append` passes a pointer to its `Walk`, alive for the loop.
+    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    if walk.frame == 0 {
+        return 1;
+    }
+    let depth = walk.depth as usize;
+    // Keep the last slot for the terminating zero.
+    if depth + 1 >= DEEP_STACK_DEPTH {
+        return 1;
+    }
+    let (Some(buffer), Some(scratch)) = (
+        PYTHON_SCRATCH.get_ptr_mut(0),
+        Kind::from_index(walk.kind).scratch(),
+    ) else {
+        return 1;
+    };
+    // SAFETY: this CPU's buffer; the helper writes at most FRAME_BYTES
+    // (< 128) bytes and fails cleanly on memory it cannot read.
+    let read = unsafe {
+        generated::bpf_probe_read_user(
+            buffer.cast(),
+            FRAME_BYTES as u32,
+            walk.frame as *const c_void,
+        )
+    };
+    if read != 0 {
+        walk.frame = 0;
+        return 1;
+    }
+    // SAFETY: this CPU's values; nothing else touches them meanwhile.
+    let (bytes, stack) = unsafe { (&*buffer, &mut *scratch) };
+    let offsets = walk.offsets;
+    let code = field(bytes, offsets.frame_code);
+    let previous = field(bytes, offsets.frame_previous);
+    let instr = field(bytes, offsets.frame_instr);
+    let entry_byte = byte(bytes, offsets.frame_entry);
+    walk.frame = previous;
+    if walk.flags & PythonProcess::ENTRY_SHIM != 0 && u16::from(entry_byte) == offsets.shim_owner {
+        // The shim its C call pushed: the frame before it entered first.
+        if walk.written > 0 {
+            if let Some(word) = stack.frames.get_mut(depth.wrapping_sub(1)) {
+                *word |= python_frame::ENTRY;
+            }
+        }
+        return 0;
+    }
+    if code == 0 {
+        return 0;
+    }
+    let first = code.wrapping_add(u64::from(offsets.code_units));
+    let index = if instr > first {
+        (instr - first) / 2
+    } else {
+        0
+    };
+    let entry = walk.flags & PythonProcess::ENTRY_FLAG != 0 && entry_byte != 0;
+    if let Some(word) = stack.frames.get_mut(depth) {
+        *word = python_frame::encode(code, entry, index);
+        walk.depth += 1;
+        walk.written += 1;
+    }
+    0
+}
+
+/// The 8 bytes at `offset` of a frame's first bytes.
+#[inline(always)]
+fn field(bytes: &[u8; 128], offset: u16) -> u64 {
+    let at = usize::from(offset & WORD_MASK);
+    // SAFETY: at + 8 <= 71 < 128: inside the buffer; unaligned reads are
+    // fine for the BPF target.
+    unsafe { core::ptr::read_unaligned(bytes.as_ptr().add(at).cast::<u64>()) }
+}
+
+/// The byte at `offset` of a frame's first bytes.
+#[inline(always)]
+fn byte(bytes: &[u8; 128], offset: u16) -> u8 {
+    let at = usize::from(offset & BYTE_MASK);
+    // SAFETY: at < 128: inside the buffer.
+    unsafe { *bytes.as_ptr().add(at) }
+}

@@ -1,0 +1,436 @@
+//! CPython's in-memory layout on x86-64 Linux, for walking its frames in
+//! the kernel and naming them here. Pure: memory is read through a
+//! caller's function.
+//!
+//! The offsets of 3.11 were printed by a C program compiled against the
+//! machine's CPython 3.11 headers (`offsetof` over `Py_BUILD_CORE`
+//! internals: `pycore_runtime.h`, `pycore_interp.h`, `pycore_frame.h`,
+//! `cpython/code.h`, `cpython/unicodeobject.h`). 3.13 and later publish
+//! theirs at the start of `_PyRuntime` (`_Py_DebugOffsets`, cookie
+//! `xdebugpy`); reading those is not done yet, so 3.13+ (and 3.12, whose
+//! headers this build has not been checked against) are reported and
+//! profiled natively.
+
+use profiler_common::{PythonOffsets, PythonProcess};
+
+/// Where the fields the frame walk and the naming read are, in one
+/// CPython version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// What the kernel walk needs.
+    pub kernel: PythonOffsets,
+    /// `PythonProcess::*` flags of the version.
+    pub flags: u32,
+    /// `PyCodeObject.co_name`.
+    pub code_name: u64,
+    /// `PyCodeObject.co_qualname`.
+    pub code_qualname: u64,
+    /// `PyCodeObject.co_filename`.
+    pub code_filename: u64,
+    /// `PyCodeObject.co_firstlineno` (an `int`).
+    pub code_first_line: u64,
+    /// `PyCodeObject.co_linetable` (a `bytes`).
+    pub code_linetable: u64,
+    /// `PyASCIIObject.length`.
+    pub str_length: u64,
+    /// `PyASCIIObject.state` (a bit field: `kind` bits 2-4, `compact`
+    /// bit 5, `ascii` bit 6 in 3.11 and 3.12).
+    pub str_state: u64,
+    /// `sizeof(PyASCIIObject)`: where a compact ASCII string's text starts.
+    pub ascii_data: u64,
+    /// `sizeof(PyCompactUnicodeObject)`: where another compact string's
+    /// text starts.
+    pub compact_data: u64,
+    /// `PyVarObject.ob_size` of a `bytes`.
+    pub bytes_size: u64,
+    /// `PyBytesObject.ob_sval`.
+    pub bytes_data: u64,
+}
+
+/// The layout of CPython `major.minor`, when this build knows it.
+pub fn layout(major: u8, minor: u8) -> Option<Layout> {
+    match (major, minor) {
+        (3, 11) => Some(Layout {
+            kernel: PythonOffsets {
+                runtime_interpreters: 40,
+                interp_threads: 16,
+                tstate_next: 8,
+                tstate_thread_id: 152,
+                tstate_frame: 56,
+                cframe_current: 8,
+                frame_code: 32,
+                frame_previous: 48,
+                frame_instr: 56,
+                frame_entry: 68,
+                code_units: 184,
+                shim_owner: 0,
+            },
+            flags: PythonProcess::ENTRY_FLAG,
+            code_name: 120,
+            code_qualname: 128,
+            code_filename: 112,
+            code_first_line: 72,
+            code_linetable: 136,
+            str_length: 16,
+            str_state: 32,
+            ascii_data: 48,
+            compact_data: 72,
+            bytes_size: 16,
+            bytes_data: 32,
+        }),
+        _ => None,
+    }
+}
+
+/// (major, minor) of a `PY_VERSION_HEX` (`Py_Version`, exported by 3.11+).
+pub fn version_from_hex(hex: u32) -> (u8, u8) {
+    ((hex >> 24) as u8, (hex >> 16) as u8)
+}
+
+/// What names a code object's frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeInfo {
+    /// Its qualified name (`Class.method`), or its name.
+    pub name: String,
+    /// Its source file.
+    pub filename: String,
+    /// The line it starts at.
+    pub first_line: i32,
+    /// Its location table (`co_linetable`).
+    pub linetable: Vec<u8>,
+}
+
+/// Longest name or file name read.
+const MAX_TEXT: u64 = 1024;
+/// Largest line table read.
+const MAX_LINETABLE: u64 = 64 << 10;
+
+/// The code object at `addr`, read with `read(addr, len)`; `None` when it
+/// does not read as one.
+pub fn read_code(
+    layout: &Layout,
+    addr: u64,
+    mut read: impl FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Option<CodeInfo> {
+    let header = read(addr, usize::from(layout.kernel.code_units))?;
+    let word = |at: u64| u64_at(&header, at);
+    let first_line = u32_at(&header, layout.code_first_line)? as i32;
+    if !(0..10_000_000).contains(&first_line) {
+        return None;
+    }
+    let qualname = word(layout.code_qualname)?;
+    let name = text(layout, qualname, &mut read)
+        .or_else(|| text(layout, word(layout.code_name)?, &mut read))?;
+    let filename = text(layout, word(layout.code_filename)?, &mut read)?;
+    let linetable = bytes(layout, word(layout.code_linetable)?, &mut read)?;
+    Some(CodeInfo {
+        name,
+        filename,
+        first_line,
+        linetable,
+    })
+}
+
+/// The compact `str` at `addr`.
+fn text(
+    layout: &Layout,
+    addr: u64,
+    read: &mut impl FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Option<String> {
+    if addr == 0 {
+        return None;
+    }
+    // The fields every string has (a short ASCII string's whole object
+    // may end right after them).
+    let header = read(addr, layout.ascii_data as usize)?;
+    let length = u64_at(&header, layout.str_length)?;
+    let state = u32_at(&header, layout.str_state)?;
+    let kind = (state >> 2) & 7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    if !compact || length > MAX_TEXT || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
+        return None;
+    }
+    let start = if ascii {
+        layout.ascii_data
+    } else {
+        layout.compact_data
+    };
+    let data = read(addr + start, (length * u64::from(kind)) as usize)?;
+    let text: Option<String> = match kind {
+        1 => Some(data.iter().map(|&b| char::from(b)).collect()),
+        2 => char::decode_utf16(
+            data.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]])),
+        )
+        .collect::<Result<_, _>>()
+        .ok(),
+        _ => data
+            .chunks_exact(4)
+            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+    };
+    text
+}
+
+/// The contents of the `bytes` object at `addr`.
+fn bytes(
+    layout: &Layout,
+    addr: u64,
+    read: &mut impl FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    if addr == 0 {
+        return None;
+    }
+    let header = read(addr, layout.bytes_data as usize)?;
+    let size = u64_at(&header, layout.bytes_size)?;
+    if size > MAX_LINETABLE {
+        return None;
+    }
+    read(addr + layout.bytes_data, size as usize)
+}
+
+fn u64_at(bytes: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn u32_at(bytes: &[u8], at: u64) -> Option<u32> {
+    let at = usize::try_from(at).ok()?;
+    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// The line of code unit `instr` of a code object starting at
+/// `first_line` with location table `table` (the format of CPython 3.11
+/// and 3.12, `Objects/locations.md`); `None` where the table gives no
+/// line or ends first.
+///
+/// Each entry covers 1 to 8 code units: its first byte has the top bit
+/// set, the entry's code in bits 3-6 and its length - 1 in bits 0-2.
+/// Codes 0-9 (short forms) keep the line; 10-12 add `code - 10`; 13 and
+/// 14 add a signed varint (14 is followed by end line and columns); 15
+/// has no location.
+pub fn line_of(table: &[u8], first_line: i32, instr: u32) -> Option<i32> {
+    let mut bytes = table.iter().copied();
+    let mut line = first_line;
+    let mut start: u32 = 0;
+    while let Some(first) = bytes.next() {
+        if first & 0x80 == 0 {
+            return None; // not the start of an entry: a corrupt table
+        }
+        let code = (first >> 3) & 15;
+        let len = u32::from(first & 7) + 1;
+        let here = match code {
+            0..=9 => {
+                bytes.next()?;
+                Some(line)
+            }
+            10..=12 => {
+                line += i32::from(code) - 10;
+                bytes.next()?;
+                bytes.next()?;
+                Some(line)
+            }
+            13 => {
+                line += signed_varint(&mut bytes)?;
+                Some(line)
+            }
+            14 => {
+                line += signed_varint(&mut bytes)?;
+                for _ in 0..3 {
+                    varint(&mut bytes)?;
+                }
+                Some(line)
+            }
+            _ => None,
+        };
+        if instr < start + len {
+            return here;
+        }
+        start += len;
+    }
+    None
+}
+
+/// A varint of the location table: 6 bits per byte, low first, bit 6 set
+/// on every byte but the last.
+fn varint(bytes: &mut impl Iterator<Item = u8>) -> Option<u32> {
+    let mut value = 0u32;
+    let mut shift = 0;
+    loop {
+        let byte = bytes.next()?;
+        value |= u32::from(byte & 63).checked_shl(shift)?;
+        if byte & 64 == 0 {
+            return Some(value);
+        }
+        shift += 6;
+    }
+}
+
+/// A signed varint: the sign in the low bit.
+fn signed_varint(bytes: &mut impl Iterator<Item = u8>) -> Option<i32> {
+    let value = varint(bytes)?;
+    let magnitude = i32::try_from(value >> 1).ok()?;
+    Some(if value & 1 != 0 {
+        -magnitude
+    } else {
+        magnitude
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn versions_from_hex() {
+        assert_eq!(version_from_hex(0x030b07f0), (3, 11));
+        assert_eq!(version_from_hex(0x030c00f0), (3, 12));
+        assert!(layout(3, 11).is_some());
+        assert!(layout(3, 10).is_none());
+    }
+
+    /// Lines of every code unit, from CPython 3.11 itself, of code
+    /// objects with loops, a jump of 300 lines (the long form), nested
+    /// functions, a lambda, a comprehension and a `try`: first line, line
+    /// table in hex, then the line of each code unit (`co_positions()`),
+    /// `-` for none. The file's header holds the script that wrote it.
+    const SOURCE_LINES: &str = include_str!("cpython_lines.txt");
+
+    #[test]
+    fn lines_match_cpython_s_own() {
+        let mut checked = 0;
+        for entry in SOURCE_LINES.lines().filter(|l| !l.starts_with('#')) {
+            let mut fields = entry.split(' ');
+            let first: i32 = fields.next().unwrap().parse().unwrap();
+            let table = hex(fields.next().unwrap());
+            for (instr, want) in fields.enumerate() {
+                let want = want.parse::<i32>().ok();
+                assert_eq!(
+                    line_of(&table, first, instr as u32),
+                    want,
+                    "code unit {instr} of {entry}"
+                );
+                checked += 1;
+            }
+            assert_eq!(line_of(&table, first, 100_000), None);
+        }
+        assert!(checked > 100, "{checked}");
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_corrupt_table_gives_no_line() {
+        assert_eq!(line_of(&[0x01, 0x02], 1, 0), None);
+        assert_eq!(line_of(&[0xf0], 1, 0), None); // 14 without its varints
+        assert_eq!(line_of(&[], 1, 0), None);
+    }
+
+    /// A fake process memory: objects laid out as 3.11 lays them out.
+    struct Memory(HashMap<u64, Vec<u8>>);
+
+    impl Memory {
+        fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+            self.0.iter().find_map(|(&start, bytes)| {
+                let at = usize::try_from(addr.checked_sub(start)?).ok()?;
+                Some(bytes.get(at..at + len)?.to_vec())
+            })
+        }
+    }
+
+    fn object(fields: &[(u64, &[u8])], size: usize) -> Vec<u8> {
+        let mut bytes = vec![0; size];
+        for (at, value) in fields {
+            let at = *at as usize;
+            bytes[at..at + value.len()].copy_from_slice(value);
+        }
+        bytes
+    }
+
+    fn string(layout: &Layout, text: &str) -> Vec<u8> {
+        let ascii = text.is_ascii();
+        let chars: Vec<char> = text.chars().collect();
+        let kind: u32 = match chars.iter().map(|&c| c as u32).max().unwrap_or(0) {
+            0..=0xff => 1,
+            0x100..=0xffff => 2,
+            _ => 4,
+        };
+        let state = (kind << 2) | (1 << 5) | if ascii { 1 << 6 } else { 0 };
+        let data: Vec<u8> = chars
+            .iter()
+            .flat_map(|&c| (c as u32).to_le_bytes()[..kind as usize].to_vec())
+            .collect();
+        let start = if ascii {
+            layout.ascii_data
+        } else {
+            layout.compact_data
+        };
+        let mut bytes = object(
+            &[
+                (layout.str_length, &(chars.len() as u64).to_le_bytes()),
+                (layout.str_state, &state.to_le_bytes()),
+            ],
+            start as usize,
+        );
+        bytes.extend(data);
+        bytes
+    }
+
+    #[test]
+    fn code_objects_read_as_3_11_lays_them_out() {
+        let layout = layout(3, 11).unwrap();
+        let (code, qualname, filename, table) = (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64);
+        let mut memory = Memory(HashMap::new());
+        memory.0.insert(
+            code,
+            object(
+                &[
+                    (layout.code_first_line, &7i32.to_le_bytes()),
+                    (layout.code_qualname, &qualname.to_le_bytes()),
+                    (layout.code_name, &qualname.to_le_bytes()),
+                    (layout.code_filename, &filename.to_le_bytes()),
+                    (layout.code_linetable, &table.to_le_bytes()),
+                ],
+                usize::from(layout.kernel.code_units),
+            ),
+        );
+        memory.0.insert(qualname, string(&layout, "Parser.héllo"));
+        memory.0.insert(filename, string(&layout, "/app/π/lib.py"));
+        let mut linetable = object(
+            &[(layout.bytes_size, &3u64.to_le_bytes())],
+            layout.bytes_data as usize,
+        );
+        linetable.extend([0x80, 0x00, 0x00]);
+        memory.0.insert(table, linetable);
+        let info = read_code(&layout, code, |a, l| memory.read(a, l)).unwrap();
+        assert_eq!(
+            info,
+            CodeInfo {
+                name: "Parser.héllo".into(),
+                filename: "/app/π/lib.py".into(),
+                first_line: 7,
+                linetable: vec![0x80, 0x00, 0x00],
+            }
+        );
+        // Something else at the address: not a code object.
+        assert_eq!(read_code(&layout, qualname, |a, l| memory.read(a, l)), None);
+        assert_eq!(read_code(&layout, 0x9000, |a, l| memory.read(a, l)), None);
+    }
+
+    #[test]
+    fn wide_strings_decode() {
+        let layout = layout(3, 11).unwrap();
+        for text in ["plain", "naïve", "λx", "emoji 🐍"] {
+            let memory = Memory(HashMap::from([(0x10, string(&layout, text))]));
+            let read = &mut |a, l| memory.read(a, l);
+            assert_eq!(super::text(&layout, 0x10, read).as_deref(), Some(text));
+        }
+    }
+}

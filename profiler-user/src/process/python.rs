@@ -1,0 +1,341 @@
+//! CPython processes: finds them, tells the kernel where to walk their
+//! frames, and names the code objects the walk recorded.
+//!
+//! A process is checked when first sampled and after each `exec` or
+//! `dlopen` (when its executable mappings change): every mapped file is
+//! searched once (by file identity) for `_PyRuntime`, `Py_Version` and
+//! `_PyEval_EvalFrameDefault`. In a file that defines them all (the
+//! `python3.x` executable, or `libpython3.x.so` of an embedding program)
+//! the version picks the field offsets ([`super::cpython`]); a version
+//! without known offsets is reported once and profiled natively, never
+//! guessed. The kernel then appends each sample's Python frames to its
+//! user stack (`profiler-ebpf/src/python.rs`).
+//!
+//! Each frame is the address of a code object and a code-unit index.
+//! After each drain, the code objects not seen before are read from the
+//! process's memory (`/proc/PID/mem`: name, file, first line, line table)
+//! while the process still runs, and cached per process image; lines are
+//! worked out from the code-unit index. A code object freed and another
+//! allocated at its address within one process keeps the first one's
+//! name: CPython frees code objects only when a module or function is
+//! deleted, which long-running processes seldom do.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+use profiler_common::{python_frame, PythonProcess};
+
+use super::cpython::{self, CodeInfo, Layout};
+use super::thread_context::load_bias;
+use super::{ModuleId, ProcessTable};
+use crate::pread::PreadFile;
+use crate::sampler::ProcessMap;
+
+/// What a file holds of an interpreter: link-time addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Interpreter {
+    /// `_PyRuntime`.
+    runtime: u64,
+    /// `_PyEval_EvalFrameDefault`: start and size.
+    eval: (u64, u64),
+    /// (major, minor) from `Py_Version`.
+    version: (u8, u8),
+}
+
+/// A Python process image the kernel walks.
+struct Image {
+    /// Its exec generation.
+    exec_gen: u32,
+    layout: Layout,
+    /// Where `_PyEval_EvalFrameDefault` is in this process.
+    eval: (u64, u64),
+    /// Code objects read so far (`None`: not readable as one).
+    codes: HashMap<u64, Option<Arc<CodeInfo>>>,
+}
+
+/// One Python frame of a sample, named.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PythonFrame {
+    /// The function's qualified name.
+    pub name: String,
+    /// Its source file.
+    pub file: String,
+    /// The line the frame is at, when the code object's table tells.
+    pub line: Option<u32>,
+}
+
+/// Python processes found, and their code objects.
+pub struct PythonProcesses {
+    sink: Box<dyn ProcessMap<PythonProcess>>,
+    /// What each file searched holds (`None`: no interpreter).
+    files: HashMap<ModuleId, Option<Interpreter>>,
+    images: HashMap<u32, Image>,
+    /// Versions already reported as unsupported.
+    reported: HashSet<(u8, u8)>,
+    /// Processes that exited: forgotten once their last window is built.
+    exited: Vec<u32>,
+}
+
+impl PythonProcesses {
+    /// Discovery that publishes Python processes to `sink`.
+    pub fn new(sink: Box<dyn ProcessMap<PythonProcess>>) -> Self {
+        Self {
+            sink,
+            files: HashMap::new(),
+            images: HashMap::new(),
+            reported: HashSet::new(),
+            exited: Vec::new(),
+        }
+    }
+
+    /// Checks process `tgid` from its snapshot in `processes` (after it
+    /// was snapshotted: first seen, exec'd, or its mappings changed).
+    pub fn check(&mut self, tgid: u32, processes: &ProcessTable) {
+        let Some(info) = processes.process(tgid) else {
+            return;
+        };
+        let Some(exec_gen) = info.exec_gen else {
+            return; // an exec while it was read: checked at the next snapshot
+        };
+        if self
+            .images
+            .get(&tgid)
+            .is_some_and(|image| image.exec_gen == exec_gen)
+        {
+            return;
+        }
+        for mapping in &info.mappings {
+            let interpreter = *self
+                .files
+                .entry(mapping.module)
+                .or_insert_with(|| search(processes, mapping.module));
+            let Some(interpreter) = interpreter else {
+                continue;
+            };
+            let Some(layout) = cpython::layout(interpreter.version.0, interpreter.version.1) else {
+                if self.reported.insert(interpreter.version) {
+                    log::warn!(
+                        "process {tgid}: Python {}.{} is not supported (3.11 and 3.12 are): \
+                         its stacks show the interpreter's C functions only",
+                        interpreter.version.0,
+                        interpreter.version.1
+                    );
+                }
+                return;
+            };
+            let Some(bias) = module_bias(
+                processes,
+                mapping.module,
+                mapping.file_offset,
+                mapping.start,
+            ) else {
+                continue;
+            };
+            self.sink.publish(
+                tgid,
+                PythonProcess {
+                    runtime: interpreter.runtime.wrapping_add(bias),
+                    exec_gen,
+                    flags: layout.flags,
+                    offsets: layout.kernel,
+                },
+            );
+            let eval = (interpreter.eval.0.wrapping_add(bias), interpreter.eval.1);
+            log::info!(
+                "process {tgid}: Python {}.{}, walking its frames",
+                interpreter.version.0,
+                interpreter.version.1
+            );
+            self.images.insert(
+                tgid,
+                Image {
+                    exec_gen,
+                    layout,
+                    eval,
+                    codes: HashMap::new(),
+                },
+            );
+            return;
+        }
+        // Not (or no longer) Python in this image.
+        if self.images.remove(&tgid).is_some() {
+            self.sink.withdraw(tgid);
+        }
+    }
+
+    /// Reads the code objects of `frames` (Python frame words of process
+    /// `tgid`, image `exec_gen`) not read before.
+    pub fn learn(&mut self, tgid: u32, exec_gen: u32, frames: &[u64]) {
+        let Some(image) = self.images.get_mut(&tgid) else {
+            return;
+        };
+        if image.exec_gen != exec_gen {
+            return;
+        }
+        let mut mem: Option<Option<File>> = None;
+        for &word in frames {
+            let (code, _, _) = python_frame::decode(word);
+            if image.codes.contains_key(&code) {
+                continue;
+            }
+            let mem = mem.get_or_insert_with(|| File::open(format!("/proc/{tgid}/mem")).ok());
+            let Some(mem) = mem else {
+                return; // gone: its frames stay unnamed
+            };
+            let read = |addr: u64, len: usize| {
+                let mut buf = vec![0; len];
+                mem.read_exact_at(&mut buf, addr).ok()?;
+                Some(buf)
+            };
+            let info = cpython::read_code(&image.layout, code, read).map(Arc::new);
+            image.codes.insert(code, info);
+        }
+    }
+
+    /// Notes processes that exited; they are forgotten at [`Self::prune`].
+    pub fn exited(&mut self, tgids: &[u32]) {
+        self.exited
+            .extend(tgids.iter().filter(|t| self.images.contains_key(t)));
+    }
+
+    /// Forgets the processes that exited (once their samples are named)
+    /// and what was found in `modules`, files no live process maps.
+    pub fn prune(&mut self, modules: &[ModuleId]) {
+        for tgid in std::mem::take(&mut self.exited) {
+            if self.images.remove(&tgid).is_some() {
+                self.sink.withdraw(tgid);
+            }
+        }
+        for module in modules {
+            self.files.remove(module);
+        }
+    }
+
+    /// The `_PyEval_EvalFrameDefault` range of image `exec_gen` of `tgid`.
+    pub fn eval_range(&self, tgid: u32, exec_gen: u32) -> Option<(u64, u64)> {
+        let image = self.images.get(&tgid)?;
+        (image.exec_gen == exec_gen).then_some(image.eval)
+    }
+
+    /// The frame `word` of image `exec_gen` of `tgid`, named; `None` when
+    /// its code object could not be read.
+    pub fn frame(&self, tgid: u32, exec_gen: u32, word: u64) -> Option<PythonFrame> {
+        let image = self.images.get(&tgid)?;
+        if image.exec_gen != exec_gen {
+            return None;
+        }
+        let (code, _, instr) = python_frame::decode(word);
+        let info = image.codes.get(&code)?.as_ref()?;
+        let line = cpython::line_of(&info.linetable, info.first_line, instr)
+            .and_then(|line| u32::try_from(line).ok());
+        Some(PythonFrame {
+            name: info.name.clone(),
+            file: info.filename.clone(),
+            line,
+        })
+    }
+}
+
+/// What file `module` holds of an interpreter.
+fn search(processes: &ProcessTable, module: ModuleId) -> Option<Interpreter> {
+    // Read with bounded preads, never mapped: the file is another
+    // process's, and one truncated while mapped would kill us (SIGBUS).
+    let data = PreadFile::new(processes.module(module).open_file()?).ok()?;
+    // The full symbol table only of files named for Python (a static
+    // interpreter may export nothing); every other file's exported
+    // symbols, the short list.
+    let path = &processes.module(module).path;
+    let all = path.to_string_lossy().contains("python");
+    match interpreter_in(&data, all) {
+        Ok(found) => found,
+        Err(err) => {
+            log::debug!("{}: {err}", processes.module(module).path.display());
+            None
+        }
+    }
+}
+
+/// The load bias of `module` mapped at `start` from `file_offset`.
+fn module_bias(
+    processes: &ProcessTable,
+    module: ModuleId,
+    file_offset: u64,
+    start: u64,
+) -> Option<u64> {
+    let data = PreadFile::new(processes.module(module).open_file()?).ok()?;
+    load_bias(&data, file_offset, start)
+}
+
+/// The interpreter an ELF image defines, if it does: in its exported
+/// symbols, or (`all`) in its full symbol table too.
+fn interpreter_in<'a, R: object::ReadRef<'a>>(
+    data: R,
+    all: bool,
+) -> Result<Option<Interpreter>, object::read::Error> {
+    let file = object::read::elf::ElfFile64::<object::Endianness, R>::parse(data)?;
+    let mut runtime = None;
+    let mut eval = None;
+    let mut version = None;
+    let full = all.then(|| file.symbols()).into_iter().flatten();
+    for symbol in file.dynamic_symbols().chain(full) {
+        match symbol.name() {
+            Ok("_PyRuntime") if runtime.is_none() => runtime = Some(symbol.address()),
+            Ok("_PyEval_EvalFrameDefault") if eval.is_none() => {
+                eval = Some((symbol.address(), symbol.size()));
+            }
+            Ok("Py_Version") if version.is_none() => {
+                let Some(index) = symbol.section_index() else {
+                    continue;
+                };
+                let section = file.section_by_index(index)?;
+                if let Some(bytes) = section.data_range(symbol.address(), 4)? {
+                    let hex = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
+                    version = Some(cpython::version_from_hex(hex));
+                }
+            }
+            _ => {}
+        }
+        if runtime.is_some() && eval.is_some() && version.is_some() {
+            break;
+        }
+    }
+    Ok(match (runtime, eval, version) {
+        (Some(runtime), Some(eval), Some(version)) if eval.1 > 0 => Some(Interpreter {
+            runtime,
+            eval,
+            version,
+        }),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The machine's own interpreter, when it is one this build knows
+    /// (the test machines have 3.11).
+    #[test]
+    fn the_python_executable_defines_its_interpreter() {
+        let Ok(data) = std::fs::read("/usr/bin/python3.11") else {
+            eprintln!("no /usr/bin/python3.11 here: skipped");
+            return;
+        };
+        let found = interpreter_in(&data[..], false)
+            .unwrap()
+            .expect("an interpreter");
+        assert_eq!(found.version, (3, 11));
+        assert!(found.runtime > 0 && found.eval.1 > 1000, "{found:?}");
+        assert!(cpython::layout(3, 11).is_some());
+    }
+
+    #[test]
+    fn other_elf_files_define_none() {
+        let data = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(interpreter_in(&data[..], true).unwrap(), None);
+        assert!(interpreter_in(&b"not an ELF file"[..], false).is_err());
+    }
+}
