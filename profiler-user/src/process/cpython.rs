@@ -2,14 +2,21 @@
 //! the kernel and naming them here. Pure: memory is read through a
 //! caller's function.
 //!
-//! The offsets of 3.11 were printed by a C program compiled against the
-//! machine's CPython 3.11 headers (`offsetof` over `Py_BUILD_CORE`
+//! The offsets of 3.11 and 3.12 were printed by a C program compiled
+//! against each version's headers (`offsetof` over `Py_BUILD_CORE`
 //! internals: `pycore_runtime.h`, `pycore_interp.h`, `pycore_frame.h`,
-//! `cpython/code.h`, `cpython/unicodeobject.h`). 3.13 and later publish
-//! theirs at the start of `_PyRuntime` (`_Py_DebugOffsets`, cookie
-//! `xdebugpy`); reading those is not done yet, so 3.13+ (and 3.12, whose
-//! headers this build has not been checked against) are reported and
-//! profiled natively.
+//! `cpython/code.h`, `cpython/unicodeobject.h`; 3.11.7 and 3.12.1).
+//! 3.13 publishes its own at the start of `_PyRuntime`: `_Py_DebugOffsets`,
+//! cookie `xdebugpy` ([`from_debug_offsets`], whose field positions were
+//! checked the same way against 3.13.0's header). That struct changes
+//! between minor versions, so later versions are reported and profiled
+//! natively until their layout is added here.
+//!
+//! Entry frames: in 3.11 a frame's `is_entry` is set on the first frame a
+//! C call of `_PyEval_EvalFrameDefault` evaluates; from 3.12 that call
+//! first pushes a shim frame owned by the C stack (`owner` ==
+//! `FRAME_OWNED_BY_CSTACK`, 3 in 3.12 and 3.13), which is no Python frame
+//! and marks the frame after it as the call's entry.
 
 use profiler_common::{PythonOffsets, PythonProcess};
 
@@ -78,8 +85,134 @@ pub fn layout(major: u8, minor: u8) -> Option<Layout> {
             bytes_size: 16,
             bytes_data: 32,
         }),
+        (3, 12) => Some(Layout {
+            kernel: PythonOffsets {
+                runtime_interpreters: 40,
+                interp_threads: 72,
+                tstate_next: 8,
+                tstate_thread_id: 136,
+                tstate_frame: 56,
+                cframe_current: 0,
+                frame_code: 0,
+                frame_previous: 8,
+                frame_instr: 56,
+                frame_entry: 70,
+                code_units: 192,
+                shim_owner: FRAME_OWNED_BY_CSTACK,
+            },
+            flags: PythonProcess::ENTRY_SHIM,
+            code_name: 120,
+            code_qualname: 128,
+            code_filename: 112,
+            code_first_line: 68,
+            code_linetable: 136,
+            str_length: 16,
+            str_state: 32,
+            ascii_data: 40,
+            compact_data: 56,
+            bytes_size: 16,
+            bytes_data: 32,
+        }),
         _ => None,
     }
+}
+
+/// `FRAME_OWNED_BY_CSTACK` of 3.12 and 3.13.
+const FRAME_OWNED_BY_CSTACK: u16 = 3;
+
+/// What the start of `_PyRuntime` of a 3.13+ process must hold.
+pub const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
+/// Bytes of 3.13's `_Py_DebugOffsets`.
+pub const DEBUG_OFFSETS_SIZE: usize = 584;
+
+/// Why a process's `_Py_DebugOffsets` were not used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DebugOffsetsError {
+    /// The cookie is not there.
+    #[error("_PyRuntime does not start with the debug offsets' cookie")]
+    NoCookie,
+    /// They describe another version than the file says.
+    #[error("the debug offsets are of version {found:#x}, the file says {expected:#x}")]
+    Version {
+        /// `PY_VERSION_HEX` of the offsets.
+        found: u64,
+        /// That of `Py_Version`.
+        expected: u64,
+    },
+    /// A free-threaded build (no GIL): its objects are laid out otherwise.
+    #[error("a free-threaded (no-GIL) build is not supported")]
+    FreeThreaded,
+    /// Too short, or a field too far for the kernel walk.
+    #[error("the debug offsets are malformed ({0})")]
+    Malformed(&'static str),
+}
+
+/// The layout of a 3.13 process from the `_Py_DebugOffsets` at the start
+/// of its `_PyRuntime` (`bytes`, [`DEBUG_OFFSETS_SIZE`] of them), checked
+/// against `version_hex` (its `Py_Version`).
+pub fn from_debug_offsets(bytes: &[u8], version_hex: u32) -> Result<Layout, DebugOffsetsError> {
+    if bytes.get(..8) != Some(&DEBUG_COOKIE[..]) {
+        return Err(DebugOffsetsError::NoCookie);
+    }
+    let field = |at: u64| u64_at(bytes, at).ok_or(DebugOffsetsError::Malformed("too short"));
+    let version = field(8)?;
+    // Patch releases share the layout; the release level and serial may differ.
+    if version >> 16 != u64::from(version_hex >> 16) || version_from_hex(version_hex) != (3, 13) {
+        return Err(DebugOffsetsError::Version {
+            found: version,
+            expected: u64::from(version_hex),
+        });
+    }
+    if field(16)? != 0 {
+        return Err(DebugOffsetsError::FreeThreaded);
+    }
+    let small = |at: u64| {
+        let value = field(at)?;
+        u16::try_from(value).map_err(|_| DebugOffsetsError::Malformed("an offset over 64 KiB"))
+    };
+    // Field positions in 3.13's struct (uint64_t each): runtime_state at
+    // 24, interpreter_state at 48, thread_state at 152,
+    // interpreter_frame at 224, code_object at 272, bytes_object at 512,
+    // unicode_object at 536.
+    let kernel = PythonOffsets {
+        runtime_interpreters: small(40)?,
+        interp_threads: small(72)?,
+        tstate_next: small(168)?,
+        tstate_thread_id: small(192)?,
+        tstate_frame: small(184)?,
+        cframe_current: 0,
+        frame_code: small(240)?,
+        frame_previous: small(232)?,
+        frame_instr: small(248)?,
+        frame_entry: small(264)?,
+        code_units: small(344)?,
+        shim_owner: FRAME_OWNED_BY_CSTACK,
+    };
+    // The kernel reads a frame's fields in its first 64 (words) or 128
+    // (bytes) bytes.
+    let words = [kernel.frame_code, kernel.frame_previous, kernel.frame_instr];
+    if words.iter().any(|&at| at > 56) || kernel.frame_entry > 127 {
+        return Err(DebugOffsetsError::Malformed(
+            "frame fields past the walk's reach",
+        ));
+    }
+    let ascii_data = field(560)?;
+    Ok(Layout {
+        kernel,
+        flags: PythonProcess::ENTRY_SHIM | PythonProcess::FRAME_IN_TSTATE,
+        code_name: field(288)?,
+        code_qualname: field(296)?,
+        code_filename: field(280)?,
+        code_first_line: field(312)?,
+        code_linetable: field(304)?,
+        str_length: field(552)?,
+        str_state: field(544)?,
+        ascii_data,
+        // PyCompactUnicodeObject: the ASCII header, utf8_length, utf8.
+        compact_data: ascii_data + 16,
+        bytes_size: field(520)?,
+        bytes_data: field(528)?,
+    })
 }
 
 /// (major, minor) of a `PY_VERSION_HEX` (`Py_Version`, exported by 3.11+).
@@ -288,7 +421,91 @@ mod tests {
         assert_eq!(version_from_hex(0x030b07f0), (3, 11));
         assert_eq!(version_from_hex(0x030c00f0), (3, 12));
         assert!(layout(3, 11).is_some());
+        assert!(layout(3, 12).is_some());
         assert!(layout(3, 10).is_none());
+        assert!(layout(3, 13).is_none(), "3.13 describes itself");
+    }
+
+    /// A 3.13 `_Py_DebugOffsets` with the values 3.13.0 has on x86-64.
+    fn debug_offsets_3_13() -> Vec<u8> {
+        let mut bytes = vec![0; DEBUG_OFFSETS_SIZE];
+        bytes[..8].copy_from_slice(DEBUG_COOKIE);
+        let mut set =
+            |at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        set(8, 0x030d00f0);
+        for (at, value) in [
+            (40, 40),
+            (72, 7344),
+            (168, 8),
+            (184, 72),
+            (192, 152),
+            (232, 8),
+            (240, 0),
+            (248, 56),
+            (264, 70),
+            (280, 112),
+            (288, 120),
+            (296, 128),
+            (304, 136),
+            (312, 68),
+            (344, 200),
+            (520, 16),
+            (528, 32),
+            (544, 32),
+            (552, 16),
+            (560, 40),
+        ] {
+            set(at, value);
+        }
+        bytes
+    }
+
+    #[test]
+    fn debug_offsets_of_3_13_give_its_layout() {
+        let layout = from_debug_offsets(&debug_offsets_3_13(), 0x030d00f0).unwrap();
+        assert_eq!(layout.kernel.interp_threads, 7344);
+        assert_eq!(layout.kernel.tstate_frame, 72);
+        assert_eq!(layout.kernel.frame_entry, 70);
+        assert_eq!(layout.kernel.code_units, 200);
+        assert_eq!(
+            layout.flags,
+            PythonProcess::ENTRY_SHIM | PythonProcess::FRAME_IN_TSTATE
+        );
+        assert_eq!((layout.ascii_data, layout.compact_data), (40, 56));
+        assert_eq!(layout.code_first_line, 68);
+    }
+
+    #[test]
+    fn debug_offsets_are_checked() {
+        let good = debug_offsets_3_13();
+        let mut bad = good.clone();
+        bad[0] = b'y';
+        assert_eq!(
+            from_debug_offsets(&bad, 0x030d00f0),
+            Err(DebugOffsetsError::NoCookie)
+        );
+        assert!(matches!(
+            from_debug_offsets(&good, 0x030e00f0),
+            Err(DebugOffsetsError::Version { .. })
+        ));
+        let mut threaded = good.clone();
+        threaded[16] = 1;
+        assert_eq!(
+            from_debug_offsets(&threaded, 0x030d00f0),
+            Err(DebugOffsetsError::FreeThreaded)
+        );
+        let mut far = good.clone();
+        far[248..256].copy_from_slice(&200u64.to_le_bytes());
+        assert!(matches!(
+            from_debug_offsets(&far, 0x030d00f0),
+            Err(DebugOffsetsError::Malformed(_))
+        ));
+        assert!(matches!(
+            from_debug_offsets(&good[..100], 0x030d00f0),
+            Err(DebugOffsetsError::Malformed(_))
+        ));
+        // A patch release shares the layout.
+        assert!(from_debug_offsets(&good, 0x030d05f0).is_ok());
     }
 
     /// Lines of every code unit, from CPython 3.11 itself, of code

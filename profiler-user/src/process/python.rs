@@ -41,8 +41,8 @@ struct Interpreter {
     runtime: u64,
     /// `_PyEval_EvalFrameDefault`: start and size.
     eval: (u64, u64),
-    /// (major, minor) from `Py_Version`.
-    version: (u8, u8),
+    /// `Py_Version` (`PY_VERSION_HEX`).
+    version: u32,
 }
 
 /// A Python process image the kernel walks.
@@ -115,17 +115,6 @@ impl PythonProcesses {
             let Some(interpreter) = interpreter else {
                 continue;
             };
-            let Some(layout) = cpython::layout(interpreter.version.0, interpreter.version.1) else {
-                if self.reported.insert(interpreter.version) {
-                    log::warn!(
-                        "process {tgid}: Python {}.{} is not supported (3.11 and 3.12 are): \
-                         its stacks show the interpreter's C functions only",
-                        interpreter.version.0,
-                        interpreter.version.1
-                    );
-                }
-                return;
-            };
             let Some(bias) = module_bias(
                 processes,
                 mapping.module,
@@ -134,21 +123,40 @@ impl PythonProcesses {
             ) else {
                 continue;
             };
+            let runtime = interpreter.runtime.wrapping_add(bias);
+            let (major, minor) = cpython::version_from_hex(interpreter.version);
+            let layout = match cpython::layout(major, minor) {
+                Some(layout) => Ok(layout),
+                None if (major, minor) >= (3, 13) => {
+                    debug_offsets(tgid, runtime, interpreter.version)
+                }
+                None => Err(format!(
+                    "Python {major}.{minor} is not supported (3.11 to 3.13 are)"
+                )),
+            };
+            let layout = match layout {
+                Ok(layout) => layout,
+                Err(why) => {
+                    if self.reported.insert((major, minor)) {
+                        log::warn!(
+                            "process {tgid}: {why}: its stacks show the interpreter's C \
+                             functions only"
+                        );
+                    }
+                    return;
+                }
+            };
             self.sink.publish(
                 tgid,
                 PythonProcess {
-                    runtime: interpreter.runtime.wrapping_add(bias),
+                    runtime,
                     exec_gen,
                     flags: layout.flags,
                     offsets: layout.kernel,
                 },
             );
             let eval = (interpreter.eval.0.wrapping_add(bias), interpreter.eval.1);
-            log::info!(
-                "process {tgid}: Python {}.{}, walking its frames",
-                interpreter.version.0,
-                interpreter.version.1
-            );
+            log::info!("process {tgid}: Python {major}.{minor}, walking its frames");
             self.images.insert(
                 tgid,
                 Image {
@@ -239,6 +247,18 @@ impl PythonProcesses {
     }
 }
 
+/// The layout a 3.13+ process `pid` describes in the `_Py_DebugOffsets`
+/// at the start of its `_PyRuntime` (at `runtime`).
+fn debug_offsets(pid: u32, runtime: u64, version: u32) -> Result<Layout, String> {
+    let (major, minor) = cpython::version_from_hex(version);
+    let mut bytes = vec![0; cpython::DEBUG_OFFSETS_SIZE];
+    File::open(format!("/proc/{pid}/mem"))
+        .and_then(|mem| mem.read_exact_at(&mut bytes, runtime))
+        .map_err(|err| format!("Python {major}.{minor}: reading its debug offsets: {err}"))?;
+    cpython::from_debug_offsets(&bytes, version)
+        .map_err(|err| format!("Python {major}.{minor}: {err}"))
+}
+
 /// What file `module` holds of an interpreter.
 fn search(processes: &ProcessTable, module: ModuleId) -> Option<Interpreter> {
     // Read with bounded preads, never mapped: the file is another
@@ -292,8 +312,7 @@ fn interpreter_in<'a, R: object::ReadRef<'a>>(
                 };
                 let section = file.section_by_index(index)?;
                 if let Some(bytes) = section.data_range(symbol.address(), 4)? {
-                    let hex = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
-                    version = Some(cpython::version_from_hex(hex));
+                    version = Some(u32::from_le_bytes(bytes.try_into().unwrap_or_default()));
                 }
             }
             _ => {}
@@ -327,7 +346,7 @@ mod tests {
         let found = interpreter_in(&data[..], false)
             .unwrap()
             .expect("an interpreter");
-        assert_eq!(found.version, (3, 11));
+        assert_eq!(cpython::version_from_hex(found.version), (3, 11));
         assert!(found.runtime > 0 && found.eval.1 > 1000, "{found:?}");
         assert!(cpython::layout(3, 11).is_some());
     }

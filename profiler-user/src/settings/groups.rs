@@ -91,7 +91,7 @@ settings_group! {
         #[arg(long, num_args = 0, default_missing_value = "true")]
         pub no_thread_context: Option<bool>,
 
-        /// Do not walk CPython's frames in Python processes (3.11, 3.12):
+        /// Do not walk CPython's frames in Python processes (3.11 to 3.13):
         /// their stacks then show the interpreter's C functions only.
         #[arg(long, num_args = 0, default_missing_value = "true")]
         pub no_python: Option<bool>,
