@@ -45,7 +45,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     kernel_kind, names, Config, DeepStack, FileOffsets, ProcessEvent, Stack, StackHash, Stat,
-    DEEP_STACK_DEPTH, MAX_STACK_DEPTH, TRUNCATED_MARK,
+    DEEP_STACK_DEPTH, MAX_STACK_DEPTH, PYTHON_MARK, TRUNCATED_MARK,
 };
 
 use crate::exec;
@@ -402,7 +402,8 @@ extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
     }
     // SAFETY: this CPU's scratch slot of the kind, filled by `record`.
     let addr = unsafe { (*scratch).frames[i] };
-    if addr == 0 || addr == TRUNCATED_MARK {
+    // The end of the native frames: a Python frame is no address.
+    if addr == 0 || addr == TRUNCATED_MARK || addr == PYTHON_MARK {
         return 1;
     }
     look_up(walk, addr);

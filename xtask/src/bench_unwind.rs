@@ -18,7 +18,7 @@
 //!    rows the loader wrote (its `hostprof::unwind` debug log) and how many
 //!    processes had tables (`UNWIND_PROCESSES` entries).
 //! 3. Python frames. The same, with the tables unwinder, while CPython
-//!    3.11 runs `python_chain.py` (three threads of nested Python
+//!    3.11 runs `python_chain.py threads` (two threads of nested Python
 //!    functions) on every CPU: once walking Python frames (the default),
 //!    once with `--no-python`; against the native load's cost, and with
 //!    `hostprof record`'s own CPU time (user + system, read from
@@ -148,15 +148,18 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
             .chain(python_modes)
             .map(|&mode| {
                 let load = (0..instances).map(|i| {
-                    let mut workload = if mode.python_load() {
+                    if mode.python_load() {
                         let mut python = Command::new("/usr/bin/python3.11");
-                        python.arg(&script);
+                        python
+                            .arg(&script)
+                            .args([run_ms.to_string().as_str(), "threads"])
+                            .stdout(Stdio::null());
                         python
                     } else {
-                        Command::new(&workloads[i % workloads.len()])
-                    };
-                    workload.arg(run_ms.to_string()).stdout(Stdio::null());
-                    workload
+                        let mut workload = Command::new(&workloads[i % workloads.len()]);
+                        workload.arg(run_ms.to_string());
+                        workload
+                    }
                 });
                 while_running(load, || capture(options, mode, unwinder_flag))
             })
