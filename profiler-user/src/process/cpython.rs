@@ -233,7 +233,7 @@ pub struct CodeInfo {
     pub linetable: Vec<u8>,
 }
 
-/// Longest name or file name read.
+/// Characters of a name or file name read (the rest is left out).
 const MAX_TEXT: u64 = 1024;
 /// Largest line table read.
 const MAX_LINETABLE: u64 = 64 << 10;
@@ -264,7 +264,12 @@ pub fn read_code(
     })
 }
 
-/// The compact `str` at `addr`.
+/// The compact `str` at `addr`, its first `MAX_TEXT` characters.
+///
+/// A `str` holds code points, not UTF-16 or UTF-32: lone surrogates are
+/// valid in it (`surrogateescape` puts one for each byte of a file name
+/// that is not UTF-8), so each is shown as U+FFFD rather than failing the
+/// whole string, and two surrogates in a row stay two characters.
 fn text(
     layout: &Layout,
     addr: u64,
@@ -278,10 +283,12 @@ fn text(
     let header = read(addr, layout.ascii_data as usize)?;
     let length = u64_at(&header, layout.str_length)?;
     let state = u32_at(&header, layout.str_state)?;
+    // PyASCIIObject.state: kind bits 2-4, compact bit 5, ascii bit 6
+    // (3.11 to 3.13, `cpython/unicodeobject.h`).
     let kind = (state >> 2) & 7;
     let compact = state & (1 << 5) != 0;
     let ascii = state & (1 << 6) != 0;
-    if !compact || length > MAX_TEXT || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
+    if !compact || !matches!(kind, 1 | 2 | 4) || (ascii && kind != 1) {
         return None;
     }
     let start = if ascii {
@@ -289,21 +296,14 @@ fn text(
     } else {
         layout.compact_data
     };
-    let data = read(addr + start, (length * u64::from(kind)) as usize)?;
-    let text: Option<String> = match kind {
-        1 => Some(data.iter().map(|&b| char::from(b)).collect()),
-        2 => char::decode_utf16(
-            data.chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]])),
-        )
-        .collect::<Result<_, _>>()
-        .ok(),
-        _ => data
-            .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-            .collect(),
+    let kind = kind as usize;
+    let data = read(addr + start, length.min(MAX_TEXT) as usize * kind)?;
+    let code_point = |unit: &[u8]| {
+        let mut word = [0; 4];
+        word[..kind].copy_from_slice(unit);
+        char::from_u32(u32::from_le_bytes(word)).unwrap_or(char::REPLACEMENT_CHARACTER)
     };
-    text
+    Some(data.chunks_exact(kind).map(code_point).collect())
 }
 
 /// The contents of the `bytes` object at `addr`.
@@ -359,17 +359,17 @@ pub fn line_of(table: &[u8], first_line: i32, instr: u32) -> Option<i32> {
                 Some(line)
             }
             10..=12 => {
-                line += i32::from(code) - 10;
+                line = line.saturating_add(i32::from(code) - 10);
                 bytes.next()?;
                 bytes.next()?;
                 Some(line)
             }
             13 => {
-                line += signed_varint(&mut bytes)?;
+                line = line.saturating_add(signed_varint(&mut bytes)?);
                 Some(line)
             }
             14 => {
-                line += signed_varint(&mut bytes)?;
+                line = line.saturating_add(signed_varint(&mut bytes)?);
                 for _ in 0..3 {
                     varint(&mut bytes)?;
                 }
@@ -377,10 +377,10 @@ pub fn line_of(table: &[u8], first_line: i32, instr: u32) -> Option<i32> {
             }
             _ => None,
         };
-        if instr < start + len {
+        if instr < start.saturating_add(len) {
             return here;
         }
-        start += len;
+        start = start.saturating_add(len);
     }
     None
 }
@@ -434,7 +434,7 @@ mod tests {
             |at: usize, value: u64| bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
         set(8, 0x030d00f0);
         for (at, value) in [
-            (40, 40),
+            (40, 632),
             (72, 7344),
             (168, 8),
             (184, 72),
@@ -548,6 +548,15 @@ mod tests {
         assert_eq!(line_of(&[0x01, 0x02], 1, 0), None);
         assert_eq!(line_of(&[0xf0], 1, 0), None); // 14 without its varints
         assert_eq!(line_of(&[], 1, 0), None);
+        // A varint longer than 32 bits.
+        assert_eq!(
+            line_of(&[0xe8, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x01], 1, 0),
+            None
+        );
+        // Huge deltas saturate rather than overflow.
+        let jump = [0xe8, 0x7e, 0x7f, 0x7f, 0x7f, 0x7f, 0x07];
+        let table: Vec<u8> = jump.iter().copied().cycle().take(jump.len() * 4).collect();
+        assert_eq!(line_of(&table, i32::MAX - 5, 3), Some(i32::MAX));
     }
 
     /// A fake process memory: objects laid out as 3.11 lays them out.
@@ -649,5 +658,79 @@ mod tests {
             let read = &mut |a, l| memory.read(a, l);
             assert_eq!(super::text(&layout, 0x10, read).as_deref(), Some(text));
         }
+    }
+
+    #[test]
+    fn long_and_surrogate_strings_decode() {
+        let layout = layout(3, 12).unwrap();
+        let long = "é".repeat(1500);
+        let memory = Memory(HashMap::from([(0x10, string(&layout, &long))]));
+        let read = &mut |a, l| memory.read(a, l);
+        assert_eq!(
+            super::text(&layout, 0x10, read),
+            Some("é".repeat(MAX_TEXT as usize))
+        );
+        // "a\udcff\ud83d\udc0d" (UCS2): three code points that are lone
+        // surrogates, not a pair.
+        let state: u32 = (2 << 2) | (1 << 5);
+        let mut bytes = object(
+            &[
+                (layout.str_length, &4u64.to_le_bytes()),
+                (layout.str_state, &state.to_le_bytes()),
+            ],
+            layout.compact_data as usize,
+        );
+        for unit in [0x61u16, 0xdcff, 0xd83d, 0xdc0d] {
+            bytes.extend(unit.to_le_bytes());
+        }
+        let memory = Memory(HashMap::from([(0x10, bytes)]));
+        let read = &mut |a, l| memory.read(a, l);
+        assert_eq!(
+            super::text(&layout, 0x10, read).as_deref(),
+            Some("a\u{fffd}\u{fffd}\u{fffd}")
+        );
+    }
+
+    /// A code object of CPython 3.11.7 and what it points to, as
+    /// `ctypes.string_at` dumped them (address, bytes); its file name
+    /// has a byte that is not UTF-8 (`surrogateescape`). Written by:
+    ///
+    /// ```text
+    /// import ctypes
+    /// SOURCE = "class Parser:\n    def parse(self, text):\n        return text.split()\n"
+    /// ns = {}
+    /// exec(compile(SOURCE, "/srv/caf\udce9/parser.py", "exec"), ns)
+    /// code = ns["Parser"].parse.__code__
+    /// def obj(o, n):
+    ///     print(f"        ({id(o):#x}, \"{ctypes.string_at(id(o), n).hex()}\"),")
+    /// obj(code, 184)
+    /// obj(code.co_qualname, 48 + len(code.co_qualname) + 1)
+    /// obj(code.co_name, 48 + len(code.co_name) + 1)
+    /// obj(code.co_filename, 72 + 2 * (len(code.co_filename) + 1))
+    /// obj(code.co_linetable, 32 + len(code.co_linetable) + 1)
+    /// print(hex(id(code)))
+    /// ```
+    const REAL_3_11: &[(u64, &str)] = &[
+        (0x7f3c705cb2d0, "0300000000000000009be4703c7f0000150000000000000090197f703c7f000070097f703c7f0000a808f5703c7f000003000000f8ff00000200000000000000000000000200000002000000020000000200000000000000000000000000000000cf3c703c7f000000217f703c7f000030637b703c7f0000f09d64703c7f0000f0d83c703c7f000070d93c703c7f0000000000000000000000000000000000000000000000000000000000003c7f00000000000000000000"),
+        (0x7f3c703cd8f0, "03000000000000006018e6703c7f00000c00000000000000ffffffffffffffffe40000000000000000000000000000005061727365722e706172736500"),
+        (0x7f3c70649df0, "12000000000000006018e6703c7f0000050000000000000081d8790d949a97ffe5000000000000000000000000000000706172736500"),
+        (0x7f3c707b6330, "04000000000000006018e6703c7f00001300000000000000e8d4aeb1e23be944a82c81703c7f000000000000000000000000000000000000000000000000000000000000000000002f007300720076002f00630061006600e9dc2f007000610072007300650072002e00700079000000"),
+        (0x7f3c703cd970, "02000000000000004086e4703c7f000010000000000000002c452c6b559a56cb8000d80f138f7a8a7a897c8c7cd0081b00"),
+    ];
+
+    #[test]
+    fn a_real_3_11_code_object_reads() {
+        let memory = Memory(
+            REAL_3_11
+                .iter()
+                .map(|&(at, bytes)| (at, hex(bytes)))
+                .collect(),
+        );
+        let layout = layout(3, 11).unwrap();
+        let info = read_code(&layout, 0x7f3c705cb2d0, |a, l| memory.read(a, l)).unwrap();
+        assert_eq!(info.name, "Parser.parse");
+        assert_eq!(info.filename, "/srv/caf\u{fffd}/parser.py");
+        assert_eq!(info.first_line, 2);
+        assert_eq!(line_of(&info.linetable, info.first_line, 0), Some(2));
     }
 }

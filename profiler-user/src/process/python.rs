@@ -34,6 +34,11 @@ use super::{ModuleId, ProcessTable};
 use crate::pread::PreadFile;
 use crate::sampler::ProcessMap;
 
+/// Code objects kept per process: a process that makes code objects
+/// without end (generated code) has its cache emptied when it is full,
+/// so memory stays bounded and frames are read again as they are met.
+const MAX_CODES: usize = 16_384;
+
 /// What a file holds of an interpreter: link-time addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Interpreter {
@@ -199,6 +204,9 @@ impl PythonProcesses {
                 Some(buf)
             };
             let info = cpython::read_code(&image.layout, code, read).map(Arc::new);
+            if image.codes.len() >= MAX_CODES {
+                image.codes.clear();
+            }
             image.codes.insert(code, info);
         }
     }
