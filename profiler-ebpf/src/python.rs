@@ -22,7 +22,10 @@
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::generated::{self, bpf_loop},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{self, bpf_loop},
+    },
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -39,9 +42,23 @@ use crate::stack::{self, read_user, Kind};
 static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
-/// The thread state last found for a thread, by tid.
+/// What the last search of a thread's state found, by tid.
 #[map(name = "PYTHON_THREADS")]
-static PYTHON_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16_384, 0);
+static PYTHON_THREADS: LruHashMap<u32, ThreadSearch> = LruHashMap::with_max_entries(16_384, 0);
+
+/// What a search of the interpreter's thread list found for a thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ThreadSearch {
+    /// Its `PyThreadState`; 0: none (a thread that runs no Python code:
+    /// a native pool's, say), not searched again for [`MISS_TTL_NS`].
+    tstate: u64,
+    /// When (`bpf_ktime_get_ns`).
+    at_ns: u64,
+}
+
+/// How long a thread found without a thread state is not searched again.
+const MISS_TTL_NS: u64 = 1_000_000_000;
 
 /// Bytes of a frame read at once: every field the walk needs lies in the
 /// first 72 bytes of `_PyInterpreterFrame` in the versions supported.
@@ -92,7 +109,7 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
     }
     // Room for the mark, a frame and the terminating zero.
     if depth + 3 > DEEP_STACK_DEPTH {
-        kind.bump(Stat::PythonTruncated);
+        kind.bump(Stat::PythonNoFrames);
         return depth;
     }
     let Some(frame) = current_frame(config, &process, tid) else {
@@ -143,8 +160,37 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
 #[inline(always)]
 fn current_frame(config: &Config, process: &PythonProcess, tid: u32) -> Option<u64> {
     let fsbase = stack::thread_pointer(config)?;
+    let thread_id = u64::from(process.offsets.tstate_thread_id);
+    // SAFETY: reads the monotonic clock; no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: copied out at once.
+    let cached = unsafe { PYTHON_THREADS.get(&tid) }.copied();
+    let mut stale = 0;
+    if let Some(found) = cached {
+        if found.tstate == 0 && now.wrapping_sub(found.at_ns) < MISS_TTL_NS {
+            return None; // searched a moment ago: no thread state
+        }
+        // A state freed and its memory reused keeps its `thread_id`:
+        // one without a frame is searched for again.
+        if found.tstate != 0 && read_user(found.tstate + thread_id) == Some(fsbase) {
+            if let Some(frame) = frame_of(process, found.tstate) {
+                return Some(frame);
+            }
+            stale = found.tstate;
+        }
+    }
+    let tstate = search(process, fsbase).unwrap_or(0);
+    let _ = PYTHON_THREADS.insert(&tid, &ThreadSearch { tstate, at_ns: now }, 0);
+    if tstate == 0 || tstate == stale {
+        return None;
+    }
+    frame_of(process, tstate)
+}
+
+/// The innermost frame of thread state `tstate`.
+#[inline(always)]
+fn frame_of(process: &PythonProcess, tstate: u64) -> Option<u64> {
     let offsets = &process.offsets;
-    let tstate = thread_state(process, tid, fsbase)?;
     let at = read_user(tstate + u64::from(offsets.tstate_frame))?;
     if process.flags & PythonProcess::FRAME_IN_TSTATE != 0 {
         return (at != 0).then_some(at);
@@ -156,23 +202,18 @@ fn current_frame(config: &Config, process: &PythonProcess, tid: u32) -> Option<u
     (frame != 0).then_some(frame)
 }
 
-/// The `PyThreadState` of the thread whose thread pointer is `fsbase`.
+/// The `PyThreadState` whose `thread_id` is `fsbase`, among the first
+/// [`THREADS_MAX`] of the interpreter's list (the newest interpreter:
+/// sub-interpreters' threads are not searched).
 #[inline(always)]
-fn thread_state(process: &PythonProcess, tid: u32, fsbase: u64) -> Option<u64> {
+fn search(process: &PythonProcess, fsbase: u64) -> Option<u64> {
     let offsets = &process.offsets;
     let thread_id = u64::from(offsets.tstate_thread_id);
-    // SAFETY: copied out at once.
-    if let Some(&cached) = unsafe { PYTHON_THREADS.get(&tid) } {
-        if read_user(cached + thread_id) == Some(fsbase) {
-            return Some(cached);
-        }
-    }
     let interpreter = read_user(process.runtime + u64::from(offsets.runtime_interpreters))?;
     let mut tstate = read_user(interpreter + u64::from(offsets.interp_threads))?;
     let mut i = 0;
     while i < THREADS_MAX && tstate != 0 {
         if read_user(tstate + thread_id)? == fsbase {
-            let _ = PYTHON_THREADS.insert(&tid, &tstate, 0);
             return Some(tstate);
         }
         tstate = read_user(tstate + u64::from(offsets.tstate_next))?;
@@ -232,7 +273,9 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         }
         return 0;
     }
-    if code == 0 {
+    // An address that does not fit a frame word (only a process writing
+    // its own frames can make one): not a frame.
+    if code & python_frame::ADDRESS_MASK == 0 || code > python_frame::ADDRESS_MASK {
         return 0;
     }
     let first = code.wrapping_add(u64::from(offsets.code_units));

@@ -82,7 +82,7 @@ pub enum FrameKind {
     /// .NET code compiled by the CLR, named by its perf map.
     Dotnet,
     /// Python code: frames of CPython's own frame chain, walked in the
-    /// kernel (3.11, 3.12), or `-X perf` trampolines named by a perf map.
+    /// kernel (3.11 to 3.13), or `-X perf` trampolines named by a perf map.
     Cpython,
 }
 

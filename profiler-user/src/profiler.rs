@@ -373,16 +373,19 @@ impl Pipeline {
             for &tgid in &tracked.snapshotted {
                 python.check(tgid, &self.processes);
             }
-            // Named now, while the processes still run.
+        }
+        self.filter.apply(&mut drained, &self.processes, &self.pods);
+        if let Some(python) = &mut self.python {
+            // Named now, while the processes still run; only the samples
+            // the filter kept.
+            python.drain_started();
             for sample in &drained.samples {
                 let thread = &sample.key.thread;
                 if !sample.key.python_frames.is_empty() {
                     python.learn(thread.tgid, thread.exec_gen, &sample.key.python_frames);
                 }
             }
-            python.exited(&tracked.exited);
         }
-        self.filter.apply(&mut drained, &self.processes, &self.pods);
         self.aggregator.ingest(drained);
         tracked.exited
     }
@@ -429,7 +432,7 @@ impl Pipeline {
         let ids: Vec<_> = unused.iter().map(|(id, _)| *id).collect();
         self.symbolizer.forget(&ids);
         if let Some(python) = &mut self.python {
-            python.prune(&ids);
+            python.prune(&ids, &self.processes);
         }
         drop(unused); // closes the files, now that no cache refers to them
         if let Some(tables) = &mut self.tables {

@@ -166,8 +166,10 @@ fn stack_of(
         ));
     }
     let mut groups = python_groups(&key.python_frames);
-    let python = python.filter(|_| !key.python_frames.is_empty());
+    // Without the image's evaluation loop (it exec'd or went away), the
+    // frames could not be placed: left out.
     let eval = python.and_then(|python| python.eval_range(image.0, image.1));
+    let python = python.filter(|_| eval.is_some() && !key.python_frames.is_empty());
     for addr in caller_adjusted(&key.user_stack) {
         let in_eval = eval.is_some_and(|(start, size)| addr.wrapping_sub(start) < size);
         match (in_eval, python) {
@@ -619,6 +621,24 @@ mod tests {
     use crate::profile::CaptureStats;
     use crate::sampler::drain::Thread;
     use crate::sampler::KindStats;
+
+    #[test]
+    fn python_frames_group_by_their_evaluation_loop_call() {
+        let word = |code, entry| python_frame::encode(code, entry, 0);
+        let frames = [
+            word(0x10, false),
+            word(0x20, true),
+            word(0x30, true),
+            word(0x40, false),
+        ];
+        let groups: Vec<&[u64]> = python_groups(&frames).collect();
+        assert_eq!(
+            groups,
+            [&frames[..2], &frames[2..3], &frames[3..]],
+            "each group ends with its entry frame; the last may have none"
+        );
+        assert_eq!(python_groups(&[]).count(), 0);
+    }
 
     #[test]
     fn callers_step_into_the_call_instruction() {

@@ -170,6 +170,26 @@ pub(crate) fn usage_of(usage: &libc::rusage) -> Usage {
     }
 }
 
+/// User + system CPU seconds of `pid`, from `/proc/<pid>/stat`.
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesized command name: utime is the 12th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> Result<f64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no field {i}"))
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
 /// Default scratch directory under the target dir.
 pub fn default_work_dir(workspace: &Path) -> PathBuf {
     workspace.join("target").join("bench")

@@ -241,7 +241,7 @@ fn reading(record: Option<&Child>) -> Result<Reading> {
         .ok_or_else(|| anyhow!("/proc/stat has no ctxt line"))?;
     let (hostprof_seconds, programs) = match record {
         Some(child) => (
-            cpu_seconds(child.id())?,
+            crate::bench::cpu_seconds(child.id())?,
             BpfObjects::of(child.id()).context("reading hostprof's BPF programs")?,
         ),
         None => (0.0, BpfObjects::default()),
@@ -252,26 +252,6 @@ fn reading(record: Option<&Child>) -> Result<Reading> {
         hostprof_seconds,
         programs,
     })
-}
-
-/// User + system CPU seconds of `pid`, from `/proc/<pid>/stat`.
-pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesized command name: utime is the 12th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("/proc/{pid}/stat: no field {i}"))
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
 fn window(before: &Reading, after: &Reading, round_trips: f64) -> Window {

@@ -327,7 +327,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
     let mut last = None;
     let mut cpu_s = 0.0;
     while child.try_wait()?.is_none() {
-        cpu_s = crate::bench_off_cpu::cpu_seconds(pid).unwrap_or(cpu_s);
+        cpu_s = crate::bench::cpu_seconds(pid).unwrap_or(cpu_s);
         // Descriptors come and go while it starts and exits: keep the last
         // reading that found the sampling program.
         if let Ok(objects) = BpfObjects::of(pid) {

@@ -429,7 +429,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit_counters(
         e,
         "python_stacks",
-        "Samples of Python processes by their Python frames (walked; no_frames: a thread running no Python code, or unreadable frames; truncated: walked but cut at the frame limit)",
+        "Samples of Python processes by their Python frames (walked; no_frames: a thread running no Python code, unreadable frames, or no room left; walked + no_frames is every such sample; truncated: those of walked cut at the frame limit)",
         "outcome",
         &[
             ("walked", u.python_stacks),

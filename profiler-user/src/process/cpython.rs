@@ -120,6 +120,9 @@ pub fn layout(major: u8, minor: u8) -> Option<Layout> {
 /// `FRAME_OWNED_BY_CSTACK` of 3.12 and 3.13.
 const FRAME_OWNED_BY_CSTACK: u16 = 3;
 
+/// Largest object field offset taken from a process's debug offsets.
+const MAX_OBJECT_OFFSET: u64 = 4096;
+
 /// What the start of `_PyRuntime` of a 3.13+ process must hold.
 pub const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 /// Bytes of 3.13's `_Py_DebugOffsets`.
@@ -191,27 +194,36 @@ pub fn from_debug_offsets(bytes: &[u8], version_hex: u32) -> Result<Layout, Debu
     // The kernel reads a frame's fields in its first 64 (words) or 128
     // (bytes) bytes.
     let words = [kernel.frame_code, kernel.frame_previous, kernel.frame_instr];
-    if words.iter().any(|&at| at > 56) || kernel.frame_entry > 127 {
+    if words.iter().any(|&at| at > 56) || kernel.frame_entry >= 80 {
         return Err(DebugOffsetsError::Malformed(
             "frame fields past the walk's reach",
         ));
     }
-    let ascii_data = field(560)?;
+    // The process wrote these: each is an offset into an object whose
+    // header is read whole, so none may be large (3.13's are under 256).
+    let object = |at: u64| {
+        let value = field(at)?;
+        if value > MAX_OBJECT_OFFSET {
+            return Err(DebugOffsetsError::Malformed("an object field past 4 KiB"));
+        }
+        Ok(value)
+    };
+    let ascii_data = object(560)?;
     Ok(Layout {
         kernel,
         flags: PythonProcess::ENTRY_SHIM | PythonProcess::FRAME_IN_TSTATE,
-        code_name: field(288)?,
-        code_qualname: field(296)?,
-        code_filename: field(280)?,
-        code_first_line: field(312)?,
-        code_linetable: field(304)?,
-        str_length: field(552)?,
-        str_state: field(544)?,
+        code_name: object(288)?,
+        code_qualname: object(296)?,
+        code_filename: object(280)?,
+        code_first_line: object(312)?,
+        code_linetable: object(304)?,
+        str_length: object(552)?,
+        str_state: object(544)?,
         ascii_data,
         // PyCompactUnicodeObject: the ASCII header, utf8_length, utf8.
         compact_data: ascii_data + 16,
-        bytes_size: field(520)?,
-        bytes_data: field(528)?,
+        bytes_size: object(520)?,
+        bytes_data: object(528)?,
     })
 }
 
@@ -297,7 +309,10 @@ fn text(
         layout.compact_data
     };
     let kind = kind as usize;
-    let data = read(addr + start, length.min(MAX_TEXT) as usize * kind)?;
+    let data = read(
+        addr.checked_add(start)?,
+        length.min(MAX_TEXT) as usize * kind,
+    )?;
     let code_point = |unit: &[u8]| {
         let mut word = [0; 4];
         word[..kind].copy_from_slice(unit);
@@ -320,7 +335,7 @@ fn bytes(
     if size > MAX_LINETABLE {
         return None;
     }
-    read(addr + layout.bytes_data, size as usize)
+    read(addr.checked_add(layout.bytes_data)?, size as usize)
 }
 
 fn u64_at(bytes: &[u8], at: u64) -> Option<u64> {
@@ -494,12 +509,24 @@ mod tests {
             from_debug_offsets(&threaded, 0x030d00f0),
             Err(DebugOffsetsError::FreeThreaded)
         );
-        let mut far = good.clone();
-        far[248..256].copy_from_slice(&200u64.to_le_bytes());
-        assert!(matches!(
-            from_debug_offsets(&far, 0x030d00f0),
-            Err(DebugOffsetsError::Malformed(_))
-        ));
+        // Offsets the kernel walk cannot reach, or a header too large
+        // to read (a tenant writes its own debug offsets).
+        for (at, value) in [
+            (248, 200u64),
+            (264, 80),
+            (560, u64::MAX - 8),
+            (528, 1 << 40),
+        ] {
+            let mut far = good.clone();
+            far[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            assert!(
+                matches!(
+                    from_debug_offsets(&far, 0x030d00f0),
+                    Err(DebugOffsetsError::Malformed(_))
+                ),
+                "{at}: {value}"
+            );
+        }
         assert!(matches!(
             from_debug_offsets(&good[..100], 0x030d00f0),
             Err(DebugOffsetsError::Malformed(_))

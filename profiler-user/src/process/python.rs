@@ -14,11 +14,12 @@
 //! Each frame is the address of a code object and a code-unit index.
 //! After each drain, the code objects not seen before are read from the
 //! process's memory (`/proc/PID/mem`: name, file, first line, line table)
-//! while the process still runs, and cached per process image; lines are
-//! worked out from the code-unit index. A code object freed and another
-//! allocated at its address within one process keeps the first one's
-//! name: CPython frees code objects only when a module or function is
-//! deleted, which long-running processes seldom do.
+//! while the process still runs, at most [`MAX_READS_PER_DRAIN`] per
+//! drain, and cached per process image for the window; lines are worked
+//! out from the code-unit index. At each window's end the caches are
+//! emptied, so a code object freed and another allocated at its address
+//! (code compiled at run time: `exec`, `eval`, `reload`) is read afresh,
+//! and a process's memory is held for one window only.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -34,10 +35,10 @@ use super::{ModuleId, ProcessTable};
 use crate::pread::PreadFile;
 use crate::sampler::ProcessMap;
 
-/// Code objects kept per process: a process that makes code objects
-/// without end (generated code) has its cache emptied when it is full,
-/// so memory stays bounded and frames are read again as they are met.
-const MAX_CODES: usize = 16_384;
+/// Code objects read per drain, all processes: a tenant can make its
+/// frames point anywhere, and each read is a few syscalls on the
+/// pipeline's thread. Frames past it stay unnamed (`[python]`).
+const MAX_READS_PER_DRAIN: usize = 4096;
 
 /// What a file holds of an interpreter: link-time addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +47,9 @@ struct Interpreter {
     runtime: u64,
     /// `_PyEval_EvalFrameDefault`: start and size.
     eval: (u64, u64),
-    /// `Py_Version` (`PY_VERSION_HEX`).
-    version: u32,
+    /// `Py_Version` (`PY_VERSION_HEX`); `None` before 3.11, which does
+    /// not export it.
+    version: Option<u32>,
 }
 
 /// A Python process image the kernel walks.
@@ -78,10 +80,10 @@ pub struct PythonProcesses {
     /// What each file searched holds (`None`: no interpreter).
     files: HashMap<ModuleId, Option<Interpreter>>,
     images: HashMap<u32, Image>,
-    /// Versions already reported as unsupported.
-    reported: HashSet<(u8, u8)>,
-    /// Processes that exited: forgotten once their last window is built.
-    exited: Vec<u32>,
+    /// Code objects read in the current drain.
+    reads: usize,
+    /// Files whose interpreter was reported as not walked.
+    reported: HashSet<ModuleId>,
 }
 
 impl PythonProcesses {
@@ -91,8 +93,8 @@ impl PythonProcesses {
             sink,
             files: HashMap::new(),
             images: HashMap::new(),
+            reads: 0,
             reported: HashSet::new(),
-            exited: Vec::new(),
         }
     }
 
@@ -129,27 +131,28 @@ impl PythonProcesses {
                 continue;
             };
             let runtime = interpreter.runtime.wrapping_add(bias);
-            let (major, minor) = cpython::version_from_hex(interpreter.version);
-            let layout = match cpython::layout(major, minor) {
-                Some(layout) => Ok(layout),
-                None if (major, minor) >= (3, 13) => {
-                    debug_offsets(tgid, runtime, interpreter.version)
-                }
-                None => Err(format!(
-                    "Python {major}.{minor} is not supported (3.11 to 3.13 are)"
-                )),
+            let version = interpreter.version.map(cpython::version_from_hex);
+            let layout = match (version, interpreter.version) {
+                (Some((3, 13)), Some(hex)) => debug_offsets(tgid, runtime, hex),
+                (Some((major, minor)), _) => cpython::layout(major, minor).ok_or_else(|| {
+                    format!("Python {major}.{minor} is not supported (3.11 to 3.13 are)")
+                }),
+                _ => Err("Python 3.10 or older is not supported (3.11 to 3.13 are)".into()),
             };
-            let layout = match layout {
-                Ok(layout) => layout,
-                Err(why) => {
-                    if self.reported.insert((major, minor)) {
+            let (layout, (major, minor)) = match (layout, version) {
+                (Ok(layout), Some(version)) => (layout, version),
+                (Err(why), _) => {
+                    // Once per file (a failed read of one process's
+                    // offsets says nothing of the next one's).
+                    if self.reported.insert(mapping.module) {
                         log::warn!(
                             "process {tgid}: {why}: its stacks show the interpreter's C \
                              functions only"
                         );
                     }
-                    return;
+                    continue;
                 }
+                (Ok(_), None) => continue,
             };
             self.sink.publish(
                 tgid,
@@ -194,6 +197,10 @@ impl PythonProcesses {
             if image.codes.contains_key(&code) {
                 continue;
             }
+            if self.reads >= MAX_READS_PER_DRAIN {
+                return;
+            }
+            self.reads += 1;
             let mem = mem.get_or_insert_with(|| File::open(format!("/proc/{tgid}/mem")).ok());
             let Some(mem) = mem else {
                 return; // gone: its frames stay unnamed
@@ -204,29 +211,41 @@ impl PythonProcesses {
                 Some(buf)
             };
             let info = cpython::read_code(&image.layout, code, read).map(Arc::new);
-            if image.codes.len() >= MAX_CODES {
-                image.codes.clear();
-            }
             image.codes.insert(code, info);
         }
     }
 
-    /// Notes processes that exited; they are forgotten at [`Self::prune`].
-    pub fn exited(&mut self, tgids: &[u32]) {
-        self.exited
-            .extend(tgids.iter().filter(|t| self.images.contains_key(t)));
+    /// Starts a drain's budget of code-object reads.
+    pub fn drain_started(&mut self) {
+        self.reads = 0;
     }
 
-    /// Forgets the processes that exited (once their samples are named)
-    /// and what was found in `modules`, files no live process maps.
-    pub fn prune(&mut self, modules: &[ModuleId]) {
-        for tgid in std::mem::take(&mut self.exited) {
-            if self.images.remove(&tgid).is_some() {
-                self.sink.withdraw(tgid);
-            }
+    /// At a window's end, once its samples are named: empties the code
+    /// caches, forgets the images no longer in `processes` (exited, or
+    /// exec'd since: a pid reused by a new Python process keeps its new
+    /// image) and what was found in `modules`, files no live process maps.
+    pub fn prune(&mut self, modules: &[ModuleId], processes: &ProcessTable) {
+        let live = |tgid: u32, exec_gen: u32| {
+            processes
+                .process(tgid)
+                .is_some_and(|info| info.exec_gen == Some(exec_gen))
+        };
+        let gone: Vec<u32> = self
+            .images
+            .iter()
+            .filter(|(&tgid, image)| !live(tgid, image.exec_gen))
+            .map(|(&tgid, _)| tgid)
+            .collect();
+        for tgid in gone {
+            self.images.remove(&tgid);
+            self.sink.withdraw(tgid);
+        }
+        for image in self.images.values_mut() {
+            image.codes = HashMap::new();
         }
         for module in modules {
             self.files.remove(module);
+            self.reported.remove(module);
         }
     }
 
@@ -272,11 +291,12 @@ fn search(processes: &ProcessTable, module: ModuleId) -> Option<Interpreter> {
     // Read with bounded preads, never mapped: the file is another
     // process's, and one truncated while mapped would kill us (SIGBUS).
     let data = PreadFile::new(processes.module(module).open_file()?).ok()?;
-    // The full symbol table only of files named for Python (a static
-    // interpreter may export nothing); every other file's exported
-    // symbols, the short list.
+    // The full symbol table only of interpreters' files (`python3.x`,
+    // `libpython3.x.so`: a static interpreter may export nothing);
+    // every other file's exported symbols, the short list.
     let path = &processes.module(module).path;
-    let all = path.to_string_lossy().contains("python");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let all = name.starts_with("python") || name.starts_with("libpython");
     match interpreter_in(&data, all) {
         Ok(found) => found,
         Err(err) => {
@@ -329,8 +349,8 @@ fn interpreter_in<'a, R: object::ReadRef<'a>>(
             break;
         }
     }
-    Ok(match (runtime, eval, version) {
-        (Some(runtime), Some(eval), Some(version)) if eval.1 > 0 => Some(Interpreter {
+    Ok(match (runtime, eval) {
+        (Some(runtime), Some(eval)) if eval.1 > 0 => Some(Interpreter {
             runtime,
             eval,
             version,
@@ -354,7 +374,7 @@ mod tests {
         let found = interpreter_in(&data[..], false)
             .unwrap()
             .expect("an interpreter");
-        assert_eq!(cpython::version_from_hex(found.version), (3, 11));
+        assert_eq!(found.version.map(cpython::version_from_hex), Some((3, 11)));
         assert!(found.runtime > 0 && found.eval.1 > 1000, "{found:?}");
         assert!(cpython::layout(3, 11).is_some());
     }

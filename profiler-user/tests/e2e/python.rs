@@ -108,7 +108,7 @@ fn other_python(version: &str) -> Option<PathBuf> {
 fn start(python: &Path, dir: &Path, mode: &str) -> KillOnDrop {
     let mut child = Command::new(python)
         .arg(source())
-        .args(["20000", mode])
+        .args(["25000", mode])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .spawn()
@@ -230,7 +230,7 @@ fn python_functions_files_and_lines_are_in_the_stacks() {
     let receiver = Receiver::start(dir.path(), &[]);
     let output = dir.path().join("python.pb.gz");
     let out = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["record", "--duration", "6s", "--no-flamegraph", "-o"])
+        .args(["record", "--duration", "8s", "--no-flamegraph", "-o"])
         .arg(&output)
         .arg("--otlp-endpoint")
         .arg(format!("http://127.0.0.1:{}", receiver.grpc_port))
