@@ -51,6 +51,38 @@ pub fn perf_map(data: &[u8]) {
     }
 }
 
+/// A Python process's memory as hostprof reads it (the process writes
+/// it: it may lie): the first 584 bytes as a 3.13 `_Py_DebugOffsets`,
+/// then code objects read at each 64-byte step of the input with that
+/// layout (or 3.11's and 3.12's), addresses being offsets in the input,
+/// and the location table of each at every code unit. Nothing may
+/// panic, and what is read stays within its caps.
+pub fn cpython_objects(data: &[u8]) {
+    use crate::process::cpython::{self, DEBUG_OFFSETS_SIZE};
+    let read = |addr: u64, len: usize| {
+        let start = usize::try_from(addr).ok()?;
+        Some(data.get(start..start.checked_add(len)?)?.to_vec())
+    };
+    let mut layouts = vec![cpython::layout(3, 11), cpython::layout(3, 12)];
+    if let Some(offsets) = data.get(..DEBUG_OFFSETS_SIZE) {
+        layouts.push(cpython::from_debug_offsets(offsets, 0x030d_00f0).ok());
+    }
+    for layout in layouts.into_iter().flatten() {
+        for addr in (0..data.len() as u64).step_by(64) {
+            let Some(code) = cpython::read_code(&layout, addr, read) else {
+                continue;
+            };
+            assert!(code.name.chars().count() <= 1024, "{}", code.name.len());
+            assert!(code.filename.chars().count() <= 1024);
+            assert!(code.linetable.len() <= 64 << 10);
+            // Every code unit the table can cover (8 an entry), up to 512.
+            for instr in 0..=(code.linetable.len() as u32 * 8).min(512) {
+                let _ = cpython::line_of(&code.linetable, code.first_line, instr);
+            }
+        }
+    }
+}
+
 /// `/proc/<pid>/cgroup` text: its paths, and the container they name.
 pub fn proc_cgroup(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
