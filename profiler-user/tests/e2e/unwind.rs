@@ -104,14 +104,16 @@ fn perf_stacks(data: &Path) -> Vec<(String, Vec<String>)> {
 }
 
 /// Compiles the workloads `names`, runs them (with their arguments) busy,
-/// and records them with hostprof for 10 s, and with `perf record --call-graph
+/// and records them with hostprof for 15 s, and with `perf record --call-graph
 /// dwarf` at the same time when `with_perf`. Returns the pprof file (in
 /// `dir`) and perf's stacks.
 ///
-/// A process's first samples are unwound before its tables are loaded (a
-/// few hundred milliseconds for libc's in a debug build, longer on a busy
-/// machine): those stacks end early. Ten seconds keep that warm-up to a
-/// few percent of the samples.
+/// A process's first samples are unwound before its tables are loaded
+/// (150–300 ms from attaching to libc's table in a debug build, measured
+/// with strace; longer on a busy machine): those stacks end early, a
+/// fixed number of samples whatever the length. Fifteen seconds keep that
+/// warm-up under 2 % of the samples (ten left it at 2–3 %, too close to
+/// the 95 % bar beside the rare signal that lands in `clock_gettime`).
 fn capture(
     dir: &Path,
     names: &[(&str, &[&str])],
@@ -135,7 +137,7 @@ fn capture(
     });
     let output = dir.join("nofp.pb.gz");
     let status = Command::new(env!("CARGO_BIN_EXE_hostprof"))
-        .args(["record", "--duration", "10s", "--no-flamegraph", "-o"])
+        .args(["record", "--duration", "15s", "--no-flamegraph", "-o"])
         .arg(&output)
         .status()
         .expect("run hostprof");

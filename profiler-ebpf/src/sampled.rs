@@ -1,0 +1,309 @@
+//! The kinds sampled by a perf event: the CPU profile (`sample_cpu`, a
+//! CPU-clock event on every online CPU) and the page-fault profile
+//! (`sample_faults`, the software `page-faults` event, one sample every N
+//! faults on each CPU). They differ only in their event: both run the
+//! same chain of tail calls (`unwind_user`, `unwind_store`, `cpu_files`),
+//! which learn the kind from `SAMPLED_KIND`, and count into the same maps
+//! with the kind in the key. Perf-event programs never nest on one CPU
+//! (the kernel runs one only when no other BPF program of the kprobe or
+//! perf-event families runs there, `bpf_prog_active`), so one per-CPU
+//! slot names the kind of the chain under way.
+//!
+//! On each sample the chain reads the user and kernel stacks of the
+//! interrupted task (for a page fault: the faulting task, its user stack
+//! where it touched the page), stores each distinct stack once under a
+//! 64-bit hash of its frames (see [`crate::stack`]), and counts the sample
+//! under (kind, tgid, tid, comm, user stack, kernel stack) in the active
+//! map set. Userspace drains the inactive set.
+//!
+//! User stacks of processes whose unwind tables userspace has loaded are
+//! unwound from `.eh_frame` rows (see [`crate::unwind`]), up to 519 frames
+//! (`DEEP_STACK_DEPTH` slots, the last kept for the truncation mark); the
+//! others, and every kernel stack, come from `bpf_get_stack` (frame
+//! pointers, 127 frames).
+//!
+//! Why aggregate in the kernel (stack hash → count per drain) rather than
+//! stream every sample through a ring buffer: at 99 Hz a busy thread's
+//! samples mostly repeat a handful of stacks, so a drain reads each distinct
+//! stack once instead of once per sample, and the per-sample cost stays one
+//! hash-map update. Measured on this design (see the README's unwinding
+//! figures) the unwinder, not the store, dominates the program's run time;
+//! deep stacks go to their own maps so the common short stack keeps its
+//! 1 KiB entry.
+
+use aya_ebpf::{
+    bindings::{bpf_perf_event_data, pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, perf_event},
+    maps::{PerCpuArray, PerCpuHashMap, ProgramArray},
+    programs::PerfEventContext,
+    EbpfContext,
+};
+use profiler_common::{kernel_kind, names, Config, SampleKey, StackHash, Stat, COMM_LEN};
+
+use crate::stack::{self, Kind, StackSet, EEXIST};
+use crate::unwind::{self, Unwind};
+use crate::{exec, files, trace};
+
+/// Default capacity of each `COUNTS_*` map; userspace may resize at load.
+const COUNTS_ENTRIES: u32 = 16_384;
+
+// Per-CPU values: each CPU bumps its own slot with a plain add (the BPF
+// target has no 64-bit atomic add in stable `core`), userspace sums them.
+#[map(name = "COUNTS_0")]
+static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+#[map(name = "COUNTS_1")]
+static COUNTS_1: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+
+/// `unwind_user` and `unwind_store`, set by userspace with the table
+/// unwinder (empty with frame pointers only), and `cpu_files` where the
+/// kernel has `bpf_find_vma`.
+#[map(name = "TAIL_CALLS")]
+static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
+
+/// The kind (`kernel_kind`) whose chain runs on this CPU: written by the
+/// entry program, read by the programs it tail-calls.
+#[map(name = "SAMPLED_KIND")]
+static SAMPLED_KIND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The maps of the active set.
+struct MapSetRef {
+    config: &'static Config,
+    index: u32,
+    counts: &'static PerCpuHashMap<SampleKey, u64>,
+    stacks: StackSet,
+}
+
+/// Takes one CPU sample: attached to the CPU-clock perf event of every CPU.
+#[perf_event]
+pub fn sample_cpu(ctx: PerfEventContext) -> u32 {
+    sample(&ctx, Kind::CPU)
+}
+
+/// Takes one page-fault sample: attached to the `page-faults` software
+/// event of every CPU, which fires every N faults (the period userspace
+/// chose) in the faulting task.
+#[perf_event]
+pub fn sample_faults(ctx: PerfEventContext) -> u32 {
+    sample(&ctx, Kind::PAGE_FAULTS)
+}
+
+#[inline(always)]
+fn sample(ctx: &PerfEventContext, kind: Kind) -> u32 {
+    stack::entry(|_| {
+        kind.bump(Stat::Invocations);
+        if let Some(slot) = SAMPLED_KIND.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; perf-event programs do not nest on
+            // one CPU (see the module's doc).
+            unsafe { *slot = kind.index() };
+        }
+        record(ctx, kind);
+        0
+    })
+}
+
+/// The kind whose chain runs on this CPU (see [`SAMPLED_KIND`]).
+#[inline(always)]
+fn sampled_kind() -> Kind {
+    match SAMPLED_KIND.get(0) {
+        Some(&kernel_kind::PAGE_FAULTS) => Kind::PAGE_FAULTS,
+        _ => Kind::CPU,
+    }
+}
+
+/// Unwinds the user stack of a process with tables, tail-called by
+/// `sample_cpu`. A program of its own, loaded only with the table unwinder,
+/// so `sample_cpu` needs neither `bpf_loop` (5.17+) nor
+/// `bpf_task_pt_regs` (5.15+) and loads on older kernels.
+#[perf_event]
+pub fn unwind_user(ctx: PerfEventContext) -> u32 {
+    stack::tail(|| {
+        let kind = sampled_kind();
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        match user_regs(&ctx).and_then(|regs| Unwind::start(&regs, kind, tgid, tid)) {
+            Some(mut unwind) => {
+                unwind.run();
+                unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
+            }
+            // No user context (a kernel thread), or the tables just went away.
+            None => record_with_frame_pointers(&ctx, kind, tgid, tid),
+        }
+        0
+    })
+}
+
+/// Records the file mappings of a counted sample's user frames, tail-called
+/// by the programs above once the sample is counted (see [`crate::files`]).
+#[perf_event]
+pub fn cpu_files(_ctx: PerfEventContext) -> u32 {
+    stack::tail(|| {
+        files::record(sampled_kind());
+        0
+    })
+}
+
+/// Records a sample whose user stack the unwinder finished: stores the
+/// stack, reads the kernel stack, counts the sample. A program of its own
+/// so the unwinding program stays small enough for the verifier.
+#[perf_event]
+pub fn unwind_store(ctx: PerfEventContext) -> u32 {
+    stack::tail(|| {
+        let kind = sampled_kind();
+        let Some(unwind) = Unwind::resume(kind) else {
+            return 0;
+        };
+        let (tgid, tid) = unwind.thread();
+        let depth = unwind.finish();
+        let Some(set) = active_set(kind) else {
+            return 0;
+        };
+        let user_stack = stack::save_unwound(&set.stacks, depth, kind);
+        finish(&ctx, &set, kind, tgid, tid, user_stack);
+        0
+    })
+}
+
+#[inline(always)]
+fn record(ctx: &PerfEventContext, kind: Kind) {
+    let Some(config) = kind.config() else {
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+
+    if tgid == 0 && config.flags & Config::SKIP_IDLE != 0 {
+        kind.bump(Stat::Filtered);
+        return;
+    }
+    if !stack::pid_wanted(config, tgid) {
+        kind.bump(Stat::Filtered);
+        return;
+    }
+    if tgid != 0 {
+        stack::announce(tgid, kind);
+    }
+
+    // With unwind tables, unwind in `unwind_user`; the tail call returns
+    // only when that program is not loaded (frame pointers only).
+    if tgid != 0 && unwind::has_tables(tgid) {
+        // SAFETY: the slot holds `unwind_user`, a perf-event program like
+        // this one, or nothing.
+        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
+    }
+    record_with_frame_pointers(ctx, kind, tgid, tid);
+}
+
+/// The user registers of the sampled task: from the perf event when it
+/// interrupted user mode, else (a syscall, a fault) from the top of the
+/// task's kernel stack. `None` for kernel threads.
+#[inline(always)]
+fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
+    // SAFETY: a perf-event program's context is a `bpf_perf_event_data`.
+    let regs = unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs };
+    if regs.cs & 3 == 3 {
+        return Some(regs);
+    }
+    unwind::current_user_regs()
+}
+
+/// Records a sample with the user stack `bpf_get_stack` reads (frame
+/// pointers).
+#[inline(always)]
+fn record_with_frame_pointers(ctx: &PerfEventContext, kind: Kind, tgid: u32, tid: u32) {
+    let Some(set) = active_set(kind) else {
+        return;
+    };
+    let user_stack = stack::store_stack(
+        ctx,
+        set.stacks.stacks,
+        BPF_F_USER_STACK as u64,
+        kind,
+        Stat::UserStackError,
+    );
+    if user_stack != 0 && tgid != 0 {
+        kind.bump(Stat::UnwindNoTables);
+    }
+    finish(ctx, &set, kind, tgid, tid, user_stack);
+}
+
+/// The maps of the set `CONFIG` names.
+#[inline(always)]
+fn active_set(kind: Kind) -> Option<MapSetRef> {
+    let config = kind.config()?;
+    Some(MapSetRef {
+        config,
+        index: config.active_set,
+        counts: if config.active_set == 0 {
+            &COUNTS_0
+        } else {
+            &COUNTS_1
+        },
+        stacks: stack::stack_set(config),
+    })
+}
+
+/// Reads the kernel stack, counts the sample with `user_stack`, and hands
+/// the user stack to `cpu_files`.
+#[inline(always)]
+fn finish(
+    ctx: &PerfEventContext,
+    set: &MapSetRef,
+    kind: Kind,
+    tgid: u32,
+    tid: u32,
+    user_stack: StackHash,
+) {
+    let exec_gen = exec::generation(tgid);
+    let key = SampleKey {
+        tgid,
+        tid,
+        user_stack,
+        kernel_stack: stack::store_stack(ctx, set.stacks.stacks, 0, kind, Stat::KernelStackError),
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        exec_gen,
+        kind: kind.index(),
+        trace: trace::current(set.config),
+    };
+    count(set.counts, kind, &key);
+    files::walk_in_tail_call(
+        ctx,
+        &TAIL_CALLS,
+        kind,
+        tgid,
+        exec_gen,
+        user_stack,
+        set.index,
+    );
+}
+
+/// Adds one sample to `key`'s count, creating the entry when needed.
+#[inline(always)]
+fn count(counts: &PerCpuHashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
+    if let Some(value) = counts.get_ptr_mut(key) {
+        add_one(value);
+        kind.bump(Stat::Recorded);
+        return;
+    }
+    match counts.insert(key, 1, BPF_NOEXIST as u64) {
+        Ok(()) => kind.bump(Stat::Recorded),
+        // Another CPU created the entry between our lookup and insert; our
+        // own slot of it is zero.
+        Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
+            Some(value) => {
+                add_one(value);
+                kind.bump(Stat::Recorded);
+            }
+            None => kind.bump(Stat::DroppedCountsFull),
+        },
+        Err(_) => kind.bump(Stat::DroppedCountsFull),
+    }
+}
+
+#[inline(always)]
+fn add_one(value: *mut u64) {
+    // SAFETY: `value` is this CPU's slot of a live per-CPU map value; the
+    // program does not nest on one CPU, so nothing else writes it now.
+    unsafe { *value += 1 };
+}
