@@ -20,8 +20,15 @@ pub const MAP_SETS: u32 = 2;
 /// tools (`bpftool`, `cargo xtask bench-off-cpu`) tell programs apart by
 /// them.
 pub mod names {
-    /// The perf-event program.
+    /// The perf-event program of the CPU profile (CPU-clock events).
     pub const PROGRAM: &str = "sample_cpu";
+    /// The perf-event program of the page-fault profile (software
+    /// `page-faults` events); it shares the CPU program's tail calls,
+    /// counts and stacks.
+    pub const FAULTS_PROGRAM: &str = "sample_faults";
+    /// Per-CPU: which kind (`kernel_kind`) the perf-event program running
+    /// on the CPU samples, for the programs it tail-calls.
+    pub const SAMPLED_KIND: &str = "SAMPLED_KIND";
     /// The off-CPU switch-out program (`tp_btf/sched_switch`).
     pub const OFF_CPU_SWITCH_OUT: &str = "off_cpu_out";
     /// The tracepoint the off-CPU switch-in attaches to where the kernel
@@ -188,6 +195,7 @@ pub mod names {
         PROCESS_EVENTS,
         EXEC_GEN,
         FILES_STATE,
+        SAMPLED_KIND,
         COUNTS[0],
         COUNTS[1],
         STACKS[0],
@@ -558,8 +566,11 @@ pub mod kernel_kind {
     pub const OFF_CPU: u32 = 1;
     /// The kernel-lock contention profile (`lock_*`).
     pub const LOCKS: u32 = 2;
+    /// The page-fault profile (`sample_faults`, then the CPU profile's
+    /// tail calls).
+    pub const PAGE_FAULTS: u32 = 3;
     /// Number of kinds: `STATS` holds this many blocks of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// When a thread left the CPU, in its task-local storage `OFF_CPU_TASKS`
@@ -705,8 +716,9 @@ pub struct SampleKey {
     /// The process's exec generation at the sample (`EXEC_GEN`): tells
     /// samples taken before an `exec` from those after it.
     pub exec_gen: u32,
-    /// Zero.
-    pub pad: u32,
+    /// The kind that took the sample ([`kernel_kind::CPU`] or
+    /// [`kernel_kind::PAGE_FAULTS`]): both count into the same maps.
+    pub kind: u32,
     /// The trace and span the thread was running in (zero: none known).
     pub trace: TraceContext,
 }

@@ -1,7 +1,9 @@
 //! hostprof's kernel side: one BPF object, one module per profile kind,
 //! sharing the stack store and the unwinder.
 //!
-//! - [`cpu`]: the CPU profile, a perf-event program on every CPU.
+//! - [`sampled`]: the kinds a perf event samples: the CPU profile (CPU
+//!   clock) and the page-fault profile (software `page-faults`), one chain
+//!   of programs for both.
 //! - [`off_cpu`]: the off-CPU profile, `tp_btf/sched_switch` (the
 //!   bookkeeping of both threads of a switch) and `tp_btf/sched_exit_tp`
 //!   or a kprobe on `finish_task_switch` (the stacks of a kept interval).
@@ -26,12 +28,12 @@
 #![no_std]
 #![no_main]
 
-mod cpu;
 mod exec;
 mod files;
 mod locks;
 mod off_cpu;
 mod python;
+mod sampled;
 mod stack;
 mod trace;
 mod unwind;

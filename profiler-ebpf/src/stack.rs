@@ -134,6 +134,7 @@ impl Kind {
     pub const CPU: Kind = Kind(kernel_kind::CPU);
     pub const OFF_CPU: Kind = Kind(kernel_kind::OFF_CPU);
     pub const LOCKS: Kind = Kind(kernel_kind::LOCKS);
+    pub const PAGE_FAULTS: Kind = Kind(kernel_kind::PAGE_FAULTS);
 
     /// The kind `index` (as stored in the unwinder's state).
     #[inline(always)]

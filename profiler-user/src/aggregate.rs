@@ -68,7 +68,7 @@ impl Aggregator {
     pub fn ingest(&mut self, drained: Drained) {
         for (kind, stats) in &drained.stats {
             self.merged.stats.entry(*kind).or_default().add(stats);
-            if *kind != ProfileKind::Cpu {
+            if kind.measures_waits() {
                 let totals = self.waits.entry(*kind).or_default();
                 totals.measured += stats.intervals;
                 totals.nanos += stats.interval_ns;

@@ -76,6 +76,10 @@ pub enum ProfileKind {
     /// from `contention_begin`/`contention_end`, user-space locks from the
     /// off-CPU waits whose stacks acquire one ([`crate::locks`]).
     Locks,
+    /// Where resident memory grows: a sample every N page faults on each
+    /// CPU (the software `page-faults` event), in the faulting thread,
+    /// whole-host and without trapping the allocator.
+    PageFaults,
 }
 
 /// Samples of the CPU profile: the sample count, and the CPU time they
@@ -101,18 +105,30 @@ const LOCK_VALUES: &[ValueType] = &[
     ValueType::new("delay", "nanoseconds"),
 ];
 
+/// Samples of the page-fault profile: the sample count, and the faults
+/// they stand for (count × the period of N faults), like the CPU pair.
+const PAGE_FAULT_VALUES: &[ValueType] = &[
+    ValueType::new("samples", "count"),
+    ValueType::new("page_faults", "count"),
+];
+
 impl ProfileKind {
     /// Every kind, in the order outputs list them.
-    pub const ALL: &'static [ProfileKind] =
-        &[ProfileKind::Cpu, ProfileKind::OffCpu, ProfileKind::Locks];
+    pub const ALL: &'static [ProfileKind] = &[
+        ProfileKind::Cpu,
+        ProfileKind::OffCpu,
+        ProfileKind::Locks,
+        ProfileKind::PageFaults,
+    ];
 
     /// The kind's name on the command line, in config files and in file
-    /// names (`cpu`, `off-cpu`, `locks`).
+    /// names (`cpu`, `off-cpu`, `locks`, `page-faults`).
     pub fn name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "off-cpu",
             ProfileKind::Locks => "locks",
+            ProfileKind::PageFaults => "page-faults",
         }
     }
 
@@ -122,23 +138,27 @@ impl ProfileKind {
             ProfileKind::Cpu => CPU_VALUES,
             ProfileKind::OffCpu => OFF_CPU_VALUES,
             ProfileKind::Locks => LOCK_VALUES,
+            ProfileKind::PageFaults => PAGE_FAULT_VALUES,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value viewers show first.
     pub fn default_sample_type(self) -> usize {
         match self {
-            ProfileKind::Cpu | ProfileKind::OffCpu | ProfileKind::Locks => 1,
+            ProfileKind::Cpu
+            | ProfileKind::OffCpu
+            | ProfileKind::Locks
+            | ProfileKind::PageFaults => 1,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value flamegraphs, folded
     /// stacks and the terminal summary weigh frames by (CPU: the sample
-    /// count, as `perf`'s folded output; off-CPU: the time blocked;
-    /// locks: the delay).
+    /// count, as `perf`'s folded output, and page faults likewise;
+    /// off-CPU: the time blocked; locks: the delay).
     pub fn weight(self) -> usize {
         match self {
-            ProfileKind::Cpu => 0,
+            ProfileKind::Cpu | ProfileKind::PageFaults => 0,
             ProfileKind::OffCpu | ProfileKind::Locks => 1,
         }
     }
@@ -152,6 +172,8 @@ impl ProfileKind {
             // the same with `contentions/count`, period 1).
             ProfileKind::OffCpu => ValueType::new("events", "count"),
             ProfileKind::Locks => ValueType::new("contentions", "count"),
+            // One sample every N faults.
+            ProfileKind::PageFaults => ValueType::new("page_faults", "count"),
         }
     }
 
@@ -161,6 +183,17 @@ impl ProfileKind {
             ProfileKind::Cpu => "hostprof CPU flamegraph",
             ProfileKind::OffCpu => "hostprof off-CPU flamegraph (time blocked)",
             ProfileKind::Locks => "hostprof lock contention flamegraph (delay)",
+            ProfileKind::PageFaults => "hostprof page-fault flamegraph",
+        }
+    }
+
+    /// Whether the kind measures waits (off-CPU, locks): samples weighted
+    /// by duration, with measured and kept totals ([`crate::summary`]
+    /// prints them), rather than one sample per period.
+    pub fn measures_waits(self) -> bool {
+        match self {
+            ProfileKind::Cpu | ProfileKind::PageFaults => false,
+            ProfileKind::OffCpu | ProfileKind::Locks => true,
         }
     }
 
@@ -173,7 +206,7 @@ impl ProfileKind {
         kernel_frames: impl IntoIterator<Item = &'a str>,
     ) -> Option<Label> {
         match self {
-            ProfileKind::Cpu | ProfileKind::Locks => None,
+            ProfileKind::Cpu | ProfileKind::Locks | ProfileKind::PageFaults => None,
             ProfileKind::OffCpu => {
                 let state = labels
                     .iter()
@@ -190,7 +223,7 @@ impl ProfileKind {
     /// Whether [`Self::kernel_frames_label`] labels this kind's samples.
     pub fn labels_kernel_frames(self) -> bool {
         match self {
-            ProfileKind::Cpu | ProfileKind::Locks => false,
+            ProfileKind::Cpu | ProfileKind::Locks | ProfileKind::PageFaults => false,
             ProfileKind::OffCpu => true,
         }
     }
@@ -261,7 +294,7 @@ mod tests {
         let err = "heap".parse::<ProfileKind>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks"
+            "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
         );
     }
 

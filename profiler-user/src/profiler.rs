@@ -29,8 +29,8 @@ use crate::unwind::Unwinder;
 
 pub use crate::sampler::trace_context::{InvalidTraceContextMap, TraceContextMap, TraceMapState};
 pub use crate::sampler::{
-    Frequency, InvalidFrequency, InvalidOffCpuRate, OffCpuRate, SamplerError, SamplingPolicy,
-    Target,
+    Frequency, InvalidFrequency, InvalidOffCpuRate, InvalidPageFaultPeriod, OffCpuRate,
+    PageFaultPeriod, SamplerError, SamplingPolicy, Target,
 };
 pub use crate::symbolize::CacheStats;
 use crate::trace_link::DEFAULT_MAX_LINKS_PER_PROCESS;
@@ -295,6 +295,9 @@ impl Pipeline {
             .iter()
             .map(|&kind| match kind {
                 ProfileKind::Cpu => (kind, options.policy.frequency.period_ns()),
+                ProfileKind::PageFaults => {
+                    (kind, u64::from(options.policy.page_fault_period.faults()))
+                }
                 // Each sample is weighted; the period is one event.
                 ProfileKind::OffCpu | ProfileKind::Locks => (kind, 1),
             })

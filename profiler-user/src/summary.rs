@@ -38,6 +38,10 @@ pub struct Summary {
     pub intervals: u64,
     /// Of those, the intervals kept and unwound.
     pub kept: u64,
+    /// Page-fault profile: the faults the samples stand for, and the
+    /// period (one sample every that many faults on a CPU); `None` for
+    /// other kinds.
+    pub page_faults: Option<(u64, u64)>,
     /// Distinct processes.
     pub processes: usize,
     /// Samples lost in the kernel.
@@ -68,7 +72,9 @@ impl Summary {
         let mut self_samples: HashMap<String, u64> = HashMap::new();
         for sample in &profile.samples {
             let name = match profile.kind {
-                ProfileKind::Cpu => frame_name(profile, sample, false).to_owned(),
+                ProfileKind::Cpu | ProfileKind::PageFaults => {
+                    frame_name(profile, sample, false).to_owned()
+                }
                 ProfileKind::OffCpu => {
                     let class = sample
                         .labels
@@ -100,6 +106,8 @@ impl Summary {
             samples: profile.total(weight),
             intervals: stats.intervals,
             kept: stats.recorded,
+            page_faults: (profile.kind == ProfileKind::PageFaults)
+                .then(|| (profile.total(1), profile.period)),
             processes: profile.processes.len(),
             dropped: stats.dropped,
             stack_errors: stats.user_stack_errors + stats.kernel_stack_errors + stats.stacks_lost,
@@ -296,10 +304,16 @@ fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats)
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.kind != ProfileKind::Cpu {
+        if self.kind.measures_waits() {
             return self.fmt_waits(f);
         }
         writeln!(f, "samples          {}", self.samples)?;
+        if let Some((faults, period)) = self.page_faults {
+            writeln!(
+                f,
+                "page faults      {faults} (a sample every {period} on a CPU)"
+            )?;
+        }
         writeln!(f, "processes        {}", self.processes)?;
         writeln!(f, "dropped samples  {}", self.dropped)?;
         writeln!(f, "stack errors     {}", self.stack_errors)?;
@@ -567,6 +581,7 @@ mod tests {
             samples: 1300,
             intervals: 0,
             kept: 0,
+            page_faults: None,
             processes: 4,
             dropped: 0,
             stack_errors: 0,

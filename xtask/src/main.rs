@@ -6,7 +6,7 @@
 mod bench;
 mod bench_agent;
 mod bench_churn;
-mod bench_off_cpu;
+mod bench_kinds;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -146,6 +146,16 @@ enum Task {
         #[arg(long)]
         off_cpu_max_rate: Option<u32>,
     },
+    /// What the page-fault profile costs: a thread touching fresh memory
+    /// (one CPU's worth of page faults) and an idle host, with no
+    /// profiler, `--profiles cpu` and `--profiles cpu,page-faults`: the
+    /// load's faults per second, hostprof's own CPU and its BPF run time.
+    /// Needs root.
+    BenchPageFaults {
+        /// Length of each measurement, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` under CI.
@@ -265,9 +275,19 @@ fn main() -> Result<()> {
         } => {
             bench_unwind::preflight("bench-off-cpu")?;
             let hostprof = release_build(&root)?;
-            bench_off_cpu::run(&bench_off_cpu::OffCpuBenchOptions {
+            bench_kinds::run_off_cpu(&bench_kinds::KindBenchOptions {
                 duration: Duration::from_secs(seconds),
                 off_cpu_max_rate,
+                hostprof,
+                work_dir: bench::default_work_dir(&root),
+            })
+        }
+        Task::BenchPageFaults { seconds } => {
+            bench_unwind::preflight("bench-page-faults")?;
+            let hostprof = release_build(&root)?;
+            bench_kinds::run_page_faults(&bench_kinds::KindBenchOptions {
+                duration: Duration::from_secs(seconds),
+                off_cpu_max_rate: None,
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
             })

@@ -208,27 +208,34 @@ pub fn decode_key(
     }
 }
 
-/// Joins drained CPU sample counts with drained stacks, decoding the
-/// truncation mark; each sample's CPU time is its count × `period_ns`.
-pub fn assemble_cpu(
+/// Joins drained sample counts (CPU and page faults, told apart by the
+/// key's kernel kind) with drained stacks, decoding the truncation mark.
+/// `kind_of` names the profile kind of a kernel kind and the period one
+/// sample stands for (CPU: ns; page faults: faults); each sample's second
+/// value is its count × that period. Counts of a kind `kind_of` does not
+/// know are left out.
+pub fn assemble_counted(
     counts: impl IntoIterator<Item = (KernelKey, u64)>,
     stacks: &HashMap<StackHash, Vec<u64>>,
-    period_ns: u64,
+    kind_of: impl Fn(u32) -> Option<(ProfileKind, u64)>,
 ) -> Vec<RawSample> {
     counts
         .into_iter()
         .filter(|(_, count)| *count > 0)
-        .map(|(key, count)| RawSample {
-            key: decode_key(
-                ProfileKind::Cpu,
-                (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
-                key.user_stack,
-                key.kernel_stack,
-                stacks,
-                Vec::new(),
-            ),
-            values: vec![count, count.saturating_mul(period_ns)],
-            events: Vec::new(),
+        .filter_map(|(key, count)| {
+            let (kind, period) = kind_of(key.kind)?;
+            Some(RawSample {
+                key: decode_key(
+                    kind,
+                    (key.tgid, key.tid, key.exec_gen, &key.comm, &key.trace),
+                    key.user_stack,
+                    key.kernel_stack,
+                    stacks,
+                    Vec::new(),
+                ),
+                values: vec![count, count.saturating_mul(period)],
+                events: Vec::new(),
+            })
         })
         .collect()
 }
@@ -292,6 +299,7 @@ impl StatCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use profiler_common::kernel_kind;
 
     fn key(tgid: u32, user: StackHash, kernel: StackHash) -> KernelKey {
         let mut comm = [0; COMM_LEN];
@@ -303,7 +311,7 @@ mod tests {
             kernel_stack: kernel,
             comm,
             exec_gen: 0,
-            pad: 0,
+            kind: kernel_kind::CPU,
             trace: TraceContext::default(),
         }
     }
@@ -329,7 +337,7 @@ mod tests {
             (22, vec![0xffff_0001]),
             (33, vec![0x1, 0x2, TRUNCATED_MARK]),
         ]);
-        let samples = assemble_cpu(
+        let samples = assemble_counted(
             [
                 (key(5, 11, 22), 3),
                 (key(6, 0, 22), 1),
@@ -338,7 +346,7 @@ mod tests {
                 (key(9, 33, 0), 1),
             ],
             &stacks,
-            10,
+            |kind| (kind == kernel_kind::CPU).then_some((ProfileKind::Cpu, 10)),
         );
         assert_eq!(samples.len(), 4, "zero counts are skipped");
         assert_eq!(samples[0].key.user_stack, vec![0x1, 0x2]);
@@ -361,6 +369,33 @@ mod tests {
         };
         assert_eq!(drained.total(), 7);
         assert_eq!(drained.tgids(), vec![5, 6, 7, 9]);
+    }
+
+    #[test]
+    fn counts_of_each_kind_get_its_kind_and_period() {
+        let stacks = HashMap::from([(11, vec![0x1])]);
+        let fault = KernelKey {
+            kind: kernel_kind::PAGE_FAULTS,
+            ..key(5, 11, 0)
+        };
+        let unknown = KernelKey {
+            kind: 77,
+            ..key(6, 11, 0)
+        };
+        let samples = assemble_counted(
+            [(key(5, 11, 0), 2), (fault, 3), (unknown, 1)],
+            &stacks,
+            |kind| match kind {
+                kernel_kind::CPU => Some((ProfileKind::Cpu, 10)),
+                kernel_kind::PAGE_FAULTS => Some((ProfileKind::PageFaults, 1000)),
+                _ => None,
+            },
+        );
+        assert_eq!(samples.len(), 2, "an unknown kind is left out");
+        assert_eq!(samples[0].key.kind, ProfileKind::Cpu);
+        assert_eq!(samples[0].values, vec![2, 20]);
+        assert_eq!(samples[1].key.kind, ProfileKind::PageFaults);
+        assert_eq!(samples[1].values, vec![3, 3000], "samples and faults");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! syscalls are made here and in the submodules that own a kind's maps
 //! ([`waits`], `process_events`).
 
+mod bounded;
 pub mod drain;
 pub mod kernel_btf;
 pub mod off_cpu;
@@ -38,7 +39,9 @@ use profiler_common::{
 
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
 pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
-pub use policy::{Frequency, InvalidFrequency, SamplingPolicy, Target};
+pub use policy::{
+    Frequency, InvalidFrequency, InvalidPageFaultPeriod, PageFaultPeriod, SamplingPolicy, Target,
+};
 pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
 };
@@ -193,6 +196,8 @@ pub struct Sampler {
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
+    /// Page faults one page-fault sample stands for.
+    fault_period: u64,
     /// The kinds that measure waits (off-CPU, locks) attached: their
     /// adaptive periods.
     waits: Vec<waits::WaitState>,
@@ -210,6 +215,7 @@ fn kernel_index(kind: ProfileKind) -> u32 {
         ProfileKind::Cpu => kernel_kind::CPU,
         ProfileKind::OffCpu => kernel_kind::OFF_CPU,
         ProfileKind::Locks => kernel_kind::LOCKS,
+        ProfileKind::PageFaults => kernel_kind::PAGE_FAULTS,
     }
 }
 
@@ -225,6 +231,7 @@ impl Sampler {
         let cpu = kinds.is_empty() || kinds.contains(&ProfileKind::Cpu);
         let locks = kinds.contains(&ProfileKind::Locks);
         let off_cpu = locks || kinds.contains(&ProfileKind::OffCpu);
+        let faults = kinds.contains(&ProfileKind::PageFaults);
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let cpu_rate = if cpu {
@@ -237,9 +244,16 @@ impl Sampler {
         } else {
             0
         };
+        // Page faults come at the host's pace, not a set rate: room for
+        // the CPU profile's rate of distinct samples again.
+        let fault_rate = if faults {
+            u64::from(Frequency::DEFAULT.hz())
+        } else {
+            0
+        };
         let mut loader = loader();
         for name in names::COUNTS {
-            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate));
+            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate + fault_rate));
         }
         // The locks kind's budget is the off-CPU one (`--off-cpu-max-rate`).
         let lock_rate = if locks { off_cpu_rate } else { 0 };
@@ -250,7 +264,7 @@ impl Sampler {
         for name in names::STACKS {
             loader.map_max_entries(
                 name,
-                map_capacity(cpus.len(), cpu_rate + off_cpu_rate + lock_rate),
+                map_capacity(cpus.len(), cpu_rate + fault_rate + off_cpu_rate + lock_rate),
             );
         }
         // Array maps are allocated whole: no table memory without tables.
@@ -407,7 +421,8 @@ impl Sampler {
         let exec_tracked = btf
             .as_ref()
             .is_some_and(|btf| process_events::attach_exec(&mut ebpf, btf));
-        if cpu {
+        // The CPU and page-fault programs share their tail calls.
+        if cpu || faults {
             if let (true, Some(btf)) = (files, &btf) {
                 files &= process_events::load_files_program(
                     &mut ebpf,
@@ -426,7 +441,12 @@ impl Sampler {
                         .map_err(map_err(names::TAIL_CALLS))?;
                 }
             }
+        }
+        if cpu {
             attach_cpu(&mut ebpf, &cpus, policy.frequency)?;
+        }
+        if faults {
+            attach_faults(&mut ebpf, &cpus, policy.page_fault_period)?;
         }
         if off_cpu {
             files &= attach_off_cpu(
@@ -477,6 +497,9 @@ impl Sampler {
         if locks {
             attached_kinds.push((ProfileKind::Locks, StatCounters::default()));
         }
+        if faults {
+            attached_kinds.push((ProfileKind::PageFaults, StatCounters::default()));
+        }
         let budget = u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64;
         let mut wait_states = Vec::new();
         if off_cpu {
@@ -501,6 +524,7 @@ impl Sampler {
             lifecycle: None,
             attached: true,
             period_ns: policy.frequency.period_ns(),
+            fault_period: u64::from(policy.page_fault_period.faults()),
             waits: wait_states,
             wait_events,
             flipped: (attaching, attaching),
@@ -550,9 +574,12 @@ impl Sampler {
             };
             for &(kind, _) in &self.kinds {
                 match kind {
-                    ProfileKind::Cpu => perf_program(&mut self.ebpf)?
+                    ProfileKind::Cpu => perf_program(&mut self.ebpf, names::PROGRAM)?
                         .unload()
                         .map_err(detach("detach the perf_event program"))?,
+                    ProfileKind::PageFaults => perf_program(&mut self.ebpf, names::FAULTS_PROGRAM)?
+                        .unload()
+                        .map_err(detach("detach the page-fault program"))?,
                     ProfileKind::OffCpu => {
                         // Only the hook in use is loaded.
                         let loaded = |result| match result {
@@ -682,7 +709,12 @@ impl Sampler {
         for hash in &deep {
             deep_map.remove(hash).map_err(map_err(deep_name))?;
         }
-        let mut samples = drain::assemble_cpu(entries, &stacks, self.period_ns);
+        let (cpu_period, fault_period) = (self.period_ns, self.fault_period);
+        let mut samples = drain::assemble_counted(entries, &stacks, |kind| match kind {
+            kernel_kind::PAGE_FAULTS => Some((ProfileKind::PageFaults, fault_period)),
+            kernel_kind::CPU => Some((ProfileKind::Cpu, cpu_period)),
+            _ => None,
+        });
         samples.extend(self.wait_events.take(set, &stacks));
         Ok(samples)
     }
@@ -704,21 +736,55 @@ impl Sampler {
 /// Loads the CPU program and attaches it to the CPU-clock perf event of
 /// each of `cpus`.
 fn attach_cpu(ebpf: &mut Ebpf, cpus: &[u32], frequency: Frequency) -> Result<(), SamplerError> {
-    let program = perf_program(ebpf)?;
+    attach_perf(
+        ebpf,
+        cpus,
+        (names::PROGRAM, "the perf_event program"),
+        (SoftwareEvent::CpuClock, "CPU-clock"),
+        SamplePolicy::Frequency(u64::from(frequency.hz())),
+    )
+}
+
+/// Loads the page-fault program and attaches it to the `page-faults`
+/// software event of each of `cpus`, a sample every `period` faults.
+fn attach_faults(
+    ebpf: &mut Ebpf,
+    cpus: &[u32],
+    period: PageFaultPeriod,
+) -> Result<(), SamplerError> {
+    attach_perf(
+        ebpf,
+        cpus,
+        (names::FAULTS_PROGRAM, "the page-fault program"),
+        (SoftwareEvent::PageFaults, "page-fault"),
+        SamplePolicy::Period(u64::from(period.faults())),
+    )
+}
+
+/// Loads the perf-event program `name` (`what`, for errors) and attaches
+/// it to the software `event` (`event_name`) of each of `cpus`.
+fn attach_perf(
+    ebpf: &mut Ebpf,
+    cpus: &[u32],
+    (name, what): (&'static str, &str),
+    (event, event_name): (SoftwareEvent, &str),
+    policy: SamplePolicy,
+) -> Result<(), SamplerError> {
+    let program = perf_program(ebpf, name)?;
     program.load().map_err(|source| SamplerError::Program {
-        action: "load the perf_event program (verifier)".into(),
+        action: format!("load {what} (verifier)"),
         source,
     })?;
     for &cpu in cpus {
         program
             .attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventConfig::Software(event),
                 PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(u64::from(frequency.hz())),
+                policy,
                 true,
             )
             .map_err(|source| SamplerError::Program {
-                action: format!("attach to the CPU-clock perf event of CPU {cpu}"),
+                action: format!("attach to the {event_name} perf event of CPU {cpu}"),
                 source,
             })?;
     }
@@ -948,9 +1014,12 @@ fn btf_tracepoint<'a>(
         .map_err(find_error(name))
 }
 
-fn perf_program(ebpf: &mut Ebpf) -> Result<&mut PerfEvent, SamplerError> {
-    ebpf.program_mut(names::PROGRAM)
-        .ok_or(SamplerError::Missing(names::PROGRAM))?
+fn perf_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut PerfEvent, SamplerError> {
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
         .try_into()
         .map_err(|source| SamplerError::Program {
             action: "find the perf_event program".into(),

@@ -10,28 +10,22 @@
 //! kept intervals (the ones that are unwound) stay under the budget.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use profiler_common::{kernel_kind, StackHash, WaitEvent};
 
+use super::bounded::bounded_number;
 use super::drain::{decode_key, RawSample};
 use crate::kind::{Event, Label, ProfileKind, THREAD_STATE};
 use crate::locks::{kernel_lock_type, LOCK_SPACE, LOCK_TYPE};
 
-/// Kept (unwound) off-CPU intervals per second per CPU, 1 to 100000.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-#[serde(try_from = "u32", into = "u32")]
-pub struct OffCpuRate(u32);
-
-impl OffCpuRate {
-    /// Lowest accepted rate.
-    pub const MIN: u32 = 1;
-    /// Highest accepted rate.
-    pub const MAX: u32 = 100_000;
+bounded_number! {
+    /// Kept (unwound) off-CPU intervals per second per CPU, 1 to 100000.
+    pub struct OffCpuRate;
+    /// An off-CPU rate outside 1–100000, or not a number.
+    pub struct InvalidOffCpuRate;
+    what = "off-CPU rate", unit = "events per second per CPU",
+    min = 1, max = 100_000,
     /// The default: 250 unwinds per second per CPU. A kept interval
     /// costs what a CPU sample costs, its stacks (10 to 30 µs of BPF time
     /// measured by `cargo xtask bench-unwind` and `bench-off-cpu`), so the
@@ -39,71 +33,10 @@ impl OffCpuRate {
     /// CPU profile's 99 samples/s. A host blocking less than 250 times a
     /// second per CPU keeps every interval; a busier one keeps every wait
     /// longer than the adapted period and samples the shorter ones.
-    pub const DEFAULT: OffCpuRate = OffCpuRate(250);
-
-    /// A rate, or an error when outside [`Self::MIN`]..=[`Self::MAX`].
-    pub fn new(per_second: u32) -> Result<Self, InvalidOffCpuRate> {
-        if (Self::MIN..=Self::MAX).contains(&per_second) {
-            Ok(Self(per_second))
-        } else {
-            Err(InvalidOffCpuRate(per_second.to_string()))
-        }
-    }
-
+    default = 250,
     /// Kept intervals per second per CPU.
-    pub fn per_second(self) -> u32 {
-        self.0
-    }
+    get = per_second,
 }
-
-impl Default for OffCpuRate {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
-impl TryFrom<u32> for OffCpuRate {
-    type Error = InvalidOffCpuRate;
-
-    fn try_from(per_second: u32) -> Result<Self, Self::Error> {
-        Self::new(per_second)
-    }
-}
-
-impl From<OffCpuRate> for u32 {
-    fn from(rate: OffCpuRate) -> u32 {
-        rate.0
-    }
-}
-
-impl fmt::Display for OffCpuRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl FromStr for OffCpuRate {
-    type Err = InvalidOffCpuRate;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let n = s
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| InvalidOffCpuRate(s.to_owned()))?;
-        Self::new(n).map_err(|_| InvalidOffCpuRate(s.to_owned()))
-    }
-}
-
-/// An off-CPU rate outside 1–100000, or not a number.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid off-CPU rate {0:?}: expected a whole number of events per second per CPU \
-     from {min} to {max} (default {default})",
-    min = OffCpuRate::MIN,
-    max = OffCpuRate::MAX,
-    default = OffCpuRate::DEFAULT.0
-)]
-pub struct InvalidOffCpuRate(String);
 
 /// The switch-in functions the off-CPU kprobe attaches to: every
 /// `finish_task_switch` symbol in `kallsyms` text (`/proc/kallsyms`),

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::bounded::bounded_number;
 use super::off_cpu::OffCpuRate;
 use super::trace_context::TraceContextMap;
 use super::unwinder::Unwinder;
@@ -94,6 +95,24 @@ impl FromStr for Frequency {
 )]
 pub struct InvalidFrequency(String);
 
+bounded_number! {
+    /// Page faults per page-fault sample on each CPU (`--page-fault-period`),
+    /// 1 to 1000000.
+    pub struct PageFaultPeriod;
+    /// A page-fault period outside 1–1000000, or not a number.
+    pub struct InvalidPageFaultPeriod;
+    what = "page-fault period", unit = "page faults per sample",
+    min = 1, max = 1_000_000,
+    /// The default: a sample every 1000 faults on a CPU, ~4 MiB of 4 KiB
+    /// pages touched for the first time. A busy build host faults ~10⁵
+    /// times a second (each new process maps and touches its image and
+    /// heap), which makes ~100 samples a second: the CPU profile's rate,
+    /// and its cost (one unwind each).
+    default = 1000,
+    /// Faults per sample.
+    get = faults,
+}
+
 /// Which processes to sample.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Target {
@@ -117,6 +136,8 @@ pub struct SamplingPolicy {
     pub unwinder: Unwinder,
     /// Off-CPU intervals kept (and unwound) per second per CPU, at most.
     pub off_cpu_max_rate: OffCpuRate,
+    /// Page faults per page-fault sample on each CPU.
+    pub page_fault_period: PageFaultPeriod,
     /// Where each sample's trace context is looked up.
     pub trace_context_map: TraceContextMap,
     /// Read the thread context OpenTelemetry SDKs publish in processes
@@ -136,6 +157,7 @@ impl Default for SamplingPolicy {
             include_idle: true,
             unwinder: Unwinder::default(),
             off_cpu_max_rate: OffCpuRate::DEFAULT,
+            page_fault_period: PageFaultPeriod::DEFAULT,
             trace_context_map: TraceContextMap::default(),
             thread_context: true,
             python: true,
@@ -163,5 +185,19 @@ mod tests {
         let err = "5000".parse::<Frequency>().unwrap_err().to_string();
         assert!(err.contains("5000") && err.contains("1 to 1000"), "{err}");
         assert!("fast".parse::<Frequency>().is_err());
+    }
+
+    #[test]
+    fn page_fault_period_bounds_and_error() {
+        assert_eq!(PageFaultPeriod::default().faults(), 1000);
+        assert_eq!(" 64 ".parse::<PageFaultPeriod>().unwrap().faults(), 64);
+        let err = "0".parse::<PageFaultPeriod>().unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid page-fault period \"0\": expected a whole number of page faults per \
+             sample from 1 to 1000000 (default 1000)"
+        );
+        assert!(PageFaultPeriod::new(1_000_001).is_err());
+        assert!("many".parse::<PageFaultPeriod>().is_err());
     }
 }

@@ -17,7 +17,9 @@ use crate::otlp::queue::QueueLimits;
 use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
-use crate::profiler::{Frequency, OffCpuRate, SamplingPolicy, Target, TraceContextMap};
+use crate::profiler::{
+    Frequency, OffCpuRate, PageFaultPeriod, SamplingPolicy, Target, TraceContextMap,
+};
 use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
 /// Default length of one exported profile.
@@ -37,7 +39,8 @@ settings_group! {
         /// Profile kinds to take, comma-separated; each is taken once:
         /// `cpu` (where CPU time goes), `off-cpu` (where threads wait, and
         /// how long), `locks` (which kernel and user-space locks threads
-        /// wait for, and how long) [default: cpu].
+        /// wait for, and how long), `page-faults` (where resident memory
+        /// grows) [default: cpu].
         #[arg(long, value_name = "KIND[,KIND...]", value_delimiter = ',')]
         pub profiles: Option<Vec<ProfileKind>>,
 
@@ -71,6 +74,12 @@ settings_group! {
         /// are sampled (totals stay exact in expectation).
         #[arg(long, value_name = "EVENTS")]
         pub off_cpu_max_rate: Option<OffCpuRate>,
+
+        /// Page faults per page-fault sample on each CPU (`--profiles
+        /// page-faults`), 1 to 1000000 [default: 1000]; each sample stands
+        /// for that many faults.
+        #[arg(long, value_name = "FAULTS")]
+        pub page_fault_period: Option<PageFaultPeriod>,
 
         /// Where the OpenTelemetry trace-context map is pinned (thread →
         /// trace id and span id, filled by an OpenTelemetry eBPF
@@ -343,6 +352,7 @@ impl Profiling {
             },
             unwinder: self.unwinder()?,
             off_cpu_max_rate: self.off_cpu_max_rate.unwrap_or(defaults.off_cpu_max_rate),
+            page_fault_period: self.page_fault_period.unwrap_or(defaults.page_fault_period),
             trace_context_map: self
                 .trace_context_map
                 .clone()
@@ -372,6 +382,7 @@ impl Profiling {
             unwinder: Some(policy.unwinder.kind()),
             unwind_table_budget: policy.unwinder.table_budget(),
             off_cpu_max_rate: Some(policy.off_cpu_max_rate),
+            page_fault_period: Some(policy.page_fault_period),
             trace_context_map: Some(policy.trace_context_map.clone()),
             no_thread_context: Some(!policy.thread_context),
             no_python: Some(!policy.python),

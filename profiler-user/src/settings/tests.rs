@@ -361,7 +361,7 @@ fn profiles() {
     assert!(
         err.starts_with(
             "agent.yaml:2:11: profiles: \"heap\" is not a profile kind; \
-             the kinds are: cpu, off-cpu, locks"
+             the kinds are: cpu, off-cpu, locks, page-faults"
         ),
         "{err}"
     );
@@ -370,14 +370,14 @@ fn profiles() {
         .to_string();
     assert_eq!(
         err,
-        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks"
+        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
     );
     let mut flags = AgentSettings::default();
     flags.profiling.profiles = Some(Vec::new());
     let err = flags.resolve(|_| None).unwrap_err().to_string();
     assert_eq!(
         err,
-        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks"
+        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
     );
 }
 

@@ -183,7 +183,8 @@ pub fn locks_missing(off_cpu_missing: Option<String>, contention: bool) -> Optio
 /// kernel and what it lacks.
 pub fn kind_support(kind: ProfileKind) -> Result<(), KindUnsupported> {
     let missing = match kind {
-        ProfileKind::Cpu => None,
+        // Software perf events, like the CPU clock.
+        ProfileKind::Cpu | ProfileKind::PageFaults => None,
         ProfileKind::OffCpu => off_cpu_probe().1,
         ProfileKind::Locks => locks_probe(),
     };
@@ -363,6 +364,11 @@ pub fn collect() -> Vec<Check> {
         table_unwinder_check(),
         off_cpu_check(),
         locks_check(),
+        Check::new(
+            "page-fault profile",
+            "supported (the software page-faults perf event, as the CPU profile's clock)",
+            Status::Ok,
+        ),
         process_tracking_check(),
         trace_links(&trace_context::inspect(&TraceContextMap::default())),
         btf_check(),

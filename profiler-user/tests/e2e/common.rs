@@ -143,6 +143,17 @@ impl Traces {
         Traces::timed(tool, profile, key, value, "delay")
     }
 
+    /// Page-fault traces of the samples whose label `key` is exactly
+    /// `value`, weighed by the faults they stand for.
+    pub fn page_faults(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+    ) -> Traces {
+        Traces::query(tool, profile, key, value, &["-sample_index=page_faults"])
+    }
+
     /// Traces weighed by the time-valued sample type `index`, in ns.
     fn timed(
         tool: &std::path::Path,

@@ -22,6 +22,7 @@ mod k8s;
 mod locks;
 mod off_cpu;
 mod otlp;
+mod page_faults;
 mod python;
 mod record;
 mod tenant;

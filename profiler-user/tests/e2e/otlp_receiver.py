@@ -42,13 +42,17 @@ from opentelemetry.proto.collector.profiles.v1development import (
 LOCK = threading.Lock()
 FAILURES = {"left": 0, "log": None}
 
-# Each kind's sample types, as Go's profiles name them: (count, time,
-# period type).
+# Each kind's sample types, as Go's profiles name them: (count, weight,
+# period type). The period type tells kinds with the same count apart
+# (samples: CPU and page faults).
 KINDS = [
     (("samples", "count"), ("cpu", "nanoseconds"), "cpu"),
     (("events", "count"), ("off_cpu", "nanoseconds"), "events"),
     (("contentions", "count"), ("delay", "nanoseconds"), "contentions"),
+    (("samples", "count"), ("page_faults", "count"), "page_faults"),
 ]
+# Kinds sampled periodically: each weight is its sample's count x period.
+PERIODIC = ("cpu", "page_faults")
 
 GRPC_CODES = {
     "503": grpc.StatusCode.UNAVAILABLE,
@@ -119,10 +123,14 @@ def summarize(request, transport):
         for sp in rp.scope_profiles:
             for p in sp.profiles:
                 sample_type = (s(p.sample_type.type_strindex), s(p.sample_type.unit_strindex))
-                kind = next((k for k in KINDS if sample_type in k[:2]), None)
-                if not check(kind is not None, f"unexpected sample_type {sample_type}"):
+                period_type = s(p.period_type.type_strindex)
+                kind = next((k for k in KINDS if sample_type in k[:2] and period_type == k[2]),
+                            None)
+                if not check(kind is not None,
+                             f"unexpected sample_type {sample_type} of period {period_type}"):
                     continue
-                check(sample_type not in by_type, f"two profiles of sample_type {sample_type}")
+                check((kind[2], sample_type) not in by_type,
+                      f"two profiles of sample_type {sample_type}, period {period_type}")
                 # Per-observation samples: a value per timestamp, each in
                 # the profile's time range (a millisecond of slack for the
                 # window edge).
@@ -135,12 +143,10 @@ def summarize(request, transport):
                                   <= p.time_unix_nano + p.duration_nano + slack
                                   for t in x.timestamps_unix_nano),
                               "a timestamp outside the profile's time range")
-                by_type[sample_type] = {
+                by_type[(kind[2], sample_type)] = {
                     (x.stack_index, tuple(x.attribute_indices), x.link_index): list(x.values)
                     for x in p.samples
                 }
-                check(s(p.period_type.type_strindex) == kind[2],
-                      f"period_type is not {kind[2]}")
                 if sample_type != kind[0]:
                     continue
                 check(p.period > 0 and p.time_unix_nano > 0 and p.duration_nano > 0,
@@ -171,29 +177,32 @@ def summarize(request, transport):
                     if 0 < sample.link_index < len(d.link_table):
                         trace_id, span_id = links[sample.link_index]
                         link = {"trace_id": trace_id.hex(), "span_id": span_id.hex()}
-                    samples.append({"kind": sample_type[0], "_key": key,
+                    samples.append({"kind": sample_type[0], "profile": kind[2], "_key": key,
                                     "events": len(sample.timestamps_unix_nano),
                                     "count": sum(sample.values), "stack": frames,
                                     "attributes": attrs(sample.attribute_indices),
                                     "link": link})
-        for count_type, time_type, _ in KINDS:
-            counts, times_of = by_type.get(count_type), by_type.get(time_type)
+        for count_type, time_type, period_type in KINDS:
+            counts = by_type.get((period_type, count_type))
+            times_of = by_type.get((period_type, time_type))
             if counts is None and times_of is None:
                 continue
             if not check(counts is not None and times_of is not None,
                          f"a sample type of {count_type[0]} is missing"):
                 continue
             check(times_of.keys() == counts.keys(), "sample types disagree on samples")
-            # Each summarized sample gets its time (off_cpu, delay, cpu).
+            # Each summarized sample gets its weight as "time" (off_cpu,
+            # delay, cpu; page_faults).
             for sample in samples:
-                if sample["kind"] == count_type[0]:
+                if sample["profile"] == period_type:
                     sample["time"] = sum(times_of.get(sample["_key"], [0]))
-            if count_type == ("samples", "count"):
+            if period_type in PERIODIC:
                 period = next(p.period for sp in rp.scope_profiles for p in sp.profiles
-                              if s(p.sample_type.type_strindex) == "samples")
+                              if s(p.sample_type.type_strindex) == "samples"
+                              and s(p.period_type.type_strindex) == period_type)
                 check(all(times_of[k] == [v[0] * period] for k, v in counts.items()
                           if k in times_of),
-                      "cpu/nanoseconds is not count x period")
+                      f"{time_type[0]}/{time_type[1]} is not count x period")
         for sample in samples:
             del sample["_key"]
         resources.append({"attributes": resource, "samples": samples, "times": times,

@@ -119,6 +119,7 @@ const RECIPES: &[Recipe] = &[
     program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
     program("lock_chain", "lock_chain.c", C_FRAME_POINTERS),
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
+    program("fault_chain", "fault_chain.c", C_FRAME_POINTERS),
     // Publishes OpenTelemetry process and thread context (issue 17):
     // the thread-local variable exported in .dynsym, reached by TLS
     // descriptors as OTEP 4947 recommends (an executable's own variable

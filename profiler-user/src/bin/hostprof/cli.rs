@@ -247,7 +247,9 @@ mod tests {
         assert!(record(&["--otlp-header", "novalue"]).is_err());
         let err = record(&["--profiles", "cpu,heap"]).unwrap_err().to_string();
         assert!(
-            err.contains("\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks"),
+            err.contains(
+                "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
+            ),
             "{err}"
         );
         let err = record(&["--off-cpu-max-rate", "0"])
