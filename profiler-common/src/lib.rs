@@ -159,6 +159,40 @@ pub mod names {
     /// pointer), checked before each use.
     pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
 
+    /// The memory profile's uprobe on each allocator entry point (the
+    /// attach cookie says which, [`super::alloc_fn`]).
+    pub const MEMORY_ENTRY: &str = "mem_entry";
+    /// The memory profile's uretprobe on each allocating entry point.
+    pub const MEMORY_RETURN: &str = "mem_return";
+    /// The memory program that unwinds a user stack from tables, by tail call.
+    pub const MEMORY_UNWIND: &str = "mem_unwind";
+    /// The memory program that stores an unwound stack, by tail call.
+    pub const MEMORY_STORE: &str = "mem_store";
+    /// The memory program that records a sampled allocation's files, by
+    /// tail call.
+    pub const MEMORY_FILES: &str = "mem_files";
+    /// Program array of the memory programs' tail calls.
+    pub const MEMORY_TAIL_CALLS: &str = "MEMORY_TAIL_CALLS";
+    /// [`super::MemoryThread`] in task-local storage: each thread's byte
+    /// countdown and the allocation call it is in.
+    pub const MEMORY_THREADS: &str = "MEMORY_THREADS";
+    /// Sampled allocations still live, by [`super::LiveKey`] (value:
+    /// `bpf_ktime_get_ns()` at allocation).
+    pub const MEMORY_LIVE: &str = "MEMORY_LIVE";
+    /// [`super::AllocEvent`]s and [`super::FreeEvent`]s, in the order
+    /// they happened.
+    pub const MEMORY_EVENTS: &str = "MEMORY_EVENTS";
+    /// Frees of sampled allocations that did not fit in
+    /// [`MEMORY_EVENTS`], by [`super::LiveKey`]; userspace takes them at
+    /// each drain.
+    pub const MEMORY_FREES: &str = "MEMORY_FREES";
+    /// [`super::MEMORY_GAPS`] draws from the exponential distribution of
+    /// bytes between two sampled allocations, filled by userspace.
+    pub const MEMORY_GAPS: &str = "MEMORY_GAPS";
+
+    /// Every uprobe (entry and return) program name above.
+    pub const UPROBES: &[&str] = &[MEMORY_ENTRY, MEMORY_RETURN];
+
     /// Every perf-event program name above: userspace checks that the
     /// object has them.
     pub const PROGRAMS: &[&str] = &[PROGRAM, UNWIND_PROGRAM, STORE_PROGRAM, CPU_FILES];
@@ -168,6 +202,9 @@ pub mod names {
         OFF_CPU_UNWIND_KPROBE,
         OFF_CPU_STORE_KPROBE,
         OFF_CPU_FILES_KPROBE,
+        MEMORY_UNWIND,
+        MEMORY_STORE,
+        MEMORY_FILES,
     ];
     /// Every BTF tracepoint program name above.
     pub const BTF_TRACEPOINTS: &[&str] = &[
@@ -216,6 +253,12 @@ pub mod names {
         PYTHON_PROCESSES,
         PYTHON_SCRATCH,
         PYTHON_THREADS,
+        MEMORY_TAIL_CALLS,
+        MEMORY_THREADS,
+        MEMORY_LIVE,
+        MEMORY_EVENTS,
+        MEMORY_FREES,
+        MEMORY_GAPS,
     ];
 }
 
@@ -569,8 +612,10 @@ pub mod kernel_kind {
     /// The page-fault profile (`sample_faults`, then the CPU profile's
     /// tail calls).
     pub const PAGE_FAULTS: u32 = 3;
+    /// The memory profile (`mem_*`: uprobes on the allocator).
+    pub const MEMORY: u32 = 4;
     /// Number of kinds: `STATS` holds this many blocks of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// When a thread left the CPU, in its task-local storage `OFF_CPU_TASKS`
@@ -655,6 +700,102 @@ pub struct WaitEvent {
     pub kind: u32,
     /// The map set its stacks are in.
     pub set: u32,
+}
+
+/// The allocator functions the memory profile probes: the attach cookie
+/// of `mem_entry` and `mem_return`, and what tells them where the size is.
+pub mod alloc_fn {
+    /// Size in the first argument: `malloc`, `valloc`, `pvalloc`.
+    pub const MALLOC: u64 = 0;
+    /// `calloc(n, size)`: `n * size` bytes.
+    pub const CALLOC: u64 = 1;
+    /// `realloc(ptr, size)`: frees `ptr`, allocates `size`.
+    pub const REALLOC: u64 = 2;
+    /// Size in the second argument: `memalign`, `aligned_alloc`.
+    pub const MEMALIGN: u64 = 3;
+    /// `posix_memalign(&ptr, align, size)`: the address is written to `ptr`.
+    pub const POSIX_MEMALIGN: u64 = 4;
+    /// `free(ptr)` (and `cfree`).
+    pub const FREE: u64 = 5;
+}
+
+/// Entries of [`names::MEMORY_GAPS`].
+pub const MEMORY_GAPS: u32 = 1024;
+
+/// [`AllocEvent::tag`] of a sampled allocation tracked as live.
+pub const ALLOC_TRACKED: u32 = 1;
+/// [`AllocEvent::tag`] of a sampled allocation not tracked
+/// (`MEMORY_LIVE` full, or the allocation failed).
+pub const ALLOC_UNTRACKED: u32 = 2;
+/// [`FreeEvent::tag`].
+pub const FREE_TRACKED: u32 = 3;
+
+/// A thread's memory-profile state, in task-local storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryThread {
+    /// Bytes until the thread's next sampled allocation (a draw from
+    /// [`names::MEMORY_GAPS`]; 0: not drawn yet).
+    pub countdown: i64,
+    /// The size of the sampled allocation under way.
+    pub size: u64,
+    /// `posix_memalign`'s `ptr` argument, where the address goes.
+    pub out_ptr: u64,
+    /// Who allocates, where: the sampled allocation under way.
+    pub key: WaitKey,
+    /// Allocator calls of the thread under way (an allocator function
+    /// calling another, `realloc(NULL, n)` calling `malloc`, counts once).
+    pub depth: u32,
+    /// 1 while the outermost call under way is sampled and its key is
+    /// set; 2 while its stack is being taken.
+    pub sampled: u32,
+    /// The map set the key's stack is in.
+    pub set: u32,
+    /// The function ([`alloc_fn`]).
+    pub function: u32,
+}
+
+/// A live sampled allocation's address in its process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// Zero.
+    pub pad: u32,
+    /// The address the allocator returned.
+    pub addr: u64,
+}
+
+/// A sampled allocation, as the kernel sends it on `MEMORY_EVENTS` as
+/// the allocating call returns.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocEvent {
+    /// [`ALLOC_TRACKED`] or [`ALLOC_UNTRACKED`].
+    pub tag: u32,
+    /// The map set its stack is in.
+    pub set: u32,
+    /// Who allocated, where (`state`: the [`alloc_fn`]; no kernel stack).
+    pub key: WaitKey,
+    /// The address returned (0: the call failed).
+    pub addr: u64,
+    /// The bytes asked for.
+    pub size: u64,
+    /// `bpf_ktime_get_ns()` as the call returned.
+    pub time_ns: u64,
+}
+
+/// The free of a tracked allocation, on `MEMORY_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreeEvent {
+    /// [`FREE_TRACKED`].
+    pub tag: u32,
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// The address freed.
+    pub addr: u64,
 }
 
 /// What one kept wait (off-CPU interval or lock contention) stands for.
@@ -854,11 +995,28 @@ pub enum Stat {
     /// Python stacks cut at [`PYTHON_FRAMES_MAX`] frames or at the stack's
     /// depth limit.
     PythonTruncated,
+    /// Memory: allocation calls seen (every probed allocating function).
+    AllocCalls,
+    /// Memory: the bytes they asked for.
+    AllocBytes,
+    /// Memory: sampled allocations not tracked as live because
+    /// `MEMORY_LIVE` was full (in `alloc_*`, never in `inuse_*`).
+    AllocUntracked,
+    /// Memory: frees of tracked allocations sent late, through
+    /// `MEMORY_FREES`, because the event ring was full.
+    FreesDeferred,
+    /// Memory: frees of tracked allocations lost (ring and `MEMORY_FREES`
+    /// both full): `inuse_*` may count them still.
+    FreesLost,
+    /// Memory: sampled allocations dropped because another thread's
+    /// probe took this CPU's unwind state mid-way (uprobes can be
+    /// preempted).
+    UnwindRaced,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 32;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -888,6 +1046,12 @@ impl Stat {
         Stat::PythonStacks,
         Stat::PythonNoFrames,
         Stat::PythonTruncated,
+        Stat::AllocCalls,
+        Stat::AllocBytes,
+        Stat::AllocUntracked,
+        Stat::FreesDeferred,
+        Stat::FreesLost,
+        Stat::UnwindRaced,
     ];
 }
 
@@ -905,6 +1069,10 @@ mod pod {
     unsafe impl aya::Pod for super::OffCpuStart {}
     unsafe impl aya::Pod for super::WaitKey {}
     unsafe impl aya::Pod for super::WaitEvent {}
+    unsafe impl aya::Pod for super::MemoryThread {}
+    unsafe impl aya::Pod for super::LiveKey {}
+    unsafe impl aya::Pod for super::AllocEvent {}
+    unsafe impl aya::Pod for super::FreeEvent {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
     unsafe impl aya::Pod for super::PythonProcess {}
@@ -925,6 +1093,10 @@ mod tests {
         assert_eq!(size_of::<TraceContext>(), 24);
         assert_eq!(size_of::<WaitKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24);
         assert_eq!(size_of::<WaitEvent>(), size_of::<WaitKey>() + 32);
+        assert_eq!(size_of::<MemoryThread>(), 24 + size_of::<WaitKey>() + 16);
+        assert_eq!(size_of::<LiveKey>(), 16);
+        assert_eq!(size_of::<AllocEvent>(), 8 + size_of::<WaitKey>() + 24);
+        assert_eq!(size_of::<FreeEvent>(), 16);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
@@ -1044,6 +1216,7 @@ mod tests {
             .iter()
             .chain(names::KPROBES)
             .chain(names::BTF_TRACEPOINTS)
+            .chain(names::UPROBES)
         {
             assert!(name.len() < 16, "{name}");
         }

@@ -9,8 +9,12 @@
 //!   or a kprobe on `finish_task_switch` (the stacks of a kept interval).
 //! - [`locks`]: the kernel-lock contention profile,
 //!   `tp_btf/contention_begin` and `contention_end`.
+//! - [`memory`]: the memory profile, uprobes on each selected process's
+//!   allocator: allocations sampled by bytes, and the live ones tracked
+//!   until freed.
 //! - [`wait`]: what the off-CPU and locks kinds share: duration sampling
-//!   and recording a kept wait with its stacks.
+//!   and recording a kept wait with its stacks (the memory kind records
+//!   its sampled allocations with it too).
 //! - [`stack`]: what every kind shares: the configuration, the counters, the
 //!   process announcements and the double-buffered stack maps.
 //! - [`unwind`]: the table unwinder of user stacks, shared too.
@@ -31,10 +35,12 @@
 mod exec;
 mod files;
 mod locks;
+mod memory;
 mod off_cpu;
 mod python;
 mod sampled;
 mod stack;
+mod task_storage;
 mod trace;
 mod unwind;
 mod wait;

@@ -135,6 +135,7 @@ impl Kind {
     pub const OFF_CPU: Kind = Kind(kernel_kind::OFF_CPU);
     pub const LOCKS: Kind = Kind(kernel_kind::LOCKS);
     pub const PAGE_FAULTS: Kind = Kind(kernel_kind::PAGE_FAULTS);
+    pub const MEMORY: Kind = Kind(kernel_kind::MEMORY);
 
     /// The kind `index` (as stored in the unwinder's state).
     #[inline(always)]

@@ -1,6 +1,8 @@
 //! What the kinds that measure waits share: the off-CPU profile (switch-out
 //! to switch-in) and the kernel-lock profile (`contention_begin` to
-//! `contention_end`). Each kind's hook measures a wait of `d` ns in the
+//! `contention_end`); the memory profile records its sampled allocations
+//! with the same chain ([`crate::memory`]: no duration, no kernel stack,
+//! and the key goes to the allocating thread rather than the ring). Each kind's hook measures a wait of `d` ns in the
 //! context of the thread that waited and hands it to [`Waits::measured`],
 //! which keeps it with probability `min(1, d/P)`
 //! (`profiler_common::keep_wait`, Go's unbiased rule; `P` is the kind's
@@ -31,7 +33,7 @@ use profiler_common::{
 
 use crate::stack::{self, Kind};
 use crate::unwind::{self, Unwind};
-use crate::{exec, files, trace};
+use crate::{exec, files, memory, trace};
 
 /// Kept waits, one event each: 104 bytes and the ring's 8-byte header, so
 /// 256 KiB hold ~2,300 (the default budget keeps 250 a second per CPU;
@@ -66,6 +68,7 @@ pub struct Waits(Kind);
 impl Waits {
     pub const OFF_CPU: Waits = Waits(Kind::OFF_CPU);
     pub const LOCKS: Waits = Waits(Kind::LOCKS);
+    pub const MEMORY: Waits = Waits(Kind::MEMORY);
 
     /// The kind whose counters and scratch space the waits use.
     #[inline(always)]
@@ -220,6 +223,13 @@ impl Waits {
             return;
         };
         let (tgid, tid) = unwind.thread();
+        // A uprobe's programs can be preempted (they run with migration,
+        // not preemption, disabled): another thread's probe on this CPU
+        // may have taken the kind's unwind state meanwhile.
+        if tid != bpf_get_current_pid_tgid() as u32 {
+            self.0.bump(Stat::UnwindRaced);
+            return;
+        }
         let depth = unwind.finish();
         // A copy: the set must not flip between storing the stacks and the
         // wait (userspace drains the set it left once this run is over).
@@ -284,24 +294,51 @@ impl Waits {
         // SAFETY: this CPU's slot, written by the measurement of this chain.
         let pending = unsafe { *pending };
         let set = stack::stack_set(config);
+        // An allocation is made in user space: no kernel stack (the
+        // probe's own would be all there is).
+        let memory = kind.index() == kernel_kind::MEMORY;
         let key = WaitKey {
             tgid,
             tid,
             user_stack,
-            kernel_stack: stack::store_stack(
-                ctx,
-                set.stacks,
-                skip & BPF_F_SKIP_FIELD_MASK as u64,
-                kind,
-                Stat::KernelStackError,
-            ),
+            kernel_stack: if memory {
+                0
+            } else {
+                stack::store_stack(
+                    ctx,
+                    set.stacks,
+                    skip & BPF_F_SKIP_FIELD_MASK as u64,
+                    kind,
+                    Stat::KernelStackError,
+                )
+            },
             comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             state: pending.state,
             exec_gen: exec::generation(tgid),
             trace: trace::current(config),
         };
+        if memory {
+            memory::hold(&key, config.active_set);
+        } else {
+            self.output(&key, &pending, config);
+        }
+        files::walk_in_tail_call(
+            ctx,
+            tail_calls,
+            kind,
+            tgid,
+            key.exec_gen,
+            user_stack,
+            config.active_set,
+        );
+    }
+
+    /// Sends a kept wait on `WAIT_EVENTS`.
+    #[inline(always)]
+    fn output(self, key: &WaitKey, pending: &Pending, config: &Config) {
+        let kind = self.0;
         let event = WaitEvent {
-            key,
+            key: *key,
             // SAFETY: `bpf_ktime_get_ns` has no preconditions.
             time_ns: unsafe { bpf_ktime_get_ns() },
             events_milli: pending.events_milli,
@@ -313,14 +350,5 @@ impl Waits {
             Ok(()) => kind.bump(Stat::Recorded),
             Err(_) => kind.bump(Stat::DroppedCountsFull),
         }
-        files::walk_in_tail_call(
-            ctx,
-            tail_calls,
-            kind,
-            tgid,
-            key.exec_gen,
-            user_stack,
-            config.active_set,
-        );
     }
 }

@@ -40,6 +40,12 @@ impl ProcessFilter {
             && self.cgroups.is_empty()
     }
 
+    /// True when the filter names no process to keep (no namespace,
+    /// selector or cgroup; it may still leave some out).
+    pub fn selects_nothing(&self) -> bool {
+        self.namespaces.is_empty() && self.pod_selector.is_empty() && self.cgroups.is_empty()
+    }
+
     /// Whether a process in cgroups `cgroups` (its paths, empty when
     /// unknown) and pod `pod` (if any) is kept.
     pub fn admits(&self, cgroups: &[String], pod: Option<&PodContainer>) -> bool {

@@ -80,6 +80,11 @@ pub enum ProfileKind {
     /// CPU (the software `page-faults` event), in the faulting thread,
     /// whole-host and without trapping the allocator.
     PageFaults,
+    /// Who allocates heap memory and what is still allocated: the
+    /// allocator's calls in selected processes, sampled by bytes (a
+    /// Poisson process, mean [`crate::profiler::MemorySampleBytes`]), and
+    /// the sampled allocations still live as each window ends.
+    Memory,
 }
 
 /// Samples of the CPU profile: the sample count, and the CPU time they
@@ -112,6 +117,17 @@ const PAGE_FAULT_VALUES: &[ValueType] = &[
     ValueType::new("page_faults", "count"),
 ];
 
+/// Samples of the memory profile, as Go's heap profiles name them: the
+/// allocations made in the window and their bytes, and those still live
+/// as it ends (weighted totals: each sampled allocation of `s` bytes
+/// stands for `1/(1-exp(-s/R))` of them).
+const MEMORY_VALUES: &[ValueType] = &[
+    ValueType::new("alloc_objects", "count"),
+    ValueType::new("alloc_space", "bytes"),
+    ValueType::new("inuse_objects", "count"),
+    ValueType::new("inuse_space", "bytes"),
+];
+
 impl ProfileKind {
     /// Every kind, in the order outputs list them.
     pub const ALL: &'static [ProfileKind] = &[
@@ -119,16 +135,18 @@ impl ProfileKind {
         ProfileKind::OffCpu,
         ProfileKind::Locks,
         ProfileKind::PageFaults,
+        ProfileKind::Memory,
     ];
 
     /// The kind's name on the command line, in config files and in file
-    /// names (`cpu`, `off-cpu`, `locks`, `page-faults`).
+    /// names (`cpu`, `off-cpu`, `locks`, `page-faults`, `memory`).
     pub fn name(self) -> &'static str {
         match self {
             ProfileKind::Cpu => "cpu",
             ProfileKind::OffCpu => "off-cpu",
             ProfileKind::Locks => "locks",
             ProfileKind::PageFaults => "page-faults",
+            ProfileKind::Memory => "memory",
         }
     }
 
@@ -139,6 +157,7 @@ impl ProfileKind {
             ProfileKind::OffCpu => OFF_CPU_VALUES,
             ProfileKind::Locks => LOCK_VALUES,
             ProfileKind::PageFaults => PAGE_FAULT_VALUES,
+            ProfileKind::Memory => MEMORY_VALUES,
         }
     }
 
@@ -149,17 +168,20 @@ impl ProfileKind {
             | ProfileKind::OffCpu
             | ProfileKind::Locks
             | ProfileKind::PageFaults => 1,
+            // `inuse_space`, as Go's heap profiles.
+            ProfileKind::Memory => 3,
         }
     }
 
     /// Index into [`Self::sample_types`] of the value flamegraphs, folded
     /// stacks and the terminal summary weigh frames by (CPU: the sample
     /// count, as `perf`'s folded output, and page faults likewise;
-    /// off-CPU: the time blocked; locks: the delay).
+    /// off-CPU: the time blocked; locks: the delay; memory: the bytes
+    /// allocated, as what is still in use may be nothing).
     pub fn weight(self) -> usize {
         match self {
             ProfileKind::Cpu | ProfileKind::PageFaults => 0,
-            ProfileKind::OffCpu | ProfileKind::Locks => 1,
+            ProfileKind::OffCpu | ProfileKind::Locks | ProfileKind::Memory => 1,
         }
     }
 
@@ -174,6 +196,8 @@ impl ProfileKind {
             ProfileKind::Locks => ValueType::new("contentions", "count"),
             // One sample every N faults.
             ProfileKind::PageFaults => ValueType::new("page_faults", "count"),
+            // A sample every R bytes on average, as Go's heap profiles.
+            ProfileKind::Memory => ValueType::new("space", "bytes"),
         }
     }
 
@@ -184,6 +208,7 @@ impl ProfileKind {
             ProfileKind::OffCpu => "hostprof off-CPU flamegraph (time blocked)",
             ProfileKind::Locks => "hostprof lock contention flamegraph (delay)",
             ProfileKind::PageFaults => "hostprof page-fault flamegraph",
+            ProfileKind::Memory => "hostprof allocation flamegraph (bytes allocated)",
         }
     }
 
@@ -192,7 +217,7 @@ impl ProfileKind {
     /// prints them), rather than one sample per period.
     pub fn measures_waits(self) -> bool {
         match self {
-            ProfileKind::Cpu | ProfileKind::PageFaults => false,
+            ProfileKind::Cpu | ProfileKind::PageFaults | ProfileKind::Memory => false,
             ProfileKind::OffCpu | ProfileKind::Locks => true,
         }
     }
@@ -206,7 +231,10 @@ impl ProfileKind {
         kernel_frames: impl IntoIterator<Item = &'a str>,
     ) -> Option<Label> {
         match self {
-            ProfileKind::Cpu | ProfileKind::Locks | ProfileKind::PageFaults => None,
+            ProfileKind::Cpu
+            | ProfileKind::Locks
+            | ProfileKind::PageFaults
+            | ProfileKind::Memory => None,
             ProfileKind::OffCpu => {
                 let state = labels
                     .iter()
@@ -223,7 +251,10 @@ impl ProfileKind {
     /// Whether [`Self::kernel_frames_label`] labels this kind's samples.
     pub fn labels_kernel_frames(self) -> bool {
         match self {
-            ProfileKind::Cpu | ProfileKind::Locks | ProfileKind::PageFaults => false,
+            ProfileKind::Cpu
+            | ProfileKind::Locks
+            | ProfileKind::PageFaults
+            | ProfileKind::Memory => false,
             ProfileKind::OffCpu => true,
         }
     }
@@ -294,7 +325,7 @@ mod tests {
         let err = "heap".parse::<ProfileKind>().unwrap_err().to_string();
         assert_eq!(
             err,
-            "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
+            "\"heap\" is not a profile kind; the kinds are: cpu, off-cpu, locks, page-faults, memory"
         );
     }
 

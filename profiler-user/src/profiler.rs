@@ -16,7 +16,7 @@ pub use crate::aggregate::WaitTotals;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
-use crate::process::{ContextDiscovery, ProcessTable, PythonProcesses};
+use crate::process::{ContextDiscovery, ProcessTable, PythonProcesses, Selection};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -29,8 +29,9 @@ use crate::unwind::Unwinder;
 
 pub use crate::sampler::trace_context::{InvalidTraceContextMap, TraceContextMap, TraceMapState};
 pub use crate::sampler::{
-    Frequency, InvalidFrequency, InvalidOffCpuRate, InvalidPageFaultPeriod, OffCpuRate,
-    PageFaultPeriod, SamplerError, SamplingPolicy, Target,
+    Frequency, InvalidFrequency, InvalidMemorySampleBytes, InvalidOffCpuRate,
+    InvalidPageFaultPeriod, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplerError,
+    SamplingPolicy, Target,
 };
 pub use crate::symbolize::CacheStats;
 use crate::trace_link::DEFAULT_MAX_LINKS_PER_PROCESS;
@@ -132,6 +133,17 @@ pub struct Profiler {
     sampler: Sampler,
     events: ProcessEvents,
     pipeline: Pipeline,
+    /// With the memory profile: the processes whose allocator is probed.
+    memory: Option<MemoryTargets>,
+}
+
+/// The processes the memory profile probes, and those it could not (not
+/// tried again in the same image).
+struct MemoryTargets {
+    selection: Selection,
+    /// `--pid` named them: a failure is a warning, not a debug line.
+    named: bool,
+    failed: std::collections::HashMap<u32, u32>,
 }
 
 impl Profiler {
@@ -174,12 +186,69 @@ impl Profiler {
         pipeline.python = started
             .python_processes
             .map(|map| PythonProcesses::new(Box::new(map)));
-        Ok(Self {
+        let memory =
+            options
+                .profiles
+                .contains(&ProfileKind::Memory)
+                .then(|| match &options.policy.target {
+                    Target::Pids(pids) => MemoryTargets {
+                        selection: Selection::pids(pids.clone()),
+                        named: true,
+                        failed: Default::default(),
+                    },
+                    Target::AllProcesses => MemoryTargets {
+                        selection: Selection::filtered(),
+                        named: false,
+                        failed: Default::default(),
+                    },
+                });
+        let mut profiler = Self {
             drain_interval: options.drain_interval,
             sampler: started.sampler,
             events: started.events,
             pipeline,
-        })
+            memory,
+        };
+        profiler.probe_memory();
+        Ok(profiler)
+    }
+
+    /// With the memory profile: probes the allocator of each process
+    /// selected now (new ones, and those that exec'd since), and forgets
+    /// the live allocations of processes gone or replaced by an exec.
+    fn probe_memory(&mut self) {
+        let Some(targets) = &mut self.memory else {
+            return;
+        };
+        let pipeline = &self.pipeline;
+        let processes = &pipeline.processes;
+        for pid in targets.selection.scan(&pipeline.filter, &pipeline.pods) {
+            let exec_gen = processes.generation(pid);
+            if targets.failed.get(&pid) == Some(&exec_gen) {
+                continue;
+            }
+            if let Err(err) = self.sampler.attach_memory(pid, exec_gen) {
+                let err = anyhow::Error::from(err);
+                if targets.named {
+                    log::warn!("memory profile: {err:#}");
+                } else {
+                    log::debug!("memory profile: {err:#}");
+                }
+                targets.failed.insert(pid, exec_gen);
+            }
+        }
+        targets
+            .failed
+            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        self.sampler.forget_memory(|tgid, exec_gen| {
+            !std::path::Path::new(&format!("/proc/{tgid}")).exists()
+                || processes.generation(tgid) != exec_gen
+        });
+    }
+
+    /// The processes whose allocator the memory profile probes now.
+    pub fn memory_processes(&self) -> Vec<u32> {
+        self.sampler.memory_processes()
     }
 
     /// Samples until `stop` completes, draining periodically and calling
@@ -231,6 +300,7 @@ impl Profiler {
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
+        self.ingest(self.sampler.memory_in_use());
         let profiles = self.pipeline.take_window(self.sampler.last_flip());
         Ok((profiles, self.pipeline.totals()))
     }
@@ -240,6 +310,8 @@ impl Profiler {
     pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
         let drained = self.sampler.drain()?;
         self.ingest(drained);
+        // What is still live as the window ends (the memory profile).
+        self.ingest(self.sampler.memory_in_use());
         Ok(self.pipeline.take_window(self.sampler.last_flip()))
     }
 
@@ -257,6 +329,7 @@ impl Profiler {
         let exited = self.pipeline.ingest(drained);
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
+        self.probe_memory();
     }
 }
 
@@ -297,6 +370,10 @@ impl Pipeline {
                 ProfileKind::Cpu => (kind, options.policy.frequency.period_ns()),
                 ProfileKind::PageFaults => {
                     (kind, u64::from(options.policy.page_fault_period.faults()))
+                }
+                // A sample every R bytes on average.
+                ProfileKind::Memory => {
+                    (kind, u64::from(options.policy.memory_sample_bytes.bytes()))
                 }
                 // Each sample is weighted; the period is one event.
                 ProfileKind::OffCpu | ProfileKind::Locks => (kind, 1),

@@ -61,6 +61,99 @@ pub struct Summary {
     pub unwind_tables: Option<LoaderStats>,
     /// Functions by self samples, most first.
     pub top: Vec<FunctionShare>,
+    /// Memory profile: its totals and leak view; `None` for other kinds.
+    pub memory: Option<MemorySummary>,
+}
+
+/// The memory profile's totals and what was still held at the end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemorySummary {
+    /// Allocation calls in the probed processes (all, sampled or not).
+    pub calls: u64,
+    /// The bytes they asked for (exact, counted in the kernel).
+    pub bytes: u64,
+    /// Sampled allocations.
+    pub sampled: u64,
+    /// Mean bytes between two samples.
+    pub mean: u64,
+    /// Bytes allocated, estimated from the samples (`alloc_space`).
+    pub alloc_bytes: u64,
+    /// Bytes still allocated at the end (`inuse_space`), of allocations
+    /// made while hostprof ran.
+    pub inuse_bytes: u64,
+    /// Allocations still live at the end (`inuse_objects`).
+    pub inuse_objects: u64,
+    /// Sampled allocations not tracked (the live table was full).
+    pub untracked: u64,
+    /// Frees of tracked allocations lost.
+    pub frees_lost: u64,
+    /// Where the most bytes still held were allocated, most first.
+    pub held: Vec<Held>,
+}
+
+/// Bytes still held at the end of a capture, by where they were allocated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Held {
+    /// The innermost function outside the allocator, escaped.
+    pub name: String,
+    /// Bytes it holds (`inuse_space`).
+    pub bytes: u64,
+    /// Allocations (`inuse_objects`).
+    pub objects: u64,
+    /// Age of the oldest of them, in seconds.
+    pub oldest_seconds: u64,
+}
+
+/// The innermost frame of `sample` outside the allocator (`malloc`,
+/// `operator new`, Rust's allocation wrappers): where it allocated.
+fn allocated_in<'a>(profile: &'a Profile, sample: &Sample) -> &'a str {
+    sample
+        .stack
+        .iter()
+        .flat_map(|&id| &profile.location(id).lines)
+        .map(|line| profile.function(line.function).name.as_str())
+        .find(|name| !crate::sampler::is_allocator_frame(name))
+        .unwrap_or("[allocator]")
+}
+
+impl MemorySummary {
+    fn new(profile: &Profile, top_n: usize) -> Self {
+        let mut held: HashMap<&str, Held> = HashMap::new();
+        for sample in profile.samples.iter().filter(|s| s.values[3] > 0) {
+            let name = allocated_in(profile, sample);
+            let oldest = sample
+                .labels
+                .iter()
+                .find(|(key, _)| *key == crate::sampler::heap::OLDEST_AGE)
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or(0);
+            let entry = held.entry(name).or_insert_with(|| Held {
+                name: escape(name).into_owned(),
+                bytes: 0,
+                objects: 0,
+                oldest_seconds: 0,
+            });
+            entry.bytes += sample.values[3];
+            entry.objects += sample.values[2];
+            entry.oldest_seconds = entry.oldest_seconds.max(oldest);
+        }
+        let mut held: Vec<Held> = held.into_values().collect();
+        held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
+        held.truncate(top_n);
+        let stats = &profile.stats;
+        Self {
+            calls: stats.memory.calls,
+            bytes: stats.memory.bytes,
+            sampled: stats.recorded,
+            mean: profile.period,
+            alloc_bytes: profile.total(1),
+            inuse_bytes: profile.total(3),
+            inuse_objects: profile.total(2),
+            untracked: stats.memory.untracked,
+            frees_lost: stats.memory.frees_lost,
+            held,
+        }
+    }
 }
 
 impl Summary {
@@ -71,10 +164,14 @@ impl Summary {
         let weight = profile.kind.weight();
         let mut self_samples: HashMap<String, u64> = HashMap::new();
         for sample in &profile.samples {
+            if sample.values[weight] == 0 {
+                continue; // a memory profile's in-use sample
+            }
             let name = match profile.kind {
                 ProfileKind::Cpu | ProfileKind::PageFaults => {
                     frame_name(profile, sample, false).to_owned()
                 }
+                ProfileKind::Memory => allocated_in(profile, sample).to_owned(),
                 ProfileKind::OffCpu => {
                     let class = sample
                         .labels
@@ -122,6 +219,8 @@ impl Summary {
             unwind: stats.unwind,
             unwind_tables: None,
             top,
+            memory: (profile.kind == ProfileKind::Memory)
+                .then(|| MemorySummary::new(profile, top_n)),
         }
     }
 
@@ -307,6 +406,9 @@ impl fmt::Display for Summary {
         if self.kind.measures_waits() {
             return self.fmt_waits(f);
         }
+        if let Some(memory) = &self.memory {
+            return self.fmt_memory(f, memory);
+        }
         writeln!(f, "samples          {}", self.samples)?;
         if let Some((faults, period)) = self.page_faults {
             writeln!(
@@ -314,11 +416,7 @@ impl fmt::Display for Summary {
                 "page faults      {faults} (a sample every {period} on a CPU)"
             )?;
         }
-        writeln!(f, "processes        {}", self.processes)?;
-        writeln!(f, "dropped samples  {}", self.dropped)?;
-        writeln!(f, "stack errors     {}", self.stack_errors)?;
-        write_unresolved(f, &self.unresolved)?;
-        write_links(f, &self.links, self.spans)?;
+        self.write_counts(f)?;
         if let Some(tables) = &self.unwind_tables {
             write_unwind(f, &self.unwind, tables)?;
         }
@@ -341,6 +439,16 @@ impl fmt::Display for Summary {
 }
 
 impl Summary {
+    /// The lines every kind has: processes, losses, unresolved leaves and
+    /// trace links.
+    fn write_counts(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "processes        {}", self.processes)?;
+        writeln!(f, "dropped samples  {}", self.dropped)?;
+        writeln!(f, "stack errors     {}", self.stack_errors)?;
+        write_unresolved(f, &self.unresolved)?;
+        write_links(f, &self.links, self.spans)
+    }
+
     /// The share of the total `share` holds, in percent.
     fn percent(&self, share: &FunctionShare) -> f64 {
         if self.samples == 0 {
@@ -348,6 +456,69 @@ impl Summary {
         } else {
             share.self_samples as f64 * 100.0 / self.samples as f64
         }
+    }
+
+    /// The memory profile's section: calls and bytes, the estimates, where
+    /// the most bytes were allocated, and what was still held at the end.
+    fn fmt_memory(&self, f: &mut fmt::Formatter<'_>, m: &MemorySummary) -> fmt::Result {
+        writeln!(
+            f,
+            "allocations      {} calls, {} asked for; {} sampled (one per {} on average)",
+            m.calls,
+            human_bytes(m.bytes),
+            m.sampled,
+            human_bytes(m.mean)
+        )?;
+        writeln!(
+            f,
+            "allocated        ~{} (estimated from the samples)",
+            human_bytes(m.alloc_bytes)
+        )?;
+        writeln!(
+            f,
+            "in use at end    ~{} in ~{} allocations (made while hostprof ran)",
+            human_bytes(m.inuse_bytes),
+            m.inuse_objects
+        )?;
+        if m.untracked + m.frees_lost > 0 {
+            writeln!(
+                f,
+                "not tracked      {} sampled allocations (live table full), {} frees lost",
+                m.untracked, m.frees_lost
+            )?;
+        }
+        self.write_counts(f)?;
+        if !self.top.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "{:>10} {:>6}  allocated in", "bytes", "share")?;
+            for share in &self.top {
+                writeln!(
+                    f,
+                    "{:>10} {:>5.1}%  {}",
+                    human_bytes(share.self_samples),
+                    self.percent(share),
+                    share.name
+                )?;
+            }
+        }
+        if !m.held.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "{:>10} {:>8}  still held at the end, allocated in",
+                "in use", "oldest"
+            )?;
+            for held in &m.held {
+                writeln!(
+                    f,
+                    "{:>10} {:>7}s  {}",
+                    human_bytes(held.bytes),
+                    held.oldest_seconds,
+                    held.name
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The section of a kind that measures waits: off-CPU, time blocked,
@@ -376,11 +547,7 @@ impl Summary {
             "{waits:<16} {} {measured}, {} kept and unwound",
             self.intervals, self.kept
         )?;
-        writeln!(f, "processes        {}", self.processes)?;
-        writeln!(f, "dropped samples  {}", self.dropped)?;
-        writeln!(f, "stack errors     {}", self.stack_errors)?;
-        write_unresolved(f, &self.unresolved)?;
-        write_links(f, &self.links, self.spans)?;
+        self.write_counts(f)?;
         if self.top.is_empty() {
             return Ok(());
         }
@@ -591,6 +758,7 @@ mod tests {
             unwind,
             unwind_tables: None,
             top: Vec::new(),
+            memory: None,
         }
         .with_unwind_tables(tables)
     }

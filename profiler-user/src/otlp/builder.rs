@@ -361,6 +361,10 @@ fn otlp_profiles(
             sample_type: Some(dict.value_type(sample_type.name, sample_type.unit)),
             samples: samples
                 .iter()
+                // A sample with nothing of this type is left out of its
+                // profile (the memory profile's in-use samples allocated
+                // nothing in the window, its allocations hold nothing).
+                .filter(|(_, (values, events))| !events.is_empty() || values[v] != 0)
                 .map(
                     |((stack_index, attribute_indices, link_index), (values, events))| {
                         // With events, a value per event at its time (the

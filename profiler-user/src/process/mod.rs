@@ -15,6 +15,7 @@ mod otel_context;
 pub mod perfmap;
 mod procfs;
 mod python;
+mod selection;
 mod thread_context;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -29,6 +30,7 @@ use procfs::{open_mapped_file, read_proc};
 
 pub use otel_context::ContextDiscovery;
 pub use python::PythonProcesses;
+pub use selection::Selection;
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
 use crate::sampler::{Drained, ExecGenerations, FileMapping};

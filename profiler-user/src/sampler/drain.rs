@@ -14,7 +14,9 @@ use profiler_common::{
     SampleKey as KernelKey, StackHash, Stat, TraceContext, COMM_LEN, PYTHON_MARK, TRUNCATED_MARK,
 };
 
-use super::stats::{CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters};
+use super::stats::{
+    CaptureStats, FileCounters, LinkCounters, MemoryCounters, UnresolvedLeaves, UnwindCounters,
+};
 use crate::kind::{Event, Label, ProfileKind};
 use crate::trace_link::TraceLink;
 
@@ -264,7 +266,8 @@ impl StatCounters {
             filtered: delta(Stat::Filtered),
             dropped: delta(Stat::DroppedCountsFull)
                 + delta(Stat::DroppedNoConfig)
-                + delta(Stat::UnwindTailCallFailed),
+                + delta(Stat::UnwindTailCallFailed)
+                + delta(Stat::UnwindRaced),
             user_stack_errors: delta(Stat::UserStackError),
             kernel_stack_errors: delta(Stat::KernelStackError),
             stacks_lost: delta(Stat::StackMapFull),
@@ -292,6 +295,13 @@ impl StatCounters {
             // Counted in userspace, later in the pipeline.
             unresolved: UnresolvedLeaves::default(),
             links: LinkCounters::default(),
+            memory: MemoryCounters {
+                calls: delta(Stat::AllocCalls),
+                bytes: delta(Stat::AllocBytes),
+                untracked: delta(Stat::AllocUntracked),
+                frees_deferred: delta(Stat::FreesDeferred),
+                frees_lost: delta(Stat::FreesLost),
+            },
         }
     }
 }

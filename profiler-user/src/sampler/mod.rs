@@ -9,9 +9,12 @@
 //! syscalls are made here and in the submodules that own a kind's maps
 //! ([`waits`], `process_events`).
 
+mod allocator;
 mod bounded;
 pub mod drain;
+pub mod heap;
 pub mod kernel_btf;
+mod memory;
 pub mod off_cpu;
 pub mod policy;
 mod process_events;
@@ -37,10 +40,13 @@ use profiler_common::{
     Stat,
 };
 
+pub use allocator::is_allocator_frame;
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
+pub use memory::AttachError as MemoryAttachError;
 pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
 pub use policy::{
-    Frequency, InvalidFrequency, InvalidPageFaultPeriod, PageFaultPeriod, SamplingPolicy, Target,
+    Frequency, InvalidFrequency, InvalidMemorySampleBytes, InvalidPageFaultPeriod,
+    MemorySampleBytes, PageFaultPeriod, SamplingPolicy, Target,
 };
 pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
@@ -203,6 +209,8 @@ pub struct Sampler {
     waits: Vec<waits::WaitState>,
     /// Their kept waits.
     wait_events: waits::WaitEvents,
+    /// The memory profile's probes and heap, when attached.
+    memory: Option<memory::Memory>,
     /// When the last drain flipped the map sets: just before, and once
     /// the programs that read the old set had finished (at start: as the
     /// programs were attached).
@@ -216,6 +224,7 @@ fn kernel_index(kind: ProfileKind) -> u32 {
         ProfileKind::OffCpu => kernel_kind::OFF_CPU,
         ProfileKind::Locks => kernel_kind::LOCKS,
         ProfileKind::PageFaults => kernel_kind::PAGE_FAULTS,
+        ProfileKind::Memory => kernel_kind::MEMORY,
     }
 }
 
@@ -232,6 +241,7 @@ impl Sampler {
         let locks = kinds.contains(&ProfileKind::Locks);
         let off_cpu = locks || kinds.contains(&ProfileKind::OffCpu);
         let faults = kinds.contains(&ProfileKind::PageFaults);
+        let memory = kinds.contains(&ProfileKind::Memory);
         let cpus = aya::util::online_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let cpu_rate = if cpu {
@@ -261,12 +271,28 @@ impl Sampler {
             names::WAIT_EVENTS,
             waits::ring_bytes(cpus.len(), off_cpu_rate + lock_rate),
         );
+        // Sampled allocations come at the selected processes' pace: room
+        // for the CPU profile's rate again.
+        let memory_rate = if memory {
+            u64::from(Frequency::DEFAULT.hz())
+        } else {
+            0
+        };
         for name in names::STACKS {
             loader.map_max_entries(
                 name,
-                map_capacity(cpus.len(), cpu_rate + fault_rate + off_cpu_rate + lock_rate),
+                map_capacity(
+                    cpus.len(),
+                    cpu_rate + fault_rate + off_cpu_rate + lock_rate + memory_rate,
+                ),
             );
         }
+        loader.map_max_entries(names::MEMORY_LIVE, memory::DEFAULT_MAX_LIVE);
+        // A ring is allocated whole: one page unless the kind is on.
+        loader.map_max_entries(
+            names::MEMORY_EVENTS,
+            if memory { memory::RING_BYTES } else { 4096 },
+        );
         // Array maps are allocated whole: no table memory without tables.
         let table_rows = match policy.unwinder {
             Unwinder::Tables(budget) => budget.rows(),
@@ -461,6 +487,21 @@ impl Sampler {
             let btf = btf.as_ref().ok_or(SamplerError::NoContentionTracepoints)?;
             files &= waits::attach_locks(&mut ebpf, btf, tables, files, &mut lock_tail_calls)?;
         }
+        // Loaded here, attached to each selected process later
+        // ([`Sampler::attach_memory`]).
+        let memory = if memory {
+            let (memory, loaded) = memory::Memory::start(
+                &mut ebpf,
+                btf.as_ref(),
+                u64::from(policy.memory_sample_bytes.bytes()),
+                tables,
+                files,
+            )?;
+            files &= loaded;
+            Some(memory)
+        } else {
+            None
+        };
         if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
             process_events::attach_files_exit(&mut ebpf, btf);
             config.files = offsets;
@@ -500,6 +541,9 @@ impl Sampler {
         if faults {
             attached_kinds.push((ProfileKind::PageFaults, StatCounters::default()));
         }
+        if memory.is_some() {
+            attached_kinds.push((ProfileKind::Memory, StatCounters::default()));
+        }
         let budget = u64::from(policy.off_cpu_max_rate.per_second()) * cpus.len() as u64;
         let mut wait_states = Vec::new();
         if off_cpu {
@@ -527,6 +571,7 @@ impl Sampler {
             fault_period: u64::from(policy.page_fault_period.faults()),
             waits: wait_states,
             wait_events,
+            memory,
             flipped: (attaching, attaching),
         };
         // The counters start at zero with the freshly created maps: no
@@ -601,6 +646,13 @@ impl Sampler {
                                 .map_err(detach("detach the lock contention programs"))?;
                         }
                     }
+                    ProfileKind::Memory => {
+                        if let Some(memory) = &mut self.memory {
+                            for pid in memory.attached() {
+                                memory.detach(&mut self.ebpf, pid);
+                            }
+                        }
+                    }
                 }
             }
             self.attached = false;
@@ -666,6 +718,47 @@ impl Sampler {
         }
     }
 
+    /// With the memory profile: probes the allocator of process `pid`
+    /// (in image `exec_gen`) unless it is probed in that image already;
+    /// true when probes were attached now.
+    pub fn attach_memory(&mut self, pid: u32, exec_gen: u32) -> Result<bool, MemoryAttachError> {
+        match &mut self.memory {
+            Some(memory) if self.attached => memory.attach(&mut self.ebpf, pid, exec_gen),
+            _ => Ok(false),
+        }
+    }
+
+    /// The processes whose allocator is probed now.
+    pub fn memory_processes(&self) -> Vec<u32> {
+        self.memory
+            .as_ref()
+            .map(memory::Memory::attached)
+            .unwrap_or_default()
+    }
+
+    /// With the memory profile: what is live now, one sample per stack
+    /// and age bucket (the in-use half of a window's memory profile; take
+    /// it once per window, as it closes).
+    pub fn memory_in_use(&self) -> Drained {
+        Drained {
+            samples: self
+                .memory
+                .as_ref()
+                .map(memory::Memory::in_use_samples)
+                .unwrap_or_default(),
+            stats: KindStats::new(),
+        }
+    }
+
+    /// With the memory profile: forgets the live allocations of processes
+    /// gone or replaced by an exec (`gone(tgid, exec_gen)`), and the probes
+    /// of processes that exited.
+    pub fn forget_memory(&mut self, gone: impl FnMut(u32, u32) -> bool) {
+        if let Some(memory) = &mut self.memory {
+            memory.forget(&mut self.ebpf, gone);
+        }
+    }
+
     fn switch_to(&mut self, set: MapSet) -> Result<(), SamplerError> {
         self.config.active_set = set.index() as u32;
         self.config_map
@@ -716,6 +809,9 @@ impl Sampler {
             _ => None,
         });
         samples.extend(self.wait_events.take(set, &stacks));
+        if let Some(memory) = &mut self.memory {
+            samples.extend(memory.take(set, &stacks));
+        }
         Ok(samples)
     }
 
@@ -861,7 +957,11 @@ fn attach_off_cpu(
                     array_name: names::OFF_CPU_TAIL_CALLS,
                     array: tracepoint_calls,
                 },
-                SwitchIn::Kprobe(_) => process_events::FilesHook::OffCpuKprobe(kprobe_calls),
+                SwitchIn::Kprobe(_) => process_events::FilesHook::Kprobe {
+                    program: names::OFF_CPU_FILES_KPROBE,
+                    array_name: names::OFF_CPU_KPROBE_TAIL_CALLS,
+                    array: kprobe_calls,
+                },
             },
         )?;
     match hook {
@@ -1075,6 +1175,7 @@ mod tests {
             (names::PROGRAMS, "perf_event"),
             (names::KPROBES, "kprobe"),
             (names::BTF_TRACEPOINTS, "tp_btf/"),
+            (names::UPROBES, "u"),
         ] {
             for name in programs {
                 let section = defined.get(*name).map(String::as_str);

@@ -113,6 +113,22 @@ bounded_number! {
     get = faults,
 }
 
+bounded_number! {
+    /// The mean number of bytes allocated between two sampled allocations
+    /// of the memory profile (`--memory-sample-bytes`), 1 to 1 GiB.
+    pub struct MemorySampleBytes;
+    /// A memory sampling mean outside 1–1073741824, or not a number.
+    pub struct InvalidMemorySampleBytes;
+    what = "memory sampling mean", unit = "bytes",
+    min = 1, max = 1 << 30,
+    /// The default: 512 KiB, as tcmalloc and Go. A program allocating
+    /// 1 GiB/s is sampled ~2000 times a second; one allocating 10 MiB/s,
+    /// 20 times.
+    default = 512 * 1024,
+    /// Bytes.
+    get = bytes,
+}
+
 /// Which processes to sample.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Target {
@@ -138,6 +154,8 @@ pub struct SamplingPolicy {
     pub off_cpu_max_rate: OffCpuRate,
     /// Page faults per page-fault sample on each CPU.
     pub page_fault_period: PageFaultPeriod,
+    /// Mean bytes between two sampled allocations (memory profile).
+    pub memory_sample_bytes: MemorySampleBytes,
     /// Where each sample's trace context is looked up.
     pub trace_context_map: TraceContextMap,
     /// Read the thread context OpenTelemetry SDKs publish in processes
@@ -158,6 +176,7 @@ impl Default for SamplingPolicy {
             unwinder: Unwinder::default(),
             off_cpu_max_rate: OffCpuRate::DEFAULT,
             page_fault_period: PageFaultPeriod::DEFAULT,
+            memory_sample_bytes: MemorySampleBytes::DEFAULT,
             trace_context_map: TraceContextMap::default(),
             thread_context: true,
             python: true,

@@ -227,8 +227,16 @@ pub(super) enum FilesHook<'a> {
         /// The array.
         array: &'a mut ProgramArray<MapData>,
     },
-    /// The off-CPU kprobe switch-in's array.
-    OffCpuKprobe(&'a mut ProgramArray<MapData>),
+    /// A kprobe-type chain's array (the off-CPU kprobe switch-in, the
+    /// memory profile's uprobes): its files program and the array's name.
+    Kprobe {
+        /// The files program.
+        program: &'static str,
+        /// The array's map name.
+        array_name: &'static str,
+        /// The array.
+        array: &'a mut ProgramArray<MapData>,
+    },
 }
 
 /// Loads the files program of `hook` into its slot; false (logged once by
@@ -262,14 +270,15 @@ pub(super) fn load_files_program(
                 .map(|fd| (fd, array));
             (name, array_name, loaded)
         }
-        FilesHook::OffCpuKprobe(array) => {
-            let name = names::OFF_CPU_FILES_KPROBE;
-            (
-                name,
-                names::OFF_CPU_KPROBE_TAIL_CALLS,
-                super::tail_called_kprobe(ebpf, name).map(|fd| (fd, array)),
-            )
-        }
+        FilesHook::Kprobe {
+            program: name,
+            array_name,
+            array,
+        } => (
+            name,
+            array_name,
+            super::tail_called_kprobe(ebpf, name).map(|fd| (fd, array)),
+        ),
     };
     match loaded {
         Ok((fd, array)) => {

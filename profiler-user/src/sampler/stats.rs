@@ -37,6 +37,39 @@ pub struct CaptureStats {
     pub unresolved: UnresolvedLeaves,
     /// Samples with a trace link, and those whose link was dropped.
     pub links: LinkCounters,
+    /// What the memory profile's probes saw (all zero for other kinds).
+    pub memory: MemoryCounters,
+}
+
+/// What the memory profile's probes saw, beside the sampled allocations
+/// (`recorded`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryCounters {
+    /// Allocation calls in the probed processes.
+    pub calls: u64,
+    /// The bytes they asked for.
+    pub bytes: u64,
+    /// Sampled allocations not tracked as live: the kernel's table of live
+    /// allocations was full (`--memory-max-live`). They count in
+    /// `alloc_*`, never in `inuse_*`.
+    pub untracked: u64,
+    /// Frees of tracked allocations that overflowed the event ring and
+    /// came through the overflow map.
+    pub frees_deferred: u64,
+    /// Frees of tracked allocations lost (ring and overflow map full):
+    /// `inuse_*` may still count that many allocations.
+    pub frees_lost: u64,
+}
+
+impl MemoryCounters {
+    /// Adds every counter of `other` to `self`.
+    pub fn add(&mut self, other: &MemoryCounters) {
+        self.calls += other.calls;
+        self.bytes += other.bytes;
+        self.untracked += other.untracked;
+        self.frees_deferred += other.frees_deferred;
+        self.frees_lost += other.frees_lost;
+    }
 }
 
 /// Samples linked to a trace and span (counted as samples are aggregated).
@@ -158,5 +191,6 @@ impl CaptureStats {
         self.unresolved.add(&other.unresolved);
         self.links.linked += other.links.linked;
         self.links.dropped += other.links.dropped;
+        self.memory.add(&other.memory);
     }
 }

@@ -18,7 +18,8 @@ use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
 use crate::profiler::{
-    Frequency, OffCpuRate, PageFaultPeriod, SamplingPolicy, Target, TraceContextMap,
+    Frequency, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplingPolicy, Target,
+    TraceContextMap,
 };
 use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
@@ -40,7 +41,9 @@ settings_group! {
         /// `cpu` (where CPU time goes), `off-cpu` (where threads wait, and
         /// how long), `locks` (which kernel and user-space locks threads
         /// wait for, and how long), `page-faults` (where resident memory
-        /// grows) [default: cpu].
+        /// grows), `memory` (who allocates heap memory and what stays
+        /// allocated; needs --pid, --cgroup, --namespace or
+        /// --pod-selector) [default: cpu].
         #[arg(long, value_name = "KIND[,KIND...]", value_delimiter = ',')]
         pub profiles: Option<Vec<ProfileKind>>,
 
@@ -80,6 +83,13 @@ settings_group! {
         /// for that many faults.
         #[arg(long, value_name = "FAULTS")]
         pub page_fault_period: Option<PageFaultPeriod>,
+
+        /// Mean bytes allocated between two sampled allocations
+        /// (`--profiles memory`), 1 to 1073741824 [default: 524288]; only
+        /// sampled allocations are unwound, and each stands for its share
+        /// of the bytes (totals are right in expectation).
+        #[arg(long, value_name = "BYTES")]
+        pub memory_sample_bytes: Option<MemorySampleBytes>,
 
         /// Where the OpenTelemetry trace-context map is pinned (thread →
         /// trace id and span id, filled by an OpenTelemetry eBPF
@@ -353,6 +363,9 @@ impl Profiling {
             unwinder: self.unwinder()?,
             off_cpu_max_rate: self.off_cpu_max_rate.unwrap_or(defaults.off_cpu_max_rate),
             page_fault_period: self.page_fault_period.unwrap_or(defaults.page_fault_period),
+            memory_sample_bytes: self
+                .memory_sample_bytes
+                .unwrap_or(defaults.memory_sample_bytes),
             trace_context_map: self
                 .trace_context_map
                 .clone()
@@ -383,6 +396,7 @@ impl Profiling {
             unwind_table_budget: policy.unwinder.table_budget(),
             off_cpu_max_rate: Some(policy.off_cpu_max_rate),
             page_fault_period: Some(policy.page_fault_period),
+            memory_sample_bytes: Some(policy.memory_sample_bytes),
             trace_context_map: Some(policy.trace_context_map.clone()),
             no_thread_context: Some(!policy.thread_context),
             no_python: Some(!policy.python),
@@ -519,10 +533,26 @@ impl<C: CommandGroup> Settings<C> {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ProfilerOptions, SettingsError> {
+        let policy = self.profiling.policy()?;
+        let profiles = self.profiling.profile_kinds()?;
+        let filter = self.filters.filter()?;
+        if profiles.contains(&ProfileKind::Memory)
+            && policy.target == Target::AllProcesses
+            && filter.selects_nothing()
+        {
+            return Err(SettingsError::Invalid {
+                key: "profiles",
+                message: "the memory profile traps every allocation of the processes it \
+                          profiles, so it profiles selected ones only: give --pid, --cgroup, \
+                          --namespace or --pod-selector (allocation-heavy programs slow down \
+                          while it runs)"
+                    .to_owned(),
+            });
+        }
         Ok(ProfilerOptions {
-            policy: self.profiling.policy()?,
-            profiles: self.profiling.profile_kinds()?,
-            filter: self.filters.filter()?,
+            policy,
+            profiles,
+            filter,
             node_name: self.filters.node_name(env),
             max_links_per_process: self
                 .profiling

@@ -370,15 +370,61 @@ fn profiles() {
         .to_string();
     assert_eq!(
         err,
-        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
+        "agent.yaml:2:1: profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults, memory"
     );
     let mut flags = AgentSettings::default();
     flags.profiling.profiles = Some(Vec::new());
     let err = flags.resolve(|_| None).unwrap_err().to_string();
     assert_eq!(
         err,
-        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults"
+        "profiles: give at least one profile kind; the kinds are: cpu, off-cpu, locks, page-faults, memory"
     );
+}
+
+#[test]
+fn the_memory_profile_needs_a_selection_of_processes() {
+    let err = parse("profiles: [memory]\n")
+        .unwrap()
+        .resolve(|_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("profiles: the memory profile traps every allocation")
+            && err.contains("--pid, --cgroup, --namespace or --pod-selector"),
+        "{err}"
+    );
+    // Leaving a namespace out selects nothing either.
+    assert!(
+        parse("profiles: [memory]\nexclude_namespaces: [kube-system]\n")
+            .unwrap()
+            .resolve(|_| None)
+            .is_err()
+    );
+    for selection in [
+        "pids: [42]\n",
+        "cgroups: [/system.slice]\n",
+        "namespaces: [shop]\n",
+        "pod_selector: app=checkout\n",
+    ] {
+        let options = parse(&format!("profiles: [memory, cpu]\n{selection}"))
+            .unwrap()
+            .resolve(|_| None)
+            .unwrap_or_else(|err| panic!("{selection}: {err}"));
+        assert_eq!(
+            options.profiler.profiles,
+            vec![ProfileKind::Memory, ProfileKind::Cpu]
+        );
+    }
+    let bytes = parse("memory_sample_bytes: 65536\npids: [1]\n")
+        .unwrap()
+        .resolve(|_| None)
+        .unwrap()
+        .profiler
+        .policy
+        .memory_sample_bytes;
+    assert_eq!(bytes.bytes(), 65536);
+    let err = parse("memory_sample_bytes: 0\n").unwrap_err().to_string();
+    assert!(err.contains("invalid memory sampling mean"), "{err}");
 }
 
 #[test]

@@ -165,6 +165,55 @@ pub fn off_cpu_missing(
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
+/// The oldest kernel the memory profile runs on: uprobes attached with a
+/// cookie (`bpf_get_attach_cookie`) came in 5.15; task storage and
+/// `bpf_get_current_task_btf` in kprobe-type programs before.
+pub const MEMORY_MINIMUM: KernelVersion = KernelVersion::new(5, 15, 0);
+
+/// What the memory profile lacks on a kernel of `version`, with or
+/// without the uprobe perf event source. `None` when nothing is missing.
+pub fn memory_missing(version: Option<KernelVersion>, uprobes: bool) -> Option<String> {
+    let mut missing = Vec::new();
+    if version.is_some_and(|v| v < MEMORY_MINIMUM) {
+        missing.push(format!(
+            "uprobes with a BPF cookie (needs Linux {MEMORY_MINIMUM}+)"
+        ));
+    }
+    if !uprobes {
+        missing.push(
+            "no uprobe event source (/sys/bus/event_source/devices/uprobe; boot a kernel \
+             with CONFIG_UPROBE_EVENTS=y)"
+                .to_owned(),
+        );
+    }
+    (!missing.is_empty()).then(|| missing.join(", "))
+}
+
+/// What the memory profile lacks on the running kernel.
+fn memory_probe() -> Option<String> {
+    memory_missing(
+        RunningKernel::get().ok().map(|k| k.version),
+        std::path::Path::new("/sys/bus/event_source/devices/uprobe").exists(),
+    )
+}
+
+/// Whether the memory profile can run.
+fn memory_check() -> Check {
+    match memory_probe() {
+        None => Check::new(
+            "memory profile",
+            "supported (uprobes on each selected process's allocator)",
+            Status::Ok,
+        ),
+        Some(missing) => Check::new(
+            "memory profile",
+            format!("unsupported: {missing}"),
+            Status::Warn,
+        )
+        .hint("the page-fault profile still shows where resident memory grows"),
+    }
+}
+
 /// What the locks profile lacks, given what the off-CPU profile (which
 /// it runs on for user-space locks) lacks and whether the kernel's BTF
 /// has the contention tracepoints. `None` when nothing is missing.
@@ -187,6 +236,7 @@ pub fn kind_support(kind: ProfileKind) -> Result<(), KindUnsupported> {
         ProfileKind::Cpu | ProfileKind::PageFaults => None,
         ProfileKind::OffCpu => off_cpu_probe().1,
         ProfileKind::Locks => locks_probe(),
+        ProfileKind::Memory => memory_probe(),
     };
     match missing {
         None => Ok(()),
@@ -369,6 +419,7 @@ pub fn collect() -> Vec<Check> {
             "supported (the software page-faults perf event, as the CPU profile's clock)",
             Status::Ok,
         ),
+        memory_check(),
         process_tracking_check(),
         trace_links(&trace_context::inspect(&TraceContextMap::default())),
         btf_check(),

@@ -241,9 +241,12 @@ fn sigterm_during_an_export_flushes_within_the_timeout() {
             .spawn()
             .expect("start hostprof agent"),
     );
-    // The first window is exported at ~1 s and answered at ~3 s: stop in
-    // between, while that export is in flight.
-    std::thread::sleep(Duration::from_millis(1800));
+    // The first window is exported at ~1 s after start and answered 2 s
+    // later: stop in between, while that export is in flight.
+    wait_until(Duration::from_secs(60), "the first export", || {
+        receiver.arrived_count() >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let (code, log) = terminate(child);
     assert_eq!(code, Some(0), "{log}");
     assert_accounted(&log);

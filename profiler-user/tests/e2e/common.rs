@@ -154,6 +154,19 @@ impl Traces {
         Traces::query(tool, profile, key, value, &["-sample_index=page_faults"])
     }
 
+    /// Memory traces of the samples whose label `key` is exactly `value`,
+    /// weighed by the byte-valued sample type `index` (`alloc_space`,
+    /// `inuse_space`), in bytes.
+    pub fn bytes(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+        index: &str,
+    ) -> Traces {
+        Traces::weighed(tool, profile, key, value, index, "B")
+    }
+
     /// Traces weighed by the time-valued sample type `index`, in ns.
     fn timed(
         tool: &std::path::Path,
@@ -162,8 +175,21 @@ impl Traces {
         value: &str,
         index: &str,
     ) -> Traces {
+        Traces::weighed(tool, profile, key, value, index, "ms")
+    }
+
+    /// Traces weighed by the sample type `index`, printed in `unit`.
+    fn weighed(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        key: &str,
+        value: &str,
+        index: &str,
+        unit: &str,
+    ) -> Traces {
         let index = format!("-sample_index={index}");
-        Traces::query(tool, profile, key, value, &[&index, "-unit=ms"])
+        let unit = format!("-unit={unit}");
+        Traces::query(tool, profile, key, value, &[&index, &unit])
     }
 
     /// `pprof -traces` with `args` of the samples whose label `key` is
@@ -184,7 +210,8 @@ impl Traces {
     /// Parses `pprof -traces` text: blocks separated by dashed lines, label
     /// lines `<key right-aligned in 10>:  <values>`, stack lines
     /// `<value right-aligned in 10>   <function>`. A value is a count, or
-    /// milliseconds (`-unit=ms`), read as nanoseconds.
+    /// milliseconds (`-unit=ms`), read as nanoseconds, or bytes
+    /// (`-unit=B`).
     pub fn parse(text: &str) -> Traces {
         let mut traces = Vec::new();
         for block in text.split("-----------+") {
@@ -196,10 +223,14 @@ impl Traces {
                 }
                 let value = line[..10].trim();
                 if !value.is_empty() {
-                    count = value.parse::<u64>().ok().or_else(|| {
-                        let ms = value.strip_suffix("ms")?.parse::<f64>().ok()?;
-                        Some((ms * 1e6) as u64)
-                    });
+                    count = value
+                        .parse::<u64>()
+                        .ok()
+                        .or_else(|| {
+                            let ms = value.strip_suffix("ms")?.parse::<f64>().ok()?;
+                            Some((ms * 1e6) as u64)
+                        })
+                        .or_else(|| value.strip_suffix('B')?.parse::<u64>().ok());
                 }
                 let name = line[13..].trim();
                 stack.push(name.trim_end_matches(" (inline)").to_owned());
@@ -361,6 +392,22 @@ impl KillOnDrop {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Its piped standard input.
+    pub fn stdin(&mut self) -> &mut std::process::ChildStdin {
+        self.0
+            .as_mut()
+            .and_then(|child| child.stdin.as_mut())
+            .expect("stdin piped")
+    }
+
+    /// Its piped standard output, taken.
+    pub fn stdout(&mut self) -> std::process::ChildStdout {
+        self.0
+            .as_mut()
+            .and_then(|child| child.stdout.take())
+            .expect("stdout piped")
+    }
+
     /// Waits for it to exit and collects its piped output.
     pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
         self.0.take().expect("running").wait_with_output()
@@ -394,6 +441,35 @@ pub fn start_announcing(cmd: &mut Command, prefix: &str) -> (Child, String) {
         );
     };
     (child, rest.trim().to_owned())
+}
+
+/// Reads `output` (a child's stderr) until a line containing `marker`,
+/// then goes on reading it in a thread, echoing every line, so the child
+/// never blocks on a full pipe; the thread's result is all of it.
+pub fn wait_for_line(
+    output: impl std::io::Read + Send + 'static,
+    marker: &'static str,
+) -> std::thread::JoinHandle<String> {
+    let (seen, wait) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if line.contains(marker) {
+                let _ = seen.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    if wait
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .is_err()
+    {
+        panic!("no line with {marker:?} in 120 s (or the child exited first)");
+    }
+    reader
 }
 
 /// The OTLP receiver of tests/e2e/otlp_receiver.py (official Python types).
@@ -451,6 +527,16 @@ impl Receiver {
             "grpc" => self.grpc_port,
             _ => self.http_port,
         }
+    }
+
+    /// Requests that arrived so far, answered or not (a `--delay`ed
+    /// request counts as it arrives).
+    pub fn arrived_count(&self) -> usize {
+        std::fs::read(self.out.with_extension("arrivals"))
+            .unwrap_or_default()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
     }
 
     /// How many requests were received so far (whole lines only: the

@@ -20,6 +20,7 @@ mod hostile;
 mod jit;
 mod k8s;
 mod locks;
+mod memory;
 mod off_cpu;
 mod otlp;
 mod page_faults;

@@ -26,6 +26,7 @@ with a failure appends a line to <--out>.failed.
 import argparse
 import gzip
 import json
+import os
 import ssl
 import sys
 import threading
@@ -50,6 +51,8 @@ KINDS = [
     (("events", "count"), ("off_cpu", "nanoseconds"), "events"),
     (("contentions", "count"), ("delay", "nanoseconds"), "contentions"),
     (("samples", "count"), ("page_faults", "count"), "page_faults"),
+    (("alloc_objects", "count"), ("alloc_space", "bytes"), "space"),
+    (("inuse_objects", "count"), ("inuse_space", "bytes"), "space"),
 ]
 # Kinds sampled periodically: each weight is its sample's count x period.
 PERIODIC = ("cpu", "page_faults")
@@ -192,9 +195,9 @@ def summarize(request, transport):
                 continue
             check(times_of.keys() == counts.keys(), "sample types disagree on samples")
             # Each summarized sample gets its weight as "time" (off_cpu,
-            # delay, cpu; page_faults).
+            # delay, cpu; page_faults; alloc_space or inuse_space).
             for sample in samples:
-                if sample["profile"] == period_type:
+                if sample["profile"] == period_type and sample["kind"] == count_type[0]:
                     sample["time"] = sum(times_of.get(sample["_key"], [0]))
             if period_type in PERIODIC:
                 period = next(p.period for sp in rp.scope_profiles for p in sp.profiles
@@ -218,6 +221,12 @@ def record(out, summary):
         f.write(json.dumps(summary) + "\n")
 
 
+def arrived(out):
+    """Notes that a request arrived, before any --delay (tests wait for it)."""
+    with LOCK, open(os.path.splitext(out)[0] + ".arrivals", "a") as f:
+        f.write("1\n")
+
+
 def response(reject):
     r = service_pb2.ExportProfilesServiceResponse()
     if reject:
@@ -237,6 +246,7 @@ class Service(service_grpc.ProfilesServiceServicer):
                 r.partial_success.error_message = "x" * (64 << 20)
                 return r
             context.abort(GRPC_CODES[self.args.fail_as], f"test collector: {self.args.fail_as}")
+        arrived(self.args.out)
         time.sleep(self.args.delay)
         record(self.args.out, summarize(request, "grpc"))
         return response(self.args.reject)
@@ -298,6 +308,7 @@ def http_handler(args):
                 body = gzip.decompress(body)
                 transport = "http+gzip"
             request = service_pb2.ExportProfilesServiceRequest.FromString(body)
+            arrived(out)
             time.sleep(args.delay)
             record(out, summarize(request, transport))
             answer = response(args.reject).SerializeToString()

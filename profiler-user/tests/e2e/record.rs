@@ -33,10 +33,13 @@ fn record_whole_host_with_real_workloads() {
         .arg(&output)
         .arg("--folded")
         .arg(&folded)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start hostprof record");
-    // A process that starts after the capture and exits well before its end.
-    std::thread::sleep(Duration::from_millis(800));
+    // A process that starts after the capture began (loading can take
+    // longer than a second on a loaded host) and exits well before its end.
+    let log = common::wait_for_line(record.stderr.take().unwrap(), "recording for");
+    std::thread::sleep(Duration::from_millis(300));
     let mut short = workloads.spawn("short_lived", 1200);
     assert!(short.wait().unwrap().success());
     let status = record.wait().expect("wait for hostprof");
@@ -44,7 +47,8 @@ fn record_whole_host_with_real_workloads() {
         child.kill().ok();
         child.wait().ok();
     }
-    assert!(status.success(), "hostprof record failed: {status}");
+    let log = log.join().unwrap();
+    assert!(status.success(), "hostprof record failed: {status}\n{log}");
     assert!(output.exists() && workloads.path("host.svg").exists() && folded.exists());
 
     // (e) Google's pprof reads the profile.

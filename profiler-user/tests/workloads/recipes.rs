@@ -120,6 +120,7 @@ const RECIPES: &[Recipe] = &[
     program("lock_chain", "lock_chain.c", C_FRAME_POINTERS),
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
     program("fault_chain", "fault_chain.c", C_FRAME_POINTERS),
+    program("alloc_chain", "alloc_chain.c", C_FRAME_POINTERS),
     // Publishes OpenTelemetry process and thread context (issue 17):
     // the thread-local variable exported in .dynsym, reached by TLS
     // descriptors as OTEP 4947 recommends (an executable's own variable

@@ -226,6 +226,14 @@ async fn capture(options: ProfilerOptions, duration: Duration) -> anyhow::Result
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut profiler = Profiler::start(options)?;
     let bar = progress_bar(duration);
+    if bar.is_hidden() {
+        // No terminal for the bar: one line says sampling has begun (logs
+        // of a Job, scripts waiting to start their workload).
+        eprintln!(
+            "recording for {}s (SIGINT or SIGTERM stops early)",
+            duration.as_secs_f64()
+        );
+    }
     let stop = async {
         let signal = tokio::select! {
             () = tokio::time::sleep(duration) => return,

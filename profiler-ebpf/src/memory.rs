@@ -1,0 +1,301 @@
+//! The memory profile's programs: who allocates, and what stays allocated.
+//!
+//! Userspace attaches `mem_entry` (a uprobe) to each allocator entry point
+//! of each selected process, the attach cookie saying which function it is
+//! ([`alloc_fn`]), and `mem_return` (a uretprobe) to the allocating ones.
+//!
+//! - Sampling by bytes, in the allocating thread: each thread counts down
+//!   a draw from the exponential distribution of mean `R` bytes (a
+//!   Poisson process over the bytes it allocates, as tcmalloc and Go
+//!   sample; userspace fills `MEMORY_GAPS` with the draws and weighs each
+//!   sample with Go's unbiasing rule). An allocation that crosses zero is
+//!   sampled: only it pays for a stack, taken at the entry with the chain
+//!   every waiting kind shares ([`Waits`]), and held in the thread's
+//!   task-local state until the call returns with its address.
+//! - Nested allocator calls (`realloc(NULL, n)` calls `malloc`, the
+//!   aligned allocators call it for small alignments) count once: the
+//!   thread's depth says which call is outermost.
+//! - A sampled allocation is tracked as live in `MEMORY_LIVE` by process
+//!   and address; `free` (and `realloc` of an old block) of an address
+//!   there sends its free; every other `free` costs one hash lookup. Each
+//!   event goes on `MEMORY_EVENTS` in the order it happened; a free that
+//!   does not fit waits in `MEMORY_FREES` for userspace, and a sampled
+//!   allocation whose event does not fit is not tracked, so userspace never
+//!   misses the free of an allocation it counts as in use.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_get_prandom_u32},
+    },
+    macros::{btf_map, kprobe, map, uprobe, uretprobe},
+    maps::{Array, HashMap, ProgramArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use profiler_common::{
+    alloc_fn, names, AllocEvent, FreeEvent, LiveKey, MemoryThread, Stat, WaitKey, ALLOC_TRACKED,
+    ALLOC_UNTRACKED, FREE_TRACKED, MEMORY_GAPS,
+};
+
+use crate::files;
+use crate::stack::{self, Kind};
+use crate::task_storage::TaskStorage;
+use crate::wait::Waits;
+
+const MEMORY: Waits = Waits::MEMORY;
+const KIND: Kind = Kind::MEMORY;
+
+/// Mean gap when `MEMORY_GAPS` cannot be read (never, once userspace
+/// filled it): 512 KiB.
+const DEFAULT_GAP: u64 = 512 * 1024;
+
+/// Deeper nesting than any allocator does: the thread's state is stale (a
+/// call that never returned, `longjmp` out of a hook), start again.
+const MAX_DEPTH: u32 = 8;
+
+/// `mem_unwind` and `mem_store` (slots `TAIL_UNWIND_USER` and
+/// `TAIL_UNWIND_STORE`) with the table unwinder, and `mem_files` (slot
+/// `TAIL_RECORD_FILES`) where the kernel has `bpf_find_vma`.
+#[map(name = "MEMORY_TAIL_CALLS")]
+static MEMORY_TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLOTS, 0);
+
+/// Each thread's countdown and the allocation call it is in.
+#[btf_map(name = "MEMORY_THREADS")]
+static THREADS: TaskStorage<MemoryThread> = TaskStorage::new();
+
+/// Sampled allocations still live (value: when allocated); userspace
+/// sizes it (`--memory-max-live`) and deletes the entries of processes
+/// that exit or exec.
+#[map(name = "MEMORY_LIVE")]
+static LIVE: HashMap<LiveKey, u64> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+/// Sampled allocations and frees of tracked ones, in order (userspace
+/// sizes it when the kind is on).
+#[map(name = "MEMORY_EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Frees that did not fit in `EVENTS`.
+#[map(name = "MEMORY_FREES")]
+static FREES: HashMap<LiveKey, u8> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Draws of the gap between sampled allocations, in bytes.
+#[map(name = "MEMORY_GAPS")]
+static GAPS: Array<u64> = Array::with_max_entries(MEMORY_GAPS, 0);
+
+/// The current thread's state (created with `create`).
+#[inline(always)]
+fn thread(create: bool) -> Option<&'static mut MemoryThread> {
+    // SAFETY: `bpf_get_current_task_btf` has no preconditions and returns
+    // a trusted pointer, which task storage needs.
+    let task = unsafe { bpf_get_current_task_btf() };
+    let state = THREADS.get(task.cast(), create);
+    // SAFETY: the current task's own storage; only its own probes touch
+    // it, one at a time (a thread runs one probe at once).
+    unsafe { state.as_mut() }
+}
+
+/// A draw of the gap to the next sampled allocation.
+#[inline(always)]
+fn draw() -> i64 {
+    // SAFETY: `bpf_get_prandom_u32` has no preconditions.
+    let index = unsafe { bpf_get_prandom_u32() } % MEMORY_GAPS;
+    let gap = GAPS.get(index).copied().unwrap_or(DEFAULT_GAP).max(1);
+    gap.min(i64::MAX as u64) as i64
+}
+
+/// `n * size`, saturated (BPF has no 128-bit multiply for an overflow
+/// check: factors past 32 bits saturate; such a `calloc` fails anyway).
+#[inline(always)]
+fn calloc_size(n: u64, size: u64) -> u64 {
+    if (n | size) >> 32 != 0 {
+        u64::MAX
+    } else {
+        n * size
+    }
+}
+
+/// The free of `addr` in the current process: sends it if it was tracked.
+#[inline(always)]
+fn freed(addr: u64) {
+    if addr == 0 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = LiveKey { tgid, pad: 0, addr };
+    // One hash operation for the common free, of an untracked address.
+    if LIVE.remove(&key).is_err() {
+        return;
+    }
+    let event = FreeEvent {
+        tag: FREE_TRACKED,
+        tgid,
+        addr,
+    };
+    if EVENTS.output::<FreeEvent>(&event, 0).is_err() {
+        if FREES.insert(&key, &1, 0).is_ok() {
+            KIND.bump(Stat::FreesDeferred);
+        } else {
+            KIND.bump(Stat::FreesLost);
+        }
+    }
+}
+
+/// An allocator function's entry (the cookie says which).
+#[uprobe]
+pub fn mem_entry(ctx: ProbeContext) -> u32 {
+    // SAFETY: the context is this program's; the cookie is the one
+    // userspace attached it with (0 without one).
+    let function = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let arg = |n: usize| ctx.arg::<u64>(n).unwrap_or(0);
+    if function == alloc_fn::FREE {
+        freed(arg(0));
+        return 0;
+    }
+    let Some(thread) = thread(true) else {
+        return 0;
+    };
+    if thread.depth >= MAX_DEPTH {
+        thread.depth = 0;
+        thread.sampled = 0;
+    }
+    thread.depth += 1;
+    if thread.depth != 1 {
+        return 0;
+    }
+    let (size, out_ptr) = match function {
+        alloc_fn::MALLOC => (arg(0), 0),
+        alloc_fn::CALLOC => (calloc_size(arg(0), arg(1)), 0),
+        alloc_fn::REALLOC => {
+            freed(arg(0));
+            (arg(1), 0)
+        }
+        alloc_fn::MEMALIGN => (arg(1), 0),
+        alloc_fn::POSIX_MEMALIGN => (arg(2), arg(0)),
+        _ => return 0,
+    };
+    KIND.bump(Stat::AllocCalls);
+    KIND.add(Stat::AllocBytes, size);
+    if thread.countdown == 0 {
+        thread.countdown = draw();
+    }
+    thread.countdown = thread
+        .countdown
+        .saturating_sub(size.min(i64::MAX as u64) as i64);
+    if thread.countdown > 0 {
+        return 0;
+    }
+    thread.countdown = draw();
+    thread.sampled = 2;
+    thread.size = size;
+    thread.out_ptr = out_ptr;
+    thread.function = function as u32;
+    stack::entry(|_| MEMORY.record(&ctx, &MEMORY_TAIL_CALLS, 0));
+    0
+}
+
+/// Holds the stack key of the current thread's sampled allocation until
+/// the call returns (the end of [`Waits`]' chain for this kind).
+#[inline(always)]
+pub fn hold(key: &WaitKey, set: u32) {
+    if let Some(thread) = thread(false) {
+        if thread.sampled == 2 {
+            thread.key = *key;
+            thread.set = set;
+            thread.sampled = 1;
+        }
+    }
+}
+
+/// An allocating function's return: the sampled allocation's address.
+#[uretprobe]
+pub fn mem_return(ctx: RetProbeContext) -> u32 {
+    let Some(thread) = thread(false) else {
+        return 0;
+    };
+    if thread.depth == 0 {
+        return 0; // entered before the probes were attached
+    }
+    thread.depth -= 1;
+    if thread.depth != 0 || thread.sampled == 0 {
+        return 0;
+    }
+    let held = thread.sampled == 1;
+    thread.sampled = 0;
+    if !held {
+        return 0; // the stack chain did not finish: counted there
+    }
+    let returned: u64 = ctx.ret();
+    let addr = if thread.function == alloc_fn::POSIX_MEMALIGN as u32 {
+        // 0 on success, the address in *ptr.
+        if returned == 0 {
+            stack::read_user(thread.out_ptr).unwrap_or(0)
+        } else {
+            0
+        }
+    } else {
+        returned
+    };
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = LiveKey {
+        tgid: thread.key.tgid,
+        pad: 0,
+        addr,
+    };
+    let tracked = addr != 0 && LIVE.insert(&key, &now, 0).is_ok();
+    if addr != 0 && !tracked {
+        KIND.bump(Stat::AllocUntracked);
+    }
+    let event = AllocEvent {
+        tag: if tracked {
+            ALLOC_TRACKED
+        } else {
+            ALLOC_UNTRACKED
+        },
+        set: thread.set,
+        key: thread.key,
+        addr,
+        size: thread.size,
+        time_ns: now,
+    };
+    if EVENTS.output::<AllocEvent>(&event, 0).is_ok() {
+        KIND.bump(Stat::Recorded);
+    } else {
+        // Untracked again: its free must not go to a userspace that
+        // never saw it.
+        if tracked {
+            let _ = LIVE.remove(&key);
+        }
+        KIND.bump(Stat::DroppedCountsFull);
+    }
+    0
+}
+
+/// [`Waits::unwind_user`] for the memory profile, by tail call.
+#[kprobe]
+pub fn mem_unwind(ctx: ProbeContext) -> u32 {
+    stack::tail(|| {
+        MEMORY.unwind_user(&ctx, &MEMORY_TAIL_CALLS, 0);
+        0
+    })
+}
+
+/// [`Waits::store`] for the memory profile, by tail call.
+#[kprobe]
+pub fn mem_store(ctx: ProbeContext) -> u32 {
+    stack::tail(|| {
+        MEMORY.store(&ctx, &MEMORY_TAIL_CALLS, 0);
+        0
+    })
+}
+
+/// The file mappings of a sampled allocation's user frames, by tail call.
+#[kprobe]
+pub fn mem_files(_ctx: ProbeContext) -> u32 {
+    stack::tail(|| {
+        files::record(MEMORY.kind());
+        0
+    })
+}

@@ -1,0 +1,195 @@
+//! End to end: the memory profile of a workload that counts the bytes it
+//! asks for (`tests/workloads/alloc_chain.c`), read with Google's `pprof`
+//! and, over OTLP, with the official OpenTelemetry Python types.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{self, pprof_tool, KillOnDrop, Receiver, Traces, Workloads};
+
+/// What the workload said it asked for.
+#[derive(Debug)]
+struct Truth {
+    /// Bytes `alloc_and_free` allocated (and freed at once).
+    churned: u64,
+    /// Bytes `keep_some` allocated.
+    keeper: u64,
+    /// Bytes `keep_some` kept.
+    kept: u64,
+}
+
+#[test]
+fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = pprof_tool();
+    let workloads = Workloads::build(&["alloc_chain"]);
+    let receiver = Receiver::start(workloads.path("").as_path(), &[]);
+    // It waits for a line on stdin: hostprof is attached to it by then.
+    let mut child = KillOnDrop::new(
+        Command::new(workloads.path("alloc_chain"))
+            .arg("3000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start alloc_chain"),
+    );
+    let pid = child.id();
+    let output = workloads.path("host.pb.gz");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let mut record = Command::new(env!("CARGO_BIN_EXE_hostprof"))
+        .args(["record", "--profiles", "memory", "--duration", "8s"])
+        .args(["--pid", &pid.to_string()])
+        // A smaller mean than the default: more samples, so the ±20 %
+        // bar holds with room (the estimate's spread is ~1/√samples).
+        .args(["--memory-sample-bytes", "65536"])
+        .args(["--otlp-endpoint", &endpoint, "--output"])
+        .arg(&output)
+        .arg("--folded")
+        .arg(workloads.path("host.folded"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hostprof record");
+    let log = common::wait_for_line(record.stderr.take().unwrap(), "recording for");
+    child.stdin().write_all(b"go\n").unwrap();
+    let mut done = String::new();
+    BufReader::new(child.stdout())
+        .read_line(&mut done)
+        .expect("alloc_chain reports");
+    let mut summary = String::new();
+    std::io::Read::read_to_string(&mut record.stdout.take().unwrap(), &mut summary).unwrap();
+    let status = record.wait().expect("hostprof record ran");
+    let log = log.join().unwrap();
+    eprintln!("{summary}");
+    assert!(status.success(), "hostprof record failed: {status}\n{log}");
+    let truth = parse_done(&done);
+    eprintln!("{truth:?}");
+
+    // The memory profile's files, named by kind.
+    let profile = workloads.path("host.memory.pb.gz");
+    for name in ["host.memory.pb.gz", "host.memory.svg", "host.memory.folded"] {
+        assert!(workloads.path(name).exists(), "{name} written");
+    }
+    assert!(!output.exists(), "no CPU profile without --profiles cpu");
+
+    // Google's pprof reads it as a heap profile: inuse_space by default,
+    // period type space/bytes at the sampling mean.
+    let top = common::pprof(&pprof, &["-top"], &profile);
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    let raw = common::pprof(&pprof, &["-raw"], &profile);
+    assert!(raw.contains("PeriodType: space bytes"), "{raw}");
+    assert!(raw.contains("Period: 65536\n"), "{raw}");
+    for index in ["alloc_objects", "alloc_space", "inuse_objects"] {
+        let top = common::pprof(
+            &pprof,
+            &["-top", &format!("-sample_index={index}")],
+            &profile,
+        );
+        assert!(top.contains(&format!("Type: {index}")), "{top}");
+    }
+
+    // Allocated: what each function asked for, ±20 %.
+    let churner = Traces::bytes(&pprof, &profile, "thread_name", "churner", "alloc_space");
+    let churned = churner.count(|stack| common::has_chain(stack, &["alloc_and_free", "churn"]));
+    let keeper = Traces::bytes(&pprof, &profile, "thread_name", "keeper", "alloc_space");
+    let keeper_bytes = keeper.count(|stack| common::has_chain(stack, &["keep_some", "keep"]));
+    // In use at the end: what keep_some kept; alloc_and_free freed all.
+    let held = Traces::bytes(&pprof, &profile, "process", "alloc_chain", "inuse_space");
+    let kept = held.count(|stack| common::has_chain(stack, &["keep_some", "keep"]));
+    let churned_held = held.count(|stack| stack.iter().any(|f| f == "alloc_and_free"));
+    for (what, measured, known, traces) in [
+        (
+            "allocated under alloc_and_free",
+            churned,
+            truth.churned,
+            &churner,
+        ),
+        (
+            "allocated under keep_some",
+            keeper_bytes,
+            truth.keeper,
+            &keeper,
+        ),
+        ("in use under keep_some", kept, truth.kept, &held),
+    ] {
+        let ratio = measured as f64 / known as f64;
+        eprintln!("{what}: {measured} bytes, the workload counted {known} ({ratio:.3})");
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "{what} must be the workload's own count ±20 %: {measured} against {known} \
+             ({ratio:.3})\n{traces:?}\n{summary}"
+        );
+    }
+    assert!(
+        churned_held <= truth.kept / 100,
+        "freed memory is not in use: {churned_held} bytes under alloc_and_free\n{held:?}"
+    );
+    // The leak view names keep_some with what it holds.
+    let leaks = summary
+        .split_once("still held at the end, allocated in")
+        .map(|(_, after)| after)
+        .unwrap_or_else(|| panic!("no leak view in the summary:\n{summary}"));
+    assert!(
+        leaks
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with("keep_some")),
+        "keep_some holds the most:\n{summary}"
+    );
+
+    // Over OTLP: a profile per sample type, agreeing with the pprof file.
+    common::wait_until(Duration::from_secs(10), "the OTLP export", || {
+        receiver.received_count() > 0
+    });
+    let (mut allocated, mut in_use) = (0, 0);
+    for request in receiver.received() {
+        assert_eq!(request["errors"], serde_json::json!([]), "{request}");
+        for resource in request["resources"].as_array().unwrap() {
+            for sample in resource["samples"].as_array().unwrap() {
+                assert_eq!(sample["profile"], "space", "{sample}");
+                let under_keep = sample["stack"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == "keep_some");
+                if !under_keep {
+                    continue;
+                }
+                let bytes = sample["time"].as_u64().unwrap();
+                match sample["kind"].as_str().unwrap() {
+                    "alloc_objects" => allocated += bytes,
+                    "inuse_objects" => in_use += bytes,
+                    other => panic!("unexpected sample kind {other}"),
+                }
+            }
+        }
+    }
+    assert!(
+        allocated.abs_diff(keeper_bytes) <= keeper_bytes / 100
+            && in_use.abs_diff(kept) <= kept / 100,
+        "OTLP and pprof agree under keep_some: allocated {allocated} against {keeper_bytes}, \
+         in use {in_use} against {kept}"
+    );
+}
+
+/// The workload's report: `done <churned> <keeper> <kept> <blocks>`.
+fn parse_done(line: &str) -> Truth {
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(
+        line.starts_with("done ") && numbers.len() == 4,
+        "alloc_chain's report: {line:?}"
+    );
+    Truth {
+        churned: numbers[0],
+        keeper: numbers[1],
+        kept: numbers[2],
+    }
+}
