@@ -220,26 +220,36 @@ impl Profiler {
         let Some(targets) = &mut self.memory else {
             return;
         };
-        let pipeline = &self.pipeline;
-        let processes = &pipeline.processes;
-        for pid in targets.selection.scan(&pipeline.filter, &pipeline.pods) {
-            let exec_gen = processes.generation(pid);
+        let selected = targets
+            .selection
+            .scan(&self.pipeline.filter, &self.pipeline.pods);
+        for pid in selected {
+            let exec_gen = self.pipeline.processes.generation(pid);
             if targets.failed.get(&pid) == Some(&exec_gen) {
                 continue;
             }
-            if let Err(err) = self.sampler.attach_memory(pid, exec_gen) {
-                let err = anyhow::Error::from(err);
-                if targets.named {
-                    log::warn!("memory profile: {err:#}");
-                } else {
-                    log::debug!("memory profile: {err:#}");
+            match self.sampler.attach_memory(pid, exec_gen) {
+                // Snapshot it and ask for its unwind tables now, before
+                // its first sampled allocation: until they are loaded its
+                // stacks come from frame pointers, which at the
+                // allocator's entry miss the allocating caller.
+                Ok(true) => self.pipeline.observe(ProcessEvent::New(pid)),
+                Ok(false) => {}
+                Err(err) => {
+                    let err = anyhow::Error::from(err);
+                    if targets.named {
+                        log::warn!("memory profile: {err:#}");
+                    } else {
+                        log::debug!("memory profile: {err:#}");
+                    }
+                    targets.failed.insert(pid, exec_gen);
                 }
-                targets.failed.insert(pid, exec_gen);
             }
         }
         targets
             .failed
             .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let processes = &self.pipeline.processes;
         self.sampler.forget_memory(|tgid, exec_gen| {
             !std::path::Path::new(&format!("/proc/{tgid}")).exists()
                 || processes.generation(tgid) != exec_gen

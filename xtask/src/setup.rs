@@ -29,6 +29,10 @@ const TEST_PACKAGES: &[&str] = &[
     "golang-gopkg-yaml.v3-dev",
     "linux-perf",
     "gcc",
+    "g++",
+    // jemalloc, shared and static: the memory profile's e2e test finds it
+    // by LD_PRELOAD and linked into a program.
+    "libjemalloc-dev",
     // setcap: the capabilities e2e test runs hostprof without root.
     "libcap2-bin",
 ];

@@ -8,8 +8,12 @@
  *    process's life (the rest are freed at once);
  * then prints "done <churned bytes> <keeper's bytes> <kept bytes>
  * <kept blocks>", the bytes each asked for, and sleeps until killed,
- * holding what it kept. */
+ * holding what it kept.
+ * Built as C++ (alloc_cxx), every block comes from operator new[] and
+ * goes back with delete[]. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +21,14 @@
 #include <unistd.h>
 
 #include "workload.h"
+
+#ifdef __cplusplus
+#define NEW_BLOCK(size) (new char[size])
+#define DELETE_BLOCK(p) (delete[] (p))
+#else
+#define NEW_BLOCK(size) ((char *)malloc(size))
+#define DELETE_BLOCK(p) free(p)
+#endif
 
 #define MAX_KEPT (1 << 20)
 
@@ -28,17 +40,17 @@ static uint64_t churned;
 static uint64_t keeper_bytes;
 static uint64_t kept_bytes;
 static uint64_t kept_blocks;
-static void *kept[MAX_KEPT];
+static char *kept[MAX_KEPT];
 
 static int running(void) { return now_ms() - start_ms < run_ms; }
 
 __attribute__((noinline)) void alloc_and_free(size_t size) {
-    char *p = malloc(size);
+    char *p = NEW_BLOCK(size);
     if (!p)
         abort();
     p[0] = 1;
     sink += (uint64_t)p[0];
-    free(p);
+    DELETE_BLOCK(p);
     churned += size;
 }
 
@@ -51,10 +63,13 @@ static void *churn(void *arg) {
     return NULL;
 }
 
-/* One block of `size` bytes, made three ways in turn; every other one is
- * kept. */
+/* One block of `size` bytes, made three ways in turn in C; every other
+ * one is kept. */
 __attribute__((noinline)) void keep_some(size_t size, size_t i) {
     char *p;
+#ifdef __cplusplus
+    p = NEW_BLOCK(size);
+#else
     switch (i % 3) {
     case 0:
         p = malloc(size);
@@ -66,9 +81,10 @@ __attribute__((noinline)) void keep_some(size_t size, size_t i) {
         /* Grown from a small block: the small one is freed by realloc. */
         p = malloc(16);
         keeper_bytes += 16;
-        p = realloc(p, size);
+        p = (char *)realloc(p, size);
         break;
     }
+#endif
     if (!p)
         abort();
     memset(p, 1, 8);
@@ -77,7 +93,7 @@ __attribute__((noinline)) void keep_some(size_t size, size_t i) {
         kept[kept_blocks++] = p;
         kept_bytes += size;
     } else {
-        free(p);
+        DELETE_BLOCK(p);
     }
 }
 

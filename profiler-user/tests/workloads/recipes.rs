@@ -54,6 +54,12 @@ const C_NO_DEBUG_INFO: Compiler = Compiler {
     ],
 };
 
+/// C++ with frame pointers, like [`C_FRAME_POINTERS`].
+const CXX_FRAME_POINTERS: Compiler = Compiler {
+    program: "g++",
+    flags: C_FRAME_POINTERS.flags,
+};
+
 /// Rust release code with forced frame pointers.
 const RUST_FRAME_POINTERS: Compiler = Compiler {
     program: "rustc",
@@ -83,6 +89,9 @@ struct Recipe {
     fixed_address: bool,
     /// Flags after the compiler's own.
     extra_flags: &'static [&'static str],
+    /// Libraries linked after the source (static archives must follow
+    /// what uses them).
+    libraries: &'static [&'static str],
 }
 
 const fn program(output: &'static str, source: &'static str, compiler: Compiler) -> Recipe {
@@ -94,6 +103,7 @@ const fn program(output: &'static str, source: &'static str, compiler: Compiler)
         links: None,
         fixed_address: false,
         extra_flags: &[],
+        libraries: &[],
     }
 }
 
@@ -121,6 +131,22 @@ const RECIPES: &[Recipe] = &[
     program("pingpong", "pingpong.c", C_FRAME_POINTERS),
     program("fault_chain", "fault_chain.c", C_FRAME_POINTERS),
     program("alloc_chain", "alloc_chain.c", C_FRAME_POINTERS),
+    Recipe {
+        extra_flags: &["-x", "c++"],
+        ..program("alloc_cxx", "alloc_chain.c", CXX_FRAME_POINTERS)
+    },
+    program("alloc_rust", "alloc_rust.rs", RUST_FRAME_POINTERS),
+    // jemalloc linked in (Debian's libjemalloc-dev, `cargo xtask setup`):
+    // the program itself defines malloc and free.
+    Recipe {
+        libraries: &[
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.a",
+            "-lstdc++",
+            "-lm",
+            "-pthread",
+        ],
+        ..program("alloc_jemalloc", "alloc_chain.c", C_FRAME_POINTERS)
+    },
     // Publishes OpenTelemetry process and thread context (issue 17):
     // the thread-local variable exported in .dynsym, reached by TLS
     // descriptors as OTEP 4947 recommends (an executable's own variable
@@ -207,6 +233,7 @@ fn build_one(dir: &Path, name: &str, built: &mut Vec<&'static str>) -> Result<()
     cmd.arg("-o")
         .arg(dir.join(recipe.output))
         .arg(Path::new(SOURCES).join(recipe.source));
+    cmd.args(recipe.libraries);
     if let Some(library) = recipe.links {
         build_one(dir, library, built)?;
         let short = library
