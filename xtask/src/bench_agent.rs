@@ -68,7 +68,11 @@ pub fn run_agent(
     received: &Path,
 ) -> Result<(Vec<Reading>, String, crate::bench::Usage)> {
     std::fs::remove_file(received).ok();
-    let (mut receiver, http_port) = start_receiver(options, received)?;
+    let (mut receiver, http_port) = start_receiver(
+        &options.root,
+        options.duration + Duration::from_secs(120),
+        received,
+    )?;
     let metrics_port = free_port()?;
     let result = (|| {
         let agent = Command::new(&options.hostprof)
@@ -89,16 +93,17 @@ pub fn run_agent(
     result
 }
 
-fn start_receiver(options: &AgentBenchOptions, out: &Path) -> Result<(Child, u16)> {
-    let script = options
-        .root
-        .join("profiler-user/tests/e2e/otlp_receiver.py");
+/// Starts the official-types OTLP receiver of the end-to-end tests
+/// (in the workspace at `root`) for `lasting`, writing what it receives
+/// to `out`; returns it and its HTTP port.
+pub(crate) fn start_receiver(root: &Path, lasting: Duration, out: &Path) -> Result<(Child, u16)> {
+    let script = root.join("profiler-user/tests/e2e/otlp_receiver.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg("--out")
         .arg(out)
         .arg("--seconds")
-        .arg((options.duration.as_secs() + 120).to_string())
+        .arg(lasting.as_secs().to_string())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the OTLP receiver (python3)")?;
@@ -116,7 +121,7 @@ fn start_receiver(options: &AgentBenchOptions, out: &Path) -> Result<(Child, u16
     Ok((child, http))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -162,7 +167,7 @@ fn observe(
     Ok((readings, metrics, usage_of(&usage)))
 }
 
-fn read_proc(pid: u32, at: Duration) -> Option<Reading> {
+pub(crate) fn read_proc(pid: u32, at: Duration) -> Option<Reading> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised comm: state is field 3; utime and
     // stime are fields 14 and 15.

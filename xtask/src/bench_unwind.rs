@@ -458,7 +458,7 @@ impl BpfObjects {
         (samples > 0).then(|| total as f64 / samples as f64)
     }
 
-    fn memlock(&self) -> u64 {
+    pub(crate) fn memlock(&self) -> u64 {
         self.maps.iter().map(|m| m.memlock).sum()
     }
 }

@@ -7,6 +7,7 @@ mod bench;
 mod bench_agent;
 mod bench_churn;
 mod bench_kinds;
+mod bench_memory;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -156,6 +157,17 @@ enum Task {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// What the memory profile costs: a malloc/free loop alone and under
+    /// `hostprof agent --profiles memory --pid`: nanoseconds per pair, the
+    /// probes' BPF time per call, the agent's CPU and memory. Needs root.
+    BenchMemory {
+        /// Length of each run of the load, in seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds (alone and profiled each); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// Seconds each fuzz target runs in `cargo xtask test` under CI.
@@ -289,6 +301,17 @@ fn main() -> Result<()> {
                 duration: Duration::from_secs(seconds),
                 off_cpu_max_rate: None,
                 hostprof,
+                work_dir: bench::default_work_dir(&root),
+            })
+        }
+        Task::BenchMemory { seconds, rounds } => {
+            bench_unwind::preflight("bench-memory")?;
+            let hostprof = release_build(&root)?;
+            bench_memory::run(&bench_memory::MemoryBenchOptions {
+                duration: Duration::from_secs(seconds),
+                rounds: rounds.max(1),
+                hostprof,
+                root: root.clone(),
                 work_dir: bench::default_work_dir(&root),
             })
         }

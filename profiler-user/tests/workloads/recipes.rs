@@ -136,6 +136,7 @@ const RECIPES: &[Recipe] = &[
         ..program("alloc_cxx", "alloc_chain.c", CXX_FRAME_POINTERS)
     },
     program("alloc_rust", "alloc_rust.rs", RUST_FRAME_POINTERS),
+    program("malloc_loop", "malloc_loop.c", C_FRAME_POINTERS),
     // jemalloc linked in (Debian's libjemalloc-dev, `cargo xtask setup`):
     // the program itself defines malloc and free.
     Recipe {
