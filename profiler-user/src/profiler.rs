@@ -146,6 +146,22 @@ struct MemoryTargets {
     failed: std::collections::HashMap<u32, u32>,
 }
 
+impl MemoryTargets {
+    /// The processes `target` names, or (every process) those the filters
+    /// select.
+    fn new(target: &Target) -> Self {
+        let (selection, named) = match target {
+            Target::Pids(pids) => (Selection::pids(pids.clone()), true),
+            Target::AllProcesses => (Selection::filtered(), false),
+        };
+        Self {
+            selection,
+            named,
+            failed: Default::default(),
+        }
+    }
+}
+
 impl Profiler {
     /// Checks the host, loads the kernel program and starts sampling.
     pub fn start(options: ProfilerOptions) -> Result<Self, ProfilerError> {
@@ -186,22 +202,14 @@ impl Profiler {
         pipeline.python = started
             .python_processes
             .map(|map| PythonProcesses::new(Box::new(map)));
-        let memory =
-            options
-                .profiles
-                .contains(&ProfileKind::Memory)
-                .then(|| match &options.policy.target {
-                    Target::Pids(pids) => MemoryTargets {
-                        selection: Selection::pids(pids.clone()),
-                        named: true,
-                        failed: Default::default(),
-                    },
-                    Target::AllProcesses => MemoryTargets {
-                        selection: Selection::filtered(),
-                        named: false,
-                        failed: Default::default(),
-                    },
-                });
+        let memory = options.profiles.contains(&ProfileKind::Memory).then(|| {
+            log::warn!(
+                "memory profile: every allocation and free of the selected processes traps \
+                 into the kernel (microseconds each): allocation-heavy programs run slower \
+                 while hostprof runs"
+            );
+            MemoryTargets::new(&options.policy.target)
+        });
         let mut profiler = Self {
             drain_interval: options.drain_interval,
             sampler: started.sampler,

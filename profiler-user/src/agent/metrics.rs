@@ -199,6 +199,31 @@ impl Collector for SnapshotCollector {
         )?;
         emit(
             &mut e,
+            "memory_allocation_calls",
+            "Allocation calls in the processes the memory profile probes, sampled or not",
+            None,
+            ConstCounter::new(p.capture.memory.calls),
+        )?;
+        emit(
+            &mut e,
+            "memory_allocation_bytes",
+            "Bytes those allocation calls asked for",
+            None,
+            ConstCounter::new(p.capture.memory.bytes),
+        )?;
+        emit_counters(
+            &mut e,
+            "memory_tracking_losses",
+            "Memory profile: sampled allocations not tracked as live (the live table was full: in alloc_*, never in inuse_*), frees of tracked ones sent late (deferred) or lost (inuse_* may still count them)",
+            "kind",
+            &[
+                ("untracked", p.capture.memory.untracked),
+                ("free_deferred", p.capture.memory.frees_deferred),
+                ("free_lost", p.capture.memory.frees_lost),
+            ],
+        )?;
+        emit(
+            &mut e,
             "process_events_lost",
             "New-process notifications lost",
             None,
@@ -559,6 +584,8 @@ mod tests {
         snapshot.pipeline.capture.files.recorded = 71;
         snapshot.pipeline.capture.unresolved.process_gone = 8;
         snapshot.pipeline.capture.links.linked = 33;
+        snapshot.pipeline.capture.memory.calls = 600;
+        snapshot.pipeline.capture.memory.untracked = 4;
         let unwind = &mut snapshot.pipeline.capture.unwind;
         unwind.unwound = 900;
         unwind.no_tables = 100;
@@ -608,6 +635,10 @@ mod tests {
             "hostprof_unresolved_leaves_total{reason=\"process_gone\"} 8",
             "hostprof_unresolved_leaves_total{reason=\"file_not_open\"} 0",
             "hostprof_trace_link_samples_total{outcome=\"linked\"} 33",
+            "hostprof_memory_allocation_calls_total 600",
+            "hostprof_memory_allocation_bytes_total 0",
+            "hostprof_memory_tracking_losses_total{kind=\"untracked\"} 4",
+            "hostprof_memory_tracking_losses_total{kind=\"free_lost\"} 0",
             "hostprof_trace_link_samples_total{outcome=\"dropped\"} 0",
             "hostprof_unwind_samples_total{method=\"tables\"} 900",
             "hostprof_unwind_samples_total{method=\"frame_pointers\"} 100",
