@@ -16,7 +16,7 @@ pub use crate::aggregate::WaitTotals;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
-use crate::process::{ContextDiscovery, ProcessTable, PythonProcesses, Selection};
+use crate::process::{alive, ContextDiscovery, ProcessTable, PythonProcesses, Selection};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -134,32 +134,7 @@ pub struct Profiler {
     events: ProcessEvents,
     pipeline: Pipeline,
     /// With the memory profile: the processes whose allocator is probed.
-    memory: Option<MemoryTargets>,
-}
-
-/// The processes the memory profile probes, and those it could not (not
-/// tried again in the same image).
-struct MemoryTargets {
-    selection: Selection,
-    /// `--pid` named them: a failure is a warning, not a debug line.
-    named: bool,
-    failed: std::collections::HashMap<u32, u32>,
-}
-
-impl MemoryTargets {
-    /// The processes `target` names, or (every process) those the filters
-    /// select.
-    fn new(target: &Target) -> Self {
-        let (selection, named) = match target {
-            Target::Pids(pids) => (Selection::pids(pids.clone()), true),
-            Target::AllProcesses => (Selection::filtered(), false),
-        };
-        Self {
-            selection,
-            named,
-            failed: Default::default(),
-        }
-    }
+    memory: Option<Selection>,
 }
 
 impl Profiler {
@@ -208,7 +183,7 @@ impl Profiler {
                  into the kernel (microseconds each): allocation-heavy programs run slower \
                  while hostprof runs"
             );
-            MemoryTargets::new(&options.policy.target)
+            Selection::of(&options.policy.target)
         });
         let mut profiler = Self {
             drain_interval: options.drain_interval,
@@ -225,17 +200,14 @@ impl Profiler {
     /// selected now (new ones, and those that exec'd since), and forgets
     /// the live allocations of processes gone or replaced by an exec.
     fn probe_memory(&mut self) {
-        let Some(targets) = &mut self.memory else {
+        let Some(selection) = &mut self.memory else {
             return;
         };
-        let selected = targets
-            .selection
-            .scan(&self.pipeline.filter, &self.pipeline.pods);
-        for pid in selected {
-            let exec_gen = self.pipeline.processes.generation(pid);
-            if targets.failed.get(&pid) == Some(&exec_gen) {
-                continue;
-            }
+        let pipeline = &self.pipeline;
+        let due = selection.due(&pipeline.filter, &pipeline.pods, |pid| {
+            pipeline.processes.generation(pid)
+        });
+        for (pid, exec_gen) in due {
             match self.sampler.attach_memory(pid, exec_gen) {
                 // Snapshot it and ask for its unwind tables now, before
                 // its first sampled allocation: until they are loaded its
@@ -243,30 +215,12 @@ impl Profiler {
                 // allocator's entry miss the allocating caller.
                 Ok(true) => self.pipeline.observe(ProcessEvent::New(pid)),
                 Ok(false) => {}
-                Err(err) => {
-                    let err = anyhow::Error::from(err);
-                    if targets.named {
-                        log::warn!("memory profile: {err:#}");
-                    } else {
-                        log::debug!("memory profile: {err:#}");
-                    }
-                    targets.failed.insert(pid, exec_gen);
-                }
+                Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),
             }
         }
-        targets
-            .failed
-            .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
         let processes = &self.pipeline.processes;
-        self.sampler.forget_memory(|tgid, exec_gen| {
-            !std::path::Path::new(&format!("/proc/{tgid}")).exists()
-                || processes.generation(tgid) != exec_gen
-        });
-    }
-
-    /// The processes whose allocator the memory profile probes now.
-    pub fn memory_processes(&self) -> Vec<u32> {
-        self.sampler.memory_processes()
+        self.sampler
+            .forget_memory(|tgid, exec_gen| !alive(tgid) || processes.generation(tgid) != exec_gen);
     }
 
     /// Samples until `stop` completes, draining periodically and calling
@@ -298,6 +252,7 @@ impl Profiler {
                 _ = drain_tick.tick() => {
                     let drained = self.sampler.drain()?;
                     self.ingest(drained);
+                    self.probe_memory();
                     progress(&self.progress());
                 }
             }
@@ -318,6 +273,8 @@ impl Profiler {
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
+        // Forgets the processes gone (nothing is attached once stopped).
+        self.probe_memory();
         self.ingest(self.sampler.memory_in_use());
         let profiles = self.pipeline.take_window(self.sampler.last_flip());
         Ok((profiles, self.pipeline.totals()))
@@ -328,6 +285,7 @@ impl Profiler {
     pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
         let drained = self.sampler.drain()?;
         self.ingest(drained);
+        self.probe_memory();
         // What is still live as the window ends (the memory profile).
         self.ingest(self.sampler.memory_in_use());
         Ok(self.pipeline.take_window(self.sampler.last_flip()))
@@ -347,7 +305,6 @@ impl Profiler {
         let exited = self.pipeline.ingest(drained);
         // Let a future process reusing the pid be announced again.
         self.sampler.forget_processes(&exited);
-        self.probe_memory();
     }
 }
 

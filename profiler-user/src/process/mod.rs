@@ -30,7 +30,7 @@ use procfs::{open_mapped_file, read_proc};
 
 pub use otel_context::ContextDiscovery;
 pub use python::PythonProcesses;
-pub use selection::Selection;
+pub use selection::{alive, Selection};
 
 use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
 use crate::sampler::{Drained, ExecGenerations, FileMapping};

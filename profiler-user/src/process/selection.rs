@@ -5,7 +5,8 @@
 //!
 //! A process is checked against the filters once; one left out is checked
 //! again after [`RECHECK`] (its pod's metadata may not have arrived yet).
-//! hostprof itself is never selected.
+//! A process the kind could not attach to is not offered again in the same
+//! image. hostprof itself is never selected.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::container::{cgroup_paths, parse_proc_cgroup};
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
+use crate::sampler::Target;
 
 /// How long a process the filters left out stays left out.
 pub const RECHECK: Duration = Duration::from_secs(10);
@@ -24,14 +26,32 @@ pub struct Selection {
     pids: Option<Vec<u32>>,
     /// Each process seen: selected or not, and when that was decided.
     checked: HashMap<u32, (bool, Instant)>,
+    /// Processes the kind could not attach to, by the exec generation
+    /// (image) it tried.
+    failed: HashMap<u32, u32>,
+}
+
+/// Whether process `pid` is still there.
+pub fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 impl Selection {
+    /// The processes `target` names (`--pid`), or, for every process,
+    /// those the filters select.
+    pub fn of(target: &Target) -> Self {
+        match target {
+            Target::Pids(pids) => Self::pids(pids.clone()),
+            Target::AllProcesses => Self::filtered(),
+        }
+    }
+
     /// Exactly `pids`.
     pub fn pids(pids: Vec<u32>) -> Self {
         Self {
             pids: Some(pids),
             checked: HashMap::new(),
+            failed: HashMap::new(),
         }
     }
 
@@ -40,16 +60,54 @@ impl Selection {
         Self {
             pids: None,
             checked: HashMap::new(),
+            failed: HashMap::new(),
         }
     }
 
+    /// The processes to attach to now, with their current exec generation
+    /// (`generation`): those selected and alive, less those that failed in
+    /// that image.
+    pub fn due(
+        &mut self,
+        filter: &ProcessFilter,
+        pods: &PodMetadata,
+        generation: impl Fn(u32) -> u32,
+    ) -> Vec<(u32, u32)> {
+        let selected = self.scan(filter, pods);
+        self.failed
+            .retain(|pid, _| selected.binary_search(pid).is_ok());
+        selected
+            .into_iter()
+            .map(|pid| (pid, generation(pid)))
+            .filter(|(pid, exec_gen)| self.failed.get(pid) != Some(exec_gen))
+            .collect()
+    }
+
+    /// Notes that the kind could not attach to `pid` in image `exec_gen`,
+    /// and why: a warning for a process `--pid` named, a debug line for
+    /// one the filters found (kernel threads, programs without a known
+    /// allocator).
+    pub fn failed(&mut self, pid: u32, exec_gen: u32, why: &anyhow::Error) {
+        if self.pids.is_some() {
+            log::warn!("memory profile: {why:#}");
+        } else {
+            log::debug!("memory profile: {why:#}");
+        }
+        self.failed.insert(pid, exec_gen);
+    }
+
     /// The processes selected now (alive), ascending.
-    pub fn scan(&mut self, filter: &ProcessFilter, pods: &PodMetadata) -> Vec<u32> {
+    fn scan(&mut self, filter: &ProcessFilter, pods: &PodMetadata) -> Vec<u32> {
         let me = std::process::id();
-        let alive =
-            |pid: &u32| *pid != me && std::path::Path::new(&format!("/proc/{pid}")).exists();
         if let Some(pids) = &self.pids {
-            return pids.iter().copied().filter(alive).collect();
+            let mut pids: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&pid| pid != me && alive(pid))
+                .collect();
+            pids.sort_unstable();
+            pids.dedup();
+            return pids;
         }
         let now = Instant::now();
         let mut running: Vec<u32> = std::fs::read_dir("/proc")
@@ -103,6 +161,16 @@ mod tests {
             selection.scan(&ProcessFilter::default(), &PodMetadata::empty()),
             vec![1]
         );
+    }
+
+    #[test]
+    fn a_failed_process_is_offered_again_only_in_another_image() {
+        let mut selection = Selection::pids(vec![1]);
+        let (filter, pods) = (ProcessFilter::default(), PodMetadata::empty());
+        assert_eq!(selection.due(&filter, &pods, |_| 0), vec![(1, 0)]);
+        selection.failed(1, 0, &anyhow::anyhow!("no allocator"));
+        assert!(selection.due(&filter, &pods, |_| 0).is_empty());
+        assert_eq!(selection.due(&filter, &pods, |_| 1), vec![(1, 1)]);
     }
 
     #[test]

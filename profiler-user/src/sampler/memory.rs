@@ -326,8 +326,8 @@ impl Memory {
     }
 
     /// Forgets the live allocations of processes that exited or exec'd
-    /// (`gone(tgid, exec_gen)`), here and in the kernel, and the probes of
-    /// processes that exited.
+    /// (`gone(tgid, exec_gen)`), here and in the kernel, and their probes
+    /// (an exec'd process is probed again in its new image).
     pub fn forget(&mut self, ebpf: &mut Ebpf, mut gone: impl FnMut(u32, u32) -> bool) {
         let forgotten = self.heap.forget(&mut gone);
         if !forgotten.is_empty() {
@@ -339,13 +339,13 @@ impl Memory {
         for key in forgotten {
             let _ = self.live.remove(&key);
         }
-        let exited: Vec<u32> = self
+        let gone: Vec<u32> = self
             .attached
-            .keys()
-            .copied()
-            .filter(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .iter()
+            .filter(|(pid, attached)| gone(**pid, attached.exec_gen))
+            .map(|(pid, _)| *pid)
             .collect();
-        for pid in exited {
+        for pid in gone {
             self.detach(ebpf, pid);
         }
     }

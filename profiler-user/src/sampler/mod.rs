@@ -728,14 +728,6 @@ impl Sampler {
         }
     }
 
-    /// The processes whose allocator is probed now.
-    pub fn memory_processes(&self) -> Vec<u32> {
-        self.memory
-            .as_ref()
-            .map(memory::Memory::attached)
-            .unwrap_or_default()
-    }
-
     /// With the memory profile: what is live now, one sample per stack
     /// and age bucket (the in-use half of a window's memory profile; take
     /// it once per window, as it closes).

@@ -129,7 +129,7 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
-        Traces::timed(tool, profile, key, value, "off_cpu")
+        Traces::weighed(tool, profile, key, value, "off_cpu", "ms")
     }
 
     /// Lock-contention traces of the samples whose label `key` is exactly
@@ -140,7 +140,7 @@ impl Traces {
         key: &str,
         value: &str,
     ) -> Traces {
-        Traces::timed(tool, profile, key, value, "delay")
+        Traces::weighed(tool, profile, key, value, "delay", "ms")
     }
 
     /// Page-fault traces of the samples whose label `key` is exactly
@@ -165,17 +165,6 @@ impl Traces {
         index: &str,
     ) -> Traces {
         Traces::weighed(tool, profile, key, value, index, "B")
-    }
-
-    /// Traces weighed by the time-valued sample type `index`, in ns.
-    fn timed(
-        tool: &std::path::Path,
-        profile: &std::path::Path,
-        key: &str,
-        value: &str,
-        index: &str,
-    ) -> Traces {
-        Traces::weighed(tool, profile, key, value, index, "ms")
     }
 
     /// Traces weighed by the sample type `index`, printed in `unit`.
