@@ -19,7 +19,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack,
     },
@@ -253,6 +253,65 @@ pub fn store_stack<C: EbpfContext>(
         return 0;
     }
     // SAFETY: see above; the helper has returned.
+    let stack = unsafe { &*scratch.cast::<Stack>() };
+    insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
+}
+
+/// Reads the user stack of the task `ctx` belongs to with frame pointers,
+/// stopped at a function's first instruction (a uprobe at an allocator's
+/// entry), stores it like [`store_stack`] and returns its hash. The
+/// function has not pushed its frame yet, so the frame-pointer walk goes
+/// from it straight to its caller's caller: `return_address` (the word at
+/// the stack pointer, into the caller) is put back as frame 1, unless the
+/// kernel did (Linux 6.12+ does for a function that starts by pushing its
+/// frame pointer).
+#[inline(always)]
+pub fn store_entry_stack<C: EbpfContext>(
+    ctx: &C,
+    stacks: &HashMap<StackHash, Stack>,
+    kind: Kind,
+    return_address: u64,
+) -> StackHash {
+    let Some(scratch) = kind.scratch() else {
+        kind.bump(Stat::UserStackError);
+        return 0;
+    };
+    let frames = scratch.cast::<u64>();
+    // SAFETY: as in `store_stack`, into the slot from its second frame:
+    // `Stack`'s size less one frame fits there. The helper zero-fills
+    // past what it writes.
+    let len = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            frames.add(1).cast(),
+            (size_of::<Stack>() - size_of::<u64>()) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if len < 0 {
+        kind.bump(Stat::UserStackError);
+        return 0;
+    }
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: this CPU's slot of the kind (see `store_stack`); every index
+    // is below `MAX_STACK_DEPTH`, inside the slot.
+    unsafe {
+        if frames.add(2).read_volatile() == return_address {
+            // The kernel put the caller back: move the frames down one.
+            for i in 0..MAX_STACK_DEPTH - 1 {
+                frames
+                    .add(i)
+                    .write_volatile(frames.add(i + 1).read_volatile());
+            }
+            frames.add(MAX_STACK_DEPTH - 1).write_volatile(0);
+        } else {
+            frames.write_volatile(frames.add(1).read_volatile());
+            frames.add(1).write_volatile(return_address);
+        }
+    }
+    // SAFETY: see above; a `Stack` is the slot's prefix.
     let stack = unsafe { &*scratch.cast::<Stack>() };
     insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
 }

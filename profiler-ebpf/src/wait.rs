@@ -255,12 +255,22 @@ impl Waits {
         let Some(&config) = self.0.config() else {
             return;
         };
+        let set = stack::stack_set(&config);
         let user_stack = if tgid == 0 {
             0
+        } else if self.0.index() == kernel_kind::MEMORY {
+            // At the allocator's entry: its caller is at the stack pointer.
+            match unwind::current_user_regs().and_then(|regs| stack::read_user(regs.rsp)) {
+                Some(caller) => stack::store_entry_stack(ctx, set.stacks, self.0, caller),
+                None => {
+                    self.0.bump(Stat::UserStackError);
+                    0
+                }
+            }
         } else {
             stack::store_stack(
                 ctx,
-                stack::stack_set(&config).stacks,
+                set.stacks,
                 BPF_F_USER_STACK as u64,
                 self.0,
                 Stat::UserStackError,

@@ -211,8 +211,8 @@ impl Profiler {
             match self.sampler.attach_memory(pid, exec_gen) {
                 // Snapshot it and ask for its unwind tables now, before
                 // its first sampled allocation: until they are loaded its
-                // stacks come from frame pointers, which at the
-                // allocator's entry miss the allocating caller.
+                // stacks come from frame pointers, which stop at the
+                // first function built without them.
                 Ok(true) => self.pipeline.observe(ProcessEvent::New(pid)),
                 Ok(false) => {}
                 Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),

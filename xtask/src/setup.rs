@@ -31,8 +31,11 @@ const TEST_PACKAGES: &[&str] = &[
     "gcc",
     "g++",
     // jemalloc, shared and static: the memory profile's e2e test finds it
-    // by LD_PRELOAD and linked into a program.
+    // by LD_PRELOAD and linked into a program; tcmalloc and mimalloc by
+    // LD_PRELOAD.
     "libjemalloc-dev",
+    "libtcmalloc-minimal4",
+    "libmimalloc2.0",
     // setcap: the capabilities e2e test runs hostprof without root.
     "libcap2-bin",
 ];

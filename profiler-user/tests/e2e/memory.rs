@@ -30,10 +30,7 @@ fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     // It waits for a line on stdin: hostprof is attached to it by then.
     let mut child = KillOnDrop::new(
-        Command::new(workloads.path("alloc_chain"))
-            .arg("3000")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        waiting(&workloads, "alloc_chain", "3000")
             .spawn()
             .expect("start alloc_chain"),
     );
@@ -166,12 +163,56 @@ fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
     );
 }
 
+/// Stacks from frame pointers alone (`--unwinder frame-pointers`, as
+/// before a process's tables are loaded): at the allocator's entry the
+/// frame-pointer walk skips the allocating function, which the probe puts
+/// back from the stack pointer; the bytes under it are its own count.
+#[test]
+fn frame_pointers_alone_name_the_allocating_function() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = pprof_tool();
+    let workloads = Workloads::build(&["alloc_chain"]);
+    let mut child = KillOnDrop::new(
+        waiting(&workloads, "alloc_chain", "2000")
+            .spawn()
+            .expect("start alloc_chain"),
+    );
+    let pid = child.id();
+    let mut record = Command::new(env!("CARGO_BIN_EXE_hostprof"));
+    record
+        .args(["record", "--profiles", "memory", "--duration", "5s"])
+        .args(["--unwinder", "frame-pointers", "--pid", &pid.to_string()])
+        .args(["--memory-sample-bytes", "65536", "--no-flamegraph"])
+        .arg("--output")
+        .arg(workloads.path("host.pb.gz"));
+    let Captured { mut truths, .. } = capture(record, &mut [&mut child]);
+    let truth = truths.remove(0);
+    let profile = workloads.path("host.memory.pb.gz");
+    let allocated = Traces::bytes(&pprof, &profile, "process", "alloc_chain", "alloc_space");
+    for (what, chain, known) in [
+        ("alloc_and_free", ["alloc_and_free", "churn"], truth.churned),
+        ("keep_some", ["keep_some", "keep"], truth.keeper),
+    ] {
+        let measured = allocated.count(|stack| common::has_chain(stack, &chain));
+        let ratio = measured as f64 / known as f64;
+        eprintln!("allocated under {what}: {measured} bytes, it counted {known} ({ratio:.3})");
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "allocated under {what} with frame pointers must be its own count ±20 %: \
+             {measured} against {known} ({ratio:.3})\n{allocated:?}"
+        );
+    }
+}
+
 /// The same workload in C++ (`new[]`/`delete[]` through libstdc++ to
-/// glibc), in Rust (the system allocator), in C with jemalloc preloaded
-/// (`LD_PRELOAD`) and in C with jemalloc linked in, all in one
-/// container-style cgroup that `--cgroup` selects: each process's bytes
-/// under `keep_some`, allocated and still in use, within ±20 % of its own
-/// count.
+/// glibc), in Rust (the system allocator), in C with jemalloc, tcmalloc or
+/// mimalloc preloaded (`LD_PRELOAD`) and in C with jemalloc linked in, all
+/// in one container-style cgroup that `--cgroup` selects: each process's
+/// bytes under `keep_some`, allocated and still in use, within ±20 % of
+/// its own count.
 #[test]
 fn every_allocator_and_language_in_a_selected_cgroup() {
     if common::skip_bpf() {
@@ -179,23 +220,38 @@ fn every_allocator_and_language_in_a_selected_cgroup() {
     }
     let _serial = common::one_at_a_time();
     let pprof = pprof_tool();
-    let jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
-    assert!(
-        std::path::Path::new(jemalloc).exists(),
-        "{jemalloc} is missing: run `cargo xtask setup` (it installs libjemalloc-dev)"
-    );
-    let workloads = Workloads::build(&["alloc_cxx", "alloc_rust", "alloc_chain", "alloc_jemalloc"]);
+    let lib = |name: &str| format!("/usr/lib/x86_64-linux-gnu/{name}");
+    let preloads = [
+        ("alloc_chain", lib("libjemalloc.so.2"), "libjemalloc-dev"),
+        (
+            "alloc_tcmalloc",
+            lib("libtcmalloc_minimal.so.4"),
+            "libtcmalloc-minimal4",
+        ),
+        ("alloc_mimalloc", lib("libmimalloc.so.2"), "libmimalloc2.0"),
+    ];
+    for (_, library, package) in &preloads {
+        assert!(
+            std::path::Path::new(library).exists(),
+            "{library} is missing: run `cargo xtask setup` (it installs {package})"
+        );
+    }
+    let names = [
+        "alloc_cxx",
+        "alloc_rust",
+        "alloc_chain",
+        "alloc_jemalloc",
+        "alloc_tcmalloc",
+        "alloc_mimalloc",
+    ];
+    let workloads = Workloads::build(&names);
     let container_id = format!("a11c{:012x}", std::process::id()).repeat(4);
     let fake = common::FakeContainer::create(&container_id, "6f1d2c3b-4a5e-4f60-8b7c-9d0e1f2a3b4c");
     let mut children: Vec<(&str, KillOnDrop)> = Vec::new();
-    for name in ["alloc_cxx", "alloc_rust", "alloc_chain", "alloc_jemalloc"] {
-        let mut command = Command::new(workloads.path(name));
-        command
-            .arg("2000")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        if name == "alloc_chain" {
-            command.env("LD_PRELOAD", jemalloc);
+    for name in names {
+        let mut command = waiting(&workloads, name, "2000");
+        if let Some((_, library, _)) = preloads.iter().find(|(n, _, _)| *n == name) {
+            command.env("LD_PRELOAD", library);
         }
         let child = KillOnDrop::new(command.spawn().expect("start a workload"));
         fake.adopt(child.id());
@@ -265,6 +321,8 @@ fn every_allocator_and_language_in_a_selected_cgroup() {
         ("alloc_rust", "libc.so.6"),
         ("alloc_chain", "libjemalloc.so.2"),
         ("alloc_jemalloc", "alloc_jemalloc"),
+        ("alloc_tcmalloc", "libtcmalloc_minimal.so.4"),
+        ("alloc_mimalloc", "libmimalloc.so.2"),
     ] {
         let pid = children.iter().find(|(n, _)| *n == name).unwrap().1.id();
         assert!(
@@ -273,6 +331,17 @@ fn every_allocator_and_language_in_a_selected_cgroup() {
             "{name}'s probes on {file}:\n{log}"
         );
     }
+}
+
+/// The workload `name`, to run for `millis` ms once it reads a line on
+/// stdin ([`capture`] writes it), then report on stdout.
+fn waiting(workloads: &Workloads, name: &str, millis: &str) -> Command {
+    let mut command = Command::new(workloads.path(name));
+    command
+        .arg(millis)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    command
 }
 
 /// What a capture printed, and what each workload said it did.
@@ -288,8 +357,8 @@ struct Captured {
 /// Runs `record` (a `hostprof record` command) over `workloads`, which
 /// wait for a line on stdin: starts them once hostprof is recording and
 /// has loaded their unwind tables (until then, stacks come from frame
-/// pointers, which at the allocator's entry miss the allocating
-/// function), and reads their reports.
+/// pointers: the Rust workload's standard library has none), and reads
+/// their reports.
 fn capture(mut record: Command, workloads: &mut [&mut KillOnDrop]) -> Captured {
     let mut record = record
         .stdout(Stdio::piped())

@@ -136,6 +136,10 @@ const RECIPES: &[Recipe] = &[
         ..program("alloc_cxx", "alloc_chain.c", CXX_FRAME_POINTERS)
     },
     program("alloc_rust", "alloc_rust.rs", RUST_FRAME_POINTERS),
+    // The same program under other names (a process is told apart by its
+    // name in the profile), run with tcmalloc and mimalloc LD_PRELOADed.
+    program("alloc_tcmalloc", "alloc_chain.c", C_FRAME_POINTERS),
+    program("alloc_mimalloc", "alloc_chain.c", C_FRAME_POINTERS),
     program("malloc_loop", "malloc_loop.c", C_FRAME_POINTERS),
     // jemalloc linked in (Debian's libjemalloc-dev, `cargo xtask setup`):
     // the program itself defines malloc and free.
