@@ -189,6 +189,14 @@ pub mod names {
     /// [`super::MEMORY_GAPS`] draws from the exponential distribution of
     /// bytes between two sampled allocations, filled by userspace.
     pub const MEMORY_GAPS: &str = "MEMORY_GAPS";
+    /// Processes whose forks the memory profile follows (tgid → 1): the
+    /// probed ones (userspace adds each) and the children they fork (the
+    /// kernel adds them).
+    pub const MEMORY_PROCESSES: &str = "MEMORY_PROCESSES";
+    /// The memory program that follows a probed process's forks.
+    pub const MEMORY_FORK: &str = "mem_fork";
+    /// Its BTF tracepoint.
+    pub const MEMORY_FORK_TRACEPOINT: &str = "sched_process_fork";
 
     /// Every uprobe (entry and return) program name above.
     pub const UPROBES: &[&str] = &[MEMORY_ENTRY, MEMORY_RETURN];
@@ -259,6 +267,7 @@ pub mod names {
         MEMORY_EVENTS,
         MEMORY_FREES,
         MEMORY_GAPS,
+        MEMORY_PROCESSES,
     ];
 }
 
@@ -553,8 +562,9 @@ pub struct Config {
     /// `task_struct.thread.fsbase`: a task's thread pointer (with
     /// [`Config::THREAD_CONTEXT`]).
     pub task_fsbase: u32,
-    /// Zero.
-    pub pad: u32,
+    /// `task_struct.tgid`: a task's process id (0: unknown, and forks
+    /// are not followed).
+    pub task_tgid: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -729,6 +739,8 @@ pub const ALLOC_TRACKED: u32 = 1;
 pub const ALLOC_UNTRACKED: u32 = 2;
 /// [`FreeEvent::tag`].
 pub const FREE_TRACKED: u32 = 3;
+/// [`ForkEvent::tag`].
+pub const FORK: u32 = 4;
 
 /// A thread's memory-profile state, in task-local storage.
 #[repr(C)]
@@ -796,6 +808,22 @@ pub struct FreeEvent {
     pub tgid: u32,
     /// The address freed.
     pub addr: u64,
+}
+
+/// A probed process forked: from here on in `MEMORY_EVENTS`, the child
+/// holds a copy of what the parent held (its tracked allocations are the
+/// child's too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForkEvent {
+    /// [`FORK`].
+    pub tag: u32,
+    /// The parent's tgid.
+    pub parent: u32,
+    /// The child's tgid.
+    pub child: u32,
+    /// The child's exec generation as it starts.
+    pub exec_gen: u32,
 }
 
 /// What one kept wait (off-CPU interval or lock contention) stands for.
@@ -925,6 +953,9 @@ impl ProcessEvent {
     pub const NEW: u32 = 0;
     /// A file mapping of a sampled user frame.
     pub const FILE: u32 = 1;
+    /// A process the memory profile follows forked: `tgid` is the child
+    /// (the memory profile probes it at once).
+    pub const FORK: u32 = 2;
 }
 
 /// Indices of the per-CPU `STATS` counters.
@@ -1012,11 +1043,14 @@ pub enum Stat {
     /// probe took this CPU's unwind state mid-way (uprobes can be
     /// preempted).
     UnwindRaced,
+    /// Memory: forks of probed processes not followed (the event ring
+    /// was full): the child is not probed at once and inherits nothing.
+    ForksLost,
 }
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 33;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -1052,6 +1086,7 @@ impl Stat {
         Stat::FreesDeferred,
         Stat::FreesLost,
         Stat::UnwindRaced,
+        Stat::ForksLost,
     ];
 }
 
@@ -1073,6 +1108,7 @@ mod pod {
     unsafe impl aya::Pod for super::LiveKey {}
     unsafe impl aya::Pod for super::AllocEvent {}
     unsafe impl aya::Pod for super::FreeEvent {}
+    unsafe impl aya::Pod for super::ForkEvent {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
     unsafe impl aya::Pod for super::PythonProcess {}

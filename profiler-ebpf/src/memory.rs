@@ -22,23 +22,28 @@
 //!   does not fit waits in `MEMORY_FREES` for userspace, and a sampled
 //!   allocation whose event does not fit is not tracked, so userspace never
 //!   misses the free of an allocation it counts as in use.
+//! - A probed process's fork (`mem_fork`) is marked in the same stream:
+//!   from that point the child holds a copy of the parent's tracked
+//!   allocations. Userspace copies them into the child's keys and probes
+//!   the child at once (told on `PROCESS_EVENTS`, which wakes it).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_get_prandom_u32},
     },
-    macros::{btf_map, kprobe, map, uprobe, uretprobe},
+    macros::{btf_map, btf_tracepoint, kprobe, map, uprobe, uretprobe},
     maps::{Array, HashMap, ProgramArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{BtfTracePointContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use profiler_common::{
-    alloc_fn, names, AllocEvent, FreeEvent, LiveKey, MemoryThread, Stat, WaitKey, ALLOC_TRACKED,
-    ALLOC_UNTRACKED, FREE_TRACKED, MEMORY_GAPS,
+    alloc_fn, names, AllocEvent, ForkEvent, FreeEvent, LiveKey, MemoryThread, ProcessEvent, Stat,
+    WaitKey, ALLOC_TRACKED, ALLOC_UNTRACKED, FORK, FREE_TRACKED, MEMORY_GAPS,
 };
 
+use crate::exec;
 use crate::files;
 use crate::stack::{self, Kind};
 use crate::task_storage::TaskStorage;
@@ -79,6 +84,12 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 /// Frees that did not fit in `EVENTS`.
 #[map(name = "MEMORY_FREES")]
 static FREES: HashMap<LiveKey, u8> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+
+/// Processes whose forks are followed (tgid → 1): userspace adds each
+/// process it probes and deletes those gone; `mem_fork` adds their
+/// children.
+#[map(name = "MEMORY_PROCESSES")]
+static PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(16_384, BPF_F_NO_PREALLOC);
 
 /// Draws of the gap between sampled allocations, in bytes.
 #[map(name = "MEMORY_GAPS")]
@@ -271,6 +282,62 @@ pub fn mem_return(ctx: RetProbeContext) -> u32 {
         KIND.bump(Stat::DroppedCountsFull);
     }
     0
+}
+
+/// A task was created (`sched_process_fork(parent, child)`, run by the
+/// parent before the child first runs): when a followed process made a
+/// new process (not a thread), the child's copy of its heap starts here.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
+    stack::entry(|_| {
+        let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // SAFETY: plain lookup; the value is never dereferenced.
+        if unsafe { PROCESSES.get(&parent) }.is_none() {
+            return 0;
+        }
+        let Some(config) = KIND.config() else {
+            return 0;
+        };
+        if config.task_tgid == 0 {
+            return 0;
+        }
+        // SAFETY: the tracepoint's second argument is the child's
+        // `task_struct`; bpf_probe_read_kernel checks the address.
+        let child = unsafe {
+            let task: u64 = ctx.arg(1);
+            bpf_probe_read_kernel((task + u64::from(config.task_tgid)) as *const u32)
+        };
+        let Ok(child) = child else {
+            return 0;
+        };
+        if child == parent || child == 0 {
+            return 0; // a thread
+        }
+        let exec_gen = exec::generation(child);
+        let fork = ForkEvent {
+            tag: FORK,
+            parent,
+            child,
+            exec_gen,
+        };
+        if EVENTS.output::<ForkEvent>(&fork, 0).is_err() {
+            KIND.bump(Stat::ForksLost);
+            return 0;
+        }
+        let _ = PROCESSES.insert(&child, &1, 0);
+        let event = ProcessEvent {
+            kind: ProcessEvent::FORK,
+            tgid: child,
+            exec_gen,
+            ..ProcessEvent::default()
+        };
+        if !stack::send_event(&event) {
+            // Probed at the next drain instead: its frees until then
+            // are not seen.
+            KIND.bump(Stat::NewProcessLost);
+        }
+        0
+    })
 }
 
 /// [`Waits::unwind_user`] for the memory profile, by tail call.

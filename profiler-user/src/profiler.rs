@@ -207,6 +207,33 @@ impl Profiler {
         let due = selection.due(&pipeline.filter, &pipeline.pods, |pid| {
             pipeline.processes.generation(pid)
         });
+        self.attach_memory(due);
+        let processes = &self.pipeline.processes;
+        self.sampler.forget_memory(
+            |tgid, exec_gen| !alive(tgid) || processes.generation(tgid) != exec_gen,
+            alive,
+        );
+    }
+
+    /// With the memory profile: a probed process forked `child`, which
+    /// inherits its heap: it is selected too, and probed now, before it
+    /// frees much of what it inherited.
+    fn follow_fork(&mut self, child: u32) {
+        let Some(selection) = &mut self.memory else {
+            return;
+        };
+        selection.follow(child);
+        self.sampler.read_memory_events();
+        let exec_gen = self.pipeline.processes.generation(child);
+        self.attach_memory(vec![(child, exec_gen)]);
+    }
+
+    /// With the memory profile: probes the allocator of each process of
+    /// `due` (pid, exec generation).
+    fn attach_memory(&mut self, due: Vec<(u32, u32)>) {
+        let Some(selection) = &mut self.memory else {
+            return;
+        };
         for (pid, exec_gen) in due {
             match self.sampler.attach_memory(pid, exec_gen) {
                 // Snapshot it and ask for its unwind tables now, before
@@ -218,9 +245,14 @@ impl Profiler {
                 Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),
             }
         }
-        let processes = &self.pipeline.processes;
-        self.sampler
-            .forget_memory(|tgid, exec_gen| !alive(tgid) || processes.generation(tgid) != exec_gen);
+    }
+
+    /// Takes one event of the kernel's process stream.
+    fn take_event(&mut self, event: ProcessEvent) {
+        match event {
+            ProcessEvent::Fork(child) => self.follow_fork(child),
+            event => self.pipeline.observe(event),
+        }
     }
 
     /// Samples until `stop` completes, draining periodically and calling
@@ -246,7 +278,7 @@ impl Profiler {
                 } => self.pipeline.quick_checks(),
                 events = self.events.next_batch() => {
                     for event in events? {
-                        self.pipeline.observe(event);
+                        self.take_event(event);
                     }
                 }
                 _ = drain_tick.tick() => {
@@ -269,7 +301,7 @@ impl Profiler {
     /// symbolized.
     pub fn finish_with_totals(mut self) -> Result<(Vec<Profile>, PipelineStats), ProfilerError> {
         for event in self.events.try_batch() {
-            self.pipeline.observe(event);
+            self.take_event(event);
         }
         let drained = self.sampler.stop()?;
         self.ingest(drained);
@@ -375,7 +407,9 @@ impl Pipeline {
     /// sampled frame.
     fn observe(&mut self, event: ProcessEvent) {
         let tgid = match event {
-            ProcessEvent::New(tgid) => tgid,
+            // A fork the memory profile follows: snapshot the child as
+            // it is probed ([`Profiler::follow_fork`]).
+            ProcessEvent::New(tgid) | ProcessEvent::Fork(tgid) => tgid,
             ProcessEvent::File(mapping) => {
                 self.processes.add_file(mapping);
                 return;

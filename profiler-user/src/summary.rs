@@ -87,6 +87,8 @@ pub struct MemorySummary {
     pub untracked: u64,
     /// Frees of tracked allocations lost.
     pub frees_lost: u64,
+    /// Forks of probed processes not followed.
+    pub forks_lost: u64,
     /// Where the most bytes still held were allocated, most first.
     pub held: Vec<Held>,
 }
@@ -151,6 +153,7 @@ impl MemorySummary {
             inuse_objects: profile.total(2),
             untracked: stats.memory.untracked,
             frees_lost: stats.memory.frees_lost,
+            forks_lost: stats.memory.forks_lost,
             held,
         }
     }
@@ -485,6 +488,14 @@ impl Summary {
                 f,
                 "not tracked      {} sampled allocations (live table full), {} frees lost",
                 m.untracked, m.frees_lost
+            )?;
+        }
+        if m.forks_lost > 0 {
+            writeln!(
+                f,
+                "forks lost       {} children of probed processes inherited nothing \
+                 (event ring full)",
+                m.forks_lost
             )?;
         }
         self.write_counts(f)?;

@@ -214,12 +214,13 @@ impl Collector for SnapshotCollector {
         emit_counters(
             &mut e,
             "memory_tracking_losses",
-            "Memory profile: sampled allocations not tracked as live (the live table was full: in alloc_*, never in inuse_*), frees of tracked ones sent late (deferred) or lost (inuse_* may still count them)",
+            "Memory profile: sampled allocations not tracked as live (the live table was full: in alloc_*, never in inuse_*), frees of tracked ones sent late (deferred) or lost (inuse_* may still count them), forks of probed processes not followed (the child inherits nothing)",
             "kind",
             &[
                 ("untracked", p.capture.memory.untracked),
                 ("free_deferred", p.capture.memory.frees_deferred),
                 ("free_lost", p.capture.memory.frees_lost),
+                ("fork_lost", p.capture.memory.forks_lost),
             ],
         )?;
         emit(

@@ -6,9 +6,11 @@
 //! A process is checked against the filters once; one left out is checked
 //! again after [`RECHECK`] (its pod's metadata may not have arrived yet).
 //! A process the kind could not attach to is not offered again in the same
-//! image. hostprof itself is never selected.
+//! image. hostprof itself is never selected. A child forked by a selected
+//! process is selected too (it inherits its parent's heap), whatever the
+//! filters say.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::container::{cgroup_paths, parse_proc_cgroup};
@@ -29,6 +31,11 @@ pub struct Selection {
     /// Processes the kind could not attach to, by the exec generation
     /// (image) it tried.
     failed: HashMap<u32, u32>,
+    /// Children of selected processes, selected with them.
+    followed: HashSet<u32>,
+    /// Since when the selection has been empty, and whether that was
+    /// said.
+    empty: Option<(Instant, bool)>,
 }
 
 /// Whether process `pid` is still there.
@@ -52,6 +59,8 @@ impl Selection {
             pids: Some(pids),
             checked: HashMap::new(),
             failed: HashMap::new(),
+            followed: HashSet::new(),
+            empty: None,
         }
     }
 
@@ -61,6 +70,8 @@ impl Selection {
             pids: None,
             checked: HashMap::new(),
             failed: HashMap::new(),
+            followed: HashSet::new(),
+            empty: None,
         }
     }
 
@@ -74,6 +85,7 @@ impl Selection {
         generation: impl Fn(u32) -> u32,
     ) -> Vec<(u32, u32)> {
         let selected = self.scan(filter, pods);
+        self.note_empty(selected.is_empty(), Instant::now());
         self.failed
             .retain(|pid, _| selected.binary_search(pid).is_ok());
         selected
@@ -83,12 +95,47 @@ impl Selection {
             .collect()
     }
 
+    /// Warns once when nothing has been selected for [`RECHECK`] (a pod's
+    /// metadata may take a moment), and says when something is again.
+    fn note_empty(&mut self, empty: bool, now: Instant) {
+        match (&mut self.empty, empty) {
+            (None, true) => self.empty = Some((now, false)),
+            (Some((since, warned)), true) => {
+                if !*warned && now.duration_since(*since) >= RECHECK {
+                    *warned = true;
+                    let what = if self.pids.is_some() {
+                        "no process named by --pid is running"
+                    } else {
+                        "no running process matches --cgroup, --namespace or --pod-selector"
+                    };
+                    log::warn!(
+                        "memory profile: {what} (for {}s): nothing is profiled; checking \
+                         again at every drain",
+                        RECHECK.as_secs()
+                    );
+                }
+            }
+            (Some((_, warned)), false) => {
+                if *warned {
+                    log::info!("memory profile: processes selected again");
+                }
+                self.empty = None;
+            }
+            (None, false) => {}
+        }
+    }
+
+    /// Selects `child`, forked by a selected process.
+    pub fn follow(&mut self, child: u32) {
+        self.followed.insert(child);
+    }
+
     /// Notes that the kind could not attach to `pid` in image `exec_gen`,
     /// and why: a warning for a process `--pid` named, a debug line for
-    /// one the filters found (kernel threads, programs without a known
-    /// allocator).
+    /// one the filters or a fork found (kernel threads, programs without a
+    /// known allocator).
     pub fn failed(&mut self, pid: u32, exec_gen: u32, why: &anyhow::Error) {
-        if self.pids.is_some() {
+        if self.pids.as_ref().is_some_and(|pids| pids.contains(&pid)) {
             log::warn!("memory profile: {why:#}");
         } else {
             log::debug!("memory profile: {why:#}");
@@ -98,6 +145,16 @@ impl Selection {
 
     /// The processes selected now (alive), ascending.
     fn scan(&mut self, filter: &ProcessFilter, pods: &PodMetadata) -> Vec<u32> {
+        self.followed.retain(|&pid| alive(pid));
+        let mut selected = self.scan_selected(filter, pods);
+        selected.extend(&self.followed);
+        selected.sort_unstable();
+        selected.dedup();
+        selected
+    }
+
+    /// The processes `--pid` or the filters select now (alive), ascending.
+    fn scan_selected(&mut self, filter: &ProcessFilter, pods: &PodMetadata) -> Vec<u32> {
         let me = std::process::id();
         if let Some(pids) = &self.pids {
             let mut pids: Vec<u32> = pids
@@ -160,6 +217,34 @@ mod tests {
         assert_eq!(
             selection.scan(&ProcessFilter::default(), &PodMetadata::empty()),
             vec![1]
+        );
+    }
+
+    #[test]
+    fn an_empty_selection_is_said_once_after_the_recheck_time() {
+        let mut selection = Selection::filtered();
+        let start = Instant::now();
+        selection.note_empty(true, start);
+        assert_eq!(selection.empty, Some((start, false)));
+        selection.note_empty(true, start + RECHECK / 2);
+        assert_eq!(selection.empty, Some((start, false)), "not yet");
+        selection.note_empty(true, start + RECHECK);
+        assert_eq!(selection.empty, Some((start, true)), "said");
+        selection.note_empty(false, start + RECHECK * 2);
+        assert_eq!(selection.empty, None, "found again");
+    }
+
+    #[test]
+    fn a_followed_child_is_selected_while_it_lives() {
+        let mut selection = Selection::pids(vec![]);
+        let (filter, pods) = (ProcessFilter::default(), PodMetadata::empty());
+        selection.follow(1);
+        selection.follow(u32::MAX - 1);
+        assert_eq!(selection.scan(&filter, &pods), vec![1]);
+        assert_eq!(
+            selection.followed,
+            HashSet::from([1]),
+            "the gone one is dropped"
         );
     }
 

@@ -244,8 +244,15 @@ pub fn assemble_counted(
 
 /// Cumulative kernel counters of one kind, summed over CPUs, indexed by
 /// [`Stat`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatCounters([u64; Stat::COUNT as usize]);
+
+// `Default` is derived for arrays of up to 32 elements only.
+impl Default for StatCounters {
+    fn default() -> Self {
+        Self([0; Stat::COUNT as usize])
+    }
+}
 
 impl StatCounters {
     /// Counters from per-stat values (already summed over CPUs).
@@ -301,6 +308,7 @@ impl StatCounters {
                 untracked: delta(Stat::AllocUntracked),
                 frees_deferred: delta(Stat::FreesDeferred),
                 frees_lost: delta(Stat::FreesLost),
+                forks_lost: delta(Stat::ForksLost),
             },
         }
     }

@@ -14,11 +14,15 @@
 //! be drained yet when its event is read (the set flipped between the
 //! call's entry and return): it waits, and its frees are applied in order
 //! meanwhile, so a free is never read before its allocation is known.
+//!
+//! A fork copies the parent's live allocations to the child at the point
+//! of the fork in the stream: the child's are its own from there on, with
+//! the same stacks and ages, attributed to the child.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use profiler_common::{AllocEvent, LiveKey, StackHash, WaitKey, ALLOC_TRACKED};
+use profiler_common::{AllocEvent, ForkEvent, LiveKey, StackHash, WaitKey, ALLOC_TRACKED};
 
 use super::drain::{decode_key, RawSample, SampleKey};
 use crate::kind::{Label, ProfileKind};
@@ -80,6 +84,8 @@ pub enum HeapEvent {
     Alloc(AllocEvent),
     /// The free of a tracked allocation.
     Free(LiveKey),
+    /// A probed process forked.
+    Fork(ForkEvent),
 }
 
 /// Whose stack: a key the kernel sent, decoded once its set is drained.
@@ -123,8 +129,10 @@ impl Heap {
         self.live.len()
     }
 
-    /// Takes one event, in the order the kernel sent them.
-    pub fn apply(&mut self, event: HeapEvent) {
+    /// Takes one event, in the order the kernel sent them; a fork returns
+    /// the allocations the child inherited, as (address, time), for the
+    /// kernel's live table.
+    pub fn apply(&mut self, event: HeapEvent) -> Vec<(u64, u64)> {
         match event {
             HeapEvent::Alloc(alloc) => {
                 if alloc.tag == ALLOC_TRACKED && alloc.addr != 0 {
@@ -145,7 +153,55 @@ impl Heap {
             HeapEvent::Free(key) => {
                 self.live.remove(&(key.tgid, key.addr));
             }
+            HeapEvent::Fork(fork) => return self.fork(&fork),
         }
+        Vec::new()
+    }
+
+    /// Copies the parent's live allocations to the child of `fork`.
+    fn fork(&mut self, fork: &ForkEvent) -> Vec<(u64, u64)> {
+        let copies: Vec<((u32, u64), Live)> = self
+            .live
+            .iter()
+            .filter(|((tgid, _), _)| *tgid == fork.parent)
+            .map(|(&(_, addr), live)| {
+                let key = match &live.key {
+                    Key::Waiting { key, set } => Key::Waiting {
+                        key: WaitKey {
+                            tgid: fork.child,
+                            tid: fork.child,
+                            exec_gen: fork.exec_gen,
+                            ..*key
+                        },
+                        set: *set,
+                    },
+                    Key::Known(key) => {
+                        let mut key = SampleKey::clone(key);
+                        key.thread.tgid = fork.child;
+                        key.thread.tid = fork.child;
+                        key.thread.exec_gen = fork.exec_gen;
+                        Key::Known(Arc::new(key))
+                    }
+                };
+                let copy = Live {
+                    key,
+                    size: live.size,
+                    time_ns: live.time_ns,
+                };
+                ((fork.child, addr), copy)
+            })
+            .collect();
+        let inherited = copies
+            .iter()
+            .map(|((_, addr), live)| (*addr, live.time_ns))
+            .collect();
+        self.live.extend(copies);
+        inherited
+    }
+
+    /// Forgets one live allocation (the kernel could not track it).
+    pub fn remove(&mut self, tgid: u32, addr: u64) {
+        self.live.remove(&(tgid, addr));
     }
 
     /// The allocation samples whose stacks are in set `set`, drained now
@@ -414,6 +470,47 @@ mod tests {
                 addr: 0xb0
             }]
         );
+        assert_eq!(heap.processes(), vec![1]);
+    }
+
+    #[test]
+    fn a_child_inherits_what_its_parent_held_at_the_fork() {
+        let mut heap = Heap::new(MEAN);
+        heap.apply(alloc(1, 7, 0xa0, 64, 0));
+        heap.drained(0, &stacks()); // 0xa0's stack is known
+        heap.apply(alloc(1, 9, 0xb0, 64, 1)); // 0xb0's is not yet
+        heap.apply(alloc(1, 9, 0xc0, 64, 1));
+        heap.apply(free(1, 0xc0)); // freed before the fork: not inherited
+        let mut inherited = heap.apply(HeapEvent::Fork(ForkEvent {
+            tag: profiler_common::FORK,
+            parent: 1,
+            child: 2,
+            exec_gen: 5,
+        }));
+        inherited.sort_unstable();
+        assert_eq!(inherited, vec![(0xa0, 1_000), (0xb0, 1_000)]);
+        // After the fork each frees its own copy.
+        heap.apply(free(1, 0xa0));
+        heap.apply(alloc(1, 7, 0xd0, 64, 1)); // the parent's alone
+        heap.drained(1, &stacks());
+        let mut in_use: Vec<(u32, u32, Vec<u64>)> = heap
+            .in_use_samples(2_000)
+            .into_iter()
+            .map(|s| (s.key.thread.tgid, s.key.thread.exec_gen, s.key.user_stack))
+            .collect();
+        in_use.sort();
+        assert_eq!(
+            in_use,
+            vec![
+                (1, 0, vec![0x1000, 0x2000]),
+                (1, 0, vec![0x3000]),
+                (2, 5, vec![0x1000, 0x2000]),
+                (2, 5, vec![0x3000]),
+            ]
+        );
+        // The child's go with its image, not with the parent's.
+        let removed = heap.forget(|tgid, exec_gen| tgid == 2 && exec_gen == 5);
+        assert_eq!(removed.len(), 2);
         assert_eq!(heap.processes(), vec![1]);
     }
 

@@ -214,6 +214,8 @@ pub struct KernelOffsets {
     pub files: Result<FileOffsets, KernelBtfError>,
     /// `task_struct.thread.fsbase`, a task's thread pointer.
     pub task_fsbase: Result<u32, KernelBtfError>,
+    /// `task_struct.tgid`, a task's process id.
+    pub task_tgid: Result<u32, KernelBtfError>,
 }
 
 /// [`KernelOffsets`] of the running kernel.
@@ -224,6 +226,7 @@ pub fn running_offsets() -> Result<KernelOffsets, KernelBtfError> {
     Ok(KernelOffsets {
         files: file_offsets(&btf),
         task_fsbase: task_fsbase(&btf),
+        task_tgid: btf.field_offset("task_struct", "tgid"),
     })
 }
 

@@ -8,6 +8,12 @@
 //! kernel puts breakpoints only in the selected processes' memory, so the
 //! rest of the host never traps. Files are reached through
 //! `/proc/PID/root`, so a container's own libc is probed.
+//!
+//! Forks are followed: the kernel marks a probed process's fork in the
+//! event stream and announces the child on `PROCESS_EVENTS`; the child's
+//! inherited allocations go into the kernel's live table before its
+//! probes are attached (the caller probes it at once), so its frees of
+//! them are seen from then on.
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
@@ -20,8 +26,8 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkI
 use aya::programs::{ProgramError, UProbe};
 use aya::{Btf, Ebpf};
 use profiler_common::{
-    names, AllocEvent, FreeEvent, LiveKey, StackHash, ALLOC_TRACKED, ALLOC_UNTRACKED, FREE_TRACKED,
-    MEMORY_GAPS,
+    names, AllocEvent, ForkEvent, FreeEvent, LiveKey, StackHash, ALLOC_TRACKED, ALLOC_UNTRACKED,
+    FORK, FREE_TRACKED, MEMORY_GAPS,
 };
 
 use super::allocator::{self, EntryPoint};
@@ -89,6 +95,8 @@ pub(super) struct Memory {
     events: RingBuf<MapData>,
     deferred: HashMap<MapData, LiveKey, u8>,
     live: HashMap<MapData, LiveKey, u64>,
+    /// `MEMORY_PROCESSES`: whose forks the kernel marks.
+    followed: HashMap<MapData, u32, u32>,
     /// Kept open: the kernel empties a program array when its last
     /// userspace handle closes.
     _tail_calls: ProgramArray<MapData>,
@@ -120,6 +128,9 @@ impl Memory {
         let live = take(names::MEMORY_LIVE)?
             .try_into()
             .map_err(map_err(names::MEMORY_LIVE))?;
+        let followed = take(names::MEMORY_PROCESSES)?
+            .try_into()
+            .map_err(map_err(names::MEMORY_PROCESSES))?;
         let mut gaps: Array<MapData, u64> = take(names::MEMORY_GAPS)?
             .try_into()
             .map_err(map_err(names::MEMORY_GAPS))?;
@@ -163,11 +174,28 @@ impl Memory {
                 source,
             })?;
         }
+        let forks = match btf {
+            Some(btf) => process_events::attach_tracepoint(
+                ebpf,
+                btf,
+                names::MEMORY_FORK,
+                names::MEMORY_FORK_TRACEPOINT,
+            )
+            .map_err(|err| format!("{:#}", anyhow::Error::from(err))),
+            None => Err("no kernel BTF".to_owned()),
+        };
+        if let Err(why) = forks {
+            log::warn!(
+                "memory profile: forks not followed ({why}): children of probed processes are \
+                 probed when the selection finds them, and inherit nothing"
+            );
+        }
         Ok((
             Self {
                 events,
                 deferred,
                 live,
+                followed,
                 _tail_calls: tail_calls,
                 heap: Heap::new(mean),
                 attached: StdHashMap::new(),
@@ -179,8 +207,25 @@ impl Memory {
 
     /// Probes the allocator of process `pid` (image `exec_gen`), unless it
     /// is probed in that image already; after an exec the old image's
-    /// probes go and its live allocations are forgotten.
+    /// probes go and its live allocations are forgotten. A process that
+    /// cannot be probed has no live allocations (a child's inherited ones
+    /// go: their frees would not be seen).
     pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        exec_gen: u32,
+    ) -> Result<bool, AttachError> {
+        let attached = self.attach_probes(ebpf, pid, exec_gen);
+        if attached.is_err() {
+            for key in self.heap.forget(|tgid, _| tgid == pid) {
+                let _ = self.live.remove(&key);
+            }
+        }
+        attached
+    }
+
+    fn attach_probes(
         &mut self,
         ebpf: &mut Ebpf,
         pid: u32,
@@ -226,6 +271,9 @@ impl Memory {
         if attached.files.is_empty() {
             return Err(AttachError::NoAllocator { pid });
         }
+        // Its forks are marked from now on (a child the kernel already
+        // follows stays so).
+        let _ = self.followed.insert(pid, 1, 0);
         log::info!(
             "memory profile: process {pid}: {} probes on {}",
             attached.entry.len() + attached.returns.len(),
@@ -261,6 +309,7 @@ impl Memory {
 
     /// Removes process `pid`'s probes.
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let _ = self.followed.remove(&pid);
         let Some(attached) = self.attached.remove(&pid) else {
             return;
         };
@@ -285,19 +334,34 @@ impl Memory {
         pids
     }
 
-    /// Applies every event sent so far, and the frees that overflowed,
-    /// then returns the allocation samples of map set `set` (drained now
-    /// into `stacks`).
-    pub fn take(
-        &mut self,
-        set: MapSet,
-        stacks: &StdHashMap<StackHash, Vec<u64>>,
-    ) -> Vec<RawSample> {
+    /// Applies every event sent so far, and the frees that overflowed:
+    /// a child forked by a probed process gets its inherited allocations
+    /// in the kernel's live table, to be probed next. Returns how many
+    /// events were read.
+    pub fn read_events(&mut self) -> usize {
         let mut read = 0;
-        while let Some(item) = self.events.next() {
-            if let Some(event) = decode_event(&item) {
-                self.heap.apply(event);
-                read += 1;
+        loop {
+            // The item borrows the ring: decode it into a copy.
+            let event = match self.events.next() {
+                Some(item) => decode_event(&item),
+                None => break,
+            };
+            let Some(event) = event else {
+                continue;
+            };
+            read += 1;
+            match event {
+                // Probed already (the selection found it before its fork
+                // was read): its frees of what it inherited were not
+                // seen, so it inherits nothing.
+                HeapEvent::Fork(fork) if self.attached.contains_key(&fork.child) => {}
+                HeapEvent::Fork(fork) => {
+                    let inherited = self.heap.apply(event);
+                    self.inherit(&fork, &inherited);
+                }
+                event => {
+                    self.heap.apply(event);
+                }
             }
         }
         let deferred: Vec<LiveKey> = self.deferred.keys().filter_map(Result::ok).collect();
@@ -305,6 +369,43 @@ impl Memory {
             let _ = self.deferred.remove(&key);
             self.heap.apply(HeapEvent::Free(key));
         }
+        read
+    }
+
+    /// Puts the allocations `fork`'s child inherited into the kernel's live
+    /// table (before its probes are attached: its frees are seen from
+    /// then on); one that does not fit is forgotten, never counted in use
+    /// without its free being seen.
+    fn inherit(&mut self, fork: &ForkEvent, inherited: &[(u64, u64)]) {
+        let mut untracked = 0;
+        for &(addr, time_ns) in inherited {
+            let key = LiveKey {
+                tgid: fork.child,
+                pad: 0,
+                addr,
+            };
+            if self.live.insert(key, time_ns, 0).is_err() {
+                self.heap.remove(fork.child, addr);
+                untracked += 1;
+            }
+        }
+        log::debug!(
+            "memory: process {} forked {}: {} live allocations inherited, {untracked} not tracked",
+            fork.parent,
+            fork.child,
+            inherited.len() - untracked
+        );
+    }
+
+    /// Applies every event sent so far ([`Self::read_events`]), then
+    /// returns the allocation samples of map set `set` (drained now into
+    /// `stacks`).
+    pub fn take(
+        &mut self,
+        set: MapSet,
+        stacks: &StdHashMap<StackHash, Vec<u64>>,
+    ) -> Vec<RawSample> {
+        let read = self.read_events();
         let samples = self.heap.drained(set.index() as u32, stacks);
         log::debug!(
             "memory: {read} events, {} allocation samples, {} live",
@@ -327,8 +428,23 @@ impl Memory {
 
     /// Forgets the live allocations of processes that exited or exec'd
     /// (`gone(tgid, exec_gen)`), here and in the kernel, and their probes
-    /// (an exec'd process is probed again in its new image).
-    pub fn forget(&mut self, ebpf: &mut Ebpf, mut gone: impl FnMut(u32, u32) -> bool) {
+    /// (an exec'd process is probed again in its new image); stops
+    /// following the forks of processes no longer `alive`.
+    pub fn forget(
+        &mut self,
+        ebpf: &mut Ebpf,
+        mut gone: impl FnMut(u32, u32) -> bool,
+        alive: impl Fn(u32) -> bool,
+    ) {
+        let exited: Vec<u32> = self
+            .followed
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|pid| !alive(*pid))
+            .collect();
+        for pid in exited {
+            let _ = self.followed.remove(&pid);
+        }
         let forgotten = self.heap.forget(&mut gone);
         if !forgotten.is_empty() {
             log::debug!(
@@ -399,6 +515,12 @@ fn decode_event(item: &[u8]) -> Option<HeapEvent> {
             // integers, any bit pattern valid); the read is unaligned.
             Some(HeapEvent::Alloc(unsafe {
                 item.as_ptr().cast::<AllocEvent>().read_unaligned()
+            }))
+        }
+        FORK if item.len() >= std::mem::size_of::<ForkEvent>() => {
+            // SAFETY: as above, a whole `ForkEvent`.
+            Some(HeapEvent::Fork(unsafe {
+                item.as_ptr().cast::<ForkEvent>().read_unaligned()
             }))
         }
         FREE_TRACKED if item.len() >= std::mem::size_of::<FreeEvent>() => {

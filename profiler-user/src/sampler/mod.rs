@@ -381,7 +381,7 @@ impl Sampler {
             lock_period_ns: off_cpu::INITIAL_PERIOD_NS,
             files: FileOffsets::default(),
             task_fsbase: 0,
-            pad: 0,
+            task_tgid: 0,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -404,6 +404,13 @@ impl Sampler {
         };
         if let Some(task_fsbase) = task_fsbase {
             config.task_fsbase = task_fsbase;
+        }
+        match offsets.as_ref().map(|o| &o.task_tgid) {
+            Some(Ok(task_tgid)) => config.task_tgid = *task_tgid,
+            Some(Err(err)) if memory => {
+                log::warn!("memory profile: forks not followed (children inherit nothing): {err}")
+            }
+            _ => {}
         }
         let mut thread_contexts = match task_fsbase {
             Some(_) if policy.thread_context => {
@@ -743,11 +750,25 @@ impl Sampler {
     }
 
     /// With the memory profile: forgets the live allocations of processes
-    /// gone or replaced by an exec (`gone(tgid, exec_gen)`), and the probes
-    /// of processes that exited.
-    pub fn forget_memory(&mut self, gone: impl FnMut(u32, u32) -> bool) {
+    /// gone or replaced by an exec (`gone(tgid, exec_gen)`), the probes of
+    /// processes that exited, and the forks of processes no longer
+    /// `alive`.
+    pub fn forget_memory(
+        &mut self,
+        gone: impl FnMut(u32, u32) -> bool,
+        alive: impl Fn(u32) -> bool,
+    ) {
         if let Some(memory) = &mut self.memory {
-            memory.forget(&mut self.ebpf, gone);
+            memory.forget(&mut self.ebpf, gone, alive);
+        }
+    }
+
+    /// With the memory profile: applies its events so far, so that a child
+    /// just forked has what it inherited before it is probed
+    /// ([`Self::attach_memory`]).
+    pub fn read_memory_events(&mut self) {
+        if let Some(memory) = &mut self.memory {
+            memory.read_events();
         }
     }
 

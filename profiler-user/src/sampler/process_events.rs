@@ -44,6 +44,9 @@ pub enum ProcessEvent {
     New(u32),
     /// A file mapping of a sampled user frame.
     File(FileMapping),
+    /// A process the memory profile follows forked this child: probe it
+    /// now, before it frees much of what it inherited.
+    Fork(u32),
 }
 
 impl ProcessEvent {
@@ -58,6 +61,7 @@ impl ProcessEvent {
         let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelEvent>()) };
         match event.kind {
             KernelEvent::NEW => Some(Self::New(event.tgid)),
+            KernelEvent::FORK => Some(Self::Fork(event.tgid)),
             KernelEvent::FILE => Some(Self::File(FileMapping {
                 tgid: event.tgid,
                 exec_gen: event.exec_gen,
@@ -178,7 +182,7 @@ pub(super) fn attach_exec(ebpf: &mut Ebpf, btf: &Btf) -> bool {
     attached
 }
 
-fn attach_tracepoint(
+pub(super) fn attach_tracepoint(
     ebpf: &mut Ebpf,
     btf: &Btf,
     name: &'static str,

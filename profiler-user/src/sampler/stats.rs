@@ -59,6 +59,9 @@ pub struct MemoryCounters {
     /// Frees of tracked allocations lost (ring and overflow map full):
     /// `inuse_*` may still count that many allocations.
     pub frees_lost: u64,
+    /// Forks of probed processes not followed (the event ring was full):
+    /// the child inherits nothing and is probed at the next drain.
+    pub forks_lost: u64,
 }
 
 impl MemoryCounters {
@@ -69,6 +72,7 @@ impl MemoryCounters {
         self.untracked += other.untracked;
         self.frees_deferred += other.frees_deferred;
         self.frees_lost += other.frees_lost;
+        self.forks_lost += other.forks_lost;
     }
 }
 

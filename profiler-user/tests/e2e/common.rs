@@ -167,6 +167,23 @@ impl Traces {
         Traces::weighed(tool, profile, key, value, index, "B")
     }
 
+    /// [`Traces::bytes`] of the samples of process `pid` (a numeric
+    /// label: pprof matches its value, not a pattern).
+    pub fn bytes_of_pid(
+        tool: &std::path::Path,
+        profile: &std::path::Path,
+        pid: u32,
+        index: &str,
+    ) -> Traces {
+        let focus = format!("-tagfocus=pid={pid}");
+        let index = format!("-sample_index={index}");
+        Traces::parse(&pprof(
+            tool,
+            &["-traces", &focus, &index, "-unit=B"],
+            profile,
+        ))
+    }
+
     /// Traces weighed by the sample type `index`, printed in `unit`.
     fn weighed(
         tool: &std::path::Path,

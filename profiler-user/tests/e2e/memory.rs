@@ -48,12 +48,8 @@ fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
         .arg(&output)
         .arg("--folded")
         .arg(workloads.path("host.folded"));
-    let Captured {
-        summary,
-        mut truths,
-        ..
-    } = capture(record, &mut [&mut child]);
-    let truth = truths.remove(0);
+    let captured = capture(record, &mut [&mut child], 1);
+    let (summary, truth) = (&captured.summary, captured.truth(0));
     eprintln!("{truth:?}");
 
     // The memory profile's files, named by kind.
@@ -188,8 +184,7 @@ fn frame_pointers_alone_name_the_allocating_function() {
         .args(["--memory-sample-bytes", "65536", "--no-flamegraph"])
         .arg("--output")
         .arg(workloads.path("host.pb.gz"));
-    let Captured { mut truths, .. } = capture(record, &mut [&mut child]);
-    let truth = truths.remove(0);
+    let truth = capture(record, &mut [&mut child], 1).truth(0);
     let profile = workloads.path("host.memory.pb.gz");
     let allocated = Traces::bytes(&pprof, &profile, "process", "alloc_chain", "alloc_space");
     for (what, chain, known) in [
@@ -205,6 +200,89 @@ fn frame_pointers_alone_name_the_allocating_function() {
              {measured} against {known} ({ratio:.3})\n{allocated:?}"
         );
     }
+}
+
+/// A probed process forks (`tests/workloads/alloc_fork.c`): after the
+/// fork the parent frees half of what it kept and the child the other
+/// half, then allocates its own. Only the parent is named (`--pid`): the
+/// child is followed, inherits the parent's live allocations, and each
+/// process's in-use bytes under each function are its own count ±20 %.
+#[test]
+fn a_forked_child_inherits_the_heap_and_is_followed() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let pprof = pprof_tool();
+    let workloads = Workloads::build(&["alloc_fork"]);
+    let mut parent = KillOnDrop::new(
+        waiting(&workloads, "alloc_fork", "1500")
+            .spawn()
+            .expect("start alloc_fork"),
+    );
+    let mut record = Command::new(env!("CARGO_BIN_EXE_hostprof"));
+    record
+        .args(["record", "--profiles", "memory", "--duration", "6s"])
+        .args(["--pid", &parent.id().to_string()])
+        .args(["--memory-sample-bytes", "65536", "--no-flamegraph"])
+        .arg("--output")
+        .arg(workloads.path("host.pb.gz"))
+        .env("RUST_LOG", "hostprof=debug");
+    let captured = capture(record, &mut [&mut parent], 2);
+    // "parent <pid> <held>", "child <pid> <inherited held> <own>", in
+    // either order.
+    let report = |who: &str| -> Vec<u64> {
+        let line = captured.reports[0]
+            .iter()
+            .find(|l| l.starts_with(who))
+            .unwrap_or_else(|| panic!("no {who} report: {:?}", captured.reports));
+        line.split_whitespace()
+            .skip(1)
+            .map(|w| w.parse().unwrap())
+            .collect()
+    };
+    let (parent_report, child_report) = (report("parent "), report("child "));
+    let (parent_pid, child_pid) = (parent_report[0] as u32, child_report[0] as u32);
+    let profile = workloads.path("host.memory.pb.gz");
+    let held = |pid| Traces::bytes_of_pid(&pprof, &profile, pid, "inuse_space");
+    let (parent_held, child_held) = (held(parent_pid), held(child_pid));
+    for (what, measured, known, traces) in [
+        (
+            "parent: in use under keep_some",
+            parent_held.count(|s| s.iter().any(|f| f == "keep_some")),
+            parent_report[1],
+            &parent_held,
+        ),
+        (
+            "child: inherited, in use under keep_some",
+            child_held.count(|s| s.iter().any(|f| f == "keep_some")),
+            child_report[1],
+            &child_held,
+        ),
+        (
+            "child: its own, in use under child_keep",
+            child_held.count(|s| s.iter().any(|f| f == "child_keep")),
+            child_report[2],
+            &child_held,
+        ),
+    ] {
+        let ratio = measured as f64 / known as f64;
+        eprintln!("{what}: {measured} bytes, it counted {known} ({ratio:.3})");
+        assert!(
+            (0.8..=1.2).contains(&ratio),
+            "{what} must be its own count ±20 %: {measured} against {known} ({ratio:.3})\n\
+             {traces:?}\n{}",
+            captured.log
+        );
+    }
+    assert!(
+        captured
+            .log
+            .lines()
+            .any(|l| l.contains(&format!("process {child_pid}:")) && l.contains("probes on")),
+        "the child is probed:\n{}",
+        captured.log
+    );
 }
 
 /// The same workload in C++ (`new[]`/`delete[]` through libstdc++ to
@@ -273,8 +351,13 @@ fn every_allocator_and_language_in_a_selected_cgroup() {
         // The probes attached to each process are logged at info.
         .env("RUST_LOG", "hostprof=info");
     let mut running: Vec<&mut KillOnDrop> = children.iter_mut().map(|(_, c)| c).collect();
-    let Captured { log, truths, .. } = capture(record, &mut running);
-    let truths: Vec<(&str, Truth)> = children.iter().map(|(n, _)| *n).zip(truths).collect();
+    let captured = capture(record, &mut running, 1);
+    let log = &captured.log;
+    let truths: Vec<(&str, Truth)> = children
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (*name, captured.truth(i)))
+        .collect();
     let profile = workloads.path("host.memory.pb.gz");
     // Rust names its functions by path (alloc_rust::keep_some), C++ with
     // their parameters (keep_some(unsigned long, unsigned long)).
@@ -350,16 +433,23 @@ struct Captured {
     summary: String,
     /// Its standard error.
     log: String,
-    /// Each workload's report, in the order given.
-    truths: Vec<Truth>,
+    /// Each workload's report lines, in the order given.
+    reports: Vec<Vec<String>>,
+}
+
+impl Captured {
+    /// What `alloc_chain` (or a build of it), workload `i`, reported.
+    fn truth(&self, i: usize) -> Truth {
+        parse_done(&self.reports[i][0])
+    }
 }
 
 /// Runs `record` (a `hostprof record` command) over `workloads`, which
 /// wait for a line on stdin: starts them once hostprof is recording and
 /// has loaded their unwind tables (until then, stacks come from frame
 /// pointers: the Rust workload's standard library has none), and reads
-/// their reports.
-fn capture(mut record: Command, workloads: &mut [&mut KillOnDrop]) -> Captured {
+/// `lines` lines of report from each.
+fn capture(mut record: Command, workloads: &mut [&mut KillOnDrop], lines: usize) -> Captured {
     let mut record = record
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -370,14 +460,17 @@ fn capture(mut record: Command, workloads: &mut [&mut KillOnDrop]) -> Captured {
     for workload in workloads.iter_mut() {
         workload.stdin().write_all(b"go\n").unwrap();
     }
-    let truths = workloads
+    let reports = workloads
         .iter_mut()
         .map(|workload| {
-            let mut done = String::new();
-            BufReader::new(workload.stdout())
-                .read_line(&mut done)
-                .expect("a workload reports");
-            parse_done(&done)
+            let mut reader = BufReader::new(workload.stdout());
+            (0..lines)
+                .map(|_| {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).expect("a workload reports");
+                    line
+                })
+                .collect()
         })
         .collect();
     let mut summary = String::new();
@@ -389,7 +482,7 @@ fn capture(mut record: Command, workloads: &mut [&mut KillOnDrop]) -> Captured {
     Captured {
         summary,
         log,
-        truths,
+        reports,
     }
 }
 

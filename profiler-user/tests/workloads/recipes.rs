@@ -141,6 +141,7 @@ const RECIPES: &[Recipe] = &[
     program("alloc_tcmalloc", "alloc_chain.c", C_FRAME_POINTERS),
     program("alloc_mimalloc", "alloc_chain.c", C_FRAME_POINTERS),
     program("malloc_loop", "malloc_loop.c", C_FRAME_POINTERS),
+    program("alloc_fork", "alloc_fork.c", C_FRAME_POINTERS),
     // jemalloc linked in (Debian's libjemalloc-dev, `cargo xtask setup`):
     // the program itself defines malloc and free.
     Recipe {
