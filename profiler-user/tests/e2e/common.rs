@@ -414,6 +414,14 @@ impl KillOnDrop {
             .expect("stdout piped")
     }
 
+    /// Its piped standard error, taken.
+    pub fn stderr(&mut self) -> std::process::ChildStderr {
+        self.0
+            .as_mut()
+            .and_then(|child| child.stderr.take())
+            .expect("stderr piped")
+    }
+
     /// Waits for it to exit and collects its piped output.
     pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
         self.0.take().expect("running").wait_with_output()

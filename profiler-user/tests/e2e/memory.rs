@@ -130,26 +130,9 @@ fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
     });
     let (mut allocated, mut in_use) = (0, 0);
     for request in receiver.received() {
-        assert_eq!(request["errors"], serde_json::json!([]), "{request}");
-        for resource in request["resources"].as_array().unwrap() {
-            for sample in resource["samples"].as_array().unwrap() {
-                assert_eq!(sample["profile"], "space", "{sample}");
-                let under_keep = sample["stack"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f == "keep_some");
-                if !under_keep {
-                    continue;
-                }
-                let bytes = sample["time"].as_u64().unwrap();
-                match sample["kind"].as_str().unwrap() {
-                    "alloc_objects" => allocated += bytes,
-                    "inuse_objects" => in_use += bytes,
-                    other => panic!("unexpected sample kind {other}"),
-                }
-            }
-        }
+        let (a, i) = bytes_under(&request, "keep_some");
+        allocated += a;
+        in_use += i;
     }
     assert!(
         allocated.abs_diff(keeper_bytes) <= keeper_bytes / 100
@@ -200,6 +183,83 @@ fn frame_pointers_alone_name_the_allocating_function() {
              {measured} against {known} ({ratio:.3})\n{allocated:?}"
         );
     }
+}
+
+/// `hostprof agent`: in-use memory carries over from window to window.
+/// `alloc_chain` allocates for 1.5 s and then holds what it kept; every
+/// window exported after that has the kept bytes in use under
+/// `keep_some` (±20 %) and nothing newly allocated there, and each
+/// allocation counts in one window only (the windows' `alloc_space` under
+/// `keep_some` adds up to what the program allocated, ±20 %).
+#[test]
+fn the_agent_carries_in_use_memory_from_window_to_window() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let workloads = Workloads::build(&["alloc_chain"]);
+    let receiver = Receiver::start(workloads.path("").as_path(), &[]);
+    let mut child = KillOnDrop::new(
+        waiting(&workloads, "alloc_chain", "1500")
+            .spawn()
+            .expect("start alloc_chain"),
+    );
+    let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+    let mut agent = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["agent", "--interval", "1s", "--otlp-endpoint", &endpoint])
+            .args(["--profiles", "memory", "--pid", &child.id().to_string()])
+            .args(["--memory-sample-bytes", "65536"])
+            .env("RUST_LOG", "hostprof=info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hostprof agent"),
+    );
+    let log = common::wait_for_line(agent.stderr(), "probes on");
+    // Its unwind tables load meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    child.stdin().write_all(b"go\n").unwrap();
+    let mut done = String::new();
+    BufReader::new(child.stdout())
+        .read_line(&mut done)
+        .expect("alloc_chain reports");
+    let truth = parse_done(&done);
+    // The first window to arrive from now may hold the last allocations;
+    // the three after it are wholly after them.
+    let before = receiver.received_count();
+    common::wait_until(Duration::from_secs(30), "four more windows", || {
+        receiver.received_count() >= before + 4
+    });
+    // SAFETY: kill takes a pid and a signal number.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let status = agent.wait_with_output().expect("the agent stops").status;
+    let log = log.join().unwrap();
+    assert!(status.success(), "hostprof agent failed: {status}\n{log}");
+
+    // (allocated, in use) bytes under keep_some in each window.
+    let windows: Vec<(u64, u64)> = receiver
+        .received()
+        .iter()
+        .map(|request| bytes_under(request, "keep_some"))
+        .collect();
+    eprintln!("{truth:?}\nwindows (allocated, in use): {windows:?}");
+    for (i, &(allocated, in_use)) in windows.iter().enumerate().skip(before + 1).take(3) {
+        let ratio = in_use as f64 / truth.kept as f64;
+        assert!(
+            (0.8..=1.2).contains(&ratio) && allocated <= truth.keeper / 100,
+            "window {i}, after the program stopped allocating: {in_use} bytes in use under \
+             keep_some against the {} it kept ({ratio:.3}), {allocated} allocated\n{log}",
+            truth.kept
+        );
+    }
+    let allocated: u64 = windows.iter().map(|w| w.0).sum();
+    let ratio = allocated as f64 / truth.keeper as f64;
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "the windows' allocations under keep_some add up to {allocated} bytes against the {} \
+         it allocated ({ratio:.3})",
+        truth.keeper
+    );
 }
 
 /// A probed process forks (`tests/workloads/alloc_fork.c`): after the
@@ -425,6 +485,29 @@ fn waiting(workloads: &Workloads, name: &str, millis: &str) -> Command {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     command
+}
+
+/// The bytes allocated and in use under `function` in one OTLP request,
+/// as the receiver summarized it (every sample a memory sample).
+fn bytes_under(request: &serde_json::Value, function: &str) -> (u64, u64) {
+    assert_eq!(request["errors"], serde_json::json!([]), "{request}");
+    let (mut allocated, mut in_use) = (0, 0);
+    for resource in request["resources"].as_array().unwrap() {
+        for sample in resource["samples"].as_array().unwrap() {
+            assert_eq!(sample["profile"], "space", "{sample}");
+            let stack = sample["stack"].as_array().unwrap();
+            if !stack.iter().any(|f| f == function) {
+                continue;
+            }
+            let bytes = sample["time"].as_u64().unwrap();
+            match sample["kind"].as_str().unwrap() {
+                "alloc_objects" => allocated += bytes,
+                "inuse_objects" => in_use += bytes,
+                other => panic!("unexpected sample kind {other}"),
+            }
+        }
+    }
+    (allocated, in_use)
 }
 
 /// What a capture printed, and what each workload said it did.
