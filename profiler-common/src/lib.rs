@@ -139,8 +139,13 @@ pub mod names {
     pub const STACKS: [&str; 2] = ["STACKS_0", "STACKS_1"];
     /// Per-set stacks deeper than a [`super::Stack`], valued [`super::DeepStack`].
     pub const DEEP_STACKS: [&str; 2] = ["DEEP_STACKS_0", "DEEP_STACKS_1"];
-    /// Every loaded file's [`super::UnwindRow`]s, one slice per file.
+    /// Every loaded file's [`super::UnwindRow`]s, one run per file, in
+    /// [`super::UnwindChunk`]s by chunk index (a hash map: memory for the
+    /// chunks in use only).
     pub const UNWIND_ROWS: &str = "UNWIND_ROWS";
+    /// The `pc` of each chunk's first row, by chunk index (an array the
+    /// unwinder binary-searches before it looks a chunk up).
+    pub const UNWIND_CHUNK_PCS: &str = "UNWIND_CHUNK_PC";
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
     /// The OpenTelemetry eBPF instrumentation's trace-context map
@@ -248,6 +253,7 @@ pub mod names {
         DEEP_STACKS[0],
         DEEP_STACKS[1],
         UNWIND_ROWS,
+        UNWIND_CHUNK_PCS,
         UNWIND_PROCESSES,
         OFF_CPU_TAIL_CALLS,
         OFF_CPU_KPROBE_TAIL_CALLS,
@@ -482,6 +488,33 @@ impl UnwindRow {
         self.kind & Self::CFA_MASK
     }
 }
+
+/// Rows per [`UnwindChunk`]: a chunk and the hash map's element header fit
+/// one 4 KiB allocation of the kernel's BPF memory allocator.
+pub const UNWIND_CHUNK_ROWS: u32 = 496;
+
+/// A run of [`UNWIND_CHUNK_ROWS`] rows of `UNWIND_ROWS`: row `i` of the
+/// table space is row `i % UNWIND_CHUNK_ROWS` of chunk
+/// `i / UNWIND_CHUNK_ROWS`. A file's table starts a chunk; the rows past
+/// its end in its last chunk are zero and never read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnwindChunk {
+    /// The rows.
+    pub rows: [UnwindRow; UNWIND_CHUNK_ROWS as usize],
+}
+
+impl Default for UnwindChunk {
+    fn default() -> Self {
+        Self {
+            rows: [UnwindRow::default(); UNWIND_CHUNK_ROWS as usize],
+        }
+    }
+}
+
+// A chunk stays within one 4 KiB allocation with the map's ~56-byte
+// element header.
+const _: () = assert!(core::mem::size_of::<UnwindChunk>() <= 4096 - 64);
 
 /// Byte offsets in a signal frame's `ucontext_t` (x86-64), from the stack
 /// pointer of the signal trampoline.
@@ -1099,6 +1132,7 @@ mod pod {
     unsafe impl aya::Pod for super::Stack {}
     unsafe impl aya::Pod for super::ProcessEvent {}
     unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindChunk {}
     unsafe impl aya::Pod for super::UnwindProcess {}
     unsafe impl aya::Pod for super::DeepStack {}
     unsafe impl aya::Pod for super::OffCpuStart {}

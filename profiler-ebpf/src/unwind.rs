@@ -35,27 +35,38 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    signal_frame, Stat, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
-    UNWIND_MAPPINGS_MAX,
+    signal_frame, Stat, UnwindChunk, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
+    UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX,
 };
 
 use crate::python;
 use crate::stack::{read_user, Kind};
 
-/// Default capacity of `UNWIND_ROWS` (64 MiB of 8-byte rows); userspace
-/// sets it from the table budget at load.
-const UNWIND_ROWS_ENTRIES: u32 = 8 << 20;
+/// Default capacity of `UNWIND_ROWS` and `UNWIND_CHUNK_PCS`, in chunks
+/// (64 MiB of 8-byte rows); userspace sets it from the table budget at
+/// load.
+const UNWIND_CHUNKS: u32 = (8 << 20) / UNWIND_CHUNK_ROWS;
 
-/// Binary-search steps over a file's rows: enough for 2^28 rows, more
-/// than any budget allows.
-const ROW_SEARCH_STEPS: u32 = 28;
+/// Binary-search steps over a file's chunks: enough for 2^20 chunks (2^28
+/// rows), more than any budget allows.
+const CHUNK_SEARCH_STEPS: u32 = 20;
+
+/// Binary-search steps over a chunk's rows (`UNWIND_CHUNK_ROWS` < 2^9).
+const ROW_SEARCH_STEPS: u32 = 9;
 
 /// Binary-search steps over a process's mappings (`UNWIND_MAPPINGS_MAX`
 /// is 2^6).
 const MAPPING_SEARCH_STEPS: u32 = 7;
 
+/// The rows, by chunk: a hash map allocates only the chunks in use (an
+/// array of the whole budget would be allocated whole at load).
 #[map(name = "UNWIND_ROWS")]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_ROWS_ENTRIES, 0);
+static UNWIND_ROWS: HashMap<u32, UnwindChunk> =
+    HashMap::with_max_entries(UNWIND_CHUNKS, BPF_F_NO_PREALLOC);
+
+/// The first row's pc of each chunk in use.
+#[map(name = "UNWIND_CHUNK_PC")]
+static UNWIND_CHUNK_PCS: Array<u32> = Array::with_max_entries(UNWIND_CHUNKS, 0);
 
 #[map(name = "UNWIND_PROCESSES")]
 static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
@@ -384,24 +395,116 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<UnwindRow> {
         return None;
     }
     let vaddr = vaddr as u32;
-    // The last row with row.pc <= vaddr.
-    let first = mapping.row_start;
-    let (mut lo, mut hi) = (first, first.wrapping_add(mapping.row_count));
-    let mut steps = 0;
-    while lo < hi && steps < ROW_SEARCH_STEPS {
-        let mid = lo + (hi - lo) / 2;
-        if UNWIND_ROWS.get(mid)?.pc <= vaddr {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-        steps += 1;
-    }
-    if lo == first {
+    // The last row with row.pc <= vaddr: first the last of the file's
+    // chunks (its table starts a chunk) whose first row's pc is <= vaddr,
+    // then the row in that chunk.
+    if mapping.row_count == 0 {
         return None;
     }
-    let row = *UNWIND_ROWS.get(lo - 1)?;
+    let end = mapping.row_start.checked_add(mapping.row_count)?;
+    let first_chunk = mapping.row_start / UNWIND_CHUNK_ROWS;
+    // One search record for both searches: the programs' combined stack
+    // (the hook's, the frame step's and this) must stay within 512 bytes.
+    let mut search = Search {
+        chunk: core::ptr::null(),
+        lo: first_chunk,
+        hi: (end - 1) / UNWIND_CHUNK_ROWS + 1,
+        vaddr,
+    };
+    // Its own `bpf_loop` (nested in the frame's), so the verifier checks
+    // one step of it rather than every path through every step.
+    // SAFETY: `chunk_step` has the callback signature bpf_loop expects;
+    // its context is `search`, on this stack for the whole loop.
+    let looped = unsafe {
+        bpf_loop(
+            CHUNK_SEARCH_STEPS,
+            chunk_step as *mut c_void,
+            (&mut search as *mut Search).cast(),
+            0,
+        )
+    };
+    let lo = search.lo;
+    // lo 0: the search failed.
+    if looped < 0 || lo <= first_chunk {
+        return None;
+    }
+    let chunk_index = lo - 1;
+    // SAFETY: a plain lookup; the value is only read, and userspace
+    // replaces a chunk only once no entry points at its rows.
+    let chunk = unsafe { UNWIND_ROWS.get(&chunk_index) }?;
+    // The file's rows in this chunk: [0, count); row 0's pc <= vaddr.
+    let count = (end - chunk_index * UNWIND_CHUNK_ROWS).min(UNWIND_CHUNK_ROWS);
+    search.chunk = chunk;
+    search.lo = 1;
+    search.hi = count;
+    // SAFETY: as above, with `row_step` and `search`.
+    let looped = unsafe {
+        bpf_loop(
+            ROW_SEARCH_STEPS,
+            row_step as *mut c_void,
+            (&mut search as *mut Search).cast(),
+            0,
+        )
+    };
+    if looped < 0 {
+        return None;
+    }
+    // lo is 0 when the search failed: no row.
+    let row = *chunk.rows.get((search.lo as usize).wrapping_sub(1))?;
     (row.cfa_kind() != UnwindRow::CFA_NONE).then_some(row)
+}
+
+/// A binary search: over a file's chunks for the last one whose first
+/// row's pc is at most `vaddr` (`chunk` unused), then over that chunk's
+/// rows for the last such row. `lo` is one past it when done.
+#[repr(C)]
+struct Search {
+    chunk: *const UnwindChunk,
+    lo: u32,
+    hi: u32,
+    vaddr: u32,
+}
+
+/// One step of the chunk search (a `bpf_loop` callback; 1 stops). A
+/// chunk pc that cannot be read fails the search: `lo` 0.
+extern "C" fn chunk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Search` `find_row` passed to bpf_loop.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    if search.lo >= search.hi {
+        return 1;
+    }
+    let mid = search.lo + (search.hi - search.lo) / 2;
+    match UNWIND_CHUNK_PCS.get(mid) {
+        Some(&pc) if pc <= search.vaddr => search.lo = mid + 1,
+        Some(_) => search.hi = mid,
+        None => {
+            search.lo = 0;
+            return 1;
+        }
+    }
+    0
+}
+
+/// One step of the row search (a `bpf_loop` callback; 1 stops). An index
+/// out of the chunk fails the search: `lo` 0.
+extern "C" fn row_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Search` `find_row` passed to bpf_loop, its
+    // `chunk` a chunk of `UNWIND_ROWS` found just before.
+    let search = unsafe { &mut *ctx.cast::<Search>() };
+    if search.lo >= search.hi {
+        return 1;
+    }
+    let mid = search.lo + (search.hi - search.lo) / 2;
+    // SAFETY: see above.
+    match unsafe { &*search.chunk }.rows.get(mid as usize) {
+        Some(row) if row.pc <= search.vaddr => search.lo = mid + 1,
+        Some(_) => search.hi = mid,
+        None => {
+            search.lo = 0;
+            return 1;
+        }
+    }
+    0
 }
 
 /// One step with a table row.

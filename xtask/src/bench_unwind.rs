@@ -860,14 +860,13 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
     }
     let _ = writeln!(w, "\n");
     for capture in captures.iter().filter(|c| c.mode == Mode::Tables) {
-        let row_bytes = capture
-            .objects
-            .map(ROWS_MAP)
-            .map_or(8, |m| u64::from(m.value_size));
+        // 8-byte rows, in chunks (the map's values) of a few hundred.
+        let row_bytes = 8;
         let budget = capture
             .objects
             .map(ROWS_MAP)
-            .map_or(0, |m| u64::from(m.max_entries) * row_bytes);
+            .map_or(0, |m| u64::from(m.max_entries) * u64::from(m.value_size));
+        let memlock = capture.objects.map(ROWS_MAP).map_or(0, |m| m.memlock);
         let processes = capture
             .objects
             .map(PROCESSES_MAP)
@@ -877,12 +876,13 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
         let _ = writeln!(
             w,
             "Tables used: {} rows x {row_bytes} B = **{}** of the {} {ROWS_MAP} budget \
-             ({:.2} %), in {} loads of {} files; {processes} processes had tables at the end \
-             ({PROCESSES_MAP}S entries).",
+             ({:.2} %; the map holds {} for them, allocated by chunk as used), in {} loads of {} \
+             files; {processes} processes had tables at the end ({PROCESSES_MAP}S entries).",
             tables.rows,
             size(tables.rows * row_bytes),
             size(budget),
             (tables.rows * row_bytes) as f64 / budget.max(1) as f64 * 100.0,
+            size(memlock),
             tables.loads,
             tables.files,
         );

@@ -37,7 +37,7 @@ use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
     kernel_kind, names, Config, DeepStack, FileOffsets, SampleKey as KernelKey, Stack, StackHash,
-    Stat,
+    Stat, UNWIND_CHUNK_ROWS,
 };
 
 pub use allocator::is_allocator_frame;
@@ -293,12 +293,15 @@ impl Sampler {
             names::MEMORY_EVENTS,
             if memory { memory::RING_BYTES } else { 4096 },
         );
-        // Array maps are allocated whole: no table memory without tables.
-        let table_rows = match policy.unwinder {
-            Unwinder::Tables(budget) => budget.rows(),
+        // The chunk-pc array is allocated whole (4 bytes a chunk), the
+        // rows as chunks are used; nothing without tables.
+        let table_chunks = match policy.unwinder {
+            Unwinder::Tables(budget) => budget.rows() / UNWIND_CHUNK_ROWS,
             Unwinder::FramePointers => 1,
-        };
-        loader.map_max_entries(names::UNWIND_ROWS, table_rows);
+        }
+        .max(1);
+        loader.map_max_entries(names::UNWIND_ROWS, table_chunks);
+        loader.map_max_entries(names::UNWIND_CHUNK_PCS, table_chunks);
         let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
         // Nothing is recorded before this: the programs attach below.
@@ -319,6 +322,7 @@ impl Sampler {
             .map_err(map_err(names::KNOWN_PROCESSES))?;
         let unwind_maps = KernelUnwindMaps::new(
             take(names::UNWIND_ROWS)?,
+            take(names::UNWIND_CHUNK_PCS)?,
             take(names::UNWIND_PROCESSES)?
                 .try_into()
                 .map_err(map_err(names::UNWIND_PROCESSES))?,
@@ -589,7 +593,7 @@ impl Sampler {
         }
         let events = ProcessEvents::new(ring)?;
         let unwind_maps = match policy.unwinder {
-            Unwinder::Tables(_) => Some((unwind_maps, table_rows)),
+            Unwinder::Tables(_) => Some((unwind_maps, table_chunks * UNWIND_CHUNK_ROWS)),
             Unwinder::FramePointers => None,
         };
         Ok(Started {

@@ -1,17 +1,22 @@
 //! The kernel maps unwind tables go to: `UNWIND_ROWS` (every loaded file's
-//! rows) and `UNWIND_PROCESSES` (per process, its mappings' row slices).
-//! Owned by the table loader's thread once sampling has started.
+//! rows, by chunk), `UNWIND_CHUNK_PCS` (each chunk's first pc) and
+//! `UNWIND_PROCESSES` (per process, its mappings' row runs). Owned by the
+//! table loader's thread once sampling has started.
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::{HashMap, Map, MapData};
-use profiler_common::{UnwindProcess, UnwindRow};
+use profiler_common::{UnwindChunk, UnwindProcess, UnwindRow, UNWIND_CHUNK_ROWS};
 
 /// What the loader writes into the kernel.
 pub trait UnwindMaps: Send + 'static {
-    /// Writes `rows` at `start..start + rows.len()` of `UNWIND_ROWS`.
+    /// Writes `rows` at `start..start + rows.len()` of the table space
+    /// (`start` starts a chunk).
     fn write_rows(&mut self, start: u32, rows: &[UnwindRow]) -> io::Result<()>;
+    /// Gives back the memory of `rows` (freed, and no longer read).
+    fn release_rows(&mut self, rows: Range<u32>);
     /// Sets `tgid`'s entry in `UNWIND_PROCESSES`.
     fn set_process(&mut self, tgid: u32, entry: &UnwindProcess) -> io::Result<()>;
     /// Removes `tgid`'s entry (absent is fine).
@@ -21,84 +26,171 @@ pub trait UnwindMaps: Send + 'static {
     fn quiesce(&mut self);
 }
 
-/// Rows per `BPF_MAP_UPDATE_BATCH` call (1 MiB of keys, 512 KiB of rows).
-const BATCH_ROWS: usize = 65_536;
+/// Chunks per `BPF_MAP_UPDATE_BATCH` call (~250 KiB of rows).
+const BATCH_CHUNKS: usize = 64;
 
-/// `UNWIND_ROWS` and `UNWIND_PROCESSES`, written with BPF syscalls.
+/// The chunks holding `rows` (chunk indices, the last one partly).
+pub fn chunks_of(rows: Range<u32>) -> Range<u32> {
+    rows.start / UNWIND_CHUNK_ROWS..rows.end.div_ceil(UNWIND_CHUNK_ROWS)
+}
+
+/// `rows` written from the chunk-aligned `start`: the chunks (zero past
+/// the last row) and the pc of each one's first row.
+pub fn chunked(start: u32, rows: &[UnwindRow]) -> io::Result<(Vec<UnwindChunk>, Vec<u32>)> {
+    if !start.is_multiple_of(UNWIND_CHUNK_ROWS) {
+        return Err(io::Error::other(format!(
+            "unwind rows at {start} do not start a chunk of {UNWIND_CHUNK_ROWS}"
+        )));
+    }
+    let chunks: Vec<UnwindChunk> = rows
+        .chunks(UNWIND_CHUNK_ROWS as usize)
+        .map(|part| {
+            let mut chunk = UnwindChunk::default();
+            chunk.rows[..part.len()].copy_from_slice(part);
+            chunk
+        })
+        .collect();
+    let pcs = chunks.iter().map(|chunk| chunk.rows[0].pc).collect();
+    Ok((chunks, pcs))
+}
+
+/// `UNWIND_ROWS`, `UNWIND_CHUNK_PCS` and `UNWIND_PROCESSES`, written with
+/// BPF syscalls.
 pub struct KernelUnwindMaps {
     /// Written with batched updates (see `write_rows`), so kept raw.
     rows: Map,
+    chunk_pcs: Map,
     processes: HashMap<MapData, u32, UnwindProcess>,
 }
 
 impl KernelUnwindMaps {
-    pub(super) fn new(rows: Map, processes: HashMap<MapData, u32, UnwindProcess>) -> Self {
-        Self { rows, processes }
-    }
-
-    fn rows_fd(&self) -> io::Result<i32> {
-        match &self.rows {
-            Map::Array(data) => Ok(data.fd().as_fd().as_raw_fd()),
-            _ => Err(io::Error::other("UNWIND_ROWS is not an array map")),
+    pub(super) fn new(
+        rows: Map,
+        chunk_pcs: Map,
+        processes: HashMap<MapData, u32, UnwindProcess>,
+    ) -> Self {
+        Self {
+            rows,
+            chunk_pcs,
+            processes,
         }
     }
 }
 
-impl UnwindMaps for KernelUnwindMaps {
-    /// One `BPF_MAP_UPDATE_BATCH` call per chunk of rows: a large file's
-    /// table loads in a few syscalls instead of one per row. Hand-written
-    /// because aya 0.14 has no batch API (and libbpf-rs would bring in
-    /// libbpf's C build for this one call).
-    fn write_rows(&mut self, start: u32, rows: &[UnwindRow]) -> io::Result<()> {
-        /// `union bpf_attr`'s `batch` member.
-        #[repr(C)]
-        struct BatchAttr {
-            in_batch: u64,
-            out_batch: u64,
-            keys: u64,
-            values: u64,
-            count: u32,
-            map_fd: u32,
-            elem_flags: u64,
-            flags: u64,
-        }
-        const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// The descriptor of `map`, a hash or an array map.
+fn fd_of(map: &Map) -> io::Result<i32> {
+    match map {
+        Map::HashMap(data) | Map::Array(data) => Ok(data.fd().as_fd().as_raw_fd()),
+        _ => Err(io::Error::other("unexpected unwind map type")),
+    }
+}
 
-        let fd = self.rows_fd()?;
-        let mut keys = Vec::with_capacity(rows.len().min(BATCH_ROWS));
-        for (n, chunk) in rows.chunks(BATCH_ROWS).enumerate() {
-            let first = start + (n * BATCH_ROWS) as u32;
-            keys.clear();
-            keys.extend(first..first + chunk.len() as u32);
-            let mut attr = BatchAttr {
-                in_batch: 0,
-                out_batch: 0,
-                keys: keys.as_ptr() as u64,
-                values: chunk.as_ptr() as u64,
-                count: chunk.len() as u32,
-                map_fd: fd as u32,
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: `attr` points at live key and value arrays of
-            // `count` elements of the map's key and value sizes.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_UPDATE_BATCH,
-                    &mut attr as *mut BatchAttr,
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            if rc != 0 {
-                let err = io::Error::last_os_error();
-                return Err(io::Error::new(
-                    err.kind(),
-                    format!("writing UNWIND_ROWS[{first}..]: {err}"),
-                ));
-            }
+/// `union bpf_attr`'s `batch` member.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr`'s element member (lookup, update, delete).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `values[i]` at `keys[i]` of the map `fd` in one
+/// `BPF_MAP_UPDATE_BATCH` call. Hand-written because aya 0.14 has no batch
+/// API (and libbpf-rs would bring in libbpf's C build for this one call).
+fn update_batch<V>(fd: i32, name: &str, keys: &[u32], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at live key and value arrays of `count`
+    // elements of the map's key (u32) and value sizes (`V` is the map's
+    // `repr(C)` value type).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>(),
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        let first = keys.first().copied().unwrap_or(0);
+        return Err(io::Error::new(
+            err.kind(),
+            format!("writing {name}[{first}..]: {err}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes `key` from the hash map `fd` (absent is fine).
+fn delete(fd: i32, key: u32) {
+    let mut attr = ElemAttr {
+        map_fd: fd as u32,
+        pad: 0,
+        key: &key as *const u32 as u64,
+        value: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a live u32 key, the map's key type.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_DELETE_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+}
+
+impl UnwindMaps for KernelUnwindMaps {
+    /// One `BPF_MAP_UPDATE_BATCH` call per batch of chunks, then one for
+    /// their first pcs: a large file's table loads in a few syscalls.
+    fn write_rows(&mut self, start: u32, rows: &[UnwindRow]) -> io::Result<()> {
+        let (chunks, pcs) = chunked(start, rows)?;
+        let first = start / UNWIND_CHUNK_ROWS;
+        let keys: Vec<u32> = (first..first + chunks.len() as u32).collect();
+        let fd = fd_of(&self.rows)?;
+        for (keys, chunks) in keys.chunks(BATCH_CHUNKS).zip(chunks.chunks(BATCH_CHUNKS)) {
+            update_batch(fd, "UNWIND_ROWS", keys, chunks)?;
         }
-        Ok(())
+        // The first pcs last: a search reaches a chunk only through them
+        // (and an entry, written after this).
+        update_batch(fd_of(&self.chunk_pcs)?, "UNWIND_CHUNK_PCS", &keys, &pcs)
+    }
+
+    fn release_rows(&mut self, rows: Range<u32>) {
+        let Ok(fd) = fd_of(&self.rows) else {
+            return;
+        };
+        for chunk in chunks_of(rows) {
+            delete(fd, chunk);
+        }
     }
 
     fn set_process(&mut self, tgid: u32, entry: &UnwindProcess) -> io::Result<()> {
@@ -114,5 +206,31 @@ impl UnwindMaps for KernelUnwindMaps {
 
     fn quiesce(&mut self) {
         super::quiesce();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pc: u32) -> UnwindRow {
+        UnwindRow {
+            pc,
+            ..UnwindRow::default()
+        }
+    }
+
+    #[test]
+    fn rows_go_in_chunks_with_their_first_pcs() {
+        let n = UNWIND_CHUNK_ROWS;
+        let rows: Vec<UnwindRow> = (0..n + 3).map(|i| row(100 + i)).collect();
+        let (chunks, pcs) = chunked(2 * n, &rows).unwrap();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(pcs, vec![100, 100 + n]);
+        assert_eq!(chunks[1].rows[2], row(100 + n + 2));
+        assert_eq!(chunks[1].rows[3], UnwindRow::default(), "zero past the end");
+        assert!(chunked(1, &rows).is_err(), "not at a chunk's start");
+        assert_eq!(chunks_of(2 * n..3 * n + 3), 2..4);
+        assert_eq!(chunks_of(0..n), 0..1);
     }
 }

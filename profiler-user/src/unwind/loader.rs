@@ -206,6 +206,8 @@ impl<M: UnwindMaps> Worker<M> {
                     self.maps.remove_process(tgid);
                     self.registry.remove_process(tgid);
                 }
+                // Their entries are gone: the rows only they used go too.
+                self.release_freed();
                 // Tables only they wanted are no longer built.
                 let registry = &self.registry;
                 self.jobs.retain(|_, job| registry.is_pending(&job.key));
@@ -218,6 +220,20 @@ impl<M: UnwindMaps> Worker<M> {
         self.counters.registry = self.registry.stats();
         self.counters.queued = self.jobs.len();
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.counters;
+    }
+
+    /// Lets program runs that may read rows freed since the last call
+    /// (through entries rewritten or removed before) finish, then gives
+    /// those rows' kernel memory back.
+    fn release_freed(&mut self) {
+        let freed = self.registry.take_freed();
+        if freed.is_empty() {
+            return;
+        }
+        self.maps.quiesce();
+        for rows in freed {
+            self.maps.release_rows(rows);
+        }
     }
 
     /// Records `process`'s mappings, publishes its entry with the tables
@@ -289,9 +305,7 @@ impl<M: UnwindMaps> Worker<M> {
                 // Entries were rewritten above (or removed, or replaced
                 // after an exec) before rows were freed: let program runs
                 // that read the old entries finish before reusing rows.
-                if self.registry.take_freed() {
-                    self.maps.quiesce();
-                }
+                self.release_freed();
                 if let Err(err) = self.maps.write_rows(at.start, &rows) {
                     log::warn!("loading the unwind table of {}: {err}", source.name);
                     self.counters.build_errors += 1;
@@ -348,6 +362,13 @@ mod tests {
             }
             memory.rows[start as usize..end].copy_from_slice(rows);
             Ok(())
+        }
+        fn release_rows(&mut self, rows: std::ops::Range<u32>) {
+            let mut memory = self.0.lock().unwrap();
+            let end = (rows.end as usize).min(memory.rows.len());
+            for row in &mut memory.rows[(rows.start as usize).min(end)..end] {
+                *row = KernelRow::default();
+            }
         }
         fn set_process(&mut self, tgid: u32, entry: &UnwindProcess) -> io::Result<()> {
             self.0.lock().unwrap().processes.insert(tgid, *entry);

@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Range;
 
-use profiler_common::{UnwindMapping, UnwindProcess, UNWIND_MAPPINGS_MAX};
+use profiler_common::{UnwindMapping, UnwindProcess, UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX};
 
 use super::build::LoadSegment;
 use super::space::RowSpace;
@@ -116,22 +116,28 @@ pub struct Registry {
     evictions: u64,
     out_of_room: u64,
     reuses: u64,
-    /// Rows were freed since [`Self::take_freed`] last said so.
-    freed: bool,
+    /// Rows freed since [`Self::take_freed`] last took them.
+    freed: Vec<Range<u32>>,
 }
 
 impl Registry {
-    /// A registry for an `UNWIND_ROWS` array of `capacity` rows.
+    /// A registry for an `UNWIND_ROWS` of `capacity` rows, in chunks of
+    /// [`UNWIND_CHUNK_ROWS`] (each file's table starts one).
     pub fn new(capacity: u32) -> Self {
+        Self::with_granule(capacity, UNWIND_CHUNK_ROWS)
+    }
+
+    /// A registry whose tables start at multiples of `granule` rows.
+    pub fn with_granule(capacity: u32, granule: u32) -> Self {
         Self {
-            space: RowSpace::new(capacity),
+            space: RowSpace::with_granule(capacity, granule),
             files: HashMap::new(),
             processes: HashMap::new(),
             clock: 0,
             evictions: 0,
             out_of_room: 0,
             reuses: 0,
-            freed: false,
+            freed: Vec::new(),
         }
     }
 
@@ -208,18 +214,18 @@ impl Registry {
                 state: FileState::Loaded { rows, .. },
                 ..
             }) => {
-                self.space.release(rows);
-                self.freed = true;
+                self.space.release(rows.clone());
+                self.freed.push(rows);
                 true
             }
             _ => false,
         }
     }
 
-    /// Whether rows were freed since the last call: entries that pointed
-    /// to them may still be read by a program run in flight, so the caller
-    /// waits for those to finish before writing rows again.
-    pub fn take_freed(&mut self) -> bool {
+    /// The rows freed since the last call: entries that pointed to them
+    /// may still be read by a program run in flight, so the caller waits
+    /// for those to finish before writing or deleting rows there.
+    pub fn take_freed(&mut self) -> Vec<Range<u32>> {
         std::mem::take(&mut self.freed)
     }
 
@@ -271,8 +277,8 @@ impl Registry {
             if let FileState::Loaded { rows, .. } =
                 std::mem::replace(&mut entry.state, FileState::Unusable)
             {
-                self.space.release(rows);
-                self.freed = true;
+                self.space.release(rows.clone());
+                self.freed.push(rows);
             }
             affected.extend(entry.users.iter().copied());
             if entry.users.is_empty() {
@@ -296,8 +302,8 @@ impl Registry {
     /// Records that `key` has no usable table.
     pub fn mark_unusable(&mut self, key: &FileKey) {
         if let Some(FileState::Loaded { rows, .. }) = self.set_state(key, FileState::Unusable) {
-            self.space.release(rows);
-            self.freed = true;
+            self.space.release(rows.clone());
+            self.freed.push(rows);
         }
     }
 
@@ -430,7 +436,7 @@ mod tests {
 
     #[test]
     fn shares_files_between_processes_and_frees_them_with_the_last() {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::with_granule(100, 1);
         assert_eq!(
             registry.set_process(1, vec![mapping(0x7000_0000, 1), mapping(0x5000_0000, 2)]),
             vec![key(1), key(2)]
@@ -475,7 +481,7 @@ mod tests {
 
     #[test]
     fn unreferenced_tables_make_room_first_and_files_without_build_id_go() {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::with_granule(100, 1);
         registry.set_process(1, vec![mapping(0x1000_0000, 1)]);
         registry.set_process(2, vec![mapping(0x1000_0000, 2)]);
         placed(registry.place(&key(1), 40, text_segment()));
@@ -500,7 +506,7 @@ mod tests {
 
     #[test]
     fn evicts_the_least_recently_sampled_file_of_another_process() {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::with_granule(100, 1);
         registry.set_process(1, vec![mapping(0x1000_0000, 1)]);
         registry.set_process(2, vec![mapping(0x1000_0000, 2)]);
         placed(registry.place(&key(1), 40, text_segment()));
@@ -528,7 +534,7 @@ mod tests {
 
     #[test]
     fn a_file_no_longer_wanted_is_not_placed() {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::with_granule(100, 1);
         registry.set_process(1, vec![mapping(0x1000, 1)]);
         registry.remove_process(1);
         assert_eq!(
@@ -539,7 +545,7 @@ mod tests {
 
     #[test]
     fn exec_replaces_the_mappings() {
-        let mut registry = Registry::new(100);
+        let mut registry = Registry::with_granule(100, 1);
         registry.set_process(1, vec![mapping(0x1000_0000, 1)]);
         placed(registry.place(&key(1), 10, text_segment()));
         assert_eq!(

@@ -1,6 +1,7 @@
-//! Free space in the kernel's `UNWIND_ROWS` array: each file's table takes
-//! one contiguous run of rows (the kernel binary-searches it), runs are
-//! freed when their file is evicted, and neighbouring free runs merge.
+//! Free space in the kernel's `UNWIND_ROWS`: each file's table takes one
+//! contiguous run of rows (the kernel binary-searches it) starting a
+//! granule (a chunk of the kernel map: a run's chunks are its own), runs
+//! are freed when their file is evicted, and neighbouring free runs merge.
 //!
 //! Why not a crate: the allocators on crates.io manage bytes of memory
 //! with alignment and headers; this is a first-fit list of index ranges
@@ -13,18 +14,38 @@ use std::ops::Range;
 #[derive(Clone, Debug)]
 pub struct RowSpace {
     capacity: u32,
+    /// Runs start at multiples of it and take whole granules.
+    granule: u32,
     /// Free runs by start: start → length. Never two adjacent runs.
     free: BTreeMap<u32, u32>,
 }
 
 impl RowSpace {
     /// An empty array of `capacity` rows.
+    #[cfg(test)]
     pub fn new(capacity: u32) -> Self {
+        Self::with_granule(capacity, 1)
+    }
+
+    /// An empty array of `capacity` rows (rounded down to whole granules)
+    /// whose runs start at multiples of `granule` rows.
+    pub fn with_granule(capacity: u32, granule: u32) -> Self {
+        let granule = granule.max(1);
+        let capacity = capacity / granule * granule;
         let mut free = BTreeMap::new();
         if capacity > 0 {
             free.insert(0, capacity);
         }
-        Self { capacity, free }
+        Self {
+            capacity,
+            granule,
+            free,
+        }
+    }
+
+    /// `len` rounded up to whole granules.
+    fn whole(&self, len: u32) -> u32 {
+        len.div_ceil(self.granule).saturating_mul(self.granule)
     }
 
     /// Rows in the array.
@@ -32,21 +53,22 @@ impl RowSpace {
         self.capacity
     }
 
-    /// Rows in use.
+    /// Rows in use (whole granules).
     pub fn used(&self) -> u32 {
         self.capacity - self.free.values().sum::<u32>()
     }
 
-    /// The first free run of `len` rows, taken; `None` when no run is long
-    /// enough.
+    /// The first free run of `len` rows, taken (with the rest of its last
+    /// granule); `None` when no run is long enough.
     pub fn allocate(&mut self, len: u32) -> Option<Range<u32>> {
         if len == 0 {
             return Some(0..0);
         }
-        let (&start, &run) = self.free.iter().find(|(_, &run)| run >= len)?;
+        let whole = self.whole(len);
+        let (&start, &run) = self.free.iter().find(|(_, &run)| run >= whole)?;
         self.free.remove(&start);
-        if run > len {
-            self.free.insert(start + len, run - len);
+        if run > whole {
+            self.free.insert(start + whole, run - whole);
         }
         Some(start..start + len)
     }
@@ -60,6 +82,7 @@ impl RowSpace {
         if rows.is_empty() {
             return;
         }
+        let rows = rows.start..rows.start + self.whole(rows.end - rows.start);
         assert!(rows.end <= self.capacity, "{rows:?} beyond the array");
         let (mut start, mut len) = (rows.start, rows.end - rows.start);
         if let Some((&before, &run)) = self.free.range(..start).next_back() {
@@ -129,6 +152,20 @@ mod tests {
             let used: u32 = live.iter().map(|r| r.end - r.start).sum();
             assert_eq!(space.used(), used);
         }
+    }
+
+    #[test]
+    fn runs_start_whole_granules() {
+        let mut space = RowSpace::with_granule(1000, 496);
+        assert_eq!(space.capacity(), 992, "whole granules only");
+        let a = space.allocate(10).unwrap();
+        let b = space.allocate(496).unwrap();
+        assert_eq!((a.clone(), b), (0..10, 496..992));
+        assert_eq!(space.used(), 992);
+        assert_eq!(space.allocate(1), None);
+        space.release(a);
+        assert_eq!(space.used(), 496);
+        assert_eq!(space.allocate(300), Some(0..300));
     }
 
     #[test]
