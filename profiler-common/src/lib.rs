@@ -598,6 +598,12 @@ pub struct Config {
     /// `task_struct.tgid`: a task's process id (0: unknown, and forks
     /// are not followed).
     pub task_tgid: u32,
+    /// `task_struct.mm`: a task's address space (0: unknown; a child
+    /// sharing its parent's, vfork or `posix_spawn`, is then followed as
+    /// a fork).
+    pub task_mm: u32,
+    /// Zero.
+    pub pad: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -786,6 +792,11 @@ pub struct MemoryThread {
     pub size: u64,
     /// `posix_memalign`'s `ptr` argument, where the address goes.
     pub out_ptr: u64,
+    /// The stack pointer at the entry of the outermost allocator call
+    /// under way: a call entered at or above it cannot be nested in that
+    /// one, which then never returned through its probe (`longjmp`, an
+    /// exception, probes attached mid-call).
+    pub entry_sp: u64,
     /// Who allocates, where: the sampled allocation under way.
     pub key: WaitKey,
     /// Allocator calls of the thread under way (an allocator function

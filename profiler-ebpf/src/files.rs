@@ -313,6 +313,7 @@ pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
         if group_dead & 1 != 0 {
             forget(tgid, exec_gen);
             exec::bump();
+            crate::memory::exited(tgid);
         }
         0
     })

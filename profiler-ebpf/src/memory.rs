@@ -116,12 +116,19 @@ fn draw() -> i64 {
     gap.min(i64::MAX as u64) as i64
 }
 
-/// `n * size`, saturated (BPF has no 128-bit multiply for an overflow
-/// check: factors past 32 bits saturate; such a `calloc` fails anyway).
+/// `n * size`, or 0 when it overflows (such a `calloc` fails: nothing is
+/// allocated). The check divides: BPF has no 128-bit multiply.
 #[inline(always)]
 fn calloc_size(n: u64, size: u64) -> u64 {
-    if (n | size) >> 32 != 0 {
-        u64::MAX
+    if size == 0 {
+        return 0;
+    }
+    // Volatile: LLVM would turn the division back into an overflowing
+    // multiply, a call BPF cannot make.
+    // SAFETY: a read of a local.
+    let limit = unsafe { core::ptr::read_volatile(&(u64::MAX / size)) };
+    if n > limit {
+        0
     } else {
         n * size
     }
@@ -164,10 +171,20 @@ pub fn mem_entry(ctx: ProbeContext) -> u32 {
         freed(arg(0));
         return 0;
     }
+    // A realloc frees its old block at whatever depth (freeing is
+    // idempotent).
+    if function == alloc_fn::REALLOC {
+        freed(arg(0));
+    }
     let Some(thread) = thread(true) else {
         return 0;
     };
-    if thread.depth >= MAX_DEPTH {
+    // SAFETY: a uprobe's context is the probed thread's user registers.
+    let sp = unsafe { (*ctx.regs).rsp };
+    // A call entered at or above the outermost call's stack pointer is
+    // not nested in it: that call left without returning through its
+    // probe. Too deep: stale as well.
+    if thread.depth >= MAX_DEPTH || (thread.depth > 0 && sp >= thread.entry_sp) {
         thread.depth = 0;
         thread.sampled = 0;
     }
@@ -175,13 +192,11 @@ pub fn mem_entry(ctx: ProbeContext) -> u32 {
     if thread.depth != 1 {
         return 0;
     }
+    thread.entry_sp = sp;
     let (size, out_ptr) = match function {
         alloc_fn::MALLOC => (arg(0), 0),
         alloc_fn::CALLOC => (calloc_size(arg(0), arg(1)), 0),
-        alloc_fn::REALLOC => {
-            freed(arg(0));
-            (arg(1), 0)
-        }
+        alloc_fn::REALLOC => (arg(1), 0),
         alloc_fn::MEMALIGN => (arg(1), 0),
         alloc_fn::POSIX_MEMALIGN => (arg(2), arg(0)),
         _ => return 0,
@@ -313,6 +328,19 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
         if child == parent || child == 0 {
             return 0; // a thread
         }
+        // A child sharing its parent's memory (vfork, posix_spawn) execs
+        // at once and holds nothing of its own: not followed.
+        if config.task_mm != 0 {
+            // SAFETY: the tracepoint's arguments are the parent's and the
+            // child's `task_struct`; bpf_probe_read_kernel checks them.
+            let mm = |n: usize| unsafe {
+                let task: u64 = ctx.arg(n);
+                bpf_probe_read_kernel((task + u64::from(config.task_mm)) as *const u64).ok()
+            };
+            if mm(0) == mm(1) {
+                return 0;
+            }
+        }
         let exec_gen = exec::generation(child);
         let fork = ForkEvent {
             tag: FORK,
@@ -338,6 +366,13 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
         }
         0
     })
+}
+
+/// Process `tgid` exited: its forks are not followed any more (a process
+/// reusing the pid is not followed unless probed).
+#[inline(always)]
+pub fn exited(tgid: u32) {
+    let _ = PROCESSES.remove(&tgid);
 }
 
 /// [`Waits::unwind_user`] for the memory profile, by tail call.

@@ -50,8 +50,11 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT * ker
 #[map(name = "PID_FILTER")]
 static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
+/// Processes announced to userspace, which deletes those that exit: the
+/// live sampled processes (an LRU map is allocated whole, ~80 bytes an
+/// entry; one evicted is announced again, which userspace takes as known).
 #[map(name = "KNOWN_PROCESSES")]
-static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65_536, 0);
+static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 /// New processes and the file mappings of sampled frames (see
 /// [`crate::files`]): 48-byte events, so 256 KiB hold ~5,000.

@@ -203,6 +203,11 @@ impl Profiler {
         let Some(selection) = &mut self.memory else {
             return;
         };
+        // Children whose fork was read at the drain and not followed yet
+        // (their wake-up was lost).
+        for child in self.sampler.take_memory_forks() {
+            selection.follow(child);
+        }
         let pipeline = &self.pipeline;
         let due = selection.due(&pipeline.filter, &pipeline.pods, |pid| {
             pipeline.processes.generation(pid)
@@ -215,17 +220,24 @@ impl Profiler {
         );
     }
 
-    /// With the memory profile: a probed process forked `child`, which
-    /// inherits its heap: it is selected too, and probed now, before it
-    /// frees much of what it inherited.
-    fn follow_fork(&mut self, child: u32) {
+    /// With the memory profile: a probed process forked (the kernel woke
+    /// us): each child forked so far inherits its parent's heap, is
+    /// selected too, and is probed now, before it frees much of it.
+    fn follow_forks(&mut self) {
         let Some(selection) = &mut self.memory else {
             return;
         };
-        selection.follow(child);
         self.sampler.read_memory_events();
-        let exec_gen = self.pipeline.processes.generation(child);
-        self.attach_memory(vec![(child, exec_gen)]);
+        let children = self.sampler.take_memory_forks();
+        for &child in &children {
+            selection.follow(child);
+        }
+        let processes = &self.pipeline.processes;
+        let due = children
+            .into_iter()
+            .map(|child| (child, processes.generation(child)))
+            .collect();
+        self.attach_memory(due);
     }
 
     /// With the memory profile: probes the allocator of each process of
@@ -250,7 +262,9 @@ impl Profiler {
     /// Takes one event of the kernel's process stream.
     fn take_event(&mut self, event: ProcessEvent) {
         match event {
-            ProcessEvent::Fork(child) => self.follow_fork(child),
+            // The memory events name the children (this one's wake-up
+            // may have come with others lost).
+            ProcessEvent::Fork(_) => self.follow_forks(),
             event => self.pipeline.observe(event),
         }
     }
@@ -408,7 +422,7 @@ impl Pipeline {
     fn observe(&mut self, event: ProcessEvent) {
         let tgid = match event {
             // A fork the memory profile follows: snapshot the child as
-            // it is probed ([`Profiler::follow_fork`]).
+            // it is probed ([`Profiler::follow_forks`]).
             ProcessEvent::New(tgid) | ProcessEvent::Fork(tgid) => tgid,
             ProcessEvent::File(mapping) => {
                 self.processes.add_file(mapping);

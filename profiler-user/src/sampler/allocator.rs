@@ -46,6 +46,9 @@ const STANDARD: &[(&str, u64)] = &[
     ("posix_memalign", alloc_fn::POSIX_MEMALIGN),
     ("free", alloc_fn::FREE),
     ("cfree", alloc_fn::FREE),
+    // C23's sized frees (glibc 2.40+, mimalloc): the pointer first.
+    ("free_sized", alloc_fn::FREE),
+    ("free_aligned_sized", alloc_fn::FREE),
     // jemalloc's own API: size first, the pointer first.
     ("mallocx", alloc_fn::MALLOC),
     ("rallocx", alloc_fn::REALLOC),
@@ -54,6 +57,9 @@ const STANDARD: &[(&str, u64)] = &[
     // mimalloc's.
     ("zalloc", alloc_fn::MALLOC),
     ("malloc_aligned", alloc_fn::MALLOC),
+    ("free_size", alloc_fn::FREE),
+    ("free_size_aligned", alloc_fn::FREE),
+    ("free_aligned", alloc_fn::FREE),
 ];
 
 /// Prefixes of allocators that do not (or not only) take the standard
@@ -71,6 +77,11 @@ const CXX: &[(&str, u64)] = &[
     ("_ZdaPv", alloc_fn::FREE),
     ("_ZdlPvm", alloc_fn::FREE),
     ("_ZdaPvm", alloc_fn::FREE),
+    // The aligned (`std::align_val_t`) deletes, plain and sized.
+    ("_ZdlPvSt11align_val_t", alloc_fn::FREE),
+    ("_ZdaPvSt11align_val_t", alloc_fn::FREE),
+    ("_ZdlPvmSt11align_val_t", alloc_fn::FREE),
+    ("_ZdaPvmSt11align_val_t", alloc_fn::FREE),
 ];
 
 /// The function a symbol name is, if it is an entry point.

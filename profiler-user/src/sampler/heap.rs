@@ -160,6 +160,8 @@ impl Heap {
 
     /// Copies the parent's live allocations to the child of `fork`.
     fn fork(&mut self, fork: &ForkEvent) -> Vec<(u64, u64)> {
+        // One copy of each decoded key, however many allocations share it.
+        let mut keys: HashMap<*const SampleKey, Arc<SampleKey>> = HashMap::new();
         let copies: Vec<((u32, u64), Live)> = self
             .live
             .iter()
@@ -175,13 +177,17 @@ impl Heap {
                         },
                         set: *set,
                     },
-                    Key::Known(key) => {
-                        let mut key = SampleKey::clone(key);
-                        key.thread.tgid = fork.child;
-                        key.thread.tid = fork.child;
-                        key.thread.exec_gen = fork.exec_gen;
-                        Key::Known(Arc::new(key))
-                    }
+                    Key::Known(key) => Key::Known(
+                        keys.entry(Arc::as_ptr(key))
+                            .or_insert_with(|| {
+                                let mut key = SampleKey::clone(key);
+                                key.thread.tgid = fork.child;
+                                key.thread.tid = fork.child;
+                                key.thread.exec_gen = fork.exec_gen;
+                                Arc::new(key)
+                            })
+                            .clone(),
+                    ),
                 };
                 let copy = Live {
                     key,
@@ -229,6 +235,9 @@ impl Heap {
             if alloc.set != set {
                 waiting.push(alloc);
                 continue;
+            }
+            if alloc.addr == 0 {
+                continue; // it failed: nothing was allocated
             }
             let key = decode(&alloc.key);
             let weight = scale(alloc.size, self.mean);
@@ -452,6 +461,14 @@ mod tests {
         event.tag = ALLOC_UNTRACKED;
         heap.apply(HeapEvent::Alloc(event));
         assert_eq!(heap.drained(0, &stacks()).len(), 1);
+        assert!(heap.in_use_samples(0).is_empty());
+    }
+
+    #[test]
+    fn a_failed_allocation_counts_nowhere() {
+        let mut heap = Heap::new(MEAN);
+        heap.apply(alloc(1, 7, 0, MEAN, 0)); // returned NULL
+        assert!(heap.drained(0, &stacks()).is_empty());
         assert!(heap.in_use_samples(0).is_empty());
     }
 

@@ -216,6 +216,8 @@ pub struct KernelOffsets {
     pub task_fsbase: Result<u32, KernelBtfError>,
     /// `task_struct.tgid`, a task's process id.
     pub task_tgid: Result<u32, KernelBtfError>,
+    /// `task_struct.mm`, a task's address space.
+    pub task_mm: Result<u32, KernelBtfError>,
 }
 
 /// [`KernelOffsets`] of the running kernel.
@@ -227,6 +229,7 @@ pub fn running_offsets() -> Result<KernelOffsets, KernelBtfError> {
         files: file_offsets(&btf),
         task_fsbase: task_fsbase(&btf),
         task_tgid: btf.field_offset("task_struct", "tgid"),
+        task_mm: btf.field_offset("task_struct", "mm"),
     })
 }
 

@@ -104,6 +104,8 @@ pub(super) struct Memory {
     attached: StdHashMap<u32, Attached>,
     /// Entry points of each file seen, by (device, inode).
     files: StdHashMap<(u64, u64), Arc<Vec<EntryPoint>>>,
+    /// Children forked since [`Self::take_forked`].
+    forked: Vec<u32>,
 }
 
 impl Memory {
@@ -200,6 +202,7 @@ impl Memory {
                 heap: Heap::new(mean),
                 attached: StdHashMap::new(),
                 files: StdHashMap::new(),
+                forked: Vec::new(),
             },
             files,
         ))
@@ -231,11 +234,42 @@ impl Memory {
         pid: u32,
         exec_gen: u32,
     ) -> Result<bool, AttachError> {
-        match self.attached.get(&pid) {
-            Some(attached) if attached.exec_gen == exec_gen => return Ok(false),
-            Some(_) => self.detach(ebpf, pid),
-            None => {}
+        if self
+            .attached
+            .get(&pid)
+            .is_some_and(|attached| attached.exec_gen == exec_gen)
+        {
+            return Ok(false);
         }
+        // The old image's probes go once the new ones are on: they fire in
+        // the new image too where it maps the same files, so no free is
+        // missed meanwhile (a call probed twice counts once, as nested).
+        let old = self.attached.remove(&pid);
+        let probed = self.probe(ebpf, pid, exec_gen);
+        if let Some(old) = old {
+            detach_links(ebpf, old);
+        }
+        match probed {
+            Ok(attached) => {
+                // Its forks are marked from now on.
+                let _ = self.followed.insert(pid, 1, 0);
+                log::info!(
+                    "memory profile: process {pid}: {} probes on {}",
+                    attached.entry.len() + attached.returns.len(),
+                    attached.files.join(", ")
+                );
+                self.attached.insert(pid, attached);
+                Ok(true)
+            }
+            Err(err) => {
+                let _ = self.followed.remove(&pid);
+                Err(err)
+            }
+        }
+    }
+
+    /// Attaches the allocator probes of process `pid`, whole or not at all.
+    fn probe(&mut self, ebpf: &mut Ebpf, pid: u32, exec_gen: u32) -> Result<Attached, AttachError> {
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|source| AttachError::Maps { pid, source })?;
         let mut attached = Attached {
@@ -258,8 +292,7 @@ impl Memory {
             }
             if let Err(source) = attach_file(ebpf, pid, &target, &entries, &mut attached) {
                 // What was attached goes too: a process is probed whole.
-                self.attached.insert(pid, attached);
-                self.detach(ebpf, pid);
+                detach_links(ebpf, attached);
                 return Err(AttachError::Attach {
                     pid,
                     path: path.to_owned(),
@@ -271,16 +304,7 @@ impl Memory {
         if attached.files.is_empty() {
             return Err(AttachError::NoAllocator { pid });
         }
-        // Its forks are marked from now on (a child the kernel already
-        // follows stays so).
-        let _ = self.followed.insert(pid, 1, 0);
-        log::info!(
-            "memory profile: process {pid}: {} probes on {}",
-            attached.entry.len() + attached.returns.len(),
-            attached.files.join(", ")
-        );
-        self.attached.insert(pid, attached);
-        Ok(true)
+        Ok(attached)
     }
 
     /// The entry points of the file at `path`, cached by file identity;
@@ -310,20 +334,8 @@ impl Memory {
     /// Removes process `pid`'s probes.
     pub fn detach(&mut self, ebpf: &mut Ebpf, pid: u32) {
         let _ = self.followed.remove(&pid);
-        let Some(attached) = self.attached.remove(&pid) else {
-            return;
-        };
-        for (name, links) in [
-            (names::MEMORY_ENTRY, attached.entry),
-            (names::MEMORY_RETURN, attached.returns),
-        ] {
-            if let Ok(program) = uprobe(ebpf, name) {
-                for link in links {
-                    // A process that exited leaves a dead event: closing
-                    // it is all there is to do.
-                    let _ = program.detach(link);
-                }
-            }
+        if let Some(attached) = self.attached.remove(&pid) {
+            detach_links(ebpf, attached);
         }
     }
 
@@ -340,6 +352,7 @@ impl Memory {
     /// events were read.
     pub fn read_events(&mut self) -> usize {
         let mut read = 0;
+        let mut deferred: Option<HashSet<LiveKey>> = None;
         loop {
             // The item borrows the ring: decode it into a copy.
             let event = match self.events.next() {
@@ -357,7 +370,14 @@ impl Memory {
                 HeapEvent::Fork(fork) if self.attached.contains_key(&fork.child) => {}
                 HeapEvent::Fork(fork) => {
                     let inherited = self.heap.apply(event);
-                    self.inherit(&fork, &inherited);
+                    // Frees waiting in the overflow map may be of blocks
+                    // the parent freed before the fork: not inherited
+                    // (at worst one freed after it is missed in the child).
+                    let deferred = deferred.get_or_insert_with(|| {
+                        self.deferred.keys().filter_map(Result::ok).collect()
+                    });
+                    self.inherit(&fork, &inherited, deferred);
+                    self.forked.push(fork.child);
                 }
                 event => {
                     self.heap.apply(event);
@@ -376,7 +396,7 @@ impl Memory {
     /// table (before its probes are attached: its frees are seen from
     /// then on); one that does not fit is forgotten, never counted in use
     /// without its free being seen.
-    fn inherit(&mut self, fork: &ForkEvent, inherited: &[(u64, u64)]) {
+    fn inherit(&mut self, fork: &ForkEvent, inherited: &[(u64, u64)], freed: &HashSet<LiveKey>) {
         let mut untracked = 0;
         for &(addr, time_ns) in inherited {
             let key = LiveKey {
@@ -384,7 +404,11 @@ impl Memory {
                 pad: 0,
                 addr,
             };
-            if self.live.insert(key, time_ns, 0).is_err() {
+            let parents = LiveKey {
+                tgid: fork.parent,
+                ..key
+            };
+            if freed.contains(&parents) || self.live.insert(key, time_ns, 0).is_err() {
                 self.heap.remove(fork.child, addr);
                 untracked += 1;
             }
@@ -395,6 +419,12 @@ impl Memory {
             fork.child,
             inherited.len() - untracked
         );
+    }
+
+    /// The children of probed processes forked since the last call (each
+    /// inherited its parent's allocations): to be probed now.
+    pub fn take_forked(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.forked)
     }
 
     /// Applies every event sent so far ([`Self::read_events`]), then
@@ -467,6 +497,22 @@ impl Memory {
     }
 }
 
+/// Removes the probes of `attached`.
+fn detach_links(ebpf: &mut Ebpf, attached: Attached) {
+    for (name, links) in [
+        (names::MEMORY_ENTRY, attached.entry),
+        (names::MEMORY_RETURN, attached.returns),
+    ] {
+        if let Ok(program) = uprobe(ebpf, name) {
+            for link in links {
+                // A process that exited leaves a dead event: closing it
+                // is all there is to do.
+                let _ = program.detach(link);
+            }
+        }
+    }
+}
+
 /// Attaches the probes of `entries` in the file at `target` to `pid`.
 fn attach_file(
     ebpf: &mut Ebpf,
@@ -476,6 +522,17 @@ fn attach_file(
     attached: &mut Attached,
 ) -> Result<(), ProgramError> {
     let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).unwrap_or(NonZeroU32::MIN));
+    // Every return probe before any entry probe: a call whose entry is
+    // probed always returns through its probe (else its thread's depth
+    // would stay raised until its next outermost call).
+    for entry in entries.iter().filter(|e| e.allocates()) {
+        let program = loaded_uprobe(ebpf, names::MEMORY_RETURN)?;
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(entry.file_offset),
+            cookie: None,
+        };
+        attached.returns.push(program.attach(point, target, scope)?);
+    }
     for entry in entries {
         let program = loaded_uprobe(ebpf, names::MEMORY_ENTRY)?;
         let point = UProbeAttachPoint {
@@ -483,14 +540,6 @@ fn attach_file(
             cookie: Some(entry.function),
         };
         attached.entry.push(program.attach(point, target, scope)?);
-        if entry.allocates() {
-            let program = loaded_uprobe(ebpf, names::MEMORY_RETURN)?;
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(entry.file_offset),
-                cookie: None,
-            };
-            attached.returns.push(program.attach(point, target, scope)?);
-        }
     }
     Ok(())
 }

@@ -145,6 +145,10 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
     move |source| SamplerError::Map { map, source }
 }
 
+/// Entries of a map whose kind is off: a token (an LRU map wants some per
+/// CPU list).
+const OFF_MAP_ENTRIES: u32 = 64;
+
 /// Capacity of a map that gets at most `per_cpu` entries per second on
 /// each CPU: room for four seconds on every CPU (each distinct at worst),
 /// at least 16 Ki.
@@ -288,6 +292,30 @@ impl Sampler {
             );
         }
         loader.map_max_entries(names::MEMORY_LIVE, memory::DEFAULT_MAX_LIVE);
+        // A hash map's buckets and an LRU map's entries are allocated at
+        // load: the maps of kinds that are off get a token size.
+        let python = policy.python && matches!(policy.unwinder, Unwinder::Tables(_));
+        let off = [
+            (
+                memory,
+                &[
+                    names::MEMORY_LIVE,
+                    names::MEMORY_FREES,
+                    names::MEMORY_PROCESSES,
+                ][..],
+            ),
+            (locks, &[names::LOCK_START][..]),
+            (
+                python,
+                &[names::PYTHON_PROCESSES, names::PYTHON_THREADS][..],
+            ),
+            (policy.thread_context, &[names::THREAD_CONTEXTS][..]),
+        ];
+        for (_, maps) in off.iter().filter(|(on, _)| !on) {
+            for name in *maps {
+                loader.map_max_entries(name, OFF_MAP_ENTRIES);
+            }
+        }
         // A ring is allocated whole: one page unless the kind is on.
         loader.map_max_entries(
             names::MEMORY_EVENTS,
@@ -386,6 +414,8 @@ impl Sampler {
             files: FileOffsets::default(),
             task_fsbase: 0,
             task_tgid: 0,
+            task_mm: 0,
+            pad: 0,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -415,6 +445,9 @@ impl Sampler {
                 log::warn!("memory profile: forks not followed (children inherit nothing): {err}")
             }
             _ => {}
+        }
+        if let Some(Ok(task_mm)) = offsets.as_ref().map(|o| &o.task_mm) {
+            config.task_mm = *task_mm;
         }
         let mut thread_contexts = match task_fsbase {
             Some(_) if policy.thread_context => {
@@ -774,6 +807,15 @@ impl Sampler {
         if let Some(memory) = &mut self.memory {
             memory.read_events();
         }
+    }
+
+    /// With the memory profile: the children of probed processes forked
+    /// since the last call (read with its events), to probe.
+    pub fn take_memory_forks(&mut self) -> Vec<u32> {
+        self.memory
+            .as_mut()
+            .map(memory::Memory::take_forked)
+            .unwrap_or_default()
     }
 
     fn switch_to(&mut self, set: MapSet) -> Result<(), SamplerError> {
@@ -1155,7 +1197,11 @@ fn quiesce() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
     // SAFETY: membarrier takes no pointers.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if rc != 0 {
+    // SAFETY: sysconf takes no pointers.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    // With one CPU the kernel skips the grace period the barrier waits
+    // for elsewhere (a preempted program run may still be reading).
+    if rc != 0 || cpus <= 1 {
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -321,7 +321,13 @@ impl<M: UnwindMaps> Worker<M> {
                 );
                 true
             }
-            Placement::NoRoom => {
+            Placement::NoRoom { affected } => {
+                // Files evicted on the way: their processes' entries no
+                // longer point at them before their rows go.
+                for process in affected {
+                    self.publish_entry(process);
+                }
+                self.release_freed();
                 log::info!(
                     "{}: its unwind table ({len} rows) does not fit the table budget; \
                      frame pointers only (raise --unwind-table-budget)",

@@ -78,8 +78,14 @@ pub enum Placement {
         /// Processes whose entries changed.
         affected: Vec<u32>,
     },
-    /// Larger than the whole budget left after evicting what may be evicted.
-    NoRoom,
+    /// Larger than the whole budget left after evicting what may be
+    /// evicted. `affected` processes lost files evicted on the way: write
+    /// their entries again (and let in-flight readers finish) all the
+    /// same.
+    NoRoom {
+        /// Processes whose entries changed.
+        affected: Vec<u32>,
+    },
     /// The file is no longer wanted (its processes went away meanwhile).
     Unwanted,
 }
@@ -264,6 +270,14 @@ impl Registry {
             return Placement::Unwanted;
         };
         let mut affected = BTreeSet::new();
+        if !self.space.fits(len) {
+            // Nothing evicted for a table larger than the whole budget.
+            self.out_of_room += 1;
+            self.set_state(key, FileState::Unusable);
+            return Placement::NoRoom {
+                affected: Vec::new(),
+            };
+        }
         let rows = loop {
             if let Some(rows) = self.space.allocate(len) {
                 break rows;
@@ -271,7 +285,9 @@ impl Registry {
             let Some(victim) = self.least_recently_used(&loading) else {
                 self.out_of_room += 1;
                 self.set_state(key, FileState::Unusable);
-                return Placement::NoRoom;
+                return Placement::NoRoom {
+                    affected: affected.into_iter().collect(),
+                };
             };
             let entry = self.files.get_mut(&victim).expect("victim exists");
             if let FileState::Loaded { rows, .. } =
@@ -527,7 +543,7 @@ mod tests {
         registry.set_process(4, vec![mapping(0x1000_0000, 4)]);
         assert_eq!(
             registry.place(&key(4), 101, text_segment()),
-            Placement::NoRoom
+            Placement::NoRoom { affected: vec![] }
         );
         assert_eq!(registry.stats().out_of_room, 1);
     }

@@ -58,6 +58,11 @@ impl RowSpace {
         self.capacity - self.free.values().sum::<u32>()
     }
 
+    /// Whether `len` rows fit the array at all (free or not).
+    pub fn fits(&self, len: u32) -> bool {
+        self.whole(len) <= self.capacity
+    }
+
     /// The first free run of `len` rows, taken (with the rest of its last
     /// granule); `None` when no run is long enough.
     pub fn allocate(&mut self, len: u32) -> Option<Range<u32>> {
