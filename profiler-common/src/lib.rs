@@ -1166,7 +1166,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 24 + 32 + 8);
+        assert_eq!(size_of::<Config>(), 24 + 32 + 16);
         assert_eq!(size_of::<ThreadContextLocation>(), 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
         assert_eq!(size_of::<LockWaiter>(), 16);
@@ -1174,10 +1174,11 @@ mod tests {
         assert_eq!(size_of::<TraceContext>(), 24);
         assert_eq!(size_of::<WaitKey>(), 4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24);
         assert_eq!(size_of::<WaitEvent>(), size_of::<WaitKey>() + 32);
-        assert_eq!(size_of::<MemoryThread>(), 24 + size_of::<WaitKey>() + 16);
+        assert_eq!(size_of::<MemoryThread>(), 32 + size_of::<WaitKey>() + 16);
         assert_eq!(size_of::<LiveKey>(), 16);
         assert_eq!(size_of::<AllocEvent>(), 8 + size_of::<WaitKey>() + 24);
         assert_eq!(size_of::<FreeEvent>(), 16);
+        assert_eq!(size_of::<ForkEvent>(), 16);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24

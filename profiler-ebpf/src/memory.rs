@@ -81,9 +81,11 @@ static LIVE: HashMap<LiveKey, u64> = HashMap::with_max_entries(65_536, BPF_F_NO_
 #[map(name = "MEMORY_EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4096, 0);
 
-/// Frees that did not fit in `EVENTS`.
+/// Frees that did not fit in `EVENTS`, with when the block was allocated
+/// (userspace applies one only to that allocation: the address may be
+/// allocated again before it reads the map).
 #[map(name = "MEMORY_FREES")]
-static FREES: HashMap<LiveKey, u8> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
+static FREES: HashMap<LiveKey, u64> = HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
 /// Processes whose forks are followed (tgid → 1): userspace adds each
 /// process it probes and deletes those gone; `mem_fork` adds their
@@ -143,8 +145,12 @@ fn freed(addr: u64) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = LiveKey { tgid, pad: 0, addr };
     // One hash operation for the common free, of an untracked address.
-    if LIVE.remove(&key).is_err() {
+    // SAFETY: a plain lookup; the value is copied out at once.
+    let Some(&allocated) = (unsafe { LIVE.get(&key) }) else {
         return;
+    };
+    if LIVE.remove(&key).is_err() {
+        return; // another thread freed it first
     }
     let event = FreeEvent {
         tag: FREE_TRACKED,
@@ -152,7 +158,7 @@ fn freed(addr: u64) {
         addr,
     };
     if EVENTS.output::<FreeEvent>(&event, 0).is_err() {
-        if FREES.insert(&key, &1, 0).is_ok() {
+        if FREES.insert(&key, &allocated, 0).is_ok() {
             KIND.bump(Stat::FreesDeferred);
         } else {
             KIND.bump(Stat::FreesLost);
@@ -265,6 +271,18 @@ pub fn mem_return(ctx: RetProbeContext) -> u32 {
     };
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    // The sets flipped during the call: userspace may read this event
+    // after it drained the set the stack went to, so the stack moves to
+    // the set active now (a slow call that outlived that drain too loses
+    // its stack).
+    let mut set = thread.set;
+    if let Some(config) = KIND.config() {
+        if config.active_set != set
+            && stack::carry(thread.key.user_stack, set, config.active_set, KIND)
+        {
+            set = config.active_set;
+        }
+    }
     let key = LiveKey {
         tgid: thread.key.tgid,
         pad: 0,
@@ -280,7 +298,7 @@ pub fn mem_return(ctx: RetProbeContext) -> u32 {
         } else {
             ALLOC_UNTRACKED
         },
-        set: thread.set,
+        set,
         key: thread.key,
         addr,
         size: thread.size,

@@ -220,6 +220,23 @@ pub fn stack_set_at(index: u32) -> StackSet {
     }
 }
 
+/// Copies the stack `hash` from the map set `from` into the set `to` (a
+/// stack taken before the sets flipped, needed by an event sent after
+/// it); false when `from` no longer holds it.
+#[inline(always)]
+pub fn carry(hash: StackHash, from: u32, to: u32, kind: Kind) -> bool {
+    let (from, to) = (stack_set_at(from), stack_set_at(to));
+    // SAFETY: plain lookups; the values are copied into the other map.
+    if let Some(stack) = unsafe { from.stacks.get(&hash) } {
+        return insert_stack(to.stacks, hash, stack, kind) != 0;
+    }
+    // SAFETY: as above.
+    if let Some(stack) = unsafe { from.deep_stacks.get(&hash) } {
+        return insert_stack(to.deep_stacks, hash, stack, kind) != 0;
+    }
+    false
+}
+
 /// Reads one stack of the task `ctx` belongs to into scratch space
 /// (`flags` 0: kernel, `BPF_F_USER_STACK`: user, with frame pointers),
 /// stores it in `stacks` under its hash and returns the hash; 0 when the

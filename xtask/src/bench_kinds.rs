@@ -2,8 +2,9 @@
 //! and page-fault profiles cost, each against its own load.
 //!
 //! Page faults: a thread that maps fresh memory and touches every page
-//! (`tests/workloads/fault_chain.c`, one CPU's worth of faults), and an
-//! idle host; runs with no profiler, `--profiles cpu` and `--profiles
+//! (`tests/workloads/fault_chain.c`, one CPU's worth of faults), one such
+//! thread on every CPU (the whole host busy faulting, hostprof's CPU
+//! too), and an idle host; runs with no profiler, `--profiles cpu` and `--profiles
 //! cpu,page-faults`; the load's faults per second (its own count), the
 //! host's (`pgfault` of `/proc/vmstat`), hostprof's CPU and its BPF run
 //! time, as below.
@@ -56,8 +57,10 @@ enum Load<'a> {
     /// The ping-pong: its program and pace (round trips per second, 0 for
     /// flat out).
     PingPong(&'a Path, u32),
-    /// The fault workload's toucher thread alone.
+    /// The fault workload's toucher thread alone, beside hostprof's CPU.
     Faults(&'a Path),
+    /// A toucher on every CPU, hostprof's too: the whole host busy.
+    FaultsEverywhere(&'a Path),
     /// Nothing.
     Idle,
 }
@@ -129,7 +132,11 @@ pub fn run_page_faults(options: &KindBenchOptions) -> Result<()> {
          {HOSTPROF_CPU}",
         options.duration.as_secs()
     );
-    for (name, load) in [("faults", Load::Faults(&faults)), ("idle", Load::Idle)] {
+    for (name, load) in [
+        ("faults", Load::Faults(&faults)),
+        ("all-cpus", Load::FaultsEverywhere(&faults)),
+        ("idle", Load::Idle),
+    ] {
         compare(
             options,
             name,
@@ -228,7 +235,12 @@ fn measure(options: &KindBenchOptions, load: Load, profiles: Option<&str>) -> Re
         let before = reading(record.as_ref())?;
         let load_rate = match load {
             Load::PingPong(program, pace) => run_pingpong(program, pace, options.duration)?,
-            Load::Faults(program) => run_faults(program, options.duration)?,
+            Load::Faults(program) => run_faults(program, &[PINGPONG_CPU], options.duration)?,
+            Load::FaultsEverywhere(program) => {
+                let cpus: Vec<String> = (0..online_cpus()).map(|c| c.to_string()).collect();
+                let cpus: Vec<&str> = cpus.iter().map(String::as_str).collect();
+                run_faults(program, &cpus, options.duration)?
+            }
             Load::Idle => {
                 std::thread::sleep(options.duration);
                 0.0
@@ -313,26 +325,43 @@ fn run_pingpong(program: &Path, pace: u32, duration: Duration) -> Result<f64> {
         .ok_or_else(|| anyhow!("the ping-pong printed {text:?}"))
 }
 
-/// Runs the fault workload's toucher alone, pinned beside the ping-pong's
-/// CPU, for `duration`, and returns its faults per second (its own count).
-fn run_faults(program: &Path, duration: Duration) -> Result<f64> {
+/// Runs one fault workload's toucher pinned to each of `cpus`, at once,
+/// for `duration`, and returns their faults per second (their own
+/// counts).
+fn run_faults(program: &Path, cpus: &[&str], duration: Duration) -> Result<f64> {
     let started = Instant::now();
-    let out = Command::new("taskset")
-        .args(["-c", PINGPONG_CPU])
-        .arg(program)
-        .arg(duration.as_millis().to_string())
-        .arg("0")
-        .output()
-        .with_context(|| format!("running {}", program.display()))?;
-    let seconds = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let faults: f64 = text
-        .lines()
-        .last()
-        .and_then(|line| line.split_whitespace().nth(2))
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("the fault workload printed {:?}", text.lines().last()))?;
-    Ok(faults / seconds)
+    let children = cpus
+        .iter()
+        .map(|cpu| {
+            Command::new("taskset")
+                .args(["-c", cpu])
+                .arg(program)
+                .arg(duration.as_millis().to_string())
+                .arg("0")
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("running {}", program.display()))
+        })
+        .collect::<Result<Vec<Child>>>()?;
+    let mut faults = 0.0;
+    for child in children {
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("running {}", program.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        faults += text
+            .lines()
+            .last()
+            .and_then(|line| line.split_whitespace().nth(2))
+            .and_then(|n| n.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("the fault workload printed {:?}", text.lines().last()))?;
+    }
+    Ok(faults / started.elapsed().as_secs_f64())
+}
+
+/// CPUs online.
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 /// What is read at each end of a window.

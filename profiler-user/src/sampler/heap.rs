@@ -77,6 +77,17 @@ pub fn exponential_gaps(mean: u64, n: u32) -> Vec<u64> {
         .collect()
 }
 
+/// What became of a deferred free ([`Heap::deferred_free`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeferredFree {
+    /// Its allocation is freed.
+    Applied,
+    /// Another allocation has the address: the free was of an earlier one.
+    Stale,
+    /// Its allocation is not known yet.
+    Waiting,
+}
+
 /// One event of the memory profile, as read from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeapEvent {
@@ -208,6 +219,22 @@ impl Heap {
     /// Forgets one live allocation (the kernel could not track it).
     pub fn remove(&mut self, tgid: u32, addr: u64) {
         self.live.remove(&(tgid, addr));
+    }
+
+    /// A free that waited in the kernel's overflow map, of the allocation
+    /// of `key` made at `time_ns`: applied when that allocation is live
+    /// here, dropped when another has its address now (that one was made
+    /// after the free), kept waiting when none is (its allocation's event
+    /// was not read yet).
+    pub fn deferred_free(&mut self, key: LiveKey, time_ns: u64) -> DeferredFree {
+        match self.live.get(&(key.tgid, key.addr)) {
+            Some(live) if live.time_ns == time_ns => {
+                self.live.remove(&(key.tgid, key.addr));
+                DeferredFree::Applied
+            }
+            Some(_) => DeferredFree::Stale,
+            None => DeferredFree::Waiting,
+        }
     }
 
     /// The allocation samples whose stacks are in set `set`, drained now
@@ -462,6 +489,27 @@ mod tests {
         heap.apply(HeapEvent::Alloc(event));
         assert_eq!(heap.drained(0, &stacks()).len(), 1);
         assert!(heap.in_use_samples(0).is_empty());
+    }
+
+    #[test]
+    fn a_deferred_free_frees_only_its_own_allocation() {
+        let mut heap = Heap::new(MEAN);
+        let key = LiveKey {
+            tgid: 1,
+            pad: 0,
+            addr: 0xa0,
+        };
+        // Its allocation not read yet: it waits.
+        assert_eq!(heap.deferred_free(key, 1_000), DeferredFree::Waiting);
+        heap.apply(alloc(1, 7, 0xa0, 64, 0)); // made at 1_000
+        assert_eq!(heap.deferred_free(key, 999), DeferredFree::Stale);
+        assert_eq!(
+            heap.live_count(),
+            1,
+            "a newer allocation at the address stays"
+        );
+        assert_eq!(heap.deferred_free(key, 1_000), DeferredFree::Applied);
+        assert_eq!(heap.live_count(), 0);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use profiler_common::{
 
 use super::allocator::{self, EntryPoint};
 use super::drain::{MapSet, RawSample};
-use super::heap::{self, Heap, HeapEvent};
+use super::heap::{self, DeferredFree, Heap, HeapEvent};
 use super::{map_err, process_events, SamplerError};
 use crate::pread::PreadFile;
 
@@ -93,7 +93,7 @@ struct Attached {
 /// The memory profile's maps and probes.
 pub(super) struct Memory {
     events: RingBuf<MapData>,
-    deferred: HashMap<MapData, LiveKey, u8>,
+    deferred: HashMap<MapData, LiveKey, u64>,
     live: HashMap<MapData, LiveKey, u64>,
     /// `MEMORY_PROCESSES`: whose forks the kernel marks.
     followed: HashMap<MapData, u32, u32>,
@@ -384,10 +384,13 @@ impl Memory {
                 }
             }
         }
-        let deferred: Vec<LiveKey> = self.deferred.keys().filter_map(Result::ok).collect();
-        for key in deferred {
-            let _ = self.deferred.remove(&key);
-            self.heap.apply(HeapEvent::Free(key));
+        let deferred: Vec<(LiveKey, u64)> = self.deferred.iter().filter_map(Result::ok).collect();
+        for (key, time_ns) in deferred {
+            // One whose allocation is not read yet waits for a later read
+            // (or for its process to go, see `forget`).
+            if self.heap.deferred_free(key, time_ns) != DeferredFree::Waiting {
+                let _ = self.deferred.remove(&key);
+            }
         }
         read
     }
@@ -474,6 +477,17 @@ impl Memory {
             .collect();
         for pid in exited {
             let _ = self.followed.remove(&pid);
+        }
+        // Deferred frees still waiting for their allocation's event, of
+        // processes that exited: it will not matter any more.
+        let orphans: Vec<LiveKey> = self
+            .deferred
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| !alive(key.tgid))
+            .collect();
+        for key in orphans {
+            let _ = self.deferred.remove(&key);
         }
         let forgotten = self.heap.forget(&mut gone);
         if !forgotten.is_empty() {
