@@ -793,9 +793,9 @@ pub struct MemoryThread {
     /// `posix_memalign`'s `ptr` argument, where the address goes.
     pub out_ptr: u64,
     /// The stack pointer at the entry of the outermost allocator call
-    /// under way: a call entered at or above it cannot be nested in that
-    /// one, which then never returned through its probe (`longjmp`, an
-    /// exception, probes attached mid-call).
+    /// under way: a call entered above it cannot be nested in that one,
+    /// which then never returned through its probe (`longjmp`, an
+    /// exception).
     pub entry_sp: u64,
     /// Who allocates, where: the sampled allocation under way.
     pub key: WaitKey,

@@ -187,10 +187,12 @@ pub fn mem_entry(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: a uprobe's context is the probed thread's user registers.
     let sp = unsafe { (*ctx.regs).rsp };
-    // A call entered at or above the outermost call's stack pointer is
-    // not nested in it: that call left without returning through its
-    // probe. Too deep: stale as well.
-    if thread.depth >= MAX_DEPTH || (thread.depth > 0 && sp >= thread.entry_sp) {
+    // A call entered above the outermost call's stack pointer is not
+    // nested in it: that call left without returning through its probe.
+    // (At the same stack pointer it may be: an allocator function that
+    // tail-calls another, glibc's `realloc(NULL, n)` → `malloc`.) Too
+    // deep: stale as well.
+    if thread.depth >= MAX_DEPTH || (thread.depth > 0 && sp > thread.entry_sp) {
         thread.depth = 0;
         thread.sampled = 0;
     }

@@ -47,10 +47,27 @@ fn allocations_and_in_use_memory_of_a_workload_that_counts_its_own() {
         .args(["--otlp-endpoint", &endpoint, "--output"])
         .arg(&output)
         .arg("--folded")
-        .arg(workloads.path("host.folded"));
+        .arg(workloads.path("host.folded"))
+        .arg("--stats-json")
+        .arg(workloads.path("stats.json"));
     let captured = capture(record, &mut [&mut child], 1);
     let (summary, truth) = (&captured.summary, captured.truth(0));
     eprintln!("{truth:?}");
+
+    // The bytes asked for, counted exactly in the kernel: each call once,
+    // however allocator functions call each other (glibc's
+    // `realloc(NULL, n)` tail-calls `malloc`). The program's own
+    // allocations besides (stdio's buffer, thread stacks' bookkeeping)
+    // are a few KiB.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(workloads.path("stats.json")).unwrap())
+            .unwrap();
+    let asked = stats["profiles"][0]["memory"]["bytes"].as_u64().unwrap();
+    let counted = truth.churned + truth.keeper;
+    assert!(
+        asked >= counted && asked - counted < 1 << 20,
+        "the kernel counted {asked} bytes asked for, the workload {counted}"
+    );
 
     // The memory profile's files, named by kind.
     let profile = workloads.path("host.memory.pb.gz");

@@ -4,8 +4,9 @@
  *  - "churner": churn -> alloc_and_free mallocs blocks of 32 to 4096
  *    bytes and frees each at once: allocated, never in use at the end;
  *  - "keeper": keep -> keep_some allocates blocks of 256 to 8192 bytes
- *    with malloc, calloc and realloc, and keeps every other one for the
- *    process's life (the rest are freed at once);
+ *    with malloc, calloc, realloc(NULL, n) and realloc of a small block,
+ *    and keeps every other one for the process's life (the rest are
+ *    freed at once);
  * then prints "done <churned bytes> <keeper's bytes> <kept bytes>
  * <kept blocks>", the bytes each asked for, and sleeps until killed,
  * holding what it kept.
@@ -35,6 +36,7 @@
 static double run_ms;
 static double start_ms;
 static volatile uint64_t sink;
+static char *volatile no_block = NULL;
 
 static uint64_t churned;
 static uint64_t keeper_bytes;
@@ -63,19 +65,24 @@ static void *churn(void *arg) {
     return NULL;
 }
 
-/* One block of `size` bytes, made three ways in turn in C; every other
+/* One block of `size` bytes, made four ways in turn in C; every other
  * one is kept. */
 __attribute__((noinline)) void keep_some(size_t size, size_t i) {
     char *p;
 #ifdef __cplusplus
     p = NEW_BLOCK(size);
 #else
-    switch (i % 3) {
+    switch (i % 4) {
     case 0:
         p = malloc(size);
         break;
     case 1:
         p = calloc(1, size);
+        break;
+    case 2:
+        /* glibc tail-calls malloc from here: one allocation, not two.
+         * (The volatile keeps gcc from making it a malloc call.) */
+        p = realloc(no_block, size);
         break;
     default:
         /* Grown from a small block: the small one is freed by realloc. */
