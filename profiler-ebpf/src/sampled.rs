@@ -32,7 +32,7 @@
 //! 1 KiB entry.
 
 use aya_ebpf::{
-    bindings::{bpf_perf_event_data, pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{bpf_perf_event_data, pt_regs, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, perf_event},
     maps::{PerCpuArray, PerCpuHashMap, ProgramArray},
@@ -50,10 +50,14 @@ const COUNTS_ENTRIES: u32 = 16_384;
 
 // Per-CPU values: each CPU bumps its own slot with a plain add (the BPF
 // target has no 64-bit atomic add in stable `core`), userspace sums them.
+// Allocated as keys arrive: preallocated, a map holds its capacity (which
+// grows with the CPUs) times a value per CPU, whatever is used.
 #[map(name = "COUNTS_0")]
-static COUNTS_0: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+static COUNTS_0: PerCpuHashMap<SampleKey, u64> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "COUNTS_1")]
-static COUNTS_1: PerCpuHashMap<SampleKey, u64> = PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, 0);
+static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
+    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// `unwind_user` and `unwind_store`, set by userspace with the table
 /// unwinder (empty with frame pointers only), and `cpu_files` where the
