@@ -336,13 +336,7 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
         if config.task_tgid == 0 {
             return 0;
         }
-        // SAFETY: the tracepoint's second argument is the child's
-        // `task_struct`; bpf_probe_read_kernel checks the address.
-        let child = unsafe {
-            let task: u64 = ctx.arg(1);
-            bpf_probe_read_kernel((task + u64::from(config.task_tgid)) as *const u32)
-        };
-        let Ok(child) = child else {
+        let Some(child) = task_field::<u32>(&ctx, CHILD, config.task_tgid) else {
             return 0;
         };
         if child == parent || child == 0 {
@@ -351,13 +345,8 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
         // A child sharing its parent's memory (vfork, posix_spawn) execs
         // at once and holds nothing of its own: not followed.
         if config.task_mm != 0 {
-            // SAFETY: the tracepoint's arguments are the parent's and the
-            // child's `task_struct`; bpf_probe_read_kernel checks them.
-            let mm = |n: usize| unsafe {
-                let task: u64 = ctx.arg(n);
-                bpf_probe_read_kernel((task + u64::from(config.task_mm)) as *const u64).ok()
-            };
-            if mm(0) == mm(1) {
+            let mm = |task| task_field::<u64>(&ctx, task, config.task_mm);
+            if mm(PARENT) == mm(CHILD) {
                 return 0;
             }
         }
@@ -386,6 +375,23 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
         }
         0
     })
+}
+
+/// `sched_process_fork`'s arguments: the parent's and the child's
+/// `task_struct`.
+const PARENT: usize = 0;
+const CHILD: usize = 1;
+
+/// The field at byte `offset` of the `task_struct` that is the fork
+/// tracepoint's argument `task`.
+#[inline(always)]
+fn task_field<T>(ctx: &BtfTracePointContext, task: usize, offset: u32) -> Option<T> {
+    // SAFETY: the argument is a `task_struct` pointer (see `PARENT`);
+    // bpf_probe_read_kernel checks the address it reads.
+    unsafe {
+        let task: u64 = ctx.arg(task);
+        bpf_probe_read_kernel((task + u64::from(offset)) as *const T).ok()
+    }
 }
 
 /// Process `tgid` exited: its forks are not followed any more (a process

@@ -249,32 +249,10 @@ pub fn store_stack<C: EbpfContext>(
     kind: Kind,
     error: Stat,
 ) -> StackHash {
-    let Some(scratch) = kind.scratch() else {
-        kind.bump(error);
-        return 0;
-    };
-    // SAFETY: `scratch` points at this CPU's slot of the kind, which
-    // nothing else touches while this program runs on this CPU; its first
-    // `size_of::<Stack>()` bytes are a `Stack` (the same frames array,
-    // shorter). The helper zero-fills the buffer past the frames it writes.
-    let len = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            scratch.cast(),
-            size_of::<Stack>() as u32,
-            flags,
-        )
-    };
-    if len < 0 {
-        kind.bump(error);
-        return 0;
+    match read_stack(ctx, flags, kind, error, 0) {
+        Some(frames) => store_scratch(frames, stacks, kind),
+        None => 0,
     }
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: see above; the helper has returned.
-    let stack = unsafe { &*scratch.cast::<Stack>() };
-    insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
 }
 
 /// Reads the user stack of the task `ctx` belongs to with frame pointers,
@@ -292,30 +270,12 @@ pub fn store_entry_stack<C: EbpfContext>(
     kind: Kind,
     return_address: u64,
 ) -> StackHash {
-    let Some(scratch) = kind.scratch() else {
-        kind.bump(Stat::UserStackError);
+    // From the second frame: frame 0 is then moved or filled below.
+    let Some(frames) = read_stack(ctx, BPF_F_USER_STACK as u64, kind, Stat::UserStackError, 1)
+    else {
         return 0;
     };
-    let frames = scratch.cast::<u64>();
-    // SAFETY: as in `store_stack`, into the slot from its second frame:
-    // `Stack`'s size less one frame fits there. The helper zero-fills
-    // past what it writes.
-    let len = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            frames.add(1).cast(),
-            (size_of::<Stack>() - size_of::<u64>()) as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if len < 0 {
-        kind.bump(Stat::UserStackError);
-        return 0;
-    }
-    if len == 0 {
-        return 0;
-    }
-    // SAFETY: this CPU's slot of the kind (see `store_stack`); every index
+    // SAFETY: this CPU's slot of the kind (see `read_stack`); every index
     // is below `MAX_STACK_DEPTH`, inside the slot.
     unsafe {
         if frames.add(2).read_volatile() == return_address {
@@ -331,8 +291,53 @@ pub fn store_entry_stack<C: EbpfContext>(
             frames.add(1).write_volatile(return_address);
         }
     }
-    // SAFETY: see above; a `Stack` is the slot's prefix.
-    let stack = unsafe { &*scratch.cast::<Stack>() };
+    store_scratch(frames, stacks, kind)
+}
+
+/// Reads one stack (see [`store_stack`]) into this CPU's scratch space of
+/// the kind from frame `skip` on, the `Stack`-sized prefix of the slot
+/// zero-filled past it; the slot's frames when the task has such a stack
+/// (`error` counted when it could not be read).
+#[inline(always)]
+fn read_stack<C: EbpfContext>(
+    ctx: &C,
+    flags: u64,
+    kind: Kind,
+    error: Stat,
+    skip: usize,
+) -> Option<*mut u64> {
+    let Some(scratch) = kind.scratch() else {
+        kind.bump(error);
+        return None;
+    };
+    let frames = scratch.cast::<u64>();
+    // SAFETY: `scratch` points at this CPU's slot of the kind, which
+    // nothing else touches while this program runs on this CPU; its first
+    // `size_of::<Stack>()` bytes are a `Stack` (the same frames array,
+    // shorter), of which the helper writes the part from frame `skip`
+    // (`skip` is 0 or 1) and zero-fills it past the frames it writes.
+    let len = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            frames.add(skip).cast(),
+            (size_of::<Stack>() - skip * size_of::<u64>()) as u32,
+            flags,
+        )
+    };
+    if len < 0 {
+        kind.bump(error);
+        return None;
+    }
+    (len > 0).then_some(frames)
+}
+
+/// Stores the `Stack` at the start of this CPU's scratch `frames` in
+/// `stacks` under its hash.
+#[inline(always)]
+fn store_scratch(frames: *mut u64, stacks: &HashMap<StackHash, Stack>, kind: Kind) -> StackHash {
+    // SAFETY: `frames` is this CPU's scratch slot (see `read_stack`),
+    // whose prefix is a `Stack`; the helper has returned.
+    let stack = unsafe { &*frames.cast::<Stack>() };
     insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
 }
 

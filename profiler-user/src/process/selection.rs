@@ -153,18 +153,16 @@ impl Selection {
         selected
     }
 
-    /// The processes `--pid` or the filters select now (alive), ascending.
+    /// The processes `--pid` or the filters select now (alive; `scan`
+    /// sorts them).
     fn scan_selected(&mut self, filter: &ProcessFilter, pods: &PodMetadata) -> Vec<u32> {
         let me = std::process::id();
         if let Some(pids) = &self.pids {
-            let mut pids: Vec<u32> = pids
+            return pids
                 .iter()
                 .copied()
                 .filter(|&pid| pid != me && alive(pid))
                 .collect();
-            pids.sort_unstable();
-            pids.dedup();
-            return pids;
         }
         let now = Instant::now();
         let mut running: Vec<u32> = std::fs::read_dir("/proc")

@@ -221,9 +221,7 @@ impl Memory {
     ) -> Result<bool, AttachError> {
         let attached = self.attach_probes(ebpf, pid, exec_gen);
         if attached.is_err() {
-            for key in self.heap.forget(|tgid, _| tgid == pid) {
-                let _ = self.live.remove(&key);
-            }
+            self.forget_live(|tgid, _| tgid == pid);
         }
         attached
     }
@@ -459,6 +457,16 @@ impl Memory {
         samples
     }
 
+    /// Forgets the live allocations `gone(tgid, exec_gen)` says are gone,
+    /// here and in the kernel; returns how many.
+    fn forget_live(&mut self, gone: impl FnMut(u32, u32) -> bool) -> usize {
+        let forgotten = self.heap.forget(gone);
+        for key in &forgotten {
+            let _ = self.live.remove(key);
+        }
+        forgotten.len()
+    }
+
     /// Forgets the live allocations of processes that exited or exec'd
     /// (`gone(tgid, exec_gen)`), here and in the kernel, and their probes
     /// (an exec'd process is probed again in its new image); stops
@@ -489,15 +497,9 @@ impl Memory {
         for key in orphans {
             let _ = self.deferred.remove(&key);
         }
-        let forgotten = self.heap.forget(&mut gone);
-        if !forgotten.is_empty() {
-            log::debug!(
-                "memory: {} live allocations of processes gone",
-                forgotten.len()
-            );
-        }
-        for key in forgotten {
-            let _ = self.live.remove(&key);
+        let forgotten = self.forget_live(&mut gone);
+        if forgotten > 0 {
+            log::debug!("memory: {forgotten} live allocations of processes gone");
         }
         let gone: Vec<u32> = self
             .attached

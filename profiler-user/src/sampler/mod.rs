@@ -1197,11 +1197,14 @@ fn quiesce() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
     // SAFETY: membarrier takes no pointers.
     let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    // SAFETY: sysconf takes no pointers.
-    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
     // With one CPU the kernel skips the grace period the barrier waits
     // for elsewhere (a preempted program run may still be reading).
-    if rc != 0 || cpus <= 1 {
+    // Asked once: sysconf reads /sys each time.
+    static ONE_CPU: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: sysconf takes no pointers.
+    let one_cpu =
+        *ONE_CPU.get_or_init(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } <= 1);
+    if rc != 0 || one_cpu {
         std::thread::sleep(Duration::from_millis(50));
     }
 }

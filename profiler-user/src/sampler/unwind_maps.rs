@@ -111,9 +111,24 @@ struct ElemAttr {
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
+/// The `bpf(2)` command `cmd` with `attr`. Hand-written because aya 0.14
+/// has no batch API (and libbpf-rs would bring in libbpf's C build for
+/// these calls).
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is a live `union bpf_attr` member for `cmd`, and the
+    // pointers it holds point at live arrays of the map's key and value
+    // sizes (see the callers).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Writes `values[i]` at `keys[i]` of the map `fd` in one
-/// `BPF_MAP_UPDATE_BATCH` call. Hand-written because aya 0.14 has no batch
-/// API (and libbpf-rs would bring in libbpf's C build for this one call).
+/// `BPF_MAP_UPDATE_BATCH` call (`V` the map's `repr(C)` value type, the
+/// keys `u32`).
 fn update_batch<V>(fd: i32, name: &str, keys: &[u32], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
@@ -126,26 +141,10 @@ fn update_batch<V>(fd: i32, name: &str, keys: &[u32], values: &[V]) -> io::Resul
         elem_flags: 0,
         flags: 0,
     };
-    // SAFETY: `attr` points at live key and value arrays of `count`
-    // elements of the map's key (u32) and value sizes (`V` is the map's
-    // `repr(C)` value type).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|err| {
         let first = keys.first().copied().unwrap_or(0);
-        return Err(io::Error::new(
-            err.kind(),
-            format!("writing {name}[{first}..]: {err}"),
-        ));
-    }
-    Ok(())
+        io::Error::new(err.kind(), format!("writing {name}[{first}..]: {err}"))
+    })
 }
 
 /// Deletes `key` from the hash map `fd` (absent is fine).
@@ -157,15 +156,7 @@ fn delete(fd: i32, key: u32) {
         value: 0,
         flags: 0,
     };
-    // SAFETY: `attr` points at a live u32 key, the map's key type.
-    let _ = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            &mut attr as *mut ElemAttr,
-            std::mem::size_of::<ElemAttr>(),
-        )
-    };
+    let _ = bpf(BPF_MAP_DELETE_ELEM, &mut attr);
 }
 
 impl UnwindMaps for KernelUnwindMaps {
