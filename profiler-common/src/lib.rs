@@ -344,6 +344,84 @@ pub const DEEP_STACK_DEPTH: usize = 520;
 /// this address, in user space or in the kernel.
 pub const TRUNCATED_MARK: u64 = u64::MAX;
 
+/// Words at or above this are marks ([`TRUNCATED_MARK`], [`PYTHON_MARK`],
+/// [`UnwindStop::mark`]), never addresses: the top 16 bytes of the address
+/// space hold no code.
+pub const MARKS_FLOOR: u64 = u64::MAX - 15;
+
+/// Why a table unwind ended. Every reason is a counter
+/// ([`UnwindStop::stat`]); a stack that stopped before its outermost frame
+/// ends in the reason's mark ([`UnwindStop::mark`]), so the profile shows
+/// it as incomplete instead of as a whole stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum UnwindStop {
+    /// The unwind goes on.
+    Running,
+    /// A row said the frame is the outermost (its return address is
+    /// undefined: `_start`, `clone3`, a thread's entry): the stack is whole.
+    End,
+    /// A frame-pointer step found a zero frame pointer, the ABI's mark of
+    /// the outermost frame: the stack is whole.
+    FramePointerEnd,
+    /// User memory could not be read.
+    ReadError,
+    /// Neither a row nor a frame pointer applied.
+    NoRule,
+    /// A step did not move up the stack.
+    NoProgress,
+    /// A return address was zero where a row or the frame chain said a
+    /// caller was.
+    ZeroReturn,
+    /// The stack goes on past the depth limit.
+    Truncated,
+}
+
+impl UnwindStop {
+    /// The reasons a stack stops early, each with its mark.
+    pub const EARLY: [UnwindStop; 5] = [
+        UnwindStop::ReadError,
+        UnwindStop::NoRule,
+        UnwindStop::NoProgress,
+        UnwindStop::ZeroReturn,
+        UnwindStop::Truncated,
+    ];
+
+    /// The counter of this reason (`None` while running).
+    pub const fn stat(self) -> Option<Stat> {
+        Some(match self {
+            UnwindStop::Running => return None,
+            UnwindStop::End => Stat::UnwindStopEnd,
+            UnwindStop::FramePointerEnd => Stat::UnwindStopFramePointerEnd,
+            UnwindStop::ReadError => Stat::UnwindStopReadError,
+            UnwindStop::NoRule => Stat::UnwindStopNoRule,
+            UnwindStop::NoProgress => Stat::UnwindStopNoProgress,
+            UnwindStop::ZeroReturn => Stat::UnwindStopZeroReturn,
+            UnwindStop::Truncated => Stat::UnwindTruncated,
+        })
+    }
+
+    /// The word that ends a stack stopped for this reason, after its last
+    /// frame; `None` for a whole stack (or one still running).
+    pub const fn mark(self) -> Option<u64> {
+        Some(match self {
+            UnwindStop::Running | UnwindStop::End | UnwindStop::FramePointerEnd => return None,
+            UnwindStop::Truncated => TRUNCATED_MARK,
+            UnwindStop::ReadError => u64::MAX - 2,
+            UnwindStop::NoRule => u64::MAX - 3,
+            UnwindStop::NoProgress => u64::MAX - 4,
+            UnwindStop::ZeroReturn => u64::MAX - 5,
+        })
+    }
+
+    /// The reason whose mark is `word`.
+    pub fn from_mark(word: u64) -> Option<UnwindStop> {
+        Self::EARLY
+            .into_iter()
+            .find(|stop| stop.mark() == Some(word))
+    }
+}
+
 /// Separates a user stack's native frames from the Python frames the
 /// unwinder appends after them ([`python_frame`]); no code lives at this
 /// address.
@@ -453,7 +531,8 @@ pub struct UnwindRow {
     /// First pc covered (file virtual address; tables of files linked
     /// above 4 GiB are not loaded).
     pub pc: u32,
-    /// CFA offset from the register [`Self::cfa_kind`] names; for
+    /// CFA offset from the register [`Self::cfa_kind`] names, in bytes
+    /// or, with [`UnwindRow::CFA_SCALED`], in 8-byte units; for
     /// [`UnwindRow::CFA_PLT`] the `pc & 15` threshold.
     pub cfa_offset: i16,
     /// `UnwindRow::CFA_*` in the low nibble, [`UnwindRow::RBP_SAVED`] flag.
@@ -482,10 +561,24 @@ impl UnwindRow {
     /// Flag in [`Self::kind`]: the caller's rbp is saved at CFA +
     /// 8 × [`Self::rbp_slot`] (else rbp still holds it).
     pub const RBP_SAVED: u8 = 0x10;
+    /// Flag in [`Self::kind`]: [`Self::cfa_offset`] counts 8-byte units,
+    /// for frames larger than 32 KiB (LLVM has frames of 37 KiB).
+    pub const CFA_SCALED: u8 = 0x20;
 
     /// The `CFA_*` kind.
     pub fn cfa_kind(&self) -> u8 {
         self.kind & Self::CFA_MASK
+    }
+
+    /// The CFA offset in bytes (for the `CFA_RSP` and `CFA_RBP` kinds).
+    #[inline(always)]
+    pub fn cfa_bytes(&self) -> i64 {
+        let offset = i64::from(self.cfa_offset);
+        if self.kind & Self::CFA_SCALED != 0 {
+            offset * 8
+        } else {
+            offset
+        }
     }
 }
 
@@ -1034,14 +1127,20 @@ pub enum Stat {
     /// Frames stepped with frame pointers inside a table unwind (pc outside
     /// every table, or a rule the unwinder cannot apply).
     UnwindFramePointerSteps,
-    /// Unwinds that reached the outermost frame (or a null return address).
+    /// Unwinds that reached a frame its row marks outermost
+    /// ([`UnwindStop::End`]).
     UnwindStopEnd,
+    /// Unwinds that reached a zero frame pointer
+    /// ([`UnwindStop::FramePointerEnd`]).
+    UnwindStopFramePointerEnd,
     /// Unwinds stopped because user memory could not be read.
     UnwindStopReadError,
     /// Unwinds stopped because neither a row nor a frame pointer applied.
     UnwindStopNoRule,
     /// Unwinds stopped because a step did not move up the stack.
     UnwindStopNoProgress,
+    /// Unwinds stopped at a zero return address ([`UnwindStop::ZeroReturn`]).
+    UnwindStopZeroReturn,
     /// Unwinds cut at the depth limit (the stack ends in [`TRUNCATED_MARK`]).
     UnwindTruncated,
     /// Samples lost because the tail call to the store program failed (a
@@ -1094,7 +1193,7 @@ pub enum Stat {
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 33;
+    pub const COUNT: u32 = 35;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -1111,9 +1210,11 @@ impl Stat {
         Stat::UnwindNoTables,
         Stat::UnwindFramePointerSteps,
         Stat::UnwindStopEnd,
+        Stat::UnwindStopFramePointerEnd,
         Stat::UnwindStopReadError,
         Stat::UnwindStopNoRule,
         Stat::UnwindStopNoProgress,
+        Stat::UnwindStopZeroReturn,
         Stat::UnwindTruncated,
         Stat::UnwindTailCallFailed,
         Stat::WaitIntervals,
@@ -1198,14 +1299,33 @@ mod tests {
         for (entry, instr) in [(false, 0), (true, 17), (false, 0xfffe)] {
             let word = python_frame::encode(code, entry, instr);
             assert_eq!(python_frame::decode(word), (code, entry, instr as u32));
-            assert!(word != 0 && word != PYTHON_MARK && word != TRUNCATED_MARK);
+            assert!(word != 0 && word < MARKS_FLOOR);
         }
         // Saturates rather than spilling into the flag.
         let word = python_frame::encode(code, false, 1 << 20);
         assert_eq!(python_frame::decode(word), (code, false, 0xfffe));
         // The largest word: the top address bits are clear.
         let top = python_frame::encode(python_frame::ADDRESS_MASK, true, u64::MAX);
-        assert!(top < PYTHON_MARK);
+        assert!(top < MARKS_FLOOR);
+    }
+
+    #[test]
+    fn stop_marks_are_distinct_marks_that_decode_to_their_reason() {
+        let mut marks = [PYTHON_MARK; UnwindStop::EARLY.len() + 1];
+        for (i, stop) in UnwindStop::EARLY.into_iter().enumerate() {
+            let mark = stop.mark().unwrap();
+            assert!(mark >= MARKS_FLOOR);
+            assert_eq!(UnwindStop::from_mark(mark), Some(stop));
+            assert!(stop.stat().is_some());
+            marks[i + 1] = mark;
+        }
+        marks.sort_unstable();
+        assert!(marks.windows(2).all(|pair| pair[0] != pair[1]));
+        assert_eq!(UnwindStop::Truncated.mark(), Some(TRUNCATED_MARK));
+        for whole in [UnwindStop::End, UnwindStop::FramePointerEnd] {
+            assert_eq!(whole.mark(), None);
+        }
+        assert_eq!(UnwindStop::from_mark(0x7f00_0000_1000), None);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     kernel_kind, names, Config, DeepStack, FileOffsets, ProcessEvent, Stack, StackHash, Stat,
-    DEEP_STACK_DEPTH, MAX_STACK_DEPTH, PYTHON_MARK, TRUNCATED_MARK,
+    DEEP_STACK_DEPTH, MARKS_FLOOR, MAX_STACK_DEPTH,
 };
 
 use crate::exec;
@@ -403,8 +403,9 @@ extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
     }
     // SAFETY: this CPU's scratch slot of the kind, filled by `record`.
     let addr = unsafe { (*scratch).frames[i] };
-    // The end of the native frames: a Python frame is no address.
-    if addr == 0 || addr == TRUNCATED_MARK || addr == PYTHON_MARK {
+    // The end of the native frames: a mark, and the Python frames after
+    // one, are no addresses.
+    if addr == 0 || addr >= MARKS_FLOOR {
         return 1;
     }
     look_up(walk, addr);

@@ -35,8 +35,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    signal_frame, Stat, UnwindChunk, UnwindProcess, UnwindRow, DEEP_STACK_DEPTH, TRUNCATED_MARK,
-    UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX,
+    signal_frame, Stat, UnwindChunk, UnwindProcess, UnwindRow, UnwindStop, DEEP_STACK_DEPTH,
+    TRUNCATED_MARK, UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX,
 };
 
 use crate::python;
@@ -78,31 +78,6 @@ static UNWIND_PROCESSES: HashMap<u32, UnwindProcess> =
 static UNWIND_STATE: PerCpuArray<UnwindState> =
     PerCpuArray::with_max_entries(profiler_common::kernel_kind::COUNT, 0);
 
-/// Why an unwind ended (`Running` while it has not).
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-enum Stop {
-    Running,
-    End,
-    ReadError,
-    NoRule,
-    NoProgress,
-    Truncated,
-}
-
-impl Stop {
-    fn stat(self) -> Option<Stat> {
-        match self {
-            Stop::Running => None,
-            Stop::End => Some(Stat::UnwindStopEnd),
-            Stop::ReadError => Some(Stat::UnwindStopReadError),
-            Stop::NoRule => Some(Stat::UnwindStopNoRule),
-            Stop::NoProgress => Some(Stat::UnwindStopNoProgress),
-            Stop::Truncated => Some(Stat::UnwindTruncated),
-        }
-    }
-}
-
 /// Where an unwind stands between program runs.
 #[derive(Clone, Copy)]
 pub struct UnwindState {
@@ -117,7 +92,7 @@ pub struct UnwindState {
     /// The pc is an interrupted instruction, not a return address (the
     /// leaf, or the frame a signal interrupted): look it up as it is.
     pc_is_exact: bool,
-    stop: Stop,
+    stop: UnwindStop,
 }
 
 /// An unwind in progress on this CPU.
@@ -144,7 +119,7 @@ impl Unwind {
             tid,
             kind: kind.index(),
             pc_is_exact: true,
-            stop: Stop::Running,
+            stop: UnwindStop::Running,
         };
         kind.bump(Stat::Unwound);
         Some(Unwind { state })
@@ -184,8 +159,8 @@ impl Unwind {
             )
         };
         if looped < 0 {
-            self.state.stop = Stop::NoRule;
-        } else if self.state.stop == Stop::Running {
+            self.state.stop = UnwindStop::NoRule;
+        } else if self.state.stop == UnwindStop::Running {
             self.truncate();
         }
     }
@@ -226,19 +201,33 @@ impl Unwind {
         if let Some(frame) = stack.frames.get_mut(last) {
             *frame = TRUNCATED_MARK;
         }
-        self.state.stop = Stop::Truncated;
+        self.state.stop = UnwindStop::Truncated;
     }
 
-    /// Counts why the unwind ended, appends the thread's Python frames (in
-    /// a Python process, see [`crate::python`]), ends the scratch stack's
-    /// frames with a zero (hashing and userspace stop there) and returns
-    /// their number.
+    /// Counts why the unwind ended, marks a stack that stopped early with
+    /// its reason ([`UnwindStop::mark`]; a truncated one has its mark
+    /// already), appends the thread's Python frames (in a Python process,
+    /// see [`crate::python`]), ends the scratch stack's frames with a zero
+    /// (hashing and userspace stop there) and returns their number.
     #[inline(always)]
     pub fn finish(self) -> usize {
-        if let Some(stat) = self.state.stop.stat() {
+        let stop = self.state.stop;
+        if let Some(stat) = stop.stat() {
             self.kind().bump(stat);
         }
         let mut depth = self.state.depth as usize;
+        if let (Some(mark), Some(scratch)) = (stop.mark(), self.kind().scratch()) {
+            // SAFETY: this CPU's scratch value; nothing else touches it meanwhile.
+            let stack = unsafe { &mut *scratch };
+            // Frames stop one slot short of the last (the truncation
+            // mark's): a stack that stopped early always has room.
+            if stop != UnwindStop::Truncated {
+                if let Some(frame) = stack.frames.get_mut(depth) {
+                    *frame = mark;
+                    depth += 1;
+                }
+            }
+        }
         if let Some(config) = self.kind().config() {
             depth = python::append(self.kind(), config, self.state.tgid, self.state.tid, depth);
         }
@@ -273,13 +262,13 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: this CPU's values; nothing else touches them meanwhile.
     let (state, stack) = unsafe { (&mut *state, &mut *scratch) };
-    if state.stop != Stop::Running {
+    if state.stop != UnwindStop::Running {
         return 1;
     }
     // SAFETY: plain lookup of a value userspace writes whole.
     let Some(process) = (unsafe { UNWIND_PROCESSES.get(&state.tgid) }) else {
         // The process's entry went away: keep what was unwound.
-        state.stop = Stop::NoRule;
+        state.stop = UnwindStop::NoRule;
         return 1;
     };
     let depth = state.depth as usize;
@@ -289,7 +278,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
             *frame = TRUNCATED_MARK;
         }
         state.depth = DEEP_STACK_DEPTH as u32;
-        state.stop = Stop::Truncated;
+        state.stop = UnwindStop::Truncated;
         return 1;
     }
     stack.frames[depth] = state.pc;
@@ -302,7 +291,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     };
     let step = match find_row(process, lookup_pc) {
         Some(row) if row.cfa_kind() == UnwindRow::CFA_END => {
-            state.stop = Stop::End;
+            state.stop = UnwindStop::End;
             return 1;
         }
         Some(row) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
@@ -317,19 +306,20 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
             // A frame that does not move up the stack would loop; a
             // signal frame may move anywhere (sigaltstack).
             if sp <= state.sp && !exact {
-                state.stop = Stop::NoProgress;
+                state.stop = UnwindStop::NoProgress;
             } else if pc == 0 {
-                state.stop = Stop::End;
+                state.stop = UnwindStop::ZeroReturn;
             }
             state.pc = pc;
             state.sp = sp;
             state.bp = bp;
             state.pc_is_exact = exact;
         }
-        Step::ReadError => state.stop = Stop::ReadError,
-        Step::NoRule => state.stop = Stop::NoRule,
+        Step::ReadError => state.stop = UnwindStop::ReadError,
+        Step::NoRule => state.stop = UnwindStop::NoRule,
+        Step::FramePointerEnd => state.stop = UnwindStop::FramePointerEnd,
     }
-    i64::from(state.stop != Stop::Running)
+    i64::from(state.stop != UnwindStop::Running)
 }
 
 /// The user registers the current task saved when it entered the kernel
@@ -360,8 +350,10 @@ enum Step {
     },
     /// User memory could not be read.
     ReadError,
-    /// Nothing applies (no row and no frame pointer).
+    /// Nothing applies (no row, and not a frame pointer step).
     NoRule,
+    /// A zero frame pointer: the outermost frame, by the ABI.
+    FramePointerEnd,
 }
 
 /// The row covering `pc` in the table of the mapping holding it; `None`
@@ -510,7 +502,7 @@ extern "C" fn row_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// One step with a table row.
 #[inline(always)]
 fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64) -> Step {
-    let offset = row.cfa_offset as i64 as u64;
+    let offset = row.cfa_bytes() as u64;
     let cfa = match row.cfa_kind() {
         UnwindRow::CFA_RSP => sp.wrapping_add(offset),
         UnwindRow::CFA_RBP => bp.wrapping_add(offset),
@@ -560,7 +552,7 @@ fn step_signal(sp: u64) -> Step {
 #[inline(always)]
 fn step_with_frame_pointer(bp: u64) -> Step {
     if bp == 0 {
-        return Step::NoRule;
+        return Step::FramePointerEnd;
     }
     match (read_user(bp + 8), read_user(bp)) {
         (Some(ra), Some(caller_bp)) => Step::Frame {

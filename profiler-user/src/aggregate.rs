@@ -165,7 +165,7 @@ mod tests {
                     exec_gen: 0,
                 },
                 user_stack: vec![1, 2],
-                user_truncated: false,
+                user_stop: None,
                 python_frames: vec![],
                 kernel_stack: vec![],
                 labels,

@@ -594,7 +594,7 @@ mod tests {
                     exec_gen: 0,
                 },
                 user_stack,
-                user_truncated: false,
+                user_stop: None,
                 python_frames: vec![],
                 kernel_stack: vec![],
                 labels: vec![],

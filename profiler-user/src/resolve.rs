@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use profiler_common::python_frame;
+use profiler_common::{python_frame, UnwindStop};
 
 use crate::aggregate::Aggregated;
 use crate::k8s::PodMetadata;
@@ -32,6 +32,20 @@ const IDLE_PROCESS: &str = "swapper";
 const PYTHON_UNKNOWN: &str = "[python]";
 /// Outermost frame of a stack cut at the unwinder's depth limit.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// The outermost frame that stands for the unknown rest of a user stack
+/// the unwinder stopped early, by why it stopped: such a stack is never
+/// shown as a whole one. `None` for a whole stack.
+pub fn stop_frame(stop: UnwindStop) -> Option<&'static str> {
+    Some(match stop {
+        UnwindStop::Running | UnwindStop::End | UnwindStop::FramePointerEnd => return None,
+        UnwindStop::Truncated => TRUNCATED_FRAME,
+        UnwindStop::ReadError => "[incomplete: unreadable stack]",
+        UnwindStop::NoRule => "[incomplete: no unwind rule]",
+        UnwindStop::NoProgress => "[incomplete: frame did not move up the stack]",
+        UnwindStop::ZeroReturn => "[incomplete: zero return address]",
+    })
+}
 /// Path of the kernel's pseudo-mapping.
 const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
 
@@ -191,9 +205,9 @@ fn stack_of(
             stack.push(python_location(builder, python, image, *word));
         }
     }
-    if key.user_truncated {
-        // Outermost: the frames above the depth limit are unknown.
-        let lines = lines_for(builder, &None, || TRUNCATED_FRAME.into());
+    if let Some(name) = key.user_stop.and_then(stop_frame) {
+        // Outermost: the frames above the last one are unknown.
+        let lines = lines_for(builder, &None, || name.into());
         stack.push(builder.location(Location {
             mapping: None,
             address: 0,
@@ -647,7 +661,22 @@ mod tests {
     }
 
     /// One CPU sample of a pid that cannot exist, so nothing resolves.
-    fn ghost(comm: &str, user_stack: Vec<u64>, user_truncated: bool, count: u64) -> Aggregated {
+    fn ghost(comm: &str, user_stack: Vec<u64>, truncated: bool, count: u64) -> Aggregated {
+        ghost_stopped(
+            comm,
+            user_stack,
+            truncated.then_some(UnwindStop::Truncated),
+            count,
+        )
+    }
+
+    /// [`ghost`] with a stack the unwinder stopped for `user_stop`.
+    fn ghost_stopped(
+        comm: &str,
+        user_stack: Vec<u64>,
+        user_stop: Option<UnwindStop>,
+        count: u64,
+    ) -> Aggregated {
         let key = SampleKey {
             kind: ProfileKind::Cpu,
             thread: Thread {
@@ -657,7 +686,7 @@ mod tests {
                 exec_gen: 0,
             },
             user_stack,
-            user_truncated,
+            user_stop,
             python_frames: vec![],
             kernel_stack: vec![],
             labels: vec![],
@@ -733,6 +762,22 @@ mod tests {
             profile.function(root.lines[0].function).name,
             TRUNCATED_FRAME
         );
+    }
+
+    #[test]
+    fn stacks_stopped_early_end_in_a_frame_naming_why() {
+        for stop in UnwindStop::EARLY {
+            let profile = build(ghost_stopped("early", vec![0x1000], Some(stop), 1));
+            let stack = &profile.samples[0].stack;
+            assert_eq!(stack.len(), 2);
+            let root = profile.location(*stack.last().unwrap());
+            let name = &profile.function(root.lines[0].function).name;
+            assert_eq!(Some(name.as_str()), stop_frame(stop));
+            assert!(name.starts_with('['), "{name}");
+        }
+        for whole in [UnwindStop::End, UnwindStop::FramePointerEnd] {
+            assert_eq!(stop_frame(whole), None);
+        }
     }
 
     #[test]

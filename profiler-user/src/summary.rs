@@ -373,7 +373,7 @@ fn write_unwind(f: &mut fmt::Formatter<'_>, u: &UnwindCounters, t: &LoaderStats)
         "unwound stacks   {} of {} user stacks from tables ({} %), {} truncated",
         u.unwound, user_stacks, percent, u.truncated
     )?;
-    let stopped_early = u.read_errors + u.no_rule + u.no_progress;
+    let stopped_early = u.stopped_early();
     if stopped_early > 0 {
         write!(f, ", {stopped_early} stopped early")?;
     }

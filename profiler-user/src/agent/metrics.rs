@@ -442,13 +442,15 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit_counters(
         e,
         "unwind_stops",
-        "Table unwinds by why they ended (end: the outermost frame; truncated: the depth limit)",
+        "Table unwinds by why they ended (end: a frame its row marks outermost; frame_pointer_end: a zero frame pointer; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address; truncated: the depth limit)",
         "reason",
         &[
             ("end", u.ended),
+            ("frame_pointer_end", u.frame_pointer_ended),
             ("read_error", u.read_errors),
             ("no_rule", u.no_rule),
             ("no_progress", u.no_progress),
+            ("zero_return", u.zero_return),
             ("truncated", u.truncated),
         ],
     )?;
@@ -646,6 +648,7 @@ mod tests {
             "hostprof_unwind_stops_total{reason=\"end\"} 880",
             "hostprof_unwind_stops_total{reason=\"read_error\"} 5",
             "hostprof_unwind_stops_total{reason=\"no_rule\"} 4",
+            "hostprof_unwind_stops_total{reason=\"zero_return\"} 0",
             "hostprof_unwind_stops_total{reason=\"no_progress\"} 2",
             "hostprof_unwind_stops_total{reason=\"truncated\"} 9",
             "hostprof_unwind_frame_pointer_steps_total 12",

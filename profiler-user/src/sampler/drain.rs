@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::{
-    SampleKey as KernelKey, StackHash, Stat, TraceContext, COMM_LEN, PYTHON_MARK, TRUNCATED_MARK,
+    SampleKey as KernelKey, StackHash, Stat, TraceContext, UnwindStop, COMM_LEN, PYTHON_MARK,
 };
 
 use super::stats::{
@@ -71,9 +71,11 @@ pub struct SampleKey {
     pub thread: Thread,
     /// User-space instruction pointers, leaf first; empty for kernel threads.
     pub user_stack: Vec<u64>,
-    /// The kernel cut the user stack at its depth limit: the frames above
-    /// the last one are unknown.
-    pub user_truncated: bool,
+    /// Why the table unwinder stopped before the user stack's outermost
+    /// frame (the depth limit, unreadable memory, …): the frames above the
+    /// last one are unknown. `None` for a whole stack, or one taken with
+    /// frame pointers.
+    pub user_stop: Option<UnwindStop>,
     /// The thread's Python frames, innermost first, one word each
     /// ([`profiler_common::python_frame`]); empty outside Python.
     pub python_frames: Vec<u64>,
@@ -138,15 +140,14 @@ pub fn comm_to_string(comm: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(&comm[..len]).into_owned()
 }
 
-/// A user stack without the kernel's truncation mark, and whether it had
-/// one (the unwinder cut it at its depth limit).
-pub fn split_truncated(mut stack: Vec<u64>) -> (Vec<u64>, bool) {
-    if stack.last() == Some(&TRUNCATED_MARK) {
+/// A user stack without the mark the kernel's unwinder ends a stack with
+/// when it stopped early, and why it stopped ([`UnwindStop::mark`]).
+pub fn split_stop(mut stack: Vec<u64>) -> (Vec<u64>, Option<UnwindStop>) {
+    let stop = stack.last().and_then(|&word| UnwindStop::from_mark(word));
+    if stop.is_some() {
         stack.pop();
-        (stack, true)
-    } else {
-        (stack, false)
     }
+    (stack, stop)
 }
 
 /// A user stack's native frames and, after [`PYTHON_MARK`], the Python
@@ -192,7 +193,7 @@ pub fn decode_key(
     labels: Vec<Label>,
 ) -> SampleKey {
     let (user_stack, python_frames) = split_python(lookup_stack(stacks, user_stack));
-    let (user_stack, user_truncated) = split_truncated(user_stack);
+    let (user_stack, user_stop) = split_stop(user_stack);
     SampleKey {
         kind,
         thread: Thread {
@@ -202,7 +203,7 @@ pub fn decode_key(
             exec_gen,
         },
         user_stack,
-        user_truncated,
+        user_stop,
         python_frames,
         kernel_stack: lookup_stack(stacks, kernel_stack),
         labels,
@@ -286,9 +287,11 @@ impl StatCounters {
                 no_tables: delta(Stat::UnwindNoTables),
                 frame_pointer_steps: delta(Stat::UnwindFramePointerSteps),
                 ended: delta(Stat::UnwindStopEnd),
+                frame_pointer_ended: delta(Stat::UnwindStopFramePointerEnd),
                 read_errors: delta(Stat::UnwindStopReadError),
                 no_rule: delta(Stat::UnwindStopNoRule),
                 no_progress: delta(Stat::UnwindStopNoProgress),
+                zero_return: delta(Stat::UnwindStopZeroReturn),
                 truncated: delta(Stat::UnwindTruncated),
                 python_stacks: delta(Stat::PythonStacks),
                 python_no_frames: delta(Stat::PythonNoFrames),
@@ -317,7 +320,7 @@ impl StatCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::kernel_kind;
+    use profiler_common::{kernel_kind, TRUNCATED_MARK};
 
     fn key(tgid: u32, user: StackHash, kernel: StackHash) -> KernelKey {
         let mut comm = [0; COMM_LEN];
@@ -368,7 +371,7 @@ mod tests {
         );
         assert_eq!(samples.len(), 4, "zero counts are skipped");
         assert_eq!(samples[0].key.user_stack, vec![0x1, 0x2]);
-        assert!(!samples[0].key.user_truncated);
+        assert_eq!(samples[0].key.user_stop, None);
         assert_eq!(samples[0].key.kernel_stack, vec![0xffff_0001]);
         assert_eq!(samples[0].key.thread.comm, "work");
         assert_eq!(samples[0].key.kind, ProfileKind::Cpu);
@@ -380,7 +383,7 @@ mod tests {
         );
         assert_eq!(samples[2].count(), 2);
         assert_eq!(samples[3].key.user_stack, vec![0x1, 0x2], "mark removed");
-        assert!(samples[3].key.user_truncated);
+        assert_eq!(samples[3].key.user_stop, Some(UnwindStop::Truncated));
         let drained = Drained {
             samples,
             stats: KindStats::new(),
@@ -417,13 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn truncation_mark_is_decoded_once() {
+    fn stop_marks_are_decoded_once() {
         assert_eq!(
-            split_truncated(vec![1, 2, TRUNCATED_MARK]),
-            (vec![1, 2], true)
+            split_stop(vec![1, 2, TRUNCATED_MARK]),
+            (vec![1, 2], Some(UnwindStop::Truncated))
         );
-        assert_eq!(split_truncated(vec![1, 2]), (vec![1, 2], false));
-        assert_eq!(split_truncated(vec![]), (vec![], false));
+        for stop in UnwindStop::EARLY {
+            let mark = stop.mark().unwrap();
+            assert_eq!(split_stop(vec![1, mark]), (vec![1], Some(stop)));
+        }
+        assert_eq!(split_stop(vec![1, 2]), (vec![1, 2], None));
+        assert_eq!(split_stop(vec![]), (vec![], None));
     }
 
     #[test]

@@ -267,7 +267,10 @@ ffffffffc0000000 t finish_task_switch\t[some_module]
             "one event, at its Unix time"
         );
         assert_eq!(first.key.user_stack, vec![0x10, 0x20]);
-        assert!(first.key.user_truncated);
+        assert_eq!(
+            first.key.user_stop,
+            Some(profiler_common::UnwindStop::Truncated)
+        );
         assert_eq!(first.key.kernel_stack, vec![0xffff_ffff_8100_0000]);
         assert_eq!(first.key.thread.comm, "sleep");
         assert_eq!(

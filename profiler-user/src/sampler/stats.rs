@@ -140,14 +140,20 @@ pub struct UnwindCounters {
     /// Frames stepped with frame pointers inside table unwinds (code
     /// without tables, or rules the tables could not encode).
     pub frame_pointer_steps: u64,
-    /// Unwinds that reached the outermost frame.
+    /// Unwinds that reached a frame its row marks outermost (`_start`,
+    /// a thread's entry): whole stacks.
     pub ended: u64,
+    /// Unwinds that reached a zero frame pointer, the ABI's outermost
+    /// mark: whole stacks.
+    pub frame_pointer_ended: u64,
     /// Unwinds stopped by unreadable user memory.
     pub read_errors: u64,
     /// Unwinds stopped where neither a row nor a frame pointer applied.
     pub no_rule: u64,
     /// Unwinds stopped by a frame that did not move up the stack.
     pub no_progress: u64,
+    /// Unwinds stopped by a zero return address where a caller should be.
+    pub zero_return: u64,
     /// Unwinds cut at the depth limit (marked `[truncated]` in the profile).
     pub truncated: u64,
     /// Samples of Python processes whose Python frames were walked.
@@ -160,15 +166,23 @@ pub struct UnwindCounters {
 }
 
 impl UnwindCounters {
+    /// Unwinds that stopped before the outermost frame other than at the
+    /// depth limit: their stacks end in an `[incomplete: …]` frame.
+    pub fn stopped_early(&self) -> u64 {
+        self.read_errors + self.no_rule + self.no_progress + self.zero_return
+    }
+
     /// Adds every counter of `other` to `self`.
     pub fn add(&mut self, other: &UnwindCounters) {
         self.unwound += other.unwound;
         self.no_tables += other.no_tables;
         self.frame_pointer_steps += other.frame_pointer_steps;
         self.ended += other.ended;
+        self.frame_pointer_ended += other.frame_pointer_ended;
         self.read_errors += other.read_errors;
         self.no_rule += other.no_rule;
         self.no_progress += other.no_progress;
+        self.zero_return += other.zero_return;
         self.truncated += other.truncated;
         self.python_stacks += other.python_stacks;
         self.python_no_frames += other.python_no_frames;

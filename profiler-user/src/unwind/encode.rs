@@ -26,22 +26,31 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
         .map(|row| {
             let pc = u32::try_from(row.pc).map_err(|_| EncodeError::PcTooLarge { pc: row.pc })?;
             let (cfa_kind, cfa_offset) = match row.cfa {
-                CfaRule::Rsp(off) => (KernelRow::CFA_RSP, i16::try_from(off).ok()),
-                CfaRule::Rbp(off) => (KernelRow::CFA_RBP, i16::try_from(off).ok()),
-                CfaRule::Plt { threshold } => (KernelRow::CFA_PLT, Some(i16::from(threshold))),
-                CfaRule::Signal => (KernelRow::CFA_SIGNAL, Some(0)),
-                CfaRule::End => (KernelRow::CFA_END, Some(0)),
-                CfaRule::Missing | CfaRule::Unsupported => (KernelRow::CFA_NONE, Some(0)),
+                CfaRule::Rsp(off) => (KernelRow::CFA_RSP, register_offset(off)),
+                CfaRule::Rbp(off) => (KernelRow::CFA_RBP, register_offset(off)),
+                CfaRule::Plt { threshold } => (
+                    KernelRow::CFA_PLT,
+                    Some(Offset::Bytes(i16::from(threshold))),
+                ),
+                CfaRule::Signal => (KernelRow::CFA_SIGNAL, Some(Offset::Bytes(0))),
+                CfaRule::End => (KernelRow::CFA_END, Some(Offset::Bytes(0))),
+                CfaRule::Missing | CfaRule::Unsupported => {
+                    (KernelRow::CFA_NONE, Some(Offset::Bytes(0)))
+                }
             };
             let (cfa_kind, cfa_offset) = match cfa_offset {
                 Some(off) => (cfa_kind, off),
-                None => (KernelRow::CFA_NONE, 0),
+                None => (KernelRow::CFA_NONE, Offset::Bytes(0)),
             };
             // A saved rbp the encoding cannot place is as good as lost;
             // only frames that use rbp as CFA notice.
             let rbp_slot = match row.rbp {
                 RbpRule::CfaOffset(off) if off % 8 == 0 => i8::try_from(off / 8).ok(),
                 _ => None,
+            };
+            let (cfa_kind, cfa_offset) = match cfa_offset {
+                Offset::Bytes(off) => (cfa_kind, off),
+                Offset::Scaled(units) => (cfa_kind | KernelRow::CFA_SCALED, units),
             };
             let kind = match rbp_slot {
                 Some(_) => cfa_kind | KernelRow::RBP_SAVED,
@@ -55,6 +64,26 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
             })
         })
         .collect()
+}
+
+/// A CFA offset as the kernel row holds it.
+enum Offset {
+    /// In bytes.
+    Bytes(i16),
+    /// In 8-byte units ([`KernelRow::CFA_SCALED`]).
+    Scaled(i16),
+}
+
+/// `offset` in bytes when it fits, else in 8-byte units when it is a
+/// multiple of 8 that fits (frames up to 256 KiB); `None` otherwise.
+fn register_offset(offset: i32) -> Option<Offset> {
+    if let Ok(bytes) = i16::try_from(offset) {
+        return Some(Offset::Bytes(bytes));
+    }
+    if offset % 8 != 0 {
+        return None;
+    }
+    i16::try_from(offset / 8).ok().map(Offset::Scaled)
 }
 
 #[cfg(test)]
@@ -76,6 +105,8 @@ mod tests {
             row(0x40, CfaRule::Signal, RbpRule::Unsupported),
             row(0x50, CfaRule::End, RbpRule::Unchanged),
             row(0x60, CfaRule::Rsp(64), RbpRule::CfaOffset(-4096)),
+            row(0x70, CfaRule::Rsp(37424), RbpRule::CfaOffset(-16)),
+            row(0x80, CfaRule::Rbp(40001), RbpRule::Unchanged),
         ]);
         let rows = encode(&table).unwrap();
         assert_eq!(
@@ -90,7 +121,7 @@ mod tests {
             ),
             (KernelRow::CFA_RBP, KernelRow::RBP_SAVED, -2)
         );
-        assert_eq!(rows[2].cfa_kind(), KernelRow::CFA_NONE, "offset beyond i16");
+        assert_eq!(rows[2].cfa_kind(), KernelRow::CFA_NONE, "beyond 256 KiB");
         assert_eq!(
             (rows[3].cfa_kind(), rows[3].cfa_offset),
             (KernelRow::CFA_PLT, 11)
@@ -103,6 +134,18 @@ mod tests {
             "rbp slot beyond i8: not saved"
         );
         assert_eq!(rows[6].pc, 0x60);
+        // A 37 KiB frame (LLVM has them) in 8-byte units.
+        assert_eq!(
+            (rows[7].cfa_kind(), rows[7].cfa_bytes(), rows[7].rbp_slot),
+            (KernelRow::CFA_RSP, 37424, -2)
+        );
+        assert_ne!(rows[7].kind & KernelRow::CFA_SCALED, 0);
+        assert_eq!(rows[0].cfa_bytes(), 8);
+        assert_eq!(
+            rows[8].cfa_kind(),
+            KernelRow::CFA_NONE,
+            "not in 8-byte units"
+        );
     }
 
     #[test]
