@@ -373,17 +373,22 @@ pub enum UnwindStop {
     /// A return address was zero where a row or the frame chain said a
     /// caller was.
     ZeroReturn,
+    /// The pc is in a file whose table is still being built: stepping
+    /// with frame pointers in code that may not keep them would make up
+    /// callers.
+    TablesPending,
     /// The stack goes on past the depth limit.
     Truncated,
 }
 
 impl UnwindStop {
     /// The reasons a stack stops early, each with its mark.
-    pub const EARLY: [UnwindStop; 5] = [
+    pub const EARLY: [UnwindStop; 6] = [
         UnwindStop::ReadError,
         UnwindStop::NoRule,
         UnwindStop::NoProgress,
         UnwindStop::ZeroReturn,
+        UnwindStop::TablesPending,
         UnwindStop::Truncated,
     ];
 
@@ -397,6 +402,7 @@ impl UnwindStop {
             UnwindStop::NoRule => Stat::UnwindStopNoRule,
             UnwindStop::NoProgress => Stat::UnwindStopNoProgress,
             UnwindStop::ZeroReturn => Stat::UnwindStopZeroReturn,
+            UnwindStop::TablesPending => Stat::UnwindStopTablesPending,
             UnwindStop::Truncated => Stat::UnwindTruncated,
         })
     }
@@ -411,6 +417,7 @@ impl UnwindStop {
             UnwindStop::NoRule => u64::MAX - 3,
             UnwindStop::NoProgress => u64::MAX - 4,
             UnwindStop::ZeroReturn => u64::MAX - 5,
+            UnwindStop::TablesPending => u64::MAX - 6,
         })
     }
 
@@ -532,8 +539,8 @@ pub struct UnwindRow {
     /// above 4 GiB are not loaded).
     pub pc: u32,
     /// CFA offset from the register [`Self::cfa_kind`] names, in bytes
-    /// or, with [`UnwindRow::CFA_SCALED`], in 8-byte units; for
-    /// [`UnwindRow::CFA_PLT`] the `pc & 15` threshold.
+    /// or, with [`UnwindRow::CFA_SCALED`], the low 16 bits of its count of
+    /// 8-byte units; for [`UnwindRow::CFA_PLT`] the `pc & 15` threshold.
     pub cfa_offset: i16,
     /// `UnwindRow::CFA_*` in the low nibble, [`UnwindRow::RBP_SAVED`] flag.
     pub kind: u8,
@@ -556,14 +563,27 @@ impl UnwindRow {
     /// A signal trampoline (`__restore_rt`): rsp points at the
     /// `ucontext_t` whose saved registers are the interrupted frame's.
     pub const CFA_SIGNAL: u8 = 5;
+    /// Not a row of a table: the pc's file has its table still being
+    /// built (see [`UnwindMapping::PENDING`]).
+    pub const CFA_PENDING: u8 = 7;
+    /// No function here: the gap between two functions' rows, of
+    /// [`Self::cfa_offset`] bytes up to the next function's first row
+    /// (0 when that does not fit). Frame pointers apply, except to a
+    /// return address at the next function's first byte (see the
+    /// unwinder).
+    pub const CFA_GAP: u8 = 6;
     /// Mask of the CFA kind in [`Self::kind`].
     pub const CFA_MASK: u8 = 0x0f;
     /// Flag in [`Self::kind`]: the caller's rbp is saved at CFA +
     /// 8 × [`Self::rbp_slot`] (else rbp still holds it).
     pub const RBP_SAVED: u8 = 0x10;
-    /// Flag in [`Self::kind`]: [`Self::cfa_offset`] counts 8-byte units,
-    /// for frames larger than 32 KiB (LLVM has frames of 37 KiB).
+    /// Flag in [`Self::kind`]: the CFA offset is a count of 8-byte units,
+    /// 18 bits unsigned: [`Self::cfa_offset`] holds the low 16, the
+    /// kind's top two bits the rest. For frames from 32 KiB to 2 MiB
+    /// (LLVM has frames of 37 KiB and 502 KiB, librustc_driver of 527 KiB).
     pub const CFA_SCALED: u8 = 0x20;
+    /// Where the top bits of a scaled offset start in [`Self::kind`].
+    pub const CFA_SCALED_HIGH_SHIFT: u8 = 6;
 
     /// The `CFA_*` kind.
     pub fn cfa_kind(&self) -> u8 {
@@ -573,11 +593,11 @@ impl UnwindRow {
     /// The CFA offset in bytes (for the `CFA_RSP` and `CFA_RBP` kinds).
     #[inline(always)]
     pub fn cfa_bytes(&self) -> i64 {
-        let offset = i64::from(self.cfa_offset);
         if self.kind & Self::CFA_SCALED != 0 {
-            offset * 8
+            let high = i64::from(self.kind >> Self::CFA_SCALED_HIGH_SHIFT);
+            ((high << 16) | i64::from(self.cfa_offset as u16)) * 8
         } else {
-            offset
+            i64::from(self.cfa_offset)
         }
     }
 }
@@ -630,10 +650,17 @@ pub struct UnwindMapping {
     pub end: u64,
     /// Added (wrapping) to a pc in the mapping to get the file's virtual address.
     pub adjust: u64,
-    /// Index of the file's first row in `UNWIND_ROWS`.
+    /// Index of the file's first row in `UNWIND_ROWS`, or
+    /// [`UnwindMapping::PENDING`].
     pub row_start: u32,
     /// Number of rows of the file.
     pub row_count: u32,
+}
+
+impl UnwindMapping {
+    /// [`Self::row_start`] of a mapping whose file's table is still being
+    /// built (its `row_count` is 0).
+    pub const PENDING: u32 = u32::MAX;
 }
 
 /// The table-backed mappings of one process.
@@ -1121,8 +1148,9 @@ pub enum Stat {
     NewProcessLost,
     /// Samples whose user stack was unwound with tables.
     Unwound,
-    /// Samples of processes without tables loaded (yet): their user stacks
-    /// come from frame pointers (`bpf_get_stack`).
+    /// Samples of processes without tables loaded (yet): the unwinder
+    /// steps their user stacks with frame pointers only (with the frame
+    /// pointer unwinder, `bpf_get_stack` reads them).
     UnwindNoTables,
     /// Frames stepped with frame pointers inside a table unwind (pc outside
     /// every table, or a rule the unwinder cannot apply).
@@ -1141,6 +1169,9 @@ pub enum Stat {
     UnwindStopNoProgress,
     /// Unwinds stopped at a zero return address ([`UnwindStop::ZeroReturn`]).
     UnwindStopZeroReturn,
+    /// Unwinds stopped in a file whose table is still being built
+    /// ([`UnwindStop::TablesPending`]).
+    UnwindStopTablesPending,
     /// Unwinds cut at the depth limit (the stack ends in [`TRUNCATED_MARK`]).
     UnwindTruncated,
     /// Samples lost because the tail call to the store program failed (a
@@ -1193,7 +1224,7 @@ pub enum Stat {
 
 impl Stat {
     /// Number of counters (the `STATS` array's size).
-    pub const COUNT: u32 = 35;
+    pub const COUNT: u32 = 36;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
@@ -1215,6 +1246,7 @@ impl Stat {
         Stat::UnwindStopNoRule,
         Stat::UnwindStopNoProgress,
         Stat::UnwindStopZeroReturn,
+        Stat::UnwindStopTablesPending,
         Stat::UnwindTruncated,
         Stat::UnwindTailCallFailed,
         Stat::WaitIntervals,

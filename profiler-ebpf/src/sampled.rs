@@ -189,9 +189,10 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
         stack::announce(tgid, kind);
     }
 
-    // With unwind tables, unwind in `unwind_user`; the tail call returns
-    // only when that program is not loaded (frame pointers only).
-    if tgid != 0 && unwind::has_tables(tgid) {
+    // With the table unwinder, unwind in `unwind_user` (tables loaded for
+    // the process or not); the tail call returns only when that program is
+    // not loaded (frame pointers only).
+    if tgid != 0 {
         // SAFETY: the slot holds `unwind_user`, a perf-event program like
         // this one, or nothing.
         let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };

@@ -35,8 +35,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    signal_frame, Stat, UnwindChunk, UnwindProcess, UnwindRow, UnwindStop, DEEP_STACK_DEPTH,
-    TRUNCATED_MARK, UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX,
+    signal_frame, Stat, UnwindChunk, UnwindMapping, UnwindProcess, UnwindRow, UnwindStop,
+    DEEP_STACK_DEPTH, TRUNCATED_MARK, UNWIND_CHUNK_ROWS, UNWIND_MAPPINGS_MAX,
 };
 
 use crate::python;
@@ -102,11 +102,11 @@ pub struct Unwind {
 
 impl Unwind {
     /// Starts unwinding the user stack of `tgid` from its user registers
-    /// `regs` when its tables are loaded; `None` when they are not.
+    /// `regs`. Before its tables are loaded every step is a frame-pointer
+    /// step, so the stack still ends in a counted reason (and a mark when
+    /// it stopped early), unlike the kernel's frame-pointer walk.
     #[inline(always)]
     pub fn start(regs: &pt_regs, kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
-        // SAFETY: plain lookup; the value is read by the steps.
-        unsafe { UNWIND_PROCESSES.get(&tgid) }?;
         let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
         // SAFETY: this CPU's state; nothing else touches it meanwhile.
         let state = unsafe { &mut *state };
@@ -121,7 +121,12 @@ impl Unwind {
             pc_is_exact: true,
             stop: UnwindStop::Running,
         };
-        kind.bump(Stat::Unwound);
+        // SAFETY: plain lookup; the value is not read here.
+        if unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some() {
+            kind.bump(Stat::Unwound);
+        } else {
+            kind.bump(Stat::UnwindNoTables);
+        }
         Some(Unwind { state })
     }
 
@@ -242,13 +247,6 @@ impl Unwind {
     }
 }
 
-/// Whether userspace loaded tables for `tgid`.
-#[inline(always)]
-pub fn has_tables(tgid: u32) -> bool {
-    // SAFETY: plain lookup; the value is not read here.
-    unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some()
-}
-
 /// One unwinding step, a `bpf_loop` callback whose context is the kind
 /// (a `u32`): pushes the current pc and finds the caller's registers.
 /// Returns 1 (stop looping) once the unwind has ended.
@@ -265,12 +263,6 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     if state.stop != UnwindStop::Running {
         return 1;
     }
-    // SAFETY: plain lookup of a value userspace writes whole.
-    let Some(process) = (unsafe { UNWIND_PROCESSES.get(&state.tgid) }) else {
-        // The process's entry went away: keep what was unwound.
-        state.stop = UnwindStop::NoRule;
-        return 1;
-    };
     let depth = state.depth as usize;
     if depth >= DEEP_STACK_DEPTH - 1 {
         // The last slot: the stack goes on, but not here.
@@ -289,13 +281,37 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     } else {
         state.pc.wrapping_sub(1)
     };
-    let step = match find_row(process, lookup_pc) {
-        Some(row) if row.cfa_kind() == UnwindRow::CFA_END => {
+    // SAFETY: plain lookup of a value userspace writes whole. None: no
+    // tables (yet), every step with the frame pointer.
+    let process = unsafe { UNWIND_PROCESSES.get(&state.tgid) };
+    let row = process.and_then(|process| find_row(process, lookup_pc));
+    let step = match row {
+        Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_END => {
             state.stop = UnwindStop::End;
             return 1;
         }
-        Some(row) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
-        Some(row) => step_with_row(&row, state.pc, state.sp, state.bp),
+        Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_PENDING => {
+            state.stop = UnwindStop::TablesPending;
+            return 1;
+        }
+        // A return address whose call would be in the gap before a
+        // function, at the function's first byte, was planted, not pushed
+        // by a call: makecontext's return into `__start_context`. Nothing
+        // a caller left lies beyond it.
+        Some((row, vaddr))
+            if row.cfa_kind() == UnwindRow::CFA_GAP
+                && !state.pc_is_exact
+                && u64::from(vaddr) + 1 == u64::from(row.pc) + row.cfa_offset as u64 =>
+        {
+            state.stop = UnwindStop::End;
+            return 1;
+        }
+        Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_GAP => {
+            kind.bump(Stat::UnwindFramePointerSteps);
+            step_with_frame_pointer(state.bp)
+        }
+        Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
+        Some((row, _)) => step_with_row(&row, state.pc, state.sp, state.bp),
         None => {
             kind.bump(Stat::UnwindFramePointerSteps);
             step_with_frame_pointer(state.bp)
@@ -356,10 +372,11 @@ enum Step {
     FramePointerEnd,
 }
 
-/// The row covering `pc` in the table of the mapping holding it; `None`
-/// when no table covers it or its rule is not one the unwinder applies.
+/// The row covering `pc` in the table of the mapping holding it, and the
+/// file address `pc` is at; `None` when no table covers it or its rule is
+/// not one the unwinder applies.
 #[inline(always)]
-fn find_row(process: &UnwindProcess, pc: u64) -> Option<UnwindRow> {
+fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     // The last mapping with start <= pc (mappings are sorted by start).
     let count = process.count.min(UNWIND_MAPPINGS_MAX as u32);
     let (mut lo, mut hi) = (0u32, count);
@@ -390,6 +407,13 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<UnwindRow> {
     // The last row with row.pc <= vaddr: first the last of the file's
     // chunks (its table starts a chunk) whose first row's pc is <= vaddr,
     // then the row in that chunk.
+    if mapping.row_start == UnwindMapping::PENDING {
+        let pending = UnwindRow {
+            kind: UnwindRow::CFA_PENDING,
+            ..UnwindRow::default()
+        };
+        return Some((pending, vaddr));
+    }
     if mapping.row_count == 0 {
         return None;
     }
@@ -443,7 +467,7 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<UnwindRow> {
     }
     // lo is 0 when the search failed: no row.
     let row = *chunk.rows.get((search.lo as usize).wrapping_sub(1))?;
-    (row.cfa_kind() != UnwindRow::CFA_NONE).then_some(row)
+    (row.cfa_kind() != UnwindRow::CFA_NONE).then_some((row, vaddr))
 }
 
 /// A binary search: over a file's chunks for the last one whose first

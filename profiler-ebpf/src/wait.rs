@@ -191,7 +191,7 @@ impl Waits {
         }
         // With unwind tables, unwind in the hook's unwinding program; the
         // tail call returns only when it is not loaded (frame pointers only).
-        if unwind::has_tables(tgid) {
+        if tgid != 0 {
             // SAFETY: the slot holds the unwinding program of this hook
             // (same type and attach point as the caller), or nothing.
             let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };

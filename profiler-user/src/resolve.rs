@@ -44,6 +44,7 @@ pub fn stop_frame(stop: UnwindStop) -> Option<&'static str> {
         UnwindStop::NoRule => "[incomplete: no unwind rule]",
         UnwindStop::NoProgress => "[incomplete: frame did not move up the stack]",
         UnwindStop::ZeroReturn => "[incomplete: zero return address]",
+        UnwindStop::TablesPending => "[incomplete: unwind table still loading]",
     })
 }
 /// Path of the kernel's pseudo-mapping.

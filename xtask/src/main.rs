@@ -57,6 +57,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The stack corpus (issue 15): real programs sampled by hostprof while
+    /// gdb snapshots them; prints each one's complete-stack share and gdb
+    /// caller chains matched (one program: `--only NAME-PART`).
+    Stacks {
+        /// Only the programs whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Set up, build hostprof in release mode and run `hostprof record`
     /// (extra args go to it).
     Record {
@@ -225,6 +233,17 @@ fn main() -> Result<()> {
                 fuzz::run(&root, CI_FUZZ_SECONDS, None)?;
             }
             Ok(())
+        }
+        Task::Stacks { only } => {
+            setup::run(&root, setup::Scope::All)?;
+            let mut test = std::process::Command::new("cargo");
+            test.args(["test", "-p", "hostprof", "--test", "e2e", "--"])
+                .args(["stacks::print_table", "--exact", "--ignored", "--nocapture"])
+                .current_dir(&root);
+            if let Some(only) = only {
+                test.env("HOSTPROF_STACKS_ONLY", only);
+            }
+            cmd::run(&mut test)
         }
         Task::Record { args } => {
             let hostprof = release_build(&root)?;

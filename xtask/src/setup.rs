@@ -38,6 +38,8 @@ const TEST_PACKAGES: &[&str] = &[
     "libmimalloc2.0",
     // setcap: the capabilities e2e test runs hostprof without root.
     "libcap2-bin",
+    // The stack corpus's oracle (tests/e2e/gdb_stacks.py).
+    "gdb",
 ];
 
 /// How much to install.

@@ -442,7 +442,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit_counters(
         e,
         "unwind_stops",
-        "Table unwinds by why they ended (end: a frame its row marks outermost; frame_pointer_end: a zero frame pointer; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address; truncated: the depth limit)",
+        "Table unwinds by why they ended (end: a frame its row marks outermost; frame_pointer_end: a zero frame pointer; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address; tables_pending: a file whose table was still being built; truncated: the depth limit)",
         "reason",
         &[
             ("end", u.ended),
@@ -451,6 +451,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
             ("no_rule", u.no_rule),
             ("no_progress", u.no_progress),
             ("zero_return", u.zero_return),
+            ("tables_pending", u.tables_pending),
             ("truncated", u.truncated),
         ],
     )?;

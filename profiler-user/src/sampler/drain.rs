@@ -292,6 +292,7 @@ impl StatCounters {
                 no_rule: delta(Stat::UnwindStopNoRule),
                 no_progress: delta(Stat::UnwindStopNoProgress),
                 zero_return: delta(Stat::UnwindStopZeroReturn),
+                tables_pending: delta(Stat::UnwindStopTablesPending),
                 truncated: delta(Stat::UnwindTruncated),
                 python_stacks: delta(Stat::PythonStacks),
                 python_no_frames: delta(Stat::PythonNoFrames),

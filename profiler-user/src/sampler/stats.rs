@@ -154,6 +154,8 @@ pub struct UnwindCounters {
     pub no_progress: u64,
     /// Unwinds stopped by a zero return address where a caller should be.
     pub zero_return: u64,
+    /// Unwinds stopped in a file whose table was still being built.
+    pub tables_pending: u64,
     /// Unwinds cut at the depth limit (marked `[truncated]` in the profile).
     pub truncated: u64,
     /// Samples of Python processes whose Python frames were walked.
@@ -169,7 +171,7 @@ impl UnwindCounters {
     /// Unwinds that stopped before the outermost frame other than at the
     /// depth limit: their stacks end in an `[incomplete: …]` frame.
     pub fn stopped_early(&self) -> u64 {
-        self.read_errors + self.no_rule + self.no_progress + self.zero_return
+        self.read_errors + self.no_rule + self.no_progress + self.zero_return + self.tables_pending
     }
 
     /// Adds every counter of `other` to `self`.
@@ -183,6 +185,7 @@ impl UnwindCounters {
         self.no_rule += other.no_rule;
         self.no_progress += other.no_progress;
         self.zero_return += other.zero_return;
+        self.tables_pending += other.tables_pending;
         self.truncated += other.truncated;
         self.python_stacks += other.python_stacks;
         self.python_no_frames += other.python_no_frames;

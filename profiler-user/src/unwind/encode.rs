@@ -20,10 +20,10 @@ pub enum EncodeError {
 
 /// The rows of `table` in the kernel's encoding.
 pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
-    table
-        .rows()
-        .iter()
-        .map(|row| {
+    let rows = table.rows();
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| {
             let pc = u32::try_from(row.pc).map_err(|_| EncodeError::PcTooLarge { pc: row.pc })?;
             let (cfa_kind, cfa_offset) = match row.cfa {
                 CfaRule::Rsp(off) => (KernelRow::CFA_RSP, register_offset(off)),
@@ -34,9 +34,16 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
                 ),
                 CfaRule::Signal => (KernelRow::CFA_SIGNAL, Some(Offset::Bytes(0))),
                 CfaRule::End => (KernelRow::CFA_END, Some(Offset::Bytes(0))),
-                CfaRule::Missing | CfaRule::Unsupported => {
-                    (KernelRow::CFA_NONE, Some(Offset::Bytes(0)))
+                // A gap's length, up to the function after it.
+                CfaRule::Missing => {
+                    let len = rows
+                        .get(i + 1)
+                        .filter(|next| next.cfa != CfaRule::Missing)
+                        .and_then(|next| i16::try_from(next.pc - row.pc).ok())
+                        .unwrap_or(0);
+                    (KernelRow::CFA_GAP, Some(Offset::Bytes(len)))
                 }
+                CfaRule::Unsupported => (KernelRow::CFA_NONE, Some(Offset::Bytes(0))),
             };
             let (cfa_kind, cfa_offset) = match cfa_offset {
                 Some(off) => (cfa_kind, off),
@@ -50,7 +57,12 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
             };
             let (cfa_kind, cfa_offset) = match cfa_offset {
                 Offset::Bytes(off) => (cfa_kind, off),
-                Offset::Scaled(units) => (cfa_kind | KernelRow::CFA_SCALED, units),
+                Offset::Scaled(units) => (
+                    cfa_kind
+                        | KernelRow::CFA_SCALED
+                        | ((units >> 16) as u8) << KernelRow::CFA_SCALED_HIGH_SHIFT,
+                    units as u16 as i16,
+                ),
             };
             let kind = match rbp_slot {
                 Some(_) => cfa_kind | KernelRow::RBP_SAVED,
@@ -70,20 +82,18 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
 enum Offset {
     /// In bytes.
     Bytes(i16),
-    /// In 8-byte units ([`KernelRow::CFA_SCALED`]).
-    Scaled(i16),
+    /// In 8-byte units, below 2^18 ([`KernelRow::CFA_SCALED`]).
+    Scaled(u32),
 }
 
 /// `offset` in bytes when it fits, else in 8-byte units when it is a
-/// multiple of 8 that fits (frames up to 256 KiB); `None` otherwise.
+/// positive multiple of 8 below 2 MiB; `None` otherwise.
 fn register_offset(offset: i32) -> Option<Offset> {
     if let Ok(bytes) = i16::try_from(offset) {
         return Some(Offset::Bytes(bytes));
     }
-    if offset % 8 != 0 {
-        return None;
-    }
-    i16::try_from(offset / 8).ok().map(Offset::Scaled)
+    let units = u32::try_from(offset).ok().filter(|_| offset % 8 == 0)? / 8;
+    (units < 1 << 18).then_some(Offset::Scaled(units))
 }
 
 #[cfg(test)]
@@ -100,13 +110,19 @@ mod tests {
         let table = UnwindTable::new(vec![
             row(0x10, CfaRule::Rsp(8), RbpRule::Unchanged),
             row(0x11, CfaRule::Rbp(16), RbpRule::CfaOffset(-16)),
-            row(0x20, CfaRule::Rsp(1 << 20), RbpRule::Unchanged),
+            row(0x20, CfaRule::Rsp(4 << 20), RbpRule::Unchanged),
             row(0x30, CfaRule::Plt { threshold: 11 }, RbpRule::Unchanged),
             row(0x40, CfaRule::Signal, RbpRule::Unsupported),
             row(0x50, CfaRule::End, RbpRule::Unchanged),
             row(0x60, CfaRule::Rsp(64), RbpRule::CfaOffset(-4096)),
             row(0x70, CfaRule::Rsp(37424), RbpRule::CfaOffset(-16)),
             row(0x80, CfaRule::Rbp(40001), RbpRule::Unchanged),
+            row(0x90, CfaRule::Missing, RbpRule::Unchanged),
+            row(0xa0, CfaRule::Rsp(8), RbpRule::Unchanged),
+            row(0xb0, CfaRule::Missing, RbpRule::Unchanged),
+            row(0xc0, CfaRule::Rsp(540_080), RbpRule::CfaOffset(-16)),
+            row(0xd0, CfaRule::Rsp((2 << 20) - 8), RbpRule::Unchanged),
+            row(0xe0, CfaRule::Missing, RbpRule::Unchanged),
         ]);
         let rows = encode(&table).unwrap();
         assert_eq!(
@@ -121,7 +137,7 @@ mod tests {
             ),
             (KernelRow::CFA_RBP, KernelRow::RBP_SAVED, -2)
         );
-        assert_eq!(rows[2].cfa_kind(), KernelRow::CFA_NONE, "beyond 256 KiB");
+        assert_eq!(rows[2].cfa_kind(), KernelRow::CFA_NONE, "beyond 2 MiB");
         assert_eq!(
             (rows[3].cfa_kind(), rows[3].cfa_offset),
             (KernelRow::CFA_PLT, 11)
@@ -146,6 +162,25 @@ mod tests {
             KernelRow::CFA_NONE,
             "not in 8-byte units"
         );
+        // A gap knows where the next function starts; the last one has
+        // no next.
+        assert_eq!(
+            (rows[9].cfa_kind(), rows[9].cfa_offset),
+            (KernelRow::CFA_GAP, 16)
+        );
+        assert_eq!(
+            (rows[14].cfa_kind(), rows[14].cfa_offset),
+            (KernelRow::CFA_GAP, 0)
+        );
+        // librustc_driver's 527 KiB frame, and the largest.
+        for (i, bytes) in [(12, 540_080), (13, (2 << 20) - 8)] {
+            assert_eq!(
+                (rows[i].cfa_kind(), rows[i].cfa_bytes()),
+                (KernelRow::CFA_RSP, bytes)
+            );
+        }
+        assert_eq!(rows[12].rbp_slot, -2);
+        assert_ne!(rows[12].kind & KernelRow::RBP_SAVED, 0);
     }
 
     #[test]

@@ -187,7 +187,10 @@ impl<M: UnwindMaps> Worker<M> {
             }
             if let Some((_, job)) = self.jobs.pop_first() {
                 let started = Instant::now();
-                if self.registry.is_pending(&job.key) && self.load_file(&job.key, &job.source) {
+                if self.registry.is_pending(&job.key) {
+                    // Loaded or not, its users' entries change: rows, or
+                    // frame pointers instead of the pending stop.
+                    self.load_file(&job.key, &job.source);
                     for user in self.registry.users(&job.key) {
                         self.publish_entry(user);
                     }
@@ -236,12 +239,12 @@ impl<M: UnwindMaps> Worker<M> {
         }
     }
 
-    /// Records `process`'s mappings, publishes its entry with the tables
-    /// already loaded (shared libraries usually are) and queues the rest.
+    /// Records `process`'s mappings, queues the tables not loaded yet and
+    /// publishes its entry with those already loaded (shared libraries
+    /// usually are) and the queued ones as pending.
     fn register(&mut self, mut process: ProcessTables) {
         let tgid = process.tgid;
         let wanted = self.registry.set_process(tgid, process.mappings);
-        self.publish_entry(tgid);
         for key in wanted {
             if self.jobs.values().any(|job| job.key == key) {
                 continue;
@@ -254,6 +257,7 @@ impl<M: UnwindMaps> Worker<M> {
             self.jobs.insert((size, self.next_job), Job { key, source });
             self.next_job += 1;
         }
+        self.publish_entry(tgid);
     }
 
     /// Writes `tgid`'s entry as the registry has it now (removes it when

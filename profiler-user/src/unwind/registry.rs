@@ -339,9 +339,10 @@ impl Registry {
             .map(|(key, _)| key.clone())
     }
 
-    /// The kernel entry of `tgid`: its mappings whose files are loaded,
-    /// sorted by address, at most [`UNWIND_MAPPINGS_MAX`]; `None` when
-    /// none is.
+    /// The kernel entry of `tgid`: its mappings whose files are loaded or
+    /// still pending ([`UnwindMapping::PENDING`]: the unwinder stops there
+    /// rather than guess with frame pointers), sorted by address, at most
+    /// [`UNWIND_MAPPINGS_MAX`]; `None` when there are none.
     pub fn entry(&self, tgid: u32) -> Option<UnwindProcess> {
         let mut entry = UnwindProcess::default();
         let mut mappings: Vec<&MappedFile> = self.processes.get(&tgid)?.iter().collect();
@@ -350,10 +351,20 @@ impl Registry {
             if entry.count as usize == UNWIND_MAPPINGS_MAX {
                 break;
             }
-            let Some(FileState::Loaded { rows, segments }) =
-                self.files.get(&mapping.key).map(|e| &e.state)
-            else {
-                continue;
+            let (rows, segments) = match self.files.get(&mapping.key).map(|e| &e.state) {
+                Some(FileState::Loaded { rows, segments }) => (rows, segments),
+                Some(FileState::Pending) => {
+                    entry.mappings[entry.count as usize] = UnwindMapping {
+                        start: mapping.start,
+                        end: mapping.end,
+                        adjust: 0,
+                        row_start: UnwindMapping::PENDING,
+                        row_count: 0,
+                    };
+                    entry.count += 1;
+                    continue;
+                }
+                _ => continue,
             };
             let Some(delta) = vaddr_delta(segments, mapping.file_offset) else {
                 continue;
@@ -575,7 +586,12 @@ mod tests {
             (10, 1),
             "the old file's table is kept for the next process to map it"
         );
-        assert!(registry.entry(1).is_none(), "file 2 is not loaded yet");
+        // File 2 is not loaded yet: the unwinder stops there.
+        let entry = registry.entry(1).unwrap();
+        assert_eq!(entry.count, 1);
+        assert_eq!(entry.mappings[0].row_start, UnwindMapping::PENDING);
+        registry.mark_unusable(&key(2));
+        assert!(registry.entry(1).is_none(), "no table: frame pointers");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod otlp;
 mod page_faults;
 mod python;
 mod record;
+mod stacks;
 mod tenant;
 mod trace;
 mod unwind;

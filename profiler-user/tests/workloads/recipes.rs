@@ -72,6 +72,13 @@ const RUST_NO_FRAME_POINTERS: Compiler = Compiler {
     flags: &["-C", "opt-level=3", "-C", "force-frame-pointers=no", "-g"],
 };
 
+/// Go (the machine's, 1.19): frame pointers always, `.debug_frame`
+/// compressed.
+const GO: Compiler = Compiler {
+    program: "go",
+    flags: &["build"],
+};
+
 /// How one output file is built.
 struct Recipe {
     /// The file written; a program's name is also its process name.
@@ -187,6 +194,19 @@ const RECIPES: &[Recipe] = &[
     program("deep_600", "deep_chain.c", C_NO_FRAME_POINTERS),
     program("signal_chain", "signal_chain.c", C_NO_FRAME_POINTERS),
     program("rust_nofp", "rust_chain.rs", RUST_NO_FRAME_POINTERS),
+    // The stack corpus (tests/e2e/stacks.rs).
+    program(
+        "stacks_small_threads",
+        "stacks_small_threads.c",
+        C_NO_FRAME_POINTERS,
+    ),
+    program(
+        "stacks_sigaltstack",
+        "stacks_sigaltstack.c",
+        C_NO_FRAME_POINTERS,
+    ),
+    program("stacks_ucontext", "stacks_ucontext.c", C_NO_FRAME_POINTERS),
+    program("stacks_go", "stacks_go.go", GO),
     // A tenant that truncates the library it runs (issue 14, finding 1).
     Recipe {
         shared_library: true,
@@ -240,6 +260,10 @@ fn build_one(dir: &Path, name: &str, built: &mut Vec<&'static str>) -> Result<()
         .arg(dir.join(recipe.output))
         .arg(Path::new(SOURCES).join(recipe.source));
     cmd.args(recipe.libraries);
+    if recipe.compiler.program == "go" && std::env::var_os("GOCACHE").is_none() {
+        // Go needs a build cache, under $HOME unless told.
+        cmd.env("GOCACHE", std::env::temp_dir().join("hostprof-gocache"));
+    }
     if let Some(library) = recipe.links {
         build_one(dir, library, built)?;
         let short = library

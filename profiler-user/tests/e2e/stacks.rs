@@ -1,0 +1,627 @@
+//! The stack corpus (issue 15): real programs whose stacks hostprof samples
+//! while gdb snapshots every thread (`gdb_stacks.py`), compared two ways.
+//!
+//! - Complete: a sample's user stack ends in a frame that starts a process
+//!   or thread (`_start`, `clone3`, a Go runtime entry, ...) and has no
+//!   `[unknown]`, `[incomplete: ...]` or `[truncated]` frame.
+//! - Same chain as gdb: for a gdb stack whose leaf was called from a call
+//!   site a sample's leaf was also called from (the same first return
+//!   address), some such sample has exactly gdb's return addresses from
+//!   there to the outermost frame.
+//!
+//! `cargo xtask stacks` runs [`print_table`] over the whole corpus; the
+//! other tests hold the bar (95 % complete, every comparable gdb chain
+//! matched) for each program that meets it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{self, KillOnDrop};
+
+/// Share of a program's samples that must be complete.
+const COMPLETE_BAR: f64 = 0.95;
+
+/// Outermost frames of a complete C, C++ or Rust stack (the main thread's
+/// and other threads').
+const NATIVE_ENDS: &[&str] = &["_start", "clone3", "__clone", "clone"];
+
+/// One program of the corpus.
+struct Program {
+    /// Its name in the table.
+    name: &'static str,
+    /// Functions a complete stack ends in (a name, or a name's prefix
+    /// ending in `*`).
+    ends: &'static [&'static str],
+    /// Whether gdb's stacks are an oracle for it: not for JIT code, and
+    /// not at the level of return addresses where hostprof puts Python
+    /// frames in place of the interpreter's.
+    gdb: bool,
+    /// Starts it, in `dir`, running for about `run` (its process is the
+    /// one profiled: the real compiler, not a driver).
+    start: fn(dir: &Path, run: Duration) -> Running,
+}
+
+/// A started program: the process to profile and what to kill after.
+struct Running {
+    pid: u32,
+    _children: Vec<KillOnDrop>,
+}
+
+impl Running {
+    fn one(child: Child) -> Running {
+        Running {
+            pid: child.id(),
+            _children: vec![KillOnDrop::new(child)],
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Default)]
+struct Row {
+    samples: u64,
+    complete: u64,
+    /// gdb stacks with a sample from the same leaf call site.
+    comparable: usize,
+    /// Those with a sample of the same whole chain.
+    matched: usize,
+    /// gdb stacks seen (threads).
+    gdb_stacks: usize,
+    /// The commonest ends of incomplete stacks, for the table.
+    broken: Vec<(u64, String)>,
+}
+
+impl Row {
+    fn complete_share(&self) -> f64 {
+        self.complete as f64 / self.samples.max(1) as f64
+    }
+}
+
+/// A sampled user stack: (address, function) leaf first, the address
+/// `None` for the mark frames; callers' addresses are return address - 1
+/// (as pprof shows them).
+struct Sample {
+    count: u64,
+    frames: Vec<(Option<u64>, String)>,
+}
+
+fn workload(dir: &Path, name: &str) -> PathBuf {
+    common::build_workloads(dir, &[name]);
+    dir.join(name)
+}
+
+fn millis(run: Duration) -> String {
+    run.as_millis().to_string()
+}
+
+/// Builds workload `name` and runs it for `run` with `args` after the run
+/// time, its output discarded.
+fn run_workload(dir: &Path, name: &str, run: Duration, args: &[&str]) -> Running {
+    Running::one(
+        Command::new(workload(dir, name))
+            .arg(millis(run))
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn small_threads(dir: &Path, run: Duration) -> Running {
+    run_workload(dir, "stacks_small_threads", run, &[])
+}
+
+fn deep_recursion(dir: &Path, run: Duration) -> Running {
+    run_workload(dir, "deep_chain", run, &["300"])
+}
+
+fn sigaltstack(dir: &Path, run: Duration) -> Running {
+    run_workload(dir, "stacks_sigaltstack", run, &[])
+}
+
+fn coroutines(dir: &Path, run: Duration) -> Running {
+    run_workload(dir, "stacks_ucontext", run, &[])
+}
+
+fn go(dir: &Path, run: Duration) -> Running {
+    run_workload(dir, "stacks_go", run, &[])
+}
+
+fn python(_dir: &Path, run: Duration) -> Running {
+    let code = format!(
+        "import time\n\
+         def leaf(n):\n    return sum(i * i for i in range(n))\n\
+         def middle(n):\n    return leaf(n)\n\
+         end = time.monotonic() + {}\n\
+         while time.monotonic() < end:\n    middle(10000)\n",
+        run.as_secs_f64()
+    );
+    Running::one(Command::new("python3").args(["-c", &code]).spawn().unwrap())
+}
+
+/// Rust source of `count` generic functions, each used: minutes of
+/// `rustc -O` work in the front end and LLVM.
+fn generated_rust(count: usize) -> String {
+    let mut source = String::from("use std::collections::HashMap;\n");
+    for i in 0..count {
+        source.push_str(&format!(
+            "pub struct S{i}<T> {{ v: Vec<T>, m: HashMap<String, T> }}\n\
+             impl<T: Clone + std::fmt::Debug + PartialEq + Default> S{i}<T> {{\n\
+             pub fn f(&self, x: T) -> Vec<T> {{ let mut r = self.v.clone(); r.push(x); \
+             r.iter().filter(|y| **y != T::default()).cloned().collect() }}\n\
+             pub fn g<U: Into<T> + Clone>(&mut self, u: U) -> Option<T> {{ \
+             self.m.insert(format!(\"{{:?}}\", u.clone().into()), u.into()) }}\n}}\n\
+             pub fn use{i}() -> usize {{ let mut s = S{i}::<u64> {{ v: vec![1, 2], m: HashMap::new() }}; \
+             s.g(3u32); s.f(4).len() + S{i}::<String> {{ v: vec![], m: HashMap::new() }}.f(\"a\".into()).len() }}\n"
+        ));
+    }
+    source
+}
+
+fn rustc(dir: &Path, _run: Duration) -> Running {
+    let source = dir.join("corpus.rs");
+    std::fs::write(&source, generated_rust(600)).unwrap();
+    // The real compiler, not rustup's proxy.
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("rustc");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_owned();
+    Running::one(
+        Command::new(Path::new(&sysroot).join("bin/rustc"))
+            .args(["-O", "--crate-type=lib", "-o"])
+            .arg(dir.join("corpus.rlib"))
+            .arg(&source)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// C++ of `count` functions, each sorting with a lambda of its own (a
+/// `std::sort` instantiation each): seconds of cc1plus's front end and
+/// optimizer.
+fn generated_cxx(count: usize) -> String {
+    let mut source = String::from(
+        "#include <algorithm>\n#include <map>\n#include <string>\n#include <vector>\n",
+    );
+    for i in 0..count {
+        source.push_str(&format!(
+            "int f{i}(std::vector<int>& v) {{ std::map<int, std::string> m; \
+             for (size_t j = 0; j < v.size(); ++j) m[v[j] * {i}] = std::to_string(j); \
+             std::sort(v.begin(), v.end(), [](int a, int b) {{ return (a ^ {i}) < (b ^ {i}); }}); \
+             return (int)m.size(); }}\n"
+        ));
+    }
+    source
+}
+
+fn cc1plus(dir: &Path, _run: Duration) -> Running {
+    let source = dir.join("corpus.cc");
+    std::fs::write(&source, generated_cxx(150)).unwrap();
+    let driver = Command::new("g++")
+        .args(["-O2", "-c", "-o"])
+        .arg(dir.join("corpus.o"))
+        .arg(&source)
+        .spawn()
+        .unwrap();
+    let driver_pid = driver.id();
+    let driver = KillOnDrop::new(driver);
+    // The compiler proper is the driver's child.
+    let mut pid = None;
+    common::wait_until(Duration::from_secs(10), "cc1plus to start", || {
+        pid = children(driver_pid)
+            .into_iter()
+            .find(|&child| comm(child).as_deref() == Some("cc1plus"));
+        pid.is_some()
+    });
+    Running {
+        pid: pid.unwrap(),
+        _children: vec![driver],
+    }
+}
+
+fn node(dir: &Path, run: Duration) -> Running {
+    let code = format!(
+        "function leaf(n) {{ let s = 0; for (let i = 0; i < n; i++) s += i * i; return s; }}\n\
+         function middle(n) {{ return leaf(n); }}\n\
+         const end = Date.now() + {};\n\
+         while (Date.now() < end) middle(100000);\n",
+        run.as_millis()
+    );
+    Running::one(
+        Command::new("node")
+            .current_dir(dir)
+            .args(["--perf-basic-prof", "-e", &code])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect()
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
+/// The corpus, in table order.
+fn corpus() -> Vec<Program> {
+    let go_ends: &'static [&'static str] = &[
+        "runtime.goexit*",
+        "runtime.mstart*",
+        "runtime.rt0_go*",
+        "runtime.mcall*",
+        "runtime.clone*",
+    ];
+    vec![
+        Program {
+            name: "small thread stacks (C)",
+            ends: NATIVE_ENDS,
+            gdb: true,
+            start: small_threads,
+        },
+        Program {
+            name: "deep recursion, 300 (C)",
+            ends: NATIVE_ENDS,
+            gdb: true,
+            start: deep_recursion,
+        },
+        Program {
+            name: "signal handler on sigaltstack (C)",
+            ends: NATIVE_ENDS,
+            gdb: true,
+            start: sigaltstack,
+        },
+        Program {
+            name: "makecontext coroutines (C)",
+            ends: &["_start", "__start_context"],
+            gdb: true,
+            start: coroutines,
+        },
+        Program {
+            name: "Go 1.19 goroutines",
+            ends: go_ends,
+            gdb: true,
+            start: go,
+        },
+        Program {
+            name: "CPython 3.11",
+            ends: NATIVE_ENDS,
+            gdb: false,
+            start: python,
+        },
+        Program {
+            name: "cc1plus -O2 (C++)",
+            ends: NATIVE_ENDS,
+            gdb: true,
+            start: cc1plus,
+        },
+        Program {
+            name: "rustc -O (Rust, LLVM)",
+            ends: NATIVE_ENDS,
+            gdb: true,
+            start: rustc,
+        },
+        Program {
+            name: "Node.js 20 (JIT)",
+            ends: NATIVE_ENDS,
+            gdb: false,
+            start: node,
+        },
+    ]
+}
+
+/// Whether `name` is one of `ends` (`*` ends a prefix).
+fn is_end(name: &str, ends: &[&str]) -> bool {
+    ends.iter().any(|end| match end.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *end,
+    })
+}
+
+/// Whether a user stack is complete: it ends in one of `ends`, with no
+/// frame hostprof could not name or follow.
+fn is_complete(frames: &[(Option<u64>, String)], ends: &[&str]) -> bool {
+    frames.last().is_some_and(|(_, name)| is_end(name, ends))
+        && !frames.iter().any(|(_, name)| name.starts_with('['))
+}
+
+/// Kernel addresses start here (x86-64).
+const KERNEL_START: u64 = 0xffff_8000_0000_0000;
+
+/// Parses `pprof -traces -addresses -sample_index=samples`: the user
+/// frames of each sample.
+fn parse_samples(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for block in text.split("-----------+") {
+        let mut count = None;
+        let mut frames = Vec::new();
+        for line in block.lines() {
+            if line.len() <= 13 || line.get(10..13) != Some("   ") {
+                continue;
+            }
+            let value = line[..10].trim();
+            if !value.is_empty() {
+                count = value.parse::<u64>().ok();
+            }
+            let rest = line[13..].trim();
+            let (address, name) = match rest.split_once(' ') {
+                Some((word, name)) if word.len() == 16 => match u64::from_str_radix(word, 16) {
+                    Ok(address) => (Some(address), name.trim()),
+                    Err(_) => (None, rest),
+                },
+                _ => (None, rest),
+            };
+            if address.is_some_and(|a| a >= KERNEL_START) {
+                continue;
+            }
+            // The function, without pprof's file:line.
+            let name = name.split(' ').next().unwrap_or_default();
+            let name = if rest.starts_with('[') { rest } else { name };
+            frames.push((address, name.to_owned()));
+        }
+        if let Some(count) = count {
+            if !frames.is_empty() {
+                samples.push(Sample { count, frames });
+            }
+        }
+    }
+    samples
+}
+
+/// gdb's stacks, each the return addresses of its callers (from the
+/// leaf's caller's return address out; `None` where gdb had the exact pc
+/// of a frame a signal interrupted, which varies from sample to sample).
+fn gdb_chains(snapshot: &str) -> Vec<Vec<Option<u64>>> {
+    let mut chains = Vec::new();
+    for line in snapshot.lines().filter(|line| line.starts_with('{')) {
+        let Ok(thread) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(frames) = thread["frames"].as_array() else {
+            continue;
+        };
+        let mut chain = Vec::new();
+        let mut after_signal = false;
+        for frame in frames {
+            let kind = frame["type"].as_str().unwrap_or_default();
+            if kind == "INLINE" || kind == "TAILCALL" {
+                continue;
+            }
+            let pc = frame["pc"]
+                .as_str()
+                .and_then(|pc| u64::from_str_radix(pc.trim_start_matches("0x"), 16).ok())
+                .unwrap_or(0);
+            if pc == 0 {
+                break; // Go's outermost goroutine frames
+            }
+            chain.push(if after_signal { None } else { Some(pc) });
+            after_signal = kind == "SIGTRAMP";
+            if frame["return_to_entry"].as_bool() == Some(true) {
+                break; // makecontext: what gdb finds past here is garbage
+            }
+        }
+        if chain.len() >= 2
+            && thread["stop"].as_str()
+                != Some("previous frame inner to this frame (corrupt stack?)")
+        {
+            chains.push(chain.split_off(1));
+        }
+    }
+    chains
+}
+
+/// Compares gdb's chains with the samples: (comparable, matched).
+fn compare(chains: &[Vec<Option<u64>>], samples: &[Sample]) -> (usize, usize) {
+    let sampled: Vec<Vec<u64>> = samples
+        .iter()
+        .map(|sample| {
+            sample.frames[1..]
+                .iter()
+                .map_while(|(address, _)| address.map(|a| a + 1))
+                .collect()
+        })
+        .collect();
+    let (mut comparable, mut matched) = (0, 0);
+    for chain in chains {
+        let Some(Some(first)) = chain.first() else {
+            continue;
+        };
+        let same_site: Vec<&Vec<u64>> = sampled
+            .iter()
+            .filter(|s| s.first() == Some(first))
+            .collect();
+        if same_site.is_empty() {
+            continue;
+        }
+        comparable += 1;
+        let same_chain = |s: &&Vec<u64>| {
+            s.len() == chain.len()
+                && s.iter()
+                    .zip(chain)
+                    .all(|(ours, theirs)| theirs.is_none_or(|pc| pc == *ours))
+        };
+        if same_site.iter().any(same_chain) {
+            matched += 1;
+        }
+    }
+    (comparable, matched)
+}
+
+/// Runs `program`: hostprof samples it for `record` while gdb takes
+/// snapshots; returns what they show.
+fn measure(program: &Program, dir: &Path) -> Row {
+    let record = Duration::from_secs(4);
+    let running = (program.start)(dir, record * 3);
+    let pid = running.pid;
+    // Let it start up and hostprof's tables load before the window.
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = dir.join("stacks.pb.gz");
+    let hostprof = KillOnDrop::new(
+        Command::new(env!("CARGO_BIN_EXE_hostprof"))
+            .args(["record", "--no-flamegraph", "--duration"])
+            .arg(format!("{}ms", record.as_millis()))
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&output)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run hostprof"),
+    );
+    let mut snapshots = String::new();
+    if program.gdb {
+        let started = Instant::now();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(700));
+            let out = Command::new("gdb")
+                .args(["-nx", "-batch", "-x"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/gdb_stacks.py"))
+                .env("GDB_STACKS_PID", pid.to_string())
+                .stderr(Stdio::null())
+                .output()
+                .expect("gdb (`cargo xtask setup` installs it)");
+            snapshots.push_str(&String::from_utf8_lossy(&out.stdout));
+            if started.elapsed() > record {
+                break;
+            }
+        }
+    }
+    let status = hostprof.wait_with_output().expect("hostprof").status;
+    assert!(status.success(), "hostprof record failed");
+    drop(running);
+    let focus = format!("-tagfocus=pid={pid}");
+    let text = common::pprof(
+        &common::pprof_tool(),
+        &["-traces", "-addresses", "-sample_index=samples", &focus],
+        &output,
+    );
+    let samples = parse_samples(&text);
+    let mut row = Row::default();
+    let mut broken: HashMap<String, u64> = HashMap::new();
+    for sample in &samples {
+        row.samples += sample.count;
+        if is_complete(&sample.frames, program.ends) {
+            row.complete += sample.count;
+        } else {
+            let tail: Vec<&str> = sample
+                .frames
+                .iter()
+                .rev()
+                .take(2)
+                .map(|(_, n)| n.as_str())
+                .collect();
+            *broken.entry(tail.join(" <- ")).or_default() += sample.count;
+        }
+    }
+    let chains = gdb_chains(&snapshots);
+    row.gdb_stacks = chains.len();
+    (row.comparable, row.matched) = compare(&chains, &samples);
+    let mut broken: Vec<(u64, String)> = broken.into_iter().map(|(k, v)| (v, k)).collect();
+    broken.sort_unstable_by(|a, b| b.cmp(a));
+    broken.truncate(3);
+    row.broken = broken;
+    row
+}
+
+fn run_named(name: &str) -> Row {
+    let program = corpus().into_iter().find(|p| p.name == name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let row = measure(&program, dir.path());
+    eprintln!("{name}: {row:?}");
+    row
+}
+
+/// Asserts the bar for `name`.
+fn holds_the_bar(name: &str) {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let row = run_named(name);
+    assert!(row.samples >= 100, "{name}: only {} samples", row.samples);
+    assert!(
+        row.complete_share() >= COMPLETE_BAR,
+        "{name}: {} of {} samples complete (want >= 95 %); broken ends: {:?}",
+        row.complete,
+        row.samples,
+        row.broken
+    );
+    assert_eq!(
+        row.matched, row.comparable,
+        "{name}: gdb's caller chain found for {} of {} comparable stacks",
+        row.matched, row.comparable
+    );
+}
+
+#[test]
+fn threads_on_small_stacks_are_complete_and_match_gdb() {
+    holds_the_bar("small thread stacks (C)");
+}
+
+#[test]
+fn deep_recursion_is_complete_and_matches_gdb() {
+    holds_the_bar("deep recursion, 300 (C)");
+}
+
+#[test]
+fn go_goroutines_are_complete() {
+    holds_the_bar("Go 1.19 goroutines");
+}
+
+/// The whole corpus as a table (`cargo xtask stacks`): complete share and
+/// gdb chains matched per program. Ignored in `cargo xtask test`: the
+/// tests above hold the bar for each program that meets it.
+#[test]
+#[ignore]
+fn print_table() {
+    if common::skip_bpf() {
+        return;
+    }
+    let _serial = common::one_at_a_time();
+    let only = std::env::var("HOSTPROF_STACKS_ONLY").ok();
+    let mut lines = vec![
+        "| program | samples | complete | gdb chains matched | commonest broken ends |".to_owned(),
+        "|---|---|---|---|---|".to_owned(),
+    ];
+    for program in corpus() {
+        if only
+            .as_deref()
+            .is_some_and(|only| !program.name.contains(only))
+        {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let row = measure(&program, dir.path());
+        let gdb = if program.gdb {
+            format!("{} of {}", row.matched, row.comparable)
+        } else {
+            "(no oracle)".to_owned()
+        };
+        let broken: Vec<String> = row
+            .broken
+            .iter()
+            .map(|(n, end)| format!("{n}× `{end}`"))
+            .collect();
+        lines.push(format!(
+            "| {} | {} | {:.1} % | {} | {} |",
+            program.name,
+            row.samples,
+            100.0 * row.complete_share(),
+            gdb,
+            broken.join("; ")
+        ));
+        eprintln!("{}", lines.last().unwrap());
+    }
+    println!("\n{}", lines.join("\n"));
+}
