@@ -567,8 +567,8 @@ impl UnwindRow {
     /// built (see [`UnwindMapping::PENDING`]).
     pub const CFA_PENDING: u8 = 7;
     /// No function here: the gap between two functions' rows, of
-    /// [`Self::cfa_offset`] bytes up to the next function's first row
-    /// (0 when that does not fit). Frame pointers apply, except to a
+    /// [`Self::cfa_offset`] bytes (read as `u16`) up to the next
+    /// function's first row (0 when that does not fit). Frame pointers apply, except to a
     /// return address at the next function's first byte (see the
     /// unwinder).
     pub const CFA_GAP: u8 = 6;

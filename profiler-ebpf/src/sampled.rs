@@ -115,8 +115,8 @@ fn sampled_kind() -> Kind {
     }
 }
 
-/// Unwinds the user stack of a process with tables, tail-called by
-/// `sample_cpu`. A program of its own, loaded only with the table unwinder,
+/// Unwinds the user stack of a sampled process (from its tables, or with
+/// frame pointers until they are loaded), tail-called by `sample_cpu`. A program of its own, loaded only with the table unwinder,
 /// so `sample_cpu` needs neither `bpf_loop` (5.17+) nor
 /// `bpf_task_pt_regs` (5.15+) and loads on older kernels.
 #[perf_event]
@@ -130,7 +130,7 @@ pub fn unwind_user(ctx: PerfEventContext) -> u32 {
                 unwind.run();
                 unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
             }
-            // No user context (a kernel thread), or the tables just went away.
+            // No user context (a kernel thread).
             None => record_with_frame_pointers(&ctx, kind, tgid, tid),
         }
         0
@@ -187,12 +187,9 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
     }
     if tgid != 0 {
         stack::announce(tgid, kind);
-    }
-
-    // With the table unwinder, unwind in `unwind_user` (tables loaded for
-    // the process or not); the tail call returns only when that program is
-    // not loaded (frame pointers only).
-    if tgid != 0 {
+        // With the table unwinder, unwind in `unwind_user` (tables loaded
+        // for the process or not); the tail call returns only when that
+        // program is not loaded (frame pointers only).
         // SAFETY: the slot holds `unwind_user`, a perf-event program like
         // this one, or nothing.
         let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };

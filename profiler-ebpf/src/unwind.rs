@@ -92,6 +92,11 @@ pub struct UnwindState {
     /// The pc is an interrupted instruction, not a return address (the
     /// leaf, or the frame a signal interrupted): look it up as it is.
     pc_is_exact: bool,
+    /// `bp` was read from a frame's save slot (a row's, or the frame
+    /// chain's), not taken from a register that code without frame
+    /// pointers uses for anything: only then is a zero the ABI's
+    /// outermost mark.
+    bp_saved: bool,
     stop: UnwindStop,
 }
 
@@ -119,6 +124,7 @@ impl Unwind {
             tid,
             kind: kind.index(),
             pc_is_exact: true,
+            bp_saved: false,
             stop: UnwindStop::Running,
         };
         // SAFETY: plain lookup; the value is not read here.
@@ -247,6 +253,14 @@ impl Unwind {
     }
 }
 
+/// Whether userspace loaded an entry (tables, some maybe pending) for
+/// `tgid`.
+#[inline(always)]
+pub fn has_tables(tgid: u32) -> bool {
+    // SAFETY: plain lookup; the value is not read here.
+    unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some()
+}
+
 /// One unwinding step, a `bpf_loop` callback whose context is the kind
 /// (a `u32`): pushes the current pc and finds the caller's registers.
 /// Returns 1 (stop looping) once the unwind has ended.
@@ -301,24 +315,37 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
         Some((row, vaddr))
             if row.cfa_kind() == UnwindRow::CFA_GAP
                 && !state.pc_is_exact
-                && u64::from(vaddr) + 1 == u64::from(row.pc) + row.cfa_offset as u64 =>
+                && u64::from(vaddr) + 1 == u64::from(row.pc) + u64::from(row.cfa_offset as u16) =>
         {
+            // Userspace names a caller's frame by its address - 1 (the
+            // call instruction); this one has no call: its name is at
+            // its own address.
+            if let Some(frame) = stack.frames.get_mut(depth) {
+                *frame = state.pc.wrapping_add(1);
+            }
             state.stop = UnwindStop::End;
             return 1;
         }
-        Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_GAP => {
-            kind.bump(Stat::UnwindFramePointerSteps);
-            step_with_frame_pointer(state.bp)
-        }
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
-        Some((row, _)) => step_with_row(&row, state.pc, state.sp, state.bp),
-        None => {
-            kind.bump(Stat::UnwindFramePointerSteps);
-            step_with_frame_pointer(state.bp)
+        Some((row, _)) if row.cfa_kind() != UnwindRow::CFA_GAP => {
+            step_with_row(&row, state.pc, state.sp, state.bp, state.bp_saved)
+        }
+        // A gap between functions, a file without a table, no entry yet.
+        _ => {
+            if process.is_some() {
+                kind.bump(Stat::UnwindFramePointerSteps);
+            }
+            step_with_frame_pointer(state.bp, state.bp_saved)
         }
     };
     match step {
-        Step::Frame { pc, sp, bp, exact } => {
+        Step::Frame {
+            pc,
+            sp,
+            bp,
+            bp_saved,
+            exact,
+        } => {
             // A frame that does not move up the stack would loop; a
             // signal frame may move anywhere (sigaltstack).
             if sp <= state.sp && !exact {
@@ -329,6 +356,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
             state.pc = pc;
             state.sp = sp;
             state.bp = bp;
+            state.bp_saved = bp_saved;
             state.pc_is_exact = exact;
         }
         Step::ReadError => state.stop = UnwindStop::ReadError,
@@ -362,6 +390,8 @@ enum Step {
         pc: u64,
         sp: u64,
         bp: u64,
+        /// `bp` came from a save slot (see [`UnwindState`]).
+        bp_saved: bool,
         exact: bool,
     },
     /// User memory could not be read.
@@ -399,6 +429,13 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     if pc >= mapping.end {
         return None;
     }
+    if mapping.row_start == UnwindMapping::PENDING {
+        let pending = UnwindRow {
+            kind: UnwindRow::CFA_PENDING,
+            ..UnwindRow::default()
+        };
+        return Some((pending, 0));
+    }
     let vaddr = pc.wrapping_add(mapping.adjust);
     if vaddr > u64::from(u32::MAX) {
         return None;
@@ -407,13 +444,6 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     // The last row with row.pc <= vaddr: first the last of the file's
     // chunks (its table starts a chunk) whose first row's pc is <= vaddr,
     // then the row in that chunk.
-    if mapping.row_start == UnwindMapping::PENDING {
-        let pending = UnwindRow {
-            kind: UnwindRow::CFA_PENDING,
-            ..UnwindRow::default()
-        };
-        return Some((pending, vaddr));
-    }
     if mapping.row_count == 0 {
         return None;
     }
@@ -525,7 +555,7 @@ extern "C" fn row_step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// One step with a table row.
 #[inline(always)]
-fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64) -> Step {
+fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64, bp_saved: bool) -> Step {
     let offset = row.cfa_bytes() as u64;
     let cfa = match row.cfa_kind() {
         UnwindRow::CFA_RSP => sp.wrapping_add(offset),
@@ -536,19 +566,20 @@ fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64) -> Step {
     let Some(ra) = read_user(cfa.wrapping_sub(8)) else {
         return Step::ReadError;
     };
-    let caller_bp = if row.kind & UnwindRow::RBP_SAVED != 0 {
+    let (caller_bp, bp_saved) = if row.kind & UnwindRow::RBP_SAVED != 0 {
         let at = cfa.wrapping_add((row.rbp_slot as i64 as u64).wrapping_mul(8));
         match read_user(at) {
-            Some(bp) => bp,
+            Some(bp) => (bp, true),
             None => return Step::ReadError,
         }
     } else {
-        bp
+        (bp, bp_saved)
     };
     Step::Frame {
         pc: ra,
         sp: cfa,
         bp: caller_bp,
+        bp_saved,
         exact: false,
     }
 }
@@ -568,21 +599,29 @@ fn step_signal(sp: u64) -> Step {
         pc,
         sp: caller_sp,
         bp,
+        bp_saved: false,
         exact: true,
     }
 }
 
-/// One step with the frame pointer: the return address above the saved rbp.
+/// One step with the frame pointer: the return address above the saved
+/// rbp. A zero frame pointer read from a save slot ends the stack (the
+/// ABI's outermost mark); one in a register may be anything.
 #[inline(always)]
-fn step_with_frame_pointer(bp: u64) -> Step {
+fn step_with_frame_pointer(bp: u64, bp_saved: bool) -> Step {
     if bp == 0 {
-        return Step::FramePointerEnd;
+        return if bp_saved {
+            Step::FramePointerEnd
+        } else {
+            Step::NoRule
+        };
     }
     match (read_user(bp + 8), read_user(bp)) {
         (Some(ra), Some(caller_bp)) => Step::Frame {
             pc: ra,
             sp: bp + 16,
             bp: caller_bp,
+            bp_saved: true,
             exact: false,
         },
         _ => Step::ReadError,

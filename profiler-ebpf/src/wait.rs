@@ -186,15 +186,19 @@ impl Waits {
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
         let kind = self.0;
         kind.bump(Stat::Invocations);
+        // With the table unwinder, unwind in the hook's unwinding program
+        // (tables loaded for the process or not; at an allocator's entry
+        // only with them: before, the caller at the stack pointer is read
+        // directly, which a frame-pointer step would skip); the tail call
+        // returns only when that program is not loaded (frame pointers
+        // only).
         if tgid != 0 {
             stack::announce(tgid, kind);
-        }
-        // With unwind tables, unwind in the hook's unwinding program; the
-        // tail call returns only when it is not loaded (frame pointers only).
-        if tgid != 0 {
-            // SAFETY: the slot holds the unwinding program of this hook
-            // (same type and attach point as the caller), or nothing.
-            let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
+            if kind.index() != kernel_kind::MEMORY || unwind::has_tables(tgid) {
+                // SAFETY: the slot holds the unwinding program of this hook
+                // (same type and attach point as the caller), or nothing.
+                let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
+            }
         }
         self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip);
     }
@@ -210,7 +214,7 @@ impl Waits {
                 unwind.run();
                 unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
             }
-            // A kernel thread, or the tables just went away.
+            // A kernel thread.
             None => self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip),
         }
     }

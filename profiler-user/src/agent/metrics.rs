@@ -442,7 +442,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit_counters(
         e,
         "unwind_stops",
-        "Table unwinds by why they ended (end: a frame its row marks outermost; frame_pointer_end: a zero frame pointer; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address; tables_pending: a file whose table was still being built; truncated: the depth limit)",
+        "User-stack unwinds by why they ended, with tables or (before a process has them) frame pointers (end: a frame its row marks outermost; frame_pointer_end: a zero frame pointer; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address; tables_pending: a file whose table was still being built; truncated: the depth limit)",
         "reason",
         &[
             ("end", u.ended),
@@ -650,6 +650,8 @@ mod tests {
             "hostprof_unwind_stops_total{reason=\"read_error\"} 5",
             "hostprof_unwind_stops_total{reason=\"no_rule\"} 4",
             "hostprof_unwind_stops_total{reason=\"zero_return\"} 0",
+            "hostprof_unwind_stops_total{reason=\"frame_pointer_end\"} 0",
+            "hostprof_unwind_stops_total{reason=\"tables_pending\"} 0",
             "hostprof_unwind_stops_total{reason=\"no_progress\"} 2",
             "hostprof_unwind_stops_total{reason=\"truncated\"} 9",
             "hostprof_unwind_frame_pointer_steps_total 12",

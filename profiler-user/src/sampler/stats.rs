@@ -2,6 +2,8 @@
 //! samples and how user stacks were unwound. Every number is exact (read
 //! from per-CPU counters, see [`super::drain::StatCounters`]).
 
+use profiler_common::UnwindStop;
+
 /// Why samples or frames were lost, and how many; all numbers are exact.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureStats {
@@ -130,15 +132,17 @@ impl UnresolvedLeaves {
 }
 
 /// What the kernel's table unwinder did: how many samples it unwound and
-/// why each unwind ended.
+/// why each unwind ended (the stop counters include the unwinds of
+/// processes without tables yet, which step with frame pointers).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct UnwindCounters {
     /// Samples whose user stack was unwound with tables.
     pub unwound: u64,
     /// Samples of processes without tables (yet), unwound with frame pointers.
     pub no_tables: u64,
-    /// Frames stepped with frame pointers inside table unwinds (code
-    /// without tables, or rules the tables could not encode).
+    /// Frames stepped with frame pointers inside table unwinds of
+    /// processes with tables (code without tables, gaps, or rules the
+    /// tables could not encode).
     pub frame_pointer_steps: u64,
     /// Unwinds that reached a frame its row marks outermost (`_start`,
     /// a thread's entry): whole stacks.
@@ -168,10 +172,29 @@ pub struct UnwindCounters {
 }
 
 impl UnwindCounters {
+    /// The unwinds that ended for `stop`.
+    pub fn stops(&self, stop: UnwindStop) -> u64 {
+        match stop {
+            UnwindStop::Running => 0,
+            UnwindStop::End => self.ended,
+            UnwindStop::FramePointerEnd => self.frame_pointer_ended,
+            UnwindStop::ReadError => self.read_errors,
+            UnwindStop::NoRule => self.no_rule,
+            UnwindStop::NoProgress => self.no_progress,
+            UnwindStop::ZeroReturn => self.zero_return,
+            UnwindStop::TablesPending => self.tables_pending,
+            UnwindStop::Truncated => self.truncated,
+        }
+    }
+
     /// Unwinds that stopped before the outermost frame other than at the
     /// depth limit: their stacks end in an `[incomplete: …]` frame.
     pub fn stopped_early(&self) -> u64 {
-        self.read_errors + self.no_rule + self.no_progress + self.zero_return + self.tables_pending
+        UnwindStop::EARLY
+            .into_iter()
+            .filter(|&stop| stop != UnwindStop::Truncated)
+            .map(|stop| self.stops(stop))
+            .sum()
     }
 
     /// Adds every counter of `other` to `self`.

@@ -39,9 +39,10 @@ pub fn encode(table: &UnwindTable) -> Result<Vec<KernelRow>, EncodeError> {
                     let len = rows
                         .get(i + 1)
                         .filter(|next| next.cfa != CfaRule::Missing)
-                        .and_then(|next| i16::try_from(next.pc - row.pc).ok())
+                        .and_then(|next| u16::try_from(next.pc - row.pc).ok())
                         .unwrap_or(0);
-                    (KernelRow::CFA_GAP, Some(Offset::Bytes(len)))
+                    // Read back as u16.
+                    (KernelRow::CFA_GAP, Some(Offset::Bytes(len as i16)))
                 }
                 CfaRule::Unsupported => (KernelRow::CFA_NONE, Some(Offset::Bytes(0))),
             };
