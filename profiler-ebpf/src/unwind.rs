@@ -362,6 +362,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
         Step::ReadError => state.stop = UnwindStop::ReadError,
         Step::NoRule => state.stop = UnwindStop::NoRule,
         Step::FramePointerEnd => state.stop = UnwindStop::FramePointerEnd,
+        Step::End => state.stop = UnwindStop::End,
     }
     i64::from(state.stop != UnwindStop::Running)
 }
@@ -400,6 +401,8 @@ enum Step {
     NoRule,
     /// A zero frame pointer: the outermost frame, by the ABI.
     FramePointerEnd,
+    /// A zero return address where a row said it is: the outermost frame.
+    End,
 }
 
 /// The row covering `pc` in the table of the mapping holding it, and the
@@ -566,6 +569,11 @@ fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64, bp_saved: bool) -> 
     let Some(ra) = read_user(cfa.wrapping_sub(8)) else {
         return Step::ReadError;
     };
+    // Where a row found the return address, a zero one ends the stack
+    // (libgcc's unwinder reads it so; Go's goroutines and threads end so).
+    if ra == 0 {
+        return Step::End;
+    }
     let (caller_bp, bp_saved) = if row.kind & UnwindRow::RBP_SAVED != 0 {
         let at = cfa.wrapping_add((row.rbp_slot as i64 as u64).wrapping_mul(8));
         match read_user(at) {

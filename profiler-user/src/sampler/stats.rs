@@ -156,7 +156,8 @@ pub struct UnwindCounters {
     pub no_rule: u64,
     /// Unwinds stopped by a frame that did not move up the stack.
     pub no_progress: u64,
-    /// Unwinds stopped by a zero return address where a caller should be.
+    /// Unwinds stopped by a zero return address read with the frame
+    /// pointer.
     pub zero_return: u64,
     /// Unwinds stopped in a file whose table was still being built.
     pub tables_pending: u64,

@@ -6,13 +6,15 @@
 //! truncated, grown or replaced while it is read gives an error, not a
 //! SIGBUS. Nothing but the table is kept.
 
+use std::borrow::Cow;
+use std::io::Read;
 use std::path::Path;
 
 use gimli::{
     BaseAddresses, CfaRule as GimliCfa, CieOrFde, DebugFrame, EhFrame, LittleEndian, RegisterRule,
     UnwindContext, UnwindSection, X86_64,
 };
-use object::{Object, ObjectSection, ObjectSegment, ReadRef};
+use object::{CompressionFormat, Object, ObjectSection, ObjectSegment, ReadRef};
 
 use super::table::{CfaRule, RbpRule, UnwindRow, UnwindTable};
 use crate::pread::PreadFile;
@@ -151,7 +153,7 @@ pub fn from_elf_data<'data, R: ReadRef<'data>>(
     if let Some(section) = elf.section_by_name(".eh_frame") {
         let bytes = section_bytes(&section, name)?;
         let bases = bases.clone().set_eh_frame(section.address());
-        let mut eh_frame = EhFrame::new(bytes, LittleEndian);
+        let mut eh_frame = EhFrame::new(&bytes, LittleEndian);
         eh_frame.set_address_size(8);
         collect(&eh_frame, &bases, &mut fdes).map_err(|source| BuildError::Cfi {
             path: name.to_owned(),
@@ -161,7 +163,7 @@ pub fn from_elf_data<'data, R: ReadRef<'data>>(
     }
     if let Some(section) = elf.section_by_name(".debug_frame") {
         let bytes = section_bytes(&section, name)?;
-        let mut debug_frame = DebugFrame::new(bytes, LittleEndian);
+        let mut debug_frame = DebugFrame::new(&bytes, LittleEndian);
         debug_frame.set_address_size(8);
         collect(&debug_frame, &bases, &mut fdes).map_err(|source| BuildError::Cfi {
             path: name.to_owned(),
@@ -175,14 +177,44 @@ pub fn from_elf_data<'data, R: ReadRef<'data>>(
     })
 }
 
+/// Largest call frame section decompressed (a bomb must not take the
+/// agent's memory).
+const MAX_INFLATED: u64 = 256 << 20;
+
+/// A section's bytes, inflated when it is zlib-compressed
+/// (`SHF_COMPRESSED`: Go compresses its `.debug_frame`, the only call
+/// frame information it emits). flate2, already a dependency, inflates it
+/// rather than object's `compression` feature, which would add a zstd
+/// crate for sections no toolchain here writes.
 fn section_bytes<'data, R: ReadRef<'data>>(
     section: &object::Section<'data, '_, R>,
     name: &str,
-) -> Result<&'data [u8], BuildError> {
-    section.data().map_err(|err| BuildError::NotElf {
+) -> Result<Cow<'data, [u8]>, BuildError> {
+    let bad = |reason: String| BuildError::NotElf {
         path: name.to_owned(),
-        reason: err.to_string(),
-    })
+        reason,
+    };
+    let compressed = section
+        .compressed_data()
+        .map_err(|err| bad(err.to_string()))?;
+    match compressed.format {
+        CompressionFormat::None => Ok(Cow::Borrowed(compressed.data)),
+        CompressionFormat::Zlib if compressed.uncompressed_size <= MAX_INFLATED => {
+            let mut inflated = Vec::new();
+            flate2::read::ZlibDecoder::new(compressed.data)
+                .take(compressed.uncompressed_size)
+                .read_to_end(&mut inflated)
+                .map_err(|err| bad(format!("inflating a compressed section: {err}")))?;
+            if inflated.len() as u64 != compressed.uncompressed_size {
+                return Err(bad("a compressed section inflates short".into()));
+            }
+            Ok(Cow::Owned(inflated))
+        }
+        format => Err(bad(format!(
+            "a {format:?}-compressed section of {} bytes",
+            compressed.uncompressed_size
+        ))),
+    }
 }
 
 /// The rows of one FDE and the end of its range.
@@ -463,6 +495,45 @@ mod tests {
             crate::unwind::registry::vaddr_delta(&file.segments, text.offset),
             Some(text.vaddr.wrapping_sub(text.offset))
         );
+    }
+
+    #[test]
+    fn a_compressed_debug_frame_is_inflated() {
+        // C with its call frame information in .debug_frame only (as Go
+        // has), then the same with that section zlib-compressed.
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("f.c");
+        std::fs::write(
+            &source,
+            "int f(int x) { return x * 3; }\nint main(void) { return f(2); }\n",
+        )
+        .unwrap();
+        let plain = dir.path().join("plain");
+        let status = Command::new("gcc")
+            .args([
+                "-O1",
+                "-g",
+                "-fno-asynchronous-unwind-tables",
+                "-fno-unwind-tables",
+                "-o",
+            ])
+            .arg(&plain)
+            .arg(&source)
+            .status()
+            .expect("gcc (`cargo xtask setup` installs it)");
+        assert!(status.success());
+        let compressed = dir.path().join("compressed");
+        let status = Command::new("objcopy")
+            .arg("--compress-debug-sections=zlib")
+            .arg(&plain)
+            .arg(&compressed)
+            .status()
+            .expect("objcopy (binutils) must be installed");
+        assert!(status.success());
+        let plain = from_elf_file(&plain).unwrap().table;
+        let inflated = from_elf_file(&compressed).unwrap().table;
+        assert!(plain.stats().rsp > 0, "{}", plain.stats());
+        assert_eq!(inflated.rows(), plain.rows());
     }
 
     #[test]
