@@ -359,9 +359,10 @@ pub enum UnwindStop {
     /// The unwind goes on.
     Running,
     /// A row said the frame is the outermost (its return address is
-    /// undefined: `_start`, `clone3`, a thread's entry), or the return
-    /// address a row found is zero (libgcc's end of stack; Go's
-    /// goroutines and threads end so): the stack is whole.
+    /// undefined: `_start`, `clone3`, a thread's entry), a return address
+    /// was planted at a function's first byte (makecontext), or the
+    /// return address rows alone found is zero (libgcc's end of stack;
+    /// Go's goroutines and threads end so): the stack is whole.
     End,
     /// A frame-pointer step found a zero frame pointer, the ABI's mark of
     /// the outermost frame: the stack is whole.
@@ -372,7 +373,8 @@ pub enum UnwindStop {
     NoRule,
     /// A step did not move up the stack.
     NoProgress,
-    /// A return address read with the frame pointer was zero.
+    /// A return address was zero after a frame-pointer step (the
+    /// registers may be guesses) or in a signal frame.
     ZeroReturn,
     /// The pc is in a file whose table is still being built: stepping
     /// with frame pointers in code that may not keep them would make up

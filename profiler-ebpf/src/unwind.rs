@@ -97,6 +97,8 @@ pub struct UnwindState {
     /// pointers uses for anything: only then is a zero the ABI's
     /// outermost mark.
     bp_saved: bool,
+    /// A frame-pointer step came before: the registers may be guesses.
+    guessed: bool,
     stop: UnwindStop,
 }
 
@@ -125,6 +127,7 @@ impl Unwind {
             kind: kind.index(),
             pc_is_exact: true,
             bp_saved: false,
+            guessed: false,
             stop: UnwindStop::Running,
         };
         // SAFETY: plain lookup; the value is not read here.
@@ -299,6 +302,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     // tables (yet), every step with the frame pointer.
     let process = unsafe { UNWIND_PROCESSES.get(&state.tgid) };
     let row = process.and_then(|process| find_row(process, lookup_pc));
+    let mut row_step = false;
     let step = match row {
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_END => {
             state.stop = UnwindStop::End;
@@ -328,6 +332,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
         }
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
         Some((row, _)) if row.cfa_kind() != UnwindRow::CFA_GAP => {
+            row_step = true;
             step_with_row(&row, state.pc, state.sp, state.bp, state.bp_saved)
         }
         // A gap between functions, a file without a table, no entry yet.
@@ -335,6 +340,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
             if process.is_some() {
                 kind.bump(Stat::UnwindFramePointerSteps);
             }
+            state.guessed = true;
             step_with_frame_pointer(state.bp, state.bp_saved)
         }
     };
@@ -350,6 +356,11 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
             // signal frame may move anywhere (sigaltstack).
             if sp <= state.sp && !exact {
                 state.stop = UnwindStop::NoProgress;
+            } else if pc == 0 && row_step && !state.guessed {
+                // Where rows alone found the return address, a zero one
+                // ends the stack (libgcc's unwinder reads it so; Go's
+                // goroutines and threads end so).
+                state.stop = UnwindStop::End;
             } else if pc == 0 {
                 state.stop = UnwindStop::ZeroReturn;
             }
@@ -362,7 +373,6 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
         Step::ReadError => state.stop = UnwindStop::ReadError,
         Step::NoRule => state.stop = UnwindStop::NoRule,
         Step::FramePointerEnd => state.stop = UnwindStop::FramePointerEnd,
-        Step::End => state.stop = UnwindStop::End,
     }
     i64::from(state.stop != UnwindStop::Running)
 }
@@ -401,8 +411,6 @@ enum Step {
     NoRule,
     /// A zero frame pointer: the outermost frame, by the ABI.
     FramePointerEnd,
-    /// A zero return address where a row said it is: the outermost frame.
-    End,
 }
 
 /// The row covering `pc` in the table of the mapping holding it, and the
@@ -569,11 +577,6 @@ fn step_with_row(row: &UnwindRow, pc: u64, sp: u64, bp: u64, bp_saved: bool) -> 
     let Some(ra) = read_user(cfa.wrapping_sub(8)) else {
         return Step::ReadError;
     };
-    // Where a row found the return address, a zero one ends the stack
-    // (libgcc's unwinder reads it so; Go's goroutines and threads end so).
-    if ra == 0 {
-        return Step::End;
-    }
     let (caller_bp, bp_saved) = if row.kind & UnwindRow::RBP_SAVED != 0 {
         let at = cfa.wrapping_add((row.rbp_slot as i64 as u64).wrapping_mul(8));
         match read_user(at) {

@@ -442,7 +442,7 @@ fn encode_unwind(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit_counters(
         e,
         "unwind_stops",
-        "User-stack unwinds by why they ended, with tables or (before a process has them) frame pointers (end: a frame its row marks outermost, or a zero return address where a row found it; frame_pointer_end: a zero frame pointer read from a save slot; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address read with the frame pointer; tables_pending: a file whose table was still being built; truncated: the depth limit)",
+        "User-stack unwinds by why they ended, with tables or (before a process has them) frame pointers (end: a frame its row marks outermost, a planted return (makecontext), or a zero return address rows alone found; frame_pointer_end: a zero frame pointer read from a save slot; both are whole stacks. The others end in an [incomplete: ...] frame: read_error: unreadable stack memory; no_rule: neither a row nor a frame pointer applied; no_progress: a frame did not move up the stack; zero_return: a zero return address after a frame-pointer step or from a signal frame; tables_pending: a file whose table was still being built; truncated: the depth limit)",
         "reason",
         &[
             ("end", u.ended),

@@ -145,7 +145,8 @@ pub struct UnwindCounters {
     /// tables could not encode).
     pub frame_pointer_steps: u64,
     /// Unwinds that reached a frame its row marks outermost (`_start`,
-    /// a thread's entry): whole stacks.
+    /// a thread's entry), a planted return (makecontext), or a zero
+    /// return address rows alone found: whole stacks.
     pub ended: u64,
     /// Unwinds that reached a zero frame pointer, the ABI's outermost
     /// mark: whole stacks.
@@ -156,8 +157,8 @@ pub struct UnwindCounters {
     pub no_rule: u64,
     /// Unwinds stopped by a frame that did not move up the stack.
     pub no_progress: u64,
-    /// Unwinds stopped by a zero return address read with the frame
-    /// pointer.
+    /// Unwinds stopped by a zero return address after a frame-pointer
+    /// step, or from a signal frame.
     pub zero_return: u64,
     /// Unwinds stopped in a file whose table was still being built.
     pub tables_pending: u64,
