@@ -351,29 +351,22 @@ impl Registry {
             if entry.count as usize == UNWIND_MAPPINGS_MAX {
                 break;
             }
-            let (rows, segments) = match self.files.get(&mapping.key).map(|e| &e.state) {
-                Some(FileState::Loaded { rows, segments }) => (rows, segments),
-                Some(FileState::Pending) => {
-                    entry.mappings[entry.count as usize] = UnwindMapping {
-                        start: mapping.start,
-                        end: mapping.end,
-                        adjust: 0,
-                        row_start: UnwindMapping::PENDING,
-                        row_count: 0,
+            let (adjust, rows) = match self.files.get(&mapping.key).map(|e| &e.state) {
+                Some(FileState::Loaded { rows, segments }) => {
+                    let Some(delta) = vaddr_delta(segments, mapping.file_offset) else {
+                        continue;
                     };
-                    entry.count += 1;
-                    continue;
+                    // vaddr = pc - start + file_offset + (vaddr - offset of the segment)
+                    let adjust = mapping
+                        .file_offset
+                        .wrapping_add(delta)
+                        .wrapping_sub(mapping.start);
+                    (adjust, rows.clone())
                 }
+                // Still being built: no rows, and the unwinder stops there.
+                Some(FileState::Pending) => (0, UnwindMapping::PENDING..UnwindMapping::PENDING),
                 _ => continue,
             };
-            let Some(delta) = vaddr_delta(segments, mapping.file_offset) else {
-                continue;
-            };
-            // vaddr = pc - start + file_offset + (vaddr - offset of the segment)
-            let adjust = mapping
-                .file_offset
-                .wrapping_add(delta)
-                .wrapping_sub(mapping.start);
             entry.mappings[entry.count as usize] = UnwindMapping {
                 start: mapping.start,
                 end: mapping.end,
