@@ -192,6 +192,12 @@ impl Profiler {
             pipeline,
             memory,
         };
+        if let Target::Pids(pids) = &options.policy.target {
+            profiler.pipeline.prepare(pids);
+            profiler.sampler.select(pids)?;
+            profiler.pipeline.start_time = profiler.sampler.last_flip().0;
+            profiler.pipeline.started = Instant::now();
+        }
         profiler.probe_memory();
         Ok(profiler)
     }
@@ -354,6 +360,10 @@ impl Profiler {
     }
 }
 
+/// How long a selection of processes waits for its unwind tables before
+/// sampling starts anyway (the largest libraries take about a second).
+const TABLE_WAIT: Duration = Duration::from_secs(20);
+
 /// Every stage after the kernel: process snapshots, unwind-table requests,
 /// the filter, aggregation and symbolization, window by window.
 struct Pipeline {
@@ -443,6 +453,40 @@ impl Pipeline {
         }
         if let Some(contexts) = &mut self.contexts {
             contexts.check(tgid, Instant::now(), &self.processes);
+        }
+    }
+
+    /// Before a selection of processes is sampled: snapshots them and
+    /// waits for their unwind tables (at most [`TABLE_WAIT`]), so that
+    /// their first samples are unwound whole, not stopped at a file whose
+    /// table is still loading.
+    fn prepare(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            self.observe(ProcessEvent::New(pid));
+        }
+        let Some(tables) = &self.tables else {
+            return;
+        };
+        let started = Instant::now();
+        let settled = tables.settle(TABLE_WAIT, |stats| {
+            log::info!(
+                "loading unwind tables: {} built, {} to go",
+                stats.tables_built,
+                stats.queued + 1
+            )
+        });
+        if settled {
+            log::info!(
+                "unwind tables of the selected processes loaded in {:.2}s",
+                started.elapsed().as_secs_f64()
+            );
+        } else {
+            log::warn!(
+                "unwind tables of the selected processes still loading after {}s: sampling \
+                 starts now, and stacks through the files not loaded yet end in \
+                 [incomplete: unwind table still loading] until they are",
+                TABLE_WAIT.as_secs()
+            );
         }
     }
 

@@ -370,11 +370,13 @@ impl ProcessTable {
     }
 
     /// Reads what was appended to `pid`'s perf map since the last read (all
-    /// of it the first time, or when the file was replaced).
+    /// of it the first time, or when the file was replaced or written
+    /// again).
     fn read_perf_map(&mut self, pid: u32) {
         let known = self.perf_maps.get(&pid);
         let from = known.map_or(0, |state| state.map.consumed());
-        match procfs::read_perf_map(pid, known.map(|state| state.file), from) {
+        let tail = known.map_or(&[][..], |state| state.map.tail());
+        match procfs::read_perf_map(pid, known.map(|state| state.file), from, tail) {
             Ok(None) => {}
             Ok(Some(read)) => {
                 let state = match self.perf_maps.get_mut(&pid) {

@@ -136,6 +136,8 @@ pub struct PerfMap {
     names: Vec<Box<str>>,
     /// Bytes of the file consumed: up to the end of the last whole line.
     consumed: u64,
+    /// The last bytes consumed (at most [`PerfMap::TAIL_BYTES`]).
+    tail: Vec<u8>,
     /// Lines skipped because they did not parse.
     malformed: u64,
 }
@@ -157,6 +159,9 @@ impl PerfMap {
             None => return,
         };
         self.consumed += whole.len() as u64;
+        self.tail.extend_from_slice(whole.as_bytes());
+        let excess = self.tail.len().saturating_sub(Self::TAIL_BYTES);
+        self.tail.drain(..excess);
         for line in whole.lines() {
             match parse_line(line) {
                 Some((start, size, name)) => self.insert(start, size, name),
@@ -169,6 +174,15 @@ impl PerfMap {
     /// Bytes of the file this map has read (whole lines).
     pub fn consumed(&self) -> u64 {
         self.consumed
+    }
+
+    /// How many of the last bytes read [`PerfMap::tail`] keeps.
+    pub const TAIL_BYTES: usize = 64;
+
+    /// The last bytes read, which end at [`PerfMap::consumed`]: a file
+    /// that no longer has them there was written again, not appended to.
+    pub fn tail(&self) -> &[u8] {
+        &self.tail
     }
 
     /// Lines that did not parse.

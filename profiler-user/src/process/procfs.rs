@@ -49,7 +49,10 @@ pub(crate) struct PerfMapRead {
 
 /// Reads `pid`'s perf map (`/tmp/perf-PID.map` in its mount namespace,
 /// with its pid there) from byte `from` on, or whole when it is not the
-/// file `known` or shrank; `Ok(None)` when it has none.
+/// file `known`, shrank, or no longer holds `tail` (the last bytes read,
+/// ending at `from`) there: the JVM's `Compiler.perfmap` truncates the
+/// file and writes it again, larger, where V8 appends; `Ok(None)` when it
+/// has none.
 ///
 /// The file is the process's to write, so it is read as untrusted: not
 /// through a symlink, only a regular file (a FIFO would block), only when
@@ -60,6 +63,7 @@ pub(crate) fn read_perf_map(
     pid: u32,
     known: Option<(u64, u64)>,
     from: u64,
+    tail: &[u8],
 ) -> std::io::Result<Option<PerfMapRead>> {
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -107,26 +111,35 @@ pub(crate) fn read_perf_map(
         ));
     }
     let identity = (meta.dev(), meta.ino());
-    let from = if known == Some(identity) && from <= meta.len() {
-        from
-    } else {
-        0
+    let read_from = |at: u64| -> std::io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; usize::try_from(meta.len().saturating_sub(at)).unwrap_or(0)];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            match FileExt::read_at(&file, &mut bytes[filled..], at + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        bytes.truncate(filled);
+        Ok(bytes)
     };
-    let mut bytes = vec![0u8; usize::try_from(meta.len() - from).unwrap_or(0)];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        match FileExt::read_at(&file, &mut bytes[filled..], from + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
+    let check = tail.len() as u64;
+    if known == Some(identity) && from <= meta.len() && check <= from {
+        let bytes = read_from(from - check)?;
+        if bytes.starts_with(tail) {
+            return Ok(Some(PerfMapRead {
+                file: identity,
+                from,
+                text: String::from_utf8_lossy(&bytes[tail.len()..]).into_owned(),
+            }));
         }
     }
-    bytes.truncate(filled);
     Ok(Some(PerfMapRead {
         file: identity,
-        from,
-        text: String::from_utf8_lossy(&bytes).into_owned(),
+        from: 0,
+        text: String::from_utf8_lossy(&read_from(0)?).into_owned(),
     }))
 }
 
@@ -213,31 +226,48 @@ mod tests {
         let me = std::process::id();
         let path = format!("/tmp/perf-{me}.map");
         let _ = std::fs::remove_file(&path);
-        assert!(read_perf_map(me, None, 0).unwrap().is_none());
+        assert!(read_perf_map(me, None, 0, b"").unwrap().is_none());
         std::fs::write(&path, "1000 10 a\n").unwrap();
-        let first = read_perf_map(me, None, 0).unwrap().unwrap();
+        let first = read_perf_map(me, None, 0, b"").unwrap().unwrap();
         assert_eq!((first.from, first.text.as_str()), (0, "1000 10 a\n"));
-        std::fs::write(&path, "1000 10 a\n2000 10 b\n").unwrap();
-        let next = read_perf_map(me, Some(first.file), 10).unwrap().unwrap();
+        // Appended to (V8): only the new lines are read.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"2000 10 b\n").unwrap();
+        let next = read_perf_map(me, Some(first.file), 10, b" a\n")
+            .unwrap()
+            .unwrap();
         assert_eq!((next.from, next.text.as_str()), (10, "2000 10 b\n"));
+        // Written again in place, larger (the JVM): read whole.
+        std::fs::write(&path, "0500 10 z\n1000 10 a\n2000 10 b\n").unwrap();
+        let rewritten = read_perf_map(me, Some(first.file), 20, b" b\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rewritten.from, 0);
+        assert!(rewritten.text.starts_with("0500 10 z"));
         // Another file under the same name is read from its start.
-        let again = read_perf_map(me, Some((0, 0)), 10).unwrap().unwrap();
+        let again = read_perf_map(me, Some((0, 0)), 10, b"").unwrap().unwrap();
         assert_eq!(again.from, 0);
 
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
-        assert!(read_perf_map(me, None, 0).is_err(), "followed a symlink");
+        assert!(
+            read_perf_map(me, None, 0, b"").is_err(),
+            "followed a symlink"
+        );
         std::fs::remove_file(&path).unwrap();
         let fifo = std::ffi::CString::new(path.clone()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        assert!(read_perf_map(me, None, 0).is_err(), "read a FIFO");
+        assert!(read_perf_map(me, None, 0, b"").is_err(), "read a FIFO");
         std::fs::remove_file(&path).unwrap();
         if running_as_root() {
             std::fs::write(&path, "1000 10 a\n").unwrap();
             std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
             assert!(
-                read_perf_map(me, None, 0).is_err(),
+                read_perf_map(me, None, 0, b"").is_err(),
                 "read another user's file"
             );
             std::fs::remove_file(&path).unwrap();

@@ -189,6 +189,8 @@ pub struct Sampler {
     stacks: [HashMap<MapData, StackHash, Stack>; 2],
     deep_stacks: [HashMap<MapData, StackHash, DeepStack>; 2],
     known: HashMap<MapData, u32, u8>,
+    /// The processes sampled with a `Target::Pids` selection.
+    pid_filter: HashMap<MapData, u32, u8>,
     /// Kept open: the kernel empties a program array when its last
     /// userspace handle closes.
     _tail_calls: (
@@ -342,7 +344,7 @@ impl Sampler {
         let stats = take(names::STATS)?
             .try_into()
             .map_err(map_err(names::STATS))?;
-        let mut pid_filter: HashMap<_, u32, u8> = take(names::PID_FILTER)?
+        let pid_filter: HashMap<_, u32, u8> = take(names::PID_FILTER)?
             .try_into()
             .map_err(map_err(names::PID_FILTER))?;
         let known = take(names::KNOWN_PROCESSES)?
@@ -464,13 +466,10 @@ impl Sampler {
             }
             _ => None,
         };
-        if let Target::Pids(pids) = &policy.target {
+        // The selected processes are sampled from [`Sampler::select`]
+        // on (once their unwind tables are in): none until then.
+        if let Target::Pids(_) = &policy.target {
             config.flags |= Config::FILTER_PIDS;
-            for pid in pids {
-                pid_filter
-                    .insert(pid, 1, 0)
-                    .map_err(map_err(names::PID_FILTER))?;
-            }
         }
         config_map
             .set(0, config, 0)
@@ -606,6 +605,7 @@ impl Sampler {
             stacks,
             deep_stacks,
             known,
+            pid_filter,
             _tail_calls: (tail_calls, off_cpu_tail_calls, lock_tail_calls),
             active: MapSet::Zero,
             kinds: attached_kinds,
@@ -751,6 +751,19 @@ impl Sampler {
     /// finished; before the first drain, when the programs were attached.
     pub fn last_flip(&self) -> (SystemTime, SystemTime) {
         self.flipped
+    }
+
+    /// With a `Target::Pids` policy: starts sampling `pids` (nothing of
+    /// them was recorded before). The window starts now.
+    pub fn select(&mut self, pids: &[u32]) -> Result<(), SamplerError> {
+        for pid in pids {
+            self.pid_filter
+                .insert(pid, 1, 0)
+                .map_err(map_err(names::PID_FILTER))?;
+        }
+        let now = SystemTime::now();
+        self.flipped = (now, now);
+        Ok(())
     }
 
     /// Lets the kernel announce `tgids` again the next time they are sampled

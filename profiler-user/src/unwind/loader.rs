@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,15 +77,25 @@ enum Request {
 /// on a busy host can take a second or more, and shutdown must not.
 pub struct TableLoader {
     requests: Sender<Request>,
-    stats: Arc<Mutex<LoaderStats>>,
+    stats: Arc<Mutex<Published>>,
     stop: Arc<AtomicBool>,
+    /// Load requests sent so far.
+    sent: AtomicU64,
+}
+
+/// What the worker publishes after each request and each table.
+#[derive(Clone, Copy, Debug, Default)]
+struct Published {
+    stats: LoaderStats,
+    /// Load requests taken in so far (their tables queued or known).
+    taken: u64,
 }
 
 impl TableLoader {
     /// Starts the worker for an `UNWIND_ROWS` array of `capacity` rows.
     pub fn spawn(maps: impl UnwindMaps, capacity: u32) -> io::Result<Self> {
         let (requests, receiver) = mpsc::channel();
-        let stats = Arc::new(Mutex::new(LoaderStats::default()));
+        let stats = Arc::new(Mutex::new(Published::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             maps,
@@ -95,6 +105,7 @@ impl TableLoader {
             stats: Arc::clone(&stats),
             stop: Arc::clone(&stop),
             counters: LoaderStats::default(),
+            taken: 0,
         };
         std::thread::Builder::new()
             .name("hostprof-unwind".into())
@@ -103,13 +114,37 @@ impl TableLoader {
             requests,
             stats,
             stop,
+            sent: AtomicU64::new(0),
         })
     }
 
     /// Registers `process`'s mappings (replacing earlier ones) and queues
     /// the tables it lacks.
     pub fn load(&self, process: ProcessTables) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         self.send(Request::Load(process));
+    }
+
+    /// Waits until every table requested so far is built (or found
+    /// unusable), or until `timeout`; calls `progress` about every
+    /// second meanwhile. True when all are done.
+    pub fn settle(&self, timeout: Duration, mut progress: impl FnMut(&LoaderStats)) -> bool {
+        let started = Instant::now();
+        let mut told = started;
+        loop {
+            let published = self.published();
+            if published.taken == self.sent.load(Ordering::Relaxed) && published.stats.queued == 0 {
+                return true;
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            if told.elapsed() >= Duration::from_secs(1) {
+                progress(&published.stats);
+                told = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Forgets processes that exited, freeing tables only they used.
@@ -126,6 +161,10 @@ impl TableLoader {
 
     /// What the loader has done so far.
     pub fn stats(&self) -> LoaderStats {
+        self.published().stats
+    }
+
+    fn published(&self) -> Published {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -158,9 +197,11 @@ struct Worker<M> {
     /// built), with a sequence number to keep arrival order among equals.
     jobs: BTreeMap<(u64, u64), Job>,
     next_job: u64,
-    stats: Arc<Mutex<LoaderStats>>,
+    stats: Arc<Mutex<Published>>,
     stop: Arc<AtomicBool>,
     counters: LoaderStats,
+    /// Load requests taken in.
+    taken: u64,
 }
 
 impl<M: UnwindMaps> Worker<M> {
@@ -203,7 +244,10 @@ impl<M: UnwindMaps> Worker<M> {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Load(process) => self.register(process),
+            Request::Load(process) => {
+                self.register(process);
+                self.taken += 1;
+            }
             Request::Exited(tgids) => {
                 for tgid in tgids {
                     self.maps.remove_process(tgid);
@@ -222,7 +266,10 @@ impl<M: UnwindMaps> Worker<M> {
     fn publish(&mut self) {
         self.counters.registry = self.registry.stats();
         self.counters.queued = self.jobs.len();
-        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = self.counters;
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = Published {
+            stats: self.counters,
+            taken: self.taken,
+        };
     }
 
     /// Lets program runs that may read rows freed since the last call
@@ -445,7 +492,12 @@ mod tests {
         let mut processes = ProcessTable::new();
         let me = std::process::id();
         loader.load(own_tables(&mut processes));
-        let stats = wait_for(&loader, |s| s.registry.processes == 1 && s.queued == 0);
+        // Settled means every table of the request is in: no waiting on
+        // counters that may not have moved yet.
+        assert!(loader.settle(Duration::from_secs(60), |_| {}));
+        let stats = loader.stats();
+        assert_eq!(stats.registry.processes, 1);
+        assert_eq!(stats.queued, 0);
         assert!(
             stats.tables_built >= 2,
             "the test binary and libc: {stats:?}"
@@ -467,9 +519,8 @@ mod tests {
 
         // Loading the same process again builds nothing new.
         loader.load(own_tables(&mut processes));
-        std::thread::sleep(Duration::from_millis(200));
-        let again = wait_for(&loader, |s| s.queued == 0);
-        assert_eq!(again.tables_built, stats.tables_built);
+        assert!(loader.settle(Duration::from_secs(60), |_| {}));
+        assert_eq!(loader.stats().tables_built, stats.tables_built);
 
         loader.exited(vec![me]);
         let stats = wait_for(&loader, |s| s.registry.processes == 0);

@@ -4,6 +4,7 @@
 //! hears of each exit once.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use crate::process::ProcessTable;
 
@@ -94,6 +95,12 @@ impl TableRequests {
             .filter(|&tgid| processes.process(tgid).is_none())
             .collect();
         self.exited(&gone);
+    }
+
+    /// Waits until the tables requested so far are built, at most
+    /// `timeout` (see [`TableLoader::settle`]).
+    pub fn settle(&self, timeout: Duration, progress: impl FnMut(&LoaderStats)) -> bool {
+        self.loader.settle(timeout, progress)
     }
 
     /// The loader's counters.
