@@ -57,6 +57,9 @@ def check_values(chart):
     for bad in [
         {"profiling": {"frequency": "fast"}},
         {"profiling": {"frequency": 5000}},
+        {"profiling": {"maxCpu": "fast"}},
+        {"profiling": {"maxCpu": 500}},
+        {"profiling": {"maxCpu": "0.0001"}},
         {"profiling": {"profiles": []}},
         {"profiling": {"profiles": ["heap"]}},
         {"profiling": {"profiles": "cpu"}},

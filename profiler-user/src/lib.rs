@@ -63,6 +63,7 @@ pub mod kind;
 pub mod locks;
 mod memory;
 pub mod otlp;
+mod overhead;
 pub mod pprof;
 mod pread;
 mod process;

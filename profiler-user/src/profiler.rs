@@ -16,6 +16,8 @@ pub use crate::aggregate::WaitTotals;
 use crate::filter::ProcessFilter;
 use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
+use crate::overhead::Budget;
+pub use crate::overhead::OverheadStats;
 use crate::process::{alive, ContextDiscovery, ProcessTable, PythonProcesses, Selection};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
@@ -29,8 +31,8 @@ use crate::unwind::Unwinder;
 
 pub use crate::sampler::trace_context::{InvalidTraceContextMap, TraceContextMap, TraceMapState};
 pub use crate::sampler::{
-    Frequency, InvalidFrequency, InvalidMemorySampleBytes, InvalidOffCpuRate,
-    InvalidPageFaultPeriod, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplerError,
+    Frequency, InvalidFrequency, InvalidMaxCpu, InvalidMemorySampleBytes, InvalidOffCpuRate,
+    InvalidPageFaultPeriod, MaxCpu, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplerError,
     SamplingPolicy, Target,
 };
 pub use crate::symbolize::CacheStats;
@@ -91,7 +93,7 @@ pub enum ProfilerError {
 }
 
 /// Where a run stands, reported after every drain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Progress {
     /// Time since sampling started.
     pub elapsed: Duration,
@@ -107,7 +109,7 @@ pub struct Progress {
 
 /// Totals since a [`Profiler`] started (counters) and its current size
 /// (gauges), for self-metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PipelineStats {
     /// Samples collected.
     pub samples: u64,
@@ -125,6 +127,9 @@ pub struct PipelineStats {
     pub off_cpu_waits: WaitTotals,
     /// Kernel-lock contentions the kernel measured and kept.
     pub kernel_lock_waits: WaitTotals,
+    /// The CPU budget (`--max-cpu`) and the frequency it set; all zero
+    /// without one.
+    pub overhead: OverheadStats,
 }
 
 /// A running whole-host profiler.
@@ -135,6 +140,8 @@ pub struct Profiler {
     pipeline: Pipeline,
     /// With the memory profile: the processes whose allocator is probed.
     memory: Option<Selection>,
+    /// With `--max-cpu` and the CPU profile: the frequency's governor.
+    budget: Option<Budget>,
 }
 
 impl Profiler {
@@ -191,6 +198,7 @@ impl Profiler {
             events: started.events,
             pipeline,
             memory,
+            budget: None,
         };
         if let Target::Pids(pids) = &options.policy.target {
             profiler.pipeline.prepare(pids);
@@ -198,8 +206,59 @@ impl Profiler {
             profiler.pipeline.start_time = profiler.sampler.last_flip().0;
             profiler.pipeline.started = Instant::now();
         }
+        profiler.budget = options
+            .policy
+            .max_cpu
+            .and_then(|max| profiler.budget(max, &options));
         profiler.probe_memory();
         Ok(profiler)
+    }
+
+    /// The governor of `--max-cpu`, fed the kernel programs' run time
+    /// when the kernel counts it (else hostprof's threads only, said).
+    fn budget(&mut self, max: MaxCpu, options: &ProfilerOptions) -> Option<Budget> {
+        if !options.profiles.contains(&ProfileKind::Cpu) {
+            log::warn!(
+                "--max-cpu {max} has no effect: it lowers the CPU profile's frequency, and \
+                 --profiles has no cpu"
+            );
+            return None;
+        }
+        if let Err(err) = self.sampler.count_run_time() {
+            let cause = std::error::Error::source(&err)
+                .map(|source| format!(": {source}"))
+                .unwrap_or_default();
+            log::warn!("--max-cpu {max} counts hostprof's own threads only: {err}{cause}");
+        }
+        Some(Budget::new(
+            max,
+            options.policy.frequency,
+            self.sampler.run_time(),
+        ))
+    }
+
+    /// Drains the kernel's samples into the window; with `--max-cpu`,
+    /// weighs hostprof's cost and changes the frequency when due.
+    fn drain(&mut self) -> Result<(), ProfilerError> {
+        // What each CPU sample of the drained set stands for (a new
+        // frequency applies from the next set).
+        let period = self.sampler.period_ns();
+        let drained = self.sampler.drain()?;
+        self.ingest(drained);
+        self.pipeline.set_period(ProfileKind::Cpu, period);
+        self.probe_memory();
+        if let Some(budget) = &mut self.budget {
+            if let Some(decision) = budget.after_drain(self.sampler.run_time()) {
+                log::info!(
+                    "hostprof used {:.3}% of a core: CPU sampling at {} from now (--max-cpu {:.3}%)",
+                    decision.share * 100.0,
+                    decision.frequency,
+                    budget.stats().max_cpu_share * 100.0
+                );
+                self.sampler.set_frequency(decision.frequency);
+            }
+        }
+        Ok(())
     }
 
     /// With the memory profile: probes the allocator of each process
@@ -302,9 +361,7 @@ impl Profiler {
                     }
                 }
                 _ = drain_tick.tick() => {
-                    let drained = self.sampler.drain()?;
-                    self.ingest(drained);
-                    self.probe_memory();
+                    self.drain()?;
                     progress(&self.progress());
                 }
             }
@@ -329,15 +386,13 @@ impl Profiler {
         self.probe_memory();
         self.ingest(self.sampler.memory_in_use());
         let profiles = self.pipeline.take_window(self.sampler.last_flip());
-        Ok((profiles, self.pipeline.totals()))
+        Ok((profiles, self.totals()))
     }
 
     /// Drains now and returns the profiles of everything since the start
     /// or the previous call, while sampling goes on (continuous profiling).
     pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
-        let drained = self.sampler.drain()?;
-        self.ingest(drained);
-        self.probe_memory();
+        self.drain()?;
         // What is still live as the window ends (the memory profile).
         self.ingest(self.sampler.memory_in_use());
         Ok(self.pipeline.take_window(self.sampler.last_flip()))
@@ -345,12 +400,21 @@ impl Profiler {
 
     /// Where the current window stands.
     pub fn progress(&self) -> Progress {
-        self.pipeline.progress()
+        let mut progress = self.pipeline.progress();
+        progress.totals.overhead = self.overhead();
+        progress
     }
 
     /// Totals since the start and current sizes.
     pub fn totals(&self) -> PipelineStats {
-        self.pipeline.totals()
+        PipelineStats {
+            overhead: self.overhead(),
+            ..self.pipeline.totals()
+        }
+    }
+
+    fn overhead(&self) -> OverheadStats {
+        self.budget.as_ref().map(Budget::stats).unwrap_or_default()
     }
 
     fn ingest(&mut self, drained: Drained) {
@@ -453,6 +517,16 @@ impl Pipeline {
         }
         if let Some(contexts) = &mut self.contexts {
             contexts.check(tgid, Instant::now(), &self.processes);
+        }
+    }
+
+    /// Sets the period one sample of `kind` stands for in the profiles of
+    /// this window on (the CPU kind's, when `--max-cpu` moved it).
+    fn set_period(&mut self, kind: ProfileKind, period: u64) {
+        for (k, p) in &mut self.kinds {
+            if *k == kind {
+                *p = period;
+            }
         }
     }
 
@@ -612,6 +686,7 @@ impl Pipeline {
             unwind_tables: self.tables.as_ref().map(|t| t.stats()).unwrap_or_default(),
             off_cpu_waits: self.aggregator.wait_totals(ProfileKind::OffCpu),
             kernel_lock_waits: self.aggregator.wait_totals(ProfileKind::Locks),
+            overhead: OverheadStats::default(),
         }
     }
 }

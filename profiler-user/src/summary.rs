@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::kind::ProfileKind;
 use crate::locks;
+use crate::overhead::OverheadStats;
 use crate::profile::{FrameKind, LinkCounters, Profile, Sample, UnresolvedLeaves, UnwindCounters};
 use crate::symbolize::CacheStats;
 use crate::text::escape;
@@ -296,6 +297,9 @@ pub struct CaptureReport {
     pub symbolization: CacheStats,
     /// One summary per profile kind, in the order of `--profiles`.
     pub profiles: Vec<Summary>,
+    /// What `--max-cpu` did: the cost it measured and the frequencies it
+    /// set (all zero without a budget).
+    pub overhead: OverheadStats,
 }
 
 impl CaptureReport {
@@ -745,6 +749,7 @@ mod tests {
             finishing_seconds: 0.0,
             symbolization: CacheStats::default(),
             profiles: vec![summary],
+            overhead: OverheadStats::default(),
         }
         .write_json(&mut json)
         .unwrap();
@@ -890,11 +895,20 @@ mod tests {
                 ..CacheStats::default()
             },
             profiles: vec![summary_with(UnwindCounters::default(), tables(100, 1000))],
+            overhead: OverheadStats {
+                frequency_hz: 49,
+                lowest_frequency_hz: 24,
+                frequency_changes: 3,
+                ..OverheadStats::default()
+            },
         };
         let mut out = Vec::new();
         report.write_json(&mut out).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["sampling_seconds"], 10.0);
+        assert_eq!(json["overhead"]["frequency_hz"], 49);
+        assert_eq!(json["overhead"]["lowest_frequency_hz"], 24);
+        assert_eq!(json["overhead"]["frequency_changes"], 3);
         assert_eq!(json["symbolization"]["files_unreadable"], 2);
         let profile = &json["profiles"][0];
         assert_eq!(profile["kind"], "cpu");

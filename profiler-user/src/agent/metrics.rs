@@ -44,13 +44,6 @@ impl OwnUsage {
     /// Reads this process's usage (`getrusage`, `/proc/self/statm`); zero
     /// where unavailable.
     pub fn read() -> Self {
-        // SAFETY: getrusage fills the struct it is given.
-        let usage = unsafe {
-            let mut usage = std::mem::zeroed::<libc::rusage>();
-            libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-            usage
-        };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         // SAFETY: sysconf has no preconditions.
         let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let resident_pages = std::fs::read_to_string("/proc/self/statm")
@@ -58,7 +51,7 @@ impl OwnUsage {
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
             .unwrap_or(0);
         Self {
-            cpu_seconds: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            cpu_seconds: crate::overhead::process_cpu_time().as_secs_f64(),
             rss_bytes: resident_pages * page,
         }
     }
@@ -295,6 +288,7 @@ impl Collector for SnapshotCollector {
         )?;
         encode_resolution(&mut e, p)?;
         encode_unwind(&mut e, p)?;
+        encode_overhead(&mut e, p)?;
         emit(
             &mut e,
             "profiles_queued",
@@ -425,6 +419,42 @@ fn encode_resolution(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::
         "Samples that ran in a known trace span (linked: carry their trace and span; dropped: their process already had --max-links-per-process distinct links in the window, so they carry none)",
         "outcome",
         &[("linked", links.linked), ("dropped", links.dropped)],
+    )
+}
+
+/// The CPU budget (`--max-cpu`) and the sampling frequency it set.
+fn encode_overhead(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Result {
+    let o = &p.overhead;
+    if o.frequency_hz == 0 {
+        return Ok(()); // no budget: the frequency is the configured one
+    }
+    emit(
+        e,
+        "sampling_frequency_hz",
+        "The CPU profile's sampling frequency now, set by --max-cpu (each sample's period follows it)",
+        None,
+        ConstGauge::new(u64::from(o.frequency_hz)),
+    )?;
+    emit(
+        e,
+        "sampling_frequency_changes",
+        "Times --max-cpu changed the CPU profile's sampling frequency",
+        None,
+        ConstCounter::new(o.frequency_changes),
+    )?;
+    emit(
+        e,
+        "own_cpu_ratio",
+        "hostprof's own CPU use (threads and kernel programs) over the last --max-cpu decision, in cores",
+        None,
+        ConstGauge::new(o.cpu_share),
+    )?;
+    emit(
+        e,
+        "max_cpu_ratio",
+        "The CPU budget (--max-cpu), in cores",
+        None,
+        ConstGauge::new(o.max_cpu_share),
     )
 }
 
@@ -614,6 +644,18 @@ mod tests {
             cpu_seconds: 1.5,
             rss_bytes: 10 << 20,
         };
+        let without_budget = Metrics::new(Arc::new(move || snapshot)).render();
+        assert!(
+            !without_budget.contains("sampling_frequency"),
+            "no budget, no frequency metrics:\n{without_budget}"
+        );
+        snapshot.pipeline.overhead = crate::profiler::OverheadStats {
+            max_cpu_share: 0.0025,
+            cpu_share: 0.002,
+            frequency_hz: 42,
+            lowest_frequency_hz: 23,
+            frequency_changes: 5,
+        };
         let text = Metrics::new(Arc::new(move || snapshot)).render();
         for line in [
             "hostprof_samples_total 1234",
@@ -668,6 +710,10 @@ mod tests {
             "hostprof_unwind_table_out_of_room_total 1",
             "hostprof_unwind_table_build_seconds_total 1.25",
             "# TYPE hostprof_unwind_table_build_seconds counter",
+            "hostprof_sampling_frequency_hz 42",
+            "hostprof_sampling_frequency_changes_total 5",
+            "hostprof_own_cpu_ratio 0.002",
+            "hostprof_max_cpu_ratio 0.0025",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

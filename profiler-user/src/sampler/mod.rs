@@ -32,7 +32,9 @@ use std::time::{Duration, SystemTime};
 use aya::maps::{
     Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
 };
-use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use aya::programs::perf_event::{
+    PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
+};
 use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
@@ -45,8 +47,8 @@ pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
 pub use memory::AttachError as MemoryAttachError;
 pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
 pub use policy::{
-    Frequency, InvalidFrequency, InvalidMemorySampleBytes, InvalidPageFaultPeriod,
-    MemorySampleBytes, PageFaultPeriod, SamplingPolicy, Target,
+    Frequency, InvalidFrequency, InvalidMaxCpu, InvalidMemorySampleBytes, InvalidPageFaultPeriod,
+    MaxCpu, MemorySampleBytes, PageFaultPeriod, SamplingPolicy, Target,
 };
 pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
@@ -93,6 +95,12 @@ pub enum SamplerError {
         #[source]
         source: MapError,
     },
+    /// BPF run-time statistics could not be turned on (for `--max-cpu`).
+    #[error(
+        "could not turn on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+), which \
+         --max-cpu reads the cost of hostprof's kernel programs from"
+    )]
+    Stats(#[source] aya::sys::SyscallError),
     /// The set of online CPUs could not be read.
     #[error("could not read the online CPUs from {path}")]
     OnlineCpus {
@@ -208,6 +216,14 @@ pub struct Sampler {
     attached: bool,
     /// CPU time one sample stands for.
     period_ns: u64,
+    /// The online CPUs, each with a CPU-clock event.
+    cpus: Vec<u32>,
+    /// The CPU program's links, one per CPU (none without the CPU kind).
+    cpu_links: Vec<PerfEventLinkId>,
+    /// A CPU sampling frequency to switch to at the next drain.
+    next_frequency: Option<Frequency>,
+    /// Held while BPF run-time statistics are wanted (`--max-cpu`).
+    run_time_stats: Option<std::os::fd::OwnedFd>,
     /// Page faults one page-fault sample stands for.
     fault_period: u64,
     /// The kinds that measure waits (off-CPU, locks) attached: their
@@ -511,9 +527,11 @@ impl Sampler {
                 }
             }
         }
-        if cpu {
-            attach_cpu(&mut ebpf, &cpus, policy.frequency)?;
-        }
+        let cpu_links = if cpu {
+            attach_cpu(&mut ebpf, &cpus, policy.frequency)?
+        } else {
+            Vec::new()
+        };
         if faults {
             attach_faults(&mut ebpf, &cpus, policy.page_fault_period)?;
         }
@@ -612,6 +630,10 @@ impl Sampler {
             lifecycle: None,
             attached: true,
             period_ns: policy.frequency.period_ns(),
+            cpus,
+            cpu_links,
+            next_frequency: None,
+            run_time_stats: None,
             fault_period: u64::from(policy.page_fault_period.faults()),
             waits: wait_states,
             wait_events,
@@ -645,13 +667,88 @@ impl Sampler {
     /// Flips the program to the other map set, waits for in-flight program
     /// runs to finish, then reads and empties the set it just left.
     pub fn drain(&mut self) -> Result<Drained, SamplerError> {
+        // A new CPU frequency: the old events stop before the flip and the
+        // new ones start after it, so each sample of the drained set
+        // stands for the old period and each of the next set for the new
+        // one (the CPU profile loses the few milliseconds between).
+        let frequency = self.next_frequency.take();
+        if frequency.is_some() {
+            self.detach_cpu_events();
+        }
         let drained_set = self.active;
         let before = SystemTime::now();
         self.switch_to(drained_set.other())?;
         quiesce();
         self.flipped = (before, SystemTime::now());
         let samples = self.take_set(drained_set)?;
-        self.drained(samples)
+        let drained = self.drained(samples);
+        if let Some(frequency) = frequency {
+            self.attach_cpu_events(frequency)?;
+        }
+        drained
+    }
+
+    /// Samples CPU time at `frequency` from the next drain on (no effect
+    /// without the CPU kind).
+    pub fn set_frequency(&mut self, frequency: Frequency) {
+        if !self.cpu_links.is_empty() {
+            self.next_frequency = Some(frequency);
+        }
+    }
+
+    /// CPU time one CPU sample of the set being filled stands for.
+    pub fn period_ns(&self) -> u64 {
+        self.period_ns
+    }
+
+    fn detach_cpu_events(&mut self) {
+        let links = std::mem::take(&mut self.cpu_links);
+        if let Ok(program) = perf_program(&mut self.ebpf, names::PROGRAM) {
+            for link in links {
+                if let Err(err) = program.detach(link) {
+                    log::warn!("detaching a CPU-clock event: {err}");
+                }
+            }
+        }
+    }
+
+    /// Attaches the CPU events at `frequency`, or again at the old one if
+    /// that fails.
+    fn attach_cpu_events(&mut self, frequency: Frequency) -> Result<(), SamplerError> {
+        let hz = 1_000_000_000 / self.period_ns.max(1);
+        let old = Frequency::new(hz as u32).unwrap_or(Frequency::DEFAULT);
+        match attach_cpu_events(&mut self.ebpf, &self.cpus, frequency) {
+            Ok(links) => {
+                self.cpu_links = links;
+                self.period_ns = frequency.period_ns();
+                Ok(())
+            }
+            Err(err) => {
+                log::warn!("CPU sampling stays at {old}: {err}");
+                self.cpu_links = attach_cpu_events(&mut self.ebpf, &self.cpus, old)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Turns on the kernel's run-time statistics of BPF programs for as
+    /// long as the sampler lives (they cost every BPF program on the host
+    /// two clock reads a run).
+    pub fn count_run_time(&mut self) -> Result<(), SamplerError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(SamplerError::Stats)?;
+        self.run_time_stats = Some(fd);
+        Ok(())
+    }
+
+    /// Time the kernel has spent running this sampler's programs, with
+    /// [`Sampler::count_run_time`] on (tail-called programs' time counts
+    /// in the program that called them).
+    pub fn run_time(&self) -> Duration {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok())
+            .map(|info| info.run_time())
+            .sum()
     }
 
     /// Stops sampling and returns everything not yet drained.
@@ -902,12 +999,31 @@ impl Sampler {
 }
 
 /// Loads the CPU program and attaches it to the CPU-clock perf event of
-/// each of `cpus`.
-fn attach_cpu(ebpf: &mut Ebpf, cpus: &[u32], frequency: Frequency) -> Result<(), SamplerError> {
+/// each of `cpus`; returns the links.
+fn attach_cpu(
+    ebpf: &mut Ebpf,
+    cpus: &[u32],
+    frequency: Frequency,
+) -> Result<Vec<PerfEventLinkId>, SamplerError> {
     attach_perf(
         ebpf,
         cpus,
         (names::PROGRAM, "the perf_event program"),
+        (SoftwareEvent::CpuClock, "CPU-clock"),
+        SamplePolicy::Frequency(u64::from(frequency.hz())),
+    )
+}
+
+/// Attaches the loaded CPU program to the CPU-clock perf event of each of
+/// `cpus` at `frequency`; returns the links.
+fn attach_cpu_events(
+    ebpf: &mut Ebpf,
+    cpus: &[u32],
+    frequency: Frequency,
+) -> Result<Vec<PerfEventLinkId>, SamplerError> {
+    attach_events(
+        perf_program(ebpf, names::PROGRAM)?,
+        cpus,
         (SoftwareEvent::CpuClock, "CPU-clock"),
         SamplePolicy::Frequency(u64::from(frequency.hz())),
     )
@@ -927,6 +1043,7 @@ fn attach_faults(
         (SoftwareEvent::PageFaults, "page-fault"),
         SamplePolicy::Period(u64::from(period.faults())),
     )
+    .map(drop)
 }
 
 /// Loads the perf-event program `name` (`what`, for errors) and attaches
@@ -937,26 +1054,38 @@ fn attach_perf(
     (name, what): (&'static str, &str),
     (event, event_name): (SoftwareEvent, &str),
     policy: SamplePolicy,
-) -> Result<(), SamplerError> {
+) -> Result<Vec<PerfEventLinkId>, SamplerError> {
     let program = perf_program(ebpf, name)?;
     program.load().map_err(|source| SamplerError::Program {
         action: format!("load {what} (verifier)"),
         source,
     })?;
-    for &cpu in cpus {
-        program
-            .attach(
-                PerfEventConfig::Software(event),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                policy,
-                true,
-            )
-            .map_err(|source| SamplerError::Program {
-                action: format!("attach to the {event_name} perf event of CPU {cpu}"),
-                source,
-            })?;
-    }
-    Ok(())
+    attach_events(program, cpus, (event, event_name), policy)
+}
+
+/// Attaches the loaded `program` to the software `event` (`event_name`) of
+/// each of `cpus`; returns the links.
+fn attach_events(
+    program: &mut PerfEvent,
+    cpus: &[u32],
+    (event, event_name): (SoftwareEvent, &str),
+    policy: SamplePolicy,
+) -> Result<Vec<PerfEventLinkId>, SamplerError> {
+    cpus.iter()
+        .map(|&cpu| {
+            program
+                .attach(
+                    PerfEventConfig::Software(event),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    policy,
+                    true,
+                )
+                .map_err(|source| SamplerError::Program {
+                    action: format!("attach to the {event_name} perf event of CPU {cpu}"),
+                    source,
+                })
+        })
+        .collect()
 }
 
 /// Where the off-CPU switch-in attaches.

@@ -139,11 +139,100 @@ pub enum Target {
     Pids(Vec<u32>),
 }
 
+/// The most CPU hostprof may spend (`--max-cpu`): its own threads and its
+/// kernel programs, as a share of one core, 0.001 % to 100 %. Past it, the
+/// CPU profile's sampling frequency is lowered until the cost fits, and
+/// raised again, up to `--frequency`, as the cost drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+#[serde(try_from = "MaxCpuText")]
+pub struct MaxCpu(u32);
+
+impl MaxCpu {
+    /// Thousandths of a percent: 0.001 %.
+    const MIN: u32 = 1;
+    /// 100 % of one core.
+    const MAX: u32 = 100_000;
+
+    /// The budget as a share of one core (0.0025 for 0.25 %).
+    pub fn share(self) -> f64 {
+        f64::from(self.0) / 100_000.0
+    }
+}
+
+impl fmt::Display for MaxCpu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = format!("{}.{:03}", self.0 / 1000, self.0 % 1000);
+        write!(f, "{}%", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+impl FromStr for MaxCpu {
+    type Err = InvalidMaxCpu;
+
+    /// `0.25`, `0.25%` or `1 %`: a percentage of one core, at most three
+    /// decimals.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidMaxCpu(s.to_owned());
+        let number = s.trim().trim_end_matches('%').trim_end();
+        let (whole, decimals) = number.split_once('.').unwrap_or((number, ""));
+        let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || (!decimals.is_empty() && !digits(decimals)) || decimals.len() > 3 {
+            return Err(invalid());
+        }
+        let whole: u32 = whole.parse().map_err(|_| invalid())?;
+        let thousandths: u32 = format!("{decimals:0<3}").parse().map_err(|_| invalid())?;
+        let value = whole
+            .checked_mul(1000)
+            .and_then(|w| w.checked_add(thousandths))
+            .ok_or_else(invalid)?;
+        if (Self::MIN..=Self::MAX).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(invalid())
+        }
+    }
+}
+
+impl serde::Serialize for MaxCpu {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `--max-cpu` as YAML has it: `0.25` or `"0.25%"`.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum MaxCpuText {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<MaxCpuText> for MaxCpu {
+    type Error = InvalidMaxCpu;
+
+    fn try_from(value: MaxCpuText) -> Result<Self, Self::Error> {
+        match value {
+            MaxCpuText::Number(number) => number.to_string().parse(),
+            MaxCpuText::Text(text) => text.parse(),
+        }
+    }
+}
+
+/// A CPU budget that is not a percentage from 0.001 to 100.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid CPU budget {0:?}: expected a percentage of one core from 0.001 to 100, at most \
+     three decimals, e.g. 0.25 or 0.25%"
+)]
+pub struct InvalidMaxCpu(String);
+
 /// How the sampler samples: frequency, target processes, idle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SamplingPolicy {
-    /// Samples per second per CPU.
+    /// Samples per second per CPU (the most, with `max_cpu`).
     pub frequency: Frequency,
+    /// The CPU hostprof may spend; `None`: no budget, the frequency holds.
+    pub max_cpu: Option<MaxCpu>,
     /// Which processes to record.
     pub target: Target,
     /// Record the idle task (pid 0) so shares of CPU time add up to 100 %.
@@ -171,6 +260,7 @@ impl Default for SamplingPolicy {
     fn default() -> Self {
         Self {
             frequency: Frequency::DEFAULT,
+            max_cpu: None,
             target: Target::AllProcesses,
             include_idle: true,
             unwinder: Unwinder::default(),
@@ -204,6 +294,28 @@ mod tests {
         let err = "5000".parse::<Frequency>().unwrap_err().to_string();
         assert!(err.contains("5000") && err.contains("1 to 1000"), "{err}");
         assert!("fast".parse::<Frequency>().is_err());
+    }
+
+    #[test]
+    fn max_cpu_parsing() {
+        let share = |s: &str| s.parse::<MaxCpu>().unwrap().share();
+        assert_eq!(share("0.25"), 0.0025);
+        assert_eq!(share("0.25%"), 0.0025);
+        assert_eq!(share(" 1 % "), 0.01);
+        assert_eq!(share("100"), 1.0);
+        assert_eq!(share("0.001"), 0.000_01);
+        assert_eq!("0.1".parse::<MaxCpu>().unwrap().to_string(), "0.1%");
+        assert_eq!("2".parse::<MaxCpu>().unwrap().to_string(), "2%");
+        for bad in [
+            "0", "0.0001", "100.001", "-1", "1e-3", "", "%", ".5", "fast",
+        ] {
+            let err = bad.parse::<MaxCpu>().unwrap_err().to_string();
+            assert!(err.contains("0.001 to 100"), "{bad}: {err}");
+        }
+        let yaml: MaxCpu = serde_yaml_ng::from_str("0.25").unwrap();
+        assert_eq!(yaml.share(), 0.0025);
+        let yaml: MaxCpu = serde_yaml_ng::from_str("\"0.5%\"").unwrap();
+        assert_eq!(yaml.share(), 0.005);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::otlp::retry::Backoff;
 use crate::otlp::{ExporterConfig, ExporterFlags, Protocol};
 use crate::profiler::ProfilerOptions;
 use crate::profiler::{
-    Frequency, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplingPolicy, Target,
+    Frequency, MaxCpu, MemorySampleBytes, OffCpuRate, PageFaultPeriod, SamplingPolicy, Target,
     TraceContextMap,
 };
 use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
@@ -50,6 +50,14 @@ settings_group! {
         /// Samples per second on each CPU, 1 to 1000 [default: 99].
         #[arg(short = 'F', long)]
         pub frequency: Option<Frequency>,
+
+        /// Most CPU hostprof may use, its threads and kernel programs, in
+        /// percent of one core (0.001 to 100), e.g. `0.25`: over it, the
+        /// CPU profile's frequency is lowered until the cost fits, and
+        /// raised again (up to --frequency) when it drops; each sample
+        /// stands for its own period. Default: no budget.
+        #[arg(long, value_name = "PERCENT")]
+        pub max_cpu: Option<MaxCpu>,
 
         /// Only profile this process id (repeatable). Default: every process.
         #[arg(short, long = "pid", value_name = "PID")]
@@ -352,6 +360,7 @@ impl Profiling {
         let defaults = SamplingPolicy::default();
         Ok(SamplingPolicy {
             frequency: self.frequency.unwrap_or(defaults.frequency),
+            max_cpu: self.max_cpu.or(defaults.max_cpu),
             target: match &self.pids {
                 Some(pids) if !pids.is_empty() => Target::Pids(pids.clone()),
                 _ => Target::AllProcesses,
@@ -387,6 +396,7 @@ impl Profiling {
         Self {
             profiles: Some(options.profiles.clone()),
             frequency: Some(policy.frequency),
+            max_cpu: policy.max_cpu,
             pids: Some(match &policy.target {
                 Target::AllProcesses => Vec::new(),
                 Target::Pids(pids) => pids.clone(),

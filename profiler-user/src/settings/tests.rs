@@ -19,6 +19,7 @@ const FULL: &str = "\
 interval: 30s
 profiles: [cpu]
 frequency: 49
+max_cpu: 0.25
 pids: [1, 2]
 no_idle: true
 unwinder: tables
@@ -45,6 +46,7 @@ fn every_key_parses() {
     assert_eq!(s.command.interval, Some(Duration::from_secs(30)));
     assert_eq!(s.profiling.profiles, Some(vec![ProfileKind::Cpu]));
     assert_eq!(s.profiling.frequency, Some(Frequency::new(49).unwrap()));
+    assert_eq!(s.profiling.max_cpu.map(|m| m.share()), Some(0.0025));
     assert_eq!(s.profiling.pids, Some(vec![1, 2]));
     assert_eq!(s.profiling.no_idle, Some(true));
     assert_eq!(s.export.otlp_protocol, Some(Protocol::HttpProtobuf));

@@ -13,6 +13,7 @@ mod common;
 mod workloads;
 
 mod agent;
+mod budget;
 mod capabilities;
 mod churn;
 mod container;

@@ -93,6 +93,7 @@ pub fn run(line: CommandLine<RecordOnly>) -> anyhow::Result<ExitCode> {
             finishing_seconds: captured.finishing.as_secs_f64(),
             symbolization: captured.totals.symbol_cache,
             profiles: summaries,
+            overhead: captured.totals.overhead,
         };
         done(write_and_report(pending, |out| Ok(report.write_json(out)?)));
     }

@@ -1,0 +1,306 @@
+//! The overhead budget (`--max-cpu`): what hostprof itself spends, and the
+//! CPU profile's sampling frequency that keeps it under the budget.
+//!
+//! [`Governor`] is pure: it is told, drain by drain, how much CPU hostprof
+//! used (its threads, from `getrusage`, plus its kernel programs' run time
+//! from `bpf_stats`) over how much wall time, and decides every
+//! [`Governor::DECIDE_EVERY`] whether the frequency changes. The cost of
+//! sampling grows with the frequency; the rest (process snapshots,
+//! symbolization, export) barely does. So the governor lowers the
+//! frequency in proportion to the excess, with a margin, and raises it
+//! (at most doubling, never past `--frequency`) only once the cost is
+//! under half the budget: between the two it holds, so it does not
+//! oscillate. When even the lowest frequency exceeds the budget it says
+//! so once and stays there: the rest of the cost is not the sampling's.
+
+use std::time::{Duration, Instant};
+
+use crate::profiler::{Frequency, MaxCpu};
+
+/// Decides the sampling frequency under a CPU budget.
+#[derive(Debug)]
+pub struct Governor {
+    /// Share of one core hostprof may use.
+    budget: f64,
+    /// The frequency asked for: never exceeded.
+    ceiling: Frequency,
+    /// The frequency now.
+    current: Frequency,
+    /// CPU used and wall time since the last decision.
+    used: Duration,
+    elapsed: Duration,
+    /// The cost share measured at the last decision.
+    last_share: Option<f64>,
+    /// Whether the budget was found out of reach at the lowest frequency
+    /// (said once).
+    floor_reached: bool,
+}
+
+/// A change of frequency the governor decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decision {
+    /// The new frequency.
+    pub frequency: Frequency,
+    /// The cost, as a share of one core, that led to it.
+    pub share: f64,
+}
+
+impl Governor {
+    /// How much wall time a decision is taken over: the agent's default
+    /// export interval, so that each holds one symbolization of a window.
+    pub const DECIDE_EVERY: Duration = Duration::from_secs(10);
+    /// Lowered to this share of the budget, in proportion, when over it.
+    const TARGET: f64 = 0.8;
+    /// Raised only when the cost is under this share of the budget.
+    const RAISE_BELOW: f64 = 0.5;
+
+    /// A governor of `budget`, starting at (and never above) `frequency`.
+    pub fn new(budget: MaxCpu, frequency: Frequency) -> Self {
+        Self {
+            budget: budget.share(),
+            ceiling: frequency,
+            current: frequency,
+            used: Duration::ZERO,
+            elapsed: Duration::ZERO,
+            last_share: None,
+            floor_reached: false,
+        }
+    }
+
+    /// The frequency now.
+    #[cfg(test)]
+    fn frequency(&self) -> Frequency {
+        self.current
+    }
+
+    /// The cost at the last decision, as a share of one core.
+    pub fn last_share(&self) -> Option<f64> {
+        self.last_share
+    }
+
+    /// Takes in `used` CPU over `elapsed` wall time; returns a new
+    /// frequency when one is due.
+    pub fn observe(&mut self, used: Duration, elapsed: Duration) -> Option<Decision> {
+        self.used += used;
+        self.elapsed += elapsed;
+        if self.elapsed < Self::DECIDE_EVERY {
+            return None;
+        }
+        let share = self.used.as_secs_f64() / self.elapsed.as_secs_f64();
+        self.used = Duration::ZERO;
+        self.elapsed = Duration::ZERO;
+        self.last_share = Some(share);
+        let hz = f64::from(self.current.hz());
+        if share > self.budget && self.current.hz() == Frequency::MIN {
+            if !self.floor_reached {
+                self.floor_reached = true;
+                log::warn!(
+                    "--max-cpu {:.3}% is out of reach: hostprof spends {:.3}% of a core even \
+                     sampling at {}; the rest is process snapshots, symbolization and export \
+                     (raise the budget, or profile fewer processes)",
+                    self.budget * 100.0,
+                    share * 100.0,
+                    self.current
+                );
+            }
+            return None;
+        }
+        let next = if share > self.budget {
+            // Proportional, to a margin under the budget: the sampling
+            // share of the cost falls with the frequency.
+            let lowered = (hz * self.budget * Self::TARGET / share).floor();
+            lowered.clamp(f64::from(Frequency::MIN), hz - 1.0)
+        } else if share < self.budget * Self::RAISE_BELOW && self.current < self.ceiling {
+            let raised = (hz * (self.budget * Self::TARGET / share.max(f64::MIN_POSITIVE)))
+                .min(hz * 2.0)
+                .ceil();
+            raised.min(f64::from(self.ceiling.hz()))
+        } else {
+            hz
+        };
+        // `next` is within MIN..=ceiling: a valid frequency.
+        let next = Frequency::new(next as u32).unwrap_or(self.current);
+        if next == self.current {
+            return None;
+        }
+        self.current = next;
+        Some(Decision {
+            frequency: next,
+            share,
+        })
+    }
+}
+
+/// The budget at work: the governor, what it was last fed, and what it
+/// did.
+#[derive(Debug)]
+pub struct Budget {
+    governor: Governor,
+    /// When the last reading was taken, and the process's and its kernel
+    /// programs' CPU time then.
+    last: (Instant, Duration, Duration),
+    stats: OverheadStats,
+}
+
+/// What the budget did, for the summary and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct OverheadStats {
+    /// `--max-cpu`, as a share of one core (0 without a budget).
+    pub max_cpu_share: f64,
+    /// hostprof's cost at the last decision, as a share of one core
+    /// (threads and kernel programs; 0 before the first).
+    pub cpu_share: f64,
+    /// The CPU profile's sampling frequency now, Hz.
+    pub frequency_hz: u32,
+    /// The lowest frequency used, Hz.
+    pub lowest_frequency_hz: u32,
+    /// Times the frequency changed.
+    pub frequency_changes: u64,
+}
+
+impl Budget {
+    /// A budget of `max` at up to `frequency`; `kernel` is the sampler's
+    /// programs' run time so far.
+    pub fn new(max: MaxCpu, frequency: Frequency, kernel: Duration) -> Self {
+        Self {
+            governor: Governor::new(max, frequency),
+            last: (Instant::now(), process_cpu_time(), kernel),
+            stats: OverheadStats {
+                max_cpu_share: max.share(),
+                cpu_share: 0.0,
+                frequency_hz: frequency.hz(),
+                lowest_frequency_hz: frequency.hz(),
+                frequency_changes: 0,
+            },
+        }
+    }
+
+    /// After a drain, with the sampler's programs' run time so far: a new
+    /// frequency, when one is due.
+    pub fn after_drain(&mut self, kernel: Duration) -> Option<Decision> {
+        let now = (Instant::now(), process_cpu_time(), kernel);
+        let used = now.1.saturating_sub(self.last.1) + now.2.saturating_sub(self.last.2);
+        let elapsed = now.0 - self.last.0;
+        self.last = now;
+        let decision = self.governor.observe(used, elapsed);
+        if let Some(share) = self.governor.last_share() {
+            self.stats.cpu_share = share;
+        }
+        if let Some(decision) = decision {
+            let hz = decision.frequency.hz();
+            self.stats.frequency_hz = hz;
+            self.stats.lowest_frequency_hz = self.stats.lowest_frequency_hz.min(hz);
+            self.stats.frequency_changes += 1;
+        }
+        decision
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> OverheadStats {
+        self.stats
+    }
+}
+
+/// CPU time this process has used so far, all threads, user and system
+/// (`getrusage(RUSAGE_SELF)`).
+pub(crate) fn process_cpu_time() -> Duration {
+    // SAFETY: `usage` is a valid, writable rusage; getrusage only writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF cannot fail with a valid pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(percent: &str) -> MaxCpu {
+        percent.parse().unwrap()
+    }
+
+    fn hz(value: u32) -> Frequency {
+        Frequency::new(value).unwrap()
+    }
+
+    /// A host where hostprof costs `fixed` plus `per_hz` for each Hz, in
+    /// shares of a core; runs `seconds` of one-second drains.
+    fn run(governor: &mut Governor, seconds: u32, cost: impl Fn(u32) -> f64) -> Vec<u32> {
+        let mut rates = Vec::new();
+        for _ in 0..seconds {
+            let share = cost(governor.frequency().hz());
+            let used = Duration::from_secs_f64(share);
+            if let Some(decision) = governor.observe(used, Duration::from_secs(1)) {
+                rates.push(decision.frequency.hz());
+            }
+        }
+        rates
+    }
+
+    #[test]
+    fn lowers_the_frequency_until_the_cost_fits_and_holds_it() {
+        let mut governor = Governor::new(budget("0.1"), hz(1000));
+        // 0.02 % fixed, 0.001 % per Hz: 1.02 % at 1 kHz.
+        let cost = |hz: u32| 0.0002 + 0.000_01 * f64::from(hz);
+        let rates = run(&mut governor, 240, cost);
+        let settled = governor.frequency().hz();
+        assert!(cost(settled) <= 0.001, "{rates:?}: {}", cost(settled));
+        // As much as the budget allows: twice the rate would not fit.
+        assert!(cost(settled * 2) > 0.001, "{rates:?}");
+        assert!(rates.len() <= 4, "settles in a few steps: {rates:?}");
+        // Then holds.
+        assert!(run(&mut governor, 120, cost).is_empty());
+    }
+
+    #[test]
+    fn raises_it_again_when_the_load_drops_but_never_past_the_ceiling() {
+        let mut governor = Governor::new(budget("0.5"), hz(99));
+        let busy = |hz: u32| 0.0005 + 0.0002 * f64::from(hz);
+        run(&mut governor, 60, busy);
+        let lowered = governor.frequency().hz();
+        assert!(lowered < 99 && busy(lowered) <= 0.005, "{lowered}");
+        let quiet = |hz: u32| 0.000_01 * f64::from(hz);
+        let rates = run(&mut governor, 120, quiet);
+        assert_eq!(governor.frequency().hz(), 99, "{rates:?}");
+        assert!(rates.iter().all(|&r| r <= 99), "{rates:?}");
+    }
+
+    #[test]
+    fn waits_for_a_whole_decision_period() {
+        let mut governor = Governor::new(budget("0.1"), hz(99));
+        let over = Duration::from_millis(100); // 10 % of a core
+        for _ in 0..9 {
+            assert_eq!(governor.observe(over, Duration::from_secs(1)), None);
+        }
+        let decision = governor.observe(over, Duration::from_secs(1)).unwrap();
+        assert!((decision.share - 0.1).abs() < 1e-9);
+        assert!(decision.frequency.hz() < 99);
+    }
+
+    #[test]
+    fn stays_at_the_floor_when_the_budget_is_out_of_reach() {
+        let mut governor = Governor::new(budget("0.01"), hz(10));
+        let fixed = |_: u32| 0.01; // 1 % whatever the frequency
+        let rates = run(&mut governor, 120, fixed);
+        assert_eq!(governor.frequency().hz(), 1, "{rates:?}");
+        assert_eq!(rates.last(), Some(&1));
+        assert!(run(&mut governor, 60, fixed).is_empty());
+    }
+
+    #[test]
+    fn own_cpu_time_grows() {
+        let before = process_cpu_time();
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_time() > before);
+    }
+}
