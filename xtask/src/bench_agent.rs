@@ -44,6 +44,9 @@ pub struct Reading {
     /// File-backed part (binaries and the ELF/DWARF files blazesym maps),
     /// which the kernel can reclaim.
     file_mib: f64,
+    /// The agent's BPF maps (`hostprof_memory_bytes{component="bpf_maps"}`,
+    /// scraped with the reading; 0 when not scraped).
+    bpf_maps_mib: f64,
 }
 
 /// Runs the benchmark and prints its figures.
@@ -138,16 +141,21 @@ fn observe(
     let mut next_report = Duration::from_secs(60);
     while started.elapsed() < options.duration {
         std::thread::sleep(Duration::from_secs(5));
-        let reading = read_proc(pid, started.elapsed())
+        let mut reading = read_proc(pid, started.elapsed())
             .with_context(|| format!("the agent (pid {pid}) exited early"))?;
+        if let Ok(text) = scrape(metrics_port) {
+            reading.bpf_maps_mib =
+                metric(&text, "hostprof_memory_bytes{component=\"bpf_maps\"}") / (1024.0 * 1024.0);
+        }
         if reading.at >= next_report {
             println!(
-                "[bench-agent] {:>4} s: CPU {:.2} s, RSS {:.1} MiB ({:.1} anon + {:.1} file)",
+                "[bench-agent] {:>4} s: CPU {:.2} s, RSS {:.1} MiB ({:.1} anon + {:.1} file), BPF maps {:.1} MiB",
                 reading.at.as_secs(),
                 reading.cpu_seconds,
                 reading.rss_mib,
                 reading.anon_mib,
-                reading.file_mib
+                reading.file_mib,
+                reading.bpf_maps_mib
             );
             next_report += Duration::from_secs(60);
         }
@@ -194,6 +202,7 @@ pub(crate) fn read_proc(pid: u32, at: Duration) -> Option<Reading> {
         rss_mib: mib("VmRSS:")?,
         anon_mib: mib("RssAnon:")?,
         file_mib: mib("RssFile:")?,
+        bpf_maps_mib: 0.0,
     })
 }
 
@@ -238,6 +247,10 @@ fn report(
     let rss_max = readings.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
     let rss_steady_min = steady.iter().map(|r| r.rss_mib).fold(f64::MAX, f64::min);
     let rss_steady_max = steady.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
+    // The issue-16 measure: resident set plus BPF maps, at every reading.
+    let footprint = |r: &Reading| r.rss_mib + r.bpf_maps_mib;
+    let footprint_max = readings.iter().map(footprint).fold(0.0, f64::max);
+    let footprint_steady_min = steady.iter().map(footprint).fold(f64::MAX, f64::min);
     let sent = metric(metrics, "hostprof_export_sent_bytes_total");
     let encodes = metric(metrics, "hostprof_encodes_total").max(1.0);
     let encode_ms = metric(metrics, "hostprof_encode_seconds_total") / encodes * 1e3;
@@ -265,6 +278,10 @@ fn report(
     println!(
         "       at the end {:.1} MiB anonymous + {:.1} MiB file-backed (binaries and mapped debug info)",
         last.anon_mib, last.file_mib
+    );
+    println!(
+        "  RSS + BPF maps: steady from {:.1} MiB, max {:.1} MiB over every reading (BPF maps {:.1} MiB at the end)",
+        footprint_steady_min, footprint_max, last.bpf_maps_mib
     );
     println!(
         "  wire: {:.0} bytes/min of gzip HTTP bodies ({} requests received, {:.0} resource profiles, {:.0} samples)",

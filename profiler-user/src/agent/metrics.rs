@@ -38,11 +38,76 @@ pub struct OwnUsage {
     pub cpu_seconds: f64,
     /// Resident set size in bytes.
     pub rss_bytes: u64,
+    /// Where the memory is: resident pages by kind, and the BPF maps.
+    pub memory: MemoryParts,
+}
+
+/// The agent's memory in disjoint parts whose sum is its footprint
+/// (resident set plus BPF maps), as the kernel counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MemoryParts {
+    /// Resident anonymous pages (`RssAnon`): heap, stacks, caches,
+    /// process snapshots, the export queue.
+    pub anonymous: u64,
+    /// Resident file-backed pages (`RssFile`): the binary, its libraries,
+    /// files mapped to read them.
+    pub file: u64,
+    /// Resident shared memory (`RssShmem`): the sealed copies of tenants'
+    /// files that symbolization maps.
+    pub shmem: u64,
+    /// Kernel memory of the BPF maps this process holds (their
+    /// `memlock`): sample maps, stacks, unwind tables.
+    pub bpf_maps: u64,
+}
+
+impl MemoryParts {
+    /// The resident-page parts from the text of `/proc/PID/status`.
+    fn from_status(status: &str) -> Self {
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Self {
+            anonymous: kib("RssAnon"),
+            file: kib("RssFile"),
+            shmem: kib("RssShmem"),
+            bpf_maps: 0,
+        }
+    }
+
+    /// The `memlock` of a BPF map's `fdinfo` text; `None` for any other
+    /// file (no `map_type`).
+    fn map_memlock(fdinfo: &str) -> Option<u64> {
+        fdinfo.lines().find(|line| line.starts_with("map_type:"))?;
+        fdinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// This process's parts, read from `/proc/self` (zero where
+    /// unreadable).
+    fn read() -> Self {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mut parts = Self::from_status(&status);
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
+            parts.bpf_maps = entries
+                .flatten()
+                .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .filter_map(|text| Self::map_memlock(&text))
+                .sum();
+        }
+        parts
+    }
 }
 
 impl OwnUsage {
-    /// Reads this process's usage (`getrusage`, `/proc/self/statm`); zero
-    /// where unavailable.
+    /// Reads this process's usage (`getrusage`, `/proc/self/statm`,
+    /// `status` and `fdinfo`); zero where unavailable.
     pub fn read() -> Self {
         // SAFETY: sysconf has no preconditions.
         let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -53,6 +118,7 @@ impl OwnUsage {
         Self {
             cpu_seconds: crate::overhead::process_cpu_time().as_secs_f64(),
             rss_bytes: resident_pages * page,
+            memory: MemoryParts::read(),
         }
     }
 }
@@ -380,6 +446,21 @@ impl Collector for SnapshotCollector {
             Some(&Unit::Bytes),
             ConstGauge::new(s.own.rss_bytes),
         )?;
+        let m = &s.own.memory;
+        let mut family = e.encode_descriptor(
+            "memory",
+            "The agent's memory by part, as the kernel counts it; the parts are disjoint and add up to its footprint (anonymous: heap, caches, queue; file: binary and mapped files; shmem: sealed copies symbolization maps; bpf_maps: the BPF maps' kernel memory, unwind tables included)",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        for (component, bytes) in [
+            ("anonymous", m.anonymous),
+            ("file", m.file),
+            ("shmem", m.shmem),
+            ("bpf_maps", m.bpf_maps),
+        ] {
+            ConstGauge::new(bytes).encode(family.encode_family(&[("component", component)])?)?;
+        }
         Ok(())
     }
 }
@@ -643,6 +724,12 @@ mod tests {
         snapshot.own = OwnUsage {
             cpu_seconds: 1.5,
             rss_bytes: 10 << 20,
+            memory: MemoryParts {
+                anonymous: 6 << 20,
+                file: 3 << 20,
+                shmem: 1 << 20,
+                bpf_maps: 12 << 20,
+            },
         };
         let without_budget = Metrics::new(Arc::new(move || snapshot)).render();
         assert!(
@@ -674,6 +761,11 @@ mod tests {
             "hostprof_queue_bytes 100",
             "hostprof_cpu_seconds_total 1.5",
             "hostprof_resident_memory_bytes 10485760",
+            "# TYPE hostprof_memory_bytes gauge",
+            "hostprof_memory_bytes{component=\"anonymous\"} 6291456",
+            "hostprof_memory_bytes{component=\"file\"} 3145728",
+            "hostprof_memory_bytes{component=\"shmem\"} 1048576",
+            "hostprof_memory_bytes{component=\"bpf_maps\"} 12582912",
             "# TYPE hostprof_symbol_cache_hits counter",
             "hostprof_symbol_files_unreadable_total 0",
             "hostprof_recorded_files_total{outcome=\"recorded\"} 71",
@@ -724,5 +816,36 @@ mod tests {
         let usage = OwnUsage::read();
         assert!(usage.rss_bytes > 0);
         assert!(usage.cpu_seconds >= 0.0);
+        let m = usage.memory;
+        assert!(m.anonymous > 0 && m.file > 0, "{m:?}");
+        // The parts of the resident set add up to it (both read a moment
+        // apart: a few pages may differ).
+        let resident = m.anonymous + m.file + m.shmem;
+        assert!(
+            resident.abs_diff(usage.rss_bytes) < 4 << 20,
+            "{m:?} {usage:?}"
+        );
+    }
+
+    #[test]
+    fn memory_parts_are_parsed() {
+        let status = "Name:\thostprof\nVmRSS:\t   50000 kB\nRssAnon:\t   30000 kB\n\
+                      RssFile:\t   19000 kB\nRssShmem:\t    1000 kB\n";
+        let parts = MemoryParts::from_status(status);
+        assert_eq!(
+            (parts.anonymous, parts.file, parts.shmem),
+            (30000 * 1024, 19000 * 1024, 1000 * 1024)
+        );
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t1052\n\
+                   map_type:\t1\nkey_size:\t4\nvalue_size:\t8\nmax_entries:\t64\n\
+                   map_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t1344\nmap_id:\t7\n";
+        assert_eq!(MemoryParts::map_memlock(map), Some(1344));
+        let program = "pos:\t0\nflags:\t02000002\nprog_type:\t7\nmemlock:\t4096\n";
+        assert_eq!(
+            MemoryParts::map_memlock(program),
+            None,
+            "a program is no map"
+        );
+        assert_eq!(MemoryParts::map_memlock("pos:\t0\nflags:\t0100000\n"), None);
     }
 }

@@ -149,6 +149,21 @@ fn metrics_and_health_endpoints_report_the_pipeline() {
         "{text}"
     );
     assert!(metric(&text, "hostprof_cpu_seconds_total") > 0.0, "{text}");
+    // The memory parts: the resident ones add up to the resident set
+    // (statm, read in the same scrape), and the BPF maps are there.
+    let part = |component: &str| {
+        metric(
+            &text,
+            &format!("hostprof_memory_bytes{{component=\"{component}\"}}"),
+        )
+    };
+    let resident = part("anonymous") + part("file") + part("shmem");
+    let rss = metric(&text, "hostprof_resident_memory_bytes");
+    assert!(
+        (resident - rss).abs() < 4.0 * 1048576.0,
+        "{resident} vs {rss}\n{text}"
+    );
+    assert!(part("bpf_maps") > 1048576.0, "{text}");
     assert!(
         text.contains("hostprof_samples_dropped_total{reason=\"map_full\"}"),
         "{text}"
