@@ -5,7 +5,8 @@
 //! blazesym maps what it reads; it is never given a tenant's file, only a
 //! sealed copy of what symbolization needs of it ([`sealed`]), made when a
 //! window has addresses in that file not yet cached. The most recently
-//! used copies are kept, within [`KEPT_COPY_BYTES`], so a busy library is
+//! used copies are kept, within [`KEPT_BYTES`] of what parsing them holds
+//! (compressed debug info at its inflated size), so a busy library is
 //! not copied and parsed again every window; the others are dropped after
 //! their window.
 //! hostprof's own executable is read in place: no tenant can change it.
@@ -68,8 +69,10 @@ pub struct CacheStats {
     pub debug_left_out: u64,
 }
 
-/// Bytes of sealed copies kept between windows, at most.
-const KEPT_COPY_BYTES: u64 = 32 << 20;
+/// Sealed copies kept between windows, at most, in what parsing them
+/// holds ([`sealed::SealedElf::weight`]: compressed debug sections count
+/// at their inflated size, as blazesym holds them).
+const KEPT_BYTES: u64 = 32 << 20;
 
 /// A caching symbolizer for user and kernel addresses.
 pub struct Symbolizer {
@@ -169,18 +172,18 @@ impl Symbolizer {
     }
 
     /// Keeps `copy` as the most recently used, dropping the least recently
-    /// used copies past [`KEPT_COPY_BYTES`] (`copy` too when it alone is).
+    /// used copies past [`KEPT_BYTES`] (`copy` too when it alone is).
     fn keep(&mut self, module: ModuleId, copy: sealed::SealedElf) {
-        if copy.copied() > KEPT_COPY_BYTES {
+        if copy.weight() > KEPT_BYTES {
             // Kept, it would push out every other copy and still not fit.
             self.drop_copy(copy);
             return;
         }
         self.copies.push((module, copy));
-        let mut kept: u64 = self.copies.iter().map(|(_, c)| c.copied()).sum();
-        while kept > KEPT_COPY_BYTES && !self.copies.is_empty() {
+        let mut kept: u64 = self.copies.iter().map(|(_, c)| c.weight()).sum();
+        while kept > KEPT_BYTES && !self.copies.is_empty() {
             let (_, dropped) = self.copies.remove(0);
-            kept -= dropped.copied();
+            kept -= dropped.weight();
             self.drop_copy(dropped);
         }
     }

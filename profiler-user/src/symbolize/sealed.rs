@@ -12,7 +12,8 @@
 //! stripped binary, stay holes that read as zeros and take no memory.
 //! Debug sections larger than a limit are left out too (names without
 //! source lines), so one huge debug build cannot exhaust the profiler's
-//! memory limit. Reads are bounded `pread`s: a file that shrinks while it
+//! memory limit; compressed ones count at the size they inflate to, which
+//! is what parsing them holds ([`SealedElf::weight`]). Reads are bounded `pread`s: a file that shrinks while it
 //! is copied gives an error, never a fault.
 
 use std::fs::File;
@@ -29,8 +30,9 @@ use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::pread::PreadFile;
 
-/// Debug sections (`.debug_*`) of one file copied at most: past this, the
-/// file is symbolized from its symbol tables alone. The copy is memory
+/// Debug sections (`.debug_*`) of one file copied at most, at their
+/// inflated size: past this, the file is symbolized from its symbol
+/// tables alone. The copy is memory
 /// the kernel cannot reclaim while it exists; 64 MiB fits the Helm
 /// chart's default limit (256 MiB) beside everything else the agent holds.
 pub(crate) const MAX_DEBUG_BYTES: u64 = 64 << 20;
@@ -56,6 +58,9 @@ pub(crate) struct SealedElf {
     memfd: File,
     /// Bytes copied (the rest of the file is holes).
     copied: u64,
+    /// What parsing the copy holds: the bytes copied, debug sections at
+    /// their inflated size.
+    weight: u64,
     /// True when debug sections were left out for their size.
     debug_left_out: bool,
 }
@@ -100,6 +105,7 @@ impl SealedElf {
         Ok(Self {
             memfd,
             copied,
+            weight: plan.weight,
             debug_left_out: plan.debug_left_out,
         })
     }
@@ -112,6 +118,13 @@ impl SealedElf {
     /// Bytes copied.
     pub(crate) fn copied(&self) -> u64 {
         self.copied
+    }
+
+    /// What symbolizing from the copy holds, about: the bytes copied, with
+    /// compressed debug sections at their inflated size (blazesym inflates
+    /// them to parse them, and keeps them with the file).
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight
     }
 
     /// True when the file's debug sections were too large to copy.
@@ -128,11 +141,13 @@ fn reader_len(reader: &PreadFile) -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 struct Plan {
     ranges: Vec<Range<u64>>,
+    /// The bytes of `ranges`, debug sections at their inflated size.
+    weight: u64,
     debug_left_out: bool,
 }
 
 /// What to copy of the ELF file `reader`, with at most `max_debug` bytes
-/// of debug sections.
+/// of debug sections (inflated).
 fn plan(reader: &PreadFile, max_debug: u64) -> Result<Plan, SealError> {
     match FileKind::parse(reader).map_err(|_| SealError::NotElf)? {
         FileKind::Elf32 => plan_of::<elf::FileHeader32<Endianness>>(reader, max_debug),
@@ -160,6 +175,7 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     let table = sections.len() as u64 * u64::from(header.e_shentsize(endian));
     ranges.push(shoff..shoff.saturating_add(table));
     let mut debug = Vec::new();
+    let mut inflated_debug = 0u64;
     for section in sections.iter() {
         let kind = section.sh_type(endian);
         let flags: u64 = section.sh_flags(endian).into();
@@ -174,25 +190,57 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
             return Err(SealError::Changed);
         }
         if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
+            let inflated = inflated_size::<Elf>(section, endian, reader, name).unwrap_or(size);
+            inflated_debug = inflated_debug.saturating_add(inflated);
             debug.push(range);
         } else if wanted(kind, flags) {
             ranges.push(range);
         }
     }
-    let debug_bytes = debug
+    let debug_left_out = inflated_debug > max_debug;
+    let ranges = merged(ranges);
+    let mut weight = ranges
         .iter()
         .fold(0u64, |sum, r| sum.saturating_add(r.end - r.start));
-    let debug_left_out = debug_bytes > max_debug;
+    let mut ranges = ranges;
     if !debug_left_out {
+        weight = weight.saturating_add(inflated_debug);
         ranges.extend(debug);
+        ranges = merged(ranges);
     }
     if ranges.iter().any(|r| r.end > len) {
         return Err(SealError::Changed);
     }
     Ok(Plan {
-        ranges: merged(ranges),
+        ranges,
+        weight,
         debug_left_out,
     })
+}
+
+/// The size a debug section `name` inflates to: from its compression
+/// header (`SHF_COMPRESSED`), or the size after a `.zdebug_` section's
+/// `ZLIB` magic (the older GNU form); `None` when it is not compressed or
+/// its header cannot be read.
+fn inflated_size<Elf: FileHeader<Endian = Endianness>>(
+    section: &Elf::SectionHeader,
+    endian: Endianness,
+    reader: &PreadFile,
+    name: &[u8],
+) -> Option<u64> {
+    use object::read::elf::CompressionHeader;
+    use object::ReadRef;
+    if let Ok(Some((header, _, _))) = section.compression(endian, reader) {
+        return Some(header.ch_size(endian).into());
+    }
+    if name.starts_with(b".zdebug_") {
+        let offset: u64 = section.sh_offset(endian).into();
+        let head = reader.read_bytes_at(offset, 12).ok()?;
+        if head.starts_with(b"ZLIB") {
+            return Some(u64::from_be_bytes(head[4..12].try_into().ok()?));
+        }
+    }
+    None
 }
 
 /// Whether a (non-debug) section is read by symbolization: everything
@@ -285,6 +333,62 @@ mod tests {
         assert!(lean.debug_left_out, "a test binary has debug info");
         let bytes = |p: &Plan| p.ranges.iter().map(|r| r.end - r.start).sum::<u64>();
         assert!(bytes(&lean) < bytes(&whole));
+        assert_eq!(lean.weight, bytes(&lean), "nothing compressed");
+        assert_eq!(whole.weight, bytes(&whole));
+    }
+
+    /// A program with `lines` functions, built with debug info; with
+    /// `compressed`, its debug sections zlib-compressed (`-gz`).
+    fn debug_program(dir: &std::path::Path, name: &str, compressed: bool) -> File {
+        let source = dir.join("many.c");
+        let body: String = (0..300)
+            .map(|i| format!("int f{i}(int x) {{ return x * {i} + 1; }}\n"))
+            .collect();
+        std::fs::write(&source, body + "int main(void) { return f7(2); }\n").unwrap();
+        let out = dir.join(name);
+        let mut gcc = std::process::Command::new("gcc");
+        gcc.args(["-O1", "-g"]);
+        if compressed {
+            gcc.arg("-gz=zlib");
+        }
+        let status = gcc
+            .arg("-o")
+            .arg(&out)
+            .arg(&source)
+            .status()
+            .expect("gcc (`cargo xtask setup` installs it)");
+        assert!(status.success());
+        File::open(out).unwrap()
+    }
+
+    #[test]
+    fn compressed_debug_sections_weigh_what_they_inflate_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = SealedElf::copy(&debug_program(dir.path(), "plain", false), u64::MAX).unwrap();
+        let small = SealedElf::copy(&debug_program(dir.path(), "gz", true), u64::MAX).unwrap();
+        assert!(
+            small.copied() < plain.copied(),
+            "compressed: {} bytes copied, plain {}",
+            small.copied(),
+            plain.copied()
+        );
+        assert_eq!(plain.weight(), plain.copied());
+        // The same debug info, inflated: about the plain copy's weight
+        // (the compressed file's headers and tables differ a little).
+        let ratio = small.weight() as f64 / plain.weight() as f64;
+        assert!(
+            (0.9..1.1).contains(&ratio),
+            "{} vs {}",
+            small.weight(),
+            plain.weight()
+        );
+        // The limit counts inflated bytes: the compressed file's debug
+        // info is left out where the plain one's would be.
+        let limit = plain.copied() / 2;
+        let compressed = debug_program(dir.path(), "gz2", true);
+        assert!(SealedElf::copy(&compressed, limit)
+            .unwrap()
+            .debug_left_out());
     }
 
     /// Section sizes that overflow when added up (found by the
