@@ -89,7 +89,7 @@ pub fn profiles(
     } = sources;
     let symbols = SymbolTable::collect(aggregated.samples.keys(), processes, symbolizer);
     let unsnapshotted = names_of_unsnapshotted(aggregated.samples.keys(), processes);
-    let mut builders: Vec<(ProfileBuilder, MappingId)> = kinds
+    let mut builders: Vec<Target> = kinds
         .iter()
         .map(|&(kind, _)| {
             let mut builder = ProfileBuilder::new(kind);
@@ -97,7 +97,11 @@ pub fn profiles(
                 builder.add_stats(stats);
             }
             let kernel_mapping = builder.mapping(kernel_mapping());
-            (builder, kernel_mapping)
+            Target {
+                builder,
+                kernel_mapping,
+                locations: LocationCache::default(),
+            }
         })
         .collect();
     for (key, merged) in aggregated.samples {
@@ -122,11 +126,14 @@ pub fn profiles(
         });
         let targets = own.map(|i| (i, labels)).into_iter().chain(derived);
         for (i, labels) in targets {
-            let (builder, kernel_mapping) = &mut builders[i];
+            let target = &mut builders[i];
             let tgid = key.thread.tgid;
             let comm = unsnapshotted.get(&tgid).unwrap_or(&key.thread.comm);
-            let process = builder.process(process_of(processes, pods, tgid, comm));
-            let stack = stack_of(builder, *kernel_mapping, &key, processes, python, &symbols);
+            let process = target
+                .builder
+                .process(process_of(processes, pods, tgid, comm));
+            let stack = stack_of(target, &key, processes, python, &symbols);
+            let builder = &mut target.builder;
             if let Some(reason) = key
                 .user_stack
                 .first()
@@ -152,10 +159,30 @@ pub fn profiles(
     builders
         .into_iter()
         .zip(kinds)
-        .map(|((builder, _), &(_, period))| {
-            builder.build(window.start_time, window.duration, period)
+        .map(|(target, &(_, period))| {
+            target
+                .builder
+                .build(window.start_time, window.duration, period)
         })
         .collect()
+}
+
+/// One profile being built: its builder, its kernel mapping, and the
+/// locations of the addresses seen so far.
+struct Target {
+    builder: ProfileBuilder,
+    kernel_mapping: MappingId,
+    locations: LocationCache,
+}
+
+/// The location of each native address already placed in a profile: an
+/// address resolves the same way in every sample of a window (its
+/// mapping, build id and symbols are the window's), so it is resolved
+/// once, not once per sample it appears in.
+#[derive(Default)]
+struct LocationCache {
+    kernel: HashMap<u64, LocationId>,
+    user: HashMap<(Image, u64), LocationId>,
 }
 
 /// The locations of `key`'s stack in `builder`: kernel frames, then user
@@ -163,23 +190,31 @@ pub fn profiles(
 /// Python frames take the place of the `_PyEval_EvalFrameDefault` frames
 /// that ran them ([`python_groups`]).
 fn stack_of(
-    builder: &mut ProfileBuilder,
-    kernel_mapping: MappingId,
+    target: &mut Target,
     key: &SampleKey,
     processes: &ProcessTable,
     python: Option<&PythonProcesses>,
     symbols: &SymbolTable,
 ) -> Vec<LocationId> {
+    let Target {
+        builder,
+        kernel_mapping,
+        locations,
+    } = target;
     let image = (key.thread.tgid, key.thread.exec_gen);
     let mut stack = Vec::with_capacity(key.kernel_stack.len() + key.user_stack.len() + 1);
     for addr in caller_adjusted(&key.kernel_stack) {
-        stack.push(kernel_location(
-            builder,
-            kernel_mapping,
-            addr,
-            &symbols.kernel[&addr],
-        ));
+        let id = *locations.kernel.entry(addr).or_insert_with(|| {
+            kernel_location(builder, *kernel_mapping, addr, &symbols.kernel[&addr])
+        });
+        stack.push(id);
     }
+    let mut user = |builder: &mut ProfileBuilder, addr: u64| {
+        *locations
+            .user
+            .entry((image, addr))
+            .or_insert_with(|| user_location(builder, processes, symbols, image, addr))
+    };
     let mut groups = python_groups(&key.python_frames);
     // Without the image's evaluation loop (it exec'd or went away), the
     // frames could not be placed: left out.
@@ -194,9 +229,9 @@ fn stack_of(
                         stack.push(python_location(builder, python, image, word));
                     }
                 }
-                None => stack.push(user_location(builder, processes, symbols, image, addr)),
+                None => stack.push(user(builder, addr)),
             },
-            _ => stack.push(user_location(builder, processes, symbols, image, addr)),
+            _ => stack.push(user(builder, addr)),
         }
     }
     // Python frames of evaluation-loop calls the native unwind did not

@@ -77,9 +77,15 @@ impl Module {
 
     /// The build id as lowercase hex.
     pub fn build_id_hex(&self) -> Option<String> {
-        self.build_id
-            .as_ref()
-            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        self.build_id.as_ref().map(|id| {
+            use std::fmt::Write;
+            let mut hex = String::with_capacity(id.len() * 2);
+            for byte in id.iter() {
+                // Writing to a String cannot fail.
+                let _ = write!(hex, "{byte:02x}");
+            }
+            hex
+        })
     }
 }
 
