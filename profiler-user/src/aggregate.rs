@@ -6,12 +6,13 @@
 //! [`LinkBudget`] distinct links; a sample over budget keeps its stack and
 //! values and loses its link, counted in [`CaptureStats::links`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kind::{Event, ProfileKind};
 use crate::profile::CaptureStats;
 use crate::sampler::{Drained, KindStats, RawSample, SampleKey};
 use crate::trace_link::LinkBudget;
+use crate::FastMap;
 
 /// Values and event times of the samples that share a key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Merged {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Aggregated {
     /// Merged samples by key.
-    pub samples: HashMap<SampleKey, Merged>,
+    pub samples: FastMap<SampleKey, Merged>,
     /// Loss and filter counters of each kind.
     pub stats: KindStats,
 }

@@ -5,7 +5,6 @@
 //! translate; they never deduplicate or symbolize. Build one with
 //! [`ProfileBuilder`].
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +17,7 @@ pub use crate::sampler::stats::{
     CaptureStats, FileCounters, LinkCounters, UnresolvedLeaves, UnwindCounters,
 };
 use crate::trace_link::TraceLink;
+use crate::FastMap;
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
@@ -234,14 +234,14 @@ impl Profile {
 #[derive(Debug)]
 struct Interner<T> {
     items: Vec<T>,
-    ids: HashMap<T, u32>,
+    ids: FastMap<T, u32>,
 }
 
 impl<T> Default for Interner<T> {
     fn default() -> Self {
         Self {
             items: Vec::new(),
-            ids: HashMap::new(),
+            ids: FastMap::default(),
         }
     }
 }
@@ -305,7 +305,7 @@ pub struct ProfileBuilder {
     mappings: Interner<Mapping>,
     functions: Interner<Function>,
     locations: Interner<Location>,
-    samples: HashMap<SampleKey, Merged>,
+    samples: FastMap<SampleKey, Merged>,
     stats: CaptureStats,
 }
 
@@ -318,7 +318,7 @@ impl ProfileBuilder {
             mappings: Interner::default(),
             functions: Interner::default(),
             locations: Interner::default(),
-            samples: HashMap::new(),
+            samples: FastMap::default(),
             stats: CaptureStats::default(),
         }
     }

@@ -25,6 +25,7 @@ use crate::profile::{
 };
 use crate::sampler::SampleKey;
 use crate::symbolize::{Symbolizer, Symbols};
+use crate::FastMap;
 
 /// Name the idle task is reported under (as `perf` does).
 const IDLE_PROCESS: &str = "swapper";
@@ -181,8 +182,8 @@ struct Target {
 /// once, not once per sample it appears in.
 #[derive(Default)]
 struct LocationCache {
-    kernel: HashMap<u64, LocationId>,
-    user: HashMap<(Image, u64), LocationId>,
+    kernel: FastMap<u64, LocationId>,
+    user: FastMap<(Image, u64), LocationId>,
 }
 
 /// The locations of `key`'s stack in `builder`: kernel frames, then user
@@ -385,11 +386,11 @@ type Image = (u32, u32);
 
 /// Every address of every sample, resolved and symbolized in batches.
 struct SymbolTable {
-    resolved: HashMap<(Image, u64), Resolved>,
+    resolved: FastMap<(Image, u64), Resolved>,
     /// Addresses in no file that a perf map names (JIT code).
     jit: HashMap<(u32, u64), (JitFunction, Runtime)>,
-    user: HashMap<(ModuleId, u64), Symbols>,
-    kernel: HashMap<u64, Symbols>,
+    user: FastMap<(ModuleId, u64), Symbols>,
+    kernel: FastMap<u64, Symbols>,
 }
 
 impl SymbolTable {
@@ -398,7 +399,7 @@ impl SymbolTable {
         processes: &ProcessTable,
         symbolizer: &mut Symbolizer,
     ) -> Self {
-        let mut resolved = HashMap::new();
+        let mut resolved = FastMap::default();
         let mut jit = HashMap::new();
         let mut offsets: HashMap<ModuleId, BTreeSet<u64>> = HashMap::new();
         let mut kernel_addrs = BTreeSet::new();
@@ -426,7 +427,7 @@ impl SymbolTable {
             }
         }
 
-        let mut user = HashMap::new();
+        let mut user = FastMap::default();
         for (module, offsets) in offsets {
             let offsets: Vec<u64> = offsets.into_iter().collect();
             let file = processes.module(module).open_file();
@@ -729,7 +730,7 @@ mod tests {
             link: None,
         };
         Aggregated {
-            samples: HashMap::from([(
+            samples: FastMap::from_iter([(
                 key,
                 Merged {
                     values: vec![count, count * 10],
