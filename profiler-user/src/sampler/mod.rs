@@ -683,7 +683,16 @@ impl Sampler {
         let samples = self.take_set(drained_set)?;
         let drained = self.drained(samples);
         if let Some(frequency) = frequency {
-            self.attach_cpu_events(frequency)?;
+            // The drained samples are kept whatever happens here.
+            if let Err(err) = self.attach_cpu_events(frequency) {
+                let cause = std::error::Error::source(&err)
+                    .map(|source| format!(": {source}"))
+                    .unwrap_or_default();
+                log::error!(
+                    "CPU sampling stopped: its perf events could not be attached again \
+                     ({err}{cause}); the other profile kinds go on"
+                );
+            }
         }
         drained
     }
@@ -1071,21 +1080,29 @@ fn attach_events(
     (event, event_name): (SoftwareEvent, &str),
     policy: SamplePolicy,
 ) -> Result<Vec<PerfEventLinkId>, SamplerError> {
-    cpus.iter()
-        .map(|&cpu| {
-            program
-                .attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    policy,
-                    true,
-                )
-                .map_err(|source| SamplerError::Program {
+    let mut links = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        let attached = program.attach(
+            PerfEventConfig::Software(event),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            policy,
+            true,
+        );
+        match attached {
+            Ok(link) => links.push(link),
+            Err(source) => {
+                // None half-attached: the caller may attach again.
+                for link in links {
+                    let _ = program.detach(link);
+                }
+                return Err(SamplerError::Program {
                     action: format!("attach to the {event_name} perf event of CPU {cpu}"),
                     source,
-                })
-        })
-        .collect()
+                });
+            }
+        }
+    }
+    Ok(links)
 }
 
 /// Where the off-CPU switch-in attaches.
