@@ -187,6 +187,12 @@ impl Budget {
             self.stats.cpu_share = share;
         }
         if let Some(decision) = decision {
+            log::info!(
+                "hostprof used {:.3}% of a core: CPU sampling at {} from now (--max-cpu {:.3}%)",
+                decision.share * 100.0,
+                decision.frequency,
+                self.stats.max_cpu_share * 100.0
+            );
             let hz = decision.frequency.hz();
             self.stats.frequency_hz = hz;
             self.stats.lowest_frequency_hz = self.stats.lowest_frequency_hz.min(hz);

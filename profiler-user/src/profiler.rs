@@ -249,12 +249,6 @@ impl Profiler {
         self.probe_memory();
         if let Some(budget) = &mut self.budget {
             if let Some(decision) = budget.after_drain(self.sampler.run_time()) {
-                log::info!(
-                    "hostprof used {:.3}% of a core: CPU sampling at {} from now (--max-cpu {:.3}%)",
-                    decision.share * 100.0,
-                    decision.frequency,
-                    budget.stats().max_cpu_share * 100.0
-                );
                 self.sampler.set_frequency(decision.frequency);
             }
         }
