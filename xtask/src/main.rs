@@ -19,6 +19,7 @@ mod setup;
 mod workloads;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -188,7 +189,20 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn main() -> Result<()> {
+/// Runs the task; a failure prints its error chain on one line, without a
+/// backtrace (CI shows the end of the output: the failing tests' messages
+/// must be the last thing there, not the xtask's own frames).
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let root = workspace_root();
     match Cli::parse().task {
         Task::Setup { build_only } => setup::run(
