@@ -41,6 +41,11 @@ pub struct Aggregator {
     /// Waits measured and kept by each waiting kind since the start (not
     /// reset by [`Aggregator::take`]).
     waits: BTreeMap<ProfileKind, WaitTotals>,
+    /// Samples and processes merged since the last take, kept as they
+    /// come: progress asks after every drain, and counting them over the
+    /// merged samples grew with the capture.
+    samples_total: u64,
+    processes: BTreeSet<u32>,
 }
 
 /// Waits of one kind since the start.
@@ -62,6 +67,8 @@ impl Aggregator {
             merged: Aggregated::default(),
             links: LinkBudget::new(max_links),
             waits: BTreeMap::new(),
+            samples_total: 0,
+            processes: BTreeSet::new(),
         }
     }
 
@@ -92,6 +99,8 @@ impl Aggregator {
                     key.link = None;
                 }
             }
+            self.samples_total += values.first().copied().unwrap_or(0);
+            self.processes.insert(key.thread.tgid);
             let merged = self.merged.samples.entry(key).or_default();
             if merged.values.is_empty() {
                 merged.values = values;
@@ -106,11 +115,7 @@ impl Aggregator {
 
     /// Samples (or events) so far, all kinds.
     pub fn total_samples(&self) -> u64 {
-        self.merged
-            .samples
-            .values()
-            .map(|m| m.values.first().copied().unwrap_or(0))
-            .sum()
+        self.samples_total
     }
 
     /// Distinct sample keys so far.
@@ -120,12 +125,7 @@ impl Aggregator {
 
     /// Distinct processes so far.
     pub fn process_count(&self) -> usize {
-        self.merged
-            .samples
-            .keys()
-            .map(|k| k.thread.tgid)
-            .collect::<BTreeSet<_>>()
-            .len()
+        self.processes.len()
     }
 
     /// The waits of `kind` since the start.
@@ -146,6 +146,8 @@ impl Aggregator {
     /// window's link budget starts afresh.
     pub fn take(&mut self) -> Aggregated {
         self.links.reset();
+        self.samples_total = 0;
+        self.processes.clear();
         std::mem::take(&mut self.merged)
     }
 }
@@ -254,6 +256,7 @@ mod tests {
         assert_eq!(times, vec![2, 3, 1]);
         assert_eq!(taken.stats[&ProfileKind::Cpu].recorded, 6);
         assert_eq!(aggregator.total_samples(), 0, "taking empties it");
+        assert_eq!(aggregator.process_count(), 0);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct UnwindBenchOptions {
     /// More arguments for every `hostprof record` (e.g.
     /// `--trace-context-map none`, to compare a setting's cost).
     pub record_args: Vec<String>,
+    /// Another revision's release `hostprof`, run at the same time as
+    /// this one on the same load in every mode: the ratio between the two
+    /// is free of the machine's drift between runs.
+    pub baseline: Option<PathBuf>,
 }
 
 /// The switch of the kernel's per-program run-time statistics.
@@ -94,6 +98,24 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
     // Every CPU busy and every workload running at least once.
     let instances = cpus.max(workloads.len());
     let unwinder_flag = has_unwinder_flag(&options.hostprof);
+    if let Some(baseline) = &options.baseline {
+        if !baseline.is_file() {
+            bail!(
+                "the baseline {} is not a file: build the other revision's release binary \
+                 (e.g. `git worktree add /tmp/base REV && cd /tmp/base && cargo xtask \
+                 build-ebpf && cargo build --release -p hostprof`) and pass its \
+                 target/release/hostprof",
+                baseline.display()
+            );
+        }
+        if has_unwinder_flag(baseline) != unwinder_flag {
+            bail!(
+                "the baseline {} and this hostprof differ in `record --unwinder`: compare \
+                 revisions that both have it",
+                baseline.display()
+            );
+        }
+    }
     let modes: &[Mode] = if unwinder_flag {
         &[Mode::Tables, Mode::FramePointers]
     } else {
@@ -161,9 +183,12 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
                         workload
                     }
                 });
-                while_running(load, || capture(options, mode, unwinder_flag))
+                while_running(load, || captures_of(options, mode, unwinder_flag))
             })
             .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
         // `stats` drops here: the old value is back before the table bench.
     };
 
@@ -277,6 +302,8 @@ impl Drop for BpfStats {
 #[derive(Clone, Debug)]
 struct Capture {
     mode: Mode,
+    /// Whether the baseline binary took it.
+    baseline: bool,
     /// Its BPF objects, read last before sampling ended.
     objects: BpfObjects,
     /// The tables its loader wrote.
@@ -285,14 +312,62 @@ struct Capture {
     cpu_s: f64,
 }
 
-/// Runs `hostprof record` in `mode`, reading its BPF objects until its
-/// capture ends.
-fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Result<Capture> {
-    println!("[bench-unwind] hostprof record, {}", mode.label());
+impl Capture {
+    /// Its column or row in the report.
+    fn label(&self) -> String {
+        if self.baseline {
+            format!("{} (baseline)", self.mode.label())
+        } else {
+            self.mode.label().to_owned()
+        }
+    }
+}
+
+/// This hostprof's capture in `mode`, and the baseline's taken at the same
+/// time when there is one.
+fn captures_of(
+    options: &UnwindBenchOptions,
+    mode: Mode,
+    unwinder_flag: bool,
+) -> Result<Vec<Capture>> {
+    let Some(baseline) = &options.baseline else {
+        return Ok(vec![capture(
+            options,
+            &options.hostprof,
+            false,
+            mode,
+            unwinder_flag,
+        )?]);
+    };
+    std::thread::scope(|scope| {
+        let theirs = scope.spawn(|| capture(options, baseline, true, mode, unwinder_flag));
+        let ours = capture(options, &options.hostprof, false, mode, unwinder_flag);
+        let theirs = theirs
+            .join()
+            .map_err(|_| anyhow!("the baseline's capture panicked"))?;
+        Ok(vec![ours?, theirs?])
+    })
+}
+
+/// Runs `hostprof record` (`hostprof`, the baseline's when `baseline`) in
+/// `mode`, reading its BPF objects until its capture ends.
+fn capture(
+    options: &UnwindBenchOptions,
+    hostprof: &Path,
+    baseline: bool,
+    mode: Mode,
+    unwinder_flag: bool,
+) -> Result<Capture> {
+    let prefix = if baseline { "baseline-" } else { "" };
+    println!(
+        "[bench-unwind] hostprof record, {}{}",
+        mode.label(),
+        if baseline { " (baseline)" } else { "" }
+    );
     let stats_json = options
         .work_dir
-        .join(format!("unwind-{}.json", mode.file()));
-    let mut record = Command::new(&options.hostprof);
+        .join(format!("{prefix}unwind-{}.json", mode.file()));
+    let mut record = Command::new(hostprof);
     record
         .args(["record", "--no-flamegraph", "--duration"])
         .arg(format!("{}ms", options.duration.as_millis()))
@@ -300,7 +375,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
         .arg(
             options
                 .work_dir
-                .join(format!("unwind-{}.pb.gz", mode.file())),
+                .join(format!("{prefix}unwind-{}.pb.gz", mode.file())),
         )
         .arg("--stats-json")
         .arg(&stats_json)
@@ -350,6 +425,7 @@ fn capture(options: &UnwindBenchOptions, mode: Mode, unwinder_flag: bool) -> Res
     })?;
     Ok(Capture {
         mode,
+        baseline,
         objects,
         tables: TableLoads::from_stats_json(&stats_json)?,
         cpu_s,
@@ -743,7 +819,7 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} | {:.3} | {} | {} |",
-                capture.mode.label(),
+                capture.label(),
                 program.name,
                 program_type(program.prog_type),
                 program.tag,
@@ -757,17 +833,18 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
         let _ = writeln!(
             w,
             "| **{}** | **total** | | | {samples} samples | {:.3} | | **{}** |",
-            capture.mode.label(),
+            capture.label(),
             total as f64 / 1e6,
             per(total, samples),
         );
     }
-    let cost = |mode| {
+    let cost_of = |mode, baseline| {
         captures
             .iter()
-            .find(|c| c.mode == mode)
+            .find(|c| c.mode == mode && c.baseline == baseline)
             .and_then(|c| c.objects.ns_per_sample())
     };
+    let cost = |mode| cost_of(mode, false);
     let _ = writeln!(w);
     match (cost(Mode::Tables), cost(Mode::FramePointers)) {
         (Some(tables), Some(fp)) => {
@@ -803,7 +880,41 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
     }
     let _ = writeln!(w, "\n`hostprof record`'s own CPU time (user + system):\n");
     for capture in captures {
-        let _ = writeln!(w, "- {}: {:.2} s", capture.mode.label(), capture.cpu_s);
+        let _ = writeln!(w, "- {}: {:.2} s", capture.label(), capture.cpu_s);
+    }
+    baseline_section(w, captures, cost_of);
+}
+
+/// This hostprof against the baseline taken at the same time, per mode.
+fn baseline_section(
+    w: &mut String,
+    captures: &[Capture],
+    cost_of: impl Fn(Mode, bool) -> Option<f64>,
+) {
+    if !captures.iter().any(|c| c.baseline) {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n**Against the baseline**, both sampling at the same time on the same load \
+         (each one's programs counted alone):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| mode | this, ns per sample | baseline, ns per sample | this / baseline |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|");
+    for capture in captures.iter().filter(|c| !c.baseline) {
+        let mode = capture.mode;
+        let (Some(ours), Some(theirs)) = (cost_of(mode, false), cost_of(mode, true)) else {
+            continue;
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {ours:.0} | {theirs:.0} | **{:.2}x** |",
+            mode.label(),
+            ours / theirs.max(f64::EPSILON)
+        );
     }
 }
 
@@ -831,7 +942,7 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
     names.sort_by_key(|name| std::cmp::Reverse(largest(name)));
     let _ = write!(w, "| map | type |");
     for capture in captures {
-        let label = capture.mode.label();
+        let label = capture.label();
         let _ = write!(w, " {label}: max entries | {label}: memlock |");
     }
     let _ = writeln!(w);
@@ -875,9 +986,10 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
         let tables = &capture.tables;
         let _ = writeln!(
             w,
-            "Tables used: {} rows x {row_bytes} B = **{}** of the {} {ROWS_MAP} budget \
+            "Tables used{}: {} rows x {row_bytes} B = **{}** of the {} {ROWS_MAP} budget \
              ({:.2} %; the map holds {} for them, allocated by chunk as used), in {} loads of {} \
              files; {processes} processes had tables at the end ({PROCESSES_MAP}S entries).",
+            if capture.baseline { " (baseline)" } else { "" },
             tables.rows,
             size(tables.rows * row_bytes),
             size(budget),
@@ -887,13 +999,14 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
             tables.files,
         );
     }
-    if let [first, second] = captures {
+    let ours = |mode| captures.iter().find(|c| c.mode == mode && !c.baseline);
+    if let (Some(first), Some(second)) = (ours(Mode::Tables), ours(Mode::FramePointers)) {
         let (more, less) = (first.objects.memlock(), second.objects.memlock());
         let _ = writeln!(
             w,
             "\n**{} / {}: {:.1}x the map memory** ({} more).",
-            first.mode.label(),
-            second.mode.label(),
+            first.label(),
+            second.label(),
             more as f64 / less.max(1) as f64,
             size(more.saturating_sub(less)),
         );
@@ -1195,10 +1308,12 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
         assert!(bpf::map_name(0).is_err());
     }
 
-    #[test]
-    fn report_has_ratio_and_totals() {
-        let capture = |mode, ns, memlock| Capture {
+    /// A capture whose `sample_cpu` ran 100 times for `ns` in all, with
+    /// `maps`.
+    fn fake_capture(mode: Mode, baseline: bool, ns: u64, maps: Vec<Map>, cpu_s: f64) -> Capture {
+        Capture {
             mode,
+            baseline,
             objects: BpfObjects {
                 programs: vec![Program {
                     id: 1,
@@ -1208,27 +1323,39 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
                     run_time_ns: ns,
                     run_cnt: 100,
                 }],
-                maps: vec![Map {
-                    id: 2,
-                    name: ROWS_MAP.into(),
-                    map_type: 2,
-                    key_size: 4,
-                    value_size: 8,
-                    max_entries: 8,
-                    memlock,
-                    entries: None,
-                }],
+                maps,
             },
             tables: TableLoads::default(),
-            cpu_s: 1.5,
-        };
-        let setup = Setup {
+            cpu_s,
+        }
+    }
+
+    fn fake_setup() -> Setup {
+        Setup {
             seconds: 10.0,
             cpus: 2,
             instances: 4,
             workloads: vec!["deep_chain".into()],
             unwinder_flag: true,
+        }
+    }
+
+    #[test]
+    fn report_has_ratio_and_totals() {
+        let capture = |mode, ns, memlock| {
+            let rows = Map {
+                id: 2,
+                name: ROWS_MAP.into(),
+                map_type: 2,
+                key_size: 4,
+                value_size: 8,
+                max_entries: 8,
+                memlock,
+                entries: None,
+            };
+            fake_capture(mode, false, ns, vec![rows], 1.5)
         };
+        let setup = fake_setup();
         let text = report(
             &setup,
             &[
@@ -1256,5 +1383,35 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             "{text}"
         );
         assert!(text.contains("- python, --no-python: 1.50 s"), "{text}");
+    }
+
+    #[test]
+    fn report_compares_with_the_baseline_taken_at_the_same_time() {
+        let capture = |mode, baseline, ns| fake_capture(mode, baseline, ns, Vec::new(), 1.0);
+        let setup = fake_setup();
+        let text = report(
+            &setup,
+            &[
+                capture(Mode::Tables, false, 300_000),
+                capture(Mode::Tables, true, 250_000),
+                capture(Mode::FramePointers, false, 200_000),
+                capture(Mode::FramePointers, true, 250_000),
+            ],
+            None,
+        );
+        // This build's own ratio ignores the baseline's captures.
+        assert!(
+            text.contains("**tables / frame pointers: 1.50x per sample**"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| tables | 3000 | 2500 | **1.20x** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| frame pointers | 2000 | 2500 | **0.80x** |"),
+            "{text}"
+        );
+        assert!(text.contains("- tables (baseline): 1.00 s"), "{text}");
     }
 }

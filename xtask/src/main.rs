@@ -141,6 +141,11 @@ enum Task {
         /// --record-arg=none`.
         #[arg(long = "record-arg", value_name = "ARG", allow_hyphen_values = true)]
         record_args: Vec<String>,
+        /// Another revision's release `hostprof` binary, run at the same
+        /// time as this one in every mode: the report adds this / baseline
+        /// per sample, free of the machine's drift between runs.
+        #[arg(long, value_name = "HOSTPROF")]
+        baseline: Option<PathBuf>,
     },
     /// What the off-CPU profile costs: a pipe ping-pong on one CPU (every
     /// hand-off a context switch) and an idle host, with no profiler,
@@ -356,6 +361,7 @@ fn run() -> Result<()> {
         Task::BenchUnwind {
             seconds,
             record_args,
+            baseline,
         } => {
             // Before the release build: it cannot run without root.
             bench_unwind::preflight("bench-unwind")?;
@@ -366,6 +372,7 @@ fn run() -> Result<()> {
                 work_dir: bench::default_work_dir(&root),
                 root,
                 record_args,
+                baseline,
             })
         }
     }

@@ -11,6 +11,7 @@
 
 mod allocator;
 mod bounded;
+mod bpf_calls;
 pub mod drain;
 pub mod heap;
 pub mod kernel_btf;
@@ -30,7 +31,8 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{
-    Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray,
+    RingBuf,
 };
 use aya::programs::perf_event::{
     PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
@@ -94,6 +96,16 @@ pub enum SamplerError {
         /// Why it failed.
         #[source]
         source: MapError,
+    },
+    /// A drained map could not be read and emptied (batched
+    /// lookup-and-delete, Linux 5.6+).
+    #[error("could not read and empty the BPF map {map}")]
+    Drain {
+        /// The map's name.
+        map: &'static str,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
     },
     /// BPF run-time statistics could not be turned on (for `--max-cpu`).
     #[error(
@@ -946,40 +958,36 @@ impl Sampler {
         Ok(())
     }
 
+    /// Reads and empties map set `set` (the kernel writes the other one):
+    /// each map in batched lookup-and-delete calls (see
+    /// [`bpf_calls::take_all`]).
     fn take_set(&mut self, set: MapSet) -> Result<Vec<RawSample>, SamplerError> {
         let index = set.index();
         let counts_name = names::COUNTS[index];
-        let stacks_name = names::STACKS[index];
-        let counts = &mut self.counts[index];
         let mut entries = Vec::new();
-        for item in counts.iter() {
-            let (key, per_cpu) = item.map_err(map_err(counts_name))?;
-            entries.push((key, per_cpu.iter().sum::<u64>()));
-        }
-        for (key, _) in &entries {
-            counts.remove(key).map_err(map_err(counts_name))?;
-        }
-
-        let stacks_map = &mut self.stacks[index];
+        bpf_calls::take_all::<KernelKey, u64>(
+            self.counts[index].map(),
+            counts_name,
+            true,
+            |key, per_cpu| entries.push((*key, per_cpu.iter().sum::<u64>())),
+        )
+        .map_err(|source| SamplerError::Drain {
+            map: counts_name,
+            source,
+        })?;
         let mut stacks = StdHashMap::new();
-        for item in stacks_map.iter() {
-            let (hash, stack) = item.map_err(map_err(stacks_name))?;
-            stacks.insert(hash, stack.frames().to_vec());
-        }
-        for hash in stacks.keys() {
-            stacks_map.remove(hash).map_err(map_err(stacks_name))?;
-        }
-        let deep_name = names::DEEP_STACKS[index];
-        let deep_map = &mut self.deep_stacks[index];
-        let mut deep = Vec::new();
-        for item in deep_map.iter() {
-            let (hash, stack) = item.map_err(map_err(deep_name))?;
-            deep.push(hash);
-            stacks.insert(hash, stack.frames().to_vec());
-        }
-        for hash in &deep {
-            deep_map.remove(hash).map_err(map_err(deep_name))?;
-        }
+        take_stacks(
+            &self.stacks[index],
+            names::STACKS[index],
+            &mut stacks,
+            Stack::frames,
+        )?;
+        take_stacks(
+            &self.deep_stacks[index],
+            names::DEEP_STACKS[index],
+            &mut stacks,
+            DeepStack::frames,
+        )?;
         let (cpu_period, fault_period) = (self.period_ns, self.fault_period);
         let mut samples = drain::assemble_counted(entries, &stacks, |kind| match kind {
             kernel_kind::PAGE_FAULTS => Some((ProfileKind::PageFaults, fault_period)),
@@ -1005,6 +1013,21 @@ impl Sampler {
         }
         Ok(StatCounters::new(values))
     }
+}
+
+/// Reads and empties the stack map `map` (`name`) into `stacks`, each
+/// stack's frames as `frames` gives them.
+fn take_stacks<V: aya::Pod>(
+    map: &HashMap<MapData, StackHash, V>,
+    name: &'static str,
+    stacks: &mut StdHashMap<StackHash, Vec<u64>>,
+    frames: fn(&V) -> &[u64],
+) -> Result<(), SamplerError> {
+    bpf_calls::take_all::<StackHash, V>(map.map(), name, false, |hash, stack| {
+        stacks.insert(*hash, frames(&stack[0]).to_vec());
+    })
+    .map(drop)
+    .map_err(|source| SamplerError::Drain { map: name, source })
 }
 
 /// Loads the CPU program and attaches it to the CPU-clock perf event of

@@ -10,6 +10,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::maps::{HashMap, Map, MapData};
 use profiler_common::{UnwindChunk, UnwindProcess, UnwindRow, UNWIND_CHUNK_ROWS};
 
+use super::bpf_calls::{delete, update_batch};
+
 /// What the loader writes into the kernel.
 pub trait UnwindMaps: Send + 'static {
     /// Writes `rows` at `start..start + rows.len()` of the table space
@@ -83,80 +85,6 @@ fn fd_of(map: &Map) -> io::Result<i32> {
         Map::HashMap(data) | Map::Array(data) => Ok(data.fd().as_fd().as_raw_fd()),
         _ => Err(io::Error::other("unexpected unwind map type")),
     }
-}
-
-/// `union bpf_attr`'s `batch` member.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// `union bpf_attr`'s element member (lookup, update, delete).
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// The `bpf(2)` command `cmd` with `attr`. Hand-written because aya 0.14
-/// has no batch API (and libbpf-rs would bring in libbpf's C build for
-/// these calls).
-fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
-    // SAFETY: `attr` is a live `union bpf_attr` member for `cmd`, and the
-    // pointers it holds point at live arrays of the map's key and value
-    // sizes (see the callers).
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Writes `values[i]` at `keys[i]` of the map `fd` in one
-/// `BPF_MAP_UPDATE_BATCH` call (`V` the map's `repr(C)` value type, the
-/// keys `u32`).
-fn update_batch<V>(fd: i32, name: &str, keys: &[u32], values: &[V]) -> io::Result<()> {
-    assert_eq!(keys.len(), values.len());
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: 0,
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: fd as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|err| {
-        let first = keys.first().copied().unwrap_or(0);
-        io::Error::new(err.kind(), format!("writing {name}[{first}..]: {err}"))
-    })
-}
-
-/// Deletes `key` from the hash map `fd` (absent is fine).
-fn delete(fd: i32, key: u32) {
-    let mut attr = ElemAttr {
-        map_fd: fd as u32,
-        pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    let _ = bpf(BPF_MAP_DELETE_ELEM, &mut attr);
 }
 
 impl UnwindMaps for KernelUnwindMaps {
