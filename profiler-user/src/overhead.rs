@@ -119,7 +119,10 @@ impl Governor {
             return None;
         }
         let target = self.budget * Self::TARGET;
-        let next = if share > self.budget * Self::LOWER_ABOVE {
+        // At the floor there is nothing to lower (between 90 % and all of
+        // the budget it holds there).
+        let at_floor = self.current.hz() == Frequency::MIN;
+        let next = if share > self.budget * Self::LOWER_ABOVE && !at_floor {
             // All per Hz, the most the budget could allow: the model's
             // frequency is no higher, and (its fit being noisy) at least
             // half of it.
@@ -361,6 +364,16 @@ mod tests {
         assert_eq!(governor.frequency().hz(), 1, "{rates:?}");
         assert_eq!(rates.last(), Some(&1));
         assert!(run(&mut governor, 60, fixed).is_empty());
+    }
+
+    #[test]
+    fn holds_at_the_floor_just_under_the_budget() {
+        let mut governor = Governor::new(budget("1"), hz(1));
+        // 95 % of the budget at 1 Hz: over the point where it lowers, but
+        // there is no lower rate.
+        let rates = run(&mut governor, 60, |_| 0.0095);
+        assert!(rates.is_empty(), "{rates:?}");
+        assert_eq!(governor.frequency().hz(), 1);
     }
 
     #[test]

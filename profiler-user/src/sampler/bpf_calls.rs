@@ -176,15 +176,15 @@ pub(super) fn take_all<K: Pod, V: Pod>(
             Err(err) => return Err(context(err, "reading and deleting")),
         };
         let count = (attr.count as usize).min(batch);
-        for i in 0..count {
+        for (i, key) in keys[..count].iter().enumerate() {
             // SAFETY: the kernel wrote `count` keys of `size_of::<K>()`
             // bytes and `count * slots` values of `size_of::<V>()` bytes
             // (checked against the map's info above); `K` and `V` are
             // `Pod`: any bytes are a valid value.
             let (key, value) = unsafe {
                 (
-                    keys[i].assume_init_ref(),
-                    std::slice::from_raw_parts(values[i * slots].as_ptr(), slots),
+                    key.assume_init_ref(),
+                    std::slice::from_raw_parts(values.as_ptr().add(i * slots).cast::<V>(), slots),
                 )
             };
             each(key, value);

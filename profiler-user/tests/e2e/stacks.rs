@@ -533,14 +533,17 @@ fn compare<'a>(
     // the depth a stack keeps.
     let sampled: Vec<(Vec<u64>, bool)> = samples
         .map(|sample| {
-            let callers = sample.frames[1..]
+            let callers: Vec<u64> = sample.frames[1..]
                 .iter()
                 .map_while(|(address, _)| address.map(|a| a + 1))
                 .collect();
+            // Cut at the depth limit: every frame but the mark has an
+            // address (no Python frames, no other mark).
             let truncated = sample
                 .frames
                 .last()
-                .is_some_and(|(_, name)| name == "[truncated]");
+                .is_some_and(|(_, name)| name == "[truncated]")
+                && callers.len() + 2 == sample.frames.len();
             (callers, truncated)
         })
         .collect();
