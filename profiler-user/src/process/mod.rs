@@ -652,6 +652,16 @@ impl ProcessTable {
     fn module_for(&mut self, pid: u32, entry: &MapEntry, path: &Path) -> ModuleId {
         let key = (entry.dev.0, entry.dev.1, entry.inode);
         if let Some(&id) = self.module_ids.get(&key) {
+            // The process it was first seen in may have exited before the
+            // file could be opened: open it through this one, or every
+            // later process mapping it would go unsymbolized too.
+            let module = self.modules.get_mut(&id).filter(|m| m.file.is_none());
+            if let Some(module) = module {
+                if let Some(file) = open_mapped_file(pid, entry, path) {
+                    module.build_id = procfs::elf_build_id(&file);
+                    module.file = Some(file);
+                }
+            }
             return id;
         }
         let file = open_mapped_file(pid, entry, path);
@@ -843,6 +853,38 @@ mod tests {
             table.module(mapping.module);
         }
         assert!(table.prune().is_empty());
+    }
+
+    #[test]
+    fn a_file_first_seen_in_a_process_gone_is_opened_through_the_next() {
+        let me = std::process::id();
+        let text = std::fs::read_to_string(format!("/proc/{me}/maps")).unwrap();
+        let addr = marker as *const () as u64;
+        let entry = maps::parse(&text)
+            .unwrap()
+            .into_iter()
+            .find(|e| e.start <= addr && addr < e.end)
+            .unwrap();
+        let MapPath::File(path) = &entry.path else {
+            panic!("own code is in a file: {entry:?}");
+        };
+        let mut table = ProcessTable::new();
+        // A process that exited between reading its maps and opening
+        // the file: the module is known, without a file.
+        let gone = table.module_for(u32::MAX - 3, &entry, path);
+        assert!(table.module(gone).open_file().is_none());
+        assert_eq!(table.module(gone).build_id, None);
+        // A live process mapping the same file opens it.
+        table.observe(me).unwrap();
+        let Some(Resolved::Module { module, .. }) = lookup(table.process(me).unwrap(), addr) else {
+            panic!("own code resolves");
+        };
+        assert_eq!(module, gone);
+        assert!(table.module(gone).open_file().is_some());
+        let expected = blazesym::helper::read_elf_build_id(&std::env::current_exe().unwrap())
+            .unwrap()
+            .map(|id| id.into_owned());
+        assert_eq!(table.module(gone).build_id, expected);
     }
 
     /// Exec generations a test sets by hand.
