@@ -18,7 +18,7 @@ use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
 use crate::overhead::Budget;
 pub use crate::overhead::OverheadStats;
-use crate::process::{alive, ContextDiscovery, ProcessTable, PythonProcesses, Selection};
+use crate::process::{alive, ContextDiscovery, CpuTimes, ProcessTable, PythonProcesses, Selection};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -157,6 +157,11 @@ impl Profiler {
         if let Unwinder::Tables(_) = options.policy.unwinder {
             check_running_kernel()?;
         }
+        // Whole-host with unwind tables: what runs now is found while the
+        // programs load, so that its tables are in before sampling starts.
+        let running = (matches!(options.policy.target, Target::AllProcesses)
+            && matches!(options.policy.unwinder, Unwinder::Tables(_)))
+        .then(CpuTimes::read);
         let started = Sampler::start(&options.policy, &options.profiles)?;
         match &started.trace_map {
             state @ TraceMapState::Unusable { .. } => log::warn!("{state}"),
@@ -200,12 +205,22 @@ impl Profiler {
             memory,
             budget: None,
         };
-        if let Target::Pids(pids) = &options.policy.target {
-            profiler.pipeline.prepare(pids);
-            profiler.sampler.select(pids)?;
-            profiler.pipeline.start_time = profiler.sampler.last_flip().0;
-            profiler.pipeline.started = Instant::now();
+        match &options.policy.target {
+            Target::Pids(pids) => {
+                profiler.pipeline.prepare(pids, TABLE_WAIT);
+                profiler.sampler.select(pids)?;
+            }
+            Target::AllProcesses => {
+                if let Some(running) = running {
+                    let busy = running.busy_since();
+                    log::info!("{} processes on the CPU as sampling starts", busy.len());
+                    profiler.pipeline.prepare(&busy, BUSY_TABLE_WAIT);
+                }
+                profiler.sampler.select_all()?;
+            }
         }
+        profiler.pipeline.start_time = profiler.sampler.last_flip().0;
+        profiler.pipeline.started = Instant::now();
         profiler.budget = options
             .policy
             .max_cpu
@@ -422,6 +437,11 @@ impl Profiler {
 /// sampling starts anyway (the largest libraries take about a second).
 const TABLE_WAIT: Duration = Duration::from_secs(20);
 
+/// How long whole-host sampling waits at most for the unwind tables of
+/// the processes on the CPU as it starts (the others' load as they are
+/// first sampled).
+const BUSY_TABLE_WAIT: Duration = Duration::from_secs(5);
+
 /// Every stage after the kernel: process snapshots, unwind-table requests,
 /// the filter, aggregation and symbolization, window by window.
 struct Pipeline {
@@ -524,11 +544,12 @@ impl Pipeline {
         }
     }
 
-    /// Before a selection of processes is sampled: snapshots them and
-    /// waits for their unwind tables (at most [`TABLE_WAIT`]), so that
-    /// their first samples are unwound whole, not stopped at a file whose
-    /// table is still loading.
-    fn prepare(&mut self, pids: &[u32]) {
+    /// Before processes are sampled (the `--pid` selection, or those on
+    /// the CPU as whole-host sampling starts): snapshots them and waits
+    /// for their unwind tables (at most `wait`), so that their first
+    /// samples are unwound whole, not stopped at a file whose table is
+    /// still loading.
+    fn prepare(&mut self, pids: &[u32], wait: Duration) {
         for &pid in pids {
             self.observe(ProcessEvent::New(pid));
         }
@@ -536,7 +557,7 @@ impl Pipeline {
             return;
         };
         let started = Instant::now();
-        let settled = tables.settle(TABLE_WAIT, |stats| {
+        let settled = tables.settle(wait, |stats| {
             log::info!(
                 "loading unwind tables: {} built, {} to go",
                 stats.tables_built,
@@ -545,15 +566,17 @@ impl Pipeline {
         });
         if settled {
             log::info!(
-                "unwind tables of the selected processes loaded in {:.2}s",
+                "unwind tables of {} processes loaded in {:.2}s",
+                pids.len(),
                 started.elapsed().as_secs_f64()
             );
         } else {
             log::warn!(
-                "unwind tables of the selected processes still loading after {}s: sampling \
-                 starts now, and stacks through the files not loaded yet end in \
+                "unwind tables of the {} processes about to be sampled still loading after {}s: \
+                 sampling starts now, and stacks through the files not loaded yet end in \
                  [incomplete: unwind table still loading] until they are",
-                TABLE_WAIT.as_secs()
+                pids.len(),
+                wait.as_secs()
             );
         }
     }

@@ -8,6 +8,7 @@
 //! descriptors ([`Module::open_file`]), whether or not the process, or even
 //! the file's directory entry, still exists.
 
+mod busy;
 pub mod cpython;
 mod lifecycle;
 pub mod maps;
@@ -28,6 +29,7 @@ use maps::{MapEntry, MapPath};
 use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::{open_mapped_file, read_proc};
 
+pub use busy::CpuTimes;
 pub use otel_context::ContextDiscovery;
 pub use python::PythonProcesses;
 pub use selection::{alive, Selection};

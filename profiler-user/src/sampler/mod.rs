@@ -494,11 +494,10 @@ impl Sampler {
             }
             _ => None,
         };
-        // The selected processes are sampled from [`Sampler::select`]
-        // on (once their unwind tables are in): none until then.
-        if let Target::Pids(_) = &policy.target {
-            config.flags |= Config::FILTER_PIDS;
-        }
+        // Nothing is sampled until [`Sampler::select`] (the selected
+        // processes) or [`Sampler::select_all`] (every process), called
+        // once the unwind tables of what is running are in.
+        config.flags |= Config::FILTER_PIDS;
         config_map
             .set(0, config, 0)
             .map_err(map_err(names::CONFIG))?;
@@ -879,6 +878,18 @@ impl Sampler {
                 .insert(pid, 1, 0)
                 .map_err(map_err(names::PID_FILTER))?;
         }
+        let now = SystemTime::now();
+        self.flipped = (now, now);
+        Ok(())
+    }
+
+    /// With a `Target::AllProcesses` policy: starts sampling every
+    /// process. The window starts now.
+    pub fn select_all(&mut self) -> Result<(), SamplerError> {
+        self.config.flags &= !Config::FILTER_PIDS;
+        self.config_map
+            .set(0, self.config, 0)
+            .map_err(map_err(names::CONFIG))?;
         let now = SystemTime::now();
         self.flipped = (now, now);
         Ok(())
@@ -1475,6 +1486,7 @@ mod tests {
             mut events,
             ..
         } = Sampler::start(&SamplingPolicy::default(), &[ProfileKind::Cpu]).expect("start sampler");
+        sampler.select_all().expect("sample every process");
         let spin = std::thread::spawn(|| spin_for(Duration::from_millis(700)));
         tokio::time::sleep(Duration::from_millis(400)).await;
         let first = sampler.drain().expect("drain");
