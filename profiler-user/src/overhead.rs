@@ -13,7 +13,9 @@
 //! 80 % of the budget once a window costs over 90 % of it, and raises it
 //! in proportion (at most doubling, never past `--frequency`) only once
 //! the cost is under half the budget: between the two it holds, so it does not
-//! oscillate. The margin is for the cost's own noise: at a constant rate
+//! oscillate. A new frequency applies from the next drain, so the reading
+//! of the drain interval it was decided in (still at the old one) is left
+//! out, and the model's older point is forgotten after a minute. The margin is for the cost's own noise: at a constant rate
 //! it moves by a third from one 10 s window to the next on a VM
 //! (measured: a new process's tables and copies cost tens of
 //! milliseconds). When even the lowest frequency exceeds the budget it
@@ -39,8 +41,13 @@ pub struct Governor {
     /// The cost share measured at the last decision.
     last_share: Option<f64>,
     /// The last window's (Hz, cost share) at a frequency other than the
-    /// current one: with the current window's, the model's two points.
-    other: Option<(f64, f64)>,
+    /// current one: with the current window's, the model's two points;
+    /// and how many windows ago it was taken (forgotten past
+    /// [`Self::OTHER_WINDOWS`]: the host has changed since).
+    other: Option<(f64, f64, u32)>,
+    /// Whether the next reading is left out: it ends the drain interval
+    /// in which a new frequency was decided, still sampled at the old one.
+    skip_next: bool,
     /// Whether the budget was found out of reach at the lowest frequency
     /// (said once).
     floor_reached: bool,
@@ -65,6 +72,8 @@ impl Governor {
     const LOWER_ABOVE: f64 = 0.9;
     /// Raised only when the cost is under this share of the budget.
     const RAISE_BELOW: f64 = 0.5;
+    /// Windows after which the model's older point is forgotten.
+    const OTHER_WINDOWS: u32 = 6;
 
     /// A governor of `budget`, starting at (and never above) `frequency`.
     pub fn new(budget: MaxCpu, frequency: Frequency) -> Self {
@@ -76,6 +85,7 @@ impl Governor {
             elapsed: Duration::ZERO,
             last_share: None,
             other: None,
+            skip_next: false,
             floor_reached: false,
         }
     }
@@ -94,6 +104,9 @@ impl Governor {
     /// Takes in `used` CPU over `elapsed` wall time; returns a new
     /// frequency when one is due.
     pub fn observe(&mut self, used: Duration, elapsed: Duration) -> Option<Decision> {
+        if std::mem::take(&mut self.skip_next) {
+            return None;
+        }
         self.used += used;
         self.elapsed += elapsed;
         if self.elapsed < Self::DECIDE_EVERY {
@@ -103,6 +116,12 @@ impl Governor {
         self.used = Duration::ZERO;
         self.elapsed = Duration::ZERO;
         self.last_share = Some(share);
+        if let Some((_, _, age)) = &mut self.other {
+            *age += 1;
+            if *age > Self::OTHER_WINDOWS {
+                self.other = None;
+            }
+        }
         let hz = f64::from(self.current.hz());
         if share > self.budget && self.current.hz() == Frequency::MIN {
             if !self.floor_reached {
@@ -150,8 +169,9 @@ impl Governor {
         if next == self.current {
             return None;
         }
-        self.other = Some((hz, share));
+        self.other = Some((hz, share, 0));
         self.current = next;
+        self.skip_next = true;
         Some(Decision {
             frequency: next,
             share,
@@ -165,7 +185,7 @@ impl Governor {
     /// or when the two do not show the cost growing with the frequency
     /// (noise larger than the change): then all of it counts as per Hz.
     fn fit(&self, hz: f64, share: f64) -> Option<(f64, f64)> {
-        let (other_hz, other_share) = self.other?;
+        let (other_hz, other_share, _) = self.other?;
         let per_hz = (other_share - share) / (other_hz - hz);
         if !per_hz.is_finite() || per_hz <= 0.0 {
             return None;
@@ -280,10 +300,14 @@ mod tests {
 
     /// A host where hostprof costs `fixed` plus `per_hz` for each Hz, in
     /// shares of a core; runs `seconds` of one-second drains.
+    /// A decided frequency applies from the next drain on, as the
+    /// sampler's does.
     fn run(governor: &mut Governor, seconds: u32, cost: impl Fn(u32) -> f64) -> Vec<u32> {
         let mut rates = Vec::new();
+        let mut applied = governor.frequency().hz();
         for _ in 0..seconds {
-            let share = cost(governor.frequency().hz());
+            let share = cost(applied);
+            applied = governor.frequency().hz();
             let used = Duration::from_secs_f64(share);
             if let Some(decision) = governor.observe(used, Duration::from_secs(1)) {
                 rates.push(decision.frequency.hz());
@@ -323,7 +347,7 @@ mod tests {
     #[test]
     fn a_fit_against_the_frequency_counts_all_of_the_cost_per_hz() {
         let mut governor = Governor::new(budget("1"), hz(1000));
-        governor.other = Some((1000.0, 0.010));
+        governor.other = Some((1000.0, 0.010, 1));
         // Cheaper at the higher rate: noise, not a model.
         assert_eq!(governor.fit(500.0, 0.012), None);
         assert_eq!(governor.fit(1000.0, 0.012), None, "one frequency");
@@ -354,6 +378,39 @@ mod tests {
         let decision = governor.observe(over, Duration::from_secs(1)).unwrap();
         assert!((decision.share - 0.1).abs() < 1e-9);
         assert!(decision.frequency.hz() < 99);
+    }
+
+    #[test]
+    fn the_drain_still_at_the_old_frequency_is_left_out() {
+        let mut governor = Governor::new(budget("0.1"), hz(99));
+        let over = Duration::from_millis(100); // 10 % of a core
+        let decided = (0..10).find_map(|_| governor.observe(over, Duration::from_secs(1)));
+        assert!(decided.is_some());
+        // The drain interval the decision fell in, at the old frequency.
+        let old = Duration::from_millis(900);
+        assert_eq!(governor.observe(old, Duration::from_secs(1)), None);
+        let under = Duration::from_micros(700); // 0.07 %: holds
+        for _ in 0..10 {
+            assert_eq!(governor.observe(under, Duration::from_secs(1)), None);
+        }
+        let share = governor.last_share().unwrap();
+        assert!((share - 0.0007).abs() < 1e-9, "{share}");
+    }
+
+    #[test]
+    fn the_older_point_of_the_model_is_forgotten() {
+        let mut governor = Governor::new(budget("1"), hz(1000));
+        governor.other = Some((500.0, 0.004, 0));
+        for _ in 0..Governor::OTHER_WINDOWS {
+            for _ in 0..10 {
+                governor.observe(Duration::from_millis(6), Duration::from_secs(1));
+            }
+        }
+        assert!(governor.other.is_some());
+        for _ in 0..10 {
+            governor.observe(Duration::from_millis(6), Duration::from_secs(1));
+        }
+        assert_eq!(governor.other, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! 5.6 (hostprof needs 5.8).
 
 use std::io;
+use std::marker::PhantomData;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -102,41 +103,72 @@ fn value_slots<V>(value_size: u32, per_cpu: bool, cpus: usize) -> Option<usize> 
     }
 }
 
+/// How a hash map's entries are laid out for [`take_all`], checked once
+/// when the map is opened: keys `K`, and values of `slots` `V` (one, or
+/// one per possible CPU for a per-CPU map).
+pub(super) struct Layout<K, V> {
+    slots: usize,
+    types: PhantomData<fn(&K, &V)>,
+}
+
+impl<K, V> Clone for Layout<K, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K, V> Copy for Layout<K, V> {}
+
+impl<K: Pod, V: Pod> Layout<K, V> {
+    /// The layout of `map` (`name` for errors; per-CPU values when
+    /// `per_cpu`): an error when its key or value size does not fit `K`
+    /// and `V`.
+    pub(super) fn of(map: &MapData, name: &str, per_cpu: bool) -> io::Result<Self> {
+        let info = map
+            .info()
+            .map_err(|err| io::Error::other(format!("reading {name}'s info: {err}")))?;
+        let cpus = if per_cpu {
+            aya::util::nr_cpus().map_err(|(_, err)| {
+                io::Error::new(err.kind(), format!("counting the CPUs for {name}: {err}"))
+            })?
+        } else {
+            1
+        };
+        let slots = value_slots::<V>(info.value_size(), per_cpu, cpus)
+            .filter(|_| info.key_size() as usize == size_of::<K>())
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "{name} has {}-byte keys and {}-byte values, not the {} and {} bytes expected",
+                    info.key_size(),
+                    info.value_size(),
+                    size_of::<K>(),
+                    size_of::<V>()
+                ))
+            })?;
+        Ok(Self {
+            slots,
+            types: PhantomData,
+        })
+    }
+}
+
 /// Reads and deletes every entry of the hash map `map` (`name` for
-/// errors; keys `K`, values `V`, or one `V` per possible CPU when
-/// `per_cpu`) in `BPF_MAP_LOOKUP_AND_DELETE_BATCH` calls, a few hundred
-/// entries each: one syscall where walking the map took three an entry
-/// (next key, lookup, delete). `each` gets every entry; returns how many.
+/// errors), laid out as `layout` says, in `BPF_MAP_LOOKUP_AND_DELETE_BATCH`
+/// calls, a few hundred entries each: one syscall where walking the map
+/// took three an entry (next key, lookup, delete). `each` gets every
+/// entry; returns how many.
 ///
 /// For a map no program writes any more (a drained set): entries added
 /// meanwhile may or may not be taken.
 pub(super) fn take_all<K: Pod, V: Pod>(
     map: &MapData,
     name: &str,
-    per_cpu: bool,
+    layout: Layout<K, V>,
     mut each: impl FnMut(&K, &[V]),
 ) -> io::Result<usize> {
     let context =
         |err: io::Error, what: &str| io::Error::new(err.kind(), format!("{what} {name}: {err}"));
-    let info = map
-        .info()
-        .map_err(|err| io::Error::other(format!("reading {name}'s info: {err}")))?;
-    let cpus = if per_cpu {
-        aya::util::nr_cpus().map_err(|(_, err)| context(err, "counting the CPUs for"))?
-    } else {
-        1
-    };
-    let slots = value_slots::<V>(info.value_size(), per_cpu, cpus)
-        .filter(|_| info.key_size() as usize == size_of::<K>())
-        .ok_or_else(|| {
-            io::Error::other(format!(
-                "{name} has {}-byte keys and {}-byte values, not the {} and {} bytes expected",
-                info.key_size(),
-                info.value_size(),
-                size_of::<K>(),
-                size_of::<V>()
-            ))
-        })?;
+    let slots = layout.slots;
     let fd = map.fd().as_fd().as_raw_fd();
     let mut batch = TAKE_BATCH;
     let mut keys: Vec<MaybeUninit<K>> = Vec::new();
@@ -179,7 +211,7 @@ pub(super) fn take_all<K: Pod, V: Pod>(
         for (i, key) in keys[..count].iter().enumerate() {
             // SAFETY: the kernel wrote `count` keys of `size_of::<K>()`
             // bytes and `count * slots` values of `size_of::<V>()` bytes
-            // (checked against the map's info above); `K` and `V` are
+            // (`layout` checked them against the map's info); `K` and `V` are
             // `Pod`: any bytes are a valid value.
             let (key, value) = unsafe {
                 (

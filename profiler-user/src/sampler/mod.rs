@@ -208,6 +208,9 @@ pub struct Sampler {
     counts: [PerCpuHashMap<MapData, KernelKey, u64>; 2],
     stacks: [HashMap<MapData, StackHash, Stack>; 2],
     deep_stacks: [HashMap<MapData, StackHash, DeepStack>; 2],
+    /// How the drained maps' entries are laid out (the same in both sets),
+    /// read once.
+    layouts: Layouts,
     known: HashMap<MapData, u32, u8>,
     /// The processes sampled with a `Target::Pids` selection.
     pid_filter: HashMap<MapData, u32, u8>,
@@ -435,6 +438,7 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::DEEP_STACKS[1]))?,
         ];
+        let layouts = Layouts::of(&counts[0], &stacks[0], &deep_stacks[0])?;
 
         let mut config = Config {
             active_set: MapSet::Zero.index() as u32,
@@ -633,6 +637,7 @@ impl Sampler {
             counts,
             stacks,
             deep_stacks,
+            layouts,
             known,
             pid_filter,
             _tail_calls: (tail_calls, off_cpu_tail_calls, lock_tail_calls),
@@ -976,10 +981,10 @@ impl Sampler {
         let index = set.index();
         let counts_name = names::COUNTS[index];
         let mut entries = Vec::new();
-        bpf_calls::take_all::<KernelKey, u64>(
+        bpf_calls::take_all(
             self.counts[index].map(),
             counts_name,
-            true,
+            self.layouts.counts,
             |key, per_cpu| entries.push((*key, per_cpu.iter().sum::<u64>())),
         )
         .map_err(|source| SamplerError::Drain {
@@ -990,12 +995,14 @@ impl Sampler {
         take_stacks(
             &self.stacks[index],
             names::STACKS[index],
+            self.layouts.stacks,
             &mut stacks,
             Stack::frames,
         )?;
         take_stacks(
             &self.deep_stacks[index],
             names::DEEP_STACKS[index],
+            self.layouts.deep_stacks,
             &mut stacks,
             DeepStack::frames,
         )?;
@@ -1026,15 +1033,42 @@ impl Sampler {
     }
 }
 
+/// How the maps a drain empties are laid out.
+struct Layouts {
+    counts: bpf_calls::Layout<KernelKey, u64>,
+    stacks: bpf_calls::Layout<StackHash, Stack>,
+    deep_stacks: bpf_calls::Layout<StackHash, DeepStack>,
+}
+
+impl Layouts {
+    /// Read from the maps of one set (the other's are declared alike).
+    fn of(
+        counts: &PerCpuHashMap<MapData, KernelKey, u64>,
+        stacks: &HashMap<MapData, StackHash, Stack>,
+        deep_stacks: &HashMap<MapData, StackHash, DeepStack>,
+    ) -> Result<Self, SamplerError> {
+        let layout_error = |map: &'static str| move |source| SamplerError::Drain { map, source };
+        Ok(Self {
+            counts: bpf_calls::Layout::of(counts.map(), names::COUNTS[0], true)
+                .map_err(layout_error(names::COUNTS[0]))?,
+            stacks: bpf_calls::Layout::of(stacks.map(), names::STACKS[0], false)
+                .map_err(layout_error(names::STACKS[0]))?,
+            deep_stacks: bpf_calls::Layout::of(deep_stacks.map(), names::DEEP_STACKS[0], false)
+                .map_err(layout_error(names::DEEP_STACKS[0]))?,
+        })
+    }
+}
+
 /// Reads and empties the stack map `map` (`name`) into `stacks`, each
 /// stack's frames as `frames` gives them.
 fn take_stacks<V: aya::Pod>(
     map: &HashMap<MapData, StackHash, V>,
     name: &'static str,
+    layout: bpf_calls::Layout<StackHash, V>,
     stacks: &mut StdHashMap<StackHash, Vec<u64>>,
     frames: fn(&V) -> &[u64],
 ) -> Result<(), SamplerError> {
-    bpf_calls::take_all::<StackHash, V>(map.map(), name, false, |hash, stack| {
+    bpf_calls::take_all(map.map(), name, layout, |hash, stack| {
         stacks.insert(*hash, frames(&stack[0]).to_vec());
     })
     .map(drop)
