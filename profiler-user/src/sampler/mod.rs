@@ -742,6 +742,13 @@ impl Sampler {
     fn attach_cpu_events(&mut self, frequency: Frequency) -> Result<(), SamplerError> {
         let hz = 1_000_000_000 / self.period_ns.max(1);
         let old = Frequency::new(hz as u32).unwrap_or(Frequency::DEFAULT);
+        // A CPU gone offline since the last attach has no event to open
+        // (ENODEV), and would fail every CPU's: attach to those online now.
+        match aya::util::online_cpus() {
+            Ok(online) if !online.is_empty() => self.cpus = online,
+            Ok(_) => {}
+            Err((path, err)) => log::debug!("reading {path}: {err}; attaching to the same CPUs"),
+        }
         match attach_cpu_events(&mut self.ebpf, &self.cpus, frequency) {
             Ok(links) => {
                 self.cpu_links = links;
