@@ -4,7 +4,7 @@
 //! never against another image. Checked with Google's `pprof` and the
 //! folded output.
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, pprof_tool, Traces, Workloads};
@@ -35,9 +35,10 @@ fn samples_before_an_exec_resolve_against_the_image_before_it() {
     let mut record = Command::new(env!("CARGO_BIN_EXE_hostprof"))
         .args(["record", "--duration", "5s", "--no-flamegraph", "--output"])
         .arg(&output)
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start hostprof record");
-    std::thread::sleep(Duration::from_millis(800));
+    let _log = common::wait_for_line(record.stderr.take().unwrap(), "recording for");
     // 1.5 s in the launcher, then 1.5 s in the program it execs, one pid.
     let launched = Command::new(workloads.path("launcher"))
         .arg("1500")
@@ -119,9 +120,10 @@ fn processes_that_live_two_milliseconds_are_symbolized() {
         .arg(&folded)
         .arg("--stats-json")
         .arg(&stats)
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start hostprof record");
-    std::thread::sleep(Duration::from_millis(800));
+    let _log = common::wait_for_line(record.stderr.take().unwrap(), "recording for");
     // 200 processes a second for 4 s, each 2 ms of CPU: most exit before
     // hostprof could read their maps.
     let started = Instant::now();

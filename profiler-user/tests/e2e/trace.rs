@@ -98,6 +98,13 @@ fn record(args: &[&str], pin: &Path, output: &Path) -> Child {
         .expect("run hostprof")
 }
 
+/// Waits until `run` says sampling has begun (whole-host sampling starts
+/// once the tables of what runs are loaded, after the pin appears);
+/// returns the reader of the rest of its log.
+fn sampling(run: &mut Child) -> std::thread::JoinHandle<String> {
+    common::wait_for_line(run.stderr.take().expect("piped stderr"), "recording for")
+}
+
 fn finished(child: Child) -> Output {
     let out = child.wait_with_output().expect("wait for hostprof");
     assert!(
@@ -198,14 +205,13 @@ fn samples_carry_the_span_their_thread_ran_in() {
     // it once it appears, and moves the thread to another span halfway.
     let first = workloads.path("first.pb.gz");
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let run = record(
+    let mut run = record(
         &["--duration", "4s", "--otlp-endpoint", &endpoint],
         &pin,
         &first,
     );
-    common::wait_until(Duration::from_secs(30), "the pin to appear", || {
-        pin.exists()
-    });
+    let _log = sampling(&mut run);
+    assert!(pin.exists(), "hostprof pins the map it created");
     set_span(&pin, tgid, tgid, SPAN_A);
     std::thread::sleep(Duration::from_secs(2));
     set_span(&pin, tgid, tgid, SPAN_B);
@@ -307,18 +313,17 @@ fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], 
     let pprof = common::pprof_tool();
     let workloads = common::Workloads::build(build);
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
-    // The capture (6 s) starts first; the workload starts 1.5 s later,
-    // once hostprof has usually loaded, and runs span A for 2 s, then
-    // span B for 2 s: both halves fall inside the capture even when
-    // loading is slow (a cold CI machine took ~2.5 s).
+    // The capture (6 s) starts first; the workload starts once sampling
+    // has begun, and runs span A for 2 s, then span B for 2 s: both
+    // halves fall inside the capture.
     let output = workloads.path("tls.pb.gz");
     let endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
-    let run = record(
+    let mut run = record(
         &["--duration", "6s", "--otlp-endpoint", &endpoint],
         Path::new("none"),
         &output,
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    let log = sampling(&mut run);
     // (Its announcements are not read: a closed pipe would kill it.)
     let child = Command::new(workloads.path(workload))
         .args(["4000", SPAN_A.0, SPAN_A.1, SPAN_B.0, SPAN_B.1])
@@ -327,8 +332,8 @@ fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], 
         .spawn()
         .expect("start otel_thread_ctx");
     let _workload = common::KillOnDrop::new(child);
-    let out = finished(run);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    finished(run);
+    let stderr = log.join().expect("hostprof's log");
     assert!(
         stderr.contains("reading its OpenTelemetry thread context") && stderr.contains(tls),
         "the pointer is found {tls}: {stderr}"
@@ -431,14 +436,13 @@ fn off_cpu_samples_carry_the_span_too() {
     let child = common::KillOnDrop::new(workloads.spawn("off_cpu_chain", 20_000));
     let sleeper = thread_named(child.id(), "sleeper");
     let output = workloads.path("host.pb.gz");
-    let run = record(
+    let mut run = record(
         &["--profiles", "off-cpu", "--duration", "3s"],
         &pin,
         &output,
     );
-    common::wait_until(Duration::from_secs(30), "the pin to appear", || {
-        pin.exists()
-    });
+    let _log = sampling(&mut run);
+    assert!(pin.exists(), "hostprof pins the map it created");
     set_span(&pin, child.id(), sleeper, SPAN_A);
     finished(run);
 
