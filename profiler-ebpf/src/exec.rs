@@ -33,8 +33,9 @@ use aya_ebpf::{
 use crate::files;
 use crate::stack;
 
-/// Processes whose generation is kept; the least recently sampled go
-/// first (an LRU map is allocated whole: ~1 MiB).
+/// Processes whose generation is kept at most; the least recently sampled
+/// go first. An LRU map is allocated whole (~80 bytes an entry), so
+/// userspace sizes it to the host at load.
 const PROCESSES: u32 = 16_384;
 
 #[map(name = "EXEC_GEN")]

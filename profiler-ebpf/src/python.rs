@@ -42,7 +42,8 @@ use crate::stack::{self, read_user, Kind};
 static PYTHON_PROCESSES: HashMap<u32, PythonProcess> =
     HashMap::with_max_entries(8192, BPF_F_NO_PREALLOC);
 
-/// What the last search of a thread's state found, by tid.
+/// What the last search of a thread's state found, by tid (at most; an
+/// LRU map is allocated whole, so userspace sizes it to the host at load).
 #[map(name = "PYTHON_THREADS")]
 static PYTHON_THREADS: LruHashMap<u32, ThreadSearch> = LruHashMap::with_max_entries(16_384, 0);
 

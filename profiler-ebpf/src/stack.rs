@@ -47,12 +47,15 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT * kernel_kind::COUNT, 0);
 
+/// Selected processes (with `Config::FILTER_PIDS`), set by userspace:
+/// allocated as they are added, as most runs select few or none.
 #[map(name = "PID_FILTER")]
-static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Processes announced to userspace, which deletes those that exit: the
 /// live sampled processes (an LRU map is allocated whole, ~80 bytes an
-/// entry; one evicted is announced again, which userspace takes as known).
+/// entry, so userspace sizes it to the host at load; one evicted is
+/// announced again, which userspace takes as known).
 #[map(name = "KNOWN_PROCESSES")]
 static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16_384, 0);
 

@@ -24,6 +24,7 @@
 use crate::exec;
 use crate::stack::{self, read_user};
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, LruHashMap},
@@ -39,10 +40,11 @@ use profiler_common::{
 static TRACES_CTX: LruHashMap<u64, TraceContext> =
     LruHashMap::with_max_entries(TRACE_CONTEXT_MAP_ENTRIES, 0);
 
-/// Processes that publish thread context, by tgid (set by userspace).
+/// Processes that publish thread context, by tgid (set by userspace):
+/// allocated as they are added, as few processes publish any.
 #[map(name = "THREAD_CONTEXTS")]
 static THREAD_CONTEXTS: HashMap<u32, ThreadContextLocation> =
-    HashMap::with_max_entries(TRACE_CONTEXT_MAP_ENTRIES, 0);
+    HashMap::with_max_entries(TRACE_CONTEXT_MAP_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// glibc x86-64: `tcbhead_t.dtv`, the thread's DTV pointer, 8 bytes past
 /// the thread pointer; each DTV entry is 16 bytes (block pointer, then

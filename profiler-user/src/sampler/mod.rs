@@ -177,6 +177,39 @@ fn map_capacity(cpus: usize, per_cpu: u64) -> u32 {
     per_drain.clamp(16_384, 1 << 20) as u32
 }
 
+/// Entries of the LRU maps keyed by process or thread (`KNOWN_PROCESSES`,
+/// `EXEC_GEN`, `PYTHON_THREADS`), for a host running `tasks` threads on
+/// `cpus` CPUs. An LRU map is allocated whole at load (~80 bytes an entry
+/// and per-CPU free lists), so it is sized to the host rather than to the
+/// largest: twice the threads running at start, at least 128 a CPU (so each
+/// CPU's free list is not starved), 2 Ki to 16 Ki. A host that grows past
+/// it only evicts: an evicted process is announced again, or read as a new
+/// image and snapshotted again; an evicted Python thread is searched again.
+fn lru_entries(tasks: u64, cpus: usize) -> u32 {
+    let wanted = tasks.saturating_mul(2).max(cpus as u64 * 128);
+    wanted
+        .checked_next_power_of_two()
+        .unwrap_or(u64::MAX)
+        .clamp(2048, 16_384) as u32
+}
+
+/// Threads on the host now: the total of `/proc/loadavg`'s fourth field
+/// (`running/total`); `None` when it cannot be read.
+fn host_tasks() -> Option<u64> {
+    let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
+    tasks_of_loadavg(&loadavg)
+}
+
+fn tasks_of_loadavg(loadavg: &str) -> Option<u64> {
+    loadavg
+        .split_whitespace()
+        .nth(3)?
+        .split_once('/')?
+        .1
+        .parse()
+        .ok()
+}
+
 /// What [`Sampler::start`] hands back.
 pub struct Started {
     /// The sampler.
@@ -325,6 +358,15 @@ impl Sampler {
             );
         }
         loader.map_max_entries(names::MEMORY_LIVE, memory::DEFAULT_MAX_LIVE);
+        // Unreadable /proc/loadavg: the largest size.
+        let lru = lru_entries(host_tasks().unwrap_or(u64::MAX), cpus.len());
+        for name in [
+            names::KNOWN_PROCESSES,
+            names::EXEC_GEN,
+            names::PYTHON_THREADS,
+        ] {
+            loader.map_max_entries(name, lru);
+        }
         // A hash map's buckets and an LRU map's entries are allocated at
         // load: the maps of kinds that are off get a token size.
         let python = policy.python && matches!(policy.unwinder, Unwinder::Tables(_));
@@ -1446,6 +1488,22 @@ fn quiesce() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lru_maps_follow_the_host_within_bounds() {
+        assert_eq!(tasks_of_loadavg("2.01 1.86 1.67 3/104 30035\n"), Some(104));
+        assert_eq!(tasks_of_loadavg("2.01 1.86"), None);
+        assert_eq!(tasks_of_loadavg("0 0 0 x/y 1"), None);
+        // A small host: the floor.
+        assert_eq!(lru_entries(104, 2), 2048);
+        // Twice the threads, to a power of two.
+        assert_eq!(lru_entries(1500, 2), 4096);
+        // 128 a CPU.
+        assert_eq!(lru_entries(100, 64), 8192);
+        // The ceiling, also when the host could not be read.
+        assert_eq!(lru_entries(100_000, 2), 16_384);
+        assert_eq!(lru_entries(u64::MAX, 512), 16_384);
+    }
 
     /// Every map and program name userspace looks up is defined in the
     /// eBPF object this crate embeds (as a symbol of a map or program
