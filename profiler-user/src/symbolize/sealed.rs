@@ -190,6 +190,9 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
             return Err(SealError::Changed);
         }
         if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
+            if !read_by_symbolization(name) {
+                continue;
+            }
             let inflated = inflated_size::<Elf>(section, endian, reader, name).unwrap_or(size);
             inflated_debug = inflated_debug.saturating_add(inflated);
             debug.push(range);
@@ -241,6 +244,33 @@ fn inflated_size<Elf: FileHeader<Endian = Endianness>>(
         }
     }
     None
+}
+
+/// Whether the debug section `name` (`.debug_*` or `.zdebug_*`) can be
+/// read by symbolization. Left out, as holes: variable locations
+/// (`.debug_loc`, `.debug_loclists`: a fifth of a typical C library's
+/// DWARF), macros, call frame information (the unwinder reads
+/// `.eh_frame` from the file itself) and the name indexes blazesym does
+/// not use. gimli still finds them in the section headers and reads
+/// zeros if anything asks; nothing on the path from an address to its
+/// functions, inlined calls and lines does.
+fn read_by_symbolization(name: &[u8]) -> bool {
+    let base = name
+        .strip_prefix(b".debug_")
+        .or_else(|| name.strip_prefix(b".zdebug_"))
+        .unwrap_or(name);
+    !matches!(
+        base,
+        b"loc"
+            | b"loclists"
+            | b"macro"
+            | b"macinfo"
+            | b"frame"
+            | b"pubnames"
+            | b"pubtypes"
+            | b"gnu_pubnames"
+            | b"gnu_pubtypes"
+    )
 }
 
 /// Whether a (non-debug) section is read by symbolization: everything
@@ -322,6 +352,48 @@ mod tests {
             .unwrap();
         source.read_exact_at(&mut theirs, 0).unwrap();
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn debug_sections_symbolization_never_reads_are_left_out() {
+        for unread in [
+            ".debug_loclists",
+            ".zdebug_loc",
+            ".debug_macro",
+            ".debug_frame",
+        ] {
+            assert!(!read_by_symbolization(unread.as_bytes()), "{unread}");
+        }
+        for read in [
+            ".debug_info",
+            ".zdebug_line",
+            ".debug_rnglists",
+            ".debug_str",
+            ".debug_aranges",
+        ] {
+            assert!(read_by_symbolization(read.as_bytes()), "{read}");
+        }
+        // A program built with -O1 -g has location lists: the copy has
+        // none of their bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let file = debug_program(dir.path(), "locations", false);
+        let reader = PreadFile::new(file.try_clone().unwrap()).unwrap();
+        let plan = plan(&reader, u64::MAX).unwrap();
+        let elf = std::fs::read(dir.path().join("locations")).unwrap();
+        let parsed = object::File::parse(&*elf).unwrap();
+        use object::{Object as _, ObjectSection as _};
+        let loclists = parsed
+            .section_by_name(".debug_loclists")
+            .or_else(|| parsed.section_by_name(".debug_loc"))
+            .and_then(|s| s.file_range())
+            .expect("gcc -O1 -g writes location lists");
+        assert!(
+            plan.ranges
+                .iter()
+                .all(|r| r.end <= loclists.0 || r.start >= loclists.0 + loclists.1),
+            "{:?} overlaps {loclists:?}",
+            plan.ranges
+        );
     }
 
     #[test]
