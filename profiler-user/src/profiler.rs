@@ -181,7 +181,8 @@ impl Profiler {
         };
         let mut pipeline =
             Pipeline::new(&options, pods, tables, Box::new(started.exec_generations));
-        // The first window starts as the programs were attached.
+        // Until sampling starts (below, once the selection is prepared),
+        // the first window starts as the programs were attached.
         pipeline.start_time = started.sampler.last_flip().0;
         pipeline.contexts = started
             .thread_contexts
@@ -207,14 +208,19 @@ impl Profiler {
         };
         match &options.policy.target {
             Target::Pids(pids) => {
-                profiler.pipeline.prepare(pids, TABLE_WAIT);
+                profiler
+                    .pipeline
+                    .prepare(pids, "selected", Instant::now() + TABLE_WAIT);
                 profiler.sampler.select(pids)?;
             }
             Target::AllProcesses => {
                 if let Some(running) = running {
-                    let busy = running.busy_since();
-                    log::info!("{} processes on the CPU as sampling starts", busy.len());
-                    profiler.pipeline.prepare(&busy, BUSY_TABLE_WAIT);
+                    let deadline = Instant::now() + BUSY_TABLE_WAIT;
+                    let mut busy = running.busy_since();
+                    busy.truncate(BUSY_MAX);
+                    if !busy.is_empty() {
+                        profiler.pipeline.prepare(&busy, "on the CPU", deadline);
+                    }
                 }
                 profiler.sampler.select_all()?;
             }
@@ -439,8 +445,13 @@ const TABLE_WAIT: Duration = Duration::from_secs(20);
 
 /// How long whole-host sampling waits at most for the unwind tables of
 /// the processes on the CPU as it starts (the others' load as they are
-/// first sampled).
+/// first sampled), from the second reading of their CPU time on.
 const BUSY_TABLE_WAIT: Duration = Duration::from_secs(5);
+
+/// The busiest processes whose tables whole-host sampling waits for at
+/// most (a host with hundreds of busy processes would otherwise snapshot
+/// them all before its first sample; the others load as first sampled).
+const BUSY_MAX: usize = 64;
 
 /// Every stage after the kernel: process snapshots, unwind-table requests,
 /// the filter, aggregation and symbolization, window by window.
@@ -545,18 +556,24 @@ impl Pipeline {
     }
 
     /// Before processes are sampled (the `--pid` selection, or those on
-    /// the CPU as whole-host sampling starts): snapshots them and waits
-    /// for their unwind tables (at most `wait`), so that their first
-    /// samples are unwound whole, not stopped at a file whose table is
-    /// still loading.
-    fn prepare(&mut self, pids: &[u32], wait: Duration) {
+    /// the CPU as whole-host sampling starts; `which` says which in the
+    /// log): snapshots them and waits for their unwind tables (until
+    /// `deadline` at most), so that their first samples are unwound
+    /// whole, not stopped at a file whose table is still loading.
+    fn prepare(&mut self, pids: &[u32], which: &str, deadline: Instant) {
         for &pid in pids {
             self.observe(ProcessEvent::New(pid));
         }
         let Some(tables) = &self.tables else {
             return;
         };
+        let processes = |n: usize| format!("{n} process{}", if n == 1 { "" } else { "es" });
+        log::info!(
+            "{} {which}: loading their unwind tables before sampling starts",
+            processes(pids.len())
+        );
         let started = Instant::now();
+        let wait = deadline.saturating_duration_since(started);
         let settled = tables.settle(wait, |stats| {
             log::info!(
                 "loading unwind tables: {} built, {} to go",
@@ -566,17 +583,17 @@ impl Pipeline {
         });
         if settled {
             log::info!(
-                "unwind tables of {} processes loaded in {:.2}s",
-                pids.len(),
+                "unwind tables of the {} {which} loaded in {:.2}s",
+                processes(pids.len()),
                 started.elapsed().as_secs_f64()
             );
         } else {
             log::warn!(
-                "unwind tables of the {} processes about to be sampled still loading after {}s: \
+                "unwind tables of the {} {which} still loading after {:.1}s: \
                  sampling starts now, and stacks through the files not loaded yet end in \
                  [incomplete: unwind table still loading] until they are",
-                pids.len(),
-                wait.as_secs()
+                processes(pids.len()),
+                started.elapsed().as_secs_f64()
             );
         }
     }

@@ -143,6 +143,24 @@ pub(crate) fn while_running<T>(
     result
 }
 
+/// Reads `output` (a child's log) to its end on a thread, dropping it;
+/// the receiver hears once per line that contains `marker`.
+pub(crate) fn watch_for(
+    output: impl std::io::Read + Send + 'static,
+    marker: &'static str,
+) -> std::sync::mpsc::Receiver<()> {
+    use std::io::{BufRead as _, BufReader};
+    let (seen, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if line.contains(marker) {
+                let _ = seen.send(());
+            }
+        }
+    });
+    wait
+}
+
 /// Runs `cmd` to completion and returns its resource use.
 pub(crate) fn measure(cmd: &mut Command) -> Result<Usage> {
     let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;

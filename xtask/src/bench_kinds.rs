@@ -279,34 +279,27 @@ fn start_record(options: &KindBenchOptions, profiles: &str) -> Result<Child> {
         .arg("--output")
         .arg(options.work_dir.join("bench-kinds.pb.gz"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting hostprof record")?;
-    let wanted = if profiles.contains("off-cpu") {
-        "off_cpu_out"
-    } else if profiles.contains("page-faults") {
-        "sample_faults"
-    } else {
-        "sample_cpu"
-    };
+    // Its programs run (filtered) while it loads the tables of the
+    // processes on the CPU; "recording for" says sampling has begun. The
+    // rest of its log is read and dropped, so it never blocks on the pipe.
+    let wait = crate::bench::watch_for(child.stderr.take().expect("piped"), "recording for");
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
             bail!("hostprof record --profiles {profiles} exited early: {status}");
         }
-        let attached = BpfObjects::of(child.id())
-            .map(|objects| objects.program(wanted).is_some_and(|p| p.run_cnt > 0))
-            .unwrap_or(false);
-        if attached {
+        if wait.recv_timeout(Duration::from_millis(200)).is_ok() {
             // Let the first drain and table loads pass.
             std::thread::sleep(Duration::from_secs(2));
             return Ok(child);
         }
         if started.elapsed() > Duration::from_secs(60) {
             child.kill().ok();
-            bail!("hostprof record --profiles {profiles} did not attach {wanted} within 60 s");
+            bail!("hostprof record --profiles {profiles} did not start sampling within 60 s");
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -201,15 +201,7 @@ fn run_profiled(options: &MemoryBenchOptions, load: &std::path::Path) -> Result<
 /// Waits for the agent to probe the load, then runs the load and reads the
 /// agent around it.
 fn measure(agent: &mut Child, load: &mut Child) -> Result<Profiled> {
-    let stderr = agent.stderr.take().expect("piped");
-    let (attached, wait) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("probes on") {
-                let _ = attached.send(());
-            }
-        }
-    });
+    let wait = crate::bench::watch_for(agent.stderr.take().expect("piped"), "probes on");
     wait.recv_timeout(Duration::from_secs(60))
         .map_err(|_| anyhow!("hostprof agent did not probe the load within 60 s"))?;
     // Its unwind tables loaded, the first export's work done.

@@ -73,12 +73,14 @@ fn busy(before: &HashMap<u32, (u64, u64)>, after: &HashMap<u32, (u64, u64)>) -> 
 }
 
 /// (start time, utime + stime) of a `/proc/<pid>/stat` line: fields 22,
-/// 14 and 15, counted from the last `)` (the command name, field 2, may
-/// hold spaces and parentheses).
+/// 14 and 15; `None` for a kernel thread (field 9, flags, has
+/// `PF_KTHREAD`), which has no user stacks and so no unwind tables.
 fn parse_cpu(stat: &str) -> Option<(u64, u64)> {
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // Field 3 (state) is the first after the name.
-    let field = |n: usize| -> Option<u64> { fields.get(n - 3)?.parse().ok() };
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let field = |n| super::procfs::stat_field(stat, n);
+    if field(9)? & PF_KTHREAD != 0 {
+        return None;
+    }
     let (utime, stime, start) = (field(14)?, field(15)?, field(22)?);
     Some((start, utime + stime))
 }
@@ -92,6 +94,10 @@ mod tests {
         let stat = "4242 (a (b) c) R 1 4242 4242 0 -1 4194304 100 0 0 0 \
                     37 5 0 0 20 0 1 0 987654 1000 100 18446744073709551615";
         assert_eq!(parse_cpu(stat), Some((987654, 42)));
+        // A kernel thread (PF_KTHREAD in its flags).
+        let kthread = "12 (kworker/0:1) I 2 0 0 0 -1 69238880 0 0 0 0 \
+                       37 5 0 0 20 0 1 0 987654 0 0 18446744073709551615";
+        assert_eq!(parse_cpu(kthread), None);
         assert_eq!(parse_cpu("4242 (x) R 1 2"), None);
         assert_eq!(parse_cpu("no name"), None);
     }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use lifecycle::{lifecycle, Identity, Lifecycle};
 use maps::{MapEntry, MapPath};
 use perfmap::{JitFunction, PerfMap, Runtime};
-use procfs::{open_mapped_file, read_proc};
+use procfs::read_proc;
 
 pub use busy::CpuTimes;
 pub use otel_context::ContextDiscovery;
@@ -68,6 +68,9 @@ pub struct Module {
     pub build_id: Option<Vec<u8>>,
     /// Open handle keeping the file readable; `None` when it could not be opened.
     file: Option<File>,
+    /// With no file: the process it was first seen in was gone before the
+    /// file could be opened, so the next process mapping it tries again.
+    reopen: bool,
 }
 
 impl Module {
@@ -657,16 +660,23 @@ impl ProcessTable {
             // The process it was first seen in may have exited before the
             // file could be opened: open it through this one, or every
             // later process mapping it would go unsymbolized too.
-            let module = self.modules.get_mut(&id).filter(|m| m.file.is_none());
+            // A file no one can open (refused) is not tried again.
+            let module = self.modules.get_mut(&id).filter(|m| m.reopen);
             if let Some(module) = module {
-                if let Some(file) = open_mapped_file(pid, entry, path) {
-                    module.build_id = procfs::elf_build_id(&file);
-                    module.file = Some(file);
+                match procfs::try_open_mapped_file(pid, entry, path) {
+                    Ok(file) => {
+                        module.build_id = procfs::elf_build_id(&file);
+                        module.file = Some(file);
+                        module.reopen = false;
+                    }
+                    Err(err) => module.reopen = procfs::gone(&err),
                 }
             }
             return id;
         }
-        let file = open_mapped_file(pid, entry, path);
+        let opened = procfs::try_open_mapped_file(pid, entry, path);
+        let reopen = opened.as_ref().is_err_and(procfs::gone);
+        let file = opened.ok();
         let build_id = file.as_ref().and_then(procfs::elf_build_id);
         let id = ModuleId(self.next_module);
         self.next_module = self
@@ -679,6 +689,7 @@ impl ProcessTable {
                 path: path.to_owned(),
                 build_id,
                 file,
+                reopen,
             },
         );
         self.module_ids.insert(key, id);

@@ -158,6 +158,15 @@ fn status_field(status: &str, name: &str) -> Option<u32> {
 /// Opens the file behind a mapping: through `map_files` (works across mount
 /// namespaces and for deleted files), else through the process's root.
 pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Option<File> {
+    try_open_mapped_file(pid, entry, path).ok()
+}
+
+/// [`open_mapped_file`], with the error of the last way tried.
+pub(crate) fn try_open_mapped_file(
+    pid: u32,
+    entry: &MapEntry,
+    path: &Path,
+) -> std::io::Result<File> {
     let by_mapping = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
     File::open(&by_mapping)
         .or_else(|_| {
@@ -166,8 +175,15 @@ pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Optio
                     .join(path.strip_prefix("/").unwrap_or(path)),
             )
         })
-        .map_err(|err| log::debug!("pid {pid}: cannot open {}: {err}", path.display()))
-        .ok()
+        .inspect_err(|err| log::debug!("pid {pid}: cannot open {}: {err}", path.display()))
+}
+
+/// Whether a failure to open a process's file says the process (or its
+/// mapping) was gone, which another process mapping the same file may
+/// not be; not a refusal (`EACCES` from a FUSE mount without
+/// `allow_other`) that every try would meet.
+pub(crate) fn gone(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
 }
 
 pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
@@ -191,12 +207,22 @@ pub(crate) fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
     })
 }
 
-/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name
-/// (field 2) may hold spaces and parentheses, so count from the last `)`.
-pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
+/// Field `n` (numbered from 1, as in proc(5)), of 3 or more, of a
+/// `/proc/<pid>/stat` line as a number. The command name (field 2) may
+/// hold spaces and parentheses, so fields are counted from the last `)`.
+pub(crate) fn stat_field(stat: &str, n: usize) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
-    // Fields after the name start at 3 (state); starttime is field 22.
-    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+    // Fields after the name start at 3 (state).
+    after_comm
+        .split_whitespace()
+        .nth(n.checked_sub(3)?)?
+        .parse()
+        .ok()
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line.
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)
 }
 
 /// (device, inode) of the process's executable, to notice exec.
@@ -210,6 +236,16 @@ pub(crate) fn exe_identity(pid: u32) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_process_gone_is_worth_opening_its_file_again() {
+        use std::io::{Error, ErrorKind};
+        assert!(gone(&Error::from(ErrorKind::NotFound)));
+        assert!(gone(&Error::from_raw_os_error(libc::ESRCH)));
+        assert!(gone(&Error::from_raw_os_error(libc::ENOENT)));
+        assert!(!gone(&Error::from_raw_os_error(libc::EACCES)));
+        assert!(!gone(&Error::from_raw_os_error(libc::EPERM)));
+    }
 
     #[test]
     fn status_fields() {

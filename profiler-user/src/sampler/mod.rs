@@ -107,6 +107,18 @@ pub enum SamplerError {
         #[source]
         source: io::Error,
     },
+    /// A drained map's key or value size is not what this build reads.
+    #[error(
+        "the BPF map {map} is not laid out as this hostprof reads it; the eBPF object \
+         embedded in the binary comes from another build: rebuild hostprof (`cargo build`)"
+    )]
+    Layout {
+        /// The map's name.
+        map: &'static str,
+        /// What differs.
+        #[source]
+        source: io::Error,
+    },
     /// BPF run-time statistics could not be turned on (for `--max-cpu`).
     #[error(
         "could not turn on BPF run-time statistics (BPF_ENABLE_STATS, Linux 5.8+), which \
@@ -283,7 +295,8 @@ pub struct Sampler {
     memory: Option<memory::Memory>,
     /// When the last drain flipped the map sets: just before, and once
     /// the programs that read the old set had finished (at start: as the
-    /// programs were attached).
+    /// programs were attached, then as `select`/`select_all` started
+    /// sampling).
     flipped: (SystemTime, SystemTime),
 }
 
@@ -299,10 +312,11 @@ fn kernel_index(kind: ProfileKind) -> u32 {
 }
 
 impl Sampler {
-    /// Loads the object, applies `policy` and starts the programs of
+    /// Loads the object, applies `policy` and attaches the programs of
     /// `kinds` (each at most once; empty means CPU). The locks kind
     /// attaches the off-CPU programs too: user-space lock waits are
-    /// off-CPU waits.
+    /// off-CPU waits. The programs start with no process selected: they
+    /// record nothing until [`Sampler::select`] or [`Sampler::select_all`].
     ///
     /// Also returns the stream of processes sampled for the first time,
     /// and, with the table unwinder, the maps its tables go to.
@@ -480,7 +494,7 @@ impl Sampler {
                 .try_into()
                 .map_err(map_err(names::DEEP_STACKS[1]))?,
         ];
-        let layouts = Layouts::of(&counts[0], &stacks[0], &deep_stacks[0])?;
+        let layouts = Layouts::of(&counts, &stacks, &deep_stacks)?;
 
         let mut config = Config {
             active_set: MapSet::Zero.index() as u32,
@@ -919,7 +933,9 @@ impl Sampler {
 
     /// When the last drain (or [`Sampler::stop`]) flipped the map sets:
     /// just before, and once every program run that wrote the old set had
-    /// finished; before the first drain, when the programs were attached.
+    /// finished; before the first drain, when sampling started
+    /// ([`Sampler::select`], [`Sampler::select_all`]; before either, when
+    /// the programs were attached).
     pub fn last_flip(&self) -> (SystemTime, SystemTime) {
         self.flipped
     }
@@ -927,23 +943,37 @@ impl Sampler {
     /// With a `Target::Pids` policy: starts sampling `pids` (nothing of
     /// them was recorded before). The window starts now.
     pub fn select(&mut self, pids: &[u32]) -> Result<(), SamplerError> {
+        self.restart_counters()?;
         for pid in pids {
             self.pid_filter
                 .insert(pid, 1, 0)
                 .map_err(map_err(names::PID_FILTER))?;
         }
-        let now = SystemTime::now();
-        self.flipped = (now, now);
         Ok(())
     }
 
     /// With a `Target::AllProcesses` policy: starts sampling every
     /// process. The window starts now.
     pub fn select_all(&mut self) -> Result<(), SamplerError> {
+        self.restart_counters()?;
         self.config.flags &= !Config::FILTER_PIDS;
         self.config_map
             .set(0, self.config, 0)
             .map_err(map_err(names::CONFIG))?;
+        Ok(())
+    }
+
+    /// As sampling starts (nothing recorded yet, the programs have only
+    /// filtered): the first window starts now, its counters from here
+    /// (not the samples filtered while the selection was prepared), and
+    /// the wait kinds' rate clocks too.
+    fn restart_counters(&mut self) -> Result<(), SamplerError> {
+        for i in 0..self.kinds.len() {
+            self.kinds[i].1 = self.read_stats(self.kinds[i].0)?;
+        }
+        for state in &mut self.waits {
+            state.restart();
+        }
         let now = SystemTime::now();
         self.flipped = (now, now);
         Ok(())
@@ -1090,20 +1120,37 @@ struct Layouts {
 }
 
 impl Layouts {
-    /// Read from the maps of one set (the other's are declared alike).
+    /// Read from the maps of both sets: each must hold the types the
+    /// drain reads, so the two sets' layouts are the same.
     fn of(
-        counts: &PerCpuHashMap<MapData, KernelKey, u64>,
-        stacks: &HashMap<MapData, StackHash, Stack>,
-        deep_stacks: &HashMap<MapData, StackHash, DeepStack>,
+        counts: &[PerCpuHashMap<MapData, KernelKey, u64>; 2],
+        stacks: &[HashMap<MapData, StackHash, Stack>; 2],
+        deep_stacks: &[HashMap<MapData, StackHash, DeepStack>; 2],
     ) -> Result<Self, SamplerError> {
-        let layout_error = |map: &'static str| move |source| SamplerError::Drain { map, source };
+        fn check<K: aya::Pod, V: aya::Pod>(
+            maps: [&MapData; 2],
+            names: [&'static str; 2],
+            per_cpu: bool,
+        ) -> Result<bpf_calls::Layout<K, V>, SamplerError> {
+            let of = |i: usize| {
+                bpf_calls::Layout::of(maps[i], names[i], per_cpu).map_err(|source| {
+                    SamplerError::Layout {
+                        map: names[i],
+                        source,
+                    }
+                })
+            };
+            of(1)?;
+            of(0)
+        }
         Ok(Self {
-            counts: bpf_calls::Layout::of(counts.map(), names::COUNTS[0], true)
-                .map_err(layout_error(names::COUNTS[0]))?,
-            stacks: bpf_calls::Layout::of(stacks.map(), names::STACKS[0], false)
-                .map_err(layout_error(names::STACKS[0]))?,
-            deep_stacks: bpf_calls::Layout::of(deep_stacks.map(), names::DEEP_STACKS[0], false)
-                .map_err(layout_error(names::DEEP_STACKS[0]))?,
+            counts: check([counts[0].map(), counts[1].map()], names::COUNTS, true)?,
+            stacks: check([stacks[0].map(), stacks[1].map()], names::STACKS, false)?,
+            deep_stacks: check(
+                [deep_stacks[0].map(), deep_stacks[1].map()],
+                names::DEEP_STACKS,
+                false,
+            )?,
         })
     }
 }

@@ -115,6 +115,12 @@ impl WaitState {
         }
     }
 
+    /// Starts the adaptation's clock again (sampling starts now: the time
+    /// before it, when nothing could be kept, is not a rate's).
+    pub fn restart(&mut self) {
+        self.adapted = Instant::now();
+    }
+
     /// The kind's period in `config`.
     fn period<'c>(&self, config: &'c mut Config) -> &'c mut u64 {
         match self.kind {

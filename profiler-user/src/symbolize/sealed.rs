@@ -190,10 +190,13 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
             return Err(SealError::Changed);
         }
         if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
-            if !read_by_symbolization(name) {
+            let compressed = inflated_size::<Elf>(section, endian, reader, name);
+            // A compressed one stays: blazesym inflates every section gimli
+            // loads as it opens the file, and a hole would not inflate.
+            if compressed.is_none() && !read_by_symbolization(name) {
                 continue;
             }
-            let inflated = inflated_size::<Elf>(section, endian, reader, name).unwrap_or(size);
+            let inflated = compressed.unwrap_or(size);
             inflated_debug = inflated_debug.saturating_add(inflated);
             debug.push(range);
         } else if wanted(kind, flags) {
@@ -247,7 +250,7 @@ fn inflated_size<Elf: FileHeader<Endian = Endianness>>(
 }
 
 /// Whether the debug section `name` (`.debug_*` or `.zdebug_*`) can be
-/// read by symbolization. Left out, as holes: variable locations
+/// read by symbolization. Left out when not compressed, as holes: variable locations
 /// (`.debug_loc`, `.debug_loclists`: a fifth of a typical C library's
 /// DWARF), macros, call frame information (the unwinder reads
 /// `.eh_frame` from the file itself) and the name indexes blazesym does
@@ -392,6 +395,40 @@ mod tests {
                 .iter()
                 .all(|r| r.end <= loclists.0 || r.start >= loclists.0 + loclists.1),
             "{:?} overlaps {loclists:?}",
+            plan.ranges
+        );
+    }
+
+    /// A compressed section stays, read or not: blazesym inflates every
+    /// section gimli loads when it opens a file, and fails the whole file
+    /// on one that does not inflate (a hole). Go 1.19 compresses its
+    /// `.debug_loc` and `.debug_frame`.
+    #[test]
+    fn compressed_debug_sections_are_copied_read_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = debug_program(dir.path(), "gz-locations", true);
+        let reader = PreadFile::new(file.try_clone().unwrap()).unwrap();
+        let plan = plan(&reader, u64::MAX).unwrap();
+        let elf = std::fs::read(dir.path().join("gz-locations")).unwrap();
+        let parsed = object::File::parse(&*elf).unwrap();
+        use object::{Object as _, ObjectSection as _};
+        let loclists = parsed
+            .section_by_name(".debug_loclists")
+            .or_else(|| parsed.section_by_name(".debug_loc"))
+            .expect("gcc -O1 -g writes location lists");
+        assert!(
+            matches!(
+                loclists.compressed_file_range().map(|r| r.format),
+                Ok(object::CompressionFormat::Zlib)
+            ),
+            "-gz compresses them"
+        );
+        let (start, len) = loclists.file_range().unwrap();
+        assert!(
+            plan.ranges
+                .iter()
+                .any(|r| r.start <= start && start + len <= r.end),
+            "{:?} lacks {start}+{len}",
             plan.ranges
         );
     }

@@ -105,6 +105,14 @@ fn sampling(run: &mut Child) -> std::thread::JoinHandle<String> {
     common::wait_for_line(run.stderr.take().expect("piped stderr"), "recording for")
 }
 
+/// [`finished`] for a run whose stderr [`sampling`] reads: its log.
+fn finished_sampling(mut child: Child, log: std::thread::JoinHandle<String>) -> String {
+    let status = child.wait().expect("wait for hostprof");
+    let log = log.join().expect("hostprof's log");
+    assert!(status.success(), "hostprof failed:\n{log}");
+    log
+}
+
 fn finished(child: Child) -> Output {
     let out = child.wait_with_output().expect("wait for hostprof");
     assert!(
@@ -210,12 +218,12 @@ fn samples_carry_the_span_their_thread_ran_in() {
         &pin,
         &first,
     );
-    let _log = sampling(&mut run);
+    let log = sampling(&mut run);
     assert!(pin.exists(), "hostprof pins the map it created");
     set_span(&pin, tgid, tgid, SPAN_A);
     std::thread::sleep(Duration::from_secs(2));
     set_span(&pin, tgid, tgid, SPAN_B);
-    finished(run);
+    finished_sampling(run, log);
 
     let all = Traces::of(&pprof, &first, "cpu_chain").total();
     assert!(all > 200, "too few samples of the linked process: {all}");
@@ -332,8 +340,7 @@ fn thread_context_is_read(workload: &str, build: &[&str], env: &[(&str, &str)], 
         .spawn()
         .expect("start otel_thread_ctx");
     let _workload = common::KillOnDrop::new(child);
-    finished(run);
-    let stderr = log.join().expect("hostprof's log");
+    let stderr = finished_sampling(run, log);
     assert!(
         stderr.contains("reading its OpenTelemetry thread context") && stderr.contains(tls),
         "the pointer is found {tls}: {stderr}"
@@ -441,10 +448,10 @@ fn off_cpu_samples_carry_the_span_too() {
         &pin,
         &output,
     );
-    let _log = sampling(&mut run);
+    let log = sampling(&mut run);
     assert!(pin.exists(), "hostprof pins the map it created");
     set_span(&pin, child.id(), sleeper, SPAN_A);
-    finished(run);
+    finished_sampling(run, log);
 
     let profile = workloads.path("host.off-cpu.pb.gz");
     let blocked = Traces::off_cpu(&pprof, &profile, "thread_name", "sleeper").total();
