@@ -378,25 +378,36 @@ mod tests {
         }
         // A program built with -O1 -g has location lists: the copy has
         // none of their bytes.
-        let dir = tempfile::tempdir().unwrap();
-        let file = debug_program(dir.path(), "locations", false);
-        let reader = PreadFile::new(file.try_clone().unwrap()).unwrap();
-        let plan = plan(&reader, u64::MAX).unwrap();
-        let elf = std::fs::read(dir.path().join("locations")).unwrap();
-        let parsed = object::File::parse(&*elf).unwrap();
-        use object::{Object as _, ObjectSection as _};
-        let loclists = parsed
-            .section_by_name(".debug_loclists")
-            .or_else(|| parsed.section_by_name(".debug_loc"))
-            .and_then(|s| s.file_range())
-            .expect("gcc -O1 -g writes location lists");
+        let (plan, (start, len), compressed) = location_lists(false);
+        assert!(!compressed);
         assert!(
             plan.ranges
                 .iter()
-                .all(|r| r.end <= loclists.0 || r.start >= loclists.0 + loclists.1),
-            "{:?} overlaps {loclists:?}",
+                .all(|r| r.end <= start || r.start >= start + len),
+            "{:?} overlaps {start}+{len}",
             plan.ranges
         );
+    }
+
+    /// The plan for a program built with `-O1 -g` (with `compressed`,
+    /// `-gz`), the file range of its location lists, and whether they are
+    /// compressed.
+    fn location_lists(compressed: bool) -> (Plan, (u64, u64), bool) {
+        use object::{Object as _, ObjectSection as _};
+        let dir = tempfile::tempdir().unwrap();
+        let file = debug_program(dir.path(), "locations", compressed);
+        let plan = plan(&PreadFile::new(file).unwrap(), u64::MAX).unwrap();
+        let elf = std::fs::read(dir.path().join("locations")).unwrap();
+        let parsed = object::File::parse(&*elf).unwrap();
+        let loclists = parsed
+            .section_by_name(".debug_loclists")
+            .or_else(|| parsed.section_by_name(".debug_loc"))
+            .expect("gcc -O1 -g writes location lists");
+        let zlib = matches!(
+            loclists.compressed_file_range().map(|r| r.format),
+            Ok(object::CompressionFormat::Zlib)
+        );
+        (plan, loclists.file_range().unwrap(), zlib)
     }
 
     /// A compressed section stays, read or not: blazesym inflates every
@@ -405,25 +416,8 @@ mod tests {
     /// `.debug_loc` and `.debug_frame`.
     #[test]
     fn compressed_debug_sections_are_copied_read_or_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = debug_program(dir.path(), "gz-locations", true);
-        let reader = PreadFile::new(file.try_clone().unwrap()).unwrap();
-        let plan = plan(&reader, u64::MAX).unwrap();
-        let elf = std::fs::read(dir.path().join("gz-locations")).unwrap();
-        let parsed = object::File::parse(&*elf).unwrap();
-        use object::{Object as _, ObjectSection as _};
-        let loclists = parsed
-            .section_by_name(".debug_loclists")
-            .or_else(|| parsed.section_by_name(".debug_loc"))
-            .expect("gcc -O1 -g writes location lists");
-        assert!(
-            matches!(
-                loclists.compressed_file_range().map(|r| r.format),
-                Ok(object::CompressionFormat::Zlib)
-            ),
-            "-gz compresses them"
-        );
-        let (start, len) = loclists.file_range().unwrap();
+        let (plan, (start, len), compressed) = location_lists(true);
+        assert!(compressed, "-gz compresses them");
         assert!(
             plan.ranges
                 .iter()
