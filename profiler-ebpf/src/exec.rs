@@ -16,8 +16,11 @@
 //!   mappings and the tracepoint is then the only mix-up left.
 //! - An exec that fails after `sched_prepare_exec` leaves one extra bump:
 //!   samples after it get a new generation, and userspace snapshots again.
-//! - The map is LRU: a process evicted from it reads generation 0 again,
-//!   which userspace sees as a new image and snapshots again.
+//! - The map is LRU (every exec and exit adds to it; nothing deletes): a
+//!   process evicted from it reads generation 0 again, below the one
+//!   userspace knows, which does not snapshot it again, so its samples
+//!   resolve only through the files the kernel recorded. 16 Ki entries
+//!   make that rare; userspace does not shrink this map.
 //! - A process's exit bumps it too (`files_exit`, see [`crate::files`]):
 //!   a later process reusing the pid never shares a generation with it,
 //!   so the files recorded for one never resolve the other's frames.
@@ -34,8 +37,7 @@ use crate::files;
 use crate::stack;
 
 /// Processes whose generation is kept at most; the least recently sampled
-/// go first. An LRU map is allocated whole (~80 bytes an entry), so
-/// userspace sizes it to the host at load.
+/// go first (an LRU map is allocated whole: ~1.3 MiB).
 const PROCESSES: u32 = 16_384;
 
 #[map(name = "EXEC_GEN")]

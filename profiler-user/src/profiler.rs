@@ -445,7 +445,7 @@ const TABLE_WAIT: Duration = Duration::from_secs(20);
 
 /// How long whole-host sampling waits at most for the unwind tables of
 /// the processes on the CPU as it starts (the others' load as they are
-/// first sampled), from the second reading of their CPU time on.
+/// first sampled), from just before the second reading of their CPU time.
 const BUSY_TABLE_WAIT: Duration = Duration::from_secs(5);
 
 /// The busiest processes whose tables whole-host sampling waits for at

@@ -261,8 +261,8 @@ fn measure(options: &KindBenchOptions, load: Load, profiles: Option<&str>) -> Re
     result
 }
 
-/// Starts `hostprof record --profiles <profiles>` and returns once its
-/// programs are attached.
+/// Starts `hostprof record --profiles <profiles>` and returns once it
+/// says sampling has begun ("recording for"), and 2 s more.
 fn start_record(options: &KindBenchOptions, profiles: &str) -> Result<Child> {
     // taskset execs hostprof: the child's pid is hostprof's.
     let mut command = Command::new("taskset");

@@ -121,8 +121,9 @@ impl<K, V> Copy for Layout<K, V> {}
 
 impl<K: Pod, V: Pod> Layout<K, V> {
     /// The layout of `map` (`name` for errors; per-CPU values when
-    /// `per_cpu`): an error when its key or value size does not fit `K`
-    /// and `V`.
+    /// `per_cpu`): an error of kind `InvalidData` when its key or value
+    /// size does not fit `K` and `V` (others: the map or the CPUs could
+    /// not be read).
     pub(super) fn of(map: &MapData, name: &str, per_cpu: bool) -> io::Result<Self> {
         let info = map
             .info()
@@ -137,13 +138,16 @@ impl<K: Pod, V: Pod> Layout<K, V> {
         let slots = value_slots::<V>(info.value_size(), per_cpu, cpus)
             .filter(|_| info.key_size() as usize == size_of::<K>())
             .ok_or_else(|| {
-                io::Error::other(format!(
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
                     "{name} has {}-byte keys and {}-byte values, not the {} and {} bytes expected",
                     info.key_size(),
                     info.value_size(),
                     size_of::<K>(),
                     size_of::<V>()
-                ))
+                ),
+                )
             })?;
         Ok(Self {
             slots,

@@ -189,14 +189,16 @@ fn map_capacity(cpus: usize, per_cpu: u64) -> u32 {
     per_drain.clamp(16_384, 1 << 20) as u32
 }
 
-/// Entries of the LRU maps keyed by process or thread (`KNOWN_PROCESSES`,
-/// `EXEC_GEN`, `PYTHON_THREADS`), for a host running `tasks` threads on
-/// `cpus` CPUs. An LRU map is allocated whole at load (~80 bytes an entry
-/// and per-CPU free lists), so it is sized to the host rather than to the
-/// largest: twice the threads running at start, at least 128 a CPU (so each
-/// CPU's free list is not starved), 2 Ki to 16 Ki. A host that grows past
-/// it only evicts: an evicted process is announced again, or read as a new
-/// image and snapshotted again; an evicted Python thread is searched again.
+/// Entries of the LRU maps keyed by process or thread whose eviction costs
+/// only work (`KNOWN_PROCESSES`, `PYTHON_THREADS`), for a host with
+/// `tasks` threads on `cpus` CPUs. An LRU map is allocated whole at load
+/// (~80 bytes an entry and per-CPU free lists), so it is sized to the host
+/// rather than to the largest: twice the host's threads at start, at least
+/// 128 a CPU (so each CPU's free list is not starved), 2 Ki to 16 Ki. A
+/// host that grows past it only evicts: an evicted process is announced
+/// again, an evicted Python thread searched again. `EXEC_GEN` keeps its
+/// 16 Ki: every exec and exit adds to it, and an evicted generation is
+/// lost (see profiler-ebpf's `exec.rs`).
 fn lru_entries(tasks: u64, cpus: usize) -> u32 {
     let wanted = tasks.saturating_mul(2).max(cpus as u64 * 128);
     wanted
@@ -205,7 +207,7 @@ fn lru_entries(tasks: u64, cpus: usize) -> u32 {
         .clamp(2048, 16_384) as u32
 }
 
-/// Threads on the host now: the total of `/proc/loadavg`'s fourth field
+/// Threads on the host now (running or not): the total of `/proc/loadavg`'s fourth field
 /// (`running/total`); `None` when it cannot be read.
 fn host_tasks() -> Option<u64> {
     let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -374,11 +376,7 @@ impl Sampler {
         loader.map_max_entries(names::MEMORY_LIVE, memory::DEFAULT_MAX_LIVE);
         // Unreadable /proc/loadavg: the largest size.
         let lru = lru_entries(host_tasks().unwrap_or(u64::MAX), cpus.len());
-        for name in [
-            names::KNOWN_PROCESSES,
-            names::EXEC_GEN,
-            names::PYTHON_THREADS,
-        ] {
+        for name in [names::KNOWN_PROCESSES, names::PYTHON_THREADS] {
             loader.map_max_entries(name, lru);
         }
         // A hash map's buckets and an LRU map's entries are allocated at
@@ -1134,9 +1132,11 @@ impl Layouts {
         ) -> Result<bpf_calls::Layout<K, V>, SamplerError> {
             let of = |i: usize| {
                 bpf_calls::Layout::of(maps[i], names[i], per_cpu).map_err(|source| {
-                    SamplerError::Layout {
-                        map: names[i],
-                        source,
+                    let map = names[i];
+                    if source.kind() == io::ErrorKind::InvalidData {
+                        SamplerError::Layout { map, source }
+                    } else {
+                        SamplerError::Drain { map, source }
                     }
                 })
             };

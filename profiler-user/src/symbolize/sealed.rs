@@ -253,7 +253,7 @@ fn inflated_size<Elf: FileHeader<Endian = Endianness>>(
 /// read by symbolization. Left out when not compressed, as holes: variable locations
 /// (`.debug_loc`, `.debug_loclists`: a fifth of a typical C library's
 /// DWARF), macros, call frame information (the unwinder reads
-/// `.eh_frame` from the file itself) and the name indexes blazesym does
+/// `.eh_frame` and `.debug_frame` from the file itself) and the name indexes blazesym does
 /// not use. gimli still finds them in the section headers and reads
 /// zeros if anything asks; nothing on the path from an address to its
 /// functions, inlined calls and lines does.
