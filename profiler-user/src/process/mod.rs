@@ -663,7 +663,7 @@ impl ProcessTable {
             // A file no one can open (refused) is not tried again.
             let module = self.modules.get_mut(&id).filter(|m| m.reopen);
             if let Some(module) = module {
-                match procfs::try_open_mapped_file(pid, entry, path) {
+                match procfs::open_mapped_file(pid, entry, path) {
                     Ok(file) => {
                         module.build_id = procfs::elf_build_id(&file);
                         module.file = Some(file);
@@ -674,7 +674,7 @@ impl ProcessTable {
             }
             return id;
         }
-        let opened = procfs::try_open_mapped_file(pid, entry, path);
+        let opened = procfs::open_mapped_file(pid, entry, path);
         let reopen = opened.as_ref().is_err_and(procfs::gone);
         let file = opened.ok();
         let build_id = file.as_ref().and_then(procfs::elf_build_id);

@@ -251,7 +251,7 @@ fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
             continue;
         }
         seen.push((entry.dev, entry.inode));
-        let Some(data) = open_mapped_file(pid, entry, path).and_then(read_elf) else {
+        let Some(data) = open_mapped_file(pid, entry, path).ok().and_then(read_elf) else {
             continue;
         };
         let access = match thread_context::find_tls_symbol(&data) {

@@ -156,17 +156,9 @@ fn status_field(status: &str, name: &str) -> Option<u32> {
 }
 
 /// Opens the file behind a mapping: through `map_files` (works across mount
-/// namespaces and for deleted files), else through the process's root.
-pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> Option<File> {
-    try_open_mapped_file(pid, entry, path).ok()
-}
-
-/// [`open_mapped_file`], with the error of the last way tried.
-pub(crate) fn try_open_mapped_file(
-    pid: u32,
-    entry: &MapEntry,
-    path: &Path,
-) -> std::io::Result<File> {
+/// namespaces and for deleted files), else through the process's root; the
+/// error is the last way's ([`gone`] tells whether to try another process).
+pub(crate) fn open_mapped_file(pid: u32, entry: &MapEntry, path: &Path) -> std::io::Result<File> {
     let by_mapping = format!("/proc/{pid}/map_files/{:x}-{:x}", entry.start, entry.end);
     File::open(&by_mapping)
         .or_else(|_| {

@@ -250,13 +250,13 @@ fn inflated_size<Elf: FileHeader<Endian = Endianness>>(
 }
 
 /// Whether the debug section `name` (`.debug_*` or `.zdebug_*`) can be
-/// read by symbolization. Left out when not compressed, as holes: variable locations
-/// (`.debug_loc`, `.debug_loclists`: a fifth of a typical C library's
-/// DWARF), macros, call frame information (the unwinder reads
-/// `.eh_frame` and `.debug_frame` from the file itself) and the name indexes blazesym does
-/// not use. gimli still finds them in the section headers and reads
-/// zeros if anything asks; nothing on the path from an address to its
-/// functions, inlined calls and lines does.
+/// read by symbolization. Left out when not compressed, as holes:
+/// variable locations (`.debug_loc`, `.debug_loclists`: a fifth of a
+/// typical C library's DWARF), macros, call frame information (the
+/// unwinder reads `.eh_frame` and `.debug_frame` from the file itself)
+/// and the name indexes blazesym does not use. gimli still finds them in
+/// the section headers and reads zeros if anything asks; nothing on the
+/// path from an address to its functions, inlined calls and lines does.
 fn read_by_symbolization(name: &[u8]) -> bool {
     let base = name
         .strip_prefix(b".debug_")
