@@ -352,6 +352,13 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(p.symbol_cache.debug_left_out),
         )?;
+        emit(
+            &mut e,
+            "symbol_files_from_debug_files",
+            "Stripped files named from a separate debug file's symbol table (no source lines)",
+            None,
+            ConstCounter::new(p.symbol_cache.debug_files),
+        )?;
         encode_resolution(&mut e, p)?;
         encode_unwind(&mut e, p)?;
         encode_overhead(&mut e, p)?;

@@ -10,18 +10,21 @@
 //! not copied and parsed again every window; the others are dropped after
 //! their window.
 //! hostprof's own executable is read in place: no tenant can change it.
+//! A stripped file whose separate debug file is installed is named from
+//! that file's symbol table, not its DWARF ([`debug_file`]).
 //!
 //! Results are cached per (module, file offset) and per kernel address, so
 //! an address is symbolized once however many drains and processes it
 //! appears in; a module's entries go when no process maps it any more
 //! ([`Symbolizer::forget`]).
 
+mod debug_file;
 pub(crate) mod sealed;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blazesym::symbolize::evict::{self, Evict};
@@ -67,6 +70,8 @@ pub struct CacheStats {
     pub files_unreadable: u64,
     /// Files symbolized without source lines: debug info past the limit.
     pub debug_left_out: u64,
+    /// Stripped files named from their separate debug file's symbol table.
+    pub debug_files: u64,
 }
 
 /// Sealed copies kept between windows, at most, in what parsing them
@@ -78,6 +83,15 @@ pub struct CacheStats {
 /// 0.30 % of a core).
 const KEPT_BYTES: u64 = 16 << 20;
 
+/// A stripped module's separate debug file.
+struct Linked {
+    /// Its functions (shared by the modules of one file).
+    symbols: Arc<debug_file::DebugSymbols>,
+    /// The stripped file's segments, to find a file offset's virtual offset
+    /// (a debug file's segments hold no bytes).
+    segments: sealed::Segments,
+}
+
 /// A caching symbolizer for user and kernel addresses.
 pub struct Symbolizer {
     blazesym: blazesym::symbolize::Symbolizer,
@@ -87,6 +101,10 @@ pub struct Symbolizer {
     own_executable: Option<(u64, u64)>,
     /// Debug sections copied at most per file.
     max_debug_bytes: u64,
+    /// Where separate debug files are looked for.
+    debug_dirs: Vec<PathBuf>,
+    /// Stripped modules named from a separate debug file.
+    linked: HashMap<ModuleId, Linked>,
     user: HashMap<(ModuleId, u64), Symbols>,
     kernel: HashMap<u64, Symbols>,
     stats: CacheStats,
@@ -105,6 +123,9 @@ impl Symbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(false)
+            // Debug links are followed here, not by blazesym: it would read
+            // the linked file's DWARF ([`debug_file`]).
+            .set_debug_dirs(Some(Vec::<PathBuf>::new()))
             .build();
         Self {
             blazesym,
@@ -113,6 +134,8 @@ impl Symbolizer {
                 .ok()
                 .map(|m| (m.dev(), m.ino())),
             max_debug_bytes: sealed::MAX_DEBUG_BYTES,
+            debug_dirs: debug_file::DEBUG_DIRS.iter().map(PathBuf::from).collect(),
+            linked: HashMap::new(),
             user: HashMap::new(),
             kernel: HashMap::new(),
             stats: CacheStats::default(),
@@ -139,10 +162,20 @@ impl Symbolizer {
         if own {
             return self.read_elf(module, Path::new("/proc/self/exe"), offsets);
         }
+        if self.linked.contains_key(&module) {
+            return self.read_linked(module, offsets);
+        }
         let copy = match self.copies.iter().position(|(m, _)| *m == module) {
             Some(at) => self.copies.remove(at).1,
             None => match self.fresh_copy(module, file) {
-                Some(copy) => copy,
+                Some(copy) => match self.debug_file_of(&copy) {
+                    Some(linked) => {
+                        self.stats.debug_files += 1;
+                        self.linked.insert(module, linked);
+                        return self.read_linked(module, offsets);
+                    }
+                    None => copy,
+                },
                 // Not cached: the next window tries again.
                 None => return lookup(&self.user, offsets, |o| (module, o)),
             },
@@ -150,6 +183,25 @@ impl Symbolizer {
         let symbols = self.read_elf(module, &copy.path(), offsets);
         self.keep(module, copy);
         symbols
+    }
+
+    /// The separate debug file that names the functions of `copy`'s file,
+    /// when that file is stripped and the debug file is installed (read
+    /// once however many modules it names).
+    fn debug_file_of(&self, copy: &sealed::SealedElf) -> Option<Linked> {
+        let facts = copy.facts();
+        if !facts.stripped {
+            return None;
+        }
+        let path = debug_file::find(&self.debug_dirs, facts.build_id.as_deref()?)?;
+        let symbols = match self.linked.values().find(|l| l.symbols.path() == path) {
+            Some(linked) => Arc::clone(&linked.symbols),
+            None => Arc::new(debug_file::DebugSymbols::read(&path)?),
+        };
+        Some(Linked {
+            symbols,
+            segments: facts.segments.clone(),
+        })
     }
 
     /// A new sealed copy of `module`'s `file`, counted; `None` (counted as
@@ -201,6 +253,24 @@ impl Symbolizer {
         }
     }
 
+    /// Names `offsets` of `module` from its debug file's symbols, through
+    /// the cache.
+    fn read_linked(&mut self, module: ModuleId, offsets: &[u64]) -> Vec<Symbols> {
+        let linked = &self.linked[&module];
+        let missing = unique_missing(offsets, |o| self.user.contains_key(&(module, o)));
+        self.stats.misses += missing.len() as u64;
+        self.stats.hits += (offsets.len() - missing.len()) as u64;
+        for offset in missing {
+            let name = linked
+                .segments
+                .virtual_offset(offset)
+                .and_then(|address| linked.symbols.name(address));
+            let symbols = name.map(|name| Arc::from([frame(name, None)]));
+            self.user.insert((module, offset), symbols);
+        }
+        lookup(&self.user, offsets, |o| (module, o))
+    }
+
     /// Symbolizes `offsets` of `module` with blazesym reading the ELF file
     /// at `path`, through the cache.
     fn read_elf(&mut self, module: ModuleId, path: &Path, offsets: &[u64]) -> Vec<Symbols> {
@@ -227,6 +297,7 @@ impl Symbolizer {
         }
         let ids: std::collections::HashSet<ModuleId> = modules.iter().copied().collect();
         self.user.retain(|(module, _), _| !ids.contains(module));
+        self.linked.retain(|module, _| !ids.contains(module));
         let (gone, kept) = std::mem::take(&mut self.copies)
             .into_iter()
             .partition(|(module, _)| ids.contains(module));
@@ -448,6 +519,8 @@ mod tests {
         let module = crate::process::ModuleId::for_tests(3);
         let file = File::open(libc).unwrap();
         let mut symbolizer = Symbolizer::new();
+        // Copies, not a debug file libc may have here.
+        symbolizer.debug_dirs.clear();
         symbolizer.user(module, Some(&file), first);
         symbolizer.user(module, Some(&file), second);
         assert_eq!(symbolizer.stats().files_copied, 1);
@@ -470,20 +543,97 @@ mod tests {
         ] {
             let offsets = code_offsets(path, 4099);
             assert!(offsets.len() > 100, "{path}: {}", offsets.len());
+            // The copy, not a debug file libc may have here.
             let mut ours = Symbolizer::new();
+            ours.debug_dirs.clear();
             let module = crate::process::ModuleId::for_tests(1);
             let got = ours.user(module, Some(&File::open(path).unwrap()), &offsets);
             let want = Symbolizer::new().read_elf(module, Path::new(path), &offsets);
             let named = want.iter().filter(|s| s.is_some()).count();
-            assert!(named * 2 > offsets.len(), "{path}: {named} named");
+            // Stripped libc names its exported functions only (its static
+            // ones come from its debug file: tested below).
+            assert!(named * 4 > offsets.len(), "{path}: {named} named");
             assert_eq!(got, want, "{path}");
-            // Without its debug sections a file still gives names.
+            // Without its debug sections a file still gives names (libc
+            // from its debug file's symbol table, when it is installed).
             let mut lean = Symbolizer::new();
             lean.max_debug_bytes = 0;
             let got = lean.user(module, Some(&File::open(path).unwrap()), &offsets);
             let named_lean = got.iter().filter(|s| s.is_some()).count();
             assert!(named_lean * 2 > offsets.len(), "{path}: {named_lean} named");
         }
+    }
+
+    /// Runs `program` with `args`, which must succeed.
+    fn run(program: &str, args: &[&std::ffi::OsStr]) -> String {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("{program} (binutils, gcc: `cargo xtask setup`): {err}"));
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_stripped_file_is_named_from_its_debug_files_symbol_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("hidden.c");
+        std::fs::write(
+            &source,
+            "static __attribute__((noinline)) int hidden_static(int x) { return x * 3 + 1; }\n\
+             int main(int argc, char **argv) { (void)argv; return hidden_static(argc); }\n",
+        )
+        .unwrap();
+        let program = dir.path().join("hidden");
+        let debug = dir.path().join("hidden.debug");
+        let (p, d) = (program.as_os_str(), debug.as_os_str());
+        run(
+            "gcc",
+            &[
+                "-O1".as_ref(),
+                "-g".as_ref(),
+                "-o".as_ref(),
+                p,
+                source.as_os_str(),
+            ],
+        );
+        run("objcopy", &["--only-keep-debug".as_ref(), p, d]);
+        run("strip", &["--strip-all".as_ref(), p]);
+        // Where the function is, by binutils' reading of the debug file.
+        let nm = run("nm", &[d]);
+        let address = nm
+            .lines()
+            .find_map(|line| line.strip_suffix(" t hidden_static"))
+            .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+            .unwrap_or_else(|| panic!("no hidden_static in the debug file:\n{nm}"));
+        let file = File::open(&program).unwrap();
+        let copy = sealed::SealedElf::copy(&file, sealed::MAX_DEBUG_BYTES).unwrap();
+        assert!(copy.facts().stripped);
+        let id = copy.facts().build_id.clone().expect("gcc links a build id");
+        // gcc's code segment loads at its file offset.
+        assert_eq!(copy.facts().segments.virtual_offset(address), Some(address));
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let at = dir.path().join("debug/.build-id").join(&hex[..2]);
+        std::fs::create_dir_all(&at).unwrap();
+        std::fs::copy(&debug, at.join(format!("{}.debug", &hex[2..]))).unwrap();
+
+        let module = crate::process::ModuleId::for_tests(5);
+        let mut symbolizer = Symbolizer::new();
+        symbolizer.debug_dirs = vec![dir.path().join("debug")];
+        let got = symbolizer.user(module, Some(&file), &[address + 1]);
+        let frames = got[0].as_ref().expect("named from the debug file");
+        assert_eq!(frames[0].name, "hidden_static");
+        assert_eq!(frames[0].line, None, "names only: no DWARF read");
+        assert_eq!(symbolizer.stats().debug_files, 1);
+        assert!(symbolizer.copies.is_empty(), "the copy is not kept");
+        symbolizer.forget(&[module]);
+        assert!(symbolizer.linked.is_empty());
+        // Without the debug file, the stripped file cannot name it.
+        let mut without = Symbolizer::new();
+        without.debug_dirs.clear();
+        let got = without.user(module, Some(&file), &[address + 1]);
+        let name = got[0].as_ref().map(|frames| frames[0].name.clone());
+        assert_ne!(name.as_deref(), Some("hidden_static"));
     }
 
     #[test]

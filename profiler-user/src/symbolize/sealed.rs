@@ -24,7 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use object::elf;
-use object::read::elf::{FileHeader, SectionHeader};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
 use object::{Endianness, FileKind};
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -63,6 +63,41 @@ pub(crate) struct SealedElf {
     weight: u64,
     /// True when debug sections were left out for their size.
     debug_left_out: bool,
+    /// What the file says of itself, read while planning the copy.
+    facts: ElfFacts,
+}
+
+/// What symbolization needs to know of a file besides its sections: its
+/// build id, where its loaded bytes sit in its address space, and whether
+/// its function names must come from elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ElfFacts {
+    /// The GNU build id note's bytes.
+    pub(crate) build_id: Option<Vec<u8>>,
+    /// The loaded segments.
+    pub(crate) segments: Segments,
+    /// True when the file has neither a symbol table (`.symtab`) nor
+    /// DWARF: stripped, its static functions named only by a separate
+    /// debug file (its dynamic symbols name the exported ones).
+    pub(crate) stripped: bool,
+}
+
+/// A file's loaded segments (`PT_LOAD`): the file bytes each holds and the
+/// virtual offset they load at, to find a file offset's virtual offset.
+/// A separate debug file has the same segments but no bytes in them, so
+/// its symbols are looked up by virtual offset, from the original's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Segments(Vec<(Range<u64>, u64)>);
+
+impl Segments {
+    /// The virtual offset that `file_offset` loads at; `None` when no
+    /// segment holds it.
+    pub(crate) fn virtual_offset(&self, file_offset: u64) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(bytes, _)| bytes.contains(&file_offset))
+            .and_then(|(bytes, vaddr)| vaddr.checked_add(file_offset - bytes.start))
+    }
 }
 
 impl SealedElf {
@@ -107,7 +142,13 @@ impl SealedElf {
             copied,
             weight: plan.weight,
             debug_left_out: plan.debug_left_out,
+            facts: plan.facts,
         })
+    }
+
+    /// What the file says of itself.
+    pub(crate) fn facts(&self) -> &ElfFacts {
+        &self.facts
     }
 
     /// A path through which the copy can be opened (by blazesym).
@@ -144,6 +185,7 @@ struct Plan {
     /// The bytes of `ranges`, debug sections at their inflated size.
     weight: u64,
     debug_left_out: bool,
+    facts: ElfFacts,
 }
 
 /// What to copy of the ELF file `reader`, with at most `max_debug` bytes
@@ -176,6 +218,7 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     ranges.push(shoff..shoff.saturating_add(table));
     let mut debug = Vec::new();
     let mut inflated_debug = 0u64;
+    let mut has_symbols = false;
     for section in sections.iter() {
         let kind = section.sh_type(endian);
         let flags: u64 = section.sh_flags(endian).into();
@@ -189,6 +232,7 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
         if range.end > len {
             return Err(SealError::Changed);
         }
+        has_symbols |= kind == elf::SHT_SYMTAB || name == b".debug_info" || name == b".zdebug_info";
         if name.starts_with(b".debug_") || name.starts_with(b".zdebug_") {
             let compressed = inflated_size::<Elf>(section, endian, reader, name);
             // A compressed one stays: blazesym inflates every section gimli
@@ -217,10 +261,62 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     if ranges.iter().any(|r| r.end > len) {
         return Err(SealError::Changed);
     }
+    let segments = header
+        .program_headers(endian, reader)
+        .map_err(|_| SealError::NotElf)?
+        .iter()
+        .filter(|phdr| phdr.p_type(endian) == elf::PT_LOAD)
+        .map(|phdr| {
+            let offset: u64 = phdr.p_offset(endian).into();
+            let size: u64 = phdr.p_filesz(endian).into();
+            (
+                offset..offset.saturating_add(size),
+                phdr.p_vaddr(endian).into(),
+            )
+        })
+        .collect();
     Ok(Plan {
         ranges,
         weight,
         debug_left_out,
+        facts: ElfFacts {
+            build_id: build_id_in(&sections, endian, reader),
+            segments: Segments(segments),
+            stripped: !has_symbols,
+        },
+    })
+}
+
+/// The build id of the ELF file `file`, from its note sections; `None`
+/// when it has none or is not ELF.
+pub(crate) fn build_id(file: &File) -> Option<Vec<u8>> {
+    fn of<Elf: FileHeader<Endian = Endianness>>(reader: &PreadFile) -> Option<Vec<u8>> {
+        let header = Elf::parse(reader).ok()?;
+        let endian = header.endian().ok()?;
+        build_id_in(&header.sections(endian, reader).ok()?, endian, reader)
+    }
+    let reader = PreadFile::new(file.try_clone().ok()?).ok()?;
+    match FileKind::parse(&reader).ok()? {
+        FileKind::Elf32 => of::<elf::FileHeader32<Endianness>>(&reader),
+        FileKind::Elf64 => of::<elf::FileHeader64<Endianness>>(&reader),
+        _ => None,
+    }
+}
+
+/// The descriptor of the first GNU build id note in `sections`.
+fn build_id_in<'data, Elf: FileHeader<Endian = Endianness>>(
+    sections: &SectionTable<'data, Elf, &'data PreadFile>,
+    endian: Endianness,
+    reader: &'data PreadFile,
+) -> Option<Vec<u8>> {
+    sections.iter().find_map(|section| {
+        let mut notes = section.notes(endian, reader).ok()??;
+        while let Ok(Some(note)) = notes.next() {
+            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+                return Some(note.desc().to_vec());
+            }
+        }
+        None
     })
 }
 
