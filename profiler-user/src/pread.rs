@@ -2,6 +2,7 @@
 //! `object`'s parsers ([`PreadFile`]).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
@@ -12,6 +13,12 @@ use object::ReadRef;
 
 /// The longest string [`ReadRef::read_bytes_at_until`] looks through.
 const MAX_STRING_LEN: u64 = 4096;
+
+/// Bytes read from the file: `len` bytes in 8-byte words.
+struct Chunk {
+    words: Box<[u64]>,
+    len: usize,
+}
 
 /// A file as `object`'s [`ReadRef`], read with `pread` on demand.
 ///
@@ -26,10 +33,15 @@ pub(crate) struct PreadFile {
     file: File,
     /// The file's size as `stat` reports it.
     len: u64,
-    /// Every range read so far, as 8-byte words so that each starts
-    /// 8-byte aligned, as `object`'s ELF64 structures require. Chunks are
-    /// only ever added: never changed or removed before `self` is dropped.
-    chunks: RefCell<Vec<Box<[u64]>>>,
+    /// Every range read so far by its file offset (the latest read at an
+    /// offset), as 8-byte words so that each starts 8-byte aligned, as
+    /// `object`'s ELF64 structures require. Chunks are only ever added:
+    /// never changed or removed before `self` is dropped (one read again at
+    /// the same offset is kept aside in `replaced`).
+    chunks: RefCell<BTreeMap<u64, Chunk>>,
+    /// Chunks displaced from `chunks` by a read at the same offset, kept
+    /// for the slices handed out of them.
+    replaced: RefCell<Vec<Chunk>>,
 }
 
 impl PreadFile {
@@ -45,7 +57,8 @@ impl PreadFile {
         Ok(Self {
             file,
             len,
-            chunks: RefCell::new(Vec::new()),
+            chunks: RefCell::new(BTreeMap::new()),
+            replaced: RefCell::new(Vec::new()),
         })
     }
 
@@ -75,14 +88,35 @@ impl PreadFile {
         let view = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), size) };
         self.file.read_exact_at(view, offset).map_err(|_| ())?;
         let start = words.as_ptr().cast::<u8>();
-        self.chunks.borrow_mut().push(words);
+        let chunk = Chunk { words, len: size };
+        if let Some(old) = self.chunks.borrow_mut().insert(offset, chunk) {
+            self.replaced.borrow_mut().push(old);
+        }
         // SAFETY: `start` points at the heap allocation of `words`, which
         // holds at least `size` initialized bytes (above). Moving the box
         // into `chunks` does not move its allocation, and `chunks` never
-        // drops or mutates a chunk before `self` is dropped, which the
-        // returned slice's lifetime (that of `&self`) rules out. u8 needs
-        // no alignment.
+        // drops or mutates a chunk before `self` is dropped (one displaced
+        // from the map moves to `replaced`), which the returned slice's
+        // lifetime (that of `&self`) rules out. u8 needs no alignment.
         Ok(unsafe { std::slice::from_raw_parts(start, size) })
+    }
+
+    /// The bytes from `offset` to the end of the chunk read last at or
+    /// before it that holds `offset`, if any: a string table's names are
+    /// found in the chunk the first name read, not read again each.
+    fn read_bytes(&self, offset: u64) -> Option<&[u8]> {
+        let chunks = self.chunks.borrow();
+        let (&start, chunk) = chunks.range(..=offset).next_back()?;
+        let skip = usize::try_from(offset - start).ok()?;
+        if skip >= chunk.len {
+            return None;
+        }
+        let bytes = chunk.words.as_ptr().cast::<u8>();
+        // SAFETY: `bytes` points at a chunk's heap allocation, of at least
+        // `chunk.len > skip` initialized bytes. Chunks are never dropped or
+        // mutated before `self` is (see `read_chunk`), and the slice lives
+        // as long as `&self`. u8 needs no alignment.
+        Some(unsafe { std::slice::from_raw_parts(bytes.add(skip), chunk.len - skip) })
     }
 }
 
@@ -96,6 +130,13 @@ impl<'a> ReadRef<'a> for &'a PreadFile {
     }
 
     fn read_bytes_at_until(self, range: Range<u64>, delimiter: u8) -> Result<&'a [u8], ()> {
+        let within = usize::try_from(range.end.saturating_sub(range.start)).unwrap_or(usize::MAX);
+        if let Some(bytes) = self.read_bytes(range.start) {
+            let bytes = &bytes[..bytes.len().min(within)];
+            if let Some(end) = bytes.iter().position(|&b| b == delimiter) {
+                return Ok(&bytes[..end]);
+            }
+        }
         let size = range
             .end
             .checked_sub(range.start)
@@ -137,5 +178,28 @@ mod tests {
         assert_eq!(reader.read_bytes_at_until(5..15, 0), Ok(&b"defgh"[..]));
         assert_eq!(reader.read_bytes_at_until(11..15, 0), Err(()));
         assert_eq!(reader.read_bytes_at_until(11..99, 0), Err(()));
+    }
+
+    #[test]
+    fn strings_are_found_in_chunks_already_read() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(temp.path(), b"\0one\0two\0three\0four").unwrap();
+        let file = PreadFile::open(temp.path()).unwrap();
+        let reader = &file;
+        assert_eq!(reader.read_bytes_at_until(1..20, 0), Ok(&b"one"[..]));
+        let chunks = || file.chunks.borrow().len() + file.replaced.borrow().len();
+        assert_eq!(chunks(), 1);
+        // Inside the first chunk: no new read.
+        assert_eq!(reader.read_bytes_at_until(5..20, 0), Ok(&b"two"[..]));
+        assert_eq!(reader.read_bytes_at_until(9..20, 0), Ok(&b"three"[..]));
+        assert_eq!(chunks(), 1);
+        // The range bounds the search, as for a fresh read.
+        assert_eq!(reader.read_bytes_at_until(9..12, 0), Err(()));
+        // Past the chunk's last delimiter: read anew, earlier slices intact.
+        let one = reader.read_bytes_at_until(1..20, 0).unwrap();
+        assert_eq!(reader.read_bytes_at_until(15..20, 0), Err(()));
+        let all = reader.read_bytes_at(0, 19).unwrap();
+        assert_eq!(reader.read_bytes_at_until(1..20, 0), Ok(&b"one"[..]));
+        assert_eq!((one, &all[15..]), (&b"one"[..], &b"four"[..]));
     }
 }
