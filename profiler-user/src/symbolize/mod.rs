@@ -1,6 +1,7 @@
 //! Addresses to function names, source lines and inlined frames, with
 //! blazesym: user code from the mapped ELF files (by file offset, so it
-//! works after the process exited), kernel code from kallsyms.
+//! works after the process exited); kernel code from kallsyms, read here
+//! ([`kallsyms`]).
 //!
 //! blazesym maps what it reads; it is never given a tenant's file, only a
 //! sealed copy of what symbolization needs of it ([`sealed`]), made when a
@@ -13,12 +14,13 @@
 //! A stripped file whose separate debug file is installed is named from
 //! that file's symbol table, not its DWARF ([`debug_file`]).
 //!
-//! Results are cached per (module, file offset) and per kernel address, so
+//! Results are cached per (module, file offset) and per kernel function, so
 //! an address is symbolized once however many drains and processes it
 //! appears in; a module's entries go when no process maps it any more
 //! ([`Symbolizer::forget`]).
 
 mod debug_file;
+mod kallsyms;
 pub(crate) mod sealed;
 
 use std::collections::HashMap;
@@ -28,9 +30,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blazesym::symbolize::evict::{self, Evict};
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized};
-use blazesym::MaybeDefault;
 
 use crate::process::ModuleId;
 
@@ -106,7 +107,11 @@ pub struct Symbolizer {
     /// Stripped modules named from a separate debug file.
     linked: HashMap<ModuleId, Linked>,
     user: HashMap<(ModuleId, u64), Symbols>,
-    kernel: HashMap<u64, Symbols>,
+    /// Kernel symbols, read at the first kernel address (`None` in it:
+    /// kallsyms could not be read or hides its addresses).
+    kallsyms: Option<Option<kallsyms::Kallsyms>>,
+    /// Frames by kernel symbol (index in `kallsyms`).
+    kernel: HashMap<usize, Arc<[SymbolFrame]>>,
     stats: CacheStats,
 }
 
@@ -137,6 +142,7 @@ impl Symbolizer {
             debug_dirs: debug_file::DEBUG_DIRS.iter().map(PathBuf::from).collect(),
             linked: HashMap::new(),
             user: HashMap::new(),
+            kallsyms: None,
             kernel: HashMap::new(),
             stats: CacheStats::default(),
         }
@@ -309,22 +315,49 @@ impl Symbolizer {
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Symbols> {
-        let source = || {
-            Source::Kernel(Kernel {
-                kallsyms: MaybeDefault::Default,
-                vmlinux: MaybeDefault::None,
-                ..Kernel::default()
-            })
+        let table = self.kallsyms.get_or_insert_with(read_kallsyms);
+        let Some(table) = table else {
+            return vec![None; addrs.len()];
         };
-        cached_symbolize(
-            &self.blazesym,
-            &mut self.kernel,
-            &mut self.stats,
-            addrs,
-            |addr| addr,
-            source,
-            |addrs| Input::AbsAddr(addrs),
-        )
+        addrs
+            .iter()
+            .map(|&addr| {
+                let index = table.find(addr)?;
+                let frames = match self.kernel.entry(index) {
+                    std::collections::hash_map::Entry::Occupied(cached) => {
+                        self.stats.hits += 1;
+                        cached.get().clone()
+                    }
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        self.stats.misses += 1;
+                        entry
+                            .insert(Arc::from([frame(table.name(index), None)]))
+                            .clone()
+                    }
+                };
+                Some(frames)
+            })
+            .collect()
+    }
+}
+
+/// The kernel's symbols from `/proc/kallsyms`; `None`, said once, when
+/// they cannot be read or their addresses are hidden.
+fn read_kallsyms() -> Option<kallsyms::Kallsyms> {
+    let path = crate::system_info::kernel_code::KALLSYMS_PATH;
+    match kallsyms::Kallsyms::read(Path::new(path)) {
+        Ok(table) if table.len() > 0 => Some(table),
+        Ok(_) => {
+            log::warn!(
+                "{path} shows no addresses: kernel frames stay unnamed; run hostprof as root, \
+                 or set kernel.kptr_restrict=0"
+            );
+            None
+        }
+        Err(err) => {
+            log::warn!("cannot read {path}: {err}: kernel frames stay unnamed");
+            None
+        }
     }
 }
 
