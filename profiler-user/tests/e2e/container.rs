@@ -26,6 +26,12 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
     let receiver = Receiver::start(workloads.path("").as_path(), &[]);
     let mut worker = workloads.spawn("cpu_chain", 7000);
     fake.adopt(worker.id());
+    // A host process known to be on a CPU throughout (others may all be
+    // idle for the 3 s).
+    let mut host = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .expect("start a busy shell");
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", worker.id())).unwrap();
     assert!(cgroup.contains(&container_id), "{cgroup}");
 
@@ -39,6 +45,8 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
         .expect("run hostprof");
     worker.kill().ok();
     worker.wait().ok();
+    host.kill().ok();
+    host.wait().ok();
     assert!(status.success());
 
     // OTLP: one resource for the container, carrying the pod uid; the
@@ -72,12 +80,18 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
         hot > 100,
         "the workload's hot chain under its container: {hot}"
     );
+    let pid_of = |r: &serde_json::Value| {
+        let pid = &r["attributes"]["process.pid"];
+        pid.as_u64()
+            .or_else(|| pid.as_str().and_then(|p| p.parse().ok()))
+    };
     assert!(
         resources
             .iter()
             .any(|r| r["attributes"]["container.id"].is_null()
-                && !r["attributes"]["process.pid"].is_null()),
-        "host processes keep one resource each"
+                && pid_of(r) == Some(u64::from(host.id()))),
+        "host processes keep one resource each: none for the busy shell {}",
+        host.id()
     );
 
     // pprof: the same samples carry container.id and k8s.pod.uid labels.
