@@ -31,6 +31,10 @@
 //! kinds is stored once).
 #![no_std]
 #![no_main]
+// The atomic add of a sample's count (`sampled::add_one`): the BPF
+// target's `core` atomics are load and store only.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod exec;
 mod files;

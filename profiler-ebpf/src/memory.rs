@@ -25,7 +25,8 @@
 //! - A probed process's fork (`mem_fork`) is marked in the same stream:
 //!   from that point the child holds a copy of the parent's tracked
 //!   allocations. Userspace copies them into the child's keys and probes
-//!   the child at once (told on `PROCESS_EVENTS`, which wakes it).
+//!   the child at once (told on `PROCESS_EVENTS`, which userspace reads
+//!   within its 20 ms batching delay).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,

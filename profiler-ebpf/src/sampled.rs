@@ -35,7 +35,7 @@ use aya_ebpf::{
     bindings::{bpf_perf_event_data, pt_regs, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, perf_event},
-    maps::{PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{HashMap, PerCpuArray, ProgramArray},
     programs::PerfEventContext,
     EbpfContext,
 };
@@ -48,16 +48,19 @@ use crate::{exec, files, trace};
 /// Default capacity of each `COUNTS_*` map; userspace may resize at load.
 const COUNTS_ENTRIES: u32 = 16_384;
 
-// Per-CPU values: each CPU bumps its own slot with a plain add (the BPF
-// target has no 64-bit atomic add in stable `core`), userspace sums them.
+// One value per key, which a sample adds one to atomically. Per-CPU
+// values (one slot per possible CPU, each CPU adding to its own) cost a
+// key `8 × possible CPUs` bytes, allocated as the key arrives and copied
+// out at every drain: 4 KiB a key on a 512-CPU host, and a drain whose
+// work grew with the square of the CPUs (more keys, each larger).
 // Allocated as keys arrive: preallocated, a map holds its capacity (which
-// grows with the CPUs) times a value per CPU, whatever is used.
+// grows with the CPUs) whatever is used.
 #[map(name = "COUNTS_0")]
-static COUNTS_0: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
+static COUNTS_0: HashMap<SampleKey, u64> =
+    HashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
 #[map(name = "COUNTS_1")]
-static COUNTS_1: PerCpuHashMap<SampleKey, u64> =
-    PerCpuHashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
+static COUNTS_1: HashMap<SampleKey, u64> =
+    HashMap::with_max_entries(COUNTS_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// `unwind_user` and `unwind_store`, set by userspace with the table
 /// unwinder (empty with frame pointers only), and `cpu_files` where the
@@ -74,7 +77,7 @@ static SAMPLED_KIND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 struct MapSetRef {
     config: &'static Config,
     index: u32,
-    counts: &'static PerCpuHashMap<SampleKey, u64>,
+    counts: &'static HashMap<SampleKey, u64>,
     stacks: StackSet,
 }
 
@@ -282,7 +285,7 @@ fn finish(
 
 /// Adds one sample to `key`'s count, creating the entry when needed.
 #[inline(always)]
-fn count(counts: &PerCpuHashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
+fn count(counts: &HashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
     if let Some(value) = counts.get_ptr_mut(key) {
         add_one(value);
         kind.bump(Stat::Recorded);
@@ -290,8 +293,7 @@ fn count(counts: &PerCpuHashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
     }
     match counts.insert(key, 1, BPF_NOEXIST as u64) {
         Ok(()) => kind.bump(Stat::Recorded),
-        // Another CPU created the entry between our lookup and insert; our
-        // own slot of it is zero.
+        // Another CPU created the entry between our lookup and insert.
         Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
             Some(value) => {
                 add_one(value);
@@ -305,7 +307,14 @@ fn count(counts: &PerCpuHashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
 
 #[inline(always)]
 fn add_one(value: *mut u64) {
-    // SAFETY: `value` is this CPU's slot of a live per-CPU map value; the
-    // program does not nest on one CPU, so nothing else writes it now.
-    unsafe { *value += 1 };
+    // SAFETY: `value` points to a live map value (the map keeps it until
+    // it is deleted, which only a drained set's entries are); other CPUs
+    // may add to it at the same time, hence the atomic add (the BPF
+    // target's `core` has no `AtomicU64::fetch_add`: its atomics are load
+    // and store only; the intrinsic becomes BPF's atomic add).
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            value, 1,
+        )
+    };
 }

@@ -13,7 +13,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::bench::{usage_of, with_load};
+use crate::bench::{usage_of, while_running, with_load};
+
+/// What keeps the host busy while the agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Load {
+    /// A busy shell loop per CPU: a steady host with few processes.
+    Busy,
+    /// A compile loop per CPU (`gcc -O2` of a small C file: `gcc`, `cc1`,
+    /// `as`, `collect2`, `ld`; then a short `python3 -c`) and an exec
+    /// probe ten times a second (`sh -c` reading a file, as Kubernetes'
+    /// exec probes do): a build host, many short-lived processes with
+    /// large binaries.
+    Build,
+}
 
 /// Options of the agent benchmark.
 #[derive(Clone, Debug)]
@@ -30,6 +43,8 @@ pub struct AgentBenchOptions {
     pub root: PathBuf,
     /// Scratch directory.
     pub work_dir: PathBuf,
+    /// The host's load.
+    pub load: Load,
 }
 
 /// One reading of the agent's `/proc` entries.
@@ -55,12 +70,60 @@ pub fn run(options: &AgentBenchOptions) -> Result<()> {
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let received = options.work_dir.join("agent-received.jsonl");
+    let load = match options.load {
+        Load::Busy => format!("{cpus} busy CPUs"),
+        Load::Build => format!("{cpus} compile loops and an exec probe"),
+    };
     println!(
-        "[bench-agent] {cpus} busy CPUs, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
+        "[bench-agent] {load}, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
         options.frequency, options.duration, options.interval
     );
-    let (readings, metrics, total) = with_load(cpus, || run_agent(options, &received))?;
-    report(options, &readings, &metrics, total, &received)
+    let forks_before = processes_started()?;
+    let (readings, metrics, total) = match options.load {
+        Load::Busy => with_load(cpus, || run_agent(options, &received))?,
+        Load::Build => while_running(build_load(options, cpus)?, || run_agent(options, &received))?,
+    };
+    let forks = processes_started()? - forks_before;
+    report(options, &readings, &metrics, total, &received, forks)
+}
+
+/// The build host's load: a compile loop per CPU and an exec probe.
+fn build_load(options: &AgentBenchOptions, cpus: usize) -> Result<Vec<Command>> {
+    let workloads = options.root.join("profiler-user/tests/workloads");
+    let source = workloads.join("cpu_chain.c");
+    if !source.is_file() {
+        bail!("{} is missing: run from the workspace", source.display());
+    }
+    let mut commands = Vec::new();
+    for n in 0..cpus {
+        let out = options.work_dir.join(format!("build-load-{n}"));
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(
+                "while :; do gcc -O2 -I \"$1\" -o \"$3\" \"$2\" || exit 1; \
+                 python3 -c 'import json, os; json.dumps(dict(os.environ))' || exit 1; done",
+            )
+            .arg("build-loop")
+            .arg(&workloads)
+            .arg(&source)
+            .arg(&out);
+        commands.push(sh);
+    }
+    let mut probe = Command::new("sh");
+    probe.args([
+        "-c",
+        "while :; do sh -c 'cat /proc/loadavg > /dev/null'; sleep 0.1; done",
+    ]);
+    commands.push(probe);
+    Ok(commands)
+}
+
+/// Processes (and threads) the host has started since boot (`/proc/stat`).
+fn processes_started() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("processes ")?.trim().parse().ok())
+        .context("no `processes` line in /proc/stat")
 }
 
 /// Runs the agent for `options.duration`, exporting to a fresh receiver
@@ -230,6 +293,7 @@ fn report(
     metrics: &str,
     total: crate::bench::Usage,
     received: &Path,
+    forks: u64,
 ) -> Result<()> {
     let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
         bail!("no readings: the run was shorter than 5 s");
@@ -260,10 +324,18 @@ fn report(
         .map(|s| s.lines().count())
         .unwrap_or(0);
 
+    // Flat over time: the footprint's last reading against its first
+    // steady one (growth per process seen would show here).
+    let footprint_growth = footprint(last) - footprint(steady_from);
+
     println!();
     println!(
-        "hostprof agent, {:.1} min at {} Hz, interval {:?}:",
-        minutes, options.frequency, options.interval
+        "hostprof agent, {:.1} min at {} Hz, interval {:?}, load {:?} ({:.0} new processes/s on the host):",
+        minutes,
+        options.frequency,
+        options.interval,
+        options.load,
+        forks as f64 / (minutes * 60.0).max(1.0)
     );
     println!(
         "  CPU: {:.2} % of one CPU over the run, {:.2} % in steady state; {:.2} CPU s start to exit",
@@ -271,6 +343,12 @@ fn report(
         steady_cpu * 100.0,
         total.cpu_seconds
     );
+    if forks > 0 {
+        println!(
+            "  per new process on the host: {:.0} µs of the agent's CPU (start to exit)",
+            total.cpu_seconds * 1e6 / forks as f64
+        );
+    }
     println!(
         "  RSS: steady {:.1}..{:.1} MiB, max sampled {:.1} MiB, peak (wait4) {:.1} MiB",
         rss_steady_min, rss_steady_max, rss_max, total.peak_rss_mib
@@ -280,8 +358,12 @@ fn report(
         last.anon_mib, last.file_mib
     );
     println!(
-        "  RSS + BPF maps: steady from {:.1} MiB, max {:.1} MiB over every reading (BPF maps {:.1} MiB at the end)",
-        footprint_steady_min, footprint_max, last.bpf_maps_mib
+        "  RSS + BPF maps: steady from {:.1} MiB, max {:.1} MiB over every reading (BPF maps {:.1} MiB at the end); {:+.1} MiB from {} s to the end",
+        footprint_steady_min,
+        footprint_max,
+        last.bpf_maps_mib,
+        footprint_growth,
+        steady_from.at.as_secs()
     );
     println!(
         "  wire: {:.0} bytes/min of gzip HTTP bodies ({} requests received, {:.0} resource profiles, {:.0} samples)",

@@ -96,7 +96,16 @@ enum Task {
         /// Export interval in seconds.
         #[arg(long, default_value_t = 10)]
         interval: u64,
+        /// The host's load: `busy` (a busy loop per CPU) or `build` (a
+        /// compile loop per CPU, `gcc -O2` and short Python scripts, plus
+        /// exec probes: many short-lived processes with large binaries).
+        #[arg(long, value_enum, default_value_t = bench_agent::Load::Busy)]
+        load: bench_agent::Load,
     },
+    /// Simulate one 10 s window's drains and aggregation on hosts of 2 to
+    /// 512 CPUs (at 99 Hz and 1 kHz) and print its cost per CPU and per
+    /// sample: the drain must grow with the CPUs, not their square.
+    BenchScale,
     /// Measure what process churn costs symbolization: the share of
     /// short-lived processes' samples symbolized, and hostprof's CPU and
     /// memory, at each rate of new processes per second.
@@ -253,6 +262,14 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Task::BenchScale => {
+            let mut test = std::process::Command::new("cargo");
+            test.args(["test", "--release", "-p", "hostprof", "--lib", "--"])
+                .args(["sampler::scale::tests::print_table", "--exact", "--ignored"])
+                .args(["--nocapture", "--test-threads", "1"])
+                .current_dir(&root);
+            cmd::run(&mut test)
+        }
         Task::Stacks { only } => {
             setup::run(&root, setup::Scope::All)?;
             let mut test = std::process::Command::new("cargo");
@@ -287,12 +304,14 @@ fn run() -> Result<()> {
             seconds,
             frequency,
             interval,
+            load,
         } => {
             let hostprof = release_build(&root)?;
             bench_agent::run(&bench_agent::AgentBenchOptions {
                 duration: Duration::from_secs(seconds),
                 frequency,
                 interval: Duration::from_secs(interval),
+                load,
                 hostprof,
                 work_dir: bench::default_work_dir(&root),
                 root,

@@ -41,6 +41,13 @@ pub const FIRST_RECHECK: Duration = Duration::from_millis(100);
 /// 0.1, 0.2, 0.4 and 0.8 s).
 pub const QUICK: Duration = Duration::from_secs(1);
 
+/// Quick rechecks run on a grid of this step, each at the first grid time
+/// at or after it is due, so that those of processes started within one
+/// step share a wake-up: a build host starts hundreds of processes a
+/// second, four quick rechecks each, which as timers of their own woke
+/// the profiler's thread about 800 times a second.
+const QUICK_STEP: Duration = Duration::from_millis(100);
+
 /// Longest a sampled process that publishes no context goes unchecked.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
@@ -114,6 +121,8 @@ pub struct ContextDiscovery {
     checked: HashMap<u32, Checked>,
     /// Quick rechecks to run, by when they are due.
     quick: BTreeSet<(Instant, u32)>,
+    /// Where the [`QUICK_STEP`] grid starts.
+    epoch: Instant,
 }
 
 impl ContextDiscovery {
@@ -123,7 +132,19 @@ impl ContextDiscovery {
             sink,
             checked: HashMap::new(),
             quick: BTreeSet::new(),
+            epoch: Instant::now(),
         }
+    }
+
+    /// The first time on the [`QUICK_STEP`] grid at or after `at`.
+    fn on_grid(&self, at: Instant) -> Instant {
+        let step = QUICK_STEP.as_nanos();
+        let steps = at
+            .saturating_duration_since(self.epoch)
+            .as_nanos()
+            .div_ceil(step);
+        let offset = u64::try_from(steps * step).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(offset)
     }
 
     /// When the first quick recheck is due, if any.
@@ -174,7 +195,7 @@ impl ContextDiscovery {
             // the new image is checked at its next sample.
             self.checked
                 .insert(tgid, Checked::nothing(None, now, after));
-            self.quick.insert((now + FIRST_RECHECK, tgid));
+            self.quick.insert((self.on_grid(now + FIRST_RECHECK), tgid));
             return;
         }
         let checked = match found {
@@ -197,7 +218,7 @@ impl ContextDiscovery {
         };
         if let Checked::Nothing { at, wait, .. } = checked {
             if wait < QUICK {
-                self.quick.insert((at + wait, tgid));
+                self.quick.insert((self.on_grid(at + wait), tgid));
             }
         }
         self.checked.insert(tgid, checked);
@@ -389,6 +410,25 @@ mod tests {
         assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
         let quick = waits.iter().filter(|&&ms| ms < QUICK.as_millis()).count();
         assert_eq!(quick, 4, "the rechecks on a timer");
+    }
+
+    #[test]
+    fn quick_rechecks_due_within_one_step_share_a_time_no_earlier() {
+        struct Nowhere;
+        impl ProcessMap<ThreadContextLocation> for Nowhere {
+            fn publish(&mut self, _: u32, _: ThreadContextLocation) {}
+            fn withdraw(&mut self, _: u32) {}
+        }
+        let discovery = ContextDiscovery::new(Box::new(Nowhere));
+        let due = [1, 40, 99].map(|ms| discovery.epoch + Duration::from_millis(ms));
+        let times = due.map(|at| discovery.on_grid(at));
+        assert!(times.iter().all(|&t| t == times[0]), "{times:?}");
+        assert!(times.iter().zip(due).all(|(&t, at)| t >= at));
+        assert_eq!(discovery.on_grid(discovery.epoch), discovery.epoch);
+        assert_eq!(
+            discovery.on_grid(due[2] + Duration::from_millis(2)),
+            discovery.epoch + QUICK_STEP * 2
+        );
     }
 
     #[test]

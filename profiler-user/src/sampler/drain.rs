@@ -211,6 +211,12 @@ pub fn decode_key(
     }
 }
 
+/// A drained `COUNTS` entry: its key and its count, the sum of its value
+/// slots (one for the shared map; a per-CPU map has one per possible CPU).
+pub fn sum_slots(key: &KernelKey, slots: &[u64]) -> (KernelKey, u64) {
+    (*key, slots.iter().sum())
+}
+
 /// Joins drained sample counts (CPU and page faults, told apart by the
 /// key's kernel kind) with drained stacks, decoding the truncation mark.
 /// `kind_of` names the profile kind of a kernel kind and the period one

@@ -20,6 +20,8 @@ pub mod off_cpu;
 pub mod policy;
 mod process_events;
 mod process_maps;
+#[cfg(test)]
+mod scale;
 pub mod stats;
 pub mod trace_context;
 mod unwind_maps;
@@ -31,8 +33,7 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{
-    Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, ProgramArray,
-    RingBuf,
+    Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, ProgramArray, RingBuf,
 };
 use aya::programs::perf_event::{
     PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
@@ -252,7 +253,7 @@ pub struct Sampler {
     config_map: Array<MapData, Config>,
     config: Config,
     stats: PerCpuArray<MapData, u64>,
-    counts: [PerCpuHashMap<MapData, KernelKey, u64>; 2],
+    counts: [HashMap<MapData, KernelKey, u64>; 2],
     stacks: [HashMap<MapData, StackHash, Stack>; 2],
     deep_stacks: [HashMap<MapData, StackHash, DeepStack>; 2],
     /// How the drained maps' entries are laid out (the same in both sets),
@@ -1062,7 +1063,7 @@ impl Sampler {
             self.counts[index].map(),
             counts_name,
             self.layouts.counts,
-            |key, per_cpu| entries.push((*key, per_cpu.iter().sum::<u64>())),
+            |key, count| entries.push(drain::sum_slots(key, count)),
         )
         .map_err(|source| SamplerError::Drain {
             map: counts_name,
@@ -1121,7 +1122,7 @@ impl Layouts {
     /// Read from the maps of both sets: each must hold the types the
     /// drain reads, so the two sets' layouts are the same.
     fn of(
-        counts: &[PerCpuHashMap<MapData, KernelKey, u64>; 2],
+        counts: &[HashMap<MapData, KernelKey, u64>; 2],
         stacks: &[HashMap<MapData, StackHash, Stack>; 2],
         deep_stacks: &[HashMap<MapData, StackHash, DeepStack>; 2],
     ) -> Result<Self, SamplerError> {
@@ -1144,7 +1145,7 @@ impl Layouts {
             of(0)
         }
         Ok(Self {
-            counts: check([counts[0].map(), counts[1].map()], names::COUNTS, true)?,
+            counts: check([counts[0].map(), counts[1].map()], names::COUNTS, false)?,
             stacks: check([stacks[0].map(), stacks[1].map()], names::STACKS, false)?,
             deep_stacks: check(
                 [deep_stacks[0].map(), deep_stacks[1].map()],
