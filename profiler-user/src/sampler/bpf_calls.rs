@@ -43,7 +43,7 @@ const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Entries per `BPF_MAP_LOOKUP_AND_DELETE_BATCH` call at first (grown
 /// when a hash bucket holds more).
-const TAKE_BATCH: usize = 256;
+pub(super) const TAKE_BATCH: usize = 256;
 
 /// The `bpf(2)` command `cmd` with `attr`.
 fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {

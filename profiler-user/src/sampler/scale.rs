@@ -5,8 +5,8 @@
 //! The kernel's part is modelled: each drain's `COUNTS` and `STACKS`
 //! entries are laid out as `BPF_MAP_LOOKUP_AND_DELETE_BATCH` hands them
 //! over (keys, then one value per entry, or one per possible CPU for a
-//! per-CPU map) and copied into userspace's buffers, as the kernel copies
-//! them. Userspace's part is the code the sampler runs on a real drain:
+//! per-CPU map) and copied a batch at a time into userspace's buffers, as
+//! the kernel copies them. Userspace's part is the code the sampler runs on a real drain:
 //! [`drain::sum_slots`], [`drain::assemble_counted`] and the
 //! [`Aggregator`].
 //!
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use profiler_common::{SampleKey as KernelKey, Stack, TraceContext, COMM_LEN, MAX_STACK_DEPTH};
 
+use super::bpf_calls::TAKE_BATCH;
 use super::drain;
 use crate::aggregate::Aggregator;
 use crate::kind::ProfileKind;
@@ -126,21 +127,34 @@ pub(super) fn window(cpus: u64, hz: u64, layout: CountsLayout) -> Window {
     let mut copied_bytes = 0;
     let started = Instant::now();
     for _ in 0..DRAINS {
-        // The kernel's copy into userspace's batch buffers.
-        let keys = kernel_keys.clone();
-        let values = kernel_values.clone();
-        let stack_entries = kernel_stacks.clone();
-        copied_bytes += drain_bytes(keys.len(), slots);
-        // Userspace: what `Sampler::take_set` does with them.
-        let counts: Vec<(KernelKey, u64)> = keys
-            .iter()
-            .zip(values.chunks_exact(slots))
-            .map(|(key, values)| drain::sum_slots(key, values))
-            .collect();
-        let stacks: HashMap<u64, Vec<u64>> = stack_entries
-            .iter()
-            .map(|(hash, stack)| (*hash, stack.frames().to_vec()))
-            .collect();
+        // The kernel's copies, a batch at a time into buffers reused
+        // between batches, as `bpf_calls::take_all` reads a map; then what
+        // `Sampler::take_set` does with each entry.
+        let mut counts = Vec::with_capacity(entries);
+        let mut key_buf = vec![kernel_keys[0]; TAKE_BATCH];
+        let mut value_buf = vec![0u64; TAKE_BATCH * slots];
+        for (keys, values) in kernel_keys
+            .chunks(TAKE_BATCH)
+            .zip(kernel_values.chunks(TAKE_BATCH * slots))
+        {
+            key_buf[..keys.len()].copy_from_slice(keys);
+            value_buf[..values.len()].copy_from_slice(values);
+            counts.extend(
+                key_buf[..keys.len()]
+                    .iter()
+                    .zip(value_buf.chunks_exact(slots))
+                    .map(|(key, values)| drain::sum_slots(key, values)),
+            );
+        }
+        let mut stacks = HashMap::new();
+        let mut stack_buf = vec![kernel_stacks[0]; TAKE_BATCH];
+        for batch in kernel_stacks.chunks(TAKE_BATCH) {
+            stack_buf[..batch.len()].copy_from_slice(batch);
+            for (hash, stack) in &stack_buf[..batch.len()] {
+                stacks.insert(*hash, stack.frames().to_vec());
+            }
+        }
+        copied_bytes += drain_bytes(entries, slots);
         let samples = drain::assemble_counted(counts, &stacks, |kind| {
             (kind == profiler_common::kernel_kind::CPU).then_some((ProfileKind::Cpu, 10_101_010))
         });
