@@ -18,7 +18,9 @@ use crate::k8s::PodMetadata;
 use crate::kind::ProfileKind;
 use crate::overhead::Budget;
 pub use crate::overhead::OverheadStats;
-use crate::process::{alive, ContextDiscovery, CpuTimes, ProcessTable, PythonProcesses, Selection};
+use crate::process::{
+    alive, ContextDiscovery, CpuTimes, Lifecycle, ProcessTable, PythonProcesses, Selection,
+};
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
 use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
@@ -529,6 +531,8 @@ impl Pipeline {
             }
         };
         match self.processes.observe(tgid) {
+            // Exited before it could be read: nothing to look for in it.
+            Ok(Lifecycle::Gone) => return,
             Ok(state) if state.snapshot() => {
                 if let Some(tables) = &mut self.tables {
                     tables.request(tgid, &self.processes);

@@ -24,7 +24,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lifecycle::{lifecycle, Identity, Lifecycle};
+pub(crate) use lifecycle::Lifecycle;
+use lifecycle::{lifecycle, Identity};
 use maps::{MapEntry, MapPath};
 use perfmap::{JitFunction, PerfMap, Runtime};
 use procfs::read_proc;
@@ -344,9 +345,14 @@ impl ProcessTable {
         // (an exec of the same file, which `observe` cannot tell).
         let mut unmapped = BTreeSet::new();
         let mut newer_image = BTreeSet::new();
+        // Those found gone above have nothing left to read.
+        let exited: BTreeSet<u32> = tracked.exited.iter().copied().collect();
         for sample in &drained.samples {
             let thread = &sample.key.thread;
             let (tgid, exec_gen) = (thread.tgid, thread.exec_gen);
+            if exited.contains(&tgid) {
+                continue;
+            }
             let Some(info) = self.processes.get(&tgid) else {
                 continue;
             };

@@ -29,7 +29,7 @@ use profiler_common::ThreadContextLocation;
 use super::maps::{self, MapEntry, MapPath};
 use super::procfs::{open_mapped_file, read_proc};
 use super::thread_context::{self, Discovery, ThreadContextError, TlsLocation, HEADER_SIZE};
-use super::ProcessTable;
+use super::{ProcessError, ProcessTable};
 use crate::sampler::ProcessMap;
 
 /// How long a sampled process that published no context at its first
@@ -113,6 +113,9 @@ enum DiscoveryError {
     Context(#[from] ThreadContextError),
     #[error("its process context kept changing while read")]
     Unstable,
+    /// The process exited.
+    #[error("it exited")]
+    Gone,
 }
 
 /// The processes checked so far, and where their locations go.
@@ -199,6 +202,12 @@ impl ContextDiscovery {
             return;
         }
         let checked = match found {
+            // Exited: nothing to recheck (a process that reuses the pid
+            // is checked when sampled, as any new one).
+            Err(DiscoveryError::Gone) => {
+                self.checked.remove(&tgid);
+                return;
+            }
             Ok(Some(mut location)) => {
                 location.exec_gen = before;
                 log::info!(
@@ -238,8 +247,10 @@ impl ContextDiscovery {
 /// it publishes no (usable) process context or no module defines the
 /// variable.
 fn discover(pid: u32) -> Result<Option<ThreadContextLocation>, DiscoveryError> {
-    let Ok(text) = read_proc(&format!("/proc/{pid}/maps"), pid) else {
-        return Ok(None); // gone
+    let text = match read_proc(&format!("/proc/{pid}/maps"), pid) {
+        Ok(text) => text,
+        Err(ProcessError::Gone { .. }) => return Err(DiscoveryError::Gone),
+        Err(_) => return Ok(None),
     };
     let Ok(entries) = maps::parse(&text) else {
         return Ok(None);
@@ -412,13 +423,28 @@ mod tests {
         assert_eq!(quick, 4, "the rechecks on a timer");
     }
 
+    struct Nowhere;
+    impl ProcessMap<ThreadContextLocation> for Nowhere {
+        fn publish(&mut self, _: u32, _: ThreadContextLocation) {}
+        fn withdraw(&mut self, _: u32) {}
+    }
+
+    #[test]
+    fn a_process_gone_is_not_checked_again() {
+        let mut discovery = ContextDiscovery::new(Box::new(Nowhere));
+        let processes = ProcessTable::new();
+        // A pid above the kernel's limit (2^22) is never in /proc.
+        let gone = (1 << 22) + 7;
+        discovery.check(gone, Instant::now(), &processes);
+        assert!(discovery.checked.is_empty());
+        assert_eq!(discovery.next_quick(), None);
+        // A live one publishing nothing is rechecked soon.
+        discovery.check(std::process::id(), Instant::now(), &processes);
+        assert!(discovery.next_quick().is_some());
+    }
+
     #[test]
     fn quick_rechecks_due_within_one_step_share_a_time_no_earlier() {
-        struct Nowhere;
-        impl ProcessMap<ThreadContextLocation> for Nowhere {
-            fn publish(&mut self, _: u32, _: ThreadContextLocation) {}
-            fn withdraw(&mut self, _: u32) {}
-        }
         let discovery = ContextDiscovery::new(Box::new(Nowhere));
         let due = [1, 40, 99].map(|ms| discovery.epoch + Duration::from_millis(ms));
         let times = due.map(|at| discovery.on_grid(at));
