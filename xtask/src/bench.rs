@@ -161,6 +161,22 @@ pub(crate) fn watch_for(
     wait
 }
 
+/// The counter `name` of a `name value` line of the kernel's text file
+/// `path` (`/proc/stat`'s `ctxt` or `processes`, `/proc/vmstat`'s
+/// `pgfault`).
+pub(crate) fn host_counter(path: &str, name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("{path} has no {name} line"))
+}
+
 /// Runs `cmd` to completion and returns its resource use.
 pub(crate) fn measure(cmd: &mut Command) -> Result<Usage> {
     let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
@@ -216,6 +232,15 @@ pub fn default_work_dir(workspace: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_counters_are_read_by_name() {
+        assert!(host_counter("/proc/stat", "ctxt").unwrap() > 0);
+        assert!(host_counter("/proc/stat", "processes").unwrap() > 0);
+        // `pgfault`, not `pgfault_…` or a prefix of another name.
+        assert!(host_counter("/proc/vmstat", "pgfault").unwrap() > 0);
+        assert!(host_counter("/proc/stat", "proc").is_err());
+    }
 
     #[test]
     fn usage_conversion_and_sum() {

@@ -43,8 +43,6 @@ pub struct AgentBenchOptions {
     pub root: PathBuf,
     /// Scratch directory.
     pub work_dir: PathBuf,
-    /// The host's load.
-    pub load: Load,
 }
 
 /// One reading of the agent's `/proc` entries.
@@ -64,27 +62,27 @@ pub struct Reading {
     bpf_maps_mib: f64,
 }
 
-/// Runs the benchmark and prints its figures.
-pub fn run(options: &AgentBenchOptions) -> Result<()> {
+/// Runs the benchmark under `load` and prints its figures.
+pub fn run(options: &AgentBenchOptions, load: Load) -> Result<()> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let received = options.work_dir.join("agent-received.jsonl");
-    let load = match options.load {
+    let described = match load {
         Load::Busy => format!("{cpus} busy CPUs"),
         Load::Build => format!("{cpus} compile loops and an exec probe"),
     };
     println!(
-        "[bench-agent] {load}, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
+        "[bench-agent] {described}, agent at {} Hz for {:?}, exporting every {:?} over HTTP/protobuf+gzip",
         options.frequency, options.duration, options.interval
     );
     let forks_before = processes_started()?;
-    let (readings, metrics, total) = match options.load {
+    let (readings, metrics, total) = match load {
         Load::Busy => with_load(cpus, || run_agent(options, &received))?,
         Load::Build => while_running(build_load(options, cpus)?, || run_agent(options, &received))?,
     };
     let forks = processes_started()? - forks_before;
-    report(options, &readings, &metrics, total, &received, forks)
+    report(options, load, &readings, &metrics, total, &received, forks)
 }
 
 /// The build host's load: a compile loop per CPU and an exec probe.
@@ -118,12 +116,9 @@ fn build_load(options: &AgentBenchOptions, cpus: usize) -> Result<Vec<Command>> 
     Ok(commands)
 }
 
-/// Processes (and threads) the host has started since boot (`/proc/stat`).
+/// Processes (and threads) the host has started since boot.
 fn processes_started() -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    stat.lines()
-        .find_map(|l| l.strip_prefix("processes ")?.trim().parse().ok())
-        .context("no `processes` line in /proc/stat")
+    crate::bench::host_counter("/proc/stat", "processes")
 }
 
 /// Runs the agent for `options.duration`, exporting to a fresh receiver
@@ -289,6 +284,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
 
 fn report(
     options: &AgentBenchOptions,
+    load: Load,
     readings: &[Reading],
     metrics: &str,
     total: crate::bench::Usage,
@@ -334,7 +330,7 @@ fn report(
         minutes,
         options.frequency,
         options.interval,
-        options.load,
+        load,
         forks as f64 / (minutes * 60.0).max(1.0)
     );
     println!(

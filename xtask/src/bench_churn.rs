@@ -164,8 +164,6 @@ fn agent_memory(options: &ChurnBenchOptions, workload: &Path, rate: u32) -> Resu
                 hostprof: options.hostprof.clone(),
                 root: options.root.clone(),
                 work_dir: options.work_dir.clone(),
-                // The spawner is the load here; `run_agent` does not read it.
-                load: crate::bench_agent::Load::Busy,
             },
             &options.work_dir.join(format!("churn-agent-{rate}.jsonl")),
         )

@@ -368,18 +368,8 @@ struct Reading {
 }
 
 fn reading(record: Option<&Child>) -> Result<Reading> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let switches = stat
-        .lines()
-        .find_map(|line| line.strip_prefix("ctxt "))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| anyhow!("/proc/stat has no ctxt line"))?;
-    let vmstat = std::fs::read_to_string("/proc/vmstat").context("reading /proc/vmstat")?;
-    let faults = vmstat
-        .lines()
-        .find_map(|line| line.strip_prefix("pgfault "))
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| anyhow!("/proc/vmstat has no pgfault line"))?;
+    let switches = crate::bench::host_counter("/proc/stat", "ctxt")?;
+    let faults = crate::bench::host_counter("/proc/vmstat", "pgfault")?;
     let (hostprof_seconds, programs) = match record {
         Some(child) => (
             crate::bench::cpu_seconds(child.id())?,

@@ -307,15 +307,17 @@ fn run() -> Result<()> {
             load,
         } => {
             let hostprof = release_build(&root)?;
-            bench_agent::run(&bench_agent::AgentBenchOptions {
-                duration: Duration::from_secs(seconds),
-                frequency,
-                interval: Duration::from_secs(interval),
+            bench_agent::run(
+                &bench_agent::AgentBenchOptions {
+                    duration: Duration::from_secs(seconds),
+                    frequency,
+                    interval: Duration::from_secs(interval),
+                    hostprof,
+                    work_dir: bench::default_work_dir(&root),
+                    root,
+                },
                 load,
-                hostprof,
-                work_dir: bench::default_work_dir(&root),
-                root,
-            })
+            )
         }
         Task::BenchChurn {
             seconds,
