@@ -128,8 +128,10 @@ impl Symbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(false)
-            // Debug links are followed here, not by blazesym: it would read
-            // the linked file's DWARF ([`debug_file`]).
+            // Debug files are found here, by build id in root's
+            // directories, not by blazesym: it would read the linked
+            // file's DWARF ([`debug_file`]). The copies it reads have no
+            // debug links to follow ([`sealed`]).
             .set_debug_dirs(Some(Vec::<PathBuf>::new()))
             .build();
         Self {
@@ -607,38 +609,47 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Builds `dir/name` with gcc `-O1` and `flags`: a program whose main
+    /// calls the static function `name_static`.
+    fn static_function_program(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+        let source = dir.join(format!("{name}.c"));
+        std::fs::write(
+            &source,
+            format!(
+                "static __attribute__((noinline)) int {name}_static(int x) {{ return x * 3 + 1; }}\n\
+                 int main(int argc, char **argv) {{ (void)argv; return {name}_static(argc); }}\n"
+            ),
+        )
+        .unwrap();
+        let program = dir.join(name);
+        let mut args: Vec<&std::ffi::OsStr> = vec!["-O1".as_ref(), "-o".as_ref()];
+        args.push(program.as_os_str());
+        args.push(source.as_os_str());
+        args.extend(flags.iter().map(std::ffi::OsStr::new));
+        run("gcc", &args);
+        program
+    }
+
+    /// The address of the local function `function`, by binutils' reading
+    /// of the symbol table of `file`.
+    fn nm_address(file: &Path, function: &str) -> u64 {
+        let nm = run("nm", &[file.as_os_str()]);
+        nm.lines()
+            .find_map(|line| line.strip_suffix(&format!(" t {function}")))
+            .map(|hex| u64::from_str_radix(hex, 16).unwrap())
+            .unwrap_or_else(|| panic!("no {function} in {}:\n{nm}", file.display()))
+    }
+
     #[test]
     fn a_stripped_file_is_named_from_its_debug_files_symbol_table() {
         let dir = tempfile::tempdir().unwrap();
-        let source = dir.path().join("hidden.c");
-        std::fs::write(
-            &source,
-            "static __attribute__((noinline)) int hidden_static(int x) { return x * 3 + 1; }\n\
-             int main(int argc, char **argv) { (void)argv; return hidden_static(argc); }\n",
-        )
-        .unwrap();
-        let program = dir.path().join("hidden");
+        let program = static_function_program(dir.path(), "hidden", &["-g"]);
         let debug = dir.path().join("hidden.debug");
         let (p, d) = (program.as_os_str(), debug.as_os_str());
-        run(
-            "gcc",
-            &[
-                "-O1".as_ref(),
-                "-g".as_ref(),
-                "-o".as_ref(),
-                p,
-                source.as_os_str(),
-            ],
-        );
         run("objcopy", &["--only-keep-debug".as_ref(), p, d]);
         run("strip", &["--strip-all".as_ref(), p]);
-        // Where the function is, by binutils' reading of the debug file.
-        let nm = run("nm", &[d]);
-        let address = nm
-            .lines()
-            .find_map(|line| line.strip_suffix(" t hidden_static"))
-            .map(|hex| u64::from_str_radix(hex, 16).unwrap())
-            .unwrap_or_else(|| panic!("no hidden_static in the debug file:\n{nm}"));
+        // Where the function is, by the debug file.
+        let address = nm_address(&debug, "hidden_static");
         let file = File::open(&program).unwrap();
         let copy = sealed::SealedElf::copy(&file, sealed::MAX_DEBUG_BYTES).unwrap();
         assert!(copy.facts().stripped);
@@ -667,6 +678,50 @@ mod tests {
         let got = without.user(module, Some(&file), &[address + 1]);
         let name = got[0].as_ref().map(|frames| frames[0].name.clone());
         assert_ne!(name.as_deref(), Some("hidden_static"));
+    }
+
+    /// A tenant's `.gnu_debuglink` naming a FIFO by absolute path: blazesym
+    /// would open it (and wait for a writer forever) were the link in the
+    /// copy it reads. The copy has none; the file is named from its own
+    /// symbol table.
+    #[test]
+    fn a_debug_link_naming_a_fifo_is_not_followed() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let program = static_function_program(dir.path(), "linked", &[]);
+        let p = program.as_os_str();
+        let fifo = dir.path().join("link.fifo");
+        run("mkfifo", &[fifo.as_os_str()]);
+        // The section: the name, NUL, padding to 4 bytes, a CRC-32.
+        let mut link = fifo.as_os_str().as_encoded_bytes().to_vec();
+        link.push(0);
+        link.resize(link.len().next_multiple_of(4) + 4, 0);
+        let content = dir.path().join("link.section");
+        std::fs::write(&content, link).unwrap();
+        let mut section = std::ffi::OsString::from(".gnu_debuglink=");
+        section.push(&content);
+        run("objcopy", &["--add-section".as_ref(), &section, p]);
+        let address = nm_address(&program, "linked_static");
+
+        let file = File::open(&program).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut symbolizer = Symbolizer::new();
+            symbolizer.debug_dirs.clear();
+            let module = crate::process::ModuleId::for_tests(6);
+            let _ = tx.send(symbolizer.user(module, Some(&file), &[address + 1]));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        if got.is_err() {
+            // Let the symbolizer's open of the FIFO return before failing.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+        }
+        let got = got.expect("the symbolizer followed the debug link to the FIFO");
+        let frames = got[0].as_ref().expect("named from its symbol table");
+        assert_eq!(frames[0].name, "linked_static");
     }
 
     #[test]

@@ -15,6 +15,15 @@
 //! memory limit; compressed ones count at the size they inflate to, which
 //! is what parsing them holds ([`SealedElf::weight`]). Reads are bounded `pread`s: a file that shrinks while it
 //! is copied gives an error, never a fault.
+//!
+//! The copy has no links to other files: the sections that name one
+//! (`.gnu_debuglink`, `.gnu_debugaltlink`, `.debug_sup`) lose their names
+//! in it ([`LINKS`]). blazesym follows such a link even with no debug
+//! directories, to the name joined to the linking file's directory, and
+//! a name is the tenant's to write: `/run/fifo` would have the symbolizer
+//! open a FIFO and wait forever, `../../secret` read a file of the
+//! host's. Debug files are found by build id in root's directories
+//! instead (`debug_file`).
 
 use std::fs::File;
 use std::io;
@@ -36,6 +45,11 @@ use crate::pread::PreadFile;
 /// the kernel cannot reclaim while it exists; 64 MiB fits the Helm
 /// chart's default limit (256 MiB) beside everything else the agent holds.
 pub(crate) const MAX_DEBUG_BYTES: u64 = 64 << 20;
+
+/// The sections that name another file to read. Their section headers'
+/// names are zeroed in a copy (name offset 0: the empty name), so nothing
+/// reading the copy finds them; their bytes are not copied.
+const LINKS: [&[u8]; 3] = [b".gnu_debuglink", b".gnu_debugaltlink", b".debug_sup"];
 
 /// Why a file could not be copied for symbolization.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +146,10 @@ impl SealedElf {
                 copied += n as u64;
             }
         }
+        for &name_at in &plan.unlinked {
+            // sh_name is a section header's first 4 bytes in either class.
+            memfd.write_all_at(&[0; 4], name_at)?;
+        }
         rustix::fs::fcntl_add_seals(
             &memfd,
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
@@ -185,6 +203,9 @@ struct Plan {
     /// The bytes of `ranges`, debug sections at their inflated size.
     weight: u64,
     debug_left_out: bool,
+    /// The file offsets of the section headers of [`LINKS`] sections,
+    /// whose names the copy zeroes.
+    unlinked: Vec<u64>,
     facts: ElfFacts,
 }
 
@@ -214,18 +235,25 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     let sections = header
         .sections(endian, reader)
         .map_err(|_| SealError::NotElf)?;
-    let table = sections.len() as u64 * u64::from(header.e_shentsize(endian));
-    ranges.push(shoff..shoff.saturating_add(table));
+    let entry = u64::from(header.e_shentsize(endian));
+    ranges.push(shoff..shoff.saturating_add(sections.len() as u64 * entry));
     let mut debug = Vec::new();
     let mut inflated_debug = 0u64;
     let mut has_symbols = false;
-    for section in sections.iter() {
+    let mut unlinked = Vec::new();
+    for (index, section) in sections.iter().enumerate() {
         let kind = section.sh_type(endian);
         let flags: u64 = section.sh_flags(endian).into();
         let offset: u64 = section.sh_offset(endian).into();
         let size: u64 = section.sh_size(endian).into();
         let range = offset..offset.saturating_add(size);
         let name = sections.section_name(endian, section).unwrap_or_default();
+        if LINKS.contains(&name) {
+            // Inside the section header table, itself inside the file
+            // (object checked both when it read the table).
+            unlinked.push(shoff + index as u64 * entry);
+            continue;
+        }
         if kind == elf::SHT_NOBITS || size == 0 {
             continue;
         }
@@ -279,6 +307,7 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
         ranges,
         weight,
         debug_left_out,
+        unlinked,
         facts: ElfFacts {
             build_id: build_id_in(&sections, endian, reader),
             segments: Segments(segments),
