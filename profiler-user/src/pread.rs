@@ -1,7 +1,7 @@
 //! Reading files with bounded `pread`s into buffers of our own, for
 //! `object`'s parsers ([`PreadFile`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
@@ -13,6 +13,14 @@ use object::ReadRef;
 
 /// The longest string [`ReadRef::read_bytes_at_until`] looks through.
 const MAX_STRING_LEN: u64 = 4096;
+
+/// What [`ReadRef::read_bytes_at_until`] reads first for a string not in
+/// a chunk already read: most symbol names fit; a longer one is read again
+/// at [`MAX_STRING_LEN`].
+const FIRST_STRING_READ: u64 = 256;
+
+/// The most one reader keeps, whatever the file: see [`PreadFile::new`].
+const MAX_KEPT_BYTES: u64 = 256 << 20;
 
 /// Bytes read from the file: `len` bytes in 8-byte words.
 struct Chunk {
@@ -42,6 +50,8 @@ pub(crate) struct PreadFile {
     /// Chunks displaced from `chunks` by a read at the same offset, kept
     /// for the slices handed out of them.
     replaced: RefCell<Vec<Chunk>>,
+    /// Bytes still to be kept before reads are refused.
+    budget: Cell<u64>,
 }
 
 impl PreadFile {
@@ -52,6 +62,12 @@ impl PreadFile {
 
     /// Reads `file`, whose size is taken now: a file that shrinks later
     /// gives read errors, never a fault.
+    ///
+    /// What the reader keeps is bounded: twice the file's size and 1 MiB,
+    /// at most [`MAX_KEPT_BYTES`]; reads past that fail. Parsing reads a
+    /// file's bytes about once, but the file is a tenant's and its headers
+    /// steer the reads: a symbol table of a million entries whose names all
+    /// miss the chunks read before would otherwise have each read anew.
     pub(crate) fn new(file: File) -> io::Result<Self> {
         let len = file.metadata()?.len();
         Ok(Self {
@@ -59,6 +75,11 @@ impl PreadFile {
             len,
             chunks: RefCell::new(BTreeMap::new()),
             replaced: RefCell::new(Vec::new()),
+            budget: Cell::new(
+                len.saturating_mul(2)
+                    .saturating_add(1 << 20)
+                    .min(MAX_KEPT_BYTES),
+            ),
         })
     }
 
@@ -78,6 +99,9 @@ impl PreadFile {
         if offset.checked_add(size).is_none_or(|end| end > self.len) {
             return Err(());
         }
+        // Over budget: refused too, before allocating.
+        let left = self.budget.get().checked_sub(size).ok_or(())?;
+        self.budget.set(left);
         let size = usize::try_from(size).map_err(|_| ())?;
         // Read straight into 8-byte words: one copy, from the kernel.
         let mut words: Box<[u64]> = vec![0u64; size.div_ceil(8)].into_boxed_slice();
@@ -137,15 +161,22 @@ impl<'a> ReadRef<'a> for &'a PreadFile {
                 return Ok(&bytes[..end]);
             }
         }
-        let size = range
+        let most = range
             .end
             .checked_sub(range.start)
             .ok_or(())?
-            .min(self.len.saturating_sub(range.start))
-            .min(MAX_STRING_LEN);
-        let bytes = self.read_chunk(range.start, size)?;
-        let end = bytes.iter().position(|&b| b == delimiter).ok_or(())?;
-        Ok(&bytes[..end])
+            .min(self.len.saturating_sub(range.start));
+        let mut size = most.min(FIRST_STRING_READ);
+        loop {
+            let bytes = self.read_chunk(range.start, size)?;
+            if let Some(end) = bytes.iter().position(|&b| b == delimiter) {
+                return Ok(&bytes[..end]);
+            }
+            if size == most.min(MAX_STRING_LEN) {
+                return Err(());
+            }
+            size = most.min(MAX_STRING_LEN);
+        }
     }
 }
 
@@ -201,5 +232,47 @@ mod tests {
         let all = reader.read_bytes_at(0, 19).unwrap();
         assert_eq!(reader.read_bytes_at_until(1..20, 0), Ok(&b"one"[..]));
         assert_eq!((one, &all[15..]), (&b"one"[..], &b"four"[..]));
+    }
+
+    #[test]
+    fn a_long_string_is_read_again_whole() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        let mut text = vec![b'x'; 1000];
+        text.push(0);
+        std::fs::write(temp.path(), &text).unwrap();
+        let file = PreadFile::open(temp.path()).unwrap();
+        let reader = &file;
+        assert_eq!(reader.read_bytes_at_until(0..1001, 0), Ok(&text[..1000]));
+        // Past the longest string looked for: not found.
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(temp.path(), vec![b'x'; 5000]).unwrap();
+        let file = PreadFile::open(temp.path()).unwrap();
+        assert_eq!((&file).read_bytes_at_until(0..5000, 0), Err(()));
+    }
+
+    /// Names read in the order that misses every chunk read before (from
+    /// the end back): what is kept stays within twice the file and 1 MiB,
+    /// and reads past that are refused.
+    #[test]
+    fn what_a_reader_keeps_is_bounded() {
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        let len = 256 << 10;
+        let mut text = vec![b'n'; len];
+        text[len - 1] = 0;
+        std::fs::write(temp.path(), &text).unwrap();
+        let file = PreadFile::open(temp.path()).unwrap();
+        let reader = &file;
+        let mut found = 0;
+        for start in (0..len as u64 - 1).rev() {
+            if reader.read_bytes_at_until(start..len as u64, 0).is_ok() {
+                found += 1;
+            }
+        }
+        let kept: usize = file.chunks.borrow().values().map(|c| c.len).sum::<usize>()
+            + file.replaced.borrow().iter().map(|c| c.len).sum::<usize>();
+        assert!(kept as u64 <= 2 * len as u64 + (1 << 20), "kept {kept}");
+        assert!(found > 1000, "the budget allows normal reading: {found}");
+        assert!(found < len - 1, "the budget ran out: {found}");
+        assert_eq!(reader.read_bytes_at(0, 8192), Err(()));
     }
 }
