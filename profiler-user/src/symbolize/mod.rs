@@ -107,9 +107,9 @@ pub struct Symbolizer {
     /// Stripped modules named from a separate debug file.
     linked: HashMap<ModuleId, Linked>,
     user: HashMap<(ModuleId, u64), Symbols>,
-    /// Kernel symbols, read at the first kernel address (`None` in it:
-    /// kallsyms could not be read or hides its addresses).
-    kallsyms: Option<Option<kallsyms::Kallsyms>>,
+    /// Kernel symbols, read at the first kernel address and again when
+    /// code loaded since shows.
+    kallsyms: kallsyms::KernelSymbols,
     /// Frames by kernel symbol (index in `kallsyms`).
     kernel: HashMap<usize, Arc<[SymbolFrame]>>,
     stats: CacheStats,
@@ -144,7 +144,7 @@ impl Symbolizer {
             debug_dirs: debug_file::DEBUG_DIRS.iter().map(PathBuf::from).collect(),
             linked: HashMap::new(),
             user: HashMap::new(),
-            kallsyms: None,
+            kallsyms: kallsyms::KernelSymbols::new(crate::system_info::kernel_code::KALLSYMS_PATH),
             kernel: HashMap::new(),
             stats: CacheStats::default(),
         }
@@ -317,7 +317,13 @@ impl Symbolizer {
 
     /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Symbols> {
-        let table = self.kallsyms.get_or_insert_with(read_kallsyms);
+        let (table, reread) = self
+            .kallsyms
+            .for_addresses(addrs, std::time::Instant::now());
+        if reread {
+            // Indexes of the table before.
+            self.kernel.clear();
+        }
         let Some(table) = table else {
             return vec![None; addrs.len()];
         };
@@ -340,26 +346,6 @@ impl Symbolizer {
                 Some(frames)
             })
             .collect()
-    }
-}
-
-/// The kernel's symbols from `/proc/kallsyms`; `None`, said once, when
-/// they cannot be read or their addresses are hidden.
-fn read_kallsyms() -> Option<kallsyms::Kallsyms> {
-    let path = crate::system_info::kernel_code::KALLSYMS_PATH;
-    match kallsyms::Kallsyms::read(Path::new(path)) {
-        Ok(table) if table.len() > 0 => Some(table),
-        Ok(_) => {
-            log::warn!(
-                "{path} shows no addresses: kernel frames stay unnamed; run hostprof as root, \
-                 or set kernel.kptr_restrict=0"
-            );
-            None
-        }
-        Err(err) => {
-            log::warn!("cannot read {path}: {err}: kernel frames stay unnamed");
-            None
-        }
     }
 }
 
