@@ -629,7 +629,9 @@ mod tests {
     #[test]
     fn a_stripped_file_is_named_from_its_debug_files_symbol_table() {
         let dir = tempfile::tempdir().unwrap();
-        let program = static_function_program(dir.path(), "hidden", &["-g"]);
+        // Not position-independent: code loads at 0x400000 past its file
+        // offset, so a symbol's address is not its file offset.
+        let program = static_function_program(dir.path(), "hidden", &["-g", "-no-pie"]);
         let debug = dir.path().join("hidden.debug");
         let (p, d) = (program.as_os_str(), debug.as_os_str());
         run("objcopy", &["--only-keep-debug".as_ref(), p, d]);
@@ -640,8 +642,18 @@ mod tests {
         let copy = sealed::SealedElf::copy(&file, sealed::MAX_DEBUG_BYTES).unwrap();
         assert!(copy.facts().stripped);
         let id = copy.facts().build_id.clone().expect("gcc links a build id");
-        // gcc's code segment loads at its file offset.
-        assert_eq!(copy.facts().segments.virtual_offset(address), Some(address));
+        // The file offset, by object's reading of the program headers.
+        let offset = {
+            use object::{Object, ObjectSegment};
+            let data = std::fs::read(&program).unwrap();
+            let elf = object::File::parse(&*data).unwrap();
+            elf.segments()
+                .find(|s| (s.address()..s.address() + s.size()).contains(&address))
+                .map(|s| address - s.address() + s.file_range().0)
+                .expect("a segment holds the function")
+        };
+        assert_ne!(offset, address);
+        assert_eq!(copy.facts().segments.virtual_offset(offset), Some(address));
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
         let at = dir.path().join("debug/.build-id").join(&hex[..2]);
         std::fs::create_dir_all(&at).unwrap();
@@ -650,7 +662,7 @@ mod tests {
         let module = crate::process::ModuleId::for_tests(5);
         let mut symbolizer = Symbolizer::new();
         symbolizer.debug_dirs = vec![dir.path().join("debug")];
-        let got = symbolizer.user(module, Some(&file), &[address + 1]);
+        let got = symbolizer.user(module, Some(&file), &[offset + 1]);
         let frames = got[0].as_ref().expect("named from the debug file");
         assert_eq!(frames[0].name, "hidden_static");
         assert_eq!(frames[0].line, None, "names only: no DWARF read");
@@ -661,7 +673,7 @@ mod tests {
         // Without the debug file, the stripped file cannot name it.
         let mut without = Symbolizer::new();
         without.debug_dirs.clear();
-        let got = without.user(module, Some(&file), &[address + 1]);
+        let got = without.user(module, Some(&file), &[offset + 1]);
         let name = got[0].as_ref().map(|frames| frames[0].name.clone());
         assert_ne!(name.as_deref(), Some("hidden_static"));
     }

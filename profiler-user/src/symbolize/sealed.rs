@@ -332,6 +332,15 @@ pub(crate) fn build_id(file: &File) -> Option<Vec<u8>> {
     }
 }
 
+/// The longest build id taken (GNU ld writes 20 bytes, `--build-id=0x…`
+/// what it is given): a tenant's note may claim any length.
+const MAX_BUILD_ID: usize = 64;
+
+/// Note sections larger than this are not looked through for the build
+/// id (`.note.gnu.build-id` is 36 bytes; SystemTap's probe notes, the
+/// largest real ones, a few tens of KiB).
+const MAX_NOTE_SECTION: u64 = 1 << 20;
+
 /// The descriptor of the first GNU build id note in `sections`.
 fn build_id_in<'data, Elf: FileHeader<Endian = Endianness>>(
     sections: &SectionTable<'data, Elf, &'data PreadFile>,
@@ -339,9 +348,15 @@ fn build_id_in<'data, Elf: FileHeader<Endian = Endianness>>(
     reader: &'data PreadFile,
 ) -> Option<Vec<u8>> {
     sections.iter().find_map(|section| {
+        if section.sh_size(endian).into() > MAX_NOTE_SECTION {
+            return None;
+        }
         let mut notes = section.notes(endian, reader).ok()??;
         while let Ok(Some(note)) = notes.next() {
-            if note.name() == elf::ELF_NOTE_GNU && note.n_type(endian) == elf::NT_GNU_BUILD_ID {
+            if note.name() == elf::ELF_NOTE_GNU
+                && note.n_type(endian) == elf::NT_GNU_BUILD_ID
+                && note.desc().len() <= MAX_BUILD_ID
+            {
                 return Some(note.desc().to_vec());
             }
         }
