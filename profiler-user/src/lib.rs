@@ -50,6 +50,7 @@
 
 pub mod agent;
 mod aggregate;
+mod build_id;
 pub mod container;
 pub mod filter;
 pub mod flamegraph;

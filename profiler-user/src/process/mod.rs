@@ -83,15 +83,7 @@ impl Module {
 
     /// The build id as lowercase hex.
     pub fn build_id_hex(&self) -> Option<String> {
-        self.build_id.as_ref().map(|id| {
-            use std::fmt::Write;
-            let mut hex = String::with_capacity(id.len() * 2);
-            for byte in id.iter() {
-                // Writing to a String cannot fail.
-                let _ = write!(hex, "{byte:02x}");
-            }
-            hex
-        })
+        self.build_id.as_deref().map(crate::build_id::hex)
     }
 }
 
@@ -671,7 +663,7 @@ impl ProcessTable {
             if let Some(module) = module {
                 match procfs::open_mapped_file(pid, entry, path) {
                     Ok(file) => {
-                        module.build_id = procfs::elf_build_id(&file);
+                        module.build_id = crate::build_id::read(&file);
                         module.file = Some(file);
                         module.reopen = false;
                     }
@@ -683,7 +675,7 @@ impl ProcessTable {
         let opened = procfs::open_mapped_file(pid, entry, path);
         let reopen = opened.as_ref().is_err_and(procfs::gone);
         let file = opened.ok();
-        let build_id = file.as_ref().and_then(procfs::elf_build_id);
+        let build_id = file.as_ref().and_then(crate::build_id::read);
         let id = ModuleId(self.next_module);
         self.next_module = self
             .next_module

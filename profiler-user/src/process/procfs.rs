@@ -21,17 +21,6 @@ pub(crate) fn identity(pid: u32) -> Result<Option<Identity>, ProcessError> {
     }
 }
 
-/// The GNU build id of the ELF file `file`, read with bounded `pread`s
-/// (the file is another process's: it may be truncated while read).
-pub(crate) fn elf_build_id(file: &File) -> Option<Vec<u8>> {
-    let reader = crate::pread::PreadFile::new(file.try_clone().ok()?).ok()?;
-    let elf = object::File::parse(&reader).ok()?;
-    object::Object::build_id(&elf)
-        .ok()
-        .flatten()
-        .map(<[u8]>::to_vec)
-}
-
 /// A perf map is read only up to this size (a long-running JVM writes
 /// tens of MiB; more than this is not a perf map worth holding).
 pub(crate) const MAX_PERF_MAP_BYTES: u64 = 64 << 20;

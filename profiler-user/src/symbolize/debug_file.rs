@@ -23,7 +23,6 @@ use object::elf;
 use object::read::elf::{FileHeader, Sym};
 use object::{Endianness, FileKind};
 
-use super::sealed;
 use crate::pread::PreadFile;
 
 /// Where debug files are looked for, by build id (blazesym's defaults).
@@ -36,7 +35,7 @@ pub(crate) fn find(dirs: &[PathBuf], build_id: &[u8]) -> Option<PathBuf> {
     if build_id.len() < 8 {
         return None;
     }
-    let hex: String = build_id.iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex = crate::build_id::hex(build_id);
     let (first, rest) = hex.split_at(2);
     dirs.iter()
         .map(|dir| {
@@ -49,7 +48,7 @@ pub(crate) fn find(dirs: &[PathBuf], build_id: &[u8]) -> Option<PathBuf> {
 
 /// Whether the file at `path` is an ELF file with build id `build_id`.
 fn matches(path: &Path, build_id: &[u8]) -> bool {
-    File::open(path).is_ok_and(|file| sealed::build_id(&file).as_deref() == Some(build_id))
+    File::open(path).is_ok_and(|file| crate::build_id::read(&file).as_deref() == Some(build_id))
 }
 
 /// A function symbol as the table has it.
@@ -215,7 +214,7 @@ mod tests {
 
     /// Where `find` looks for `id` under `dir`, created.
     fn place(dir: &Path, id: &[u8]) -> PathBuf {
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::build_id::hex(id);
         let at = dir.join(".build-id").join(&hex[..2]);
         std::fs::create_dir_all(&at).unwrap();
         at.join(format!("{}.debug", &hex[2..]))
@@ -225,7 +224,7 @@ mod tests {
     fn a_debug_file_is_found_by_build_id_and_must_match_it() {
         let dir = tempfile::tempdir().unwrap();
         let own = File::open("/proc/self/exe").unwrap();
-        let Some(id) = sealed::build_id(&own) else {
+        let Some(id) = crate::build_id::read(&own) else {
             panic!("the test binary has no build id note; it is linked with one by default");
         };
         let dirs = [

@@ -654,7 +654,7 @@ mod tests {
         };
         assert_ne!(offset, address);
         assert_eq!(copy.facts().segments.virtual_offset(offset), Some(address));
-        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::build_id::hex(&id);
         let at = dir.path().join("debug/.build-id").join(&hex[..2]);
         std::fs::create_dir_all(&at).unwrap();
         std::fs::copy(&debug, at.join(format!("{}.debug", &hex[2..]))).unwrap();

@@ -33,7 +33,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, SectionTable};
+use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use object::{Endianness, FileKind};
 use rustix::fs::{MemfdFlags, SealFlags};
 
@@ -309,58 +309,10 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
         debug_left_out,
         unlinked,
         facts: ElfFacts {
-            build_id: build_id_in(&sections, endian, reader),
+            build_id: crate::build_id::in_sections(&sections, endian, reader),
             segments: Segments(segments),
             stripped: !has_symbols,
         },
-    })
-}
-
-/// The build id of the ELF file `file`, from its note sections; `None`
-/// when it has none or is not ELF.
-pub(crate) fn build_id(file: &File) -> Option<Vec<u8>> {
-    fn of<Elf: FileHeader<Endian = Endianness>>(reader: &PreadFile) -> Option<Vec<u8>> {
-        let header = Elf::parse(reader).ok()?;
-        let endian = header.endian().ok()?;
-        build_id_in(&header.sections(endian, reader).ok()?, endian, reader)
-    }
-    let reader = PreadFile::new(file.try_clone().ok()?).ok()?;
-    match FileKind::parse(&reader).ok()? {
-        FileKind::Elf32 => of::<elf::FileHeader32<Endianness>>(&reader),
-        FileKind::Elf64 => of::<elf::FileHeader64<Endianness>>(&reader),
-        _ => None,
-    }
-}
-
-/// The longest build id taken (GNU ld writes 20 bytes, `--build-id=0x…`
-/// what it is given): a tenant's note may claim any length.
-const MAX_BUILD_ID: usize = 64;
-
-/// Note sections larger than this are not looked through for the build
-/// id (`.note.gnu.build-id` is 36 bytes; SystemTap's probe notes, the
-/// largest real ones, a few tens of KiB).
-const MAX_NOTE_SECTION: u64 = 1 << 20;
-
-/// The descriptor of the first GNU build id note in `sections`.
-fn build_id_in<'data, Elf: FileHeader<Endian = Endianness>>(
-    sections: &SectionTable<'data, Elf, &'data PreadFile>,
-    endian: Endianness,
-    reader: &'data PreadFile,
-) -> Option<Vec<u8>> {
-    sections.iter().find_map(|section| {
-        if section.sh_size(endian).into() > MAX_NOTE_SECTION {
-            return None;
-        }
-        let mut notes = section.notes(endian, reader).ok()??;
-        while let Ok(Some(note)) = notes.next() {
-            if note.name() == elf::ELF_NOTE_GNU
-                && note.n_type(endian) == elf::NT_GNU_BUILD_ID
-                && note.desc().len() <= MAX_BUILD_ID
-            {
-                return Some(note.desc().to_vec());
-            }
-        }
-        None
     })
 }
 
