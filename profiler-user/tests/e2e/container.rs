@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use crate::common::{self, FakeContainer, Receiver, Traces};
+use crate::common::{self, FakeContainer, KillOnDrop, Receiver, Traces};
 
 const POD_UID: &str = "5e2b7c1a-90d4-4f3e-b6a8-0c1d2e3f4a5b";
 
@@ -28,10 +28,12 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
     fake.adopt(worker.id());
     // A host process known to be on a CPU throughout (others may all be
     // idle for the 3 s).
-    let mut host = Command::new("sh")
-        .args(["-c", "while :; do :; done"])
-        .spawn()
-        .expect("start a busy shell");
+    let host = KillOnDrop::new(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("start a busy shell"),
+    );
     let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", worker.id())).unwrap();
     assert!(cgroup.contains(&container_id), "{cgroup}");
 
@@ -45,8 +47,8 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
         .expect("run hostprof");
     worker.kill().ok();
     worker.wait().ok();
-    host.kill().ok();
-    host.wait().ok();
+    let host_pid = host.id();
+    drop(host);
     assert!(status.success());
 
     // OTLP: one resource for the container, carrying the pod uid; the
@@ -89,9 +91,9 @@ fn a_process_in_a_kubernetes_container_is_attributed_to_it() {
         resources
             .iter()
             .any(|r| r["attributes"]["container.id"].is_null()
-                && pid_of(r) == Some(u64::from(host.id()))),
+                && pid_of(r) == Some(u64::from(host_pid))),
         "host processes keep one resource each: none for the busy shell {}",
-        host.id()
+        host_pid
     );
 
     // pprof: the same samples carry container.id and k8s.pod.uid labels.
