@@ -20,7 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use object::elf;
-use object::read::elf::{FileHeader, Sym};
+use object::read::elf::{FileHeader, SectionHeader, Sym};
 use object::{Endianness, FileKind};
 
 use crate::pread::PreadFile;
@@ -56,6 +56,9 @@ fn matches(path: &Path, build_id: &[u8]) -> bool {
 struct Function {
     start: u64,
     size: u64,
+    /// The end of its section: a sizeless symbol reaches no further (the
+    /// `.init` section's `_init` would name the PLT after it).
+    section_end: u64,
     /// Local to its file (`STB_LOCAL`).
     local: bool,
     name: String,
@@ -66,7 +69,7 @@ struct Function {
 pub(crate) struct DebugSymbols {
     path: PathBuf,
     /// (start, end, name), sorted by start, starts distinct; a sizeless
-    /// symbol ends where the next starts.
+    /// symbol ends where the next starts or its section ends.
     functions: Vec<(u64, u64, Box<str>)>,
 }
 
@@ -117,9 +120,17 @@ fn functions<Elf: FileHeader<Endian = Endianness>>(reader: &PreadFile) -> Option
             })
             .filter_map(|sym| {
                 let name = symbols.symbol_name(endian, sym).ok()?;
+                let section = sections
+                    .section(object::SectionIndex(sym.st_shndx(endian).into()))
+                    .ok();
+                let section_end = section.map_or(u64::MAX, |section| {
+                    let start: u64 = section.sh_addr(endian).into();
+                    start.saturating_add(section.sh_size(endian).into())
+                });
                 Some(Function {
                     start: sym.st_value(endian).into(),
                     size: sym.st_size(endian).into(),
+                    section_end,
                     local: sym.st_bind() == elf::STB_LOCAL,
                     name: String::from_utf8_lossy(name).into_owned(),
                 })
@@ -146,23 +157,32 @@ fn rank(function: &Function) -> (bool, usize, usize, &str) {
 /// alias, the largest size among them), sorted.
 fn by_address(mut functions: Vec<Function>) -> Vec<(u64, u64, Box<str>)> {
     functions.sort_by(|a, b| a.start.cmp(&b.start).then_with(|| rank(a).cmp(&rank(b))));
-    let mut out: Vec<(u64, u64, Box<str>)> = Vec::new();
+    // (start, end, name, section end)
+    let mut out: Vec<(u64, u64, Box<str>, u64)> = Vec::new();
     for function in functions {
         let end = function.start.saturating_add(function.size);
         match out.last_mut() {
-            Some((start, last_end, _)) if *start == function.start => {
+            Some((start, last_end, _, _)) if *start == function.start => {
                 *last_end = (*last_end).max(end);
             }
-            _ => out.push((function.start, end, function.name.into_boxed_str())),
+            _ => out.push((
+                function.start,
+                end,
+                function.name.into_boxed_str(),
+                function.section_end,
+            )),
         }
     }
-    // Sizeless ones reach the next function.
+    // Sizeless ones reach the next function, within their section.
     for i in 0..out.len() {
         if out[i].1 == out[i].0 {
-            out[i].1 = out.get(i + 1).map_or(u64::MAX, |next| next.0);
+            let next = out.get(i + 1).map_or(u64::MAX, |next| next.0);
+            out[i].1 = next.min(out[i].3).max(out[i].0.saturating_add(1));
         }
     }
-    out
+    out.into_iter()
+        .map(|(start, end, name, _)| (start, end, name))
+        .collect()
 }
 
 #[cfg(test)]
@@ -173,6 +193,7 @@ mod tests {
         Function {
             start,
             size,
+            section_end: u64::MAX,
             local,
             name: name.into(),
         }
@@ -203,6 +224,21 @@ mod tests {
         assert_eq!(symbols.name(0x3ff), Some("_start"));
         assert_eq!(symbols.name(0x40f), Some("last"));
         assert_eq!(symbols.name(0x410), None);
+    }
+
+    /// `_init` is sizeless and alone in `.init`; the PLT follows it.
+    #[test]
+    fn a_sizeless_function_ends_with_its_section() {
+        let mut init = function(0x1000, 0, true, "_init");
+        init.section_end = 0x101b;
+        let table = by_address(vec![init, function(0x1100, 0x10, false, "after_plt")]);
+        let symbols = DebugSymbols {
+            path: PathBuf::new(),
+            functions: table,
+        };
+        assert_eq!(symbols.name(0x101a), Some("_init"));
+        assert_eq!(symbols.name(0x1020), None, "the PLT is not _init");
+        assert_eq!(symbols.name(0x1105), Some("after_plt"));
     }
 
     #[test]
