@@ -58,7 +58,8 @@ pub type Symbols = Option<Arc<[SymbolFrame]>>;
 pub struct CacheStats {
     /// Lookups answered from the cache.
     pub hits: u64,
-    /// Lookups that went to blazesym.
+    /// Lookups not in the cache: read from a file (by blazesym, from a
+    /// debug file's symbols, or from kallsyms).
     pub misses: u64,
     /// Sealed copies made of mapped files, to symbolize them.
     pub files_copied: u64,
