@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -100,7 +101,10 @@ impl PreadFile {
             return Err(());
         }
         // Over budget: refused too, before allocating.
-        let left = self.budget.get().checked_sub(size).ok_or(())?;
+        let Some(left) = self.budget.get().checked_sub(size) else {
+            self.over_budget();
+            return Err(());
+        };
         self.budget.set(left);
         let size = usize::try_from(size).map_err(|_| ())?;
         // Read straight into 8-byte words: one copy, from the kernel.
@@ -123,6 +127,25 @@ impl PreadFile {
         // from the map moves to `replaced`), which the returned slice's
         // lifetime (that of `&self`) rules out. u8 needs no alignment.
         Ok(unsafe { std::slice::from_raw_parts(start, size) })
+    }
+
+    /// Says, once in the agent's life (then at debug level), that a file's
+    /// reads ran past the budget: its parse fails (no unwind table, no
+    /// symbols of it) — a crafted file, or one far larger than any binary.
+    fn over_budget(&self) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+            .unwrap_or_default();
+        let text = format!(
+            "{}: reading it needed more than twice its size (or 256 MiB): left unread \
+             (a crafted file, or a binary larger than any this was sized for)",
+            path.display()
+        );
+        if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::debug!("{text}");
+        } else {
+            log::warn!("{text}");
+        }
     }
 
     /// The bytes from `offset` to the end of the chunk read last at or

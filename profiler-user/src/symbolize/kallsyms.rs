@@ -165,18 +165,21 @@ impl Kallsyms {
     }
 
     /// The function `address` is in: the symbol at or before it, as an
-    /// index for [`Kallsyms::name`].
+    /// index for [`Kallsyms::name`]; `None` when there is none or it is
+    /// too far before (code the table does not know: the name before
+    /// would be wrong).
     pub(crate) fn find(&self, address: u64) -> Option<usize> {
-        self.addresses
+        let index = self
+            .addresses
             .partition_point(|&start| start <= address)
-            .checked_sub(1)
+            .checked_sub(1)?;
+        (address - self.addresses[index] <= STALE_DISTANCE).then_some(index)
     }
 
     /// Whether `address` shows code loaded after the table was read: no
     /// symbol before it, or the one before too far.
     fn is_stale(&self, address: u64) -> bool {
-        self.find(address)
-            .is_none_or(|index| address - self.addresses[index] > STALE_DISTANCE)
+        self.find(address).is_none()
     }
 
     /// The name of symbol `index`.
@@ -222,6 +225,8 @@ ffffffffc0000000 T early_mod_fn\t[kvm]
         // Modules' symbols, listed out of order, sorted in.
         assert_eq!(name(0xffff_ffff_c000_0010), Some("early_mod_fn"));
         assert_eq!(name(0xffff_ffff_c000_1010), Some("mod_fn"));
+        // Far past the last symbol: code loaded since, not mod_fn's.
+        assert_eq!(name(0xffff_ffff_c010_0000), None);
     }
 
     /// A module loaded after the table was read: its address is far past

@@ -46,8 +46,9 @@ use crate::pread::PreadFile;
 /// chart's default limit (256 MiB) beside everything else the agent holds.
 pub(crate) const MAX_DEBUG_BYTES: u64 = 64 << 20;
 
-/// The sections that name another file to read. Their section headers'
-/// names are zeroed in a copy (name offset 0: the empty name), so nothing
+/// The sections that name another file to read. In a copy their section
+/// headers' names point at their own names' terminating zero (the empty
+/// name; offset 0 of the name table is the tenant's to fill), so nothing
 /// reading the copy finds them; their bytes are not copied.
 const LINKS: [&[u8]; 3] = [b".gnu_debuglink", b".gnu_debugaltlink", b".debug_sup"];
 
@@ -146,9 +147,10 @@ impl SealedElf {
                 copied += n as u64;
             }
         }
-        for &name_at in &plan.unlinked {
-            // sh_name is a section header's first 4 bytes in either class.
-            memfd.write_all_at(&[0; 4], name_at)?;
+        for &(header_at, empty_name) in &plan.unlinked {
+            // sh_name is a section header's first 4 bytes in either class,
+            // little-endian (the only byte order `plan` takes).
+            memfd.write_all_at(&empty_name.to_le_bytes(), header_at)?;
         }
         rustix::fs::fcntl_add_seals(
             &memfd,
@@ -204,8 +206,8 @@ struct Plan {
     weight: u64,
     debug_left_out: bool,
     /// The file offsets of the section headers of [`LINKS`] sections,
-    /// whose names the copy zeroes.
-    unlinked: Vec<u64>,
+    /// and the name offset the copy gives each (the empty name).
+    unlinked: Vec<(u64, u32)>,
     facts: ElfFacts,
 }
 
@@ -226,12 +228,25 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
     let len = reader_len(reader);
     let header = Elf::parse(reader).map_err(|_| SealError::NotElf)?;
     let endian = header.endian().map_err(|_| SealError::NotElf)?;
+    let shoff: u64 = header.e_shoff(endian).into();
+    // blazesym reads the headers as little-endian whatever the file says,
+    // and a section table at offset 0 where `object` sees none: on such a
+    // file the two would not see the same sections, and the links
+    // removed below could be found in the copy after all.
+    if endian != Endianness::Little || (shoff == 0 && header.e_shnum(endian) != 0) {
+        return Err(SealError::NotElf);
+    }
     let mut ranges: Vec<Range<u64>> = Vec::new();
-    ranges.push(0..u64::from(header.e_ehsize(endian)));
+    // The header itself, whatever its e_ehsize claims.
+    ranges.push(0..std::mem::size_of::<Elf>() as u64);
     let phoff: u64 = header.e_phoff(endian).into();
     let phnum = u64::from(header.e_phnum(endian));
-    ranges.push(phoff..phoff.saturating_add(phnum * u64::from(header.e_phentsize(endian))));
-    let shoff: u64 = header.e_shoff(endian).into();
+    let program_headers =
+        phoff..phoff.saturating_add(phnum * u64::from(header.e_phentsize(endian)));
+    // Past the end they are not read (below): nothing to copy.
+    if program_headers.end <= len {
+        ranges.push(program_headers);
+    }
     let sections = header
         .sections(endian, reader)
         .map_err(|_| SealError::NotElf)?;
@@ -247,11 +262,21 @@ fn plan_of<Elf: FileHeader<Endian = Endianness>>(
         let offset: u64 = section.sh_offset(endian).into();
         let size: u64 = section.sh_size(endian).into();
         let range = offset..offset.saturating_add(size);
-        let name = sections.section_name(endian, section).unwrap_or_default();
+        // A name that cannot be read might be a link's: the file is not
+        // copied (blazesym, reading without a budget, could read it).
+        let name = sections
+            .section_name(endian, section)
+            .map_err(|_| SealError::NotElf)?;
         if LINKS.contains(&name) {
-            // Inside the section header table, itself inside the file
-            // (object checked both when it read the table).
-            unlinked.push(shoff + index as u64 * entry);
+            // The header is inside the section header table, itself inside
+            // the file (object checked both when it read the table); the
+            // name's terminating zero inside the name table, which is
+            // copied (`SHT_STRTAB`).
+            let empty_name = u32::try_from(name.len())
+                .ok()
+                .and_then(|len| section.sh_name(endian).checked_add(len))
+                .ok_or(SealError::NotElf)?;
+            unlinked.push((shoff + index as u64 * entry, empty_name));
             continue;
         }
         if kind == elf::SHT_NOBITS || size == 0 {
@@ -619,5 +644,56 @@ mod tests {
             SealedElf::copy(temp.as_file(), MAX_DEBUG_BYTES),
             Err(SealError::NotElf)
         ));
+    }
+
+    /// Headers that blazesym would read otherwise than `object` (it reads
+    /// little-endian whatever the file says, and a section table at offset
+    /// 0 where `object` sees none) are refused, not copied.
+    #[test]
+    fn headers_blazesym_would_read_differently_are_refused() {
+        let elf = std::fs::read("/proc/self/exe").unwrap();
+        let temp = tempfile::NamedTempFile::new().unwrap();
+        let refused = |bytes: &[u8]| {
+            std::fs::write(temp.path(), bytes).unwrap();
+            matches!(
+                SealedElf::copy(temp.as_file(), MAX_DEBUG_BYTES),
+                Err(SealError::NotElf)
+            )
+        };
+        assert!(!refused(&elf), "the test binary itself is copied");
+        let mut big_endian = elf.clone();
+        big_endian[5] = elf::ELFDATA2MSB;
+        assert!(refused(&big_endian));
+        // e_shoff (ELF64: bytes 40..48) zero, e_shnum still set.
+        let mut table_at_zero = elf.clone();
+        table_at_zero[40..48].fill(0);
+        assert!(refused(&table_at_zero));
+    }
+
+    /// A link section keeps its header in the copy, its name pointing at
+    /// its own name's terminating zero: nothing finds it by name, whatever
+    /// the name table holds at offset 0.
+    #[test]
+    fn a_link_section_has_no_name_in_the_copy() {
+        use object::{Object as _, ObjectSection as _};
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("linked");
+        let out = std::process::Command::new("objcopy")
+            .arg("--add-gnu-debuglink=/proc/self/exe")
+            .arg("/proc/self/exe")
+            .arg(&program)
+            .output()
+            .expect("objcopy (binutils: `cargo xtask setup`)");
+        assert!(out.status.success(), "{out:?}");
+        let original = std::fs::read(&program).unwrap();
+        let original = object::File::parse(&*original).unwrap();
+        let link = original.section_by_name(".gnu_debuglink").expect("added");
+        let copy = SealedElf::copy(&File::open(&program).unwrap(), MAX_DEBUG_BYTES).unwrap();
+        let copied = std::fs::read(copy.path()).unwrap();
+        let copied = object::File::parse(&*copied).unwrap();
+        assert!(copied.section_by_name(".gnu_debuglink").is_none());
+        let renamed = copied.section_by_index(link.index()).unwrap();
+        assert_eq!(renamed.name(), Ok(""));
+        assert_eq!(copied.sections().count(), original.sections().count());
     }
 }
