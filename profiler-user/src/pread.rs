@@ -139,7 +139,8 @@ impl PreadFile {
         let text = format!(
             "{}: reading it needed more than twice its size (or 256 MiB): left unread \
              (a crafted file, or a binary larger than any this was sized for)",
-            path.display()
+            // A tenant names its files: escaped for the log line.
+            crate::text::escape(&path.to_string_lossy())
         );
         if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
             log::debug!("{text}");
