@@ -63,8 +63,9 @@ impl KernelSymbols {
         let due = self
             .read_at
             .is_none_or(|at| now.saturating_duration_since(at) >= REREAD_INTERVAL);
+        // Never read is due too.
         let wanted = match &self.table {
-            None => self.read_at.is_none() || due,
+            None => due,
             Some(table) => due && addresses.iter().any(|&a| table.is_stale(a)),
         };
         if wanted {
