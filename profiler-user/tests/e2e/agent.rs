@@ -119,6 +119,15 @@ fn metrics_and_health_endpoints_report_the_pipeline() {
     let _serial = common::one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path(), &[]);
+    // A process sampled in every window, so the process gauge has one to
+    // hold: on an idle runner a window can hold only the idle task's
+    // samples, which belong to no process (CI saw `hostprof_processes 0`).
+    let _busy = KillOnDrop::new(
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .expect("start a busy shell"),
+    );
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let child = agent(
