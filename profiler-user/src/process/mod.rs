@@ -126,6 +126,9 @@ pub struct ProcessInfo {
     pub exec_gen: Option<u32>,
     exe_identity: Option<(u64, u64)>,
     refreshed: Instant,
+    /// Whether the maps it was read from held an OpenTelemetry process
+    /// context mapping (which thread-context discovery looks for).
+    context_mapping: bool,
 }
 
 impl ProcessInfo {
@@ -277,6 +280,23 @@ impl ProcessTable {
         self.generations.0.generation(tgid)
     }
 
+    /// True when `tgid`'s snapshot of image `exec_gen` was read at most
+    /// `within` before `now` from maps without an OpenTelemetry process
+    /// context mapping: reading its maps again for one would find none.
+    fn read_without_context(
+        &self,
+        tgid: u32,
+        exec_gen: u32,
+        now: Instant,
+        within: Duration,
+    ) -> bool {
+        self.processes.get(&tgid).is_some_and(|info| {
+            info.exec_gen == Some(exec_gen)
+                && !info.context_mapping
+                && now.saturating_duration_since(info.refreshed) <= within
+        })
+    }
+
     /// Remembers a file mapping the kernel recorded for a sampled frame:
     /// frames of that process image in it resolve through any open file of
     /// the same identity, whether or not the process was snapshotted.
@@ -301,8 +321,15 @@ impl ProcessTable {
         if pid == 0 {
             return Ok(Lifecycle::Unchanged); // the idle task has no /proc entry
         }
-        let known = self.processes.get(&pid).map(ProcessInfo::identity);
-        let state = lifecycle(known, procfs::identity(pid)?);
+        let state = match self.processes.get(&pid).map(ProcessInfo::identity) {
+            // A pid not held is snapshotted whatever its identity: the
+            // snapshot reads its start time first and fails as `Gone` if
+            // it exited, so reading the identity first would read the
+            // same `stat` twice (most new processes on a busy host are
+            // seen once).
+            None => Lifecycle::New,
+            known => lifecycle(known, procfs::identity(pid)?),
+        };
         if state.snapshot() {
             match self.snapshot(pid) {
                 Ok(info) => {
@@ -634,6 +661,7 @@ impl ProcessTable {
             }
         }
         mappings.sort_by_key(|m| m.start);
+        let context_mapping = entries.iter().any(otel_context::is_context_mapping);
         let cgroup_text =
             std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         Ok(ProcessInfo {
@@ -649,6 +677,7 @@ impl ProcessTable {
             exec_gen: (self.generations.0.generation(pid) == exec_gen).then_some(exec_gen),
             exe_identity: procfs::exe_identity(pid),
             refreshed: Instant::now(),
+            context_mapping,
         })
     }
 
@@ -1012,6 +1041,26 @@ mod tests {
             table.resolve(me, 4, 8),
             Resolved::Unknown(Unresolved::NoMapping)
         );
+    }
+
+    /// A snapshot stands for reading the maps again only while it is
+    /// fresh, of the image asked about, and named no context mapping.
+    #[test]
+    fn a_fresh_snapshot_without_a_context_mapping_answers_for_the_maps() {
+        let me = std::process::id();
+        let generations = FakeGenerations::default();
+        generations.0.store(3, std::sync::atomic::Ordering::Relaxed);
+        let mut table = ProcessTable::with_generations(Box::new(generations.clone()));
+        assert!(!table.read_without_context(me, 3, Instant::now(), Duration::from_secs(1)));
+        table.observe(me).unwrap();
+        let now = Instant::now();
+        let fresh = Duration::from_secs(60);
+        // The test binary maps no OpenTelemetry process context.
+        assert!(table.read_without_context(me, 3, now, fresh));
+        assert!(!table.read_without_context(me, 2, now, fresh));
+        assert!(!table.read_without_context(me, 3, now + fresh * 2, fresh));
+        table.processes.get_mut(&me).unwrap().context_mapping = true;
+        assert!(!table.read_without_context(me, 3, now, fresh));
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub const QUICK: Duration = Duration::from_secs(1);
 /// the profiler's thread about 800 times a second.
 const QUICK_STEP: Duration = Duration::from_millis(100);
 
+/// A snapshot of a process's maps at most this old stands for reading them
+/// again: the check right after a new process's snapshot reads nothing.
+const SNAPSHOT_IS_FRESH: Duration = Duration::from_millis(10);
+
 /// Longest a sampled process that publishes no context goes unchecked.
 pub const RECHECK: Duration = Duration::from_secs(10);
 
@@ -191,7 +195,13 @@ impl ContextDiscovery {
             Some(Checked::Published(_)) => self.sink.withdraw(tgid),
             _ => {}
         }
-        let found = discover(tgid);
+        // A snapshot just taken (a new process's, as it was first
+        // sampled) read the same maps a moment ago.
+        let found = if processes.read_without_context(tgid, before, now, SNAPSHOT_IS_FRESH) {
+            Ok(None)
+        } else {
+            discover(tgid)
+        };
         let after = generation(tgid);
         if after != before {
             // An exec while the process was read: its image may be mixed;
@@ -346,7 +356,7 @@ fn describe(location: &ThreadContextLocation) -> String {
 }
 
 /// The process-context mapping (readers skip executable ones).
-fn is_context_mapping(entry: &MapEntry) -> bool {
+pub(super) fn is_context_mapping(entry: &MapEntry) -> bool {
     let name = match &entry.path {
         MapPath::File(path) | MapPath::Deleted(path) => path.to_string_lossy(),
         MapPath::Pseudo(name) => name.as_str().into(),
