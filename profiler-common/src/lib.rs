@@ -1113,6 +1113,10 @@ pub struct ProcessEvent {
     pub file_offset: u64,
     /// The file's inode number.
     pub inode: u64,
+    /// For [`ProcessEvent::NEW`]: the process's cgroup (v2) id as it was
+    /// announced (`bpf_get_current_cgroup_id`, from its own context); 0
+    /// when not known.
+    pub cgroup_id: u64,
 }
 
 impl ProcessEvent {
@@ -1320,7 +1324,7 @@ mod tests {
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
         );
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
-        assert_eq!(size_of::<ProcessEvent>(), 16 + 32);
+        assert_eq!(size_of::<ProcessEvent>(), 16 + 40);
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<DeepStack>(), 8 * DEEP_STACK_DEPTH);
         assert_eq!(size_of::<UnwindMapping>(), 32);

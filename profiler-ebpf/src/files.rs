@@ -486,6 +486,7 @@ fn look_up(walk: &mut Walk, addr: u64) {
         end: vma.end,
         file_offset: vma.file_offset,
         inode: vma.inode,
+        cgroup_id: 0,
     };
     if stack::send_event(&event) {
         kind.bump(Stat::FilesRecorded);

@@ -21,7 +21,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_stack,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_cgroup_id, bpf_get_stack},
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -428,7 +429,9 @@ pub fn thread_pointer(config: &Config) -> Option<u64> {
     (fsbase != 0).then_some(fsbase)
 }
 
-/// Tells userspace about a process the first time a program sees it.
+/// Tells userspace about a process the first time a program sees it, from
+/// the process's own context (with its cgroup id, which spares userspace
+/// reading `/proc/PID/cgroup` for every process of a cgroup it knows).
 #[inline(always)]
 pub fn announce(tgid: u32, kind: Kind) {
     // SAFETY: plain lookup; the value is never dereferenced.
@@ -438,9 +441,16 @@ pub fn announce(tgid: u32, kind: Kind) {
     if KNOWN_PROCESSES.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
         return; // another CPU announced it first
     }
+    let current = (bpf_get_current_pid_tgid() >> 32) as u32;
     let event = ProcessEvent {
         kind: ProcessEvent::NEW,
         tgid,
+        cgroup_id: if current == tgid {
+            // SAFETY: no arguments; reads the current task's cgroup.
+            unsafe { bpf_get_current_cgroup_id() }
+        } else {
+            0
+        },
         ..ProcessEvent::default()
     };
     if !send_event(&event) {

@@ -334,7 +334,10 @@ impl Profiler {
                 // its first sampled allocation: until they are loaded its
                 // stacks come from frame pointers, which stop at the
                 // first function built without them.
-                Ok(true) => self.pipeline.observe(ProcessEvent::New(pid)),
+                Ok(true) => self.pipeline.observe(ProcessEvent::New {
+                    tgid: pid,
+                    cgroup_id: 0,
+                }),
                 Ok(false) => {}
                 Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),
             }
@@ -521,16 +524,17 @@ impl Pipeline {
     /// it announced (and asks for its tables), or remembers the file of a
     /// sampled frame.
     fn observe(&mut self, event: ProcessEvent) {
-        let tgid = match event {
+        let (tgid, cgroup_id) = match event {
+            ProcessEvent::New { tgid, cgroup_id } => (tgid, cgroup_id),
             // A fork the memory profile follows: snapshot the child as
             // it is probed ([`Profiler::follow_forks`]).
-            ProcessEvent::New(tgid) | ProcessEvent::Fork(tgid) => tgid,
+            ProcessEvent::Fork(tgid) => (tgid, 0),
             ProcessEvent::File(mapping) => {
                 self.processes.add_file(mapping);
                 return;
             }
         };
-        match self.processes.observe(tgid) {
+        match self.processes.observe_announced(tgid, cgroup_id) {
             // Exited before it could be read: nothing to look for in it.
             Ok(Lifecycle::Gone) => return,
             Ok(state) if state.snapshot() => {
@@ -566,7 +570,10 @@ impl Pipeline {
     /// whole, not stopped at a file whose table is still loading.
     fn prepare(&mut self, pids: &[u32], which: &str, deadline: Instant) {
         for &pid in pids {
-            self.observe(ProcessEvent::New(pid));
+            self.observe(ProcessEvent::New {
+                tgid: pid,
+                cgroup_id: 0,
+            });
         }
         let Some(tables) = &self.tables else {
             return;

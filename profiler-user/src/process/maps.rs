@@ -52,38 +52,77 @@ pub struct MapsParseError {
 
 /// Parses a whole maps file.
 pub fn parse(text: &str) -> Result<Vec<MapEntry>, MapsParseError> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(parse_line)
-        .collect()
+    parse_selected(text, |_, _| true)
+}
+
+/// Parses the lines of a maps file that `keep` selects by their
+/// permissions (e.g. `r-xp`) and pathname (empty for anonymous memory),
+/// without building the others: most of a process's lines are data a
+/// reader of code skips. Every line must still hold the fields.
+pub fn parse_selected(
+    text: &str,
+    keep: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<MapEntry>, MapsParseError> {
+    let mut entries = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields = fields(line)?;
+        if keep(fields.perms, fields.path) {
+            entries.push(entry(line, &fields)?);
+        }
+    }
+    Ok(entries)
 }
 
 /// Parses one maps line, e.g.
 /// `7f3c1a000000-7f3c1a021000 r-xp 00002000 fd:01 1234  /usr/lib/libc.so.6`.
-pub fn parse_line(line: &str) -> Result<MapEntry, MapsParseError> {
-    let err = |reason| MapsParseError {
+#[cfg(test)]
+fn parse_line(line: &str) -> Result<MapEntry, MapsParseError> {
+    entry(line, &fields(line)?)
+}
+
+/// A maps line cut into its fields, unparsed.
+struct Fields<'a> {
+    range: &'a str,
+    perms: &'a str,
+    offset: &'a str,
+    dev: &'a str,
+    inode: &'a str,
+    path: &'a str,
+}
+
+fn malformed(line: &str, reason: &'static str) -> MapsParseError {
+    MapsParseError {
         line: line.to_owned(),
         reason,
-    };
+    }
+}
+
+fn fields(line: &str) -> Result<Fields<'_>, MapsParseError> {
     let mut rest = line;
     let mut field = |what| -> Result<&str, MapsParseError> {
         let trimmed = rest.trim_start();
         let end = trimmed.find(' ').unwrap_or(trimmed.len());
         let (value, tail) = trimmed.split_at(end);
         if value.is_empty() {
-            return Err(err(what));
+            return Err(malformed(line, what));
         }
         rest = tail;
         Ok(value)
     };
-    let range = field("missing address range")?;
-    let perms = field("missing permissions")?;
-    let offset = field("missing offset")?;
-    let dev = field("missing device")?;
-    let inode = field("missing inode")?;
-    let path = rest.trim_start();
+    Ok(Fields {
+        range: field("missing address range")?,
+        perms: field("missing permissions")?,
+        offset: field("missing offset")?,
+        dev: field("missing device")?,
+        inode: field("missing inode")?,
+        path: rest.trim_start(),
+    })
+}
 
-    let (start, end) = range
+fn entry(line: &str, fields: &Fields<'_>) -> Result<MapEntry, MapsParseError> {
+    let err = |reason| malformed(line, reason);
+    let (start, end) = fields
+        .range
         .split_once('-')
         .ok_or_else(|| err("bad address range"))?;
     let hex = |s: &str, what| u64::from_str_radix(s, 16).map_err(|_| err(what));
@@ -92,11 +131,14 @@ pub fn parse_line(line: &str) -> Result<MapEntry, MapsParseError> {
     if end < start {
         return Err(err("range ends before it starts"));
     }
-    let perms = perms.as_bytes();
+    let perms = fields.perms.as_bytes();
     if perms.len() != 4 {
         return Err(err("permissions are not 4 characters"));
     }
-    let (major, minor) = dev.split_once(':').ok_or_else(|| err("bad device"))?;
+    let (major, minor) = fields
+        .dev
+        .split_once(':')
+        .ok_or_else(|| err("bad device"))?;
     let dev_part = |s: &str| u32::from_str_radix(s, 16).map_err(|_| err("bad device"));
 
     Ok(MapEntry {
@@ -106,10 +148,10 @@ pub fn parse_line(line: &str) -> Result<MapEntry, MapsParseError> {
         writable: perms[1] == b'w',
         executable: perms[2] == b'x',
         shared: perms[3] == b's',
-        file_offset: hex(offset, "bad offset")?,
+        file_offset: hex(fields.offset, "bad offset")?,
         dev: (dev_part(major)?, dev_part(minor)?),
-        inode: inode.parse().map_err(|_| err("bad inode"))?,
-        path: map_path(path),
+        inode: fields.inode.parse().map_err(|_| err("bad inode"))?,
+        path: map_path(fields.path),
     })
 }
 
@@ -164,6 +206,34 @@ mod tests {
         assert_eq!(spaced.path, MapPath::File("/opt/my app/bin".into()));
         let shared = parse_line("7f00-7f10 rw-s 00000000 00:05 7 /dev/shm/x").unwrap();
         assert!(shared.shared);
+    }
+
+    #[test]
+    fn selected_lines_are_parsed_in_order_and_every_line_is_checked() {
+        let text = "10-20 r--p 00000000 08:02 42 /bin/app\n\
+                    20-30 r-xp 00001000 08:02 42 /bin/app\n\
+                    30-40 rw-p 00000000 00:00 0\n\
+                    40-50 r-xp 00000000 00:00 0   [vdso]\n";
+        let code = parse_selected(text, |perms, _| perms.as_bytes().get(2) == Some(&b'x')).unwrap();
+        assert_eq!(
+            code,
+            vec![
+                parse_line("20-30 r-xp 00001000 08:02 42 /bin/app").unwrap(),
+                parse_line("40-50 r-xp 00000000 00:00 0   [vdso]").unwrap()
+            ]
+        );
+        let named = parse_selected(text, |_, path| path.starts_with('[')).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(
+            parse_selected(text, |_, _| true).unwrap(),
+            parse(text).unwrap()
+        );
+        // A line not kept must still be a maps line; one kept must parse.
+        assert!(parse_selected("10-20 r--p\n", |_, _| false).is_err());
+        assert!(parse_selected("zz-20 r--p 0 00:00 0\n", |_, _| true).is_err());
+        assert!(parse_selected("zz-20 r--p 0 00:00 0\n", |_, _| false)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! the file's directory entry, still exists.
 
 mod busy;
+mod cgroups;
 pub mod cpython;
 mod lifecycle;
 pub mod maps;
@@ -35,7 +36,7 @@ pub use otel_context::ContextDiscovery;
 pub use python::PythonProcesses;
 pub use selection::{alive, Selection};
 
-use crate::container::{cgroup_paths, parse_proc_cgroup, ContainerRef};
+use crate::container::ContainerRef;
 use crate::sampler::{Drained, ExecGenerations, FileMapping};
 
 /// What [`ProcessTable::track`] found in a drain.
@@ -227,6 +228,8 @@ pub struct ProcessTable {
     gone: HashSet<u32>,
     /// Perf maps (JIT code by name) read so far, by process.
     perf_maps: HashMap<u32, PerfMapState>,
+    /// What each cgroup seen says, by cgroup id.
+    cgroups: cgroups::CgroupCache,
 }
 
 /// Where the exec generations come from (the kernel's map; none in tests).
@@ -318,6 +321,16 @@ impl ProcessTable {
     /// that is exiting or gone keeps its last snapshot. Returns how the pid
     /// stands ([`Lifecycle::snapshot`] tells whether a snapshot was taken).
     pub(crate) fn observe(&mut self, pid: u32) -> Result<Lifecycle, ProcessError> {
+        self.observe_announced(pid, 0)
+    }
+
+    /// [`Self::observe`] for a process the kernel announced in cgroup
+    /// `cgroup_id` (0: not known).
+    pub(crate) fn observe_announced(
+        &mut self,
+        pid: u32,
+        cgroup_id: u64,
+    ) -> Result<Lifecycle, ProcessError> {
         if pid == 0 {
             return Ok(Lifecycle::Unchanged); // the idle task has no /proc entry
         }
@@ -331,7 +344,7 @@ impl ProcessTable {
             known => lifecycle(known, procfs::identity(pid)?),
         };
         if state.snapshot() {
-            match self.snapshot(pid) {
+            match self.snapshot(pid, cgroup_id) {
                 Ok(info) => {
                     self.processes.insert(pid, info);
                 }
@@ -612,7 +625,7 @@ impl ProcessTable {
     /// empty: its last snapshot still describes its samples); true when
     /// its executable mappings changed.
     fn resnapshot(&mut self, pid: u32) -> bool {
-        let Ok(info) = self.snapshot(pid) else {
+        let Ok(info) = self.snapshot(pid, 0) else {
             return false;
         };
         let known = self.processes.get(&pid);
@@ -626,18 +639,24 @@ impl ProcessTable {
         changed
     }
 
-    fn snapshot(&mut self, pid: u32) -> Result<ProcessInfo, ProcessError> {
+    /// Reads `pid`'s snapshot; `cgroup_id` is the cgroup the kernel
+    /// announced it in (0: not known).
+    fn snapshot(&mut self, pid: u32, cgroup_id: u64) -> Result<ProcessInfo, ProcessError> {
         let exec_gen = self.generations.0.generation(pid);
-        let start_time = procfs::read_start_time(pid)?;
+        let (start_time, executable_name) = procfs::read_stat(pid)?;
         let maps_path = format!("/proc/{pid}/maps");
         let text = read_proc(&maps_path, pid)?;
-        let entries = maps::parse(&text).map_err(|err| ProcessError::Malformed {
-            path: maps_path,
-            reason: err.to_string(),
-        })?;
-        let executable_name = read_proc(&format!("/proc/{pid}/comm"), pid)
-            .map(|s| s.trim_end().to_owned())
-            .unwrap_or_default();
+        // Code (the vDSO too) and the context mapping thread-context
+        // discovery looks for: the data mappings are most of the lines.
+        let wanted = |perms: &str, path: &str| {
+            perms.as_bytes().get(2) == Some(&b'x')
+                || thread_context::is_process_context_mapping(path)
+        };
+        let entries =
+            maps::parse_selected(&text, wanted).map_err(|err| ProcessError::Malformed {
+                path: maps_path,
+                reason: err.to_string(),
+            })?;
         let executable_path = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
 
         let mut mappings = Vec::new();
@@ -662,8 +681,7 @@ impl ProcessTable {
         }
         mappings.sort_by_key(|m| m.start);
         let context_mapping = entries.iter().any(otel_context::is_context_mapping);
-        let cgroup_text =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cgroup = self.cgroups.facts(pid, cgroup_id);
         Ok(ProcessInfo {
             pid,
             start_time,
@@ -671,8 +689,8 @@ impl ProcessTable {
             executable_path,
             mappings,
             vdso,
-            container: parse_proc_cgroup(&cgroup_text),
-            cgroups: cgroup_paths(&cgroup_text),
+            container: cgroup.container,
+            cgroups: cgroup.paths,
             // The same generation before and after: one image was read.
             exec_gen: (self.generations.0.generation(pid) == exec_gen).then_some(exec_gen),
             exe_identity: procfs::exe_identity(pid),

@@ -180,12 +180,27 @@ pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
 }
 
 pub(crate) fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
+    read_stat(pid).map(|(start_time, _)| start_time)
+}
+
+/// `pid`'s start time (see [`read_start_time`]) and command name (field 2
+/// of `/proc/<pid>/stat`, the same `comm` `/proc/<pid>/comm` shows).
+pub(crate) fn read_stat(pid: u32) -> Result<(u64, String), ProcessError> {
     let path = format!("/proc/{pid}/stat");
     let text = read_proc(&path, pid)?;
-    parse_start_time(&text).ok_or_else(|| ProcessError::Malformed {
-        path,
-        reason: "no start time field".into(),
-    })
+    let malformed = |reason: &str| ProcessError::Malformed {
+        path: path.clone(),
+        reason: reason.into(),
+    };
+    let start_time = parse_start_time(&text).ok_or_else(|| malformed("no start time field"))?;
+    let comm = parse_comm(&text).ok_or_else(|| malformed("no command name field"))?;
+    Ok((start_time, comm.to_owned()))
+}
+
+/// Field 2 (comm) of a `/proc/<pid>/stat` line: between the first `(`
+/// and the last `)` (the name itself may hold either).
+pub(crate) fn parse_comm(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
 }
 
 /// Field `n` (numbered from 1, as in proc(5)), of 3 or more, of a
@@ -204,6 +219,40 @@ pub(crate) fn stat_field(stat: &str, n: usize) -> Option<u64> {
 /// Field 22 (starttime) of a `/proc/<pid>/stat` line.
 pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
     stat_field(stat, 22)
+}
+
+/// The text of `/proc/<pid>/cgroup`.
+pub(crate) fn read_cgroup(pid: u32) -> std::io::Result<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+}
+
+/// Where the unified (v2) cgroup hierarchy is mounted: `/sys/fs/cgroup`,
+/// or `/sys/fs/cgroup/unified` on a hybrid host; `None` when neither is.
+pub(crate) fn cgroup2_root() -> Option<std::path::PathBuf> {
+    /// `CGROUP2_SUPER_MAGIC` of linux/magic.h.
+    const CGROUP2: libc::c_long = 0x6367_7270;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(|root| {
+            let Ok(path) = std::ffi::CString::new(*root) else {
+                return false;
+            };
+            // SAFETY: statfs writes one `struct statfs` through a valid
+            // pointer and reads a NUL-terminated path.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+            let found = unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0;
+            found && fs.f_type as libc::c_long == CGROUP2
+        })
+        .map(std::path::PathBuf::from)
+}
+
+/// The inode of the cgroup directory `path` (as `/proc/<pid>/cgroup`
+/// names it, from `/`) under the unified hierarchy's `root`: the cgroup's
+/// id.
+pub(crate) fn cgroup_inode(root: &Path, path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let relative = path.trim_start_matches('/');
+    std::fs::metadata(root.join(relative)).ok().map(|m| m.ino())
 }
 
 /// (device, inode) of the process's executable, to notice exec.
@@ -304,6 +353,10 @@ mod tests {
         assert_eq!(parse_start_time(stat), Some(987654));
         assert_eq!(parse_start_time("garbage"), None);
         assert_eq!(parse_start_time("1 (x) S 1"), None);
+        assert_eq!(parse_comm(stat), Some("my (odd) name"));
+        assert_eq!(parse_comm("1 () S"), Some(""));
+        assert_eq!(parse_comm("1 )x( S"), None);
+        assert_eq!(parse_comm("garbage"), None);
     }
 
     #[test]

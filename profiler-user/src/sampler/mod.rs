@@ -1667,7 +1667,10 @@ mod tests {
             "the spinning test process must be sampled with a user stack"
         );
         assert!(
-            announced.contains(&ProcessEvent::New(me)) || !announced.is_empty(),
+            announced
+                .iter()
+                .any(|e| matches!(e, ProcessEvent::New { tgid, .. } if *tgid == me))
+                || !announced.is_empty(),
             "new-process events arrive"
         );
     }

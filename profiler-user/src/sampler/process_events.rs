@@ -42,7 +42,12 @@ pub struct FileMapping {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
     /// A process sampled for the first time: snapshot it while it lives.
-    New(u32),
+    New {
+        /// The process.
+        tgid: u32,
+        /// Its cgroup (v2) id as it was sampled; 0 when not known.
+        cgroup_id: u64,
+    },
     /// A file mapping of a sampled user frame.
     File(FileMapping),
     /// A process the memory profile follows forked this child: probe it
@@ -61,7 +66,10 @@ impl ProcessEvent {
         // valid for any bits; read_unaligned copes with any alignment.
         let event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<KernelEvent>()) };
         match event.kind {
-            KernelEvent::NEW => Some(Self::New(event.tgid)),
+            KernelEvent::NEW => Some(Self::New {
+                tgid: event.tgid,
+                cgroup_id: event.cgroup_id,
+            }),
             KernelEvent::FORK => Some(Self::Fork(event.tgid)),
             KernelEvent::FILE => Some(Self::File(FileMapping {
                 tgid: event.tgid,
@@ -352,11 +360,15 @@ mod tests {
         let new = KernelEvent {
             kind: KernelEvent::NEW,
             tgid: 42,
+            cgroup_id: 9,
             ..KernelEvent::default()
         };
         assert_eq!(
             ProcessEvent::decode(&bytes(&new)),
-            Some(ProcessEvent::New(42))
+            Some(ProcessEvent::New {
+                tgid: 42,
+                cgroup_id: 9
+            })
         );
         let file = KernelEvent {
             kind: KernelEvent::FILE,
@@ -367,6 +379,7 @@ mod tests {
             end: 0x5000,
             file_offset: 0x2000,
             inode: 77,
+            cgroup_id: 0,
         };
         assert_eq!(
             ProcessEvent::decode(&bytes(&file)),
