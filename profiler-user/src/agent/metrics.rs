@@ -94,10 +94,20 @@ impl MemoryParts {
     fn read() -> Self {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let mut parts = Self::from_status(&status);
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") {
+        // Most descriptors are files (every module a snapshot opened):
+        // their link names them, one call, before the dearer fdinfo read.
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
             parts.bpf_maps = entries
                 .flatten()
-                .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                .filter(|entry| {
+                    std::fs::read_link(entry.path())
+                        .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map")
+                })
+                .filter_map(|entry| {
+                    let fd = entry.file_name();
+                    let path = std::path::Path::new("/proc/self/fdinfo").join(fd);
+                    std::fs::read_to_string(path).ok()
+                })
                 .filter_map(|text| Self::map_memlock(&text))
                 .sum();
         }
