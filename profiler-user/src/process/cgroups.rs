@@ -138,6 +138,11 @@ mod tests {
         assert_eq!(cache.facts_of(id, || read("0::/elsewhere\n")), expected);
         assert_eq!(cache.facts_of(id, || read("")), expected);
         assert_eq!(reads.get(), 4);
+        // A cgroup outside this namespace names no directory here.
+        assert_eq!(
+            procfs::cgroup_inode(root.path(), "/../kubepods.slice"),
+            None
+        );
         // No unified hierarchy mounted: nothing kept.
         let mut unmounted = CgroupCache {
             root: Some(None),

@@ -248,11 +248,16 @@ pub(crate) fn cgroup2_root() -> Option<std::path::PathBuf> {
 
 /// The inode of the cgroup directory `path` (as `/proc/<pid>/cgroup`
 /// names it, from `/`) under the unified hierarchy's `root`: the cgroup's
-/// id.
+/// id. `None` for a path above this process's cgroup namespace (`/..`).
 pub(crate) fn cgroup_inode(root: &Path, path: &str) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     let relative = path.trim_start_matches('/');
-    std::fs::metadata(root.join(relative)).ok().map(|m| m.ino())
+    if relative.split('/').any(|part| part == "..") {
+        return None;
+    }
+    std::fs::symlink_metadata(root.join(relative))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// (device, inode) of the process's executable, to notice exec.
