@@ -30,7 +30,7 @@ impl CpuTimes {
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
             .filter_map(|pid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let stat = super::procfs::read_text(format!("/proc/{pid}/stat")).ok()?;
                 Some((pid, parse_cpu(&stat)?))
             })
             .collect();

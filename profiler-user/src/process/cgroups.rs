@@ -9,6 +9,10 @@
 //! names the unified hierarchy alone (a host with v1 hierarchies has other
 //! lines the id does not determine) and the directory it names has that
 //! id as its inode (the process may have moved since it was announced).
+//! A cache hit answers with the cgroup the process was announced in: one
+//! moved in the milliseconds between its first sample and its snapshot
+//! keeps that one, as a read at the sample would; a pid reused in them
+//! (the pid space wrapped) would be given its first owner's.
 
 use std::collections::HashMap;
 

@@ -109,7 +109,8 @@ pub struct ProcessInfo {
     /// Start time in clock ticks after boot (field 22 of `/proc/<pid>/stat`):
     /// tells a reused pid from the process that had it before.
     pub start_time: u64,
-    /// Name of the main thread (`/proc/<pid>/comm`).
+    /// Name of the main thread (`comm`, field 2 of `/proc/<pid>/stat`;
+    /// bytes that are not UTF-8 replaced).
     pub executable_name: String,
     /// Path of the executable; `None` for kernel threads.
     pub executable_path: Option<PathBuf>,
@@ -829,6 +830,53 @@ mod tests {
             !table.refresh_if_unmapped(me, &[code.as_ptr() as u64]),
             "mapped now"
         );
+    }
+
+    /// A tenant's program whose name (and file name) is not UTF-8 is
+    /// still snapshotted, named, and kept by prunes while it runs.
+    #[test]
+    fn a_name_that_is_not_utf8_does_not_hide_a_process() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join(std::ffi::OsStr::from_bytes(b"sl\xffep"));
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        // Another test thread forking while the copy was open for writing
+        // makes exec fail with ETXTBSY for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut child = loop {
+            match std::process::Command::new(&program).arg("30").spawn() {
+                Ok(child) => break child,
+                Err(err) if err.raw_os_error() == Some(libc::ETXTBSY) => {
+                    assert!(Instant::now() < deadline, "{err}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
+        let pid = child.id();
+        // Wait for the exec to map the program (its name changes first).
+        let name = "sl\u{fffd}ep";
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut table = loop {
+            let mut table = ProcessTable::new();
+            table.observe(pid).unwrap();
+            let info = table.process(pid).unwrap();
+            let mapped = info.mappings.iter().any(|m| {
+                let module = table.module(m.module);
+                module.path.ends_with(name) && module.open_file().is_some()
+            });
+            if mapped {
+                assert_eq!(info.executable_name, name);
+                break table;
+            }
+            assert!(Instant::now() < deadline, "never snapshotted as {name}");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        table.prune();
+        table.prune();
+        assert!(table.process(pid).is_some(), "a prune took it for gone");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

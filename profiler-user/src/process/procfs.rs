@@ -57,7 +57,7 @@ pub(crate) fn read_perf_map(
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let status = read_text(format!("/proc/{pid}/status"))?;
     let (Some(nspid), Some(uid)) = (
         status_field(&status, "NSpid:"),
         status_field(&status, "Uid:"),
@@ -167,8 +167,19 @@ pub(crate) fn gone(err: &std::io::Error) -> bool {
     err.kind() == std::io::ErrorKind::NotFound || err.raw_os_error() == Some(libc::ESRCH)
 }
 
+/// Reads a procfs text file, bytes that are not UTF-8 replaced: tenants
+/// name their processes, files and cgroups, and one such byte in a name
+/// must not make the whole file unreadable (the process unprofiled).
+pub(crate) fn read_text(path: impl AsRef<Path>) -> std::io::Result<String> {
+    let bytes = std::fs::read(path)?;
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+    })
+}
+
 pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
-    std::fs::read_to_string(path).map_err(|source| match source.kind() {
+    read_text(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => ProcessError::Gone { pid },
         // A process exiting mid-read reports ESRCH.
         _ if source.raw_os_error() == Some(libc::ESRCH) => ProcessError::Gone { pid },
@@ -180,7 +191,12 @@ pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
 }
 
 pub(crate) fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
-    read_stat(pid).map(|(start_time, _)| start_time)
+    let path = format!("/proc/{pid}/stat");
+    let text = read_proc(&path, pid)?;
+    parse_start_time(&text).ok_or_else(|| ProcessError::Malformed {
+        path,
+        reason: "no start time field".into(),
+    })
 }
 
 /// `pid`'s start time (see [`read_start_time`]) and command name (field 2
@@ -223,7 +239,7 @@ pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
 
 /// The text of `/proc/<pid>/cgroup`.
 pub(crate) fn read_cgroup(pid: u32) -> std::io::Result<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+    read_text(format!("/proc/{pid}/cgroup"))
 }
 
 /// Where the unified (v2) cgroup hierarchy is mounted: `/sys/fs/cgroup`,
@@ -237,9 +253,10 @@ pub(crate) fn cgroup2_root() -> Option<std::path::PathBuf> {
             let Ok(path) = std::ffi::CString::new(*root) else {
                 return false;
             };
+            // SAFETY: `struct statfs` is plain integers, valid all zero.
+            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
             // SAFETY: statfs writes one `struct statfs` through a valid
             // pointer and reads a NUL-terminated path.
-            let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
             let found = unsafe { libc::statfs(path.as_ptr(), &mut fs) } == 0;
             found && fs.f_type as libc::c_long == CGROUP2
         })
@@ -271,6 +288,16 @@ pub(crate) fn exe_identity(pid: u32) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_read_with_replacements() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        std::fs::write(&path, b"7 (a\xffb) S 1\n").unwrap();
+        assert_eq!(read_text(&path).unwrap(), "7 (a\u{fffd}b) S 1\n");
+        std::fs::write(&path, "7 (ok) S 1\n").unwrap();
+        assert_eq!(read_text(&path).unwrap(), "7 (ok) S 1\n");
+    }
 
     #[test]
     fn only_a_process_gone_is_worth_opening_its_file_again() {

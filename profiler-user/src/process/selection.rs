@@ -196,7 +196,7 @@ impl Selection {
 
 /// Whether the filters select process `pid` (false once it is gone).
 fn admits(pid: u32, filter: &ProcessFilter, pods: &PodMetadata) -> bool {
-    let Ok(contents) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+    let Ok(contents) = super::procfs::read_cgroup(pid) else {
         return false;
     };
     let cgroups = cgroup_paths(&contents);
