@@ -993,14 +993,15 @@ mod tests {
         assert_eq!(table.module(gone).build_id, expected);
     }
 
-    /// Exec generations a test sets by hand.
-    #[derive(Clone, Default)]
-    struct FakeGenerations(std::sync::Arc<std::sync::atomic::AtomicU32>);
-
-    impl ExecGenerations for FakeGenerations {
-        fn generation(&self, _tgid: u32) -> u32 {
-            self.0.load(std::sync::atomic::Ordering::Relaxed)
+    /// A table that sees every process at exec generation `generation`.
+    fn table_at_generation(generation: u32) -> ProcessTable {
+        struct Fixed(u32);
+        impl ExecGenerations for Fixed {
+            fn generation(&self, _tgid: u32) -> u32 {
+                self.0
+            }
         }
+        ProcessTable::with_generations(Box::new(Fixed(generation)))
     }
 
     /// The kernel's record of the file mapping that holds `addr` in this
@@ -1083,9 +1084,7 @@ mod tests {
     #[test]
     fn samples_of_another_image_never_use_the_snapshot() {
         let me = std::process::id();
-        let generations = FakeGenerations::default();
-        generations.0.store(4, std::sync::atomic::Ordering::Relaxed);
-        let mut table = ProcessTable::with_generations(Box::new(generations.clone()));
+        let mut table = table_at_generation(4);
         table.observe(me).unwrap();
         assert_eq!(table.process(me).unwrap().exec_gen, Some(4));
         let addr = marker as *const () as u64;
@@ -1114,9 +1113,7 @@ mod tests {
     #[test]
     fn a_fresh_snapshot_without_a_context_mapping_answers_for_the_maps() {
         let me = std::process::id();
-        let generations = FakeGenerations::default();
-        generations.0.store(3, std::sync::atomic::Ordering::Relaxed);
-        let mut table = ProcessTable::with_generations(Box::new(generations.clone()));
+        let mut table = table_at_generation(3);
         assert!(!table.read_without_context(me, 3, Instant::now(), Duration::from_secs(1)));
         table.observe(me).unwrap();
         let now = Instant::now();
