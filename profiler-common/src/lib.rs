@@ -139,6 +139,9 @@ pub mod names {
     pub const STACKS: [&str; 2] = ["STACKS_0", "STACKS_1"];
     /// Per-set stacks deeper than a [`super::Stack`], valued [`super::DeepStack`].
     pub const DEEP_STACKS: [&str; 2] = ["DEEP_STACKS_0", "DEEP_STACKS_1"];
+    /// Per CPU, per set: entries this CPU added to the set since userspace
+    /// last emptied it (`u32`; see [`super::Config::drain_soon_at`]).
+    pub const SET_FILL: &str = "SET_FILL";
     /// Every loaded file's [`super::UnwindRow`]s, one run per file, in
     /// [`super::UnwindChunk`]s by chunk index (a hash map: memory for the
     /// chunks in use only).
@@ -725,8 +728,11 @@ pub struct Config {
     /// sharing its parent's, vfork or `posix_spawn`, is then followed as
     /// a fork).
     pub task_mm: u32,
-    /// Zero.
-    pub pad: u32,
+    /// When one CPU has added this many entries to the active set (new
+    /// `COUNTS` and `STACKS` entries, kept waits sent), it sends a
+    /// [`ProcessEvent::DRAIN_SOON`] so userspace drains before the maps
+    /// fill; 0: never.
+    pub drain_soon_at: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -1097,7 +1103,8 @@ fn until_zero(frames: &[u64]) -> &[u64] {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessEvent {
-    /// [`ProcessEvent::NEW`] or [`ProcessEvent::FILE`].
+    /// [`ProcessEvent::NEW`], [`ProcessEvent::FILE`], [`ProcessEvent::FORK`]
+    /// or [`ProcessEvent::DRAIN_SOON`].
     pub kind: u32,
     /// Process id (tgid).
     pub tgid: u32,
@@ -1127,6 +1134,9 @@ impl ProcessEvent {
     /// A process the memory profile follows forked: `tgid` is the child
     /// (the memory profile probes it at once).
     pub const FORK: u32 = 2;
+    /// A CPU filled the active map set to [`Config::drain_soon_at`]:
+    /// drain now rather than at the next scheduled drain.
+    pub const DRAIN_SOON: u32 = 3;
 }
 
 /// Indices of the per-CPU `STATS` counters.

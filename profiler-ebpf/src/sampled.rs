@@ -292,7 +292,10 @@ fn count(counts: &HashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
         return;
     }
     match counts.insert(key, 1, BPF_NOEXIST as u64) {
-        Ok(()) => kind.bump(Stat::Recorded),
+        Ok(()) => {
+            kind.bump(Stat::Recorded);
+            stack::added_entry();
+        }
         // Another CPU created the entry between our lookup and insert.
         Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
             Some(value) => {

@@ -97,6 +97,60 @@ static SCRATCH: PerCpuArray<DeepStack> = PerCpuArray::with_max_entries(kernel_ki
 #[map(name = "CHAIN_DEPTH")]
 static CHAIN_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU, per map set: entries this CPU added to the set since
+/// userspace last emptied it (see [`added_entry`]).
+#[map(name = "SET_FILL")]
+static SET_FILL: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+
+/// Counts one entry this CPU added to the active set (a new `COUNTS` or
+/// `STACKS` entry, a kept wait sent); at `Config::drain_soon_at` it asks
+/// userspace to drain now ([`ProcessEvent::DRAIN_SOON`]), so a burst of
+/// distinct samples between two drains does not fill the maps.
+#[inline(always)]
+pub fn added_entry() {
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    let Some(fill) = SET_FILL.get_ptr_mut(config.active_set & 1) else {
+        return;
+    };
+    // SAFETY: this CPU's slot. A program nested in another on this CPU
+    // (the CPU-clock interrupt in an off-CPU program) may lose the other's
+    // add: the count is a trigger, not a total, and whichever add computes
+    // the threshold sends.
+    let n = unsafe {
+        let n = (*fill).wrapping_add(1);
+        *fill = n;
+        n
+    };
+    if config.drain_soon_at == 0 || n != config.drain_soon_at {
+        return;
+    }
+    // Written in place: this runs deep in the unwinder's programs, whose
+    // stack has no room left for an event.
+    let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
+        // The ring is full: the next entry asks again.
+        // SAFETY: as above.
+        unsafe { *fill = n - 1 };
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: ring memory the size of a `ProcessEvent`, ours until it is
+    // submitted; every field is written before.
+    unsafe {
+        (*event).kind = ProcessEvent::DRAIN_SOON;
+        (*event).tgid = 0;
+        (*event).exec_gen = 0;
+        (*event).dev = 0;
+        (*event).start = 0;
+        (*event).end = 0;
+        (*event).file_offset = 0;
+        (*event).inode = 0;
+        (*event).cgroup_id = 0;
+    }
+    entry.submit(0);
+}
+
 /// Runs the body of an entry program (one a hook runs) as a chain on
 /// this CPU; `body` gets the number of chains running, its own included.
 /// The chain ends where a program of it returns: `body`'s return, or that
@@ -377,7 +431,10 @@ fn insert_stack<V>(
     kind: Kind,
 ) -> StackHash {
     match stacks.insert(hash, stack, BPF_NOEXIST as u64) {
-        Ok(()) => hash,
+        Ok(()) => {
+            added_entry();
+            hash
+        }
         Err(err) if err == -EEXIST => hash,
         Err(_) => {
             kind.bump(Stat::StackMapFull);

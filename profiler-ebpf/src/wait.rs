@@ -361,7 +361,10 @@ impl Waits {
             set: config.active_set,
         };
         match WAIT_EVENTS.output::<WaitEvent>(&event, 0) {
-            Ok(()) => kind.bump(Stat::Recorded),
+            Ok(()) => {
+                kind.bump(Stat::Recorded);
+                stack::added_entry();
+            }
             Err(_) => kind.bump(Stat::DroppedCountsFull),
         }
     }

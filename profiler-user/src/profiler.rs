@@ -23,7 +23,9 @@ use crate::process::{
 };
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
-use crate::sampler::{Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler};
+use crate::sampler::{
+    DrainSchedule, Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler,
+};
 use crate::symbolize::Symbolizer;
 use crate::system_info::kernel::{check_running_kernel, KernelCheckError};
 use crate::system_info::{self, PreflightError};
@@ -45,9 +47,14 @@ use crate::trace_link::DEFAULT_MAX_LINKS_PER_PROCESS;
 pub struct ProfilerOptions {
     /// What to sample and how often.
     pub policy: SamplingPolicy,
-    /// How often the kernel maps are drained. Shorter keeps the maps small;
-    /// longer costs fewer syscalls.
+    /// How often the kernel maps are drained at most. Shorter keeps the
+    /// maps small; longer costs fewer syscalls.
     pub drain_interval: Duration,
+    /// How long drains may be apart while the maps stay nearly empty (the
+    /// interval stretches up to it, and shrinks back as they fill; a CPU
+    /// that fills its share of them asks for a drain at once). Not above
+    /// `drain_interval`: drains at a fixed interval.
+    pub longest_drain_interval: Duration,
     /// Processes to leave out beyond the kernel's pid filter.
     pub filter: ProcessFilter,
     /// This Kubernetes node's name: when set, the pods of the node are
@@ -66,6 +73,7 @@ impl Default for ProfilerOptions {
         Self {
             policy: SamplingPolicy::default(),
             drain_interval: Duration::from_secs(1),
+            longest_drain_interval: Duration::from_secs(1),
             filter: ProcessFilter::default(),
             node_name: None,
             profiles: vec![ProfileKind::Cpu],
@@ -132,11 +140,41 @@ pub struct PipelineStats {
     /// The CPU budget (`--max-cpu`) and the frequency it set; all zero
     /// without one.
     pub overhead: OverheadStats,
+    /// Drains of the kernel's maps, by what called for them.
+    pub drains: DrainCounts,
+}
+
+/// Drains of the kernel's maps since the start, by what called for them,
+/// and the interval the schedule is at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainCounts {
+    /// Due by the schedule.
+    pub scheduled: u64,
+    /// Brought forward: a CPU filled its share of the maps.
+    pub early: u64,
+    /// At a window's end (and the last one, at the stop).
+    pub window: u64,
+    /// The interval to the next scheduled drain.
+    pub interval: Duration,
+}
+
+/// What called for a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DrainCause {
+    Scheduled,
+    Early,
+    Window,
 }
 
 /// A running whole-host profiler.
 pub struct Profiler {
-    drain_interval: Duration,
+    schedule: DrainSchedule,
+    /// When the last drain was.
+    drained_at: Instant,
+    /// The kernel asked for a drain: the next one is due as soon as the
+    /// schedule's shortest interval allows.
+    drain_soon: bool,
+    drains: DrainCounts,
     sampler: Sampler,
     events: ProcessEvents,
     pipeline: Pipeline,
@@ -201,7 +239,10 @@ impl Profiler {
             Selection::of(&options.policy.target)
         });
         let mut profiler = Self {
-            drain_interval: options.drain_interval,
+            schedule: DrainSchedule::new(options.drain_interval, options.longest_drain_interval),
+            drained_at: Instant::now(),
+            drain_soon: false,
+            drains: DrainCounts::default(),
             sampler: started.sampler,
             events: started.events,
             pipeline,
@@ -229,6 +270,8 @@ impl Profiler {
         }
         profiler.pipeline.start_time = profiler.sampler.last_flip().0;
         profiler.pipeline.started = Instant::now();
+        // The first drain is a full interval after sampling started.
+        profiler.drained_at = profiler.pipeline.started;
         profiler.budget = options
             .policy
             .max_cpu
@@ -262,11 +305,20 @@ impl Profiler {
 
     /// Drains the kernel's samples into the window; with `--max-cpu`,
     /// weighs hostprof's cost and changes the frequency when due.
-    fn drain(&mut self) -> Result<(), ProfilerError> {
+    fn drain(&mut self, cause: DrainCause) -> Result<(), ProfilerError> {
         // What each CPU sample of the drained set stands for (a new
         // frequency applies from the next set).
         let period = self.sampler.period_ns();
         let drained = self.sampler.drain()?;
+        let now = Instant::now();
+        self.schedule
+            .drained(self.sampler.fill(), now.duration_since(self.drained_at));
+        (self.drained_at, self.drain_soon) = (now, false);
+        match cause {
+            DrainCause::Scheduled => self.drains.scheduled += 1,
+            DrainCause::Early => self.drains.early += 1,
+            DrainCause::Window => self.drains.window += 1,
+        }
         self.ingest(drained);
         self.pipeline.set_period(ProfileKind::Cpu, period);
         self.probe_memory();
@@ -350,6 +402,7 @@ impl Profiler {
             // The memory events name the children (this one's wake-up
             // may have come with others lost).
             ProcessEvent::Fork(_) => self.follow_forks(),
+            ProcessEvent::DrainSoon => self.drain_soon = true,
             event => self.pipeline.observe(event),
         }
     }
@@ -361,12 +414,15 @@ impl Profiler {
         stop: impl Future<Output = ()>,
         mut progress: impl FnMut(&Progress),
     ) -> Result<(), ProfilerError> {
-        let mut drain_tick = tokio::time::interval(self.drain_interval);
-        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        drain_tick.tick().await; // the first tick is immediate
         tokio::pin!(stop);
         loop {
             let quick = self.pipeline.next_quick_check();
+            let drain_at = self.drained_at
+                + if self.drain_soon {
+                    self.schedule.shortest()
+                } else {
+                    self.schedule.interval()
+                };
             tokio::select! {
                 () = &mut stop => return Ok(()),
                 () = async {
@@ -380,8 +436,13 @@ impl Profiler {
                         self.take_event(event);
                     }
                 }
-                _ = drain_tick.tick() => {
-                    self.drain()?;
+                () = tokio::time::sleep_until(drain_at.into()) => {
+                    let cause = if self.drain_soon {
+                        DrainCause::Early
+                    } else {
+                        DrainCause::Scheduled
+                    };
+                    self.drain(cause)?;
                     progress(&self.progress());
                 }
             }
@@ -401,6 +462,7 @@ impl Profiler {
             self.take_event(event);
         }
         let drained = self.sampler.stop()?;
+        self.drains.window += 1;
         self.ingest(drained);
         // Forgets the processes gone (nothing is attached once stopped).
         self.probe_memory();
@@ -412,7 +474,7 @@ impl Profiler {
     /// Drains now and returns the profiles of everything since the start
     /// or the previous call, while sampling goes on (continuous profiling).
     pub fn take_profiles(&mut self) -> Result<Vec<Profile>, ProfilerError> {
-        self.drain()?;
+        self.drain(DrainCause::Window)?;
         // What is still live as the window ends (the memory profile).
         self.ingest(self.sampler.memory_in_use());
         Ok(self.pipeline.take_window(self.sampler.last_flip()))
@@ -429,6 +491,10 @@ impl Profiler {
     pub fn totals(&self) -> PipelineStats {
         PipelineStats {
             overhead: self.overhead(),
+            drains: DrainCounts {
+                interval: self.schedule.interval(),
+                ..self.drains
+            },
             ..self.pipeline.totals()
         }
     }
@@ -533,6 +599,8 @@ impl Pipeline {
                 self.processes.add_file(mapping);
                 return;
             }
+            // The profiler's (see [`Profiler::take_event`]).
+            ProcessEvent::DrainSoon => return,
         };
         match self.processes.observe_announced(tgid, cgroup_id) {
             // Exited before it could be read: nothing to look for in it.
@@ -732,6 +800,7 @@ impl Pipeline {
             off_cpu_waits: self.aggregator.wait_totals(ProfileKind::OffCpu),
             kernel_lock_waits: self.aggregator.wait_totals(ProfileKind::Locks),
             overhead: OverheadStats::default(),
+            drains: DrainCounts::default(),
         }
     }
 }

@@ -372,6 +372,7 @@ impl Collector for SnapshotCollector {
         encode_resolution(&mut e, p)?;
         encode_unwind(&mut e, p)?;
         encode_overhead(&mut e, p)?;
+        encode_drains(&mut e, p)?;
         emit(
             &mut e,
             "profiles_queued",
@@ -553,6 +554,29 @@ fn encode_overhead(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Re
         "The CPU budget (--max-cpu), in cores",
         None,
         ConstGauge::new(o.max_cpu_share),
+    )
+}
+
+/// Drains of the kernel's maps and the interval between them.
+fn encode_drains(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Result {
+    let d = &p.drains;
+    emit_counters(
+        e,
+        "drains",
+        "Drains of the kernel's sample maps, by cause (scheduled: due by the 1-4 s schedule; early: a CPU filled its share of the maps first; window: a window ended)",
+        "cause",
+        &[
+            ("scheduled", d.scheduled),
+            ("early", d.early),
+            ("window", d.window),
+        ],
+    )?;
+    emit(
+        e,
+        "drain_interval",
+        "Time to the next scheduled drain: longer while the maps stay nearly empty",
+        Some(&Unit::Seconds),
+        ConstGauge::new(d.interval.as_secs_f64()),
     )
 }
 
@@ -760,8 +784,18 @@ mod tests {
             lowest_frequency_hz: 23,
             frequency_changes: 5,
         };
+        snapshot.pipeline.drains = crate::profiler::DrainCounts {
+            scheduled: 30,
+            early: 2,
+            window: 6,
+            interval: std::time::Duration::from_secs(4),
+        };
         let text = Metrics::new(Arc::new(move || snapshot)).render();
         for line in [
+            "hostprof_drains_total{cause=\"scheduled\"} 30",
+            "hostprof_drains_total{cause=\"early\"} 2",
+            "hostprof_drains_total{cause=\"window\"} 6",
+            "hostprof_drain_interval_seconds 4.0",
             "hostprof_samples_total 1234",
             "hostprof_samples_dropped_total{reason=\"user_stack_error\"} 7",
             "hostprof_samples_dropped_total{reason=\"map_full\"} 0",

@@ -156,7 +156,12 @@ pub async fn run(
         pipeline: Mutex::new(PipelineStats::default()),
         last_drain: Mutex::new(Instant::now()),
         sampling: AtomicBool::new(false),
-        stall_after: (options.profiler.drain_interval * 10).max(Duration::from_secs(30)),
+        stall_after: (options
+            .profiler
+            .longest_drain_interval
+            .max(options.profiler.drain_interval)
+            * 10)
+            .max(Duration::from_secs(30)),
     });
     let metrics_server = listener.map(|(listener, addr)| {
         log::info!("serving /metrics, /healthz and /readyz on http://{addr}");

@@ -22,6 +22,7 @@ mod process_events;
 mod process_maps;
 #[cfg(test)]
 mod scale;
+mod schedule;
 pub mod stats;
 pub mod trace_context;
 mod unwind_maps;
@@ -57,6 +58,7 @@ pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
 };
 pub use process_maps::{KernelPythonProcesses, KernelThreadContexts, ProcessMap};
+pub use schedule::DrainSchedule;
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 pub use waits::has_contention_tracepoints;
 
@@ -259,6 +261,8 @@ pub struct Sampler {
     /// How the drained maps' entries are laid out (the same in both sets),
     /// read once.
     layouts: Layouts,
+    /// The kernel's fill counters of the sets and the maps' room.
+    fill: schedule::SetFill,
     known: HashMap<MapData, u32, u8>,
     /// The processes sampled with a `Target::Pids` selection.
     pid_filter: HashMap<MapData, u32, u8>,
@@ -349,15 +353,14 @@ impl Sampler {
             0
         };
         let mut loader = loader();
+        let counts_room = map_capacity(cpus.len(), cpu_rate + fault_rate);
         for name in names::COUNTS {
-            loader.map_max_entries(name, map_capacity(cpus.len(), cpu_rate + fault_rate));
+            loader.map_max_entries(name, counts_room);
         }
         // The locks kind's budget is the off-CPU one (`--off-cpu-max-rate`).
         let lock_rate = if locks { off_cpu_rate } else { 0 };
-        loader.map_max_entries(
-            names::WAIT_EVENTS,
-            waits::ring_bytes(cpus.len(), off_cpu_rate + lock_rate),
-        );
+        let wait_ring = waits::ring_bytes(cpus.len(), off_cpu_rate + lock_rate);
+        loader.map_max_entries(names::WAIT_EVENTS, wait_ring);
         // Sampled allocations come at the selected processes' pace: room
         // for the CPU profile's rate again.
         let memory_rate = if memory {
@@ -365,15 +368,22 @@ impl Sampler {
         } else {
             0
         };
+        let stacks_room = map_capacity(
+            cpus.len(),
+            cpu_rate + fault_rate + off_cpu_rate + lock_rate + memory_rate,
+        );
         for name in names::STACKS {
-            loader.map_max_entries(
-                name,
-                map_capacity(
-                    cpus.len(),
-                    cpu_rate + fault_rate + off_cpu_rate + lock_rate + memory_rate,
-                ),
-            );
+            loader.map_max_entries(name, stacks_room);
         }
+        let room = schedule::Room {
+            counts: counts_room,
+            stacks: stacks_room,
+            waits: if off_cpu {
+                waits::ring_events(wait_ring)
+            } else {
+                0
+            },
+        };
         loader.map_max_entries(names::MEMORY_LIVE, memory::DEFAULT_MAX_LIVE);
         // Unreadable /proc/loadavg: the largest size.
         let lru = lru_entries(host_tasks().unwrap_or(u64::MAX), cpus.len());
@@ -494,6 +504,7 @@ impl Sampler {
                 .map_err(map_err(names::DEEP_STACKS[1]))?,
         ];
         let layouts = Layouts::of(&counts, &stacks, &deep_stacks)?;
+        let fill = schedule::SetFill::new(take(names::SET_FILL)?, room)?;
 
         let mut config = Config {
             active_set: MapSet::Zero.index() as u32,
@@ -504,7 +515,7 @@ impl Sampler {
             task_fsbase: 0,
             task_tgid: 0,
             task_mm: 0,
-            pad: 0,
+            drain_soon_at: room.drain_soon_at(cpus.len()),
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -693,6 +704,7 @@ impl Sampler {
             stacks,
             deep_stacks,
             layouts,
+            fill,
             known,
             pid_filter,
             _tail_calls: (tail_calls, off_cpu_tail_calls, lock_tail_calls),
@@ -774,6 +786,12 @@ impl Sampler {
         if !self.cpu_links.is_empty() {
             self.next_frequency = Some(frequency);
         }
+    }
+
+    /// How full the fullest map of the last drained set was, 0 to 1 (a
+    /// [`DrainSchedule`] takes it).
+    pub fn fill(&self) -> f64 {
+        self.fill.last()
     }
 
     /// CPU time one CPU sample of the set being filled stands for.
@@ -1084,13 +1102,17 @@ impl Sampler {
             &mut stacks,
             DeepStack::frames,
         )?;
+        let counted = entries.len();
         let (cpu_period, fault_period) = (self.period_ns, self.fault_period);
         let mut samples = drain::assemble_counted(entries, &stacks, |kind| match kind {
             kernel_kind::PAGE_FAULTS => Some((ProfileKind::PageFaults, fault_period)),
             kernel_kind::CPU => Some((ProfileKind::Cpu, cpu_period)),
             _ => None,
         });
+        let assembled = samples.len();
         samples.extend(self.wait_events.take(set, &stacks));
+        self.fill
+            .emptied(index, counted, stacks.len(), samples.len() - assembled)?;
         if let Some(memory) = &mut self.memory {
             samples.extend(memory.take(set, &stacks));
         }
@@ -1622,17 +1644,20 @@ mod tests {
         std::hint::black_box(x);
     }
 
+    /// The CPU kind's sampler with the default policy, and its events.
+    fn cpu_sampler() -> (Sampler, ProcessEvents) {
+        let started =
+            Sampler::start(&SamplingPolicy::default(), &[ProfileKind::Cpu]).expect("start sampler");
+        (started.sampler, started.events)
+    }
+
     /// Privileged: loads the real program, samples the host, drains.
     #[tokio::test]
     async fn samples_every_cpu_and_drains_exactly() {
         if skip_bpf() {
             return;
         }
-        let Started {
-            mut sampler,
-            mut events,
-            ..
-        } = Sampler::start(&SamplingPolicy::default(), &[ProfileKind::Cpu]).expect("start sampler");
+        let (mut sampler, mut events) = cpu_sampler();
         sampler.select_all().expect("sample every process");
         let spin = std::thread::spawn(|| spin_for(Duration::from_millis(700)));
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1672,6 +1697,54 @@ mod tests {
                 .any(|e| matches!(e, ProcessEvent::New { tgid, .. } if *tgid == me))
                 || !announced.is_empty(),
             "new-process events arrive"
+        );
+    }
+
+    /// Privileged: a CPU that adds its share of entries to the active set
+    /// asks for a drain, once per set until the set is drained; a drained
+    /// set's counters start again from zero.
+    #[tokio::test]
+    async fn a_filling_set_asks_for_a_drain() {
+        if skip_bpf() {
+            return;
+        }
+        let (mut sampler, mut events) = cpu_sampler();
+        let cpus = sampler.cpus.len();
+        assert_eq!(
+            sampler.config.drain_soon_at,
+            sampler.fill.room().drain_soon_at(cpus),
+            "the threshold follows the maps' room"
+        );
+        // Three entries a CPU: a spinning thread's samples (a count entry
+        // and a stack or two each) reach it within a few samples.
+        sampler.config.drain_soon_at = 3;
+        sampler.select_all().expect("sample every process");
+        let asked = |events: &mut ProcessEvents| {
+            events
+                .try_batch()
+                .iter()
+                .filter(|event| matches!(event, ProcessEvent::DrainSoon))
+                .count()
+        };
+        let mut fills = Vec::new();
+        for round in 0..3 {
+            let spin = std::thread::spawn(|| spin_for(Duration::from_millis(300)));
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            spin.join().unwrap();
+            let n = asked(&mut events);
+            // Each CPU asks once a set (twice at most, when a CPU-clock
+            // sample nests in another program's add).
+            assert!(
+                (1..=2 * cpus).contains(&n),
+                "round {round}: {n} drain requests from {cpus} CPUs"
+            );
+            sampler.drain().expect("drain");
+            fills.push(sampler.fill());
+        }
+        sampler.stop().expect("stop");
+        assert!(
+            fills.iter().all(|&fill| fill > 0.0 && fill < 0.5),
+            "a few hundred entries of 16 Ki at most: {fills:?}"
         );
     }
 

@@ -53,6 +53,9 @@ pub enum ProcessEvent {
     /// A process the memory profile follows forked this child: probe it
     /// now, before it frees much of what it inherited.
     Fork(u32),
+    /// A CPU filled the active map set to its share of half the room:
+    /// drain now, not at the next scheduled drain.
+    DrainSoon,
 }
 
 impl ProcessEvent {
@@ -71,6 +74,7 @@ impl ProcessEvent {
                 cgroup_id: event.cgroup_id,
             }),
             KernelEvent::FORK => Some(Self::Fork(event.tgid)),
+            KernelEvent::DRAIN_SOON => Some(Self::DrainSoon),
             KernelEvent::FILE => Some(Self::File(FileMapping {
                 tgid: event.tgid,
                 exec_gen: event.exec_gen,
@@ -356,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn decodes_both_kinds_and_refuses_others() {
+    fn decodes_each_kind_and_refuses_others() {
         let new = KernelEvent {
             kind: KernelEvent::NEW,
             tgid: 42,
@@ -392,6 +396,14 @@ mod tests {
                 dev: (259, 3),
                 inode: 77,
             }))
+        );
+        let drain = KernelEvent {
+            kind: KernelEvent::DRAIN_SOON,
+            ..KernelEvent::default()
+        };
+        assert_eq!(
+            ProcessEvent::decode(&bytes(&drain)),
+            Some(ProcessEvent::DrainSoon)
         );
         let other = KernelEvent { kind: 9, ..new };
         assert_eq!(ProcessEvent::decode(&bytes(&other)), None);

@@ -30,9 +30,16 @@ use crate::profile::CaptureStats;
 /// of two from 256 KiB to 64 MiB (the kernel's rule for ring sizes: a
 /// power-of-two number of pages). A fuller ring drops and counts.
 pub(super) fn ring_bytes(cpus: usize, per_second: u64) -> u32 {
-    let event = std::mem::size_of::<WaitEvent>() as u64 + 8; // + the ring's header
-    let wanted = (cpus as u64 * per_second * 8 * event).next_power_of_two();
+    let wanted = (cpus as u64 * per_second * 8 * RING_EVENT_BYTES).next_power_of_two();
     wanted.clamp(256 << 10, 64 << 20) as u32
+}
+
+/// Bytes a kept wait takes in the ring: the event and the ring's header.
+const RING_EVENT_BYTES: u64 = std::mem::size_of::<WaitEvent>() as u64 + 8;
+
+/// Kept waits a ring of `bytes` holds.
+pub(super) fn ring_events(bytes: u32) -> u32 {
+    (u64::from(bytes) / RING_EVENT_BYTES) as u32
 }
 
 /// The kept waits of every waiting kind, as the kernel sends them.

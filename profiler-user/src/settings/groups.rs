@@ -25,6 +25,9 @@ use crate::unwind::{TableBudget, Unwinder, UnwinderKind};
 
 /// Default length of one exported profile.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// The agent's longest interval between two drains of the kernel's maps,
+/// while they stay nearly empty (the shortest is one second).
+pub const LONGEST_AGENT_DRAIN: Duration = Duration::from_secs(4);
 /// Default time shutdown may spend exporting what is left.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default length of a capture.
@@ -588,7 +591,12 @@ impl Settings<AgentOnly> {
             max_bytes: agent.queue_max_bytes.unwrap_or(defaults.max_bytes),
         };
         Ok(AgentOptions {
-            profiler: self.profiler_options(&env)?,
+            profiler: ProfilerOptions {
+                // Continuous: the fewest drains the maps allow (a one-shot
+                // capture reports progress at each drain, every second).
+                longest_drain_interval: LONGEST_AGENT_DRAIN,
+                ..self.profiler_options(&env)?
+            },
             interval: agent.interval.unwrap_or(DEFAULT_INTERVAL),
             exporter: self.export.exporter(&env)?,
             queue,

@@ -1,0 +1,245 @@
+//! When to drain. A drain's cost is mostly per entry taken (each one a
+//! copy out and a free in the kernel's BPF allocator) plus a fixed part
+//! (flipping the sets, waiting for in-flight runs, the counters): on a
+//! quiet host the same few stacks are taken again every second. So the
+//! interval stretches while the maps stay nearly empty and shrinks as they
+//! fill ([`DrainSchedule`]), and a CPU that fills the active set to half
+//! its room asks for a drain at once (`SET_FILL`, [`Room::drain_soon_at`]),
+//! so a burst between two drains does not fill the maps.
+//!
+//! The decisions are pure; [`SetFill`] holds the kernel's counter.
+
+use std::time::Duration;
+
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
+use profiler_common::names;
+
+use super::{map_err, SamplerError};
+
+/// The share of its room the fullest map should reach by a scheduled
+/// drain: an eighth, so a load that quadruples between two drains still
+/// leaves half the room before the kernel asks for an early one.
+const TARGET_FILL: f64 = 1.0 / 8.0;
+
+/// The interval between drains: from `shortest` (where it starts, and the
+/// least time between two drains, early ones included) to `longest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainSchedule {
+    shortest: Duration,
+    longest: Duration,
+    next: Duration,
+}
+
+impl DrainSchedule {
+    /// A schedule between `shortest` and `longest` (at least `shortest`).
+    pub fn new(shortest: Duration, longest: Duration) -> Self {
+        Self {
+            shortest,
+            longest: longest.max(shortest),
+            next: shortest,
+        }
+    }
+
+    /// Time from one drain to the next.
+    pub fn interval(&self) -> Duration {
+        self.next
+    }
+
+    /// The least time between two drains.
+    pub fn shortest(&self) -> Duration {
+        self.shortest
+    }
+
+    /// After a drain that found the fullest map `fill` full (0 to 1) after
+    /// `elapsed`: the interval that would fill it to [`TARGET_FILL`] at
+    /// the same pace, at most twice the last one (a quiet moment does not
+    /// jump straight to the longest).
+    pub fn drained(&mut self, fill: f64, elapsed: Duration) {
+        let wanted = if fill > 0.0 {
+            elapsed.mul_f64((TARGET_FILL / fill).min(1e6))
+        } else {
+            self.longest
+        };
+        self.next = wanted
+            .min(self.next.saturating_mul(2))
+            .clamp(self.shortest, self.longest);
+    }
+}
+
+/// The room of the maps a drain empties, in entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Room {
+    /// Entries of each `COUNTS_*` map.
+    pub counts: u32,
+    /// Entries of each `STACKS_*` map.
+    pub stacks: u32,
+    /// Kept waits the `WAIT_EVENTS` ring holds; 0 without a waiting kind.
+    pub waits: u32,
+}
+
+impl Room {
+    /// The per-CPU count of added entries at which a CPU asks for a
+    /// drain (`Config::drain_soon_at`): half the smallest room, shared
+    /// between `cpus` CPUs. A CPU adding more than its share asks early,
+    /// which costs a drain at most, never a sample; the other CPUs'
+    /// entries are all under their shares, so the set is then at most
+    /// half full.
+    pub fn drain_soon_at(&self, cpus: usize) -> u32 {
+        let smallest = [self.counts, self.stacks, self.waits]
+            .into_iter()
+            .filter(|&room| room > 0)
+            .min()
+            .unwrap_or(0);
+        (u64::from(smallest) / 2 / (cpus.max(1) as u64)).max(1) as u32
+    }
+
+    /// How full the fullest map was with `counts` count entries, `stacks`
+    /// stacks and `waits` kept waits: 0 to 1 (or more, for a map whose
+    /// room is not known).
+    pub fn fill(&self, counts: usize, stacks: usize, waits: usize) -> f64 {
+        let share = |n: usize, room: u32| {
+            if room == 0 {
+                0.0
+            } else {
+                n as f64 / f64::from(room)
+            }
+        };
+        share(counts, self.counts)
+            .max(share(stacks, self.stacks))
+            .max(share(waits, self.waits))
+    }
+}
+
+/// The kernel's per-CPU fill counters (`SET_FILL`), one per map set, and
+/// how full the last drained set was.
+pub(super) struct SetFill {
+    map: PerCpuArray<MapData, u32>,
+    room: Room,
+    last: f64,
+}
+
+impl SetFill {
+    pub(super) fn new(map: Map, room: Room) -> Result<Self, SamplerError> {
+        Ok(Self {
+            map: map.try_into().map_err(map_err(names::SET_FILL))?,
+            room,
+            last: 0.0,
+        })
+    }
+
+    /// The maps' room.
+    #[cfg(test)]
+    pub(super) fn room(&self) -> Room {
+        self.room
+    }
+
+    /// Set `index` was emptied, having held `counts` count entries,
+    /// `stacks` stacks and `waits` kept waits: its counters start again
+    /// from zero (no program writes the set until it is active again).
+    pub(super) fn emptied(
+        &mut self,
+        index: usize,
+        counts: usize,
+        stacks: usize,
+        waits: usize,
+    ) -> Result<(), SamplerError> {
+        self.last = self.room.fill(counts, stacks, waits);
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
+        let zeros = PerCpuValues::try_from(vec![0u32; cpus]).map_err(|source| {
+            SamplerError::OnlineCpus {
+                path: "/sys/devices/system/cpu/possible",
+                source,
+            }
+        })?;
+        self.map
+            .set(index as u32, zeros, 0)
+            .map_err(map_err(names::SET_FILL))
+    }
+
+    /// How full the fullest map of the last drained set was (0 to 1).
+    pub(super) fn last(&self) -> f64 {
+        self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_quiet_host_stretches_to_the_longest_a_step_at_a_time() {
+        let mut schedule = DrainSchedule::new(S, 4 * S);
+        assert_eq!(schedule.interval(), S);
+        // 1 % full after a second: 12.5 s would reach an eighth.
+        schedule.drained(0.01, S);
+        assert_eq!(schedule.interval(), 2 * S, "at most twice the last");
+        schedule.drained(0.02, 2 * S);
+        assert_eq!(schedule.interval(), 4 * S);
+        schedule.drained(0.04, 4 * S);
+        assert_eq!(schedule.interval(), 4 * S, "never past the longest");
+        schedule.drained(0.0, 4 * S);
+        assert_eq!(schedule.interval(), 4 * S, "empty maps: the longest");
+    }
+
+    #[test]
+    fn filling_maps_shrink_it_at_once() {
+        let mut schedule = DrainSchedule::new(S, 4 * S);
+        schedule.drained(0.0, S);
+        schedule.drained(0.0, 2 * S);
+        assert_eq!(schedule.interval(), 4 * S);
+        // A quarter full in 4 s: 2 s reach an eighth.
+        schedule.drained(0.25, 4 * S);
+        assert_eq!(schedule.interval(), 2 * S);
+        // Half full after an early drain: the shortest, not less.
+        schedule.drained(0.5, Duration::from_millis(300));
+        assert_eq!(schedule.interval(), S);
+    }
+
+    #[test]
+    fn a_fixed_schedule_stays_fixed() {
+        let mut schedule = DrainSchedule::new(S, S);
+        schedule.drained(0.0, S);
+        assert_eq!(schedule.interval(), S);
+        let mut schedule = DrainSchedule::new(2 * S, S);
+        schedule.drained(0.9, S);
+        assert_eq!(schedule.interval(), 2 * S, "longest is at least shortest");
+    }
+
+    #[test]
+    fn each_cpu_asks_at_its_share_of_half_the_smallest_room() {
+        let room = Room {
+            counts: 16_384,
+            stacks: 32_768,
+            waits: 0,
+        };
+        assert_eq!(room.drain_soon_at(2), 4_096);
+        assert_eq!(room.drain_soon_at(0), 8_192);
+        let waits = Room {
+            waits: 2_000,
+            ..room
+        };
+        assert_eq!(waits.drain_soon_at(2), 500);
+        assert_eq!(waits.drain_soon_at(4_096), 1, "at least one");
+        let none = Room {
+            counts: 0,
+            stacks: 0,
+            waits: 0,
+        };
+        assert_eq!(none.drain_soon_at(2), 1);
+    }
+
+    #[test]
+    fn fill_is_the_fullest_maps() {
+        let room = Room {
+            counts: 1_000,
+            stacks: 4_000,
+            waits: 0,
+        };
+        assert_eq!(room.fill(100, 100, 7), 0.1);
+        assert_eq!(room.fill(100, 800, 0), 0.2);
+        assert_eq!(room.fill(0, 0, 0), 0.0);
+    }
+}
