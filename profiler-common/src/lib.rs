@@ -1135,7 +1135,8 @@ impl ProcessEvent {
     /// (the memory profile probes it at once).
     pub const FORK: u32 = 2;
     /// A CPU filled the active map set to [`Config::drain_soon_at`]:
-    /// drain now rather than at the next scheduled drain.
+    /// drain now rather than at the next scheduled drain (`tgid` is the
+    /// set).
     pub const DRAIN_SOON: u32 = 3;
 }
 

@@ -102,12 +102,19 @@ static CHAIN_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SET_FILL")]
 static SET_FILL: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
-/// Counts one entry this CPU added to the active set (a new `COUNTS` or
-/// `STACKS` entry, a kept wait sent); at `Config::drain_soon_at` it asks
-/// userspace to drain now ([`ProcessEvent::DRAIN_SOON`]), so a burst of
-/// distinct samples between two drains does not fill the maps.
+/// Counts one entry this CPU added to the active set (a new `COUNTS`
+/// entry, a kept wait sent; see [`added_entries`]).
 #[inline(always)]
 pub fn added_entry() {
+    added_entries(1);
+}
+
+/// Counts `n` entries this CPU added to the active set; on reaching
+/// `Config::drain_soon_at` it asks userspace to drain now
+/// ([`ProcessEvent::DRAIN_SOON`]), so a burst of distinct samples between
+/// two drains does not fill the maps.
+#[inline(always)]
+pub fn added_entries(n: u32) {
     let Some(config) = CONFIG.get(0) else {
         return;
     };
@@ -118,12 +125,13 @@ pub fn added_entry() {
     // (the CPU-clock interrupt in an off-CPU program) may lose the other's
     // add: the count is a trigger, not a total, and whichever add computes
     // the threshold sends.
-    let n = unsafe {
-        let n = (*fill).wrapping_add(1);
-        *fill = n;
-        n
+    let before = unsafe {
+        let before = *fill;
+        *fill = before.saturating_add(n);
+        before
     };
-    if config.drain_soon_at == 0 || n != config.drain_soon_at {
+    let at = config.drain_soon_at;
+    if at == 0 || before >= at || before.saturating_add(n) < at {
         return;
     }
     // Written in place: this runs deep in the unwinder's programs, whose
@@ -131,7 +139,7 @@ pub fn added_entry() {
     let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
         // The ring is full: the next entry asks again.
         // SAFETY: as above.
-        unsafe { *fill = n - 1 };
+        unsafe { *fill = before };
         return;
     };
     let event = entry.as_mut_ptr();
@@ -139,7 +147,7 @@ pub fn added_entry() {
     // submitted; every field is written before.
     unsafe {
         (*event).kind = ProcessEvent::DRAIN_SOON;
-        (*event).tgid = 0;
+        (*event).tgid = config.active_set;
         (*event).exec_gen = 0;
         (*event).dev = 0;
         (*event).start = 0;
@@ -432,7 +440,9 @@ fn insert_stack<V>(
 ) -> StackHash {
     match stacks.insert(hash, stack, BPF_NOEXIST as u64) {
         Ok(()) => {
-            added_entry();
+            // A deep stack counts as the short ones its bytes would hold
+            // (4): its map's room is a quarter of the short ones' least.
+            added_entries((size_of::<V>() / size_of::<Stack>()).max(1) as u32);
             hash
         }
         Err(err) if err == -EEXIST => hash,

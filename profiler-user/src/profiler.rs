@@ -239,7 +239,18 @@ impl Profiler {
             Selection::of(&options.policy.target)
         });
         let mut profiler = Self {
-            schedule: DrainSchedule::new(options.drain_interval, options.longest_drain_interval),
+            // The memory profile's ring of allocations and frees is read at
+            // drains and sized for a few seconds of a hot allocator whose
+            // few stacks leave the other maps nearly empty: a fixed
+            // interval then.
+            schedule: DrainSchedule::new(
+                options.drain_interval,
+                if options.profiles.contains(&ProfileKind::Memory) {
+                    options.drain_interval
+                } else {
+                    options.longest_drain_interval
+                },
+            ),
             drained_at: Instant::now(),
             drain_soon: false,
             drains: DrainCounts::default(),
@@ -402,7 +413,10 @@ impl Profiler {
             // The memory events name the children (this one's wake-up
             // may have come with others lost).
             ProcessEvent::Fork(_) => self.follow_forks(),
-            ProcessEvent::DrainSoon => self.drain_soon = true,
+            // A request read after the drain of its set is stale.
+            ProcessEvent::DrainSoon { set } => {
+                self.drain_soon |= set == self.sampler.filling();
+            }
             event => self.pipeline.observe(event),
         }
     }
@@ -484,6 +498,7 @@ impl Profiler {
     pub fn progress(&self) -> Progress {
         let mut progress = self.pipeline.progress();
         progress.totals.overhead = self.overhead();
+        progress.totals.drains = self.drain_counts();
         progress
     }
 
@@ -491,11 +506,15 @@ impl Profiler {
     pub fn totals(&self) -> PipelineStats {
         PipelineStats {
             overhead: self.overhead(),
-            drains: DrainCounts {
-                interval: self.schedule.interval(),
-                ..self.drains
-            },
+            drains: self.drain_counts(),
             ..self.pipeline.totals()
+        }
+    }
+
+    fn drain_counts(&self) -> DrainCounts {
+        DrainCounts {
+            interval: self.schedule.interval(),
+            ..self.drains
         }
     }
 
@@ -543,6 +562,8 @@ struct Pipeline {
     python: Option<PythonProcesses>,
     start_time: SystemTime,
     started: Instant,
+    /// When the last drain was taken in.
+    ingested: Instant,
     /// Samples and counters of the windows already taken.
     completed: (u64, CaptureStats),
 }
@@ -582,6 +603,7 @@ impl Pipeline {
             python: None,
             start_time: SystemTime::now(),
             started: Instant::now(),
+            ingested: Instant::now(),
             completed: (0, CaptureStats::default()),
         }
     }
@@ -600,7 +622,7 @@ impl Pipeline {
                 return;
             }
             // The profiler's (see [`Profiler::take_event`]).
-            ProcessEvent::DrainSoon => return,
+            ProcessEvent::DrainSoon { .. } => return,
         };
         match self.processes.observe_announced(tgid, cgroup_id) {
             // Exited before it could be read: nothing to look for in it.
@@ -712,7 +734,7 @@ impl Pipeline {
         if let Some(python) = &mut self.python {
             // Named now, while the processes still run; only the samples
             // the filter kept.
-            python.drain_started();
+            python.drain_started(self.ingested.elapsed());
             for sample in &drained.samples {
                 let thread = &sample.key.thread;
                 if !sample.key.python_frames.is_empty() {
@@ -721,6 +743,7 @@ impl Pipeline {
             }
         }
         self.aggregator.ingest(drained);
+        self.ingested = Instant::now();
         tracked.exited
     }
 

@@ -574,7 +574,7 @@ fn encode_drains(e: &mut DescriptorEncoder, p: &PipelineStats) -> std::fmt::Resu
     emit(
         e,
         "drain_interval",
-        "Time to the next scheduled drain: longer while the maps stay nearly empty",
+        "The interval between scheduled drains now: longer while the maps stay nearly empty",
         Some(&Unit::Seconds),
         ConstGauge::new(d.interval.as_secs_f64()),
     )

@@ -14,8 +14,8 @@
 //! Each frame is the address of a code object and a code-unit index.
 //! After each drain, the code objects not seen before are read from the
 //! process's memory (`/proc/PID/mem`: name, file, first line, line table)
-//! while the process still runs, at most [`MAX_READS_PER_DRAIN`] per
-//! drain, and cached per process image for the window; lines are worked
+//! while the process still runs, at most [`MAX_READS_PER_SECOND`] a
+//! second of the drain's span, and cached per process image for the window; lines are worked
 //! out from the code-unit index. At each window's end the caches are
 //! emptied, so a code object freed and another allocated at its address
 //! (code compiled at run time: `exec`, `eval`, `reload`) is read afresh,
@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use profiler_common::{python_frame, PythonProcess};
@@ -35,10 +36,10 @@ use super::{ModuleId, ProcessTable};
 use crate::pread::PreadFile;
 use crate::sampler::ProcessMap;
 
-/// Code objects read per drain, all processes: a tenant can make its
-/// frames point anywhere, and each read is a few syscalls on the
-/// pipeline's thread. Frames past it stay unnamed (`[python]`).
-const MAX_READS_PER_DRAIN: usize = 4096;
+/// Code objects read per second between drains, all processes: a tenant
+/// can make its frames point anywhere, and each read is a few syscalls on
+/// the pipeline's thread. Frames past it stay unnamed (`[python]`).
+const MAX_READS_PER_SECOND: usize = 4096;
 
 /// What a file holds of an interpreter: link-time addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,8 +81,8 @@ pub struct PythonProcesses {
     /// What each file searched holds (`None`: no interpreter).
     files: HashMap<ModuleId, Option<Interpreter>>,
     images: HashMap<u32, Image>,
-    /// Code objects read in the current drain.
-    reads: usize,
+    /// Code objects the current drain may still read.
+    reads_left: usize,
     /// Files whose interpreter was reported as not walked.
     reported: HashSet<ModuleId>,
 }
@@ -93,7 +94,7 @@ impl PythonProcesses {
             sink,
             files: HashMap::new(),
             images: HashMap::new(),
-            reads: 0,
+            reads_left: 0,
             reported: HashSet::new(),
         }
     }
@@ -197,10 +198,10 @@ impl PythonProcesses {
             if image.codes.contains_key(&code) {
                 continue;
             }
-            if self.reads >= MAX_READS_PER_DRAIN {
+            if self.reads_left == 0 {
                 return;
             }
-            self.reads += 1;
+            self.reads_left -= 1;
             let mem = mem.get_or_insert_with(|| File::open(format!("/proc/{tgid}/mem")).ok());
             let Some(mem) = mem else {
                 return; // gone: its frames stay unnamed
@@ -215,9 +216,11 @@ impl PythonProcesses {
         }
     }
 
-    /// Starts a drain's budget of code-object reads.
-    pub fn drain_started(&mut self) {
-        self.reads = 0;
+    /// Starts the budget of code-object reads of a drain `since_last`
+    /// after the one before (a second's at least).
+    pub fn drain_started(&mut self, since_last: Duration) {
+        self.reads_left =
+            (MAX_READS_PER_SECOND as f64 * since_last.as_secs_f64().max(1.0)) as usize;
     }
 
     /// At a window's end, once its samples are named: empties the code

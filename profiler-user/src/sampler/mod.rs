@@ -184,6 +184,11 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> SamplerError {
 /// CPU list).
 const OFF_MAP_ENTRIES: u32 = 64;
 
+/// Entries of each `DEEP_STACKS_*` map: stacks deeper than 127 frames are
+/// few, and each takes 4 KiB as it is added (the kernel program counts
+/// one as four short ones towards a drain request).
+const DEEP_STACKS_ROOM: u32 = 4_096;
+
 /// Capacity of a map that gets at most `per_cpu` entries per second on
 /// each CPU: room for four seconds on every CPU (each distinct at worst),
 /// at least 16 Ki.
@@ -375,9 +380,13 @@ impl Sampler {
         for name in names::STACKS {
             loader.map_max_entries(name, stacks_room);
         }
+        for name in names::DEEP_STACKS {
+            loader.map_max_entries(name, DEEP_STACKS_ROOM);
+        }
         let room = schedule::Room {
             counts: counts_room,
             stacks: stacks_room,
+            deep_stacks: DEEP_STACKS_ROOM,
             waits: if off_cpu {
                 waits::ring_events(wait_ring)
             } else {
@@ -788,6 +797,11 @@ impl Sampler {
         }
     }
 
+    /// The map set being filled ([`MapSet::index`]).
+    pub fn filling(&self) -> usize {
+        self.active.index()
+    }
+
     /// How full the fullest map of the last drained set was, 0 to 1 (a
     /// [`DrainSchedule`] takes it).
     pub fn fill(&self) -> f64 {
@@ -1088,14 +1102,14 @@ impl Sampler {
             source,
         })?;
         let mut stacks = StdHashMap::new();
-        take_stacks(
+        let short_stacks = take_stacks(
             &self.stacks[index],
             names::STACKS[index],
             self.layouts.stacks,
             &mut stacks,
             Stack::frames,
         )?;
-        take_stacks(
+        let deep_stacks = take_stacks(
             &self.deep_stacks[index],
             names::DEEP_STACKS[index],
             self.layouts.deep_stacks,
@@ -1111,8 +1125,13 @@ impl Sampler {
         });
         let assembled = samples.len();
         samples.extend(self.wait_events.take(set, &stacks));
-        self.fill
-            .emptied(index, counted, stacks.len(), samples.len() - assembled)?;
+        let taken = schedule::Taken {
+            counts: counted,
+            stacks: short_stacks,
+            deep_stacks,
+            waits: samples.len() - assembled,
+        };
+        self.fill.emptied(index, &taken)?;
         if let Some(memory) = &mut self.memory {
             samples.extend(memory.take(set, &stacks));
         }
@@ -1186,11 +1205,10 @@ fn take_stacks<V: aya::Pod>(
     layout: bpf_calls::Layout<StackHash, V>,
     stacks: &mut StdHashMap<StackHash, Vec<u64>>,
     frames: fn(&V) -> &[u64],
-) -> Result<(), SamplerError> {
+) -> Result<usize, SamplerError> {
     bpf_calls::take_all(map.map(), name, layout, |hash, stack| {
         stacks.insert(*hash, frames(&stack[0]).to_vec());
     })
-    .map(drop)
     .map_err(|source| SamplerError::Drain { map: name, source })
 }
 
@@ -1723,7 +1741,7 @@ mod tests {
             events
                 .try_batch()
                 .iter()
-                .filter(|event| matches!(event, ProcessEvent::DrainSoon))
+                .filter(|event| matches!(event, ProcessEvent::DrainSoon { .. }))
                 .count()
         };
         let mut fills = Vec::new();

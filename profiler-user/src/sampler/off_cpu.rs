@@ -159,8 +159,8 @@ pub const MAX_PERIOD_NS: u64 = 10_000_000_000;
 /// goes as `1/P`: scaling `P` by `kept / target` lands on the target in
 /// one step when intervals are short, and converges in a few when some
 /// are longer than `P` (those are always kept). `P` rises at once when
-/// over budget and falls at most by half per drain, so one quiet second
-/// does not open the floodgates.
+/// over budget and falls at most by half per drain, so one quiet drain
+/// (1 to 4 s) does not open the floodgates.
 pub fn next_period(period_ns: u64, kept: u64, elapsed: Duration, budget: u64) -> u64 {
     let seconds = elapsed.as_secs_f64();
     if seconds <= 0.0 || budget == 0 {

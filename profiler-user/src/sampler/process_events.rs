@@ -53,9 +53,13 @@ pub enum ProcessEvent {
     /// A process the memory profile follows forked this child: probe it
     /// now, before it frees much of what it inherited.
     Fork(u32),
-    /// A CPU filled the active map set to its share of half the room:
-    /// drain now, not at the next scheduled drain.
-    DrainSoon,
+    /// A CPU filled map set `set` to its share of half the room: drain
+    /// now, not at the next scheduled drain (if `set` is still the one
+    /// being filled).
+    DrainSoon {
+        /// The set ([`MapSet::index`](super::MapSet::index)).
+        set: usize,
+    },
 }
 
 impl ProcessEvent {
@@ -74,7 +78,9 @@ impl ProcessEvent {
                 cgroup_id: event.cgroup_id,
             }),
             KernelEvent::FORK => Some(Self::Fork(event.tgid)),
-            KernelEvent::DRAIN_SOON => Some(Self::DrainSoon),
+            KernelEvent::DRAIN_SOON => Some(Self::DrainSoon {
+                set: event.tgid as usize,
+            }),
             KernelEvent::FILE => Some(Self::File(FileMapping {
                 tgid: event.tgid,
                 exec_gen: event.exec_gen,
@@ -399,11 +405,12 @@ mod tests {
         );
         let drain = KernelEvent {
             kind: KernelEvent::DRAIN_SOON,
+            tgid: 1,
             ..KernelEvent::default()
         };
         assert_eq!(
             ProcessEvent::decode(&bytes(&drain)),
-            Some(ProcessEvent::DrainSoon)
+            Some(ProcessEvent::DrainSoon { set: 1 })
         );
         let other = KernelEvent { kind: 9, ..new };
         assert_eq!(ProcessEvent::decode(&bytes(&other)), None);

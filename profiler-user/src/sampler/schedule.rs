@@ -73,6 +73,9 @@ pub(super) struct Room {
     pub counts: u32,
     /// Entries of each `STACKS_*` map.
     pub stacks: u32,
+    /// Entries of each `DEEP_STACKS_*` map (the kernel counts a deep stack
+    /// as four short ones, its bytes, towards [`Room::drain_soon_at`]).
+    pub deep_stacks: u32,
     /// Kept waits the `WAIT_EVENTS` ring holds; 0 without a waiting kind.
     pub waits: u32,
 }
@@ -93,10 +96,8 @@ impl Room {
         (u64::from(smallest) / 2 / (cpus.max(1) as u64)).max(1) as u32
     }
 
-    /// How full the fullest map was with `counts` count entries, `stacks`
-    /// stacks and `waits` kept waits: 0 to 1 (or more, for a map whose
-    /// room is not known).
-    pub fn fill(&self, counts: usize, stacks: usize, waits: usize) -> f64 {
+    /// How full the fullest map was with `taken` in them: 0 to 1.
+    pub fn fill(&self, taken: &Taken) -> f64 {
         let share = |n: usize, room: u32| {
             if room == 0 {
                 0.0
@@ -104,10 +105,24 @@ impl Room {
                 n as f64 / f64::from(room)
             }
         };
-        share(counts, self.counts)
-            .max(share(stacks, self.stacks))
-            .max(share(waits, self.waits))
+        share(taken.counts, self.counts)
+            .max(share(taken.stacks, self.stacks))
+            .max(share(taken.deep_stacks, self.deep_stacks))
+            .max(share(taken.waits, self.waits))
     }
+}
+
+/// What a drain took from one set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Taken {
+    /// `COUNTS` entries.
+    pub counts: usize,
+    /// `STACKS` entries.
+    pub stacks: usize,
+    /// `DEEP_STACKS` entries.
+    pub deep_stacks: usize,
+    /// Kept waits read from the ring.
+    pub waits: usize,
 }
 
 /// The kernel's per-CPU fill counters (`SET_FILL`), one per map set, and
@@ -133,17 +148,11 @@ impl SetFill {
         self.room
     }
 
-    /// Set `index` was emptied, having held `counts` count entries,
-    /// `stacks` stacks and `waits` kept waits: its counters start again
-    /// from zero (no program writes the set until it is active again).
-    pub(super) fn emptied(
-        &mut self,
-        index: usize,
-        counts: usize,
-        stacks: usize,
-        waits: usize,
-    ) -> Result<(), SamplerError> {
-        self.last = self.room.fill(counts, stacks, waits);
+    /// Set `index` was emptied, having held `taken`: its counters start
+    /// again from zero (no program writes the set until it is active
+    /// again).
+    pub(super) fn emptied(&mut self, index: usize, taken: &Taken) -> Result<(), SamplerError> {
+        self.last = self.room.fill(taken);
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, source)| SamplerError::OnlineCpus { path, source })?;
         let zeros = PerCpuValues::try_from(vec![0u32; cpus]).map_err(|source| {
@@ -213,9 +222,10 @@ mod tests {
         let room = Room {
             counts: 16_384,
             stacks: 32_768,
+            deep_stacks: 4_096,
             waits: 0,
         };
-        assert_eq!(room.drain_soon_at(2), 4_096);
+        assert_eq!(room.drain_soon_at(2), 4_096, "deep stacks weigh four");
         assert_eq!(room.drain_soon_at(0), 8_192);
         let waits = Room {
             waits: 2_000,
@@ -226,6 +236,7 @@ mod tests {
         let none = Room {
             counts: 0,
             stacks: 0,
+            deep_stacks: 0,
             waits: 0,
         };
         assert_eq!(none.drain_soon_at(2), 1);
@@ -236,10 +247,18 @@ mod tests {
         let room = Room {
             counts: 1_000,
             stacks: 4_000,
+            deep_stacks: 100,
             waits: 0,
         };
-        assert_eq!(room.fill(100, 100, 7), 0.1);
-        assert_eq!(room.fill(100, 800, 0), 0.2);
-        assert_eq!(room.fill(0, 0, 0), 0.0);
+        let taken = |counts, stacks, deep_stacks, waits| Taken {
+            counts,
+            stacks,
+            deep_stacks,
+            waits,
+        };
+        assert_eq!(room.fill(&taken(100, 100, 0, 7)), 0.1, "no ring: no share");
+        assert_eq!(room.fill(&taken(100, 800, 0, 0)), 0.2);
+        assert_eq!(room.fill(&taken(100, 800, 50, 0)), 0.5);
+        assert_eq!(room.fill(&Taken::default()), 0.0);
     }
 }

@@ -25,8 +25,9 @@ use crate::kind::ProfileKind;
 use crate::profile::CaptureStats;
 
 /// Bytes of the `WAIT_EVENTS` ring for `per_second` kept waits a second
-/// on each of `cpus` CPUs: eight seconds of them (a drain is due every
-/// second, but the agent symbolizes a window between two drains), a power
+/// on each of `cpus` CPUs: eight seconds of them (a drain is due every 1
+/// to 4 s, sooner once a CPU's share of half the ring is used, and the
+/// agent symbolizes a window between two drains), a power
 /// of two from 256 KiB to 64 MiB (the kernel's rule for ring sizes: a
 /// power-of-two number of pages). A fuller ring drops and counts.
 pub(super) fn ring_bytes(cpus: usize, per_second: u64) -> u32 {

@@ -177,6 +177,14 @@ fn metrics_and_health_endpoints_report_the_pipeline() {
         "{resident} vs {rss}\n{text}"
     );
     assert!(part("bpf_maps") > 1048576.0, "{text}");
+    // Windows of 500 ms: each ends with a drain, before one is scheduled
+    // (1 s at the shortest).
+    assert!(
+        metric(&text, "hostprof_drains_total{cause=\"window\"}") >= 1.0,
+        "{text}"
+    );
+    let interval = metric(&text, "hostprof_drain_interval_seconds");
+    assert!((1.0..=4.0).contains(&interval), "{text}");
     assert!(
         text.contains("hostprof_samples_dropped_total{reason=\"map_full\"}"),
         "{text}"
