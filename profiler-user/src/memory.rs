@@ -10,3 +10,34 @@ pub(crate) fn release_free() {
         libc::malloc_trim(0);
     }
 }
+
+/// Drops this process's resident pages of `bytes`, a part of the binary
+/// read once (the embedded eBPF object, parsed at load): they count in
+/// the resident set for as long as they stay mapped, and a later read
+/// faults them in again from the file. Only whole pages inside `bytes`
+/// are dropped.
+pub(crate) fn release_file_pages(bytes: &'static [u8]) {
+    // SAFETY: sysconf takes no pointers.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => return,
+    };
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end <= start {
+        return;
+    }
+    // SAFETY: [start, end) is whole pages of a `'static` read-only slice
+    // of the binary's private file mapping; MADV_DONTNEED on such a
+    // mapping drops the pages from this process only, and the next read
+    // of them maps the file's unchanged contents again, so the slice
+    // reads the same bytes afterwards.
+    let rc = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        log::debug!(
+            "madvise(MADV_DONTNEED) of {} KiB of the binary: {}",
+            (end - start) >> 10,
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -439,6 +439,8 @@ impl Sampler {
         loader.map_max_entries(names::UNWIND_CHUNK_PCS, table_chunks);
         let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
+        // Parsed into `ebpf`: its 2 MiB need not stay resident.
+        crate::memory::release_file_pages(EBPF_OBJECT);
         // Nothing is recorded before this: the programs attach below.
         let attaching = SystemTime::now();
 

@@ -16,6 +16,13 @@ use profiler_common::names;
 
 use super::{map_err, SamplerError};
 
+/// Entries of all the maps together counted as one more room: what they
+/// hold costs the kernel's memory (a stack is 1 KiB), so a drain aims at
+/// an eighth of this, ~1 Ki entries, whatever the maps' room (a build
+/// host's many distinct stacks keep drains a second apart, as the maps'
+/// memory would grow with the interval).
+const ENTRIES_ROOM: usize = 8 * 1024;
+
 /// The share of its room the fullest map should reach by a scheduled
 /// drain: an eighth, so a load that quadruples between two drains still
 /// leaves half the room before the kernel asks for an early one.
@@ -96,8 +103,10 @@ impl Room {
         (u64::from(smallest) / 2 / (cpus.max(1) as u64)).max(1) as u32
     }
 
-    /// How full the fullest map was with `taken` in them: 0 to 1.
+    /// How full the fullest map was with `taken` in them, the maps'
+    /// entries together counting as one more of [`ENTRIES_ROOM`]: 0 to 1.
     pub fn fill(&self, taken: &Taken) -> f64 {
+        let entries = taken.counts + taken.stacks + 4 * taken.deep_stacks + taken.waits;
         let share = |n: usize, room: u32| {
             if room == 0 {
                 0.0
@@ -109,6 +118,7 @@ impl Room {
             .max(share(taken.stacks, self.stacks))
             .max(share(taken.deep_stacks, self.deep_stacks))
             .max(share(taken.waits, self.waits))
+            .max(entries as f64 / ENTRIES_ROOM as f64)
     }
 }
 
@@ -250,6 +260,12 @@ mod tests {
             deep_stacks: 100,
             waits: 0,
         };
+        let big = Room {
+            counts: 100_000,
+            stacks: 100_000,
+            deep_stacks: 4_096,
+            waits: 0,
+        };
         let taken = |counts, stacks, deep_stacks, waits| Taken {
             counts,
             stacks,
@@ -260,5 +276,10 @@ mod tests {
         assert_eq!(room.fill(&taken(100, 800, 0, 0)), 0.2);
         assert_eq!(room.fill(&taken(100, 800, 50, 0)), 0.5);
         assert_eq!(room.fill(&Taken::default()), 0.0);
+        assert_eq!(
+            big.fill(&taken(2_048, 2_048, 0, 0)),
+            0.5,
+            "the entries together: half of 8 Ki"
+        );
     }
 }
