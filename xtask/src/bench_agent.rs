@@ -375,5 +375,18 @@ fn report(
         encode_ms,
         profiles / encodes
     );
+    let drains = |cause: &str| {
+        metric(
+            metrics,
+            &format!("hostprof_drains_total{{cause=\"{cause}\"}}"),
+        )
+    };
+    println!(
+        "  drains: {:.0} scheduled, {:.0} early, {:.0} at a window's end; interval at the end {:.1} s",
+        drains("scheduled"),
+        drains("early"),
+        drains("window"),
+        metric(metrics, "hostprof_drain_interval_seconds")
+    );
     Ok(())
 }

@@ -18,10 +18,10 @@ use super::{map_err, SamplerError};
 
 /// Entries of all the maps together counted as one more room: what they
 /// hold costs the kernel's memory (a stack is 1 KiB), so a drain aims at
-/// an eighth of this, ~1 Ki entries, whatever the maps' room (a build
-/// host's many distinct stacks keep drains a second apart, as the maps'
-/// memory would grow with the interval).
-const ENTRIES_ROOM: usize = 8 * 1024;
+/// an eighth of this, ~4 Ki entries, whatever the maps' room (a build
+/// host's many distinct stacks keep drains closer, as the maps' memory
+/// grows with the interval).
+const ENTRIES_ROOM: usize = 32 * 1024;
 
 /// The share of its room the fullest map should reach by a scheduled
 /// drain: an eighth, so a load that quadruples between two drains still
@@ -277,9 +277,9 @@ mod tests {
         assert_eq!(room.fill(&taken(100, 800, 50, 0)), 0.5);
         assert_eq!(room.fill(&Taken::default()), 0.0);
         assert_eq!(
-            big.fill(&taken(2_048, 2_048, 0, 0)),
+            big.fill(&taken(8_192, 8_192, 0, 0)),
             0.5,
-            "the entries together: half of 8 Ki"
+            "the entries together: half of 32 Ki"
         );
     }
 }
