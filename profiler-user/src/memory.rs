@@ -16,7 +16,13 @@ pub(crate) fn release_free() {
 /// the resident set for as long as they stay mapped, and a later read
 /// faults them in again from the file. Only whole pages inside `bytes`
 /// are dropped.
-pub(crate) fn release_file_pages(bytes: &'static [u8]) {
+///
+/// # Safety
+///
+/// `bytes` must lie in a private read-only file mapping (the binary's
+/// read-only data, as `include_bytes!` places it): in anonymous memory,
+/// `MADV_DONTNEED` would zero the pages.
+pub(crate) unsafe fn release_file_pages(bytes: &'static [u8]) {
     // SAFETY: sysconf takes no pointers.
     let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
         size if size > 0 => size as usize,
@@ -27,8 +33,8 @@ pub(crate) fn release_file_pages(bytes: &'static [u8]) {
     if end <= start {
         return;
     }
-    // SAFETY: [start, end) is whole pages of a `'static` read-only slice
-    // of the binary's private file mapping; MADV_DONTNEED on such a
+    // SAFETY: [start, end) is whole pages of a `'static` slice in a
+    // private read-only file mapping (the caller's promise); MADV_DONTNEED on such a
     // mapping drops the pages from this process only, and the next read
     // of them maps the file's unchanged contents again, so the slice
     // reads the same bytes afterwards.

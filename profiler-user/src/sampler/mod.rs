@@ -440,7 +440,9 @@ impl Sampler {
         let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
         // Parsed into `ebpf`: its 2 MiB need not stay resident.
-        crate::memory::release_file_pages(EBPF_OBJECT);
+        // SAFETY: `include_bytes_aligned!` puts the object in the binary's
+        // read-only data, a private read-only file mapping.
+        unsafe { crate::memory::release_file_pages(EBPF_OBJECT) };
         // Nothing is recorded before this: the programs attach below.
         let attaching = SystemTime::now();
 
