@@ -23,8 +23,9 @@ use crate::process::{
 };
 use crate::profile::{CaptureStats, Profile};
 use crate::resolve::{self, Sources, Window};
+pub use crate::sampler::DrainCounts;
 use crate::sampler::{
-    DrainSchedule, Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler,
+    DrainCause, DrainSchedule, Drained, ExecGenerations, ProcessEvent, ProcessEvents, Sampler,
 };
 use crate::symbolize::Symbolizer;
 use crate::system_info::kernel::{check_running_kernel, KernelCheckError};
@@ -144,37 +145,9 @@ pub struct PipelineStats {
     pub drains: DrainCounts,
 }
 
-/// Drains of the kernel's maps since the start, by what called for them,
-/// and the interval the schedule is at.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DrainCounts {
-    /// Due by the schedule.
-    pub scheduled: u64,
-    /// Brought forward: a CPU filled its share of the maps.
-    pub early: u64,
-    /// At a window's end (and the last one, at the stop).
-    pub window: u64,
-    /// The interval to the next scheduled drain.
-    pub interval: Duration,
-}
-
-/// What called for a drain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DrainCause {
-    Scheduled,
-    Early,
-    Window,
-}
-
 /// A running whole-host profiler.
 pub struct Profiler {
     schedule: DrainSchedule,
-    /// When the last drain was.
-    drained_at: Instant,
-    /// The kernel asked for a drain: the next one is due as soon as the
-    /// schedule's shortest interval allows.
-    drain_soon: bool,
-    drains: DrainCounts,
     sampler: Sampler,
     events: ProcessEvents,
     pipeline: Pipeline,
@@ -251,9 +224,6 @@ impl Profiler {
                     options.longest_drain_interval
                 },
             ),
-            drained_at: Instant::now(),
-            drain_soon: false,
-            drains: DrainCounts::default(),
             sampler: started.sampler,
             events: started.events,
             pipeline,
@@ -282,7 +252,7 @@ impl Profiler {
         profiler.pipeline.start_time = profiler.sampler.last_flip().0;
         profiler.pipeline.started = Instant::now();
         // The first drain is a full interval after sampling started.
-        profiler.drained_at = profiler.pipeline.started;
+        profiler.schedule.start_at(profiler.pipeline.started);
         profiler.budget = options
             .policy
             .max_cpu
@@ -321,15 +291,7 @@ impl Profiler {
         // frequency applies from the next set).
         let period = self.sampler.period_ns();
         let drained = self.sampler.drain()?;
-        let now = Instant::now();
-        self.schedule
-            .drained(self.sampler.fill(), now.duration_since(self.drained_at));
-        (self.drained_at, self.drain_soon) = (now, false);
-        match cause {
-            DrainCause::Scheduled => self.drains.scheduled += 1,
-            DrainCause::Early => self.drains.early += 1,
-            DrainCause::Window => self.drains.window += 1,
-        }
+        self.schedule.drained(cause, self.sampler.fill());
         self.ingest(drained);
         self.pipeline.set_period(ProfileKind::Cpu, period);
         self.probe_memory();
@@ -415,7 +377,9 @@ impl Profiler {
             ProcessEvent::Fork(_) => self.follow_forks(),
             // A request read after the drain of its set is stale.
             ProcessEvent::DrainSoon { set } => {
-                self.drain_soon |= set == self.sampler.filling();
+                if set == self.sampler.filling() {
+                    self.schedule.requested();
+                }
             }
             event => self.pipeline.observe(event),
         }
@@ -431,12 +395,7 @@ impl Profiler {
         tokio::pin!(stop);
         loop {
             let quick = self.pipeline.next_quick_check();
-            let drain_at = self.drained_at
-                + if self.drain_soon {
-                    self.schedule.shortest()
-                } else {
-                    self.schedule.interval()
-                };
+            let (drain_at, cause) = self.schedule.due();
             tokio::select! {
                 () = &mut stop => return Ok(()),
                 () = async {
@@ -451,11 +410,6 @@ impl Profiler {
                     }
                 }
                 () = tokio::time::sleep_until(drain_at.into()) => {
-                    let cause = if self.drain_soon {
-                        DrainCause::Early
-                    } else {
-                        DrainCause::Scheduled
-                    };
                     self.drain(cause)?;
                     progress(&self.progress());
                 }
@@ -476,7 +430,7 @@ impl Profiler {
             self.take_event(event);
         }
         let drained = self.sampler.stop()?;
-        self.drains.window += 1;
+        self.schedule.count(DrainCause::Window);
         self.ingest(drained);
         // Forgets the processes gone (nothing is attached once stopped).
         self.probe_memory();
@@ -498,7 +452,7 @@ impl Profiler {
     pub fn progress(&self) -> Progress {
         let mut progress = self.pipeline.progress();
         progress.totals.overhead = self.overhead();
-        progress.totals.drains = self.drain_counts();
+        progress.totals.drains = self.schedule.counts();
         progress
     }
 
@@ -506,15 +460,8 @@ impl Profiler {
     pub fn totals(&self) -> PipelineStats {
         PipelineStats {
             overhead: self.overhead(),
-            drains: self.drain_counts(),
+            drains: self.schedule.counts(),
             ..self.pipeline.totals()
-        }
-    }
-
-    fn drain_counts(&self) -> DrainCounts {
-        DrainCounts {
-            interval: self.schedule.interval(),
-            ..self.drains
         }
     }
 

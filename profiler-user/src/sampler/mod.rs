@@ -58,7 +58,7 @@ pub use process_events::{
     ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
 };
 pub use process_maps::{KernelPythonProcesses, KernelThreadContexts, ProcessMap};
-pub use schedule::DrainSchedule;
+pub use schedule::{DrainCause, DrainCounts, DrainSchedule};
 pub use unwind_maps::{KernelUnwindMaps, UnwindMaps};
 pub use waits::has_contention_tracepoints;
 

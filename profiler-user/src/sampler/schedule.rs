@@ -9,7 +9,7 @@
 //!
 //! The decisions are pure; [`SetFill`] holds the kernel's counter.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
 use profiler_common::names;
@@ -28,40 +28,112 @@ const ENTRIES_ROOM: usize = 32 * 1024;
 /// leaves half the room before the kernel asks for an early one.
 const TARGET_FILL: f64 = 1.0 / 8.0;
 
-/// The interval between drains: from `shortest` (where it starts, and the
-/// least time between two drains, early ones included) to `longest`.
+/// Drains of the kernel's maps since the start, by what called for them,
+/// and the interval the schedule is at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DrainCounts {
+    /// Due by the schedule.
+    pub scheduled: u64,
+    /// Brought forward: a CPU filled its share of the maps.
+    pub early: u64,
+    /// At a window's end (and the last one, at the stop).
+    pub window: u64,
+    /// The interval to the next scheduled drain.
+    pub interval: Duration,
+}
+
+/// What called for a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainCause {
+    /// The schedule's interval passed.
+    Scheduled,
+    /// A CPU asked ([`DrainSchedule::requested`]).
+    Early,
+    /// A window ended, or sampling stopped.
+    Window,
+}
+
+/// When the next drain is due: the interval between drains goes from
+/// `shortest` (where it starts, and the least time between two drains,
+/// early ones included) to `longest`; and what called for each drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DrainSchedule {
     shortest: Duration,
     longest: Duration,
     next: Duration,
+    /// When the last drain was (or sampling started).
+    last: Instant,
+    /// A CPU asked for a drain since the last one.
+    asked: bool,
+    counts: DrainCounts,
 }
 
 impl DrainSchedule {
-    /// A schedule between `shortest` and `longest` (at least `shortest`).
+    /// A schedule between `shortest` and `longest` (at least `shortest`),
+    /// counting from now.
     pub fn new(shortest: Duration, longest: Duration) -> Self {
         Self {
             shortest,
             longest: longest.max(shortest),
             next: shortest,
+            last: Instant::now(),
+            asked: false,
+            counts: DrainCounts::default(),
         }
     }
 
-    /// Time from one drain to the next.
-    pub fn interval(&self) -> Duration {
-        self.next
+    /// Counts the first interval from `at` (when sampling started).
+    pub fn start_at(&mut self, at: Instant) {
+        self.last = at;
     }
 
-    /// The least time between two drains.
-    pub fn shortest(&self) -> Duration {
-        self.shortest
+    /// A CPU asked for a drain: the next one is due as soon as the
+    /// shortest interval allows.
+    pub fn requested(&mut self) {
+        self.asked = true;
+    }
+
+    /// When the next drain is due, and what calls for it then.
+    pub fn due(&self) -> (Instant, DrainCause) {
+        if self.asked {
+            (self.last + self.shortest, DrainCause::Early)
+        } else {
+            (self.last + self.next, DrainCause::Scheduled)
+        }
+    }
+
+    /// A drain for `cause` found the fullest map `fill` full (0 to 1):
+    /// counts it and sets the next interval ([`Self::stretch`]).
+    pub fn drained(&mut self, cause: DrainCause, fill: f64) {
+        let now = Instant::now();
+        self.stretch(fill, now.duration_since(self.last));
+        (self.last, self.asked) = (now, false);
+        self.count(cause);
+    }
+
+    /// Counts a drain for `cause` that sets no interval (the last one).
+    pub fn count(&mut self, cause: DrainCause) {
+        let counts = &mut self.counts;
+        match cause {
+            DrainCause::Scheduled => counts.scheduled += 1,
+            DrainCause::Early => counts.early += 1,
+            DrainCause::Window => counts.window += 1,
+        }
+    }
+
+    /// The drains so far and the interval now.
+    pub fn counts(&self) -> DrainCounts {
+        DrainCounts {
+            interval: self.next,
+            ..self.counts
+        }
     }
 
     /// After a drain that found the fullest map `fill` full (0 to 1) after
     /// `elapsed`: the interval that would fill it to [`TARGET_FILL`] at
     /// the same pace, at most twice the last one (a quiet moment does not
     /// jump straight to the longest).
-    pub fn drained(&mut self, fill: f64, elapsed: Duration) {
+    fn stretch(&mut self, fill: f64, elapsed: Duration) {
         let wanted = if fill > 0.0 {
             elapsed.mul_f64((TARGET_FILL / fill).min(1e6))
         } else {
@@ -191,40 +263,65 @@ mod tests {
     #[test]
     fn a_quiet_host_stretches_to_the_longest_a_step_at_a_time() {
         let mut schedule = DrainSchedule::new(S, 4 * S);
-        assert_eq!(schedule.interval(), S);
+        assert_eq!(schedule.counts().interval, S);
         // 1 % full after a second: 12.5 s would reach an eighth.
-        schedule.drained(0.01, S);
-        assert_eq!(schedule.interval(), 2 * S, "at most twice the last");
-        schedule.drained(0.02, 2 * S);
-        assert_eq!(schedule.interval(), 4 * S);
-        schedule.drained(0.04, 4 * S);
-        assert_eq!(schedule.interval(), 4 * S, "never past the longest");
-        schedule.drained(0.0, 4 * S);
-        assert_eq!(schedule.interval(), 4 * S, "empty maps: the longest");
+        schedule.stretch(0.01, S);
+        assert_eq!(schedule.counts().interval, 2 * S, "at most twice the last");
+        schedule.stretch(0.02, 2 * S);
+        assert_eq!(schedule.counts().interval, 4 * S);
+        schedule.stretch(0.04, 4 * S);
+        assert_eq!(schedule.counts().interval, 4 * S, "never past the longest");
+        schedule.stretch(0.0, 4 * S);
+        assert_eq!(schedule.counts().interval, 4 * S, "empty maps: the longest");
     }
 
     #[test]
     fn filling_maps_shrink_it_at_once() {
         let mut schedule = DrainSchedule::new(S, 4 * S);
-        schedule.drained(0.0, S);
-        schedule.drained(0.0, 2 * S);
-        assert_eq!(schedule.interval(), 4 * S);
+        schedule.stretch(0.0, S);
+        schedule.stretch(0.0, 2 * S);
+        assert_eq!(schedule.counts().interval, 4 * S);
         // A quarter full in 4 s: 2 s reach an eighth.
-        schedule.drained(0.25, 4 * S);
-        assert_eq!(schedule.interval(), 2 * S);
+        schedule.stretch(0.25, 4 * S);
+        assert_eq!(schedule.counts().interval, 2 * S);
         // Half full after an early drain: the shortest, not less.
-        schedule.drained(0.5, Duration::from_millis(300));
-        assert_eq!(schedule.interval(), S);
+        schedule.stretch(0.5, Duration::from_millis(300));
+        assert_eq!(schedule.counts().interval, S);
     }
 
     #[test]
     fn a_fixed_schedule_stays_fixed() {
         let mut schedule = DrainSchedule::new(S, S);
-        schedule.drained(0.0, S);
-        assert_eq!(schedule.interval(), S);
+        schedule.stretch(0.0, S);
+        assert_eq!(schedule.counts().interval, S);
         let mut schedule = DrainSchedule::new(2 * S, S);
-        schedule.drained(0.9, S);
-        assert_eq!(schedule.interval(), 2 * S, "longest is at least shortest");
+        schedule.stretch(0.9, S);
+        assert_eq!(
+            schedule.counts().interval,
+            2 * S,
+            "longest is at least shortest"
+        );
+    }
+
+    #[test]
+    fn a_request_brings_the_next_drain_to_the_shortest_and_drains_are_counted() {
+        let mut schedule = DrainSchedule::new(S, 4 * S);
+        let start = Instant::now();
+        schedule.start_at(start);
+        schedule.stretch(0.0, S);
+        assert_eq!(schedule.due(), (start + 2 * S, DrainCause::Scheduled));
+        schedule.requested();
+        assert_eq!(schedule.due(), (start + S, DrainCause::Early));
+        schedule.drained(DrainCause::Early, 0.5);
+        assert_eq!(
+            schedule.due().1,
+            DrainCause::Scheduled,
+            "the request is served"
+        );
+        schedule.count(DrainCause::Window);
+        let counts = schedule.counts();
+        assert_eq!((counts.scheduled, counts.early, counts.window), (0, 1, 1));
+        assert_eq!(counts.interval, S);
     }
 
     #[test]
