@@ -733,6 +733,17 @@ pub struct Config {
     /// [`ProcessEvent::DRAIN_SOON`] so userspace drains before the maps
     /// fill; 0: never.
     pub drain_soon_at: u32,
+    /// `task_struct.group_leader`, `task_struct.start_boottime` and
+    /// `task_struct.comm`: a new process's leader, its start time and
+    /// command name, sent with [`ProcessEvent::NEW`] (0: unknown, not
+    /// sent; userspace reads `/proc/PID/stat` instead).
+    pub task_group_leader: u32,
+    /// See [`Config::task_group_leader`].
+    pub task_start_boottime: u32,
+    /// See [`Config::task_group_leader`].
+    pub task_comm: u32,
+    /// Zero: keeps the layout free of padding.
+    pub reserved: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -1108,7 +1119,8 @@ pub struct ProcessEvent {
     pub kind: u32,
     /// Process id (tgid).
     pub tgid: u32,
-    /// Its exec generation (for [`ProcessEvent::FILE`]).
+    /// Its exec generation (for [`ProcessEvent::FILE`], and
+    /// [`ProcessEvent::NEW`] as it was announced).
     pub exec_gen: u32,
     /// The file's device, in the kernel's encoding (major << 20 | minor).
     pub dev: u32,
@@ -1124,6 +1136,13 @@ pub struct ProcessEvent {
     /// announced (`bpf_get_current_cgroup_id`, from its own context); 0
     /// when not known.
     pub cgroup_id: u64,
+    /// For [`ProcessEvent::NEW`] from the process's own context: its
+    /// leader's `start_boottime` (ns since boot, what `/proc/PID/stat`'s
+    /// starttime counts in clock ticks); 0 when not known.
+    pub start_boottime: u64,
+    /// With `start_boottime`: the leader's `comm` (what `/proc/PID/stat`
+    /// shows as the command name), NUL-padded.
+    pub comm: [u8; COMM_LEN],
 }
 
 impl ProcessEvent {
@@ -1317,7 +1336,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 24 + 32 + 16);
+        assert_eq!(size_of::<Config>(), 24 + 32 + 32);
         assert_eq!(size_of::<ThreadContextLocation>(), 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
         assert_eq!(size_of::<LockWaiter>(), 16);
@@ -1335,7 +1354,7 @@ mod tests {
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
         );
         assert_eq!(size_of::<Stack>(), 8 * MAX_STACK_DEPTH);
-        assert_eq!(size_of::<ProcessEvent>(), 16 + 40);
+        assert_eq!(size_of::<ProcessEvent>(), 16 + 48 + COMM_LEN);
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<DeepStack>(), 8 * DEEP_STACK_DEPTH);
         assert_eq!(size_of::<UnwindMapping>(), 32);

@@ -477,18 +477,15 @@ fn look_up(walk: &mut Walk, addr: u64) {
     if vma.inode == 0 {
         return; // anonymous memory (JIT code): nothing to send
     }
-    let event = ProcessEvent {
-        kind: ProcessEvent::FILE,
-        tgid: walk.image.tgid,
-        exec_gen: walk.image.exec_gen,
-        dev: vma.dev,
-        start: vma.start,
-        end: vma.end,
-        file_offset: vma.file_offset,
-        inode: vma.inode,
-        cgroup_id: 0,
-    };
-    if stack::send_event(&event) {
+    let sent = stack::send_event(ProcessEvent::FILE, walk.image.tgid, |event| {
+        event.exec_gen = walk.image.exec_gen;
+        event.dev = vma.dev;
+        event.start = vma.start;
+        event.end = vma.end;
+        event.file_offset = vma.file_offset;
+        event.inode = vma.inode;
+    });
+    if sent {
         kind.bump(Stat::FilesRecorded);
     } else {
         kind.bump(Stat::FileRecordLost);

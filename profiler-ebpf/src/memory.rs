@@ -363,13 +363,10 @@ pub fn mem_fork(ctx: BtfTracePointContext) -> i32 {
             return 0;
         }
         let _ = PROCESSES.insert(&child, &1, 0);
-        let event = ProcessEvent {
-            kind: ProcessEvent::FORK,
-            tgid: child,
-            exec_gen,
-            ..ProcessEvent::default()
-        };
-        if !stack::send_event(&event) {
+        let sent = stack::send_event(ProcessEvent::FORK, child, |event| {
+            event.exec_gen = exec_gen;
+        });
+        if !sent {
             // Probed at the next drain instead: its frees until then
             // are not seen.
             KIND.bump(Stat::NewProcessLost);

@@ -21,7 +21,8 @@ use core::mem::size_of;
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user,
         generated::{bpf_get_current_cgroup_id, bpf_get_stack},
     },
     macros::map,
@@ -29,8 +30,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use profiler_common::{
-    kernel_kind, Config, DeepStack, ProcessEvent, Stack, StackHash, Stat, DEEP_STACK_DEPTH,
-    MAX_STACK_DEPTH,
+    kernel_kind, Config, DeepStack, ProcessEvent, Stack, StackHash, Stat, COMM_LEN,
+    DEEP_STACK_DEPTH, MAX_STACK_DEPTH,
 };
 
 /// Default capacity of each `STACKS_*` map; userspace may resize at load.
@@ -61,7 +62,8 @@ static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(4096, BPF_F_NO_P
 static KNOWN_PROCESSES: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 /// New processes and the file mappings of sampled frames (see
-/// [`crate::files`]): 48-byte events, so 256 KiB hold ~5,000.
+/// [`crate::files`]): 80-byte events (88 with the ring's header), so
+/// 256 KiB hold ~3,000.
 #[map(name = "PROCESS_EVENTS")]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
@@ -134,29 +136,11 @@ pub fn added_entries(n: u32) {
     if at == 0 || before >= at || before.saturating_add(n) < at {
         return;
     }
-    // Written in place: this runs deep in the unwinder's programs, whose
-    // stack has no room left for an event.
-    let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
+    if !send_event(ProcessEvent::DRAIN_SOON, config.active_set, |_| {}) {
         // The ring is full: the next entry asks again.
         // SAFETY: as above.
         unsafe { *fill = before };
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: ring memory the size of a `ProcessEvent`, ours until it is
-    // submitted; every field is written before.
-    unsafe {
-        (*event).kind = ProcessEvent::DRAIN_SOON;
-        (*event).tgid = config.active_set;
-        (*event).exec_gen = 0;
-        (*event).dev = 0;
-        (*event).start = 0;
-        (*event).end = 0;
-        (*event).file_offset = 0;
-        (*event).inode = 0;
-        (*event).cgroup_id = 0;
     }
-    entry.submit(0);
 }
 
 /// Runs the body of an entry program (one a hook runs) as a chain on
@@ -497,8 +481,9 @@ pub fn thread_pointer(config: &Config) -> Option<u64> {
 }
 
 /// Tells userspace about a process the first time a program sees it, from
-/// the process's own context (with its cgroup id, which spares userspace
-/// reading `/proc/PID/cgroup` for every process of a cgroup it knows).
+/// the process's own context with its cgroup id (which spares userspace
+/// reading `/proc/PID/cgroup` for every process of a cgroup it knows) and
+/// its leader's start time and name (which spare it `/proc/PID/stat`).
 #[inline(always)]
 pub fn announce(tgid: u32, kind: Kind) {
     // SAFETY: plain lookup; the value is never dereferenced.
@@ -508,27 +493,81 @@ pub fn announce(tgid: u32, kind: Kind) {
     if KNOWN_PROCESSES.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
         return; // another CPU announced it first
     }
-    let current = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let event = ProcessEvent {
-        kind: ProcessEvent::NEW,
-        tgid,
-        cgroup_id: if current == tgid {
+    let own = (bpf_get_current_pid_tgid() >> 32) as u32 == tgid;
+    let sent = send_event(ProcessEvent::NEW, tgid, |event| {
+        event.exec_gen = crate::exec::generation(tgid);
+        if own {
             // SAFETY: no arguments; reads the current task's cgroup.
-            unsafe { bpf_get_current_cgroup_id() }
-        } else {
-            0
-        },
-        ..ProcessEvent::default()
-    };
-    if !send_event(&event) {
+            event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            leader_facts(event);
+        }
+    });
+    if !sent {
         kind.bump(Stat::NewProcessLost);
         // Forget it so the next sample tries again.
         let _ = KNOWN_PROCESSES.remove(tgid);
     }
 }
 
-/// Sends `event` to userspace; false when the ring buffer is full.
+/// Writes the current task's leader's start time and `comm` into a NEW
+/// event (left zero where the kernel's offsets are unknown or a read
+/// fails: userspace then reads `/proc/PID/stat`).
 #[inline(always)]
-pub fn send_event(event: &ProcessEvent) -> bool {
-    PROCESS_EVENTS.output::<ProcessEvent>(event, 0).is_ok()
+fn leader_facts(event: &mut ProcessEvent) {
+    let Some(config) = CONFIG.get(0) else {
+        return;
+    };
+    if config.task_group_leader == 0 || config.task_start_boottime == 0 || config.task_comm == 0 {
+        return;
+    }
+    // SAFETY: the current task pointer as a number; every read below goes
+    // through bpf_probe_read_kernel, which checks the address it is given.
+    let task = unsafe { bpf_get_current_task() };
+    let Ok(leader) = (unsafe {
+        bpf_probe_read_kernel((task + u64::from(config.task_group_leader)) as *const u64)
+    }) else {
+        return;
+    };
+    // SAFETY: as above.
+    let Ok(start) = (unsafe {
+        bpf_probe_read_kernel((leader + u64::from(config.task_start_boottime)) as *const u64)
+    }) else {
+        return;
+    };
+    // SAFETY: as above; `comm` is the event's own array.
+    let read = unsafe {
+        bpf_probe_read_kernel_buf(
+            (leader + u64::from(config.task_comm)) as *const u8,
+            &mut event.comm,
+        )
+    };
+    if read.is_ok() {
+        event.start_boottime = start;
+    } else {
+        event.comm = [0; COMM_LEN];
+    }
+}
+
+/// Sends an event of `kind` about `tgid` on the process ring, written in
+/// place (its senders run deep in chains whose stack has no room for a
+/// copy): zeroed, then `fill` writes the fields of its kind. False when
+/// the ring is full.
+#[inline(always)]
+pub fn send_event(kind: u32, tgid: u32, fill: impl FnOnce(&mut ProcessEvent)) -> bool {
+    let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
+        return false;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: ring memory the size of a `ProcessEvent`, ours until it is
+    // submitted: zeroed whole (every bit pattern of its integers is valid)
+    // before a reference to it is made.
+    let event = unsafe {
+        core::ptr::write_bytes(event, 0, 1);
+        &mut *event
+    };
+    event.kind = kind;
+    event.tgid = tgid;
+    fill(event);
+    entry.submit(0);
+    true
 }

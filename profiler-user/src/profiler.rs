@@ -362,6 +362,7 @@ impl Profiler {
                 Ok(true) => self.pipeline.observe(ProcessEvent::New {
                     tgid: pid,
                     cgroup_id: 0,
+                    leader: None,
                 }),
                 Ok(false) => {}
                 Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),
@@ -559,11 +560,15 @@ impl Pipeline {
     /// it announced (and asks for its tables), or remembers the file of a
     /// sampled frame.
     fn observe(&mut self, event: ProcessEvent) {
-        let (tgid, cgroup_id) = match event {
-            ProcessEvent::New { tgid, cgroup_id } => (tgid, cgroup_id),
+        let (tgid, cgroup_id, leader) = match event {
+            ProcessEvent::New {
+                tgid,
+                cgroup_id,
+                leader,
+            } => (tgid, cgroup_id, leader),
             // A fork the memory profile follows: snapshot the child as
             // it is probed ([`Profiler::follow_forks`]).
-            ProcessEvent::Fork(tgid) => (tgid, 0),
+            ProcessEvent::Fork(tgid) => (tgid, 0, None),
             ProcessEvent::File(mapping) => {
                 self.processes.add_file(mapping);
                 return;
@@ -571,7 +576,7 @@ impl Pipeline {
             // The profiler's (see [`Profiler::take_event`]).
             ProcessEvent::DrainSoon { .. } => return,
         };
-        match self.processes.observe_announced(tgid, cgroup_id) {
+        match self.processes.observe_announced(tgid, cgroup_id, leader) {
             // Exited before it could be read: nothing to look for in it.
             Ok(Lifecycle::Gone) => return,
             Ok(state) if state.snapshot() => {
@@ -610,6 +615,7 @@ impl Pipeline {
             self.observe(ProcessEvent::New {
                 tgid: pid,
                 cgroup_id: 0,
+                leader: None,
             });
         }
         let Some(tables) = &self.tables else {

@@ -190,6 +190,22 @@ pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
     })
 }
 
+/// A start time the kernel gave in ns since boot (`start_boottime`) in
+/// the clock ticks `/proc/PID/stat` counts it in (its `nsec_to_clock_t`:
+/// whole ticks of `1 / _SC_CLK_TCK` s, rounded down), so the two compare.
+pub(crate) fn start_time_ticks(boottime_ns: u64) -> u64 {
+    static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ns_per_tick = *NS_PER_TICK.get_or_init(|| {
+        // SAFETY: sysconf takes no pointers.
+        match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            hz if hz > 0 => 1_000_000_000 / hz as u64,
+            // USER_HZ, part of Linux's ABI on every architecture hostprof builds for.
+            _ => 10_000_000,
+        }
+    });
+    boottime_ns / ns_per_tick
+}
+
 pub(crate) fn read_start_time(pid: u32) -> Result<u64, ProcessError> {
     let path = format!("/proc/{pid}/stat");
     let text = read_proc(&path, pid)?;

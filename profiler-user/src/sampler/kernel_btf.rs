@@ -218,6 +218,20 @@ pub struct KernelOffsets {
     pub task_tgid: Result<u32, KernelBtfError>,
     /// `task_struct.mm`, a task's address space.
     pub task_mm: Result<u32, KernelBtfError>,
+    /// Where a task's leader, start time and name are.
+    pub leader: Result<LeaderOffsets, KernelBtfError>,
+}
+
+/// The `task_struct` fields a new process is announced with (see
+/// `profiler_common::Config::task_group_leader`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderOffsets {
+    /// `task_struct.group_leader`.
+    pub group_leader: u32,
+    /// `task_struct.start_boottime`.
+    pub start_boottime: u32,
+    /// `task_struct.comm`.
+    pub comm: u32,
 }
 
 /// [`KernelOffsets`] of the running kernel.
@@ -230,6 +244,16 @@ pub fn running_offsets() -> Result<KernelOffsets, KernelBtfError> {
         task_fsbase: task_fsbase(&btf),
         task_tgid: btf.field_offset("task_struct", "tgid"),
         task_mm: btf.field_offset("task_struct", "mm"),
+        leader: leader_offsets(&btf),
+    })
+}
+
+/// The fields a new process is announced with, from the kernel's BTF.
+pub fn leader_offsets(btf: &Btf<'_>) -> Result<LeaderOffsets, KernelBtfError> {
+    Ok(LeaderOffsets {
+        group_leader: btf.field_offset("task_struct", "group_leader")?,
+        start_boottime: btf.field_offset("task_struct", "start_boottime")?,
+        comm: btf.field_offset("task_struct", "comm")?,
     })
 }
 
@@ -358,5 +382,9 @@ mod tests {
         // fsbase 8-aligned in it.
         let fsbase = task_fsbase(&Btf::parse(&data).unwrap()).unwrap();
         assert!(fsbase > 1024 && fsbase.is_multiple_of(8), "{fsbase}");
+        let leader = leader_offsets(&Btf::parse(&data).unwrap()).unwrap();
+        assert!(leader.group_leader.is_multiple_of(8), "{leader:?}");
+        assert!(leader.start_boottime.is_multiple_of(8), "{leader:?}");
+        assert!(leader.comm > 0 && leader.comm < fsbase, "{leader:?}");
     }
 }

@@ -55,7 +55,7 @@ pub use policy::{
     MaxCpu, MemorySampleBytes, PageFaultPeriod, SamplingPolicy, Target,
 };
 pub use process_events::{
-    ExecGenerations, FileMapping, KernelExecGenerations, ProcessEvent, ProcessEvents,
+    ExecGenerations, FileMapping, KernelExecGenerations, Leader, ProcessEvent, ProcessEvents,
 };
 pub use process_maps::{KernelPythonProcesses, KernelThreadContexts, ProcessMap};
 pub use schedule::{DrainCause, DrainCounts, DrainSchedule};
@@ -529,6 +529,10 @@ impl Sampler {
             task_tgid: 0,
             task_mm: 0,
             drain_soon_at: room.drain_soon_at(cpus.len()),
+            task_group_leader: 0,
+            task_start_boottime: 0,
+            task_comm: 0,
+            reserved: 0,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -561,6 +565,18 @@ impl Sampler {
         }
         if let Some(Ok(task_mm)) = offsets.as_ref().map(|o| &o.task_mm) {
             config.task_mm = *task_mm;
+        }
+        match offsets.as_ref().map(|o| &o.leader) {
+            Some(Ok(leader)) => {
+                config.task_group_leader = leader.group_leader;
+                config.task_start_boottime = leader.start_boottime;
+                config.task_comm = leader.comm;
+            }
+            Some(Err(err)) => log::info!(
+                "new processes not announced with their start time and name \
+                 (read from /proc/PID/stat instead): {err}"
+            ),
+            None => {}
         }
         let mut thread_contexts = match task_fsbase {
             Some(_) if policy.thread_context => {
@@ -1713,12 +1729,29 @@ mod tests {
                 .any(|s| s.key.thread.tgid == me && !s.key.user_stack.is_empty()),
             "the spinning test process must be sampled with a user stack"
         );
-        assert!(
-            announced
-                .iter()
-                .any(|e| matches!(e, ProcessEvent::New { tgid, .. } if *tgid == me))
-                || !announced.is_empty(),
-            "new-process events arrive"
+        // Announced from a thread of its own (not the leader): with the
+        // leader's start time and name, as `/proc/PID/stat` has them.
+        let leader = announced
+            .iter()
+            .find_map(|e| match e {
+                ProcessEvent::New { tgid, leader, .. } if *tgid == me => Some(*leader),
+                _ => None,
+            })
+            .expect("the spinning test process is announced")
+            .expect("with its leader's start time and name (offsets from the kernel's BTF)");
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let comm = &stat[stat.find('(').unwrap() + 1..stat.rfind(')').unwrap()];
+        let start_ticks: u64 = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(leader.name(), comm);
+        assert_eq!(
+            leader.start_boottime_ns / 10_000_000,
+            start_ticks,
+            "USER_HZ 100"
         );
     }
 

@@ -12,7 +12,7 @@
 
 use aya::maps::{HashMap, MapData, MapError, ProgramArray, RingBuf};
 use aya::{Btf, Ebpf};
-use profiler_common::{names, ProcessEvent as KernelEvent};
+use profiler_common::{names, ProcessEvent as KernelEvent, COMM_LEN};
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Duration, Instant};
 
@@ -38,6 +38,26 @@ pub struct FileMapping {
     pub inode: u64,
 }
 
+/// What the kernel read of a new process's leader as it announced it:
+/// what `/proc/PID/stat` would say of its start and name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// The process's exec generation as it was announced (what it says
+    /// is of that image).
+    pub exec_gen: u32,
+    /// Its `start_boottime`: ns since boot.
+    pub start_boottime_ns: u64,
+    /// Its `comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl Leader {
+    /// The command name (bytes that are not UTF-8 replaced).
+    pub fn name(&self) -> String {
+        super::drain::comm_to_string(&self.comm)
+    }
+}
+
 /// One event of the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
@@ -47,6 +67,10 @@ pub enum ProcessEvent {
         tgid: u32,
         /// Its cgroup (v2) id as it was sampled; 0 when not known.
         cgroup_id: u64,
+        /// Its leader's start and name, when the kernel read them (it
+        /// does from the process's own context, where it knows where
+        /// they are).
+        leader: Option<Leader>,
     },
     /// A file mapping of a sampled user frame.
     File(FileMapping),
@@ -76,6 +100,11 @@ impl ProcessEvent {
             KernelEvent::NEW => Some(Self::New {
                 tgid: event.tgid,
                 cgroup_id: event.cgroup_id,
+                leader: (event.start_boottime != 0 && event.comm[0] != 0).then_some(Leader {
+                    exec_gen: event.exec_gen,
+                    start_boottime_ns: event.start_boottime,
+                    comm: event.comm,
+                }),
             }),
             KernelEvent::FORK => Some(Self::Fork(event.tgid)),
             KernelEvent::DRAIN_SOON => Some(Self::DrainSoon {
@@ -377,9 +406,28 @@ mod tests {
             ProcessEvent::decode(&bytes(&new)),
             Some(ProcessEvent::New {
                 tgid: 42,
-                cgroup_id: 9
+                cgroup_id: 9,
+                leader: None,
             })
         );
+        let mut comm = [0; COMM_LEN];
+        comm[..3].copy_from_slice(b"cc1");
+        let announced = KernelEvent {
+            exec_gen: 3,
+            start_boottime: 12_345_000_000,
+            comm,
+            ..new
+        };
+        let Some(ProcessEvent::New {
+            leader: Some(leader),
+            ..
+        }) = ProcessEvent::decode(&bytes(&announced))
+        else {
+            panic!("a NEW event with its leader's facts");
+        };
+        assert_eq!(leader.exec_gen, 3);
+        assert_eq!(leader.start_boottime_ns, 12_345_000_000);
+        assert_eq!(leader.name(), "cc1");
         let file = KernelEvent {
             kind: KernelEvent::FILE,
             tgid: 42,
@@ -389,7 +437,7 @@ mod tests {
             end: 0x5000,
             file_offset: 0x2000,
             inode: 77,
-            cgroup_id: 0,
+            ..KernelEvent::default()
         };
         assert_eq!(
             ProcessEvent::decode(&bytes(&file)),

@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{self, pprof_tool, Traces, Workloads};
+use crate::common::{self, pprof_tool, KillOnDrop, Traces, Workloads};
 
 #[test]
 fn record_whole_host_with_real_workloads() {
@@ -21,10 +21,14 @@ fn record_whole_host_with_real_workloads() {
     let _serial = common::one_at_a_time();
     let pprof = pprof_tool();
     let workloads = Workloads::build(&["cpu_chain", "syscall_chain", "rust_chain", "short_lived"]);
-    let mut children = vec![
-        workloads.spawn("cpu_chain", 6000),
-        workloads.spawn("syscall_chain", 6000),
-        workloads.spawn("rust_chain", 6000),
+    // They run until killed after the capture, however long hostprof
+    // takes to start: with 6 s each, a slow start (tables loading on a
+    // loaded CI host) left half of a 4 s capture idle (CPUs 53 % in
+    // `pv_native_safe_halt`) and each workload under 100 samples.
+    let children = [
+        KillOnDrop::new(workloads.spawn("cpu_chain", 60_000)),
+        KillOnDrop::new(workloads.spawn("syscall_chain", 60_000)),
+        KillOnDrop::new(workloads.spawn("rust_chain", 60_000)),
     ];
     let output = workloads.path("host.pb.gz");
     let folded = workloads.path("host.folded");
@@ -43,10 +47,7 @@ fn record_whole_host_with_real_workloads() {
     let mut short = workloads.spawn("short_lived", 1200);
     assert!(short.wait().unwrap().success());
     let status = record.wait().expect("wait for hostprof");
-    for child in &mut children {
-        child.kill().ok();
-        child.wait().ok();
-    }
+    drop(children);
     let log = log.join().unwrap();
     assert!(status.success(), "hostprof record failed: {status}\n{log}");
     assert!(output.exists() && workloads.path("host.svg").exists() && folded.exists());
