@@ -368,6 +368,7 @@ impl Profiler {
                 Err(err) => selection.failed(pid, exec_gen, &anyhow::Error::from(err)),
             }
         }
+        self.pipeline.observed();
     }
 
     /// Takes one event of the kernel's process stream.
@@ -409,6 +410,7 @@ impl Profiler {
                     for event in events? {
                         self.take_event(event);
                     }
+                    self.pipeline.observed();
                 }
                 () = tokio::time::sleep_until(drain_at.into()) => {
                     self.drain(cause)?;
@@ -595,6 +597,13 @@ impl Pipeline {
         }
     }
 
+    /// Ends a batch of [`Self::observe`]: sends its table requests.
+    fn observed(&mut self) {
+        if let Some(tables) = &mut self.tables {
+            tables.flush();
+        }
+    }
+
     /// Sets the period one sample of `kind` stands for in the profiles of
     /// this window on (the CPU kind's, when `--max-cpu` moved it).
     fn set_period(&mut self, kind: ProfileKind, period: u64) {
@@ -618,7 +627,7 @@ impl Pipeline {
                 leader: None,
             });
         }
-        let Some(tables) = &self.tables else {
+        let Some(tables) = &mut self.tables else {
             return;
         };
         let processes = |n: usize| format!("{n} process{}", if n == 1 { "" } else { "es" });

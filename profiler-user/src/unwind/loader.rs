@@ -67,7 +67,7 @@ fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 enum Request {
-    Load(ProcessTables),
+    Load(Vec<ProcessTables>),
     Exited(Vec<u32>),
     Sampled(Vec<u32>),
 }
@@ -118,11 +118,16 @@ impl TableLoader {
         })
     }
 
-    /// Registers `process`'s mappings (replacing earlier ones) and queues
-    /// the tables it lacks.
-    pub fn load(&self, process: ProcessTables) {
-        self.sent.fetch_add(1, Ordering::Relaxed);
-        self.send(Request::Load(process));
+    /// Registers each of `processes`' mappings (replacing earlier ones)
+    /// and queues the tables they lack: one wake-up of the loader's
+    /// thread for all of them.
+    pub fn load(&self, processes: Vec<ProcessTables>) {
+        if processes.is_empty() {
+            return;
+        }
+        self.sent
+            .fetch_add(processes.len() as u64, Ordering::Relaxed);
+        self.send(Request::Load(processes));
     }
 
     /// Waits until every table requested so far is built (or found
@@ -244,9 +249,11 @@ impl<M: UnwindMaps> Worker<M> {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Load(process) => {
-                self.register(process);
-                self.taken += 1;
+            Request::Load(processes) => {
+                for process in processes {
+                    self.register(process);
+                    self.taken += 1;
+                }
             }
             Request::Exited(tgids) => {
                 for tgid in tgids {
@@ -491,7 +498,7 @@ mod tests {
         let loader = TableLoader::spawn(memory.clone(), 1 << 24).unwrap();
         let mut processes = ProcessTable::new();
         let me = std::process::id();
-        loader.load(own_tables(&mut processes));
+        loader.load(vec![own_tables(&mut processes)]);
         // Settled means every table of the request is in: no waiting on
         // counters that may not have moved yet.
         assert!(loader.settle(Duration::from_secs(60), |_| {}));
@@ -518,7 +525,7 @@ mod tests {
         assert_ne!(row.cfa_kind(), KernelRow::CFA_NONE);
 
         // Loading the same process again builds nothing new.
-        loader.load(own_tables(&mut processes));
+        loader.load(vec![own_tables(&mut processes)]);
         assert!(loader.settle(Duration::from_secs(60), |_| {}));
         assert_eq!(loader.stats().tables_built, stats.tables_built);
 
@@ -535,7 +542,7 @@ mod tests {
         let mut bad = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut bad, b"\x7fELF not really").unwrap();
         let key = FileKey::BuildId(vec![1, 2, 3]);
-        loader.load(ProcessTables {
+        loader.load(vec![ProcessTables {
             tgid: 42,
             mappings: vec![MappedFile {
                 start: 0x1000,
@@ -550,7 +557,7 @@ mod tests {
                     name: "corrupt".into(),
                 },
             )]),
-        });
+        }]);
         let stats = wait_for(&loader, |s| s.build_errors == 1 && s.queued == 0);
         assert_eq!(stats.tables_built, 0);
         assert!(!memory.0.lock().unwrap().processes.contains_key(&42));

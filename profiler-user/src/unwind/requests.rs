@@ -1,7 +1,10 @@
 //! What the sampling pipeline asks of the table loader: tables for each
 //! process as it is snapshotted, which processes are being sampled, and
 //! which have gone. Keeps the set of processes it asked for, so the loader
-//! hears of each exit once.
+//! hears of each exit once. Requests for tables wait for [`TableRequests::flush`]
+//! (or any other request, which goes after them), so that a batch of new
+//! processes wakes the loader's thread once: on a build host each woke it
+//! separately, hundreds of times a second.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,6 +19,8 @@ pub struct TableRequests {
     loader: TableLoader,
     /// Processes the loader was told about and not yet told are gone.
     requested: HashSet<u32>,
+    /// Requests not sent yet.
+    pending: Vec<ProcessTables>,
 }
 
 impl TableRequests {
@@ -24,10 +29,17 @@ impl TableRequests {
         Self {
             loader,
             requested: HashSet::new(),
+            pending: Vec::new(),
         }
     }
 
-    /// Queues the mappings of `tgid`'s current snapshot. hostprof's own
+    /// Sends the requests queued so far.
+    pub fn flush(&mut self) {
+        self.loader.load(std::mem::take(&mut self.pending));
+    }
+
+    /// Queues the mappings of `tgid`'s current snapshot (sent at the
+    /// next [`Self::flush`] or other request). hostprof's own
     /// stacks stay on frame pointers: its tables would cost the most and
     /// help the user least.
     pub fn request(&mut self, tgid: u32, processes: &ProcessTable) {
@@ -61,7 +73,7 @@ impl TableRequests {
                 }
             })
             .collect();
-        self.loader.load(ProcessTables {
+        self.pending.push(ProcessTables {
             tgid,
             mappings,
             sources,
@@ -71,12 +83,14 @@ impl TableRequests {
 
     /// Tells the loader which processes were just sampled (their tables
     /// go first, and are kept longest under the budget).
-    pub fn sampled(&self, tgids: Vec<u32>) {
+    pub fn sampled(&mut self, tgids: Vec<u32>) {
+        self.flush();
         self.loader.sampled(tgids);
     }
 
     /// Tells the loader that `tgids` exited.
     pub fn exited(&mut self, tgids: &[u32]) {
+        self.flush();
         let gone: Vec<u32> = tgids
             .iter()
             .copied()
@@ -99,7 +113,8 @@ impl TableRequests {
 
     /// Waits until the tables requested so far are built, at most
     /// `timeout` (see [`TableLoader::settle`]).
-    pub fn settle(&self, timeout: Duration, progress: impl FnMut(&LoaderStats)) -> bool {
+    pub fn settle(&mut self, timeout: Duration, progress: impl FnMut(&LoaderStats)) -> bool {
+        self.flush();
         self.loader.settle(timeout, progress)
     }
 
