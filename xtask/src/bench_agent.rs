@@ -62,8 +62,8 @@ pub struct Reading {
     bpf_maps_mib: f64,
 }
 
-/// Runs the benchmark under `load` and prints its figures.
-pub fn run(options: &AgentBenchOptions, load: Load) -> Result<()> {
+/// Runs the benchmark under `load`, prints its figures and returns them.
+pub fn run(options: &AgentBenchOptions, load: Load) -> Result<AgentFigures> {
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -230,6 +230,13 @@ fn observe(
     if rc != pid as libc::pid_t || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("hostprof agent did not exit cleanly on SIGTERM (wait status {status})");
     }
+    // Each a thread's wake-up or preemption; a VM pays for every one.
+    let seconds = started.elapsed().as_secs_f64().max(1.0);
+    println!(
+        "[bench-agent] context switches, all threads, start to exit: {:.0}/s voluntary, {:.0}/s involuntary",
+        usage.ru_nvcsw as f64 / seconds,
+        usage.ru_nivcsw as f64 / seconds
+    );
     Ok((readings, metrics, usage_of(&usage)))
 }
 
@@ -282,6 +289,82 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// What the readings of one run come to; `cargo xtask bench` takes its
+/// figures from here.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AgentFigures {
+    /// Minutes from the start to the last reading.
+    pub minutes: f64,
+    /// The agent's CPU over the run, in percent of one core.
+    pub cpu_percent: f64,
+    /// Its CPU in steady state (after the first minute, or from the first
+    /// reading in a shorter run), in percent of one core.
+    pub steady_cpu_percent: f64,
+    /// When the steady state starts.
+    pub steady_from: Duration,
+    /// Resident memory: the least and the most of the steady readings, in
+    /// MiB.
+    pub rss_steady_mib: (f64, f64),
+    /// The most RSS of every reading, in MiB.
+    pub rss_max_mib: f64,
+    /// RSS + BPF maps (issue 16's measure): the least of the steady
+    /// readings, in MiB.
+    pub footprint_steady_min_mib: f64,
+    /// RSS + BPF maps: the most of every reading, in MiB.
+    pub footprint_max_mib: f64,
+    /// RSS + BPF maps at the last reading less at the steady state's
+    /// start, in MiB (growth per process seen would show here).
+    pub footprint_growth_mib: f64,
+    /// New processes (and threads) a second on the host.
+    pub new_processes_per_s: f64,
+    /// The agent's CPU from start to exit per new process on the host, in
+    /// µs; `None` with fewer than one new process a second, where the
+    /// agent's start-up would be divided by next to nothing.
+    pub per_new_process_us: Option<f64>,
+}
+
+impl AgentFigures {
+    /// The figures of `readings`, with wait4's `total` and the host's
+    /// `forks` over the run.
+    pub fn of(readings: &[Reading], total: crate::bench::Usage, forks: u64) -> Result<Self> {
+        let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
+            bail!("no readings: the run was shorter than 5 s");
+        };
+        let seconds = last.at.as_secs_f64();
+        // Steady state: after the first minute (or the first reading).
+        let settle = readings
+            .iter()
+            .position(|r| r.at >= Duration::from_secs(60))
+            .unwrap_or(0);
+        let steady = &readings[settle..];
+        let steady_from = steady.first().unwrap_or(first);
+        let steady_cpu = (last.cpu_seconds - steady_from.cpu_seconds)
+            / (last.at - steady_from.at).as_secs_f64().max(1.0);
+        let footprint = |r: &Reading| r.rss_mib + r.bpf_maps_mib;
+        let least = |values: &mut dyn Iterator<Item = f64>| values.fold(f64::MAX, f64::min);
+        let most = |values: &mut dyn Iterator<Item = f64>| values.fold(0.0, f64::max);
+        Ok(AgentFigures {
+            minutes: seconds / 60.0,
+            cpu_percent: last.cpu_seconds / seconds.max(f64::EPSILON) * 100.0,
+            steady_cpu_percent: steady_cpu * 100.0,
+            steady_from: steady_from.at,
+            rss_steady_mib: (
+                least(&mut steady.iter().map(|r| r.rss_mib)),
+                most(&mut steady.iter().map(|r| r.rss_mib)),
+            ),
+            rss_max_mib: most(&mut readings.iter().map(|r| r.rss_mib)),
+            footprint_steady_min_mib: least(&mut steady.iter().map(footprint)),
+            footprint_max_mib: most(&mut readings.iter().map(footprint)),
+            footprint_growth_mib: footprint(last) - footprint(steady_from),
+            new_processes_per_s: forks as f64 / seconds.max(1.0),
+            per_new_process_us: (forks as f64 >= seconds)
+                .then(|| total.cpu_seconds * 1e6 / forks as f64),
+        })
+    }
+}
+
+/// Prints the run's figures and what the agent's metrics say; returns
+/// the figures.
 fn report(
     options: &AgentBenchOptions,
     load: Load,
@@ -290,27 +373,10 @@ fn report(
     total: crate::bench::Usage,
     received: &Path,
     forks: u64,
-) -> Result<()> {
-    let (Some(first), Some(last)) = (readings.first(), readings.last()) else {
-        bail!("no readings: the run was shorter than 5 s");
-    };
-    let minutes = last.at.as_secs_f64() / 60.0;
-    // Steady state: after the first minute (or the first reading).
-    let settle = readings
-        .iter()
-        .position(|r| r.at >= Duration::from_secs(60))
-        .unwrap_or(0);
-    let steady = &readings[settle..];
-    let steady_from = steady.first().unwrap_or(first);
-    let steady_cpu = (last.cpu_seconds - steady_from.cpu_seconds)
-        / (last.at - steady_from.at).as_secs_f64().max(1.0);
-    let rss_max = readings.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
-    let rss_steady_min = steady.iter().map(|r| r.rss_mib).fold(f64::MAX, f64::min);
-    let rss_steady_max = steady.iter().map(|r| r.rss_mib).fold(0.0, f64::max);
-    // The issue-16 measure: resident set plus BPF maps, at every reading.
-    let footprint = |r: &Reading| r.rss_mib + r.bpf_maps_mib;
-    let footprint_max = readings.iter().map(footprint).fold(0.0, f64::max);
-    let footprint_steady_min = steady.iter().map(footprint).fold(f64::MAX, f64::min);
+) -> Result<AgentFigures> {
+    let figures = AgentFigures::of(readings, total, forks)?;
+    let last = readings.last().expect("AgentFigures::of found readings");
+    let minutes = figures.minutes;
     let sent = metric(metrics, "hostprof_export_sent_bytes_total");
     let encodes = metric(metrics, "hostprof_encodes_total").max(1.0);
     let encode_ms = metric(metrics, "hostprof_encode_seconds_total") / encodes * 1e3;
@@ -320,36 +386,22 @@ fn report(
         .map(|s| s.lines().count())
         .unwrap_or(0);
 
-    // Flat over time: the footprint's last reading against its first
-    // steady one (growth per process seen would show here).
-    let footprint_growth = footprint(last) - footprint(steady_from);
-
     println!();
     println!(
         "hostprof agent, {:.1} min at {} Hz, interval {:?}, load {:?} ({:.0} new processes/s on the host):",
-        minutes,
-        options.frequency,
-        options.interval,
-        load,
-        forks as f64 / (minutes * 60.0).max(1.0)
+        minutes, options.frequency, options.interval, load, figures.new_processes_per_s
     );
     println!(
         "  CPU: {:.2} % of one CPU over the run, {:.2} % in steady state; {:.2} CPU s start to exit",
-        last.cpu_seconds / last.at.as_secs_f64() * 100.0,
-        steady_cpu * 100.0,
-        total.cpu_seconds
+        figures.cpu_percent, figures.steady_cpu_percent, total.cpu_seconds
     );
-    // Only where new processes drive the cost: a few forks of a steady host
-    // would divide its whole start-up by next to nothing.
-    if forks as f64 >= minutes * 60.0 {
-        println!(
-            "  per new process on the host: {:.0} µs of the agent's CPU (start to exit)",
-            total.cpu_seconds * 1e6 / forks as f64
-        );
+    // Only where new processes drive the cost.
+    if let Some(us) = figures.per_new_process_us {
+        println!("  per new process on the host: {us:.0} µs of the agent's CPU (start to exit)");
     }
     println!(
         "  RSS: steady {:.1}..{:.1} MiB, max sampled {:.1} MiB, peak (wait4) {:.1} MiB",
-        rss_steady_min, rss_steady_max, rss_max, total.peak_rss_mib
+        figures.rss_steady_mib.0, figures.rss_steady_mib.1, figures.rss_max_mib, total.peak_rss_mib
     );
     println!(
         "       at the end {:.1} MiB anonymous + {:.1} MiB file-backed (binaries and mapped debug info)",
@@ -357,11 +409,11 @@ fn report(
     );
     println!(
         "  RSS + BPF maps: steady from {:.1} MiB, max {:.1} MiB over every reading (BPF maps {:.1} MiB at the end); {:+.1} MiB from {} s to the end",
-        footprint_steady_min,
-        footprint_max,
+        figures.footprint_steady_min_mib,
+        figures.footprint_max_mib,
         last.bpf_maps_mib,
-        footprint_growth,
-        steady_from.at.as_secs()
+        figures.footprint_growth_mib,
+        figures.steady_from.as_secs()
     );
     println!(
         "  wire: {:.0} bytes/min of gzip HTTP bodies ({} requests received, {:.0} resource profiles, {:.0} samples)",
@@ -388,5 +440,62 @@ fn report(
         drains("window"),
         metric(metrics, "hostprof_drain_interval_seconds")
     );
-    Ok(())
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Usage;
+
+    /// A reading `at` seconds in: the agent's CPU seconds so far, its RSS
+    /// and its BPF maps.
+    fn reading(at: u64, cpu_seconds: f64, rss_mib: f64, bpf_maps_mib: f64) -> Reading {
+        Reading {
+            at: Duration::from_secs(at),
+            cpu_seconds,
+            rss_mib,
+            anon_mib: rss_mib / 2.0,
+            file_mib: rss_mib / 2.0,
+            bpf_maps_mib,
+        }
+    }
+
+    #[test]
+    fn figures_take_the_steady_state_after_the_first_minute() {
+        let readings = [
+            reading(30, 0.5, 60.0, 10.0),
+            reading(60, 0.6, 50.0, 10.0),
+            reading(120, 0.9, 52.0, 11.0),
+        ];
+        let total = Usage {
+            cpu_seconds: 1.2,
+            peak_rss_mib: 70.0,
+        };
+        let figures = AgentFigures::of(&readings, total, 24_000).unwrap();
+        assert_eq!(figures.minutes, 2.0);
+        assert!((figures.cpu_percent - 0.75).abs() < 1e-9);
+        // 0.3 CPU s over the 60 s from the first steady reading.
+        assert!((figures.steady_cpu_percent - 0.5).abs() < 1e-9);
+        assert_eq!(figures.steady_from, Duration::from_secs(60));
+        assert_eq!(figures.rss_steady_mib, (50.0, 52.0));
+        assert_eq!(figures.rss_max_mib, 60.0);
+        // The start-up reading counts for the maximum, not the steady least.
+        assert_eq!(figures.footprint_max_mib, 70.0);
+        assert_eq!(figures.footprint_steady_min_mib, 60.0);
+        assert_eq!(figures.footprint_growth_mib, 3.0);
+        assert_eq!(figures.new_processes_per_s, 200.0);
+        assert_eq!(figures.per_new_process_us, Some(50.0));
+    }
+
+    #[test]
+    fn a_short_quiet_run_is_steady_from_its_first_reading() {
+        let readings = [reading(5, 0.1, 40.0, 8.0), reading(30, 0.2, 41.0, 8.0)];
+        let figures = AgentFigures::of(&readings, Usage::default(), 10).unwrap();
+        assert_eq!(figures.steady_from, Duration::from_secs(5));
+        assert!((figures.steady_cpu_percent - 0.4).abs() < 1e-9);
+        // Fewer new processes than seconds: no cost per process.
+        assert_eq!(figures.per_new_process_us, None);
+        assert!(AgentFigures::of(&[], Usage::default(), 0).is_err());
+    }
 }

@@ -59,6 +59,31 @@ pub struct UnwindBenchOptions {
     /// this one on the same load in every mode: the ratio between the two
     /// is free of the machine's drift between runs.
     pub baseline: Option<PathBuf>,
+    /// Whether to measure Python frames too (part 3).
+    pub python: bool,
+    /// Whether to run the table build bench too (part 4).
+    pub table_builds: bool,
+}
+
+/// What `cargo xtask bench` takes from this benchmark: BPF run time per
+/// sample of this hostprof (never the baseline's) in each unwinder mode;
+/// `None` where the mode was not measured or recorded no sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct UnwindFigures {
+    /// With the `.eh_frame` tables, in nanoseconds.
+    pub tables_ns: Option<f64>,
+    /// With frame pointers only, in nanoseconds.
+    pub frame_pointers_ns: Option<f64>,
+}
+
+impl UnwindFigures {
+    /// The figures of `captures`.
+    fn of(captures: &[Capture]) -> Self {
+        UnwindFigures {
+            tables_ns: ns_per_sample(captures, Mode::Tables, false),
+            frame_pointers_ns: ns_per_sample(captures, Mode::FramePointers, false),
+        }
+    }
 }
 
 /// The switch of the kernel's per-program run-time statistics.
@@ -88,8 +113,8 @@ pub fn preflight(task: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and prints its tables.
-pub fn run(options: &UnwindBenchOptions) -> Result<()> {
+/// Runs the benchmark, prints its tables and returns its figures.
+pub fn run(options: &UnwindBenchOptions) -> Result<UnwindFigures> {
     preflight("bench-unwind")?;
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
@@ -145,8 +170,8 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
             .join(", then ")
     );
 
-    let python = Path::new("/usr/bin/python3.11").exists() && unwinder_flag;
-    if !python {
+    let python = options.python && Path::new("/usr/bin/python3.11").exists() && unwinder_flag;
+    if options.python && !python {
         println!("[bench-unwind] warning: no /usr/bin/python3.11: Python frames not measured");
     }
     let captures = {
@@ -192,11 +217,32 @@ pub fn run(options: &UnwindBenchOptions) -> Result<()> {
         // `stats` drops here: the old value is back before the table bench.
     };
 
-    println!("[bench-unwind] table build speed: cargo bench -p hostprof --bench unwind_table");
-    let builds = table_builds(&options.root);
+    let builds = options.table_builds.then(|| {
+        println!("[bench-unwind] table build speed: cargo bench -p hostprof --bench unwind_table");
+        table_builds(&options.root)
+    });
+    let shown = match &builds {
+        None => Builds::Skipped,
+        Some(Ok(builds)) => Builds::Measured(builds),
+        Some(Err(_)) => Builds::Failed,
+    };
     println!();
-    print!("{}", report(&setup, &captures, builds.as_deref().ok()));
-    builds.map(|_| ())
+    print!("{}", report(&setup, &captures, shown));
+    match builds {
+        Some(Err(err)) => Err(err),
+        _ => Ok(UnwindFigures::of(&captures)),
+    }
+}
+
+/// What the report says of table build speed.
+#[derive(Clone, Copy, Debug)]
+enum Builds<'a> {
+    /// Not asked for: no section.
+    Skipped,
+    /// Asked for, and the bench failed.
+    Failed,
+    /// The bench's figures per library.
+    Measured(&'a [LibraryBuild]),
 }
 
 /// An unwinder `hostprof record` can use.
@@ -626,20 +672,18 @@ impl TableLoads {
     /// The table figures of `hostprof record --stats-json`'s report: the
     /// loader's totals when sampling ended (zero with frame pointers).
     fn from_stats_json(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading hostprof's --stats-json {}", path.display()))?;
-        Self::from_report(&text).with_context(|| format!("{}", path.display()))
+        Ok(Self::from_report(&crate::bench::read_stats_json(path)?))
     }
 
-    fn from_report(text: &str) -> Result<Self> {
-        let report: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    /// The table figures of the parsed report.
+    fn from_report(report: &serde_json::Value) -> Self {
         let tables = &report["profiles"][0]["unwind_tables"];
         let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
-        Ok(TableLoads {
+        TableLoads {
             loads: number(&tables["tables_built"]),
             files: number(&tables["registry"]["files_loaded"]),
             rows: number(&tables["rows_built"]),
-        })
+        }
     }
 }
 
@@ -778,7 +822,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// The whole report, in markdown.
-fn report(setup: &Setup, captures: &[Capture], builds: Option<&[LibraryBuild]>) -> String {
+fn report(setup: &Setup, captures: &[Capture], builds: Builds<'_>) -> String {
     let mut out = String::new();
     cost_section(&mut out, setup, captures);
     memory_section(&mut out, captures);
@@ -838,12 +882,7 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
             per(total, samples),
         );
     }
-    let cost_of = |mode, baseline| {
-        captures
-            .iter()
-            .find(|c| c.mode == mode && c.baseline == baseline)
-            .and_then(|c| c.objects.ns_per_sample())
-    };
+    let cost_of = |mode, baseline| ns_per_sample(captures, mode, baseline);
     let cost = |mode| cost_of(mode, false);
     let _ = writeln!(w);
     match (cost(Mode::Tables), cost(Mode::FramePointers)) {
@@ -883,6 +922,15 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
         let _ = writeln!(w, "- {}: {:.2} s", capture.label(), capture.cpu_s);
     }
     baseline_section(w, captures, cost_of);
+}
+
+/// BPF nanoseconds per sample of the capture in `mode` (the baseline's
+/// when `baseline`), if it recorded samples.
+fn ns_per_sample(captures: &[Capture], mode: Mode, baseline: bool) -> Option<f64> {
+    captures
+        .iter()
+        .find(|c| c.mode == mode && c.baseline == baseline)
+        .and_then(|c| c.objects.ns_per_sample())
 }
 
 /// This hostprof against the baseline taken at the same time, per mode.
@@ -1014,12 +1062,15 @@ fn memory_section(w: &mut String, captures: &[Capture]) {
 }
 
 /// The criterion bench's figures per library.
-fn build_section(w: &mut String, builds: Option<&[LibraryBuild]>) {
+fn build_section(w: &mut String, builds: Builds<'_>) {
+    if let Builds::Skipped = builds {
+        return;
+    }
     let _ = writeln!(
         w,
         "\n## Table build speed (criterion, profiler-user/benches/unwind_table.rs)\n"
     );
-    let Some(builds) = builds else {
+    let Builds::Measured(builds) = builds else {
         let _ = writeln!(w, "Not measured: the bench failed (see the error below).");
         return;
     };
@@ -1247,16 +1298,16 @@ mod tests {
              "files_loaded": 2, "rows_used": 28315, "rows_capacity": 8388608, "evictions": 0,
              "out_of_room": 0}, "queued": 0, "tables_built": 3, "build_errors": 1,
              "rows_built": 28355, "busy": 0.004}}]}"#;
-        let loads = TableLoads::from_report(report).unwrap();
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        let loads = TableLoads::from_report(&json(report));
         assert_eq!(loads.loads, 3);
         assert_eq!(loads.rows, 28_355);
         assert_eq!(loads.files, 2);
         let frame_pointers = r#"{"profiles": [{"kind": "cpu", "unwind_tables": null}]}"#;
         assert_eq!(
-            TableLoads::from_report(frame_pointers).unwrap(),
+            TableLoads::from_report(&json(frame_pointers)),
             TableLoads::default()
         );
-        assert!(TableLoads::from_report("symbolizing...").is_err());
     }
 
     const CRITERION: &str = "\
@@ -1364,7 +1415,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
                 capture(Mode::Python, 500_000, 64 << 20),
                 capture(Mode::PythonOff, 400_000, 64 << 20),
             ],
-            Some(&parse_criterion(CRITERION)),
+            Builds::Measured(&parse_criterion(CRITERION)),
         );
         assert!(
             text.contains("**tables / frame pointers: 3.00x per sample**"),
@@ -1397,7 +1448,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
                 capture(Mode::FramePointers, false, 200_000),
                 capture(Mode::FramePointers, true, 250_000),
             ],
-            None,
+            Builds::Failed,
         );
         // This build's own ratio ignores the baseline's captures.
         assert!(
@@ -1413,5 +1464,25 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             "{text}"
         );
         assert!(text.contains("- tables (baseline): 1.00 s"), "{text}");
+        assert!(text.contains("Not measured: the bench failed"), "{text}");
+    }
+
+    #[test]
+    fn figures_are_this_builds_and_builds_can_be_left_out() {
+        let capture = |mode, baseline, ns| fake_capture(mode, baseline, ns, Vec::new(), 1.0);
+        let captures = [
+            capture(Mode::Tables, true, 900_000),
+            capture(Mode::Tables, false, 300_000),
+            capture(Mode::Python, false, 500_000),
+        ];
+        assert_eq!(
+            UnwindFigures::of(&captures),
+            UnwindFigures {
+                tables_ns: Some(3000.0),
+                frame_pointers_ns: None,
+            }
+        );
+        let text = report(&fake_setup(), &captures, Builds::Skipped);
+        assert!(!text.contains("Table build speed"), "{text}");
     }
 }

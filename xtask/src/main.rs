@@ -6,8 +6,10 @@
 mod bench;
 mod bench_agent;
 mod bench_churn;
+mod bench_kept;
 mod bench_kinds;
 mod bench_memory;
+mod bench_suite;
 mod bench_unwind;
 mod cmd;
 mod deploy;
@@ -73,15 +75,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Compare hostprof's CPU and memory with `perf record` + `perf report`
-    /// on a busy host.
+    /// Issue 16's figures in one run, ending with one table of figure,
+    /// measured value, goal and verdict: the agent on a steady host and on
+    /// a build host (CPU, RSS + BPF maps), one-shot `hostprof record`
+    /// against `perf record` + `perf report` beside it, BPF time per
+    /// sample with both unwinders, samples kept at 1 kHz. About 10 minutes
+    /// (`--quick`: about 3); fails at the end if a part failed. Needs root.
     Bench {
-        /// Capture length in seconds.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Sampling frequency in Hz.
-        #[arg(long, default_value_t = 99)]
-        frequency: u32,
+        #[command(flatten)]
+        args: bench_suite::BenchArgs,
     },
     /// Run `hostprof agent` on a busy host for minutes, exporting to a local
     /// receiver, and report its CPU share, memory, bytes on the wire per
@@ -101,6 +103,10 @@ enum Task {
         /// exec probes: many short-lived processes with large binaries).
         #[arg(long, value_enum, default_value_t = bench_agent::Load::Busy)]
         load: bench_agent::Load,
+        /// Measure this `hostprof` binary (another revision's, for a
+        /// before/after comparison) instead of building this one.
+        #[arg(long)]
+        hostprof: Option<PathBuf>,
     },
     /// Simulate one 10 s window's drains and aggregation on hosts of 2 to
     /// 512 CPUs (at 99 Hz and 1 kHz) and print its cost per CPU and per
@@ -291,22 +297,21 @@ fn run() -> Result<()> {
                     .current_dir(&root),
             )
         }
-        Task::Bench { seconds, frequency } => {
+        Task::Bench { args } => {
             let hostprof = release_build(&root)?;
-            bench::run(&bench::BenchOptions {
-                duration: Duration::from_secs(seconds),
-                frequency,
-                hostprof,
-                work_dir: bench::default_work_dir(&root),
-            })
+            bench_suite::run(&args, &hostprof, &root)
         }
         Task::BenchAgent {
             seconds,
             frequency,
             interval,
             load,
+            hostprof,
         } => {
-            let hostprof = release_build(&root)?;
+            let hostprof = match hostprof {
+                Some(path) => path,
+                None => release_build(&root)?,
+            };
             bench_agent::run(
                 &bench_agent::AgentBenchOptions {
                     duration: Duration::from_secs(seconds),
@@ -318,6 +323,7 @@ fn run() -> Result<()> {
                 },
                 load,
             )
+            .map(|_| ())
         }
         Task::BenchChurn {
             seconds,
@@ -394,7 +400,10 @@ fn run() -> Result<()> {
                 root,
                 record_args,
                 baseline,
+                python: true,
+                table_builds: true,
             })
+            .map(|_| ())
         }
     }
 }
