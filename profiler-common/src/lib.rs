@@ -1119,8 +1119,9 @@ pub struct ProcessEvent {
     pub kind: u32,
     /// Process id (tgid).
     pub tgid: u32,
-    /// Its exec generation (for [`ProcessEvent::FILE`], and
-    /// [`ProcessEvent::NEW`] as it was announced).
+    /// Its exec generation (for [`ProcessEvent::FILE`] and
+    /// [`ProcessEvent::FORK`], and [`ProcessEvent::NEW`] as it was
+    /// announced).
     pub exec_gen: u32,
     /// The file's device, in the kernel's encoding (major << 20 | minor).
     pub dev: u32,
@@ -1141,7 +1142,7 @@ pub struct ProcessEvent {
     /// starttime counts in clock ticks); 0 when not known.
     pub start_boottime: u64,
     /// With `start_boottime`: the leader's `comm` (what `/proc/PID/stat`
-    /// shows as the command name), NUL-padded.
+    /// shows as the command name of a user process), NUL-padded.
     pub comm: [u8; COMM_LEN],
 }
 

@@ -517,12 +517,24 @@ fn leader_facts(event: &mut ProcessEvent) {
     let Some(config) = CONFIG.get(0) else {
         return;
     };
-    if config.task_group_leader == 0 || config.task_start_boottime == 0 || config.task_comm == 0 {
+    if config.task_group_leader == 0
+        || config.task_start_boottime == 0
+        || config.task_comm == 0
+        || config.task_mm == 0
+    {
         return;
     }
     // SAFETY: the current task pointer as a number; every read below goes
     // through bpf_probe_read_kernel, which checks the address it is given.
     let task = unsafe { bpf_get_current_task() };
+    // A kernel thread (no address space): `stat` names it with more than
+    // `comm` (a workqueue's name after a kworker's), so it is read there.
+    // SAFETY: as above.
+    match unsafe { bpf_probe_read_kernel((task + u64::from(config.task_mm)) as *const u64) } {
+        Ok(mm) if mm != 0 => {}
+        _ => return,
+    }
+    // SAFETY: as above.
     let Ok(leader) = (unsafe {
         bpf_probe_read_kernel((task + u64::from(config.task_group_leader)) as *const u64)
     }) else {

@@ -427,7 +427,7 @@ fn agent_rows(host: &str, outcome: &Outcome<AgentFigures>, cpu_goal: f64) -> Vec
     let cpu = |f: &AgentFigures| {
         let per_process = f.per_new_process_us.map_or_else(String::new, |us| {
             format!(
-                " ({us:.0} µs per new process, {:.0}/s)",
+                " ({us:.0} µs per new process start to exit, {:.0}/s)",
                 f.new_processes_per_s
             )
         });
@@ -747,7 +747,7 @@ mod tests {
 |---|---|---|---|
 | steady host agent: CPU in steady state | 0.22 % of one core | ≤ 0.25 % of one core | yes |
 | steady host agent: RSS + BPF maps, every reading | max 62.6 MiB (steady from 55.5 MiB) | ≤ 64 MiB at every reading | yes |
-| build host agent: CPU in steady state | 3.57 % of one core (100 µs per new process, 470/s) | ≤ 1 % of one core | **no** |
+| build host agent: CPU in steady state | 3.57 % of one core (100 µs per new process start to exit, 470/s) | ≤ 1 % of one core | **no** |
 | build host agent: RSS + BPF maps, every reading | max 98.8 MiB (steady from 55.5 MiB) | ≤ 64 MiB at every reading | **no** |
 | one-shot record: CPU, against perf record + report | 0.50x perf (0.17 s against 0.34 s) | ≤ 0.5x perf | yes |
 | one-shot record: peak RSS, against perf | 1.13x perf (29.6 MiB against 26.1 MiB) | – | – |

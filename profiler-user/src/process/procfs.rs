@@ -192,7 +192,10 @@ pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
 
 /// A start time the kernel gave in ns since boot (`start_boottime`) in
 /// the clock ticks `/proc/PID/stat` counts it in (its `nsec_to_clock_t`:
-/// whole ticks of `1 / _SC_CLK_TCK` s, rounded down), so the two compare.
+/// whole ticks of `1 / _SC_CLK_TCK` s, rounded down, exact where the tick
+/// divides a second in whole ns, as Linux's 100 Hz does), so the two
+/// compare. The sampler announces start times only where hostprof's time
+/// namespace adds no boot-time offset to `stat`'s.
 pub(crate) fn start_time_ticks(boottime_ns: u64) -> u64 {
     static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let ns_per_tick = *NS_PER_TICK.get_or_init(|| {

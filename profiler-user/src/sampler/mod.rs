@@ -566,18 +566,18 @@ impl Sampler {
         if let Some(Ok(task_mm)) = offsets.as_ref().map(|o| &o.task_mm) {
             config.task_mm = *task_mm;
         }
-        match offsets.as_ref().map(|o| &o.leader) {
-            Some(Ok(leader)) => {
-                config.task_group_leader = leader.group_leader;
-                config.task_start_boottime = leader.start_boottime;
-                config.task_comm = leader.comm;
+        // Set below, once exec and exit tracking are known.
+        let leader_offsets = match offsets.as_ref().map(|o| &o.leader) {
+            Some(Ok(leader)) => Some(*leader),
+            Some(Err(err)) => {
+                log::info!(
+                    "new processes not announced with their start time and name \
+                     (read from /proc/PID/stat instead): {err}"
+                );
+                None
             }
-            Some(Err(err)) => log::info!(
-                "new processes not announced with their start time and name \
-                 (read from /proc/PID/stat instead): {err}"
-            ),
-            None => {}
-        }
+            None => None,
+        };
         let mut thread_contexts = match task_fsbase {
             Some(_) if policy.thread_context => {
                 config.flags |= Config::THREAD_CONTEXT;
@@ -680,6 +680,29 @@ impl Sampler {
             config_map
                 .set(0, config, 0)
                 .map_err(map_err(names::CONFIG))?;
+        }
+        // A new process's start and name as the kernel announces them
+        // stand for its `stat` only where a snapshot can tell they are of
+        // the process and image it reads (the generation bumped at every
+        // exec and exit), and where `stat` counts from the same boot time
+        // (hostprof in no time namespace that offsets it).
+        if let Some(leader) = leader_offsets {
+            if exec_tracked
+                && config.flags & Config::RECORD_FILES != 0
+                && process_events::boottime_offset_is_zero()
+            {
+                config.task_group_leader = leader.group_leader;
+                config.task_start_boottime = leader.start_boottime;
+                config.task_comm = leader.comm;
+                config_map
+                    .set(0, config, 0)
+                    .map_err(map_err(names::CONFIG))?;
+            } else {
+                log::info!(
+                    "new processes read from /proc/PID/stat: exec and exit are not tracked \
+                     here, or hostprof runs in a time namespace with a boot-time offset"
+                );
+            }
         }
         // A thread-context location or a Python process is only read in
         // the process image it was found in: that needs the generation

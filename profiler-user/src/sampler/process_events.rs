@@ -58,6 +58,26 @@ impl Leader {
     }
 }
 
+/// Whether this process's time namespace adds nothing to boot time
+/// (`/proc/PID/stat`'s start times then count from the kernel's
+/// `start_boottime`, which new processes are announced with); true where
+/// the kernel has no time namespaces.
+pub fn boottime_offset_is_zero() -> bool {
+    match std::fs::read_to_string("/proc/self/timens_offsets") {
+        Ok(text) => boottime_offset(&text) == Some((0, 0)),
+        Err(_) => true,
+    }
+}
+
+/// The `boottime` line of a `timens_offsets` file: (seconds, nanoseconds).
+fn boottime_offset(text: &str) -> Option<(i64, i64)> {
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some("boottime"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 /// One event of the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
@@ -395,6 +415,16 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_boot_time_offset() {
+        let text = "monotonic           0         0\nboottime        86400       500\n";
+        assert_eq!(boottime_offset(text), Some((86_400, 500)));
+        assert_eq!(boottime_offset("monotonic 0 0\n"), None);
+        assert_eq!(boottime_offset("boottime x 0\n"), None);
+        // This test's own namespace (the host's, or none): no offset.
+        assert!(boottime_offset_is_zero());
+    }
+
+    #[test]
     fn decodes_each_kind_and_refuses_others() {
         let new = KernelEvent {
             kind: KernelEvent::NEW,
@@ -425,6 +455,14 @@ mod tests {
         else {
             panic!("a NEW event with its leader's facts");
         };
+        let no_name = KernelEvent {
+            comm: [0; COMM_LEN],
+            ..announced
+        };
+        assert!(matches!(
+            ProcessEvent::decode(&bytes(&no_name)),
+            Some(ProcessEvent::New { leader: None, .. })
+        ));
         assert_eq!(leader.exec_gen, 3);
         assert_eq!(leader.start_boottime_ns, 12_345_000_000);
         assert_eq!(leader.name(), "cc1");
