@@ -204,7 +204,7 @@ fn frame_pointers_alone_name_the_allocating_function() {
 
 /// `hostprof agent`: in-use memory carries over from window to window.
 /// `alloc_chain` allocates for 1.5 s and then holds what it kept; every
-/// window exported after that has the kept bytes in use under
+/// window that starts after that (by its own start time) has the kept bytes in use under
 /// `keep_some` (±20 %) and nothing newly allocated there, and each
 /// allocation counts in one window only (the windows' `alloc_space` under
 /// `keep_some` adds up to what the program allocated, ±20 %).
@@ -241,11 +241,21 @@ fn the_agent_carries_in_use_memory_from_window_to_window() {
         .read_line(&mut done)
         .expect("alloc_chain reports");
     let truth = parse_done(&done);
-    // The first window to arrive from now may hold the last allocations;
-    // the three after it are wholly after them.
-    let before = receiver.received_count();
-    common::wait_until(Duration::from_secs(30), "four more windows", || {
-        receiver.received_count() >= before + 4
+    // It allocated nothing after it wrote that line: a window that started
+    // after we read it is wholly after its allocations. Which window that
+    // is comes from the windows' own start times: one that closed before
+    // may still be on its way (symbolized, encoded, sent) for a while.
+    let stopped = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let after = |received: &[serde_json::Value]| -> Vec<usize> {
+        (0..received.len())
+            .filter(|&i| window_start(&received[i]) >= stopped)
+            .collect()
+    };
+    common::wait_until(Duration::from_secs(30), "three windows after it", || {
+        after(&receiver.received()).len() >= 3
     });
     // SAFETY: kill takes a pid and a signal number.
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
@@ -254,13 +264,16 @@ fn the_agent_carries_in_use_memory_from_window_to_window() {
     assert!(status.success(), "hostprof agent failed: {status}\n{log}");
 
     // (allocated, in use) bytes under keep_some in each window.
-    let windows: Vec<(u64, u64)> = receiver
-        .received()
+    let received = receiver.received();
+    let windows: Vec<(u64, u64)> = received
         .iter()
         .map(|request| bytes_under(request, "keep_some"))
         .collect();
     eprintln!("{truth:?}\nwindows (allocated, in use): {windows:?}");
-    for (i, &(allocated, in_use)) in windows.iter().enumerate().skip(before + 1).take(3) {
+    let checked: Vec<usize> = after(&received).into_iter().take(3).collect();
+    eprintln!("windows wholly after its allocations: {checked:?}");
+    for i in checked {
+        let (allocated, in_use) = windows[i];
         let ratio = in_use as f64 / truth.kept as f64;
         assert!(
             (0.8..=1.2).contains(&ratio) && allocated <= truth.keeper / 100,
@@ -525,6 +538,19 @@ fn bytes_under(request: &serde_json::Value, function: &str) -> (u64, u64) {
         }
     }
     (allocated, in_use)
+}
+
+/// When a window exported by the agent started (Unix ns): the earliest
+/// start of its profiles.
+fn window_start(request: &serde_json::Value) -> u64 {
+    request["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|resource| resource["times"].as_array().unwrap())
+        .map(|time| time.as_u64().unwrap())
+        .min()
+        .unwrap_or(0)
 }
 
 /// What a capture printed, and what each workload said it did.
