@@ -151,6 +151,8 @@ pub mod names {
     pub const UNWIND_CHUNK_PCS: &str = "UNWIND_CHUNK_PC";
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
+    /// Per-CPU bounds of the unwinder's binary search under way.
+    pub const UNWIND_SEARCH: &str = "UNWIND_SEARCH";
     /// The OpenTelemetry eBPF instrumentation's trace-context map
     /// ([`super::TraceContext`] by `pid_tgid`), shared through a pin (see
     /// [`super::TRACE_CONTEXT_MAP_PIN`]).
@@ -163,6 +165,8 @@ pub mod names {
     pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
     /// Per-CPU scratch for one `_PyInterpreterFrame`'s first bytes.
     pub const PYTHON_SCRATCH: &str = "PYTHON_SCRATCH";
+    /// Per-CPU state of a Python frame walk.
+    pub const PYTHON_WALK: &str = "PYTHON_WALK";
     /// The Python thread state last found for a thread (by thread
     /// pointer), checked before each use.
     pub const PYTHON_THREADS: &str = "PYTHON_THREADS";
@@ -258,6 +262,7 @@ pub mod names {
         UNWIND_ROWS,
         UNWIND_CHUNK_PCS,
         UNWIND_PROCESSES,
+        UNWIND_SEARCH,
         OFF_CPU_TAIL_CALLS,
         OFF_CPU_KPROBE_TAIL_CALLS,
         OFF_CPU_TASKS,
@@ -269,6 +274,7 @@ pub mod names {
         THREAD_CONTEXTS,
         PYTHON_PROCESSES,
         PYTHON_SCRATCH,
+        PYTHON_WALK,
         PYTHON_THREADS,
         MEMORY_TAIL_CALLS,
         MEMORY_THREADS,

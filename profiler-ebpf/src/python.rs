@@ -30,8 +30,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use profiler_common::{
-    python_frame, Config, PythonOffsets, PythonProcess, Stat, DEEP_STACK_DEPTH, PYTHON_FRAMES_MAX,
-    PYTHON_MARK,
+    kernel_kind, python_frame, Config, PythonOffsets, PythonProcess, Stat, DEEP_STACK_DEPTH,
+    PYTHON_FRAMES_MAX, PYTHON_MARK,
 };
 
 use crate::exec;
@@ -69,23 +69,32 @@ const FRAME_BYTES: usize = 80;
 const WORD_MASK: u16 = 63;
 const BYTE_MASK: u16 = 127;
 
-/// Per-CPU buffer for one frame's first bytes (kept off the 512-byte
-/// stack, and a map value can be indexed at a bounded variable offset).
+/// Per-CPU buffer for one frame's first bytes, one per kind (kept off the
+/// 512-byte stack, and a map value can be indexed at a bounded variable
+/// offset; a CPU sample may interrupt an off-CPU walk on the same CPU).
 #[map(name = "PYTHON_SCRATCH")]
-static PYTHON_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+static PYTHON_SCRATCH: PerCpuArray<[u8; 128]> =
+    PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// Per CPU, per kind: the walk in progress. In a map, not on the stack:
+/// the verifier knows nothing of a map value's contents, so each step it
+/// checks starts from the same unknown depth and the loop's states
+/// converge at once; a depth on the stack is a different known number at
+/// every step, and it walked all 519 (a quarter of a million instructions
+/// to verify, most of the unwinder's load time).
+#[map(name = "PYTHON_WALK")]
+static PYTHON_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
 
 /// Thread states looked at when searching the interpreter's list.
 const THREADS_MAX: u32 = 64;
 
-/// A walk in progress: the `bpf_loop` callback's context, on the stack.
+/// A walk in progress ([`PYTHON_WALK`]).
 #[repr(C)]
 struct Walk {
     /// The next frame to read (0: done).
     frame: u64,
     /// Slots of the scratch stack written so far.
     depth: u32,
-    /// The kind whose scratch stack receives the frames.
-    kind: u32,
     /// Python frames written.
     written: u32,
     /// `PythonProcess::*` flags.
@@ -127,24 +136,34 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
         return depth;
     };
     *slot = PYTHON_MARK;
-    let mut walk = Walk {
-        frame,
-        depth: depth as u32 + 1,
-        kind: kind.index(),
-        written: 0,
-        flags: process.flags,
-        offsets: process.offsets,
+    let mut index = kind.index();
+    let Some(walk) = PYTHON_WALK.get_ptr_mut(index) else {
+        return depth;
+    };
+    // SAFETY: this CPU's walk of the kind; nothing else touches it while
+    // this program runs (`step` only through this pointer's map slot,
+    // during the loop, while no reference to it is held here).
+    unsafe {
+        walk.write(Walk {
+            frame,
+            depth: depth as u32 + 1,
+            written: 0,
+            flags: process.flags,
+            offsets: process.offsets,
+        })
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; its
-    // context is `walk`, on this stack for the whole loop.
+    // context is the kind's index, on this stack for the whole loop.
     let looped = unsafe {
         bpf_loop(
             PYTHON_FRAMES_MAX as u32,
             step as *mut c_void,
-            (&mut walk as *mut Walk).cast(),
+            (&mut index as *mut u32).cast(),
             0,
         )
     };
+    // SAFETY: as above; the loop has returned.
+    let walk = unsafe { &*walk };
     if walk.written == 0 || looped < 0 {
         // Nothing readable: no mark either.
         kind.bump(Stat::PythonNoFrames);
@@ -223,13 +242,20 @@ fn search(process: &PythonProcess, fsbase: u64) -> Option<u64> {
     None
 }
 
-/// One frame, a `bpf_loop` callback whose context is the [`Walk`]:
-/// writes its word and moves to its caller. Returns 1 (stop) when the
-/// chain or the room ends.
+/// One frame, a `bpf_loop` callback whose context is the kind's index
+/// (its [`Walk`] is in [`PYTHON_WALK`]): writes its word and moves to its
+/// caller. Returns 1 (stop) when the chain or the room ends.
 #[inline(never)]
 extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `append` passes a pointer to its `Walk`, alive for the loop.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    // SAFETY: `append` passes a pointer to a `u32` on its stack, alive for
+    // the loop.
+    let kind = unsafe { *(ctx as *const u32) };
+    let Some(walk) = PYTHON_WALK.get_ptr_mut(kind) else {
+        return 1;
+    };
+    // SAFETY: this CPU's walk of the kind, which `append` does not hold a
+    // reference to during the loop.
+    let walk = unsafe { &mut *walk };
     if walk.frame == 0 {
         return 1;
     }
@@ -239,8 +265,8 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let (Some(buffer), Some(scratch)) = (
-        PYTHON_SCRATCH.get_ptr_mut(0),
-        Kind::from_index(walk.kind).scratch(),
+        PYTHON_SCRATCH.get_ptr_mut(kind),
+        Kind::from_index(kind).scratch(),
     ) else {
         return 1;
     };

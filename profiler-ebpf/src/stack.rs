@@ -16,14 +16,14 @@
 //! switch-in tracepoint runs with interrupts enabled), so the two must not
 //! share a slot. A kind's programs never nest in each other on one CPU.
 
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, bpf_probe_read_user,
-        generated::{bpf_get_current_cgroup_id, bpf_get_stack},
+        generated::{bpf_get_current_cgroup_id, bpf_get_stack, bpf_loop},
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -388,7 +388,12 @@ fn store_scratch(frames: *mut u64, stacks: &HashMap<StackHash, Stack>, kind: Kin
     // SAFETY: `frames` is this CPU's scratch slot (see `read_stack`),
     // whose prefix is a `Stack`; the helper has returned.
     let stack = unsafe { &*frames.cast::<Stack>() };
-    insert_stack(stacks, hash_frames(&stack.frames), stack, kind)
+    insert_stack(
+        stacks,
+        hash_frames(frames.cast(), MAX_STACK_DEPTH),
+        stack,
+        kind,
+    )
 }
 
 /// Stores the unwound stack of `depth` frames in this CPU's scratch space:
@@ -406,11 +411,21 @@ pub fn save_unwound(set: &StackSet, depth: usize, kind: Kind) -> StackHash {
         // SAFETY: this CPU's scratch value; a `Stack` is its prefix. The
         // unwinder ended the frames with a zero (or filled the prefix).
         let stack = unsafe { &*scratch.cast::<Stack>() };
-        insert_stack(set.stacks, hash_frames(&stack.frames), stack, kind)
+        insert_stack(
+            set.stacks,
+            hash_frames(scratch, MAX_STACK_DEPTH),
+            stack,
+            kind,
+        )
     } else {
         // SAFETY: as above.
         let stack = unsafe { &*scratch };
-        insert_stack(set.deep_stacks, hash_frames(&stack.frames), stack, kind)
+        insert_stack(
+            set.deep_stacks,
+            hash_frames(scratch, DEEP_STACK_DEPTH),
+            stack,
+            kind,
+        )
     }
 }
 
@@ -437,21 +452,58 @@ fn insert_stack<V>(
     }
 }
 
-/// FNV-1a over the frame words up to the first zero, never 0 (0 means "no
-/// stack").
+/// FNV-1a over the first `limit` frame words of `scratch` (a kind's
+/// scratch stack) up to the first zero, never 0 (0 means "no stack").
+///
+/// One `bpf_loop` step per frame rather than a plain loop: the verifier
+/// checks the step once per call site instead of walking every frame of a
+/// 127- or 519-frame loop with the rest of the program after each exit
+/// (that made loading the unwinder's programs take a second and a half of
+/// kernel time); the kernel inlines the loop (`flags` 0, a known step).
 #[inline(always)]
-fn hash_frames<const N: usize>(frames: &[u64; N]) -> StackHash {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &ip in frames.iter() {
-        if ip == 0 {
-            break;
-        }
-        hash = (hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+fn hash_frames(scratch: *const DeepStack, limit: usize) -> StackHash {
+    let mut hashing = Hashing {
+        frames: scratch,
+        hash: 0xcbf2_9ce4_8422_2325,
+    };
+    // SAFETY: `hash_step` has the callback signature bpf_loop expects; its
+    // context is `hashing`, on this stack for the whole loop.
+    let looped = unsafe {
+        bpf_loop(
+            limit as u32,
+            hash_step as *mut c_void,
+            (&mut hashing as *mut Hashing).cast(),
+            0,
+        )
+    };
+    match hashing.hash {
+        _ if looped < 0 => 0,
+        0 => 1,
+        hash => hash,
     }
-    if hash == 0 {
-        1
-    } else {
-        hash
+}
+
+/// The state of [`hash_frames`]' loop.
+#[repr(C)]
+struct Hashing {
+    frames: *const DeepStack,
+    hash: u64,
+}
+
+/// One frame of [`hash_frames`] (a `bpf_loop` callback; 1 stops at the
+/// first zero or past the scratch stack).
+extern "C" fn hash_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Hashing` `hash_frames` passed to bpf_loop,
+    // whose `frames` is this CPU's scratch slot of the kind: nothing else
+    // touches it while this program runs.
+    let hashing = unsafe { &mut *ctx.cast::<Hashing>() };
+    let frames = unsafe { &(*hashing.frames).frames };
+    match frames.get(index as usize) {
+        Some(&ip) if ip != 0 => {
+            hashing.hash = (hashing.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+            0
+        }
+        _ => 1,
     }
 }
 

@@ -301,7 +301,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: plain lookup of a value userspace writes whole. None: no
     // tables (yet), every step with the frame pointer.
     let process = unsafe { UNWIND_PROCESSES.get(&state.tgid) };
-    let row = process.and_then(|process| find_row(process, lookup_pc));
+    let row = process.and_then(|process| find_row(kind, process, lookup_pc));
     let mut row_step = false;
     let step = match row {
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_END => {
@@ -417,20 +417,10 @@ enum Step {
 /// file address `pc` is at; `None` when no table covers it or its rule is
 /// not one the unwinder applies.
 #[inline(always)]
-fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
+fn find_row(kind: Kind, process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     // The last mapping with start <= pc (mappings are sorted by start).
     let count = process.count.min(UNWIND_MAPPINGS_MAX as u32);
-    let (mut lo, mut hi) = (0u32, count);
-    let mut steps = 0;
-    while lo < hi && steps < MAPPING_SEARCH_STEPS {
-        let mid = lo + (hi - lo) / 2;
-        if process.mappings.get(mid as usize)?.start <= pc {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-        steps += 1;
-    }
+    let lo = search(kind, process, (0, count, pc), MAPPING_SEARCH_STEPS)?;
     if lo == 0 {
         return None;
     }
@@ -460,29 +450,10 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     }
     let end = mapping.row_start.checked_add(mapping.row_count)?;
     let first_chunk = mapping.row_start / UNWIND_CHUNK_ROWS;
-    // One search record for both searches: the programs' combined stack
-    // (the hook's, the frame step's and this) must stay within 512 bytes.
-    let mut search = Search {
-        chunk: core::ptr::null(),
-        lo: first_chunk,
-        hi: (end - 1) / UNWIND_CHUNK_ROWS + 1,
-        vaddr,
-    };
-    // Its own `bpf_loop` (nested in the frame's), so the verifier checks
-    // one step of it rather than every path through every step.
-    // SAFETY: `chunk_step` has the callback signature bpf_loop expects;
-    // its context is `search`, on this stack for the whole loop.
-    let looped = unsafe {
-        bpf_loop(
-            CHUNK_SEARCH_STEPS,
-            chunk_step as *mut c_void,
-            (&mut search as *mut Search).cast(),
-            0,
-        )
-    };
-    let lo = search.lo;
-    // lo 0: the search failed.
-    if looped < 0 || lo <= first_chunk {
+    let last_chunk = (end - 1) / UNWIND_CHUNK_ROWS;
+    let bounds = (first_chunk, last_chunk + 1, u64::from(vaddr));
+    let lo = search(kind, &ChunkPcs, bounds, CHUNK_SEARCH_STEPS)?;
+    if lo <= first_chunk {
         return None;
     }
     let chunk_index = lo - 1;
@@ -491,73 +462,129 @@ fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     let chunk = unsafe { UNWIND_ROWS.get(&chunk_index) }?;
     // The file's rows in this chunk: [0, count); row 0's pc <= vaddr.
     let count = (end - chunk_index * UNWIND_CHUNK_ROWS).min(UNWIND_CHUNK_ROWS);
-    search.chunk = chunk;
-    search.lo = 1;
-    search.hi = count;
-    // SAFETY: as above, with `row_step` and `search`.
-    let looped = unsafe {
-        bpf_loop(
-            ROW_SEARCH_STEPS,
-            row_step as *mut c_void,
-            (&mut search as *mut Search).cast(),
-            0,
-        )
-    };
-    if looped < 0 {
-        return None;
-    }
+    let lo = search(kind, chunk, (1, count, u64::from(vaddr)), ROW_SEARCH_STEPS)?;
     // lo is 0 when the search failed: no row.
-    let row = *chunk.rows.get((search.lo as usize).wrapping_sub(1))?;
+    let row = *chunk.rows.get((lo as usize).wrapping_sub(1))?;
     (row.cfa_kind() != UnwindRow::CFA_NONE).then_some((row, vaddr))
 }
 
-/// A binary search: over a file's chunks for the last one whose first
-/// row's pc is at most `vaddr` (`chunk` unused), then over that chunk's
-/// rows for the last such row. `lo` is one past it when done.
+/// Per CPU, per kind: the bounds of the binary search under way. In a
+/// map, not on the stack: the verifier knows nothing of a map value's
+/// contents, so every step it checks starts from the same unknown bounds
+/// and the loop's states converge at once; bounds on the stack narrow to
+/// different known ranges at every step, each path checked again (the
+/// mapping search alone was three quarters of `unwind_user`'s
+/// verification).
+#[map(name = "UNWIND_SEARCH")]
+static UNWIND_SEARCH: PerCpuArray<Search> =
+    PerCpuArray::with_max_entries(profiler_common::kernel_kind::COUNT, 0);
+
+/// A binary search for the last entry whose key is at most `key`, in
+/// `[lo, hi)`: `lo` is one past it when done, 0 when it failed.
+#[derive(Clone, Copy)]
 #[repr(C)]
 struct Search {
-    chunk: *const UnwindChunk,
     lo: u32,
     hi: u32,
-    vaddr: u32,
+    key: u64,
 }
 
-/// One step of the chunk search (a `bpf_loop` callback; 1 stops). A
-/// chunk pc that cannot be read fails the search: `lo` 0.
-extern "C" fn chunk_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Search` `find_row` passed to bpf_loop.
-    let search = unsafe { &mut *ctx.cast::<Search>() };
-    if search.lo >= search.hi {
-        return 1;
-    }
-    let mid = search.lo + (search.hi - search.lo) / 2;
-    match UNWIND_CHUNK_PCS.get(mid) {
-        Some(&pc) if pc <= search.vaddr => search.lo = mid + 1,
-        Some(_) => search.hi = mid,
-        None => {
-            search.lo = 0;
-            return 1;
-        }
-    }
-    0
+/// A search's `bpf_loop` context, on the stack: what is searched (a
+/// pointer, which a map value could not hold) and the kind whose
+/// [`Search`] it is.
+#[repr(C)]
+struct SearchIn<T> {
+    table: *const T,
+    kind: u32,
 }
 
-/// One step of the row search (a `bpf_loop` callback; 1 stops). An index
-/// out of the chunk fails the search: `lo` 0.
-extern "C" fn row_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Search` `find_row` passed to bpf_loop, its
-    // `chunk` a chunk of `UNWIND_ROWS` found just before.
-    let search = unsafe { &mut *ctx.cast::<Search>() };
-    if search.lo >= search.hi {
+/// Runs a binary search over `table` from `(lo, hi, key)` for at most
+/// `steps` steps; the resulting `lo` (see [`Search`]), `None` when the
+/// loop failed.
+#[inline(always)]
+fn search<T: Sorted>(
+    kind: Kind,
+    table: &T,
+    (lo, hi, key): (u32, u32, u64),
+    steps: u32,
+) -> Option<u32> {
+    let state = UNWIND_SEARCH.get_ptr_mut(kind.index())?;
+    // SAFETY: this CPU's search of the kind; nothing else touches it
+    // while this program runs, and `step` only during the loop.
+    unsafe { state.write(Search { lo, hi, key }) };
+    let mut input = SearchIn {
+        table: table as *const T,
+        kind: kind.index(),
+    };
+    // SAFETY: `search_step` has the callback signature bpf_loop expects;
+    // its context is `input`, on this stack for the whole loop.
+    let looped = unsafe {
+        bpf_loop(
+            steps,
+            search_step::<T> as *mut c_void,
+            (&mut input as *mut SearchIn<T>).cast(),
+            0,
+        )
+    };
+    // SAFETY: as above; the loop has returned.
+    (looped >= 0).then(|| unsafe { (*state).lo })
+}
+
+/// A table a [`Search`] runs over: the key of its entry `index`, `None`
+/// when it cannot be read.
+trait Sorted {
+    fn key(&self, index: u32) -> Option<u64>;
+}
+
+/// A process's mappings, by start address.
+impl Sorted for UnwindProcess {
+    #[inline(always)]
+    fn key(&self, index: u32) -> Option<u64> {
+        self.mappings.get(index as usize).map(|m| m.start)
+    }
+}
+
+/// A chunk's rows, by file address.
+impl Sorted for UnwindChunk {
+    #[inline(always)]
+    fn key(&self, index: u32) -> Option<u64> {
+        self.rows.get(index as usize).map(|row| u64::from(row.pc))
+    }
+}
+
+/// The chunks in use (`UNWIND_CHUNK_PCS`), by their first row's address.
+struct ChunkPcs;
+
+impl Sorted for ChunkPcs {
+    #[inline(always)]
+    fn key(&self, index: u32) -> Option<u64> {
+        UNWIND_CHUNK_PCS.get(index).map(|&pc| u64::from(pc))
+    }
+}
+
+/// One step of a search over a `T` (a `bpf_loop` callback whose context
+/// is the [`SearchIn<T>`]; 1 stops): narrows the bounds of its kind on
+/// the middle entry, or fails the search (`lo` 0) when that cannot be
+/// read.
+extern "C" fn search_step<T: Sorted>(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `SearchIn<T>` `search` passed to bpf_loop.
+    let input = unsafe { &*ctx.cast::<SearchIn<T>>() };
+    let Some(state) = UNWIND_SEARCH.get_ptr_mut(input.kind) else {
+        return 1;
+    };
+    // SAFETY: this CPU's search of the kind (see `search`).
+    let state = unsafe { &mut *state };
+    if state.lo >= state.hi {
         return 1;
     }
-    let mid = search.lo + (search.hi - search.lo) / 2;
-    // SAFETY: see above.
-    match unsafe { &*search.chunk }.rows.get(mid as usize) {
-        Some(row) if row.pc <= search.vaddr => search.lo = mid + 1,
-        Some(_) => search.hi = mid,
+    let mid = state.lo + (state.hi - state.lo) / 2;
+    // SAFETY: `table` is the caller's (a map value, or a marker), alive
+    // for the loop.
+    match unsafe { &*input.table }.key(mid) {
+        Some(key) if key <= state.key => state.lo = mid + 1,
+        Some(_) => state.hi = mid,
         None => {
-            search.lo = 0;
+            state.lo = 0;
             return 1;
         }
     }

@@ -781,6 +781,7 @@ impl Sampler {
         if !off_cpu {
             sampler.lifecycle = Some(StatCounters::default());
         }
+        log_verifier_work(&sampler.ebpf);
         let events = ProcessEvents::new(ring)?;
         let unwind_maps = match policy.unwinder {
             Unwinder::Tables(_) => Some((unwind_maps, table_chunks * UNWIND_CHUNK_ROWS)),
@@ -1505,6 +1506,24 @@ fn find_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
     move |source| SamplerError::Program {
         action: format!("find the program {name}"),
         source,
+    }
+}
+
+/// At debug level: how many instructions the verifier went through for
+/// each program loaded (most of a one-shot capture's start-up cost is the
+/// verifier's; Linux 5.16+ reports the count).
+fn log_verifier_work(ebpf: &Ebpf) {
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    for (name, program) in ebpf.programs() {
+        if let Some(count) = program
+            .info()
+            .ok()
+            .and_then(|info| info.verified_instruction_count())
+        {
+            log::debug!("program {name}: the verifier went through {count} instructions");
+        }
     }
 }
 
