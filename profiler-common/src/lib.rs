@@ -113,6 +113,8 @@ pub mod names {
     /// What the files programs know of each process image: the mappings
     /// sent on [`PROCESS_EVENTS`] and the frames waiting for a lookup.
     pub const FILES_STATE: &str = "FILES_STATE";
+    /// Per-CPU state of a files walk under way.
+    pub const FILES_WALK: &str = "FILES_WALK";
     /// Looks up a process's waiting frames as its threads exit
     /// (`tp_btf/sched_process_exit`).
     pub const FILES_EXIT: &str = "files_exit";
@@ -252,6 +254,7 @@ pub mod names {
         PROCESS_EVENTS,
         EXEC_GEN,
         FILES_STATE,
+        FILES_WALK,
         SAMPLED_KIND,
         COUNTS[0],
         COUNTS[1],

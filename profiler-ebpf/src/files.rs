@@ -27,7 +27,7 @@
 //! without `bpf_find_vma` leave the tail-call slots empty and samples
 //! resolve through `/proc` snapshots alone.
 
-use core::mem::size_of;
+use core::mem::{size_of, MaybeUninit};
 
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
@@ -177,17 +177,9 @@ pub fn record(kind: Kind) {
     pending.last_tgid = pending.tgid;
     pending.last_exec_gen = pending.exec_gen;
     pending.last_stack = pending.stack;
-    let mut walk = Walk::new(kind.index(), image, config.files);
-    // SAFETY: `file_of_frame` has the callback signature bpf_loop
-    // expects; its context is `walk`, on this stack for the whole loop.
-    unsafe {
-        bpf_loop(
-            DEEP_STACK_DEPTH as u32,
-            file_of_frame as *mut c_void,
-            (&mut walk as *mut Walk).cast(),
-            0,
-        )
-    };
+    if Walk::start(kind, image, config.files).is_some() {
+        run(kind, DEEP_STACK_DEPTH as u32, file_of_frame);
+    }
 }
 
 /// Creates `image`'s entry unless it has one; false when the map is full.
@@ -216,26 +208,19 @@ fn look_up_waiting(kind: Kind, image: &Image, offsets: FileOffsets) {
     if count == 0 {
         return;
     }
-    let mut walk = Walk::new(kind.index(), *image, offsets);
-    // SAFETY: `waiting_frame` has the callback signature bpf_loop
-    // expects; its context is `walk`, on this stack for the whole loop.
-    unsafe {
-        bpf_loop(
-            count as u32,
-            waiting_frame as *mut c_void,
-            (&mut walk as *mut Walk).cast(),
-            0,
-        )
-    };
+    if Walk::start(kind, *image, offsets).is_some() {
+        run(kind, count as u32, waiting_frame);
+    }
 }
 
-/// One waiting frame of `walk.image`, a `bpf_loop` callback whose context
-/// is a [`Walk`]: taken off the list (the last one first) and looked up,
-/// waiting again if the lookup is still busy.
+/// One waiting frame of the walk's image, a `bpf_loop` callback (see
+/// [`Walk::of_loop`]): taken off the list (the last one first) and looked
+/// up, waiting again if the lookup is still busy.
 #[inline(never)]
 extern "C" fn waiting_frame(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `look_up_waiting` passes a pointer to its `Walk`.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(walk) = Walk::of_loop(ctx) else {
+        return 1;
+    };
     if walk.busy != 0 {
         return 1;
     }
@@ -296,8 +281,9 @@ pub fn record_exec_call(exec_gen: u32) {
     if !ensure_entry(&image) {
         return;
     }
-    let mut walk = Walk::new(Kind::OFF_CPU.index(), image, offsets);
-    look_up(&mut walk, regs.rip);
+    if let Some(walk) = Walk::start(Kind::OFF_CPU, image, offsets) {
+        look_up(walk, regs.rip);
+    }
 }
 
 /// A thread exits (`sched_process_exit(task, group_dead)`): its process's
@@ -348,7 +334,16 @@ fn copy_stack(hash: StackHash, set: u32, scratch: *mut DeepStack) -> bool {
     false
 }
 
-/// A walk's state, the `bpf_loop` context.
+/// Per CPU, per kind: the walk under way. In a map, not on the stack (the
+/// loops' context is the kind's index): the verifier knows nothing of a
+/// map value's contents, so each step it checks starts from the same
+/// unknown state and the loop's states converge at once; on the stack, a
+/// walk that found its lookups busy (or not) was a state of its own, and
+/// every lookup was checked again for each.
+#[map(name = "FILES_WALK")]
+static FILES_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// A walk's state ([`FILES_WALK`]).
 #[repr(C)]
 struct Walk {
     kind: u32,
@@ -362,18 +357,52 @@ struct Walk {
 }
 
 impl Walk {
-    /// A walk of `image` for `kind`, reading mappings through `offsets`.
+    /// Starts a walk of `image` for `kind`, reading mappings through
+    /// `offsets`, in the kind's slot of [`FILES_WALK`].
     #[inline(always)]
-    fn new(kind: u32, image: Image, offsets: FileOffsets) -> Self {
-        Self {
-            kind,
-            busy: 0,
-            image,
-            last_start: 0,
-            last_end: 0,
-            offsets,
-        }
+    fn start(kind: Kind, image: Image, offsets: FileOffsets) -> Option<&'static mut Walk> {
+        let walk = FILES_WALK.get_ptr_mut(kind.index())?;
+        // SAFETY: this CPU's slot of the kind; nothing else touches it
+        // while this program runs (the loop's steps reach it through the
+        // kind's index, while no other reference to it is used).
+        let walk = unsafe { &mut *walk };
+        walk.kind = kind.index();
+        walk.busy = 0;
+        walk.image = image;
+        walk.last_start = 0;
+        walk.last_end = 0;
+        walk.offsets = offsets;
+        Some(walk)
     }
+
+    /// The walk of the kind whose index is at `ctx` (a loop's context).
+    #[inline(always)]
+    fn of_loop(ctx: *mut c_void) -> Option<&'static mut Walk> {
+        // SAFETY: the loops pass a pointer to the kind's index, on their
+        // caller's stack.
+        let kind = unsafe { *(ctx as *const u32) };
+        // SAFETY: as in `start`.
+        FILES_WALK
+            .get_ptr_mut(kind)
+            .map(|walk| unsafe { &mut *walk })
+    }
+}
+
+/// Runs `step` (a `bpf_loop` callback over the walk of `kind`) at most
+/// `count` times.
+#[inline(always)]
+fn run(kind: Kind, count: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
+    let mut index = kind.index();
+    // SAFETY: `step` has the callback signature bpf_loop expects; its
+    // context is `index`, on this stack for the whole loop.
+    unsafe {
+        bpf_loop(
+            count,
+            step as *mut c_void,
+            (&mut index as *mut u32).cast(),
+            0,
+        )
+    };
 }
 
 /// What `bpf_find_vma`'s callback read of the mapping.
@@ -388,12 +417,13 @@ struct Vma {
     found: u32,
 }
 
-/// One frame of the walk, a `bpf_loop` callback whose context is a
-/// [`Walk`]; returns 1 (stop) at the end of the stack.
+/// One frame of the walk, a `bpf_loop` callback (see [`Walk::of_loop`]);
+/// returns 1 (stop) at the end of the stack.
 #[inline(never)]
 extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `record` passes a pointer to its `Walk`.
-    let walk = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(walk) = Walk::of_loop(ctx) else {
+        return 1;
+    };
     let Some(scratch) = Kind::from_index(walk.kind).scratch() else {
         return 1;
     };
@@ -439,15 +469,14 @@ fn look_up(walk: &mut Walk, addr: u64) {
         wait(files, addr);
         return;
     }
-    let mut vma = Vma {
-        offsets: walk.offsets,
-        start: 0,
-        end: 0,
-        file_offset: 0,
-        inode: 0,
-        dev: 0,
-        found: 0,
+    // Zeroed word by word, not by a `memset` call (see `stack::zero`).
+    let mut vma = MaybeUninit::<Vma>::uninit();
+    // SAFETY: a `Vma` on this stack, every field an integer: zero is one.
+    let mut vma = unsafe {
+        stack::zero(vma.as_mut_ptr());
+        vma.assume_init()
     };
+    vma.offsets = walk.offsets;
     // SAFETY: the current task is a valid BTF task pointer; `read_vma`
     // has the callback signature bpf_find_vma expects and `vma` lives on
     // this stack for the call.
@@ -490,7 +519,8 @@ fn look_up(walk: &mut Walk, addr: u64) {
     } else {
         kind.bump(Stat::FileRecordLost);
         // Forget it so a later sample sends it again.
-        files.ranges[slot] = [0, 0];
+        // SAFETY: the entry's own range.
+        unsafe { stack::zero(&mut files.ranges[slot]) };
     }
 }
 

@@ -33,13 +33,13 @@
 
 use aya_ebpf::{
     bindings::{bpf_perf_event_data, pt_regs, BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::bpf_get_current_pid_tgid,
     macros::{map, perf_event},
     maps::{HashMap, PerCpuArray, ProgramArray},
     programs::PerfEventContext,
     EbpfContext,
 };
-use profiler_common::{kernel_kind, names, Config, SampleKey, StackHash, Stat, COMM_LEN};
+use profiler_common::{kernel_kind, names, Config, SampleKey, StackHash, Stat};
 
 use crate::stack::{self, Kind, StackSet, EEXIST};
 use crate::unwind::{self, Unwind};
@@ -266,7 +266,7 @@ fn finish(
         tid,
         user_stack,
         kernel_stack: stack::store_stack(ctx, set.stacks.stacks, 0, kind, Stat::KernelStackError),
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: stack::current_comm(),
         exec_gen,
         kind: kind.index(),
         trace: trace::current(set.config),

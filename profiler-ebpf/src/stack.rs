@@ -16,14 +16,17 @@
 //! switch-in tracepoint runs with interrupts enabled), so the two must not
 //! share a slot. A kind's programs never nest in each other on one CPU.
 
-use core::{ffi::c_void, mem::size_of};
+use core::{
+    ffi::c_void,
+    mem::{align_of, size_of, MaybeUninit},
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
         bpf_probe_read_kernel_buf, bpf_probe_read_user,
-        generated::{bpf_get_current_cgroup_id, bpf_get_stack, bpf_loop},
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_stack, bpf_loop},
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -608,7 +611,48 @@ fn leader_facts(event: &mut ProcessEvent) {
     if read.is_ok() {
         event.start_boottime = start;
     } else {
-        event.comm = [0; COMM_LEN];
+        // SAFETY: the event's own array.
+        unsafe { zero(&mut event.comm) };
+    }
+}
+
+/// Zeroes `*value` with stores the compiler cannot merge into a `memset`
+/// call: the BPF target's `memset` is a byte loop, which the verifier
+/// walks byte by byte on every path that reaches it (`send_event`'s
+/// 80-byte event alone was thousands of the instructions it checked per
+/// program). The loop has a constant count: it is unrolled.
+///
+/// # Safety
+/// `value` must be valid for writes of a `T`, and every bit pattern of
+/// `T` valid (all zeros is written byte by byte or word by word).
+#[inline(always)]
+pub unsafe fn zero<T>(value: *mut T) {
+    if align_of::<T>() >= size_of::<u64>() && size_of::<T>() % size_of::<u64>() == 0 {
+        let words = value.cast::<u64>();
+        for i in 0..size_of::<T>() / size_of::<u64>() {
+            // SAFETY: inside `*value`, aligned (see above).
+            unsafe { words.add(i).write_volatile(0) };
+        }
+    } else {
+        let bytes = value.cast::<u8>();
+        for i in 0..size_of::<T>() {
+            // SAFETY: inside `*value`.
+            unsafe { bytes.add(i).write_volatile(0) };
+        }
+    }
+}
+
+/// The current task's `comm`, written by the helper straight into the
+/// result (it pads the name with zeros, or zeroes all of it when it
+/// fails): no zero-filled array first, whose `memset` the verifier would
+/// walk byte by byte (see [`zero`]).
+#[inline(always)]
+pub fn current_comm() -> [u8; COMM_LEN] {
+    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes all `COMM_LEN` bytes whatever happens.
+    unsafe {
+        bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        comm.assume_init()
     }
 }
 
@@ -626,7 +670,7 @@ pub fn send_event(kind: u32, tgid: u32, fill: impl FnOnce(&mut ProcessEvent)) ->
     // submitted: zeroed whole (every bit pattern of its integers is valid)
     // before a reference to it is made.
     let event = unsafe {
-        core::ptr::write_bytes(event, 0, 1);
+        zero(event);
         &mut *event
     };
     event.kind = kind;

@@ -19,17 +19,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_SKIP_FIELD_MASK, BPF_F_USER_STACK},
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::bpf_get_prandom_u32,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_prandom_u32},
     macros::map,
     maps::{PerCpuArray, ProgramArray, RingBuf},
     EbpfContext,
 };
-use profiler_common::{
-    keep_wait, kernel_kind, names, Config, StackHash, Stat, WaitEvent, WaitKey, COMM_LEN,
-};
+use profiler_common::{keep_wait, kernel_kind, names, Config, StackHash, Stat, WaitEvent, WaitKey};
 
 use crate::stack::{self, Kind};
 use crate::unwind::{self, Unwind};
@@ -326,7 +321,7 @@ impl Waits {
                     Stat::KernelStackError,
                 )
             },
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            comm: stack::current_comm(),
             state: pending.state,
             exec_gen: exec::generation(tgid),
             trace: trace::current(config),
