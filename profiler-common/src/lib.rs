@@ -153,8 +153,6 @@ pub mod names {
     pub const UNWIND_CHUNK_PCS: &str = "UNWIND_CHUNK_PC";
     /// [`super::UnwindProcess`] by tgid: processes unwound with tables.
     pub const UNWIND_PROCESSES: &str = "UNWIND_PROCESSES";
-    /// Per-CPU bounds of the unwinder's binary search under way.
-    pub const UNWIND_SEARCH: &str = "UNWIND_SEARCH";
     /// The OpenTelemetry eBPF instrumentation's trace-context map
     /// ([`super::TraceContext`] by `pid_tgid`), shared through a pin (see
     /// [`super::TRACE_CONTEXT_MAP_PIN`]).
@@ -265,7 +263,6 @@ pub mod names {
         UNWIND_ROWS,
         UNWIND_CHUNK_PCS,
         UNWIND_PROCESSES,
-        UNWIND_SEARCH,
         OFF_CPU_TAIL_CALLS,
         OFF_CPU_KPROBE_TAIL_CALLS,
         OFF_CPU_TASKS,

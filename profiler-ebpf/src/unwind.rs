@@ -301,7 +301,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: plain lookup of a value userspace writes whole. None: no
     // tables (yet), every step with the frame pointer.
     let process = unsafe { UNWIND_PROCESSES.get(&state.tgid) };
-    let row = process.and_then(|process| find_row(kind, process, lookup_pc));
+    let row = process.and_then(|process| find_row(process, lookup_pc));
     let mut row_step = false;
     let step = match row {
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_END => {
@@ -417,10 +417,10 @@ enum Step {
 /// file address `pc` is at; `None` when no table covers it or its rule is
 /// not one the unwinder applies.
 #[inline(always)]
-fn find_row(kind: Kind, process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
+fn find_row(process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, u32)> {
     // The last mapping with start <= pc (mappings are sorted by start).
     let count = process.count.min(UNWIND_MAPPINGS_MAX as u32);
-    let lo = search(kind, process, (0, count, pc), MAPPING_SEARCH_STEPS)?;
+    let lo = search(process, (0, count, pc), MAPPING_SEARCH_STEPS)?;
     if lo == 0 {
         return None;
     }
@@ -452,7 +452,7 @@ fn find_row(kind: Kind, process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, 
     let first_chunk = mapping.row_start / UNWIND_CHUNK_ROWS;
     let last_chunk = (end - 1) / UNWIND_CHUNK_ROWS;
     let bounds = (first_chunk, last_chunk + 1, u64::from(vaddr));
-    let lo = search(kind, &ChunkPcs, bounds, CHUNK_SEARCH_STEPS)?;
+    let lo = search(&ChunkPcs, bounds, CHUNK_SEARCH_STEPS)?;
     if lo <= first_chunk {
         return None;
     }
@@ -462,22 +462,11 @@ fn find_row(kind: Kind, process: &UnwindProcess, pc: u64) -> Option<(UnwindRow, 
     let chunk = unsafe { UNWIND_ROWS.get(&chunk_index) }?;
     // The file's rows in this chunk: [0, count); row 0's pc <= vaddr.
     let count = (end - chunk_index * UNWIND_CHUNK_ROWS).min(UNWIND_CHUNK_ROWS);
-    let lo = search(kind, chunk, (1, count, u64::from(vaddr)), ROW_SEARCH_STEPS)?;
+    let lo = search(chunk, (1, count, u64::from(vaddr)), ROW_SEARCH_STEPS)?;
     // lo is 0 when the search failed: no row.
     let row = *chunk.rows.get((lo as usize).wrapping_sub(1))?;
     (row.cfa_kind() != UnwindRow::CFA_NONE).then_some((row, vaddr))
 }
-
-/// Per CPU, per kind: the bounds of the binary search under way. In a
-/// map, not on the stack: the verifier knows nothing of a map value's
-/// contents, so every step it checks starts from the same unknown bounds
-/// and the loop's states converge at once; bounds on the stack narrow to
-/// different known ranges at every step, each path checked again (the
-/// mapping search alone was three quarters of `unwind_user`'s
-/// verification).
-#[map(name = "UNWIND_SEARCH")]
-static UNWIND_SEARCH: PerCpuArray<Search> =
-    PerCpuArray::with_max_entries(profiler_common::kernel_kind::COUNT, 0);
 
 /// A binary search for the last entry whose key is at most `key`, in
 /// `[lo, hi)`: `lo` is one past it when done, 0 when it failed.
@@ -489,32 +478,24 @@ struct Search {
     key: u64,
 }
 
-/// A search's `bpf_loop` context, on the stack: what is searched (a
-/// pointer, which a map value could not hold) and the kind whose
-/// [`Search`] it is.
+/// A search's `bpf_loop` context, on the stack: what is searched and the
+/// bounds so far. Each step is checked once (not every narrowing of the
+/// bounds, as a plain loop was: the mapping search as a 7-step loop was
+/// three quarters of the instructions verified for `unwind_user`).
 #[repr(C)]
 struct SearchIn<T> {
     table: *const T,
-    kind: u32,
+    bounds: Search,
 }
 
 /// Runs a binary search over `table` from `(lo, hi, key)` for at most
 /// `steps` steps; the resulting `lo` (see [`Search`]), `None` when the
 /// loop failed.
 #[inline(always)]
-fn search<T: Sorted>(
-    kind: Kind,
-    table: &T,
-    (lo, hi, key): (u32, u32, u64),
-    steps: u32,
-) -> Option<u32> {
-    let state = UNWIND_SEARCH.get_ptr_mut(kind.index())?;
-    // SAFETY: this CPU's search of the kind; nothing else touches it
-    // while this program runs, and `step` only during the loop.
-    unsafe { state.write(Search { lo, hi, key }) };
+fn search<T: Sorted>(table: &T, (lo, hi, key): (u32, u32, u64), steps: u32) -> Option<u32> {
     let mut input = SearchIn {
         table: table as *const T,
-        kind: kind.index(),
+        bounds: Search { lo, hi, key },
     };
     // SAFETY: `search_step` has the callback signature bpf_loop expects;
     // its context is `input`, on this stack for the whole loop.
@@ -527,7 +508,7 @@ fn search<T: Sorted>(
         )
     };
     // SAFETY: as above; the loop has returned.
-    (looped >= 0).then(|| unsafe { (*state).lo })
+    (looped >= 0).then_some(input.bounds.lo)
 }
 
 /// A table a [`Search`] runs over: the key of its entry `index`, `None`
@@ -563,17 +544,13 @@ impl Sorted for ChunkPcs {
 }
 
 /// One step of a search over a `T` (a `bpf_loop` callback whose context
-/// is the [`SearchIn<T>`]; 1 stops): narrows the bounds of its kind on
+/// is the [`SearchIn<T>`]; 1 stops): narrows its bounds on
 /// the middle entry, or fails the search (`lo` 0) when that cannot be
 /// read.
 extern "C" fn search_step<T: Sorted>(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `SearchIn<T>` `search` passed to bpf_loop.
-    let input = unsafe { &*ctx.cast::<SearchIn<T>>() };
-    let Some(state) = UNWIND_SEARCH.get_ptr_mut(input.kind) else {
-        return 1;
-    };
-    // SAFETY: this CPU's search of the kind (see `search`).
-    let state = unsafe { &mut *state };
+    let input = unsafe { &mut *ctx.cast::<SearchIn<T>>() };
+    let state = &mut input.bounds;
     if state.lo >= state.hi {
         return 1;
     }
