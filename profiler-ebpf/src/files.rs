@@ -382,9 +382,18 @@ impl Walk {
         // caller's stack.
         let kind = unsafe { *(ctx as *const u32) };
         // SAFETY: as in `start`.
-        FILES_WALK
-            .get_ptr_mut(kind)
-            .map(|walk| unsafe { &mut *walk })
+        let walk = unsafe { &mut *FILES_WALK.get_ptr_mut(kind)? };
+        walk.is_current().then_some(walk)
+    }
+
+    /// Whether the walk is the current process's. A memory-profile walk
+    /// runs in a uprobe, which can be preempted: another thread's probe
+    /// on this CPU may have started its own walk in the slot meanwhile,
+    /// and this one must then stop rather than look up its own mappings
+    /// under the other's image.
+    #[inline(always)]
+    fn is_current(&self) -> bool {
+        self.image.tgid == (bpf_get_current_pid_tgid() >> 32) as u32
     }
 }
 
@@ -449,6 +458,9 @@ extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
 fn look_up(walk: &mut Walk, addr: u64) {
     if walk.last_start <= addr && addr < walk.last_end {
         return; // same mapping as the previous frame
+    }
+    if !walk.is_current() {
+        return; // another process's walk took the slot (see `is_current`)
     }
     let kind = Kind::from_index(walk.kind);
     let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {

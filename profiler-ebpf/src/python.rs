@@ -23,7 +23,7 @@ use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::{
-        bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{self, bpf_loop},
     },
     macros::map,
@@ -95,6 +95,10 @@ struct Walk {
     frame: u64,
     /// Slots of the scratch stack written so far.
     depth: u32,
+    /// The thread walked: a memory-profile walk runs in a uprobe, which
+    /// can be preempted, and another thread's probe on this CPU may take
+    /// the slot meanwhile; the walk then stops, with no Python frames.
+    tid: u32,
     /// Python frames written.
     written: u32,
     /// `PythonProcess::*` flags.
@@ -147,6 +151,7 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
         walk.write(Walk {
             frame,
             depth: depth as u32 + 1,
+            tid,
             written: 0,
             flags: process.flags,
             offsets: process.offsets,
@@ -164,7 +169,7 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
     };
     // SAFETY: as above; the loop has returned.
     let walk = unsafe { &*walk };
-    if walk.written == 0 || looped < 0 {
+    if walk.written == 0 || looped < 0 || walk.tid != current_tid() {
         // Nothing readable: no mark either.
         kind.bump(Stat::PythonNoFrames);
         return depth;
@@ -174,6 +179,12 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
         kind.bump(Stat::PythonTruncated);
     }
     walk.depth as usize
+}
+
+/// The current thread's id.
+#[inline(always)]
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
 }
 
 /// The innermost `_PyInterpreterFrame` of the current thread.
@@ -256,6 +267,9 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: this CPU's walk of the kind, which `append` does not hold a
     // reference to during the loop.
     let walk = unsafe { &mut *walk };
+    if walk.tid != current_tid() {
+        return 1; // another thread's walk took the slot (see `Walk::tid`)
+    }
     if walk.frame == 0 {
         return 1;
     }

@@ -134,7 +134,7 @@ pub fn unwind_user(ctx: PerfEventContext) -> u32 {
                 unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
             }
             // No user context (a kernel thread).
-            None => record_with_frame_pointers(&ctx, kind, tgid, tid),
+            None => record_with_frame_pointers::<true>(&ctx, kind, tgid, tid),
         }
         0
     })
@@ -166,7 +166,7 @@ pub fn unwind_store(ctx: PerfEventContext) -> u32 {
             return 0;
         };
         let user_stack = stack::save_unwound(&set.stacks, depth, kind);
-        finish(&ctx, &set, kind, tgid, tid, user_stack);
+        finish::<true>(&ctx, &set, kind, tgid, tid, user_stack);
         0
     })
 }
@@ -197,7 +197,7 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
         // this one, or nothing.
         let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
     }
-    record_with_frame_pointers(ctx, kind, tgid, tid);
+    record_with_frame_pointers::<false>(ctx, kind, tgid, tid);
 }
 
 /// The user registers of the sampled task: from the perf event when it
@@ -214,13 +214,18 @@ fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
 }
 
 /// Records a sample with the user stack `bpf_get_stack` reads (frame
-/// pointers).
+/// pointers; `LOOPS`: see [`stack::store_stack`]).
 #[inline(always)]
-fn record_with_frame_pointers(ctx: &PerfEventContext, kind: Kind, tgid: u32, tid: u32) {
+fn record_with_frame_pointers<const LOOPS: bool>(
+    ctx: &PerfEventContext,
+    kind: Kind,
+    tgid: u32,
+    tid: u32,
+) {
     let Some(set) = active_set(kind) else {
         return;
     };
-    let user_stack = stack::store_stack(
+    let user_stack = stack::store_stack::<LOOPS, _>(
         ctx,
         set.stacks.stacks,
         BPF_F_USER_STACK as u64,
@@ -230,7 +235,7 @@ fn record_with_frame_pointers(ctx: &PerfEventContext, kind: Kind, tgid: u32, tid
     if user_stack != 0 && tgid != 0 {
         kind.bump(Stat::UnwindNoTables);
     }
-    finish(ctx, &set, kind, tgid, tid, user_stack);
+    finish::<LOOPS>(ctx, &set, kind, tgid, tid, user_stack);
 }
 
 /// The maps of the set `CONFIG` names.
@@ -250,9 +255,9 @@ fn active_set(kind: Kind) -> Option<MapSetRef> {
 }
 
 /// Reads the kernel stack, counts the sample with `user_stack`, and hands
-/// the user stack to `cpu_files`.
+/// the user stack to `cpu_files` (`LOOPS`: see [`stack::store_stack`]).
 #[inline(always)]
-fn finish(
+fn finish<const LOOPS: bool>(
     ctx: &PerfEventContext,
     set: &MapSetRef,
     kind: Kind,
@@ -265,7 +270,13 @@ fn finish(
         tgid,
         tid,
         user_stack,
-        kernel_stack: stack::store_stack(ctx, set.stacks.stacks, 0, kind, Stat::KernelStackError),
+        kernel_stack: stack::store_stack::<LOOPS, _>(
+            ctx,
+            set.stacks.stacks,
+            0,
+            kind,
+            Stat::KernelStackError,
+        ),
         comm: stack::current_comm(),
         exec_gen,
         kind: kind.index(),

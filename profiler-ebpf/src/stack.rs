@@ -293,9 +293,11 @@ pub fn carry(hash: StackHash, from: u32, to: u32, kind: Kind) -> bool {
 /// Reads one stack of the task `ctx` belongs to into scratch space
 /// (`flags` 0: kernel, `BPF_F_USER_STACK`: user, with frame pointers),
 /// stores it in `stacks` under its hash and returns the hash; 0 when the
-/// task has no such stack.
+/// task has no such stack. `LOOPS`: the calling program may use
+/// `bpf_loop` (the table unwinder's programs, Linux 5.17+), whose hash
+/// the verifier checks far faster than the plain loop the others need.
 #[inline(always)]
-pub fn store_stack<C: EbpfContext>(
+pub fn store_stack<const LOOPS: bool, C: EbpfContext>(
     ctx: &C,
     stacks: &HashMap<StackHash, Stack>,
     flags: u64,
@@ -303,7 +305,7 @@ pub fn store_stack<C: EbpfContext>(
     error: Stat,
 ) -> StackHash {
     match read_stack(ctx, flags, kind, error, 0) {
-        Some(frames) => store_scratch(frames, stacks, kind),
+        Some(frames) => store_scratch::<LOOPS>(frames, stacks, kind),
         None => 0,
     }
 }
@@ -344,7 +346,7 @@ pub fn store_entry_stack<C: EbpfContext>(
             frames.add(1).write_volatile(return_address);
         }
     }
-    store_scratch(frames, stacks, kind)
+    store_scratch::<false>(frames, stacks, kind)
 }
 
 /// Reads one stack (see [`store_stack`]) into this CPU's scratch space of
@@ -387,16 +389,23 @@ fn read_stack<C: EbpfContext>(
 /// Stores the `Stack` at the start of this CPU's scratch `frames` in
 /// `stacks` under its hash.
 #[inline(always)]
-fn store_scratch(frames: *mut u64, stacks: &HashMap<StackHash, Stack>, kind: Kind) -> StackHash {
+fn store_scratch<const LOOPS: bool>(
+    frames: *mut u64,
+    stacks: &HashMap<StackHash, Stack>,
+    kind: Kind,
+) -> StackHash {
     // SAFETY: `frames` is this CPU's scratch slot (see `read_stack`),
     // whose prefix is a `Stack`; the helper has returned.
     let stack = unsafe { &*frames.cast::<Stack>() };
-    insert_stack(
-        stacks,
-        hash_frames(frames.cast(), MAX_STACK_DEPTH),
-        stack,
-        kind,
-    )
+    let hash = if LOOPS {
+        hash_frames(frames.cast(), MAX_STACK_DEPTH)
+    } else {
+        hash_stack(&stack.frames)
+    };
+    if hash == 0 {
+        return 0;
+    }
+    insert_stack(stacks, hash, stack, kind)
 }
 
 /// Stores the unwound stack of `depth` frames in this CPU's scratch space:
@@ -410,25 +419,24 @@ pub fn save_unwound(set: &StackSet, depth: usize, kind: Kind) -> StackHash {
     if depth == 0 {
         return 0;
     }
+    let limit = if depth <= MAX_STACK_DEPTH {
+        MAX_STACK_DEPTH
+    } else {
+        DEEP_STACK_DEPTH
+    };
+    let hash = hash_frames(scratch, limit);
+    if hash == 0 {
+        return 0;
+    }
     if depth <= MAX_STACK_DEPTH {
         // SAFETY: this CPU's scratch value; a `Stack` is its prefix. The
         // unwinder ended the frames with a zero (or filled the prefix).
         let stack = unsafe { &*scratch.cast::<Stack>() };
-        insert_stack(
-            set.stacks,
-            hash_frames(scratch, MAX_STACK_DEPTH),
-            stack,
-            kind,
-        )
+        insert_stack(set.stacks, hash, stack, kind)
     } else {
         // SAFETY: as above.
         let stack = unsafe { &*scratch };
-        insert_stack(
-            set.deep_stacks,
-            hash_frames(scratch, DEEP_STACK_DEPTH),
-            stack,
-            kind,
-        )
+        insert_stack(set.deep_stacks, hash, stack, kind)
     }
 }
 
@@ -455,19 +463,43 @@ fn insert_stack<V>(
     }
 }
 
-/// FNV-1a over the first `limit` frame words of `scratch` (a kind's
-/// scratch stack) up to the first zero, never 0 (0 means "no stack").
+/// FNV-1a's offset basis and prime: a stack's hash is FNV-1a over its
+/// frame words up to the first zero, never 0 (0 means "no stack"); the
+/// same whichever function below computes it.
+const FNV_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// The hash of a frame-pointer stack (at most 127 frames), in a plain
+/// loop: the programs that read stacks with `bpf_get_stack` load on
+/// Linux 5.8+, which has no `bpf_loop` (5.17). The verifier walks the
+/// loop frame by frame; 127 frames are affordable.
+#[inline(always)]
+fn hash_stack(frames: &[u64; MAX_STACK_DEPTH]) -> StackHash {
+    let mut hash = FNV_BASIS;
+    for &ip in frames.iter() {
+        if ip == 0 {
+            break;
+        }
+        hash = (hash ^ ip).wrapping_mul(FNV_PRIME);
+    }
+    hash.max(1)
+}
+
+/// The hash of an unwound stack, the first `limit` frame words of
+/// `scratch` (a kind's scratch stack); 0 when the loop failed.
 ///
 /// One `bpf_loop` step per frame rather than a plain loop: the verifier
 /// checks the step once per call site instead of walking every frame of a
-/// 127- or 519-frame loop with the rest of the program after each exit
+/// 127- or 520-slot loop with the rest of the program after each exit
 /// (that made loading the unwinder's programs take a second and a half of
-/// kernel time); the kernel inlines the loop (`flags` 0, a known step).
+/// kernel time); Linux 6.0+ inlines the loop (`flags` 0, a known step).
+/// Only the table unwinder's programs store unwound stacks, and they need
+/// `bpf_loop` anyway.
 #[inline(always)]
 fn hash_frames(scratch: *const DeepStack, limit: usize) -> StackHash {
     let mut hashing = Hashing {
         frames: scratch,
-        hash: 0xcbf2_9ce4_8422_2325,
+        hash: FNV_BASIS,
     };
     // SAFETY: `hash_step` has the callback signature bpf_loop expects; its
     // context is `hashing`, on this stack for the whole loop.
@@ -479,10 +511,10 @@ fn hash_frames(scratch: *const DeepStack, limit: usize) -> StackHash {
             0,
         )
     };
-    match hashing.hash {
-        _ if looped < 0 => 0,
-        0 => 1,
-        hash => hash,
+    if looped < 0 {
+        0
+    } else {
+        hashing.hash.max(1)
     }
 }
 
@@ -500,10 +532,11 @@ extern "C" fn hash_step(index: u64, ctx: *mut c_void) -> i64 {
     // whose `frames` is this CPU's scratch slot of the kind: nothing else
     // touches it while this program runs.
     let hashing = unsafe { &mut *ctx.cast::<Hashing>() };
+    // SAFETY: as above: `frames` points at a live `DeepStack`.
     let frames = unsafe { &(*hashing.frames).frames };
     match frames.get(index as usize) {
         Some(&ip) if ip != 0 => {
-            hashing.hash = (hashing.hash ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+            hashing.hash = (hashing.hash ^ ip).wrapping_mul(FNV_PRIME);
             0
         }
         _ => 1,

@@ -267,7 +267,7 @@ impl Waits {
                 }
             }
         } else {
-            stack::store_stack(
+            stack::store_stack::<false, _>(
                 ctx,
                 set.stacks,
                 BPF_F_USER_STACK as u64,
@@ -313,7 +313,7 @@ impl Waits {
             kernel_stack: if memory {
                 0
             } else {
-                stack::store_stack(
+                stack::store_stack::<false, _>(
                     ctx,
                     set.stacks,
                     skip & BPF_F_SKIP_FIELD_MASK as u64,
