@@ -447,24 +447,35 @@ extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
     if addr == 0 || addr >= MARKS_FLOOR {
         return 1;
     }
-    look_up(walk, addr);
-    0
+    if look_up(walk, addr) {
+        0
+    } else {
+        1
+    }
 }
 
 /// Finds the mapping of `addr` unless the walk or the image knows it, and
 /// sends it; when the lookup is busy, leaves `addr` waiting. A function of
 /// its own: the verifier checks it once, not at each call.
+///
+/// False when the walk of a stack should stop there: `addr` is in no
+/// mapping (frame pointers followed into data: the frames above it come
+/// from the same broken chain, and the table unwinder ends at such a
+/// frame), or the lookups are busy and the image has as many frames
+/// waiting as it keeps. Without it, a frame-pointer stack of a program
+/// built without them cost a map lookup per garbage frame, up to 127 per
+/// sample.
 #[inline(never)]
-fn look_up(walk: &mut Walk, addr: u64) {
+fn look_up(walk: &mut Walk, addr: u64) -> bool {
     if walk.last_start <= addr && addr < walk.last_end {
-        return; // same mapping as the previous frame
+        return true; // same mapping as the previous frame
     }
     if !walk.is_current() {
-        return; // another process's walk took the slot (see `is_current`)
+        return false; // another process's walk took the slot (see `is_current`)
     }
     let kind = Kind::from_index(walk.kind);
     let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {
-        return;
+        return false;
     };
     // SAFETY: a live map value. Two CPUs sampling threads of one process
     // at once may both write it; the worst outcome is a mapping sent
@@ -474,12 +485,11 @@ fn look_up(walk: &mut Walk, addr: u64) {
         if range[0] <= addr && addr < range[1] {
             walk.last_start = range[0];
             walk.last_end = range[1];
-            return;
+            return true;
         }
     }
     if walk.busy != 0 {
-        wait(files, addr);
-        return;
+        return wait(files, addr);
     }
     // Zeroed word by word, not by a `memset` call (see `stack::zero`).
     let mut vma = MaybeUninit::<Vma>::uninit();
@@ -503,12 +513,11 @@ fn look_up(walk: &mut Walk, addr: u64) {
     };
     if result == EBUSY {
         walk.busy = 1;
-        wait(files, addr);
-        return;
+        return wait(files, addr);
     }
     if result != 0 || vma.found == 0 || vma.end <= addr {
         kind.bump(Stat::FileLookupFailed);
-        return;
+        return false;
     }
     walk.last_start = vma.start;
     walk.last_end = vma.end;
@@ -516,7 +525,7 @@ fn look_up(walk: &mut Walk, addr: u64) {
     files.ranges[slot] = [vma.start, vma.end];
     files.next = files.next.wrapping_add(1);
     if vma.inode == 0 {
-        return; // anonymous memory (JIT code): nothing to send
+        return true; // anonymous memory (JIT code): nothing to send
     }
     let sent = stack::send_event(ProcessEvent::FILE, walk.image.tgid, |event| {
         event.exec_gen = walk.image.exec_gen;
@@ -534,6 +543,7 @@ fn look_up(walk: &mut Walk, addr: u64) {
         // SAFETY: the entry's own range.
         unsafe { stack::zero(&mut files.ranges[slot]) };
     }
+    true
 }
 
 /// `index` masked into `pending`'s bounds where the verifier sees it (a
@@ -545,14 +555,17 @@ fn bounded(index: usize) -> usize {
     unsafe { core::ptr::read_volatile(&index) & (PENDING - 1) }
 }
 
-/// Leaves `addr` for a later lookup, unless the image has enough waiting.
+/// Leaves `addr` for a later lookup, unless the image has enough waiting
+/// (then false).
 #[inline(always)]
-fn wait(files: &mut ImageFiles, addr: u64) {
+fn wait(files: &mut ImageFiles, addr: u64) -> bool {
     let count = files.pending_count as usize;
-    if count < PENDING {
-        files.pending[bounded(count)] = addr;
-        files.pending_count += 1;
+    if count >= PENDING {
+        return false;
     }
+    files.pending[bounded(count)] = addr;
+    files.pending_count += 1;
+    true
 }
 
 /// `bpf_find_vma`'s callback: reads the mapping's range and file identity

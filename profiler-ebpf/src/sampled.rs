@@ -205,12 +205,20 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
 /// task's kernel stack. `None` for kernel threads.
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<pt_regs> {
-    // SAFETY: a perf-event program's context is a `bpf_perf_event_data`.
-    let regs = unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs };
-    if regs.cs & 3 == 3 {
-        return Some(regs);
+    if in_user_mode(ctx) {
+        // SAFETY: a perf-event program's context is a `bpf_perf_event_data`.
+        return Some(unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs });
     }
     unwind::current_user_regs()
+}
+
+/// Whether the event interrupted user mode (its registers' privilege
+/// level is 3): the sample then has no kernel frames.
+#[inline(always)]
+fn in_user_mode(ctx: &PerfEventContext) -> bool {
+    // SAFETY: a perf-event program's context is a `bpf_perf_event_data`;
+    // only its code segment is read.
+    unsafe { (*(ctx.as_ptr() as *const bpf_perf_event_data)).regs.cs & 3 == 3 }
 }
 
 /// Records a sample with the user stack `bpf_get_stack` reads (frame
@@ -266,21 +274,24 @@ fn finish<const LOOPS: bool>(
     user_stack: StackHash,
 ) {
     let exec_gen = exec::generation(tgid);
+    // Interrupted in user mode, the sample has no kernel frames: the
+    // helper would say so after zero-filling a whole stack of scratch.
+    let kernel_stack = if in_user_mode(ctx) {
+        0
+    } else {
+        stack::store_stack::<LOOPS, _>(ctx, set.stacks.stacks, 0, kind, Stat::KernelStackError)
+    };
+    let comm = stack::current_comm();
+    let trace = trace::current(set.config);
     let key = SampleKey {
         tgid,
         tid,
         user_stack,
-        kernel_stack: stack::store_stack::<LOOPS, _>(
-            ctx,
-            set.stacks.stacks,
-            0,
-            kind,
-            Stat::KernelStackError,
-        ),
-        comm: stack::current_comm(),
+        kernel_stack,
+        comm,
         exec_gen,
         kind: kind.index(),
-        trace: trace::current(set.config),
+        trace,
     };
     count(set.counts, kind, &key);
     files::walk_in_tail_call(
