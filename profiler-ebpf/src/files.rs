@@ -34,9 +34,7 @@ use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{
-            bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_kernel as read_raw,
-        },
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel as read_raw},
     },
     macros::{btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
@@ -49,7 +47,7 @@ use profiler_common::{
 };
 
 use crate::exec;
-use crate::stack::{self, Kind};
+use crate::stack::{self, Kind, LoopBody};
 use crate::unwind;
 
 /// Process images with an entry at once (allocated on use, removed as
@@ -178,7 +176,7 @@ pub fn record(kind: Kind) {
     pending.last_exec_gen = pending.exec_gen;
     pending.last_stack = pending.stack;
     if Walk::start(kind, image, config.files).is_some() {
-        run(kind, DEEP_STACK_DEPTH as u32, file_of_frame);
+        stack::loop_over(DEEP_STACK_DEPTH as u32, &mut FrameFiles(kind.index()));
     }
 }
 
@@ -209,16 +207,26 @@ fn look_up_waiting(kind: Kind, image: &Image, offsets: FileOffsets) {
         return;
     }
     if Walk::start(kind, *image, offsets).is_some() {
-        run(kind, count as u32, waiting_frame);
+        stack::loop_over(count as u32, &mut WaitingFiles(kind.index()));
     }
 }
 
-/// One waiting frame of the walk's image, a `bpf_loop` callback (see
-/// [`Walk::of_loop`]): taken off the list (the last one first) and looked
-/// up, waiting again if the lookup is still busy.
-#[inline(never)]
-extern "C" fn waiting_frame(_index: u64, ctx: *mut c_void) -> i64 {
-    let Some(walk) = Walk::of_loop(ctx) else {
+/// The loop over an image's waiting frames: the kind whose walk it is
+/// (see [`Walk::of_kind`]).
+struct WaitingFiles(u32);
+
+impl LoopBody for WaitingFiles {
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> i64 {
+        waiting_frame(self.0)
+    }
+}
+
+/// One waiting frame of the walk's image: taken off the list (the last
+/// one first) and looked up, waiting again if the lookup is still busy.
+#[inline(always)]
+fn waiting_frame(kind: u32) -> i64 {
+    let Some(walk) = Walk::of_kind(kind) else {
         return 1;
     };
     if walk.busy != 0 {
@@ -347,6 +355,8 @@ static FILES_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(kernel_kind
 #[repr(C)]
 struct Walk {
     kind: u32,
+    /// The thread that began the walk (see [`Walk::is_current`]).
+    owner: u32,
     /// A lookup failed with `-EBUSY`: the others of this run would too.
     busy: u32,
     image: Image,
@@ -367,6 +377,7 @@ impl Walk {
         // kind's index, while no other reference to it is used).
         let walk = unsafe { &mut *walk };
         walk.kind = kind.index();
+        walk.owner = stack::current_tid();
         walk.busy = 0;
         walk.image = image;
         walk.last_start = 0;
@@ -375,43 +386,22 @@ impl Walk {
         Some(walk)
     }
 
-    /// The walk of the kind whose index is at `ctx` (a loop's context).
+    /// The walk of the kind `kind` (an index; a loop's context), while
+    /// the thread that began it still owns the slot.
     #[inline(always)]
-    fn of_loop(ctx: *mut c_void) -> Option<&'static mut Walk> {
-        // SAFETY: the loops pass a pointer to the kind's index, on their
-        // caller's stack.
-        let kind = unsafe { *(ctx as *const u32) };
+    fn of_kind(kind: u32) -> Option<&'static mut Walk> {
         // SAFETY: as in `start`.
         let walk = unsafe { &mut *FILES_WALK.get_ptr_mut(kind)? };
         walk.is_current().then_some(walk)
     }
 
-    /// Whether the walk is the current process's. A memory-profile walk
-    /// runs in a uprobe, which can be preempted: another thread's probe
-    /// on this CPU may have started its own walk in the slot meanwhile,
-    /// and this one must then stop rather than look up its own mappings
-    /// under the other's image.
+    /// Whether the thread that began the walk still owns the slot (see
+    /// [`stack::still_owned_by`]): else it must stop rather than look up
+    /// its own mappings under another's image.
     #[inline(always)]
     fn is_current(&self) -> bool {
-        self.image.tgid == (bpf_get_current_pid_tgid() >> 32) as u32
+        stack::still_owned_by(self.owner)
     }
-}
-
-/// Runs `step` (a `bpf_loop` callback over the walk of `kind`) at most
-/// `count` times.
-#[inline(always)]
-fn run(kind: Kind, count: u32, step: extern "C" fn(u64, *mut c_void) -> i64) {
-    let mut index = kind.index();
-    // SAFETY: `step` has the callback signature bpf_loop expects; its
-    // context is `index`, on this stack for the whole loop.
-    unsafe {
-        bpf_loop(
-            count,
-            step as *mut c_void,
-            (&mut index as *mut u32).cast(),
-            0,
-        )
-    };
 }
 
 /// What `bpf_find_vma`'s callback read of the mapping.
@@ -426,11 +416,22 @@ struct Vma {
     found: u32,
 }
 
-/// One frame of the walk, a `bpf_loop` callback (see [`Walk::of_loop`]);
-/// returns 1 (stop) at the end of the stack.
-#[inline(never)]
-extern "C" fn file_of_frame(index: u64, ctx: *mut c_void) -> i64 {
-    let Some(walk) = Walk::of_loop(ctx) else {
+/// The loop over a sample's frames: the kind whose walk it is (see
+/// [`Walk::of_kind`]).
+struct FrameFiles(u32);
+
+impl LoopBody for FrameFiles {
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> i64 {
+        file_of_frame(self.0, index)
+    }
+}
+
+/// Frame `index` of the walk of `kind`; returns 1 (stop) at the end of
+/// the stack.
+#[inline(always)]
+fn file_of_frame(kind: u32, index: u64) -> i64 {
+    let Some(walk) = Walk::of_kind(kind) else {
         return 1;
     };
     let Some(scratch) = Kind::from_index(walk.kind).scratch() else {
@@ -471,7 +472,7 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
         return true; // same mapping as the previous frame
     }
     if !walk.is_current() {
-        return false; // another process's walk took the slot (see `is_current`)
+        return false; // another thread's walk took the slot (see `is_current`)
     }
     let kind = Kind::from_index(walk.kind);
     let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {

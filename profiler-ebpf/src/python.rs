@@ -22,10 +22,7 @@
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{self, bpf_loop},
-    },
+    helpers::{bpf_ktime_get_ns, generated},
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -35,7 +32,7 @@ use profiler_common::{
 };
 
 use crate::exec;
-use crate::stack::{self, read_user, Kind};
+use crate::stack::{self, read_user, Kind, LoopBody};
 
 /// Python processes, by tgid (set by userspace).
 #[map(name = "PYTHON_PROCESSES")]
@@ -140,8 +137,7 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
         return depth;
     };
     *slot = PYTHON_MARK;
-    let mut index = kind.index();
-    let Some(walk) = PYTHON_WALK.get_ptr_mut(index) else {
+    let Some(walk) = PYTHON_WALK.get_ptr_mut(kind.index()) else {
         return depth;
     };
     // SAFETY: this CPU's walk of the kind; nothing else touches it while
@@ -157,19 +153,10 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
             offsets: process.offsets,
         })
     };
-    // SAFETY: `step` has the callback signature bpf_loop expects; its
-    // context is the kind's index, on this stack for the whole loop.
-    let looped = unsafe {
-        bpf_loop(
-            PYTHON_FRAMES_MAX as u32,
-            step as *mut c_void,
-            (&mut index as *mut u32).cast(),
-            0,
-        )
-    };
+    let looped = stack::loop_over(PYTHON_FRAMES_MAX as u32, &mut Steps { kind: kind.index() });
     // SAFETY: as above; the loop has returned.
     let walk = unsafe { &*walk };
-    if walk.written == 0 || looped < 0 || walk.tid != current_tid() {
+    if walk.written == 0 || !looped || !stack::still_owned_by(walk.tid) {
         // Nothing readable: no mark either.
         kind.bump(Stat::PythonNoFrames);
         return depth;
@@ -179,12 +166,6 @@ pub fn append(kind: Kind, config: &Config, tgid: u32, tid: u32, depth: usize) ->
         kind.bump(Stat::PythonTruncated);
     }
     walk.depth as usize
-}
-
-/// The current thread's id.
-#[inline(always)]
-fn current_tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
 }
 
 /// The innermost `_PyInterpreterFrame` of the current thread.
@@ -253,21 +234,29 @@ fn search(process: &PythonProcess, fsbase: u64) -> Option<u64> {
     None
 }
 
-/// One frame, a `bpf_loop` callback whose context is the kind's index
-/// (its [`Walk`] is in [`PYTHON_WALK`]): writes its word and moves to its
-/// caller. Returns 1 (stop) when the chain or the room ends.
-#[inline(never)]
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `append` passes a pointer to a `u32` on its stack, alive for
-    // the loop.
-    let kind = unsafe { *(ctx as *const u32) };
+/// The walk's loop context: the kind, whose walk is in [`PYTHON_WALK`].
+struct Steps {
+    kind: u32,
+}
+
+impl LoopBody for Steps {
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> i64 {
+        step(self.kind)
+    }
+}
+
+/// One frame of the walk of `kind` (an index): writes its word and moves
+/// to its caller. Returns 1 (stop) when the chain or the room ends.
+#[inline(always)]
+fn step(kind: u32) -> i64 {
     let Some(walk) = PYTHON_WALK.get_ptr_mut(kind) else {
         return 1;
     };
     // SAFETY: this CPU's walk of the kind, which `append` does not hold a
     // reference to during the loop.
     let walk = unsafe { &mut *walk };
-    if walk.tid != current_tid() {
+    if !stack::still_owned_by(walk.tid) {
         return 1; // another thread's walk took the slot (see `Walk::tid`)
     }
     if walk.frame == 0 {

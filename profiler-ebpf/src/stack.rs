@@ -402,6 +402,18 @@ fn store_scratch<const LOOPS: bool>(
     } else {
         hash_stack(&stack.frames)
     };
+    insert_hashed(stacks, hash, stack, kind)
+}
+
+/// Stores `stack` under `hash` like [`insert_stack`], unless the hash
+/// failed (0: no stack).
+#[inline(always)]
+fn insert_hashed<V>(
+    stacks: &HashMap<StackHash, V>,
+    hash: StackHash,
+    stack: &V,
+    kind: Kind,
+) -> StackHash {
     if hash == 0 {
         return 0;
     }
@@ -419,24 +431,17 @@ pub fn save_unwound(set: &StackSet, depth: usize, kind: Kind) -> StackHash {
     if depth == 0 {
         return 0;
     }
-    let limit = if depth <= MAX_STACK_DEPTH {
-        MAX_STACK_DEPTH
-    } else {
-        DEEP_STACK_DEPTH
-    };
-    let hash = hash_frames(scratch, limit);
-    if hash == 0 {
-        return 0;
-    }
     if depth <= MAX_STACK_DEPTH {
+        let hash = hash_frames(scratch, MAX_STACK_DEPTH);
         // SAFETY: this CPU's scratch value; a `Stack` is its prefix. The
         // unwinder ended the frames with a zero (or filled the prefix).
         let stack = unsafe { &*scratch.cast::<Stack>() };
-        insert_stack(set.stacks, hash, stack, kind)
+        insert_hashed(set.stacks, hash, stack, kind)
     } else {
+        let hash = hash_frames(scratch, DEEP_STACK_DEPTH);
         // SAFETY: as above.
         let stack = unsafe { &*scratch };
-        insert_stack(set.deep_stacks, hash, stack, kind)
+        insert_hashed(set.deep_stacks, hash, stack, kind)
     }
 }
 
@@ -488,33 +493,21 @@ fn hash_stack(frames: &[u64; MAX_STACK_DEPTH]) -> StackHash {
 /// The hash of an unwound stack, the first `limit` frame words of
 /// `scratch` (a kind's scratch stack); 0 when the loop failed.
 ///
-/// One `bpf_loop` step per frame rather than a plain loop: the verifier
-/// checks the step once per call site instead of walking every frame of a
-/// 127- or 520-slot loop with the rest of the program after each exit
-/// (that made loading the unwinder's programs take a second and a half of
-/// kernel time); Linux 6.0+ inlines the loop (`flags` 0, a known step).
-/// Only the table unwinder's programs store unwound stacks, and they need
-/// `bpf_loop` anyway.
+/// A loop step per frame (see [`loop_over`]) rather than a plain loop,
+/// which the verifier walked frame by frame with the rest of the program
+/// after each exit (that made loading the unwinder's programs take a
+/// second and a half of kernel time). Only the table unwinder's programs
+/// store unwound stacks, and they need `bpf_loop` anyway.
 #[inline(always)]
 fn hash_frames(scratch: *const DeepStack, limit: usize) -> StackHash {
     let mut hashing = Hashing {
         frames: scratch,
         hash: FNV_BASIS,
     };
-    // SAFETY: `hash_step` has the callback signature bpf_loop expects; its
-    // context is `hashing`, on this stack for the whole loop.
-    let looped = unsafe {
-        bpf_loop(
-            limit as u32,
-            hash_step as *mut c_void,
-            (&mut hashing as *mut Hashing).cast(),
-            0,
-        )
-    };
-    if looped < 0 {
-        0
-    } else {
+    if loop_over(limit as u32, &mut hashing) {
         hashing.hash.max(1)
+    } else {
+        0
     }
 }
 
@@ -525,22 +518,77 @@ struct Hashing {
     hash: u64,
 }
 
-/// One frame of [`hash_frames`] (a `bpf_loop` callback; 1 stops at the
-/// first zero or past the scratch stack).
-extern "C" fn hash_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Hashing` `hash_frames` passed to bpf_loop,
-    // whose `frames` is this CPU's scratch slot of the kind: nothing else
-    // touches it while this program runs.
-    let hashing = unsafe { &mut *ctx.cast::<Hashing>() };
-    // SAFETY: as above: `frames` points at a live `DeepStack`.
-    let frames = unsafe { &(*hashing.frames).frames };
-    match frames.get(index as usize) {
-        Some(&ip) if ip != 0 => {
-            hashing.hash = (hashing.hash ^ ip).wrapping_mul(FNV_PRIME);
-            0
+impl LoopBody for Hashing {
+    /// Hashes frame `index`; stops at the first zero or past the stack.
+    #[inline(always)]
+    fn step(&mut self, index: u64) -> i64 {
+        // SAFETY: `frames` is this CPU's scratch slot of the kind (a live
+        // `DeepStack`): nothing else touches it while this program runs.
+        let frames = unsafe { &(*self.frames).frames };
+        match frames.get(index as usize) {
+            Some(&ip) if ip != 0 => {
+                self.hash = (self.hash ^ ip).wrapping_mul(FNV_PRIME);
+                LOOP_ON
+            }
+            _ => LOOP_STOP,
         }
-        _ => 1,
     }
+}
+
+/// [`LoopBody::step`]'s result that goes on to the next step.
+pub const LOOP_ON: i64 = 0;
+/// [`LoopBody::step`]'s result that ends the loop.
+pub const LOOP_STOP: i64 = 1;
+
+/// The state a `bpf_loop`'s steps share, on the caller's stack for the
+/// whole loop (see [`loop_over`]).
+pub trait LoopBody {
+    /// Step `index`: [`LOOP_ON`] or [`LOOP_STOP`].
+    fn step(&mut self, index: u64) -> i64;
+}
+
+/// Runs `body`'s step at most `count` times with `bpf_loop` (Linux
+/// 5.17+); false when the loop failed. The verifier checks the step once
+/// per call site, whatever the count, where a plain loop is walked
+/// iteration by iteration; Linux 6.0+ inlines the loop (`flags` 0, a
+/// known callback).
+#[inline(always)]
+pub fn loop_over<B: LoopBody>(count: u32, body: &mut B) -> bool {
+    // SAFETY: `loop_step::<B>` has the callback signature bpf_loop
+    // expects and reads its context as the `B` given here, which stays
+    // borrowed (on the caller's stack) until bpf_loop returns.
+    let looped = unsafe {
+        bpf_loop(
+            count,
+            loop_step::<B> as *mut c_void,
+            (body as *mut B).cast(),
+            0,
+        )
+    };
+    looped >= 0
+}
+
+/// [`loop_over`]'s callback: one step of the `B` at `context`.
+extern "C" fn loop_step<B: LoopBody>(index: u64, context: *mut c_void) -> i64 {
+    // SAFETY: `loop_over` passes its exclusively borrowed `B`.
+    let body = unsafe { &mut *context.cast::<B>() };
+    body.step(index)
+}
+
+/// The current thread's id (the kernel's pid).
+#[inline(always)]
+pub fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+/// Whether a walk that thread `owner` began in a per-CPU slot (unwind,
+/// files and Python walk state) may go on. A uprobe's programs can be
+/// preempted (they run with migration, not preemption, disabled):
+/// another thread's probe on this CPU may have taken the slot meanwhile,
+/// and the walk must then stop rather than go on with the other's state.
+#[inline(always)]
+pub fn still_owned_by(owner: u32) -> bool {
+    owner == current_tid()
 }
 
 // The deep map is only for stacks the short one cannot hold.

@@ -23,12 +23,11 @@
 //! entered the kernel. Each kind tail-calls through its own program array
 //! (a program array only holds programs of its owner's type).
 
-use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_NO_PREALLOC},
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_loop, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
@@ -40,7 +39,7 @@ use profiler_common::{
 };
 
 use crate::python;
-use crate::stack::{read_user, Kind};
+use crate::stack::{self, read_user, Kind, LoopBody, LOOP_ON, LOOP_STOP};
 
 /// Default capacity of `UNWIND_ROWS` and `UNWIND_CHUNK_PCS`, in chunks
 /// (64 MiB of 8-byte rows); userspace sets it from the table budget at
@@ -161,18 +160,10 @@ impl Unwind {
     /// mark).
     #[inline(always)]
     pub fn run(&mut self) {
-        let mut kind = self.state.kind;
-        // SAFETY: `step_one` has the callback signature bpf_loop expects;
-        // its context is `kind`, on this stack for the whole loop.
-        let looped = unsafe {
-            bpf_loop(
-                DEEP_STACK_DEPTH as u32,
-                step_one as *mut c_void,
-                (&mut kind as *mut u32).cast(),
-                0,
-            )
+        let mut steps = Steps {
+            kind: self.state.kind,
         };
-        if looped < 0 {
+        if !stack::loop_over(DEEP_STACK_DEPTH as u32, &mut steps) {
             self.state.stop = UnwindStop::NoRule;
         } else if self.state.stop == UnwindStop::Running {
             self.truncate();
@@ -264,21 +255,32 @@ pub fn has_tables(tgid: u32) -> bool {
     unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some()
 }
 
-/// One unwinding step, a `bpf_loop` callback whose context is the kind
-/// (a `u32`): pushes the current pc and finds the caller's registers.
-/// Returns 1 (stop looping) once the unwind has ended.
-#[inline(never)]
-extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `Unwind::run` passes a pointer to the kind on its stack.
-    let kind = Kind::from_index(unsafe { *(ctx as *const u32) });
+/// The unwinding loop's context: the kind, whose state is in
+/// [`UNWIND_STATE`] (its contents unknown to the verifier, so the loop's
+/// states converge at once).
+struct Steps {
+    kind: u32,
+}
+
+impl LoopBody for Steps {
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> i64 {
+        step_one(Kind::from_index(self.kind))
+    }
+}
+
+/// One unwinding step: pushes the current pc and finds the caller's
+/// registers. Returns 1 (stop looping) once the unwind has ended.
+#[inline(always)]
+fn step_one(kind: Kind) -> i64 {
     let (Some(state), Some(scratch)) = (UNWIND_STATE.get_ptr_mut(kind.index()), kind.scratch())
     else {
-        return 1;
+        return LOOP_STOP;
     };
     // SAFETY: this CPU's values; nothing else touches them meanwhile.
     let (state, stack) = unsafe { (&mut *state, &mut *scratch) };
     if state.stop != UnwindStop::Running {
-        return 1;
+        return LOOP_STOP;
     }
     let depth = state.depth as usize;
     if depth >= DEEP_STACK_DEPTH - 1 {
@@ -288,7 +290,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
         }
         state.depth = DEEP_STACK_DEPTH as u32;
         state.stop = UnwindStop::Truncated;
-        return 1;
+        return LOOP_STOP;
     }
     stack.frames[depth] = state.pc;
     state.depth += 1;
@@ -306,11 +308,11 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
     let step = match row {
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_END => {
             state.stop = UnwindStop::End;
-            return 1;
+            return LOOP_STOP;
         }
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_PENDING => {
             state.stop = UnwindStop::TablesPending;
-            return 1;
+            return LOOP_STOP;
         }
         // A return address whose call would be in the gap before a
         // function, at the function's first byte, was planted, not pushed
@@ -328,7 +330,7 @@ extern "C" fn step_one(_index: u64, ctx: *mut c_void) -> i64 {
                 *frame = state.pc.wrapping_add(1);
             }
             state.stop = UnwindStop::End;
-            return 1;
+            return LOOP_STOP;
         }
         Some((row, _)) if row.cfa_kind() == UnwindRow::CFA_SIGNAL => step_signal(state.sp),
         Some((row, _)) if row.cfa_kind() != UnwindRow::CFA_GAP => {
@@ -497,18 +499,7 @@ fn search<T: Sorted>(table: &T, (lo, hi, key): (u32, u32, u64), steps: u32) -> O
         table: table as *const T,
         bounds: Search { lo, hi, key },
     };
-    // SAFETY: `search_step` has the callback signature bpf_loop expects;
-    // its context is `input`, on this stack for the whole loop.
-    let looped = unsafe {
-        bpf_loop(
-            steps,
-            search_step::<T> as *mut c_void,
-            (&mut input as *mut SearchIn<T>).cast(),
-            0,
-        )
-    };
-    // SAFETY: as above; the loop has returned.
-    (looped >= 0).then_some(input.bounds.lo)
+    stack::loop_over(steps, &mut input).then_some(input.bounds.lo)
 }
 
 /// A table a [`Search`] runs over: the key of its entry `index`, `None`
@@ -543,29 +534,28 @@ impl Sorted for ChunkPcs {
     }
 }
 
-/// One step of a search over a `T` (a `bpf_loop` callback whose context
-/// is the [`SearchIn<T>`]; 1 stops): narrows its bounds on
-/// the middle entry, or fails the search (`lo` 0) when that cannot be
-/// read.
-extern "C" fn search_step<T: Sorted>(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `SearchIn<T>` `search` passed to bpf_loop.
-    let input = unsafe { &mut *ctx.cast::<SearchIn<T>>() };
-    let state = &mut input.bounds;
-    if state.lo >= state.hi {
-        return 1;
-    }
-    let mid = state.lo + (state.hi - state.lo) / 2;
-    // SAFETY: `table` is the caller's (a map value, or a marker), alive
-    // for the loop.
-    match unsafe { &*input.table }.key(mid) {
-        Some(key) if key <= state.key => state.lo = mid + 1,
-        Some(_) => state.hi = mid,
-        None => {
-            state.lo = 0;
-            return 1;
+impl<T: Sorted> LoopBody for SearchIn<T> {
+    /// One step of a search over a `T`: narrows its bounds on the middle
+    /// entry, or fails the search (`lo` 0) when that cannot be read.
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> i64 {
+        let state = &mut self.bounds;
+        if state.lo >= state.hi {
+            return LOOP_STOP;
         }
+        let mid = state.lo + (state.hi - state.lo) / 2;
+        // SAFETY: `table` is the caller's (a map value, or a marker),
+        // alive for the loop.
+        match unsafe { &*self.table }.key(mid) {
+            Some(key) if key <= state.key => state.lo = mid + 1,
+            Some(_) => state.hi = mid,
+            None => {
+                state.lo = 0;
+                return LOOP_STOP;
+            }
+        }
+        LOOP_ON
     }
-    0
 }
 
 /// One step with a table row.

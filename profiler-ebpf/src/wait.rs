@@ -222,10 +222,9 @@ impl Waits {
             return;
         };
         let (tgid, tid) = unwind.thread();
-        // A uprobe's programs can be preempted (they run with migration,
-        // not preemption, disabled): another thread's probe on this CPU
-        // may have taken the kind's unwind state meanwhile.
-        if tid != bpf_get_current_pid_tgid() as u32 {
+        // Another thread's probe may have taken the kind's unwind state
+        // meanwhile (see `stack::still_owned_by`).
+        if !stack::still_owned_by(tid) {
             self.0.bump(Stat::UnwindRaced);
             return;
         }
