@@ -47,7 +47,7 @@ use profiler_common::{
 };
 
 use crate::exec;
-use crate::stack::{self, Kind, LoopBody};
+use crate::stack::{self, Kind, LoopBody, LOOP_ON, LOOP_STOP};
 use crate::unwind;
 
 /// Process images with an entry at once (allocated on use, removed as
@@ -95,6 +95,10 @@ static FILES_EMPTY: Array<ImageFiles> = Array::with_max_entries(1, 0);
 /// program walked last, per CPU.
 #[derive(Clone, Copy)]
 struct Pending {
+    /// The thread sampled: a memory-profile chain runs in a uprobe, which
+    /// can be preempted between handing the sample over and its files
+    /// program reading it (see [`stack::still_owned_by`]).
+    tid: u32,
     tgid: u32,
     exec_gen: u32,
     stack: StackHash,
@@ -135,6 +139,7 @@ pub fn walk_in_tail_call<C: EbpfContext>(
     {
         return; // walked just before
     }
+    pending.tid = stack::current_tid();
     pending.tgid = tgid;
     pending.exec_gen = exec_gen;
     pending.stack = user_stack;
@@ -160,21 +165,28 @@ pub fn record(kind: Kind) {
     };
     // SAFETY: this CPU's slot of the kind; see `walk_in_tail_call`.
     let pending = unsafe { &mut *pending };
+    // A copy, read once: a preempted memory probe's slot may be taken by
+    // another thread's sample meanwhile, whose image this walk must not
+    // write into.
+    let sample = *pending;
+    if !stack::still_owned_by(sample.tid) {
+        return;
+    }
     let image = Image {
-        tgid: pending.tgid,
-        exec_gen: pending.exec_gen,
+        tgid: sample.tgid,
+        exec_gen: sample.exec_gen,
     };
     if !ensure_entry(&image) {
         kind.bump(Stat::FileRecordLost); // FILES_STATE is full
         return;
     }
     look_up_waiting(kind, &image, config.files);
-    if !copy_stack(pending.stack, pending.set, scratch) {
+    if !copy_stack(sample.stack, sample.set, scratch) {
         return; // drained meanwhile
     }
-    pending.last_tgid = pending.tgid;
-    pending.last_exec_gen = pending.exec_gen;
-    pending.last_stack = pending.stack;
+    pending.last_tgid = sample.tgid;
+    pending.last_exec_gen = sample.exec_gen;
+    pending.last_stack = sample.stack;
     if Walk::start(kind, image, config.files).is_some() {
         stack::loop_over(DEEP_STACK_DEPTH as u32, &mut FrameFiles(kind.index()));
     }
@@ -227,25 +239,25 @@ impl LoopBody for WaitingFiles {
 #[inline(always)]
 fn waiting_frame(kind: u32) -> i64 {
     let Some(walk) = Walk::of_kind(kind) else {
-        return 1;
+        return LOOP_STOP;
     };
     if walk.busy != 0 {
-        return 1;
+        return LOOP_STOP;
     }
     let Some(files) = FILES_STATE.get_ptr_mut(&walk.image) else {
-        return 1;
+        return LOOP_STOP;
     };
     // SAFETY: a live map value; see `look_up` on concurrent writers.
     let files = unsafe { &mut *files };
     let count = files.pending_count;
     if count == 0 || count as usize > PENDING {
-        return 1;
+        return LOOP_STOP;
     }
     let last = count - 1;
     let addr = files.pending[bounded(last as usize)];
     files.pending_count = last;
     look_up(walk, addr);
-    0
+    LOOP_ON
 }
 
 /// Looks up what `image` (the current process's) still has waiting, where
@@ -432,26 +444,28 @@ impl LoopBody for FrameFiles {
 #[inline(always)]
 fn file_of_frame(kind: u32, index: u64) -> i64 {
     let Some(walk) = Walk::of_kind(kind) else {
-        return 1;
+        return LOOP_STOP;
     };
     let Some(scratch) = Kind::from_index(walk.kind).scratch() else {
-        return 1;
+        return LOOP_STOP;
     };
     let i = index as usize;
     if i >= DEEP_STACK_DEPTH {
-        return 1;
+        return LOOP_STOP;
     }
     // SAFETY: this CPU's scratch slot of the kind, filled by `record`.
     let addr = unsafe { (*scratch).frames[i] };
     // The end of the native frames: a mark, and the Python frames after
     // one, are no addresses.
     if addr == 0 || addr >= MARKS_FLOOR {
-        return 1;
+        return LOOP_STOP;
     }
-    if look_up(walk, addr) {
-        0
+    // The first frame goes on even when no mapping holds it: the sampled
+    // pc itself (a jump through a bad pointer, the vsyscall page).
+    if look_up(walk, addr) || i == 0 {
+        LOOP_ON
     } else {
-        1
+        LOOP_STOP
     }
 }
 
@@ -459,13 +473,12 @@ fn file_of_frame(kind: u32, index: u64) -> i64 {
 /// sends it; when the lookup is busy, leaves `addr` waiting. A function of
 /// its own: the verifier checks it once, not at each call.
 ///
-/// False when the walk of a stack should stop there: `addr` is in no
-/// mapping (frame pointers followed into data: the frames above it come
-/// from the same broken chain, and the table unwinder ends at such a
-/// frame), or the lookups are busy and the image has as many frames
-/// waiting as it keeps. Without it, a frame-pointer stack of a program
-/// built without them cost a map lookup per garbage frame, up to 127 per
-/// sample.
+/// False when a walk of a stack's frames may stop there: `addr` is in no
+/// mapping (a return address no mapping holds comes from a broken chain,
+/// frame pointers followed into data in a program built without them, and
+/// so do the frames above it), or the lookups are busy and the image has
+/// as many frames waiting as it keeps. Without the stop, each garbage
+/// frame cost a map lookup and often a `bpf_find_vma`.
 #[inline(never)]
 fn look_up(walk: &mut Walk, addr: u64) -> bool {
     if walk.last_start <= addr && addr < walk.last_end {

@@ -32,7 +32,7 @@ use profiler_common::{
 };
 
 use crate::exec;
-use crate::stack::{self, read_user, Kind, LoopBody};
+use crate::stack::{self, read_user, Kind, LoopBody, LOOP_ON, LOOP_STOP};
 
 /// Python processes, by tgid (set by userspace).
 #[map(name = "PYTHON_PROCESSES")]
@@ -251,27 +251,27 @@ impl LoopBody for Steps {
 #[inline(always)]
 fn step(kind: u32) -> i64 {
     let Some(walk) = PYTHON_WALK.get_ptr_mut(kind) else {
-        return 1;
+        return LOOP_STOP;
     };
     // SAFETY: this CPU's walk of the kind, which `append` does not hold a
     // reference to during the loop.
     let walk = unsafe { &mut *walk };
     if !stack::still_owned_by(walk.tid) {
-        return 1; // another thread's walk took the slot (see `Walk::tid`)
+        return LOOP_STOP; // another thread's walk took the slot (see `Walk::tid`)
     }
     if walk.frame == 0 {
-        return 1;
+        return LOOP_STOP;
     }
     let depth = walk.depth as usize;
     // Keep the last slot for the terminating zero.
     if depth + 1 >= DEEP_STACK_DEPTH {
-        return 1;
+        return LOOP_STOP;
     }
     let (Some(buffer), Some(scratch)) = (
         PYTHON_SCRATCH.get_ptr_mut(kind),
         Kind::from_index(kind).scratch(),
     ) else {
-        return 1;
+        return LOOP_STOP;
     };
     // SAFETY: this CPU's buffer; the helper writes at most FRAME_BYTES
     // (< 128) bytes and fails cleanly on memory it cannot read.
@@ -284,7 +284,7 @@ fn step(kind: u32) -> i64 {
     };
     if read != 0 {
         walk.frame = 0;
-        return 1;
+        return LOOP_STOP;
     }
     // SAFETY: this CPU's values; nothing else touches them meanwhile.
     let (bytes, stack) = unsafe { (&*buffer, &mut *scratch) };
@@ -301,12 +301,12 @@ fn step(kind: u32) -> i64 {
                 *word |= python_frame::ENTRY;
             }
         }
-        return 0;
+        return LOOP_ON;
     }
     // An address that does not fit a frame word (only a process writing
     // its own frames can make one): not a frame.
     if code & python_frame::ADDRESS_MASK == 0 || code > python_frame::ADDRESS_MASK {
-        return 0;
+        return LOOP_ON;
     }
     let first = code.wrapping_add(u64::from(offsets.code_units));
     let index = if instr > first {
@@ -320,7 +320,7 @@ fn step(kind: u32) -> i64 {
         walk.depth += 1;
         walk.written += 1;
     }
-    0
+    LOOP_ON
 }
 
 /// The 8 bytes at `offset` of a frame's first bytes.

@@ -11,7 +11,8 @@
 //!
 //! On each sample the chain reads the user and kernel stacks of the
 //! interrupted task (for a page fault: the faulting task, its user stack
-//! where it touched the page), stores each distinct stack once under a
+//! where it touched the page; no kernel stack when the event interrupted
+//! user mode, which has none), stores each distinct stack once under a
 //! 64-bit hash of its frames (see [`crate::stack`]), and counts the sample
 //! under (kind, tgid, tid, comm, user stack, kernel stack) in the active
 //! map set. Userspace drains the inactive set.
@@ -262,7 +263,8 @@ fn active_set(kind: Kind) -> Option<MapSetRef> {
     })
 }
 
-/// Reads the kernel stack, counts the sample with `user_stack`, and hands
+/// Reads the kernel stack (if the event interrupted the kernel), counts
+/// the sample with `user_stack`, and hands
 /// the user stack to `cpu_files` (`LOOPS`: see [`stack::store_stack`]).
 #[inline(always)]
 fn finish<const LOOPS: bool>(

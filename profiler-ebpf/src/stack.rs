@@ -548,10 +548,11 @@ pub trait LoopBody {
 }
 
 /// Runs `body`'s step at most `count` times with `bpf_loop` (Linux
-/// 5.17+); false when the loop failed. The verifier checks the step once
-/// per call site, whatever the count, where a plain loop is walked
-/// iteration by iteration; Linux 6.0+ inlines the loop (`flags` 0, a
-/// known callback).
+/// 5.17+); false when the loop failed. The verifier checks the step for
+/// the states it can be entered in (once, or until they converge on
+/// 6.7+), whatever the count, where a plain loop is walked iteration by
+/// iteration with the rest of the program after each exit; Linux 6.0+
+/// inlines the loop (`flags` 0, a known callback).
 #[inline(always)]
 pub fn loop_over<B: LoopBody>(count: u32, body: &mut B) -> bool {
     // SAFETY: `loop_step::<B>` has the callback signature bpf_loop
