@@ -495,8 +495,9 @@ fn perf_rows(outcome: &Outcome<Comparison>) -> Vec<Row> {
     )
 }
 
-/// The rows of BPF time per sample: frame pointers, then the tables
-/// (with their ratio to frame pointers).
+/// The rows of BPF time per sample: frame pointers (on the tables' load,
+/// programs built without them, then on programs built with them), then
+/// the tables (with their ratio to frame pointers on the same load).
 fn unwind_rows(outcome: &Outcome<UnwindFigures>) -> Vec<Row> {
     let verdict = |ns: Option<f64>, goal_us: f64| match ns {
         Some(ns) => (
@@ -506,6 +507,8 @@ fn unwind_rows(outcome: &Outcome<UnwindFigures>) -> Vec<Row> {
         None => ("not measured (no samples)".to_owned(), Verdict::NotMet),
     };
     let frame_pointers = |u: &UnwindFigures| verdict(u.frame_pointers_ns, FRAME_POINTERS_US);
+    let frame_pointers_built =
+        |u: &UnwindFigures| verdict(u.frame_pointers_built_ns, FRAME_POINTERS_US);
     let tables = |u: &UnwindFigures| {
         let (mut measured, verdict) = verdict(u.tables_ns, TABLES_US);
         if let (Some(tables), Some(fp)) = (u.tables_ns, u.frame_pointers_ns) {
@@ -520,6 +523,11 @@ fn unwind_rows(outcome: &Outcome<UnwindFigures>) -> Vec<Row> {
                 "BPF time per sample, frame pointers",
                 format!("≤ {FRAME_POINTERS_US} µs"),
                 &frame_pointers,
+            ),
+            Figure::new(
+                "BPF time per sample, frame pointers, programs built with them",
+                format!("≤ {FRAME_POINTERS_US} µs"),
+                &frame_pointers_built,
             ),
             Figure::new(
                 "BPF time per sample, tables",
@@ -723,6 +731,7 @@ mod tests {
             unwind: Outcome::Measured(UnwindFigures {
                 tables_ns: Some(5_400.0),
                 frame_pointers_ns: Some(2_700.0),
+                frame_pointers_built_ns: Some(3_100.0),
             }),
             kept: Outcome::Measured(KeptFigures {
                 cpus: 2,
@@ -752,6 +761,7 @@ mod tests {
 | one-shot record: CPU, against perf record + report | 0.50x perf (0.17 s against 0.34 s) | ≤ 0.5x perf | yes |
 | one-shot record: peak RSS, against perf | 1.13x perf (29.6 MiB against 26.1 MiB) | – | – |
 | BPF time per sample, frame pointers | 2.70 µs | ≤ 3 µs | yes |
+| BPF time per sample, frame pointers, programs built with them | 3.10 µs | ≤ 3 µs | **no** |
 | BPF time per sample, tables | 5.40 µs (2.00x frame pointers) | ≤ 5 µs | **no** |
 | samples kept at 1 kHz, every CPU busy | 99.50 % (19880 of 19980); 0 dropped, counted; 100 neither kept nor counted | ≥ 99 %, drops counted | yes |
 ";
@@ -765,13 +775,14 @@ mod tests {
             unwind: Outcome::Measured(UnwindFigures {
                 tables_ns: Some(4_000.0),
                 frame_pointers_ns: None,
+                frame_pointers_built_ns: Some(2_000.0),
             }),
             kept: Outcome::Skipped,
             ..measured_results()
         };
         assert_eq!(results.failed(), [Part::Perf]);
         let rows = results.rows();
-        assert_eq!(rows.len(), 9);
+        assert_eq!(rows.len(), 10);
         let perf: Vec<&Row> = rows.iter().filter(|r| r.figure.contains("perf")).collect();
         assert_eq!(perf.len(), 2);
         for row in perf {
@@ -785,9 +796,11 @@ mod tests {
         // its own verdict, without a ratio.
         assert_eq!(rows[6].measured, "not measured (no samples)");
         assert_eq!(rows[6].verdict, Verdict::NotMet);
-        assert_eq!(rows[7].measured, "4.00 µs");
+        assert_eq!(rows[7].measured, "2.00 µs");
         assert_eq!(rows[7].verdict, Verdict::Met);
-        assert_eq!(rows[8].verdict, Verdict::Skipped);
+        assert_eq!(rows[8].measured, "4.00 µs");
+        assert_eq!(rows[8].verdict, Verdict::Met);
+        assert_eq!(rows[9].verdict, Verdict::Skipped);
         assert!(table(&rows).contains("| skipped | ≥ 99 %, drops counted | skipped |"));
     }
 

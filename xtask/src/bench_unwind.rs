@@ -72,8 +72,13 @@ pub struct UnwindBenchOptions {
 pub struct UnwindFigures {
     /// With the `.eh_frame` tables, in nanoseconds.
     pub tables_ns: Option<f64>,
-    /// With frame pointers only, in nanoseconds.
+    /// With frame pointers only, on the programs built without them that
+    /// the tables are measured on (stacks of one real frame and garbage),
+    /// in nanoseconds.
     pub frame_pointers_ns: Option<f64>,
+    /// With frame pointers only, on programs built with them (the
+    /// unwinder's own case), in nanoseconds.
+    pub frame_pointers_built_ns: Option<f64>,
 }
 
 impl UnwindFigures {
@@ -82,6 +87,7 @@ impl UnwindFigures {
         UnwindFigures {
             tables_ns: ns_per_sample(captures, Mode::Tables, false),
             frame_pointers_ns: ns_per_sample(captures, Mode::FramePointers, false),
+            frame_pointers_built_ns: ns_per_sample(captures, Mode::FramePointersBuilt, false),
         }
     }
 }
@@ -118,7 +124,7 @@ pub fn run(options: &UnwindBenchOptions) -> Result<UnwindFigures> {
     preflight("bench-unwind")?;
     std::fs::create_dir_all(&options.work_dir)
         .with_context(|| format!("creating {}", options.work_dir.display()))?;
-    let workloads = compile_workloads(&options.work_dir.join("unwind-workloads"))?;
+    let (workloads, fp_workloads) = compile_workloads(&options.work_dir.join("unwind-workloads"))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     // Every CPU busy and every workload running at least once.
     let instances = cpus.max(workloads.len());
@@ -142,7 +148,7 @@ pub fn run(options: &UnwindBenchOptions) -> Result<UnwindFigures> {
         }
     }
     let modes: &[Mode] = if unwinder_flag {
-        &[Mode::Tables, Mode::FramePointers]
+        &[Mode::Tables, Mode::FramePointers, Mode::FramePointersBuilt]
     } else {
         println!(
             "[bench-unwind] warning: this hostprof has no `record --unwinder` flag: \
@@ -154,10 +160,8 @@ pub fn run(options: &UnwindBenchOptions) -> Result<UnwindFigures> {
         seconds: options.duration.as_secs_f64(),
         cpus,
         instances,
-        workloads: workloads
-            .iter()
-            .filter_map(|w| Some(w.file_name()?.to_string_lossy().into_owned()))
-            .collect(),
+        workloads: names(&workloads),
+        fp_workloads: names(&fp_workloads),
         unwinder_flag,
     };
     println!(
@@ -203,7 +207,12 @@ pub fn run(options: &UnwindBenchOptions) -> Result<UnwindFigures> {
                             .stdout(Stdio::null());
                         python
                     } else {
-                        let mut workload = Command::new(&workloads[i % workloads.len()]);
+                        let programs = if mode == Mode::FramePointersBuilt {
+                            &fp_workloads
+                        } else {
+                            &workloads
+                        };
+                        let mut workload = Command::new(&programs[i % programs.len()]);
                         workload.arg(run_ms.to_string());
                         workload
                     }
@@ -250,8 +259,11 @@ enum Builds<'a> {
 enum Mode {
     /// `.eh_frame` tables in the kernel (the default).
     Tables,
-    /// Frame pointers only: the baseline.
+    /// Frame pointers only: the baseline, on the same load as the tables
+    /// (programs built without frame pointers).
     FramePointers,
+    /// Frame pointers only, on programs built with them.
+    FramePointersBuilt,
     /// Tables, on the Python load, walking Python frames.
     Python,
     /// Tables, on the Python load, `--no-python`.
@@ -263,7 +275,7 @@ impl Mode {
     fn flag(self) -> &'static str {
         match self {
             Mode::Tables | Mode::Python | Mode::PythonOff => "tables",
-            Mode::FramePointers => "frame-pointers",
+            Mode::FramePointers | Mode::FramePointersBuilt => "frame-pointers",
         }
     }
 
@@ -271,6 +283,7 @@ impl Mode {
         match self {
             Mode::Tables => "tables",
             Mode::FramePointers => "frame pointers",
+            Mode::FramePointersBuilt => "frame pointers, programs built with them",
             Mode::Python => "python, frames walked",
             Mode::PythonOff => "python, --no-python",
         }
@@ -281,6 +294,7 @@ impl Mode {
         match self {
             Mode::Tables => "tables",
             Mode::FramePointers => "frame-pointers",
+            Mode::FramePointersBuilt => "frame-pointers-built",
             Mode::Python => "python",
             Mode::PythonOff => "no-python",
         }
@@ -305,15 +319,31 @@ struct Setup {
     cpus: usize,
     instances: usize,
     workloads: Vec<String>,
+    /// The programs built with frame pointers.
+    fp_workloads: Vec<String>,
     unwinder_flag: bool,
 }
 
 /// Builds the workloads into `dir` and returns the programs to run: C
 /// without frame pointers (27 calls deep, and 4), a frame-pointer program
-/// calling through a library without them, and Rust without them.
-fn compile_workloads(dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::workloads::build(dir, &["deep_chain", "nofp_chain", "lib_chain", "rust_nofp"])
-        .map_err(|err| anyhow!("compiling the workloads: {err}"))
+/// calling through a library without them, and Rust without them; then
+/// their twins built with frame pointers (the library's caller has none).
+fn compile_workloads(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let build = |names: &[&str]| {
+        crate::workloads::build(dir, names).map_err(|err| anyhow!("compiling the workloads: {err}"))
+    };
+    Ok((
+        build(&["deep_chain", "nofp_chain", "lib_chain", "rust_nofp"])?,
+        build(&["deep_fp", "cpu_chain", "rust_chain"])?,
+    ))
+}
+
+/// The file names of `programs`.
+fn names(programs: &[PathBuf]) -> Vec<String> {
+    programs
+        .iter()
+        .filter_map(|w| Some(w.file_name()?.to_string_lossy().into_owned()))
+        .collect()
 }
 
 /// `kernel.bpf_stats_enabled` switched on; dropping it writes the old value
@@ -837,12 +867,14 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
         w,
         "kernel.bpf_stats_enabled, {:.0} s `hostprof record` at its default frequency, \
          {} workload processes built without frame pointers ({}; lib_chain calls through \
-         libhop.so) on {} CPUs. A tail-called program's run counts in its caller's, so \
+         libhop.so) on {} CPUs; frame pointers also on their twins built with them ({}). \
+         A tail-called program's run counts in its caller's, so \
          ns per sample = every program's run time / sample_cpu's runs.\n",
         setup.seconds,
         setup.instances,
         setup.workloads.join(", "),
-        setup.cpus
+        setup.cpus,
+        setup.fp_workloads.join(", "),
     );
     let _ = writeln!(
         w,
@@ -904,6 +936,12 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
         _ => {
             let _ = writeln!(w, "No ratio: a mode recorded no samples.");
         }
+    }
+    if let Some(built) = cost(Mode::FramePointersBuilt) {
+        let _ = writeln!(
+            w,
+            "\n**Frame pointers on programs built with them: {built:.0} ns per sample**"
+        );
     }
     if let (Some(walked), Some(off)) = (cost(Mode::Python), cost(Mode::PythonOff)) {
         let native = cost(Mode::Tables).unwrap_or(f64::NAN);
@@ -1387,6 +1425,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             cpus: 2,
             instances: 4,
             workloads: vec!["deep_chain".into()],
+            fp_workloads: vec!["deep_fp".into()],
             unwinder_flag: true,
         }
     }
@@ -1480,6 +1519,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             UnwindFigures {
                 tables_ns: Some(3000.0),
                 frame_pointers_ns: None,
+                frame_pointers_built_ns: None,
             }
         );
         let text = report(&fake_setup(), &captures, Builds::Skipped);

@@ -131,6 +131,9 @@ const RECIPES: &[Recipe] = &[
     },
     program("syscall_chain", "syscall_chain.c", C_FRAME_POINTERS),
     program("rust_chain", "rust_chain.rs", RUST_FRAME_POINTERS),
+    // `deep_chain` with frame pointers: the frame-pointer unwinder's own
+    // load in `cargo xtask bench-unwind`.
+    program("deep_fp", "deep_chain.c", C_FRAME_POINTERS),
     program("hostile_names", "hostile_names.c", C_NO_DEBUG_INFO),
     // POSIX threads are in glibc's libc (2.34+): no -pthread needed.
     program("off_cpu_chain", "off_cpu_chain.c", C_FRAME_POINTERS),
