@@ -107,8 +107,9 @@ pub mod names {
     pub const EXEC_BEGIN_TRACEPOINT: &str = "sched_prepare_exec";
     /// Tracepoint [`EXEC_DONE`] attaches to.
     pub const EXEC_DONE_TRACEPOINT: &str = "sched_process_exec";
-    /// Exec generation (`u32`) by tgid: how many `exec` steps the process
-    /// went through since hostprof started (absent: none).
+    /// Exec generation ([`ExecGen`](crate::ExecGen)) by tgid: how many
+    /// `exec` steps (and an exit) the process went through since hostprof
+    /// started (absent: none).
     pub const EXEC_GEN: &str = "EXEC_GEN";
     /// What the files programs know of each process image: the mappings
     /// sent on [`PROCESS_EVENTS`] and the frames waiting for a lookup.
@@ -748,8 +749,26 @@ pub struct Config {
     pub task_start_boottime: u32,
     /// See [`Config::task_group_leader`].
     pub task_comm: u32,
-    /// Zero: keeps the layout free of padding.
-    pub reserved: u32,
+    /// Nanoseconds per clock tick of `/proc/PID/stat`'s start times
+    /// (`1e9 / _SC_CLK_TCK`): a process's exit is stamped in `EXEC_GEN`
+    /// with its start in those ticks ([`ExecGen::exited_ticks`]); 0: not
+    /// stamped (set with [`Config::task_group_leader`] only).
+    pub ns_per_tick: u32,
+}
+
+/// A process's entry in [`names::EXEC_GEN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecGen {
+    /// Bumped as an `exec` begins, as it is done, and as the process
+    /// exits: which image of the process a sample was taken in.
+    pub generation: u32,
+    /// Set as the process exits (with the bump), cleared by an `exec`:
+    /// its leader's start time in `/proc/PID/stat`'s clock ticks, low 32
+    /// bits; 0: no exit seen (or [`Config::ns_per_tick`] is 0). A process
+    /// whose pid and start match has exited: userspace need not look for
+    /// it in `/proc`.
+    pub exited_ticks: u32,
 }
 
 /// Byte offsets of the kernel struct fields the files program reads,
@@ -1316,6 +1335,7 @@ mod pod {
     // SAFETY: all types are `#[repr(C)]`, `Copy`, contain only integers and
     // integer arrays, and have no padding (checked by the size tests below).
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ExecGen {}
     unsafe impl aya::Pod for super::SampleKey {}
     unsafe impl aya::Pod for super::Stack {}
     unsafe impl aya::Pod for super::ProcessEvent {}
@@ -1344,6 +1364,7 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(size_of::<Config>(), 24 + 32 + 32);
+        assert_eq!(size_of::<ExecGen>(), 8);
         assert_eq!(size_of::<ThreadContextLocation>(), 32);
         assert_eq!(size_of::<OffCpuStart>(), 16);
         assert_eq!(size_of::<LockWaiter>(), 16);

@@ -23,7 +23,11 @@
 //!   make that rare; userspace does not shrink this map.
 //! - A process's exit bumps it too (`files_exit`, see [`crate::files`]):
 //!   a later process reusing the pid never shares a generation with it,
-//!   so the files recorded for one never resolve the other's frames.
+//!   so the files recorded for one never resolve the other's frames. The
+//!   exit also stamps the entry with the process's start
+//!   ([`ExecGen::exited_ticks`], cleared by an exec): userspace then knows
+//!   the process it holds exited without reading `/proc` (where a build
+//!   host's hundreds of short-lived processes a second mostly fail).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -33,6 +37,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
+use profiler_common::ExecGen;
+
 use crate::files;
 use crate::stack;
 
@@ -41,7 +47,7 @@ use crate::stack;
 const PROCESSES: u32 = 16_384;
 
 #[map(name = "EXEC_GEN")]
-static EXEC_GEN: LruHashMap<u32, u32> = LruHashMap::with_max_entries(PROCESSES, 0);
+static EXEC_GEN: LruHashMap<u32, ExecGen> = LruHashMap::with_max_entries(PROCESSES, 0);
 
 /// An exec begins (`sched_prepare_exec(task, bprm)`, Linux 6.10+): the
 /// old image's waiting frames are looked up while its mappings exist, its
@@ -72,19 +78,42 @@ pub fn exec_done(_ctx: BtfTracePointContext) -> i32 {
     })
 }
 
-/// Adds one to the current process's generation. The tracepoints run in
-/// the exec'ing (or exiting) task, whose tgid is the process's (after
-/// `de_thread`, the exec'ing thread is the leader).
+/// Adds one to the current process's generation (an exec step: the exit
+/// stamp of an earlier process of the same pid goes).
 #[inline(always)]
 pub fn bump() {
+    bump_stamped(0);
+}
+
+/// The current process exits: its generation moves on, stamped with its
+/// start (see [`ExecGen::exited_ticks`]).
+#[inline(always)]
+pub fn exited() {
+    bump_stamped(stack::current_start_ticks());
+}
+
+/// Adds one to the current process's generation and sets its exit stamp
+/// to `exited_ticks`. The tracepoints run in the exec'ing (or exiting)
+/// task, whose tgid is the process's (after `de_thread`, the exec'ing
+/// thread is the leader).
+#[inline(always)]
+fn bump_stamped(exited_ticks: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(generation) = EXEC_GEN.get_ptr_mut(tgid) {
-        // SAFETY: a live map value; only this process's own exec writes
-        // it, and a process execs in one thread at a time.
-        unsafe { *generation = (*generation).wrapping_add(1) };
+    if let Some(entry) = EXEC_GEN.get_ptr_mut(tgid) {
+        // SAFETY: a live map value; only this process's own exec or exit
+        // writes it, one at a time (an exec is one thread's; the exit is
+        // the last thread's).
+        unsafe {
+            (*entry).generation = (*entry).generation.wrapping_add(1);
+            (*entry).exited_ticks = exited_ticks;
+        }
     } else {
+        let entry = ExecGen {
+            generation: 1,
+            exited_ticks,
+        };
         // Another exec of the same tgid cannot race this one.
-        let _ = EXEC_GEN.insert(tgid, 1, BPF_NOEXIST as u64);
+        let _ = EXEC_GEN.insert(tgid, entry, BPF_NOEXIST as u64);
     }
 }
 
@@ -92,5 +121,5 @@ pub fn bump() {
 #[inline(always)]
 pub fn generation(tgid: u32) -> u32 {
     // SAFETY: a plain read of a live map value.
-    unsafe { EXEC_GEN.get(tgid) }.copied().unwrap_or(0)
+    unsafe { EXEC_GEN.get(tgid) }.map_or(0, |entry| entry.generation)
 }

@@ -318,7 +318,7 @@ pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
         let group_dead: u64 = ctx.arg(1);
         if group_dead & 1 != 0 {
             forget(tgid, exec_gen);
-            exec::bump();
+            exec::exited();
             crate::memory::exited(tgid);
         }
         0

@@ -654,36 +654,14 @@ fn leader_facts(event: &mut ProcessEvent) {
     let Some(config) = CONFIG.get(0) else {
         return;
     };
-    if config.task_group_leader == 0
-        || config.task_start_boottime == 0
-        || config.task_comm == 0
-        || config.task_mm == 0
-    {
+    if config.task_comm == 0 {
         return;
     }
-    // SAFETY: the current task pointer as a number; every read below goes
-    // through bpf_probe_read_kernel, which checks the address it is given.
-    let task = unsafe { bpf_get_current_task() };
-    // A kernel thread (no address space): `stat` names it with more than
-    // `comm` (a workqueue's name after a kworker's), so it is read there.
-    // SAFETY: as above.
-    match unsafe { bpf_probe_read_kernel((task + u64::from(config.task_mm)) as *const u64) } {
-        Ok(mm) if mm != 0 => {}
-        _ => return,
-    }
-    // SAFETY: as above.
-    let Ok(leader) = (unsafe {
-        bpf_probe_read_kernel((task + u64::from(config.task_group_leader)) as *const u64)
-    }) else {
+    let Some((leader, start)) = current_leader(config) else {
         return;
     };
-    // SAFETY: as above.
-    let Ok(start) = (unsafe {
-        bpf_probe_read_kernel((leader + u64::from(config.task_start_boottime)) as *const u64)
-    }) else {
-        return;
-    };
-    // SAFETY: as above; `comm` is the event's own array.
+    // SAFETY: bpf_probe_read_kernel checks the address it is given;
+    // `comm` is the event's own array.
     let read = unsafe {
         bpf_probe_read_kernel_buf(
             (leader + u64::from(config.task_comm)) as *const u8,
@@ -695,6 +673,54 @@ fn leader_facts(event: &mut ProcessEvent) {
     } else {
         // SAFETY: the event's own array.
         unsafe { zero(&mut event.comm) };
+    }
+}
+
+/// The current task's leader (its `task_struct` address) and that
+/// leader's `start_boottime`; `None` where the kernel's offsets are
+/// unknown (`config`), for a kernel thread (no address space: `stat`
+/// names it with more than `comm`, a workqueue's name after a kworker's)
+/// or when a read fails.
+#[inline(always)]
+pub fn current_leader(config: &Config) -> Option<(u64, u64)> {
+    if config.task_group_leader == 0 || config.task_start_boottime == 0 || config.task_mm == 0 {
+        return None;
+    }
+    // SAFETY: the current task pointer as a number; every read below goes
+    // through bpf_probe_read_kernel, which checks the address it is given.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: as above.
+    let mm = unsafe { bpf_probe_read_kernel((task + u64::from(config.task_mm)) as *const u64) };
+    if mm.ok()? == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    let leader = unsafe {
+        bpf_probe_read_kernel((task + u64::from(config.task_group_leader)) as *const u64)
+    }
+    .ok()?;
+    // SAFETY: as above.
+    let start = unsafe {
+        bpf_probe_read_kernel((leader + u64::from(config.task_start_boottime)) as *const u64)
+    }
+    .ok()?;
+    Some((leader, start))
+}
+
+/// The process's start (its leader's) in `/proc/PID/stat`'s clock
+/// ticks, low 32 bits, for [`profiler_common::ExecGen::exited_ticks`];
+/// 0 when not known.
+#[inline(always)]
+pub fn current_start_ticks() -> u32 {
+    let Some(config) = CONFIG.get(0) else {
+        return 0;
+    };
+    if config.ns_per_tick == 0 {
+        return 0;
+    }
+    match current_leader(config) {
+        Some((_, start)) => (start / u64::from(config.ns_per_tick)) as u32,
+        None => 0,
     }
 }
 

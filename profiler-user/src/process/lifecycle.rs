@@ -4,6 +4,8 @@
 
 use std::collections::HashSet;
 
+use crate::sampler::ExecState;
+
 /// What identifies a process and its executable at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Identity {
@@ -61,6 +63,29 @@ pub(crate) fn lifecycle(known: Option<Identity>, now: Option<Identity>) -> Lifec
         Lifecycle::Unchanged
     } else {
         Lifecycle::Exec
+    }
+}
+
+/// How a process held since it was read at `start_time` (ticks), in exec
+/// generation `held_gen`, stands now by the kernel's exec generations
+/// alone (`now`), without reading `/proc`: [`Lifecycle::Gone`] when the
+/// pid's exit is stamped with that start; [`Lifecycle::Unchanged`] when
+/// every exit is stamped (`exits_stamped`) and its generation is still the
+/// one it was read in (an exec or the exit would have moved it; not 0,
+/// which an evicted entry reads as too); `None` when only `/proc` can tell.
+pub(crate) fn by_generation(
+    start_time: u64,
+    held_gen: Option<u32>,
+    now: ExecState,
+    exits_stamped: bool,
+) -> Option<Lifecycle> {
+    // `stat`'s start, low 32 bits, as the kernel stamps it.
+    if now.exited_ticks == Some(start_time as u32) {
+        Some(Lifecycle::Gone)
+    } else if exits_stamped && now.generation != 0 && held_gen == Some(now.generation) {
+        Some(Lifecycle::Unchanged)
+    } else {
+        None
     }
 }
 
@@ -131,6 +156,49 @@ mod tests {
         assert!(!Lifecycle::Exiting.snapshot());
         // Kernel threads: no executable, nothing to re-read.
         assert_eq!(lifecycle(at(5, None), at(5, None)), Lifecycle::Exiting);
+    }
+
+    fn stamped(generation: u32, exited_ticks: Option<u32>) -> ExecState {
+        ExecState {
+            generation,
+            exited_ticks,
+        }
+    }
+
+    #[test]
+    fn an_exit_stamped_with_the_start_held_is_gone() {
+        assert_eq!(
+            by_generation(10, Some(2), stamped(3, Some(10)), true),
+            Some(Lifecycle::Gone)
+        );
+        // Compared on the low 32 bits the kernel keeps.
+        let start = (1 << 32) + 10;
+        assert_eq!(
+            by_generation(start, Some(0), stamped(1, Some(10)), false),
+            Some(Lifecycle::Gone)
+        );
+        // Another process's exit (an earlier holder of the pid): /proc tells.
+        assert_eq!(by_generation(10, Some(2), stamped(3, Some(7)), true), None);
+    }
+
+    #[test]
+    fn an_unmoved_generation_is_the_same_image_only_where_exits_are_stamped() {
+        assert_eq!(
+            by_generation(10, Some(2), stamped(2, None), true),
+            Some(Lifecycle::Unchanged)
+        );
+        // A process forked into an earlier holder's stamped pid, alive.
+        assert_eq!(
+            by_generation(10, Some(2), stamped(2, Some(7)), true),
+            Some(Lifecycle::Unchanged)
+        );
+        assert_eq!(by_generation(10, Some(2), stamped(2, None), false), None);
+        // Moved on: an exec, or an exit of a kernel that stamps nothing.
+        assert_eq!(by_generation(10, Some(2), stamped(4, None), true), None);
+        // 0 is also what an evicted entry reads: not evidence of anything.
+        assert_eq!(by_generation(10, Some(0), stamped(0, None), true), None);
+        // A snapshot whose generation moved while it was read.
+        assert_eq!(by_generation(10, None, stamped(2, None), true), None);
     }
 
     #[test]

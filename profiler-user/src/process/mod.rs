@@ -37,7 +37,7 @@ pub use python::PythonProcesses;
 pub use selection::{alive, Selection};
 
 use crate::container::ContainerRef;
-use crate::sampler::{Drained, ExecGenerations, FileMapping, Leader};
+use crate::sampler::{Drained, ExecGenerations, ExecState, FileMapping, Leader};
 
 /// What [`ProcessTable::track`] found in a drain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -284,6 +284,33 @@ impl ProcessTable {
         self.generations.0.generation(tgid)
     }
 
+    /// How the held process `info` stands by the kernel's exec
+    /// generations alone (see [`lifecycle::by_generation`]); `None` when
+    /// only `/proc` can tell.
+    fn by_generation(&self, info: &ProcessInfo) -> Option<Lifecycle> {
+        lifecycle::by_generation(
+            info.start_time,
+            info.exec_gen,
+            self.generations.0.state(info.pid),
+            self.generations.0.exits_stamped(),
+        )
+    }
+
+    /// True when the kernel stamped the exit of the process held as
+    /// `tgid`: nothing of it is left to read.
+    pub(crate) fn known_exited(&self, tgid: u32) -> bool {
+        self.processes
+            .get(&tgid)
+            .is_some_and(|info| self.by_generation(info) == Some(Lifecycle::Gone))
+    }
+
+    /// True when the kernel stamped an exit of `pid` that `is_of` says is
+    /// of the process in question.
+    fn exited_after(&self, pid: u32, is_of: impl FnOnce(&ExecState) -> bool) -> bool {
+        let state = self.generations.0.state(pid);
+        state.exited_ticks.is_some() && is_of(&state)
+    }
+
     /// True when `tgid`'s snapshot of image `exec_gen` was read at most
     /// `within` before `now` from maps without an OpenTelemetry process
     /// context mapping: reading its maps again for one would find none.
@@ -325,6 +352,21 @@ impl ProcessTable {
         self.observe_announced(pid, 0, None)
     }
 
+    /// [`Self::observe`] for a process drained with samples of exec
+    /// generation `sampled_gen` at the newest: a pid not held whose exit
+    /// the kernel stamped right after that image is not looked for (an
+    /// exit stamp at `sampled_gen + 1` says the bump from the sampled
+    /// image was an exit, as an exec clears the stamp: whoever holds the
+    /// pid now is another process).
+    fn observe_sampled(&mut self, pid: u32, sampled_gen: u32) -> Result<Lifecycle, ProcessError> {
+        if !self.processes.contains_key(&pid)
+            && self.exited_after(pid, |state| state.generation == sampled_gen.wrapping_add(1))
+        {
+            return Ok(Lifecycle::Gone);
+        }
+        self.observe(pid)
+    }
+
     /// [`Self::observe`] for a process the kernel announced in cgroup
     /// `cgroup_id` (0: not known), with its leader's start and name when
     /// the kernel read them (a new pid's snapshot then reads no `stat`).
@@ -337,14 +379,28 @@ impl ProcessTable {
         if pid == 0 {
             return Ok(Lifecycle::Unchanged); // the idle task has no /proc entry
         }
-        let state = match self.processes.get(&pid).map(ProcessInfo::identity) {
+        let state = match self.processes.get(&pid) {
             // A pid not held is snapshotted whatever its identity: the
             // snapshot reads its start time first and fails as `Gone` if
             // it exited, so reading the identity first would read the
             // same `stat` twice (most new processes on a busy host are
-            // seen once).
+            // seen once). Unless the kernel stamped the exit of the very
+            // process it announced: most of a build host's are gone
+            // before the drain that brings them.
+            None if leader.is_some_and(|leader| {
+                self.exited_after(pid, |state| {
+                    state.exited_ticks
+                        == Some(procfs::start_time_ticks(leader.start_boottime_ns) as u32)
+                })
+            }) =>
+            {
+                return Ok(Lifecycle::Gone)
+            }
             None => Lifecycle::New,
-            known => lifecycle(known, procfs::identity(pid)?),
+            Some(info) => match self.by_generation(info) {
+                Some(state) => state,
+                None => lifecycle(Some(info.identity()), procfs::identity(pid)?),
+            },
         };
         // The leader's facts describe the process the kernel sampled; a
         // known pid's identity is compared with what `/proc` says now.
@@ -369,8 +425,8 @@ impl ProcessTable {
     /// is the one path that refreshes snapshots; resolving never does.
     pub fn track(&mut self, drained: &Drained) -> Tracked {
         let mut tracked = Tracked::default();
-        for tgid in drained.tgids() {
-            match self.observe(tgid) {
+        for (tgid, exec_gen) in drained.newest_images() {
+            match self.observe_sampled(tgid, exec_gen) {
                 Ok(state) if state.snapshot() => tracked.snapshotted.push(tgid),
                 Ok(Lifecycle::Gone) => tracked.exited.push(tgid),
                 Ok(_) => {}
@@ -508,7 +564,10 @@ impl ProcessTable {
         let gone: HashSet<u32> = self
             .processes
             .values()
-            .filter(|info| procfs::read_start_time(info.pid).ok() != Some(info.start_time))
+            .filter(|info| match self.by_generation(info) {
+                Some(state) => state == Lifecycle::Gone,
+                None => procfs::read_start_time(info.pid).ok() != Some(info.start_time),
+            })
             .map(|info| info.pid)
             .collect();
         let expired = lifecycle::expired(&gone, &self.gone);
@@ -1015,13 +1074,126 @@ mod tests {
 
     /// A table that sees every process at exec generation `generation`.
     fn table_at_generation(generation: u32) -> ProcessTable {
-        struct Fixed(u32);
+        table_stamped(
+            ExecState {
+                generation,
+                exited_ticks: None,
+            },
+            false,
+        )
+    }
+
+    /// A table that sees every process in `state`, with exits stamped or not.
+    fn table_stamped(state: ExecState, exits_stamped: bool) -> ProcessTable {
+        struct Fixed(ExecState, bool);
         impl ExecGenerations for Fixed {
-            fn generation(&self, _tgid: u32) -> u32 {
+            fn state(&self, _tgid: u32) -> ExecState {
                 self.0
             }
+            fn exits_stamped(&self) -> bool {
+                self.1
+            }
         }
-        ProcessTable::with_generations(Box::new(Fixed(generation)))
+        ProcessTable::with_generations(Box::new(Fixed(state, exits_stamped)))
+    }
+
+    /// A process whose exit the kernel stamped with the start it was
+    /// announced (or read) with is gone without a look at `/proc`: this
+    /// test's own process, alive, reads as gone when so stamped.
+    #[test]
+    fn a_stamped_exit_is_believed_without_reading_proc() {
+        let me = std::process::id();
+        let (start_time, _) = procfs::read_stat(me).unwrap();
+        let exited = |ticks: u64| ExecState {
+            generation: 5,
+            exited_ticks: Some(ticks as u32),
+        };
+        let leader = Leader {
+            exec_gen: 4,
+            start_boottime_ns: start_time * 10_000_000,
+            comm: [0; profiler_common::COMM_LEN],
+        };
+        let mut table = table_stamped(exited(start_time), true);
+        assert_eq!(
+            table.observe_announced(me, 0, Some(leader)).unwrap(),
+            Lifecycle::Gone
+        );
+        assert!(table.process(me).is_none(), "nothing read, nothing held");
+        // An exit stamped with another start (an earlier holder of the
+        // pid): the process is read.
+        let mut table = table_stamped(exited(start_time + 1), true);
+        assert_eq!(
+            table.observe_announced(me, 0, Some(leader)).unwrap(),
+            Lifecycle::New
+        );
+        assert!(table.process(me).is_some());
+
+        // Held, then stamped: gone at two prunes in a row, as a process
+        // `stat` no longer finds.
+        let mut table = table_at_generation(0);
+        table.observe(me).unwrap();
+        let info = table.processes.remove(&me).unwrap();
+        let mut stamped = table_stamped(exited(start_time), true);
+        stamped.processes.insert(me, info);
+        assert_eq!(stamped.observe(me).unwrap(), Lifecycle::Gone);
+        assert!(stamped.known_exited(me));
+        stamped.prune();
+        assert!(stamped.process(me).is_some(), "one prune of grace");
+        stamped.prune();
+        assert!(stamped.process(me).is_none());
+    }
+
+    /// A drained pid not held whose exit is stamped right after the image
+    /// sampled is gone; after an exec since (or a stamp older than the
+    /// image), `/proc` is read.
+    #[test]
+    fn a_drained_process_stamped_gone_after_its_image_is_not_read() {
+        let me = std::process::id();
+        let state = ExecState {
+            generation: 5,
+            exited_ticks: Some(1),
+        };
+        let mut table = table_stamped(state, true);
+        assert_eq!(table.observe_sampled(me, 4).unwrap(), Lifecycle::Gone);
+        assert!(table.process(me).is_none());
+        assert_eq!(table.observe_sampled(me, 2).unwrap(), Lifecycle::New);
+        let mut table = table_stamped(state, true);
+        assert_eq!(table.observe_sampled(me, 5).unwrap(), Lifecycle::New);
+        let unstamped = ExecState {
+            exited_ticks: None,
+            ..state
+        };
+        let mut table = table_stamped(unstamped, true);
+        assert_eq!(table.observe_sampled(me, 4).unwrap(), Lifecycle::New);
+    }
+
+    /// Where every exit is stamped, a held process whose generation has
+    /// not moved is the same image: not read again (a pid with no `/proc`
+    /// entry stays held, as the kernel says it runs).
+    #[test]
+    fn an_unmoved_generation_spares_the_identity_read() {
+        let me = std::process::id();
+        let running = ExecState {
+            generation: 3,
+            exited_ticks: None,
+        };
+        let mut table = table_stamped(running, true);
+        table.observe(me).unwrap();
+        let mut info = table.processes.remove(&me).unwrap();
+        assert_eq!(info.exec_gen, Some(3));
+        let no_such_pid = u32::MAX - 1;
+        info.pid = no_such_pid;
+        table.processes.insert(no_such_pid, info);
+        assert_eq!(table.observe(no_such_pid).unwrap(), Lifecycle::Unchanged);
+        table.prune();
+        table.prune();
+        assert!(table.process(no_such_pid).is_some());
+        // Without stamped exits, `/proc` decides.
+        let mut info = table.processes.remove(&no_such_pid).unwrap();
+        let mut unstamped = table_stamped(running, false);
+        info.pid = no_such_pid;
+        unstamped.processes.insert(no_such_pid, info);
+        assert_eq!(unstamped.observe(no_such_pid).unwrap(), Lifecycle::Gone);
     }
 
     /// The kernel's record of the file mapping that holds `addr` in this

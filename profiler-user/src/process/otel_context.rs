@@ -178,7 +178,10 @@ impl ContextDiscovery {
     pub fn drained(&mut self, sampled: &[u32], exited: &[u32], processes: &ProcessTable) {
         let now = Instant::now();
         for &tgid in sampled {
-            self.check(tgid, now, processes);
+            // Those found gone have nothing left to read.
+            if !exited.contains(&tgid) {
+                self.check(tgid, now, processes);
+            }
         }
         self.exited(exited);
     }
@@ -199,6 +202,9 @@ impl ContextDiscovery {
         // sampled) read the same maps a moment ago.
         let found = if processes.read_without_context(tgid, before, now, SNAPSHOT_IS_FRESH) {
             Ok(None)
+        } else if processes.known_exited(tgid) {
+            // Its exit is stamped in the kernel: no maps left to read.
+            Err(DiscoveryError::Gone)
         } else {
             discover(tgid)
         };

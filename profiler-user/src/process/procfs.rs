@@ -197,16 +197,7 @@ pub(crate) fn read_proc(path: &str, pid: u32) -> Result<String, ProcessError> {
 /// compare. The sampler announces start times only where hostprof's time
 /// namespace adds no boot-time offset to `stat`'s.
 pub(crate) fn start_time_ticks(boottime_ns: u64) -> u64 {
-    static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ns_per_tick = *NS_PER_TICK.get_or_init(|| {
-        // SAFETY: sysconf takes no pointers.
-        match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-            hz if hz > 0 => 1_000_000_000 / hz as u64,
-            // USER_HZ, part of Linux's ABI on every architecture hostprof builds for.
-            _ => 10_000_000,
-        }
-    });
-    boottime_ns / ns_per_tick
+    boottime_ns / crate::sampler::ns_per_tick()
 }
 
 pub(crate) fn read_start_time(pid: u32) -> Result<u64, ProcessError> {

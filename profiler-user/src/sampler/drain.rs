@@ -125,6 +125,19 @@ impl Drained {
         self.samples.iter().map(RawSample::count).sum()
     }
 
+    /// The distinct processes with samples in this drain, ascending, each
+    /// with the newest exec generation its samples were taken in.
+    pub fn newest_images(&self) -> Vec<(u32, u32)> {
+        let mut images: Vec<(u32, u32)> = self
+            .samples
+            .iter()
+            .map(|s| (s.key.thread.tgid, s.key.thread.exec_gen))
+            .collect();
+        images.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        images.dedup_by_key(|image| image.0);
+        images
+    }
+
     /// The distinct processes with samples in this drain, ascending.
     pub fn tgids(&self) -> Vec<u32> {
         let mut tgids: Vec<u32> = self.samples.iter().map(|s| s.key.thread.tgid).collect();
@@ -397,6 +410,25 @@ mod tests {
         };
         assert_eq!(drained.total(), 7);
         assert_eq!(drained.tgids(), vec![5, 6, 7, 9]);
+    }
+
+    #[test]
+    fn each_process_is_named_once_with_its_newest_image() {
+        let at = |tgid, exec_gen| KernelKey {
+            exec_gen,
+            ..key(tgid, 11, 0)
+        };
+        let stacks = HashMap::from([(11, vec![0x1])]);
+        let samples = assemble_counted(
+            [(at(6, 2), 1), (at(5, 1), 1), (at(6, 4), 1), (at(6, 3), 1)],
+            &stacks,
+            |_| Some((ProfileKind::Cpu, 10)),
+        );
+        let drained = Drained {
+            samples,
+            stats: KindStats::new(),
+        };
+        assert_eq!(drained.newest_images(), vec![(5, 1), (6, 4)]);
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub use policy::{
     MaxCpu, MemorySampleBytes, PageFaultPeriod, SamplingPolicy, Target,
 };
 pub use process_events::{
-    ExecGenerations, FileMapping, KernelExecGenerations, Leader, ProcessEvent, ProcessEvents,
+    ns_per_tick, ExecGenerations, ExecState, FileMapping, KernelExecGenerations, Leader,
+    ProcessEvent, ProcessEvents,
 };
 pub use process_maps::{KernelPythonProcesses, KernelThreadContexts, ProcessMap};
 pub use schedule::{DrainCause, DrainCounts, DrainSchedule};
@@ -491,7 +492,7 @@ impl Sampler {
         let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
             .map_err(map_err(names::PROCESS_EVENTS))?;
-        let exec_generations = KernelExecGenerations::new(take(names::EXEC_GEN)?)?;
+        let mut exec_generations = KernelExecGenerations::new(take(names::EXEC_GEN)?)?;
         let counts = [
             take(names::COUNTS[0])?
                 .try_into()
@@ -532,7 +533,7 @@ impl Sampler {
             task_group_leader: 0,
             task_start_boottime: 0,
             task_comm: 0,
-            reserved: 0,
+            ns_per_tick: 0,
         };
         if !policy.include_idle {
             config.flags |= Config::SKIP_IDLE;
@@ -673,8 +674,9 @@ impl Sampler {
         } else {
             None
         };
+        let mut exits_tracked = false;
         if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
-            process_events::attach_files_exit(&mut ebpf, btf);
+            exits_tracked = process_events::attach_files_exit(&mut ebpf, btf);
             config.files = offsets;
             config.flags |= Config::RECORD_FILES;
             config_map
@@ -685,15 +687,19 @@ impl Sampler {
         // stand for its `stat` only where a snapshot can tell they are of
         // the process and image it reads (the generation bumped at every
         // exec and exit), and where `stat` counts from the same boot time
-        // (hostprof in no time namespace that offsets it).
+        // (hostprof in no time namespace that offsets it). So does the
+        // start an exit is stamped with.
         if let Some(leader) = leader_offsets {
             if exec_tracked
+                && exits_tracked
                 && config.flags & Config::RECORD_FILES != 0
                 && process_events::boottime_offset_is_zero()
             {
                 config.task_group_leader = leader.group_leader;
                 config.task_start_boottime = leader.start_boottime;
                 config.task_comm = leader.comm;
+                config.ns_per_tick = u32::try_from(process_events::ns_per_tick()).unwrap_or(0);
+                exec_generations.stamp_exits(config.ns_per_tick != 0);
                 config_map
                     .set(0, config, 0)
                     .map_err(map_err(names::CONFIG))?;

@@ -12,7 +12,7 @@
 
 use aya::maps::{HashMap, MapData, MapError, ProgramArray, RingBuf};
 use aya::{Btf, Ebpf};
-use profiler_common::{names, ProcessEvent as KernelEvent, COMM_LEN};
+use profiler_common::{names, ExecGen, ProcessEvent as KernelEvent, COMM_LEN};
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Duration, Instant};
 
@@ -56,6 +56,20 @@ impl Leader {
     pub fn name(&self) -> String {
         super::drain::comm_to_string(&self.comm)
     }
+}
+
+/// Nanoseconds per clock tick of `/proc/PID/stat`'s times (`1e9 /
+/// _SC_CLK_TCK`).
+pub fn ns_per_tick() -> u64 {
+    static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NS_PER_TICK.get_or_init(|| {
+        // SAFETY: sysconf takes no pointers.
+        match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            hz if hz > 0 => 1_000_000_000 / hz as u64,
+            // USER_HZ, part of Linux's ABI on every architecture hostprof builds for.
+            _ => 10_000_000,
+        }
+    })
 }
 
 /// Whether this process's time namespace adds nothing to boot time
@@ -211,30 +225,62 @@ fn read_events(ring: &mut RingBuf<MapData>) -> Vec<ProcessEvent> {
     events
 }
 
+/// What the kernel's `EXEC_GEN` says of a process now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecState {
+    /// Its generation (0 before its first exec seen).
+    pub generation: u32,
+    /// Set when a process of this pid exited (and none exec'd since): its
+    /// start in `/proc/PID/stat`'s clock ticks, low 32 bits.
+    pub exited_ticks: Option<u32>,
+}
+
 /// Each process's exec generation, as the samples carry it.
 pub trait ExecGenerations {
+    /// What is known of `tgid` now.
+    fn state(&self, tgid: u32) -> ExecState;
+
     /// The current generation of `tgid` (0 before its first exec seen).
-    fn generation(&self, tgid: u32) -> u32;
+    fn generation(&self, tgid: u32) -> u32 {
+        self.state(tgid).generation
+    }
+
+    /// True when every exec and every exit moves a process's generation
+    /// on and every exit is stamped ([`ExecState::exited_ticks`]): a
+    /// process whose generation is still the (non-zero) one it was read
+    /// in runs that image yet.
+    fn exits_stamped(&self) -> bool {
+        false
+    }
 }
 
 /// No exec tracking (tests, or a kernel without the tracepoints): every
 /// process stays at generation 0, as every sample does.
 impl ExecGenerations for () {
-    fn generation(&self, _tgid: u32) -> u32 {
-        0
+    fn state(&self, _tgid: u32) -> ExecState {
+        ExecState::default()
     }
 }
 
 /// The kernel's `EXEC_GEN` map.
 pub struct KernelExecGenerations {
-    map: HashMap<MapData, u32, u32>,
+    map: HashMap<MapData, u32, ExecGen>,
+    exits_stamped: bool,
 }
 
 impl ExecGenerations for KernelExecGenerations {
-    fn generation(&self, tgid: u32) -> u32 {
+    fn state(&self, tgid: u32) -> ExecState {
         // Absent: never exec'd since the programs were attached (or
         // evicted, which the samples read as 0 too).
-        self.map.get(&tgid, 0).unwrap_or(0)
+        let entry = self.map.get(&tgid, 0).unwrap_or_default();
+        ExecState {
+            generation: entry.generation,
+            exited_ticks: (entry.exited_ticks != 0).then_some(entry.exited_ticks),
+        }
+    }
+
+    fn exits_stamped(&self) -> bool {
+        self.exits_stamped
     }
 }
 
@@ -247,7 +293,14 @@ impl KernelExecGenerations {
                     map: names::EXEC_GEN,
                     source,
                 })?,
+            exits_stamped: false,
         })
+    }
+
+    /// Says whether the kernel stamps exits (see
+    /// [`ExecGenerations::exits_stamped`]).
+    pub(super) fn stamp_exits(&mut self, stamped: bool) {
+        self.exits_stamped = stamped;
     }
 }
 
@@ -294,17 +347,22 @@ pub(super) fn attach_tracepoint(
 }
 
 /// Attaches the program that looks up a process's waiting frames as its
-/// threads exit (logged when it cannot: those frames then stay unresolved
-/// unless the process was snapshotted).
-pub(super) fn attach_files_exit(ebpf: &mut Ebpf, btf: &Btf) {
-    if let Err(err) = attach_tracepoint(ebpf, btf, names::FILES_EXIT, names::FILES_EXIT_TRACEPOINT)
-    {
-        log::info!(
-            "{} not attached ({:#}): frames sampled in interrupts of processes that exit \
-             before their maps are read stay unresolved",
-            names::FILES_EXIT,
-            anyhow::Error::from(err)
-        );
+/// threads exit, and stamps exits in `EXEC_GEN` (logged when it cannot:
+/// those frames then stay unresolved unless the process was snapshotted,
+/// and exits are not stamped).
+pub(super) fn attach_files_exit(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+    match attach_tracepoint(ebpf, btf, names::FILES_EXIT, names::FILES_EXIT_TRACEPOINT) {
+        Ok(()) => true,
+        Err(err) => {
+            log::info!(
+                "{} not attached ({:#}): frames sampled in interrupts of processes that exit \
+                 before their maps are read stay unresolved, and exited processes are found \
+                 by reading /proc",
+                names::FILES_EXIT,
+                anyhow::Error::from(err)
+            );
+            false
+        }
     }
 }
 
