@@ -102,10 +102,13 @@ fn bump_stamped(exited_ticks: u32) {
     if let Some(entry) = EXEC_GEN.get_ptr_mut(tgid) {
         // SAFETY: a live map value; only this process's own exec or exit
         // writes it, one at a time (an exec is one thread's; the exit is
-        // the last thread's).
+        // the last thread's). The stamp first, in that order: userspace
+        // copies the value unlocked, and an exec's new generation beside
+        // an earlier holder's stamp would read as this process's exit.
         unsafe {
-            (*entry).generation = (*entry).generation.wrapping_add(1);
-            (*entry).exited_ticks = exited_ticks;
+            core::ptr::addr_of_mut!((*entry).exited_ticks).write_volatile(exited_ticks);
+            let generation = (*entry).generation.wrapping_add(1);
+            core::ptr::addr_of_mut!((*entry).generation).write_volatile(generation);
         }
     } else {
         let entry = ExecGen {

@@ -135,9 +135,11 @@ impl MapFds {
         fdinfo: impl Fn(u32) -> Option<String>,
         scan: impl Fn() -> Vec<u32>,
     ) -> u64 {
-        let due = self
-            .scanned
-            .is_none_or(|at| now.saturating_duration_since(at) >= Self::RESCAN);
+        // None found (a scrape before the programs loaded): look again.
+        let due = self.fds.is_empty()
+            || self
+                .scanned
+                .is_none_or(|at| now.saturating_duration_since(at) >= Self::RESCAN);
         if !due {
             let sum: Option<u64> = self
                 .fds
@@ -981,6 +983,16 @@ mod tests {
         assert_eq!(scans.get(), 2, "a stale descriptor: looked for again");
         assert_eq!(fds.memlock(start + MapFds::RESCAN * 2, fdinfo, scan), 100);
         assert_eq!(scans.get(), 3, "due");
+        let mut none = MapFds {
+            scanned: None,
+            fds: Vec::new(),
+        };
+        assert_eq!(none.memlock(start, fdinfo, Vec::new), 0);
+        assert_eq!(
+            none.memlock(start, fdinfo, scan),
+            100,
+            "none found: looked for again"
+        );
     }
 
     #[test]

@@ -66,27 +66,15 @@ pub(crate) fn lifecycle(known: Option<Identity>, now: Option<Identity>) -> Lifec
     }
 }
 
-/// How a process held since it was read at `start_time` (ticks), in exec
-/// generation `held_gen`, stands now by the kernel's exec generations
-/// alone (`now`), without reading `/proc`: [`Lifecycle::Gone`] when the
-/// pid's exit is stamped with that start; [`Lifecycle::Unchanged`] when
-/// every exit is stamped (`exits_stamped`) and its generation is still the
-/// one it was read in (an exec or the exit would have moved it; not 0,
-/// which an evicted entry reads as too); `None` when only `/proc` can tell.
-pub(crate) fn by_generation(
-    start_time: u64,
-    held_gen: Option<u32>,
-    now: ExecState,
-    exits_stamped: bool,
-) -> Option<Lifecycle> {
+/// Whether the kernel's exec generations (`now`) say that the process
+/// read at `start_time` (ticks) with this pid has exited: its exit is
+/// stamped with that start ([`Lifecycle::Gone`]). `None` when only
+/// `/proc` can tell: no stamp, or another process's. (An unmoved
+/// generation is no proof the process still runs: an evicted entry is
+/// created again from 1 and can climb back to the value held.)
+pub(crate) fn by_generation(start_time: u64, now: ExecState) -> Option<Lifecycle> {
     // `stat`'s start, low 32 bits, as the kernel stamps it.
-    if now.exited_ticks == Some(start_time as u32) {
-        Some(Lifecycle::Gone)
-    } else if exits_stamped && now.generation != 0 && held_gen == Some(now.generation) {
-        Some(Lifecycle::Unchanged)
-    } else {
-        None
-    }
+    (now.exited_ticks == Some(start_time as u32)).then_some(Lifecycle::Gone)
 }
 
 /// The pids to forget: gone at this prune (`gone_now`) and already at the
@@ -168,37 +156,19 @@ mod tests {
     #[test]
     fn an_exit_stamped_with_the_start_held_is_gone() {
         assert_eq!(
-            by_generation(10, Some(2), stamped(3, Some(10)), true),
+            by_generation(10, stamped(3, Some(10))),
             Some(Lifecycle::Gone)
         );
         // Compared on the low 32 bits the kernel keeps.
         let start = (1 << 32) + 10;
         assert_eq!(
-            by_generation(start, Some(0), stamped(1, Some(10)), false),
+            by_generation(start, stamped(1, Some(10))),
             Some(Lifecycle::Gone)
         );
-        // Another process's exit (an earlier holder of the pid): /proc tells.
-        assert_eq!(by_generation(10, Some(2), stamped(3, Some(7)), true), None);
-    }
-
-    #[test]
-    fn an_unmoved_generation_is_the_same_image_only_where_exits_are_stamped() {
-        assert_eq!(
-            by_generation(10, Some(2), stamped(2, None), true),
-            Some(Lifecycle::Unchanged)
-        );
-        // A process forked into an earlier holder's stamped pid, alive.
-        assert_eq!(
-            by_generation(10, Some(2), stamped(2, Some(7)), true),
-            Some(Lifecycle::Unchanged)
-        );
-        assert_eq!(by_generation(10, Some(2), stamped(2, None), false), None);
-        // Moved on: an exec, or an exit of a kernel that stamps nothing.
-        assert_eq!(by_generation(10, Some(2), stamped(4, None), true), None);
-        // 0 is also what an evicted entry reads: not evidence of anything.
-        assert_eq!(by_generation(10, Some(0), stamped(0, None), true), None);
-        // A snapshot whose generation moved while it was read.
-        assert_eq!(by_generation(10, None, stamped(2, None), true), None);
+        // Another process's exit (an earlier holder of the pid), or none:
+        // /proc tells.
+        assert_eq!(by_generation(10, stamped(3, Some(7))), None);
+        assert_eq!(by_generation(10, stamped(2, None)), None);
     }
 
     #[test]

@@ -233,6 +233,14 @@ pub struct ProcessTable {
     cgroups: cgroups::CgroupCache,
 }
 
+/// Whether [`ProcessTable::observe_with`] believes the kernel's stamp of
+/// a held process's exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stamp {
+    Believed,
+    Ignored,
+}
+
 /// Where the exec generations come from (the kernel's map; none in tests).
 struct Generations(Box<dyn ExecGenerations + Send>);
 
@@ -288,12 +296,7 @@ impl ProcessTable {
     /// generations alone (see [`lifecycle::by_generation`]); `None` when
     /// only `/proc` can tell.
     fn by_generation(&self, info: &ProcessInfo) -> Option<Lifecycle> {
-        lifecycle::by_generation(
-            info.start_time,
-            info.exec_gen,
-            self.generations.0.state(info.pid),
-            self.generations.0.exits_stamped(),
-        )
+        lifecycle::by_generation(info.start_time, self.generations.0.state(info.pid))
     }
 
     /// True when the kernel stamped the exit of the process held as
@@ -358,13 +361,27 @@ impl ProcessTable {
     /// exit stamp at `sampled_gen + 1` says the bump from the sampled
     /// image was an exit, as an exec clears the stamp: whoever holds the
     /// pid now is another process).
+    ///
+    /// A held pid with samples taken after a stamped exit (at the stamped
+    /// generation) is read in `/proc`: they may be of the held process's
+    /// last moments, or of another that forked into the pid since.
     fn observe_sampled(&mut self, pid: u32, sampled_gen: u32) -> Result<Lifecycle, ProcessError> {
-        if !self.processes.contains_key(&pid)
-            && self.exited_after(pid, |state| state.generation == sampled_gen.wrapping_add(1))
-        {
-            return Ok(Lifecycle::Gone);
+        let state = self.generations.0.state(pid);
+        if state.exited_ticks.is_none() {
+            return self.observe(pid);
         }
-        self.observe(pid)
+        if !self.processes.contains_key(&pid) {
+            if state.generation == sampled_gen.wrapping_add(1) {
+                return Ok(Lifecycle::Gone);
+            }
+            return self.observe(pid);
+        }
+        let stamp = if state.generation == sampled_gen {
+            Stamp::Ignored
+        } else {
+            Stamp::Believed
+        };
+        self.observe_with(pid, 0, None, stamp)
     }
 
     /// [`Self::observe`] for a process the kernel announced in cgroup
@@ -375,6 +392,18 @@ impl ProcessTable {
         pid: u32,
         cgroup_id: u64,
         leader: Option<Leader>,
+    ) -> Result<Lifecycle, ProcessError> {
+        self.observe_with(pid, cgroup_id, leader, Stamp::Believed)
+    }
+
+    /// [`Self::observe_announced`], believing the kernel's stamp of a
+    /// held process's exit or not (`stamp`).
+    fn observe_with(
+        &mut self,
+        pid: u32,
+        cgroup_id: u64,
+        leader: Option<Leader>,
+        stamp: Stamp,
     ) -> Result<Lifecycle, ProcessError> {
         if pid == 0 {
             return Ok(Lifecycle::Unchanged); // the idle task has no /proc entry
@@ -397,7 +426,18 @@ impl ProcessTable {
                 return Ok(Lifecycle::Gone)
             }
             None => Lifecycle::New,
-            Some(info) => match self.by_generation(info) {
+            // Announced with another start: another process has the pid.
+            Some(info)
+                if leader.is_some_and(|leader| {
+                    procfs::start_time_ticks(leader.start_boottime_ns) != info.start_time
+                }) =>
+            {
+                Lifecycle::PidReused
+            }
+            Some(info) => match self
+                .by_generation(info)
+                .filter(|_| stamp == Stamp::Believed)
+            {
                 Some(state) => state,
                 None => lifecycle(Some(info.identity()), procfs::identity(pid)?),
             },
@@ -1074,27 +1114,34 @@ mod tests {
 
     /// A table that sees every process at exec generation `generation`.
     fn table_at_generation(generation: u32) -> ProcessTable {
-        table_stamped(
-            ExecState {
-                generation,
-                exited_ticks: None,
-            },
-            false,
-        )
+        table_stamped(ExecState {
+            generation,
+            exited_ticks: None,
+        })
     }
 
-    /// A table that sees every process in `state`, with exits stamped or not.
-    fn table_stamped(state: ExecState, exits_stamped: bool) -> ProcessTable {
-        struct Fixed(ExecState, bool);
+    /// A table that sees every process in `state`.
+    fn table_stamped(state: ExecState) -> ProcessTable {
+        struct Fixed(ExecState);
         impl ExecGenerations for Fixed {
             fn state(&self, _tgid: u32) -> ExecState {
                 self.0
             }
-            fn exits_stamped(&self) -> bool {
-                self.1
-            }
         }
-        ProcessTable::with_generations(Box::new(Fixed(state, exits_stamped)))
+        ProcessTable::with_generations(Box::new(Fixed(state)))
+    }
+
+    /// The leader's start as the kernel announces it, in ns.
+    fn boottime_ns(start_ticks: u64) -> u64 {
+        start_ticks * crate::sampler::ns_per_tick()
+    }
+
+    /// This process, as held in a table that saw no stamp.
+    fn held_self() -> ProcessInfo {
+        let me = std::process::id();
+        let mut table = table_at_generation(4);
+        table.observe(me).unwrap();
+        table.processes.remove(&me).unwrap()
     }
 
     /// A process whose exit the kernel stamped with the start it was
@@ -1110,10 +1157,10 @@ mod tests {
         };
         let leader = Leader {
             exec_gen: 4,
-            start_boottime_ns: start_time * 10_000_000,
+            start_boottime_ns: boottime_ns(start_time),
             comm: [0; profiler_common::COMM_LEN],
         };
-        let mut table = table_stamped(exited(start_time), true);
+        let mut table = table_stamped(exited(start_time));
         assert_eq!(
             table.observe_announced(me, 0, Some(leader)).unwrap(),
             Lifecycle::Gone
@@ -1121,7 +1168,7 @@ mod tests {
         assert!(table.process(me).is_none(), "nothing read, nothing held");
         // An exit stamped with another start (an earlier holder of the
         // pid): the process is read.
-        let mut table = table_stamped(exited(start_time + 1), true);
+        let mut table = table_stamped(exited(start_time + 1));
         assert_eq!(
             table.observe_announced(me, 0, Some(leader)).unwrap(),
             Lifecycle::New
@@ -1130,17 +1177,48 @@ mod tests {
 
         // Held, then stamped: gone at two prunes in a row, as a process
         // `stat` no longer finds.
-        let mut table = table_at_generation(0);
-        table.observe(me).unwrap();
-        let info = table.processes.remove(&me).unwrap();
-        let mut stamped = table_stamped(exited(start_time), true);
-        stamped.processes.insert(me, info);
-        assert_eq!(stamped.observe(me).unwrap(), Lifecycle::Gone);
+        let mut stamped = table_stamped(exited(start_time));
+        stamped.processes.insert(me, held_self());
+        assert_eq!(stamped.observe_sampled(me, 4).unwrap(), Lifecycle::Gone);
         assert!(stamped.known_exited(me));
         stamped.prune();
         assert!(stamped.process(me).is_some(), "one prune of grace");
         stamped.prune();
         assert!(stamped.process(me).is_none());
+    }
+
+    /// A held process's stamped exit does not stand for the pid's samples
+    /// taken after it (at the stamped generation: the exit's last moments,
+    /// or a process forked into the pid since, before any exec), nor for
+    /// an announcement with another start: `/proc` is read, or the
+    /// announcement says the pid was reused.
+    #[test]
+    fn a_stamp_does_not_hide_a_process_that_reused_the_pid() {
+        let me = std::process::id();
+        let (start_time, _) = procfs::read_stat(me).unwrap();
+        let mut earlier = held_self();
+        earlier.start_time = start_time - 1; // the pid's earlier holder
+        let stamped = ExecState {
+            generation: 5,
+            exited_ticks: Some(earlier.start_time as u32),
+        };
+        let mut table = table_stamped(stamped);
+        table.processes.insert(me, earlier.clone());
+        assert_eq!(table.observe_sampled(me, 5).unwrap(), Lifecycle::PidReused);
+        assert_eq!(table.process(me).unwrap().start_time, start_time);
+
+        let mut table = table_stamped(stamped);
+        table.processes.insert(me, earlier);
+        let leader = Leader {
+            exec_gen: 5,
+            start_boottime_ns: boottime_ns(start_time),
+            comm: [0; profiler_common::COMM_LEN],
+        };
+        assert_eq!(
+            table.observe_announced(me, 0, Some(leader)).unwrap(),
+            Lifecycle::PidReused
+        );
+        assert_eq!(table.process(me).unwrap().start_time, start_time);
     }
 
     /// A drained pid not held whose exit is stamped right after the image
@@ -1153,47 +1231,18 @@ mod tests {
             generation: 5,
             exited_ticks: Some(1),
         };
-        let mut table = table_stamped(state, true);
+        let mut table = table_stamped(state);
         assert_eq!(table.observe_sampled(me, 4).unwrap(), Lifecycle::Gone);
         assert!(table.process(me).is_none());
         assert_eq!(table.observe_sampled(me, 2).unwrap(), Lifecycle::New);
-        let mut table = table_stamped(state, true);
+        let mut table = table_stamped(state);
         assert_eq!(table.observe_sampled(me, 5).unwrap(), Lifecycle::New);
         let unstamped = ExecState {
             exited_ticks: None,
             ..state
         };
-        let mut table = table_stamped(unstamped, true);
+        let mut table = table_stamped(unstamped);
         assert_eq!(table.observe_sampled(me, 4).unwrap(), Lifecycle::New);
-    }
-
-    /// Where every exit is stamped, a held process whose generation has
-    /// not moved is the same image: not read again (a pid with no `/proc`
-    /// entry stays held, as the kernel says it runs).
-    #[test]
-    fn an_unmoved_generation_spares_the_identity_read() {
-        let me = std::process::id();
-        let running = ExecState {
-            generation: 3,
-            exited_ticks: None,
-        };
-        let mut table = table_stamped(running, true);
-        table.observe(me).unwrap();
-        let mut info = table.processes.remove(&me).unwrap();
-        assert_eq!(info.exec_gen, Some(3));
-        let no_such_pid = u32::MAX - 1;
-        info.pid = no_such_pid;
-        table.processes.insert(no_such_pid, info);
-        assert_eq!(table.observe(no_such_pid).unwrap(), Lifecycle::Unchanged);
-        table.prune();
-        table.prune();
-        assert!(table.process(no_such_pid).is_some());
-        // Without stamped exits, `/proc` decides.
-        let mut info = table.processes.remove(&no_such_pid).unwrap();
-        let mut unstamped = table_stamped(running, false);
-        info.pid = no_such_pid;
-        unstamped.processes.insert(no_such_pid, info);
-        assert_eq!(unstamped.observe(no_such_pid).unwrap(), Lifecycle::Gone);
     }
 
     /// The kernel's record of the file mapping that holds `addr` in this

@@ -492,7 +492,7 @@ impl Sampler {
         let ring: RingBuf<MapData> = take(names::PROCESS_EVENTS)?
             .try_into()
             .map_err(map_err(names::PROCESS_EVENTS))?;
-        let mut exec_generations = KernelExecGenerations::new(take(names::EXEC_GEN)?)?;
+        let exec_generations = KernelExecGenerations::new(take(names::EXEC_GEN)?)?;
         let counts = [
             take(names::COUNTS[0])?
                 .try_into()
@@ -699,7 +699,6 @@ impl Sampler {
                 config.task_start_boottime = leader.start_boottime;
                 config.task_comm = leader.comm;
                 config.ns_per_tick = u32::try_from(process_events::ns_per_tick()).unwrap_or(0);
-                exec_generations.stamp_exits(config.ns_per_tick != 0);
                 config_map
                     .set(0, config, 0)
                     .map_err(map_err(names::CONFIG))?;

@@ -244,14 +244,6 @@ pub trait ExecGenerations {
     fn generation(&self, tgid: u32) -> u32 {
         self.state(tgid).generation
     }
-
-    /// True when every exec and every exit moves a process's generation
-    /// on and every exit is stamped ([`ExecState::exited_ticks`]): a
-    /// process whose generation is still the (non-zero) one it was read
-    /// in runs that image yet.
-    fn exits_stamped(&self) -> bool {
-        false
-    }
 }
 
 /// No exec tracking (tests, or a kernel without the tracepoints): every
@@ -265,7 +257,6 @@ impl ExecGenerations for () {
 /// The kernel's `EXEC_GEN` map.
 pub struct KernelExecGenerations {
     map: HashMap<MapData, u32, ExecGen>,
-    exits_stamped: bool,
 }
 
 impl ExecGenerations for KernelExecGenerations {
@@ -278,10 +269,6 @@ impl ExecGenerations for KernelExecGenerations {
             exited_ticks: (entry.exited_ticks != 0).then_some(entry.exited_ticks),
         }
     }
-
-    fn exits_stamped(&self) -> bool {
-        self.exits_stamped
-    }
 }
 
 impl KernelExecGenerations {
@@ -293,14 +280,7 @@ impl KernelExecGenerations {
                     map: names::EXEC_GEN,
                     source,
                 })?,
-            exits_stamped: false,
         })
-    }
-
-    /// Says whether the kernel stamps exits (see
-    /// [`ExecGenerations::exits_stamped`]).
-    pub(super) fn stamp_exits(&mut self, stamped: bool) {
-        self.exits_stamped = stamped;
     }
 }
 
