@@ -233,6 +233,11 @@ pub struct ProcessTable {
     cgroups: cgroups::CgroupCache,
 }
 
+/// The start of an announced leader in `/proc/PID/stat`'s clock ticks.
+fn leader_ticks(leader: Leader) -> u64 {
+    procfs::start_time_ticks(leader.start_boottime_ns)
+}
+
 /// Whether [`ProcessTable::observe_with`] believes the kernel's stamp of
 /// a held process's exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -393,7 +398,15 @@ impl ProcessTable {
         cgroup_id: u64,
         leader: Option<Leader>,
     ) -> Result<Lifecycle, ProcessError> {
-        self.observe_with(pid, cgroup_id, leader, Stamp::Believed)
+        // Without a leader (a fork the memory profile follows, a process
+        // on the CPU as sampling starts) nothing says the announcement is
+        // of the held process whose exit is stamped.
+        let stamp = if leader.is_some() {
+            Stamp::Believed
+        } else {
+            Stamp::Ignored
+        };
+        self.observe_with(pid, cgroup_id, leader, stamp)
     }
 
     /// [`Self::observe_announced`], believing the kernel's stamp of a
@@ -418,21 +431,21 @@ impl ProcessTable {
             // before the drain that brings them.
             None if leader.is_some_and(|leader| {
                 self.exited_after(pid, |state| {
-                    state.exited_ticks
-                        == Some(procfs::start_time_ticks(leader.start_boottime_ns) as u32)
+                    state.exited_ticks == Some(leader_ticks(leader) as u32)
                 })
             }) =>
             {
                 return Ok(Lifecycle::Gone)
             }
             None => Lifecycle::New,
-            // Announced with another start: another process has the pid.
-            Some(info)
-                if leader.is_some_and(|leader| {
-                    procfs::start_time_ticks(leader.start_boottime_ns) != info.start_time
-                }) =>
-            {
+            // Announced with a later start: another process has the pid
+            // now. With an earlier one: a late announcement of a process
+            // the held one replaced, which says nothing of it.
+            Some(info) if leader.is_some_and(|leader| leader_ticks(leader) > info.start_time) => {
                 Lifecycle::PidReused
+            }
+            Some(info) if leader.is_some_and(|leader| leader_ticks(leader) < info.start_time) => {
+                return Ok(Lifecycle::Unchanged)
             }
             Some(info) => match self
                 .by_generation(info)
@@ -1219,6 +1232,28 @@ mod tests {
             Lifecycle::PidReused
         );
         assert_eq!(table.process(me).unwrap().start_time, start_time);
+
+        // The earlier holder's announcement, late: the held one is kept.
+        let late = Leader {
+            start_boottime_ns: boottime_ns(start_time - 1),
+            ..leader
+        };
+        assert_eq!(
+            table.observe_announced(me, 0, Some(late)).unwrap(),
+            Lifecycle::Unchanged
+        );
+        assert_eq!(table.process(me).unwrap().start_time, start_time);
+
+        // Announced without a leader (a followed fork): the held process's
+        // stamp is no proof, `/proc` is read.
+        let mut table = table_stamped(stamped);
+        let mut earlier = held_self();
+        earlier.start_time = start_time - 1;
+        table.processes.insert(me, earlier);
+        assert_eq!(
+            table.observe_announced(me, 0, None).unwrap(),
+            Lifecycle::PidReused
+        );
     }
 
     /// A drained pid not held whose exit is stamped right after the image
