@@ -67,14 +67,14 @@ pub(crate) fn lifecycle(known: Option<Identity>, now: Option<Identity>) -> Lifec
 }
 
 /// Whether the kernel's exec generations (`now`) say that the process
-/// read at `start_time` (ticks) with this pid has exited: its exit is
-/// stamped with that start ([`Lifecycle::Gone`]). `None` when only
-/// `/proc` can tell: no stamp, or another process's. (An unmoved
-/// generation is no proof the process still runs: an evicted entry is
-/// created again from 1 and can climb back to the value held.)
-pub(crate) fn by_generation(start_time: u64, now: ExecState) -> Option<Lifecycle> {
+/// started at `start_time` (ticks) with this pid has exited: its exit is
+/// stamped with that start. False when only `/proc` can tell: no stamp,
+/// or another process's. (An unmoved generation is no proof the process
+/// still runs: an evicted entry is created again from 1 and can climb
+/// back to the value held.)
+pub(crate) fn stamped_exit(start_time: u64, now: ExecState) -> bool {
     // `stat`'s start, low 32 bits, as the kernel stamps it.
-    (now.exited_ticks == Some(start_time as u32)).then_some(Lifecycle::Gone)
+    now.exited_ticks == Some(start_time as u32)
 }
 
 /// The pids to forget: gone at this prune (`gone_now`) and already at the
@@ -155,20 +155,14 @@ mod tests {
 
     #[test]
     fn an_exit_stamped_with_the_start_held_is_gone() {
-        assert_eq!(
-            by_generation(10, stamped(3, Some(10))),
-            Some(Lifecycle::Gone)
-        );
+        assert!(stamped_exit(10, stamped(3, Some(10))));
         // Compared on the low 32 bits the kernel keeps.
         let start = (1 << 32) + 10;
-        assert_eq!(
-            by_generation(start, stamped(1, Some(10))),
-            Some(Lifecycle::Gone)
-        );
+        assert!(stamped_exit(start, stamped(1, Some(10))));
         // Another process's exit (an earlier holder of the pid), or none:
         // /proc tells.
-        assert_eq!(by_generation(10, stamped(3, Some(7))), None);
-        assert_eq!(by_generation(10, stamped(2, None)), None);
+        assert!(!stamped_exit(10, stamped(3, Some(7))));
+        assert!(!stamped_exit(10, stamped(2, None)));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use python::PythonProcesses;
 pub use selection::{alive, Selection};
 
 use crate::container::ContainerRef;
-use crate::sampler::{Drained, ExecGenerations, ExecState, FileMapping, Leader};
+use crate::sampler::{Drained, ExecGenerations, FileMapping, Leader};
 
 /// What [`ProcessTable::track`] found in a drain.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -297,11 +297,10 @@ impl ProcessTable {
         self.generations.0.generation(tgid)
     }
 
-    /// How the held process `info` stands by the kernel's exec
-    /// generations alone (see [`lifecycle::by_generation`]); `None` when
-    /// only `/proc` can tell.
-    fn by_generation(&self, info: &ProcessInfo) -> Option<Lifecycle> {
-        lifecycle::by_generation(info.start_time, self.generations.0.state(info.pid))
+    /// True when the kernel stamped the exit of process `pid` started at
+    /// `start_time` (ticks; see [`lifecycle::stamped_exit`]).
+    fn stamped_exit(&self, pid: u32, start_time: u64) -> bool {
+        lifecycle::stamped_exit(start_time, self.generations.0.state(pid))
     }
 
     /// True when the kernel stamped the exit of the process held as
@@ -309,14 +308,7 @@ impl ProcessTable {
     pub(crate) fn known_exited(&self, tgid: u32) -> bool {
         self.processes
             .get(&tgid)
-            .is_some_and(|info| self.by_generation(info) == Some(Lifecycle::Gone))
-    }
-
-    /// True when the kernel stamped an exit of `pid` that `is_of` says is
-    /// of the process in question.
-    fn exited_after(&self, pid: u32, is_of: impl FnOnce(&ExecState) -> bool) -> bool {
-        let state = self.generations.0.state(pid);
-        state.exited_ticks.is_some() && is_of(&state)
+            .is_some_and(|info| self.stamped_exit(tgid, info.start_time))
     }
 
     /// True when `tgid`'s snapshot of image `exec_gen` was read at most
@@ -429,12 +421,7 @@ impl ProcessTable {
             // seen once). Unless the kernel stamped the exit of the very
             // process it announced: most of a build host's are gone
             // before the drain that brings them.
-            None if leader.is_some_and(|leader| {
-                self.exited_after(pid, |state| {
-                    state.exited_ticks == Some(leader_ticks(leader) as u32)
-                })
-            }) =>
-            {
+            None if leader.is_some_and(|leader| self.stamped_exit(pid, leader_ticks(leader))) => {
                 return Ok(Lifecycle::Gone)
             }
             None => Lifecycle::New,
@@ -447,13 +434,10 @@ impl ProcessTable {
             Some(info) if leader.is_some_and(|leader| leader_ticks(leader) < info.start_time) => {
                 return Ok(Lifecycle::Unchanged)
             }
-            Some(info) => match self
-                .by_generation(info)
-                .filter(|_| stamp == Stamp::Believed)
-            {
-                Some(state) => state,
-                None => lifecycle(Some(info.identity()), procfs::identity(pid)?),
-            },
+            Some(info) if stamp == Stamp::Believed && self.stamped_exit(pid, info.start_time) => {
+                Lifecycle::Gone
+            }
+            Some(info) => lifecycle(Some(info.identity()), procfs::identity(pid)?),
         };
         // The leader's facts describe the process the kernel sampled; a
         // known pid's identity is compared with what `/proc` says now.
@@ -617,9 +601,9 @@ impl ProcessTable {
         let gone: HashSet<u32> = self
             .processes
             .values()
-            .filter(|info| match self.by_generation(info) {
-                Some(state) => state == Lifecycle::Gone,
-                None => procfs::read_start_time(info.pid).ok() != Some(info.start_time),
+            .filter(|info| {
+                self.stamped_exit(info.pid, info.start_time)
+                    || procfs::read_start_time(info.pid).ok() != Some(info.start_time)
             })
             .map(|info| info.pid)
             .collect();
@@ -896,6 +880,7 @@ fn lookup(info: &ProcessInfo, addr: u64) -> Option<Resolved> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampler::ExecState;
 
     #[inline(never)]
     fn marker() -> u32 {
