@@ -23,7 +23,12 @@
 //!
 //! Cost: per frame, a range check against the mapping of the previous
 //! frame; per mapping change, a lookup of the image's entry; nothing at
-//! all when this CPU's previous walk was the same image and stack. Kernels
+//! all when this CPU's previous walk was the same image and stack, or
+//! (CPU and page-fault samples) when the sample's key was already counted
+//! in the active map set, whose first count walked the same image and
+//! stack: a busy thread's repeated stacks skip the walk until the sets
+//! flip. Frames left waiting then wait for the next new key, off-CPU
+//! sample, exec or exit of the image. Kernels
 //! without `bpf_find_vma` leave the tail-call slots empty and samples
 //! resolve through `/proc` snapshots alone.
 

@@ -295,7 +295,13 @@ fn finish<const LOOPS: bool>(
         kind: kind.index(),
         trace,
     };
-    count(set.counts, kind, &key);
+    // A key already counted in this set had its user frames walked when
+    // it was first counted (same process image, same stack): only a new
+    // one needs the walk. A busy thread's repeated stacks then skip the
+    // tail call, the stack's copy and the frame loop.
+    if count(set.counts, kind, &key) != Counted::New {
+        return;
+    }
     files::walk_in_tail_call(
         ctx,
         &TAIL_CALLS,
@@ -307,28 +313,48 @@ fn finish<const LOOPS: bool>(
     );
 }
 
+/// How [`count`] went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// The key's entry was created.
+    New,
+    /// Added to the entry the key had.
+    Existing,
+    /// Lost: the map is full.
+    Dropped,
+}
+
 /// Adds one sample to `key`'s count, creating the entry when needed.
 #[inline(always)]
-fn count(counts: &HashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) {
+fn count(counts: &HashMap<SampleKey, u64>, kind: Kind, key: &SampleKey) -> Counted {
     if let Some(value) = counts.get_ptr_mut(key) {
         add_one(value);
         kind.bump(Stat::Recorded);
-        return;
+        return Counted::Existing;
     }
     match counts.insert(key, 1, BPF_NOEXIST as u64) {
         Ok(()) => {
             kind.bump(Stat::Recorded);
             stack::added_entry();
+            Counted::New
         }
-        // Another CPU created the entry between our lookup and insert.
+        // Another CPU created the entry between our lookup and insert
+        // (and walks its frames).
         Err(err) if err == -EEXIST => match counts.get_ptr_mut(key) {
             Some(value) => {
                 add_one(value);
                 kind.bump(Stat::Recorded);
+                Counted::Existing
             }
-            None => kind.bump(Stat::DroppedCountsFull),
+            None => {
+                kind.bump(Stat::DroppedCountsFull);
+                Counted::Dropped
+            }
         },
-        Err(_) => kind.bump(Stat::DroppedCountsFull),
+        Err(_) => {
+            kind.bump(Stat::DroppedCountsFull);
+            Counted::Dropped
+        }
     }
 }
 
