@@ -514,6 +514,9 @@ fn unwind_rows(outcome: &Outcome<UnwindFigures>) -> Vec<Row> {
         if let (Some(tables), Some(fp)) = (u.tables_ns, u.frame_pointers_ns) {
             measured += &format!(" ({:.2}x frame pointers)", tables / fp.max(f64::EPSILON));
         }
+        if let Some(floor) = u.floor_ns {
+            measured += &format!("; an empty program: {:.2} µs", floor / 1e3);
+        }
         (measured, verdict)
     };
     rows_of(
@@ -732,6 +735,7 @@ mod tests {
                 tables_ns: Some(5_400.0),
                 frame_pointers_ns: Some(2_700.0),
                 frame_pointers_built_ns: Some(3_100.0),
+                floor_ns: Some(400.0),
             }),
             kept: Outcome::Measured(KeptFigures {
                 cpus: 2,
@@ -762,7 +766,7 @@ mod tests {
 | one-shot record: peak RSS, against perf | 1.13x perf (29.6 MiB against 26.1 MiB) | – | – |
 | BPF time per sample, frame pointers | 2.70 µs | ≤ 3 µs | yes |
 | BPF time per sample, frame pointers, programs built with them | 3.10 µs | ≤ 3 µs | **no** |
-| BPF time per sample, tables | 5.40 µs (2.00x frame pointers) | ≤ 5 µs | **no** |
+| BPF time per sample, tables | 5.40 µs (2.00x frame pointers); an empty program: 0.40 µs | ≤ 5 µs | **no** |
 | samples kept at 1 kHz, every CPU busy | 99.50 % (19880 of 19980); 0 dropped, counted; 100 neither kept nor counted | ≥ 99 %, drops counted | yes |
 ";
         assert_eq!(text, expected);
@@ -776,6 +780,7 @@ mod tests {
                 tables_ns: Some(4_000.0),
                 frame_pointers_ns: None,
                 frame_pointers_built_ns: Some(2_000.0),
+                floor_ns: None,
             }),
             kept: Outcome::Skipped,
             ..measured_results()

@@ -79,6 +79,9 @@ pub struct UnwindFigures {
     /// With frame pointers only, on programs built with them (the
     /// unwinder's own case), in nanoseconds.
     pub frame_pointers_built_ns: Option<f64>,
+    /// An empty program's run on the same event, during the tables'
+    /// capture: the machine's floor, in nanoseconds.
+    pub floor_ns: Option<f64>,
 }
 
 impl UnwindFigures {
@@ -88,6 +91,10 @@ impl UnwindFigures {
             tables_ns: ns_per_sample(captures, Mode::Tables, false),
             frame_pointers_ns: ns_per_sample(captures, Mode::FramePointers, false),
             frame_pointers_built_ns: ns_per_sample(captures, Mode::FramePointersBuilt, false),
+            floor_ns: captures
+                .iter()
+                .find(|c| c.mode == Mode::Tables)
+                .and_then(|c| c.floor_ns),
         }
     }
 }
@@ -386,6 +393,9 @@ struct Capture {
     tables: TableLoads,
     /// Its own CPU time, user + system, in seconds.
     cpu_s: f64,
+    /// Nanoseconds per run of an empty program on the same event at the
+    /// same time ([`bpf::EmptyProgram`]); `None` when not measured.
+    floor_ns: Option<f64>,
 }
 
 impl Capture {
@@ -402,6 +412,33 @@ impl Capture {
 /// This hostprof's capture in `mode`, and the baseline's taken at the same
 /// time when there is one.
 fn captures_of(
+    options: &UnwindBenchOptions,
+    mode: Mode,
+    unwinder_flag: bool,
+) -> Result<Vec<Capture>> {
+    let floor = match bpf::EmptyProgram::attach(FLOOR_HZ) {
+        Ok(floor) => Some(floor),
+        Err(err) => {
+            println!("[bench-unwind] warning: the empty program's floor not measured: {err}");
+            None
+        }
+    };
+    let mut captures = captures_with_baseline(options, mode, unwinder_flag)?;
+    let floor_ns = floor
+        .and_then(|floor| floor.runs().ok())
+        .and_then(|(runs, ns)| (runs > 0).then(|| ns as f64 / runs as f64));
+    for capture in &mut captures {
+        capture.floor_ns = floor_ns;
+    }
+    Ok(captures)
+}
+
+/// `record`'s default frequency, at which the empty program runs too.
+const FLOOR_HZ: u64 = 99;
+
+/// This hostprof's capture in `mode`, and the baseline's taken at the
+/// same time when there is one.
+fn captures_with_baseline(
     options: &UnwindBenchOptions,
     mode: Mode,
     unwinder_flag: bool,
@@ -505,6 +542,7 @@ fn capture(
         objects,
         tables: TableLoads::from_stats_json(&stats_json)?,
         cpu_s,
+        floor_ns: None,
     })
 }
 
@@ -959,7 +997,31 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
     for capture in captures {
         let _ = writeln!(w, "- {}: {:.2} s", capture.label(), capture.cpu_s);
     }
+    floor_section(w, captures);
     baseline_section(w, captures, cost_of);
+}
+
+/// The empty program's cost per run beside each mode's captures.
+fn floor_section(w: &mut String, captures: &[Capture]) {
+    let mut floors = captures
+        .iter()
+        .filter(|c| !c.baseline)
+        .filter_map(|c| Some((c.mode, c.floor_ns?)))
+        .peekable();
+    if floors.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\nThe floor: an empty perf_event program (`r0 = 0; exit`) on its own CPU-clock \
+         event at {FLOOR_HZ} Hz on every CPU, attached during each mode's captures: what \
+         running any program from that interrupt costs on this machine (the run-time clock, \
+         a cold fetch of its code). hostprof's programs run from the same interrupt, so \
+         their cost per sample includes it once.\n"
+    );
+    for (mode, ns) in floors {
+        let _ = writeln!(w, "- {}: {ns:.0} ns per run", mode.label());
+    }
 }
 
 /// BPF nanoseconds per sample of the capture in `mode` (the baseline's
@@ -1240,6 +1302,136 @@ mod bpf {
         name(&fd, &mut [0; 24 + NAME_LEN], 24)
     }
 
+    const PROG_LOAD: libc::c_int = 5;
+    /// `BPF_PROG_TYPE_PERF_EVENT`.
+    const PROG_TYPE_PERF_EVENT: u32 = 7;
+    /// `PERF_EVENT_IOC_SET_BPF`, `_IOW('$', 8, __u32)`.
+    const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+    /// `PERF_FLAG_FD_CLOEXEC` (not in `libc`).
+    const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+
+    /// `union bpf_attr` of `BPF_PROG_LOAD`, up to the name (the kernel
+    /// takes the fields it knows; the rest are zero).
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; NAME_LEN],
+    }
+
+    /// An empty perf-event program (`r0 = 0; exit`) attached to its own
+    /// CPU-clock event on every online CPU: what running any program
+    /// from that interrupt costs on this machine (the run-time clock's
+    /// reads, the dispatch, a cold fetch of its code), the floor under
+    /// hostprof's programs. Detached when dropped.
+    pub struct EmptyProgram {
+        program: OwnedFd,
+        _events: Vec<OwnedFd>,
+    }
+
+    impl EmptyProgram {
+        /// Loads it and attaches it at `frequency` samples per second per CPU.
+        pub fn attach(frequency: u64) -> io::Result<Self> {
+            // mov64 r0, 0; exit.
+            let insns: [u64; 2] = [0xb7, 0x95];
+            let license = b"GPL\0";
+            let mut name = [0u8; NAME_LEN];
+            name[..5].copy_from_slice(b"floor");
+            let mut attr = ProgLoad {
+                prog_type: PROG_TYPE_PERF_EVENT,
+                insn_cnt: insns.len() as u32,
+                insns: insns.as_ptr() as u64,
+                license: license.as_ptr() as u64,
+                log_level: 0,
+                log_size: 0,
+                log_buf: 0,
+                kern_version: 0,
+                prog_flags: 0,
+                prog_name: name,
+            };
+            // SAFETY: `attr` is this command's attribute struct; its
+            // pointers are to `insns` and `license`, alive meanwhile.
+            let fd = unsafe { bpf(PROG_LOAD, &mut attr) }?;
+            // SAFETY: a new descriptor that nothing else owns.
+            let program = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+            // SAFETY: no arguments.
+            let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+            let mut events = Vec::new();
+            let mut last_error = None;
+            for cpu in 0..cpus as libc::c_int {
+                match cpu_clock(cpu, frequency, &program) {
+                    Ok(event) => events.push(event),
+                    Err(err) => last_error = Some(err),
+                }
+            }
+            match (events.is_empty(), last_error) {
+                (true, Some(err)) => Err(err),
+                _ => Ok(EmptyProgram {
+                    program,
+                    _events: events,
+                }),
+            }
+        }
+
+        /// Its runs and their nanoseconds so far (while
+        /// `kernel.bpf_stats_enabled` is on).
+        pub fn runs(&self) -> io::Result<(u64, u64)> {
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.program.as_raw_fd()))?;
+            Ok((
+                super::fdinfo_number(&info, "run_cnt").unwrap_or(0),
+                super::fdinfo_number(&info, "run_time_ns").unwrap_or(0),
+            ))
+        }
+    }
+
+    /// A CPU-clock event on `cpu` at `frequency`, running `program`.
+    fn cpu_clock(cpu: libc::c_int, frequency: u64, program: &OwnedFd) -> io::Result<OwnedFd> {
+        // `struct perf_event_attr` (128 bytes, PERF_ATTR_SIZE_VER7) as
+        // words: type PERF_TYPE_SOFTWARE and size, config
+        // PERF_COUNT_SW_CPU_CLOCK, sample_freq, and the `freq` bit of the
+        // flags word.
+        let mut attr = [0u64; 16];
+        attr[0] = 1 | (128 << 32);
+        attr[2] = frequency;
+        attr[5] = 1 << 10;
+        // SAFETY: `attr` is a `perf_event_attr` of the size it says.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                -1 as libc::pid_t,
+                cpu,
+                -1 as libc::c_int,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor that nothing else owns.
+        let event = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+        // SAFETY: the ioctl takes the program's descriptor by value.
+        if unsafe {
+            libc::ioctl(
+                event.as_raw_fd(),
+                PERF_EVENT_IOC_SET_BPF,
+                program.as_raw_fd(),
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(event)
+    }
+
     /// The keys of map `id`, at most `limit` (keys deleted while walking can
     /// restart the walk).
     pub fn count_keys(id: u32, key_size: usize, limit: u32) -> io::Result<u64> {
@@ -1416,6 +1608,7 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
             },
             tables: TableLoads::default(),
             cpu_s,
+            floor_ns: Some(400.0),
         }
     }
 
@@ -1520,9 +1713,17 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
                 tables_ns: Some(3000.0),
                 frame_pointers_ns: None,
                 frame_pointers_built_ns: None,
+                floor_ns: Some(400.0),
             }
         );
         let text = report(&fake_setup(), &captures, Builds::Skipped);
         assert!(!text.contains("Table build speed"), "{text}");
+        // The floor is this build's modes', once each.
+        assert!(text.contains("- tables: 400 ns per run"), "{text}");
+        assert!(
+            text.contains("- python, frames walked: 400 ns per run"),
+            "{text}"
+        );
+        assert_eq!(text.matches("ns per run\n").count(), 2, "{text}");
     }
 }
