@@ -26,9 +26,9 @@
 //! all when this CPU's previous walk was the same image and stack, or
 //! (CPU and page-fault samples) when the sample's key was already counted
 //! in the active map set, whose first count walked the same image and
-//! stack: a busy thread's repeated stacks skip the walk until the sets
-//! flip. Frames left waiting then wait for the next new key, off-CPU
-//! sample, exec or exit of the image. Kernels
+//! stack, and the image has nothing waiting and lost no frame's mapping
+//! during this set (a lookup of its entry; [`walk_again`]): a busy
+//! thread's repeated stacks skip the walk until the sets flip. Kernels
 //! without `bpf_find_vma` leave the tail-call slots empty and samples
 //! resolve through `/proc` snapshots alone.
 
@@ -84,6 +84,12 @@ struct ImageFiles {
     next: u32,
     /// Frames in `pending`, at the front.
     pending_count: u32,
+    /// The map set (+ 1; 0: none) during which a frame of the image was
+    /// left without its mapping sent: waiting, or dropped (the waiting
+    /// list full, the ring full). Until the sets flip, every sample of
+    /// the image walks its frames again (see [`walk_again`]).
+    incomplete_in: u32,
+    _pad: u32,
     pending: [u64; PENDING],
 }
 
@@ -115,6 +121,29 @@ struct Pending {
 
 #[map(name = "FILES_PENDING")]
 static FILES_PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(kernel_kind::COUNT, 0);
+
+/// Whether a sample of the image (`tgid`, `exec_gen`) whose key was
+/// already counted in map set `set` must walk its frames anyway: that
+/// key's first walk sent the mappings of its frames unless the image has
+/// frames waiting, or lost one during this set (see
+/// [`ImageFiles::incomplete_in`]), or has no entry (the map was full).
+#[inline(always)]
+pub fn walk_again(tgid: u32, exec_gen: u32, set: u32) -> bool {
+    // SAFETY: plain lookup; two fields read at once.
+    match unsafe { FILES_STATE.get(&Image { tgid, exec_gen }) } {
+        Some(files) => files.pending_count != 0 || files.incomplete_in == set.wrapping_add(1),
+        None => true,
+    }
+}
+
+/// Marks `files` as having left a frame's mapping unsent in the active
+/// set (see [`ImageFiles::incomplete_in`]).
+#[inline(always)]
+fn mark_incomplete(kind: Kind, files: &mut ImageFiles) {
+    if let Some(config) = kind.config() {
+        files.incomplete_in = config.active_set.wrapping_add(1);
+    }
+}
 
 /// Hands a counted sample's user stack to the kind's files program in
 /// slot `TAIL_RECORD_FILES` of `programs`. Returns when there is nothing
@@ -508,7 +537,7 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
         }
     }
     if walk.busy != 0 {
-        return wait(files, addr);
+        return wait(kind, files, addr);
     }
     // Zeroed word by word, not by a `memset` call (see `stack::zero`).
     let mut vma = MaybeUninit::<Vma>::uninit();
@@ -532,7 +561,7 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
     };
     if result == EBUSY {
         walk.busy = 1;
-        return wait(files, addr);
+        return wait(kind, files, addr);
     }
     if result != 0 || vma.found == 0 || vma.end <= addr {
         kind.bump(Stat::FileLookupFailed);
@@ -558,6 +587,7 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
         kind.bump(Stat::FilesRecorded);
     } else {
         kind.bump(Stat::FileRecordLost);
+        mark_incomplete(kind, files);
         // Forget it so a later sample sends it again.
         // SAFETY: the entry's own range.
         unsafe { stack::zero(&mut files.ranges[slot]) };
@@ -575,9 +605,10 @@ fn bounded(index: usize) -> usize {
 }
 
 /// Leaves `addr` for a later lookup, unless the image has enough waiting
-/// (then false).
+/// (then false); either way the image's frames are incomplete in this set.
 #[inline(always)]
-fn wait(files: &mut ImageFiles, addr: u64) -> bool {
+fn wait(kind: Kind, files: &mut ImageFiles, addr: u64) -> bool {
+    mark_incomplete(kind, files);
     let count = files.pending_count as usize;
     if count >= PENDING {
         return false;

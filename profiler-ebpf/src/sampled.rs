@@ -296,10 +296,14 @@ fn finish<const LOOPS: bool>(
         trace,
     };
     // A key already counted in this set had its user frames walked when
-    // it was first counted (same process image, same stack): only a new
-    // one needs the walk. A busy thread's repeated stacks then skip the
-    // tail call, the stack's copy and the frame loop.
-    if count(set.counts, kind, &key) != Counted::New {
+    // it was first counted (same process image, same stack): it needs the
+    // walk again only when that walk left frames unsent. A busy thread's
+    // repeated stacks then skip the tail call, the stack's copy and the
+    // frame loop.
+    // (No user frames, or the idle task: nothing to walk either way.)
+    if count(set.counts, kind, &key) == Counted::Existing
+        && (tgid == 0 || user_stack == 0 || !files::walk_again(tgid, exec_gen, set.index))
+    {
         return;
     }
     files::walk_in_tail_call(

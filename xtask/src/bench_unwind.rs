@@ -1001,6 +1001,25 @@ fn cost_section(w: &mut String, setup: &Setup, captures: &[Capture]) {
     baseline_section(w, captures, cost_of);
 }
 
+/// The CPUs of a kernel CPU list (`/sys/devices/system/cpu/online`:
+/// `0-3,5,7-8`); `None` when it does not parse.
+fn cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (first.parse::<u32>().ok()?, last.parse::<u32>().ok()?);
+                if first > last {
+                    return None;
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
 /// The empty program's cost per run beside each mode's captures.
 fn floor_section(w: &mut String, captures: &[Capture]) {
     let mut floors = captures
@@ -1014,10 +1033,11 @@ fn floor_section(w: &mut String, captures: &[Capture]) {
     let _ = writeln!(
         w,
         "\nThe floor: an empty perf_event program (`r0 = 0; exit`) on its own CPU-clock \
-         event at {FLOOR_HZ} Hz on every CPU, attached during each mode's captures: what \
-         running any program from that interrupt costs on this machine (the run-time clock, \
-         a cold fetch of its code). hostprof's programs run from the same interrupt, so \
-         their cost per sample includes it once.\n"
+         event at {FLOOR_HZ} Hz on every CPU (record's default frequency, whatever \
+         --record-arg says), attached during each mode's captures: what `bpf_stats` counts \
+         for a program that does nothing, run from the same kind of interrupt on this machine \
+         (the run-time clock's reads, a cold fetch of its code). Not a constant to subtract: \
+         the cold share grows with the code and data a program touches.\n"
     );
     for (mode, ns) in floors {
         let _ = writeln!(w, "- {}: {ns:.0} ns per run", mode.label());
@@ -1327,10 +1347,10 @@ mod bpf {
     }
 
     /// An empty perf-event program (`r0 = 0; exit`) attached to its own
-    /// CPU-clock event on every online CPU: what running any program
-    /// from that interrupt costs on this machine (the run-time clock's
-    /// reads, the dispatch, a cold fetch of its code), the floor under
-    /// hostprof's programs. Detached when dropped.
+    /// CPU-clock event on every online CPU: what `bpf_stats` counts for
+    /// a program that does nothing, run from that kind of interrupt on
+    /// this machine (the run-time clock's reads, a cold fetch of its
+    /// code). Detached when dropped.
     pub struct EmptyProgram {
         program: OwnedFd,
         _events: Vec<OwnedFd>,
@@ -1361,23 +1381,23 @@ mod bpf {
             let fd = unsafe { bpf(PROG_LOAD, &mut attr) }?;
             // SAFETY: a new descriptor that nothing else owns.
             let program = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
-            // SAFETY: no arguments.
-            let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1);
+            let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+            let cpus = super::cpu_list(&online).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unreadable online CPU list {online:?}"),
+                )
+            })?;
             let mut events = Vec::new();
-            let mut last_error = None;
-            for cpu in 0..cpus as libc::c_int {
-                match cpu_clock(cpu, frequency, &program) {
-                    Ok(event) => events.push(event),
-                    Err(err) => last_error = Some(err),
-                }
+            for cpu in cpus {
+                // Every online CPU or none: a floor from some CPUs only
+                // would not be the one hostprof's programs run on.
+                events.push(cpu_clock(cpu as libc::c_int, frequency, &program)?);
             }
-            match (events.is_empty(), last_error) {
-                (true, Some(err)) => Err(err),
-                _ => Ok(EmptyProgram {
-                    program,
-                    _events: events,
-                }),
-            }
+            Ok(EmptyProgram {
+                program,
+                _events: events,
+            })
         }
 
         /// Its runs and their nanoseconds so far (while
@@ -1697,6 +1717,15 @@ unwind_table/libm.so.6  time:   [613.19 µs 631.39 µs 653.24 µs]
         );
         assert!(text.contains("- tables (baseline): 1.00 s"), "{text}");
         assert!(text.contains("Not measured: the bench failed"), "{text}");
+    }
+
+    #[test]
+    fn cpu_lists_parse_as_the_kernel_writes_them() {
+        assert_eq!(cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
+        assert_eq!(cpu_list("3"), Some(vec![3]));
+        assert_eq!(cpu_list("2-1"), None);
+        assert_eq!(cpu_list(""), None);
     }
 
     #[test]
