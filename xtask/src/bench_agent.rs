@@ -427,6 +427,13 @@ fn report(
         encode_ms,
         profiles / encodes
     );
+    println!(
+        "  symbols: {:.0} sealed copies made ({:.1} MiB, {:.2} s), {:.0} lookups read a binary",
+        metric(metrics, "hostprof_symbol_files_copied_total"),
+        metric(metrics, "hostprof_symbol_copied_bytes_total") / (1024.0 * 1024.0),
+        metric(metrics, "hostprof_symbol_copy_seconds_total"),
+        metric(metrics, "hostprof_symbol_cache_misses_total")
+    );
     let drains = |cause: &str| {
         metric(
             metrics,
