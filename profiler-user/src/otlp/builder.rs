@@ -801,6 +801,71 @@ mod tests {
         assert_eq!(s(build_id.key_strindex), "process.executable.build_id.gnu");
     }
 
+    /// Two processes of one container, registered in a different order
+    /// in each of two profiles: one resource, and every sample carries
+    /// its own process's pid (each profile's processes are looked up once
+    /// by their index in that profile).
+    #[test]
+    fn processes_of_a_container_keep_their_own_attributes_across_profiles() {
+        use crate::profile::ProfileBuilder;
+        use crate::ProfileKind;
+        let path = format!(
+            "/kubepods/besteffort/pod3f1c2a4b-5d6e-4f70-8192-a3b4c5d6e7f8/{}",
+            "cd".repeat(32)
+        );
+        let container = crate::container::cgroup::parse_cgroup_path(&path);
+        let profile = |pids: [u32; 2]| {
+            let mut b = ProfileBuilder::new(ProfileKind::Cpu);
+            let main = b.named_location("main", 0x10);
+            for pid in pids {
+                let process = b.process(Process {
+                    pid,
+                    executable_name: format!("app{pid}"),
+                    executable_path: Some(format!("/usr/bin/app{pid}").into()),
+                    container: container.clone(),
+                    pod: None,
+                });
+                // The thread id is the pid: each sample names its process.
+                b.add_cpu(process, pid, "main", vec![main], 1);
+            }
+            b.build(
+                std::time::SystemTime::UNIX_EPOCH,
+                std::time::Duration::from_secs(1),
+                10_000_000,
+            )
+        };
+        let request = build_request(&[profile([7, 9]), profile([9, 7])], &host());
+        let d = request.dictionary.as_ref().unwrap();
+        let s = |i: i32| d.string_table[i as usize].as_str();
+        assert_eq!(request.resource_profiles.len(), 1);
+        let mut seen = 0;
+        for profile in &request.resource_profiles[0].scope_profiles[0].profiles {
+            for sample in &profile.samples {
+                let ints: HashMap<&str, String> = sample
+                    .attribute_indices
+                    .iter()
+                    .map(|&a| {
+                        let kv = &d.attribute_table[a as usize];
+                        (s(kv.key_strindex), format!("{:?}", kv.value))
+                    })
+                    .collect();
+                assert_eq!(ints["process.pid"], ints["thread.id"], "{ints:?}");
+                let pid = if ints["thread.id"].contains("IntValue(7)") {
+                    7
+                } else {
+                    9
+                };
+                assert!(
+                    ints["process.executable.name"].contains(&format!("app{pid}")),
+                    "{ints:?}"
+                );
+                seen += 1;
+            }
+        }
+        // Two profiles of two sample types each, two samples in each.
+        assert_eq!(seen, 8);
+    }
+
     #[test]
     fn a_container_is_one_resource_with_the_process_on_its_samples() {
         let mut profile = sample_profile();
