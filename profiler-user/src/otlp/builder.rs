@@ -83,11 +83,11 @@ enum AttrValue<'a> {
 }
 
 /// An attribute's value as the attribute table is keyed: a string value
-/// by its number among the distinct string values (not emitted; the
+/// by its index among the distinct string values (not emitted; the
 /// attribute carries the string itself).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum AttrKey {
-    Str(u32),
+    Str(i32),
     Int(i64),
 }
 
@@ -101,8 +101,8 @@ type LocationKey = (i32, u64, Vec<(i32, i64)>, Vec<i32>);
 struct Dictionary {
     strings: Table<String, String>,
     attributes: Table<(i32, AttrKey), pb::KeyValueAndUnit>,
-    /// The distinct string values of attributes, numbered for [`AttrKey`].
-    attribute_strings: FastMap<String, u32>,
+    /// The distinct string values of attributes, indexed for [`AttrKey`].
+    attribute_strings: Table<String, ()>,
     stacks: Table<Vec<i32>, pb::Stack>,
     links: Table<TraceLink, pb::Link>,
     functions: Table<(i32, i32, i32), pb::Function>,
@@ -115,7 +115,7 @@ impl Dictionary {
         Self {
             strings: Table::new(),
             attributes: Table::new(),
-            attribute_strings: FastMap::default(),
+            attribute_strings: Table::new(),
             stacks: Table::new(),
             links: Table::new(),
             functions: Table::new(),
@@ -224,18 +224,10 @@ impl Dictionary {
     fn attribute(&mut self, key: &str, value: AttrValue<'_>) -> i32 {
         let key_strindex = self.string(key);
         let value_key = match value {
-            AttrValue::Str(s) => {
-                let next = u32::try_from(self.attribute_strings.len())
-                    .expect("fewer than 2^32 attribute values");
-                let number = match self.attribute_strings.get(s) {
-                    Some(&number) => number,
-                    None => {
-                        self.attribute_strings.insert(s.to_owned(), next);
-                        next
-                    }
-                };
-                AttrKey::Str(number)
-            }
+            AttrValue::Str(s) => AttrKey::Str(
+                self.attribute_strings
+                    .intern_borrowed(s, || (s.to_owned(), ())),
+            ),
             AttrValue::Int(i) => AttrKey::Int(i),
         };
         self.attributes
