@@ -127,6 +127,9 @@ pub mod names {
     pub const TAIL_UNWIND_STORE: u32 = 1;
     /// [`super::Config`] array, one entry.
     pub const CONFIG: &str = "CONFIG";
+    /// The object's read-only global of [`super::Features`] bits, written
+    /// by the loader before any program is verified.
+    pub const FEATURES: &str = "FEATURES";
     /// Per-CPU [`super::Stat`] counters.
     pub const STATS: &str = "STATS";
     /// Tgids the userspace asked to profile (only read when
@@ -814,6 +817,26 @@ impl Config {
     pub const PYTHON: u32 = 1 << 5;
 }
 
+/// What the loader knows before the programs are verified and never
+/// changes while they run: bits of the object's read-only
+/// [`names::FEATURES`] global (`aya::EbpfLoader::override_global`).
+///
+/// Why a global rather than a [`Config`] flag: the verifier reads a
+/// frozen read-only global as a constant and does not walk the branch it
+/// rules out, nor keep its code. A program built for both unwinders then
+/// costs start-up time (the verifier's) and instruction cache only for
+/// the one in use; a `Config` flag is a map value the verifier must treat
+/// as anything.
+pub struct Features;
+
+impl Features {
+    /// The table unwinder is loaded (`unwind_user` and `unwind_store` fill
+    /// their tail-call slots): the CPU and page-fault programs hand every
+    /// sample to it. Without it they read user stacks with frame pointers
+    /// themselves.
+    pub const TABLES: u32 = 1 << 0;
+}
+
 /// The kinds of profile the kernel programs record, as indices of their
 /// blocks of [`Stat`] counters in `STATS` (`kind * Stat::COUNT + stat`).
 pub mod kernel_kind {
@@ -1237,8 +1260,8 @@ pub enum Stat {
     UnwindStopTablesPending,
     /// Unwinds cut at the depth limit (the stack ends in [`TRUNCATED_MARK`]).
     UnwindTruncated,
-    /// Samples lost because the tail call to the store program failed (a
-    /// loading bug).
+    /// Samples lost because a tail call of the unwinding chain (to the
+    /// unwinding or the store program) failed (a loading bug).
     UnwindTailCallFailed,
     /// Waits measured, kept or not: off-CPU intervals (switch-out to
     /// switch-in) or lock contentions (`contention_begin` to `_end`).

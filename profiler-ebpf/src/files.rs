@@ -371,7 +371,7 @@ pub fn forget(tgid: u32, exec_gen: u32) {
 #[inline(always)]
 fn copy_stack(hash: StackHash, set: u32, scratch: *mut DeepStack) -> bool {
     let maps = stack::stack_set_at(set);
-    if let Some(stack) = maps.stacks.get_ptr(hash) {
+    if let Some(stack) = maps.stacks().get_ptr(hash) {
         // SAFETY: `stack` is a live map value of `size_of::<Stack>()`
         // bytes, `scratch` this CPU's slot of the kind, larger.
         let copied = unsafe { read_raw(scratch.cast(), size_of::<Stack>() as u32, stack.cast()) };
@@ -379,7 +379,7 @@ fn copy_stack(hash: StackHash, set: u32, scratch: *mut DeepStack) -> bool {
         unsafe { (*scratch).frames[MAX_STACK_DEPTH] = 0 };
         return copied == 0;
     }
-    if let Some(stack) = maps.deep_stacks.get_ptr(hash) {
+    if let Some(stack) = maps.deep_stacks().get_ptr(hash) {
         // SAFETY: as above, with a `DeepStack` (the scratch's own size).
         let copied =
             unsafe { read_raw(scratch.cast(), size_of::<DeepStack>() as u32, stack.cast()) };

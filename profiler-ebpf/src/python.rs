@@ -220,18 +220,57 @@ fn frame_of(process: &PythonProcess, tstate: u64) -> Option<u64> {
 #[inline(always)]
 fn search(process: &PythonProcess, fsbase: u64) -> Option<u64> {
     let offsets = &process.offsets;
-    let thread_id = u64::from(offsets.tstate_thread_id);
     let interpreter = read_user(process.runtime + u64::from(offsets.runtime_interpreters))?;
-    let mut tstate = read_user(interpreter + u64::from(offsets.interp_threads))?;
-    let mut i = 0;
-    while i < THREADS_MAX && tstate != 0 {
-        if read_user(tstate + thread_id)? == fsbase {
-            return Some(tstate);
-        }
-        tstate = read_user(tstate + u64::from(offsets.tstate_next))?;
-        i += 1;
+    let mut search = ThreadStateSearch {
+        tstate: read_user(interpreter + u64::from(offsets.interp_threads))?,
+        fsbase,
+        thread_id: u64::from(offsets.tstate_thread_id),
+        next: u64::from(offsets.tstate_next),
+        found: 0,
+    };
+    // A loop step per thread state: the verifier checks one step, where
+    // a plain loop was walked state by state (a quarter of the store
+    // program's verification).
+    if !stack::loop_over(THREADS_MAX, &mut search) || search.found == 0 {
+        return None;
     }
-    None
+    Some(search.found)
+}
+
+/// [`search`]'s loop state: the thread state to look at next.
+#[repr(C)]
+struct ThreadStateSearch {
+    tstate: u64,
+    fsbase: u64,
+    thread_id: u64,
+    next: u64,
+    /// The state found (0: none yet).
+    found: u64,
+}
+
+impl LoopBody for ThreadStateSearch {
+    /// Looks at one thread state; stops at the one sought, at the list's
+    /// end, or where user memory cannot be read (nothing found then).
+    #[inline(always)]
+    fn step(&mut self, _index: u64) -> i64 {
+        if self.tstate == 0 {
+            return LOOP_STOP;
+        }
+        match read_user(self.tstate + self.thread_id) {
+            Some(id) if id == self.fsbase => {
+                self.found = self.tstate;
+                LOOP_STOP
+            }
+            Some(_) => match read_user(self.tstate + self.next) {
+                Some(next) => {
+                    self.tstate = next;
+                    LOOP_ON
+                }
+                None => LOOP_STOP,
+            },
+            None => LOOP_STOP,
+        }
+    }
 }
 
 /// The walk's loop context: the kind, whose walk is in [`PYTHON_WALK`].

@@ -74,12 +74,20 @@ static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(names::TAIL_SLO
 #[map(name = "SAMPLED_KIND")]
 static SAMPLED_KIND: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// The maps of the active set.
+/// The maps of the active set (picked where each is used, see
+/// [`StackSet`]).
 struct MapSetRef {
     config: &'static Config,
     index: u32,
-    counts: &'static HashMap<SampleKey, u64>,
     stacks: StackSet,
+}
+
+impl MapSetRef {
+    /// The set's `COUNTS_*` map.
+    #[inline(always)]
+    fn counts(&self) -> &'static HashMap<SampleKey, u64> {
+        stack::pick(&self.index, &COUNTS_0, &COUNTS_1)
+    }
 }
 
 /// Takes one CPU sample: attached to the CPU-clock perf event of every CPU.
@@ -113,10 +121,11 @@ fn sample(ctx: &PerfEventContext, kind: Kind) -> u32 {
 /// The kind whose chain runs on this CPU (see [`SAMPLED_KIND`]).
 #[inline(always)]
 fn sampled_kind() -> Kind {
-    match SAMPLED_KIND.get(0) {
-        Some(&kernel_kind::PAGE_FAULTS) => Kind::PAGE_FAULTS,
-        _ => Kind::CPU,
-    }
+    // As read, not matched against the kinds: a value the verifier knows
+    // nothing of, so the chain is checked once for both kinds rather than
+    // once per kind. A kind's maps are indexed by it (bounds-checked
+    // lookups), and the entry program wrote one of its two kinds.
+    Kind::from_index(SAMPLED_KIND.get(0).copied().unwrap_or(kernel_kind::CPU))
 }
 
 /// Unwinds the user stack of a sampled process (from its tables, or with
@@ -129,13 +138,18 @@ pub fn unwind_user(ctx: PerfEventContext) -> u32 {
         let kind = sampled_kind();
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        match user_regs(&ctx).and_then(|regs| Unwind::start(&regs, kind, tgid, tid)) {
-            Some(mut unwind) => {
+        let unwind = match user_regs(&ctx) {
+            Some(regs) => Unwind::start(&regs, kind, tgid, tid).map(|mut unwind| {
                 unwind.run();
-                unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
-            }
-            // No user context (a kernel thread).
-            None => record_with_frame_pointers::<true>(&ctx, kind, tgid, tid),
+                unwind
+            }),
+            // No user context (a kernel thread, the idle task): no user
+            // frames. `unwind_store` records the sample all the same, so
+            // recording is code of that program alone.
+            None => Unwind::without_user_stack(kind, tgid, tid),
+        };
+        if let Some(mut unwind) = unwind {
+            unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
         }
         0
     })
@@ -191,14 +205,20 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
     }
     if tgid != 0 {
         stack::announce(tgid, kind);
-        // With the table unwinder, unwind in `unwind_user` (tables loaded
-        // for the process or not); the tail call returns only when that
-        // program is not loaded (frame pointers only).
-        // SAFETY: the slot holds `unwind_user`, a perf-event program like
-        // this one, or nothing.
-        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
     }
-    record_with_frame_pointers::<false>(ctx, kind, tgid, tid);
+    if stack::tables_loaded() {
+        // Every sample goes on in `unwind_user` (tables loaded for the
+        // process or not; kernel threads and the idle task with frame
+        // pointers there). The frame-pointer path below is then no code
+        // of this program: the verifier skips it (see `Features`).
+        // SAFETY: the slot holds `unwind_user`, a perf-event program like
+        // this one.
+        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
+        // Returns only if the slot is empty: a loading bug.
+        kind.bump(Stat::UnwindTailCallFailed);
+        return;
+    }
+    record_with_frame_pointers(ctx, kind, tgid, tid);
 }
 
 /// The user registers of the sampled task: from the perf event when it
@@ -223,20 +243,16 @@ fn in_user_mode(ctx: &PerfEventContext) -> bool {
 }
 
 /// Records a sample with the user stack `bpf_get_stack` reads (frame
-/// pointers; `LOOPS`: see [`stack::store_stack`]).
+/// pointers; the programs of the frame-pointer unwinder, which need no
+/// `bpf_loop`).
 #[inline(always)]
-fn record_with_frame_pointers<const LOOPS: bool>(
-    ctx: &PerfEventContext,
-    kind: Kind,
-    tgid: u32,
-    tid: u32,
-) {
+fn record_with_frame_pointers(ctx: &PerfEventContext, kind: Kind, tgid: u32, tid: u32) {
     let Some(set) = active_set(kind) else {
         return;
     };
-    let user_stack = stack::store_stack::<LOOPS, _>(
+    let user_stack = stack::store_stack::<false, _>(
         ctx,
-        set.stacks.stacks,
+        set.stacks.stacks(),
         BPF_F_USER_STACK as u64,
         kind,
         Stat::UserStackError,
@@ -244,7 +260,7 @@ fn record_with_frame_pointers<const LOOPS: bool>(
     if user_stack != 0 && tgid != 0 {
         kind.bump(Stat::UnwindNoTables);
     }
-    finish::<LOOPS>(ctx, &set, kind, tgid, tid, user_stack);
+    finish::<false>(ctx, &set, kind, tgid, tid, user_stack);
 }
 
 /// The maps of the set `CONFIG` names.
@@ -254,11 +270,6 @@ fn active_set(kind: Kind) -> Option<MapSetRef> {
     Some(MapSetRef {
         config,
         index: config.active_set,
-        counts: if config.active_set == 0 {
-            &COUNTS_0
-        } else {
-            &COUNTS_1
-        },
         stacks: stack::stack_set(config),
     })
 }
@@ -281,7 +292,7 @@ fn finish<const LOOPS: bool>(
     let kernel_stack = if in_user_mode(ctx) {
         0
     } else {
-        stack::store_stack::<LOOPS, _>(ctx, set.stacks.stacks, 0, kind, Stat::KernelStackError)
+        stack::store_stack::<LOOPS, _>(ctx, set.stacks.stacks(), 0, kind, Stat::KernelStackError)
     };
     let comm = stack::current_comm();
     let trace = trace::current(set.config);
@@ -301,7 +312,7 @@ fn finish<const LOOPS: bool>(
     // repeated stacks then skip the tail call, the stack's copy and the
     // frame loop.
     // (No user frames, or the idle task: nothing to walk either way.)
-    if count(set.counts, kind, &key) == Counted::Existing
+    if count(set.counts(), kind, &key) == Counted::Existing
         && (tgid == 0 || user_stack == 0 || !files::walk_again(tgid, exec_gen, set.index))
     {
         return;

@@ -30,10 +30,10 @@ use aya_ebpf::{
     },
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    EbpfContext,
+    EbpfContext, Global,
 };
 use profiler_common::{
-    kernel_kind, Config, DeepStack, ProcessEvent, Stack, StackHash, Stat, COMM_LEN,
+    kernel_kind, Config, DeepStack, Features, ProcessEvent, Stack, StackHash, Stat, COMM_LEN,
     DEEP_STACK_DEPTH, MAX_STACK_DEPTH,
 };
 
@@ -45,6 +45,18 @@ pub const EEXIST: i32 = 17;
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// [`Features`] bits, set by the loader (`names::FEATURES`); the verifier
+/// reads them as constants.
+#[no_mangle]
+static FEATURES: Global<u32> = Global::new(0);
+
+/// Whether the table unwinder is loaded ([`Features::TABLES`]): a
+/// constant to the verifier.
+#[inline(always)]
+pub fn tables_loaded() -> bool {
+    FEATURES.load() & Features::TABLES != 0
+}
 
 /// `Stat::COUNT` counters per kind, per CPU: each CPU bumps its own slot
 /// with a plain add (the BPF target has no 64-bit atomic add in stable
@@ -245,10 +257,44 @@ pub fn pid_wanted(config: &Config, tgid: u32) -> bool {
     config.flags & Config::FILTER_PIDS == 0 || unsafe { PID_FILTER.get(tgid) }.is_some()
 }
 
-/// The stack maps of one set.
+/// The stack maps of one set, picked where each is used.
+///
+/// Why an index and not references to the maps: the verifier cannot
+/// merge a path that holds `STACKS_0` with one that holds `STACKS_1`
+/// (different map pointers), so references taken once at the start of a
+/// program made it check everything after twice, once per set. Picked
+/// at each use (the index read anew, so the compiler keeps no pointer
+/// across the program), the two paths meet again right after the call.
+#[derive(Clone, Copy)]
 pub struct StackSet {
-    pub stacks: &'static HashMap<StackHash, Stack>,
-    pub deep_stacks: &'static HashMap<StackHash, DeepStack>,
+    index: u32,
+}
+
+impl StackSet {
+    /// The set's map of stacks up to 127 frames.
+    #[inline(always)]
+    pub fn stacks(&self) -> &'static HashMap<StackHash, Stack> {
+        pick(&self.index, &STACKS_0, &STACKS_1)
+    }
+
+    /// The set's map of deeper stacks.
+    #[inline(always)]
+    pub fn deep_stacks(&self) -> &'static HashMap<StackHash, DeepStack> {
+        pick(&self.index, &DEEP_STACKS_0, &DEEP_STACKS_1)
+    }
+}
+
+/// `set_0` for set 0, else `set_1`: the set's map of a pair, the index
+/// read where the map is used (see [`StackSet`]).
+#[inline(always)]
+pub fn pick<T>(index: &u32, set_0: &'static T, set_1: &'static T) -> &'static T {
+    // SAFETY: `index` is a live reference; the read is volatile only so
+    // that the compiler does not pick the map once for every use.
+    if unsafe { core::ptr::read_volatile(index) } == 0 {
+        set_0
+    } else {
+        set_1
+    }
 }
 
 /// The stack maps of the set `config` names.
@@ -260,17 +306,7 @@ pub fn stack_set(config: &Config) -> StackSet {
 /// The stack maps of set `index`.
 #[inline(always)]
 pub fn stack_set_at(index: u32) -> StackSet {
-    if index == 0 {
-        StackSet {
-            stacks: &STACKS_0,
-            deep_stacks: &DEEP_STACKS_0,
-        }
-    } else {
-        StackSet {
-            stacks: &STACKS_1,
-            deep_stacks: &DEEP_STACKS_1,
-        }
-    }
+    StackSet { index }
 }
 
 /// Copies the stack `hash` from the map set `from` into the set `to` (a
@@ -280,12 +316,12 @@ pub fn stack_set_at(index: u32) -> StackSet {
 pub fn carry(hash: StackHash, from: u32, to: u32, kind: Kind) -> bool {
     let (from, to) = (stack_set_at(from), stack_set_at(to));
     // SAFETY: plain lookups; the values are copied into the other map.
-    if let Some(stack) = unsafe { from.stacks.get(&hash) } {
-        return insert_stack(to.stacks, hash, stack, kind) != 0;
+    if let Some(stack) = unsafe { from.stacks().get(&hash) } {
+        return insert_stack(to.stacks(), hash, stack, kind) != 0;
     }
     // SAFETY: as above.
-    if let Some(stack) = unsafe { from.deep_stacks.get(&hash) } {
-        return insert_stack(to.deep_stacks, hash, stack, kind) != 0;
+    if let Some(stack) = unsafe { from.deep_stacks().get(&hash) } {
+        return insert_stack(to.deep_stacks(), hash, stack, kind) != 0;
     }
     false
 }
@@ -436,12 +472,12 @@ pub fn save_unwound(set: &StackSet, depth: usize, kind: Kind) -> StackHash {
         // SAFETY: this CPU's scratch value; a `Stack` is its prefix. The
         // unwinder ended the frames with a zero (or filled the prefix).
         let stack = unsafe { &*scratch.cast::<Stack>() };
-        insert_hashed(set.stacks, hash, stack, kind)
+        insert_hashed(set.stacks(), hash, stack, kind)
     } else {
         let hash = hash_frames(scratch, DEEP_STACK_DEPTH);
         // SAFETY: as above.
         let stack = unsafe { &*scratch };
-        insert_hashed(set.deep_stacks, hash, stack, kind)
+        insert_hashed(set.deep_stacks(), hash, stack, kind)
     }
 }
 

@@ -138,6 +138,30 @@ impl Unwind {
         Some(Unwind { state })
     }
 
+    /// An unwind of a thread without a user stack (a kernel thread, the
+    /// idle task): no frames, nothing counted, for the store program to
+    /// record the sample with its kernel stack.
+    #[inline(always)]
+    pub fn without_user_stack(kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
+        let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
+        // SAFETY: this CPU's state; nothing else touches it meanwhile.
+        let state = unsafe { &mut *state };
+        *state = UnwindState {
+            pc: 0,
+            sp: 0,
+            bp: 0,
+            depth: 0,
+            tgid,
+            tid,
+            kind: kind.index(),
+            pc_is_exact: false,
+            bp_saved: false,
+            guessed: false,
+            stop: UnwindStop::Running,
+        };
+        Some(Unwind { state })
+    }
+
     /// Picks up the unwind of `kind` its unwinding program left on this CPU.
     #[inline(always)]
     pub fn resume(kind: Kind) -> Option<Unwind> {

@@ -259,7 +259,7 @@ impl Waits {
         } else if self.0.index() == kernel_kind::MEMORY {
             // At the allocator's entry: its caller is at the stack pointer.
             match unwind::current_user_regs().and_then(|regs| stack::read_user(regs.rsp)) {
-                Some(caller) => stack::store_entry_stack(ctx, set.stacks, self.0, caller),
+                Some(caller) => stack::store_entry_stack(ctx, set.stacks(), self.0, caller),
                 None => {
                     self.0.bump(Stat::UserStackError);
                     0
@@ -268,7 +268,7 @@ impl Waits {
         } else {
             stack::store_stack::<false, _>(
                 ctx,
-                set.stacks,
+                set.stacks(),
                 BPF_F_USER_STACK as u64,
                 self.0,
                 Stat::UserStackError,
@@ -314,7 +314,7 @@ impl Waits {
             } else {
                 stack::store_stack::<false, _>(
                     ctx,
-                    set.stacks,
+                    set.stacks(),
                     skip & BPF_F_SKIP_FIELD_MASK as u64,
                     kind,
                     Stat::KernelStackError,

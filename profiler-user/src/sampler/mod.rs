@@ -42,8 +42,8 @@ use aya::programs::perf_event::{
 use aya::programs::{BtfTracePoint, KProbe, PerfEvent, ProgramError, ProgramFd};
 use aya::{Btf, BtfError, Ebpf, EbpfError, EbpfLoader};
 use profiler_common::{
-    kernel_kind, names, Config, DeepStack, FileOffsets, SampleKey as KernelKey, Stack, StackHash,
-    Stat, UNWIND_CHUNK_ROWS,
+    kernel_kind, names, Config, DeepStack, Features, FileOffsets, SampleKey as KernelKey, Stack,
+    StackHash, Stat, UNWIND_CHUNK_ROWS,
 };
 
 pub use allocator::is_allocator_frame;
@@ -439,6 +439,13 @@ impl Sampler {
         loader.map_max_entries(names::UNWIND_ROWS, table_chunks);
         loader.map_max_entries(names::UNWIND_CHUNK_PCS, table_chunks);
         let trace_map = trace_context::prepare(&mut loader, &policy.trace_context_map);
+        // Fixed for the programs' life: the verifier reads them as
+        // constants and skips the code they rule out.
+        let features: &'static u32 = match policy.unwinder {
+            Unwinder::Tables(_) => &Features::TABLES,
+            Unwinder::FramePointers => &0,
+        };
+        loader.override_global(names::FEATURES, features, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(SamplerError::Load)?;
         // Parsed into `ebpf`: its 2 MiB need not stay resident.
         // SAFETY: `include_bytes_aligned!` puts the object in the binary's
