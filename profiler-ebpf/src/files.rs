@@ -32,7 +32,7 @@
 //! without `bpf_find_vma` leave the tail-call slots empty and samples
 //! resolve through `/proc` snapshots alone.
 
-use core::mem::{size_of, MaybeUninit};
+use core::mem::size_of;
 
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
@@ -410,6 +410,8 @@ struct Walk {
     last_start: u64,
     last_end: u64,
     offsets: FileOffsets,
+    /// What the last `bpf_find_vma` read (see [`read_vma`]).
+    vma: Vma,
 }
 
 impl Walk {
@@ -452,8 +454,8 @@ impl Walk {
 
 /// What `bpf_find_vma`'s callback read of the mapping.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Vma {
-    offsets: FileOffsets,
     start: u64,
     end: u64,
     file_offset: u64,
@@ -540,25 +542,27 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
         return wait(kind, files, addr);
     }
     // Zeroed word by word, not by a `memset` call (see `stack::zero`).
-    let mut vma = MaybeUninit::<Vma>::uninit();
-    // SAFETY: a `Vma` on this stack, every field an integer: zero is one.
-    let mut vma = unsafe {
-        stack::zero(vma.as_mut_ptr());
-        vma.assume_init()
-    };
-    vma.offsets = walk.offsets;
+    // SAFETY: the walk's own field, every field an integer: zero is one.
+    unsafe { stack::zero(&mut walk.vma) };
+    // The callback's context: where the walk is. It writes what it reads
+    // into the walk (a map value), not into this stack: the verifier
+    // tracks what a stack slot holds, and each of the callback's returns
+    // (a read that failed, an anonymous mapping, a file) left a different
+    // stack, so it checked the rest of the walk once per return.
+    let mut context: *mut Walk = walk;
     // SAFETY: the current task is a valid BTF task pointer; `read_vma`
-    // has the callback signature bpf_find_vma expects and `vma` lives on
-    // this stack for the call.
+    // has the callback signature bpf_find_vma expects and `context`
+    // lives on this stack for the call.
     let result = unsafe {
         bpf_find_vma(
             bpf_get_current_task_btf(),
             addr,
             read_vma as *mut c_void,
-            (&mut vma as *mut Vma).cast(),
+            (&mut context as *mut *mut Walk).cast(),
             0,
         )
     };
+    let vma = walk.vma;
     if result == EBUSY {
         walk.busy = 1;
         return wait(kind, files, addr);
@@ -619,12 +623,14 @@ fn wait(kind: Kind, files: &mut ImageFiles, addr: u64) -> bool {
 }
 
 /// `bpf_find_vma`'s callback: reads the mapping's range and file identity
-/// into the [`Vma`] context, through the offsets userspace took from BTF.
+/// into the walk's [`Vma`], through the offsets userspace took from BTF.
 #[inline(never)]
 extern "C" fn read_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
-    // SAFETY: `file_of_frame` passes a pointer to its `Vma`.
-    let out = unsafe { &mut *(ctx as *mut Vma) };
-    let offsets = out.offsets;
+    // SAFETY: `look_up` passes a pointer to its pointer to the walk, a
+    // live map value it does not use during the call.
+    let walk = unsafe { &mut **(ctx as *mut *mut Walk) };
+    let offsets = walk.offsets;
+    let out = &mut walk.vma;
     // The address as a number: the fields are read with
     // bpf_probe_read_kernel at offsets only known at run time.
     let base = launder(vma as u64);

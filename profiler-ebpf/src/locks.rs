@@ -147,7 +147,7 @@ pub fn lock_end(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "contention_end")]
 pub fn lock_unwind(ctx: BtfTracePointContext) -> i32 {
     stack::tail(|| {
-        WAITS.unwind_user(&ctx, &LOCK_TAIL_CALLS, SKIP);
+        WAITS.unwind_user(&ctx, &LOCK_TAIL_CALLS);
         0
     })
 }

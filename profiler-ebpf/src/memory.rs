@@ -403,7 +403,7 @@ pub fn exited(tgid: u32) {
 #[kprobe]
 pub fn mem_unwind(ctx: ProbeContext) -> u32 {
     stack::tail(|| {
-        MEMORY.unwind_user(&ctx, &MEMORY_TAIL_CALLS, 0);
+        MEMORY.unwind_user(&ctx, &MEMORY_TAIL_CALLS);
         0
     })
 }

@@ -126,7 +126,7 @@ pub fn off_cpu_in(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sched_exit_tp")]
 pub fn off_cpu_unwind(ctx: BtfTracePointContext) -> i32 {
     stack::tail(|| {
-        WAITS.unwind_user(&ctx, &OFF_CPU_TAIL_CALLS, TRACEPOINT_SKIP);
+        WAITS.unwind_user(&ctx, &OFF_CPU_TAIL_CALLS);
         0
     })
 }
@@ -161,7 +161,7 @@ pub fn off_kp_in(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn off_kp_unwind(ctx: ProbeContext) -> u32 {
     stack::tail(|| {
-        WAITS.unwind_user(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS, KPROBE_SKIP);
+        WAITS.unwind_user(&ctx, &OFF_CPU_KPROBE_TAIL_CALLS);
         0
     })
 }

@@ -189,11 +189,22 @@ impl Waits {
         // only).
         if tgid != 0 {
             stack::announce(tgid, kind);
-            if kind.index() != kernel_kind::MEMORY || unwind::has_tables(tgid) {
-                // SAFETY: the slot holds the unwinding program of this hook
-                // (same type and attach point as the caller), or nothing.
-                let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
-            }
+        }
+        let memory = kind.index() == kernel_kind::MEMORY;
+        if stack::tables_loaded() && !memory {
+            // Every wait goes on in the unwinding program (kernel threads
+            // and the idle task there too): the frame-pointer path below
+            // is then no code of this program (see `Features`).
+            // SAFETY: the slot holds the unwinding program of this hook
+            // (same type and attach point as the caller).
+            let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
+            // Returns only if the slot is empty: a loading bug.
+            kind.bump(Stat::UnwindTailCallFailed);
+            return;
+        }
+        if tgid != 0 && memory && unwind::has_tables(tgid) {
+            // SAFETY: as above, or an empty slot (frame pointers only).
+            let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
         }
         self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip);
     }
@@ -201,16 +212,20 @@ impl Waits {
     /// Unwinds the user stack of a kept wait's thread from tables (the
     /// body of the hook's `TAIL_UNWIND_USER` program).
     #[inline(always)]
-    pub fn unwind_user<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray, skip: u64) {
+    pub fn unwind_user<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray) {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        match unwind::current_user_regs().and_then(|regs| Unwind::start(&regs, self.0, tgid, tid)) {
-            Some(mut unwind) => {
+        let unwind = match unwind::current_user_regs() {
+            Some(regs) => Unwind::start(&regs, self.0, tgid, tid).map(|mut unwind| {
                 unwind.run();
-                unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
-            }
-            // A kernel thread.
-            None => self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip),
+                unwind
+            }),
+            // A kernel thread, the idle task: no user frames, and the
+            // store program records the wait (recording is its code alone).
+            None => Unwind::without_user_stack(self.0, tgid, tid),
+        };
+        if let Some(mut unwind) = unwind {
+            unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
         }
     }
 
@@ -235,7 +250,7 @@ impl Waits {
             return;
         };
         let user_stack = stack::save_unwound(&stack::stack_set(&config), depth, self.0);
-        self.finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
+        self.finish::<true, _>(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
     }
 
     /// Records a kept wait with the user stack `bpf_get_stack` reads
@@ -277,15 +292,16 @@ impl Waits {
         if user_stack != 0 {
             self.0.bump(Stat::UnwindNoTables);
         }
-        self.finish(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
+        self.finish::<false, _>(ctx, tail_calls, &config, tgid, tid, user_stack, skip);
     }
 
     /// Reads the kernel stack (where the thread waited), adds the pending
     /// wait under its key, and hands the user stack to the hook's files
-    /// program.
+    /// program (`LOOPS`: the caller is a store program of the table
+    /// unwinder, which may use `bpf_loop`; see [`stack::store_stack`]).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn finish<C: EbpfContext>(
+    fn finish<const LOOPS: bool, C: EbpfContext>(
         self,
         ctx: &C,
         tail_calls: &ProgramArray,
@@ -312,7 +328,7 @@ impl Waits {
             kernel_stack: if memory {
                 0
             } else {
-                stack::store_stack::<false, _>(
+                stack::store_stack::<LOOPS, _>(
                     ctx,
                     set.stacks(),
                     skip & BPF_F_SKIP_FIELD_MASK as u64,
