@@ -830,10 +830,11 @@ impl Config {
 pub struct Features;
 
 impl Features {
-    /// The table unwinder is loaded (`unwind_user` and `unwind_store` fill
-    /// their tail-call slots): the CPU and page-fault programs hand every
-    /// sample to it. Without it they read user stacks with frame pointers
-    /// themselves.
+    /// The table unwinder is loaded (each kind's unwinding and store
+    /// programs fill their tail-call slots): the CPU, page-fault, off-CPU
+    /// and lock programs hand every sample to it (the memory profile only
+    /// those of processes with tables). Without it they read user stacks
+    /// with frame pointers themselves.
     pub const TABLES: u32 = 1 << 0;
 }
 

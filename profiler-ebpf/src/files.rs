@@ -562,7 +562,13 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
             0,
         )
     };
-    let vma = walk.vma;
+    // Copied out before the ownership check: a memory-profile chain runs
+    // in a uprobe and can be preempted, and another thread's chain on
+    // this CPU may have taken the slot (and its `vma`) meanwhile.
+    let (vma, image) = (walk.vma, walk.image);
+    if !walk.is_current() {
+        return false;
+    }
     if result == EBUSY {
         walk.busy = 1;
         return wait(kind, files, addr);
@@ -579,8 +585,8 @@ fn look_up(walk: &mut Walk, addr: u64) -> bool {
     if vma.inode == 0 {
         return true; // anonymous memory (JIT code): nothing to send
     }
-    let sent = stack::send_event(ProcessEvent::FILE, walk.image.tgid, |event| {
-        event.exec_gen = walk.image.exec_gen;
+    let sent = stack::send_event(ProcessEvent::FILE, image.tgid, |event| {
+        event.exec_gen = image.exec_gen;
         event.dev = vma.dev;
         event.start = vma.start;
         event.end = vma.end;
@@ -627,7 +633,8 @@ fn wait(kind: Kind, files: &mut ImageFiles, addr: u64) -> bool {
 #[inline(never)]
 extern "C" fn read_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
     // SAFETY: `look_up` passes a pointer to its pointer to the walk, a
-    // live map value it does not use during the call.
+    // live map value (this CPU's slot of the kind); `look_up` reads what
+    // is written here only once it knows the slot is still its own.
     let walk = unsafe { &mut **(ctx as *mut *mut Walk) };
     let offsets = walk.offsets;
     let out = &mut walk.vma;

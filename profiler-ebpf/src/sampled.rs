@@ -208,9 +208,9 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
     }
     if stack::tables_loaded() {
         // Every sample goes on in `unwind_user` (tables loaded for the
-        // process or not; kernel threads and the idle task with frame
-        // pointers there). The frame-pointer path below is then no code
-        // of this program: the verifier skips it (see `Features`).
+        // process or not; kernel threads and the idle task as an empty
+        // user stack). The frame-pointer path below is then no code of
+        // this program: the verifier skips it (see `Features`).
         // SAFETY: the slot holds `unwind_user`, a perf-event program like
         // this one.
         let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };

@@ -14,9 +14,10 @@
 //! which is what lets one program run reach 519 frames: `DEEP_STACK_DEPTH`
 //! slots, the last kept for the truncation mark. The state lives in a
 //! per-CPU map; the stack is then stored by the tail-called
-//! `unwind_store`, verified on its own. Every unwind ends with one of the
-//! `Stat::Unwind*` reasons counted, in the counters of the kind that
-//! started it.
+//! `unwind_store`, verified on its own. Every unwind of a user stack ends
+//! with one of the `Stat::Unwind*` reasons counted, in the counters of the
+//! kind that started it (a thread without one, a kernel thread, goes to
+//! the store program as an empty unwind, counted nowhere).
 //!
 //! Both kinds use it: the CPU program from the sampled registers, the
 //! off-CPU program from the registers the blocked thread saved when it

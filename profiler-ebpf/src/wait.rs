@@ -181,20 +181,16 @@ impl Waits {
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
         let kind = self.0;
         kind.bump(Stat::Invocations);
-        // With the table unwinder, unwind in the hook's unwinding program
-        // (tables loaded for the process or not; at an allocator's entry
-        // only with them: before, the caller at the stack pointer is read
-        // directly, which a frame-pointer step would skip); the tail call
-        // returns only when that program is not loaded (frame pointers
-        // only).
         if tgid != 0 {
             stack::announce(tgid, kind);
         }
         let memory = kind.index() == kernel_kind::MEMORY;
         if stack::tables_loaded() && !memory {
-            // Every wait goes on in the unwinding program (kernel threads
-            // and the idle task there too): the frame-pointer path below
-            // is then no code of this program (see `Features`).
+            // With the table unwinder, every wait goes on in the hook's
+            // unwinding program (tables loaded for the process or not;
+            // kernel threads and the idle task as an empty user stack):
+            // the frame-pointer path below is then no code of this
+            // program (see `Features`).
             // SAFETY: the slot holds the unwinding program of this hook
             // (same type and attach point as the caller).
             let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
@@ -202,8 +198,12 @@ impl Waits {
             kind.bump(Stat::UnwindTailCallFailed);
             return;
         }
+        // At an allocator's entry, unwound only with the process's tables:
+        // without them the caller at the stack pointer is read directly
+        // (below), which a frame-pointer step would skip. The tail call
+        // returns only when the slot is empty (frame pointers only).
         if tgid != 0 && memory && unwind::has_tables(tgid) {
-            // SAFETY: as above, or an empty slot (frame pointers only).
+            // SAFETY: as above, or an empty slot.
             let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
         }
         self.record_with_frame_pointers(ctx, tail_calls, tgid, tid, skip);

@@ -234,11 +234,21 @@ pub struct LeaderOffsets {
     pub comm: u32,
 }
 
+/// The running kernel's BTF as the kernel gives it, read once for both
+/// its readers (these offsets, and aya's attaching of BTF tracepoints):
+/// 5.4 MiB on Linux 6.18.
+pub fn read_vmlinux() -> Result<Vec<u8>, KernelBtfError> {
+    std::fs::read(VMLINUX_BTF).map_err(|err| KernelBtfError::Unreadable(err.to_string()))
+}
+
 /// [`KernelOffsets`] of the running kernel.
 pub fn running_offsets() -> Result<KernelOffsets, KernelBtfError> {
-    let data =
-        std::fs::read(VMLINUX_BTF).map_err(|err| KernelBtfError::Unreadable(err.to_string()))?;
-    let btf = Btf::parse(&data)?;
+    offsets(&read_vmlinux()?)
+}
+
+/// [`KernelOffsets`] from kernel BTF `data` (see [`read_vmlinux`]).
+pub fn offsets(data: &[u8]) -> Result<KernelOffsets, KernelBtfError> {
+    let btf = Btf::parse(data)?;
     Ok(KernelOffsets {
         files: file_offsets(&btf),
         task_fsbase: task_fsbase(&btf),

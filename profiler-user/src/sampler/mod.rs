@@ -548,9 +548,16 @@ impl Sampler {
         if trace_map.is_on() {
             config.flags |= Config::TRACE_CONTEXT_MAP;
         }
-        let offsets = kernel_btf::running_offsets()
+        // Read once for the offsets and for aya's BTF below (each read
+        // copies 5 MiB out of the kernel).
+        let vmlinux = kernel_btf::read_vmlinux()
             .map_err(|err| log::info!("kernel offsets unknown: {err}"))
             .ok();
+        let offsets = vmlinux.as_deref().and_then(|data| {
+            kernel_btf::offsets(data)
+                .map_err(|err| log::info!("kernel offsets unknown: {err}"))
+                .ok()
+        });
         let task_fsbase = match offsets.as_ref().map(|o| &o.task_fsbase) {
             Some(Ok(task_fsbase)) => Some(*task_fsbase),
             Some(Err(err)) => {
@@ -614,7 +621,7 @@ impl Sampler {
         let tables = matches!(policy.unwinder, Unwinder::Tables(_));
         // Without the kernel's BTF there are no exec generations and no
         // file recording (and no off-CPU profile, which says so below).
-        let btf = Btf::from_sys_fs().ok();
+        let btf = vmlinux.and_then(|data| Btf::parse(&data, aya::Endianness::default()).ok());
         let file_offsets = offsets.and_then(|o| {
             o.files
                 .map_err(|err| log::info!("file recording off: {err}"))
@@ -1705,6 +1712,14 @@ mod tests {
                 );
             }
         }
+        // The loader writes it (`override_global`, which fails the load
+        // without it).
+        let section = defined.get(names::FEATURES).map(String::as_str);
+        assert!(
+            section.is_some_and(|s| s.starts_with(".rodata")),
+            "global {}: {section:?}",
+            names::FEATURES
+        );
     }
 
     /// True when the user opted out of BPF tests; panics with the reason
