@@ -138,17 +138,7 @@ pub fn unwind_user(ctx: PerfEventContext) -> u32 {
         let kind = sampled_kind();
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        let unwind = match user_regs(&ctx) {
-            Some(regs) => Unwind::start(&regs, kind, tgid, tid).map(|mut unwind| {
-                unwind.run();
-                unwind
-            }),
-            // No user context (a kernel thread, the idle task): no user
-            // frames. `unwind_store` records the sample all the same, so
-            // recording is code of that program alone.
-            None => Unwind::without_user_stack(kind, tgid, tid),
-        };
-        if let Some(mut unwind) = unwind {
+        if let Some(mut unwind) = Unwind::of_thread(user_regs(&ctx), kind, tgid, tid) {
             unwind.store_in_tail_call(&ctx, &TAIL_CALLS, names::TAIL_UNWIND_STORE);
         }
         0
@@ -211,11 +201,7 @@ fn record(ctx: &PerfEventContext, kind: Kind) {
         // process or not; kernel threads and the idle task as an empty
         // user stack). The frame-pointer path below is then no code of
         // this program: the verifier skips it (see `Features`).
-        // SAFETY: the slot holds `unwind_user`, a perf-event program like
-        // this one.
-        let _ = unsafe { TAIL_CALLS.tail_call(ctx, names::TAIL_UNWIND_USER) };
-        // Returns only if the slot is empty: a loading bug.
-        kind.bump(Stat::UnwindTailCallFailed);
+        unwind::chain_on(ctx, &TAIL_CALLS, names::TAIL_UNWIND_USER, kind);
         return;
     }
     record_with_frame_pointers(ctx, kind, tgid, tid);

@@ -108,59 +108,43 @@ pub struct Unwind {
 }
 
 impl Unwind {
-    /// Starts unwinding the user stack of `tgid` from its user registers
-    /// `regs`. Before its tables are loaded every step is a frame-pointer
-    /// step, so the stack still ends in a counted reason (and a mark when
-    /// it stopped early), unlike the kernel's frame-pointer walk.
+    /// Unwinds the current thread's user stack whole from its user
+    /// registers `regs` (see [`Unwind::run`]). Before its tables are
+    /// loaded every step is a frame-pointer step, so the stack still ends
+    /// in a counted reason (and a mark when it stopped early), unlike the
+    /// kernel's frame-pointer walk. Without registers (a kernel thread,
+    /// the idle task) the unwind is empty, nothing counted, for the store
+    /// program to record the sample with its kernel stack: recording is
+    /// then code of that program alone.
     #[inline(always)]
-    pub fn start(regs: &pt_regs, kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
+    pub fn of_thread(regs: Option<pt_regs>, kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
         let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
         // SAFETY: this CPU's state; nothing else touches it meanwhile.
         let state = unsafe { &mut *state };
+        let (pc, sp, bp) = regs.map_or((0, 0, 0), |regs| (regs.rip, regs.rsp, regs.rbp));
         *state = UnwindState {
-            pc: regs.rip,
-            sp: regs.rsp,
-            bp: regs.rbp,
+            pc,
+            sp,
+            bp,
             depth: 0,
             tgid,
             tid,
             kind: kind.index(),
-            pc_is_exact: true,
+            pc_is_exact: regs.is_some(),
             bp_saved: false,
             guessed: false,
             stop: UnwindStop::Running,
         };
-        // SAFETY: plain lookup; the value is not read here.
-        if unsafe { UNWIND_PROCESSES.get(&tgid) }.is_some() {
-            kind.bump(Stat::Unwound);
-        } else {
-            kind.bump(Stat::UnwindNoTables);
+        let mut unwind = Unwind { state };
+        if regs.is_some() {
+            if has_tables(tgid) {
+                kind.bump(Stat::Unwound);
+            } else {
+                kind.bump(Stat::UnwindNoTables);
+            }
+            unwind.run();
         }
-        Some(Unwind { state })
-    }
-
-    /// An unwind of a thread without a user stack (a kernel thread, the
-    /// idle task): no frames, nothing counted, for the store program to
-    /// record the sample with its kernel stack.
-    #[inline(always)]
-    pub fn without_user_stack(kind: Kind, tgid: u32, tid: u32) -> Option<Unwind> {
-        let state = UNWIND_STATE.get_ptr_mut(kind.index())?;
-        // SAFETY: this CPU's state; nothing else touches it meanwhile.
-        let state = unsafe { &mut *state };
-        *state = UnwindState {
-            pc: 0,
-            sp: 0,
-            bp: 0,
-            depth: 0,
-            tgid,
-            tid,
-            kind: kind.index(),
-            pc_is_exact: false,
-            bp_saved: false,
-            guessed: false,
-            stop: UnwindStop::Running,
-        };
-        Some(Unwind { state })
+        Some(unwind)
     }
 
     /// Picks up the unwind of `kind` its unwinding program left on this CPU.
@@ -211,10 +195,7 @@ impl Unwind {
         programs: &ProgramArray,
         slot: u32,
     ) {
-        // SAFETY: `programs` is the caller's own array, whose slots hold
-        // programs of the caller's type, or nothing.
-        let _ = unsafe { programs.tail_call(ctx, slot) };
-        self.kind().bump(Stat::UnwindTailCallFailed);
+        chain_on(ctx, programs, slot, self.kind());
     }
 
     /// Ends an unwind that ran out of loop iterations: the last frame
@@ -270,6 +251,18 @@ impl Unwind {
         }
         depth
     }
+}
+
+/// Goes on in the unwinding chain's program in slot `slot` of `programs`
+/// (the caller's own array, of programs of its type); returns only when
+/// the tail call failed (an empty slot: a loading bug), having counted
+/// the lost sample of `kind`.
+#[inline(always)]
+pub fn chain_on<C: EbpfContext>(ctx: &C, programs: &ProgramArray, slot: u32, kind: Kind) {
+    // SAFETY: `programs` is the caller's own array, whose slots hold
+    // programs of the caller's type, or nothing.
+    let _ = unsafe { programs.tail_call(ctx, slot) };
+    kind.bump(Stat::UnwindTailCallFailed);
 }
 
 /// Whether userspace loaded an entry (tables, some maybe pending) for

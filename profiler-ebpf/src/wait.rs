@@ -191,11 +191,7 @@ impl Waits {
             // kernel threads and the idle task as an empty user stack):
             // the frame-pointer path below is then no code of this
             // program (see `Features`).
-            // SAFETY: the slot holds the unwinding program of this hook
-            // (same type and attach point as the caller).
-            let _ = unsafe { tail_calls.tail_call(ctx, names::TAIL_UNWIND_USER) };
-            // Returns only if the slot is empty: a loading bug.
-            kind.bump(Stat::UnwindTailCallFailed);
+            unwind::chain_on(ctx, tail_calls, names::TAIL_UNWIND_USER, kind);
             return;
         }
         // At an allocator's entry, unwound only with the process's tables:
@@ -215,16 +211,8 @@ impl Waits {
     pub fn unwind_user<C: EbpfContext>(self, ctx: &C, tail_calls: &ProgramArray) {
         let pid_tgid = bpf_get_current_pid_tgid();
         let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        let unwind = match unwind::current_user_regs() {
-            Some(regs) => Unwind::start(&regs, self.0, tgid, tid).map(|mut unwind| {
-                unwind.run();
-                unwind
-            }),
-            // A kernel thread, the idle task: no user frames, and the
-            // store program records the wait (recording is its code alone).
-            None => Unwind::without_user_stack(self.0, tgid, tid),
-        };
-        if let Some(mut unwind) = unwind {
+        let regs = unwind::current_user_regs();
+        if let Some(mut unwind) = Unwind::of_thread(regs, self.0, tgid, tid) {
             unwind.store_in_tail_call(ctx, tail_calls, names::TAIL_UNWIND_STORE);
         }
     }
