@@ -214,6 +214,15 @@ pub mod names {
     /// Its BTF tracepoint.
     pub const MEMORY_FORK_TRACEPOINT: &str = "sched_process_fork";
 
+    /// Names kernel code addresses for userspace (`%pS`): a raw
+    /// tracepoint program never attached, run with `BPF_PROG_TEST_RUN`.
+    pub const KERNEL_NAMES_PROGRAM: &str = "kernel_names";
+    /// The one [`super::KernelNameBatch`] [`KERNEL_NAMES_PROGRAM`] reads
+    /// and writes.
+    pub const KERNEL_NAMES: &str = "KERNEL_NAMES";
+    /// Every raw tracepoint program name above.
+    pub const RAW_TRACEPOINTS: &[&str] = &[KERNEL_NAMES_PROGRAM];
+
     /// Every uprobe (entry and return) program name above.
     pub const UPROBES: &[&str] = &[MEMORY_ENTRY, MEMORY_RETURN];
 
@@ -287,6 +296,7 @@ pub mod names {
         MEMORY_FREES,
         MEMORY_GAPS,
         MEMORY_PROCESSES,
+        KERNEL_NAMES,
     ];
 }
 
@@ -838,6 +848,27 @@ impl Features {
     pub const TABLES: u32 = 1 << 0;
 }
 
+/// Addresses one [`KernelNameBatch`] names.
+pub const KERNEL_NAME_BATCH: usize = 128;
+
+/// Bytes of one formatted name, its NUL included: `%pS` writes
+/// `name+0xOFFSET/0xSIZE [module]` (a longer one is cut short).
+pub const KERNEL_NAME_BYTES: usize = 256;
+
+/// Kernel code addresses and their names as the kernel formats them
+/// (`bpf_snprintf`'s `%pS`), the one value of [`names::KERNEL_NAMES`].
+/// Userspace writes the addresses and runs the program with their count
+/// as its first argument; the program writes the names.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KernelNameBatch {
+    /// The addresses, the first `count` of them in use.
+    pub addresses: [u64; KERNEL_NAME_BATCH],
+    /// `addresses[i]`'s name, NUL-terminated (an address the kernel has
+    /// no symbol for comes back as `0x` and its hex digits).
+    pub names: [[u8; KERNEL_NAME_BYTES]; KERNEL_NAME_BATCH],
+}
+
 /// The kinds of profile the kernel programs record, as indices of their
 /// blocks of [`Stat`] counters in `STATS` (`kind * Stat::COUNT + stat`).
 pub mod kernel_kind {
@@ -1375,6 +1406,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllocEvent {}
     unsafe impl aya::Pod for super::FreeEvent {}
     unsafe impl aya::Pod for super::ForkEvent {}
+    unsafe impl aya::Pod for super::KernelNameBatch {}
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextLocation {}
     unsafe impl aya::Pod for super::PythonProcess {}
@@ -1401,6 +1433,7 @@ mod tests {
         assert_eq!(size_of::<AllocEvent>(), 8 + size_of::<WaitKey>() + 24);
         assert_eq!(size_of::<FreeEvent>(), 16);
         assert_eq!(size_of::<ForkEvent>(), 16);
+        assert_eq!(size_of::<KernelNameBatch>(), 8 * 128 + 256 * 128);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24
@@ -1540,6 +1573,7 @@ mod tests {
             .chain(names::KPROBES)
             .chain(names::BTF_TRACEPOINTS)
             .chain(names::UPROBES)
+            .chain(names::RAW_TRACEPOINTS)
         {
             assert!(name.len() < 16, "{name}");
         }

@@ -25,6 +25,8 @@
 //! - [`trace`]: the trace and span the sampled thread runs in.
 //! - [`python`]: the CPython frames of a sampled thread, appended to its
 //!   unwound user stack.
+//! - [`kernel_names`]: names of kernel code addresses for userspace's
+//!   kernel frames, run by userspace rather than attached.
 //!
 //! Every kind writes into the map set `CONFIG` names; userspace flips it
 //! and drains the other set (stacks are shared, so a stack seen by several
@@ -38,6 +40,7 @@
 
 mod exec;
 mod files;
+mod kernel_names;
 mod locks;
 mod memory;
 mod off_cpu;

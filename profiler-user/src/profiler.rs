@@ -194,6 +194,9 @@ impl Profiler {
         };
         let mut pipeline =
             Pipeline::new(&options, pods, tables, Box::new(started.exec_generations));
+        if let Some(names) = started.kernel_names {
+            pipeline.symbolizer.name_kernel_code_with(Box::new(names));
+        }
         // Until sampling starts (below, once the selection is prepared),
         // the first window starts as the programs were attached.
         pipeline.start_time = started.sampler.last_flip().0;

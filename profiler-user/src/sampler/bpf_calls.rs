@@ -1,6 +1,9 @@
-//! The `bpf(2)` map calls aya 0.14 has no API for: batched updates (the
-//! unwind tables) and batched lookup-and-delete (the drain), plus a delete
-//! by descriptor. Every raw `bpf(2)` syscall of the sampler is here.
+//! The `bpf(2)` calls aya 0.14 has no API for: batched map updates (the
+//! unwind tables) and batched lookup-and-delete (the drain), a delete by
+//! descriptor, and a test run of a program held by descriptor only (aya's
+//! needs the program inside its `Ebpf`, which the sampler keeps, while
+//! the symbolizer runs `kernel_names`). Every raw `bpf(2)` syscall of the
+//! sampler is here.
 //!
 //! Hand-written because aya has no batch API, and libbpf-rs would bring in
 //! libbpf's C build for these few calls. The batch calls exist since Linux
@@ -8,8 +11,8 @@
 
 use std::io;
 use std::marker::PhantomData;
-use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsFd, AsRawFd};
+use std::mem::{size_of, size_of_val, MaybeUninit};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::MapData;
 use aya::Pod;
@@ -37,7 +40,30 @@ struct ElemAttr {
     flags: u64,
 }
 
+/// `union bpf_attr`'s `test` member (`BPF_PROG_TEST_RUN`).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    pad: u32,
+}
+
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
@@ -89,6 +115,20 @@ pub(super) fn delete(fd: i32, key: u32) {
         flags: 0,
     };
     let _ = bpf(BPF_MAP_DELETE_ELEM, &mut attr);
+}
+
+/// Runs the raw tracepoint program `program` once, on this CPU, with
+/// `args` as its arguments (`BPF_PROG_TEST_RUN`, Linux 5.10+ for raw
+/// tracepoints); returns what it returned.
+pub(super) fn run_raw_tracepoint(program: BorrowedFd<'_>, args: &[u64]) -> io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        ctx_size_in: size_of_val(args) as u32,
+        ctx_in: args.as_ptr() as u64,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
 }
 
 /// How many `V` one entry's value is: 1, or for a per-CPU map one per

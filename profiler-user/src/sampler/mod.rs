@@ -15,6 +15,7 @@ mod bpf_calls;
 pub mod drain;
 pub mod heap;
 pub mod kernel_btf;
+pub mod kernel_names;
 mod memory;
 pub mod off_cpu;
 pub mod policy;
@@ -48,6 +49,7 @@ use profiler_common::{
 
 pub use allocator::is_allocator_frame;
 pub use drain::{Drained, KindStats, MapSet, RawSample, SampleKey};
+pub use kernel_names::{KernelCodeNames, KernelNamesProgram};
 pub use memory::AttachError as MemoryAttachError;
 pub use off_cpu::{InvalidOffCpuRate, OffCpuRate};
 pub use policy::{
@@ -253,6 +255,9 @@ pub struct Started {
     /// frames (`None`: turned off, frame pointers only, or the kernel
     /// cannot tell a task's thread pointer or track exec).
     pub python_processes: Option<KernelPythonProcesses>,
+    /// The kernel's names of kernel code addresses (`None`: the program
+    /// did not load; kernel frames are named from `/proc/kallsyms`).
+    pub kernel_names: Option<KernelNamesProgram>,
 }
 
 /// A loaded, attached sampler.
@@ -454,6 +459,9 @@ impl Sampler {
         // Nothing is recorded before this: the programs attach below.
         let attaching = SystemTime::now();
 
+        let kernel_names = KernelNamesProgram::load(&mut ebpf)
+            .inspect_err(|err| log::info!("kernel frames are named from /proc/kallsyms: {err}"))
+            .ok();
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(SamplerError::Missing(name));
         let mut config_map: Array<_, Config> = take(names::CONFIG)?
             .try_into()
@@ -814,6 +822,7 @@ impl Sampler {
             trace_map,
             thread_contexts,
             python_processes,
+            kernel_names,
         })
     }
 
@@ -1703,6 +1712,7 @@ mod tests {
             (names::KPROBES, "kprobe"),
             (names::BTF_TRACEPOINTS, "tp_btf/"),
             (names::UPROBES, "u"),
+            (names::RAW_TRACEPOINTS, "raw_tp"),
         ] {
             for name in programs {
                 let section = defined.get(*name).map(String::as_str);
@@ -1725,7 +1735,7 @@ mod tests {
     /// True when the user opted out of BPF tests; panics with the reason
     /// when BPF is unusable and they did not (these tests never pass
     /// silently).
-    fn skip_bpf() -> bool {
+    pub(super) fn skip_bpf() -> bool {
         if std::env::var_os("HOSTPROF_SKIP_BPF_TESTS").is_some_and(|v| v == "1") {
             eprintln!("HOSTPROF_SKIP_BPF_TESTS=1: skipping a test that needs BPF");
             return true;

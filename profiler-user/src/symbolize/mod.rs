@@ -1,7 +1,7 @@
 //! Addresses to function names, source lines and inlined frames, with
 //! blazesym: user code from the mapped ELF files (by file offset, so it
-//! works after the process exited); kernel code from kallsyms, read here
-//! ([`kallsyms`]).
+//! works after the process exited); kernel code named by the kernel, or
+//! from kallsyms read here ([`kernel`]).
 //!
 //! blazesym maps what it reads; it is never given a tenant's file, only a
 //! sealed copy of what symbolization needs of it ([`sealed`]), made when a
@@ -21,6 +21,7 @@
 
 mod debug_file;
 mod kallsyms;
+mod kernel;
 pub(crate) mod sealed;
 
 use std::collections::HashMap;
@@ -108,11 +109,8 @@ pub struct Symbolizer {
     /// Stripped modules named from a separate debug file.
     linked: HashMap<ModuleId, Linked>,
     user: HashMap<(ModuleId, u64), Symbols>,
-    /// Kernel symbols, read at the first kernel address and again when
-    /// code loaded since shows.
-    kallsyms: kallsyms::KernelSymbols,
-    /// Frames by kernel symbol (index in `kallsyms`).
-    kernel: HashMap<usize, Arc<[SymbolFrame]>>,
+    /// Kernel frames.
+    kernel: kernel::KernelFrames,
     stats: CacheStats,
 }
 
@@ -145,8 +143,7 @@ impl Symbolizer {
             debug_dirs: debug_file::DEBUG_DIRS.iter().map(PathBuf::from).collect(),
             linked: HashMap::new(),
             user: HashMap::new(),
-            kallsyms: kallsyms::KernelSymbols::new(crate::system_info::kernel_code::KALLSYMS_PATH),
-            kernel: HashMap::new(),
+            kernel: kernel::KernelFrames::new(crate::system_info::kernel_code::KALLSYMS_PATH),
             stats: CacheStats::default(),
         }
     }
@@ -316,37 +313,16 @@ impl Symbolizer {
         }
     }
 
-    /// Symbolizes kernel `addrs` with `/proc/kallsyms`. Returns one entry per address.
+    /// Names kernel code with `names` (the kernel's own symbol table)
+    /// rather than `/proc/kallsyms`, from now on; kallsyms again if it
+    /// fails.
+    pub fn name_kernel_code_with(&mut self, names: Box<dyn crate::sampler::KernelCodeNames>) {
+        self.kernel.use_program(names);
+    }
+
+    /// Symbolizes kernel `addrs`. Returns one entry per address.
     pub fn kernel(&mut self, addrs: &[u64]) -> Vec<Symbols> {
-        let (table, reread) = self
-            .kallsyms
-            .for_addresses(addrs, std::time::Instant::now());
-        if reread {
-            // Indexes of the table before.
-            self.kernel.clear();
-        }
-        let Some(table) = table else {
-            return vec![None; addrs.len()];
-        };
-        addrs
-            .iter()
-            .map(|&addr| {
-                let index = table.find(addr)?;
-                let frames = match self.kernel.entry(index) {
-                    std::collections::hash_map::Entry::Occupied(cached) => {
-                        self.stats.hits += 1;
-                        cached.get().clone()
-                    }
-                    std::collections::hash_map::Entry::Vacant(entry) => {
-                        self.stats.misses += 1;
-                        entry
-                            .insert(Arc::from([frame(table.name(index), None)]))
-                            .clone()
-                    }
-                };
-                Some(frames)
-            })
-            .collect()
+        self.kernel.frames(addrs, &mut self.stats)
     }
 }
 

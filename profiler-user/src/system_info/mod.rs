@@ -613,21 +613,29 @@ fn cpus_check() -> Check {
 }
 
 /// Whether kallsyms shows real addresses: an unprivileged reader with
-/// `kptr_restrict` ≥ 1 sees zeros.
+/// `kptr_restrict` ≥ 1 sees zeros. Only where the kernel cannot name
+/// kernel code itself (the `kernel_names` program, Linux 5.17+) are
+/// kernel frames named from kallsyms.
 fn kallsyms_check() -> Check {
-    let first = std::fs::read_to_string("/proc/kallsyms")
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_owned));
+    use std::io::BufRead as _;
+    // The first line only: the kernel formats every line read.
+    let first = std::fs::File::open("/proc/kallsyms").ok().and_then(|file| {
+        let mut line = String::new();
+        std::io::BufReader::new(file)
+            .read_line(&mut line)
+            .ok()
+            .map(|_| line)
+    });
     match first.as_deref().and_then(|l| l.split_whitespace().next()) {
         Some(addr) if addr.chars().any(|c| c != '0') => {
             Check::new("kallsyms", "addresses visible", Status::Ok)
         }
         Some(_) => Check::new("kallsyms", "addresses hidden (kptr_restrict)", Status::Warn).hint(
-            "kernel frames will be unnamed; run as root, grant CAP_SYSLOG or set \
-                 kernel.kptr_restrict=0",
+            "kernel frames are named by the kernel on Linux 5.17+, but unnamed on older \
+             kernels; run as root, grant CAP_SYSLOG or set kernel.kptr_restrict=0",
         ),
         None => Check::new("kallsyms", "unreadable", Status::Warn)
-            .hint("kernel frames will be unnamed; mount /proc"),
+            .hint("kernel frames are unnamed before Linux 5.17; mount /proc"),
     }
 }
 
