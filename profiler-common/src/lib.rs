@@ -852,8 +852,10 @@ impl Features {
 pub const KERNEL_NAME_BATCH: usize = 128;
 
 /// Bytes of one formatted name, its NUL included: `%pS` writes
-/// `name+0xOFFSET/0xSIZE [module]` (a longer one is cut short).
-pub const KERNEL_NAME_BYTES: usize = 256;
+/// `name+0xOFFSET/0xSIZE [module]`, a name of up to 512 bytes (the
+/// kernel's `KSYM_NAME_LEN` since 6.1; Rust code's names are long), the
+/// offsets and a module's name (the kernel's `KSYM_SYMBOL_LEN`, ~620).
+pub const KERNEL_NAME_BYTES: usize = 640;
 
 /// Kernel code addresses and their names as the kernel formats them
 /// (`bpf_snprintf`'s `%pS`), the one value of [`names::KERNEL_NAMES`].
@@ -1433,7 +1435,7 @@ mod tests {
         assert_eq!(size_of::<AllocEvent>(), 8 + size_of::<WaitKey>() + 24);
         assert_eq!(size_of::<FreeEvent>(), 16);
         assert_eq!(size_of::<ForkEvent>(), 16);
-        assert_eq!(size_of::<KernelNameBatch>(), 8 * 128 + 256 * 128);
+        assert_eq!(size_of::<KernelNameBatch>(), 8 * 128 + 640 * 128);
         assert_eq!(
             size_of::<SampleKey>(),
             4 + 4 + 8 + 8 + COMM_LEN + 4 + 4 + 24

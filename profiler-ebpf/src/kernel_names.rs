@@ -64,7 +64,7 @@ impl LoopBody for Naming {
         // SAFETY: the output is the name's `KERNEL_NAME_BYTES` bytes in
         // the map value; the format is NUL-terminated in a frozen
         // read-only map; `args` holds the one 8-byte value it formats.
-        unsafe {
+        let written = unsafe {
             bpf_snprintf(
                 batch.names[index].as_mut_ptr().cast(),
                 KERNEL_NAME_BYTES as u32,
@@ -73,6 +73,11 @@ impl LoopBody for Naming {
                 8,
             )
         };
+        if written < 0 {
+            // Nothing written (the helper's buffers busy): not the name
+            // an earlier batch left in the slot.
+            batch.names[index][0] = 0;
+        }
         LOOP_ON
     }
 }

@@ -118,11 +118,15 @@ impl KernelCodeNames for KernelNamesProgram {
 
 /// The function name in `text`, `%pS`'s `name+0xOFFSET/0xSIZE [module]`
 /// up to its NUL; `None` for an address in no symbol (written as `0x` and
-/// its hex digits), or a name cut short (`KERNEL_NAME_BYTES`).
+/// its hex digits), or a name cut short (`KERNEL_NAME_BYTES`). An
+/// address in a function's padding (`__pfx_NAME`, Linux 6.2+; call-depth
+/// thunks run there) is named for the function it pads, as kallsyms
+/// named it (its table leaves the paddings out).
 fn function_name(text: &[u8]) -> Option<&str> {
     let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
     let text = std::str::from_utf8(&text[..end]).ok()?;
     let (name, _offset) = text.split_once('+')?;
+    let name = name.strip_prefix("__pfx_").unwrap_or(name);
     (!name.is_empty()).then_some(name)
 }
 
@@ -155,6 +159,11 @@ mod tests {
             function_name(&padded("do_one.cold+0x1/0x2")),
             Some("do_one.cold")
         );
+        assert_eq!(
+            function_name(&padded("__pfx_schedule+0x4/0x10")),
+            Some("schedule"),
+            "the padding before a function is named for it"
+        );
     }
 
     #[test]
@@ -183,8 +192,9 @@ mod tests {
             .filter_map(|line| {
                 let (address, kind, name) =
                     crate::system_info::kernel_code::parse_kallsyms_line(line)?;
-                // Core kernel text (modules' lines have a `[module]`).
-                (address != 0 && matches!(kind, 't' | 'T') && !line.contains('['))
+                // Core kernel text (modules' lines have a `[module]`),
+                // weak aliases included (the kernel may name one).
+                (address != 0 && matches!(kind, 't' | 'T' | 'w' | 'W') && !line.contains('['))
                     .then_some((address, name))
             })
             .collect();

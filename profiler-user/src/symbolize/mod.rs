@@ -60,7 +60,8 @@ pub struct CacheStats {
     /// Lookups answered from the cache.
     pub hits: u64,
     /// Lookups not in the cache: read from a file (by blazesym, from a
-    /// debug file's symbols, or from kallsyms).
+    /// debug file's symbols, or from kallsyms), or, for kernel code the
+    /// kernel names, each address not named before.
     pub misses: u64,
     /// Sealed copies made of mapped files, to symbolize them.
     pub files_copied: u64,

@@ -181,6 +181,10 @@ pub enum Feature {
     /// The kernel records the file of each sampled user frame, so frames
     /// of processes gone before they were read still resolve.
     RecordedFiles,
+    /// The kernel names kernel frames itself (`%pS`), rather than
+    /// hostprof reading `/proc/kallsyms`, whose addresses
+    /// `kernel.kptr_restrict` can hide.
+    KernelNames,
     /// Everything, on a kernel hostprof is tested on.
     Recommended,
 }
@@ -198,6 +202,7 @@ impl fmt::Display for Feature {
             Feature::Sampling => "sampling",
             Feature::TableUnwinder => "the table unwinder",
             Feature::RecordedFiles => "recording the files of sampled frames",
+            Feature::KernelNames => "kernel frames named by the kernel",
             Feature::Recommended => "full support",
         })
     }
@@ -241,8 +246,10 @@ impl fmt::Display for KernelMinimum {
 ///   `bpf_find_vma`: 5.17 too.
 ///   Its other helpers are older (`bpf_task_pt_regs` 5.15,
 ///   `bpf_get_current_task_btf` 5.11).
+/// - Kernel frames named by the kernel (`bpf_snprintf`'s `%pS`, 5.13, in a
+///   `bpf_loop`): 5.17; below it they are named from `/proc/kallsyms`.
 /// - 6.1 is the oldest kernel hostprof is tested on.
-pub const KERNEL_MINIMUMS: [KernelMinimum; 4] = [
+pub const KERNEL_MINIMUMS: [KernelMinimum; 5] = [
     KernelMinimum {
         feature: Feature::Sampling,
         version: KernelVersion::new(5, 8, 0),
@@ -257,6 +264,11 @@ pub const KERNEL_MINIMUMS: [KernelMinimum; 4] = [
         feature: Feature::RecordedFiles,
         version: KernelVersion::new(5, 17, 0),
         why: "bpf_find_vma",
+    },
+    KernelMinimum {
+        feature: Feature::KernelNames,
+        version: KernelVersion::new(5, 17, 0),
+        why: "bpf_snprintf and bpf_loop",
     },
     KernelMinimum {
         feature: Feature::Recommended,
@@ -822,6 +834,7 @@ mod tests {
         assert_eq!(Feature::Sampling.minimum().version, v(5, 8, 0));
         assert_eq!(Feature::TableUnwinder.minimum().version, v(5, 17, 0));
         assert_eq!(Feature::RecordedFiles.minimum().version, v(5, 17, 0));
+        assert_eq!(Feature::KernelNames.minimum().version, v(5, 17, 0));
         assert_eq!(Feature::Recommended.minimum().version, v(6, 1, 0));
         for (index, row) in KERNEL_MINIMUMS.iter().enumerate() {
             assert_eq!(row.feature as usize, index, "{row}");

@@ -615,7 +615,8 @@ fn cpus_check() -> Check {
 /// Whether kallsyms shows real addresses: an unprivileged reader with
 /// `kptr_restrict` ≥ 1 sees zeros. Only where the kernel cannot name
 /// kernel code itself (the `kernel_names` program, Linux 5.17+) are
-/// kernel frames named from kallsyms.
+/// kernel frames named from kallsyms; the table unwinder's code check
+/// reads it on the kernels whose version alone does not tell.
 fn kallsyms_check() -> Check {
     use std::io::BufRead as _;
     // The first line only: the kernel formats every line read.
@@ -630,13 +631,25 @@ fn kallsyms_check() -> Check {
         Some(addr) if addr.chars().any(|c| c != '0') => {
             Check::new("kallsyms", "addresses visible", Status::Ok)
         }
+        // Read only where the kernel cannot name its frames itself.
+        _ if names_kernel_frames() => Check::new(
+            "kallsyms",
+            "addresses hidden or unreadable; not needed: the kernel names kernel frames",
+            Status::Ok,
+        ),
         Some(_) => Check::new("kallsyms", "addresses hidden (kptr_restrict)", Status::Warn).hint(
-            "kernel frames are named by the kernel on Linux 5.17+, but unnamed on older \
-             kernels; run as root, grant CAP_SYSLOG or set kernel.kptr_restrict=0",
+            "kernel frames will be unnamed; run as root, grant CAP_SYSLOG or set \
+             kernel.kptr_restrict=0",
         ),
         None => Check::new("kallsyms", "unreadable", Status::Warn)
-            .hint("kernel frames are unnamed before Linux 5.17; mount /proc"),
+            .hint("kernel frames will be unnamed; mount /proc"),
     }
+}
+
+/// Whether this kernel is new enough for the `kernel_names` program.
+fn names_kernel_frames() -> bool {
+    RunningKernel::get()
+        .is_ok_and(|kernel| kernel.version >= Feature::KernelNames.minimum().version)
 }
 
 fn bpf_stats_check() -> Check {
