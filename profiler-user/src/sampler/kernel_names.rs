@@ -88,6 +88,9 @@ impl KernelNamesProgram {
 
 impl KernelCodeNames for KernelNamesProgram {
     fn names(&mut self, addresses: &[u64]) -> Result<Vec<Option<String>>, KernelNamesError> {
+        if addresses.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut names = Vec::with_capacity(addresses.len());
         // SAFETY: `KernelNameBatch` is integers and integer arrays: all
         // zeroes is a value.
