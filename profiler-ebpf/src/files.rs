@@ -428,8 +428,13 @@ impl Walk {
         walk.owner = stack::current_tid();
         walk.busy = 0;
         walk.image = image;
-        walk.last_start = 0;
-        walk.last_end = 0;
+        // Volatile: two plain zero stores become a 16-byte `memset`, a
+        // byte loop on the BPF target that the verifier walks.
+        // SAFETY: fields of the live slot above.
+        unsafe {
+            core::ptr::addr_of_mut!(walk.last_start).write_volatile(0);
+            core::ptr::addr_of_mut!(walk.last_end).write_volatile(0);
+        }
         walk.offsets = offsets;
         Some(walk)
     }

@@ -24,6 +24,8 @@
 //! entered the kernel. Each kind tail-calls through its own program array
 //! (a program array only holds programs of its owner's type).
 
+use core::ptr::addr_of_mut;
+
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_NO_PREALLOC},
     helpers::{
@@ -122,19 +124,25 @@ impl Unwind {
         // SAFETY: this CPU's state; nothing else touches it meanwhile.
         let state = unsafe { &mut *state };
         let (pc, sp, bp) = regs.map_or((0, 0, 0), |regs| (regs.rip, regs.rsp, regs.rbp));
-        *state = UnwindState {
-            pc,
-            sp,
-            bp,
-            depth: 0,
-            tgid,
-            tid,
-            kind: kind.index(),
-            pc_is_exact: regs.is_some(),
-            bp_saved: false,
-            guessed: false,
-            stop: UnwindStop::Running,
-        };
+        // Field by field, each a volatile store: a struct literal's zero
+        // fields become `memset`s, which the BPF target emits as byte
+        // loops the verifier walks byte by byte inside every state.
+        let fresh = state as *mut UnwindState;
+        // SAFETY: `fresh` is this CPU's live state (above); each pointer is
+        // to one of its fields.
+        unsafe {
+            addr_of_mut!((*fresh).pc).write_volatile(pc);
+            addr_of_mut!((*fresh).sp).write_volatile(sp);
+            addr_of_mut!((*fresh).bp).write_volatile(bp);
+            addr_of_mut!((*fresh).depth).write_volatile(0);
+            addr_of_mut!((*fresh).tgid).write_volatile(tgid);
+            addr_of_mut!((*fresh).tid).write_volatile(tid);
+            addr_of_mut!((*fresh).kind).write_volatile(kind.index());
+            addr_of_mut!((*fresh).pc_is_exact).write_volatile(regs.is_some());
+            addr_of_mut!((*fresh).bp_saved).write_volatile(false);
+            addr_of_mut!((*fresh).guessed).write_volatile(false);
+            addr_of_mut!((*fresh).stop).write_volatile(UnwindStop::Running);
+        }
         let mut unwind = Unwind { state };
         if regs.is_some() {
             if has_tables(tgid) {
