@@ -189,7 +189,8 @@ mod tests {
         if super::super::tests::skip_bpf() {
             return;
         }
-        let kallsyms = std::fs::read_to_string("/proc/kallsyms").expect("read /proc/kallsyms");
+        let path = crate::system_info::kernel_code::KALLSYMS_PATH;
+        let kallsyms = std::fs::read_to_string(path).unwrap_or_else(|err| panic!("{path}: {err}"));
         let mut text: Vec<(u64, &str)> = kallsyms
             .lines()
             .filter_map(|line| {

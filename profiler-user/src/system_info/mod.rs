@@ -620,13 +620,15 @@ fn cpus_check() -> Check {
 fn kallsyms_check() -> Check {
     use std::io::BufRead as _;
     // The first line only: the kernel formats every line read.
-    let first = std::fs::File::open("/proc/kallsyms").ok().and_then(|file| {
-        let mut line = String::new();
-        std::io::BufReader::new(file)
-            .read_line(&mut line)
-            .ok()
-            .map(|_| line)
-    });
+    let first = std::fs::File::open(kernel_code::KALLSYMS_PATH)
+        .ok()
+        .and_then(|file| {
+            let mut line = String::new();
+            std::io::BufReader::new(file)
+                .read_line(&mut line)
+                .ok()
+                .map(|_| line)
+        });
     match first.as_deref().and_then(|l| l.split_whitespace().next()) {
         Some(addr) if addr.chars().any(|c| c != '0') => {
             Check::new("kallsyms", "addresses visible", Status::Ok)
