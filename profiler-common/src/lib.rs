@@ -98,10 +98,10 @@ pub mod names {
     /// Slots of each tail-call array.
     pub const TAIL_SLOTS: u32 = 3;
     /// Bumps a process's exec generation as an `exec` begins
-    /// (`tp_btf/sched_prepare_exec`, Linux 6.10+).
+    /// (`raw_tp/sched_prepare_exec`, Linux 6.10+).
     pub const EXEC_BEGIN: &str = "exec_begin";
     /// Bumps a process's exec generation once an `exec` succeeded
-    /// (`tp_btf/sched_process_exec`).
+    /// (`raw_tp/sched_process_exec`).
     pub const EXEC_DONE: &str = "exec_done";
     /// Tracepoint [`EXEC_BEGIN`] attaches to.
     pub const EXEC_BEGIN_TRACEPOINT: &str = "sched_prepare_exec";
@@ -117,7 +117,7 @@ pub mod names {
     /// Per-CPU state of a files walk under way.
     pub const FILES_WALK: &str = "FILES_WALK";
     /// Looks up a process's waiting frames as its threads exit
-    /// (`tp_btf/sched_process_exit`).
+    /// (`raw_tp/sched_process_exit`).
     pub const FILES_EXIT: &str = "files_exit";
     /// Tracepoint [`FILES_EXIT`] attaches to.
     pub const FILES_EXIT_TRACEPOINT: &str = "sched_process_exit";
@@ -221,7 +221,7 @@ pub mod names {
     /// and writes.
     pub const KERNEL_NAMES: &str = "KERNEL_NAMES";
     /// Every raw tracepoint program name above.
-    pub const RAW_TRACEPOINTS: &[&str] = &[KERNEL_NAMES_PROGRAM];
+    pub const RAW_TRACEPOINTS: &[&str] = &[KERNEL_NAMES_PROGRAM, EXEC_BEGIN, EXEC_DONE, FILES_EXIT];
 
     /// Every uprobe (entry and return) program name above.
     pub const UPROBES: &[&str] = &[MEMORY_ENTRY, MEMORY_RETURN];
@@ -251,9 +251,6 @@ pub mod names {
         LOCK_UNWIND,
         LOCK_STORE,
         LOCK_FILES,
-        EXEC_BEGIN,
-        EXEC_DONE,
-        FILES_EXIT,
     ];
     /// Every map name above.
     pub const MAPS: &[&str] = &[

@@ -8,8 +8,8 @@
 //! `/proc/PID/maps` and only resolves a sample against a snapshot of its
 //! own generation.
 //!
-//! - `tp_btf/sched_prepare_exec` (6.10+) bumps it as an exec begins, before
-//!   the mappings change, and `tp_btf/sched_process_exec` once it is done:
+//! - `raw_tp/sched_prepare_exec` (6.10+) bumps it as an exec begins, before
+//!   the mappings change, and `raw_tp/sched_process_exec` once it is done:
 //!   a snapshot that read the same generation before and after cannot mix
 //!   two images. Without the first (older kernels) one bump remains; a
 //!   snapshot taken during the few microseconds between the switch of the
@@ -32,9 +32,9 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, map},
+    macros::{map, raw_tracepoint},
     maps::LruHashMap,
-    programs::BtfTracePointContext,
+    programs::RawTracePointContext,
 };
 
 use profiler_common::ExecGen;
@@ -53,8 +53,8 @@ static EXEC_GEN: LruHashMap<u32, ExecGen> = LruHashMap::with_max_entries(PROCESS
 /// old image's waiting frames are looked up while its mappings exist, its
 /// file state goes, the generation moves on, and the `execve` call is
 /// recorded for the samples taken inside it.
-#[btf_tracepoint(function = "sched_prepare_exec")]
-pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_prepare_exec")]
+pub fn exec_begin(_ctx: RawTracePointContext) -> i32 {
     stack::entry(|_| {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let old = generation(tgid);
@@ -68,8 +68,8 @@ pub fn exec_begin(_ctx: BtfTracePointContext) -> i32 {
 
 /// An exec succeeded (`sched_process_exec(task, old_pid, bprm)`): the file
 /// state of the image between the two bumps (samples inside `execve`) goes.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn exec_done(_ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn exec_done(_ctx: RawTracePointContext) -> i32 {
     stack::entry(|_| {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         files::forget(tgid, generation(tgid));

@@ -41,9 +41,9 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_kernel as read_raw},
     },
-    macros::{btf_tracepoint, map},
+    macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
-    programs::BtfTracePointContext,
+    programs::RawTracePointContext,
     EbpfContext,
 };
 use profiler_common::{
@@ -343,8 +343,8 @@ pub fn record_exec_call(exec_gen: u32) {
 /// A thread exits (`sched_process_exit(task, group_dead)`): its process's
 /// waiting frames are looked up while the mappings exist; with the last
 /// thread the entry goes and the generation moves on (see [`crate::exec`]).
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn files_exit(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn files_exit(ctx: RawTracePointContext) -> i32 {
     stack::entry(|_| {
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let exec_gen = exec::generation(tgid);

@@ -146,18 +146,15 @@ impl Memory {
             gaps.set(i as u32, gap, 0)
                 .map_err(map_err(names::MEMORY_GAPS))?;
         }
-        let files = match (files, btf) {
-            (true, Some(btf)) => process_events::load_files_program(
+        let files = files
+            && process_events::load_files_program(
                 ebpf,
-                btf,
                 process_events::FilesHook::Kprobe {
                     program: names::MEMORY_FILES,
                     array_name: names::MEMORY_TAIL_CALLS,
                     array: &mut tail_calls,
                 },
-            )?,
-            _ => false,
-        };
+            )?;
         if tables {
             for (name, slot) in [
                 (names::MEMORY_UNWIND, names::TAIL_UNWIND_USER),

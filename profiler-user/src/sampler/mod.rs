@@ -627,24 +627,35 @@ impl Sampler {
         // The unwinding programs need kernel 5.17+ (bpf_loop); with frame
         // pointers only they are not loaded and their slots stay empty.
         let tables = matches!(policy.unwinder, Unwinder::Tables(_));
-        // Without the kernel's BTF there are no exec generations and no
-        // file recording (and no off-CPU profile, which says so below).
-        let btf = vmlinux.and_then(|data| Btf::parse(&data, aya::Endianness::default()).ok());
+        // aya's BTF, parsed only for the kinds with BTF tracepoints
+        // (off-CPU, locks, the memory profile's forks): the exec and exit
+        // programs are raw tracepoints, so a CPU capture parses none of its
+        // own (aya's loader parsed one, which it keeps to itself). Without
+        // the kernel's BTF there are no file offsets, so no exec
+        // generations or file recording (and no off-CPU profile, which
+        // says so below).
+        let parsed = std::cell::OnceCell::new();
+        let btf = || {
+            parsed
+                .get_or_init(|| {
+                    vmlinux
+                        .as_deref()
+                        .and_then(|data| Btf::parse(data, aya::Endianness::default()).ok())
+                })
+                .as_ref()
+        };
         let file_offsets = offsets.and_then(|o| {
             o.files
                 .map_err(|err| log::info!("file recording off: {err}"))
                 .ok()
         });
-        let mut files = file_offsets.is_some() && btf.is_some();
-        let exec_tracked = btf
-            .as_ref()
-            .is_some_and(|btf| process_events::attach_exec(&mut ebpf, btf));
+        let mut files = file_offsets.is_some();
+        let exec_tracked = process_events::attach_exec(&mut ebpf);
         // The CPU and page-fault programs share their tail calls.
         if cpu || faults {
-            if let (true, Some(btf)) = (files, &btf) {
+            if files {
                 files &= process_events::load_files_program(
                     &mut ebpf,
-                    btf,
                     process_events::FilesHook::Cpu(&mut tail_calls),
                 )?;
             }
@@ -669,16 +680,10 @@ impl Sampler {
             attach_faults(&mut ebpf, &cpus, policy.page_fault_period)?;
         }
         if off_cpu {
-            files &= attach_off_cpu(
-                &mut ebpf,
-                btf.as_ref(),
-                tables,
-                files,
-                &mut off_cpu_tail_calls,
-            )?;
+            files &= attach_off_cpu(&mut ebpf, btf(), tables, files, &mut off_cpu_tail_calls)?;
         }
         if locks {
-            let btf = btf.as_ref().ok_or(SamplerError::NoContentionTracepoints)?;
+            let btf = btf().ok_or(SamplerError::NoContentionTracepoints)?;
             files &= waits::attach_locks(&mut ebpf, btf, tables, files, &mut lock_tail_calls)?;
         }
         // Loaded here, attached to each selected process later
@@ -686,7 +691,7 @@ impl Sampler {
         let memory = if memory {
             let (memory, loaded) = memory::Memory::start(
                 &mut ebpf,
-                btf.as_ref(),
+                btf(),
                 u64::from(policy.memory_sample_bytes.bytes()),
                 tables,
                 files,
@@ -697,8 +702,8 @@ impl Sampler {
             None
         };
         let mut exits_tracked = false;
-        if let (true, Some(offsets), Some(btf)) = (files, file_offsets, &btf) {
-            exits_tracked = process_events::attach_files_exit(&mut ebpf, btf);
+        if let (true, Some(offsets)) = (files, file_offsets) {
+            exits_tracked = process_events::attach_files_exit(&mut ebpf);
             config.files = offsets;
             config.flags |= Config::RECORD_FILES;
             config_map
@@ -740,7 +745,7 @@ impl Sampler {
         {
             log::warn!(
                 "thread context and Python frames not read: this kernel cannot track exec \
-                 and exit here (needs tp_btf/sched_process_exec and bpf_find_vma, Linux 5.17+)"
+                 and exit here (needs raw_tp/sched_process_exec and bpf_find_vma, Linux 5.17+)"
             );
             thread_contexts = None;
             python_processes = None;
@@ -1444,11 +1449,11 @@ fn attach_off_cpu(
     let files = files
         && process_events::load_files_program(
             ebpf,
-            btf,
             match hook {
                 SwitchIn::Tracepoint => process_events::FilesHook::Tracepoint {
                     program: names::OFF_CPU_FILES,
                     tracepoint: names::SWITCH_IN_TRACEPOINT,
+                    btf,
                     array_name: names::OFF_CPU_TAIL_CALLS,
                     array: tracepoint_calls,
                 },

@@ -11,6 +11,7 @@
 //! `/proc` snapshots alone, as they did before.
 
 use aya::maps::{HashMap, MapData, MapError, ProgramArray, RingBuf};
+use aya::programs::RawTracePoint;
 use aya::{Btf, Ebpf};
 use profiler_common::{names, ExecGen, ProcessEvent as KernelEvent, COMM_LEN};
 use tokio::io::unix::AsyncFd;
@@ -284,23 +285,23 @@ impl KernelExecGenerations {
     }
 }
 
-/// Loads and attaches the exec tracepoints; false (logged) when the kernel
-/// lacks `sched_process_exec` as a BTF tracepoint, and samples then carry
-/// generation 0.
-pub(super) fn attach_exec(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+/// Loads and attaches the exec tracepoints (raw tracepoints: no BTF needed,
+/// so a CPU capture parses none); false (logged) when the kernel lacks
+/// `sched_process_exec`, and samples then carry generation 0.
+pub(super) fn attach_exec(ebpf: &mut Ebpf) -> bool {
     let mut attached = true;
     for (name, tracepoint) in [
         (names::EXEC_DONE, names::EXEC_DONE_TRACEPOINT),
         (names::EXEC_BEGIN, names::EXEC_BEGIN_TRACEPOINT),
     ] {
-        if let Err(err) = attach_tracepoint(ebpf, btf, name, tracepoint) {
+        if let Err(err) = attach_raw_tracepoint(ebpf, name, tracepoint) {
             let fallback = if name == names::EXEC_BEGIN {
                 "snapshots taken during an exec may mix two images for a few microseconds"
             } else {
                 "samples taken before an exec resolve only through recorded files"
             };
             log::info!(
-                "exec tracking: {name} not attached to tp_btf/{tracepoint} ({:#}); {fallback}",
+                "exec tracking: {name} not attached to raw_tp/{tracepoint} ({:#}); {fallback}",
                 anyhow::Error::from(err)
             );
             attached &= name == names::EXEC_BEGIN;
@@ -326,12 +327,34 @@ pub(super) fn attach_tracepoint(
     Ok(())
 }
 
+/// Loads the raw tracepoint program `name` and attaches it to
+/// `tracepoint`.
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), SamplerError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(super::find_error(name))?;
+    let failed = |action: String| move |source| SamplerError::Program { action, source };
+    program
+        .load()
+        .map_err(failed(format!("load {name} (verifier)")))?;
+    program
+        .attach(tracepoint)
+        .map_err(failed(format!("attach {name} to raw_tp/{tracepoint}")))?;
+    Ok(())
+}
+
 /// Attaches the program that looks up a process's waiting frames as its
 /// threads exit, and stamps exits in `EXEC_GEN` (logged when it cannot:
 /// those frames then stay unresolved unless the process was snapshotted,
 /// and exits are not stamped).
-pub(super) fn attach_files_exit(ebpf: &mut Ebpf, btf: &Btf) -> bool {
-    match attach_tracepoint(ebpf, btf, names::FILES_EXIT, names::FILES_EXIT_TRACEPOINT) {
+pub(super) fn attach_files_exit(ebpf: &mut Ebpf) -> bool {
+    match attach_raw_tracepoint(ebpf, names::FILES_EXIT, names::FILES_EXIT_TRACEPOINT) {
         Ok(()) => true,
         Err(err) => {
             log::info!(
@@ -358,6 +381,8 @@ pub(super) enum FilesHook<'a> {
         program: &'static str,
         /// The `tp_btf` hook of the program that tail-calls it.
         tracepoint: &'static str,
+        /// The kernel's BTF, to load it for that hook.
+        btf: &'a Btf,
         /// The array's map name.
         array_name: &'static str,
         /// The array.
@@ -380,7 +405,6 @@ pub(super) enum FilesHook<'a> {
 /// older than 5.17).
 pub(super) fn load_files_program(
     ebpf: &mut Ebpf,
-    btf: &Btf,
     hook: FilesHook<'_>,
 ) -> Result<bool, SamplerError> {
     let (name, array_name, loaded) = match hook {
@@ -395,6 +419,7 @@ pub(super) fn load_files_program(
         FilesHook::Tracepoint {
             program: name,
             tracepoint,
+            btf,
             array_name,
             array,
         } => {

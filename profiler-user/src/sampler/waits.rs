@@ -212,10 +212,10 @@ pub(super) fn attach_locks(
     let files = files
         && process_events::load_files_program(
             ebpf,
-            btf,
             process_events::FilesHook::Tracepoint {
                 program: names::LOCK_FILES,
                 tracepoint: names::CONTENTION_END,
+                btf,
                 array_name: names::LOCK_TAIL_CALLS,
                 array: tail_calls,
             },
