@@ -219,6 +219,11 @@ impl Symbolizer {
         self.stats.copy_nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match copy {
             Some(Ok(copy)) => {
+                log::debug!(
+                    "module {module:?}: sealed copy of {} bytes (weight {})",
+                    copy.copied(),
+                    copy.weight()
+                );
                 self.stats.files_copied += 1;
                 self.stats.bytes_copied += copy.copied();
                 self.stats.debug_left_out += u64::from(copy.debug_left_out());
@@ -239,13 +244,19 @@ impl Symbolizer {
     fn keep(&mut self, module: ModuleId, copy: sealed::SealedElf) {
         if copy.weight() > KEPT_BYTES {
             // Kept, it would push out every other copy and still not fit.
+            log::debug!("module {module:?}: sealed copy too large to keep");
             self.drop_copy(copy);
             return;
         }
         self.copies.push((module, copy));
         let mut kept: u64 = self.copies.iter().map(|(_, c)| c.weight()).sum();
         while kept > KEPT_BYTES && !self.copies.is_empty() {
-            let (_, dropped) = self.copies.remove(0);
+            let (dropped_module, dropped) = self.copies.remove(0);
+            log::debug!(
+                "module {dropped_module:?}: sealed copy (weight {}) dropped for module \
+                 {module:?}'s",
+                dropped.weight()
+            );
             kept -= dropped.weight();
             self.drop_copy(dropped);
         }
@@ -309,7 +320,8 @@ impl Symbolizer {
             .into_iter()
             .partition(|(module, _)| ids.contains(module));
         self.copies = kept;
-        for (_, copy) in gone {
+        for (module, copy) in gone {
+            log::debug!("module {module:?}: sealed copy dropped, the module is gone");
             self.drop_copy(copy);
         }
     }
