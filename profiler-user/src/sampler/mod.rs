@@ -631,9 +631,10 @@ impl Sampler {
         // (off-CPU, locks, the memory profile's forks): the exec and exit
         // programs are raw tracepoints, so a CPU capture parses none of its
         // own (aya's loader parsed one, which it keeps to itself). Without
-        // the kernel's BTF there are no file offsets, so no exec
-        // generations or file recording (and no off-CPU profile, which
-        // says so below).
+        // the kernel's BTF there are no file offsets, so no file recording
+        // (and no off-CPU profile, which says so below); exec generations
+        // still move (preflight refuses to start without the BTF file
+        // anyway).
         let parsed = std::cell::OnceCell::new();
         let btf = || {
             parsed
@@ -701,6 +702,9 @@ impl Sampler {
         } else {
             None
         };
+        // The kernel's BTF is not needed past here: freed before sampling.
+        drop(parsed);
+        drop(vmlinux);
         let mut exits_tracked = false;
         if let (true, Some(offsets)) = (files, file_offsets) {
             exits_tracked = process_events::attach_files_exit(&mut ebpf);

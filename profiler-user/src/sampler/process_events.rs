@@ -328,7 +328,9 @@ pub(super) fn attach_tracepoint(
 }
 
 /// Loads the raw tracepoint program `name` and attaches it to
-/// `tracepoint`.
+/// `tracepoint`; unloads it again when the attach fails (a kernel without
+/// the tracepoint, or whose tracepoint has fewer arguments than the
+/// program reads: the kernel checks those at attach, not at load).
 fn attach_raw_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -343,9 +345,10 @@ fn attach_raw_tracepoint(
     program
         .load()
         .map_err(failed(format!("load {name} (verifier)")))?;
-    program
-        .attach(tracepoint)
-        .map_err(failed(format!("attach {name} to raw_tp/{tracepoint}")))?;
+    if let Err(err) = program.attach(tracepoint) {
+        let _ = program.unload();
+        return Err(failed(format!("attach {name} to raw_tp/{tracepoint}"))(err));
+    }
     Ok(())
 }
 
@@ -358,9 +361,10 @@ pub(super) fn attach_files_exit(ebpf: &mut Ebpf) -> bool {
         Ok(()) => true,
         Err(err) => {
             log::info!(
-                "{} not attached ({:#}): frames sampled in interrupts of processes that exit \
-                 before their maps are read stay unresolved, and exited processes are found \
-                 by reading /proc",
+                "{} not attached ({:#}; it reads `sched_process_exit`'s `group_dead` argument, \
+                 which older kernels' tracepoint lacks): frames sampled in interrupts of \
+                 processes that exit before their maps are read stay unresolved, and exited \
+                 processes are found by reading /proc",
                 names::FILES_EXIT,
                 anyhow::Error::from(err)
             );
