@@ -620,10 +620,7 @@ fn loaded_uprobe<'a>(
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
-        .map_err(super::find_error(name))
+    super::program_as(ebpf, name)
 }
 
 #[cfg(test)]

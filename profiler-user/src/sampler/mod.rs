@@ -1539,6 +1539,17 @@ fn tail_call_load_error(name: &'static str) -> impl FnOnce(ProgramError) -> Samp
 }
 
 /// What a failed lookup of the program `name` says.
+/// The program `name` of `ebpf` as a program of type `T`.
+fn program_as<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SamplerError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SamplerError::Missing(name))?
+        .try_into()
+        .map_err(find_error(name))
+}
+
 fn find_error(name: &'static str) -> impl FnOnce(ProgramError) -> SamplerError {
     move |source| SamplerError::Program {
         action: format!("find the program {name}"),
@@ -1567,11 +1578,7 @@ fn log_verifier_work(ebpf: &Ebpf) {
 /// Loads the tail-called perf-event program `name` (the verifier checks
 /// it here) and returns its descriptor.
 fn tail_called_program(ebpf: &mut Ebpf, name: &'static str) -> Result<ProgramFd, SamplerError> {
-    let program: &mut PerfEvent = ebpf
-        .program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
-        .map_err(find_error(name))?;
+    let program: &mut PerfEvent = program_as(ebpf, name)?;
     program.load().map_err(tail_call_load_error(name))?;
     program_fd(program.fd(), name)
 }
@@ -1595,10 +1602,7 @@ fn program_fd(
 }
 
 fn kprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut KProbe, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
-        .map_err(find_error(name))
+    program_as(ebpf, name)
 }
 
 fn switch_out_program(ebpf: &mut Ebpf) -> Result<&mut BtfTracePoint, SamplerError> {
@@ -1630,10 +1634,7 @@ fn btf_tracepoint<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut BtfTracePoint, SamplerError> {
-    ebpf.program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
-        .map_err(find_error(name))
+    program_as(ebpf, name)
 }
 
 fn perf_program<'a>(

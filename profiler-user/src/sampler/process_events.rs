@@ -336,11 +336,7 @@ fn attach_raw_tracepoint(
     name: &'static str,
     tracepoint: &'static str,
 ) -> Result<(), SamplerError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(SamplerError::Missing(name))?
-        .try_into()
-        .map_err(super::find_error(name))?;
+    let program: &mut RawTracePoint = super::program_as(ebpf, name)?;
     let failed = |action: String| move |source| SamplerError::Program { action, source };
     program
         .load()
